@@ -1,0 +1,2 @@
+//! hdbbackint.
+fn main() {}

@@ -1,0 +1,1 @@
+//! The local catalog index (being written).

@@ -1,0 +1,408 @@
+//! The manifest: the record of one committed backup, stored in the vault.
+//!
+//! # Format (version 1)
+//!
+//! A manifest is a JSON object written with a create-only put at
+//! `manifests/<engine>/<instance>/<id>.json` (see [`crate::vault::layout`])
+//! after every byte of the backup is durable. Its presence is the commit
+//! point: a backup without a manifest does not exist for listing, planning or
+//! restore. Fields:
+//!
+//! - `format`: the manifest format version, [`MANIFEST_FORMAT`]. A reader
+//!   refuses a newer format with a clear error.
+//! - `id`, `engine`, `instance`, `database`, `kind`: what was backed up.
+//! - `started_at`, `ended_at`: wall-clock times (UTC) of the backup.
+//! - `fork`, `start`, `end`: the engine's chain coordinates. Positions are
+//!   unsigned integers written as decimal strings (PostgreSQL LSNs, SQL Server
+//!   LSNs, HANA log positions); they are totally ordered within one fork.
+//! - `consistent_at`: for data backups, the time the restored data is
+//!   consistent at (the end of the backup); for log backups, the newest
+//!   commit time the log holds, if the engine knows it.
+//! - `base`: the backup a differential or incremental applies on top of.
+//! - `compression`: algorithm and level of every part.
+//! - `encryption`: absent for a plaintext vault; otherwise the algorithm and
+//!   the per-backup data key wrapped by the vault key.
+//! - `streams`: the logical byte streams of the backup, each split into
+//!   segment objects, each segment a concatenation of parts. A part is one
+//!   independent zstd frame (sealed with the data key when encrypted) with its
+//!   raw and stored lengths and the CRC-32C of the stored bytes. A stream also
+//!   records the BLAKE3 digest of its raw bytes.
+//! - `engine_meta`: engine-specific details (PostgreSQL `backup_label`,
+//!   system identifier, HANA EBIDs...) as a free JSON value.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// The manifest format this build writes and the newest it reads.
+pub const MANIFEST_FORMAT: u32 = 1;
+
+/// A backup's identifier: time-sortable and unique, such as
+/// `20261122T001500.123Z-3fa9c1d2` (UTC start time to the millisecond, then
+/// 32 random bits). Identifiers sort in start order as plain strings.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct BackupId(String);
+
+impl BackupId {
+    /// A new identifier for a backup starting at `at`.
+    pub fn generate(at: DateTime<Utc>) -> Self {
+        let random: u32 = rand::random();
+        BackupId(format!("{}-{random:08x}", at.format("%Y%m%dT%H%M%S%.3fZ")))
+    }
+
+    /// The identifier as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for BackupId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl FromStr for BackupId {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        let valid = !s.is_empty()
+            && s.len() <= 64
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'));
+        if valid {
+            Ok(BackupId(s.to_owned()))
+        } else {
+            Err(
+                Error::config(format!("`{s}` is not a valid backup id")).hint(
+                    "backup ids look like 20261122T001500.123Z-3fa9c1d2; `strata list` shows them",
+                ),
+            )
+        }
+    }
+}
+
+impl TryFrom<String> for BackupId {
+    type Error = Error;
+    fn try_from(s: String) -> Result<Self> {
+        s.parse()
+    }
+}
+
+impl From<BackupId> for String {
+    fn from(id: BackupId) -> String {
+        id.0
+    }
+}
+
+/// The kind of a backup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackupKind {
+    /// A complete copy of the data.
+    Full,
+    /// Changes since the last full backup.
+    Diff,
+    /// Changes since the last backup of any data kind.
+    Incr,
+    /// A piece of the transaction log.
+    Log,
+}
+
+impl BackupKind {
+    /// The lowercase name (`full`, `diff`, `incr`, `log`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackupKind::Full => "full",
+            BackupKind::Diff => "diff",
+            BackupKind::Incr => "incr",
+            BackupKind::Log => "log",
+        }
+    }
+
+    /// Whether this kind carries data pages (full, diff, incr), as opposed to log.
+    pub fn is_data(self) -> bool {
+        !matches!(self, BackupKind::Log)
+    }
+}
+
+impl fmt::Display for BackupKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for BackupKind {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "full" => Ok(BackupKind::Full),
+            "diff" | "differential" => Ok(BackupKind::Diff),
+            "incr" | "incremental" => Ok(BackupKind::Incr),
+            "log" => Ok(BackupKind::Log),
+            _ => Err(Error::config(format!(
+                "unknown backup kind `{s}`: expected full, diff, incr or log"
+            ))),
+        }
+    }
+}
+
+/// A position in an engine's log, totally ordered within one fork
+/// (a PostgreSQL LSN, a SQL Server LSN, a HANA log position).
+/// Serialised as a decimal string so that 128-bit values survive JSON.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Position(pub u128);
+
+impl fmt::Display for Position {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+impl Serialize for Position {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for Position {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse::<u128>()
+            .map(Position)
+            .map_err(|_| serde::de::Error::custom(format!("invalid position `{text}`")))
+    }
+}
+
+/// How the parts of a backup are compressed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Compression {
+    /// Always `zstd` in format 1.
+    pub algorithm: String,
+    /// The zstd level used.
+    pub level: i32,
+}
+
+/// How the parts of a backup are encrypted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Encryption {
+    /// The AEAD used for parts (`chacha20poly1305`).
+    pub algorithm: String,
+    /// The per-backup data key, sealed with the vault key (base64).
+    pub wrapped_key: String,
+}
+
+/// One part: an independent zstd frame (sealed when encrypted).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartRecord {
+    /// Length of the part's raw (uncompressed) bytes.
+    pub raw: u64,
+    /// Length of the part as stored in its segment.
+    pub stored: u64,
+    /// CRC-32C of the stored bytes.
+    pub crc32c: u32,
+}
+
+/// One segment object: the parts of a stream stored back to back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SegmentRecord {
+    /// The object's key relative to the vault root.
+    pub key: String,
+    /// The object's size in bytes.
+    pub stored_size: u64,
+    /// The parts, in stream order; each starts where the previous ended.
+    pub parts: Vec<PartRecord>,
+}
+
+/// One logical byte stream of a backup.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamRecord {
+    /// The stream's name within the backup (a file name, a HANA pipe name...).
+    pub name: String,
+    /// Total raw bytes.
+    pub raw_size: u64,
+    /// Total stored bytes (sum of segment sizes).
+    pub stored_size: u64,
+    /// BLAKE3 digest of the raw bytes, lowercase hex.
+    pub blake3: String,
+    /// The segment objects, in order.
+    pub segments: Vec<SegmentRecord>,
+}
+
+impl StreamRecord {
+    /// Number of parts across all segments.
+    pub fn part_count(&self) -> usize {
+        self.segments.iter().map(|s| s.parts.len()).sum()
+    }
+}
+
+/// The committed record of one backup. See the module docs for the format.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// Manifest format version.
+    pub format: u32,
+    /// The backup's identifier.
+    pub id: BackupId,
+    /// The engine (`postgres`, `sqlserver`, `hana`, `stream`).
+    pub engine: String,
+    /// The protected instance (a configured cluster name, a SID, a host\instance).
+    pub instance: String,
+    /// The database within the instance, if the engine has several.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database: Option<String>,
+    /// Full, diff, incr or log.
+    pub kind: BackupKind,
+    /// When the backup started.
+    pub started_at: DateTime<Utc>,
+    /// When the backup ended.
+    pub ended_at: DateTime<Utc>,
+    /// The time the data is consistent at (data backups) or the newest commit
+    /// time the log holds (log backups), if known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consistent_at: Option<DateTime<Utc>>,
+    /// The fork (PostgreSQL timeline, SQL Server recovery fork, HANA lineage).
+    #[serde(default)]
+    pub fork: String,
+    /// The chain position at the start of the backup.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start: Option<Position>,
+    /// The chain position at the end of the backup.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end: Option<Position>,
+    /// The backup a diff or incr applies on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<BackupId>,
+    /// Part compression.
+    pub compression: Compression,
+    /// Part encryption; absent in a plaintext vault.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<Encryption>,
+    /// The streams.
+    pub streams: Vec<StreamRecord>,
+    /// Free-form labels (host name, tool version, user-supplied tags).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// Engine-specific details.
+    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
+    pub engine_meta: serde_json::Value,
+}
+
+impl Manifest {
+    /// Total raw bytes over all streams.
+    pub fn raw_size(&self) -> u64 {
+        self.streams.iter().map(|s| s.raw_size).sum()
+    }
+
+    /// Total stored bytes over all streams.
+    pub fn stored_size(&self) -> u64 {
+        self.streams.iter().map(|s| s.stored_size).sum()
+    }
+
+    /// The stream called `name`.
+    pub fn stream(&self, name: &str) -> Result<&StreamRecord> {
+        self.streams.iter().find(|s| s.name == name).ok_or_else(|| {
+            Error::not_found(format!("backup {} has no stream `{name}`", self.id)).hint(format!(
+                "its streams are: {}",
+                self.streams
+                    .iter()
+                    .map(|s| s.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+        })
+    }
+
+    /// Serialises the manifest (pretty JSON).
+    pub fn to_json(&self) -> Result<Vec<u8>> {
+        Ok(serde_json::to_vec_pretty(self)?)
+    }
+
+    /// Parses and checks a manifest read from `origin` (named in errors).
+    pub fn from_json(bytes: &[u8], origin: &str) -> Result<Manifest> {
+        #[derive(Deserialize)]
+        struct Probe {
+            format: u32,
+        }
+        let probe: Probe = serde_json::from_slice(bytes).map_err(|e| {
+            Error::integrity(format!("manifest {origin} is not valid JSON: {e}"))
+                .hint("the object may be corrupted; `strata verify` checks the rest of the vault")
+        })?;
+        if probe.format > MANIFEST_FORMAT {
+            return Err(Error::integrity(format!(
+                "manifest {origin} has format {}, newer than this Strata understands ({MANIFEST_FORMAT})",
+                probe.format
+            ))
+            .hint("upgrade Strata to read this vault"));
+        }
+        let manifest: Manifest = serde_json::from_slice(bytes).map_err(|e| {
+            Error::integrity(format!("manifest {origin} is malformed: {e}"))
+                .hint("the object may be corrupted or written by an incompatible tool")
+        })?;
+        manifest.check(origin)?;
+        Ok(manifest)
+    }
+
+    /// Checks internal consistency (sizes add up, digests are well formed).
+    pub fn check(&self, origin: &str) -> Result<()> {
+        for stream in &self.streams {
+            let stored: u64 = stream.segments.iter().map(|s| s.stored_size).sum();
+            let raw: u64 = stream
+                .segments
+                .iter()
+                .flat_map(|s| &s.parts)
+                .map(|p| p.raw)
+                .sum();
+            let seg_ok = stream
+                .segments
+                .iter()
+                .all(|s| s.parts.iter().map(|p| p.stored).sum::<u64>() == s.stored_size);
+            if stored != stream.stored_size || raw != stream.raw_size || !seg_ok {
+                return Err(Error::integrity(format!(
+                    "manifest {origin}: the sizes of stream `{}` do not add up",
+                    stream.name
+                )));
+            }
+            if stream.blake3.len() != 64 || hex::decode(&stream.blake3).is_err() {
+                return Err(Error::integrity(format!(
+                    "manifest {origin}: stream `{}` has a malformed digest",
+                    stream.name
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backup_ids_sort_by_time() {
+        let a = BackupId::generate("2026-11-22T00:15:00.100Z".parse().unwrap());
+        let b = BackupId::generate("2026-11-22T00:15:00.200Z".parse().unwrap());
+        assert!(a < b, "{a} < {b}");
+        assert!(a.as_str().starts_with("20261122T001500.100Z-"));
+        assert!("../etc".parse::<BackupId>().is_err());
+    }
+
+    #[test]
+    fn newer_format_is_refused_with_hint() {
+        let err = Manifest::from_json(br#"{"format": 99}"#, "m.json").unwrap_err();
+        assert!(err.to_string().contains("format 99"));
+        assert_eq!(err.hint_text(), Some("upgrade Strata to read this vault"));
+    }
+
+    #[test]
+    fn positions_roundtrip_as_strings() {
+        let p = Position(u128::MAX);
+        let json = serde_json::to_string(&p).unwrap();
+        assert_eq!(json, format!("\"{}\"", u128::MAX));
+        assert_eq!(serde_json::from_str::<Position>(&json).unwrap(), p);
+    }
+}

@@ -1,0 +1,6 @@
+//! The catalog: manifests (the durable truth in the vault), the local index
+//! (a rebuildable SQLite cache) and the restore planner.
+
+pub mod index;
+pub mod manifest;
+pub mod planner;

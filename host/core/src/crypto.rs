@@ -1,0 +1,268 @@
+//! Authenticated encryption of parts, and keys.
+//!
+//! An encrypted vault has a **vault key**: 32 random bytes in a key file
+//! (64 hex digits, created by `strata vault init --encrypt`). The vault's
+//! metadata holds only a *key check* (a BLAKE3 key derivation of the key, which
+//! reveals nothing about it) so that a wrong key is reported as such.
+//!
+//! Every backup gets a fresh random **data key**. It is sealed with the vault
+//! key (ChaCha20-Poly1305, random nonce, the backup id as associated data) and
+//! stored in the manifest. Each part is sealed with the data key; its nonce is
+//! the stream index and the part index, and its associated data is the backup
+//! id, stream index and part index, so parts cannot be swapped, reordered or
+//! moved between backups without detection. Nonces never repeat because a data
+//! key is used for one backup only.
+
+use std::path::Path;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
+use zeroize::{Zeroize, ZeroizeOnDrop};
+
+use crate::error::{Error, Result};
+
+/// The AEAD algorithm name recorded in manifests.
+pub const PART_ALGORITHM: &str = "chacha20poly1305";
+
+/// Bytes added to each sealed part (the Poly1305 tag).
+pub const TAG_LEN: usize = 16;
+
+const KEY_CHECK_CONTEXT: &str = "strata 2026-11 vault key check v1";
+
+/// The vault key: 32 secret bytes, wiped from memory when dropped.
+#[derive(Clone, Zeroize, ZeroizeOnDrop)]
+pub struct VaultKey([u8; 32]);
+
+impl std::fmt::Debug for VaultKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("VaultKey(<redacted>)")
+    }
+}
+
+impl VaultKey {
+    /// A new random key.
+    pub fn generate() -> Self {
+        VaultKey(rand::random())
+    }
+
+    /// Loads a key file: 64 hex digits, surrounding whitespace ignored.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Error::crypto(format!("cannot read key file {}: {e}", path.display())).hint(
+                "check the path and that the user running Strata can read it (mode 0640, group strata)",
+            )
+        })?;
+        Self::from_hex(text.trim()).map_err(|e| e.context(format!("key file {}", path.display())))
+    }
+
+    /// Parses 64 hex digits.
+    pub fn from_hex(text: &str) -> Result<Self> {
+        let mut bytes = hex::decode(text).map_err(|_| {
+            Error::crypto("the key is not hexadecimal")
+                .hint("a key file holds 64 hex digits, as written by `strata vault init --encrypt`")
+        })?;
+        if bytes.len() != 32 {
+            bytes.zeroize();
+            return Err(
+                Error::crypto("the key is not 32 bytes (64 hex digits) long").hint(
+                    "a key file holds 64 hex digits, as written by `strata vault init --encrypt`",
+                ),
+            );
+        }
+        let mut key = [0u8; 32];
+        key.copy_from_slice(&bytes);
+        bytes.zeroize();
+        Ok(VaultKey(key))
+    }
+
+    /// Writes the key as hex to a new file readable by its owner only.
+    /// Refuses to overwrite an existing file.
+    pub fn save_new(&self, path: &Path) -> Result<()> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(|e| {
+                Error::crypto(format!("cannot create key file {}: {e}", path.display()))
+                    .hint("the key file must not exist yet; choose a new path")
+            })?;
+        let mut text = hex::encode(self.0);
+        text.push('\n');
+        let written = file
+            .write_all(text.as_bytes())
+            .and_then(|_| file.sync_all());
+        text.zeroize();
+        written.map_err(|e| Error::io(format!("writing key file {}: {e}", path.display())))
+    }
+
+    /// The key check stored in the vault metadata (safe to publish).
+    pub fn check_value(&self) -> String {
+        hex::encode(blake3::derive_key(KEY_CHECK_CONTEXT, &self.0))
+    }
+
+    /// Seals a new data key for backup `backup_id`; returns it and its wrapped form.
+    pub fn new_data_key(&self, backup_id: &str) -> Result<(DataKey, String)> {
+        let data_key = DataKey(rand::random());
+        let nonce: [u8; 12] = rand::random();
+        let cipher = ChaCha20Poly1305::new(Key::from_slice(&self.0));
+        let sealed = cipher
+            .encrypt(
+                Nonce::from_slice(&nonce),
+                Payload {
+                    msg: &data_key.0,
+                    aad: backup_id.as_bytes(),
+                },
+            )
+            .map_err(|_| Error::crypto("sealing the data key failed"))?;
+        let mut wrapped = nonce.to_vec();
+        wrapped.extend_from_slice(&sealed);
+        Ok((data_key, BASE64.encode(wrapped)))
+    }
+
+    /// Opens the wrapped data key of backup `backup_id`.
+    pub fn open_data_key(&self, backup_id: &str, wrapped: &str) -> Result<DataKey> {
+        let bytes = BASE64.decode(wrapped).map_err(|_| {
+            Error::integrity(format!(
+                "backup {backup_id}: the wrapped data key is not base64"
+            ))
+        })?;
+        if bytes.len() != 12 + 32 + TAG_LEN {
+            return Err(Error::integrity(format!(
+                "backup {backup_id}: the wrapped data key has the wrong length"
+            )));
+        }
+        let cipher = ChaCha20Poly1305::new(Key::from_slice(&self.0));
+        let mut plain = cipher
+            .decrypt(
+                Nonce::from_slice(&bytes[..12]),
+                Payload {
+                    msg: &bytes[12..],
+                    aad: backup_id.as_bytes(),
+                },
+            )
+            .map_err(|_| {
+                Error::crypto(format!(
+                    "the vault key does not open the data key of backup {backup_id}"
+                ))
+                .hint("use the key file this vault was created with")
+            })?;
+        let mut key = [0u8; 32];
+        key.copy_from_slice(&plain);
+        plain.zeroize();
+        Ok(DataKey(key))
+    }
+}
+
+/// A per-backup data key that seals and opens parts.
+#[derive(Clone, Zeroize, ZeroizeOnDrop)]
+pub struct DataKey([u8; 32]);
+
+impl std::fmt::Debug for DataKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DataKey(<redacted>)")
+    }
+}
+
+fn part_nonce(stream: u32, part: u64) -> [u8; 12] {
+    let mut nonce = [0u8; 12];
+    nonce[..4].copy_from_slice(&stream.to_be_bytes());
+    nonce[4..].copy_from_slice(&part.to_be_bytes());
+    nonce
+}
+
+fn part_aad(backup_id: &str, stream: u32, part: u64) -> Vec<u8> {
+    let mut aad = Vec::with_capacity(backup_id.len() + 12);
+    aad.extend_from_slice(backup_id.as_bytes());
+    aad.extend_from_slice(&stream.to_be_bytes());
+    aad.extend_from_slice(&part.to_be_bytes());
+    aad
+}
+
+impl DataKey {
+    /// Seals part `part` of stream `stream` of backup `backup_id`.
+    /// The result is `TAG_LEN` bytes longer than `plain`.
+    pub fn seal_part(&self, backup_id: &str, stream: u32, part: u64, plain: &[u8]) -> Vec<u8> {
+        let cipher = ChaCha20Poly1305::new(Key::from_slice(&self.0));
+        cipher
+            .encrypt(
+                Nonce::from_slice(&part_nonce(stream, part)),
+                Payload {
+                    msg: plain,
+                    aad: &part_aad(backup_id, stream, part),
+                },
+            )
+            .expect("ChaCha20-Poly1305 encryption cannot fail for parts under 256 GiB")
+    }
+
+    /// Opens a sealed part; fails if it was altered, moved or sealed with another key.
+    pub fn open_part(
+        &self,
+        backup_id: &str,
+        stream: u32,
+        part: u64,
+        sealed: &[u8],
+    ) -> Result<Vec<u8>> {
+        let cipher = ChaCha20Poly1305::new(Key::from_slice(&self.0));
+        cipher
+            .decrypt(
+                Nonce::from_slice(&part_nonce(stream, part)),
+                Payload {
+                    msg: sealed,
+                    aad: &part_aad(backup_id, stream, part),
+                },
+            )
+            .map_err(|_| {
+                Error::integrity(format!(
+                    "backup {backup_id}: part {part} of stream {stream} failed authentication"
+                ))
+                .hint("the stored part was altered or damaged; restore from another backup")
+            })
+    }
+}
+
+/// Loads the vault key if a key file is given, as an `Option`.
+pub fn load_optional_key(path: Option<&Path>) -> Result<Option<VaultKey>> {
+    path.map(VaultKey::load).transpose()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn data_key_roundtrip_and_wrong_key() {
+        let vault = VaultKey::generate();
+        let (dk, wrapped) = vault.new_data_key("b1").unwrap();
+        let sealed = dk.seal_part("b1", 0, 7, b"hello");
+        let opened = vault.open_data_key("b1", &wrapped).unwrap();
+        assert_eq!(opened.open_part("b1", 0, 7, &sealed).unwrap(), b"hello");
+        // Moved part, other backup, other key: all refused.
+        assert!(opened.open_part("b1", 0, 8, &sealed).is_err());
+        assert!(vault.open_data_key("b2", &wrapped).is_err());
+        let other = VaultKey::generate();
+        let err = other.open_data_key("b1", &wrapped).unwrap_err();
+        assert_eq!(err.kind(), crate::ErrorKind::Crypto);
+        assert_ne!(vault.check_value(), other.check_value());
+    }
+
+    #[test]
+    fn key_file_roundtrip_and_bad_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vault.key");
+        let key = VaultKey::generate();
+        key.save_new(&path).unwrap();
+        assert!(key.save_new(&path).is_err(), "never overwrites a key file");
+        assert_eq!(
+            VaultKey::load(&path).unwrap().check_value(),
+            key.check_value()
+        );
+        std::fs::write(dir.path().join("short"), "abcd").unwrap();
+        let err = VaultKey::load(&dir.path().join("short")).unwrap_err();
+        assert!(err.to_string().contains("32 bytes"), "{err}");
+    }
+}

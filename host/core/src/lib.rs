@@ -1,0 +1,30 @@
+//! # strata-core
+//!
+//! The engine-agnostic heart of Strata: it moves a backup's byte streams into
+//! object storage and back, and knows which backups restore which point in time.
+//!
+//! ## A short tour
+//!
+//! 1. Open (or create) a [`vault::Vault`] from a URL: `file:///var/lib/strata/vault`,
+//!    `memory://test`, `s3://bucket/prefix`, `az://container/prefix`, `gs://bucket/prefix`.
+//! 2. Start a backup with [`vault::writer::BackupWriter`], hand it one or more
+//!    `AsyncRead` streams (each is cut into parts, compressed on every core,
+//!    optionally encrypted, checksummed and uploaded with bounded memory), then
+//!    `commit` it: the [`catalog::manifest::Manifest`] is written last, create-only,
+//!    and is the commit point.
+//! 3. Read a stream back with [`vault::reader`]: parallel ranged reads,
+//!    every part checked before a byte is handed on.
+//! 4. Record manifests in the [`catalog::index::CatalogIndex`] (a SQLite cache
+//!    that can always be rebuilt from the vault) and ask the
+//!    [`catalog::planner`] which backups restore a point in time, and which
+//!    windows of time are restorable at all.
+//!
+//! Engines plug in through the contract in [`plugin`].
+
+pub mod catalog;
+pub mod crypto;
+pub mod error;
+pub mod plugin;
+pub mod vault;
+
+pub use error::{Error, ErrorKind, Result};

@@ -1,0 +1,124 @@
+//! Where things live in a vault, relative to its root.
+//!
+//! ```text
+//! strata-vault.json                                  vault metadata (format, creation, key check)
+//! manifests/<engine>/<instance>/<backup-id>.json     one per committed backup: the commit point
+//! data/<engine>/<instance>/<backup-id>/<stream>.<segment>.zst
+//!                                                    segment objects of a backup's streams
+//! engines/<engine>/<instance>/...                    engine-owned objects (e.g. PostgreSQL history files)
+//! ```
+//!
+//! Segment keys contain the backup id, which is unique per attempt, so no two
+//! writers ever upload to the same key; only manifests are shared names, and
+//! they are written create-only.
+
+use object_store::path::Path;
+
+use crate::catalog::manifest::BackupId;
+
+/// The vault metadata object.
+pub const VAULT_META: &str = "strata-vault.json";
+/// Prefix of all manifests.
+pub const MANIFESTS: &str = "manifests";
+/// Prefix of all segment objects.
+pub const DATA: &str = "data";
+/// Prefix of engine-owned objects.
+pub const ENGINES: &str = "engines";
+
+/// Makes a key component safe: anything but `[A-Za-z0-9._-]` becomes `_`
+/// followed by its hex code, so distinct names stay distinct.
+pub fn escape_component(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    for b in name.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("_{b:02x}"));
+        }
+    }
+    if out.is_empty() || out.starts_with('.') {
+        out.insert(0, '_');
+    }
+    out
+}
+
+/// Joins a root and relative components into an object path.
+pub fn join(root: &Path, parts: &[&str]) -> Path {
+    let mut path = root.clone();
+    for part in parts {
+        path = path.join(*part);
+    }
+    path
+}
+
+/// The manifest key of a backup, relative to the root.
+pub fn manifest_key(engine: &str, instance: &str, id: &BackupId) -> String {
+    format!(
+        "{MANIFESTS}/{}/{}/{}.json",
+        escape_component(engine),
+        escape_component(instance),
+        id
+    )
+}
+
+/// The prefix under which the manifests of one engine instance live.
+pub fn manifest_prefix(engine: &str, instance: &str) -> String {
+    format!(
+        "{MANIFESTS}/{}/{}",
+        escape_component(engine),
+        escape_component(instance)
+    )
+}
+
+/// The key of segment `segment` of stream number `stream` of a backup.
+pub fn segment_key(
+    engine: &str,
+    instance: &str,
+    id: &BackupId,
+    stream: usize,
+    segment: usize,
+) -> String {
+    format!(
+        "{DATA}/{}/{}/{}/{stream:05}.{segment:05}.zst",
+        escape_component(engine),
+        escape_component(instance),
+        id
+    )
+}
+
+/// The prefix of all segments of one backup.
+pub fn backup_data_prefix(engine: &str, instance: &str, id: &BackupId) -> String {
+    format!(
+        "{DATA}/{}/{}/{}",
+        escape_component(engine),
+        escape_component(instance),
+        id
+    )
+}
+
+/// The prefix of objects an engine plugin owns for one instance.
+pub fn engine_prefix(engine: &str, instance: &str) -> String {
+    format!(
+        "{ENGINES}/{}/{}",
+        escape_component(engine),
+        escape_component(instance)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escaping_keeps_names_distinct_and_safe() {
+        assert_eq!(escape_component("main"), "main");
+        assert_eq!(escape_component("a/b"), "a_2fb");
+        assert_eq!(escape_component("a_2fb"), "a_5f2fb");
+        assert_eq!(escape_component(".."), "_..");
+        assert_eq!(escape_component(""), "_");
+        assert_eq!(
+            escape_component("log backup \"0\""),
+            "log_20backup_20_220_22"
+        );
+    }
+}

@@ -1,0 +1,584 @@
+//! Vaults: where backups live.
+//!
+//! A vault is a prefix in an object store, opened from a URL:
+//!
+//! | URL | Store | Credentials and options |
+//! |---|---|---|
+//! | `file:///var/lib/strata/vault` or a plain absolute path | local directory | none |
+//! | `memory://name` | in-process memory (tests); one store per name and process | none |
+//! | `s3://bucket/prefix` | Amazon S3 or compatible | `AWS_*` environment variables, `[vault.options]` (e.g. `aws_endpoint`, `aws_region`) |
+//! | `az://container/prefix` | Azure Blob | `AZURE_*` environment variables (e.g. `AZURE_STORAGE_ACCOUNT_NAME`, `AZURE_STORAGE_USE_EMULATOR`), options |
+//! | `gs://bucket/prefix` | Google Cloud Storage | `GOOGLE_*` environment variables, options |
+//!
+//! [`Vault::init`] writes the vault metadata ([`layout::VAULT_META`]) create-only
+//! and refuses to initialise over an existing vault. [`Vault::open`] reads it,
+//! refuses a newer format, and checks the encryption key.
+
+pub mod layout;
+pub mod reader;
+pub mod writer;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use futures::{StreamExt, TryStreamExt};
+use object_store::memory::InMemory;
+use object_store::path::Path;
+use object_store::{
+    ClientOptions, ObjectStore, ObjectStoreExt, ObjectStoreScheme, PutMode, PutOptions, RetryConfig,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::catalog::manifest::{BackupId, Manifest};
+use crate::crypto::VaultKey;
+use crate::error::{Error, ErrorKind, Result};
+
+/// The vault format this build writes and the newest it opens.
+pub const VAULT_FORMAT: u32 = 1;
+
+/// How to reach a vault: its URL, store options and the key file.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VaultConfig {
+    /// The vault's URL (see the module docs).
+    pub url: String,
+    /// Object store options (`aws_endpoint`, `azure_storage_account_name`, ...),
+    /// applied over the environment.
+    #[serde(default)]
+    pub options: BTreeMap<String, String>,
+    /// The vault key file, for encrypted vaults.
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+}
+
+impl VaultConfig {
+    /// A configuration with just a URL.
+    pub fn from_url(url: impl Into<String>) -> Self {
+        VaultConfig {
+            url: url.into(),
+            ..Default::default()
+        }
+    }
+}
+
+/// The vault's metadata, stored at [`layout::VAULT_META`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VaultMeta {
+    /// Vault format version.
+    pub format: u32,
+    /// A random identifier of this vault.
+    pub vault_id: String,
+    /// When the vault was created.
+    pub created_at: DateTime<Utc>,
+    /// The Strata version that created it.
+    pub created_by: String,
+    /// Present when the vault is encrypted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<VaultEncryption>,
+}
+
+/// The encryption settings of a vault.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VaultEncryption {
+    /// The part AEAD ([`crate::crypto::PART_ALGORITHM`]).
+    pub algorithm: String,
+    /// A check value derived from the vault key (see [`VaultKey::check_value`]).
+    pub key_check: String,
+}
+
+/// An open vault. Cheap to clone.
+#[derive(Clone)]
+pub struct Vault {
+    inner: Arc<VaultInner>,
+}
+
+struct VaultInner {
+    url: String,
+    store: Arc<dyn ObjectStore>,
+    root: Path,
+    meta: VaultMeta,
+    key: Option<VaultKey>,
+}
+
+impl std::fmt::Debug for Vault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vault")
+            .field("url", &self.inner.url)
+            .field("vault_id", &self.inner.meta.vault_id)
+            .field("encrypted", &self.inner.key.is_some())
+            .finish()
+    }
+}
+
+fn memory_stores() -> &'static Mutex<HashMap<String, Arc<InMemory>>> {
+    static STORES: OnceLock<Mutex<HashMap<String, Arc<InMemory>>>> = OnceLock::new();
+    STORES.get_or_init(Default::default)
+}
+
+fn client_options() -> ClientOptions {
+    // Parts are small (a few MiB), but a slow link must not cut a request
+    // that is making progress: no overall limit, a stall detector instead.
+    ClientOptions::new()
+        .with_connect_timeout(Duration::from_secs(10))
+        .with_timeout(Duration::from_secs(900))
+        .with_read_timeout(Duration::from_secs(60))
+}
+
+fn retry_config() -> RetryConfig {
+    RetryConfig {
+        max_retries: 10,
+        retry_timeout: Duration::from_secs(300),
+        ..Default::default()
+    }
+}
+
+fn unknown_option(url: &str, key: &str) -> Error {
+    Error::config(format!("unknown object store option `{key}` for vault {url}")).hint(
+        "see the object_store configuration keys: aws_endpoint, aws_region, azure_storage_account_name, google_service_account, ...",
+    )
+}
+
+/// Builds the object store and root prefix for a vault URL.
+pub fn build_store(config: &VaultConfig) -> Result<(Arc<dyn ObjectStore>, Path)> {
+    let raw = config.url.trim();
+    if raw.is_empty() {
+        return Err(Error::config("the vault URL is empty")
+            .hint("set [vault] url in the config, or pass --vault file:///var/lib/strata/vault"));
+    }
+    let text = if raw.starts_with('/') {
+        format!("file://{raw}")
+    } else {
+        raw.to_owned()
+    };
+    let url = url::Url::parse(&text).map_err(|e| {
+        Error::config(format!("`{raw}` is not a valid vault URL: {e}"))
+            .hint("examples: file:///var/lib/strata/vault, s3://bucket/prefix, az://container/prefix, gs://bucket/prefix")
+    })?;
+    if url.scheme() == "memory" {
+        let name = format!("{}{}", url.host_str().unwrap_or(""), url.path());
+        let store = memory_stores()
+            .lock()
+            .expect("memory store registry poisoned")
+            .entry(name)
+            .or_insert_with(|| Arc::new(InMemory::new()))
+            .clone();
+        return Ok((store, Path::default()));
+    }
+    let (scheme, root) = ObjectStoreScheme::parse(&url).map_err(|e| {
+        Error::config(format!("unsupported vault URL `{raw}`: {e}"))
+            .hint("use file://, memory://, s3://, az:// or gs://")
+    })?;
+    let store: Arc<dyn ObjectStore> = match scheme {
+        ObjectStoreScheme::Local => {
+            let dir = url.to_file_path().map_err(|_| {
+                Error::config(format!("`{raw}` is not a local path"))
+                    .hint("write file URLs as file:///absolute/path")
+            })?;
+            if !config.options.is_empty() {
+                let key = config.options.keys().next().expect("non-empty");
+                return Err(unknown_option(raw, key));
+            }
+            if !dir.is_dir() {
+                return Err(Error::not_found(format!(
+                    "the vault directory {} does not exist",
+                    dir.display()
+                ))
+                .hint(format!("create the vault with `strata vault init {raw}`")));
+            }
+            let fs = object_store::local::LocalFileSystem::new_with_prefix(&dir)
+                .map_err(Error::from)?
+                .with_automatic_cleanup(true);
+            return Ok((Arc::new(fs), Path::default()));
+        }
+        ObjectStoreScheme::AmazonS3 => {
+            let mut builder = object_store::aws::AmazonS3Builder::from_env()
+                .with_url(url.as_str())
+                .with_client_options(client_options())
+                .with_retry(retry_config());
+            for (key, value) in &config.options {
+                let key = key.parse().map_err(|_| unknown_option(raw, key))?;
+                builder = builder.with_config(key, value);
+            }
+            Arc::new(builder.build().map_err(|e| config_store_error(raw, e))?)
+        }
+        ObjectStoreScheme::MicrosoftAzure => {
+            let mut builder = object_store::azure::MicrosoftAzureBuilder::from_env()
+                .with_url(url.as_str())
+                .with_client_options(client_options())
+                .with_retry(retry_config());
+            for (key, value) in &config.options {
+                let key = key.parse().map_err(|_| unknown_option(raw, key))?;
+                builder = builder.with_config(key, value);
+            }
+            Arc::new(builder.build().map_err(|e| config_store_error(raw, e))?)
+        }
+        ObjectStoreScheme::GoogleCloudStorage => {
+            let mut builder = object_store::gcp::GoogleCloudStorageBuilder::from_env()
+                .with_url(url.as_str())
+                .with_client_options(client_options())
+                .with_retry(retry_config());
+            for (key, value) in &config.options {
+                let key = key.parse().map_err(|_| unknown_option(raw, key))?;
+                builder = builder.with_config(key, value);
+            }
+            Arc::new(builder.build().map_err(|e| config_store_error(raw, e))?)
+        }
+        _ => {
+            return Err(
+                Error::config(format!("unsupported vault URL scheme in `{raw}`"))
+                    .hint("use file://, memory://, s3://, az:// or gs://"),
+            );
+        }
+    };
+    Ok((store, root))
+}
+
+fn config_store_error(url: &str, err: object_store::Error) -> Error {
+    Error::config(format!(
+        "cannot configure the object store for {url}: {err}"
+    ))
+    .hint("check the URL and the credentials in the environment or in [vault.options]")
+}
+
+fn unreachable(url: &str, err: Error) -> Error {
+    if err.kind() == ErrorKind::Storage {
+        Error::storage(format!("the vault {url} could not be reached: {err}"))
+            .hint("check the network, the endpoint and the credentials; nothing was changed")
+            .retryable(true)
+    } else {
+        err
+    }
+}
+
+impl Vault {
+    /// Creates a new vault at `config.url`. Refuses if one already exists.
+    /// When `key` is given the vault is encrypted with it.
+    pub async fn init(config: &VaultConfig, key: Option<VaultKey>) -> Result<Vault> {
+        let trimmed = config.url.trim();
+        if let Some(path) = trimmed
+            .strip_prefix("file://")
+            .or_else(|| trimmed.starts_with('/').then_some(trimmed))
+        {
+            std::fs::create_dir_all(path)
+                .map_err(|e| Error::io(format!("cannot create the vault directory {path}: {e}")))?;
+        }
+        let (store, root) = build_store(config)?;
+        let meta = VaultMeta {
+            format: VAULT_FORMAT,
+            vault_id: hex::encode(rand::random::<[u8; 16]>()),
+            created_at: Utc::now(),
+            created_by: format!("strata {}", env!("CARGO_PKG_VERSION")),
+            encryption: key.as_ref().map(|k| VaultEncryption {
+                algorithm: crate::crypto::PART_ALGORITHM.to_owned(),
+                key_check: k.check_value(),
+            }),
+        };
+        let meta_path = layout::join(&root, &[layout::VAULT_META]);
+        let body = serde_json::to_vec_pretty(&meta)?;
+        match store
+            .put_opts(&meta_path, body.into(), PutOptions::from(PutMode::Create))
+            .await
+        {
+            Ok(_) => {}
+            Err(object_store::Error::AlreadyExists { .. }) => {
+                return Err(Error::conflict(format!(
+                    "a Strata vault already exists at {}",
+                    config.url
+                ))
+                .hint("use it as it is, or choose another URL; init never overwrites a vault"));
+            }
+            Err(e) => return Err(unreachable(&config.url, e.into())),
+        }
+        Ok(Vault {
+            inner: Arc::new(VaultInner {
+                url: config.url.clone(),
+                store,
+                root,
+                meta,
+                key,
+            }),
+        })
+    }
+
+    /// Opens the vault at `config.url`, loading the key file if configured.
+    pub async fn open(config: &VaultConfig) -> Result<Vault> {
+        let key = crate::crypto::load_optional_key(config.key_file.as_deref())?;
+        Self::open_with_key(config, key).await
+    }
+
+    /// Opens the vault with an already loaded key.
+    pub async fn open_with_key(config: &VaultConfig, key: Option<VaultKey>) -> Result<Vault> {
+        let url = &config.url;
+        let (store, root) = build_store(config)?;
+        let meta_path = layout::join(&root, &[layout::VAULT_META]);
+        let bytes = match store.get(&meta_path).await {
+            Ok(r) => r.bytes().await.map_err(|e| unreachable(url, e.into()))?,
+            Err(object_store::Error::NotFound { .. }) => {
+                return Err(
+                    Error::not_found(format!("there is no Strata vault at {url}"))
+                        .hint(format!("create one with `strata vault init {url}`")),
+                );
+            }
+            Err(e) => return Err(unreachable(url, e.into())),
+        };
+        let meta: VaultMeta = serde_json::from_slice(&bytes).map_err(|e| {
+            Error::integrity(format!("the vault metadata at {url} is malformed: {e}"))
+        })?;
+        if meta.format > VAULT_FORMAT {
+            return Err(Error::config(format!(
+                "the vault at {url} has format {}, newer than this Strata supports ({VAULT_FORMAT})",
+                meta.format
+            ))
+            .hint("upgrade Strata on this host to use this vault"));
+        }
+        let key = match (&meta.encryption, key) {
+            (Some(enc), Some(key)) => {
+                if key.check_value() != enc.key_check {
+                    return Err(Error::crypto(format!(
+                        "the key does not belong to the vault at {url}"
+                    ))
+                    .hint(
+                        "use the key file written by `strata vault init --encrypt` for this vault",
+                    ));
+                }
+                Some(key)
+            }
+            (Some(_), None) => {
+                return Err(Error::crypto(format!(
+                    "the vault at {url} is encrypted and no key was given"
+                ))
+                .hint("set [vault] key_file in the config or pass --key-file"));
+            }
+            (None, Some(_)) => {
+                tracing::warn!(%url, "the vault is not encrypted; the configured key is not used");
+                None
+            }
+            (None, None) => None,
+        };
+        Ok(Vault {
+            inner: Arc::new(VaultInner {
+                url: url.clone(),
+                store,
+                root,
+                meta,
+                key,
+            }),
+        })
+    }
+
+    /// The URL the vault was opened from.
+    pub fn url(&self) -> &str {
+        &self.inner.url
+    }
+
+    /// The vault metadata.
+    pub fn meta(&self) -> &VaultMeta {
+        &self.inner.meta
+    }
+
+    /// The vault key, when the vault is encrypted.
+    pub fn key(&self) -> Option<&VaultKey> {
+        self.inner.key.as_ref()
+    }
+
+    /// The underlying object store.
+    pub fn store(&self) -> &Arc<dyn ObjectStore> {
+        &self.inner.store
+    }
+
+    /// The object path of `key` (relative to the vault root).
+    pub fn path(&self, key: &str) -> Path {
+        let mut path = self.inner.root.clone();
+        for part in key.split('/').filter(|p| !p.is_empty()) {
+            path = path.join(part);
+        }
+        path
+    }
+
+    /// The key of `path` relative to the vault root.
+    pub fn relative_key(&self, path: &Path) -> String {
+        match path.prefix_match(&self.inner.root) {
+            Some(parts) => parts
+                .map(|p| p.as_ref().to_owned())
+                .collect::<Vec<_>>()
+                .join("/"),
+            None => path.to_string(),
+        }
+    }
+
+    /// Writes `body` at `key` only if nothing is there yet.
+    /// A second put of the same key fails with [`ErrorKind::Conflict`].
+    pub async fn put_create(&self, key: &str, body: Vec<u8>) -> Result<()> {
+        self.store()
+            .put_opts(
+                &self.path(key),
+                body.into(),
+                PutOptions::from(PutMode::Create),
+            )
+            .await
+            .map_err(|e| Error::from(e).context(format!("writing {key}")))?;
+        Ok(())
+    }
+
+    /// Reads the whole object at `key`.
+    pub async fn get_bytes(&self, key: &str) -> Result<bytes::Bytes> {
+        let result = self
+            .store()
+            .get(&self.path(key))
+            .await
+            .map_err(|e| Error::from(e).context(format!("reading {key}")))?;
+        result
+            .bytes()
+            .await
+            .map_err(|e| Error::from(e).context(format!("reading {key}")))
+    }
+
+    /// Lists the keys (relative to the root) under `prefix`.
+    pub async fn list_keys(&self, prefix: &str) -> Result<Vec<String>> {
+        let prefix_path = self.path(prefix);
+        let metas: Vec<_> = self
+            .store()
+            .list(Some(&prefix_path))
+            .try_collect()
+            .await
+            .map_err(|e| {
+                unreachable(
+                    self.url(),
+                    Error::from(e).context(format!("listing {prefix}")),
+                )
+            })?;
+        let mut keys: Vec<String> = metas
+            .iter()
+            .map(|m| self.relative_key(&m.location))
+            .collect();
+        keys.sort();
+        Ok(keys)
+    }
+
+    /// Commits a manifest: a create-only put at its key. This is the commit
+    /// point of a backup; it fails with [`ErrorKind::Conflict`] if a manifest
+    /// with the same id exists.
+    pub async fn put_manifest(&self, manifest: &Manifest) -> Result<String> {
+        let key = layout::manifest_key(&manifest.engine, &manifest.instance, &manifest.id);
+        self.put_create(&key, manifest.to_json()?).await?;
+        Ok(key)
+    }
+
+    /// Reads the manifest of backup `id` of an engine instance.
+    pub async fn read_manifest(
+        &self,
+        engine: &str,
+        instance: &str,
+        id: &BackupId,
+    ) -> Result<Manifest> {
+        let key = layout::manifest_key(engine, instance, id);
+        let bytes = self.get_bytes(&key).await.map_err(|e| {
+            if e.kind() == ErrorKind::NotFound {
+                Error::not_found(format!("backup {id} of {engine} {instance} does not exist"))
+                    .hint("`strata list` shows the committed backups")
+            } else {
+                e
+            }
+        })?;
+        Manifest::from_json(&bytes, &key)
+    }
+
+    /// Reads every manifest under `prefix` (a [`layout::MANIFESTS`] sub-prefix),
+    /// in key order, reading a few in parallel.
+    pub async fn read_manifests(&self, prefix: &str) -> Result<Vec<Manifest>> {
+        let keys: Vec<String> = self
+            .list_keys(prefix)
+            .await?
+            .into_iter()
+            .filter(|k| k.ends_with(".json"))
+            .collect();
+        futures::stream::iter(keys)
+            .map(|key| async move {
+                let bytes = self.get_bytes(&key).await?;
+                Manifest::from_json(&bytes, &key)
+            })
+            .buffered(16)
+            .try_collect()
+            .await
+    }
+
+    /// Every committed manifest in the vault.
+    pub async fn all_manifests(&self) -> Result<Vec<Manifest>> {
+        self.read_manifests(layout::MANIFESTS).await
+    }
+
+    /// Deletes a backup: its manifest first (so it stops existing at once),
+    /// then its segments.
+    pub async fn delete_backup(&self, manifest: &Manifest) -> Result<()> {
+        let key = layout::manifest_key(&manifest.engine, &manifest.instance, &manifest.id);
+        self.store().delete(&self.path(&key)).await?;
+        for stream in &manifest.streams {
+            for segment in &stream.segments {
+                match self.store().delete(&self.path(&segment.key)).await {
+                    Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn init_refuses_existing_and_open_checks_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("file://{}/v", dir.path().display());
+        let config = VaultConfig::from_url(&url);
+        let key = VaultKey::generate();
+        Vault::init(&config, Some(key.clone())).await.unwrap();
+        let err = Vault::init(&config, None).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Conflict);
+        assert!(err.to_string().contains("already exists"), "{err}");
+
+        let err = Vault::open_with_key(&config, None).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Crypto);
+        let err = Vault::open_with_key(&config, Some(VaultKey::generate()))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("does not belong"), "{err}");
+        let vault = Vault::open_with_key(&config, Some(key)).await.unwrap();
+        assert!(vault.key().is_some());
+    }
+
+    #[tokio::test]
+    async fn open_missing_vault_says_how_to_create_one() {
+        let err = Vault::open(&VaultConfig::from_url("memory://nothing-here"))
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::NotFound);
+        assert!(err.hint_text().unwrap().contains("strata vault init"));
+        let err = Vault::open(&VaultConfig::from_url("/definitely/not/here"))
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::NotFound);
+    }
+
+    #[tokio::test]
+    async fn newer_vault_format_is_refused() {
+        let config = VaultConfig::from_url("memory://newer-format");
+        let (store, root) = build_store(&config).unwrap();
+        let meta = serde_json::json!({"format": 42, "vault_id": "x", "created_at": "2026-01-01T00:00:00Z", "created_by": "future"});
+        store
+            .put(
+                &layout::join(&root, &[layout::VAULT_META]),
+                serde_json::to_vec(&meta).unwrap().into(),
+            )
+            .await
+            .unwrap();
+        let err = Vault::open(&config).await.unwrap_err();
+        assert!(err.to_string().contains("format 42"), "{err}");
+        assert!(err.hint_text().unwrap().contains("upgrade"));
+    }
+}

@@ -1,0 +1,1 @@
+//! Strata's postgres engine plugin.
