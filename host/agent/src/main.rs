@@ -1,2 +1,191 @@
-//! strata.
-fn main() {}
+//! `strata`: the Strata backup agent's command-line interface.
+//!
+//! Commands are thin: they parse, call the library crates, and print. Every
+//! listing has `--json`; long work shows a progress bar on a terminal.
+//! Exit codes: 0 success, 2 usage, and per error kind: 3 config, 4 storage,
+//! 5 engine, 6 integrity, 7 crypto, 8 not found, 9 conflict, 10 local I/O,
+//! 11 catalog, 130 cancelled.
+
+mod config;
+mod context;
+mod listing;
+mod output;
+mod progress;
+mod stream;
+mod vault_cmd;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use strata_core::{Error, ErrorKind, Result};
+
+use crate::config::{Config, DEFAULT_CONFIG};
+use crate::context::Context;
+
+/// Strata: native database backups streamed straight to object storage.
+#[derive(Debug, Parser)]
+#[command(name = "strata", version, about, propagate_version = true)]
+struct Cli {
+    /// The configuration file.
+    #[arg(long, global = true, env = "STRATA_CONFIG", value_name = "PATH")]
+    config: Option<PathBuf>,
+    /// The vault URL (overrides [vault] url): file:///dir, s3://bucket/prefix, az://container/prefix, gs://bucket/prefix.
+    #[arg(long, global = true, env = "STRATA_VAULT", value_name = "URL")]
+    vault: Option<String>,
+    /// The vault key file (overrides [vault] key_file).
+    #[arg(long, global = true, env = "STRATA_KEY_FILE", value_name = "PATH")]
+    key_file: Option<PathBuf>,
+    /// The local catalog index (overrides [catalog] path).
+    #[arg(long, global = true, env = "STRATA_CATALOG", value_name = "PATH")]
+    catalog: Option<PathBuf>,
+    /// Machine-readable JSON output.
+    #[arg(long, global = true)]
+    json: bool,
+    /// No progress bars or summaries.
+    #[arg(long, short, global = true)]
+    quiet: bool,
+    /// More logging (-v info, -vv debug); STRATA_LOG takes a full filter.
+    #[arg(long, short, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create or inspect a vault.
+    #[command(subcommand)]
+    Vault(vault_cmd::VaultCommand),
+    /// Take a backup.
+    #[command(subcommand)]
+    Backup(BackupCommand),
+    /// Restore a backup.
+    #[command(subcommand)]
+    Restore(RestoreCommand),
+    /// List backups, and with --timeline the restorable windows.
+    List(listing::ListArgs),
+    /// Read every part of backups and check checksums and digests.
+    Verify(listing::VerifyArgs),
+    /// Manage the local catalog index.
+    #[command(subcommand)]
+    Catalog(listing::CatalogCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum BackupCommand {
+    /// Back up standard input or a file as a full backup under a name.
+    Stream(stream::BackupStreamArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum RestoreCommand {
+    /// Restore a stream backup to standard output or a file.
+    Stream(stream::RestoreStreamArgs),
+}
+
+fn exit_code(kind: ErrorKind) -> u8 {
+    match kind {
+        ErrorKind::Config => 3,
+        ErrorKind::Storage => 4,
+        ErrorKind::Engine => 5,
+        ErrorKind::Integrity => 6,
+        ErrorKind::Crypto => 7,
+        ErrorKind::NotFound => 8,
+        ErrorKind::Conflict => 9,
+        ErrorKind::Io => 10,
+        ErrorKind::Catalog => 11,
+        ErrorKind::Cancelled => 130,
+        _ => 1,
+    }
+}
+
+fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("STRATA_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let json = std::env::var("STRATA_LOG_FORMAT").is_ok_and(|f| f == "json");
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn load_config(cli: &Cli) -> Result<Config> {
+    let mut config = match &cli.config {
+        Some(path) => Config::load(path)?,
+        None if std::path::Path::new(DEFAULT_CONFIG).exists() => {
+            Config::load(std::path::Path::new(DEFAULT_CONFIG))?
+        }
+        None => Config::default(),
+    };
+    if let Some(url) = &cli.vault {
+        config.vault.url = url.clone();
+    }
+    if let Some(key) = &cli.key_file {
+        config.vault.key_file = Some(key.clone());
+    }
+    if let Some(path) = &cli.catalog {
+        config.catalog.path = Some(path.clone());
+    }
+    Ok(config)
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    let config = load_config(&cli)?;
+    let ctx = Context {
+        config,
+        json: cli.json,
+        quiet: cli.quiet,
+    };
+    match cli.command {
+        Command::Vault(cmd) => vault_cmd::run(cmd, &ctx).await,
+        Command::Backup(BackupCommand::Stream(args)) => stream::backup(args, &ctx).await,
+        Command::Restore(RestoreCommand::Stream(args)) => stream::restore(args, &ctx).await,
+        Command::List(args) => listing::list(args, &ctx).await,
+        Command::Verify(args) => listing::verify(args, &ctx).await,
+        Command::Catalog(cmd) => listing::catalog(cmd, &ctx).await,
+    }
+}
+
+fn report(err: &Error, json: bool) {
+    if json {
+        let value = serde_json::json!({
+            "error": { "kind": err.kind().as_str(), "message": err.to_string(), "hint": err.hint_text(), "retryable": err.is_retryable() }
+        });
+        eprintln!("{value}");
+    } else {
+        eprintln!("error: {err}");
+        if let Some(hint) = err.hint_text() {
+            eprintln!("hint: {hint}");
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    let json = cli.json;
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            report(&err, json);
+            ExitCode::from(exit_code(err.kind()))
+        }
+    }
+}

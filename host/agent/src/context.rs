@@ -1,0 +1,103 @@
+//! What every command needs: the configuration, the vault, the index, output mode.
+
+use std::path::PathBuf;
+
+use strata_core::catalog::index::CatalogIndex;
+use strata_core::vault::reader::ReaderConfig;
+use strata_core::vault::writer::WriterConfig;
+use strata_core::vault::{Vault, VaultConfig};
+use strata_core::{Error, Result};
+
+use crate::config::Config;
+use crate::progress::Bar;
+
+/// The shared state of one CLI invocation.
+pub struct Context {
+    /// The effective configuration (file plus command-line overrides).
+    pub config: Config,
+    /// Machine-readable output requested (`--json`).
+    pub json: bool,
+    /// No progress bars or chatter (`--quiet`).
+    pub quiet: bool,
+}
+
+impl Context {
+    /// The configured vault's settings; an error if no vault is configured.
+    pub fn vault_config(&self) -> Result<&VaultConfig> {
+        if self.config.vault.url.trim().is_empty() {
+            return Err(Error::config("no vault is configured").hint(format!(
+                "pass --vault URL (or set STRATA_VAULT), or set [vault] url in {}",
+                crate::config::DEFAULT_CONFIG
+            )));
+        }
+        Ok(&self.config.vault)
+    }
+
+    /// Opens the configured vault.
+    pub async fn vault(&self) -> Result<Vault> {
+        Vault::open(self.vault_config()?).await
+    }
+
+    /// The catalog index path.
+    pub fn index_path(&self) -> PathBuf {
+        self.config.catalog_path()
+    }
+
+    /// Opens the local catalog index.
+    pub fn index(&self) -> Result<CatalogIndex> {
+        CatalogIndex::open(&self.index_path())
+    }
+
+    /// Records a committed manifest in the index. The index is a cache: a
+    /// failure is logged, never fatal, since the backup is committed already.
+    pub fn record(&self, vault: &Vault, manifest: &strata_core::catalog::manifest::Manifest) {
+        let recorded = self
+            .index()
+            .and_then(|index| index.record(&vault.meta().vault_id, manifest));
+        if let Err(err) = recorded {
+            tracing::warn!(backup = %manifest.id, error = %err, "the backup is committed but the local index was not updated; `strata catalog rebuild` will pick it up");
+        }
+    }
+
+    /// Opens the index and makes sure it knows this vault (rebuilding it from
+    /// the vault the first time).
+    pub async fn synced_index(&self, vault: &Vault) -> Result<CatalogIndex> {
+        let index = self.index()?;
+        if !index.is_synced(&vault.meta().vault_id)? {
+            index.rebuild(vault).await?;
+        }
+        Ok(index)
+    }
+
+    /// Writer settings from the configuration.
+    pub fn writer_config(&self) -> WriterConfig {
+        let mut config = WriterConfig::default();
+        let w = &self.config.writer;
+        if let Some(size) = w.part_size {
+            config.part_size = size.0 as usize;
+        }
+        if let Some(level) = w.compression_level {
+            config.compression_level = level;
+        }
+        if let Some(workers) = w.workers {
+            config.workers = workers;
+        }
+        if let Some(n) = w.parts_in_flight {
+            config.parts_in_flight = n;
+        }
+        if let Some(size) = w.segment_size {
+            config.segment_size = size.0;
+        }
+        config
+    }
+
+    /// Reader settings.
+    pub fn reader_config(&self) -> ReaderConfig {
+        ReaderConfig::default()
+    }
+
+    /// A progress bar (hidden for `--json`, `--quiet` or a non-terminal stderr).
+    pub fn progress(&self, total: Option<u64>, message: &str) -> Bar {
+        Bar::new(total, message, !self.json && !self.quiet)
+    }
+}

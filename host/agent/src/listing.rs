@@ -1,0 +1,340 @@
+//! `strata list`, `strata verify` and `strata catalog rebuild`.
+
+use std::collections::{BTreeMap, HashSet};
+
+use clap::{Args, Subcommand};
+use futures::{StreamExt, TryStreamExt};
+use serde::Serialize;
+use strata_core::catalog::index::{CatalogIndex, ListFilter};
+use strata_core::catalog::manifest::{BackupId, Manifest};
+use strata_core::catalog::planner::{BackupRecord, DefaultChainRules, Timeline, timeline};
+use strata_core::vault::reader::verify_backup;
+use strata_core::vault::{Vault, layout};
+use strata_core::{Error, Result};
+
+use crate::context::Context;
+use crate::output::{Table, human_bytes, print_json};
+
+/// Arguments of `strata list`.
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Only this engine (`stream`, `postgres`, `sqlserver`, `hana`).
+    pub engine: Option<String>,
+    /// Only this instance (a stream name, a cluster name, a SID).
+    pub instance: Option<String>,
+    /// Also show the restorable windows and the gaps between them.
+    #[arg(long)]
+    pub timeline: bool,
+}
+
+/// Arguments of `strata verify`.
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// Backup ids to verify; none means every backup (of --engine/--instance if given).
+    pub backups: Vec<String>,
+    /// Only backups of this engine.
+    #[arg(long)]
+    pub engine: Option<String>,
+    /// Only backups of this instance.
+    #[arg(long)]
+    pub instance: Option<String>,
+}
+
+/// `strata catalog ...`
+#[derive(Debug, Subcommand)]
+pub enum CatalogCommand {
+    /// Recreate the local index from the vault alone.
+    Rebuild,
+}
+
+/// Brings the index up to date with the vault: reads the manifests it lacks
+/// and forgets the backups that are gone. Listing keys is cheap; only new
+/// manifests are fetched.
+pub async fn refreshed_index(ctx: &Context, vault: &Vault) -> Result<CatalogIndex> {
+    let index = ctx.index()?;
+    let vault_id = vault.meta().vault_id.clone();
+    if !index.is_synced(&vault_id)? {
+        index.rebuild(vault).await?;
+        return Ok(index);
+    }
+    let keys: HashSet<String> = vault
+        .list_keys(layout::MANIFESTS)
+        .await?
+        .into_iter()
+        .filter(|k| k.ends_with(".json"))
+        .collect();
+    let known = index.list(&vault_id, &ListFilter::default())?;
+    let known_keys: HashSet<String> = known
+        .iter()
+        .map(|m| layout::manifest_key(&m.engine, &m.instance, &m.id))
+        .collect();
+    for manifest in &known {
+        if !keys.contains(&layout::manifest_key(&manifest.engine, &manifest.instance, &manifest.id)) {
+            index.forget(&vault_id, &manifest.id)?;
+        }
+    }
+    let missing: Vec<String> = keys.difference(&known_keys).cloned().collect();
+    let fetched: Vec<Manifest> = futures::stream::iter(missing)
+        .map(|key| async move {
+            let bytes = vault.get_bytes(&key).await?;
+            Manifest::from_json(&bytes, &key)
+        })
+        .buffered(16)
+        .try_collect()
+        .await?;
+    for manifest in &fetched {
+        index.record(&vault_id, manifest)?;
+    }
+    Ok(index)
+}
+
+/// The manifests matching a filter, from the refreshed index, or straight
+/// from the vault when the index cannot be used.
+pub async fn manifests(ctx: &Context, vault: &Vault, filter: &ListFilter) -> Result<Vec<Manifest>> {
+    match refreshed_index(ctx, vault).await {
+        Ok(index) => index.list(&vault.meta().vault_id, filter),
+        Err(err) => {
+            tracing::warn!(error = %err, path = %ctx.index_path().display(), "the local index is unusable; reading the vault directly");
+            let mut all = vault.all_manifests().await?;
+            all.retain(|m| {
+                filter.engine.as_ref().is_none_or(|e| &m.engine == e)
+                    && filter.instance.as_ref().is_none_or(|i| &m.instance == i)
+                    && filter.kind.is_none_or(|k| m.kind == k)
+            });
+            all.sort_by(|a, b| a.id.cmp(&b.id));
+            Ok(all)
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct ListedBackup<'a> {
+    id: &'a BackupId,
+    engine: &'a str,
+    instance: &'a str,
+    database: Option<&'a str>,
+    kind: &'a str,
+    fork: &'a str,
+    started_at: String,
+    ended_at: String,
+    raw_bytes: u64,
+    stored_bytes: u64,
+    streams: usize,
+}
+
+#[derive(Serialize)]
+struct ListedTimeline<'a> {
+    engine: &'a str,
+    instance: &'a str,
+    database: Option<&'a str>,
+    #[serde(flatten)]
+    timeline: Timeline,
+}
+
+/// Runs `strata list`.
+pub async fn list(args: ListArgs, ctx: &Context) -> Result<()> {
+    let vault = ctx.vault().await?;
+    let filter = ListFilter {
+        engine: args.engine.clone(),
+        instance: args.instance.clone(),
+        ..Default::default()
+    };
+    let manifests = manifests(ctx, &vault, &filter).await?;
+    let mut groups: BTreeMap<(String, String, Option<String>), Vec<BackupRecord>> = BTreeMap::new();
+    if args.timeline {
+        for m in &manifests {
+            groups
+                .entry((m.engine.clone(), m.instance.clone(), m.database.clone()))
+                .or_default()
+                .push(BackupRecord::from(m));
+        }
+    }
+    let timelines: Vec<ListedTimeline> = groups
+        .iter()
+        .map(|((engine, instance, database), records)| ListedTimeline {
+            engine,
+            instance,
+            database: database.as_deref(),
+            timeline: timeline(records, &DefaultChainRules),
+        })
+        .collect();
+    let listed: Vec<ListedBackup> = manifests
+        .iter()
+        .map(|m| ListedBackup {
+            id: &m.id,
+            engine: &m.engine,
+            instance: &m.instance,
+            database: m.database.as_deref(),
+            kind: m.kind.as_str(),
+            fork: &m.fork,
+            started_at: m.started_at.to_rfc3339(),
+            ended_at: m.ended_at.to_rfc3339(),
+            raw_bytes: m.raw_size(),
+            stored_bytes: m.stored_size(),
+            streams: m.streams.len(),
+        })
+        .collect();
+    if ctx.json {
+        if args.timeline {
+            return print_json(&serde_json::json!({ "backups": listed, "timelines": timelines }));
+        }
+        return print_json(&listed);
+    }
+    let mut table = Table::new(&["ID", "ENGINE", "INSTANCE", "KIND", "ENDED (UTC)", "RAW", "STORED"]);
+    for m in &manifests {
+        let instance = match &m.database {
+            Some(db) => format!("{}/{db}", m.instance),
+            None => m.instance.clone(),
+        };
+        table.row(vec![
+            m.id.to_string(),
+            m.engine.clone(),
+            instance,
+            m.kind.to_string(),
+            m.ended_at.format("%Y-%m-%d %H:%M:%S").to_string(),
+            human_bytes(m.raw_size()),
+            human_bytes(m.stored_size()),
+        ]);
+    }
+    if table.is_empty() {
+        println!("no backups in {}", vault.url());
+    } else {
+        print!("{}", table.render());
+    }
+    for t in &timelines {
+        println!();
+        print!("{}", render_timeline(t.engine, t.instance, &t.timeline));
+    }
+    Ok(())
+}
+
+/// Renders the restorable windows and gaps of one instance for people.
+pub fn render_timeline(engine: &str, instance: &str, timeline: &Timeline) -> String {
+    let mut out = format!("restorable windows of {engine} {instance}:\n");
+    if timeline.windows.is_empty() {
+        out.push_str("  none\n");
+    }
+    for w in &timeline.windows {
+        let fork = if w.fork.is_empty() { String::new() } else { format!(" [fork {}]", w.fork) };
+        if w.from_time == w.to_time {
+            out.push_str(&format!("  {}{fork}  (a single point)\n", w.from_time.format("%Y-%m-%d %H:%M:%S%.3f")));
+        } else {
+            out.push_str(&format!(
+                "  {} .. {}{fork}\n",
+                w.from_time.format("%Y-%m-%d %H:%M:%S%.3f"),
+                w.to_time.format("%Y-%m-%d %H:%M:%S%.3f")
+            ));
+        }
+    }
+    for g in &timeline.gaps {
+        out.push_str(&format!(
+            "  gap {} .. {}: {}\n",
+            g.from_time.format("%Y-%m-%d %H:%M:%S"),
+            g.to_time.format("%Y-%m-%d %H:%M:%S"),
+            g.reason
+        ));
+    }
+    out
+}
+
+#[derive(Serialize)]
+struct VerifiedBackup {
+    id: BackupId,
+    engine: String,
+    instance: String,
+    ok: bool,
+    parts: u64,
+    raw_bytes: u64,
+    stored_bytes: u64,
+    problems: Vec<String>,
+}
+
+/// Runs `strata verify`: reads every part of the chosen backups and checks
+/// checksums, authentication, sizes and digests.
+pub async fn verify(args: VerifyArgs, ctx: &Context) -> Result<()> {
+    let vault = ctx.vault().await?;
+    let filter = ListFilter {
+        engine: args.engine.clone(),
+        instance: args.instance.clone(),
+        ..Default::default()
+    };
+    let all = manifests(ctx, &vault, &filter).await?;
+    let chosen: Vec<&Manifest> = if args.backups.is_empty() {
+        all.iter().collect()
+    } else {
+        let mut chosen = Vec::new();
+        for wanted in &args.backups {
+            let found = all.iter().find(|m| m.id.as_str() == wanted).ok_or_else(|| {
+                Error::not_found(format!("backup {wanted} is not in the vault"))
+                    .hint("`strata list` shows the committed backups")
+            })?;
+            chosen.push(found);
+        }
+        chosen
+    };
+    let total: u64 = chosen.iter().map(|m| m.raw_size()).sum();
+    let bar = ctx.progress(Some(total), "verifying");
+    let mut results = Vec::new();
+    for manifest in &chosen {
+        let report = verify_backup(&vault, manifest, &ctx.reader_config(), Some(&bar)).await?;
+        results.push(VerifiedBackup {
+            id: manifest.id.clone(),
+            engine: manifest.engine.clone(),
+            instance: manifest.instance.clone(),
+            ok: report.is_ok(),
+            parts: report.parts,
+            raw_bytes: report.raw_bytes,
+            stored_bytes: report.stored_bytes,
+            problems: report.problems,
+        });
+    }
+    bar.finish();
+    let bad = results.iter().filter(|r| !r.ok).count();
+    if ctx.json {
+        print_json(&results)?;
+    } else {
+        for r in &results {
+            if r.ok {
+                println!("ok      {} {} {} ({} parts, {})", r.id, r.engine, r.instance, r.parts, human_bytes(r.raw_bytes));
+            } else {
+                println!("DAMAGED {} {} {}", r.id, r.engine, r.instance);
+                for p in &r.problems {
+                    println!("        {p}");
+                }
+            }
+        }
+        println!("{} backup(s) verified, {} damaged", results.len(), bad);
+    }
+    if bad > 0 {
+        return Err(Error::integrity(format!("{bad} backup(s) failed verification"))
+            .hint("do not rely on the damaged backups; take a new full backup and restore from an older one if needed"));
+    }
+    Ok(())
+}
+
+/// Runs `strata catalog rebuild`.
+pub async fn catalog(command: CatalogCommand, ctx: &Context) -> Result<()> {
+    match command {
+        CatalogCommand::Rebuild => {
+            let vault = ctx.vault().await?;
+            let index = ctx.index()?;
+            let report = index.rebuild(&vault).await?;
+            if ctx.json {
+                print_json(&serde_json::json!({
+                    "index": ctx.index_path(), "vault": vault.url(),
+                    "manifests": report.manifests, "added": report.added, "removed": report.removed,
+                }))?;
+            } else {
+                println!(
+                    "rebuilt {} from {}: {} backups ({} added, {} removed)",
+                    ctx.index_path().display(),
+                    vault.url(),
+                    report.manifests,
+                    report.added,
+                    report.removed
+                );
+            }
+            Ok(())
+        }
+    }
+}
