@@ -1,0 +1,268 @@
+//! The `strata` CLI as an operator uses it: a stream backed up, listed,
+//! verified and restored, and the errors people meet, with their exit codes
+//! and messages.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+/// A temporary vault and index, and a way to run `strata` against them.
+struct Fixture {
+    dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        Fixture {
+            dir: tempfile::tempdir().expect("temp dir"),
+        }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn vault_url(&self) -> String {
+        format!("file://{}", self.path("vault").display())
+    }
+
+    /// `strata --vault <vault> --catalog <index> args...`
+    fn strata(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_strata"));
+        cmd.arg("--vault")
+            .arg(self.vault_url())
+            .arg("--catalog")
+            .arg(self.path("catalog.db"))
+            .args(args)
+            .env_remove("STRATA_CONFIG")
+            .env_remove("STRATA_KEY_FILE")
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.strata(args).output().expect("strata runs")
+    }
+
+    fn ok(&self, args: &[&str]) -> Output {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "strata {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Deterministic, partly compressible test data.
+fn test_data(len: usize) -> Vec<u8> {
+    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut data = Vec::with_capacity(len);
+    while data.len() < len {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        let line = format!("row {} value {}\n", data.len(), state % 100_000);
+        data.extend_from_slice(line.as_bytes());
+    }
+    data.truncate(len);
+    data
+}
+
+fn segment_objects(root: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut stack = vec![root.join("data")];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.extension().is_some_and(|e| e == "zst") {
+                found.push(path);
+            }
+        }
+    }
+    found.sort();
+    found
+}
+
+#[test]
+fn stream_round_trip_list_verify_restore() {
+    let fx = Fixture::new();
+    fx.ok(&["vault", "init"]);
+    let data = test_data(3 * 1024 * 1024 + 17);
+    std::fs::write(fx.path("input.bin"), &data).unwrap();
+
+    let out = fx.ok(&[
+        "backup", "stream", "nightly", "--input", fx.path("input.bin").to_str().unwrap(),
+        "--part-size", "1MiB", "--level", "1", "--json",
+    ]);
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON summary");
+    assert_eq!(summary["raw_bytes"], data.len() as u64);
+    assert_eq!(summary["parts"], 4, "3 MiB + 17 B in 1 MiB parts");
+    assert_eq!(summary["blake3"], blake3::hash(&data).to_hex().as_str());
+    let id = summary["id"].as_str().unwrap().to_owned();
+
+    let out = fx.ok(&["list", "--json"]);
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let listed = listed.as_array().unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0]["id"], id.as_str());
+    assert_eq!(listed[0]["engine"], "stream");
+    assert_eq!(listed[0]["instance"], "nightly");
+    assert_eq!(listed[0]["kind"], "full");
+
+    let out = fx.ok(&["list"]);
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.contains(&id) && table.contains("nightly"), "{table}");
+
+    let out = fx.ok(&["verify"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("1 backup(s) verified, 0 damaged"));
+
+    fx.ok(&["restore", "stream", "nightly", "--output", fx.path("restored.bin").to_str().unwrap()]);
+    assert_eq!(std::fs::read(fx.path("restored.bin")).unwrap(), data, "restored bytes differ");
+
+    // To stdout, as a pipe would take it.
+    let out = fx.ok(&["restore", "stream", "nightly"]);
+    assert_eq!(out.stdout, data);
+}
+
+#[test]
+fn stdin_backup_and_newest_wins() {
+    let fx = Fixture::new();
+    fx.ok(&["vault", "init"]);
+    for content in [&b"first version\n"[..], &b"second version\n"[..]] {
+        let mut child = fx
+            .strata(&["backup", "stream", "cfg", "-q"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(content).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    let out = fx.ok(&["restore", "stream", "cfg", "-q"]);
+    assert_eq!(out.stdout, b"second version\n");
+}
+
+#[test]
+fn flipped_byte_is_found_by_verify_and_stops_restore() {
+    let fx = Fixture::new();
+    fx.ok(&["vault", "init"]);
+    let data = test_data(2 * 1024 * 1024);
+    std::fs::write(fx.path("input.bin"), &data).unwrap();
+    fx.ok(&["backup", "stream", "db", "--input", fx.path("input.bin").to_str().unwrap(), "--part-size", "256KiB"]);
+
+    let segments = segment_objects(&fx.path("vault"));
+    assert_eq!(segments.len(), 1);
+    let mut stored = std::fs::read(&segments[0]).unwrap();
+    let middle = stored.len() / 2;
+    stored[middle] ^= 0x40;
+    std::fs::write(&segments[0], &stored).unwrap();
+
+    let out = fx.run(&["verify"]);
+    assert_eq!(out.status.code(), Some(6), "integrity exit code; stderr: {}", stderr(&out));
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(report.contains("DAMAGED"), "{report}");
+    assert!(report.contains("part"), "the report names the part: {report}");
+
+    let out = fx.run(&["restore", "stream", "db", "--output", fx.path("restored.bin").to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(6), "{}", stderr(&out));
+    assert!(stderr(&out).contains(".zst"), "the error names the object: {}", stderr(&out));
+    assert!(!fx.path("restored.bin").exists(), "no output file that looks complete");
+    assert!(!fx.path("restored.bin.partial").exists(), "the partial file is removed");
+}
+
+#[test]
+fn encrypted_vault_needs_its_key() {
+    let fx = Fixture::new();
+    let key = fx.path("vault.key");
+    fx.ok(&["vault", "init", "--encrypt", "--key-file", key.to_str().unwrap()]);
+    assert_eq!(std::fs::read_to_string(&key).unwrap().trim().len(), 64);
+
+    let data = test_data(100_000);
+    std::fs::write(fx.path("input.bin"), &data).unwrap();
+    fx.ok(&["backup", "stream", "secret", "--key-file", key.to_str().unwrap(), "--input", fx.path("input.bin").to_str().unwrap()]);
+
+    // The plaintext is nowhere in the vault.
+    for segment in segment_objects(&fx.path("vault")) {
+        let stored = std::fs::read(segment).unwrap();
+        assert!(!stored.windows(20).any(|w| w == &data[..20]), "plaintext found in a segment");
+    }
+
+    let out = fx.run(&["restore", "stream", "secret"]);
+    assert_eq!(out.status.code(), Some(7), "{}", stderr(&out));
+    assert!(stderr(&out).contains("encrypted and no key was given"), "{}", stderr(&out));
+
+    let other = fx.path("other.key");
+    std::fs::write(&other, format!("{}\n", "ab".repeat(32))).unwrap();
+    let out = fx.run(&["restore", "stream", "secret", "--key-file", other.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(7), "{}", stderr(&out));
+    assert!(stderr(&out).contains("does not belong"), "{}", stderr(&out));
+
+    let out = fx.ok(&["restore", "stream", "secret", "--key-file", key.to_str().unwrap()]);
+    assert_eq!(out.stdout, data);
+}
+
+#[test]
+fn operator_mistakes_get_clear_errors() {
+    let fx = Fixture::new();
+
+    let out = fx.run(&["list"]);
+    assert_eq!(out.status.code(), Some(8), "{}", stderr(&out));
+    assert!(stderr(&out).contains("strata vault init"), "tells how to create a vault: {}", stderr(&out));
+
+    fx.ok(&["vault", "init"]);
+    let out = fx.run(&["vault", "init"]);
+    assert_eq!(out.status.code(), Some(9), "{}", stderr(&out));
+    assert!(stderr(&out).contains("already exists"));
+
+    let out = fx.run(&["restore", "stream", "nothing"]);
+    assert_eq!(out.status.code(), Some(8));
+    assert!(stderr(&out).contains("no stream backup called `nothing`"), "{}", stderr(&out));
+
+    std::fs::write(fx.path("in"), b"x").unwrap();
+    fx.ok(&["backup", "stream", "x", "--input", fx.path("in").to_str().unwrap()]);
+    std::fs::write(fx.path("exists"), b"keep me").unwrap();
+    let out = fx.run(&["restore", "stream", "x", "--output", fx.path("exists").to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(9));
+    assert!(stderr(&out).contains("--force"), "{}", stderr(&out));
+    assert_eq!(std::fs::read(fx.path("exists")).unwrap(), b"keep me");
+
+    let out = fx.run(&["backup", "stream", "x", "--input", fx.path("missing").to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(10), "{}", stderr(&out));
+    assert!(stderr(&out).contains("cannot open"), "{}", stderr(&out));
+
+    std::fs::write(fx.path("bad.toml"), "[vault]\nurl = 3\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_strata"))
+        .args(["--config", fx.path("bad.toml").to_str().unwrap(), "list"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(stderr(&out).contains("bad.toml"), "{}", stderr(&out));
+}
+
+#[test]
+fn catalog_rebuild_recreates_the_index_from_the_vault() {
+    let fx = Fixture::new();
+    fx.ok(&["vault", "init"]);
+    std::fs::write(fx.path("in"), test_data(10_000)).unwrap();
+    for name in ["a", "b", "c"] {
+        fx.ok(&["backup", "stream", name, "--input", fx.path("in").to_str().unwrap()]);
+    }
+    std::fs::remove_file(fx.path("catalog.db")).unwrap();
+    let out = fx.ok(&["catalog", "rebuild"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("3 backups"), "{}", String::from_utf8_lossy(&out.stdout));
+    let out = fx.ok(&["list", "--json"]);
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let names: Vec<&str> = listed.as_array().unwrap().iter().map(|b| b["instance"].as_str().unwrap()).collect();
+    assert_eq!(names, ["a", "b", "c"]);
+}
