@@ -1,1 +1,539 @@
-//! The streaming reader (being written).
+//! The streaming reader: a committed backup's streams, back out of the vault.
+//!
+//! ```text
+//! ranged GETs, `readahead` parts in flight ─► CRC-32C ─► AEAD open ─► zstd ─► raw size
+//!                                            (`workers` threads)                 │
+//!                                   in-order output ◄── BLAKE3 of the stream ◄───┘
+//! ```
+//!
+//! Every part is fetched with a bounded range request (never a suffix range,
+//! which Azure does not support), and checked before a byte of it is handed
+//! on: the CRC-32C of the stored bytes, the AEAD tag when the backup is
+//! encrypted, the zstd frame, and the raw length. A part that fails any check
+//! is an [`ErrorKind::Integrity`] error (a missing object is
+//! [`ErrorKind::NotFound`]) naming the segment object and the part, and none
+//! of its bytes are written. At the end of a stream the BLAKE3 digest of
+//! everything written is compared with the manifest's.
+//!
+//! [`verify_backup`] runs the same checks over every part of a backup without
+//! writing anything, and reports every problem instead of stopping at the
+//! first. [`VaultRestoreSource`] hands streams to engine plugins.
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::StreamExt;
+use object_store::path::Path;
+use object_store::{GetOptions, ObjectStore};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::sync::{Semaphore, mpsc};
+
+use super::{Progress, Vault};
+use crate::catalog::manifest::{BackupId, Manifest, PartRecord, StreamRecord};
+use crate::crypto::DataKey;
+use crate::error::{Error, ErrorKind, Result};
+
+/// The largest raw part a reader accepts: a manifest asking for more is damaged.
+const MAX_RAW_PART: u64 = 1 << 30;
+
+const DAMAGED_HINT: &str = "the stored backup is damaged; restore from another backup, and run `strata verify` to check the others";
+
+/// How a reader fetches and decompresses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReaderConfig {
+    /// Parts fetched ahead of the one being written. Default `2 × cores + 2`.
+    pub readahead: usize,
+    /// Decompression threads; 0 means one per core (the default).
+    pub workers: usize,
+}
+
+impl Default for ReaderConfig {
+    fn default() -> Self {
+        ReaderConfig {
+            readahead: 2 * cores() + 2,
+            workers: 0,
+        }
+    }
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get())
+}
+
+/// What reading a stream moved.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReadStats {
+    /// Raw bytes written out.
+    pub raw_bytes: u64,
+    /// Stored bytes fetched.
+    pub stored_bytes: u64,
+    /// Parts read.
+    pub parts: u64,
+}
+
+/// The outcome of [`verify_backup`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifyReport {
+    /// The backup checked.
+    pub backup: BackupId,
+    /// Streams checked.
+    pub streams: usize,
+    /// Parts checked.
+    pub parts: u64,
+    /// Raw bytes checked.
+    pub raw_bytes: u64,
+    /// Stored bytes read.
+    pub stored_bytes: u64,
+    /// Every problem found, each naming the object and part (empty when sound).
+    pub problems: Vec<String>,
+}
+
+impl VerifyReport {
+    /// Whether the backup is sound: every part and every stream digest checked out.
+    pub fn is_ok(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+/// Where one part lives.
+#[derive(Clone)]
+struct PartLocation {
+    key: Arc<str>,
+    path: Path,
+    range: Range<u64>,
+    record: PartRecord,
+    /// The part's index within its stream.
+    index: u64,
+}
+
+/// Everything a part check needs, shareable with blocking threads.
+struct StreamContext {
+    store: Arc<dyn ObjectStore>,
+    backup: BackupId,
+    stream_index: u32,
+    stream_name: String,
+    data_key: Option<Arc<DataKey>>,
+    slots: Arc<Semaphore>,
+}
+
+impl StreamContext {
+    fn part_error(&self, kind: ErrorKind, loc: &PartLocation, problem: &str) -> Error {
+        Error::new(
+            kind,
+            format!(
+                "backup {}, stream `{}`: part {} in object {}: {problem}",
+                self.backup, self.stream_name, loc.index, loc.key
+            ),
+        )
+    }
+
+    /// Fetches one part and checks it; returns its raw bytes.
+    async fn fetch(
+        self: Arc<Self>,
+        loc: PartLocation,
+        segment_size: u64,
+    ) -> Result<(PartLocation, Bytes)> {
+        let stored = self.fetch_stored(&loc, segment_size).await?;
+        let permit = self
+            .slots
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the decompression semaphore is never closed");
+        let ctx = self.clone();
+        let job_loc = loc.clone();
+        let raw = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            ctx.open(&job_loc, &stored)
+        })
+        .await
+        .map_err(|e| Error::io(format!("a decompression task failed: {e}")))??;
+        Ok((loc, raw))
+    }
+
+    async fn fetch_stored(&self, loc: &PartLocation, segment_size: u64) -> Result<Bytes> {
+        let options = GetOptions::new().with_range(Some(loc.range.clone()));
+        let fetched = match self.store.get_opts(&loc.path, options).await {
+            Ok(result) => result.bytes().await,
+            Err(e) => Err(e),
+        };
+        match fetched {
+            Ok(bytes) => Ok(bytes),
+            Err(object_store::Error::NotFound { .. }) => Err(self
+                .part_error(ErrorKind::NotFound, loc, "the object is missing")
+                .hint(DAMAGED_HINT)),
+            Err(err) => {
+                // A range past the end of a truncated object fails in a
+                // store-specific way: tell it apart from an unreachable store.
+                let options = GetOptions::new().with_head(true);
+                if let Ok(head) = self.store.get_opts(&loc.path, options).await
+                    && head.meta.size != segment_size
+                {
+                    return Err(self
+                        .part_error(
+                            ErrorKind::Integrity,
+                            loc,
+                            &format!(
+                                "the object is {} bytes, the manifest records {segment_size}",
+                                head.meta.size
+                            ),
+                        )
+                        .hint(DAMAGED_HINT));
+                }
+                let err = Error::from(err);
+                Err(self.part_error(err.kind(), loc, &err.to_string()))
+            }
+        }
+    }
+
+    /// Checks a stored part and returns its raw bytes.
+    fn open(&self, loc: &PartLocation, stored: &[u8]) -> Result<Bytes> {
+        let damaged = |problem: &str| {
+            self.part_error(ErrorKind::Integrity, loc, problem)
+                .hint(DAMAGED_HINT)
+        };
+        if stored.len() as u64 != loc.record.stored {
+            return Err(damaged(&format!(
+                "the object ends early ({} of {} bytes)",
+                stored.len(),
+                loc.record.stored
+            )));
+        }
+        let crc = crc32c::crc32c(stored);
+        if crc != loc.record.crc32c {
+            return Err(damaged(&format!(
+                "CRC-32C mismatch (stored {crc:08x}, manifest {:08x})",
+                loc.record.crc32c
+            )));
+        }
+        let opened;
+        let frame: &[u8] = match &self.data_key {
+            Some(key) => {
+                opened = key
+                    .open_part(self.backup.as_str(), self.stream_index, loc.index, stored)
+                    .map_err(|_| damaged("authenticated decryption failed"))?;
+                &opened
+            }
+            None => stored,
+        };
+        if loc.record.raw > MAX_RAW_PART {
+            return Err(damaged(&format!(
+                "the manifest records an impossible raw size of {} bytes",
+                loc.record.raw
+            )));
+        }
+        let raw = zstd::bulk::Decompressor::new()
+            .and_then(|mut d| d.decompress(frame, loc.record.raw as usize))
+            .map_err(|e| damaged(&format!("the zstd frame is invalid: {e}")))?;
+        if raw.len() as u64 != loc.record.raw {
+            return Err(damaged(&format!(
+                "the part decompresses to {} bytes, the manifest records {}",
+                raw.len(),
+                loc.record.raw
+            )));
+        }
+        Ok(Bytes::from(raw))
+    }
+}
+
+fn data_key(vault: &Vault, manifest: &Manifest) -> Result<Option<Arc<DataKey>>> {
+    let Some(encryption) = &manifest.encryption else {
+        return Ok(None);
+    };
+    if encryption.algorithm != crate::crypto::PART_ALGORITHM {
+        return Err(Error::integrity(format!(
+            "backup {} uses the unknown part cipher `{}`",
+            manifest.id, encryption.algorithm
+        ))
+        .hint("upgrade Strata to read this backup"));
+    }
+    let key = vault.key().ok_or_else(|| {
+        Error::crypto(format!(
+            "backup {} is encrypted and no key was given",
+            manifest.id
+        ))
+        .hint("set [vault] key_file in the config or pass --key-file")
+    })?;
+    Ok(Some(Arc::new(key.open_data_key(
+        manifest.id.as_str(),
+        &encryption.wrapped_key,
+    )?)))
+}
+
+fn stream_context(
+    vault: &Vault,
+    manifest: &Manifest,
+    index: usize,
+    data_key: Option<Arc<DataKey>>,
+    config: &ReaderConfig,
+) -> Arc<StreamContext> {
+    let workers = if config.workers == 0 {
+        cores()
+    } else {
+        config.workers
+    };
+    Arc::new(StreamContext {
+        store: vault.store().clone(),
+        backup: manifest.id.clone(),
+        stream_index: index as u32,
+        stream_name: manifest.streams[index].name.clone(),
+        data_key,
+        slots: Arc::new(Semaphore::new(workers)),
+    })
+}
+
+/// Every part of a stream with its segment's stored size, in order.
+fn locate(vault: &Vault, stream: &StreamRecord) -> Vec<(PartLocation, u64)> {
+    let mut parts = Vec::with_capacity(stream.part_count());
+    let mut index = 0u64;
+    for segment in &stream.segments {
+        let key: Arc<str> = Arc::from(segment.key.as_str());
+        let path = vault.path(&segment.key);
+        let mut offset = 0u64;
+        for record in &segment.parts {
+            parts.push((
+                PartLocation {
+                    key: key.clone(),
+                    path: path.clone(),
+                    range: offset..offset + record.stored,
+                    record: *record,
+                    index,
+                },
+                segment.stored_size,
+            ));
+            offset += record.stored;
+            index += 1;
+        }
+    }
+    parts
+}
+
+/// Hashes raw parts, in order, on a thread of its own.
+fn spawn_hasher() -> (mpsc::Sender<Bytes>, tokio::task::JoinHandle<blake3::Hash>) {
+    let (tx, mut rx) = mpsc::channel::<Bytes>(2);
+    let handle = tokio::task::spawn_blocking(move || {
+        let mut hasher = blake3::Hasher::new();
+        while let Some(raw) = rx.blocking_recv() {
+            hasher.update(&raw);
+        }
+        hasher.finalize()
+    });
+    (tx, handle)
+}
+
+async fn finish_digest(
+    tx: mpsc::Sender<Bytes>,
+    handle: tokio::task::JoinHandle<blake3::Hash>,
+) -> Result<String> {
+    drop(tx);
+    let digest = handle
+        .await
+        .map_err(|e| Error::io(format!("the digest task failed: {e}")))?;
+    Ok(digest.to_hex().to_string())
+}
+
+fn digest_mismatch(manifest: &Manifest, stream: &StreamRecord, actual: &str) -> Error {
+    Error::integrity(format!(
+        "backup {}, stream `{}`: the BLAKE3 digest of the restored bytes is {actual}, the manifest records {}",
+        manifest.id, stream.name, stream.blake3
+    ))
+    .hint(DAMAGED_HINT)
+}
+
+/// Writes stream `stream` of the backup into `out`, in order.
+///
+/// Every part's CRC-32C is checked (and, for encrypted backups, its AEAD tag
+/// opened) before its bytes are written; at the end the BLAKE3 digest of
+/// everything written is compared with the manifest. Errors name the segment
+/// object key and the part index: [`ErrorKind::Integrity`] for damaged data,
+/// [`ErrorKind::NotFound`] for a missing object or stream,
+/// [`ErrorKind::Crypto`] when the backup is encrypted and the vault was
+/// opened without its key. `out` is flushed, not shut down.
+pub async fn read_stream<W: AsyncWrite + Unpin + Send + ?Sized>(
+    vault: &Vault,
+    manifest: &Manifest,
+    stream: &str,
+    out: &mut W,
+    config: &ReaderConfig,
+    progress: Option<&dyn Progress>,
+) -> Result<ReadStats> {
+    let record = manifest.stream(stream)?;
+    let index = manifest
+        .streams
+        .iter()
+        .position(|s| s.name == stream)
+        .expect("the stream was found");
+    let ctx = stream_context(vault, manifest, index, data_key(vault, manifest)?, config);
+    let (hash_tx, hasher) = spawn_hasher();
+    let mut parts = futures::stream::iter(locate(vault, record))
+        .map(|(loc, segment_size)| ctx.clone().fetch(loc, segment_size))
+        .buffered(config.readahead.max(1));
+    let mut stats = ReadStats::default();
+    while let Some(part) = parts.next().await {
+        let (loc, raw) = part?;
+        if hash_tx.send(raw.clone()).await.is_err() {
+            return Err(Error::io("the digest task of the reader stopped"));
+        }
+        out.write_all(&raw).await.map_err(|e| {
+            Error::from(e).context(format!(
+                "writing stream `{stream}` of backup {}",
+                manifest.id
+            ))
+        })?;
+        stats.raw_bytes += loc.record.raw;
+        stats.stored_bytes += loc.record.stored;
+        stats.parts += 1;
+        if let Some(progress) = progress {
+            progress.add(loc.record.raw);
+        }
+    }
+    out.flush().await.map_err(|e| {
+        Error::from(e).context(format!(
+            "writing stream `{stream}` of backup {}",
+            manifest.id
+        ))
+    })?;
+    let digest = finish_digest(hash_tx, hasher).await?;
+    if digest != record.blake3 {
+        return Err(digest_mismatch(manifest, record, &digest));
+    }
+    Ok(stats)
+}
+
+/// Whether a part error is a finding about the backup (recorded by
+/// [`verify_backup`]) rather than a failure to reach the vault.
+fn is_finding(err: &Error) -> bool {
+    matches!(
+        err.kind(),
+        ErrorKind::Integrity | ErrorKind::NotFound | ErrorKind::Crypto
+    )
+}
+
+/// Reads every part of every stream of the backup and checks CRC-32C, AEAD,
+/// decompression, raw sizes, segment sizes and each stream's digest. Each
+/// problem is recorded (naming the object and part) and the check goes on;
+/// nothing is written anywhere.
+///
+/// Returns `Err` only when the check itself cannot proceed: the vault is
+/// unreachable, or the backup is encrypted and the vault was opened without
+/// a key.
+pub async fn verify_backup(
+    vault: &Vault,
+    manifest: &Manifest,
+    config: &ReaderConfig,
+    progress: Option<&dyn Progress>,
+) -> Result<VerifyReport> {
+    let mut report = VerifyReport {
+        backup: manifest.id.clone(),
+        streams: 0,
+        parts: 0,
+        raw_bytes: 0,
+        stored_bytes: 0,
+        problems: Vec::new(),
+    };
+    let data_key = match data_key(vault, manifest) {
+        Ok(key) => key,
+        Err(e) if e.kind() == ErrorKind::Crypto && vault.key().is_none() => return Err(e),
+        Err(e) => {
+            report.problems.push(e.to_string());
+            return Ok(report);
+        }
+    };
+    for (index, record) in manifest.streams.iter().enumerate() {
+        report.streams += 1;
+        for segment in &record.segments {
+            let head = vault
+                .store()
+                .get_opts(&vault.path(&segment.key), GetOptions::new().with_head(true))
+                .await;
+            match head {
+                Ok(head) if head.meta.size != segment.stored_size => report.problems.push(format!(
+                    "backup {}, stream `{}`: object {} is {} bytes, the manifest records {}",
+                    manifest.id, record.name, segment.key, head.meta.size, segment.stored_size
+                )),
+                // Missing objects are reported part by part below.
+                Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => {
+                    return Err(Error::from(e).context(format!("checking object {}", segment.key)));
+                }
+            }
+        }
+        let ctx = stream_context(vault, manifest, index, data_key.clone(), config);
+        let (hash_tx, hasher) = spawn_hasher();
+        let mut parts = futures::stream::iter(locate(vault, record))
+            .map(|(loc, segment_size)| ctx.clone().fetch(loc, segment_size))
+            .buffered(config.readahead.max(1));
+        let mut sound = true;
+        while let Some(part) = parts.next().await {
+            match part {
+                Ok((loc, raw)) => {
+                    report.parts += 1;
+                    report.raw_bytes += loc.record.raw;
+                    report.stored_bytes += loc.record.stored;
+                    if let Some(progress) = progress {
+                        progress.add(loc.record.raw);
+                    }
+                    if sound && hash_tx.send(raw).await.is_err() {
+                        return Err(Error::io("the digest task of the verifier stopped"));
+                    }
+                }
+                Err(e) if is_finding(&e) => {
+                    report.parts += 1;
+                    sound = false;
+                    report.problems.push(e.to_string());
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let digest = finish_digest(hash_tx, hasher).await?;
+        if sound && digest != record.blake3 {
+            report
+                .problems
+                .push(digest_mismatch(manifest, record, &digest).to_string());
+        }
+    }
+    Ok(report)
+}
+
+/// A [`RestoreSource`](crate::plugin::RestoreSource) over committed
+/// manifests, for engine plugins: streams are looked up by backup id and
+/// name and read with [`read_stream`].
+pub struct VaultRestoreSource {
+    vault: Vault,
+    manifests: Vec<Manifest>,
+    config: ReaderConfig,
+}
+
+impl VaultRestoreSource {
+    /// A source over `manifests` (typically the backups a restore plan chose).
+    pub fn new(vault: Vault, manifests: Vec<Manifest>, config: ReaderConfig) -> Self {
+        VaultRestoreSource {
+            vault,
+            manifests,
+            config,
+        }
+    }
+}
+
+#[async_trait]
+impl crate::plugin::RestoreSource for VaultRestoreSource {
+    async fn read_stream(
+        &self,
+        backup: &BackupId,
+        name: &str,
+        out: &mut (dyn AsyncWrite + Send + Unpin),
+    ) -> Result<u64> {
+        let manifest = self
+            .manifests
+            .iter()
+            .find(|m| &m.id == backup)
+            .ok_or_else(|| {
+                Error::not_found(format!("backup {backup} is not part of this restore"))
+                    .hint("the restore plan lists the backups a restore may read")
+            })?;
+        let stats = read_stream(&self.vault, manifest, name, out, &self.config, None).await?;
+        Ok(stats.raw_bytes)
+    }
+}
