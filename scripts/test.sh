@@ -1,0 +1,189 @@
+#!/usr/bin/env bash
+# Runs Strata's whole test suite, the same way locally and in CI:
+#
+#   1. scripts/setup.sh            (emulators and tools into .work/, idempotent)
+#   2. cargo fmt --check, cargo clippy -D warnings    (fail fast)
+#   3. cargo build of the workspace's binaries (end-to-end tests run them)
+#   4. scripts/emulators.sh start  (Azurite and moto on loopback, this run only)
+#   5. every test: cargo nextest (or cargo test when nextest is absent), then
+#      the doc tests, with the emulators' environment and
+#      STRATA_REQUIRE_EMULATORS=1, so no object-store backend is skipped
+#   6. the emulators are stopped, whatever happened, and a summary printed
+#
+# Usage: scripts/test.sh [--skip-lint] [-- <extra arguments for the test runner>]
+#   --skip-lint   skip step 2 (for quick local runs; CI never skips it)
+#
+# Environment: STRATA_TEST_TIMEOUT (seconds, default 2400) bounds step 5.
+# Exit status: 0 when everything passed, otherwise the first failing step's.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+lint=1
+runner_args=()
+while (($#)); do
+    case "$1" in
+    --skip-lint) lint=0 ;;
+    --)
+        shift
+        runner_args=("$@")
+        break
+        ;;
+    -h | --help)
+        sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'
+        exit 0
+        ;;
+    *)
+        echo "test.sh: unknown argument $1 (see --help)" >&2
+        exit 2
+        ;;
+    esac
+    shift
+done
+
+export RUST_BACKTRACE="${RUST_BACKTRACE:-1}"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+TEST_TIMEOUT="${STRATA_TEST_TIMEOUT:-2400}"
+started=$(date +%s)
+RUN_DIR="$ROOT/.work/run-$$"
+mkdir -p "$RUN_DIR"
+
+declare -A results=()
+order=()
+record() {
+    results[$1]="$2"
+    order+=("$1")
+}
+
+summary() {
+    local name
+    echo
+    echo "==> summary"
+    for name in "${order[@]}"; do
+        printf '  %-10s %s\n' "$name" "${results[$name]}"
+    done
+    printf '  %-10s %ss\n' "time" "$(($(date +%s) - started))"
+}
+
+cleanup() {
+    local status=$?
+    STRATA_EMULATOR_DIR="$RUN_DIR/emulators" "$ROOT/scripts/emulators.sh" stop >/dev/null 2>&1 || true
+    rm -rf "$RUN_DIR"
+    exit "$status"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+step() {
+    echo "==> $*"
+}
+
+fail() {
+    record "$1" "FAILED"
+    summary
+    echo "test.sh: $2" >&2
+    exit 1
+}
+
+step "setup"
+./scripts/setup.sh || fail setup "scripts/setup.sh failed"
+record setup ok
+
+if ((lint)); then
+    step "cargo fmt --check"
+    cargo fmt --all -- --check || fail format "code is not formatted: run rustfmt --edition 2024 on the files listed above"
+    record format ok
+    step "cargo clippy"
+    cargo clippy --workspace --all-targets --quiet -- -D warnings || fail clippy "clippy found problems (above)"
+    record clippy ok
+else
+    record lint skipped
+fi
+
+step "cargo build"
+cargo build --workspace --bins --quiet || fail build "the workspace does not build"
+record build ok
+
+step "emulators"
+export STRATA_EMULATOR_DIR="$RUN_DIR/emulators"
+./scripts/emulators.sh start || fail emulators "the object-store emulators did not start"
+# shellcheck disable=SC1091
+source "$STRATA_EMULATOR_DIR/emulators.env"
+export STRATA_REQUIRE_EMULATORS=1
+record emulators "Azurite at $AZURITE_BLOB_STORAGE_URL, moto at $AWS_ENDPOINT"
+
+passed=0
+failed=0
+skipped=0
+test_status=0
+
+# Adds the counts of nextest's closing line ("N tests run: A passed, B failed, C skipped").
+count_nextest() {
+    local line n
+    line="$(grep -E '^ *Summary .* tests? run:' "$1" | tail -n 1 || true)"
+    [[ -n "$line" ]] || return 1
+    n="$(grep -oE '[0-9]+ passed' <<<"$line" | grep -oE '[0-9]+' || echo 0)"
+    passed=$((passed + n))
+    n="$(grep -oE '[0-9]+ failed' <<<"$line" | grep -oE '[0-9]+' || echo 0)"
+    failed=$((failed + n))
+    for n in $(grep -oE '[0-9]+ (timed out|exec failed)' <<<"$line" | grep -oE '^[0-9]+' || true); do
+        failed=$((failed + n))
+    done
+    n="$(grep -oE '[0-9]+ skipped' <<<"$line" | grep -oE '[0-9]+' || echo 0)"
+    skipped=$((skipped + n))
+}
+
+# Adds the counts of every libtest "test result:" line.
+count_libtest() {
+    local line n
+    while IFS= read -r line; do
+        n="$(grep -oE '[0-9]+ passed' <<<"$line" | grep -oE '[0-9]+')"
+        passed=$((passed + n))
+        n="$(grep -oE '[0-9]+ failed' <<<"$line" | grep -oE '[0-9]+')"
+        failed=$((failed + n))
+        n="$(grep -oE '[0-9]+ ignored' <<<"$line" | grep -oE '[0-9]+')"
+        skipped=$((skipped + n))
+    done < <(grep -E '^test result: ' "$1" || true)
+}
+
+# Runs "$@" under the watchdog, its output shown and kept in $1.
+run_logged() {
+    local log="$1"
+    shift
+    set +e
+    timeout --kill-after=30 "$TEST_TIMEOUT" "$@" 2>&1 | tee "$log"
+    local status=${PIPESTATUS[0]}
+    set -e
+    if ((status == 124)); then
+        echo "test.sh: the tests did not finish within ${TEST_TIMEOUT}s and were stopped" >&2
+    fi
+    return "$status"
+}
+
+if cargo nextest --version >/dev/null 2>&1; then
+    step "cargo nextest run"
+    run_logged "$RUN_DIR/tests.log" cargo nextest run --workspace --all-targets --no-fail-fast \
+        "${runner_args[@]}" || test_status=$?
+    count_nextest "$RUN_DIR/tests.log" || true
+else
+    step "cargo test"
+    run_logged "$RUN_DIR/tests.log" cargo test --workspace --all-targets --no-fail-fast \
+        "${runner_args[@]}" || test_status=$?
+    count_libtest "$RUN_DIR/tests.log"
+fi
+step "doc tests"
+doc_status=0
+run_logged "$RUN_DIR/doctests.log" cargo test --workspace --doc --no-fail-fast || doc_status=$?
+count_libtest "$RUN_DIR/doctests.log"
+((test_status != 0)) || test_status=$doc_status
+
+if ((test_status == 0)); then
+    record tests "ok"
+else
+    record tests "FAILED (exit status $test_status)"
+fi
+summary
+echo "tests: $passed passed, $failed failed, $skipped skipped"
+exit "$test_status"
