@@ -1,1 +1,460 @@
-//! The local catalog index (being written).
+//! The local catalog index: a SQLite cache of the vault's manifests.
+//!
+//! The vault is the truth: a backup exists when its manifest is committed
+//! there. The index only makes listing and planning fast without reading
+//! every manifest from object storage, and it can always be thrown away and
+//! recreated with [`CatalogIndex::rebuild`] (`strata catalog rebuild`).
+//!
+//! # Sharing
+//!
+//! Several processes open the same index file at once: the service, the
+//! PostgreSQL `archive_command` (`strata pg wal-push`) and SAP HANA's
+//! `hdbbackint`. The file is therefore opened in WAL journal mode (readers
+//! never block the writer) with a 30-second busy timeout, and every write is
+//! either a single statement or an `IMMEDIATE` transaction, so a writer waits
+//! for the other instead of failing with "database is locked".
+//!
+//! # Schema
+//!
+//! Versioned with `PRAGMA user_version`; [`CatalogIndex::open`] applies the
+//! missing migrations in order and refuses an index written by a newer
+//! Strata. Version 1:
+//!
+//! - `backups(vault_id, id, engine, instance, database, kind, fork,
+//!   started_at, ended_at, manifest)`: one row per committed backup, keyed by
+//!   `(vault_id, id)`; `manifest` is the manifest's JSON, the other columns
+//!   exist for filtering.
+//! - `vaults(vault_id, synced_at, manifests)`: the vaults whose rows were
+//!   rebuilt from the vault itself, and when.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use chrono::Utc;
+use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior, params};
+
+use crate::catalog::manifest::{BackupId, BackupKind, Manifest};
+use crate::error::{Error, ErrorKind, Result};
+use crate::vault::Vault;
+
+/// How long a writer waits for another process holding the write lock.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The hint every index failure carries: the index is disposable.
+const REBUILD_HINT: &str =
+    "the index is only a cache of the vault: move the file away and run `strata catalog rebuild`";
+
+/// The schema migrations, in order; migration `n` (1-based) brings the
+/// schema to `user_version = n`. Append only: never edit a released step.
+const MIGRATIONS: &[&str] = &[
+    // 1: backups and synced vaults.
+    "CREATE TABLE backups (
+        vault_id   TEXT NOT NULL,
+        id         TEXT NOT NULL,
+        engine     TEXT NOT NULL,
+        instance   TEXT NOT NULL,
+        database   TEXT,
+        kind       TEXT NOT NULL,
+        fork       TEXT NOT NULL,
+        started_at TEXT NOT NULL,
+        ended_at   TEXT NOT NULL,
+        manifest   TEXT NOT NULL,
+        PRIMARY KEY (vault_id, id)
+    ) WITHOUT ROWID;
+    CREATE INDEX backups_by_item ON backups (vault_id, engine, instance, database, id);
+    CREATE TABLE vaults (
+        vault_id  TEXT PRIMARY KEY,
+        synced_at TEXT NOT NULL,
+        manifests INTEGER NOT NULL
+    );",
+];
+
+/// The schema version this build writes and the newest it reads.
+pub const INDEX_SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
+
+/// Which backups [`CatalogIndex::list`] returns; `None` fields match everything.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ListFilter {
+    /// Only this engine (`postgres`, `sqlserver`, `hana`, `stream`).
+    pub engine: Option<String>,
+    /// Only this instance.
+    pub instance: Option<String>,
+    /// Only this database.
+    pub database: Option<String>,
+    /// Only this kind of backup.
+    pub kind: Option<BackupKind>,
+}
+
+/// What [`CatalogIndex::rebuild`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RebuildReport {
+    /// Manifests found in the vault (the rows the index now holds for it).
+    pub manifests: usize,
+    /// Backups that the index did not know before.
+    pub added: usize,
+    /// Rows dropped because their backup is no longer in the vault.
+    pub removed: usize,
+}
+
+/// The local catalog index. Cheap to share between threads (`Send + Sync`);
+/// calls are serialised on one connection.
+pub struct CatalogIndex {
+    conn: Mutex<Connection>,
+    origin: String,
+}
+
+impl std::fmt::Debug for CatalogIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CatalogIndex")
+            .field("origin", &self.origin)
+            .finish()
+    }
+}
+
+impl CatalogIndex {
+    /// Opens the index file at `path`, creating it (and its parent
+    /// directories) if needed, and brings its schema up to date.
+    ///
+    /// Fails with [`ErrorKind::Catalog`] if the file is not a SQLite
+    /// database or was written by a newer Strata; the hint says how to
+    /// recreate it.
+    pub fn open(path: &Path) -> Result<Self> {
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(|e| {
+                Error::from(e).context(format!(
+                    "creating the directory {} for the catalog index",
+                    parent.display()
+                ))
+            })?;
+        }
+        let origin = path.display().to_string();
+        let conn = Connection::open(path).map_err(|e| index_error(&origin, "opening", e))?;
+        Self::setup(conn, origin, true)
+    }
+
+    /// An index held in memory only (tests, one-shot commands).
+    pub fn open_in_memory() -> Result<Self> {
+        let origin = "in-memory catalog index".to_owned();
+        let conn = Connection::open_in_memory().map_err(|e| index_error(&origin, "opening", e))?;
+        Self::setup(conn, origin, false)
+    }
+
+    fn setup(mut conn: Connection, origin: String, wal: bool) -> Result<Self> {
+        conn.busy_timeout(BUSY_TIMEOUT)
+            .map_err(|e| index_error(&origin, "configuring", e))?;
+        if wal {
+            set_wal(&conn).map_err(|e| index_error(&origin, "opening", e))?;
+            conn.pragma_update(None, "synchronous", "NORMAL")
+                .map_err(|e| index_error(&origin, "configuring", e))?;
+        }
+        migrate(&mut conn, &origin)?;
+        Ok(CatalogIndex {
+            conn: Mutex::new(conn),
+            origin,
+        })
+    }
+
+    fn conn(&self) -> MutexGuard<'_, Connection> {
+        // A panic while holding the lock leaves no half-done write behind
+        // (an open transaction rolls back when dropped), so the connection
+        // is still good.
+        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records (or replaces) the manifest of a committed backup of vault
+    /// `vault_id`, keyed by `(vault_id, manifest.id)`.
+    pub fn record(&self, vault_id: &str, manifest: &Manifest) -> Result<()> {
+        let json = serde_json::to_string(manifest)?;
+        let conn = self.conn();
+        insert(&conn, vault_id, manifest, &json)
+            .map_err(|e| index_error(&self.origin, "recording a backup in", e))?;
+        Ok(())
+    }
+
+    /// Removes backup `id` of vault `vault_id` from the index (after it was
+    /// deleted from the vault). Forgetting an unknown backup is not an error.
+    pub fn forget(&self, vault_id: &str, id: &BackupId) -> Result<()> {
+        self.conn()
+            .execute(
+                "DELETE FROM backups WHERE vault_id = ?1 AND id = ?2",
+                params![vault_id, id.as_str()],
+            )
+            .map_err(|e| index_error(&self.origin, "removing a backup from", e))?;
+        Ok(())
+    }
+
+    /// The manifests of vault `vault_id` that match `filter`, ordered by
+    /// backup id (that is, by start time).
+    pub fn list(&self, vault_id: &str, filter: &ListFilter) -> Result<Vec<Manifest>> {
+        let conn = self.conn();
+        let mut statement = conn
+            .prepare_cached(
+                "SELECT id, manifest FROM backups
+                 WHERE vault_id = ?1
+                   AND (?2 IS NULL OR engine = ?2)
+                   AND (?3 IS NULL OR instance = ?3)
+                   AND (?4 IS NULL OR database = ?4)
+                   AND (?5 IS NULL OR kind = ?5)
+                 ORDER BY id",
+            )
+            .map_err(|e| index_error(&self.origin, "reading", e))?;
+        let rows = statement
+            .query_map(
+                params![
+                    vault_id,
+                    filter.engine,
+                    filter.instance,
+                    filter.database,
+                    filter.kind.map(BackupKind::as_str),
+                ],
+                |row| Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?)),
+            )
+            .map_err(|e| index_error(&self.origin, "reading", e))?;
+        let mut manifests = Vec::new();
+        for row in rows {
+            let (id, json) = row.map_err(|e| index_error(&self.origin, "reading", e))?;
+            manifests.push(self.parse(&id, &json)?);
+        }
+        Ok(manifests)
+    }
+
+    /// The manifest of backup `id` of vault `vault_id`, if the index has it.
+    pub fn get(&self, vault_id: &str, id: &BackupId) -> Result<Option<Manifest>> {
+        let json: Option<String> = self
+            .conn()
+            .query_row(
+                "SELECT manifest FROM backups WHERE vault_id = ?1 AND id = ?2",
+                params![vault_id, id.as_str()],
+                |row| row.get(0),
+            )
+            .optional()
+            .map_err(|e| index_error(&self.origin, "reading", e))?;
+        json.map(|json| self.parse(id.as_str(), &json)).transpose()
+    }
+
+    /// Whether the rows of vault `vault_id` were rebuilt from the vault at
+    /// least once (so the index can be trusted to know every backup, not
+    /// only those this host recorded).
+    pub fn is_synced(&self, vault_id: &str) -> Result<bool> {
+        let found: Option<i64> = self
+            .conn()
+            .query_row(
+                "SELECT 1 FROM vaults WHERE vault_id = ?1",
+                params![vault_id],
+                |row| row.get(0),
+            )
+            .optional()
+            .map_err(|e| index_error(&self.origin, "reading", e))?;
+        Ok(found.is_some())
+    }
+
+    /// Recreates the rows of `vault` from the manifests committed in it:
+    /// reads every manifest, then in one transaction replaces the vault's
+    /// rows and marks the vault synced. Rows of backups no longer in the
+    /// vault are dropped. Other vaults' rows are untouched.
+    ///
+    /// A manifest that cannot be read fails the rebuild and leaves the index
+    /// as it was.
+    pub async fn rebuild(&self, vault: &Vault) -> Result<RebuildReport> {
+        let vault_id = vault.meta().vault_id.clone();
+        let manifests = vault
+            .all_manifests()
+            .await
+            .map_err(|e| e.context(format!("rebuilding the catalog index from {}", vault.url())))?;
+        let mut rows = Vec::with_capacity(manifests.len());
+        for manifest in &manifests {
+            rows.push((manifest, serde_json::to_string(manifest)?));
+        }
+        let mut conn = self.conn();
+        replace_vault(&mut conn, &vault_id, &rows)
+            .map_err(|e| index_error(&self.origin, "rebuilding", e))
+    }
+
+    fn parse(&self, id: &str, json: &str) -> Result<Manifest> {
+        Manifest::from_json(json.as_bytes(), &format!("{id} in {}", self.origin))
+            .map_err(|e| e.hint(REBUILD_HINT))
+    }
+}
+
+fn insert(
+    conn: &Connection,
+    vault_id: &str,
+    manifest: &Manifest,
+    json: &str,
+) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO backups
+            (vault_id, id, engine, instance, database, kind, fork, started_at, ended_at, manifest)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+         ON CONFLICT (vault_id, id) DO UPDATE SET
+            engine = excluded.engine, instance = excluded.instance,
+            database = excluded.database, kind = excluded.kind, fork = excluded.fork,
+            started_at = excluded.started_at, ended_at = excluded.ended_at,
+            manifest = excluded.manifest",
+    )?
+    .execute(params![
+        vault_id,
+        manifest.id.as_str(),
+        manifest.engine,
+        manifest.instance,
+        manifest.database,
+        manifest.kind.as_str(),
+        manifest.fork,
+        manifest.started_at.to_rfc3339(),
+        manifest.ended_at.to_rfc3339(),
+        json,
+    ])?;
+    Ok(())
+}
+
+fn replace_vault(
+    conn: &mut Connection,
+    vault_id: &str,
+    rows: &[(&Manifest, String)],
+) -> rusqlite::Result<RebuildReport> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let before: BTreeSet<String> = {
+        let mut statement = tx.prepare("SELECT id FROM backups WHERE vault_id = ?1")?;
+        statement
+            .query_map(params![vault_id], |row| row.get(0))?
+            .collect::<rusqlite::Result<_>>()?
+    };
+    tx.execute("DELETE FROM backups WHERE vault_id = ?1", params![vault_id])?;
+    let mut added = 0;
+    let mut now: BTreeSet<&str> = BTreeSet::new();
+    for (manifest, json) in rows {
+        insert(&tx, vault_id, manifest, json)?;
+        if !before.contains(manifest.id.as_str()) {
+            added += 1;
+        }
+        now.insert(manifest.id.as_str());
+    }
+    let removed = before
+        .iter()
+        .filter(|id| !now.contains(id.as_str()))
+        .count();
+    tx.execute(
+        "INSERT INTO vaults (vault_id, synced_at, manifests) VALUES (?1, ?2, ?3)
+         ON CONFLICT (vault_id) DO UPDATE SET
+            synced_at = excluded.synced_at, manifests = excluded.manifests",
+        params![vault_id, Utc::now().to_rfc3339(), rows.len() as i64],
+    )?;
+    tx.commit()?;
+    Ok(RebuildReport {
+        manifests: now.len(),
+        added,
+        removed,
+    })
+}
+
+/// Switches the file to WAL journaling. Two processes creating the file at
+/// the same moment can see a transient lock here that the busy handler does
+/// not cover, so it is retried for as long as the busy timeout.
+fn set_wal(conn: &Connection) -> rusqlite::Result<()> {
+    let deadline = std::time::Instant::now() + BUSY_TIMEOUT;
+    loop {
+        match conn
+            .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get::<_, String>(0))
+        {
+            Ok(_) => return Ok(()),
+            Err(e) if is_busy(&e) && std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn is_busy(err: &rusqlite::Error) -> bool {
+    matches!(
+        err.sqlite_error_code(),
+        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)
+    )
+}
+
+fn migrate(conn: &mut Connection, origin: &str) -> Result<()> {
+    let version = user_version(conn).map_err(|e| index_error(origin, "opening", e))?;
+    if version == INDEX_SCHEMA_VERSION {
+        return Ok(());
+    }
+    if version > INDEX_SCHEMA_VERSION {
+        return Err(newer_schema(origin, version));
+    }
+    // IMMEDIATE: two processes opening a fresh file must not both migrate;
+    // the second one waits, then finds the schema current.
+    let found = (|| -> rusqlite::Result<u32> {
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let version = user_version(&tx)?;
+        if version >= INDEX_SCHEMA_VERSION {
+            return Ok(version);
+        }
+        for (step, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+            tx.execute_batch(sql)?;
+            tx.pragma_update(None, "user_version", step as u32 + 1)?;
+        }
+        tx.commit()?;
+        Ok(INDEX_SCHEMA_VERSION)
+    })()
+    .map_err(|e| index_error(origin, "updating the schema of", e))?;
+    if found > INDEX_SCHEMA_VERSION {
+        return Err(newer_schema(origin, found));
+    }
+    Ok(())
+}
+
+fn user_version(conn: &Connection) -> rusqlite::Result<u32> {
+    conn.pragma_query_value(None, "user_version", |row| row.get(0))
+}
+
+fn newer_schema(origin: &str, version: u32) -> Error {
+    Error::new(
+        ErrorKind::Catalog,
+        format!(
+            "the catalog index at {origin} has schema version {version}, newer than this \
+             Strata understands ({INDEX_SCHEMA_VERSION})"
+        ),
+    )
+    .hint(
+        "upgrade Strata on this host, or give this Strata its own index file and run `strata catalog rebuild`",
+    )
+}
+
+/// Wraps a SQLite failure into a catalog error that names the index file and
+/// tells the operator how to recover.
+fn index_error(origin: &str, doing: &str, err: rusqlite::Error) -> Error {
+    let message = match err.sqlite_error_code() {
+        Some(ErrorCode::NotADatabase) => {
+            format!("the catalog index at {origin} is not a SQLite database (it is corrupted)")
+        }
+        Some(ErrorCode::DatabaseCorrupt) => format!("the catalog index at {origin} is corrupted"),
+        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => {
+            return Error::new(
+                ErrorKind::Catalog,
+                format!(
+                    "the catalog index at {origin} stayed locked by another process for {} s",
+                    BUSY_TIMEOUT.as_secs()
+                ),
+            )
+            .hint("check for a hung strata process; the operation can be retried")
+            .retryable(true)
+            .with_source(err);
+        }
+        Some(ErrorCode::ReadOnly | ErrorCode::PermissionDenied | ErrorCode::CannotOpen) => {
+            return Error::new(
+                ErrorKind::Catalog,
+                format!("{doing} the catalog index at {origin} failed"),
+            )
+            .hint(
+                "check that the index file and its directory are readable and writable by this user \
+                 (the service, the postgres user and <sid>adm share it)",
+            )
+            .with_source(err);
+        }
+        _ => format!("{doing} the catalog index at {origin} failed"),
+    };
+    Error::new(ErrorKind::Catalog, message)
+        .hint(REBUILD_HINT)
+        .with_source(err)
+}
