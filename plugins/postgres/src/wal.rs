@@ -1,0 +1,658 @@
+//! The WAL archive: `archive_command` (`wal-push`) and `restore_command` (`wal-fetch`).
+//!
+//! # Layout
+//!
+//! Every file PostgreSQL archives becomes one object, written with a
+//! create-only put:
+//!
+//! ```text
+//! engines/postgres/<instance>/wal/<system-identifier>/<timeline>/<file name>
+//! ```
+//!
+//! The system identifier and the timeline are part of the key, so the WAL of
+//! two clusters (or of two timelines) can never mix, and a restored copy that
+//! was misconfigured to archive into the same vault cannot overwrite anything:
+//! a create-only put of an existing name fails, and Strata then compares the
+//! contents. A byte-identical duplicate (PostgreSQL re-archives a segment after
+//! a crash) is a success; different contents under an existing name are an
+//! error that names both. `.history` files are never overwritten, `.partial` and
+//! `.backup` files are kept like segments.
+//!
+//! One object per file, rather than one backup manifest per segment, makes a
+//! push a single create-only request: the duplicate check is atomic, and a
+//! crash can never leave a half-registered segment behind. The segment names
+//! are the catalog of the archive: a listing gives every timeline's LSN ranges
+//! (see [`crate::chain`]).
+//!
+//! # Object format (version 1)
+//!
+//! ```text
+//! STRATA-WAL1\n
+//! {"name":..,"system_id":"..","size":..,"mtime":"<RFC 3339>","blake3":"<hex>",
+//!  "compression":"zstd","level":1,"encryption":null|{"algorithm":..,"wrapped_key":..}}\n
+//! <one zstd frame of the file, sealed with a per-object data key when the vault is encrypted>
+//! ```
+//!
+//! `mtime` is the file's modification time in `pg_wal`: PostgreSQL writes a
+//! segment up to its last record and then closes it, so no commit inside it is
+//! newer than its mtime. It is the segment's `consistent_at`, the upper bound
+//! of the times the segment can restore to. The push time would be wrong: a
+//! target between the mtime and the push time may need commits of the *next*
+//! segment, which is not archived yet.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use object_store::{ObjectStoreExt, PutMode, PutOptions};
+use serde::{Deserialize, Serialize};
+use strata_core::vault::{Vault, layout};
+use strata_core::{Error, ErrorKind, Result};
+
+use crate::walname::{WalFileKind, WalFileName};
+
+/// First line of every archived WAL object.
+pub const WAL_OBJECT_MAGIC: &[u8] = b"STRATA-WAL1\n";
+
+/// `xlp_magic` of PostgreSQL 15 WAL pages.
+const XLOG_PAGE_MAGIC_PG15: u16 = 0xD110;
+
+/// The header of an archived WAL object (see the module docs).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WalObjectHeader {
+    /// The archived file's name.
+    pub name: String,
+    /// The cluster's system identifier, as a decimal string.
+    pub system_id: String,
+    /// The file's size in bytes.
+    pub size: u64,
+    /// The file's modification time when it was pushed.
+    pub mtime: DateTime<Utc>,
+    /// BLAKE3 of the file's bytes, lowercase hex.
+    pub blake3: String,
+    /// Always `zstd`.
+    pub compression: String,
+    /// The zstd level.
+    pub level: i32,
+    /// Present when the object is sealed.
+    #[serde(default)]
+    pub encryption: Option<strata_core::catalog::manifest::Encryption>,
+}
+
+/// What a push did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PushOutcome {
+    /// The file was stored under `key`.
+    Stored {
+        /// The object key.
+        key: String,
+        /// Bytes stored.
+        stored: u64,
+    },
+    /// A byte-identical file was already archived under `key`.
+    Duplicate {
+        /// The object key.
+        key: String,
+    },
+}
+
+/// What a fetch found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FetchOutcome {
+    /// The file was written to the destination (from the vault or the prefetch spool).
+    Found,
+    /// The archive has no such file (recovery uses this to find the end of WAL).
+    NotFound,
+}
+
+/// The WAL archive of one configured cluster in a vault.
+#[derive(Debug, Clone)]
+pub struct WalArchive {
+    vault: Vault,
+    instance: String,
+}
+
+/// The system identifier in `global/pg_control` of `data_directory`.
+pub fn control_system_id(data_directory: &Path) -> Result<u64> {
+    let path = data_directory.join("global/pg_control");
+    let mut buf = [0u8; 8];
+    std::fs::File::open(&path)
+        .and_then(|mut f| f.read_exact(&mut buf))
+        .map_err(|e| {
+            Error::io(format!("cannot read {}: {e}", path.display()))
+                .hint("check data_directory in the [postgres.<name>] config section")
+        })?;
+    Ok(u64::from_le_bytes(buf))
+}
+
+/// The system identifier in the long header of a WAL segment's first page.
+pub fn segment_system_id(bytes: &[u8], name: &str) -> Result<u64> {
+    if bytes.len() < 40 {
+        return Err(Error::integrity(format!(
+            "{name} is too short ({} bytes) to be a WAL segment",
+            bytes.len()
+        )));
+    }
+    let magic = u16::from_le_bytes([bytes[0], bytes[1]]);
+    if magic != XLOG_PAGE_MAGIC_PG15 {
+        return Err(Error::integrity(format!(
+            "{name} does not start with a PostgreSQL 15 WAL page header (magic {magic:#06x})"
+        ))
+        .hint("archive_command must pass %p of a PostgreSQL 15 cluster"));
+    }
+    Ok(u64::from_le_bytes(bytes[24..32].try_into().expect("8 bytes")))
+}
+
+impl WalArchive {
+    /// The archive of cluster `instance` in `vault`.
+    pub fn new(vault: Vault, instance: impl Into<String>) -> Self {
+        WalArchive {
+            vault,
+            instance: instance.into(),
+        }
+    }
+
+    /// The vault.
+    pub fn vault(&self) -> &Vault {
+        &self.vault
+    }
+
+    /// The key prefix of the WAL of system `system_id`.
+    pub fn prefix(&self, system_id: u64) -> String {
+        format!(
+            "{}/wal/{system_id}",
+            layout::engine_prefix("postgres", &self.instance)
+        )
+    }
+
+    /// The key of archived file `name` of system `system_id`.
+    pub fn key(&self, system_id: u64, name: &WalFileName) -> String {
+        format!("{}/{:08X}/{name}", self.prefix(system_id), name.timeline)
+    }
+
+    /// Archives the file at `path` (`%p`). `data_directory` is where
+    /// `global/pg_control` is read for history and backup files; `%p` is
+    /// relative to it. Returns only once the object is durable.
+    pub async fn push(&self, path: &Path, data_directory: &Path) -> Result<PushOutcome> {
+        let full = if path.is_absolute() {
+            path.to_path_buf()
+        } else {
+            data_directory.join(path)
+        };
+        let file_name = full
+            .file_name()
+            .and_then(|n| n.to_str())
+            .ok_or_else(|| Error::config(format!("`{}` has no file name", path.display())))?
+            .to_owned();
+        let name = WalFileName::parse(&file_name)?;
+        let (bytes, mtime) = {
+            let full = full.clone();
+            tokio::task::spawn_blocking(move || -> Result<(Vec<u8>, DateTime<Utc>)> {
+                let bytes = std::fs::read(&full).map_err(|e| {
+                    Error::io(format!("cannot read {}: {e}", full.display()))
+                        .hint("archive_command must pass %p; run it from the data directory or give an absolute path")
+                })?;
+                let mtime = std::fs::metadata(&full)?.modified()?;
+                Ok((bytes, DateTime::<Utc>::from(mtime)))
+            })
+            .await
+            .map_err(|e| Error::io(format!("reading {file_name}: {e}")))??
+        };
+        let system_id = match name.kind {
+            WalFileKind::Segment | WalFileKind::Partial => {
+                let id = segment_system_id(&bytes, &file_name)?;
+                if let Ok(control) = control_system_id(data_directory)
+                    && control != id
+                {
+                    return Err(Error::integrity(format!(
+                        "{file_name} belongs to system {id}, but the cluster at {} is system {control}",
+                        data_directory.display()
+                    ))
+                    .hint("archive_command of each cluster must name that cluster's section (--cluster)"));
+                }
+                id
+            }
+            WalFileKind::History | WalFileKind::BackupHistory => {
+                control_system_id(data_directory)?
+            }
+        };
+        let key = self.key(system_id, &name);
+        let digest = blake3::hash(&bytes).to_hex().to_string();
+        let size = bytes.len() as u64;
+        let vault_key = self.vault.key().cloned();
+        let object_key = key.clone();
+        let digest_for_header = digest.clone();
+        let file_name_for_header = file_name.clone();
+        let object = tokio::task::spawn_blocking(move || -> Result<Vec<u8>> {
+            let compressed = zstd::bulk::compress(&bytes, 1)
+                .map_err(|e| Error::io(format!("compressing {file_name_for_header}: {e}")))?;
+            let (body, encryption) = match vault_key {
+                Some(vk) => {
+                    let (data_key, wrapped) = vk.new_data_key(&object_key)?;
+                    (
+                        data_key.seal_part(&object_key, 0, 0, &compressed),
+                        Some(strata_core::catalog::manifest::Encryption {
+                            algorithm: strata_core::crypto::PART_ALGORITHM.to_owned(),
+                            wrapped_key: wrapped,
+                        }),
+                    )
+                }
+                None => (compressed, None),
+            };
+            let header = WalObjectHeader {
+                name: file_name_for_header,
+                system_id: system_id.to_string(),
+                size,
+                mtime,
+                blake3: digest_for_header,
+                compression: "zstd".into(),
+                level: 1,
+                encryption,
+            };
+            let mut out = Vec::with_capacity(body.len() + 512);
+            out.extend_from_slice(WAL_OBJECT_MAGIC);
+            serde_json::to_writer(&mut out, &header)?;
+            out.push(b'\n');
+            out.extend_from_slice(&body);
+            Ok(out)
+        })
+        .await
+        .map_err(|e| Error::io(format!("encoding {file_name}: {e}")))??;
+        let stored = object.len() as u64;
+        let result = self
+            .vault
+            .store()
+            .put_opts(
+                &self.vault.path(&key),
+                object.into(),
+                PutOptions::from(PutMode::Create),
+            )
+            .await;
+        match result {
+            Ok(_) => {
+                self.sync_local(&key)?;
+                Ok(PushOutcome::Stored { key, stored })
+            }
+            Err(object_store::Error::AlreadyExists { .. }) => {
+                let existing = self.header_at(&key).await?;
+                if existing.blake3 == digest && existing.size == size {
+                    Ok(PushOutcome::Duplicate { key })
+                } else {
+                    let what = if name.kind == WalFileKind::History {
+                        "timeline history files are never overwritten"
+                    } else {
+                        "an archived WAL file is never overwritten"
+                    };
+                    Err(Error::conflict(format!(
+                        "{} ({size} bytes, blake3 {}) differs from {key} already in the vault \
+                         ({} bytes, blake3 {}, pushed from a file modified at {}): {what}",
+                        full.display(),
+                        &digest[..16],
+                        existing.size,
+                        &existing.blake3[..16.min(existing.blake3.len())],
+                        existing.mtime.to_rfc3339()
+                    ))
+                    .hint("two servers are archiving the same system and timeline into this cluster's WAL archive; \
+                           give each cluster its own [postgres.<name>] section, or turn archiving off on the copy"))
+                }
+            }
+            Err(e) => Err(Error::from(e).context(format!("archiving {file_name} to {key}"))),
+        }
+    }
+
+    /// For a local-directory vault, flushes the new object and its directory to disk.
+    fn sync_local(&self, key: &str) -> Result<()> {
+        let url = self.vault.url().trim();
+        let root = if let Some(rest) = url.strip_prefix("file://") {
+            PathBuf::from(rest)
+        } else if url.starts_with('/') {
+            PathBuf::from(url)
+        } else {
+            return Ok(());
+        };
+        let path = root.join(key);
+        let sync = |p: &Path| -> Result<()> {
+            std::fs::File::open(p)
+                .and_then(|f| f.sync_all())
+                .map_err(|e| Error::io(format!("flushing {}: {e}", p.display())))
+        };
+        sync(&path)?;
+        if let Some(dir) = path.parent() {
+            sync(dir)?;
+        }
+        Ok(())
+    }
+
+    /// Reads the header of the object at `key`.
+    pub async fn header_at(&self, key: &str) -> Result<WalObjectHeader> {
+        let bytes = self
+            .vault
+            .store()
+            .get_range(&self.vault.path(key), 0..4096)
+            .await;
+        let bytes = match bytes {
+            Ok(b) => b,
+            // Objects smaller than the range: read them whole.
+            Err(object_store::Error::Generic { .. }) => self.vault.get_bytes(key).await?,
+            Err(e) => return Err(Error::from(e).context(format!("reading {key}"))),
+        };
+        let (header, _) = parse_object(&bytes, key)?;
+        Ok(header)
+    }
+
+    /// The header of archived file `name` of system `system_id`, if archived.
+    pub async fn header(&self, system_id: u64, name: &WalFileName) -> Result<Option<WalObjectHeader>> {
+        match self.header_at(&self.key(system_id, name)).await {
+            Ok(h) => Ok(Some(h)),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Reads and verifies archived file `name`, returning its bytes, or `None`
+    /// when it is not archived.
+    pub async fn read(&self, system_id: u64, name: &WalFileName) -> Result<Option<Vec<u8>>> {
+        let key = self.key(system_id, name);
+        let bytes = match self.vault.get_bytes(&key).await {
+            Ok(b) => b,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let vault_key = self.vault.key().cloned();
+        let data = tokio::task::spawn_blocking(move || -> Result<Vec<u8>> {
+            let (header, body) = parse_object(&bytes, &key)?;
+            let compressed = match (&header.encryption, vault_key) {
+                (Some(enc), Some(vk)) => {
+                    let dk = vk.open_data_key(&key, &enc.wrapped_key)?;
+                    dk.open_part(&key, 0, 0, body)?
+                }
+                (Some(_), None) => {
+                    return Err(Error::crypto(format!("{key} is encrypted and no key was given"))
+                        .hint("set [vault] key_file in the config"));
+                }
+                (None, _) => body.to_vec(),
+            };
+            let data = zstd::bulk::decompress(&compressed, header.size as usize).map_err(|e| {
+                Error::integrity(format!("{key} does not decompress: {e}"))
+            })?;
+            let digest = blake3::hash(&data).to_hex().to_string();
+            if data.len() as u64 != header.size || digest != header.blake3 {
+                return Err(Error::integrity(format!(
+                    "{key} is corrupt: its content does not match the checksum recorded when it was archived"
+                ))
+                .hint("the object was damaged in the vault; recovery cannot continue past this segment"));
+            }
+            Ok(data)
+        })
+        .await
+        .map_err(|e| Error::io(format!("decoding {}: {e}", name)))??;
+        Ok(Some(data))
+    }
+
+    /// Restores archived file `name` (`%f`) to `dest` (`%p`), and fetches the
+    /// next `prefetch` segments of the same timeline into a spool directory
+    /// beside `dest`, in parallel, so that the following calls are a rename.
+    pub async fn fetch(
+        &self,
+        system_id: u64,
+        name: &str,
+        dest: &Path,
+        prefetch: usize,
+    ) -> Result<FetchOutcome> {
+        let parsed = WalFileName::parse(name)?;
+        let spool = dest
+            .parent()
+            .map(|p| p.join(".strata-prefetch"))
+            .unwrap_or_else(|| PathBuf::from(".strata-prefetch"));
+        let spooled = spool.join(name);
+        let found = if spooled.is_file() {
+            std::fs::rename(&spooled, dest).map_err(|e| {
+                Error::io(format!("moving {} to {}: {e}", spooled.display(), dest.display()))
+            })?;
+            true
+        } else {
+            match self.read(system_id, &parsed).await? {
+                Some(data) => {
+                    write_atomically(dest, &data)?;
+                    true
+                }
+                None => false,
+            }
+        };
+        if !found {
+            return Ok(FetchOutcome::NotFound);
+        }
+        if parsed.kind == WalFileKind::Segment && prefetch > 0 {
+            self.prefetch(system_id, &parsed, &spool, prefetch).await;
+        }
+        Ok(FetchOutcome::Found)
+    }
+
+    async fn prefetch(&self, system_id: u64, current: &WalFileName, spool: &Path, count: usize) {
+        // Segment numbers only need the split of the name; any segment size
+        // gives the same successor as long as it matches the cluster's. The
+        // size is taken from the current file's header.
+        let Ok(Some(header)) = self.header(system_id, current).await else {
+            return;
+        };
+        let seg_size = header.size;
+        if seg_size == 0 || !seg_size.is_power_of_two() {
+            return;
+        }
+        if std::fs::create_dir_all(spool).is_err() {
+            return;
+        }
+        // Old spooled segments of this timeline are no longer needed.
+        let current_name = current.to_string();
+        if let Ok(entries) = std::fs::read_dir(spool) {
+            for entry in entries.flatten() {
+                let n = entry.file_name().to_string_lossy().to_string();
+                if n.len() == 24 && n[..8] == current_name[..8] && n <= current_name {
+                    let _ = std::fs::remove_file(entry.path());
+                }
+            }
+        }
+        let segno = current.segno(seg_size);
+        let wanted: Vec<WalFileName> = (1..=count as u64)
+            .map(|i| WalFileName::segment(current.timeline, segno + i, seg_size))
+            .filter(|n| !spool.join(n.to_string()).exists())
+            .collect();
+        let results: Vec<_> = futures::stream::iter(wanted)
+            .map(|n| async move { (n, self.read(system_id, &n).await) })
+            .buffered(count.max(1))
+            .collect()
+            .await;
+        for (n, result) in results {
+            match result {
+                Ok(Some(data)) => {
+                    if let Err(e) = write_atomically(&spool.join(n.to_string()), &data) {
+                        tracing::warn!(segment = %n, error = %e, "prefetch failed");
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::warn!(segment = %n, error = %e, "prefetch failed");
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Every archived file of system `system_id`, by timeline, in name order.
+    pub async fn list(&self, system_id: u64) -> Result<BTreeMap<u32, Vec<WalFileName>>> {
+        let prefix = self.prefix(system_id);
+        let mut out: BTreeMap<u32, Vec<WalFileName>> = BTreeMap::new();
+        for key in self.vault.list_keys(&prefix).await? {
+            let Some(name) = key.rsplit('/').next() else {
+                continue;
+            };
+            if let Ok(parsed) = WalFileName::parse(name) {
+                out.entry(parsed.timeline).or_default().push(parsed);
+            }
+        }
+        for names in out.values_mut() {
+            names.sort();
+        }
+        Ok(out)
+    }
+
+    /// The system identifiers that have WAL in this archive.
+    pub async fn system_ids(&self) -> Result<Vec<u64>> {
+        let prefix = format!("{}/wal", layout::engine_prefix("postgres", &self.instance));
+        let mut ids: Vec<u64> = self
+            .vault
+            .list_keys(&prefix)
+            .await?
+            .iter()
+            .filter_map(|k| k.strip_prefix(&prefix)?.trim_start_matches('/').split('/').next()?.parse().ok())
+            .collect();
+        ids.sort();
+        ids.dedup();
+        Ok(ids)
+    }
+}
+
+fn parse_object<'a>(bytes: &'a [u8], key: &str) -> Result<(WalObjectHeader, &'a [u8])> {
+    let bad = || Error::integrity(format!("{key} is not a Strata WAL object"));
+    let rest = bytes.strip_prefix(WAL_OBJECT_MAGIC).ok_or_else(bad)?;
+    let end = rest.iter().position(|&b| b == b'\n').ok_or_else(bad)?;
+    let header: WalObjectHeader = serde_json::from_slice(&rest[..end])
+        .map_err(|e| Error::integrity(format!("{key} has a malformed header: {e}")))?;
+    Ok((header, &rest[end + 1..]))
+}
+
+/// Writes `data` to `dest` through a temporary file and a rename, flushed.
+fn write_atomically(dest: &Path, data: &[u8]) -> Result<()> {
+    let tmp = dest.with_extension("strata-tmp");
+    let result = (|| -> std::io::Result<()> {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(data)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, dest)
+    })();
+    result.map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        Error::io(format!("writing {}: {e}", dest.display()))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use strata_core::vault::VaultConfig;
+
+    const SEG: u64 = 16 * 1024 * 1024;
+
+    fn fake_segment(system_id: u64, fill: u8) -> Vec<u8> {
+        let mut data = vec![fill; 64 * 1024];
+        data[0..2].copy_from_slice(&XLOG_PAGE_MAGIC_PG15.to_le_bytes());
+        data[24..32].copy_from_slice(&system_id.to_le_bytes());
+        data
+    }
+
+    async fn setup() -> (tempfile::TempDir, WalArchive, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("file://{}/vault", dir.path().display());
+        let vault = Vault::init(&VaultConfig::from_url(&url), None).await.unwrap();
+        let pgdata = dir.path().join("pgdata");
+        std::fs::create_dir_all(pgdata.join("global")).unwrap();
+        std::fs::create_dir_all(pgdata.join("pg_wal")).unwrap();
+        let mut control = vec![0u8; 512];
+        control[..8].copy_from_slice(&42u64.to_le_bytes());
+        std::fs::write(pgdata.join("global/pg_control"), control).unwrap();
+        (dir, WalArchive::new(vault, "main"), pgdata)
+    }
+
+    #[tokio::test]
+    async fn push_fetch_duplicates_and_conflicts() {
+        let (_dir, archive, pgdata) = setup().await;
+        let seg = "000000010000000000000003";
+        std::fs::write(pgdata.join("pg_wal").join(seg), fake_segment(42, 7)).unwrap();
+        let rel = PathBuf::from("pg_wal").join(seg);
+        let out = archive.push(&rel, &pgdata).await.unwrap();
+        assert!(matches!(out, PushOutcome::Stored { .. }), "{out:?}");
+        assert_eq!(
+            archive.push(&rel, &pgdata).await.unwrap(),
+            PushOutcome::Duplicate {
+                key: format!("engines/postgres/main/wal/42/00000001/{seg}")
+            }
+        );
+        // Different bytes under the same name fail and name both sides.
+        std::fs::write(pgdata.join("pg_wal").join(seg), fake_segment(42, 9)).unwrap();
+        let err = archive.push(&rel, &pgdata).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Conflict);
+        let text = err.to_string();
+        assert!(text.contains("pg_wal/000000010000000000000003"), "{text}");
+        assert!(text.contains("engines/postgres/main/wal/42/00000001/000000010000000000000003"), "{text}");
+
+        // Fetch gives back the first version, byte for byte; a missing file is NotFound.
+        let dest = pgdata.join("pg_wal/RECOVERYXLOG");
+        assert_eq!(archive.fetch(42, seg, &dest, 2).await.unwrap(), FetchOutcome::Found);
+        assert_eq!(std::fs::read(&dest).unwrap(), fake_segment(42, 7));
+        assert_eq!(
+            archive.fetch(42, "000000010000000000000004", &dest, 2).await.unwrap(),
+            FetchOutcome::NotFound
+        );
+        assert_eq!(
+            archive.fetch(43, seg, &dest, 2).await.unwrap(),
+            FetchOutcome::NotFound,
+            "another system's WAL is never served"
+        );
+    }
+
+    #[tokio::test]
+    async fn history_files_are_never_overwritten() {
+        let (_dir, archive, pgdata) = setup().await;
+        let path = pgdata.join("pg_wal/00000002.history");
+        std::fs::write(&path, "1\t0/3000000\tbefore 2026-11-22\n").unwrap();
+        archive.push(&path, &pgdata).await.unwrap();
+        assert!(matches!(
+            archive.push(&path, &pgdata).await.unwrap(),
+            PushOutcome::Duplicate { .. }
+        ));
+        std::fs::write(&path, "1\t0/4000000\tother\n").unwrap();
+        let err = archive.push(&path, &pgdata).await.unwrap_err();
+        assert!(err.to_string().contains("never overwritten"), "{err}");
+        let dest = pgdata.join("pg_wal/RECOVERYHISTORY");
+        archive.fetch(42, "00000002.history", &dest, 0).await.unwrap();
+        assert_eq!(
+            std::fs::read_to_string(dest).unwrap(),
+            "1\t0/3000000\tbefore 2026-11-22\n"
+        );
+    }
+
+    #[tokio::test]
+    async fn prefetch_spools_following_segments() {
+        let (_dir, archive, pgdata) = setup().await;
+        // Real segments are SEG bytes long; the header's size drives successor names.
+        for i in 3..6u8 {
+            let name = format!("0000000100000000000000{i:02X}");
+            let mut data = fake_segment(42, i);
+            data.resize(SEG as usize, i);
+            std::fs::write(pgdata.join("pg_wal").join(&name), data).unwrap();
+            archive.push(&pgdata.join("pg_wal").join(&name), &pgdata).await.unwrap();
+        }
+        let dest = pgdata.join("pg_wal/RECOVERYXLOG");
+        archive.fetch(42, "000000010000000000000003", &dest, 4).await.unwrap();
+        let spool = pgdata.join("pg_wal/.strata-prefetch");
+        assert!(spool.join("000000010000000000000004").is_file());
+        assert!(spool.join("000000010000000000000005").is_file());
+        archive.fetch(42, "000000010000000000000004", &dest, 4).await.unwrap();
+        assert_eq!(std::fs::read(&dest).unwrap()[100], 4);
+        assert!(!spool.join("000000010000000000000004").exists());
+        let listed = archive.list(42).await.unwrap();
+        assert_eq!(listed[&1].len(), 3);
+        assert_eq!(archive.system_ids().await.unwrap(), vec![42]);
+    }
+
+    #[tokio::test]
+    async fn a_foreign_segment_is_refused() {
+        let (_dir, archive, pgdata) = setup().await;
+        let path = pgdata.join("pg_wal/000000010000000000000003");
+        std::fs::write(&path, fake_segment(7, 1)).unwrap();
+        let err = archive.push(&path, &pgdata).await.unwrap_err();
+        assert!(err.to_string().contains("belongs to system 7"), "{err}");
+    }
+}
