@@ -527,6 +527,17 @@ impl Vault {
     }
 }
 
+/// Receives progress of long work, in raw (uncompressed) bytes.
+///
+/// The writer calls [`Progress::add`] as each part is handed to the upload,
+/// the reader as each verified part is written out. Calls come from the task
+/// doing the work, so an implementation must be cheap (an atomic add, a
+/// progress bar increment).
+pub trait Progress: Send + Sync {
+    /// Adds `raw_bytes` more bytes of finished work.
+    fn add(&self, raw_bytes: u64);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -581,15 +592,4 @@ mod tests {
         assert!(err.to_string().contains("format 42"), "{err}");
         assert!(err.hint_text().unwrap().contains("upgrade"));
     }
-}
-
-/// Receives progress of long work, in raw (uncompressed) bytes.
-///
-/// The writer calls [`Progress::add`] as each part is handed to the upload,
-/// the reader as each verified part is written out. Calls come from the task
-/// doing the work, so an implementation must be cheap (an atomic add, a
-/// progress bar increment).
-pub trait Progress: Send + Sync {
-    /// Adds `raw_bytes` more bytes of finished work.
-    fn add(&self, raw_bytes: u64);
 }

@@ -537,3 +537,305 @@ impl crate::plugin::RestoreSource for VaultRestoreSource {
         Ok(stats.raw_bytes)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use object_store::{ObjectStoreExt, PutPayload};
+
+    use super::*;
+    use crate::crypto::VaultKey;
+    use crate::plugin::RestoreSource;
+    use crate::vault::writer::MIN_PART_SIZE;
+    use crate::vault::writer::tests::{
+        backup, data, file_vault, memory_vault, restore, small_config,
+    };
+
+    const P: usize = MIN_PART_SIZE;
+
+    /// A backup of one stream of 8 parts, in segments of up to 8 parts.
+    async fn eight_parts(vault: &Vault) -> (Vec<u8>, Manifest) {
+        let input = data(8 * P - 100, 11);
+        let config = crate::vault::writer::WriterConfig {
+            segment_size: 8 * P as u64,
+            ..small_config()
+        };
+        let manifest = backup(vault, config, &[("db", &input)]).await;
+        (input, manifest)
+    }
+
+    /// Where part `index` of the first stream lives: its segment key and byte range.
+    fn part_range(manifest: &Manifest, index: usize) -> (String, Range<u64>) {
+        let mut n = 0;
+        for segment in &manifest.streams[0].segments {
+            let mut offset = 0;
+            for part in &segment.parts {
+                if n == index {
+                    return (segment.key.clone(), offset..offset + part.stored);
+                }
+                n += 1;
+                offset += part.stored;
+            }
+        }
+        panic!("no part {index}");
+    }
+
+    async fn rewrite(vault: &Vault, key: &str, edit: impl FnOnce(&mut Vec<u8>)) {
+        let mut bytes = vault.get_bytes(key).await.unwrap().to_vec();
+        edit(&mut bytes);
+        vault
+            .store()
+            .put(&vault.path(key), PutPayload::from(bytes))
+            .await
+            .unwrap();
+    }
+
+    async fn flipped_byte_is_caught(vault: &Vault) {
+        let (input, manifest) = eight_parts(vault).await;
+        let (key, range) = part_range(&manifest, 5);
+        rewrite(vault, &key, |b| {
+            b[(range.start + range.end) as usize / 2] ^= 0x01
+        })
+        .await;
+
+        let mut out = Vec::new();
+        let err = read_stream(
+            vault,
+            &manifest,
+            "db",
+            &mut out,
+            &ReaderConfig::default(),
+            None,
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Integrity);
+        let text = err.to_string();
+        assert!(text.contains(&key), "{text}");
+        assert!(text.contains("part 5 "), "{text}");
+        assert!(text.contains("CRC-32C mismatch"), "{text}");
+        assert!(err.hint_text().unwrap().contains("another backup"));
+        assert!(
+            out == input[..5 * P],
+            "exactly the five good parts were written ({} bytes)",
+            out.len()
+        );
+
+        let report = verify_backup(vault, &manifest, &ReaderConfig::default(), None)
+            .await
+            .unwrap();
+        assert!(!report.is_ok());
+        assert_eq!(report.parts, 8);
+        assert_eq!(report.problems.len(), 1, "{:?}", report.problems);
+        assert!(report.problems[0].contains(&key) && report.problems[0].contains("part 5 "));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn flipped_byte_is_caught_in_memory() {
+        flipped_byte_is_caught(&memory_vault(None).await).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn flipped_byte_is_caught_on_files() {
+        let (_dir, vault) = file_vault().await;
+        flipped_byte_is_caught(&vault).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sound_backup_verifies() {
+        let vault = memory_vault(None).await;
+        let (input, manifest) = eight_parts(&vault).await;
+        let report = verify_backup(&vault, &manifest, &ReaderConfig::default(), None)
+            .await
+            .unwrap();
+        assert!(report.is_ok(), "{:?}", report.problems);
+        assert_eq!((report.streams, report.parts), (1, 8));
+        assert_eq!(report.raw_bytes, input.len() as u64);
+        assert_eq!(report.stored_bytes, manifest.stored_size());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn missing_and_truncated_objects_are_named() {
+        let vault = memory_vault(None).await;
+        let input = data(7 * P, 5);
+        let manifest = backup(&vault, small_config(), &[("db", &input)]).await;
+        let segments = &manifest.streams[0].segments;
+        assert!(segments.len() >= 2);
+        let last = segments.last().unwrap().key.clone();
+        rewrite(&vault, &last, |b| b.truncate(b.len() - 3)).await;
+        let err = restore(&vault, &manifest, "db").await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Integrity, "{err}");
+        assert!(err.to_string().contains(&last), "{err}");
+
+        let first = segments[0].key.clone();
+        vault.store().delete(&vault.path(&first)).await.unwrap();
+        let mut out = Vec::new();
+        let err = read_stream(
+            &vault,
+            &manifest,
+            "db",
+            &mut out,
+            &ReaderConfig::default(),
+            None,
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::NotFound);
+        assert!(
+            err.to_string().contains(&first) && err.to_string().contains("part 0 "),
+            "{err}"
+        );
+        assert!(out.is_empty());
+
+        let report = verify_backup(&vault, &manifest, &ReaderConfig::default(), None)
+            .await
+            .unwrap();
+        let missing = report
+            .problems
+            .iter()
+            .filter(|p| p.contains(&first))
+            .count();
+        assert_eq!(missing, segments[0].parts.len(), "{:?}", report.problems);
+        assert!(
+            report
+                .problems
+                .iter()
+                .any(|p| p.contains(&last) && p.contains("bytes")),
+            "{:?}",
+            report.problems
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn digest_and_size_mismatches_are_refused() {
+        let vault = memory_vault(None).await;
+        let input = data(3 * P, 9);
+        let manifest = backup(&vault, small_config(), &[("db", &input)]).await;
+
+        let mut forged = manifest.clone();
+        forged.streams[0].blake3 = "00".repeat(32);
+        let err = restore(&vault, &forged, "db").await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Integrity);
+        assert!(err.to_string().contains("BLAKE3"), "{err}");
+        let report = verify_backup(&vault, &forged, &ReaderConfig::default(), None)
+            .await
+            .unwrap();
+        assert_eq!(report.problems.len(), 1);
+        assert!(report.problems[0].contains("BLAKE3"));
+
+        // A part recorded as longer than it decompresses to.
+        let mut forged = manifest.clone();
+        forged.streams[0].segments[0].parts[1].raw += 1;
+        let err = restore(&vault, &forged, "db").await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Integrity);
+        assert!(
+            err.to_string().contains("part 1 ") && err.to_string().contains("decompresses to"),
+            "{err}"
+        );
+
+        let err = restore(&vault, &manifest, "nope").await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::NotFound);
+        assert!(err.hint_text().unwrap().contains("db"));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn encrypted_parts_need_the_right_key() {
+        let vault = memory_vault(Some(VaultKey::generate())).await;
+        let input = data(4 * P, 2);
+        let manifest = backup(&vault, small_config(), &[("db", &input)]).await;
+        let other = backup(&vault, small_config(), &[("db", &input)]).await;
+
+        // Another backup's data key: refused before anything is written.
+        let mut forged = manifest.clone();
+        forged.encryption = other.encryption.clone();
+        let mut out = Vec::new();
+        let err = read_stream(
+            &vault,
+            &forged,
+            "db",
+            &mut out,
+            &ReaderConfig::default(),
+            None,
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Crypto);
+        assert!(out.is_empty());
+
+        // The other backup's parts under this backup's key: AEAD fails on part 0.
+        let mut forged = manifest.clone();
+        forged.streams = other.streams.clone();
+        let err = read_stream(
+            &vault,
+            &forged,
+            "db",
+            &mut out,
+            &ReaderConfig::default(),
+            None,
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Integrity);
+        assert!(
+            err.to_string().contains("part 0 ")
+                && err.to_string().contains("authenticated decryption"),
+            "{err}"
+        );
+        assert!(out.is_empty());
+        let report = verify_backup(&vault, &forged, &ReaderConfig::default(), None)
+            .await
+            .unwrap();
+        assert_eq!(
+            report.problems.len(),
+            4,
+            "every part fails: {:?}",
+            report.problems
+        );
+
+        // The vault opened without its key cannot read or verify.
+        // (Opening an encrypted vault without a key is refused, so build one.)
+        let keyless = Vault {
+            inner: Arc::new(crate::vault::VaultInner {
+                url: vault.url().to_owned(),
+                store: vault.store().clone(),
+                root: Path::default(),
+                meta: vault.meta().clone(),
+                key: None,
+            }),
+        };
+        let err = restore(&keyless, &manifest, "db").await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Crypto);
+        assert!(
+            verify_backup(&keyless, &manifest, &ReaderConfig::default(), None)
+                .await
+                .is_err()
+        );
+        assert!(restore(&vault, &manifest, "db").await.unwrap() == input);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn restore_source_serves_planned_backups() {
+        let vault = memory_vault(None).await;
+        let input = data(2 * P + 5, 4);
+        let manifest = backup(&vault, small_config(), &[("base/1", &input)]).await;
+        let id = manifest.id.clone();
+        let source = VaultRestoreSource::new(
+            vault,
+            vec![manifest],
+            ReaderConfig {
+                readahead: 1,
+                workers: 1,
+            },
+        );
+        let mut out: Vec<u8> = Vec::new();
+        let n = RestoreSource::read_stream(&source, &id, "base/1", &mut out)
+            .await
+            .unwrap();
+        assert_eq!(n, input.len() as u64);
+        assert!(out == input);
+        let other: BackupId = "20200101T000000.000Z-00000000".parse().unwrap();
+        let err = RestoreSource::read_stream(&source, &other, "base/1", &mut out)
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::NotFound);
+    }
+}

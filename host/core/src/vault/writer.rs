@@ -905,7 +905,7 @@ pub(crate) mod tests {
                 state ^= state << 13;
                 state ^= state >> 7;
                 state ^= state << 17;
-                if block % 2 == 0 {
+                if block.is_multiple_of(2) {
                     let word = words[(state % words.len() as u64) as usize].as_bytes();
                     let n = word.len().min(end - out.len());
                     out.extend_from_slice(&word[..n]);
