@@ -1,0 +1,888 @@
+//! The vault conformance suite: one set of tests that every object-store
+//! backend must pass, run against `file://`, `memory://`, Azure Blob
+//! (Azurite) and S3 (moto).
+//!
+//! Every case runs once per backend (`file::<case>`, `memory::<case>`,
+//! `azure::<case>`, `s3::<case>`), each time in a fresh vault under its own
+//! unique prefix, created with `Vault::init`. Azure and S3 need
+//! `STRATA_TEST_AZURE_URL` / `STRATA_TEST_S3_URL` and their credentials
+//! (`scripts/emulators.sh start` writes them to `.work/emulators.env`);
+//! without them those cases are skipped with a notice, unless
+//! `STRATA_REQUIRE_EMULATORS=1` (as `scripts/test.sh` sets), which makes a
+//! missing emulator a failure.
+//!
+//! Data sizes are small (parts of 64 KiB, a few MiB per case at most): the
+//! emulators hold everything in memory.
+
+use std::collections::BTreeSet;
+use std::io::Cursor;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use object_store::{ObjectStoreExt, PutPayload};
+use strata_core::ErrorKind;
+use strata_core::catalog::manifest::{BackupKind, Manifest};
+use strata_core::crypto::VaultKey;
+use strata_core::vault::layout;
+use strata_core::vault::reader::{ReaderConfig, read_stream, verify_backup};
+use strata_core::vault::writer::{BackupTarget, BackupWriter, CommitDetails, WriterConfig};
+use strata_core::vault::{Vault, VaultConfig};
+use strata_e2e::backends::TestVault;
+use strata_e2e::data::{blake3_hex, compressible_bytes, random_bytes};
+use tokio::io::{AsyncRead, ReadBuf};
+use tokio::sync::Notify;
+
+/// Runs each listed case once per backend, in modules named after the backend.
+macro_rules! conformance {
+    ($($case:ident),* $(,)?) => {
+        mod file { conformance!(@on File; $($case),*); }
+        mod memory { conformance!(@on Memory; $($case),*); }
+        mod azure { conformance!(@on Azure; $($case),*); }
+        mod s3 { conformance!(@on S3; $($case),*); }
+    };
+    (@on $backend:ident; $($case:ident),*) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                let backend = strata_e2e::backends::Backend::$backend;
+                let Some(location) =
+                    strata_e2e::backends::TestVault::new(backend, stringify!($case))
+                else {
+                    return;
+                };
+                super::$case(&location).await;
+                location.cleanup().await;
+            }
+        )*
+    };
+}
+
+conformance!(
+    empty_stream_round_trips,
+    one_byte_round_trips,
+    part_size_minus_one_round_trips,
+    exactly_part_size_round_trips,
+    part_size_plus_one_round_trips,
+    multi_segment_stream_round_trips,
+    large_segments_round_trip_through_multipart_uploads,
+    compressible_data_is_stored_compressed,
+    encrypted_backup_round_trips_and_hides_plaintext,
+    concurrent_backups_commit_independently,
+    concurrent_streams_of_one_backup_round_trip,
+    manifest_is_create_only,
+    cancelled_stream_leaves_nothing_and_refuses_commit,
+    dropped_writer_leaves_nothing,
+    cancelled_multipart_upload_leaves_nothing,
+    failed_input_leaves_nothing,
+    flipped_byte_is_detected_by_verify_and_read,
+    wrong_key_is_refused,
+    backup_cannot_be_read_with_another_key,
+    init_over_existing_vault_is_refused,
+);
+
+/// The part size of most cases: the smallest the writer accepts.
+const PART: usize = 64 << 10;
+
+fn config(part_size: usize, segment_size: u64) -> WriterConfig {
+    WriterConfig {
+        part_size,
+        compression_level: 3,
+        workers: 2,
+        parts_in_flight: 2,
+        segment_size,
+    }
+}
+
+/// Small parts, one segment for anything a case writes.
+fn small_parts() -> WriterConfig {
+    config(PART, 1 << 30)
+}
+
+fn target(instance: &str) -> BackupTarget {
+    BackupTarget {
+        engine: "stream".to_owned(),
+        instance: instance.to_owned(),
+        database: None,
+        kind: BackupKind::Full,
+    }
+}
+
+async fn init(location: &TestVault, key: Option<VaultKey>) -> Vault {
+    Vault::init(&location.config(), key)
+        .await
+        .unwrap_or_else(|e| panic!("init {}: {e:?}", location.url()))
+}
+
+/// Writes one backup of `streams` (in order) and commits it.
+async fn backup(
+    vault: &Vault,
+    instance: &str,
+    streams: &[(&str, &[u8])],
+    config: WriterConfig,
+) -> Manifest {
+    let writer = BackupWriter::start(vault, target(instance), config).unwrap();
+    for (name, data) in streams {
+        let record = writer
+            .write_stream(name, *data, None)
+            .await
+            .unwrap_or_else(|e| panic!("writing stream {name}: {e:?}"));
+        assert_eq!(record.raw_size, data.len() as u64, "stream {name}");
+        assert_eq!(record.blake3, blake3_hex(data), "stream {name}");
+    }
+    writer.commit(CommitDetails::default()).await.unwrap()
+}
+
+/// Reads stream `name` of a backup back, checking the reported statistics.
+async fn restore(vault: &Vault, manifest: &Manifest, name: &str) -> strata_core::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    let stats = read_stream(
+        vault,
+        manifest,
+        name,
+        &mut out,
+        &ReaderConfig::default(),
+        None,
+    )
+    .await?;
+    assert_eq!(stats.raw_bytes, out.len() as u64, "raw bytes reported");
+    assert_eq!(
+        stats.parts as usize,
+        manifest.stream(name).unwrap().part_count()
+    );
+    Ok(out)
+}
+
+/// Asserts two byte strings are equal without printing megabytes.
+#[track_caller]
+fn assert_same_bytes(actual: &[u8], expected: &[u8], what: &str) {
+    if actual != expected {
+        let first = actual
+            .iter()
+            .zip(expected)
+            .position(|(a, b)| a != b)
+            .unwrap_or(actual.len().min(expected.len()));
+        panic!(
+            "{what}: {} bytes read back, {} expected; first difference at byte {first}",
+            actual.len(),
+            expected.len()
+        );
+    }
+}
+
+/// Every key in the vault, relative to its root.
+async fn all_keys(vault: &Vault) -> Vec<String> {
+    vault.list_keys("").await.unwrap()
+}
+
+/// Asserts the vault holds nothing but its metadata: no segment, no manifest.
+async fn assert_only_metadata(vault: &Vault) {
+    assert_eq!(all_keys(vault).await, vec![layout::VAULT_META.to_owned()]);
+    assert!(vault.all_manifests().await.unwrap().is_empty());
+}
+
+/// Backs up `data` as one stream, reads it back, verifies it, and checks the
+/// number of parts the manifest records.
+async fn round_trip(location: &TestVault, data: &[u8], expected_parts: usize) {
+    let vault = init(location, None).await;
+    let manifest = backup(&vault, "db", &[("data", data)], small_parts()).await;
+    let stream = manifest.stream("data").unwrap();
+    assert_eq!(stream.raw_size, data.len() as u64);
+    assert_eq!(
+        stream.part_count(),
+        expected_parts,
+        "parts of {} bytes",
+        data.len()
+    );
+
+    // Read back through a freshly opened vault, as a restore on another host would.
+    let reopened = Vault::open(&location.config()).await.unwrap();
+    let committed = reopened
+        .read_manifest("stream", "db", &manifest.id)
+        .await
+        .unwrap();
+    assert_eq!(committed, manifest);
+    let restored = restore(&reopened, &committed, "data").await.unwrap();
+    assert_same_bytes(&restored, data, "restored stream");
+    let report = verify_backup(&reopened, &committed, &ReaderConfig::default(), None)
+        .await
+        .unwrap();
+    assert!(report.is_ok(), "{:?}", report.problems);
+    assert_eq!(report.raw_bytes, data.len() as u64);
+    assert_eq!(report.parts as usize, expected_parts);
+}
+
+async fn empty_stream_round_trips(location: &TestVault) {
+    round_trip(location, &[], 0).await;
+}
+
+async fn one_byte_round_trips(location: &TestVault) {
+    round_trip(location, &[0x5a], 1).await;
+}
+
+async fn part_size_minus_one_round_trips(location: &TestVault) {
+    round_trip(location, &random_bytes(PART - 1, 1), 1).await;
+}
+
+async fn exactly_part_size_round_trips(location: &TestVault) {
+    round_trip(location, &random_bytes(PART, 2), 1).await;
+}
+
+async fn part_size_plus_one_round_trips(location: &TestVault) {
+    round_trip(location, &random_bytes(PART + 1, 3), 2).await;
+}
+
+/// Checks that every segment object exists with the size the manifest records.
+async fn assert_segments_stored(vault: &Vault, manifest: &Manifest) {
+    for stream in &manifest.streams {
+        for segment in &stream.segments {
+            let meta = vault
+                .store()
+                .head(&vault.path(&segment.key))
+                .await
+                .unwrap_or_else(|e| panic!("segment {}: {e}", segment.key));
+            assert_eq!(meta.size, segment.stored_size, "size of {}", segment.key);
+        }
+    }
+}
+
+async fn multi_segment_stream_round_trips(location: &TestVault) {
+    let vault = init(location, None).await;
+    let data = random_bytes(10 * PART + 7, 4);
+    let segment_size = 3 * PART as u64;
+    let manifest = backup(&vault, "db", &[("data", &data)], config(PART, segment_size)).await;
+    let stream = manifest.stream("data").unwrap();
+    assert_eq!(stream.part_count(), 11);
+    assert!(
+        stream.segments.len() >= 4,
+        "{} segments for 11 incompressible parts of a third of a segment each",
+        stream.segments.len()
+    );
+    for segment in &stream.segments {
+        assert!(segment.stored_size <= segment_size, "{}", segment.key);
+    }
+    let keys: BTreeSet<_> = stream.segments.iter().map(|s| &s.key).collect();
+    assert_eq!(
+        keys.len(),
+        stream.segments.len(),
+        "segment keys are distinct"
+    );
+    assert_segments_stored(&vault, &manifest).await;
+    assert_same_bytes(
+        &restore(&vault, &manifest, "data").await.unwrap(),
+        &data,
+        "restored stream",
+    );
+}
+
+async fn large_segments_round_trip_through_multipart_uploads(location: &TestVault) {
+    // Segments above one upload chunk (8 MiB) go up as multipart uploads.
+    let vault = init(location, None).await;
+    let data = random_bytes(18 << 20, 5);
+    let manifest = backup(&vault, "db", &[("data", &data)], config(1 << 20, 12 << 20)).await;
+    let stream = manifest.stream("data").unwrap();
+    assert_eq!(stream.part_count(), 18);
+    assert_eq!(stream.segments.len(), 2);
+    assert!(stream.segments[0].stored_size > 8 << 20);
+    assert_segments_stored(&vault, &manifest).await;
+    assert_same_bytes(
+        &restore(&vault, &manifest, "data").await.unwrap(),
+        &data,
+        "restored stream",
+    );
+}
+
+async fn compressible_data_is_stored_compressed(location: &TestVault) {
+    let vault = init(location, None).await;
+    let data = compressible_bytes(8 * PART + 100, 6);
+    let manifest = backup(&vault, "db", &[("rows", &data)], small_parts()).await;
+    assert!(
+        manifest.stored_size() * 3 < manifest.raw_size(),
+        "{} raw bytes stored as {}",
+        manifest.raw_size(),
+        manifest.stored_size()
+    );
+    assert_segments_stored(&vault, &manifest).await;
+    assert_same_bytes(
+        &restore(&vault, &manifest, "rows").await.unwrap(),
+        &data,
+        "restored stream",
+    );
+}
+
+/// Whether `window` occurs anywhere in `haystack`.
+fn contains(haystack: &[u8], window: &[u8]) -> bool {
+    haystack.windows(window.len()).any(|w| w == window)
+}
+
+/// The concatenated bytes of every segment object of a backup.
+async fn stored_bytes(vault: &Vault, manifest: &Manifest) -> Vec<u8> {
+    let mut all = Vec::new();
+    for stream in &manifest.streams {
+        for segment in &stream.segments {
+            all.extend_from_slice(&vault.get_bytes(&segment.key).await.unwrap());
+        }
+    }
+    all
+}
+
+async fn encrypted_backup_round_trips_and_hides_plaintext(location: &TestVault) {
+    let key = VaultKey::generate();
+    let vault = init(location, Some(key.clone())).await;
+    // Incompressible data: zstd keeps it as it is, so without encryption the
+    // objects would hold the plaintext verbatim.
+    let data = random_bytes(3 * PART + 11, 7);
+    let manifest = backup(&vault, "db", &[("data", &data)], small_parts()).await;
+    assert!(
+        manifest.encryption.is_some(),
+        "the manifest records encryption"
+    );
+
+    let reopened = Vault::open_with_key(&location.config(), Some(key))
+        .await
+        .unwrap();
+    assert_same_bytes(
+        &restore(&reopened, &manifest, "data").await.unwrap(),
+        &data,
+        "restored stream",
+    );
+    let report = verify_backup(&reopened, &manifest, &ReaderConfig::default(), None)
+        .await
+        .unwrap();
+    assert!(report.is_ok(), "{:?}", report.problems);
+
+    let window = &data[PART + 1000..PART + 1064];
+    let sealed = stored_bytes(&vault, &manifest).await;
+    assert!(
+        !contains(&sealed, window),
+        "plaintext found in an encrypted segment"
+    );
+
+    // The control: the same data in a plaintext vault is visible as it is,
+    // so the check above can fail.
+    let plain_location = TestVault::new(location.backend(), "plaintext-control")
+        .expect("the backend of the running case is available");
+    let plain = init(&plain_location, None).await;
+    let plain_manifest = backup(&plain, "db", &[("data", &data)], small_parts()).await;
+    assert!(plain_manifest.encryption.is_none());
+    assert!(contains(
+        &stored_bytes(&plain, &plain_manifest).await,
+        window
+    ));
+    plain_location.cleanup().await;
+}
+
+async fn concurrent_backups_commit_independently(location: &TestVault) {
+    let vault = init(location, None).await;
+    let inputs: Vec<Vec<u8>> = (0..4)
+        .map(|i| random_bytes(3 * PART + i * 1000, 100 + i as u64))
+        .collect();
+    let tasks: Vec<_> = inputs
+        .iter()
+        .cloned()
+        .map(|data| {
+            let vault = vault.clone();
+            tokio::spawn(async move {
+                backup(&vault, "shared", &[("data", &data)], small_parts()).await
+            })
+        })
+        .collect();
+    let mut manifests = Vec::new();
+    for task in tasks {
+        manifests.push(task.await.expect("a backup task panicked"));
+    }
+    let ids: BTreeSet<_> = manifests.iter().map(|m| m.id.clone()).collect();
+    assert_eq!(ids.len(), 4, "every backup has its own id");
+
+    let listed = vault
+        .read_manifests(&layout::manifest_prefix("stream", "shared"))
+        .await
+        .unwrap();
+    let listed_ids: BTreeSet<_> = listed.iter().map(|m| m.id.clone()).collect();
+    assert_eq!(listed_ids, ids);
+    for (manifest, data) in manifests.iter().zip(&inputs) {
+        assert_same_bytes(
+            &restore(&vault, manifest, "data").await.unwrap(),
+            data,
+            &format!("backup {}", manifest.id),
+        );
+    }
+}
+
+async fn concurrent_streams_of_one_backup_round_trip(location: &TestVault) {
+    let vault = init(location, None).await;
+    let inputs: Vec<(String, Vec<u8>)> = (0..4)
+        .map(|i| {
+            (
+                format!("channel-{i}"),
+                random_bytes(4 * PART + 17 * i, 200 + i as u64),
+            )
+        })
+        .collect();
+    let writer = BackupWriter::start(&vault, target("db"), small_parts()).unwrap();
+    let records = futures::future::try_join_all(
+        inputs
+            .iter()
+            .map(|(name, data)| writer.write_stream(name, data.as_slice(), None)),
+    )
+    .await
+    .unwrap();
+    for (record, (name, data)) in records.iter().zip(&inputs) {
+        assert_eq!(&record.name, name);
+        assert_eq!(record.blake3, blake3_hex(data));
+    }
+    let manifest = writer.commit(CommitDetails::default()).await.unwrap();
+    let names: BTreeSet<_> = manifest.streams.iter().map(|s| s.name.clone()).collect();
+    let expected: BTreeSet<_> = inputs.iter().map(|(n, _)| n.clone()).collect();
+    assert_eq!(names, expected);
+    let segment_keys: BTreeSet<_> = manifest
+        .streams
+        .iter()
+        .flat_map(|s| &s.segments)
+        .map(|s| s.key.clone())
+        .collect();
+    assert_eq!(
+        segment_keys.len(),
+        manifest
+            .streams
+            .iter()
+            .map(|s| s.segments.len())
+            .sum::<usize>(),
+        "streams never share a segment object"
+    );
+    for (name, data) in &inputs {
+        assert_same_bytes(&restore(&vault, &manifest, name).await.unwrap(), data, name);
+    }
+}
+
+async fn manifest_is_create_only(location: &TestVault) {
+    let vault = init(location, None).await;
+    let data = random_bytes(PART + 5, 8);
+    let manifest = backup(&vault, "db", &[("data", &data)], small_parts()).await;
+    let key = layout::manifest_key("stream", "db", &manifest.id);
+    let original = vault.get_bytes(&key).await.unwrap();
+
+    let mut forged = manifest.clone();
+    forged
+        .labels
+        .insert("note".to_owned(), "a second writer".to_owned());
+    forged.streams.clear();
+    let err = vault.put_manifest(&forged).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Conflict, "{err:?}");
+    assert!(err.to_string().contains(&manifest.id.to_string()), "{err}");
+
+    assert_eq!(vault.get_bytes(&key).await.unwrap(), original);
+    let committed = vault
+        .read_manifest("stream", "db", &manifest.id)
+        .await
+        .unwrap();
+    assert_eq!(committed, manifest);
+    assert_same_bytes(
+        &restore(&vault, &committed, "data").await.unwrap(),
+        &data,
+        "the first backup after the refused overwrite",
+    );
+}
+
+/// An input that yields `data`, then signals, then never ends: a database
+/// that stalls mid-backup.
+struct StallingInput {
+    data: Cursor<Vec<u8>>,
+    fed: Arc<Notify>,
+    signalled: bool,
+}
+
+impl StallingInput {
+    fn new(data: Vec<u8>) -> (StallingInput, Arc<Notify>) {
+        let fed = Arc::new(Notify::new());
+        let input = StallingInput {
+            data: Cursor::new(data),
+            fed: fed.clone(),
+            signalled: false,
+        };
+        (input, fed)
+    }
+}
+
+impl AsyncRead for StallingInput {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        if (this.data.position() as usize) < this.data.get_ref().len() {
+            return Pin::new(&mut this.data).poll_read(cx, buf);
+        }
+        if !this.signalled {
+            this.signalled = true;
+            this.fed.notify_one();
+        }
+        // Never woken: the stream stalls until it is dropped.
+        Poll::Pending
+    }
+}
+
+/// Drives `write` until the input has been consumed and at least one object
+/// is under `data/` (when `expect_objects`), without letting it finish.
+async fn drive_until_stalled<F>(
+    vault: &Vault,
+    write: Pin<&mut F>,
+    fed: &Notify,
+    expect_objects: bool,
+) where
+    F: Future<Output = strata_core::Result<strata_core::catalog::manifest::StreamRecord>>,
+{
+    let mut write = write;
+    tokio::select! {
+        result = write.as_mut() => panic!("the stream ended while its input was still open: {result:?}"),
+        _ = fed.notified() => {}
+    }
+    if !expect_objects {
+        return;
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        tokio::select! {
+            result = write.as_mut() => panic!("the stream ended while its input was still open: {result:?}"),
+            _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+        }
+        if !vault.list_keys(layout::DATA).await.unwrap().is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no segment object appeared while the stream was being written"
+        );
+    }
+}
+
+async fn cancelled_stream_leaves_nothing_and_refuses_commit(location: &TestVault) {
+    let vault = init(location, None).await;
+    // Two parts per segment, so finished segments are in the store when
+    // the stream is cancelled.
+    let writer =
+        BackupWriter::start(&vault, target("db"), config(PART, 2 * PART as u64 + 4096)).unwrap();
+    let (input, fed) = StallingInput::new(random_bytes(8 * PART, 9));
+    {
+        let write = writer.write_stream("data", input, None);
+        tokio::pin!(write);
+        drive_until_stalled(&vault, write, &fed, true).await;
+        // The write future is dropped here, mid-stream.
+    }
+    let err = writer
+        .commit(CommitDetails::default())
+        .await
+        .expect_err("a backup with a cancelled stream must not commit");
+    assert_eq!(err.kind(), ErrorKind::Cancelled, "{err:?}");
+    assert!(err.to_string().contains("data"), "names the stream: {err}");
+    assert_only_metadata(&vault).await;
+}
+
+async fn dropped_writer_leaves_nothing(location: &TestVault) {
+    let vault = init(location, None).await;
+    let writer =
+        BackupWriter::start(&vault, target("db"), config(PART, 2 * PART as u64 + 4096)).unwrap();
+    let (input, fed) = StallingInput::new(random_bytes(8 * PART, 10));
+    {
+        let write = writer.write_stream("data", input, None);
+        tokio::pin!(write);
+        drive_until_stalled(&vault, write, &fed, true).await;
+    }
+    // A crash of the caller's task: neither commit nor abort. The writer
+    // cleans up in the background.
+    drop(writer);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let keys = all_keys(&vault).await;
+        if keys == [layout::VAULT_META] {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a dropped writer left objects behind: {keys:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(vault.all_manifests().await.unwrap().is_empty());
+}
+
+async fn cancelled_multipart_upload_leaves_nothing(location: &TestVault) {
+    let vault = init(location, None).await;
+    // 1 MiB parts in one large segment: by the time 12 MiB have been read,
+    // more than one upload chunk (8 MiB) is buffered and a multipart
+    // upload is under way.
+    let writer = BackupWriter::start(&vault, target("db"), config(1 << 20, 1 << 30)).unwrap();
+    let (input, fed) = StallingInput::new(random_bytes(12 << 20, 11));
+    {
+        let write = writer.write_stream("data", input, None);
+        tokio::pin!(write);
+        drive_until_stalled(&vault, write, &fed, false).await;
+    }
+    writer.abort().await.unwrap();
+    assert_only_metadata(&vault).await;
+}
+
+/// An input that fails after `data`: a pipe whose writer died.
+struct FailingInput {
+    data: Cursor<Vec<u8>>,
+}
+
+impl AsyncRead for FailingInput {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        if (this.data.position() as usize) < this.data.get_ref().len() {
+            return Pin::new(&mut this.data).poll_read(cx, buf);
+        }
+        Poll::Ready(Err(std::io::Error::new(
+            std::io::ErrorKind::BrokenPipe,
+            "the engine closed the pipe",
+        )))
+    }
+}
+
+async fn failed_input_leaves_nothing(location: &TestVault) {
+    let vault = init(location, None).await;
+    let writer =
+        BackupWriter::start(&vault, target("db"), config(PART, 2 * PART as u64 + 4096)).unwrap();
+    let good = random_bytes(2 * PART, 12);
+    writer
+        .write_stream("good", good.as_slice(), None)
+        .await
+        .unwrap();
+    let failing = FailingInput {
+        data: Cursor::new(random_bytes(5 * PART + 3, 13)),
+    };
+    let err = writer
+        .write_stream("broken", failing, None)
+        .await
+        .expect_err("a failing input fails the stream");
+    assert!(
+        err.to_string().contains("the engine closed the pipe"),
+        "says why: {err}"
+    );
+    assert!(
+        err.to_string().contains("broken"),
+        "names the stream: {err}"
+    );
+    let err = writer
+        .commit(CommitDetails::default())
+        .await
+        .expect_err("a backup with a failed stream must not commit");
+    assert_eq!(err.kind(), ErrorKind::Cancelled, "{err:?}");
+    assert_only_metadata(&vault).await;
+}
+
+async fn flipped_byte_is_detected_by_verify_and_read(location: &TestVault) {
+    let vault = init(location, None).await;
+    let data = random_bytes(4 * PART, 14);
+    let manifest = backup(&vault, "db", &[("data", &data)], small_parts()).await;
+    let segment = &manifest.stream("data").unwrap().segments[0];
+    assert_eq!(segment.parts.len(), 4);
+
+    // Flip one byte in the middle of part 2, and put the object back.
+    let path = vault.path(&segment.key);
+    let mut stored = vault.get_bytes(&segment.key).await.unwrap().to_vec();
+    let offset =
+        (segment.parts[0].stored + segment.parts[1].stored + segment.parts[2].stored / 2) as usize;
+    stored[offset] ^= 0x01;
+    vault
+        .store()
+        .put(&path, PutPayload::from(stored))
+        .await
+        .unwrap();
+
+    let report = verify_backup(&vault, &manifest, &ReaderConfig::default(), None)
+        .await
+        .unwrap();
+    assert!(!report.is_ok(), "verify did not notice the flipped byte");
+    assert_eq!(report.problems.len(), 1, "{:?}", report.problems);
+    let problem = &report.problems[0];
+    assert!(
+        problem.contains(&segment.key),
+        "names the object: {problem}"
+    );
+    assert!(problem.contains("part 2"), "names the part: {problem}");
+
+    let mut out = Vec::new();
+    let err = read_stream(
+        &vault,
+        &manifest,
+        "data",
+        &mut out,
+        &ReaderConfig::default(),
+        None,
+    )
+    .await
+    .expect_err("a damaged part must fail the read");
+    assert_eq!(err.kind(), ErrorKind::Integrity, "{err:?}");
+    assert!(
+        err.to_string().contains(&segment.key),
+        "names the object: {err}"
+    );
+    assert!(err.to_string().contains("part 2"), "names the part: {err}");
+    assert!(err.hint_text().is_some(), "tells the operator what to do");
+    // Only the sound parts before the damage may have been handed on.
+    assert!(out.len() <= 2 * PART, "{} bytes handed on", out.len());
+    assert_same_bytes(
+        &out,
+        &data[..out.len()],
+        "bytes handed on before the damage",
+    );
+}
+
+async fn wrong_key_is_refused(location: &TestVault) {
+    let key = VaultKey::generate();
+    let vault = init(location, Some(key.clone())).await;
+    let data = random_bytes(2 * PART + 1, 15);
+    let manifest = backup(&vault, "db", &[("data", &data)], small_parts()).await;
+
+    let err = Vault::open_with_key(&location.config(), Some(VaultKey::generate()))
+        .await
+        .expect_err("another key must not open the vault");
+    assert_eq!(err.kind(), ErrorKind::Crypto, "{err:?}");
+    assert!(err.to_string().contains("does not belong"), "{err}");
+    assert!(
+        err.hint_text().is_some_and(|h| h.contains("key")),
+        "{err:?}"
+    );
+
+    let err = Vault::open_with_key(&location.config(), None)
+        .await
+        .expect_err("an encrypted vault must not open without its key");
+    assert_eq!(err.kind(), ErrorKind::Crypto, "{err:?}");
+    assert!(err.to_string().contains("encrypted"), "{err}");
+
+    // The same refusal through a key file, as the CLI and the service load it.
+    let keys = strata_e2e::fixture::TestDir::new("keys");
+    let wrong_file = keys.path("wrong.key");
+    VaultKey::generate().save_new(&wrong_file).unwrap();
+    let err = Vault::open(&VaultConfig {
+        key_file: Some(wrong_file),
+        ..location.config()
+    })
+    .await
+    .expect_err("a wrong key file must not open the vault");
+    assert_eq!(err.kind(), ErrorKind::Crypto, "{err:?}");
+
+    // The right key still reads the backup: the refusals changed nothing.
+    let right_file = keys.path("right.key");
+    key.save_new(&right_file).unwrap();
+    let reopened = Vault::open(&VaultConfig {
+        key_file: Some(right_file),
+        ..location.config()
+    })
+    .await
+    .unwrap();
+    assert_same_bytes(
+        &restore(&reopened, &manifest, "data").await.unwrap(),
+        &data,
+        "restored with the right key",
+    );
+}
+
+async fn backup_cannot_be_read_with_another_key(location: &TestVault) {
+    let vault = init(location, Some(VaultKey::generate())).await;
+    let data = random_bytes(2 * PART + 1, 16);
+    let manifest = backup(&vault, "db", &[("data", &data)], small_parts()).await;
+
+    // The vault metadata is lost and the vault re-initialised with a new
+    // key: its old backups must fail cleanly, never decode to garbage.
+    vault
+        .store()
+        .delete(&vault.path(layout::VAULT_META))
+        .await
+        .unwrap();
+    let rekeyed = init(location, Some(VaultKey::generate())).await;
+    let committed = rekeyed
+        .read_manifest("stream", "db", &manifest.id)
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    let err = read_stream(
+        &rekeyed,
+        &committed,
+        "data",
+        &mut out,
+        &ReaderConfig::default(),
+        None,
+    )
+    .await
+    .expect_err("another key must not read the backup");
+    assert_eq!(err.kind(), ErrorKind::Crypto, "{err:?}");
+    assert!(
+        err.to_string().contains(&manifest.id.to_string()),
+        "names the backup: {err}"
+    );
+    assert!(out.is_empty(), "{} bytes handed on", out.len());
+    let report = verify_backup(&rekeyed, &committed, &ReaderConfig::default(), None)
+        .await
+        .unwrap();
+    assert!(!report.is_ok(), "verify with another key passed");
+
+    // Re-initialised without a key: the backup says it needs one.
+    rekeyed
+        .store()
+        .delete(&rekeyed.path(layout::VAULT_META))
+        .await
+        .unwrap();
+    let plain = init(location, None).await;
+    let mut out = Vec::new();
+    let err = read_stream(
+        &plain,
+        &committed,
+        "data",
+        &mut out,
+        &ReaderConfig::default(),
+        None,
+    )
+    .await
+    .expect_err("an encrypted backup must not be read without a key");
+    assert_eq!(err.kind(), ErrorKind::Crypto, "{err:?}");
+    assert!(err.hint_text().is_some(), "{err:?}");
+    assert!(out.is_empty());
+}
+
+async fn init_over_existing_vault_is_refused(location: &TestVault) {
+    let err = Vault::open(&location.config())
+        .await
+        .expect_err("there is no vault yet");
+    assert_eq!(err.kind(), ErrorKind::NotFound, "{err:?}");
+    assert!(
+        err.hint_text()
+            .is_some_and(|h| h.contains("strata vault init")),
+        "{err:?}"
+    );
+
+    let vault = init(location, None).await;
+    let data = random_bytes(PART + 9, 17);
+    let manifest = backup(&vault, "db", &[("data", &data)], small_parts()).await;
+    let meta_before = vault.get_bytes(layout::VAULT_META).await.unwrap();
+
+    for key in [None, Some(VaultKey::generate())] {
+        let err = Vault::init(&location.config(), key)
+            .await
+            .expect_err("init over an existing vault must be refused");
+        assert_eq!(err.kind(), ErrorKind::Conflict, "{err:?}");
+        assert!(err.to_string().contains("already exists"), "{err}");
+        assert!(err.hint_text().is_some(), "{err:?}");
+    }
+
+    assert_eq!(
+        vault.get_bytes(layout::VAULT_META).await.unwrap(),
+        meta_before
+    );
+    let reopened = Vault::open(&location.config()).await.unwrap();
+    assert_eq!(reopened.meta(), vault.meta());
+    assert!(reopened.key().is_none());
+    assert_same_bytes(
+        &restore(&reopened, &manifest, "data").await.unwrap(),
+        &data,
+        "the backup after the refused init",
+    );
+}
