@@ -1,9 +1,77 @@
-//! The restore planner (being written: see the task spec).
+//! The restore planner: which backups bring a database back to a point, and
+//! which points are restorable at all.
+//!
+//! The planner is pure and engine-agnostic: it works on [`BackupRecord`]s
+//! (one per committed backup of one database, usually from the catalog
+//! index) and asks the engine's [`ChainRules`] the few questions only the
+//! engine can answer. It never does I/O.
+//!
+//! # The model
+//!
+//! - **Data backups** (full, diff, incr) are restorable at their consistency
+//!   point: position `end`, time `consistent_at` (or `ended_at` when the
+//!   engine does not know better). A full stands alone; a diff or incr is
+//!   applied on the backup [`ChainRules::applies_on`] accepts (by default the
+//!   one its `base` names: the full for a diff, the previous data backup for
+//!   an incr), recursively down to a full. A data backup whose chain does not
+//!   reach a full is not restorable.
+//! - **Log backups** cover positions `[start, end)` on their fork and times up
+//!   to `consistent_at` (or `ended_at`): the newest time it is safe to stop
+//!   at with that log. From a data backup, the logs that continue the
+//!   coverage without a hole ([`ChainRules::log_continues`]) extend it.
+//!   Engines whose data backups need log replay to become consistent (the
+//!   WAL between PostgreSQL's `pg_backup_start` and `pg_backup_stop`) say
+//!   where replay starts with [`ChainRules::log_needed_from`].
+//! - A **recoverable window** is `[consistency time of a data backup, time
+//!   covered by the last contiguous log]`, positions likewise. Windows from
+//!   several data backups of one fork merge when they overlap or touch (in
+//!   time and in position). Between two windows of a fork lies a **gap**,
+//!   and every gap names its cause and the backups around it, for example
+//!   `no log backup covers positions 3000..5000 (missing between <id> and
+//!   <id>)` or `no full backup before <time>`. Log backups that nothing
+//!   restorable leads to also make gaps (before the first window, after the
+//!   last).
+//! - **Forks** (PostgreSQL timelines, SQL Server recovery forks): a fork
+//!   with an origin ([`ChainRules::fork_origin`]: branched off `parent` at
+//!   position `at`) inherits the parent's coverage up to `at`: a data backup
+//!   of the parent with `end <= at`, the parent's logs up to `at`, then the
+//!   fork's own logs from `at`. Where a parent log runs past `at`, only its
+//!   positions are counted, not its times: the planner never claims a time
+//!   on the fork that only the parent's history holds. Windows and gaps are
+//!   reported per fork.
+//! - **Engines without log backups** (the generic `stream` engine): every
+//!   restorable data backup is a window of a single instant. No gaps are
+//!   reported, and a time target restores the newest data backup at or
+//!   before it.
+//!
+//! # Choosing a plan
+//!
+//! Forks are ranked newest first by the latest time their windows reach
+//! (then by their newest backup, then by name).
+//!
+//! - [`RestoreTarget::Latest`]: the newest fork's furthest restorable point,
+//!   from the newest data backup that reaches it.
+//! - [`RestoreTarget::Time`] `T`: the newest fork whose windows contain `T`;
+//!   on it, the newest data backup consistent at or before `T` whose logs
+//!   reach `T`, its diffs/incrs, and the logs from it up to the first one
+//!   whose covered time is at or after `T` (no more: every log in the plan is
+//!   needed). For an engine without log backups, the newest data backup
+//!   consistent at or before `T`.
+//! - [`RestoreTarget::Position`] likewise by position, on the named fork or
+//!   the newest fork that reaches it.
+//!
+//! A target outside every window fails with
+//! [`ErrorKind::NotFound`](crate::ErrorKind::NotFound); the message names
+//! the gap's cause and the nearest restorable points before and after it.
 
-use chrono::{DateTime, Utc};
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::fmt;
+
+use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::catalog::manifest::Position;
+use crate::catalog::manifest::{BackupId, BackupKind, Manifest, Position};
+use crate::error::{Error, Result};
 
 /// What a restore should reach.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -21,5 +89,1141 @@ pub enum RestoreTarget {
     },
 }
 
-/// Per-engine chain rules.
-pub trait ChainRules: Send + Sync {}
+impl fmt::Display for RestoreTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RestoreTarget::Latest => f.write_str("the latest point"),
+            RestoreTarget::Time(t) => write!(f, "time {}", show_time(*t)),
+            RestoreTarget::Position {
+                fork: Some(fork),
+                position,
+            } => write!(f, "position {position} on fork {fork}"),
+            RestoreTarget::Position {
+                fork: None,
+                position,
+            } => write!(f, "position {position}"),
+        }
+    }
+}
+
+/// What the planner needs to know about one committed backup.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupRecord {
+    /// The backup's identifier.
+    pub id: BackupId,
+    /// Full, diff, incr or log.
+    pub kind: BackupKind,
+    /// The fork the backup belongs to.
+    pub fork: String,
+    /// Chain position at the start of the backup (first position a log holds).
+    pub start: Option<Position>,
+    /// Chain position at the end: where a data backup is consistent, or the
+    /// position right after the last one a log holds.
+    pub end: Option<Position>,
+    /// When the backup started.
+    pub started_at: DateTime<Utc>,
+    /// When the backup ended.
+    pub ended_at: DateTime<Utc>,
+    /// When the data is consistent (data backups) or the newest commit the
+    /// log holds (log backups), if the engine knows it.
+    pub consistent_at: Option<DateTime<Utc>>,
+    /// The backup a diff or incr applies on.
+    pub base: Option<BackupId>,
+}
+
+impl BackupRecord {
+    /// The time this backup reaches: a data backup's consistency time, or
+    /// the newest time a log backup lets a restore stop at.
+    pub fn point_time(&self) -> DateTime<Utc> {
+        self.consistent_at.unwrap_or(self.ended_at)
+    }
+}
+
+impl From<&Manifest> for BackupRecord {
+    fn from(m: &Manifest) -> Self {
+        BackupRecord {
+            id: m.id.clone(),
+            kind: m.kind,
+            fork: m.fork.clone(),
+            start: m.start,
+            end: m.end,
+            started_at: m.started_at,
+            ended_at: m.ended_at,
+            consistent_at: m.consistent_at,
+            base: m.base.clone(),
+        }
+    }
+}
+
+/// Where a fork branched off its parent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ForkOrigin {
+    /// The fork this one branched from.
+    pub parent: String,
+    /// The position of the branch: history up to `at` is shared with the parent.
+    pub at: Position,
+}
+
+/// Per-engine chain rules; the defaults fit most engines.
+pub trait ChainRules: Send + Sync {
+    /// Where `fork` branched from, if it is not a root fork (PostgreSQL: the
+    /// timeline history files; SQL Server: the fork point of a recovery
+    /// fork). The default knows no origins: every fork stands alone.
+    fn fork_origin(&self, fork: &str) -> Option<ForkOrigin> {
+        let _ = fork;
+        None
+    }
+
+    /// Whether log backup `next` continues a coverage that currently reaches
+    /// position `covered_to` on `next`'s fork (or on its parent, when
+    /// `covered_to` is at or before the fork point). The default:
+    /// `next.start <= covered_to < next.end`, which accepts overlapping logs
+    /// and refuses a hole. A log without positions never continues anything.
+    fn log_continues(&self, covered_to: Position, next: &BackupRecord) -> bool {
+        match (next.start, next.end) {
+            (Some(start), Some(end)) => start <= covered_to && covered_to < end,
+            _ => false,
+        }
+    }
+
+    /// Whether the differential or incremental backup `diff` applies on the
+    /// data backup `base`. The default: `diff.base == Some(base.id)`.
+    fn applies_on(&self, base: &BackupRecord, diff: &BackupRecord) -> bool {
+        diff.base.as_ref() == Some(&base.id)
+    }
+
+    /// Where log replay must begin for data backup `data` to become
+    /// consistent. The default, `None`, means the data backup is consistent
+    /// by itself at its `end`. PostgreSQL returns `data.start`: the WAL from
+    /// `pg_backup_start` to `pg_backup_stop` is part of the restore, and the
+    /// backup is not restorable without it.
+    fn log_needed_from(&self, data: &BackupRecord) -> Option<Position> {
+        let _ = data;
+        None
+    }
+}
+
+/// The default chain rules (no fork origins, contiguous logs, `base` ids).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DefaultChainRules;
+
+impl ChainRules for DefaultChainRules {}
+
+/// The backups that restore a target, in the order they are applied.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestorePlan {
+    /// What was asked for.
+    pub target: RestoreTarget,
+    /// The fork the restore follows (the engine's recovery target timeline).
+    pub fork: String,
+    /// The full backup restored first.
+    pub base: BackupRecord,
+    /// Differential and incremental backups applied on it, in order.
+    pub diffs: Vec<BackupRecord>,
+    /// Log backups replayed after them, in order.
+    pub logs: Vec<BackupRecord>,
+    /// The newest time these backups reach (at or after a time target).
+    pub reaches_time: Option<DateTime<Utc>>,
+    /// The newest position these backups reach (at or after a position target).
+    pub reaches_position: Option<Position>,
+}
+
+impl RestorePlan {
+    /// The backups in apply order: the base, the diffs, then the logs.
+    pub fn backup_ids(&self) -> Vec<BackupId> {
+        std::iter::once(&self.base)
+            .chain(&self.diffs)
+            .chain(&self.logs)
+            .map(|r| r.id.clone())
+            .collect()
+    }
+}
+
+/// A range of one fork's history that can be restored to any point inside
+/// (bounds included).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecoverableWindow {
+    /// The fork.
+    pub fork: String,
+    /// The earliest restorable time.
+    pub from_time: DateTime<Utc>,
+    /// The latest restorable time.
+    pub to_time: DateTime<Utc>,
+    /// The earliest restorable position, when the engine has positions.
+    pub from_position: Option<Position>,
+    /// The latest restorable position.
+    pub to_position: Option<Position>,
+}
+
+/// A range of one fork's history that cannot be restored (bounds excluded),
+/// with the reason.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Gap {
+    /// The fork.
+    pub fork: String,
+    /// Where the gap starts (the end of the restorable range before it, or
+    /// the first backup that cannot be used).
+    pub from_time: DateTime<Utc>,
+    /// Where the gap ends (the start of the next restorable range, or the
+    /// time of the last backup that cannot be used).
+    pub to_time: DateTime<Utc>,
+    /// Where the gap starts, in positions.
+    pub from_position: Option<Position>,
+    /// Where the gap ends, in positions.
+    pub to_position: Option<Position>,
+    /// Why it is not restorable and what is around it, for an operator.
+    pub reason: String,
+}
+
+/// The restorable windows and the gaps of a database's backups, ordered by
+/// time (then fork).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Timeline {
+    /// What can be restored.
+    pub windows: Vec<RecoverableWindow>,
+    /// What cannot, and why.
+    pub gaps: Vec<Gap>,
+}
+
+/// The restorable windows and the gaps of `records` (the backups of one
+/// database) under `rules`.
+pub fn timeline(records: &[BackupRecord], rules: &dyn ChainRules) -> Timeline {
+    let analysis = Analysis::new(records, rules);
+    let mut windows: Vec<RecoverableWindow> = analysis
+        .forks
+        .iter()
+        .flat_map(|f| f.windows.iter().map(|w| w.window.clone()))
+        .collect();
+    windows.sort_by(|a, b| (a.from_time, &a.fork).cmp(&(b.from_time, &b.fork)));
+    let mut gaps: Vec<Gap> = analysis
+        .forks
+        .iter()
+        .flat_map(|f| f.gaps.iter().cloned())
+        .collect();
+    gaps.sort_by(|a, b| (a.from_time, &a.fork).cmp(&(b.from_time, &b.fork)));
+    Timeline { windows, gaps }
+}
+
+/// The backups that restore `target` from `records` (the backups of one
+/// database) under `rules`. See the module docs for how they are chosen.
+///
+/// Fails with [`ErrorKind::NotFound`](crate::ErrorKind::NotFound) when the
+/// target is not restorable; the message gives the reason and the nearest
+/// restorable points.
+pub fn plan(
+    records: &[BackupRecord],
+    rules: &dyn ChainRules,
+    target: &RestoreTarget,
+) -> Result<RestorePlan> {
+    if records.is_empty() {
+        return Err(Error::not_found(format!(
+            "{target} is not restorable: there are no backups of this database"
+        ))
+        .hint("take a full backup first; `strata list` shows the backups in the vault"));
+    }
+    let analysis = Analysis::new(records, rules);
+    match target {
+        RestoreTarget::Latest => analysis.plan_latest(target),
+        RestoreTarget::Time(t) => analysis.plan_time(target, *t),
+        RestoreTarget::Position { fork, position } => {
+            analysis.plan_position(target, fork.as_deref(), *position)
+        }
+    }
+}
+
+fn show_time(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::AutoSi, true)
+}
+
+fn show_position(p: Option<Position>) -> String {
+    p.map_or_else(|| "?".to_owned(), |p| p.to_string())
+}
+
+/// One fork of a fork's ancestry, root first; `limit` is where the next
+/// fork of the path branched off this one (`None` for the analysed fork).
+#[derive(Debug, Clone)]
+struct PathStep {
+    fork: String,
+    limit: Option<Position>,
+}
+
+/// One log of a chain, with the coverage after replaying it.
+#[derive(Debug, Clone, Copy)]
+struct Step {
+    log: usize,
+    covered: Position,
+    time: DateTime<Utc>,
+}
+
+/// A restore chain: data backups (full first), then the contiguous logs
+/// from the last of them, as far as they go.
+#[derive(Debug, Clone)]
+struct Chain {
+    data: Vec<usize>,
+    steps: Vec<Step>,
+    /// Logs needed before the data is consistent.
+    ready: usize,
+    from_time: DateTime<Utc>,
+    from_position: Option<Position>,
+}
+
+impl Chain {
+    /// Coverage after replaying the first `k` logs (`k >= ready`).
+    fn state(&self, k: usize) -> (Option<Position>, DateTime<Utc>) {
+        match k.checked_sub(1).map(|i| self.steps[i]) {
+            Some(step) => (Some(step.covered), step.time),
+            None => (self.from_position, self.from_time),
+        }
+    }
+
+    fn end(&self) -> (Option<Position>, DateTime<Utc>) {
+        self.state(self.steps.len())
+    }
+}
+
+/// A merged window and what its furthest chain ended with (for gap reasons).
+#[derive(Debug, Clone)]
+struct WindowInfo {
+    window: RecoverableWindow,
+    /// The record the furthest chain ends with (its last log, or its data backup).
+    last: usize,
+    /// The data backup the earliest chain starts from.
+    first: usize,
+}
+
+#[derive(Debug)]
+struct ForkAnalysis {
+    fork: String,
+    chains: Vec<Chain>,
+    windows: Vec<WindowInfo>,
+    gaps: Vec<Gap>,
+    newest_record: DateTime<Utc>,
+}
+
+struct Analysis<'a> {
+    records: &'a [BackupRecord],
+    /// Ranked newest first.
+    forks: Vec<ForkAnalysis>,
+    has_logs: bool,
+}
+
+/// Follows log coverage along one fork path, remembering each decision
+/// (several data backups of a fork walk the same logs).
+struct Walker<'a> {
+    records: &'a [BackupRecord],
+    rules: &'a dyn ChainRules,
+    path: Vec<PathStep>,
+    /// Per path step: the fork's logs (with positions), sorted by end.
+    logs: Vec<Vec<usize>>,
+    memo: HashMap<(usize, Position), Option<(usize, usize)>>,
+}
+
+impl<'a> Walker<'a> {
+    fn new(
+        records: &'a [BackupRecord],
+        rules: &'a dyn ChainRules,
+        path: Vec<PathStep>,
+        logs_by_fork: &HashMap<&str, Vec<usize>>,
+    ) -> Self {
+        let logs = path
+            .iter()
+            .map(|step| {
+                logs_by_fork
+                    .get(step.fork.as_str())
+                    .cloned()
+                    .unwrap_or_default()
+            })
+            .collect();
+        Walker {
+            records,
+            rules,
+            path,
+            logs,
+            memo: HashMap::new(),
+        }
+    }
+
+    fn last(&self) -> usize {
+        self.path.len() - 1
+    }
+
+    /// Moves down the path while the coverage reached a fork point; returns
+    /// the new step, the coverage, and whether coverage past the fork point
+    /// (parent-only history) was cut off.
+    fn normalise(&self, mut idx: usize, mut covered: Position) -> (usize, Position, bool) {
+        let mut cut = false;
+        while idx < self.last() {
+            match self.path[idx].limit {
+                Some(limit) if covered >= limit => {
+                    cut |= covered > limit;
+                    covered = limit;
+                    idx += 1;
+                }
+                _ => break,
+            }
+        }
+        (idx, covered, cut)
+    }
+
+    /// The log that continues coverage `covered` at path step `idx`, and
+    /// the step it belongs to: a log of the next fork on the path first (the
+    /// history the restore follows), else one of this fork; among several,
+    /// the one reaching furthest.
+    fn next(&mut self, idx: usize, covered: Position) -> Option<(usize, usize)> {
+        if let Some(found) = self.memo.get(&(idx, covered)) {
+            return *found;
+        }
+        let mut found = None;
+        for k in [idx + 1, idx] {
+            if k > self.last() {
+                continue;
+            }
+            let logs = &self.logs[k];
+            let first = logs.partition_point(|&l| self.records[l].end <= Some(covered));
+            let best = logs[first..]
+                .iter()
+                .copied()
+                .filter(|&l| self.rules.log_continues(covered, &self.records[l]))
+                .max_by_key(|&l| (self.records[l].end, &self.records[l].id));
+            if let Some(log) = best {
+                found = Some((log, k));
+                break;
+            }
+        }
+        self.memo.insert((idx, covered), found);
+        found
+    }
+
+    /// The chain from data backup `data` (whose data chain is `data_chain`)
+    /// at path step `idx`, if it becomes consistent and reaches the last
+    /// fork of the path.
+    fn walk(&mut self, data_chain: Vec<usize>, idx: usize) -> Option<Chain> {
+        let point = &self.records[*data_chain.last()?];
+        let from_time = point.point_time();
+        let Some(end) = point.end else {
+            // No positions: a single restorable instant, on its own fork only.
+            return (idx == self.last()).then(|| Chain {
+                data: data_chain,
+                steps: Vec::new(),
+                ready: 0,
+                from_time,
+                from_position: None,
+            });
+        };
+        let start = self
+            .rules
+            .log_needed_from(point)
+            .filter(|s| *s < end)
+            .unwrap_or(end);
+        let (mut idx, mut covered, _) = self.normalise(idx, start);
+        let mut time = from_time;
+        let mut steps = Vec::new();
+        let mut ready = (covered >= end).then_some(0);
+        while let Some((log, k)) = self.next(idx, covered) {
+            let record = &self.records[log];
+            let (next_idx, next_covered, cut) = self.normalise(k, record.end?);
+            if !cut {
+                time = time.max(record.point_time());
+            }
+            idx = next_idx;
+            covered = next_covered;
+            steps.push(Step { log, covered, time });
+            if ready.is_none() && covered >= end {
+                ready = Some(steps.len());
+            }
+        }
+        let ready = ready?;
+        (idx == self.last()).then_some(Chain {
+            data: data_chain,
+            steps,
+            ready,
+            from_time,
+            from_position: Some(end),
+        })
+    }
+}
+
+impl<'a> Analysis<'a> {
+    fn new(records: &'a [BackupRecord], rules: &'a dyn ChainRules) -> Self {
+        let has_logs = records.iter().any(|r| r.kind == BackupKind::Log);
+        let mut logs_by_fork: HashMap<&str, Vec<usize>> = HashMap::new();
+        for (i, r) in records.iter().enumerate() {
+            if r.kind == BackupKind::Log && r.start.is_some() && r.end.is_some() {
+                logs_by_fork.entry(r.fork.as_str()).or_default().push(i);
+            }
+        }
+        for logs in logs_by_fork.values_mut() {
+            logs.sort_by_key(|&l| records[l].end);
+        }
+        let data_chains = resolve_data_chains(records, rules);
+        let forks: BTreeSet<&str> = records.iter().map(|r| r.fork.as_str()).collect();
+        let mut analysed: Vec<ForkAnalysis> = forks
+            .into_iter()
+            .map(|fork| analyse_fork(records, rules, fork, &logs_by_fork, &data_chains, has_logs))
+            .collect();
+        analysed.sort_by(|a, b| {
+            let key = |f: &ForkAnalysis| {
+                (
+                    f.windows.iter().map(|w| w.window.to_time).max(),
+                    f.newest_record,
+                )
+            };
+            key(b).cmp(&key(a)).then_with(|| b.fork.cmp(&a.fork))
+        });
+        Analysis {
+            records,
+            forks: analysed,
+            has_logs,
+        }
+    }
+
+    fn build(&self, target: &RestoreTarget, fork: &str, chain: &Chain, k: usize) -> RestorePlan {
+        let (position, time) = chain.state(k);
+        let record = |i: &usize| self.records[*i].clone();
+        RestorePlan {
+            target: target.clone(),
+            fork: fork.to_owned(),
+            base: record(&chain.data[0]),
+            diffs: chain.data[1..].iter().map(record).collect(),
+            logs: chain.steps[..k].iter().map(|s| record(&s.log)).collect(),
+            reaches_time: Some(time),
+            reaches_position: position,
+        }
+    }
+
+    fn plan_latest(&self, target: &RestoreTarget) -> Result<RestorePlan> {
+        for fork in &self.forks {
+            let best = fork.chains.iter().max_by_key(|c| {
+                let (position, time) = c.end();
+                (
+                    time,
+                    position,
+                    c.from_time,
+                    std::cmp::Reverse(c.steps.len()),
+                )
+            });
+            if let Some(chain) = best {
+                return Ok(self.build(target, &fork.fork, chain, chain.steps.len()));
+            }
+        }
+        Err(self.not_restorable(target, None))
+    }
+
+    fn plan_time(&self, target: &RestoreTarget, t: DateTime<Utc>) -> Result<RestorePlan> {
+        if !self.has_logs {
+            // Forks are ranked newest first: on equal times the newer fork wins.
+            let best = self
+                .forks
+                .iter()
+                .enumerate()
+                .flat_map(|(rank, f)| f.chains.iter().map(move |c| (rank, f, c)))
+                .filter(|(_, _, c)| c.from_time <= t)
+                .max_by_key(|(rank, _, c)| (c.from_time, std::cmp::Reverse(*rank)));
+            return match best {
+                Some((_, fork, chain)) => Ok(self.build(target, &fork.fork, chain, 0)),
+                None => Err(self.not_restorable(target, None)),
+            };
+        }
+        for fork in &self.forks {
+            let best = fork
+                .chains
+                .iter()
+                .filter(|c| c.from_time <= t && c.end().1 >= t)
+                .max_by_key(|c| {
+                    (
+                        c.from_time,
+                        c.from_position,
+                        std::cmp::Reverse(c.steps.len()),
+                    )
+                });
+            if let Some(chain) = best {
+                let k = (chain.ready..=chain.steps.len())
+                    .find(|&k| chain.state(k).1 >= t)
+                    .unwrap_or(chain.steps.len());
+                return Ok(self.build(target, &fork.fork, chain, k));
+            }
+        }
+        Err(self.not_restorable(target, None))
+    }
+
+    fn plan_position(
+        &self,
+        target: &RestoreTarget,
+        fork: Option<&str>,
+        p: Position,
+    ) -> Result<RestorePlan> {
+        if let Some(name) = fork
+            && !self.forks.iter().any(|f| f.fork == name)
+        {
+            let known: Vec<&str> = self.forks.iter().map(|f| f.fork.as_str()).collect();
+            return Err(Error::not_found(format!(
+                "{target} is not restorable: there are no backups on fork {name}"
+            ))
+            .hint(format!(
+                "the backups of this database are on fork(s) {}",
+                known.join(", ")
+            )));
+        }
+        for f in self
+            .forks
+            .iter()
+            .filter(|f| fork.is_none_or(|name| f.fork == name))
+        {
+            let candidates = f
+                .chains
+                .iter()
+                .filter(|c| c.from_position.is_some_and(|from| from <= p));
+            let best = if self.has_logs {
+                candidates
+                    .filter(|c| c.end().0.is_some_and(|to| to >= p))
+                    .max_by_key(|c| {
+                        (
+                            c.from_position,
+                            c.from_time,
+                            std::cmp::Reverse(c.steps.len()),
+                        )
+                    })
+            } else {
+                candidates.max_by_key(|c| (c.from_position, c.from_time))
+            };
+            if let Some(chain) = best {
+                let k = if self.has_logs {
+                    (chain.ready..=chain.steps.len())
+                        .find(|&k| chain.state(k).0.is_some_and(|c| c >= p))
+                        .unwrap_or(chain.steps.len())
+                } else {
+                    0
+                };
+                return Ok(self.build(target, &f.fork, chain, k));
+            }
+        }
+        Err(self.not_restorable(target, fork))
+    }
+
+    /// The error for a target outside every window: the reason (the gap it
+    /// falls in) and the nearest restorable points around it.
+    fn not_restorable(&self, target: &RestoreTarget, fork: Option<&str>) -> Error {
+        let hint =
+            "run `strata list --timeline` to see the restorable windows and the gaps between them";
+        let forks: Vec<&ForkAnalysis> = self
+            .forks
+            .iter()
+            .filter(|f| fork.is_none_or(|name| f.fork == name))
+            .collect();
+        let windows: Vec<&RecoverableWindow> = forks
+            .iter()
+            .flat_map(|f| f.windows.iter().map(|w| &w.window))
+            .collect();
+        if windows.is_empty() {
+            let reason = forks
+                .iter()
+                .flat_map(|f| &f.gaps)
+                .map(|g| g.reason.clone())
+                .next()
+                .unwrap_or_else(|| "no full backup can be restored".to_owned());
+            return Error::not_found(format!(
+                "{target} is not restorable: nothing in the catalog can be restored yet: {reason}"
+            ))
+            .hint(format!("take a full backup; {hint}"));
+        }
+        let multi_fork = self.forks.len() > 1;
+        let on_fork = |fork: &str| {
+            if multi_fork {
+                format!(" on fork {fork}")
+            } else {
+                String::new()
+            }
+        };
+        let message = match target {
+            RestoreTarget::Time(t) => {
+                let reason = forks
+                    .iter()
+                    .flat_map(|f| &f.gaps)
+                    .find(|g| g.from_time < *t && *t < g.to_time)
+                    .map(|g| format!(" ({})", g.reason))
+                    .unwrap_or_default();
+                let before = windows
+                    .iter()
+                    .filter(|w| w.to_time < *t)
+                    .max_by_key(|w| w.to_time)
+                    .map(|w| format!("{}{}", show_time(w.to_time), on_fork(&w.fork)));
+                let after = windows
+                    .iter()
+                    .filter(|w| w.from_time > *t)
+                    .min_by_key(|w| w.from_time)
+                    .map(|w| format!("{}{}", show_time(w.from_time), on_fork(&w.fork)));
+                format!(
+                    "{target} is not restorable{reason}; {}",
+                    nearest(before, after, "time")
+                )
+            }
+            RestoreTarget::Position { position, .. } => {
+                let p = *position;
+                let reason = forks
+                    .iter()
+                    .flat_map(|f| &f.gaps)
+                    .find(|g| {
+                        g.from_position.is_some_and(|from| from < p)
+                            && g.to_position.is_some_and(|to| p < to)
+                    })
+                    .map(|g| format!(" ({})", g.reason))
+                    .unwrap_or_default();
+                let before = windows
+                    .iter()
+                    .filter_map(|w| w.to_position.filter(|to| *to < p).map(|to| (to, w)))
+                    .max_by_key(|(to, _)| *to)
+                    .map(|(to, w)| format!("{to}{}", on_fork(&w.fork)));
+                let after = windows
+                    .iter()
+                    .filter_map(|w| w.from_position.filter(|from| *from > p).map(|f| (f, w)))
+                    .min_by_key(|(from, _)| *from)
+                    .map(|(from, w)| format!("{from}{}", on_fork(&w.fork)));
+                format!(
+                    "{target} is not restorable{reason}; {}",
+                    nearest(before, after, "position")
+                )
+            }
+            RestoreTarget::Latest => format!("{target} is not restorable"),
+        };
+        Error::not_found(message).hint(hint)
+    }
+}
+
+fn nearest(before: Option<String>, after: Option<String>, what: &str) -> String {
+    match (before, after) {
+        (Some(b), Some(a)) => {
+            format!("the nearest restorable {what}s are {b} (before) and {a} (after)")
+        }
+        (Some(b), None) => format!("the latest restorable {what} is {b}"),
+        (None, Some(a)) => format!("the earliest restorable {what} is {a}"),
+        (None, None) => format!("no restorable {what} is near it"),
+    }
+}
+
+/// For every data backup, its data chain (full first, itself last), if it
+/// reaches a full.
+fn resolve_data_chains(
+    records: &[BackupRecord],
+    rules: &dyn ChainRules,
+) -> HashMap<usize, Vec<usize>> {
+    fn resolve(
+        d: usize,
+        records: &[BackupRecord],
+        rules: &dyn ChainRules,
+        data: &[usize],
+        memo: &mut HashMap<usize, Option<Vec<usize>>>,
+        visiting: &mut HashSet<usize>,
+    ) -> Option<Vec<usize>> {
+        if let Some(done) = memo.get(&d) {
+            return done.clone();
+        }
+        let record = &records[d];
+        let result = match record.kind {
+            BackupKind::Log => None,
+            BackupKind::Full => Some(vec![d]),
+            BackupKind::Diff | BackupKind::Incr => {
+                if !visiting.insert(d) {
+                    return None;
+                }
+                let mut bases: Vec<usize> = data
+                    .iter()
+                    .copied()
+                    .filter(|&b| {
+                        b != d
+                            && records[b].point_time() <= record.point_time()
+                            && rules.applies_on(&records[b], record)
+                    })
+                    .collect();
+                bases
+                    .sort_by_key(|&b| std::cmp::Reverse((records[b].point_time(), records[b].end)));
+                let found = bases.into_iter().find_map(|b| {
+                    resolve(b, records, rules, data, memo, visiting).map(|mut chain| {
+                        chain.push(d);
+                        chain
+                    })
+                });
+                visiting.remove(&d);
+                found
+            }
+        };
+        memo.insert(d, result.clone());
+        result
+    }
+    let data: Vec<usize> = (0..records.len())
+        .filter(|&i| records[i].kind.is_data())
+        .collect();
+    let mut memo = HashMap::new();
+    let mut visiting = HashSet::new();
+    data.iter()
+        .filter_map(|&d| {
+            resolve(d, records, rules, &data, &mut memo, &mut visiting).map(|chain| (d, chain))
+        })
+        .collect()
+}
+
+/// The ancestry of `fork`, root first, with each fork point.
+fn fork_path(rules: &dyn ChainRules, fork: &str) -> Vec<PathStep> {
+    let mut path = vec![PathStep {
+        fork: fork.to_owned(),
+        limit: None,
+    }];
+    let mut seen: HashSet<String> = HashSet::from([fork.to_owned()]);
+    let mut current = fork.to_owned();
+    while let Some(origin) = rules.fork_origin(&current) {
+        if !seen.insert(origin.parent.clone()) {
+            break; // a cycle in the engine's history: stop at the repeat
+        }
+        path.push(PathStep {
+            fork: origin.parent.clone(),
+            limit: Some(origin.at),
+        });
+        current = origin.parent;
+    }
+    path.reverse();
+    path
+}
+
+fn analyse_fork(
+    records: &[BackupRecord],
+    rules: &dyn ChainRules,
+    fork: &str,
+    logs_by_fork: &HashMap<&str, Vec<usize>>,
+    data_chains: &HashMap<usize, Vec<usize>>,
+    has_logs: bool,
+) -> ForkAnalysis {
+    let path = fork_path(rules, fork);
+    let mut walker = Walker::new(records, rules, path.clone(), logs_by_fork);
+    let mut data: Vec<usize> = data_chains.keys().copied().collect();
+    data.sort_unstable();
+    let mut chains = Vec::new();
+    for d in data {
+        let record = &records[d];
+        let Some(idx) = path.iter().position(|s| s.fork == record.fork) else {
+            continue;
+        };
+        let usable = match path[idx].limit {
+            None => true,
+            Some(limit) => record.end.is_some_and(|end| end <= limit),
+        };
+        if usable && let Some(chain) = walker.walk(data_chains[&d].clone(), idx) {
+            chains.push(chain);
+        }
+    }
+    let windows = merge_windows(fork, &chains);
+    let gaps = if has_logs {
+        fork_gaps(records, rules, fork, &path, &chains, &windows, data_chains)
+    } else {
+        Vec::new()
+    };
+    let newest_record = records
+        .iter()
+        .filter(|r| r.fork == fork)
+        .map(BackupRecord::point_time)
+        .max()
+        .unwrap_or(DateTime::<Utc>::MIN_UTC);
+    ForkAnalysis {
+        fork: fork.to_owned(),
+        chains,
+        windows,
+        gaps,
+        newest_record,
+    }
+}
+
+/// Positions touch or overlap (unknown positions never separate windows).
+fn positions_meet(to: Option<Position>, from: Option<Position>) -> bool {
+    match (to, from) {
+        (Some(to), Some(from)) => from <= to,
+        _ => true,
+    }
+}
+
+fn merge_windows(fork: &str, chains: &[Chain]) -> Vec<WindowInfo> {
+    let mut spans: Vec<WindowInfo> = chains
+        .iter()
+        .map(|c| {
+            let (to_position, to_time) = c.end();
+            WindowInfo {
+                window: RecoverableWindow {
+                    fork: fork.to_owned(),
+                    from_time: c.from_time,
+                    to_time,
+                    from_position: c.from_position,
+                    to_position,
+                },
+                last: c
+                    .steps
+                    .last()
+                    .map_or(*c.data.last().unwrap_or(&0), |s| s.log),
+                first: *c.data.last().unwrap_or(&0),
+            }
+        })
+        .collect();
+    spans.sort_by(|a, b| {
+        (a.window.from_time, a.window.from_position)
+            .cmp(&(b.window.from_time, b.window.from_position))
+    });
+    let mut merged: Vec<WindowInfo> = Vec::new();
+    for span in spans {
+        if let Some(current) = merged.last_mut()
+            && span.window.from_time <= current.window.to_time
+            && positions_meet(current.window.to_position, span.window.from_position)
+        {
+            let further = (span.window.to_time, span.window.to_position)
+                > (current.window.to_time, current.window.to_position);
+            if further {
+                current.window.to_time = span.window.to_time;
+                current.window.to_position = span.window.to_position;
+                current.last = span.last;
+            }
+            continue;
+        }
+        merged.push(span);
+    }
+    merged
+}
+
+/// The gaps of one fork: before its first window (backups that need a full
+/// that does not exist), between windows, and after the last one (logs that
+/// nothing restorable reaches).
+fn fork_gaps(
+    records: &[BackupRecord],
+    rules: &dyn ChainRules,
+    fork: &str,
+    path: &[PathStep],
+    chains: &[Chain],
+    windows: &[WindowInfo],
+    data_chains: &HashMap<usize, Vec<usize>>,
+) -> Vec<Gap> {
+    let used: HashSet<usize> = chains
+        .iter()
+        .flat_map(|c| c.steps.iter().map(|s| s.log).chain(c.data.iter().copied()))
+        .collect();
+    // Backups of this fork that no restorable chain uses.
+    let mut orphans: Vec<usize> = (0..records.len())
+        .filter(|&i| records[i].fork == fork && !used.contains(&i))
+        .collect();
+    orphans.sort_by_key(|&i| (records[i].point_time(), &records[i].id));
+    let fork_logs: Vec<usize> = (0..records.len())
+        .filter(|&i| {
+            let r = &records[i];
+            r.fork == fork && r.kind == BackupKind::Log && r.start.is_some() && r.end.is_some()
+        })
+        .collect();
+    let mut gaps = Vec::new();
+    let gap = |from_time, to_time, from_position, to_position, reason: String| Gap {
+        fork: fork.to_owned(),
+        from_time,
+        to_time,
+        from_position,
+        to_position,
+        reason,
+    };
+
+    let Some(first) = windows.first() else {
+        if let (Some(&a), Some(&b)) = (orphans.first(), orphans.last()) {
+            let origin = path
+                .len()
+                .checked_sub(2)
+                .map(|i| (&path[i].fork, path[i].limit));
+            let reason = match origin {
+                Some((parent, Some(at))) => format!(
+                    "no restorable chain reaches position {at} where fork {fork} branched from fork {parent}, \
+                     and there is no usable full backup on fork {fork}: its {} backup(s) from {} to {} \
+                     cannot be restored without one",
+                    orphans.len(),
+                    records[a].id,
+                    records[b].id
+                ),
+                _ => format!(
+                    "no full backup on fork {fork}: its {} backup(s) from {} to {} cannot be restored without one",
+                    orphans.len(),
+                    records[a].id,
+                    records[b].id
+                ),
+            };
+            let reason = with_orphan_details(records, &orphans, data_chains, reason);
+            let (from_time, from_position) = first_point(records, &orphans);
+            let (to_time, to_position) = last_point(records, &orphans);
+            gaps.push(gap(from_time, to_time, from_position, to_position, reason));
+        }
+        return gaps;
+    };
+
+    // Before the first window.
+    let early: Vec<usize> = orphans
+        .iter()
+        .copied()
+        .filter(|&i| records[i].point_time() < first.window.from_time)
+        .collect();
+    if let (Some(&a), Some(&b)) = (early.first(), early.last()) {
+        let (from_time, from_position) = first_point(records, &early);
+        if from_time < first.window.from_time {
+            let reason = format!(
+                "no full backup before {}: the {} earlier backup(s) on fork {fork}, {} to {}, \
+                 cannot be restored without one",
+                show_time(first.window.from_time),
+                early.len(),
+                records[a].id,
+                records[b].id
+            );
+            let reason = with_orphan_details(records, &early, data_chains, reason);
+            gaps.push(gap(
+                from_time,
+                first.window.from_time,
+                from_position,
+                first.window.from_position,
+                reason,
+            ));
+        }
+    }
+
+    // Between windows.
+    for pair in windows.windows(2) {
+        let (w, next) = (&pair[0], &pair[1]);
+        let reason = break_reason(records, rules, &fork_logs, w, Some(next));
+        gaps.push(gap(
+            w.window.to_time,
+            next.window.from_time,
+            w.window.to_position,
+            next.window.from_position,
+            reason,
+        ));
+    }
+
+    // After the last window: backups nothing restorable reaches.
+    let last = windows.last().unwrap_or(first);
+    let late: Vec<usize> = orphans
+        .iter()
+        .copied()
+        .filter(|&i| records[i].point_time() > last.window.to_time)
+        .collect();
+    if !late.is_empty() {
+        let (to_time, to_position) = last_point(records, &late);
+        let reason = break_reason(records, rules, &fork_logs, last, None);
+        let reason = with_orphan_details(records, &late, data_chains, reason);
+        gaps.push(gap(
+            last.window.to_time,
+            to_time,
+            last.window.to_position,
+            to_position.max(last.window.to_position),
+            reason,
+        ));
+    }
+    gaps
+}
+
+fn first_point(records: &[BackupRecord], ids: &[usize]) -> (DateTime<Utc>, Option<Position>) {
+    let time = ids
+        .iter()
+        .map(|&i| records[i].started_at.min(records[i].point_time()))
+        .min()
+        .unwrap_or(DateTime::<Utc>::MIN_UTC);
+    let position = ids
+        .iter()
+        .filter_map(|&i| records[i].start.or(records[i].end))
+        .min();
+    (time, position)
+}
+
+fn last_point(records: &[BackupRecord], ids: &[usize]) -> (DateTime<Utc>, Option<Position>) {
+    let time = ids
+        .iter()
+        .map(|&i| records[i].point_time())
+        .max()
+        .unwrap_or(DateTime::<Utc>::MIN_UTC);
+    let position = ids.iter().filter_map(|&i| records[i].end).max();
+    (time, position)
+}
+
+/// Adds why unusable data backups among `orphans` are unusable.
+fn with_orphan_details(
+    records: &[BackupRecord],
+    orphans: &[usize],
+    data_chains: &HashMap<usize, Vec<usize>>,
+    mut reason: String,
+) -> String {
+    let unresolved: Vec<String> = orphans
+        .iter()
+        .filter(|&&i| records[i].kind.is_data() && records[i].kind != BackupKind::Full)
+        .filter(|&&i| !data_chains.contains_key(&i))
+        .map(|&i| {
+            let r = &records[i];
+            match &r.base {
+                Some(base) => format!(
+                    "{} {} needs {base}, which is not in the catalog or not restorable",
+                    r.kind, r.id
+                ),
+                None => format!("{} {} names no base backup", r.kind, r.id),
+            }
+        })
+        .collect();
+    if !unresolved.is_empty() {
+        reason.push_str("; ");
+        reason.push_str(&unresolved.join("; "));
+    }
+    reason
+}
+
+/// Why coverage stops at the end of window `w` (and, when `next` is given,
+/// does not resume until it).
+fn break_reason(
+    records: &[BackupRecord],
+    rules: &dyn ChainRules,
+    fork_logs: &[usize],
+    w: &WindowInfo,
+    next: Option<&WindowInfo>,
+) -> String {
+    let last = &records[w.last];
+    let until = next.map(|n| {
+        format!(
+            "; the next restorable point is {} {} at {}",
+            records[n.first].kind,
+            records[n.first].id,
+            show_time(n.window.from_time)
+        )
+    });
+    let until = until.unwrap_or_default();
+    let Some(covered) = w.window.to_position else {
+        return format!(
+            "no log backup continues after {} ({}){until}",
+            last.id,
+            show_time(w.window.to_time)
+        );
+    };
+    // The first log of the fork that holds anything past the coverage.
+    let following = fork_logs
+        .iter()
+        .copied()
+        .filter(|&l| records[l].end > Some(covered))
+        .min_by_key(|&l| (records[l].start, records[l].end));
+    match following {
+        Some(l) if records[l].start > Some(covered) => {
+            let to = records[l].start.unwrap_or(covered);
+            match next.and_then(|n| n.window.from_position) {
+                Some(resume) if resume < to => format!(
+                    "no log backup covers positions {covered}..{resume} (none after {} until {} {})",
+                    last.id,
+                    records[next.map_or(w.first, |n| n.first)].kind,
+                    records[next.map_or(w.first, |n| n.first)].id
+                ),
+                _ => format!(
+                    "no log backup covers positions {covered}..{to} (missing between {} and {})",
+                    last.id, records[l].id
+                ),
+            }
+        }
+        Some(l) if !rules.log_continues(covered, &records[l]) => format!(
+            "log backup {} (positions {}..{}) does not continue the chain that ends at position {covered} with {}{until}",
+            records[l].id,
+            show_position(records[l].start),
+            show_position(records[l].end),
+            last.id
+        ),
+        _ => format!(
+            "no log backup after {} (position {covered}, {}){until}",
+            last.id,
+            show_time(w.window.to_time)
+        ),
+    }
+}
