@@ -1,0 +1,555 @@
+//! The four Backint functions: backup, restore, inquire and delete.
+//!
+//! Each input line gets exactly one result line, written as soon as it is
+//! known. Pipes are served concurrently (at most `max_channels` at once) but
+//! **taken in input order**: a pipe's open deadline starts only once the pipe
+//! before it was opened, so HANA may open its pipes late and one at a time.
+//! Log backups (`log_backup_*`, the catalog included) are restored strictly
+//! one after the other, in input order, because HANA consumes them serially.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use chrono::Utc;
+use futures::future::join_all;
+use strata_core::catalog::index::CatalogIndex;
+use strata_core::catalog::manifest::Manifest;
+use strata_core::vault::Progress;
+use strata_core::vault::reader::{ReaderConfig, read_stream};
+use strata_core::vault::writer::{BackupTarget, BackupWriter, CommitDetails};
+use strata_core::{Error, Result};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::{Semaphore, oneshot, watch};
+
+use crate::args::Invocation;
+use crate::params::Params;
+use crate::pipes;
+use crate::protocol::{ApiVersion, InputFile, InputLine, LineError, OutputLine};
+use crate::report::{Logger, Output};
+use crate::versions::{
+    ENGINE, ObjectMeta, VersionStore, is_catalog_object, is_log_object, kind_of, name_location,
+};
+
+/// Everything one agent run works with.
+pub struct Agent {
+    /// The command line.
+    pub invocation: Invocation,
+    /// The parsed input file.
+    pub input: InputFile,
+    /// The parameter file.
+    pub params: Params,
+    /// The versions in the vault.
+    pub store: VersionStore,
+    /// The Backint version of this conversation.
+    pub version: ApiVersion,
+    /// Result lines.
+    pub output: Arc<Output>,
+    /// The detailed log.
+    pub log: Arc<Logger>,
+    /// Becomes `true` when the run is cancelled (SIGTERM, SIGINT).
+    pub cancel: watch::Receiver<bool>,
+    /// The parent process id at start: when it changes, HANA is gone.
+    pub parent: u32,
+}
+
+/// Counts the bytes moved through one pipe.
+#[derive(Default)]
+struct Counter(AtomicU64);
+
+impl Progress for Counter {
+    fn add(&self, raw_bytes: u64) {
+        self.0.fetch_add(raw_bytes, Ordering::Relaxed);
+    }
+}
+
+/// Waits for the previous entry's signal; a dropped sender counts as given.
+async fn wait_gate(gate: Option<oneshot::Receiver<()>>) {
+    if let Some(gate) = gate {
+        let _ = gate.await;
+    }
+}
+
+fn give(gate: &mut Option<oneshot::Sender<()>>) {
+    if let Some(tx) = gate.take() {
+        let _ = tx.send(());
+    }
+}
+
+async fn cancelled(mut rx: watch::Receiver<bool>) {
+    while !*rx.borrow_and_update() {
+        if rx.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+impl Agent {
+    fn error(&self, fields: Vec<String>, reason: &str) {
+        self.log.log(format!("ERROR {fields:?}: {reason}"));
+        self.output.emit(&OutputLine::Error(fields));
+        self.output
+            .emit(&OutputLine::Comment(format!("strata: {reason}")));
+    }
+
+    fn line_error(&self, line_no: usize, err: &LineError) {
+        let fields = err.name.iter().cloned().collect();
+        self.error(fields, &format!("input line {line_no}: {}", err.message));
+    }
+
+    fn unexpected(&self, line_no: usize, line: &InputLine) {
+        let fields = line.object_name().map(str::to_owned).into_iter().collect();
+        self.error(
+            fields,
+            &format!(
+                "input line {line_no}: {line:?} is not valid for -f {}",
+                self.function_name()
+            ),
+        );
+    }
+
+    fn function_name(&self) -> &str {
+        self.invocation.function.map(|f| f.as_str()).unwrap_or("?")
+    }
+
+    fn record_in_catalog(&self, manifest: &Manifest) {
+        let Some(path) = &self.params.catalog else {
+            return;
+        };
+        let recorded = CatalogIndex::open(path)
+            .and_then(|index| index.record(&self.store.vault().meta().vault_id, manifest));
+        if let Err(e) = recorded {
+            self.log.log(format!(
+                "the catalog index {} was not updated for {} (the vault has it; `strata catalog rebuild` picks it up): {e}",
+                path.display(),
+                manifest.id
+            ));
+        }
+    }
+
+    // ----- backup -----
+
+    /// `-f backup`: every `#PIPE` (or `#FILE`) read to its end straight into
+    /// the vault, one Strata backup per object, concurrently.
+    pub async fn backup(&self) {
+        let slots = Semaphore::new(self.params.max_channels);
+        let mut previous: Option<oneshot::Receiver<()>> = None;
+        let mut jobs = Vec::new();
+        for (line_no, entry) in &self.input.entries {
+            let (tx, rx) = oneshot::channel();
+            let gate = previous.replace(rx);
+            match entry {
+                Ok(InputLine::Pipe { name, size }) | Ok(InputLine::File { name, size }) => {
+                    let keyword = if matches!(entry, Ok(InputLine::Pipe { .. })) {
+                        "PIPE"
+                    } else {
+                        "FILE"
+                    };
+                    jobs.push(self.backup_one(name, keyword, *size, gate, tx, &slots));
+                }
+                Ok(other) => {
+                    drop(tx);
+                    self.unexpected(*line_no, other)
+                }
+                Err(e) => {
+                    drop(tx);
+                    self.line_error(*line_no, e)
+                }
+            }
+        }
+        join_all(jobs).await;
+    }
+
+    async fn backup_one(
+        &self,
+        name: &str,
+        keyword: &str,
+        size_hint: Option<u64>,
+        gate: Option<oneshot::Receiver<()>>,
+        opened: oneshot::Sender<()>,
+        slots: &Semaphore,
+    ) {
+        let mut opened = Some(opened);
+        wait_gate(gate).await;
+        let _slot = slots.acquire().await;
+        let result = self
+            .backup_pipe(name, keyword, size_hint, &mut opened)
+            .await;
+        give(&mut opened);
+        match result {
+            Ok((ebid, size)) => {
+                self.log
+                    .log(format!("SAVED {name:?} as {ebid}: {size} bytes"));
+                self.output.emit(&OutputLine::Saved {
+                    ebid,
+                    name: name.to_owned(),
+                    size,
+                });
+            }
+            Err(e) => self.error(vec![name.to_owned()], &one_line(&e)),
+        }
+    }
+
+    async fn backup_pipe(
+        &self,
+        name: &str,
+        keyword: &str,
+        size_hint: Option<u64>,
+        opened: &mut Option<oneshot::Sender<()>>,
+    ) -> Result<(String, u64)> {
+        let path = Path::new(name);
+        let source = tokio::select! {
+            s = pipes::open_source(path, self.params.open_timeout) => s?,
+            _ = cancelled(self.cancel.clone()) => return Err(Error::cancelled("the backup was cancelled before HANA opened the pipe")),
+        };
+        give(opened);
+        let sid = self.store.sid_of(name);
+        let database = name_location(name)
+            .1
+            .or_else(|| self.invocation.database().map(str::to_owned));
+        let level = self.invocation.level.as_deref();
+        let writer = BackupWriter::start(
+            self.store.vault(),
+            BackupTarget {
+                engine: ENGINE.into(),
+                instance: sid.clone(),
+                database,
+                kind: kind_of(level, name),
+            },
+            self.params.writer_config(),
+        )?;
+        let ebid = writer.id().to_string();
+        self.log.log(format!(
+            "reading {name:?} into {ebid} (size hint {size_hint:?})"
+        ));
+        let counter = Counter::default();
+        let stream_name = crate::versions::base_name(name);
+        let stream_name = if stream_name.is_empty() {
+            "object"
+        } else {
+            stream_name
+        };
+        let written = tokio::select! {
+            r = writer.write_stream(stream_name, source, Some(&counter)) => r,
+            _ = cancelled(self.cancel.clone()) => Err(Error::cancelled("the backup was cancelled; nothing was kept")),
+        };
+        let record = match written {
+            Ok(record) => record,
+            Err(e) => {
+                if let Err(cleanup) = writer.abort().await {
+                    self.log
+                        .log(format!("cleaning up {ebid} failed: {cleanup}"));
+                }
+                return Err(e);
+            }
+        };
+        if std::os::unix::process::parent_id() != self.parent {
+            // The pipe's writer died with our parent: the stream is short.
+            let _ = writer.abort().await;
+            return Err(Error::cancelled(format!(
+                "HANA ended while writing {name}; the {} bytes received were discarded",
+                record.raw_size
+            )));
+        }
+        let object = if is_catalog_object(name) {
+            "catalog"
+        } else if is_log_object(name) {
+            "log"
+        } else {
+            "data"
+        };
+        let meta = ObjectMeta {
+            name: name.to_owned(),
+            source: keyword.to_owned(),
+            hana_backup_id: self.invocation.backup_id.clone(),
+            level: self.invocation.level.clone(),
+            object: object.to_owned(),
+            user: self.invocation.user.clone(),
+            count: self.invocation.count.clone(),
+            api: self.input.version.map(|v| v.to_string()),
+            created: writer.started_at(),
+        };
+        if let Err(e) = self.store.put_marker(&sid, &meta, &ebid).await {
+            let _ = writer.abort().await;
+            return Err(e.context(format!("recording the name of {ebid}")));
+        }
+        let mut labels = std::collections::BTreeMap::new();
+        labels.insert("backint_name".to_owned(), name.to_owned());
+        if let Some(id) = &self.invocation.backup_id {
+            labels.insert("hana_backup_id".to_owned(), id.clone());
+        }
+        let consistent_at = (object == "data").then(Utc::now);
+        let manifest = match writer
+            .commit(CommitDetails {
+                consistent_at,
+                labels,
+                engine_meta: meta.to_engine_meta(),
+                ..Default::default()
+            })
+            .await
+        {
+            Ok(m) => m,
+            Err(e) => {
+                let _ = self.store.delete_marker(&sid, name, &ebid).await;
+                return Err(e);
+            }
+        };
+        self.record_in_catalog(&manifest);
+        Ok((ebid, record.raw_size))
+    }
+
+    // ----- restore -----
+
+    /// `-f restore`: each `#EBID`/`#NULL` line's object written into the pipe
+    /// HANA opens for reading.
+    pub async fn restore(&self) {
+        let slots = Semaphore::new(self.params.max_channels);
+        let mut opened_gate: Option<oneshot::Receiver<()>> = None;
+        let mut done_gate: Option<oneshot::Receiver<()>> = None;
+        let mut jobs = Vec::new();
+        for (line_no, entry) in &self.input.entries {
+            let (opened_tx, opened_rx) = oneshot::channel();
+            let (done_tx, done_rx) = oneshot::channel();
+            let after_opened = opened_gate.replace(opened_rx);
+            let after_done = done_gate.replace(done_rx);
+            match entry {
+                Ok(InputLine::Ebid {
+                    ebid,
+                    name: Some(name),
+                    dest,
+                }) => jobs.push(self.restore_one(
+                    Some(ebid),
+                    name,
+                    dest.as_deref(),
+                    (after_opened, after_done),
+                    (opened_tx, done_tx),
+                    &slots,
+                )),
+                Ok(InputLine::Null {
+                    name: Some(name),
+                    dest,
+                }) => jobs.push(self.restore_one(
+                    None,
+                    name,
+                    dest.as_deref(),
+                    (after_opened, after_done),
+                    (opened_tx, done_tx),
+                    &slots,
+                )),
+                Ok(other) => self.unexpected(*line_no, other),
+                Err(e) => self.line_error(*line_no, e),
+            }
+        }
+        join_all(jobs).await;
+    }
+
+    async fn restore_one(
+        &self,
+        ebid: Option<&String>,
+        name: &str,
+        dest: Option<&str>,
+        gates: (Option<oneshot::Receiver<()>>, Option<oneshot::Receiver<()>>),
+        signals: (oneshot::Sender<()>, oneshot::Sender<()>),
+        slots: &Semaphore,
+    ) {
+        let (mut opened, mut done) = (Some(signals.0), Some(signals.1));
+        let (after_opened, after_done) = gates;
+        // Find the version while earlier entries stream.
+        let found = match ebid {
+            Some(ebid) => self.store.find(ebid, Some(name)).await,
+            None => match self.store.newest(name).await {
+                Ok(Some(v)) => self.store.find(&v.ebid, Some(name)).await,
+                Ok(None) => Ok(None),
+                Err(e) => Err(e),
+            },
+        };
+        if is_log_object(name) {
+            wait_gate(after_opened).await;
+            wait_gate(after_done).await;
+        } else {
+            wait_gate(after_opened).await;
+        }
+        let manifest = match found {
+            Ok(Some(m)) => m,
+            Ok(None) => {
+                give(&mut opened);
+                give(&mut done);
+                self.log.log(format!("NOTFOUND {name:?} (ebid {ebid:?})"));
+                self.output
+                    .emit(&OutputLine::NotFound(vec![name.to_owned()]));
+                return;
+            }
+            Err(e) => {
+                give(&mut opened);
+                give(&mut done);
+                self.error(vec![name.to_owned()], &one_line(&e));
+                return;
+            }
+        };
+        let _slot = slots.acquire().await;
+        let result = self.restore_pipe(&manifest, name, dest, &mut opened).await;
+        give(&mut opened);
+        give(&mut done);
+        match result {
+            Ok(bytes) => {
+                self.log.log(format!(
+                    "RESTORED {name:?} from {} into {:?}: {bytes} bytes",
+                    manifest.id,
+                    dest.unwrap_or(name)
+                ));
+                self.output.emit(&OutputLine::Restored {
+                    ebid: manifest.id.to_string(),
+                    name: name.to_owned(),
+                });
+            }
+            Err(e) => self.error(vec![name.to_owned()], &one_line(&e)),
+        }
+    }
+
+    async fn restore_pipe(
+        &self,
+        manifest: &Manifest,
+        name: &str,
+        dest: Option<&str>,
+        opened: &mut Option<oneshot::Sender<()>>,
+    ) -> Result<u64> {
+        let target = Path::new(dest.unwrap_or(name));
+        let as_file = ObjectMeta::of(manifest).is_some_and(|m| m.source == "FILE");
+        let stream = manifest
+            .streams
+            .first()
+            .ok_or_else(|| Error::integrity(format!("backup {} has no stream", manifest.id)))?
+            .name
+            .clone();
+        let mut sink = tokio::select! {
+            s = pipes::open_sink(target, self.params.open_timeout, as_file) => s?,
+            _ = cancelled(self.cancel.clone()) => return Err(Error::cancelled("the restore was cancelled")),
+        };
+        give(opened);
+        let counter = Counter::default();
+        let reader_config = ReaderConfig::default();
+        let stats = tokio::select! {
+            r = read_stream(self.store.vault(), manifest, &stream, &mut sink, &reader_config, Some(&counter)) => r,
+            _ = cancelled(self.cancel.clone()) => Err(Error::cancelled("the restore was cancelled")),
+        }
+        .map_err(|e| {
+            e.context(format!(
+                "after {} bytes into {}",
+                counter.0.load(Ordering::Relaxed),
+                target.display()
+            ))
+        })?;
+        sink.shutdown()
+            .await
+            .map_err(|e| Error::io(format!("closing {}: {e}", target.display())))?;
+        Ok(stats.raw_bytes)
+    }
+
+    // ----- inquire -----
+
+    /// `-f inquire`: which versions exist.
+    pub async fn inquire(&self) {
+        let stamp = |v: chrono::DateTime<Utc>| self.version.has_timestamps().then_some(v);
+        for (line_no, entry) in &self.input.entries {
+            match entry {
+                Ok(InputLine::Null { name: None, .. }) => {
+                    let sid = self.invocation.sid().unwrap_or_default().to_owned();
+                    match self.store.all(&sid).await {
+                        Ok(versions) if versions.is_empty() => {
+                            self.output.emit(&OutputLine::NotFound(vec![]))
+                        }
+                        Ok(versions) => {
+                            for v in versions {
+                                self.output.emit(&OutputLine::Backup {
+                                    ebid: v.ebid,
+                                    name: v.name,
+                                    created: stamp(v.created),
+                                });
+                            }
+                        }
+                        Err(e) => self.error(vec![], &one_line(&e)),
+                    }
+                }
+                Ok(InputLine::Null {
+                    name: Some(name), ..
+                }) => match self.store.versions(name).await {
+                    Ok(versions) if versions.is_empty() => {
+                        self.output.emit(&OutputLine::NotFound(vec![name.clone()]))
+                    }
+                    Ok(versions) => {
+                        for v in versions {
+                            self.output.emit(&OutputLine::Backup {
+                                ebid: v.ebid,
+                                name: v.name,
+                                created: stamp(v.created),
+                            });
+                        }
+                    }
+                    Err(e) => self.error(vec![name.clone()], &one_line(&e)),
+                },
+                Ok(InputLine::Ebid { ebid, name, .. }) => {
+                    let fields: Vec<String> =
+                        std::iter::once(ebid.clone()).chain(name.clone()).collect();
+                    match self.store.find(ebid, name.as_deref()).await {
+                        Ok(Some(m)) => {
+                            let meta = ObjectMeta::of(&m);
+                            let created = meta.as_ref().map_or(m.started_at, |m| m.created);
+                            self.output.emit(&OutputLine::Backup {
+                                ebid: m.id.to_string(),
+                                name: meta.map(|m| m.name).or(name.clone()).unwrap_or_default(),
+                                created: stamp(created),
+                            });
+                        }
+                        Ok(None) => self.output.emit(&OutputLine::NotFound(fields)),
+                        Err(e) => self.error(fields, &one_line(&e)),
+                    }
+                }
+                Ok(other) => self.unexpected(*line_no, other),
+                Err(e) => self.line_error(*line_no, e),
+            }
+        }
+    }
+
+    // ----- delete -----
+
+    /// `-f delete`: each `#EBID` version deleted from the vault.
+    pub async fn delete(&self) {
+        for (line_no, entry) in &self.input.entries {
+            match entry {
+                Ok(InputLine::Ebid { ebid, name, .. }) => {
+                    let fields: Vec<String> =
+                        std::iter::once(ebid.clone()).chain(name.clone()).collect();
+                    let result = async {
+                        match self.store.find(ebid, name.as_deref()).await? {
+                            Some(m) => self.store.delete(&m).await.map(|()| true),
+                            None => Ok(false),
+                        }
+                    }
+                    .await;
+                    match result {
+                        Ok(true) => {
+                            self.log.log(format!("DELETED {ebid} {name:?}"));
+                            self.output.emit(&OutputLine::Deleted {
+                                ebid: ebid.clone(),
+                                name: name.clone().unwrap_or_default(),
+                            });
+                        }
+                        Ok(false) => self.output.emit(&OutputLine::NotFound(fields)),
+                        Err(e) => self.error(fields, &one_line(&e)),
+                    }
+                }
+                Ok(other) => self.unexpected(*line_no, other),
+                Err(e) => self.line_error(*line_no, e),
+            }
+        }
+    }
+}
+
+/// An error as one line: message, then the hint.
+pub fn one_line(err: &Error) -> String {
+    let text = match err.hint_text() {
+        Some(hint) => format!("{err} ({hint})"),
+        None => err.to_string(),
+    };
+    text.replace(['\r', '\n'], " ")
+}

@@ -1,0 +1,417 @@
+//! How Backint objects map onto a Strata vault.
+//!
+//! Every version of a Backint object (one `#PIPE` of one backup call) is one
+//! Strata backup: engine `hana`, instance = the SID, database = the tenant
+//! (`SYSTEMDB` or the name after `DB_`), one stream. Its **EBID is the backup
+//! id** ([`BackupId`]: time-sortable, unique, `[A-Za-z0-9._-]`, 30 characters),
+//! and its manifest's `engine_meta.backint` ([`ObjectMeta`]) keeps the HANA
+//! object name, HANA's backup id (`-s`), the level and the creation time.
+//!
+//! The SID and database come from the object **name**
+//! (`/usr/sap/<SID>/SYS/global/hdb/backint/<DB_TENANT|SYSTEMDB>/...`), not
+//! from `-u`, so a system copy (restore under another SID) finds the source's
+//! objects. Names that do not have that shape fall back to `-u`.
+//!
+//! To find the versions of a name without reading every manifest, each
+//! version also has a small **name marker**:
+//!
+//! ```text
+//! engines/hana/<SID>/objects/<escaped name component>/.../<ebid>
+//! ```
+//!
+//! (each component of the name escaped with
+//! [`layout::escape_component`]). The marker is written before the manifest
+//! and a version counts only when its manifest exists, so a marker left by a
+//! failed upload is never listed or restored; the manifest stays the commit
+//! point.
+
+use std::collections::BTreeSet;
+
+use chrono::{DateTime, NaiveDateTime, Utc};
+use futures::{StreamExt, TryStreamExt};
+use object_store::ObjectStoreExt;
+use serde::{Deserialize, Serialize};
+use strata_core::catalog::manifest::{BackupId, BackupKind, Manifest};
+use strata_core::vault::{Vault, layout};
+use strata_core::{Error, ErrorKind, Result};
+
+/// The engine name of HANA backups in the vault.
+pub const ENGINE: &str = "hana";
+
+/// What the manifest of a Backint object version records about it
+/// (`engine_meta.backint`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectMeta {
+    /// The object name exactly as HANA sent it.
+    pub name: String,
+    /// The Backint keyword it came from: `PIPE` or `FILE`.
+    pub source: String,
+    /// HANA's backup id (`-s`), if given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hana_backup_id: Option<String>,
+    /// The level (`-l`) as given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub level: Option<String>,
+    /// `data`, `log` or `catalog`.
+    pub object: String,
+    /// `-u` as given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// `-c` as given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<String>,
+    /// The Backint version HANA spoke.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api: Option<String>,
+    /// When the object version was created (the start of its upload).
+    pub created: DateTime<Utc>,
+}
+
+impl ObjectMeta {
+    /// Reads the Backint details from a manifest, if it has them.
+    pub fn of(manifest: &Manifest) -> Option<ObjectMeta> {
+        serde_json::from_value(manifest.engine_meta.get("backint")?.clone()).ok()
+    }
+
+    /// Wraps the details as a manifest's `engine_meta`.
+    pub fn to_engine_meta(&self) -> serde_json::Value {
+        serde_json::json!({ "backint": self })
+    }
+}
+
+/// The SID and database a HANA object name belongs to, read from its path
+/// (`.../usr/sap/<SID>/SYS/global/hdb/backint/<DB>/...`). The path may sit
+/// under another root (a test directory); both parts are `None` when the
+/// name has no such shape.
+pub fn name_location(name: &str) -> (Option<String>, Option<String>) {
+    let parts: Vec<&str> = name.split('/').collect();
+    let mut sid = None;
+    let mut database = None;
+    for (i, window) in parts.windows(3).enumerate() {
+        if window[0] == "usr" && window[1] == "sap" && !window[2].is_empty() {
+            sid = Some(window[2].to_owned());
+            let rest = &parts[i + 3..];
+            if let Some(pos) = rest.iter().position(|p| *p == "backint")
+                && let Some(db) = rest.get(pos + 1).filter(|_| pos + 2 < rest.len())
+            {
+                database = match db.strip_prefix("DB_") {
+                    Some(tenant) if !tenant.is_empty() => Some(tenant.to_owned()),
+                    _ => Some((*db).to_owned()),
+                };
+            }
+        }
+    }
+    (sid, database)
+}
+
+/// The base name of an object (the text after the last `/`).
+pub fn base_name(name: &str) -> &str {
+    name.rsplit('/').next().unwrap_or(name)
+}
+
+/// Whether the object is a log backup (or the catalog, `log_backup_0_0_0_0`):
+/// these are restored strictly one after the other.
+pub fn is_log_object(name: &str) -> bool {
+    base_name(name).starts_with("log_backup")
+}
+
+/// Whether the object is HANA's backup catalog.
+pub fn is_catalog_object(name: &str) -> bool {
+    base_name(name) == "log_backup_0_0_0_0"
+}
+
+/// The Strata backup kind of an object: from the level when HANA gives a
+/// known one, otherwise from the name.
+pub fn kind_of(level: Option<&str>, name: &str) -> BackupKind {
+    match level.map(|l| l.trim().to_ascii_uppercase()).as_deref() {
+        Some("COMPLETE" | "FULL" | "DATA") => BackupKind::Full,
+        Some("DIFFERENTIAL" | "DIFF") => BackupKind::Diff,
+        Some("INCREMENTAL" | "INCR") => BackupKind::Incr,
+        Some("LOG") => BackupKind::Log,
+        _ if is_log_object(name) => BackupKind::Log,
+        _ => BackupKind::Full,
+    }
+}
+
+/// The creation time encoded in an EBID (a [`BackupId`] starts with its UTC
+/// start time, `20261122T001500.123Z-...`).
+pub fn ebid_time(ebid: &str) -> Option<DateTime<Utc>> {
+    let stamp = ebid.split('-').next()?.strip_suffix('Z')?;
+    NaiveDateTime::parse_from_str(stamp, "%Y%m%dT%H%M%S%.3f")
+        .ok()
+        .map(|t| t.and_utc())
+}
+
+/// One stored version of a Backint object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Version {
+    /// Its EBID (= the Strata backup id).
+    pub ebid: String,
+    /// The object name.
+    pub name: String,
+    /// The SID it is stored under.
+    pub sid: String,
+    /// When it was created.
+    pub created: DateTime<Utc>,
+}
+
+/// Finds, records and deletes Backint object versions in a vault.
+#[derive(Debug, Clone)]
+pub struct VersionStore {
+    vault: Vault,
+    default_sid: String,
+}
+
+impl VersionStore {
+    /// A store over `vault`; `default_sid` (from `-u`) is used for names that
+    /// do not carry a SID in their path.
+    pub fn new(vault: Vault, default_sid: impl Into<String>) -> Self {
+        VersionStore {
+            vault,
+            default_sid: default_sid.into(),
+        }
+    }
+
+    /// The vault.
+    pub fn vault(&self) -> &Vault {
+        &self.vault
+    }
+
+    /// The SID the versions of `name` are stored under.
+    pub fn sid_of(&self, name: &str) -> String {
+        name_location(name)
+            .0
+            .unwrap_or_else(|| self.default_sid.clone())
+    }
+
+    fn name_prefix(sid: &str, name: &str) -> String {
+        let mut key = format!("{}/objects", layout::engine_prefix(ENGINE, sid));
+        for component in name.split('/') {
+            key.push('/');
+            key.push_str(&layout::escape_component(component));
+        }
+        key
+    }
+
+    /// The marker key of one version.
+    pub fn marker_key(sid: &str, name: &str, ebid: &str) -> String {
+        format!("{}/{ebid}", Self::name_prefix(sid, name))
+    }
+
+    /// Writes the name marker of a version about to be committed.
+    pub async fn put_marker(&self, sid: &str, meta: &ObjectMeta, ebid: &str) -> Result<()> {
+        let body = serde_json::to_vec(&serde_json::json!({
+            "name": meta.name, "ebid": ebid, "created": meta.created,
+        }))?;
+        self.vault
+            .put_create(&Self::marker_key(sid, &meta.name, ebid), body)
+            .await
+    }
+
+    /// Removes a version's marker; a missing marker is fine.
+    pub async fn delete_marker(&self, sid: &str, name: &str, ebid: &str) -> Result<()> {
+        let path = self.vault.path(&Self::marker_key(sid, name, ebid));
+        match self.vault.store().delete(&path).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn manifest_exists(&self, sid: &str, ebid: &str) -> Result<bool> {
+        let Ok(id) = ebid.parse::<BackupId>() else {
+            return Ok(false);
+        };
+        let key = layout::manifest_key(ENGINE, sid, &id);
+        match self.vault.store().head(&self.vault.path(&key)).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(Error::from(e).context(format!("checking version {ebid}"))),
+        }
+    }
+
+    /// Every committed version of `name`, newest first.
+    pub async fn versions(&self, name: &str) -> Result<Vec<Version>> {
+        let sid = self.sid_of(name);
+        let prefix = Self::name_prefix(&sid, name);
+        let keys = self.vault.list_keys(&prefix).await?;
+        let mut ebids: Vec<String> = keys
+            .iter()
+            .filter_map(|k| k.strip_prefix(&prefix)?.strip_prefix('/'))
+            .filter(|rest| !rest.contains('/'))
+            .map(str::to_owned)
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        ebids.reverse();
+        let checked: Vec<Option<Version>> = futures::stream::iter(ebids)
+            .map(|ebid| {
+                let sid = sid.clone();
+                async move {
+                    if !self.manifest_exists(&sid, &ebid).await? {
+                        return Ok::<_, Error>(None);
+                    }
+                    let created = match ebid_time(&ebid) {
+                        Some(t) => t,
+                        None => self.manifest(&sid, &ebid).await?.started_at,
+                    };
+                    Ok(Some(Version {
+                        ebid,
+                        name: name.to_owned(),
+                        sid,
+                        created,
+                    }))
+                }
+            })
+            .buffered(16)
+            .try_collect()
+            .await?;
+        let mut versions: Vec<Version> = checked.into_iter().flatten().collect();
+        versions.sort_by(|a, b| b.created.cmp(&a.created).then(b.ebid.cmp(&a.ebid)));
+        Ok(versions)
+    }
+
+    /// The newest committed version of `name`.
+    pub async fn newest(&self, name: &str) -> Result<Option<Version>> {
+        Ok(self.versions(name).await?.into_iter().next())
+    }
+
+    async fn manifest(&self, sid: &str, ebid: &str) -> Result<Manifest> {
+        let id: BackupId = ebid.parse()?;
+        self.vault.read_manifest(ENGINE, sid, &id).await
+    }
+
+    /// The manifest of version `ebid`, which must belong to `name` when a
+    /// name is given. `None` when there is no such committed version.
+    pub async fn find(&self, ebid: &str, name: Option<&str>) -> Result<Option<Manifest>> {
+        if ebid.parse::<BackupId>().is_err() {
+            return Ok(None);
+        }
+        let mut sids = Vec::new();
+        if let Some(name) = name {
+            sids.push(self.sid_of(name));
+        }
+        if !sids.contains(&self.default_sid) {
+            sids.push(self.default_sid.clone());
+        }
+        let matches = |m: &Manifest| {
+            let meta = ObjectMeta::of(m);
+            meta.is_some_and(|meta| name.is_none_or(|n| n == meta.name))
+        };
+        for sid in &sids {
+            match self.manifest(sid, ebid).await {
+                Ok(m) => return Ok(Some(m).filter(matches)),
+                Err(e) if e.kind() == ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        // Stored under another SID (a system copy without a path-shaped name).
+        let suffix = format!("/{ebid}.json");
+        let engine_prefix = format!("{}/{}", layout::MANIFESTS, layout::escape_component(ENGINE));
+        let keys = self.vault.list_keys(&engine_prefix).await?;
+        if let Some(key) = keys.iter().find(|k| k.ends_with(&suffix)) {
+            let bytes = self.vault.get_bytes(key).await?;
+            let m = Manifest::from_json(&bytes, key)?;
+            return Ok(Some(m).filter(matches));
+        }
+        Ok(None)
+    }
+
+    /// Every committed Backint version stored under `sid`, newest first.
+    pub async fn all(&self, sid: &str) -> Result<Vec<Version>> {
+        let manifests = self
+            .vault
+            .read_manifests(&layout::manifest_prefix(ENGINE, sid))
+            .await?;
+        let mut versions: Vec<Version> = manifests
+            .iter()
+            .filter_map(|m| {
+                let meta = ObjectMeta::of(m)?;
+                Some(Version {
+                    ebid: m.id.to_string(),
+                    name: meta.name,
+                    sid: sid.to_owned(),
+                    created: meta.created,
+                })
+            })
+            .collect();
+        versions.sort_by(|a, b| b.created.cmp(&a.created).then(b.ebid.cmp(&a.ebid)));
+        Ok(versions)
+    }
+
+    /// Deletes a committed version: its manifest first (it stops existing
+    /// at once), then its data, then its marker.
+    pub async fn delete(&self, manifest: &Manifest) -> Result<()> {
+        self.vault.delete_backup(manifest).await?;
+        if let Some(meta) = ObjectMeta::of(manifest) {
+            self.delete_marker(&manifest.instance, &meta.name, manifest.id.as_str())
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_locate_sid_and_database() {
+        assert_eq!(
+            name_location(
+                "/usr/sap/HDB/SYS/global/hdb/backint/SYSTEMDB/FULL_BACKUP_databackup_0_1"
+            ),
+            (Some("HDB".into()), Some("SYSTEMDB".into()))
+        );
+        assert_eq!(
+            name_location("/tmp/x y/usr/sap/QAS/SYS/global/hdb/backint/DB_SRC/log_backup_0_0_0_0"),
+            (Some("QAS".into()), Some("SRC".into()))
+        );
+        assert_eq!(name_location("/var/tmp/pipe"), (None, None));
+        assert_eq!(
+            name_location("/usr/sap/HDB/SYS/global/hdb/backint/MY_PREFIX"),
+            (Some("HDB".into()), None)
+        );
+    }
+
+    #[test]
+    fn kinds_come_from_level_then_name() {
+        assert_eq!(
+            kind_of(Some("COMPLETE"), "/x/a_databackup_0_1"),
+            BackupKind::Full
+        );
+        assert_eq!(kind_of(Some("differential"), "/x/a"), BackupKind::Diff);
+        assert_eq!(kind_of(Some("INCREMENTAL"), "/x/a"), BackupKind::Incr);
+        assert_eq!(kind_of(Some("LOG"), "/x/a"), BackupKind::Log);
+        assert_eq!(
+            kind_of(Some("SOMETHING_NEW"), "/x/log_backup_1_0_5_9"),
+            BackupKind::Log
+        );
+        assert_eq!(kind_of(None, "/x/log_backup_0_0_0_0"), BackupKind::Log);
+        assert_eq!(kind_of(None, "/x/data"), BackupKind::Full);
+        assert!(is_catalog_object("/a/log_backup_0_0_0_0"));
+        assert!(!is_catalog_object("/a/log_backup_1_0_0_0"));
+    }
+
+    #[test]
+    fn ebids_carry_their_time() {
+        let at: DateTime<Utc> = "2026-11-22T00:15:00.120Z".parse().unwrap();
+        let id = BackupId::generate(at);
+        assert_eq!(ebid_time(id.as_str()), Some(at));
+        assert_eq!(ebid_time("1707397841371"), None);
+    }
+
+    #[test]
+    fn marker_keys_keep_names_apart() {
+        let a = VersionStore::marker_key("HDB", "/a/log_backup_0_0_0_0", "E");
+        let b = VersionStore::marker_key("HDB", "/a/log_backup_0_0_0_01", "E");
+        assert_ne!(a, b);
+        assert!(
+            a.starts_with("engines/hana/HDB/objects/_/a/log_5fbackup"),
+            "{a}"
+        );
+        assert_ne!(
+            VersionStore::marker_key("HDB", "/a b", "E"),
+            VersionStore::marker_key("HDB", "/a_20b", "E")
+        );
+    }
+}
