@@ -1,1 +1,749 @@
-//! TODO
+//! Full backups with the non-exclusive low-level API.
+//!
+//! 1. On one session: `pg_backup_start(label, fast => true)`.
+//! 2. List the data directory and every tablespace (following the
+//!    `pg_tblspc` links), leaving out what `basebackup.c` leaves out, and
+//!    split the files over `parallel` streams of roughly equal size. Each
+//!    stream is a [`crate::bundle`] read by its own thread and written into the
+//!    vault as it is read: nothing is staged on local disk.
+//! 3. Copy `global/pg_control` last, in its own stream.
+//! 4. On the same session: `pg_backup_stop(wait_for_archive => true)`, and
+//!    store the returned `backup_label` and `tablespace_map` byte for byte,
+//!    as the streams `backup_label` and `tablespace_map`.
+//! 5. Check that every WAL segment from the start LSN to the stop LSN is in the
+//!    vault's WAL archive. Only then is the outcome returned, and the caller
+//!    commits the manifest: a backup whose WAL is missing never becomes
+//!    restorable. If the session is lost (a server restart, a dropped
+//!    connection) `pg_backup_stop` fails, and so does the backup.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use strata_core::plugin::{BackupOutcome, BackupSink};
+use strata_core::{Error, Result};
+
+use crate::bundle::{BundleWriter, ChannelWriter, StoredFile};
+use crate::check::connect;
+use crate::config::ClusterConfig;
+use crate::wal::WalArchive;
+use crate::walname::{Lsn, WalFileName, segno_of};
+
+/// The name of the stream holding `global/pg_control`.
+pub const PG_CONTROL_STREAM: &str = "pg_control";
+/// The stream holding the `backup_label` PostgreSQL returned.
+pub const BACKUP_LABEL_STREAM: &str = "backup_label";
+/// The stream holding the `tablespace_map` PostgreSQL returned (may be empty).
+pub const TABLESPACE_MAP_STREAM: &str = "tablespace_map";
+
+/// The PostgreSQL details of a full backup, stored as the manifest's `engine_meta`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FullBackupMeta {
+    /// The cluster's system identifier (decimal).
+    pub system_id: String,
+    /// `server_version_num` (e.g. 150018).
+    pub server_version_num: u32,
+    /// `server_version` as text.
+    pub server_version: String,
+    /// The timeline the backup started on.
+    pub timeline: u32,
+    /// The start LSN (`pg_backup_start`).
+    pub start_lsn: String,
+    /// The stop LSN (`pg_backup_stop`).
+    pub stop_lsn: String,
+    /// When the backup started.
+    pub start_time: DateTime<Utc>,
+    /// When `pg_backup_stop` returned: the earliest time a restore of this backup can reach.
+    pub stop_time: DateTime<Utc>,
+    /// `wal_segment_size` in bytes.
+    pub wal_segment_size: u64,
+    /// Whether data checksums are on.
+    pub data_checksums: bool,
+    /// The `backup_label` PostgreSQL returned.
+    pub backup_label: String,
+    /// The `tablespace_map` PostgreSQL returned (empty without tablespaces).
+    pub tablespace_map: String,
+    /// The tablespaces (OID and location at backup time).
+    pub tablespaces: Vec<Tablespace>,
+    /// The data streams, in the order they were written.
+    pub data_streams: Vec<String>,
+    /// Every stored file with size and checksum.
+    pub files: Vec<StoredFile>,
+}
+
+/// A tablespace at backup time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tablespace {
+    /// Its OID (the name of its link in `pg_tblspc`).
+    pub oid: String,
+    /// Its location.
+    pub path: String,
+}
+
+impl FullBackupMeta {
+    /// Reads the metadata back from a manifest's `engine_meta`.
+    pub fn from_manifest(manifest: &strata_core::catalog::manifest::Manifest) -> Result<Self> {
+        serde_json::from_value(manifest.engine_meta.clone()).map_err(|e| {
+            Error::integrity(format!(
+                "backup {} has no valid PostgreSQL details: {e}",
+                manifest.id
+            ))
+        })
+    }
+
+    /// The system identifier as a number.
+    pub fn system_id(&self) -> u64 {
+        self.system_id.parse().unwrap_or_default()
+    }
+
+    /// The start LSN.
+    pub fn start(&self) -> Lsn {
+        self.start_lsn.parse().unwrap_or_default()
+    }
+
+    /// The stop LSN.
+    pub fn stop(&self) -> Lsn {
+        self.stop_lsn.parse().unwrap_or_default()
+    }
+}
+
+/// Options of a full backup.
+#[derive(Debug, Clone)]
+pub struct FullBackupOptions {
+    /// The label given to `pg_backup_start`.
+    pub label: String,
+    /// Request an immediate checkpoint (`fast => true`).
+    pub fast_checkpoint: bool,
+    /// Number of data streams read in parallel.
+    pub parallel: usize,
+    /// How long to wait for the WAL up to the stop LSN to appear in the vault.
+    pub wal_wait: Duration,
+}
+
+impl Default for FullBackupOptions {
+    fn default() -> Self {
+        FullBackupOptions {
+            label: format!("strata {}", Utc::now().format("%Y-%m-%dT%H:%M:%SZ")),
+            fast_checkpoint: true,
+            parallel: 2,
+            wal_wait: Duration::from_secs(120),
+        }
+    }
+}
+
+/// A file to copy.
+#[derive(Debug, Clone)]
+struct SourceFile {
+    rel: String,
+    abs: PathBuf,
+    size: u64,
+    mode: u32,
+    is_dir: bool,
+}
+
+/// Directories whose contents `basebackup.c` leaves out (the directory itself is kept).
+const EXCLUDE_DIR_CONTENTS: &[&str] = &[
+    "pg_stat_tmp",
+    "pg_replslot",
+    "pg_dynshmem",
+    "pg_notify",
+    "pg_serial",
+    "pg_snapshots",
+    "pg_subtrans",
+    "pg_wal",
+];
+
+/// Files left out at the top of the data directory.
+const EXCLUDE_FILES: &[&str] = &[
+    "postgresql.auto.conf.tmp",
+    "current_logfiles.tmp",
+    "backup_label",
+    "backup_label.old",
+    "tablespace_map",
+    "backup_manifest",
+    "postmaster.pid",
+    "postmaster.opts",
+    "recovery.signal",
+    "standby.signal",
+];
+
+fn excluded_name(name: &str) -> bool {
+    name.starts_with("pgsql_tmp") || name.starts_with("pg_internal.init")
+}
+
+/// Whether `name` in a database directory is a temporary relation (`t<backend>_<relfilenode>...`).
+fn is_temp_relation(name: &str) -> bool {
+    let Some(rest) = name.strip_prefix('t') else {
+        return false;
+    };
+    let Some((backend, rel)) = rest.split_once('_') else {
+        return false;
+    };
+    !backend.is_empty()
+        && backend.bytes().all(|b| b.is_ascii_digit())
+        && rel.bytes().next().is_some_and(|b| b.is_ascii_digit())
+}
+
+/// The relfilenode of a relation file name (`16384`, `16384.1`, `16384_fsm`...).
+fn relfilenode(name: &str) -> Option<&str> {
+    let end = name.find(['.', '_']).unwrap_or(name.len());
+    let node = &name[..end];
+    (!node.is_empty() && node.bytes().all(|b| b.is_ascii_digit())).then_some(node)
+}
+
+fn is_database_dir(rel: &str) -> bool {
+    let parts: Vec<&str> = rel.split('/').collect();
+    match parts.as_slice() {
+        ["base", db] => db.bytes().all(|b| b.is_ascii_digit()),
+        ["pg_tblspc", _, _, db] => db.bytes().all(|b| b.is_ascii_digit()),
+        _ => false,
+    }
+}
+
+/// Lists what a full backup copies, applying `basebackup.c`'s exclusions.
+/// Returns the entries (directories and files, `global/pg_control` not
+/// included) and the tablespaces found in `pg_tblspc`.
+fn list_cluster(data_dir: &Path) -> Result<(Vec<SourceFile>, Vec<Tablespace>)> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut out = Vec::new();
+    let mut tablespaces = Vec::new();
+    // (relative dir, absolute dir)
+    let mut stack: Vec<(String, PathBuf)> = vec![(String::new(), data_dir.to_path_buf())];
+    while let Some((rel_dir, abs_dir)) = stack.pop() {
+        let read = match std::fs::read_dir(&abs_dir) {
+            Ok(r) => r,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => {
+                return Err(Error::io(format!("cannot list {}: {e}", abs_dir.display()))
+                    .hint("Strata must run as the cluster's OS user (or root) to read the data directory"));
+            }
+        };
+        let mut names: Vec<(String, PathBuf)> = read
+            .filter_map(|e| e.ok())
+            .filter_map(|e| Some((e.file_name().into_string().ok()?, e.path())))
+            .collect();
+        names.sort();
+        let in_db = is_database_dir(&rel_dir);
+        let unlogged: HashSet<String> = if in_db {
+            names
+                .iter()
+                .filter_map(|(n, _)| n.strip_suffix("_init").map(|r| r.to_owned()))
+                .collect()
+        } else {
+            HashSet::new()
+        };
+        for (name, abs) in names {
+            let rel = if rel_dir.is_empty() {
+                name.clone()
+            } else {
+                format!("{rel_dir}/{name}")
+            };
+            if excluded_name(&name)
+                || (rel_dir.is_empty() && EXCLUDE_FILES.contains(&name.as_str()))
+            {
+                continue;
+            }
+            if rel == "global/pg_control" {
+                continue;
+            }
+            if in_db {
+                if is_temp_relation(&name) {
+                    continue;
+                }
+                if let Some(node) = relfilenode(&name)
+                    && unlogged.contains(node)
+                    && !name.ends_with("_init")
+                {
+                    continue;
+                }
+            }
+            let meta = match std::fs::symlink_metadata(&abs) {
+                Ok(m) => m,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(Error::io(format!("cannot stat {}: {e}", abs.display()))),
+            };
+            let mode = meta.permissions().mode() & 0o7777;
+            if meta.file_type().is_symlink() {
+                if rel_dir == "pg_tblspc" {
+                    let target = std::fs::read_link(&abs).map_err(|e| {
+                        Error::io(format!("cannot read link {}: {e}", abs.display()))
+                    })?;
+                    tablespaces.push(Tablespace {
+                        oid: name.clone(),
+                        path: target.display().to_string(),
+                    });
+                    out.push(SourceFile {
+                        rel: rel.clone(),
+                        abs: target.clone(),
+                        size: 0,
+                        mode: 0o700,
+                        is_dir: true,
+                    });
+                    stack.push((rel, target));
+                    continue;
+                }
+                // Other links (a symlinked pg_wal, log directory): follow them.
+                let target = std::fs::metadata(&abs);
+                match target {
+                    Ok(m) if m.is_dir() => {
+                        out.push(SourceFile {
+                            rel: rel.clone(),
+                            abs: abs.clone(),
+                            size: 0,
+                            mode: m.permissions().mode() & 0o7777,
+                            is_dir: true,
+                        });
+                        if !(rel_dir.is_empty() && EXCLUDE_DIR_CONTENTS.contains(&name.as_str())) {
+                            stack.push((rel, abs));
+                        } else if name == "pg_wal" {
+                            out.push(archive_status_dir(&rel, &abs));
+                        }
+                    }
+                    Ok(m) if m.is_file() => out.push(SourceFile {
+                        rel,
+                        abs,
+                        size: m.len(),
+                        mode: m.permissions().mode() & 0o7777,
+                        is_dir: false,
+                    }),
+                    _ => {}
+                }
+                continue;
+            }
+            if meta.is_dir() {
+                out.push(SourceFile {
+                    rel: rel.clone(),
+                    abs: abs.clone(),
+                    size: 0,
+                    mode,
+                    is_dir: true,
+                });
+                if rel_dir.is_empty() && EXCLUDE_DIR_CONTENTS.contains(&name.as_str()) {
+                    if name == "pg_wal" {
+                        out.push(archive_status_dir(&rel, &abs));
+                    }
+                    continue;
+                }
+                stack.push((rel, abs));
+            } else if meta.is_file() {
+                out.push(SourceFile {
+                    rel,
+                    abs,
+                    size: meta.len(),
+                    mode,
+                    is_dir: false,
+                });
+            }
+        }
+    }
+    Ok((out, tablespaces))
+}
+
+fn archive_status_dir(rel: &str, abs: &Path) -> SourceFile {
+    SourceFile {
+        rel: format!("{rel}/archive_status"),
+        abs: abs.join("archive_status"),
+        size: 0,
+        mode: 0o700,
+        is_dir: true,
+    }
+}
+
+/// Splits entries over `n` streams of roughly equal bytes (largest files
+/// first onto the lightest stream); directories go to the first stream.
+fn partition(entries: Vec<SourceFile>, n: usize) -> Vec<Vec<SourceFile>> {
+    let n = n.max(1);
+    let mut streams: Vec<(u64, Vec<SourceFile>)> = (0..n).map(|_| (0, Vec::new())).collect();
+    let (dirs, mut files): (Vec<_>, Vec<_>) = entries.into_iter().partition(|e| e.is_dir);
+    streams[0].1.extend(dirs);
+    files.sort_by(|a, b| b.size.cmp(&a.size).then_with(|| a.rel.cmp(&b.rel)));
+    for file in files {
+        let lightest = streams
+            .iter_mut()
+            .min_by_key(|(bytes, _)| *bytes)
+            .expect("at least one stream");
+        lightest.0 += file.size + 512;
+        lightest.1.push(file);
+    }
+    streams.into_iter().map(|(_, files)| files).collect()
+}
+
+/// Writes `entries` as one bundle stream into `sink`; returns the stored files.
+async fn write_bundle(
+    sink: &dyn BackupSink,
+    name: String,
+    entries: Vec<SourceFile>,
+) -> Result<Vec<StoredFile>> {
+    let (tx, reader) = crate::bundle::channel();
+    let stream_name = name.clone();
+    let producer = tokio::task::spawn_blocking(move || -> Result<Vec<StoredFile>> {
+        let mut bundle = BundleWriter::new(ChannelWriter::new(tx.clone()));
+        let mut stored = Vec::new();
+        let result = (|| -> std::io::Result<()> {
+            for entry in &entries {
+                if entry.is_dir {
+                    bundle.add_dir(&entry.rel, entry.mode)?;
+                    continue;
+                }
+                let mut file = match std::fs::File::open(&entry.abs) {
+                    Ok(f) => f,
+                    // A file dropped during the backup is not needed: WAL replay removes it.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => {
+                        return Err(std::io::Error::new(
+                            e.kind(),
+                            format!("cannot read {}: {e}", entry.abs.display()),
+                        ));
+                    }
+                };
+                let digest = bundle.add_file(&entry.rel, entry.mode, entry.size, &mut file)?;
+                stored.push(StoredFile {
+                    path: entry.rel.clone(),
+                    size: entry.size,
+                    blake3: digest,
+                    stream: stream_name.clone(),
+                });
+            }
+            Ok(())
+        })();
+        match result.and_then(|_| bundle.finish().map(|_| ())) {
+            Ok(()) => Ok(stored),
+            Err(e) => {
+                let message = e.to_string();
+                ChannelWriter::new(tx).fail(e);
+                Err(Error::io(message))
+            }
+        }
+    });
+    let upload = sink.write_stream(&name, Box::new(reader));
+    let (uploaded, produced) = tokio::join!(upload, producer);
+    let produced = produced.map_err(|e| Error::io(format!("reading files for {name}: {e}")))?;
+    // A reader failure is the root cause; report it before the upload's echo of it.
+    let stored = produced?;
+    uploaded.map_err(|e| e.context(format!("storing stream {name}")))?;
+    Ok(stored)
+}
+
+/// Runs a full backup of `cluster` into `sink`; see the module docs.
+/// `archive` is the cluster's WAL archive, checked before returning.
+pub async fn full_backup(
+    cluster: &ClusterConfig,
+    archive: &WalArchive,
+    sink: &dyn BackupSink,
+    options: &FullBackupOptions,
+) -> Result<BackupOutcome> {
+    let server = connect(cluster).await?;
+    let info = server.identity().await?;
+    let archive_mode = server.setting("archive_mode").await?;
+    if archive_mode == "off" {
+        return Err(Error::config(
+            "archive_mode is off: a full backup is restorable only with the WAL written while it runs",
+        )
+        .hint("run `strata pg check <cluster>` and apply the lines it prints, then restart PostgreSQL"));
+    }
+    let data_dir = &cluster.data_directory;
+    let start_time = Utc::now();
+    let start_lsn: String = server
+        .client
+        .query_one(
+            "SELECT pg_backup_start($1, $2)::text",
+            &[&options.label, &options.fast_checkpoint],
+        )
+        .await
+        .map_err(|e| engine_error(e, "pg_backup_start failed"))?
+        .get(0);
+    let copy = async {
+        let dir = data_dir.clone();
+        let (entries, tablespaces) = tokio::task::spawn_blocking(move || list_cluster(&dir))
+            .await
+            .map_err(|e| Error::io(format!("listing the data directory: {e}")))??;
+        let groups = partition(entries, options.parallel);
+        let names: Vec<String> = (0..groups.len()).map(|i| format!("data.{i}")).collect();
+        let uploads = groups
+            .into_iter()
+            .zip(names.clone())
+            .map(|(group, name)| write_bundle(sink, name, group));
+        let mut files: Vec<StoredFile> = futures::future::try_join_all(uploads)
+            .await?
+            .into_iter()
+            .flatten()
+            .collect();
+        // pg_control last, after every other file is durable.
+        let control = SourceFile {
+            rel: "global/pg_control".into(),
+            abs: data_dir.join("global/pg_control"),
+            size: std::fs::metadata(data_dir.join("global/pg_control"))
+                .map_err(|e| Error::io(format!("cannot stat global/pg_control: {e}")))?
+                .len(),
+            mode: 0o600,
+            is_dir: false,
+        };
+        files.extend(write_bundle(sink, PG_CONTROL_STREAM.into(), vec![control]).await?);
+        Ok::<_, Error>((files, tablespaces, names))
+    };
+    let copied = copy.await;
+    let (files, tablespaces, data_streams) = match copied {
+        Ok(c) => c,
+        Err(e) => {
+            // Leave backup mode; the session ends with the connection anyway.
+            let _ = server
+                .client
+                .simple_query("SELECT pg_backup_stop(false)")
+                .await;
+            return Err(e);
+        }
+    };
+    let row = server
+        .client
+        .query_one(
+            "SELECT lsn::text, labelfile, coalesce(spcmapfile, '') FROM pg_backup_stop(true)",
+            &[],
+        )
+        .await
+        .map_err(|e| {
+            engine_error(e, "pg_backup_stop failed").hint(
+                "the backup session was lost (a server restart or a dropped connection ends backup mode); \
+                 nothing was committed: run the backup again",
+            )
+        })?;
+    let stop_lsn: String = row.get(0);
+    let label: String = row.get(1);
+    let spcmap: String = row.get(2);
+    let stop_time = Utc::now();
+    for (name, text) in [
+        (BACKUP_LABEL_STREAM, &label),
+        (TABLESPACE_MAP_STREAM, &spcmap),
+    ] {
+        sink.write_stream(
+            name,
+            Box::new(std::io::Cursor::new(text.clone().into_bytes())),
+        )
+        .await
+        .map_err(|e| e.context(format!("storing {name}")))?;
+    }
+    let timeline = label_timeline(&label)?;
+    let start: Lsn = start_lsn.parse()?;
+    let stop: Lsn = stop_lsn.parse()?;
+    wait_for_wal(
+        archive,
+        info.system_id,
+        timeline,
+        start,
+        stop,
+        info.wal_segment_size,
+        options.wal_wait,
+    )
+    .await?;
+    let meta = FullBackupMeta {
+        system_id: info.system_id.to_string(),
+        server_version_num: info.server_version_num,
+        server_version: info.server_version.clone(),
+        timeline,
+        start_lsn: start.to_string(),
+        stop_lsn: stop.to_string(),
+        start_time,
+        stop_time,
+        wal_segment_size: info.wal_segment_size,
+        data_checksums: info.data_checksums,
+        backup_label: label,
+        tablespace_map: spcmap,
+        tablespaces,
+        data_streams,
+        files,
+    };
+    let mut labels = std::collections::BTreeMap::new();
+    labels.insert("system_id".into(), meta.system_id.clone());
+    labels.insert("pg_version".into(), info.server_version.clone());
+    Ok(BackupOutcome {
+        fork: timeline.to_string(),
+        start: Some(strata_core::catalog::manifest::Position(start.0 as u128)),
+        end: Some(strata_core::catalog::manifest::Position(stop.0 as u128)),
+        consistent_at: Some(stop_time),
+        engine_meta: serde_json::to_value(&meta)?,
+        labels,
+    })
+}
+
+/// The `START TIMELINE` of a backup label.
+pub fn label_timeline(label: &str) -> Result<u32> {
+    label
+        .lines()
+        .find_map(|l| l.strip_prefix("START TIMELINE: "))
+        .and_then(|t| t.trim().parse().ok())
+        .ok_or_else(|| Error::engine("the backup_label PostgreSQL returned has no START TIMELINE"))
+}
+
+/// Waits until every segment from `start` to `stop` on `timeline` is archived.
+async fn wait_for_wal(
+    archive: &WalArchive,
+    system_id: u64,
+    timeline: u32,
+    start: Lsn,
+    stop: Lsn,
+    seg_size: u64,
+    wait: Duration,
+) -> Result<()> {
+    let first = segno_of(start, seg_size);
+    let last = segno_of(Lsn(stop.0.saturating_sub(1)), seg_size).max(first);
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let listed = archive.list(system_id).await?;
+        let have: HashSet<u64> = listed
+            .get(&timeline)
+            .map(|names| {
+                names
+                    .iter()
+                    .filter(|n| n.kind == crate::walname::WalFileKind::Segment)
+                    .map(|n| n.segno(seg_size))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let missing: Vec<u64> = (first..=last).filter(|s| !have.contains(s)).collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            let names: Vec<String> = missing
+                .iter()
+                .take(5)
+                .map(|s| WalFileName::segment(timeline, *s, seg_size).to_string())
+                .collect();
+            return Err(Error::engine(format!(
+                "the WAL of the backup ({start} to {stop}) is not in the vault: missing {}",
+                names.join(", ")
+            ))
+            .hint("archive_command must call `strata pg wal-push %p --cluster <name>` with this vault; \
+                   `strata pg check <name>` shows the line. The backup was not committed."));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+fn engine_error(e: tokio_postgres::Error, what: &str) -> Error {
+    let detail = e
+        .as_db_error()
+        .map(|d| d.message().to_owned())
+        .unwrap_or_else(|| e.to_string());
+    Error::engine(format!("{what}: {detail}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exclusions_follow_basebackup() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        for sub in [
+            "base/5",
+            "global",
+            "pg_wal/archive_status",
+            "pg_stat_tmp",
+            "pg_replslot/slot",
+            "pg_tblspc",
+        ] {
+            std::fs::create_dir_all(d.join(sub)).unwrap();
+        }
+        for file in [
+            "PG_VERSION",
+            "postmaster.pid",
+            "backup_label",
+            "global/pg_control",
+            "global/1262",
+            "global/pg_internal.init",
+            "base/5/1259",
+            "base/5/16384",
+            "base/5/16384_fsm",
+            "base/5/16390",
+            "base/5/16390_init",
+            "base/5/16390_vm",
+            "base/5/t3_16400",
+            "base/5/pgsql_tmp123",
+            "pg_wal/000000010000000000000001",
+            "pg_stat_tmp/global.stat",
+            "pg_replslot/slot/state",
+        ] {
+            std::fs::write(d.join(file), b"x").unwrap();
+        }
+        let space = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(space.path().join("PG_15_202209061/5")).unwrap();
+        std::fs::write(space.path().join("PG_15_202209061/5/16500"), b"y").unwrap();
+        std::fs::write(space.path().join("PG_15_202209061/5/t4_16501"), b"y").unwrap();
+        std::os::unix::fs::symlink(space.path(), d.join("pg_tblspc/16499")).unwrap();
+
+        let (entries, spaces) = list_cluster(d).unwrap();
+        let files: Vec<&str> = entries
+            .iter()
+            .filter(|e| !e.is_dir)
+            .map(|e| e.rel.as_str())
+            .collect();
+        let mut sorted = files.clone();
+        sorted.sort();
+        assert_eq!(
+            sorted,
+            vec![
+                "PG_VERSION",
+                "base/5/1259",
+                "base/5/16384",
+                "base/5/16384_fsm",
+                "base/5/16390_init",
+                "global/1262",
+                "pg_tblspc/16499/PG_15_202209061/5/16500",
+            ]
+        );
+        let dirs: HashSet<&str> = entries
+            .iter()
+            .filter(|e| e.is_dir)
+            .map(|e| e.rel.as_str())
+            .collect();
+        for kept in [
+            "pg_wal",
+            "pg_wal/archive_status",
+            "pg_stat_tmp",
+            "pg_replslot",
+            "pg_tblspc/16499",
+        ] {
+            assert!(dirs.contains(kept), "{kept} kept as an empty directory");
+        }
+        assert!(!dirs.contains("pg_replslot/slot"));
+        assert_eq!(
+            spaces,
+            vec![Tablespace {
+                oid: "16499".into(),
+                path: space.path().display().to_string()
+            }]
+        );
+    }
+
+    #[test]
+    fn partition_balances_bytes() {
+        let file = |rel: &str, size: u64| SourceFile {
+            rel: rel.into(),
+            abs: PathBuf::from(rel),
+            size,
+            mode: 0o600,
+            is_dir: false,
+        };
+        let groups = partition(
+            vec![file("a", 100), file("b", 60), file("c", 50), file("d", 10)],
+            2,
+        );
+        let sums: Vec<u64> = groups
+            .iter()
+            .map(|g| g.iter().map(|f| f.size + 512).sum())
+            .collect();
+        assert_eq!(groups.len(), 2);
+        assert!(sums[0].abs_diff(sums[1]) <= 612, "{sums:?}");
+    }
+
+    #[test]
+    fn label_timeline_is_read() {
+        let label =
+            "START WAL LOCATION: 1/51000028 (file 000000010000000100000051)\nSTART TIMELINE: 3\n";
+        assert_eq!(label_timeline(label).unwrap(), 3);
+        assert!(label_timeline("nothing").is_err());
+    }
+}

@@ -1,1 +1,339 @@
-//! TODO
+//! Connecting to a cluster, and `strata pg check`: the server's identity and
+//! archiving settings, with the exact line to fix each misconfiguration.
+
+use std::fmt;
+
+use serde::Serialize;
+use strata_core::{Error, Result};
+use tokio_postgres::{Client, NoTls};
+
+use crate::config::ClusterConfig;
+
+/// The RPO Strata promises with `archive_command`: `archive_timeout` must be
+/// on and at most this many seconds.
+pub const MAX_ARCHIVE_TIMEOUT_SECS: i64 = 900;
+
+/// An open session to a cluster.
+pub struct Server {
+    /// The session. A full backup keeps it for its whole run.
+    pub client: Client,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// What identifies a cluster and its WAL.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Identity {
+    /// The system identifier.
+    pub system_id: u64,
+    /// `server_version_num`.
+    pub server_version_num: u32,
+    /// `server_version`.
+    pub server_version: String,
+    /// The current timeline.
+    pub timeline: u32,
+    /// `wal_segment_size` in bytes.
+    pub wal_segment_size: u64,
+    /// Whether data checksums are on.
+    pub data_checksums: bool,
+    /// The data directory the server reports.
+    pub data_directory: String,
+}
+
+/// Connects to `cluster`.
+pub async fn connect(cluster: &ClusterConfig) -> Result<Server> {
+    connect_with(&cluster.pg_config()?, &cluster.connection).await
+}
+
+/// Connects with an explicit configuration; `describe` names it in errors.
+pub async fn connect_with(config: &tokio_postgres::Config, describe: &str) -> Result<Server> {
+    let (client, connection) = config.connect(NoTls).await.map_err(|e| {
+        Error::engine(format!("cannot connect to PostgreSQL with `{describe}`: {e}"))
+            .hint("check that the server is running and that connection in [postgres.<name>] names its socket directory, port and a superuser")
+            .retryable(true)
+    })?;
+    let task = tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(error = %e, "PostgreSQL session ended");
+        }
+    });
+    Ok(Server { client, task })
+}
+
+fn query_error(e: tokio_postgres::Error, what: &str) -> Error {
+    let detail = e
+        .as_db_error()
+        .map(|d| d.message().to_owned())
+        .unwrap_or_else(|| e.to_string());
+    Error::engine(format!("{what}: {detail}"))
+}
+
+impl Server {
+    /// A setting's current value (`SHOW`).
+    pub async fn setting(&self, name: &str) -> Result<String> {
+        let row = self
+            .client
+            .query_one("SELECT current_setting($1)", &[&name])
+            .await
+            .map_err(|e| query_error(e, &format!("reading setting {name}")))?;
+        Ok(row.get(0))
+    }
+
+    /// The cluster's identity.
+    pub async fn identity(&self) -> Result<Identity> {
+        let row = self
+            .client
+            .query_one(
+                "SELECT (SELECT system_identifier::text FROM pg_control_system()), \
+                        current_setting('server_version_num')::int, \
+                        current_setting('server_version'), \
+                        (SELECT timeline_id FROM pg_control_checkpoint()), \
+                        pg_size_bytes(current_setting('wal_segment_size')), \
+                        current_setting('data_checksums') = 'on', \
+                        current_setting('data_directory')",
+                &[],
+            )
+            .await
+            .map_err(|e| {
+                query_error(e, "reading the cluster's identity")
+                    .hint("connect as a superuser (or a role in pg_read_all_settings with EXECUTE on pg_control_system)")
+            })?;
+        let system_id: String = row.get(0);
+        let version: i32 = row.get(1);
+        let timeline: i32 = row.get(3);
+        let seg: i64 = row.get(4);
+        Ok(Identity {
+            system_id: system_id
+                .parse()
+                .map_err(|_| Error::engine("the system identifier is not a number"))?,
+            server_version_num: version as u32,
+            server_version: row.get(2),
+            timeline: timeline as u32,
+            wal_segment_size: seg as u64,
+            data_checksums: row.get(5),
+            data_directory: row.get(6),
+        })
+    }
+}
+
+/// One problem found by `check`, with the line that fixes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Finding {
+    /// The setting concerned.
+    pub setting: String,
+    /// What is wrong.
+    pub problem: String,
+    /// The exact line to put in postgresql.conf (or the command to run).
+    pub fix: String,
+    /// Whether a restart is needed after the fix (a reload otherwise).
+    pub restart: bool,
+}
+
+/// The outcome of `strata pg check`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CheckReport {
+    /// The configured cluster name.
+    pub cluster: String,
+    /// The server's identity.
+    pub identity: Identity,
+    /// `wal_level`.
+    pub wal_level: String,
+    /// `archive_mode`.
+    pub archive_mode: String,
+    /// `archive_command`.
+    pub archive_command: String,
+    /// `archive_library`.
+    pub archive_library: String,
+    /// `archive_timeout` in seconds.
+    pub archive_timeout_secs: i64,
+    /// The `archive_command` Strata expects.
+    pub expected_archive_command: String,
+    /// The `restore_command` to use when recovering from Strata's archive.
+    pub restore_command: String,
+    /// The problems, in the order to fix them.
+    pub findings: Vec<Finding>,
+}
+
+impl CheckReport {
+    /// Whether nothing needs fixing.
+    pub fn is_ok(&self) -> bool {
+        self.findings.is_empty()
+    }
+}
+
+/// Connects to cluster `name` and checks it. `strata` is how PostgreSQL
+/// should invoke Strata (e.g. `/usr/bin/strata --config /etc/strata/strata.toml`).
+pub async fn check(cluster: &ClusterConfig, name: &str, strata: &str) -> Result<CheckReport> {
+    let server = connect(cluster).await?;
+    let identity = server.identity().await?;
+    let wal_level = server.setting("wal_level").await?;
+    let archive_mode = server.setting("archive_mode").await?;
+    let archive_command = server.setting("archive_command").await?;
+    let archive_library = server.setting("archive_library").await.unwrap_or_default();
+    let timeout: i32 = server
+        .client
+        .query_one(
+            "SELECT setting::int FROM pg_settings WHERE name = 'archive_timeout'",
+            &[],
+        )
+        .await
+        .map_err(|e| query_error(e, "reading archive_timeout"))?
+        .get(0);
+    let expected = format!("{strata} pg wal-push %p --cluster {name}");
+    let restore_command = format!("{strata} pg wal-fetch %f \"%p\" --cluster {name}");
+    let mut findings = Vec::new();
+    if identity.server_version_num < 150000 {
+        findings.push(Finding {
+            setting: "server_version".into(),
+            problem: format!(
+                "PostgreSQL {} is older than 15, which Strata needs",
+                identity.server_version
+            ),
+            fix: "upgrade the cluster to PostgreSQL 15 or later".into(),
+            restart: true,
+        });
+    }
+    if wal_level == "minimal" {
+        findings.push(Finding {
+            setting: "wal_level".into(),
+            problem: "wal_level is minimal: the WAL cannot restore a base backup".into(),
+            fix: "wal_level = replica".into(),
+            restart: true,
+        });
+    }
+    if archive_mode == "off" {
+        findings.push(Finding {
+            setting: "archive_mode".into(),
+            problem: "archive_mode is off: no WAL reaches the vault, so no point-in-time restore"
+                .into(),
+            fix: "archive_mode = on".into(),
+            restart: true,
+        });
+    }
+    if !archive_library.is_empty() {
+        findings.push(Finding {
+            setting: "archive_library".into(),
+            problem: format!(
+                "archive_library is `{archive_library}`, which replaces archive_command"
+            ),
+            fix: "archive_library = ''".into(),
+            restart: false,
+        });
+    }
+    let pushes_here = archive_command.contains("pg wal-push")
+        && archive_command.contains("%p")
+        && archive_command.contains(&format!("--cluster {name}"));
+    if !pushes_here {
+        findings.push(Finding {
+            setting: "archive_command".into(),
+            problem: if archive_command.is_empty() {
+                "archive_command is empty".into()
+            } else {
+                format!(
+                    "archive_command `{archive_command}` does not push this cluster's WAL to Strata"
+                )
+            },
+            fix: format!("archive_command = '{expected}'"),
+            restart: false,
+        });
+    }
+    if timeout == 0 || i64::from(timeout) > MAX_ARCHIVE_TIMEOUT_SECS {
+        findings.push(Finding {
+            setting: "archive_timeout".into(),
+            problem: if timeout == 0 {
+                "archive_timeout is 0: a quiet server may keep committed transactions out of the vault indefinitely, beyond the 15-minute RPO".into()
+            } else {
+                format!("archive_timeout is {timeout}s, longer than the 15-minute RPO")
+            },
+            fix: "archive_timeout = 60".into(),
+            restart: false,
+        });
+    }
+    let configured = cluster.data_directory.display().to_string();
+    if !identity.data_directory.is_empty()
+        && configured.trim_end_matches('/') != identity.data_directory.trim_end_matches('/')
+    {
+        findings.push(Finding {
+            setting: "data_directory".into(),
+            problem: format!(
+                "the config says data_directory = {configured}, the server runs from {}",
+                identity.data_directory
+            ),
+            fix: format!(
+                "data_directory = \"{}\"   (in [postgres.{name}] of Strata's config)",
+                identity.data_directory
+            ),
+            restart: false,
+        });
+    }
+    Ok(CheckReport {
+        cluster: name.to_owned(),
+        identity,
+        wal_level,
+        archive_mode,
+        archive_command,
+        archive_library,
+        archive_timeout_secs: i64::from(timeout),
+        expected_archive_command: expected,
+        restore_command,
+        findings,
+    })
+}
+
+impl fmt::Display for CheckReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let id = &self.identity;
+        writeln!(f, "cluster          {}", self.cluster)?;
+        writeln!(
+            f,
+            "version          {} ({})",
+            id.server_version, id.server_version_num
+        )?;
+        writeln!(f, "system id        {}", id.system_id)?;
+        writeln!(f, "timeline         {}", id.timeline)?;
+        writeln!(f, "data directory   {}", id.data_directory)?;
+        writeln!(
+            f,
+            "data checksums   {}",
+            if id.data_checksums { "on" } else { "off" }
+        )?;
+        writeln!(f, "wal_level        {}", self.wal_level)?;
+        writeln!(f, "archive_mode     {}", self.archive_mode)?;
+        writeln!(f, "archive_command  {}", self.archive_command)?;
+        writeln!(f, "archive_timeout  {}s", self.archive_timeout_secs)?;
+        if self.findings.is_empty() {
+            writeln!(f, "\nOK: WAL archiving into Strata is configured.")?;
+        } else {
+            writeln!(f, "\n{} problem(s):", self.findings.len())?;
+            for finding in &self.findings {
+                writeln!(f, "  - {}", finding.problem)?;
+                writeln!(
+                    f,
+                    "    fix: {}{}",
+                    finding.fix,
+                    if finding.restart {
+                        "   (then restart PostgreSQL)"
+                    } else {
+                        "   (then reload PostgreSQL)"
+                    }
+                )?;
+            }
+        }
+        if !id.data_checksums {
+            writeln!(
+                f,
+                "\nnote: data checksums are off; `pg_checksums --enable` (server stopped) lets restores detect corrupt pages."
+            )?;
+        }
+        writeln!(
+            f,
+            "\nFor restores, recovery uses:\n  restore_command = '{}'",
+            self.restore_command
+        )
+    }
+}

@@ -112,7 +112,8 @@ impl ClusterConfig {
 
     /// Checks values that can be checked without a server.
     pub fn validate(&self, name: &str) -> Result<()> {
-        self.pg_config().map_err(|e| e.context(format!("[postgres.{name}]")))?;
+        self.pg_config()
+            .map_err(|e| e.context(format!("[postgres.{name}]")))?;
         if !self.data_directory.is_absolute() {
             return Err(Error::config(format!(
                 "[postgres.{name}] data_directory `{}` is not an absolute path",
@@ -149,7 +150,9 @@ pub fn default_bin_dir() -> Option<PathBuf> {
 /// Whether this process runs as root (uid 0).
 pub fn running_as_root() -> bool {
     use std::os::unix::fs::MetadataExt;
-    std::fs::metadata("/proc/self").map(|m| m.uid() == 0).unwrap_or(false)
+    std::fs::metadata("/proc/self")
+        .map(|m| m.uid() == 0)
+        .unwrap_or(false)
 }
 
 /// The uid and gid of OS user `name`, from `/etc/passwd`.
@@ -166,8 +169,10 @@ pub fn os_user_ids(name: &str) -> Result<(u32, u32)> {
             }
         }
     }
-    Err(Error::config(format!("the OS user `{name}` does not exist"))
-        .hint("set os_user in the [postgres.<name>] section to the user that runs PostgreSQL"))
+    Err(
+        Error::config(format!("the OS user `{name}` does not exist"))
+            .hint("set os_user in the [postgres.<name>] section to the user that runs PostgreSQL"),
+    )
 }
 
 #[cfg(test)]
@@ -188,6 +193,12 @@ mod tests {
         let err = bad.validate("main").unwrap_err();
         assert!(err.to_string().contains("[postgres.main]"), "{err}");
         let relative = ClusterConfig::new("host=/tmp", "data");
-        assert!(relative.validate("x").unwrap_err().to_string().contains("absolute"));
+        assert!(
+            relative
+                .validate("x")
+                .unwrap_err()
+                .to_string()
+                .contains("absolute")
+        );
     }
 }

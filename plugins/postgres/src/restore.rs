@@ -1,1 +1,557 @@
-//! TODO
+//! Restore to an alternate data directory, port and tablespace locations.
+//!
+//! 1. Refuse before writing anything: a non-empty target (unless `force`),
+//!    a running server in it, a tablespace that would land on a non-empty
+//!    directory (the source's own, on the same host) without a mapping.
+//! 2. Stream the backup's data streams from the vault into the target in
+//!    parallel (every file checked against its digest, flushed to disk),
+//!    then `pg_control`, then `backup_label` and `tablespace_map` (rewritten
+//!    to the new tablespace paths).
+//! 3. Write the recovery settings to `postgresql.auto.conf`:
+//!    `restore_command` (Strata's `wal-fetch`), the target,
+//!    `recovery_target_timeline`, `recovery_target_action = 'promote'`,
+//!    `archive_mode = 'off'` (the copy has the source's system identifier and
+//!    must never write into its archive) and the port; create `recovery.signal`.
+//! 4. Optionally start the copy with `pg_ctl`, wait until recovery has ended
+//!    and it accepts connections, and report the time and LSN it reached.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use strata_core::plugin::RestoreSource;
+use strata_core::{Error, Result};
+
+use crate::backup::{BACKUP_LABEL_STREAM, PG_CONTROL_STREAM, TABLESPACE_MAP_STREAM};
+use crate::chain::{Plan, Target};
+use crate::check::connect_with;
+use crate::config::{ClusterConfig, os_user_ids, running_as_root};
+
+/// Where and how to restore.
+#[derive(Debug, Clone)]
+pub struct RestoreOptions {
+    /// The new data directory (created; must be empty unless `force`).
+    pub target_dir: PathBuf,
+    /// The port the copy listens on.
+    pub port: Option<u16>,
+    /// Tablespace remapping: old location (or OID) to new location.
+    pub tablespace_map: BTreeMap<String, PathBuf>,
+    /// Start the copy and wait until it has finished recovery.
+    pub start: bool,
+    /// Allow a non-empty target directory (its contents are removed first).
+    pub force: bool,
+    /// The `restore_command` to write (Strata's `wal-fetch` with `%f` and `%p`).
+    pub restore_command: String,
+    /// Streams written in parallel.
+    pub parallel: usize,
+    /// How long to wait for the started copy to finish recovery.
+    pub start_timeout: Duration,
+}
+
+/// What a restore did and reached.
+#[derive(Debug, Clone, Serialize)]
+pub struct RestoreReport {
+    /// The backup laid down.
+    pub backup: String,
+    /// The new data directory.
+    pub target_dir: PathBuf,
+    /// The port of the copy.
+    pub port: Option<u16>,
+    /// The timeline recovery was told to end on.
+    pub recovery_timeline: u32,
+    /// The target as written to the recovery settings.
+    pub target: String,
+    /// Files and bytes written.
+    pub files: u64,
+    /// Bytes written.
+    pub bytes: u64,
+    /// Whether the copy was started.
+    pub started: bool,
+    /// The timeline the started copy runs on (a new one after promotion).
+    pub timeline: Option<u32>,
+    /// The LSN the started copy is at.
+    pub lsn: Option<String>,
+    /// The time of the last transaction replayed.
+    pub reached_time: Option<DateTime<Utc>>,
+}
+
+fn is_empty_dir(path: &Path) -> Result<bool> {
+    match std::fs::read_dir(path) {
+        Ok(mut entries) => Ok(entries.next().is_none()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(true),
+        Err(e) => Err(Error::io(format!("cannot read {}: {e}", path.display()))),
+    }
+}
+
+fn server_running(dir: &Path) -> bool {
+    let Ok(pid_file) = std::fs::read_to_string(dir.join("postmaster.pid")) else {
+        return false;
+    };
+    pid_file
+        .lines()
+        .next()
+        .and_then(|l| l.trim().parse::<u32>().ok())
+        .is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists())
+}
+
+/// Checks everything that can be checked before a byte is written, and
+/// returns the tablespace mapping `oid -> new location`.
+pub fn preflight(
+    cluster: &ClusterConfig,
+    plan: &Plan,
+    options: &RestoreOptions,
+) -> Result<BTreeMap<String, PathBuf>> {
+    let target = &options.target_dir;
+    if !target.is_absolute() {
+        return Err(Error::config(format!(
+            "--target-dir {} is not an absolute path",
+            target.display()
+        ))
+        .hint("give the full path of the new data directory"));
+    }
+    if server_running(target) {
+        return Err(Error::conflict(format!(
+            "a PostgreSQL server is running in {}",
+            target.display()
+        ))
+        .hint("stop it first (pg_ctl stop -D ...), or restore into another directory"));
+    }
+    if target == &cluster.data_directory && !options.force {
+        return Err(Error::conflict(format!(
+            "{} is the source cluster's data directory",
+            target.display()
+        ))
+        .hint(
+            "restore into another directory, or stop the source and pass --force to replace it",
+        ));
+    }
+    if !is_empty_dir(target)? && !options.force {
+        return Err(Error::conflict(format!(
+            "the target directory {} is not empty",
+            target.display()
+        ))
+        .hint("choose an empty or new directory, or pass --force to delete its contents first"));
+    }
+    let mut mapping = BTreeMap::new();
+    for space in &plan.meta.tablespaces {
+        let new = options
+            .tablespace_map
+            .get(&space.path)
+            .or_else(|| options.tablespace_map.get(&space.oid))
+            .cloned()
+            .unwrap_or_else(|| PathBuf::from(&space.path));
+        if new.starts_with(target) {
+            return Err(Error::config(format!(
+                "tablespace {} would be restored inside the data directory ({})",
+                space.oid,
+                new.display()
+            ))
+            .hint("map it outside the target directory"));
+        }
+        if !is_empty_dir(&new)? && !options.force {
+            return Err(Error::conflict(format!(
+                "tablespace {} was at {}, which is not empty here",
+                space.oid,
+                new.display()
+            ))
+            .hint(format!(
+                "map it to a new location: --tablespace-map {}=/new/location",
+                space.path
+            )));
+        }
+        mapping.insert(space.oid.clone(), new);
+    }
+    for old in options.tablespace_map.keys() {
+        if !plan
+            .meta
+            .tablespaces
+            .iter()
+            .any(|s| &s.path == old || &s.oid == old)
+        {
+            let known: Vec<String> = plan
+                .meta
+                .tablespaces
+                .iter()
+                .map(|s| format!("{} ({})", s.path, s.oid))
+                .collect();
+            return Err(Error::config(format!(
+                "--tablespace-map {old}=...: the backup has no such tablespace"
+            ))
+            .hint(if known.is_empty() {
+                "the backup has no tablespaces".to_owned()
+            } else {
+                format!("its tablespaces are: {}", known.join(", "))
+            }));
+        }
+    }
+    Ok(mapping)
+}
+
+fn clear_dir(dir: &Path) -> Result<()> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(());
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let result = if entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
+        };
+        result.map_err(|e| Error::io(format!("cannot remove {}: {e}", path.display())))?;
+    }
+    Ok(())
+}
+
+async fn read_small_stream(source: &dyn RestoreSource, plan: &Plan, name: &str) -> Result<Vec<u8>> {
+    let mut out: Vec<u8> = Vec::new();
+    source.read_stream(&plan.backup.id, name, &mut out).await?;
+    Ok(out)
+}
+
+/// Restores `plan` from `source`; see the module docs.
+pub async fn restore(
+    cluster: &ClusterConfig,
+    plan: &Plan,
+    source: &dyn RestoreSource,
+    options: &RestoreOptions,
+) -> Result<RestoreReport> {
+    let mapping = preflight(cluster, plan, options)?;
+    let target = options.target_dir.clone();
+    if options.force {
+        clear_dir(&target)?;
+        for dir in mapping.values() {
+            clear_dir(dir)?;
+        }
+    }
+    create_private_dir(&target)?;
+    let place = {
+        let target = target.clone();
+        let mapping = mapping.clone();
+        std::sync::Arc::new(move |rel: &str| -> PathBuf {
+            if let Some(rest) = rel.strip_prefix("pg_tblspc/") {
+                let (oid, tail) = rest.split_once('/').unwrap_or((rest, ""));
+                if let Some(new) = mapping.get(oid) {
+                    return if tail.is_empty() {
+                        new.clone()
+                    } else {
+                        new.join(tail)
+                    };
+                }
+            }
+            target.join(rel)
+        })
+    };
+    // Data streams in parallel, bounded by `parallel`.
+    let mut totals = (0u64, 0u64);
+    let streams = plan.meta.data_streams.clone();
+    let results: Vec<Result<(u64, u64)>> = {
+        use futures::StreamExt;
+        futures::stream::iter(streams.into_iter().map(|name| {
+            let place = place.clone();
+            async move { restore_bundle(source, plan, &name, place).await }
+        }))
+        .buffer_unordered(options.parallel.max(1))
+        .collect()
+        .await
+    };
+    for r in results {
+        let (f, b) = r?;
+        totals.0 += f;
+        totals.1 += b;
+    }
+    let (f, b) = restore_bundle(source, plan, PG_CONTROL_STREAM, place.clone()).await?;
+    totals.0 += f;
+    totals.1 += b;
+
+    // backup_label byte for byte; tablespace_map with the new locations.
+    let label = read_small_stream(source, plan, BACKUP_LABEL_STREAM).await?;
+    std::fs::write(target.join("backup_label"), &label)
+        .map_err(|e| Error::io(format!("writing backup_label: {e}")))?;
+    let spcmap = read_small_stream(source, plan, TABLESPACE_MAP_STREAM).await?;
+    if !spcmap.is_empty() {
+        let text = String::from_utf8_lossy(&spcmap);
+        let mut out = String::new();
+        for line in text.lines() {
+            let (oid, old) = line.split_once(' ').unwrap_or((line, ""));
+            let new = mapping
+                .get(oid)
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|| old.to_owned());
+            out.push_str(&format!("{oid} {new}\n"));
+        }
+        std::fs::write(target.join("tablespace_map"), out)
+            .map_err(|e| Error::io(format!("writing tablespace_map: {e}")))?;
+        // PostgreSQL recreates the links from tablespace_map; the directory
+        // entries written by the bundle must not be in its way.
+        for oid in mapping.keys() {
+            let link = target.join("pg_tblspc").join(oid);
+            if link.is_dir() && !link.is_symlink() {
+                let _ = std::fs::remove_dir(&link);
+            }
+        }
+    }
+    let target_text = write_recovery_settings(&target, plan, options)?;
+    if running_as_root() && cluster.os_user != "root" {
+        let (uid, gid) = os_user_ids(&cluster.os_user)?;
+        chown_tree(&target, uid, gid)?;
+        for dir in mapping.values() {
+            chown_tree(dir, uid, gid)?;
+        }
+    }
+    let mut report = RestoreReport {
+        backup: plan.backup.id.to_string(),
+        target_dir: target.clone(),
+        port: options.port,
+        recovery_timeline: plan.timeline,
+        target: target_text,
+        files: totals.0,
+        bytes: totals.1,
+        started: false,
+        timeline: None,
+        lsn: None,
+        reached_time: None,
+    };
+    if options.start {
+        start_and_wait(cluster, options, &mut report).await?;
+    }
+    Ok(report)
+}
+
+fn create_private_dir(path: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(path)
+        .map_err(|e| Error::io(format!("cannot create {}: {e}", path.display())))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))
+        .map_err(|e| Error::io(format!("cannot set the mode of {}: {e}", path.display())))
+}
+
+fn chown_tree(root: &Path, uid: u32, gid: u32) -> Result<()> {
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(path) = stack.pop() {
+        std::os::unix::fs::lchown(&path, Some(uid), Some(gid)).map_err(|e| {
+            Error::io(format!(
+                "cannot change the owner of {}: {e}",
+                path.display()
+            ))
+        })?;
+        let meta = std::fs::symlink_metadata(&path)?;
+        if meta.is_dir() {
+            for entry in std::fs::read_dir(&path)?.flatten() {
+                stack.push(entry.path());
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn restore_bundle(
+    source: &dyn RestoreSource,
+    plan: &Plan,
+    name: &str,
+    place: std::sync::Arc<dyn Fn(&str) -> PathBuf + Send + Sync>,
+) -> Result<(u64, u64)> {
+    let (mut writer, reader) = tokio::io::duplex(1 << 20);
+    let origin = name.to_owned();
+    let extract = tokio::task::spawn_blocking(move || {
+        let mut input = tokio_util::io::SyncIoBridge::new(reader);
+        crate::bundle::extract(&mut input, &|p| place(p), true, &origin)
+    });
+    let read = async {
+        let result = source.read_stream(&plan.backup.id, name, &mut writer).await;
+        drop(writer);
+        result
+    };
+    let (read, extracted) = tokio::join!(read, extract);
+    let extracted = extracted.map_err(|e| Error::io(format!("restoring {name}: {e}")))?;
+    // A vault read failure is the root cause; the extractor then sees a truncated stream.
+    read.map_err(|e| e.context(format!("reading stream {name}")))?;
+    let entries = extracted?;
+    let files = entries.iter().filter(|e| !e.is_dir).count() as u64;
+    let bytes = entries.iter().map(|e| e.size).sum();
+    Ok((files, bytes))
+}
+
+fn quote(value: &str) -> String {
+    format!("'{}'", value.replace('\'', "''"))
+}
+
+/// Appends the recovery settings and creates `recovery.signal`; returns the target as written.
+fn write_recovery_settings(target: &Path, plan: &Plan, options: &RestoreOptions) -> Result<String> {
+    let mut conf = String::new();
+    conf.push_str(&format!(
+        "\n# Recovery settings written by Strata: restore of backup {} at {}\n",
+        plan.backup.id,
+        Utc::now().format("%Y-%m-%d %H:%M:%S UTC")
+    ));
+    conf.push_str(&format!(
+        "restore_command = {}\n",
+        quote(&options.restore_command)
+    ));
+    let target_text = match plan.target {
+        Target::Latest => {
+            conf.push_str(&format!("recovery_target_timeline = '{}'\n", plan.timeline));
+            "latest".to_owned()
+        }
+        Target::Time(t) => {
+            let text = t.format("%Y-%m-%d %H:%M:%S%.6f+00").to_string();
+            conf.push_str(&format!("recovery_target_time = {}\n", quote(&text)));
+            conf.push_str(&format!("recovery_target_timeline = '{}'\n", plan.timeline));
+            text
+        }
+        Target::Lsn(l) => {
+            conf.push_str(&format!("recovery_target_lsn = '{l}'\n"));
+            conf.push_str(&format!("recovery_target_timeline = '{}'\n", plan.timeline));
+            l.to_string()
+        }
+    };
+    conf.push_str("recovery_target_action = 'promote'\n");
+    conf.push_str("archive_mode = 'off'\n");
+    if let Some(port) = options.port {
+        conf.push_str(&format!("port = {port}\n"));
+    }
+    let auto = target.join("postgresql.auto.conf");
+    let mut existing = std::fs::read_to_string(&auto).unwrap_or_default();
+    existing.push_str(&conf);
+    std::fs::write(&auto, existing)
+        .map_err(|e| Error::io(format!("writing {}: {e}", auto.display())))?;
+    std::fs::write(target.join("recovery.signal"), b"")
+        .map_err(|e| Error::io(format!("writing recovery.signal: {e}")))?;
+    Ok(target_text)
+}
+
+/// A connection configuration for the copy: the source's, on the copy's port.
+pub fn copy_connection(
+    cluster: &ClusterConfig,
+    port: Option<u16>,
+) -> Result<tokio_postgres::Config> {
+    let source = cluster.pg_config()?;
+    let mut config = tokio_postgres::Config::new();
+    for host in source.get_hosts() {
+        match host {
+            tokio_postgres::config::Host::Tcp(h) => {
+                config.host(h);
+            }
+            tokio_postgres::config::Host::Unix(p) => {
+                config.host_path(p);
+            }
+        }
+    }
+    if let Some(user) = source.get_user() {
+        config.user(user);
+    }
+    if let Some(db) = source.get_dbname() {
+        config.dbname(db);
+    }
+    if let Some(pw) = source.get_password() {
+        config.password(pw);
+    }
+    match port {
+        Some(p) => {
+            config.port(p);
+        }
+        None => {
+            for p in source.get_ports() {
+                config.port(*p);
+            }
+        }
+    }
+    config.connect_timeout(Duration::from_secs(10));
+    Ok(config)
+}
+
+async fn start_and_wait(
+    cluster: &ClusterConfig,
+    options: &RestoreOptions,
+    report: &mut RestoreReport,
+) -> Result<()> {
+    let log = options.target_dir.join("strata-restore.log");
+    let pg_ctl = cluster.program("pg_ctl");
+    let mut cmd = cluster.command_as_owner(&pg_ctl);
+    cmd.arg("-D")
+        .arg(&options.target_dir)
+        .arg("-l")
+        .arg(&log)
+        .arg("-w")
+        .arg("-t")
+        .arg(options.start_timeout.as_secs().max(1).to_string())
+        .arg("start");
+    let output = tokio::process::Command::from(cmd)
+        .output()
+        .await
+        .map_err(|e| Error::engine(format!("cannot run {}: {e}", pg_ctl.display())))?;
+    if !output.status.success() {
+        return Err(start_failure(
+            &log,
+            &String::from_utf8_lossy(&output.stderr),
+        ));
+    }
+    let config = copy_connection(cluster, options.port)?;
+    let deadline = tokio::time::Instant::now() + options.start_timeout;
+    loop {
+        if let Ok(server) = connect_with(&config, "the restored cluster").await
+            && let Ok(row) = server
+                .client
+                .query_one(
+                    "SELECT pg_is_in_recovery(), pg_last_xact_replay_timestamp(), \
+                            CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn()::text ELSE pg_current_wal_lsn()::text END, \
+                            CASE WHEN pg_is_in_recovery() THEN NULL ELSE substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8) END",
+                    &[],
+                )
+                .await
+        {
+            let in_recovery: bool = row.get(0);
+            if !in_recovery {
+                report.started = true;
+                report.reached_time = row.get::<_, Option<std::time::SystemTime>>(1).map(DateTime::<Utc>::from);
+                report.lsn = row.get::<_, Option<String>>(2);
+                report.timeline = row
+                    .get::<_, Option<String>>(3)
+                    .and_then(|t| u32::from_str_radix(&t, 16).ok());
+                return Ok(());
+            }
+        }
+        if !server_running(&options.target_dir) {
+            return Err(start_failure(
+                &log,
+                "the restored server stopped during recovery",
+            ));
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(Error::engine(format!(
+                "the restored cluster in {} did not finish recovery within {}s",
+                options.target_dir.display(),
+                options.start_timeout.as_secs()
+            ))
+            .hint(format!(
+                "it is still running; follow its log in {}",
+                log.display()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+fn start_failure(log: &Path, detail: &str) -> Error {
+    let tail: Vec<String> = std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .rev()
+        .take(8)
+        .map(str::to_owned)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
+    Error::engine(format!(
+        "the restored cluster did not start: {}\n{}",
+        detail.trim(),
+        tail.join("\n")
+    ))
+    .hint(format!(
+        "the files are in place; see {} for PostgreSQL's reasons",
+        log.display()
+    ))
+}

@@ -142,7 +142,9 @@ pub fn segment_system_id(bytes: &[u8], name: &str) -> Result<u64> {
         ))
         .hint("archive_command must pass %p of a PostgreSQL 15 cluster"));
     }
-    Ok(u64::from_le_bytes(bytes[24..32].try_into().expect("8 bytes")))
+    Ok(u64::from_le_bytes(
+        bytes[24..32].try_into().expect("8 bytes"),
+    ))
 }
 
 impl WalArchive {
@@ -214,9 +216,7 @@ impl WalArchive {
                 }
                 id
             }
-            WalFileKind::History | WalFileKind::BackupHistory => {
-                control_system_id(data_directory)?
-            }
+            WalFileKind::History | WalFileKind::BackupHistory => control_system_id(data_directory)?,
         };
         let key = self.key(system_id, &name);
         let digest = blake3::hash(&bytes).to_hex().to_string();
@@ -343,7 +343,11 @@ impl WalArchive {
     }
 
     /// The header of archived file `name` of system `system_id`, if archived.
-    pub async fn header(&self, system_id: u64, name: &WalFileName) -> Result<Option<WalObjectHeader>> {
+    pub async fn header(
+        &self,
+        system_id: u64,
+        name: &WalFileName,
+    ) -> Result<Option<WalObjectHeader>> {
         match self.header_at(&self.key(system_id, name)).await {
             Ok(h) => Ok(Some(h)),
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
@@ -409,7 +413,11 @@ impl WalArchive {
         let spooled = spool.join(name);
         let found = if spooled.is_file() {
             std::fs::rename(&spooled, dest).map_err(|e| {
-                Error::io(format!("moving {} to {}: {e}", spooled.display(), dest.display()))
+                Error::io(format!(
+                    "moving {} to {}: {e}",
+                    spooled.display(),
+                    dest.display()
+                ))
             })?;
             true
         } else {
@@ -506,7 +514,14 @@ impl WalArchive {
             .list_keys(&prefix)
             .await?
             .iter()
-            .filter_map(|k| k.strip_prefix(&prefix)?.trim_start_matches('/').split('/').next()?.parse().ok())
+            .filter_map(|k| {
+                k.strip_prefix(&prefix)?
+                    .trim_start_matches('/')
+                    .split('/')
+                    .next()?
+                    .parse()
+                    .ok()
+            })
             .collect();
         ids.sort();
         ids.dedup();
@@ -555,7 +570,9 @@ mod tests {
     async fn setup() -> (tempfile::TempDir, WalArchive, PathBuf) {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("file://{}/vault", dir.path().display());
-        let vault = Vault::init(&VaultConfig::from_url(&url), None).await.unwrap();
+        let vault = Vault::init(&VaultConfig::from_url(&url), None)
+            .await
+            .unwrap();
         let pgdata = dir.path().join("pgdata");
         std::fs::create_dir_all(pgdata.join("global")).unwrap();
         std::fs::create_dir_all(pgdata.join("pg_wal")).unwrap();
@@ -585,14 +602,23 @@ mod tests {
         assert_eq!(err.kind(), ErrorKind::Conflict);
         let text = err.to_string();
         assert!(text.contains("pg_wal/000000010000000000000003"), "{text}");
-        assert!(text.contains("engines/postgres/main/wal/42/00000001/000000010000000000000003"), "{text}");
+        assert!(
+            text.contains("engines/postgres/main/wal/42/00000001/000000010000000000000003"),
+            "{text}"
+        );
 
         // Fetch gives back the first version, byte for byte; a missing file is NotFound.
         let dest = pgdata.join("pg_wal/RECOVERYXLOG");
-        assert_eq!(archive.fetch(42, seg, &dest, 2).await.unwrap(), FetchOutcome::Found);
+        assert_eq!(
+            archive.fetch(42, seg, &dest, 2).await.unwrap(),
+            FetchOutcome::Found
+        );
         assert_eq!(std::fs::read(&dest).unwrap(), fake_segment(42, 7));
         assert_eq!(
-            archive.fetch(42, "000000010000000000000004", &dest, 2).await.unwrap(),
+            archive
+                .fetch(42, "000000010000000000000004", &dest, 2)
+                .await
+                .unwrap(),
             FetchOutcome::NotFound
         );
         assert_eq!(
@@ -616,7 +642,10 @@ mod tests {
         let err = archive.push(&path, &pgdata).await.unwrap_err();
         assert!(err.to_string().contains("never overwritten"), "{err}");
         let dest = pgdata.join("pg_wal/RECOVERYHISTORY");
-        archive.fetch(42, "00000002.history", &dest, 0).await.unwrap();
+        archive
+            .fetch(42, "00000002.history", &dest, 0)
+            .await
+            .unwrap();
         assert_eq!(
             std::fs::read_to_string(dest).unwrap(),
             "1\t0/3000000\tbefore 2026-11-22\n"
@@ -632,14 +661,23 @@ mod tests {
             let mut data = fake_segment(42, i);
             data.resize(SEG as usize, i);
             std::fs::write(pgdata.join("pg_wal").join(&name), data).unwrap();
-            archive.push(&pgdata.join("pg_wal").join(&name), &pgdata).await.unwrap();
+            archive
+                .push(&pgdata.join("pg_wal").join(&name), &pgdata)
+                .await
+                .unwrap();
         }
         let dest = pgdata.join("pg_wal/RECOVERYXLOG");
-        archive.fetch(42, "000000010000000000000003", &dest, 4).await.unwrap();
+        archive
+            .fetch(42, "000000010000000000000003", &dest, 4)
+            .await
+            .unwrap();
         let spool = pgdata.join("pg_wal/.strata-prefetch");
         assert!(spool.join("000000010000000000000004").is_file());
         assert!(spool.join("000000010000000000000005").is_file());
-        archive.fetch(42, "000000010000000000000004", &dest, 4).await.unwrap();
+        archive
+            .fetch(42, "000000010000000000000004", &dest, 4)
+            .await
+            .unwrap();
         assert_eq!(std::fs::read(&dest).unwrap()[100], 4);
         assert!(!spool.join("000000010000000000000004").exists());
         let listed = archive.list(42).await.unwrap();

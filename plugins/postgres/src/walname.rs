@@ -21,6 +21,12 @@ impl fmt::Display for Lsn {
     }
 }
 
+impl serde::Serialize for Lsn {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
 impl FromStr for Lsn {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
@@ -150,7 +156,9 @@ impl fmt::Display for WalFileName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.kind {
             WalFileKind::History => write!(f, "{:08X}.history", self.timeline),
-            WalFileKind::Segment => write!(f, "{:08X}{:08X}{:08X}", self.timeline, self.log, self.seg),
+            WalFileKind::Segment => {
+                write!(f, "{:08X}{:08X}{:08X}", self.timeline, self.log, self.seg)
+            }
             WalFileKind::Partial => write!(
                 f,
                 "{:08X}{:08X}{:08X}.partial",
