@@ -38,4 +38,5 @@ pub mod backends;
 pub mod cli;
 pub mod data;
 pub mod fixture;
+pub mod hana;
 pub mod net;

@@ -1,0 +1,278 @@
+//! hdbbackint driven exactly as HANA drives it: concurrent agent processes
+//! for the services of one data backup (multistream channels included), a
+//! log backup and a catalog backup at the same time, then a restore into
+//! fresh FIFOs that "HANA" opens late and one at a time, and a system copy
+//! to another SID. Every restored byte is compared with what was written.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use strata_core::catalog::manifest::BackupKind;
+use strata_e2e::hana::{
+    AGENT_TIMEOUT, BackintCall, HanaHost, PART_SIZE, Pattern, TestVault, drain_pipe, feed_pipe,
+    is_fifo, mkfifo,
+};
+
+const OPEN: Duration = Duration::from_secs(60);
+
+struct Piece {
+    path: PathBuf,
+    len: u64,
+    seed: u64,
+}
+
+fn piece(dir: &std::path::Path, name: &str, len: u64, seed: u64) -> Piece {
+    let path = dir.join(name);
+    mkfifo(&path);
+    Piece { path, len, seed }
+}
+
+#[test]
+fn concurrent_data_log_and_catalog_backups_restore_byte_for_byte() {
+    let host = HanaHost::new();
+    let vault = TestVault::new();
+    let sysdb = host.backint_dir("HDB", "SYSTEMDB");
+    let tenant = host.backint_dir("HDB", "DB_HDB");
+    let data_par = host.standard_params("HDB", "data.utl", vault.url(), "");
+    let log_par = host.standard_params("HDB", "log.utl", vault.url(), "");
+    let catalog_par =
+        host.standard_params("HDB", "catalog.utl", vault.url(), "compression_level = 1");
+    let p = PART_SIZE as u64;
+    let backup_id = "1763771700123";
+
+    // Service 1: the SYSTEMDB nameserver volume, one pipe.
+    let nameserver = vec![piece(
+        &sysdb,
+        "COMPLETE_DATA_BACKUP_databackup_0_1",
+        155_648,
+        1,
+    )];
+    // Service 2: the tenant indexserver, four multistream channels with
+    // the sizes at the edges: empty, one byte, one part -1 and +1.
+    let indexserver = vec![
+        piece(&tenant, "COMPLETE_DATA_BACKUP_databackup_3_1", 0, 2),
+        piece(&tenant, "COMPLETE_DATA_BACKUP_databackup_3_2", 1, 3),
+        piece(&tenant, "COMPLETE_DATA_BACKUP_databackup_3_3", p - 1, 4),
+        piece(&tenant, "COMPLETE_DATA_BACKUP_databackup_3_4", p + 1, 5),
+    ];
+    // Service 3: a volume whose prefix has spaces and quotes, exactly one part.
+    let xsengine = vec![piece(&tenant, "MY \"weekly\" BACKUP_databackup_4_1", p, 6)];
+    // A log backup and a catalog backup running at the same time.
+    let log = vec![piece(&tenant, "log_backup_3_0_5000_9000", 3 * p + 17, 7)];
+    let catalog = vec![piece(&tenant, "log_backup_0_0_0_0", 20_000, 8)];
+
+    let data_count = nameserver.len() + indexserver.len() + xsengine.len();
+    let call = |pieces: &[Piece], par: &PathBuf, level: &str, user: &str| {
+        let mut call = BackintCall::new("backup", "HDB")
+            .user(user)
+            .params(par)
+            .backup_id(backup_id)
+            .count(data_count)
+            .level(level);
+        for piece in pieces {
+            call = call.pipe(&piece.path);
+        }
+        call.spawn(&host)
+    };
+    let agents = vec![
+        (call(&nameserver, &data_par, "COMPLETE", "HDB"), &nameserver),
+        (
+            call(&indexserver, &data_par, "COMPLETE", "HDB@HDB"),
+            &indexserver,
+        ),
+        (call(&xsengine, &data_par, "COMPLETE", "HDB"), &xsengine),
+        (call(&log, &log_par, "LOG", "HDB"), &log),
+        (call(&catalog, &catalog_par, "LOG", "HDB"), &catalog),
+    ];
+    // HANA writes every channel at once.
+    let feeders: Vec<_> = agents
+        .iter()
+        .flat_map(|(_, pieces)| pieces.iter())
+        .map(|piece| (piece, feed_pipe(&piece.path, piece.len, piece.seed, OPEN)))
+        .collect();
+    let mut ebids = HashSet::new();
+    let mut saved = Vec::new();
+    let results: Vec<_> = agents
+        .into_iter()
+        .map(|(agent, pieces)| (agent.finish(AGENT_TIMEOUT), pieces))
+        .collect();
+    for (piece, feeder) in feeders {
+        let sent = feeder.join().unwrap().expect("the agent read the pipe");
+        assert_eq!(sent.bytes, piece.len);
+    }
+    for (result, pieces) in &results {
+        result.assert_exit(0);
+        assert_eq!(
+            result.with("#SAVED").len(),
+            pieces.len(),
+            "{}",
+            result.describe()
+        );
+        assert!(result.with("#ERROR").is_empty(), "{}", result.describe());
+        for piece in pieces.iter() {
+            let (ebid, size) = result.saved(&piece.path);
+            assert_eq!(size, piece.len, "size of {}", piece.path.display());
+            assert!(ebids.insert(ebid.clone()), "EBID {ebid} is not unique");
+            assert!(
+                is_fifo(&piece.path),
+                "{} is no longer a FIFO",
+                piece.path.display()
+            );
+            saved.push((ebid, piece));
+        }
+    }
+
+    // The vault records each object with SID, database, level and HANA's backup id.
+    let manifests = vault.manifests();
+    assert_eq!(manifests.len(), saved.len());
+    for (ebid, piece) in &saved {
+        let m = manifests
+            .iter()
+            .find(|m| m.id.as_str() == ebid)
+            .expect("a manifest per EBID");
+        assert_eq!(m.engine, "hana");
+        assert_eq!(m.instance, "HDB");
+        let in_sysdb = piece.path.starts_with(&sysdb);
+        assert_eq!(
+            m.database.as_deref(),
+            Some(if in_sysdb { "SYSTEMDB" } else { "HDB" })
+        );
+        let name = piece
+            .path
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        let expected_kind = if name.starts_with("log_backup") {
+            BackupKind::Log
+        } else {
+            BackupKind::Full
+        };
+        assert_eq!(m.kind, expected_kind, "{name}");
+        assert_eq!(
+            m.engine_meta["backint"]["name"],
+            piece.path.display().to_string()
+        );
+        assert_eq!(m.engine_meta["backint"]["hana_backup_id"], backup_id);
+        assert_eq!(m.raw_size(), piece.len);
+    }
+
+    // Restore: fresh FIFOs, one restore call for all data pieces; HANA
+    // opens them late and one at a time, in input order.
+    let mut call = BackintCall::new("restore", "HDB").params(&data_par);
+    for (ebid, piece) in &saved {
+        std::fs::remove_file(&piece.path).unwrap();
+        mkfifo(&piece.path);
+        call = call.ebid(ebid, &piece.path);
+    }
+    let agent = call.spawn(&host);
+    std::thread::sleep(Duration::from_millis(300));
+    for (_, piece) in &saved {
+        let got = drain_pipe(&piece.path, OPEN).expect("the agent wrote the pipe");
+        assert_eq!(got.bytes, piece.len, "{}", piece.path.display());
+        assert_eq!(
+            got.blake3,
+            Pattern::digest(piece.len, piece.seed),
+            "{}",
+            piece.path.display()
+        );
+    }
+    let result = agent.finish(AGENT_TIMEOUT);
+    result.assert_exit(0);
+    let restored = result.with("#RESTORED");
+    assert_eq!(restored.len(), saved.len(), "{}", result.describe());
+    for (ebid, piece) in &saved {
+        let name = piece.path.display().to_string();
+        assert!(
+            restored.iter().any(|f| f[0] == *ebid && f[1] == name),
+            "#RESTORED {ebid} {name} missing:\n{}",
+            result.describe()
+        );
+    }
+}
+
+#[test]
+fn system_copy_restores_source_objects_into_another_sid() {
+    let host = HanaHost::new();
+    let vault = TestVault::new();
+    let src = host.backint_dir("QAS", "DB_SRC");
+    let par = host.standard_params("QAS", "data.utl", vault.url(), "");
+    let pieces = [
+        piece(&src, "COMPLETE_DATA_BACKUP_databackup_2_1", 300_001, 21),
+        piece(&src, "COMPLETE_DATA_BACKUP_databackup_3_1", 70_000, 22),
+    ];
+    let mut call = BackintCall::new("backup", "QAS")
+        .user("SRC@QAS")
+        .params(&par)
+        .backup_id("1763771800000")
+        .count(2)
+        .level("COMPLETE");
+    for p in &pieces {
+        call = call.pipe(&p.path);
+    }
+    let agent = call.spawn(&host);
+    let feeders: Vec<_> = pieces
+        .iter()
+        .map(|p| feed_pipe(&p.path, p.len, p.seed, OPEN))
+        .collect();
+    let result = agent.finish(AGENT_TIMEOUT);
+    for f in feeders {
+        f.join().unwrap().unwrap();
+    }
+    result.assert_exit(0);
+
+    // The target system HDB, tenant TGT, with its own parameter file that
+    // points at the same vault; the source names arrive with target pipes.
+    let tgt = host.backint_dir("HDB", "DB_TGT");
+    let tgt_par = host.standard_params("HDB", "data.utl", vault.url(), "");
+    let mut call = BackintCall::new("restore", "HDB")
+        .user("TGT@HDB")
+        .params(&tgt_par);
+    let mut dests = Vec::new();
+    for (i, p) in pieces.iter().enumerate() {
+        let (ebid, _) = result.saved(&p.path);
+        let dest = tgt.join(format!("restore_pipe_{}_1", i + 2));
+        mkfifo(&dest);
+        call = call.ebid_to(&ebid, &p.path, &dest);
+        dests.push(dest);
+    }
+    // And one by name only (#NULL = newest), for the catalog-less recovery.
+    let null_dest = tgt.join("restore_pipe_null");
+    mkfifo(&null_dest);
+    call = call.line(format!(
+        "#NULL {} {}",
+        strata_e2e::hana::q(&pieces[0].path.display().to_string()),
+        strata_e2e::hana::q(&null_dest.display().to_string())
+    ));
+    let agent = call.spawn(&host);
+    for (p, dest) in pieces.iter().zip(&dests) {
+        let got = drain_pipe(dest, OPEN).unwrap();
+        assert_eq!(got.blake3, Pattern::digest(p.len, p.seed));
+    }
+    let got = drain_pipe(&null_dest, OPEN).unwrap();
+    assert_eq!(got.blake3, Pattern::digest(pieces[0].len, pieces[0].seed));
+    let restored = agent.finish(AGENT_TIMEOUT);
+    restored.assert_exit(0);
+    assert_eq!(
+        restored.with("#RESTORED").len(),
+        3,
+        "{}",
+        restored.describe()
+    );
+    let (first_ebid, _) = result.saved(&pieces[0].path);
+    assert!(
+        restored
+            .with("#RESTORED")
+            .iter()
+            .filter(|f| f[0] == first_ebid)
+            .count()
+            == 2,
+        "#NULL must resolve to the newest EBID:\n{}",
+        restored.describe()
+    );
+    // The source's pipes were not touched by the restore.
+    for p in &pieces {
+        assert!(is_fifo(&p.path));
+    }
+}
