@@ -40,6 +40,9 @@ pub struct Config {
     /// Streaming writer settings.
     #[serde(default)]
     pub writer: WriterSettings,
+    /// PostgreSQL clusters by name (`[postgres.<name>]`, see `strata_postgres::config`).
+    #[serde(default)]
+    pub postgres: std::collections::BTreeMap<String, strata_postgres::ClusterConfig>,
 }
 
 /// The `[catalog]` section.

@@ -10,6 +10,7 @@ mod config;
 mod context;
 mod listing;
 mod output;
+mod pg;
 mod progress;
 mod stream;
 mod vault_cmd;
@@ -70,18 +71,25 @@ enum Command {
     /// Manage the local catalog index.
     #[command(subcommand)]
     Catalog(listing::CatalogCommand),
+    /// PostgreSQL: check a cluster, and the archive/restore commands PostgreSQL calls.
+    #[command(subcommand)]
+    Pg(pg::PgCommand),
 }
 
 #[derive(Debug, Subcommand)]
 enum BackupCommand {
     /// Back up standard input or a file as a full backup under a name.
     Stream(stream::BackupStreamArgs),
+    /// Take a full backup of a configured PostgreSQL cluster.
+    Pg(pg::PgBackupArgs),
 }
 
 #[derive(Debug, Subcommand)]
 enum RestoreCommand {
     /// Restore a stream backup to standard output or a file.
     Stream(stream::RestoreStreamArgs),
+    /// Restore a PostgreSQL cluster to a point in time, into a new data directory.
+    Pg(pg::PgRestoreArgs),
 }
 
 fn exit_code(kind: ErrorKind) -> u8 {
@@ -150,9 +158,22 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Vault(cmd) => vault_cmd::run(cmd, &ctx).await,
         Command::Backup(BackupCommand::Stream(args)) => stream::backup(args, &ctx).await,
         Command::Restore(RestoreCommand::Stream(args)) => stream::restore(args, &ctx).await,
+        Command::List(args)
+            if matches!(args.engine.as_deref(), Some("pg" | "postgres")) && args.instance.is_some() =>
+        {
+            let list = pg::PgListArgs {
+                name: args.instance.unwrap_or_default(),
+                timeline: args.timeline,
+                system_id: None,
+            };
+            pg::list(list, &ctx).await
+        }
         Command::List(args) => listing::list(args, &ctx).await,
         Command::Verify(args) => listing::verify(args, &ctx).await,
         Command::Catalog(cmd) => listing::catalog(cmd, &ctx).await,
+        Command::Pg(cmd) => pg::run(cmd, &ctx).await,
+        Command::Backup(BackupCommand::Pg(args)) => pg::backup(args, &ctx).await,
+        Command::Restore(RestoreCommand::Pg(args)) => pg::restore_cmd(args, &ctx).await,
     }
 }
 

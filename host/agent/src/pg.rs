@@ -1,0 +1,685 @@
+//! `strata pg ...`, `strata backup pg`, `strata restore pg`, `strata list pg`:
+//! the PostgreSQL commands. Thin: parse, call `strata_postgres`, print.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use clap::{Args, Subcommand};
+use serde::Serialize;
+use strata_core::catalog::manifest::BackupKind;
+use strata_core::vault::reader::VaultRestoreSource;
+use strata_core::vault::writer::{BackupTarget, BackupWriter, CommitDetails};
+use strata_core::{Error, ErrorKind, Result};
+use strata_postgres::backup::{FullBackupOptions, full_backup};
+use strata_postgres::chain::{Catalog, Target};
+use strata_postgres::restore::{RestoreOptions, restore};
+use strata_postgres::wal::{FetchOutcome, PushOutcome};
+use strata_postgres::{ClusterConfig, Lsn, WalArchive};
+
+use crate::context::Context;
+use crate::output::{Table, human_bytes, human_rate, print_json};
+
+/// `strata pg ...`: PostgreSQL checks and the archive/restore commands PostgreSQL calls.
+#[derive(Debug, Subcommand)]
+pub enum PgCommand {
+    /// Connect to a configured cluster and report its version, identity and
+    /// archiving settings, with the line to fix each problem.
+    Check {
+        /// The cluster's name (`[postgres.<name>]` in the config).
+        name: String,
+    },
+    /// Archive one WAL file into the vault (PostgreSQL's `archive_command`).
+    /// Exits 0 only once the file is durable in the vault.
+    WalPush {
+        /// The file to archive (`%p`).
+        path: PathBuf,
+        /// The cluster's name in the config.
+        #[arg(long)]
+        cluster: String,
+    },
+    /// Restore one WAL file from the vault (PostgreSQL's `restore_command`).
+    /// Exits 1 when the archive has no such file, 126 on any other failure
+    /// (which stops recovery rather than ending it early).
+    WalFetch {
+        /// The file name PostgreSQL asks for (`%f`).
+        file: String,
+        /// Where to write it (`%p`).
+        dest: PathBuf,
+        /// The cluster's name in the config.
+        #[arg(long)]
+        cluster: String,
+        /// The system identifier whose WAL to read (default: the only one in the archive).
+        #[arg(long)]
+        system_id: Option<u64>,
+    },
+}
+
+/// `strata backup pg NAME --kind full`.
+#[derive(Debug, Args)]
+pub struct PgBackupArgs {
+    /// The cluster's name (`[postgres.<name>]` in the config).
+    pub name: String,
+    /// The kind of backup; PostgreSQL supports `full`.
+    #[arg(long, default_value = "full")]
+    pub kind: String,
+    /// Wait for a scheduled checkpoint instead of requesting an immediate one.
+    #[arg(long)]
+    pub spread_checkpoint: bool,
+}
+
+/// `strata restore pg NAME (--to-time T | --to-lsn L | --latest) --target-dir D ...`.
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("target").required(true).args(["to_time", "to_lsn", "latest"])))]
+pub struct PgRestoreArgs {
+    /// The cluster's name (`[postgres.<name>]` in the config).
+    pub name: String,
+    /// Restore to this time: RFC 3339 (2026-11-22T01:02:03.5Z) or PostgreSQL's
+    /// form (2026-11-22 01:02:03.5+00).
+    #[arg(long, value_name = "TIME")]
+    pub to_time: Option<String>,
+    /// Restore to this LSN (0/3000060).
+    #[arg(long, value_name = "LSN")]
+    pub to_lsn: Option<String>,
+    /// Restore to the end of the archived WAL on the newest timeline.
+    #[arg(long)]
+    pub latest: bool,
+    /// The new data directory (must be empty or absent).
+    #[arg(long, value_name = "DIR")]
+    pub target_dir: PathBuf,
+    /// The port the restored cluster listens on.
+    #[arg(long)]
+    pub port: Option<u16>,
+    /// Restore a tablespace elsewhere: OLD=NEW, OLD being its location (or OID)
+    /// in the backup; repeatable.
+    #[arg(long = "tablespace-map", value_name = "OLD=NEW")]
+    pub tablespace_map: Vec<String>,
+    /// Start the restored cluster and wait until it accepts connections.
+    #[arg(long)]
+    pub start: bool,
+    /// Delete the contents of a non-empty target directory first.
+    #[arg(long)]
+    pub force: bool,
+    /// The system identifier to restore (when the name held several clusters).
+    #[arg(long)]
+    pub system_id: Option<u64>,
+    /// How long to wait for the started cluster to finish recovery, in seconds.
+    #[arg(long, default_value_t = 3600)]
+    pub start_timeout: u64,
+}
+
+/// `strata list pg NAME`.
+#[derive(Debug, Args)]
+pub struct PgListArgs {
+    /// The cluster's name (`[postgres.<name>]` in the config).
+    pub name: String,
+    /// Show only the recoverable windows.
+    #[arg(long)]
+    pub timeline: bool,
+    /// The system identifier (when the name held several clusters).
+    #[arg(long)]
+    pub system_id: Option<u64>,
+}
+
+fn cluster<'a>(ctx: &'a Context, name: &str) -> Result<&'a ClusterConfig> {
+    let cluster = ctx.config.postgres.get(name).ok_or_else(|| {
+        let known: Vec<&str> = ctx.config.postgres.keys().map(String::as_str).collect();
+        Error::config(format!("no PostgreSQL cluster `{name}` is configured")).hint(if known.is_empty() {
+            format!("add a [postgres.{name}] section with connection and data_directory to the config")
+        } else {
+            format!("configured clusters: {}", known.join(", "))
+        })
+    })?;
+    cluster.validate(name)?;
+    Ok(cluster)
+}
+
+/// The configuration file this process was started with, if any.
+fn config_path() -> Option<PathBuf> {
+    let mut args = std::env::args_os().skip(1);
+    while let Some(arg) = args.next() {
+        let text = arg.to_string_lossy();
+        if text == "--config" {
+            return args.next().map(PathBuf::from);
+        }
+        if let Some(path) = text.strip_prefix("--config=") {
+            return Some(PathBuf::from(path));
+        }
+    }
+    std::env::var_os("STRATA_CONFIG")
+        .map(PathBuf::from)
+        .or_else(|| {
+            Path::new(crate::config::DEFAULT_CONFIG)
+                .exists()
+                .then(|| PathBuf::from(crate::config::DEFAULT_CONFIG))
+        })
+}
+
+fn shell_word(text: &str) -> String {
+    if text
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"/._-:=+@%,".contains(&b))
+    {
+        text.to_owned()
+    } else {
+        format!(
+            "\"{}\"",
+            text.replace('\\', "\\\\")
+                .replace('"', "\\\"")
+                .replace('$', "\\$")
+        )
+    }
+}
+
+/// How PostgreSQL should invoke this Strata: the binary, config and vault.
+fn strata_invocation(ctx: &Context) -> String {
+    let exe = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.canonicalize().ok())
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "strata".to_owned());
+    let mut words = vec![shell_word(&exe)];
+    if let Some(config) = config_path() {
+        let config = config.canonicalize().unwrap_or(config);
+        words.push("--config".into());
+        words.push(shell_word(&config.display().to_string()));
+    }
+    if !ctx.config.vault.url.is_empty() {
+        words.push("--vault".into());
+        words.push(shell_word(&ctx.config.vault.url));
+    }
+    if let Some(key) = &ctx.config.vault.key_file {
+        words.push("--key-file".into());
+        words.push(shell_word(&key.display().to_string()));
+    }
+    words.join(" ")
+}
+
+/// Runs `strata pg ...`.
+pub async fn run(command: PgCommand, ctx: &Context) -> Result<()> {
+    match command {
+        PgCommand::Check { name } => check(&name, ctx).await,
+        PgCommand::WalPush {
+            path,
+            cluster: name,
+        } => wal_push(&path, &name, ctx).await,
+        PgCommand::WalFetch {
+            file,
+            dest,
+            cluster: name,
+            system_id,
+        } => {
+            let outcome = wal_fetch(&file, &dest, &name, system_id, ctx).await;
+            match outcome {
+                Ok(FetchOutcome::Found) => Ok(()),
+                Ok(FetchOutcome::NotFound) => {
+                    // Recovery asks for files past the end of the archive: that is how it finds the end.
+                    tracing::info!(file = %file, "not in the archive");
+                    std::process::exit(1)
+                }
+                Err(err) => {
+                    eprintln!("error: wal-fetch {file}: {err}");
+                    if let Some(hint) = err.hint_text() {
+                        eprintln!("hint: {hint}");
+                    }
+                    // Above 125: PostgreSQL stops recovery instead of treating the file as missing.
+                    std::process::exit(126)
+                }
+            }
+        }
+    }
+}
+
+async fn check(name: &str, ctx: &Context) -> Result<()> {
+    let cluster = cluster(ctx, name)?;
+    let report = strata_postgres::check::check(cluster, name, &strata_invocation(ctx)).await?;
+    if ctx.json {
+        print_json(&report)?;
+    } else {
+        print!("{report}");
+    }
+    if report.is_ok() {
+        Ok(())
+    } else {
+        Err(Error::config(format!(
+            "cluster `{name}` has {} configuration problem(s)",
+            report.findings.len()
+        ))
+        .hint("apply the lines printed above to postgresql.conf (ALTER SYSTEM works too), then reload or restart"))
+    }
+}
+
+async fn wal_push(path: &Path, name: &str, ctx: &Context) -> Result<()> {
+    let cluster = ctx.config.postgres.get(name).ok_or_else(|| {
+        Error::config(format!("no PostgreSQL cluster `{name}` is configured"))
+            .hint(format!("archive_command must name a [postgres.<name>] section of the config: add [postgres.{name}]"))
+    })?;
+    // The archiver runs in the data directory and passes %p relative to it.
+    let cwd = std::env::current_dir().unwrap_or_else(|_| cluster.data_directory.clone());
+    let data_dir = if cwd.join("global/pg_control").is_file() {
+        cwd
+    } else {
+        cluster.data_directory.clone()
+    };
+    let started = Instant::now();
+    let vault = ctx.vault().await?;
+    let archive = WalArchive::new(vault, name);
+    match archive.push(path, &data_dir).await? {
+        PushOutcome::Stored { key, stored } => {
+            tracing::info!(%key, stored, ms = started.elapsed().as_millis() as u64, "archived");
+        }
+        PushOutcome::Duplicate { key } => {
+            tracing::info!(%key, "already archived with identical content");
+        }
+    }
+    Ok(())
+}
+
+async fn wal_fetch(
+    file: &str,
+    dest: &Path,
+    name: &str,
+    system_id: Option<u64>,
+    ctx: &Context,
+) -> Result<FetchOutcome> {
+    let prefetch = ctx
+        .config
+        .postgres
+        .get(name)
+        .map(|c| c.wal_prefetch)
+        .unwrap_or(4);
+    let mut attempt = 0;
+    loop {
+        let result = async {
+            let vault = ctx.vault().await?;
+            let archive = WalArchive::new(vault, name);
+            let system_id = match system_id {
+                Some(id) => id,
+                None => match archive.system_ids().await?.as_slice() {
+                    [id] => *id,
+                    [] => return Ok(FetchOutcome::NotFound),
+                    ids => {
+                        return Err(Error::config(format!(
+                            "the archive of `{name}` holds several systems: {ids:?}"
+                        ))
+                        .hint("add --system-id to restore_command"));
+                    }
+                },
+            };
+            archive.fetch(system_id, file, dest, prefetch).await
+        }
+        .await;
+        match result {
+            Err(err) if err.is_retryable() && attempt < 5 => {
+                attempt += 1;
+                tracing::warn!(error = %err, attempt, "wal-fetch failed; retrying");
+                tokio::time::sleep(Duration::from_millis(500 << attempt)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Runs `strata backup pg NAME`.
+pub async fn backup(args: PgBackupArgs, ctx: &Context) -> Result<()> {
+    let kind: BackupKind = args.kind.parse()?;
+    if kind != BackupKind::Full {
+        return Err(Error::config(format!(
+            "PostgreSQL backups of kind `{kind}` are not available"
+        ))
+        .hint("use --kind full; WAL is archived continuously by `strata pg wal-push`"));
+    }
+    let cluster = cluster(ctx, &args.name)?;
+    let vault = ctx.vault().await?;
+    let archive = WalArchive::new(vault.clone(), &args.name);
+    let started = Instant::now();
+    let writer = BackupWriter::start(
+        &vault,
+        BackupTarget {
+            engine: strata_postgres::ENGINE.into(),
+            instance: args.name.clone(),
+            database: None,
+            kind,
+        },
+        ctx.writer_config(),
+    )?;
+    let options = FullBackupOptions {
+        label: format!("strata {}", writer.id()),
+        fast_checkpoint: !args.spread_checkpoint,
+        parallel: cluster.parallel,
+        ..FullBackupOptions::default()
+    };
+    let outcome = match full_backup(cluster, &archive, &writer, &options).await {
+        Ok(outcome) => outcome,
+        Err(err) => {
+            if let Err(abort) = writer.abort().await {
+                tracing::warn!(error = %abort, "cleaning up the failed backup's objects");
+            }
+            return Err(err.context(format!(
+                "full backup of `{}` failed; nothing was committed",
+                args.name
+            )));
+        }
+    };
+    let manifest = writer
+        .commit(CommitDetails {
+            fork: outcome.fork,
+            start: outcome.start,
+            end: outcome.end,
+            consistent_at: outcome.consistent_at,
+            base: None,
+            labels: outcome.labels,
+            engine_meta: outcome.engine_meta,
+        })
+        .await?;
+    ctx.record(&vault, &manifest);
+    let meta = strata_postgres::backup::FullBackupMeta::from_manifest(&manifest)?;
+    let seconds = started.elapsed().as_secs_f64();
+    if ctx.json {
+        print_json(&serde_json::json!({
+            "id": manifest.id,
+            "cluster": args.name,
+            "system_id": meta.system_id,
+            "timeline": meta.timeline,
+            "start_lsn": meta.start_lsn,
+            "stop_lsn": meta.stop_lsn,
+            "stop_time": meta.stop_time,
+            "files": meta.files.len(),
+            "raw_bytes": manifest.raw_size(),
+            "stored_bytes": manifest.stored_size(),
+            "seconds": seconds,
+        }))?;
+    } else if !ctx.quiet {
+        println!(
+            "full backup {} of `{}` committed: {} files, {} stored as {} in {:.1}s ({}); timeline {}, LSN {} .. {}",
+            manifest.id,
+            args.name,
+            meta.files.len(),
+            human_bytes(manifest.raw_size()),
+            human_bytes(manifest.stored_size()),
+            seconds,
+            human_rate(manifest.raw_size(), seconds),
+            meta.timeline,
+            meta.start_lsn,
+            meta.stop_lsn
+        );
+    }
+    Ok(())
+}
+
+/// Parses a restore time: RFC 3339 or PostgreSQL's `YYYY-MM-DD HH:MM:SS[.f][+TZ]`.
+pub fn parse_time(text: &str) -> Result<DateTime<Utc>> {
+    let trimmed = text.trim();
+    let mut candidate = trimmed.replacen(' ', "T", 1);
+    // PostgreSQL prints offsets as +00 or +05:30; RFC 3339 wants +00:00.
+    if let Some(pos) = candidate.rfind(['+', '-']).filter(|p| *p > 10) {
+        let offset = &candidate[pos + 1..];
+        if offset.len() == 2 && offset.bytes().all(|b| b.is_ascii_digit()) {
+            candidate.push_str(":00");
+        }
+    }
+    if !candidate.ends_with('Z') && candidate.rfind(['+', '-']).is_none_or(|p| p <= 10) {
+        return Err(Error::config(format!("`{text}` has no time zone"))
+            .hint("add one, e.g. 2026-11-22T01:02:03Z or '2026-11-22 01:02:03+00'"));
+    }
+    DateTime::parse_from_rfc3339(&candidate)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| {
+            Error::config(format!("`{text}` is not a time: {e}"))
+                .hint("write 2026-11-22T01:02:03.5Z or '2026-11-22 01:02:03.5+00'")
+        })
+}
+
+/// Runs `strata restore pg NAME ...`.
+pub async fn restore_cmd(args: PgRestoreArgs, ctx: &Context) -> Result<()> {
+    let cluster = cluster(ctx, &args.name)?;
+    let target = match (&args.to_time, &args.to_lsn, args.latest) {
+        (Some(t), None, false) => Target::Time(parse_time(t)?),
+        (None, Some(l), false) => Target::Lsn(l.parse::<Lsn>()?),
+        (None, None, true) => Target::Latest,
+        _ => {
+            return Err(Error::config(
+                "give exactly one of --to-time, --to-lsn, --latest",
+            ));
+        }
+    };
+    let mut tablespace_map = BTreeMap::new();
+    for pair in &args.tablespace_map {
+        let (old, new) = pair.split_once('=').ok_or_else(|| {
+            Error::config(format!("--tablespace-map `{pair}` is not OLD=NEW"))
+                .hint("e.g. --tablespace-map /srv/pg/space1=/srv/restore/space1")
+        })?;
+        tablespace_map.insert(old.trim_end_matches('/').to_owned(), PathBuf::from(new));
+    }
+    let target_dir = if args.target_dir.is_absolute() {
+        args.target_dir.clone()
+    } else {
+        std::env::current_dir()?.join(&args.target_dir)
+    };
+    let vault = ctx.vault().await?;
+    let archive = WalArchive::new(vault.clone(), &args.name);
+    let catalog = Catalog::load(&archive, &args.name, args.system_id).await?;
+    let plan = catalog.plan(target)?;
+    let restore_command = format!(
+        "{} pg wal-fetch %f \"%p\" --cluster {} --system-id {}",
+        strata_invocation(ctx),
+        shell_word(&args.name),
+        catalog.system_id
+    );
+    let options = RestoreOptions {
+        target_dir,
+        port: args.port,
+        tablespace_map,
+        start: args.start,
+        force: args.force,
+        restore_command,
+        parallel: cluster.parallel,
+        start_timeout: Duration::from_secs(args.start_timeout),
+    };
+    let started = Instant::now();
+    let source = VaultRestoreSource::new(vault, vec![plan.backup.clone()], ctx.reader_config());
+    let report = restore(cluster, &plan, &source, &options).await?;
+    let seconds = started.elapsed().as_secs_f64();
+    if ctx.json {
+        print_json(&report)?;
+    } else if !ctx.quiet {
+        println!(
+            "restored backup {} into {} ({} files, {}) in {:.1}s; recovery target: {} on timeline {}",
+            report.backup,
+            report.target_dir.display(),
+            report.files,
+            human_bytes(report.bytes),
+            seconds,
+            target,
+            report.recovery_timeline
+        );
+        if report.started {
+            println!(
+                "the restored cluster is up on port {}: timeline {}, LSN {}, last transaction replayed at {}",
+                report
+                    .port
+                    .map(|p| p.to_string())
+                    .unwrap_or_else(|| "(source port)".into()),
+                report
+                    .timeline
+                    .map(|t| t.to_string())
+                    .unwrap_or_else(|| "?".into()),
+                report.lsn.as_deref().unwrap_or("?"),
+                report
+                    .reached_time
+                    .map(|t| t.format("%Y-%m-%d %H:%M:%S%.6f UTC").to_string())
+                    .unwrap_or_else(|| "(none)".into())
+            );
+        } else {
+            println!(
+                "start it with: pg_ctl -D {} start   (it recovers to the target, then promotes)",
+                report.target_dir.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct BackupRow {
+    id: String,
+    timeline: u32,
+    start_lsn: String,
+    stop_lsn: String,
+    start_time: DateTime<Utc>,
+    stop_time: DateTime<Utc>,
+    files: usize,
+    raw_bytes: u64,
+    stored_bytes: u64,
+    server_version: String,
+}
+
+#[derive(Serialize)]
+struct TimelineRow {
+    timeline: u32,
+    parent: Option<u32>,
+    switch_lsn: Option<String>,
+    created_at: Option<DateTime<Utc>>,
+    segments: usize,
+}
+
+/// Runs `strata list pg NAME`.
+pub async fn list(args: PgListArgs, ctx: &Context) -> Result<()> {
+    let vault = ctx.vault().await?;
+    let archive = WalArchive::new(vault, &args.name);
+    let catalog = match Catalog::load(&archive, &args.name, args.system_id).await {
+        Ok(c) => c,
+        Err(e) if e.kind() == ErrorKind::NotFound && ctx.json => {
+            return print_json(
+                &serde_json::json!({"cluster": args.name, "backups": [], "windows": [], "timelines": []}),
+            );
+        }
+        Err(e) => return Err(e),
+    };
+    let backups: Vec<BackupRow> = catalog
+        .backups
+        .iter()
+        .map(|(m, meta)| BackupRow {
+            id: m.id.to_string(),
+            timeline: meta.timeline,
+            start_lsn: meta.start_lsn.clone(),
+            stop_lsn: meta.stop_lsn.clone(),
+            start_time: meta.start_time,
+            stop_time: meta.stop_time,
+            files: meta.files.len(),
+            raw_bytes: m.raw_size(),
+            stored_bytes: m.stored_size(),
+            server_version: meta.server_version.clone(),
+        })
+        .collect();
+    let windows = catalog.merged_windows();
+    let timelines: Vec<TimelineRow> = catalog
+        .timelines()
+        .into_iter()
+        .map(|tli| {
+            let history = catalog.histories.get(&tli);
+            let last_parent = history.and_then(|h| h.parents.last());
+            TimelineRow {
+                timeline: tli,
+                parent: last_parent.map(|(p, _)| *p),
+                switch_lsn: last_parent.map(|(_, l)| l.to_string()),
+                created_at: history.and_then(|h| h.created_at),
+                segments: catalog.segments.get(&tli).map(|s| s.len()).unwrap_or(0),
+            }
+        })
+        .collect();
+    if ctx.json {
+        return print_json(&serde_json::json!({
+            "cluster": args.name,
+            "system_id": catalog.system_id.to_string(),
+            "backups": backups,
+            "windows": windows,
+            "timelines": timelines,
+        }));
+    }
+    let fmt = |t: DateTime<Utc>| t.format("%Y-%m-%d %H:%M:%S%.3f").to_string();
+    println!(
+        "PostgreSQL cluster `{}`, system {}",
+        args.name, catalog.system_id
+    );
+    if !args.timeline {
+        let mut table = Table::new(&[
+            "BACKUP",
+            "TL",
+            "START LSN",
+            "STOP LSN",
+            "STOPPED (UTC)",
+            "FILES",
+            "SIZE",
+            "STORED",
+        ]);
+        for b in &backups {
+            table.row(vec![
+                b.id.clone(),
+                b.timeline.to_string(),
+                b.start_lsn.clone(),
+                b.stop_lsn.clone(),
+                fmt(b.stop_time),
+                b.files.to_string(),
+                human_bytes(b.raw_bytes),
+                human_bytes(b.stored_bytes),
+            ]);
+        }
+        println!("\nFull backups:\n{}", table.render());
+        let mut table = Table::new(&["TL", "PARENT", "SWITCH LSN", "BEGAN (UTC)", "SEGMENTS"]);
+        for t in &timelines {
+            table.row(vec![
+                t.timeline.to_string(),
+                t.parent
+                    .map(|p| p.to_string())
+                    .unwrap_or_else(|| "-".into()),
+                t.switch_lsn.clone().unwrap_or_else(|| "-".into()),
+                t.created_at.map(fmt).unwrap_or_else(|| "-".into()),
+                t.segments.to_string(),
+            ]);
+        }
+        println!("\nTimelines:\n{}", table.render());
+    }
+    let mut table = Table::new(&[
+        "TL",
+        "FROM (UTC)",
+        "TO (UTC)",
+        "FROM LSN",
+        "TO LSN",
+        "LAST SEGMENT",
+    ]);
+    for w in &windows {
+        table.row(vec![
+            w.timeline.to_string(),
+            fmt(w.start_time),
+            fmt(w.end_time),
+            w.start_lsn.to_string(),
+            w.end_lsn.to_string(),
+            w.last_segment.clone(),
+        ]);
+    }
+    if windows.is_empty() {
+        println!("\nRecoverable windows: none (a full backup whose WAL is archived is needed)");
+    } else {
+        println!("\nRecoverable windows:\n{}", table.render());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_in_both_notations() {
+        let a = parse_time("2026-11-22T01:02:03.5Z").unwrap();
+        let b = parse_time("2026-11-22 01:02:03.5+00").unwrap();
+        let c = parse_time("2026-11-22 02:02:03.5+01:00").unwrap();
+        assert_eq!(a, b);
+        assert_eq!(a, c);
+        let err = parse_time("2026-11-22 01:02:03").unwrap_err();
+        assert!(err.to_string().contains("no time zone"), "{err}");
+        assert!(parse_time("yesterday").is_err());
+    }
+}
