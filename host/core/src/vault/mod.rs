@@ -118,13 +118,24 @@ fn memory_stores() -> &'static Mutex<HashMap<String, Arc<InMemory>>> {
     STORES.get_or_init(Default::default)
 }
 
-fn client_options() -> ClientOptions {
+/// Our HTTP client defaults, then the store's client variables from the
+/// environment (`<prefix>ALLOW_HTTP`, `<prefix>PROXY_URL`, ...): the builders'
+/// `from_env` reads those too, but `with_client_options` replaces them.
+fn client_options(env_prefix: &str) -> ClientOptions {
     // Parts are small (a few MiB), but a slow link must not cut a request
     // that is making progress: no overall limit, a stall detector instead.
-    ClientOptions::new()
+    let mut options = ClientOptions::new()
         .with_connect_timeout(Duration::from_secs(10))
         .with_timeout(Duration::from_secs(900))
-        .with_read_timeout(Duration::from_secs(60))
+        .with_read_timeout(Duration::from_secs(60));
+    for (key, value) in std::env::vars() {
+        if let Some(name) = key.strip_prefix(env_prefix)
+            && let Ok(key) = name.to_ascii_lowercase().parse()
+        {
+            options = options.with_config(key, value);
+        }
+    }
+    options
 }
 
 fn retry_config() -> RetryConfig {
@@ -196,7 +207,7 @@ pub fn build_store(config: &VaultConfig) -> Result<(Arc<dyn ObjectStore>, Path)>
         ObjectStoreScheme::AmazonS3 => {
             let mut builder = object_store::aws::AmazonS3Builder::from_env()
                 .with_url(url.as_str())
-                .with_client_options(client_options())
+                .with_client_options(client_options("AWS_"))
                 .with_retry(retry_config());
             for (key, value) in &config.options {
                 let key = key.parse().map_err(|_| unknown_option(raw, key))?;
@@ -207,7 +218,7 @@ pub fn build_store(config: &VaultConfig) -> Result<(Arc<dyn ObjectStore>, Path)>
         ObjectStoreScheme::MicrosoftAzure => {
             let mut builder = object_store::azure::MicrosoftAzureBuilder::from_env()
                 .with_url(url.as_str())
-                .with_client_options(client_options())
+                .with_client_options(client_options("AZURE_"))
                 .with_retry(retry_config());
             for (key, value) in &config.options {
                 let key = key.parse().map_err(|_| unknown_option(raw, key))?;
@@ -218,7 +229,7 @@ pub fn build_store(config: &VaultConfig) -> Result<(Arc<dyn ObjectStore>, Path)>
         ObjectStoreScheme::GoogleCloudStorage => {
             let mut builder = object_store::gcp::GoogleCloudStorageBuilder::from_env()
                 .with_url(url.as_str())
-                .with_client_options(client_options())
+                .with_client_options(client_options("GOOGLE_"))
                 .with_retry(retry_config());
             for (key, value) in &config.options {
                 let key = key.parse().map_err(|_| unknown_option(raw, key))?;
