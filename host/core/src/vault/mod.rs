@@ -128,8 +128,9 @@ fn client_options(env_prefix: &str) -> ClientOptions {
         .with_connect_timeout(Duration::from_secs(10))
         .with_timeout(Duration::from_secs(900))
         .with_read_timeout(Duration::from_secs(60));
-    for (key, value) in std::env::vars() {
-        if let Some(name) = key.strip_prefix(env_prefix)
+    for (key, value) in std::env::vars_os() {
+        if let (Some(key), Some(value)) = (key.to_str(), value.to_str())
+            && let Some(name) = key.strip_prefix(env_prefix)
             && let Ok(key) = name.to_ascii_lowercase().parse()
         {
             options = options.with_config(key, value);
