@@ -59,16 +59,6 @@ impl Context {
         }
     }
 
-    /// Opens the index and makes sure it knows this vault (rebuilding it from
-    /// the vault the first time).
-    pub async fn synced_index(&self, vault: &Vault) -> Result<CatalogIndex> {
-        let index = self.index()?;
-        if !index.is_synced(&vault.meta().vault_id)? {
-            index.rebuild(vault).await?;
-        }
-        Ok(index)
-    }
-
     /// Writer settings from the configuration.
     pub fn writer_config(&self) -> WriterConfig {
         let mut config = WriterConfig::default();
