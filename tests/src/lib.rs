@@ -40,3 +40,4 @@ pub mod data;
 pub mod fixture;
 pub mod hana;
 pub mod net;
+pub mod pg;
