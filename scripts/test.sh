@@ -93,7 +93,9 @@ record setup ok
 
 if ((lint)); then
     step "cargo fmt --check"
-    cargo fmt --all -- --check || fail format "code is not formatted: run rustfmt --edition 2024 on the files listed above"
+    color=never
+    [[ -t 1 ]] && color=auto
+    cargo fmt --all -- --check --color "$color" || fail format "code is not formatted: run rustfmt --edition 2024 on the files listed above"
     record format ok
     step "cargo clippy"
     cargo clippy --workspace --all-targets --quiet -- -D warnings || fail clippy "clippy found problems (above)"
@@ -173,16 +175,21 @@ else
         "${runner_args[@]}" || test_status=$?
     count_libtest "$RUN_DIR/tests.log"
 fi
-step "doc tests"
-doc_status=0
-run_logged "$RUN_DIR/doctests.log" cargo test --workspace --doc --no-fail-fast || doc_status=$?
-count_libtest "$RUN_DIR/doctests.log"
-((test_status != 0)) || test_status=$doc_status
-
 if ((test_status == 0)); then
     record tests "ok"
 else
     record tests "FAILED (exit status $test_status)"
+fi
+
+step "doc tests"
+doc_status=0
+run_logged "$RUN_DIR/doctests.log" cargo test --workspace --doc --no-fail-fast || doc_status=$?
+count_libtest "$RUN_DIR/doctests.log"
+if ((doc_status == 0)); then
+    record doctests "ok"
+else
+    record doctests "FAILED (exit status $doc_status)"
+    ((test_status != 0)) || test_status=$doc_status
 fi
 summary
 echo "tests: $passed passed, $failed failed, $skipped skipped"
