@@ -28,8 +28,10 @@ use futures::StreamExt;
 use object_store::path::Path;
 use object_store::{GetOptions, ObjectStore};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::mpsc;
+use tokio_util::task::AbortOnDropHandle;
 
+use super::writer::BufferPool;
 use super::{Progress, Vault};
 use crate::catalog::manifest::{BackupId, Manifest, PartRecord, StreamRecord};
 use crate::crypto::DataKey;
@@ -115,7 +117,10 @@ struct StreamContext {
     stream_index: u32,
     stream_name: String,
     data_key: Option<Arc<DataKey>>,
-    slots: Arc<Semaphore>,
+    /// Decompression threads.
+    workers: usize,
+    /// Raw part buffers, reused across parts.
+    pool: Arc<BufferPool>,
 }
 
 impl StreamContext {
@@ -127,30 +132,6 @@ impl StreamContext {
                 self.backup, self.stream_name, loc.index, loc.key
             ),
         )
-    }
-
-    /// Fetches one part and checks it; returns its raw bytes.
-    async fn fetch(
-        self: Arc<Self>,
-        loc: PartLocation,
-        segment_size: u64,
-    ) -> Result<(PartLocation, Bytes)> {
-        let stored = self.fetch_stored(&loc, segment_size).await?;
-        let permit = self
-            .slots
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("the decompression semaphore is never closed");
-        let ctx = self.clone();
-        let job_loc = loc.clone();
-        let raw = tokio::task::spawn_blocking(move || {
-            let _permit = permit;
-            ctx.open(&job_loc, &stored)
-        })
-        .await
-        .map_err(|e| Error::io(format!("a decompression task failed: {e}")))??;
-        Ok((loc, raw))
     }
 
     async fn fetch_stored(&self, loc: &PartLocation, segment_size: u64) -> Result<Bytes> {
@@ -224,18 +205,78 @@ impl StreamContext {
                 loc.record.raw
             )));
         }
-        let raw = zstd::bulk::Decompressor::new()
-            .and_then(|mut d| d.decompress(frame, loc.record.raw as usize))
-            .map_err(|e| damaged(&format!("the zstd frame is invalid: {e}")))?;
+        let mut raw = self.pool.take();
+        let decompressed = decompress_frame(frame, &mut raw, loc.record.raw as usize);
+        if let Err(e) = decompressed {
+            self.pool.give(raw);
+            return Err(damaged(&format!("the zstd frame is invalid: {e}")));
+        }
         if raw.len() as u64 != loc.record.raw {
+            let len = raw.len();
+            self.pool.give(raw);
             return Err(damaged(&format!(
-                "the part decompresses to {} bytes, the manifest records {}",
-                raw.len(),
+                "the part decompresses to {len} bytes, the manifest records {}",
                 loc.record.raw
             )));
         }
         Ok(Bytes::from(raw))
     }
+}
+
+thread_local! {
+    /// A decompression context per worker thread, reused across parts.
+    static DECOMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Decompresses one zstd frame into `out` (whose contents are replaced). A
+/// frame larger than `out`'s capacity (at least `limit`) fails here; one
+/// between `limit` and that capacity is caught by the caller's length check.
+fn decompress_frame(frame: &[u8], out: &mut Vec<u8>, limit: usize) -> std::io::Result<()> {
+    DECOMPRESSOR.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        let decompressor = match &mut *slot {
+            Some(decompressor) => decompressor,
+            empty => empty.insert(zstd::bulk::Decompressor::new()?),
+        };
+        out.clear();
+        out.reserve(limit);
+        decompressor.decompress_to_buffer(frame, out)?;
+        Ok(())
+    })
+}
+
+/// The checked raw parts of a stream, in order. Fetches run ahead as tasks
+/// of their own (`readahead` of them, so that they progress while the
+/// output is being written); checks and decompression run on `workers`
+/// blocking threads.
+fn checked_parts(
+    ctx: Arc<StreamContext>,
+    parts: Vec<(PartLocation, u64)>,
+    config: &ReaderConfig,
+) -> impl futures::Stream<Item = Result<(PartLocation, Bytes)>> {
+    let workers = ctx.workers;
+    futures::stream::iter(parts)
+        .map(move |(loc, segment_size)| {
+            let ctx = ctx.clone();
+            AbortOnDropHandle::new(tokio::spawn(async move {
+                let stored = ctx.fetch_stored(&loc, segment_size).await;
+                (ctx, loc, stored)
+            }))
+        })
+        .buffered(config.readahead.max(1))
+        .map(move |fetched| async move {
+            let (ctx, loc, stored) = fetched.map_err(task_error)?;
+            let stored = stored?;
+            tokio::task::spawn_blocking(move || ctx.open(&loc, &stored).map(|raw| (loc, raw)))
+                .await
+                .map_err(task_error)?
+        })
+        .buffered(workers)
+}
+
+fn task_error(err: tokio::task::JoinError) -> Error {
+    Error::io(format!("a background task of the reader failed: {err}"))
 }
 
 fn data_key(vault: &Vault, manifest: &Manifest) -> Result<Option<Arc<DataKey>>> {
@@ -274,13 +315,21 @@ fn stream_context(
     } else {
         config.workers
     };
+    let largest = manifest.streams[index]
+        .segments
+        .iter()
+        .flat_map(|s| &s.parts)
+        .map(|p| p.raw.min(MAX_RAW_PART))
+        .max()
+        .unwrap_or(0);
     Arc::new(StreamContext {
         store: vault.store().clone(),
         backup: manifest.id.clone(),
         stream_index: index as u32,
         stream_name: manifest.streams[index].name.clone(),
         data_key,
-        slots: Arc::new(Semaphore::new(workers)),
+        workers,
+        pool: Arc::new(BufferPool::new(largest as usize, workers + 4)),
     })
 }
 
@@ -311,12 +360,15 @@ fn locate(vault: &Vault, stream: &StreamRecord) -> Vec<(PartLocation, u64)> {
 }
 
 /// Hashes raw parts, in order, on a thread of its own.
-fn spawn_hasher() -> (mpsc::Sender<Bytes>, tokio::task::JoinHandle<blake3::Hash>) {
+fn spawn_hasher(
+    pool: Arc<BufferPool>,
+) -> (mpsc::Sender<Bytes>, tokio::task::JoinHandle<blake3::Hash>) {
     let (tx, mut rx) = mpsc::channel::<Bytes>(2);
     let handle = tokio::task::spawn_blocking(move || {
         let mut hasher = blake3::Hasher::new();
         while let Some(raw) = rx.blocking_recv() {
             hasher.update(&raw);
+            pool.reclaim(raw);
         }
         hasher.finalize()
     });
@@ -366,10 +418,10 @@ pub async fn read_stream<W: AsyncWrite + Unpin + Send + ?Sized>(
         .position(|s| s.name == stream)
         .expect("the stream was found");
     let ctx = stream_context(vault, manifest, index, data_key(vault, manifest)?, config);
-    let (hash_tx, hasher) = spawn_hasher();
-    let mut parts = futures::stream::iter(locate(vault, record))
-        .map(|(loc, segment_size)| ctx.clone().fetch(loc, segment_size))
-        .buffered(config.readahead.max(1));
+    let (hash_tx, hasher) = spawn_hasher(ctx.pool.clone());
+    let pool = ctx.pool.clone();
+    let parts = checked_parts(ctx, locate(vault, record), config);
+    futures::pin_mut!(parts);
     let mut stats = ReadStats::default();
     while let Some(part) = parts.next().await {
         let (loc, raw) = part?;
@@ -382,6 +434,7 @@ pub async fn read_stream<W: AsyncWrite + Unpin + Send + ?Sized>(
                 manifest.id
             ))
         })?;
+        pool.reclaim(raw);
         stats.raw_bytes += loc.record.raw;
         stats.stored_bytes += loc.record.stored;
         stats.parts += 1;
@@ -461,10 +514,9 @@ pub async fn verify_backup(
             }
         }
         let ctx = stream_context(vault, manifest, index, data_key.clone(), config);
-        let (hash_tx, hasher) = spawn_hasher();
-        let mut parts = futures::stream::iter(locate(vault, record))
-            .map(|(loc, segment_size)| ctx.clone().fetch(loc, segment_size))
-            .buffered(config.readahead.max(1));
+        let (hash_tx, hasher) = spawn_hasher(ctx.pool.clone());
+        let parts = checked_parts(ctx, locate(vault, record), config);
+        futures::pin_mut!(parts);
         let mut sound = true;
         while let Some(part) = parts.next().await {
             match part {

@@ -41,7 +41,7 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use object_store::path::Path;
@@ -210,6 +210,10 @@ struct Shared {
     wrapped_key: Option<String>,
     /// Compression jobs running or queued on the blocking pool, for all streams.
     compress_slots: Arc<Semaphore>,
+    /// Raw part buffers.
+    raw_pool: Arc<BufferPool>,
+    /// Compressed frame buffers.
+    frame_pool: Arc<BufferPool>,
     state: Mutex<State>,
 }
 
@@ -288,11 +292,79 @@ async fn delete_paths(store: &Arc<dyn ObjectStore>, paths: Vec<Path>) -> Result<
     Ok(())
 }
 
+/// Reuses part-sized buffers, so that a long stream allocates (and faults in)
+/// its working memory once rather than once per part, and the process keeps
+/// a steady footprint instead of leaving freed parts scattered over the
+/// allocator's per-thread arenas.
+pub(crate) struct BufferPool {
+    free: Mutex<Vec<Vec<u8>>>,
+    capacity: usize,
+    keep: usize,
+}
+
+impl BufferPool {
+    /// A pool of buffers of `capacity` bytes that keeps at most `keep` spares.
+    pub(crate) fn new(capacity: usize, keep: usize) -> Self {
+        BufferPool {
+            free: Mutex::new(Vec::new()),
+            capacity,
+            keep,
+        }
+    }
+
+    /// An empty buffer with room for the pool's capacity.
+    pub(crate) fn take(&self) -> Vec<u8> {
+        let spare = self.free.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        spare.unwrap_or_else(|| Vec::with_capacity(self.capacity))
+    }
+
+    /// Returns a buffer to the pool (dropped if it is too small or the pool is full).
+    pub(crate) fn give(&self, mut buf: Vec<u8>) {
+        if buf.capacity() < self.capacity {
+            return;
+        }
+        buf.clear();
+        let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
+        if free.len() < self.keep {
+            free.push(buf);
+        }
+    }
+
+    /// Takes back the buffer behind `bytes` if this is its last handle;
+    /// otherwise just drops the handle.
+    pub(crate) fn reclaim(&self, bytes: Bytes) {
+        if let Ok(buf) = bytes.try_into_mut() {
+            self.give(Vec::from(buf));
+        }
+    }
+}
+
 /// One compressed (and sealed) part, ready to upload.
 struct StoredPart {
     raw: u64,
     bytes: Bytes,
     crc32c: u32,
+}
+
+thread_local! {
+    /// A compression context per worker thread and level, reused across parts.
+    static COMPRESSOR: std::cell::RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Compresses `raw` as one zstd frame into `out` (whose contents are replaced).
+fn compress_frame(level: i32, raw: &[u8], out: &mut Vec<u8>) -> std::io::Result<()> {
+    COMPRESSOR.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        let compressor = match &mut *slot {
+            Some((l, compressor)) if *l == level => compressor,
+            other => &mut other.insert((level, zstd::bulk::Compressor::new(level)?)).1,
+        };
+        out.clear();
+        out.reserve(zstd::zstd_safe::compress_bound(raw.len()));
+        compressor.compress_to_buffer(raw, out)?;
+        Ok(())
+    })
 }
 
 fn compress_part(
@@ -301,24 +373,20 @@ fn compress_part(
     part_index: u64,
     raw: &[u8],
 ) -> Result<StoredPart> {
-    let mut frame = zstd::bulk::Compressor::new(shared.config.compression_level)
-        .and_then(|mut c| c.compress(raw))
-        .map_err(|e| {
-            Error::io(format!(
-                "compressing part {part_index} of backup {}: {e}",
-                shared.id
-            ))
-        })?;
+    let mut frame = shared.frame_pool.take();
+    compress_frame(shared.config.compression_level, raw, &mut frame).map_err(|e| {
+        Error::io(format!(
+            "compressing part {part_index} of backup {}: {e}",
+            shared.id
+        ))
+    })?;
     let stored = match &shared.data_key {
-        Some(key) => key.seal_part(shared.id.as_str(), stream_index, part_index, &frame),
-        None => {
-            // The frame was allocated for the worst case; keep only what is used
-            // so that queued uploads hold no slack.
-            if frame.len() < frame.capacity() / 2 {
-                frame.shrink_to_fit();
-            }
-            frame
+        Some(key) => {
+            let sealed = key.seal_part(shared.id.as_str(), stream_index, part_index, &frame);
+            shared.frame_pool.give(frame);
+            sealed
         }
+        None => frame,
     };
     Ok(StoredPart {
         raw: raw.len() as u64,
@@ -327,15 +395,21 @@ fn compress_part(
     })
 }
 
-/// Reads up to `size` bytes; fewer only at the end of the input.
-async fn read_part<R: AsyncRead + Unpin>(reader: &mut R, size: usize) -> std::io::Result<Bytes> {
-    let mut buf = BytesMut::with_capacity(size);
+/// Reads up to `size` bytes into a pooled buffer; fewer only at the end of the input.
+async fn read_part<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    size: usize,
+    pool: &BufferPool,
+) -> std::io::Result<Bytes> {
+    use bytes::BufMut;
+    let mut buf = pool.take();
     while buf.len() < size {
-        if reader.read_buf(&mut buf).await? == 0 {
+        let room = size - buf.len();
+        if reader.read_buf(&mut (&mut buf).limit(room)).await? == 0 {
             break;
         }
     }
-    Ok(buf.freeze())
+    Ok(Bytes::from(buf))
 }
 
 fn join_error(err: tokio::task::JoinError) -> Error {
@@ -562,6 +636,11 @@ impl BackupWriter {
                 vault: vault.clone(),
                 target,
                 compress_slots: Arc::new(Semaphore::new(config.workers)),
+                raw_pool: Arc::new(BufferPool::new(config.part_size, config.workers + 2)),
+                frame_pool: Arc::new(BufferPool::new(
+                    zstd::zstd_safe::compress_bound(config.part_size),
+                    config.workers + 2,
+                )),
                 config,
                 id,
                 started_at,
@@ -645,7 +724,12 @@ impl BackupWriter {
                 if let Err(cleanup) = upload.discard().await {
                     tracing::warn!(error = %cleanup, stream = name, "cleaning up a failed stream failed");
                 }
-                Err(err.context(format!("backup {}, stream `{name}`", self.shared.id)))
+                let err = err.context(format!("backup {}, stream `{name}`", self.shared.id));
+                Err(if err.hint_text().is_none() {
+                    err.hint("the stream's segments were deleted and the backup cannot be committed; run it again")
+                } else {
+                    err
+                })
             }
         }
     }
@@ -762,14 +846,18 @@ async fn run_stream<R: AsyncRead + Send + Unpin>(
     upload: &mut StreamUpload,
 ) -> Result<StreamRecord> {
     let config = &shared.config;
-    // Compression jobs in stream order; the consumer awaits them in that order.
-    let (jobs_tx, mut jobs_rx) = mpsc::channel::<JoinHandle<Result<StoredPart>>>(config.workers);
+    // Compression jobs in stream order; the consumer awaits them in that
+    // order. With the one the consumer holds, `workers` jobs can run.
+    let (jobs_tx, mut jobs_rx) =
+        mpsc::channel::<JoinHandle<Result<StoredPart>>>(config.workers.saturating_sub(1).max(1));
     // Raw parts for the digest, hashed on a thread of their own.
     let (hash_tx, mut hash_rx) = mpsc::channel::<Bytes>(2);
+    let hash_pool = shared.raw_pool.clone();
     let hasher = tokio::task::spawn_blocking(move || {
         let mut hasher = blake3::Hasher::new();
         while let Some(raw) = hash_rx.blocking_recv() {
             hasher.update(&raw);
+            hash_pool.reclaim(raw);
         }
         hasher.finalize()
     });
@@ -777,11 +865,9 @@ async fn run_stream<R: AsyncRead + Send + Unpin>(
     let produce = async move {
         let mut part_index = 0u64;
         loop {
-            let raw = read_part(&mut reader, config.part_size)
+            let raw = read_part(&mut reader, config.part_size, &shared.raw_pool)
                 .await
-                .map_err(|e| {
-                    Error::from(e).context(format!("reading the input of stream `{name}`"))
-                })?;
+                .map_err(|e| Error::from(e).context("reading the input"))?;
             if raw.is_empty() {
                 break;
             }
@@ -798,7 +884,9 @@ async fn run_stream<R: AsyncRead + Send + Unpin>(
             let job_shared = shared.clone();
             let job = tokio::task::spawn_blocking(move || {
                 let _permit = permit;
-                compress_part(&job_shared, index, part_index, &raw)
+                let part = compress_part(&job_shared, index, part_index, &raw);
+                job_shared.raw_pool.reclaim(raw);
+                part
             });
             if jobs_tx.send(job).await.is_err() {
                 // The consumer stopped; it reports why.
@@ -812,14 +900,28 @@ async fn run_stream<R: AsyncRead + Send + Unpin>(
         Ok::<(), Error>(())
     };
 
+    // Frames handed to the upload, taken back into the pool once the
+    // upload has let go of them.
+    let mut uploading: Vec<Bytes> = Vec::new();
     let consume = async {
         while let Some(job) = jobs_rx.recv().await {
             let part = job.await.map_err(join_error)??;
             shared.failed_elsewhere()?;
             let raw = part.raw;
+            if shared.data_key.is_none() {
+                uploading.push(part.bytes.clone());
+            }
             upload.add_part(part).await?;
             if let Some(progress) = progress {
                 progress.add(raw);
+            }
+            let mut i = 0;
+            while i < uploading.len() {
+                if uploading[i].is_unique() {
+                    shared.frame_pool.reclaim(uploading.swap_remove(i));
+                } else {
+                    i += 1;
+                }
             }
         }
         Ok::<(), Error>(())
@@ -828,6 +930,9 @@ async fn run_stream<R: AsyncRead + Send + Unpin>(
     futures::future::try_join(produce, consume).await?;
     let digest = hasher.await.map_err(join_error)?;
     upload.finish_segment().await?;
+    for frame in uploading {
+        shared.frame_pool.reclaim(frame);
+    }
     let segments = std::mem::take(&mut upload.done);
     let raw_size = segments.iter().flat_map(|s| &s.parts).map(|p| p.raw).sum();
     Ok(StreamRecord {
