@@ -77,6 +77,7 @@ conformance!(
     cancelled_multipart_upload_leaves_nothing,
     failed_input_leaves_nothing,
     flipped_byte_is_detected_by_verify_and_read,
+    missing_or_truncated_segment_is_named,
     wrong_key_is_refused,
     backup_cannot_be_read_with_another_key,
     init_over_existing_vault_is_refused,
@@ -382,8 +383,10 @@ async fn concurrent_backups_commit_independently(location: &TestVault) {
         .iter()
         .cloned()
         .map(|data| {
-            let vault = vault.clone();
+            // Each writer opens the vault itself, as separate processes would.
+            let config = location.config();
             tokio::spawn(async move {
+                let vault = Vault::open(&config).await.unwrap();
                 backup(&vault, "shared", &[("data", &data)], small_parts()).await
             })
         })
@@ -734,6 +737,94 @@ async fn flipped_byte_is_detected_by_verify_and_read(location: &TestVault) {
         &data[..out.len()],
         "bytes handed on before the damage",
     );
+}
+
+async fn missing_or_truncated_segment_is_named(location: &TestVault) {
+    let vault = init(location, None).await;
+    // Two parts per segment.
+    let config = || config(PART, 2 * PART as u64 + 4096);
+    let data = random_bytes(4 * PART, 18);
+    let truncated = backup(&vault, "db", &[("data", &data)], config()).await;
+    let missing = backup(&vault, "db", &[("data", &data)], config()).await;
+
+    // Cut the first segment of one backup in the middle of its second part.
+    let segment = &truncated.stream("data").unwrap().segments[0];
+    assert_eq!(segment.parts.len(), 2);
+    let cut = (segment.parts[0].stored + segment.parts[1].stored / 2) as usize;
+    let mut stored = vault.get_bytes(&segment.key).await.unwrap().to_vec();
+    stored.truncate(cut);
+    vault
+        .store()
+        .put(&vault.path(&segment.key), PutPayload::from(stored))
+        .await
+        .unwrap();
+    let report = verify_backup(&vault, &truncated, &ReaderConfig::default(), None)
+        .await
+        .unwrap();
+    assert!(!report.is_ok(), "verify did not notice the truncation");
+    assert!(
+        report.problems.iter().all(|p| p.contains(&segment.key)),
+        "{:?}",
+        report.problems
+    );
+    let mut out = Vec::new();
+    let err = read_stream(
+        &vault,
+        &truncated,
+        "data",
+        &mut out,
+        &ReaderConfig::default(),
+        None,
+    )
+    .await
+    .expect_err("a truncated segment must fail the read");
+    assert_eq!(err.kind(), ErrorKind::Integrity, "{err:?}");
+    assert!(
+        err.to_string().contains(&segment.key),
+        "names the object: {err}"
+    );
+    assert!(err.to_string().contains("part 1"), "names the part: {err}");
+    assert!(out.len() <= PART, "{} bytes handed on", out.len());
+    assert_same_bytes(
+        &out,
+        &data[..out.len()],
+        "bytes handed on before the damage",
+    );
+
+    // Delete the second segment of the other backup.
+    let segment = &missing.stream("data").unwrap().segments[1];
+    vault
+        .store()
+        .delete(&vault.path(&segment.key))
+        .await
+        .unwrap();
+    let report = verify_backup(&vault, &missing, &ReaderConfig::default(), None)
+        .await
+        .unwrap();
+    assert!(!report.is_ok(), "verify did not notice the missing object");
+    assert!(
+        report.problems.iter().all(|p| p.contains(&segment.key)),
+        "{:?}",
+        report.problems
+    );
+    let mut out = Vec::new();
+    let err = read_stream(
+        &vault,
+        &missing,
+        "data",
+        &mut out,
+        &ReaderConfig::default(),
+        None,
+    )
+    .await
+    .expect_err("a missing segment must fail the read");
+    assert_eq!(err.kind(), ErrorKind::NotFound, "{err:?}");
+    assert!(
+        err.to_string().contains(&segment.key),
+        "names the object: {err}"
+    );
+    assert!(out.len() <= 2 * PART, "{} bytes handed on", out.len());
+    assert_same_bytes(&out, &data[..out.len()], "bytes handed on before the gap");
 }
 
 async fn wrong_key_is_refused(location: &TestVault) {
