@@ -1,0 +1,358 @@
+//! Full backups and point-in-time restores of a real PostgreSQL cluster into
+//! another data directory and port, checked by starting the copy and reading
+//! its rows.
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use strata_e2e::pg::{PgCluster, PgStrata};
+
+const ARCHIVE_WAIT: Duration = Duration::from_secs(90);
+
+/// Inserts marker `i` and returns the time it was inserted (just before its commit).
+fn marker(pg: &PgCluster, i: u32) -> chrono::DateTime<chrono::Utc> {
+    let at = pg.psql(&format!(
+        "INSERT INTO markers VALUES ({i}, clock_timestamp()) RETURNING to_char(at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')"
+    ));
+    at.parse()
+        .unwrap_or_else(|e| panic!("marker time `{at}`: {e}"))
+}
+
+fn background_pgbench(pg: &PgCluster, seconds: u32) -> std::process::Child {
+    let mut cmd: Command = pg.program("pgbench");
+    cmd.args([
+        "-U",
+        "postgres",
+        "-c",
+        "2",
+        "-j",
+        "1",
+        "-T",
+        &seconds.to_string(),
+        "postgres",
+    ])
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped());
+    cmd.spawn().expect("pgbench starts")
+}
+
+fn restore_json(env: &PgStrata, args: &[&str]) -> serde_json::Value {
+    let mut all = vec!["--json", "restore", "pg", "main"];
+    all.extend_from_slice(args);
+    let out = env.strata(&all).success();
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("restore --json output: {e}: {}", out.stdout_text()))
+}
+
+fn amcheck(pg: &PgCluster) {
+    let mut cmd = pg.program("pg_amcheck");
+    cmd.args([
+        "-U",
+        "postgres",
+        "--install-missing",
+        "--heapallindexed",
+        "-d",
+        "postgres",
+    ]);
+    let out = cmd.output().expect("pg_amcheck runs");
+    assert!(
+        out.status.success(),
+        "pg_amcheck found problems:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn point_in_time_restore_under_load_holds_exactly_the_markers_before_the_target() {
+    let env = PgStrata::new("pg_pitr");
+    let pg = &env.cluster;
+    pg.pgbench(&["-i", "-s", "2", "-q"]);
+    pg.psql("CREATE TABLE markers (id int PRIMARY KEY, at timestamptz NOT NULL)");
+    let before_backup = marker(pg, 0);
+    std::thread::sleep(Duration::from_millis(300));
+
+    let out = env
+        .strata(&["backup", "pg", "main", "--kind", "full"])
+        .success();
+    assert!(
+        out.stdout_text().contains("committed"),
+        "{}",
+        out.stdout_text()
+    );
+
+    let mut load = background_pgbench(pg, 10);
+    let mut times = Vec::new();
+    for i in 1..=8 {
+        std::thread::sleep(Duration::from_millis(1000));
+        times.push(marker(pg, i));
+    }
+    let status = load.wait().expect("pgbench ends");
+    assert!(status.success(), "pgbench under load failed");
+    pg.switch_and_wait_archived(ARCHIVE_WAIT);
+
+    // Half a second after marker 4, half a second before marker 5.
+    let target = times[3] + chrono::Duration::milliseconds(500);
+    assert!(target < times[4]);
+    let (dir, port) = env.restore_target("pitr");
+    let report = restore_json(
+        &env,
+        &[
+            "--to-time",
+            &target.to_rfc3339(),
+            "--target-dir",
+            dir.to_str().unwrap(),
+            "--port",
+            &port.to_string(),
+            "--start",
+        ],
+    );
+    let copy = PgCluster::adopt(dir.clone(), port, pg.socket_dir.clone());
+    assert_eq!(report["started"], true, "{report}");
+    assert_eq!(
+        report["timeline"], 2,
+        "the promoted copy runs on a new timeline: {report}"
+    );
+    let reached: chrono::DateTime<chrono::Utc> =
+        report["reached_time"].as_str().unwrap().parse().unwrap();
+    assert!(
+        reached <= target && reached >= times[3],
+        "reached {reached}, target {target}"
+    );
+
+    assert_eq!(
+        copy.psql("SELECT string_agg(id::text, ',' ORDER BY id) FROM markers"),
+        "0,1,2,3,4"
+    );
+    assert_eq!(copy.psql("SELECT count(*) FROM pgbench_accounts"), "200000");
+    assert_eq!(
+        copy.psql("SHOW archive_mode"),
+        "off",
+        "the copy never archives into the source's vault"
+    );
+    amcheck(&copy);
+    // The source is untouched and still archiving.
+    assert_eq!(pg.psql("SELECT count(*) FROM markers"), "9");
+    drop(copy);
+
+    // Latest: every marker.
+    let (dir, port) = env.restore_target("latest");
+    let report = restore_json(
+        &env,
+        &[
+            "--latest",
+            "--target-dir",
+            dir.to_str().unwrap(),
+            "--port",
+            &port.to_string(),
+            "--start",
+        ],
+    );
+    assert_eq!(report["started"], true, "{report}");
+    let copy = PgCluster::adopt(dir.clone(), port, pg.socket_dir.clone());
+    assert_eq!(copy.psql("SELECT count(*) FROM markers"), "9");
+
+    // A non-empty (here: running) target is refused, and left alone.
+    let out = env.strata(&[
+        "restore",
+        "pg",
+        "main",
+        "--latest",
+        "--target-dir",
+        dir.to_str().unwrap(),
+        "--port",
+        &port.to_string(),
+    ]);
+    assert_eq!(out.code(), Some(9), "{}", out.stderr_text());
+    assert!(
+        out.stderr_text().contains("is running in") || out.stderr_text().contains("not empty"),
+        "{}",
+        out.stderr_text()
+    );
+    assert_eq!(copy.psql("SELECT count(*) FROM markers"), "9");
+    drop(copy);
+
+    // Before the first backup ended: refused before anything is written, naming the nearest time.
+    let (dir, _) = env.restore_target("too_early");
+    let out = env.strata(&[
+        "restore",
+        "pg",
+        "main",
+        "--to-time",
+        &before_backup.to_rfc3339(),
+        "--target-dir",
+        dir.to_str().unwrap(),
+    ]);
+    assert_eq!(out.code(), Some(8), "{}", out.stderr_text());
+    let err = out.stderr_text();
+    assert!(err.contains("outside the recoverable windows"), "{err}");
+    assert!(err.contains("the nearest restorable time is"), "{err}");
+    assert!(!dir.exists(), "nothing was written");
+
+    // The listing shows the backup and a window on timeline 1 that covers the target.
+    let out = env.strata(&["--json", "list", "pg", "main"]).success();
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(list["backups"].as_array().unwrap().len(), 1, "{list}");
+    let window = &list["windows"][0];
+    assert_eq!(window["timeline"], 1);
+    let from: chrono::DateTime<chrono::Utc> =
+        window["start_time"].as_str().unwrap().parse().unwrap();
+    let to: chrono::DateTime<chrono::Utc> = window["end_time"].as_str().unwrap().parse().unwrap();
+    assert!(from < target && target < to, "{window}");
+}
+
+#[test]
+fn tablespaces_are_remapped_and_an_unmapped_live_tablespace_is_refused() {
+    let env = PgStrata::new("pg_tblspc");
+    let pg = &env.cluster;
+    let space = env.dir.mkdir("space1");
+    strata_e2e::pg::give_to_postgres(&space);
+    pg.psql(&format!(
+        "CREATE TABLESPACE space1 LOCATION '{}'",
+        space.display()
+    ));
+    pg.psql("CREATE TABLE far (id int, note text) TABLESPACE space1");
+    pg.psql("INSERT INTO far SELECT g, md5(g::text) FROM generate_series(1, 5000) g");
+    env.strata(&["backup", "pg", "main"]).success();
+    pg.psql("INSERT INTO far SELECT g, 'after' FROM generate_series(5001, 6000) g");
+    pg.switch_and_wait_archived(ARCHIVE_WAIT);
+
+    // The tablespace's original location is in use here: refused, with the option to use.
+    let (dir, port) = env.restore_target("copy");
+    let out = env.strata(&[
+        "restore",
+        "pg",
+        "main",
+        "--latest",
+        "--target-dir",
+        dir.to_str().unwrap(),
+    ]);
+    assert_eq!(out.code(), Some(9), "{}", out.stderr_text());
+    assert!(
+        out.stderr_text()
+            .contains(&format!("--tablespace-map {}=", space.display())),
+        "{}",
+        out.stderr_text()
+    );
+    assert!(!dir.exists(), "nothing was written");
+
+    let new_space = env.dir.path("space1-restored");
+    let report = restore_json(
+        &env,
+        &[
+            "--latest",
+            "--target-dir",
+            dir.to_str().unwrap(),
+            "--port",
+            &port.to_string(),
+            "--tablespace-map",
+            &format!("{}={}", space.display(), new_space.display()),
+            "--start",
+        ],
+    );
+    assert_eq!(report["started"], true, "{report}");
+    let copy = PgCluster::adopt(dir.clone(), port, pg.socket_dir.clone());
+    assert_eq!(
+        copy.psql("SELECT count(*), count(*) FILTER (WHERE note = 'after') FROM far"),
+        "6000|1000"
+    );
+    assert_eq!(
+        copy.psql("SELECT pg_tablespace_location(oid) FROM pg_tablespace WHERE spcname = 'space1'"),
+        new_space.display().to_string()
+    );
+    assert_eq!(
+        std::fs::read_link(
+            dir.join("pg_tblspc")
+                .join(copy.psql("SELECT oid FROM pg_tablespace WHERE spcname = 'space1'"))
+        )
+        .unwrap(),
+        new_space
+    );
+    // The source's tablespace is untouched.
+    assert_eq!(pg.psql("SELECT count(*) FROM far"), "6000");
+    amcheck(&copy);
+}
+
+#[test]
+fn a_restored_cluster_keeps_archiving_on_its_new_timeline_and_later_restores_follow_it() {
+    let env = PgStrata::new("pg_timeline");
+    let pg = &env.cluster;
+    pg.psql("CREATE TABLE markers (id int PRIMARY KEY, at timestamptz NOT NULL)");
+    env.strata(&["backup", "pg", "main"]).success();
+    marker(pg, 1);
+    std::thread::sleep(Duration::from_millis(700));
+    let t1 = marker(pg, 2) + chrono::Duration::milliseconds(300);
+    std::thread::sleep(Duration::from_millis(700));
+    marker(pg, 3);
+    pg.switch_and_wait_archived(ARCHIVE_WAIT);
+
+    // The operator restores to t1 and makes the copy the new primary: it
+    // archives again (archive_mode back on) under the same cluster name.
+    let (dir, port) = env.restore_target("primary2");
+    let report = restore_json(
+        &env,
+        &[
+            "--to-time",
+            &t1.to_rfc3339(),
+            "--target-dir",
+            dir.to_str().unwrap(),
+            "--port",
+            &port.to_string(),
+            "--start",
+        ],
+    );
+    assert_eq!(report["timeline"], 2, "{report}");
+    pg.stop();
+    let primary2 = PgCluster::adopt(dir.clone(), port, pg.socket_dir.clone());
+    assert_eq!(
+        primary2.psql("SELECT string_agg(id::text, ',' ORDER BY id) FROM markers"),
+        "1,2"
+    );
+    primary2.psql("ALTER SYSTEM SET archive_mode = on");
+    primary2.stop();
+    primary2.start();
+    primary2.psql("INSERT INTO markers VALUES (20, now())");
+    primary2.switch_and_wait_archived(ARCHIVE_WAIT);
+    let system_id = primary2.psql("SELECT system_identifier FROM pg_control_system()");
+    assert!(
+        env.vault_dir
+            .join(format!(
+                "engines/postgres/main/wal/{system_id}/00000002/00000002.history"
+            ))
+            .is_file(),
+        "timeline 2's history file is archived"
+    );
+
+    // Latest now means timeline 2: marker 3 (abandoned on timeline 1) is absent, 20 present.
+    let (dir3, port3) = env.restore_target("latest");
+    let report = restore_json(
+        &env,
+        &[
+            "--latest",
+            "--target-dir",
+            dir3.to_str().unwrap(),
+            "--port",
+            &port3.to_string(),
+            "--start",
+        ],
+    );
+    assert_eq!(report["recovery_timeline"], 2, "{report}");
+    assert_eq!(report["timeline"], 3, "{report}");
+    let copy = PgCluster::adopt(dir3, port3, pg.socket_dir.clone());
+    assert_eq!(
+        copy.psql("SELECT string_agg(id::text, ',' ORDER BY id) FROM markers"),
+        "1,2,20"
+    );
+
+    // The listing shows both timelines and their windows.
+    let out = env.strata(&["--json", "list", "pg", "main"]).success();
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let timelines: Vec<u64> = list["windows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["timeline"].as_u64().unwrap())
+        .collect();
+    assert_eq!(timelines, vec![1, 2], "{list}");
+    assert_eq!(list["timelines"][1]["parent"], 1, "{list}");
+}
