@@ -1,0 +1,217 @@
+//! The `strata` CLI against every object store an operator can point it at
+//! from outside the process: a directory (`file://`), Azure Blob (Azurite)
+//! and S3 (moto), configured the way operators configure them, through the
+//! store's environment variables.
+//!
+//! Each case runs once per backend (`file::<case>`, `azure::<case>`,
+//! `s3::<case>`); see `vault_conformance.rs` for how emulator backends are
+//! found, skipped or required. `memory://` is left out: it lives inside one
+//! process.
+
+use std::path::PathBuf;
+
+use strata_e2e::backends::TestVault;
+use strata_e2e::cli::{RunOutput, Strata};
+use strata_e2e::data::{blake3_hex, compressible_bytes, random_bytes};
+use strata_e2e::fixture::TestDir;
+
+macro_rules! on_backends {
+    ($($case:ident),* $(,)?) => {
+        mod file { on_backends!(@on File; $($case),*); }
+        mod azure { on_backends!(@on Azure; $($case),*); }
+        mod s3 { on_backends!(@on S3; $($case),*); }
+    };
+    (@on $backend:ident; $($case:ident),*) => {
+        $(
+            #[test]
+            fn $case() {
+                let backend = strata_e2e::backends::Backend::$backend;
+                let Some(location) =
+                    strata_e2e::backends::TestVault::new(backend, stringify!($case))
+                else {
+                    return;
+                };
+                super::$case(&super::Operator::new(&location));
+                tokio::runtime::Runtime::new()
+                    .expect("a runtime for the cleanup")
+                    .block_on(location.cleanup());
+            }
+        )*
+    };
+}
+
+on_backends!(
+    stream_backup_lists_verifies_and_restores,
+    encrypted_vault_needs_its_key,
+    second_init_is_refused_and_changes_nothing,
+);
+
+/// An operator's shell: a scratch directory, a local catalog index and a
+/// vault URL given on every command line.
+struct Operator<'a> {
+    location: &'a TestVault,
+    dir: TestDir,
+}
+
+impl<'a> Operator<'a> {
+    fn new(location: &'a TestVault) -> Operator<'a> {
+        Operator {
+            location,
+            dir: TestDir::new("operator"),
+        }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path(name)
+    }
+
+    fn strata<const N: usize>(&self, args: [&str; N]) -> Strata {
+        Strata::new()
+            .arg("--vault")
+            .arg(self.location.url())
+            .arg("--catalog")
+            .arg(self.path("catalog.db"))
+            .args(args)
+    }
+
+    fn run<const N: usize>(&self, args: [&str; N]) -> RunOutput {
+        self.strata(args).run()
+    }
+
+    fn input(&self, name: &str, data: &[u8]) -> String {
+        self.dir.write(name, data).to_string_lossy().into_owned()
+    }
+}
+
+fn json(out: &RunOutput) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "`{}` printed no JSON ({e}): {}",
+            out.command,
+            out.stdout_text()
+        )
+    })
+}
+
+fn stream_backup_lists_verifies_and_restores(op: &Operator) {
+    op.run(["vault", "init"]).success();
+    // Rows that compress, then noise that does not: both kinds of part.
+    let mut data = compressible_bytes(2 << 20, 1);
+    data.extend(random_bytes((1 << 20) + 17, 2));
+    let input = op.input("input.bin", &data);
+
+    let out = op
+        .run([
+            "backup",
+            "stream",
+            "nightly",
+            "--input",
+            &input,
+            "--part-size",
+            "1MiB",
+            "--json",
+        ])
+        .success();
+    let summary = json(&out);
+    assert_eq!(summary["raw_bytes"], data.len() as u64);
+    assert_eq!(summary["parts"], 4, "3 MiB + 17 B in 1 MiB parts");
+    assert_eq!(summary["blake3"], blake3_hex(&data).as_str());
+    let id = summary["id"].as_str().expect("the backup id").to_owned();
+
+    let listed = json(&op.run(["list", "--json"]).success());
+    let listed = listed.as_array().expect("a JSON array");
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0]["id"], id.as_str());
+    assert_eq!(listed[0]["instance"], "nightly");
+
+    let out = op.run(["verify"]).success();
+    assert!(
+        out.stdout_text()
+            .contains("1 backup(s) verified, 0 damaged"),
+        "{}",
+        out.stdout_text()
+    );
+
+    let restored = op.path("restored.bin");
+    op.run([
+        "restore",
+        "stream",
+        "nightly",
+        "--output",
+        restored.to_str().unwrap(),
+    ])
+    .success();
+    let bytes = std::fs::read(&restored).expect("the restored file");
+    assert!(bytes == data, "the restored bytes differ from the input");
+
+    // The index is a cache: a host with none sees the same backups.
+    std::fs::remove_file(op.path("catalog.db")).expect("the index exists");
+    let listed = json(&op.run(["list", "--json"]).success());
+    assert_eq!(listed.as_array().map(Vec::len), Some(1), "{listed}");
+}
+
+fn encrypted_vault_needs_its_key(op: &Operator) {
+    let key = op.path("vault.key");
+    let key = key.to_str().unwrap();
+    op.run(["vault", "init", "--encrypt", "--key-file", key])
+        .success();
+    let data = random_bytes(300_000, 3);
+    let input = op.input("input.bin", &data);
+    op.run([
+        "backup",
+        "stream",
+        "secret",
+        "--key-file",
+        key,
+        "--input",
+        &input,
+    ])
+    .success();
+
+    op.run(["restore", "stream", "secret"])
+        .failure(7)
+        .stderr_contains("encrypted and no key was given");
+    let other = op.dir.write("other.key", format!("{}\n", "ab".repeat(32)));
+    op.run([
+        "restore",
+        "stream",
+        "secret",
+        "--key-file",
+        other.to_str().unwrap(),
+    ])
+    .failure(7)
+    .stderr_contains("does not belong");
+
+    let out = op
+        .run(["restore", "stream", "secret", "--key-file", key])
+        .success();
+    assert!(out.stdout == data, "restored bytes differ");
+}
+
+fn second_init_is_refused_and_changes_nothing(op: &Operator) {
+    op.run(["vault", "init"]).success();
+    let data = b"configuration snapshot\n".repeat(1000);
+    let input = op.input("input.bin", &data);
+    op.run(["backup", "stream", "cfg", "--input", &input])
+        .success();
+
+    op.run(["vault", "init"])
+        .failure(9)
+        .stderr_contains("already exists");
+    let key = op.path("new.key");
+    op.run([
+        "vault",
+        "init",
+        "--encrypt",
+        "--key-file",
+        key.to_str().unwrap(),
+    ])
+    .failure(9)
+    .stderr_contains("already exists");
+
+    let out = op.run(["restore", "stream", "cfg"]).success();
+    assert!(
+        out.stdout == data,
+        "the backup changed after a refused init"
+    );
+}
