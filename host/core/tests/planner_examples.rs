@@ -551,3 +551,86 @@ fn a_stream_engine_restores_each_full_as_an_instant() {
     let err = plan(&[], &DefaultChainRules, &RestoreTarget::Latest).unwrap_err();
     assert!(err.to_string().contains("no backups"), "{err}");
 }
+
+#[test]
+fn a_month_of_one_minute_wal_segments() {
+    // 30 days of a segment a minute (43,200 logs), a base backup a day,
+    // and one segment lost on day 20: the planner's work and memory grow
+    // with the number of backups, not with backups times logs.
+    const MINUTES: u128 = 30 * 24 * 60;
+    let lost = 20 * 24 * 60 + 7;
+    let start: DateTime<Utc> = "2026-10-01T00:00:00Z".parse().unwrap();
+    let minute = |m: u128| start + chrono::Duration::minutes(m as i64);
+    let mut records = Vec::new();
+    for m in 0..MINUTES {
+        if m != lost {
+            records.push(BackupRecord {
+                id: id(&format!("wal-{m:06}")),
+                kind: BackupKind::Log,
+                fork: "1".into(),
+                start: Some(Position(m * SEG)),
+                end: Some(Position((m + 1) * SEG)),
+                started_at: minute(m),
+                ended_at: minute(m + 1),
+                consistent_at: None,
+                base: None,
+            });
+        }
+        if m % (24 * 60) == 30 {
+            records.push(BackupRecord {
+                id: id(&format!("base-{m:06}")),
+                kind: BackupKind::Full,
+                fork: "1".into(),
+                start: Some(Position(m * SEG + 1)),
+                end: Some(Position(m * SEG + 100)),
+                started_at: minute(m),
+                ended_at: minute(m),
+                consistent_at: None,
+                base: None,
+            });
+        }
+    }
+    let line = timeline(&records, &DefaultChainRules);
+    assert_eq!(line.windows.len(), 2, "{:?}", line.windows);
+    assert_eq!(line.windows[0].to_time, minute(lost));
+    assert_eq!(line.windows[1].from_time, minute(20 * 24 * 60 + 30));
+    assert_eq!(line.windows[1].to_time, minute(MINUTES));
+    assert_eq!(line.gaps.len(), 2, "{:?}", line.gaps);
+    assert!(
+        line.gaps[0]
+            .reason
+            .starts_with("no full backup before 2026-10-01T00:30:00Z"),
+        "WAL archived before the first base backup: {}",
+        line.gaps[0].reason
+    );
+    assert_eq!(
+        line.gaps[1].reason,
+        format!(
+            "no log backup covers positions {}..{} (missing between wal-{:06} and wal-{:06})",
+            lost * SEG,
+            (lost + 1) * SEG,
+            lost - 1,
+            lost + 1
+        )
+    );
+
+    let latest = plan(&records, &DefaultChainRules, &RestoreTarget::Latest).unwrap();
+    assert_eq!(latest.base.id.as_str(), "base-041790");
+    assert_eq!(latest.logs.len(), 24 * 60 - 30);
+    let p = plan(
+        &records,
+        &DefaultChainRules,
+        &RestoreTarget::Time(minute(10 * 24 * 60 + 45)),
+    )
+    .unwrap();
+    assert_eq!(p.base.id.as_str(), "base-014430");
+    assert_eq!(p.logs.len(), 15);
+    assert!(
+        plan(
+            &records,
+            &DefaultChainRules,
+            &RestoreTarget::Time(minute(lost + 10))
+        )
+        .is_err()
+    );
+}

@@ -175,10 +175,15 @@ pub trait ChainRules: Send + Sync {
     }
 
     /// Whether log backup `next` continues a coverage that currently reaches
-    /// position `covered_to` on `next`'s fork (or on its parent, when
-    /// `covered_to` is at or before the fork point). The default:
-    /// `next.start <= covered_to < next.end`, which accepts overlapping logs
-    /// and refuses a hole. A log without positions never continues anything.
+    /// position `covered_to` (on `next`'s fork, or on its parent at or
+    /// before the fork point).
+    ///
+    /// The planner only asks about logs that hold positions on both sides
+    /// of the coverage, `next.start <= covered_to < next.end`: a log starting
+    /// after it would leave a hole, and one ending at or before it adds
+    /// nothing. A rule can refuse such a log (one of another recovery fork,
+    /// a copy-only log that is not part of the chain); the default accepts
+    /// exactly that shape. A log without positions never continues anything.
     fn log_continues(&self, covered_to: Position, next: &BackupRecord) -> bool {
         match (next.start, next.end) {
             (Some(start), Some(end)) => start <= covered_to && covered_to < end,
@@ -347,38 +352,49 @@ struct PathStep {
     limit: Option<Position>,
 }
 
-/// One log of a chain, with the coverage after replaying it.
-#[derive(Debug, Clone, Copy)]
-struct Step {
-    log: usize,
+/// Where a walk along a fork path stands: the path step and the coverage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct State {
+    idx: usize,
     covered: Position,
-    time: DateTime<Utc>,
+}
+
+/// One log replayed from a state.
+#[derive(Debug, Clone, Copy)]
+struct Transition {
+    log: usize,
+    to: State,
+    /// The log's time, unless it only counts up to a fork point (its time
+    /// belongs to the parent's history after the branch).
+    time: Option<DateTime<Utc>>,
+}
+
+/// Where the logs from a state lead, as far as they go.
+#[derive(Debug, Clone, Copy)]
+struct Summary {
+    end: State,
+    time: Option<DateTime<Utc>>,
+    last_log: Option<usize>,
+    logs: usize,
 }
 
 /// A restore chain: data backups (full first), then the contiguous logs
-/// from the last of them, as far as they go.
+/// from the last of them, as far as they go (shared with other chains
+/// through the walker's memory, so a chain costs O(1) to keep).
 #[derive(Debug, Clone)]
 struct Chain {
     data: Vec<usize>,
-    steps: Vec<Step>,
+    /// Where log replay starts; `None` for a data backup without positions.
+    start: Option<State>,
     /// Logs needed before the data is consistent.
     ready: usize,
     from_time: DateTime<Utc>,
     from_position: Option<Position>,
-}
-
-impl Chain {
-    /// Coverage after replaying the first `k` logs (`k >= ready`).
-    fn state(&self, k: usize) -> (Option<Position>, DateTime<Utc>) {
-        match k.checked_sub(1).map(|i| self.steps[i]) {
-            Some(step) => (Some(step.covered), step.time),
-            None => (self.from_position, self.from_time),
-        }
-    }
-
-    fn end(&self) -> (Option<Position>, DateTime<Utc>) {
-        self.state(self.steps.len())
-    }
+    to_time: DateTime<Utc>,
+    to_position: Option<Position>,
+    /// The record the chain ends with: its last log, or its data backup.
+    last: usize,
+    logs: usize,
 }
 
 /// A merged window and what its furthest chain ended with (for gap reasons).
@@ -391,31 +407,63 @@ struct WindowInfo {
     first: usize,
 }
 
-#[derive(Debug)]
-struct ForkAnalysis {
+struct ForkAnalysis<'a> {
     fork: String,
+    walker: Walker<'a>,
     chains: Vec<Chain>,
     windows: Vec<WindowInfo>,
     gaps: Vec<Gap>,
     newest_record: DateTime<Utc>,
 }
 
+impl ForkAnalysis<'_> {
+    /// The logs of `chain` up to the first point (once the data is
+    /// consistent) where `stop(position, time)` holds, or all of them, and
+    /// the position and time reached.
+    fn logs_until(
+        &self,
+        chain: &Chain,
+        stop: impl Fn(Position, DateTime<Utc>) -> bool,
+    ) -> (Vec<usize>, Option<Position>, DateTime<Utc>) {
+        let mut logs = Vec::new();
+        let mut time = chain.from_time;
+        let Some(mut state) = chain.start else {
+            return (logs, chain.from_position, time);
+        };
+        while logs.len() < chain.ready || !stop(state.covered, time) {
+            let Some(step) = self.walker.known_transition(state) else {
+                break;
+            };
+            logs.push(step.log);
+            if let Some(t) = step.time {
+                time = time.max(t);
+            }
+            state = step.to;
+        }
+        (logs, Some(state.covered), time)
+    }
+}
+
 struct Analysis<'a> {
     records: &'a [BackupRecord],
     /// Ranked newest first.
-    forks: Vec<ForkAnalysis>,
+    forks: Vec<ForkAnalysis<'a>>,
     has_logs: bool,
 }
 
-/// Follows log coverage along one fork path, remembering each decision
-/// (several data backups of a fork walk the same logs).
+/// Follows log coverage along one fork path. Every decision is remembered,
+/// so the chains of all data backups of a fork share their common tails:
+/// time and memory stay proportional to the number of backups.
 struct Walker<'a> {
     records: &'a [BackupRecord],
     rules: &'a dyn ChainRules,
     path: Vec<PathStep>,
-    /// Per path step: the fork's logs (with positions), sorted by end.
+    /// Per path step: the fork's logs (with positions), sorted by start.
     logs: Vec<Vec<usize>>,
-    memo: HashMap<(usize, Position), Option<(usize, usize)>>,
+    /// Per path step: the largest end among `logs[..=i]`.
+    reach: Vec<Vec<Position>>,
+    transitions: HashMap<State, Option<Transition>>,
+    summaries: HashMap<State, Summary>,
 }
 
 impl<'a> Walker<'a> {
@@ -425,7 +473,7 @@ impl<'a> Walker<'a> {
         path: Vec<PathStep>,
         logs_by_fork: &HashMap<&str, Vec<usize>>,
     ) -> Self {
-        let logs = path
+        let logs: Vec<Vec<usize>> = path
             .iter()
             .map(|step| {
                 logs_by_fork
@@ -434,12 +482,25 @@ impl<'a> Walker<'a> {
                     .unwrap_or_default()
             })
             .collect();
+        let reach = logs
+            .iter()
+            .map(|logs| {
+                logs.iter()
+                    .scan(Position(0), |max, &l| {
+                        *max = (*max).max(records[l].end.unwrap_or_default());
+                        Some(*max)
+                    })
+                    .collect()
+            })
+            .collect();
         Walker {
             records,
             rules,
             path,
             logs,
-            memo: HashMap::new(),
+            reach,
+            transitions: HashMap::new(),
+            summaries: HashMap::new(),
         }
     }
 
@@ -448,9 +509,9 @@ impl<'a> Walker<'a> {
     }
 
     /// Moves down the path while the coverage reached a fork point; returns
-    /// the new step, the coverage, and whether coverage past the fork point
-    /// (parent-only history) was cut off.
-    fn normalise(&self, mut idx: usize, mut covered: Position) -> (usize, Position, bool) {
+    /// the state and whether coverage past the fork point (parent-only
+    /// history) was cut off.
+    fn normalise(&self, mut idx: usize, mut covered: Position) -> (State, bool) {
         let mut cut = false;
         while idx < self.last() {
             match self.path[idx].limit {
@@ -462,83 +523,145 @@ impl<'a> Walker<'a> {
                 _ => break,
             }
         }
-        (idx, covered, cut)
+        (State { idx, covered }, cut)
     }
 
-    /// The log that continues coverage `covered` at path step `idx`, and
-    /// the step it belongs to: a log of the next fork on the path first (the
-    /// history the restore follows), else one of this fork; among several,
-    /// the one reaching furthest.
-    fn next(&mut self, idx: usize, covered: Position) -> Option<(usize, usize)> {
-        if let Some(found) = self.memo.get(&(idx, covered)) {
-            return *found;
-        }
-        let mut found = None;
-        for k in [idx + 1, idx] {
-            if k > self.last() {
-                continue;
+    /// The best log of path step `k` that continues `covered`: among the
+    /// logs with `start <= covered < end` that the rules accept, the one
+    /// reaching furthest.
+    fn candidate(&self, k: usize, covered: Position) -> Option<usize> {
+        let logs = &self.logs[k];
+        let started = logs.partition_point(|&l| self.records[l].start <= Some(covered));
+        let mut best: Option<usize> = None;
+        for i in (0..started).rev() {
+            if self.reach[k][i] <= covered {
+                break; // no earlier log reaches past the coverage
             }
-            let logs = &self.logs[k];
-            let first = logs.partition_point(|&l| self.records[l].end <= Some(covered));
-            let best = logs[first..]
-                .iter()
-                .copied()
-                .filter(|&l| self.rules.log_continues(covered, &self.records[l]))
-                .max_by_key(|&l| (self.records[l].end, &self.records[l].id));
-            if let Some(log) = best {
-                found = Some((log, k));
-                break;
+            let l = logs[i];
+            let record = &self.records[l];
+            if record.end > Some(covered)
+                && self.rules.log_continues(covered, record)
+                && best.is_none_or(|b| {
+                    (record.end, &record.id) > (self.records[b].end, &self.records[b].id)
+                })
+            {
+                best = Some(l);
             }
         }
-        self.memo.insert((idx, covered), found);
+        best
+    }
+
+    /// The log replayed from `state`: one of the next fork on the path
+    /// first (the history the restore follows), else one of this fork.
+    fn transition(&mut self, state: State) -> Option<Transition> {
+        if let Some(known) = self.transitions.get(&state) {
+            return *known;
+        }
+        let found = [state.idx + 1, state.idx]
+            .into_iter()
+            .filter(|&k| k <= self.last())
+            .find_map(|k| self.candidate(k, state.covered).map(|l| (l, k)))
+            .and_then(|(log, k)| {
+                let record = &self.records[log];
+                let (to, cut) = self.normalise(k, record.end?);
+                Some(Transition {
+                    log,
+                    to,
+                    time: (!cut).then(|| record.point_time()),
+                })
+            });
+        self.transitions.insert(state, found);
         found
     }
 
-    /// The chain from data backup `data` (whose data chain is `data_chain`)
-    /// at path step `idx`, if it becomes consistent and reaches the last
-    /// fork of the path.
-    fn walk(&mut self, data_chain: Vec<usize>, idx: usize) -> Option<Chain> {
-        let point = &self.records[*data_chain.last()?];
+    /// A transition already computed by [`Walker::summary`].
+    fn known_transition(&self, state: State) -> Option<Transition> {
+        self.transitions.get(&state).copied().flatten()
+    }
+
+    /// Where the logs from `state` lead. Iterative: chains can be long.
+    fn summary(&mut self, state: State) -> Summary {
+        let mut trail = Vec::new();
+        let mut current = state;
+        let mut tail = loop {
+            if let Some(known) = self.summaries.get(&current) {
+                break *known;
+            }
+            match self.transition(current) {
+                // Every transition moves strictly forward (a further
+                // position, or a later fork of the path), so this ends.
+                Some(step) => {
+                    trail.push((current, step));
+                    current = step.to;
+                }
+                None => {
+                    let end = Summary {
+                        end: current,
+                        time: None,
+                        last_log: None,
+                        logs: 0,
+                    };
+                    self.summaries.insert(current, end);
+                    break end;
+                }
+            }
+        };
+        for (from, step) in trail.into_iter().rev() {
+            tail = Summary {
+                end: tail.end,
+                time: tail.time.max(step.time),
+                last_log: tail.last_log.or(Some(step.log)),
+                logs: tail.logs + 1,
+            };
+            self.summaries.insert(from, tail);
+        }
+        tail
+    }
+
+    /// The chain from the data backup ending `data_chain`, found at path
+    /// step `idx`, if it becomes consistent and reaches the last fork of
+    /// the path.
+    fn chain(&mut self, data_chain: Vec<usize>, idx: usize) -> Option<Chain> {
+        let point_index = *data_chain.last()?;
+        let point = &self.records[point_index];
         let from_time = point.point_time();
         let Some(end) = point.end else {
             // No positions: a single restorable instant, on its own fork only.
             return (idx == self.last()).then(|| Chain {
                 data: data_chain,
-                steps: Vec::new(),
+                start: None,
                 ready: 0,
                 from_time,
                 from_position: None,
+                to_time: from_time,
+                to_position: None,
+                last: point_index,
+                logs: 0,
             });
         };
-        let start = self
+        let replay_from = self
             .rules
             .log_needed_from(point)
             .filter(|s| *s < end)
             .unwrap_or(end);
-        let (mut idx, mut covered, _) = self.normalise(idx, start);
-        let mut time = from_time;
-        let mut steps = Vec::new();
-        let mut ready = (covered >= end).then_some(0);
-        while let Some((log, k)) = self.next(idx, covered) {
-            let record = &self.records[log];
-            let (next_idx, next_covered, cut) = self.normalise(k, record.end?);
-            if !cut {
-                time = time.max(record.point_time());
-            }
-            idx = next_idx;
-            covered = next_covered;
-            steps.push(Step { log, covered, time });
-            if ready.is_none() && covered >= end {
-                ready = Some(steps.len());
-            }
+        let (start, _) = self.normalise(idx, replay_from);
+        let mut ready = 0;
+        let mut state = start;
+        while state.covered < end {
+            state = self.transition(state)?.to;
+            ready += 1;
         }
-        let ready = ready?;
-        (idx == self.last()).then_some(Chain {
+        let summary = self.summary(start);
+        (summary.end.idx == self.last()).then(|| Chain {
             data: data_chain,
-            steps,
+            start: Some(start),
             ready,
             from_time,
             from_position: Some(end),
+            to_time: summary.time.map_or(from_time, |t| t.max(from_time)),
+            to_position: Some(summary.end.covered),
+            last: summary.last_log.unwrap_or(point_index),
+            logs: summary.logs,
         })
     }
 }
@@ -553,7 +676,7 @@ impl<'a> Analysis<'a> {
             }
         }
         for logs in logs_by_fork.values_mut() {
-            logs.sort_by_key(|&l| records[l].end);
+            logs.sort_by_key(|&l| (records[l].start, records[l].end));
         }
         let data_chains = resolve_data_chains(records, rules);
         let forks: BTreeSet<&str> = records.iter().map(|r| r.fork.as_str()).collect();
@@ -577,15 +700,22 @@ impl<'a> Analysis<'a> {
         }
     }
 
-    fn build(&self, target: &RestoreTarget, fork: &str, chain: &Chain, k: usize) -> RestorePlan {
-        let (position, time) = chain.state(k);
+    /// The plan restoring `chain` of `fork` with its logs up to where `stop` holds.
+    fn build(
+        &self,
+        target: &RestoreTarget,
+        fork: &ForkAnalysis,
+        chain: &Chain,
+        stop: impl Fn(Position, DateTime<Utc>) -> bool,
+    ) -> RestorePlan {
+        let (logs, position, time) = fork.logs_until(chain, stop);
         let record = |i: &usize| self.records[*i].clone();
         RestorePlan {
             target: target.clone(),
-            fork: fork.to_owned(),
+            fork: fork.fork.clone(),
             base: record(&chain.data[0]),
             diffs: chain.data[1..].iter().map(record).collect(),
-            logs: chain.steps[..k].iter().map(|s| record(&s.log)).collect(),
+            logs: logs.iter().map(record).collect(),
             reaches_time: Some(time),
             reaches_position: position,
         }
@@ -594,16 +724,15 @@ impl<'a> Analysis<'a> {
     fn plan_latest(&self, target: &RestoreTarget) -> Result<RestorePlan> {
         for fork in &self.forks {
             let best = fork.chains.iter().max_by_key(|c| {
-                let (position, time) = c.end();
                 (
-                    time,
-                    position,
+                    c.to_time,
+                    c.to_position,
                     c.from_time,
-                    std::cmp::Reverse(c.steps.len()),
+                    std::cmp::Reverse(c.logs),
                 )
             });
             if let Some(chain) = best {
-                return Ok(self.build(target, &fork.fork, chain, chain.steps.len()));
+                return Ok(self.build(target, fork, chain, |_, _| false));
             }
         }
         Err(self.not_restorable(target, None))
@@ -620,7 +749,7 @@ impl<'a> Analysis<'a> {
                 .filter(|(_, _, c)| c.from_time <= t)
                 .max_by_key(|(rank, _, c)| (c.from_time, std::cmp::Reverse(*rank)));
             return match best {
-                Some((_, fork, chain)) => Ok(self.build(target, &fork.fork, chain, 0)),
+                Some((_, fork, chain)) => Ok(self.build(target, fork, chain, |_, _| true)),
                 None => Err(self.not_restorable(target, None)),
             };
         }
@@ -628,19 +757,10 @@ impl<'a> Analysis<'a> {
             let best = fork
                 .chains
                 .iter()
-                .filter(|c| c.from_time <= t && c.end().1 >= t)
-                .max_by_key(|c| {
-                    (
-                        c.from_time,
-                        c.from_position,
-                        std::cmp::Reverse(c.steps.len()),
-                    )
-                });
+                .filter(|c| c.from_time <= t && c.to_time >= t)
+                .max_by_key(|c| (c.from_time, c.from_position, std::cmp::Reverse(c.logs)));
             if let Some(chain) = best {
-                let k = (chain.ready..=chain.steps.len())
-                    .find(|&k| chain.state(k).1 >= t)
-                    .unwrap_or(chain.steps.len());
-                return Ok(self.build(target, &fork.fork, chain, k));
+                return Ok(self.build(target, fork, chain, |_, time| time >= t));
             }
         }
         Err(self.not_restorable(target, None))
@@ -675,26 +795,13 @@ impl<'a> Analysis<'a> {
                 .filter(|c| c.from_position.is_some_and(|from| from <= p));
             let best = if self.has_logs {
                 candidates
-                    .filter(|c| c.end().0.is_some_and(|to| to >= p))
-                    .max_by_key(|c| {
-                        (
-                            c.from_position,
-                            c.from_time,
-                            std::cmp::Reverse(c.steps.len()),
-                        )
-                    })
+                    .filter(|c| c.to_position.is_some_and(|to| to >= p))
+                    .max_by_key(|c| (c.from_position, c.from_time, std::cmp::Reverse(c.logs)))
             } else {
                 candidates.max_by_key(|c| (c.from_position, c.from_time))
             };
             if let Some(chain) = best {
-                let k = if self.has_logs {
-                    (chain.ready..=chain.steps.len())
-                        .find(|&k| chain.state(k).0.is_some_and(|c| c >= p))
-                        .unwrap_or(chain.steps.len())
-                } else {
-                    0
-                };
-                return Ok(self.build(target, &f.fork, chain, k));
+                return Ok(self.build(target, f, chain, |covered, _| covered >= p));
             }
         }
         Err(self.not_restorable(target, fork))
@@ -883,14 +990,14 @@ fn fork_path(rules: &dyn ChainRules, fork: &str) -> Vec<PathStep> {
     path
 }
 
-fn analyse_fork(
-    records: &[BackupRecord],
-    rules: &dyn ChainRules,
+fn analyse_fork<'a>(
+    records: &'a [BackupRecord],
+    rules: &'a dyn ChainRules,
     fork: &str,
     logs_by_fork: &HashMap<&str, Vec<usize>>,
     data_chains: &HashMap<usize, Vec<usize>>,
     has_logs: bool,
-) -> ForkAnalysis {
+) -> ForkAnalysis<'a> {
     let path = fork_path(rules, fork);
     let mut walker = Walker::new(records, rules, path.clone(), logs_by_fork);
     let mut data: Vec<usize> = data_chains.keys().copied().collect();
@@ -905,13 +1012,21 @@ fn analyse_fork(
             None => true,
             Some(limit) => record.end.is_some_and(|end| end <= limit),
         };
-        if usable && let Some(chain) = walker.walk(data_chains[&d].clone(), idx) {
+        if usable && let Some(chain) = walker.chain(data_chains[&d].clone(), idx) {
             chains.push(chain);
         }
     }
     let windows = merge_windows(fork, &chains);
     let gaps = if has_logs {
-        fork_gaps(records, rules, fork, &path, &chains, &windows, data_chains)
+        fork_gaps(
+            records,
+            rules,
+            fork,
+            &walker,
+            &chains,
+            &windows,
+            data_chains,
+        )
     } else {
         Vec::new()
     };
@@ -923,6 +1038,7 @@ fn analyse_fork(
         .unwrap_or(DateTime::<Utc>::MIN_UTC);
     ForkAnalysis {
         fork: fork.to_owned(),
+        walker,
         chains,
         windows,
         gaps,
@@ -941,22 +1057,16 @@ fn positions_meet(to: Option<Position>, from: Option<Position>) -> bool {
 fn merge_windows(fork: &str, chains: &[Chain]) -> Vec<WindowInfo> {
     let mut spans: Vec<WindowInfo> = chains
         .iter()
-        .map(|c| {
-            let (to_position, to_time) = c.end();
-            WindowInfo {
-                window: RecoverableWindow {
-                    fork: fork.to_owned(),
-                    from_time: c.from_time,
-                    to_time,
-                    from_position: c.from_position,
-                    to_position,
-                },
-                last: c
-                    .steps
-                    .last()
-                    .map_or(*c.data.last().unwrap_or(&0), |s| s.log),
-                first: *c.data.last().unwrap_or(&0),
-            }
+        .map(|c| WindowInfo {
+            window: RecoverableWindow {
+                fork: fork.to_owned(),
+                from_time: c.from_time,
+                to_time: c.to_time,
+                from_position: c.from_position,
+                to_position: c.to_position,
+            },
+            last: c.last,
+            first: *c.data.last().unwrap_or(&0),
         })
         .collect();
     spans.sort_by(|a, b| {
@@ -990,15 +1100,26 @@ fn fork_gaps(
     records: &[BackupRecord],
     rules: &dyn ChainRules,
     fork: &str,
-    path: &[PathStep],
+    walker: &Walker,
     chains: &[Chain],
     windows: &[WindowInfo],
     data_chains: &HashMap<usize, Vec<usize>>,
 ) -> Vec<Gap> {
-    let used: HashSet<usize> = chains
-        .iter()
-        .flat_map(|c| c.steps.iter().map(|s| s.log).chain(c.data.iter().copied()))
-        .collect();
+    let path = &walker.path;
+    // Every backup some restorable chain uses; chains share their tails,
+    // so each state is followed once.
+    let mut used: HashSet<usize> = chains.iter().flat_map(|c| c.data.iter().copied()).collect();
+    let mut seen: HashSet<State> = HashSet::new();
+    for chain in chains {
+        let mut state = chain.start;
+        while let Some(current) = state.filter(|s| seen.insert(*s)) {
+            let step = walker.known_transition(current);
+            if let Some(step) = step {
+                used.insert(step.log);
+            }
+            state = step.map(|s| s.to);
+        }
+    }
     // Backups of this fork that no restorable chain uses.
     let mut orphans: Vec<usize> = (0..records.len())
         .filter(|&i| records[i].fork == fork && !used.contains(&i))
