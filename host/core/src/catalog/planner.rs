@@ -627,7 +627,7 @@ impl<'a> Walker<'a> {
         let from_time = point.point_time();
         let Some(end) = point.end else {
             // No positions: a single restorable instant, on its own fork only.
-            return (idx == self.last()).then(|| Chain {
+            return (idx == self.last()).then_some(Chain {
                 data: data_chain,
                 start: None,
                 ready: 0,
