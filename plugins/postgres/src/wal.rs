@@ -273,6 +273,10 @@ impl WalArchive {
         match result {
             Ok(_) => {
                 self.sync_local(&key)?;
+                if name.kind == WalFileKind::Segment && name.timeline > 1 {
+                    self.ensure_history(system_id, name.timeline, data_directory)
+                        .await?;
+                }
                 Ok(PushOutcome::Stored { key, stored })
             }
             Err(object_store::Error::AlreadyExists { .. }) => {
@@ -300,6 +304,29 @@ impl WalArchive {
             }
             Err(e) => Err(Error::from(e).context(format!("archiving {file_name} to {key}"))),
         }
+    }
+
+    /// Archives timeline `timeline`'s history file from `pg_wal` if the vault
+    /// lacks it. A cluster promoted while archiving was off (a restored copy
+    /// later made the primary) never marks its history file ready, yet later
+    /// restores need it to follow the timeline.
+    async fn ensure_history(
+        &self,
+        system_id: u64,
+        timeline: u32,
+        data_directory: &Path,
+    ) -> Result<()> {
+        let history = WalFileName::history(timeline);
+        if self.header(system_id, &history).await?.is_some() {
+            return Ok(());
+        }
+        let local = data_directory.join("pg_wal").join(history.to_string());
+        if local.is_file() {
+            Box::pin(self.push(&local, data_directory)).await?;
+        } else {
+            tracing::warn!(%history, "the timeline's history file is neither archived nor in pg_wal");
+        }
+        Ok(())
     }
 
     /// For a local-directory vault, flushes the new object and its directory to disk.
@@ -683,6 +710,21 @@ mod tests {
         let listed = archive.list(42).await.unwrap();
         assert_eq!(listed[&1].len(), 3);
         assert_eq!(archive.system_ids().await.unwrap(), vec![42]);
+    }
+
+    #[tokio::test]
+    async fn a_new_timeline_brings_its_history_file_along() {
+        let (_dir, archive, pgdata) = setup().await;
+        std::fs::write(
+            pgdata.join("pg_wal/00000002.history"),
+            "1\t0/3000000\tpromoted\n",
+        )
+        .unwrap();
+        let seg = pgdata.join("pg_wal/000000020000000000000003");
+        std::fs::write(&seg, fake_segment(42, 2)).unwrap();
+        archive.push(&seg, &pgdata).await.unwrap();
+        let history = archive.read(42, &WalFileName::history(2)).await.unwrap();
+        assert_eq!(history.as_deref(), Some(&b"1\t0/3000000\tpromoted\n"[..]));
     }
 
     #[tokio::test]
