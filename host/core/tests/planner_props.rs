@@ -41,6 +41,8 @@ struct ForkSpec {
     segments: Vec<(u8, bool)>,
     /// (offset, kind selector, kept)
     data: Vec<(u32, u8, bool)>,
+    /// Extra log backups spanning several segments: (first segment, count).
+    spanning: Vec<(usize, u8)>,
 }
 
 fn fork_spec() -> impl Strategy<Value = ForkSpec> {
@@ -49,12 +51,14 @@ fn fork_spec() -> impl Strategy<Value = ForkSpec> {
         any::<usize>(),
         prop::collection::vec((1u8..30, prop::bool::weighted(0.85)), 0..20),
         prop::collection::vec((any::<u32>(), 0u8..6, prop::bool::weighted(0.85)), 0..8),
+        prop::collection::vec((any::<usize>(), 2u8..5), 0..3),
     )
-        .prop_map(|(parent, switch, segments, data)| ForkSpec {
+        .prop_map(|(parent, switch, segments, data, spanning)| ForkSpec {
             parent,
             switch,
             segments,
             data,
+            spanning,
         })
 }
 
@@ -79,6 +83,8 @@ struct Fork {
     origin: Option<(usize, i64)>,
     start: i64,
     segments: Vec<Segment>,
+    /// Time ranges of the extra spanning logs.
+    spanning: Vec<(i64, i64)>,
     data: Vec<Data>,
 }
 
@@ -89,15 +95,23 @@ impl Fork {
             .collect()
     }
 
-    /// How far contiguous archived segments reach from `t0`.
+    /// How far the archived logs reach from `t0` without a hole.
     fn reach(&self, t0: i64) -> i64 {
-        let Some(mut i) = self.segments.iter().position(|s| s.from <= t0 && t0 < s.to) else {
-            return t0;
-        };
+        let logs: Vec<(i64, i64)> = self
+            .segments
+            .iter()
+            .filter(|s| s.archived)
+            .map(|s| (s.from, s.to))
+            .chain(self.spanning.iter().copied())
+            .collect();
         let mut reach = t0;
-        while i < self.segments.len() && self.segments[i].archived {
-            reach = self.segments[i].to;
-            i += 1;
+        while let Some(to) = logs
+            .iter()
+            .filter(|&&(from, to)| from <= reach && reach < to)
+            .map(|&(_, to)| to)
+            .max()
+        {
+            reach = to;
         }
         reach
     }
@@ -128,7 +142,18 @@ fn build(specs: &[ForkSpec]) -> World {
             (None, 0)
         } else {
             let parent = spec.parent % k;
-            let bounds = forks[parent].boundaries();
+            // Forks branch at a log boundary of the parent (never inside
+            // one of its logs).
+            let bounds: Vec<i64> = forks[parent]
+                .boundaries()
+                .into_iter()
+                .filter(|&b| {
+                    !forks[parent]
+                        .spanning
+                        .iter()
+                        .any(|&(from, to)| from < b && b < to)
+                })
+                .collect();
             let s = bounds[spec.switch % bounds.len()];
             (Some((parent, s)), s)
         };
@@ -155,6 +180,26 @@ fn build(specs: &[ForkSpec]) -> World {
                 archived,
             });
             t = to;
+        }
+        let mut spanning = Vec::new();
+        if !segments.is_empty() {
+            for (j, &(first, count)) in spec.spanning.iter().enumerate() {
+                let first = first % segments.len();
+                let last = (first + usize::from(count)).min(segments.len()) - 1;
+                let (from, to) = (segments[first].from, segments[last].to);
+                records.push(BackupRecord {
+                    id: format!("f{name}-span-{j}").parse().unwrap(),
+                    kind: BackupKind::Log,
+                    fork: name.clone(),
+                    start: Some(pos(from)),
+                    end: Some(pos(to)),
+                    started_at: at(from),
+                    ended_at: at(to),
+                    consistent_at: None,
+                    base: None,
+                });
+                spanning.push((from, to));
+            }
         }
         let span = t - start;
         let mut times: Vec<(i64, u8, bool)> = spec
@@ -213,6 +258,7 @@ fn build(specs: &[ForkSpec]) -> World {
             origin,
             start,
             segments,
+            spanning,
             data,
         });
     }
@@ -584,7 +630,7 @@ proptest! {
         data in prop::collection::vec((0u32..5_000, 0u8..6, prop::bool::weighted(0.8)), 0..12),
         targets in prop::collection::vec(-100i64..6_000, 16),
     ) {
-        let spec = ForkSpec { parent: 0, switch: 0, segments: Vec::new(), data };
+        let spec = ForkSpec { parent: 0, switch: 0, segments: Vec::new(), data, spanning: Vec::new() };
         let mut world = build(&[spec]);
         // A stream engine records no positions.
         for r in &mut world.records {
