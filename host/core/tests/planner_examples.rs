@@ -634,3 +634,64 @@ fn a_month_of_one_minute_wal_segments() {
         .is_err()
     );
 }
+
+#[test]
+fn a_parent_log_past_the_fork_point_counts_only_up_to_it() {
+    use BackupKind::*;
+    let switch = 5 * SEG + 5000;
+    let rules = PostgresLike {
+        history: vec![("2", "1", switch)],
+    };
+    let records = vec![
+        rec(
+            "base-1",
+            Full,
+            "1",
+            Some((2 * SEG + 40, 3 * SEG + 100)),
+            "00:01",
+            "00:05",
+            None,
+        ),
+        segment("1", 2, "00:03"),
+        segment("1", 3, "00:20"),
+        segment("1", 4, "00:40"),
+        // Timeline 1's segment 5 holds the switch point and, after it, old
+        // timeline 1 history up to 00:50; timeline 2's segment 5 is lost.
+        segment("1", 5, "00:50"),
+        segment("2", 6, "01:20"),
+    ];
+    let line = timeline(&records, &rules);
+    assert_eq!(
+        line.windows,
+        vec![
+            window("1", "00:05", "00:50", Some((3 * SEG + 100, 6 * SEG))),
+            window("2", "00:05", "00:40", Some((3 * SEG + 100, switch))),
+        ],
+        "on timeline 2, segment 5 of timeline 1 only counts up to the switch point"
+    );
+    assert_eq!(line.gaps.len(), 1);
+    assert_eq!(line.gaps[0].fork, "2");
+    assert_eq!(
+        line.gaps[0].reason,
+        format!(
+            "no log backup covers positions {switch}..{} (missing between \
+             000000010000000000000005 and 000000020000000000000006)",
+            6 * SEG
+        )
+    );
+    let err = plan(
+        &records,
+        &rules,
+        &RestoreTarget::Position {
+            fork: Some("2".into()),
+            position: Position(6 * SEG + 1),
+        },
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string().contains(&format!(
+            "the latest restorable position is {switch} on fork 2"
+        )),
+        "{err}"
+    );
+}
