@@ -65,6 +65,37 @@ pub fn emulators_required() -> bool {
     std::env::var(REQUIRE_EMULATORS).is_ok_and(|v| v.trim() == "1")
 }
 
+/// The base URL of an external backend (`az://container`, `s3://bucket`),
+/// without a trailing slash; `None` for `file` and `memory`.
+///
+/// Returns `None` (after printing a notice that `test` is skipped) when the
+/// backend's URL variable is unset.
+///
+/// # Panics
+/// When the variable is unset and [`emulators_required`].
+pub fn external_base_url(backend: Backend, test: &str) -> Option<String> {
+    let variable = backend.url_variable()?;
+    match std::env::var(variable) {
+        Ok(base) if !base.trim().is_empty() => Some(base.trim().trim_end_matches('/').to_owned()),
+        _ => {
+            if emulators_required() {
+                panic!(
+                    "{variable} is not set but {REQUIRE_EMULATORS}=1: the {} backend \
+                     must be tested. Start the emulators with `scripts/emulators.sh start` \
+                     and `source .work/emulators.env`, or run `scripts/test.sh`",
+                    backend.name()
+                );
+            }
+            eprintln!(
+                "skipping {test} on {}: {variable} is not set \
+                 (run `scripts/emulators.sh start` and `source .work/emulators.env`)",
+                backend.name()
+            );
+            None
+        }
+    }
+}
+
 /// A place for one test's vault on one backend. The vault is not created:
 /// tests call `Vault::init(&location.config(), key)` themselves.
 #[derive(Debug)]
@@ -101,29 +132,10 @@ impl TestVault {
                 dir: None,
             }),
             Backend::Azure | Backend::S3 => {
-                let variable = backend.url_variable().expect("an external backend");
-                let base = match std::env::var(variable) {
-                    Ok(base) if !base.trim().is_empty() => base,
-                    _ => {
-                        if emulators_required() {
-                            panic!(
-                                "{variable} is not set but {REQUIRE_EMULATORS}=1: the {} backend \
-                                 must be tested. Start the emulators with `scripts/emulators.sh start` \
-                                 and `source .work/emulators.env`, or run `scripts/test.sh`",
-                                backend.name()
-                            );
-                        }
-                        eprintln!(
-                            "skipping {test} on {}: {variable} is not set \
-                             (run `scripts/emulators.sh start` and `source .work/emulators.env`)",
-                            backend.name()
-                        );
-                        return None;
-                    }
-                };
+                let base = external_base_url(backend, test)?;
                 Some(TestVault {
                     backend,
-                    url: format!("{}/{unique}", base.trim().trim_end_matches('/')),
+                    url: format!("{base}/{unique}"),
                     dir: None,
                 })
             }

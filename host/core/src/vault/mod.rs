@@ -302,6 +302,15 @@ impl Vault {
                 ))
                 .hint("use it as it is, or choose another URL; init never overwrites a vault"));
             }
+            // A create can only find nothing when the bucket itself is missing.
+            Err(e @ object_store::Error::NotFound { .. }) => {
+                return Err(Error::not_found(format!(
+                    "the bucket or container of {} does not exist",
+                    config.url
+                ))
+                .hint("create it with your cloud's tools first (Strata never creates buckets or containers), then run `strata vault init` again")
+                .with_source(e));
+            }
             Err(e) => return Err(unreachable(&config.url, e.into())),
         }
         Ok(Vault {
