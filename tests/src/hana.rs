@@ -140,7 +140,7 @@ impl HanaHost {
             name,
             &format!(
                 "# Strata parameters for {sid}\nvault = {vault_url}\npart_size = {PART_SIZE}\n\
-                 log_file = {}\nopen_timeout = 30\n{extra}\n",
+                 log_file = {}\n{extra}\n",
                 log.display()
             ),
         )
@@ -699,11 +699,12 @@ pub fn open_for_reading(path: &Path, timeout: Duration) -> std::io::Result<std::
     open_fifo(path, false, timeout)
 }
 
-/// Whether a writer has already put bytes into the FIFO at `path`, checked
-/// without blocking and without waiting for a writer. Used to prove that
-/// the agent has not started on a pipe yet. Any bytes read are lost, which
-/// only matters when the answer is `true` (and the test fails anyway).
-pub fn has_pending_data(path: &Path) -> bool {
+/// Whether a writer puts bytes into the FIFO at `path` while the harness
+/// holds it open for reading (non-blocking) for `hold`. Used to prove that
+/// the agent does not start on a pipe early: an agent that would, finds a
+/// reader there and writes. Any bytes read are lost, which only matters
+/// when the answer is `true` (and the test fails anyway).
+pub fn receives_data_within(path: &Path, hold: Duration) -> bool {
     let Ok(mut file) = OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NONBLOCK)
@@ -711,6 +712,7 @@ pub fn has_pending_data(path: &Path) -> bool {
     else {
         return false;
     };
+    std::thread::sleep(hold);
     let mut byte = [0u8; 1];
     matches!(file.read(&mut byte), Ok(n) if n > 0)
 }
