@@ -354,3 +354,22 @@ fn two_processes_write_the_same_index_without_lock_failures() {
     assert_eq!(listed.len(), 2 * PER_WRITER as usize * 9 / 10);
     assert_eq!(listed, expected);
 }
+
+#[cfg(unix)]
+#[test]
+fn a_new_index_is_shared_with_the_group_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("catalog.sqlite");
+    let index = CatalogIndex::open(&path).unwrap();
+    index
+        .record(
+            "v",
+            &manifest(0, "postgres", "main", None, BackupKind::Full),
+        )
+        .unwrap();
+    for file in [path.clone(), dir.path().join("catalog.sqlite-wal")] {
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o660, "{} has mode {mode:o}", file.display());
+    }
+}

@@ -14,6 +14,11 @@
 //! either a single statement or an `IMMEDIATE` transaction, so a writer waits
 //! for the other instead of failing with "database is locked".
 //!
+//! A new index file is created readable and writable by its owner and
+//! group only (0660): give the state directory a group that the service and
+//! the engine users share (for example with the setgid bit), and every
+//! process can use the index.
+//!
 //! # Schema
 //!
 //! Versioned with `PRAGMA user_version`; [`CatalogIndex::open`] applies the
@@ -130,7 +135,11 @@ impl CatalogIndex {
             })?;
         }
         let origin = path.display().to_string();
+        let created = !path.exists();
         let conn = Connection::open(path).map_err(|e| index_error(&origin, "opening", e))?;
+        if created {
+            share_with_group(path, &origin)?;
+        }
         Self::setup(conn, origin, true)
     }
 
@@ -347,6 +356,25 @@ fn replace_vault(
         added,
         removed,
     })
+}
+
+/// Makes a newly created index file readable and writable by its group
+/// (0660), whatever the umask: the service and the engine users (`postgres`,
+/// `<sid>adm`) share the index through a common group, and SQLite gives the
+/// `-wal` and `-shm` files the database file's permissions.
+#[cfg(unix)]
+fn share_with_group(path: &Path, origin: &str) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(|e| {
+        Error::from(e).context(format!(
+            "setting the permissions of the catalog index {origin}"
+        ))
+    })
+}
+
+#[cfg(not(unix))]
+fn share_with_group(_path: &Path, _origin: &str) -> Result<()> {
+    Ok(())
 }
 
 /// Switches the file to WAL journaling. Two processes creating the file at
