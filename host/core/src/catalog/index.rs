@@ -272,12 +272,8 @@ impl CatalogIndex {
             .all_manifests()
             .await
             .map_err(|e| e.context(format!("rebuilding the catalog index from {}", vault.url())))?;
-        let mut rows = Vec::with_capacity(manifests.len());
-        for manifest in &manifests {
-            rows.push((manifest, serde_json::to_string(manifest)?));
-        }
         let mut conn = self.conn();
-        replace_vault(&mut conn, &vault_id, &rows)
+        replace_vault(&mut conn, &vault_id, &manifests)
             .map_err(|e| index_error(&self.origin, "rebuilding", e))
     }
 
@@ -321,7 +317,7 @@ fn insert(
 fn replace_vault(
     conn: &mut Connection,
     vault_id: &str,
-    rows: &[(&Manifest, String)],
+    manifests: &[Manifest],
 ) -> rusqlite::Result<RebuildReport> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let before: BTreeSet<String> = {
@@ -333,8 +329,10 @@ fn replace_vault(
     tx.execute("DELETE FROM backups WHERE vault_id = ?1", params![vault_id])?;
     let mut added = 0;
     let mut now: BTreeSet<&str> = BTreeSet::new();
-    for (manifest, json) in rows {
-        insert(&tx, vault_id, manifest, json)?;
+    for manifest in manifests {
+        let json = serde_json::to_string(manifest)
+            .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+        insert(&tx, vault_id, manifest, &json)?;
         if !before.contains(manifest.id.as_str()) {
             added += 1;
         }
@@ -348,7 +346,7 @@ fn replace_vault(
         "INSERT INTO vaults (vault_id, synced_at, manifests) VALUES (?1, ?2, ?3)
          ON CONFLICT (vault_id) DO UPDATE SET
             synced_at = excluded.synced_at, manifests = excluded.manifests",
-        params![vault_id, Utc::now().to_rfc3339(), rows.len() as i64],
+        params![vault_id, Utc::now().to_rfc3339(), manifests.len() as i64],
     )?;
     tx.commit()?;
     Ok(RebuildReport {
