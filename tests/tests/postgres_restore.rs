@@ -356,3 +356,112 @@ fn a_restored_cluster_keeps_archiving_on_its_new_timeline_and_later_restores_fol
     assert_eq!(timelines, vec![1, 2], "{list}");
     assert_eq!(list["timelines"][1]["parent"], 1, "{list}");
 }
+
+#[test]
+fn a_target_in_a_wal_gap_is_refused_with_the_nearest_restorable_times() {
+    let env = PgStrata::new("pg_gap");
+    let pg = &env.cluster;
+    let system_id = pg.psql("SELECT system_identifier FROM pg_control_system()");
+    pg.psql("CREATE TABLE markers (id int PRIMARY KEY, at timestamptz NOT NULL)");
+    env.strata(&["backup", "pg", "main"]).success();
+    marker(pg, 1);
+    pg.switch_and_wait_archived(ARCHIVE_WAIT);
+    // This segment will be lost from the vault.
+    let lost = pg.psql("SELECT pg_walfile_name(pg_current_wal_lsn())");
+    std::thread::sleep(Duration::from_millis(500));
+    let in_gap = marker(pg, 2) + chrono::Duration::milliseconds(100);
+    pg.switch_and_wait_archived(ARCHIVE_WAIT);
+    std::thread::sleep(Duration::from_millis(500));
+    marker(pg, 3);
+    pg.switch_and_wait_archived(ARCHIVE_WAIT);
+    let object = env.vault_dir.join(format!(
+        "engines/postgres/main/wal/{system_id}/00000001/{lost}"
+    ));
+    std::fs::remove_file(&object).unwrap_or_else(|e| panic!("{}: {e}", object.display()));
+    std::thread::sleep(Duration::from_millis(500));
+    env.strata(&["backup", "pg", "main"]).success();
+    marker(pg, 4);
+    pg.switch_and_wait_archived(ARCHIVE_WAIT);
+
+    let (dir, _) = env.restore_target("in_gap");
+    let out = env.strata(&[
+        "restore",
+        "pg",
+        "main",
+        "--to-time",
+        &in_gap.to_rfc3339(),
+        "--target-dir",
+        dir.to_str().unwrap(),
+    ]);
+    assert_eq!(out.code(), Some(8), "{}", out.stderr_text());
+    let err = out.stderr_text();
+    assert!(err.contains("outside the recoverable windows"), "{err}");
+    assert!(
+        err.contains("(before) and ") && err.contains("(after)"),
+        "names the restorable times on both sides: {err}"
+    );
+    assert!(!dir.exists(), "nothing was written");
+
+    let out = env.strata(&["--json", "list", "pg", "main"]).success();
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let windows = list["windows"].as_array().unwrap();
+    assert_eq!(windows.len(), 2, "the gap splits the timeline: {list}");
+    let first_end: chrono::DateTime<chrono::Utc> =
+        windows[0]["end_time"].as_str().unwrap().parse().unwrap();
+    let second_start: chrono::DateTime<chrono::Utc> =
+        windows[1]["start_time"].as_str().unwrap().parse().unwrap();
+    assert!(first_end < in_gap && in_gap < second_start, "{list}");
+}
+
+#[test]
+fn a_backup_interrupted_by_a_server_restart_fails_and_commits_nothing() {
+    let env = PgStrata::new("pg_interrupted");
+    let pg = &env.cluster;
+    pg.pgbench(&["-i", "-s", "8", "-q"]);
+    let config = env.config.clone();
+    let backup = std::thread::spawn(move || {
+        strata_e2e::cli::Strata::new()
+            .arg("--config")
+            .arg(&config)
+            .args(["backup", "pg", "main"])
+            .run()
+    });
+    // Restart the server while the backup copies files (its session sits idle after pg_backup_start).
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let in_backup = pg.try_psql(
+            "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_backup_start%'",
+        );
+        if in_backup.as_deref() == Ok("1") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the backup never started"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    pg.stop();
+    pg.start();
+    let out = backup.join().unwrap();
+    assert_ne!(out.code(), Some(0), "{}", out.stdout_text());
+    let err = out.stderr_text();
+    assert!(err.contains("nothing was committed"), "{err}");
+    assert!(
+        err.contains("pg_backup_stop failed") || err.contains("lost"),
+        "{err}"
+    );
+    let out = env.strata(&["--json", "list", "pg", "main"]);
+    let text = out.stdout_text();
+    assert!(
+        text.contains("\"backups\": []") || text.contains("\"backups\":[]"),
+        "no backup is listed: {text}"
+    );
+    assert!(
+        !env.vault_dir.join("manifests").exists()
+            || std::fs::read_dir(env.vault_dir.join("manifests/postgres/main"))
+                .map(|d| d.count() == 0)
+                .unwrap_or(true),
+        "no manifest was written"
+    );
+}
