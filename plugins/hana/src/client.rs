@@ -1,0 +1,136 @@
+//! HANA over SQL (hdbconnect): reading configuration, starting data
+//! backups, running recoveries. Connect to the **SYSTEMDB** with a user
+//! holding `BACKUP ADMIN`, `DATABASE ADMIN` and `INIFILE ADMIN` (for
+//! `strata hana check --connect`, `CATALOG READ` is enough).
+//!
+//! hdbconnect is synchronous: every call runs on a blocking thread.
+
+use strata_core::{Error, Result};
+
+use crate::ini::GlobalIni;
+
+/// A connection URL: `hdbsql://USER:PASSWORD@host:3<nr>13` (the SYSTEMDB's
+/// SQL port), or `hdbsqls://...` for TLS.
+#[derive(Clone)]
+pub struct HanaUrl(String);
+
+impl std::fmt::Debug for HanaUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the password.
+        let shown = match (self.0.find("://"), self.0.rfind('@')) {
+            (Some(scheme), Some(at)) if at > scheme => {
+                format!("{}://***{}", &self.0[..scheme], &self.0[at..])
+            }
+            _ => self.0.clone(),
+        };
+        f.debug_tuple("HanaUrl").field(&shown).finish()
+    }
+}
+
+impl HanaUrl {
+    /// Checks the shape of a connection URL.
+    pub fn parse(url: &str) -> Result<HanaUrl> {
+        if !(url.starts_with("hdbsql://") || url.starts_with("hdbsqls://")) || !url.contains('@') {
+            return Err(Error::config(
+                "the HANA connection must look like hdbsql://USER:PASSWORD@host:port",
+            )
+            .hint("use the SYSTEMDB's SQL port, 3<instance>13 (e.g. 30013); hdbsqls:// for TLS"));
+        }
+        Ok(HanaUrl(url.to_owned()))
+    }
+}
+
+fn engine_error(what: &str, err: impl std::fmt::Display) -> Error {
+    Error::engine(format!("{what}: {err}"))
+        .hint("check the connection URL, that HANA is up, and the user's privileges (BACKUP ADMIN, DATABASE ADMIN, INIFILE ADMIN)")
+}
+
+async fn blocking<T: Send + 'static>(
+    what: &'static str,
+    work: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| engine_error(what, e))?
+}
+
+/// Reads the `[backup]` and `[persistence]` settings of global.ini from
+/// `SYS.M_INIFILE_CONTENTS`, layers applied in order (DEFAULT, SYSTEM,
+/// DATABASE, HOST) so that the effective value wins.
+pub async fn read_global_ini(url: &HanaUrl) -> Result<GlobalIni> {
+    let url = url.0.clone();
+    blocking("reading global.ini", move || {
+        let conn = hdbconnect::Connection::new(url.as_str())
+            .map_err(|e| engine_error("connecting to HANA", e))?;
+        let rows: Vec<(String, String, String, String)> = conn
+            .query(
+                "SELECT LAYER_NAME, SECTION, KEY, VALUE FROM SYS.M_INIFILE_CONTENTS \
+                 WHERE FILE_NAME = 'global.ini' AND SECTION IN ('backup', 'persistence') \
+                 ORDER BY CASE LAYER_NAME WHEN 'DEFAULT' THEN 0 WHEN 'SYSTEM' THEN 1 WHEN 'DATABASE' THEN 2 ELSE 3 END",
+            )
+            .and_then(|rs| rs.try_into())
+            .map_err(|e| engine_error("reading SYS.M_INIFILE_CONTENTS", e))?;
+        let mut ini = GlobalIni::default();
+        for (_layer, section, key, value) in rows {
+            ini.set(&section, &key, &value);
+        }
+        Ok(ini)
+    })
+    .await
+}
+
+/// Runs statements in order on one connection, stopping at the first failure.
+pub async fn execute(url: &HanaUrl, statements: Vec<String>) -> Result<()> {
+    let url = url.0.clone();
+    blocking("running SQL", move || {
+        let conn = hdbconnect::Connection::new(url.as_str())
+            .map_err(|e| engine_error("connecting to HANA", e))?;
+        for statement in &statements {
+            conn.exec(statement.as_str())
+                .map_err(|e| engine_error(&format!("`{statement}` failed"), e))?;
+        }
+        Ok(())
+    })
+    .await
+}
+
+/// Takes a data backup: runs `BACKUP DATA ... USING BACKINT` on the
+/// SYSTEMDB and returns the statement once HANA reports it complete (HANA
+/// calls hdbbackint for every service meanwhile).
+pub async fn backup_data(url: &HanaUrl, backup: &crate::sql::DataBackup) -> Result<String> {
+    let statement = backup.statement()?;
+    execute(url, vec![statement.clone()]).await?;
+    Ok(statement)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_checked_and_passwords_never_shown() {
+        let url = HanaUrl::parse("hdbsql://SYSTEM:Secret1@hana:30013").unwrap();
+        let shown = format!("{url:?}");
+        assert!(!shown.contains("Secret1"), "{shown}");
+        assert!(shown.contains("@hana:30013"), "{shown}");
+        assert!(HanaUrl::parse("hana:30013").is_err());
+    }
+
+    /// Runs only when `STRATA_TEST_HANA` names a SYSTEMDB
+    /// (`hdbsql://USER:PASSWORD@host:port`).
+    #[tokio::test]
+    async fn reads_backup_settings_from_a_real_hana() {
+        let Ok(url) = std::env::var("STRATA_TEST_HANA") else {
+            eprintln!("skipped: STRATA_TEST_HANA is not set");
+            return;
+        };
+        let url = HanaUrl::parse(&url).unwrap();
+        let ini = read_global_ini(&url).await.unwrap();
+        let findings = crate::ini::check_backint(&ini, &Default::default());
+        assert!(
+            findings
+                .iter()
+                .any(|f| f.setting == "persistence.log_backup_timeout_s")
+        );
+    }
+}
