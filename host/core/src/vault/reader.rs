@@ -26,7 +26,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::StreamExt;
 use object_store::path::Path;
-use object_store::{GetOptions, ObjectStore};
+use object_store::{GetOptions, GetResult, GetResultPayload, ObjectStore};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio_util::task::AbortOnDropHandle;
@@ -121,6 +121,8 @@ struct StreamContext {
     workers: usize,
     /// Raw part buffers, reused across parts.
     pool: Arc<BufferPool>,
+    /// Stored part buffers, reused across parts.
+    stored_pool: Arc<BufferPool>,
 }
 
 impl StreamContext {
@@ -134,10 +136,11 @@ impl StreamContext {
         )
     }
 
-    async fn fetch_stored(&self, loc: &PartLocation, segment_size: u64) -> Result<Bytes> {
+    /// Fetches the stored bytes of one part into a pooled buffer.
+    async fn fetch_stored(&self, loc: &PartLocation, segment_size: u64) -> Result<Vec<u8>> {
         let options = GetOptions::new().with_range(Some(loc.range.clone()));
         let fetched = match self.store.get_opts(&loc.path, options).await {
-            Ok(result) => result.bytes().await,
+            Ok(result) => read_payload(result, self.stored_pool.take()).await,
             Err(e) => Err(e),
         };
         match fetched {
@@ -268,11 +271,52 @@ fn checked_parts(
         .map(move |fetched| async move {
             let (ctx, loc, stored) = fetched.map_err(task_error)?;
             let stored = stored?;
-            tokio::task::spawn_blocking(move || ctx.open(&loc, &stored).map(|raw| (loc, raw)))
-                .await
-                .map_err(task_error)?
+            tokio::task::spawn_blocking(move || {
+                let raw = ctx.open(&loc, &stored);
+                ctx.stored_pool.give(stored);
+                raw.map(|raw| (loc, raw))
+            })
+            .await
+            .map_err(task_error)?
         })
         .buffered(workers)
+}
+
+/// Reads a ranged GET's body into `buf` (whose contents are replaced).
+async fn read_payload(result: GetResult, mut buf: Vec<u8>) -> object_store::Result<Vec<u8>> {
+    let len = (result.range.end - result.range.start) as usize;
+    buf.clear();
+    buf.reserve(len);
+    match result.payload {
+        GetResultPayload::File(file, path) => {
+            let start = result.range.start;
+            let read = tokio::task::spawn_blocking(move || {
+                use std::io::{Read, Seek, SeekFrom};
+                let mut file = file;
+                file.seek(SeekFrom::Start(start))?;
+                file.take(len as u64).read_to_end(&mut buf)?;
+                Ok::<_, std::io::Error>(buf)
+            })
+            .await;
+            match read {
+                Ok(Ok(buf)) => Ok(buf),
+                Ok(Err(source)) => Err(object_store::Error::Generic {
+                    store: "LocalFileSystem",
+                    source: format!("reading {}: {source}", path.display()).into(),
+                }),
+                Err(source) => Err(object_store::Error::Generic {
+                    store: "LocalFileSystem",
+                    source: Box::new(source),
+                }),
+            }
+        }
+        GetResultPayload::Stream(mut chunks) => {
+            while let Some(chunk) = chunks.next().await {
+                buf.extend_from_slice(&chunk?);
+            }
+            Ok(buf)
+        }
+    }
 }
 
 fn task_error(err: tokio::task::JoinError) -> Error {
@@ -315,11 +359,15 @@ fn stream_context(
     } else {
         config.workers
     };
-    let largest = manifest.streams[index]
-        .segments
-        .iter()
-        .flat_map(|s| &s.parts)
-        .map(|p| p.raw.min(MAX_RAW_PART))
+    let parts = || {
+        manifest.streams[index]
+            .segments
+            .iter()
+            .flat_map(|s| &s.parts)
+    };
+    let largest = parts().map(|p| p.raw.min(MAX_RAW_PART)).max().unwrap_or(0);
+    let largest_stored = parts()
+        .map(|p| p.stored.min(MAX_RAW_PART + (1 << 20)))
         .max()
         .unwrap_or(0);
     Arc::new(StreamContext {
@@ -330,6 +378,10 @@ fn stream_context(
         data_key,
         workers,
         pool: Arc::new(BufferPool::new(largest as usize, workers + 4)),
+        stored_pool: Arc::new(BufferPool::new(
+            largest_stored as usize,
+            config.readahead + workers + 1,
+        )),
     })
 }
 
@@ -706,8 +758,17 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn missing_and_truncated_objects_are_named() {
-        let vault = memory_vault(None).await;
+    async fn missing_and_truncated_objects_are_named_in_memory() {
+        missing_and_truncated_objects_are_named(memory_vault(None).await).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn missing_and_truncated_objects_are_named_on_files() {
+        let (_dir, vault) = file_vault().await;
+        missing_and_truncated_objects_are_named(vault).await;
+    }
+
+    async fn missing_and_truncated_objects_are_named(vault: Vault) {
         let input = data(7 * P, 5);
         let manifest = backup(&vault, small_config(), &[("db", &input)]).await;
         let segments = &manifest.streams[0].segments;
