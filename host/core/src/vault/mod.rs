@@ -153,6 +153,22 @@ fn unknown_option(url: &str, key: &str) -> Error {
     )
 }
 
+/// A cloud store: its builder from the environment, Strata's client and
+/// retry defaults, then the configured options over them.
+macro_rules! cloud_store {
+    ($builder:ty, $env_prefix:literal, $url:expr, $config:expr, $raw:expr) => {{
+        let mut builder = <$builder>::from_env()
+            .with_url($url.as_str())
+            .with_client_options(client_options($env_prefix))
+            .with_retry(retry_config());
+        for (key, value) in &$config.options {
+            let key = key.parse().map_err(|_| unknown_option($raw, key))?;
+            builder = builder.with_config(key, value);
+        }
+        Arc::new(builder.build().map_err(|e| config_store_error($raw, e))?)
+    }};
+}
+
 /// Builds the object store and root prefix for a vault URL.
 pub fn build_store(config: &VaultConfig) -> Result<(Arc<dyn ObjectStore>, Path)> {
     let raw = config.url.trim();
@@ -206,37 +222,31 @@ pub fn build_store(config: &VaultConfig) -> Result<(Arc<dyn ObjectStore>, Path)>
             return Ok((Arc::new(fs), Path::default()));
         }
         ObjectStoreScheme::AmazonS3 => {
-            let mut builder = object_store::aws::AmazonS3Builder::from_env()
-                .with_url(url.as_str())
-                .with_client_options(client_options("AWS_"))
-                .with_retry(retry_config());
-            for (key, value) in &config.options {
-                let key = key.parse().map_err(|_| unknown_option(raw, key))?;
-                builder = builder.with_config(key, value);
-            }
-            Arc::new(builder.build().map_err(|e| config_store_error(raw, e))?)
+            cloud_store!(
+                object_store::aws::AmazonS3Builder,
+                "AWS_",
+                &url,
+                config,
+                raw
+            )
         }
         ObjectStoreScheme::MicrosoftAzure => {
-            let mut builder = object_store::azure::MicrosoftAzureBuilder::from_env()
-                .with_url(url.as_str())
-                .with_client_options(client_options("AZURE_"))
-                .with_retry(retry_config());
-            for (key, value) in &config.options {
-                let key = key.parse().map_err(|_| unknown_option(raw, key))?;
-                builder = builder.with_config(key, value);
-            }
-            Arc::new(builder.build().map_err(|e| config_store_error(raw, e))?)
+            cloud_store!(
+                object_store::azure::MicrosoftAzureBuilder,
+                "AZURE_",
+                &url,
+                config,
+                raw
+            )
         }
         ObjectStoreScheme::GoogleCloudStorage => {
-            let mut builder = object_store::gcp::GoogleCloudStorageBuilder::from_env()
-                .with_url(url.as_str())
-                .with_client_options(client_options("GOOGLE_"))
-                .with_retry(retry_config());
-            for (key, value) in &config.options {
-                let key = key.parse().map_err(|_| unknown_option(raw, key))?;
-                builder = builder.with_config(key, value);
-            }
-            Arc::new(builder.build().map_err(|e| config_store_error(raw, e))?)
+            cloud_store!(
+                object_store::gcp::GoogleCloudStorageBuilder,
+                "GOOGLE_",
+                &url,
+                config,
+                raw
+            )
         }
         _ => {
             return Err(
