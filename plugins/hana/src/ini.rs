@@ -275,7 +275,7 @@ pub fn check_backint(ini: &GlobalIni, ctx: &CheckContext) -> Vec<Finding> {
         },
         fix: short.then(|| set_config("backup", "backint_response_timeout", "7200")),
     });
-    findings.sort_by(|a, b| b.severity.cmp(&a.severity));
+    findings.sort_by_key(|f| std::cmp::Reverse(f.severity));
     findings
 }
 
