@@ -8,6 +8,7 @@
 
 mod config;
 mod context;
+mod hana;
 mod listing;
 mod output;
 mod pg;
@@ -74,6 +75,9 @@ enum Command {
     /// PostgreSQL: check a cluster, and the archive/restore commands PostgreSQL calls.
     #[command(subcommand)]
     Pg(pg::PgCommand),
+    /// SAP HANA: check the Backint settings.
+    #[command(subcommand)]
+    Hana(hana::HanaCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -82,6 +86,8 @@ enum BackupCommand {
     Stream(stream::BackupStreamArgs),
     /// Take a full backup of a configured PostgreSQL cluster.
     Pg(pg::PgBackupArgs),
+    /// Start a SAP HANA data backup (full, diff, incr) through Backint.
+    Hana(hana::BackupHanaArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -90,6 +96,8 @@ enum RestoreCommand {
     Stream(stream::RestoreStreamArgs),
     /// Restore a PostgreSQL cluster to a point in time, into a new data directory.
     Pg(pg::PgRestoreArgs),
+    /// Print (or run) a SAP HANA recovery to a point in time or another SID.
+    Hana(hana::RestoreHanaArgs),
 }
 
 fn exit_code(kind: ErrorKind) -> u8 {
@@ -172,6 +180,9 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Verify(args) => listing::verify(args, &ctx).await,
         Command::Catalog(cmd) => listing::catalog(cmd, &ctx).await,
         Command::Pg(cmd) => pg::run(cmd, &ctx).await,
+        Command::Hana(cmd) => hana::run(cmd, &ctx).await,
+        Command::Backup(BackupCommand::Hana(args)) => hana::backup(args, &ctx).await,
+        Command::Restore(RestoreCommand::Hana(args)) => hana::restore(args, &ctx).await,
         Command::Backup(BackupCommand::Pg(args)) => pg::backup(args, &ctx).await,
         Command::Restore(RestoreCommand::Pg(args)) => pg::restore_cmd(args, &ctx).await,
     }

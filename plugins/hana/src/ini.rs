@@ -133,7 +133,7 @@ pub fn check_backint(ini: &GlobalIni, ctx: &CheckContext) -> Vec<Finding> {
                 setting: format!("backup.{key}"),
                 current: None,
                 severity: Severity::Missing,
-                message: "not set: HANA would call hdbbackint without a parameter file".to_owned(),
+                message: "HANA would call hdbbackint without a parameter file".to_owned(),
                 fix: Some(set_config("backup", key, &param)),
             },
             Some(path) if ctx.check_files && !Path::new(path).is_file() => Finding {
@@ -180,7 +180,7 @@ pub fn check_backint(ini: &GlobalIni, ctx: &CheckContext) -> Vec<Finding> {
     let (severity, message) = match seconds {
         None => (
             Severity::Ok,
-            "not set: HANA's default of 900 s applies (a 15-minute RPO)".to_owned(),
+            "HANA's default of 900 s applies (a 15-minute RPO)".to_owned(),
         ),
         Some(Ok(0)) => (
             Severity::Missing,
@@ -230,7 +230,7 @@ pub fn check_backint(ini: &GlobalIni, ctx: &CheckContext) -> Vec<Finding> {
     let (severity, message, fix) = match count {
         None => (
             Severity::Ok,
-            "not set: one channel per service (set 2 to 8 for large databases)".to_owned(),
+            "one channel per service (set 2 to 8 for large databases)".to_owned(),
             None,
         ),
         Some(Ok(n)) if (1..=32).contains(&n) => {
