@@ -1,0 +1,144 @@
+//! What an operator sees of HANA backups taken through hdbbackint:
+//! `strata list hana` shows each object with SID, database and kind (the
+//! catalog index recorded by the agent included), `strata restore hana`
+//! prints the recovery only when the vault can serve it, and
+//! `strata hana check` names what global.ini lacks.
+
+use std::time::Duration;
+
+use strata_e2e::cli::Strata;
+use strata_e2e::hana::{AGENT_TIMEOUT, BackintCall, HanaHost, TestVault, feed_pipe, mkfifo};
+
+#[test]
+fn list_and_restore_plan_from_what_hdbbackint_stored() {
+    let host = HanaHost::new();
+    let vault = TestVault::new();
+    let catalog_db = host.root().join("catalog.db");
+    let dir = host.backint_dir("QAS", "DB_SRC");
+    let par = host.standard_params(
+        "QAS",
+        "data.utl",
+        vault.url(),
+        &format!("catalog = {}", catalog_db.display()),
+    );
+    let data = dir.join("COMPLETE_DATA_BACKUP_databackup_3_1");
+    let log = dir.join("log_backup_3_0_100_200");
+    mkfifo(&data);
+    mkfifo(&log);
+    let agent = BackintCall::new("backup", "QAS")
+        .user("SRC@QAS")
+        .params(&par)
+        .backup_id("1763772000000")
+        .count(1)
+        .level("COMPLETE")
+        .pipe(&data)
+        .spawn(&host);
+    let f = feed_pipe(&data, 70_000, 1, Duration::from_secs(60));
+    agent.finish(AGENT_TIMEOUT).assert_exit(0);
+    f.join().unwrap().unwrap();
+    let agent = BackintCall::new("backup", "QAS")
+        .params(&par)
+        .level("LOG")
+        .pipe(&log)
+        .spawn(&host);
+    let f = feed_pipe(&log, 5_000, 2, Duration::from_secs(60));
+    agent.finish(AGENT_TIMEOUT).assert_exit(0);
+    f.join().unwrap().unwrap();
+    assert!(
+        catalog_db.is_file(),
+        "the agent records its backups in the configured index"
+    );
+
+    let listed = Strata::new()
+        .arg("--vault")
+        .arg(vault.url())
+        .arg("--catalog")
+        .arg(&catalog_db)
+        .args(["--json", "list", "hana", "QAS"])
+        .run()
+        .success()
+        .stdout_text();
+    assert!(listed.contains("\"SRC\""), "{listed}");
+    assert!(
+        listed.contains("\"full\"") && listed.contains("\"log\""),
+        "{listed}"
+    );
+
+    let plan = Strata::new()
+        .arg("--vault")
+        .arg(vault.url())
+        .arg("--catalog")
+        .arg(&catalog_db)
+        .args([
+            "restore",
+            "hana",
+            "--sid",
+            "QAS",
+            "--database",
+            "SRC",
+            "--target-sid",
+            "HDB",
+            "--target-database",
+            "TGT",
+            "--until",
+            "2999-01-01 00:00:00",
+        ])
+        .run()
+        .success()
+        .stdout_text();
+    assert!(plan.contains("ALTER SYSTEM STOP DATABASE TGT;"), "{plan}");
+    assert!(
+        plan.contains("RECOVER DATABASE FOR TGT UNTIL TIMESTAMP '2999-01-01 00:00:00' CLEAR LOG USING SOURCE 'SRC@QAS' USING CATALOG BACKINT"),
+        "{plan}"
+    );
+
+    // Before the first data backup there is nothing to recover from.
+    Strata::new()
+        .arg("--vault")
+        .arg(vault.url())
+        .arg("--catalog")
+        .arg(&catalog_db)
+        .args([
+            "restore",
+            "hana",
+            "--sid",
+            "QAS",
+            "--database",
+            "SRC",
+            "--until",
+            "2000-01-01 00:00:00",
+        ])
+        .run()
+        .failure(8)
+        .stderr_contains("no data backup of SRC@QAS");
+}
+
+#[test]
+fn hana_check_names_what_global_ini_lacks() {
+    let host = HanaHost::new();
+    let ini = host.root().join("global.ini");
+    std::fs::write(
+        &ini,
+        "[backup]\nlog_backup_using_backint = true\n[persistence]\nlog_backup_timeout_s = 3600\n",
+    )
+    .unwrap();
+    let out = Strata::new()
+        .args(["hana", "check", "--sid", "HDB", "--global-ini"])
+        .arg(&ini)
+        .run()
+        .failure(3)
+        .stderr_contains("setting(s) keep Backint");
+    let text = out.stdout_text();
+    assert!(
+        text.contains("MISSING persistence.log_backup_timeout_s = 3600"),
+        "{text}"
+    );
+    assert!(
+        text.contains("SET ('backup', 'catalog_backup_using_backint') = 'true' WITH RECONFIGURE;"),
+        "{text}"
+    );
+    assert!(
+        text.contains("ok      backup.log_backup_using_backint"),
+        "{text}"
+    );
+}
