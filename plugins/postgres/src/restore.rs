@@ -246,8 +246,9 @@ pub async fn restore(
     };
     // Data streams in parallel, bounded by `parallel`.
     let mut totals = (0u64, 0u64);
+    let mut written: Vec<PathBuf> = Vec::new();
     let streams = plan.meta.data_streams.clone();
-    let results: Vec<Result<(u64, u64)>> = {
+    let results: Vec<Result<(u64, u64, Vec<PathBuf>)>> = {
         use futures::StreamExt;
         futures::stream::iter(streams.into_iter().map(|name| {
             let place = place.clone();
@@ -258,13 +259,15 @@ pub async fn restore(
         .await
     };
     for r in results {
-        let (f, b) = r?;
+        let (f, b, paths) = r?;
         totals.0 += f;
         totals.1 += b;
+        written.extend(paths);
     }
-    let (f, b) = restore_bundle(source, plan, PG_CONTROL_STREAM, place.clone()).await?;
+    let (f, b, paths) = restore_bundle(source, plan, PG_CONTROL_STREAM, place.clone()).await?;
     totals.0 += f;
     totals.1 += b;
+    written.extend(paths);
 
     // backup_label byte for byte; tablespace_map with the new locations.
     let label = read_small_stream(source, plan, BACKUP_LABEL_STREAM).await?;
@@ -294,6 +297,18 @@ pub async fn restore(
         }
     }
     let target_text = write_recovery_settings(&target, plan, options)?;
+    written.extend(
+        [
+            "backup_label",
+            "tablespace_map",
+            "postgresql.auto.conf",
+            "recovery.signal",
+        ]
+        .map(|f| target.join(f)),
+    );
+    tokio::task::spawn_blocking(move || flush_all(written))
+        .await
+        .map_err(|e| Error::io(format!("flushing the restored files: {e}")))??;
     if running_as_root() && cluster.os_user != "root" {
         let (uid, gid) = os_user_ids(&cluster.os_user)?;
         chown_tree(&target, uid, gid)?;
@@ -347,17 +362,66 @@ fn chown_tree(root: &Path, uid: u32, gid: u32) -> Result<()> {
     Ok(())
 }
 
+/// Flushes every restored file, then every directory holding one, to disk.
+/// Flushing at the end from several threads, rather than file by file as
+/// they are written, lets the filesystem batch its journal commits.
+fn flush_all(files: Vec<PathBuf>) -> Result<()> {
+    let mut dirs: Vec<PathBuf> = files
+        .iter()
+        .filter_map(|f| f.parent().map(Path::to_path_buf))
+        .collect();
+    dirs.sort();
+    dirs.dedup();
+    let flush = |paths: &[PathBuf]| -> Result<()> {
+        const THREADS: usize = 8;
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..THREADS)
+                .map(|t| {
+                    scope.spawn(move || -> Result<()> {
+                        for path in paths.iter().skip(t).step_by(THREADS) {
+                            match std::fs::File::open(path) {
+                                Ok(f) => f.sync_all().map_err(|e| {
+                                    Error::io(format!("flushing {}: {e}", path.display()))
+                                })?,
+                                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                                Err(e) => {
+                                    return Err(Error::io(format!(
+                                        "flushing {}: {e}",
+                                        path.display()
+                                    )));
+                                }
+                            }
+                        }
+                        Ok(())
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err(Error::io("a flushing thread panicked")))
+                })
+                .collect::<Result<Vec<()>>>()
+                .map(|_| ())
+        })
+    };
+    flush(&files)?;
+    flush(&dirs)
+}
+
 async fn restore_bundle(
     source: &dyn RestoreSource,
     plan: &Plan,
     name: &str,
     place: std::sync::Arc<dyn Fn(&str) -> PathBuf + Send + Sync>,
-) -> Result<(u64, u64)> {
+) -> Result<(u64, u64, Vec<PathBuf>)> {
     let (mut writer, reader) = tokio::io::duplex(1 << 20);
     let origin = name.to_owned();
+    let placed = place.clone();
     let extract = tokio::task::spawn_blocking(move || {
         let mut input = tokio_util::io::SyncIoBridge::new(reader);
-        crate::bundle::extract(&mut input, &|p| place(p), true, &origin)
+        crate::bundle::extract(&mut input, &|p| place(p), false, &origin)
     });
     let read = async {
         let result = source.read_stream(&plan.backup.id, name, &mut writer).await;
@@ -371,7 +435,12 @@ async fn restore_bundle(
     let entries = extracted?;
     let files = entries.iter().filter(|e| !e.is_dir).count() as u64;
     let bytes = entries.iter().map(|e| e.size).sum();
-    Ok((files, bytes))
+    let paths = entries
+        .iter()
+        .filter(|e| !e.is_dir)
+        .map(|e| placed(&e.path))
+        .collect();
+    Ok((files, bytes, paths))
 }
 
 fn quote(value: &str) -> String {

@@ -219,15 +219,21 @@ impl WalArchive {
             WalFileKind::History | WalFileKind::BackupHistory => control_system_id(data_directory)?,
         };
         let key = self.key(system_id, &name);
-        let digest = blake3::hash(&bytes).to_hex().to_string();
         let size = bytes.len() as u64;
         let vault_key = self.vault.key().cloned();
         let object_key = key.clone();
-        let digest_for_header = digest.clone();
         let file_name_for_header = file_name.clone();
-        let object = tokio::task::spawn_blocking(move || -> Result<Vec<u8>> {
-            let compressed = zstd::bulk::compress(&bytes, 1)
+        let (object, digest) = tokio::task::spawn_blocking(move || -> Result<(Vec<u8>, String)> {
+            // Hash on one core while zstd compresses on the others: the push
+            // is on PostgreSQL's critical path (one archive_command at a time).
+            let (digest, compressed) = std::thread::scope(|scope| {
+                let hasher = scope.spawn(|| blake3::hash(&bytes).to_hex().to_string());
+                let compressed = compress_segment(&bytes);
+                (hasher.join().expect("hashing does not panic"), compressed)
+            });
+            let compressed = compressed
                 .map_err(|e| Error::io(format!("compressing {file_name_for_header}: {e}")))?;
+            let digest_for_header = digest.clone();
             let (body, encryption) = match vault_key {
                 Some(vk) => {
                     let (data_key, wrapped) = vk.new_data_key(&object_key)?;
@@ -256,7 +262,7 @@ impl WalArchive {
             serde_json::to_writer(&mut out, &header)?;
             out.push(b'\n');
             out.extend_from_slice(&body);
-            Ok(out)
+            Ok((out, digest))
         })
         .await
         .map_err(|e| Error::io(format!("encoding {file_name}: {e}")))??;
@@ -554,6 +560,18 @@ impl WalArchive {
         ids.dedup();
         Ok(ids)
     }
+}
+
+/// zstd level 1, with worker threads for files large enough to split.
+fn compress_segment(bytes: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut compressor = zstd::bulk::Compressor::new(1)?;
+    if bytes.len() >= 4 << 20 {
+        let workers = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1) as u32;
+        compressor.set_parameter(zstd::zstd_safe::CParameter::NbWorkers(workers))?;
+    }
+    compressor.compress(bytes)
 }
 
 fn parse_object<'a>(bytes: &'a [u8], key: &str) -> Result<(WalObjectHeader, &'a [u8])> {
