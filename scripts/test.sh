@@ -44,6 +44,10 @@ done
 
 export RUST_BACKTRACE="${RUST_BACKTRACE:-1}"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+if [[ -n "${CI:-}" ]]; then
+    # A CI checkout is built once from scratch: incremental state is wasted work.
+    export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
+fi
 TEST_TIMEOUT="${STRATA_TEST_TIMEOUT:-2400}"
 started=$(date +%s)
 RUN_DIR="$ROOT/.work/run-$$"
