@@ -25,7 +25,11 @@
 //! [`WriterConfig::parts_in_flight`] chunks of [`UPLOAD_CHUNK_SIZE`] in flight.
 //!
 //! Memory stays bounded by roughly `(workers + parts_in_flight + 2) ×
-//! part_size` per stream, whatever the stream's length.
+//! part_size` per stream, whatever the stream's length: reading stops while
+//! `workers` parts are being compressed and the upload has no room. Part
+//! buffers and compression contexts are reused from part to part, so a long
+//! stream does not churn the allocator (which, left to itself, keeps freed
+//! parts in per-thread arenas and inflates the footprint).
 //!
 //! # Commit and failure
 //!
@@ -1412,6 +1416,28 @@ pub(crate) mod tests {
         assert_eq!(err.kind(), ErrorKind::Conflict);
         writer.abort().await.unwrap();
         assert_eq!(vault.list_keys("").await.unwrap(), ["strata-vault.json"]);
+    }
+
+    #[test]
+    fn buffer_pool_takes_back_the_last_handle_only() {
+        let pool = BufferPool::new(1 << 20, 2);
+        let mut buf = pool.take();
+        buf.extend_from_slice(&[7u8; 1000]);
+        let address = buf.as_ptr();
+        let bytes = Bytes::from(buf);
+        let shared = bytes.clone();
+        pool.reclaim(shared);
+        assert_eq!(pool.free.lock().unwrap().len(), 0, "still in use elsewhere");
+        pool.reclaim(bytes);
+        let again = pool.take();
+        assert_eq!(again.as_ptr(), address, "the same allocation is reused");
+        assert!(again.is_empty() && again.capacity() >= 1 << 20);
+        pool.give(Vec::with_capacity(10));
+        assert_eq!(
+            pool.free.lock().unwrap().len(),
+            0,
+            "small buffers are not kept"
+        );
     }
 
     #[derive(Default)]
