@@ -276,3 +276,33 @@ fn system_copy_restores_source_objects_into_another_sid() {
         assert!(is_fifo(&p.path));
     }
 }
+
+#[test]
+fn file_objects_are_read_and_restored_as_regular_files() {
+    // #FILE (inherited from Backint for Oracle/MaxDB) names a regular file:
+    // backed up by reading it, restored by creating it.
+    let host = HanaHost::new();
+    let vault = TestVault::new();
+    let dir = host.backint_dir("HDB", "DB_HDB");
+    let par = host.standard_params("HDB", "data.utl", vault.url(), "");
+    let file = dir.join("exported file.bin");
+    let bytes = strata_e2e::data::random_bytes(200_000, 77);
+    std::fs::write(&file, &bytes).unwrap();
+    let result = BackintCall::new("backup", "HDB")
+        .params(&par)
+        .line(format!(
+            "#FILE {}",
+            strata_e2e::hana::q(&file.display().to_string())
+        ))
+        .run(&host);
+    result.assert_exit(0);
+    let (ebid, size) = result.saved(&file);
+    assert_eq!(size, bytes.len() as u64);
+    let dest = dir.join("restored copy.bin");
+    let result = BackintCall::new("restore", "HDB")
+        .params(&par)
+        .ebid_to(&ebid, &file, &dest)
+        .run(&host);
+    result.assert_exit(0);
+    assert_eq!(std::fs::read(&dest).unwrap(), bytes);
+}
