@@ -724,8 +724,23 @@ pub struct TestVault {
 }
 
 impl TestVault {
+    /// Creates an encrypted `file://` vault; its key file is `<dir>/vault.key`
+    /// (see [`key_file`](Self::key_file)).
+    pub fn encrypted() -> TestVault {
+        Self::create(true)
+    }
+
+    /// The key file of an encrypted vault.
+    pub fn key_file(&self) -> PathBuf {
+        self.dir.path().join("vault.key")
+    }
+
     /// Creates an unencrypted `file://` vault.
     pub fn new() -> TestVault {
+        Self::create(false)
+    }
+
+    fn create(encrypted: bool) -> TestVault {
         let dir = tempfile::Builder::new()
             .prefix("strata-vault-")
             .tempdir()
@@ -735,10 +750,16 @@ impl TestVault {
             .enable_all()
             .build()
             .expect("a runtime");
+        let key = encrypted.then(|| {
+            let key = strata_core::crypto::VaultKey::generate();
+            key.save_new(&dir.path().join("vault.key"))
+                .expect("key file");
+            key
+        });
         runtime
             .block_on(strata_core::vault::Vault::init(
                 &strata_core::vault::VaultConfig::from_url(&url),
-                None,
+                key,
             ))
             .expect("vault init");
         TestVault { dir, url }
@@ -760,12 +781,14 @@ impl TestVault {
             .enable_all()
             .build()
             .expect("a runtime");
+        let mut config = strata_core::vault::VaultConfig::from_url(&self.url);
+        if self.key_file().is_file() {
+            config.key_file = Some(self.key_file());
+        }
         runtime.block_on(async {
-            let vault = strata_core::vault::Vault::open(
-                &strata_core::vault::VaultConfig::from_url(&self.url),
-            )
-            .await
-            .expect("vault opens");
+            let vault = strata_core::vault::Vault::open(&config)
+                .await
+                .expect("vault opens");
             vault.all_manifests().await.expect("manifests")
         })
     }

@@ -306,3 +306,78 @@ fn file_objects_are_read_and_restored_as_regular_files() {
     result.assert_exit(0);
     assert_eq!(std::fs::read(&dest).unwrap(), bytes);
 }
+
+#[test]
+fn an_encrypted_vault_needs_the_key_file_named_in_the_parameter_file() {
+    let host = HanaHost::new();
+    let vault = TestVault::encrypted();
+    let dir = host.backint_dir("HDB", "DB_HDB");
+    let key = format!("key_file = {}", vault.key_file().display());
+    let par = host.standard_params("HDB", "data.utl", vault.url(), &key);
+    let pipe = dir.join("COMPLETE_DATA_BACKUP_databackup_2_1");
+    mkfifo(&pipe);
+    // Text-like data, so that plaintext would be recognisable in the vault.
+    let marker = b"CONFIDENTIAL-PAYROLL-ROW ";
+    let data: Vec<u8> = marker.iter().copied().cycle().take(300_000).collect();
+    let agent = BackintCall::new("backup", "HDB")
+        .params(&par)
+        .pipe(&pipe)
+        .spawn(&host);
+    let mut writer = std::fs::OpenOptions::new().write(true).open(&pipe).unwrap();
+    std::io::Write::write_all(&mut writer, &data).unwrap();
+    drop(writer);
+    let result = agent.finish(AGENT_TIMEOUT);
+    result.assert_exit(0);
+    let (ebid, _) = result.saved(&pipe);
+    let objects = walk(&vault.path().join("data"));
+    assert!(
+        !objects.is_empty(),
+        "the backup's segment objects are in the vault"
+    );
+    for object in objects {
+        let stored = std::fs::read(&object).unwrap();
+        assert!(
+            !stored.windows(marker.len()).any(|w| w == marker),
+            "plaintext in {}",
+            object.display()
+        );
+    }
+
+    // Without the key file the agent cannot open the vault: #ERROR, one line.
+    let keyless = host.standard_params("HDB", "keyless.utl", vault.url(), "");
+    let result = BackintCall::new("restore", "HDB")
+        .params(&keyless)
+        .ebid(&ebid, &pipe)
+        .run(&host);
+    result.assert_exit(1);
+    assert_eq!(
+        result.with("#ERROR"),
+        vec![vec![pipe.display().to_string()]]
+    );
+    assert!(result.stderr.contains("encrypted"), "{}", result.stderr);
+
+    // With it, the bytes come back.
+    std::fs::remove_file(&pipe).unwrap();
+    mkfifo(&pipe);
+    let agent = BackintCall::new("restore", "HDB")
+        .params(&par)
+        .ebid(&ebid, &pipe)
+        .spawn(&host);
+    let got = drain_pipe(&pipe, OPEN).unwrap();
+    agent.finish(AGENT_TIMEOUT).assert_exit(0);
+    assert_eq!(got.bytes, data.len() as u64);
+    assert_eq!(got.blake3, strata_e2e::data::blake3_hex(&data));
+}
+
+fn walk(dir: &std::path::Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
