@@ -319,3 +319,152 @@ fn fifty_log_backups_restore_strictly_in_input_order() {
         .collect();
     assert_eq!(restored, expected, "results in input order");
 }
+
+/// The whole sequence of a HANA recovery with `USING CATALOG BACKINT`:
+/// data backup, catalog, log backups, catalog again; then catalog discovery
+/// (inquire), catalog restore, availability check of every piece, data
+/// restore (one process per service, concurrently) and the serial log restore.
+#[test]
+fn full_chain_backup_then_recovery_as_hana_sequences_it() {
+    let host = HanaHost::new();
+    let vault = TestVault::new();
+    let dir = host.backint_dir("HDB", "DB_HDB");
+    let data_par = host.standard_params("HDB", "data.utl", vault.url(), "");
+    let log_par = host.standard_params("HDB", "log.utl", vault.url(), "");
+    let catalog = dir.join("log_backup_0_0_0_0");
+
+    // Data backup of two services at once.
+    let services: Vec<(PathBuf, u64, u64)> = [(2u64, 150_000u64), (3, 330_000)]
+        .iter()
+        .map(|(volume, len)| {
+            let path = dir.join(format!("COMPLETE_DATA_BACKUP_databackup_{volume}_1"));
+            mkfifo(&path);
+            (path, *len, 900 + volume)
+        })
+        .collect();
+    let agents: Vec<_> = services
+        .iter()
+        .map(|(path, _, _)| {
+            BackintCall::new("backup", "HDB")
+                .params(&data_par)
+                .backup_id("1763773000000")
+                .count(services.len())
+                .level("COMPLETE")
+                .pipe(path)
+                .spawn(&host)
+        })
+        .collect();
+    let feeders: Vec<_> = services
+        .iter()
+        .map(|(p, len, seed)| feed_pipe(p, *len, *seed, OPEN))
+        .collect();
+    let mut data_ebids = Vec::new();
+    for ((agent, feeder), (path, _, _)) in agents.into_iter().zip(feeders).zip(&services) {
+        let result = agent.finish(AGENT_TIMEOUT);
+        feeder.join().unwrap().unwrap();
+        result.assert_exit(0);
+        data_ebids.push(result.saved(path).0);
+    }
+    let catalog_v1 = backup_once(&host, &log_par, &catalog, 8_000, 950, "1.50");
+    let logs: Vec<(PathBuf, u64, u64)> = (0..3u64)
+        .map(|i| {
+            (
+                dir.join(format!("log_backup_2_0_{}_{}", i * 10, i * 10 + 10)),
+                90_000 + i,
+                960 + i,
+            )
+        })
+        .collect();
+    let log_ebids: Vec<String> = logs
+        .iter()
+        .map(|(p, len, seed)| backup_once(&host, &log_par, p, *len, *seed, "1.50"))
+        .collect();
+    let catalog_v2 = backup_once(&host, &log_par, &catalog, 8_100, 951, "1.50");
+
+    // 1. Catalog discovery: the newest catalog comes first.
+    let found = BackintCall::new("inquire", "HDB")
+        .params(&log_par)
+        .null(&catalog)
+        .run(&host);
+    found.assert_exit(0);
+    let versions: Vec<String> = found
+        .with("#BACKUP")
+        .into_iter()
+        .map(|f| f[0].clone())
+        .collect();
+    assert_eq!(versions, vec![catalog_v2.clone(), catalog_v1]);
+
+    // 2. Catalog restore into a pipe of HANA's choosing.
+    let catalog_pipe = dir.join("catalog_for_recovery");
+    mkfifo(&catalog_pipe);
+    let agent = BackintCall::new("restore", "HDB")
+        .params(&log_par)
+        .ebid_to(&catalog_v2, &catalog, &catalog_pipe)
+        .spawn(&host);
+    let got = strata_e2e::hana::drain_pipe(&catalog_pipe, OPEN).unwrap();
+    agent.finish(AGENT_TIMEOUT).assert_exit(0);
+    assert_eq!(got.blake3, Pattern::digest(8_100, 951));
+
+    // 3. CHECK ACCESS: every planned piece exists.
+    let mut check = BackintCall::new("inquire", "HDB").params(&data_par);
+    for (ebid, (path, _, _)) in data_ebids.iter().zip(&services) {
+        check = check.ebid(ebid, path);
+    }
+    for (ebid, (path, _, _)) in log_ebids.iter().zip(&logs) {
+        check = check.ebid(ebid, path);
+    }
+    let checked = check.run(&host);
+    checked.assert_exit(0);
+    assert_eq!(
+        checked.with("#BACKUP").len(),
+        services.len() + logs.len(),
+        "{}",
+        checked.describe()
+    );
+
+    // 4. Data restore: one process per service, at the same time.
+    let agents: Vec<_> = data_ebids
+        .iter()
+        .zip(&services)
+        .map(|(ebid, (path, _, _))| {
+            std::fs::remove_file(path).unwrap();
+            mkfifo(path);
+            BackintCall::new("restore", "HDB")
+                .params(&data_par)
+                .ebid(ebid, path)
+                .spawn(&host)
+        })
+        .collect();
+    let readers: Vec<_> = services
+        .iter()
+        .map(|(path, _, _)| {
+            let path = path.clone();
+            std::thread::spawn(move || strata_e2e::hana::drain_pipe(&path, OPEN).unwrap())
+        })
+        .collect();
+    for ((agent, reader), (_, len, seed)) in agents.into_iter().zip(readers).zip(&services) {
+        agent.finish(AGENT_TIMEOUT).assert_exit(0);
+        assert_eq!(reader.join().unwrap().blake3, Pattern::digest(*len, *seed));
+    }
+
+    // 5. Log restore: one call, consumed one after the other.
+    let mut call = BackintCall::new("restore", "HDB").params(&log_par);
+    for (ebid, (path, _, _)) in log_ebids.iter().zip(&logs) {
+        std::fs::remove_file(path).unwrap();
+        mkfifo(path);
+        call = call.ebid(ebid, path);
+    }
+    let agent = call.spawn(&host);
+    for (path, len, seed) in &logs {
+        let got = strata_e2e::hana::drain_pipe(path, OPEN).unwrap();
+        assert_eq!(
+            got.blake3,
+            Pattern::digest(*len, *seed),
+            "{}",
+            path.display()
+        );
+    }
+    let result = agent.finish(AGENT_TIMEOUT);
+    result.assert_exit(0);
+    assert_eq!(result.with("#RESTORED").len(), logs.len());
+}
