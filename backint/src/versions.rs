@@ -414,4 +414,111 @@ mod tests {
             VersionStore::marker_key("HDB", "/a_20b", "E")
         );
     }
+
+    async fn vault(name: &str) -> Vault {
+        Vault::init(
+            &strata_core::vault::VaultConfig::from_url(format!("memory://{name}")),
+            None,
+        )
+        .await
+        .unwrap()
+    }
+
+    async fn commit_version(store: &VersionStore, sid: &str, name: &str, body: &[u8]) -> String {
+        use strata_core::vault::writer::{BackupTarget, BackupWriter, CommitDetails, WriterConfig};
+        let writer = BackupWriter::start(
+            store.vault(),
+            BackupTarget {
+                engine: ENGINE.into(),
+                instance: sid.into(),
+                database: None,
+                kind: BackupKind::Log,
+            },
+            WriterConfig::default(),
+        )
+        .unwrap();
+        let ebid = writer.id().to_string();
+        writer.write_stream("object", body, None).await.unwrap();
+        let meta = ObjectMeta {
+            name: name.into(),
+            source: "PIPE".into(),
+            hana_backup_id: None,
+            level: None,
+            object: "log".into(),
+            user: None,
+            count: None,
+            api: None,
+            created: writer.started_at(),
+        };
+        store.put_marker(sid, &meta, &ebid).await.unwrap();
+        writer
+            .commit(CommitDetails {
+                engine_meta: meta.to_engine_meta(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        ebid
+    }
+
+    #[tokio::test]
+    async fn a_marker_without_a_manifest_is_never_a_version() {
+        let store = VersionStore::new(vault("versions-partial").await, "HDB");
+        let name = "/usr/sap/HDB/SYS/global/hdb/backint/DB_HDB/log_backup_0_0_0_0";
+        let committed = commit_version(&store, "HDB", name, b"catalog").await;
+        // A writer that died after its marker: no manifest.
+        let orphan = BackupId::generate(Utc::now() + chrono::Duration::seconds(5));
+        let meta = ObjectMeta {
+            name: name.into(),
+            source: "PIPE".into(),
+            hana_backup_id: None,
+            level: None,
+            object: "catalog".into(),
+            user: None,
+            count: None,
+            api: None,
+            created: Utc::now(),
+        };
+        store
+            .put_marker("HDB", &meta, orphan.as_str())
+            .await
+            .unwrap();
+        let versions = store.versions(name).await.unwrap();
+        assert_eq!(versions.len(), 1);
+        assert_eq!(versions[0].ebid, committed);
+        assert_eq!(store.newest(name).await.unwrap().unwrap().ebid, committed);
+        assert!(
+            store
+                .find(orphan.as_str(), Some(name))
+                .await
+                .unwrap()
+                .is_none()
+        );
+    }
+
+    #[tokio::test]
+    async fn versions_are_found_by_ebid_across_sids_and_checked_against_the_name() {
+        let store = VersionStore::new(vault("versions-sids").await, "HDB");
+        let source = "/usr/sap/QAS/SYS/global/hdb/backint/DB_SRC/log_backup_1_0_0_10";
+        let ebid = commit_version(&store, "QAS", source, b"log").await;
+        // By name: the SID comes from the path, not from -u.
+        let found = store.find(&ebid, Some(source)).await.unwrap().unwrap();
+        assert_eq!(found.instance, "QAS");
+        // Without a name (Backint 1.00 inquire), under another -u.
+        assert!(store.find(&ebid, None).await.unwrap().is_some());
+        // The right EBID under the wrong name is not that object.
+        assert!(
+            store
+                .find(&ebid, Some("/elsewhere/log_backup_1_0_0_10"))
+                .await
+                .unwrap()
+                .is_none()
+        );
+        // Something that is not an EBID at all.
+        assert!(store.find("../../etc", None).await.unwrap().is_none());
+        assert_eq!(store.all("QAS").await.unwrap().len(), 1);
+        store.delete(&found).await.unwrap();
+        assert!(store.versions(source).await.unwrap().is_empty());
+        assert!(store.find(&ebid, None).await.unwrap().is_none());
+    }
 }
