@@ -99,10 +99,19 @@ impl Agent {
 
     fn unexpected(&self, line_no: usize, line: &InputLine) {
         let fields = line.object_name().map(str::to_owned).into_iter().collect();
+        let expected = match self.invocation.function {
+            Some(crate::args::Function::Backup) => "#PIPE or #FILE",
+            Some(crate::args::Function::Restore) => {
+                "#EBID \"<ebid>\" \"<name>\" or #NULL \"<name>\""
+            }
+            Some(crate::args::Function::Inquire) => "#NULL or #EBID",
+            _ => "#EBID \"<ebid>\" \"<name>\"",
+        };
         self.error(
             fields,
             &format!(
-                "input line {line_no}: {line:?} is not valid for -f {}",
+                "input line {line_no}: {} is not valid for -f {}; expected {expected}",
+                line.keyword(),
                 self.function_name()
             ),
         );

@@ -245,6 +245,19 @@ impl InputLine {
         }
     }
 
+    /// The line's keyword (`#PIPE`, `#EBID`, ...), empty for a comment.
+    pub fn keyword(&self) -> &'static str {
+        match self {
+            InputLine::SoftwareId { .. } => "#SOFTWAREID",
+            InputLine::Pipe { .. } => "#PIPE",
+            InputLine::File { .. } => "#FILE",
+            InputLine::Ebid { .. } => "#EBID",
+            InputLine::Null { .. } => "#NULL",
+            InputLine::ToolOption(_) => "#TOOLOPTION",
+            InputLine::Comment => "",
+        }
+    }
+
     /// Whether the line names a backup object (as opposed to a header or comment).
     pub fn is_object(&self) -> bool {
         matches!(

@@ -430,3 +430,30 @@ fn version_and_unknown_function() {
     result.assert_exit(2);
     assert!(one_stderr_line(&result.stderr).contains("unknown function"));
 }
+
+#[test]
+fn lines_that_do_not_belong_to_the_function_are_errors_that_say_why() {
+    let host = HanaHost::new();
+    let vault = TestVault::new();
+    let dir = host.backint_dir("HDB", "DB_HDB");
+    let par = host.standard_params("HDB", "data.utl", vault.url(), "");
+    let pipe = dir.join("COMPLETE_DATA_BACKUP_databackup_2_1");
+    let result = BackintCall::new("restore", "HDB")
+        .params(&par)
+        .pipe(&pipe)
+        .line("#NULL")
+        .ebid("20261122T000000.000Z-00000000", &pipe)
+        .run(&host);
+    result.assert_exit(1);
+    assert_eq!(result.with("#ERROR").len(), 2, "{}", result.describe());
+    assert_eq!(
+        result.with("#NOTFOUND"),
+        vec![vec![pipe.display().to_string()]]
+    );
+    assert!(
+        result.text.contains("#PIPE is not valid for -f restore"),
+        "{}",
+        result.describe()
+    );
+    assert!(!pipe.exists());
+}
