@@ -142,11 +142,13 @@ impl Agent {
     /// the vault, one Strata backup per object, concurrently.
     pub async fn backup(&self) {
         let slots = Semaphore::new(self.params.max_channels);
-        let mut previous: Option<oneshot::Receiver<()>> = None;
+        let mut opened_gate: Option<oneshot::Receiver<()>> = None;
+        let mut done_gate: Option<oneshot::Receiver<()>> = None;
         let mut jobs = Vec::new();
         for (line_no, entry) in &self.input.entries {
-            let (tx, rx) = oneshot::channel();
-            let gate = previous.replace(rx);
+            let (opened_tx, opened_rx) = oneshot::channel();
+            let (done_tx, done_rx) = oneshot::channel();
+            let gates = (opened_gate.replace(opened_rx), done_gate.replace(done_rx));
             match entry {
                 Ok(InputLine::Pipe { name, size }) | Ok(InputLine::File { name, size }) => {
                     let keyword = if matches!(entry, Ok(InputLine::Pipe { .. })) {
@@ -154,16 +156,17 @@ impl Agent {
                     } else {
                         "FILE"
                     };
-                    jobs.push(self.backup_one(name, keyword, *size, gate, tx, &slots));
+                    jobs.push(self.backup_one(
+                        name,
+                        keyword,
+                        *size,
+                        gates,
+                        (opened_tx, done_tx),
+                        &slots,
+                    ));
                 }
-                Ok(other) => {
-                    drop(tx);
-                    self.unexpected(*line_no, other)
-                }
-                Err(e) => {
-                    drop(tx);
-                    self.line_error(*line_no, e)
-                }
+                Ok(other) => self.unexpected(*line_no, other),
+                Err(e) => self.line_error(*line_no, e),
             }
         }
         join_all(jobs).await;
@@ -174,17 +177,19 @@ impl Agent {
         name: &str,
         keyword: &str,
         size_hint: Option<u64>,
-        gate: Option<oneshot::Receiver<()>>,
-        opened: oneshot::Sender<()>,
+        gates: (Option<oneshot::Receiver<()>>, Option<oneshot::Receiver<()>>),
+        signals: (oneshot::Sender<()>, oneshot::Sender<()>),
         slots: &Semaphore,
     ) {
-        let mut opened = Some(opened);
-        wait_gate(gate).await;
+        let (after_opened, after_done) = gates;
+        let (mut opened, mut done) = (Some(signals.0), Some(signals.1));
+        wait_gate(after_opened).await;
         let _slot = slots.acquire().await;
         let result = self
-            .backup_pipe(name, keyword, size_hint, &mut opened)
+            .backup_pipe(name, keyword, size_hint, &mut opened, wait_gate(after_done))
             .await;
         give(&mut opened);
+        give(&mut done);
         match result {
             Ok((ebid, size)) => {
                 self.log
@@ -205,10 +210,11 @@ impl Agent {
         keyword: &str,
         size_hint: Option<u64>,
         opened: &mut Option<oneshot::Sender<()>>,
+        clock: impl Future<Output = ()>,
     ) -> Result<(String, u64)> {
         let path = Path::new(name);
         let source = tokio::select! {
-            s = pipes::open_source(path, self.params.open_timeout) => s?,
+            s = pipes::open_source(path, self.params.open_timeout, clock) => s?,
             _ = cancelled(self.cancel.clone()) => return Err(Error::cancelled("the backup was cancelled before HANA opened the pipe")),
         };
         give(opened);
@@ -372,12 +378,17 @@ impl Agent {
                 Err(e) => Err(e),
             },
         };
-        if is_log_object(name) {
+        // Logs start only when the previous entry is done; data pieces start
+        // opening once the previous one is open, and their open deadline
+        // runs only once it is done (HANA may read pipes one after another).
+        let clock = if is_log_object(name) {
             wait_gate(after_opened).await;
             wait_gate(after_done).await;
+            None
         } else {
             wait_gate(after_opened).await;
-        }
+            after_done
+        };
         let manifest = match found {
             Ok(Some(m)) => m,
             Ok(None) => {
@@ -396,7 +407,9 @@ impl Agent {
             }
         };
         let _slot = slots.acquire().await;
-        let result = self.restore_pipe(&manifest, name, dest, &mut opened).await;
+        let result = self
+            .restore_pipe(&manifest, name, dest, &mut opened, wait_gate(clock))
+            .await;
         give(&mut opened);
         give(&mut done);
         match result {
@@ -421,6 +434,7 @@ impl Agent {
         name: &str,
         dest: Option<&str>,
         opened: &mut Option<oneshot::Sender<()>>,
+        clock: impl Future<Output = ()>,
     ) -> Result<u64> {
         let target = Path::new(dest.unwrap_or(name));
         let as_file = ObjectMeta::of(manifest).is_some_and(|m| m.source == "FILE");
@@ -431,7 +445,7 @@ impl Agent {
             .name
             .clone();
         let mut sink = tokio::select! {
-            s = pipes::open_sink(target, self.params.open_timeout, as_file) => s?,
+            s = pipes::open_sink(target, self.params.open_timeout, as_file, clock) => s?,
             _ = cancelled(self.cancel.clone()) => return Err(Error::cancelled("the restore was cancelled")),
         };
         give(opened);

@@ -19,6 +19,7 @@ use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::Path;
 use std::time::Duration;
 
+use futures::FutureExt;
 use strata_core::{Error, Result};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::unix::pipe;
@@ -55,9 +56,15 @@ fn check_kind(path: &Path, allow_file: bool) -> Result<bool> {
     }
 }
 
-/// Opens `path` (which HANA writes) for reading, waiting at most `timeout`
-/// for HANA to open its end. A regular file is accepted too (`#FILE`).
-pub async fn open_source(path: &Path, timeout: Duration) -> Result<Source> {
+/// Opens `path` (which HANA writes) for reading, waiting for HANA to open
+/// its end at most `timeout` after `clock` completes (the deadline starts
+/// once the previous pipe is done, since HANA may write pipes one after
+/// another). A regular file is accepted too (`#FILE`).
+pub async fn open_source(
+    path: &Path,
+    timeout: Duration,
+    clock: impl Future<Output = ()>,
+) -> Result<Source> {
     let is_fifo = check_kind(path, true)?;
     if !is_fifo {
         let file = tokio::fs::File::open(path)
@@ -68,8 +75,16 @@ pub async fn open_source(path: &Path, timeout: Duration) -> Result<Source> {
     let owned = path.to_owned();
     let opening =
         tokio::task::spawn_blocking(move || std::fs::OpenOptions::new().read(true).open(&owned));
-    match tokio::time::timeout(timeout, opening).await {
-        Ok(joined) => {
+    let expiry = async {
+        clock.await;
+        tokio::time::sleep(timeout).await;
+    };
+    let outcome = tokio::select! {
+        joined = opening => Some(joined),
+        () = expiry => None,
+    };
+    match outcome {
+        Some(joined) => {
             let file = joined
                 .map_err(|e| Error::io(format!("opening {} failed: {e}", describe(path))))?
                 .map_err(|e| Error::io(format!("cannot open {}: {e}", describe(path))))?;
@@ -77,7 +92,7 @@ pub async fn open_source(path: &Path, timeout: Duration) -> Result<Source> {
                 .map_err(|e| Error::io(format!("cannot read {}: {e}", describe(path))))?;
             Ok(Box::new(receiver))
         }
-        Err(_) => {
+        None => {
             // Release the thread blocked in open(): a non-blocking writer
             // open succeeds because that thread is a waiting reader.
             let _ = std::fs::OpenOptions::new()
@@ -94,10 +109,16 @@ pub async fn open_source(path: &Path, timeout: Duration) -> Result<Source> {
     }
 }
 
-/// Opens `path` (which HANA reads) for writing, waiting at most `timeout`
-/// for HANA to open its end. `as_file` restores a `#FILE` object: a regular
-/// file is created (or replaced) at `path`.
-pub async fn open_sink(path: &Path, timeout: Duration, as_file: bool) -> Result<Sink> {
+/// Opens `path` (which HANA reads) for writing, waiting for HANA to open its
+/// end at most `timeout` after `clock` completes (HANA may read pipes one
+/// after another). `as_file` restores a `#FILE` object: a regular file is
+/// created (or replaced) at `path`.
+pub async fn open_sink(
+    path: &Path,
+    timeout: Duration,
+    as_file: bool,
+    clock: impl Future<Output = ()>,
+) -> Result<Sink> {
     if as_file {
         let is_fifo = std::fs::metadata(path)
             .map(|m| m.file_type().is_fifo())
@@ -111,13 +132,17 @@ pub async fn open_sink(path: &Path, timeout: Duration, as_file: bool) -> Result<
     } else {
         check_kind(path, false)?;
     }
-    let deadline = tokio::time::Instant::now() + timeout;
+    let mut clock = std::pin::pin!(clock);
+    let mut deadline: Option<tokio::time::Instant> = None;
     let mut pause = Duration::from_millis(5);
     loop {
         match pipe::OpenOptions::new().open_sender(path) {
             Ok(sender) => return Ok(Box::new(sender)),
             Err(e) if e.raw_os_error() == Some(libc::ENXIO) => {
-                if tokio::time::Instant::now() >= deadline {
+                if deadline.is_none() && clock.as_mut().now_or_never().is_some() {
+                    deadline = Some(tokio::time::Instant::now() + timeout);
+                }
+                if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
                     return Err(Error::io(format!(
                         "HANA did not open {} for reading within {} s",
                         describe(path),

@@ -381,3 +381,76 @@ fn walk(dir: &std::path::Path) -> Vec<PathBuf> {
     }
     out
 }
+
+/// HANA may write (and read) the pipes of one call one after the other: the
+/// open timeout of a pipe must not run while HANA is still busy with the
+/// previous one, however long that takes.
+#[test]
+fn pipes_used_one_after_another_outlast_the_open_timeout() {
+    let host = HanaHost::new();
+    let vault = TestVault::new();
+    let dir = host.backint_dir("HDB", "DB_HDB");
+    let par = host.standard_params("HDB", "data.utl", vault.url(), "open_timeout = 1");
+    let first = dir.join("COMPLETE_DATA_BACKUP_databackup_2_1");
+    let second = dir.join("COMPLETE_DATA_BACKUP_databackup_2_2");
+    mkfifo(&first);
+    mkfifo(&second);
+    let chunk = 64 << 10;
+    let agent = BackintCall::new("backup", "HDB")
+        .params(&par)
+        .pipe(&first)
+        .pipe(&second)
+        .spawn(&host);
+    // HANA writes the first pipe slowly (2.5 s, over twice the timeout),
+    // and opens the second only then.
+    let mut writer = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&first)
+        .unwrap();
+    let slow = vec![3u8; chunk];
+    for _ in 0..5 {
+        std::io::Write::write_all(&mut writer, &slow).unwrap();
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    drop(writer);
+    let sent = feed_pipe(&second, 10_000, 12, OPEN)
+        .join()
+        .unwrap()
+        .unwrap();
+    let result = agent.finish(AGENT_TIMEOUT);
+    result.assert_exit(0);
+    assert_eq!(result.saved(&first).1, 5 * chunk as u64);
+    let (second_ebid, _) = result.saved(&second);
+    let (first_ebid, _) = result.saved(&first);
+
+    // Restore: HANA reads the first pipe slowly, then opens the second.
+    for p in [&first, &second] {
+        std::fs::remove_file(p).unwrap();
+        mkfifo(p);
+    }
+    let agent = BackintCall::new("restore", "HDB")
+        .params(&par)
+        .ebid(&first_ebid, &first)
+        .ebid(&second_ebid, &second)
+        .spawn(&host);
+    let mut reader = strata_e2e::hana::open_for_reading(&first, OPEN).unwrap();
+    let mut buf = vec![0u8; chunk];
+    let mut total = 0;
+    for _ in 0..5 {
+        std::io::Read::read_exact(&mut reader, &mut buf).unwrap();
+        total += buf.len();
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert_eq!(
+        std::io::Read::read(&mut reader, &mut buf).unwrap(),
+        0,
+        "EOF after the piece"
+    );
+    drop(reader);
+    assert_eq!(total, 5 * chunk);
+    let got = drain_pipe(&second, OPEN).unwrap();
+    assert_eq!(got, sent);
+    let result = agent.finish(AGENT_TIMEOUT);
+    result.assert_exit(0);
+    assert_eq!(result.with("#RESTORED").len(), 2, "{}", result.describe());
+}
