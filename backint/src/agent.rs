@@ -2,8 +2,9 @@
 //!
 //! Each input line gets exactly one result line, written as soon as it is
 //! known. Pipes are served concurrently (at most `max_channels` at once) but
-//! **taken in input order**: a pipe's open deadline starts only once the pipe
-//! before it was opened, so HANA may open its pipes late and one at a time.
+//! **taken in input order**: the agent starts opening a pipe once the pipe
+//! before it is open, and its open deadline runs only once the pipe before
+//! it is done, so HANA may open its pipes late and one at a time.
 //! Log backups (`log_backup_*`, the catalog included) are restored strictly
 //! one after the other, in input order, because HANA consumes them serially.
 
