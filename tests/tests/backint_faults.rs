@@ -291,6 +291,10 @@ fn an_unreachable_vault_fails_every_object_with_one_stderr_line() {
     for p in &pipes {
         assert!(is_fifo(p));
     }
+    // The log file named in the parameter file has the detail.
+    let log = std::fs::read_to_string(host.root().join("usr/sap/HDB/strata-backint.log")).unwrap();
+    assert!(log.contains("opening the vault failed"), "{log}");
+    assert!(log.contains("-f backup"), "{log}");
     // Restore, inquire and delete fail the same way.
     for function in ["restore", "inquire", "delete"] {
         let result = BackintCall::new(function, "HDB")
