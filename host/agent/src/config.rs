@@ -80,9 +80,10 @@ impl std::str::FromStr for ByteSize {
         let t = text.trim();
         let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
         let (digits, unit) = t.split_at(split);
-        let number: u64 = digits
-            .parse()
-            .map_err(|_| Error::config(format!("`{text}` is not a size")).hint("write sizes like 16MiB, 4GiB or 1048576"))?;
+        let number: u64 = digits.parse().map_err(|_| {
+            Error::config(format!("`{text}` is not a size"))
+                .hint("write sizes like 16MiB, 4GiB or 1048576")
+        })?;
         let factor: u64 = match unit.trim().to_ascii_lowercase().as_str() {
             "" | "b" => 1,
             "k" | "kb" | "kib" => 1 << 10,
@@ -90,8 +91,10 @@ impl std::str::FromStr for ByteSize {
             "g" | "gb" | "gib" => 1 << 30,
             "t" | "tb" | "tib" => 1 << 40,
             other => {
-                return Err(Error::config(format!("unknown size unit `{other}` in `{text}`"))
-                    .hint("use KiB, MiB, GiB or TiB"));
+                return Err(
+                    Error::config(format!("unknown size unit `{other}` in `{text}`"))
+                        .hint("use KiB, MiB, GiB or TiB"),
+                );
             }
         };
         number
@@ -111,7 +114,9 @@ impl<'de> Deserialize<'de> for ByteSize {
         }
         match Raw::deserialize(d)? {
             Raw::Number(n) => Ok(ByteSize(n)),
-            Raw::Text(t) => t.parse().map_err(|e: Error| serde::de::Error::custom(e.to_string())),
+            Raw::Text(t) => t
+                .parse()
+                .map_err(|e: Error| serde::de::Error::custom(e.to_string())),
         }
     }
 }
@@ -120,9 +125,11 @@ impl Config {
     /// Reads a configuration file. A missing file is an error naming it.
     pub fn load(path: &Path) -> Result<Config> {
         let text = std::fs::read_to_string(path).map_err(|e| {
-            Error::config(format!("cannot read the configuration {}: {e}", path.display())).hint(
-                "pass --config PATH, or --vault URL to work without a configuration file",
-            )
+            Error::config(format!(
+                "cannot read the configuration {}: {e}",
+                path.display()
+            ))
+            .hint("pass --config PATH, or --vault URL to work without a configuration file")
         })?;
         Self::parse(&text, &path.display().to_string())
     }
@@ -130,14 +137,17 @@ impl Config {
     /// Parses configuration text; `origin` names it in errors.
     pub fn parse(text: &str, origin: &str) -> Result<Config> {
         toml::from_str(text).map_err(|e| {
-            Error::config(format!("the configuration {origin} is invalid: {}", e.message().trim()))
-                .hint(match e.span() {
-                    Some(span) => {
-                        let line = text[..span.start.min(text.len())].lines().count().max(1);
-                        format!("fix line {line} of {origin}")
-                    }
-                    None => format!("fix {origin}"),
-                })
+            Error::config(format!(
+                "the configuration {origin} is invalid: {}",
+                e.message().trim()
+            ))
+            .hint(match e.span() {
+                Some(span) => {
+                    let line = text[..span.start.min(text.len())].lines().count().max(1);
+                    format!("fix line {line} of {origin}")
+                }
+                None => format!("fix {origin}"),
+            })
         })
     }
 

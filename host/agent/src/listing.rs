@@ -69,7 +69,11 @@ pub async fn refreshed_index(ctx: &Context, vault: &Vault) -> Result<CatalogInde
         .map(|m| layout::manifest_key(&m.engine, &m.instance, &m.id))
         .collect();
     for manifest in &known {
-        if !keys.contains(&layout::manifest_key(&manifest.engine, &manifest.instance, &manifest.id)) {
+        if !keys.contains(&layout::manifest_key(
+            &manifest.engine,
+            &manifest.instance,
+            &manifest.id,
+        )) {
             index.forget(&vault_id, &manifest.id)?;
         }
     }
@@ -180,7 +184,15 @@ pub async fn list(args: ListArgs, ctx: &Context) -> Result<()> {
         }
         return print_json(&listed);
     }
-    let mut table = Table::new(&["ID", "ENGINE", "INSTANCE", "KIND", "ENDED (UTC)", "RAW", "STORED"]);
+    let mut table = Table::new(&[
+        "ID",
+        "ENGINE",
+        "INSTANCE",
+        "KIND",
+        "ENDED (UTC)",
+        "RAW",
+        "STORED",
+    ]);
     for m in &manifests {
         let instance = match &m.database {
             Some(db) => format!("{}/{db}", m.instance),
@@ -215,9 +227,16 @@ pub fn render_timeline(engine: &str, instance: &str, timeline: &Timeline) -> Str
         out.push_str("  none\n");
     }
     for w in &timeline.windows {
-        let fork = if w.fork.is_empty() { String::new() } else { format!(" [fork {}]", w.fork) };
+        let fork = if w.fork.is_empty() {
+            String::new()
+        } else {
+            format!(" [fork {}]", w.fork)
+        };
         if w.from_time == w.to_time {
-            out.push_str(&format!("  {}{fork}  (a single point)\n", w.from_time.format("%Y-%m-%d %H:%M:%S%.3f")));
+            out.push_str(&format!(
+                "  {}{fork}  (a single point)\n",
+                w.from_time.format("%Y-%m-%d %H:%M:%S%.3f")
+            ));
         } else {
             out.push_str(&format!(
                 "  {} .. {}{fork}\n",
@@ -264,10 +283,13 @@ pub async fn verify(args: VerifyArgs, ctx: &Context) -> Result<()> {
     } else {
         let mut chosen = Vec::new();
         for wanted in &args.backups {
-            let found = all.iter().find(|m| m.id.as_str() == wanted).ok_or_else(|| {
-                Error::not_found(format!("backup {wanted} is not in the vault"))
-                    .hint("`strata list` shows the committed backups")
-            })?;
+            let found = all
+                .iter()
+                .find(|m| m.id.as_str() == wanted)
+                .ok_or_else(|| {
+                    Error::not_found(format!("backup {wanted} is not in the vault"))
+                        .hint("`strata list` shows the committed backups")
+                })?;
             chosen.push(found);
         }
         chosen
@@ -295,7 +317,14 @@ pub async fn verify(args: VerifyArgs, ctx: &Context) -> Result<()> {
     } else {
         for r in &results {
             if r.ok {
-                println!("ok      {} {} {} ({} parts, {})", r.id, r.engine, r.instance, r.parts, human_bytes(r.raw_bytes));
+                println!(
+                    "ok      {} {} {} ({} parts, {})",
+                    r.id,
+                    r.engine,
+                    r.instance,
+                    r.parts,
+                    human_bytes(r.raw_bytes)
+                );
             } else {
                 println!("DAMAGED {} {} {}", r.id, r.engine, r.instance);
                 for p in &r.problems {

@@ -167,7 +167,8 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Backup(BackupCommand::Stream(args)) => stream::backup(args, &ctx).await,
         Command::Restore(RestoreCommand::Stream(args)) => stream::restore(args, &ctx).await,
         Command::List(args)
-            if matches!(args.engine.as_deref(), Some("pg" | "postgres")) && args.instance.is_some() =>
+            if matches!(args.engine.as_deref(), Some("pg" | "postgres"))
+                && args.instance.is_some() =>
         {
             let list = pg::PgListArgs {
                 name: args.instance.unwrap_or_default(),
@@ -206,7 +207,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose);
     let json = cli.json;
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

@@ -71,8 +71,10 @@ struct BackupSummary<'a> {
 
 fn validate_name(name: &str) -> Result<()> {
     if name.trim().is_empty() || name.len() > 200 || name.contains('\0') {
-        return Err(Error::config(format!("`{name}` is not a usable stream name"))
-            .hint("use a short name such as nightly-dump"));
+        return Err(
+            Error::config(format!("`{name}` is not a usable stream name"))
+                .hint("use a short name such as nightly-dump"),
+        );
     }
     Ok(())
 }
@@ -89,7 +91,9 @@ fn parse_labels(labels: &[String]) -> Result<std::collections::BTreeMap<String, 
         .collect()
 }
 
-async fn open_input(input: Option<&Path>) -> Result<(Box<dyn AsyncRead + Send + Unpin>, Option<u64>)> {
+async fn open_input(
+    input: Option<&Path>,
+) -> Result<(Box<dyn AsyncRead + Send + Unpin>, Option<u64>)> {
     match input {
         None => Ok((Box::new(tokio::io::stdin()), None)),
         Some(p) if p == Path::new("-") => Ok((Box::new(tokio::io::stdin()), None)),
@@ -207,11 +211,20 @@ pub async fn restore(args: RestoreStreamArgs, ctx: &Context) -> Result<()> {
     };
     let total = manifest.raw_size();
     let started = Instant::now();
-    let to_stdout = matches!(args.output.as_deref(), None) || args.output.as_deref() == Some(Path::new("-"));
+    let to_stdout =
+        matches!(args.output.as_deref(), None) || args.output.as_deref() == Some(Path::new("-"));
     let bar = ctx.progress(Some(total), &format!("restoring {}", args.name));
     let stats = if to_stdout {
         let mut out = tokio::io::stdout();
-        let stats = read_stream(&vault, &manifest, STREAM_NAME, &mut out, &ctx.reader_config(), Some(&bar)).await?;
+        let stats = read_stream(
+            &vault,
+            &manifest,
+            STREAM_NAME,
+            &mut out,
+            &ctx.reader_config(),
+            Some(&bar),
+        )
+        .await?;
         out.flush().await?;
         stats
     } else {
@@ -250,8 +263,10 @@ async fn restore_to_file(
     bar: &crate::progress::Bar,
 ) -> Result<strata_core::vault::reader::ReadStats> {
     if path.exists() && !force {
-        return Err(Error::conflict(format!("{} already exists", path.display()))
-            .hint("choose another --output, or pass --force to replace it"));
+        return Err(
+            Error::conflict(format!("{} already exists", path.display()))
+                .hint("choose another --output, or pass --force to replace it"),
+        );
     }
     let mut partial = path.as_os_str().to_owned();
     partial.push(".partial");
@@ -261,7 +276,15 @@ async fn restore_to_file(
             .hint("check that the directory exists and is writable")
     })?;
     let result = async {
-        let stats = read_stream(vault, manifest, STREAM_NAME, &mut file, &ctx.reader_config(), Some(bar)).await?;
+        let stats = read_stream(
+            vault,
+            manifest,
+            STREAM_NAME,
+            &mut file,
+            &ctx.reader_config(),
+            Some(bar),
+        )
+        .await?;
         file.flush().await?;
         file.sync_all().await?;
         Ok::<_, Error>(stats)

@@ -40,15 +40,17 @@ async fn init(url: Option<String>, encrypt: bool, ctx: &Context) -> Result<()> {
         config.url = url;
     }
     if config.url.trim().is_empty() {
-        return Err(Error::config("no vault URL given")
-            .hint("run `strata vault init file:///var/lib/strata/vault` (or s3://, az://, gs://)"));
+        return Err(Error::config("no vault URL given").hint(
+            "run `strata vault init file:///var/lib/strata/vault` (or s3://, az://, gs://)",
+        ));
     }
     let mut generated: Option<PathBuf> = None;
     let key = match (encrypt, &config.key_file) {
         (false, _) => None,
         (true, None) => {
-            return Err(Error::config("--encrypt needs a key file")
-                .hint("pass --key-file /etc/strata/vault.key (it is created if it does not exist)"));
+            return Err(Error::config("--encrypt needs a key file").hint(
+                "pass --key-file /etc/strata/vault.key (it is created if it does not exist)",
+            ));
         }
         (true, Some(path)) if path.exists() => Some(VaultKey::load(path)?),
         (true, Some(path)) => {
@@ -71,7 +73,11 @@ async fn init(url: Option<String>, encrypt: bool, ctx: &Context) -> Result<()> {
     if ctx.json {
         print_json(&serde_json::json!({ "url": vault.url(), "meta": vault.meta() }))?;
     } else {
-        println!("created vault {} (id {})", vault.url(), vault.meta().vault_id);
+        println!(
+            "created vault {} (id {})",
+            vault.url(),
+            vault.meta().vault_id
+        );
         if let Some(path) = &config.key_file.filter(|_| encrypt) {
             println!(
                 "encrypted with the key in {}: keep a copy of it somewhere safe, without it no backup in this vault can be restored",
@@ -91,7 +97,11 @@ async fn info(ctx: &Context) -> Result<()> {
     println!("vault      {}", vault.url());
     println!("id         {}", meta.vault_id);
     println!("format     {}", meta.format);
-    println!("created    {} by {}", meta.created_at.to_rfc3339(), meta.created_by);
+    println!(
+        "created    {} by {}",
+        meta.created_at.to_rfc3339(),
+        meta.created_by
+    );
     println!(
         "encryption {}",
         meta.encryption

@@ -77,7 +77,9 @@ fn segment_objects(root: &Path) -> Vec<PathBuf> {
     let mut found = Vec::new();
     let mut stack = vec![root.join("data")];
     while let Some(dir) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
         for entry in entries.flatten() {
             let path = entry.path();
             if path.is_dir() {
@@ -99,8 +101,16 @@ fn stream_round_trip_list_verify_restore() {
     std::fs::write(fx.path("input.bin"), &data).unwrap();
 
     let out = fx.ok(&[
-        "backup", "stream", "nightly", "--input", fx.path("input.bin").to_str().unwrap(),
-        "--part-size", "1MiB", "--level", "1", "--json",
+        "backup",
+        "stream",
+        "nightly",
+        "--input",
+        fx.path("input.bin").to_str().unwrap(),
+        "--part-size",
+        "1MiB",
+        "--level",
+        "1",
+        "--json",
     ]);
     let summary: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON summary");
     assert_eq!(summary["raw_bytes"], data.len() as u64);
@@ -124,8 +134,18 @@ fn stream_round_trip_list_verify_restore() {
     let out = fx.ok(&["verify"]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("1 backup(s) verified, 0 damaged"));
 
-    fx.ok(&["restore", "stream", "nightly", "--output", fx.path("restored.bin").to_str().unwrap()]);
-    assert_eq!(std::fs::read(fx.path("restored.bin")).unwrap(), data, "restored bytes differ");
+    fx.ok(&[
+        "restore",
+        "stream",
+        "nightly",
+        "--output",
+        fx.path("restored.bin").to_str().unwrap(),
+    ]);
+    assert_eq!(
+        std::fs::read(fx.path("restored.bin")).unwrap(),
+        data,
+        "restored bytes differ"
+    );
 
     // To stdout, as a pipe would take it.
     let out = fx.ok(&["restore", "stream", "nightly"]);
@@ -159,7 +179,15 @@ fn flipped_byte_is_found_by_verify_and_stops_restore() {
     fx.ok(&["vault", "init"]);
     let data = test_data(2 * 1024 * 1024);
     std::fs::write(fx.path("input.bin"), &data).unwrap();
-    fx.ok(&["backup", "stream", "db", "--input", fx.path("input.bin").to_str().unwrap(), "--part-size", "256KiB"]);
+    fx.ok(&[
+        "backup",
+        "stream",
+        "db",
+        "--input",
+        fx.path("input.bin").to_str().unwrap(),
+        "--part-size",
+        "256KiB",
+    ]);
 
     let segments = segment_objects(&fx.path("vault"));
     assert_eq!(segments.len(), 1);
@@ -169,46 +197,103 @@ fn flipped_byte_is_found_by_verify_and_stops_restore() {
     std::fs::write(&segments[0], &stored).unwrap();
 
     let out = fx.run(&["verify"]);
-    assert_eq!(out.status.code(), Some(6), "integrity exit code; stderr: {}", stderr(&out));
+    assert_eq!(
+        out.status.code(),
+        Some(6),
+        "integrity exit code; stderr: {}",
+        stderr(&out)
+    );
     let report = String::from_utf8_lossy(&out.stdout);
     assert!(report.contains("DAMAGED"), "{report}");
-    assert!(report.contains("part"), "the report names the part: {report}");
+    assert!(
+        report.contains("part"),
+        "the report names the part: {report}"
+    );
 
-    let out = fx.run(&["restore", "stream", "db", "--output", fx.path("restored.bin").to_str().unwrap()]);
+    let out = fx.run(&[
+        "restore",
+        "stream",
+        "db",
+        "--output",
+        fx.path("restored.bin").to_str().unwrap(),
+    ]);
     assert_eq!(out.status.code(), Some(6), "{}", stderr(&out));
-    assert!(stderr(&out).contains(".zst"), "the error names the object: {}", stderr(&out));
-    assert!(!fx.path("restored.bin").exists(), "no output file that looks complete");
-    assert!(!fx.path("restored.bin.partial").exists(), "the partial file is removed");
+    assert!(
+        stderr(&out).contains(".zst"),
+        "the error names the object: {}",
+        stderr(&out)
+    );
+    assert!(
+        !fx.path("restored.bin").exists(),
+        "no output file that looks complete"
+    );
+    assert!(
+        !fx.path("restored.bin.partial").exists(),
+        "the partial file is removed"
+    );
 }
 
 #[test]
 fn encrypted_vault_needs_its_key() {
     let fx = Fixture::new();
     let key = fx.path("vault.key");
-    fx.ok(&["vault", "init", "--encrypt", "--key-file", key.to_str().unwrap()]);
+    fx.ok(&[
+        "vault",
+        "init",
+        "--encrypt",
+        "--key-file",
+        key.to_str().unwrap(),
+    ]);
     assert_eq!(std::fs::read_to_string(&key).unwrap().trim().len(), 64);
 
     let data = test_data(100_000);
     std::fs::write(fx.path("input.bin"), &data).unwrap();
-    fx.ok(&["backup", "stream", "secret", "--key-file", key.to_str().unwrap(), "--input", fx.path("input.bin").to_str().unwrap()]);
+    fx.ok(&[
+        "backup",
+        "stream",
+        "secret",
+        "--key-file",
+        key.to_str().unwrap(),
+        "--input",
+        fx.path("input.bin").to_str().unwrap(),
+    ]);
 
     // The plaintext is nowhere in the vault.
     for segment in segment_objects(&fx.path("vault")) {
         let stored = std::fs::read(segment).unwrap();
-        assert!(!stored.windows(20).any(|w| w == &data[..20]), "plaintext found in a segment");
+        assert!(
+            !stored.windows(20).any(|w| w == &data[..20]),
+            "plaintext found in a segment"
+        );
     }
 
     let out = fx.run(&["restore", "stream", "secret"]);
     assert_eq!(out.status.code(), Some(7), "{}", stderr(&out));
-    assert!(stderr(&out).contains("encrypted and no key was given"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("encrypted and no key was given"),
+        "{}",
+        stderr(&out)
+    );
 
     let other = fx.path("other.key");
     std::fs::write(&other, format!("{}\n", "ab".repeat(32))).unwrap();
-    let out = fx.run(&["restore", "stream", "secret", "--key-file", other.to_str().unwrap()]);
+    let out = fx.run(&[
+        "restore",
+        "stream",
+        "secret",
+        "--key-file",
+        other.to_str().unwrap(),
+    ]);
     assert_eq!(out.status.code(), Some(7), "{}", stderr(&out));
     assert!(stderr(&out).contains("does not belong"), "{}", stderr(&out));
 
-    let out = fx.ok(&["restore", "stream", "secret", "--key-file", key.to_str().unwrap()]);
+    let out = fx.ok(&[
+        "restore",
+        "stream",
+        "secret",
+        "--key-file",
+        key.to_str().unwrap(),
+    ]);
     assert_eq!(out.stdout, data);
 }
 
@@ -218,7 +303,11 @@ fn operator_mistakes_get_clear_errors() {
 
     let out = fx.run(&["list"]);
     assert_eq!(out.status.code(), Some(8), "{}", stderr(&out));
-    assert!(stderr(&out).contains("strata vault init"), "tells how to create a vault: {}", stderr(&out));
+    assert!(
+        stderr(&out).contains("strata vault init"),
+        "tells how to create a vault: {}",
+        stderr(&out)
+    );
 
     fx.ok(&["vault", "init"]);
     let out = fx.run(&["vault", "init"]);
@@ -227,17 +316,39 @@ fn operator_mistakes_get_clear_errors() {
 
     let out = fx.run(&["restore", "stream", "nothing"]);
     assert_eq!(out.status.code(), Some(8));
-    assert!(stderr(&out).contains("no stream backup called `nothing`"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("no stream backup called `nothing`"),
+        "{}",
+        stderr(&out)
+    );
 
     std::fs::write(fx.path("in"), b"x").unwrap();
-    fx.ok(&["backup", "stream", "x", "--input", fx.path("in").to_str().unwrap()]);
+    fx.ok(&[
+        "backup",
+        "stream",
+        "x",
+        "--input",
+        fx.path("in").to_str().unwrap(),
+    ]);
     std::fs::write(fx.path("exists"), b"keep me").unwrap();
-    let out = fx.run(&["restore", "stream", "x", "--output", fx.path("exists").to_str().unwrap()]);
+    let out = fx.run(&[
+        "restore",
+        "stream",
+        "x",
+        "--output",
+        fx.path("exists").to_str().unwrap(),
+    ]);
     assert_eq!(out.status.code(), Some(9));
     assert!(stderr(&out).contains("--force"), "{}", stderr(&out));
     assert_eq!(std::fs::read(fx.path("exists")).unwrap(), b"keep me");
 
-    let out = fx.run(&["backup", "stream", "x", "--input", fx.path("missing").to_str().unwrap()]);
+    let out = fx.run(&[
+        "backup",
+        "stream",
+        "x",
+        "--input",
+        fx.path("missing").to_str().unwrap(),
+    ]);
     assert_eq!(out.status.code(), Some(10), "{}", stderr(&out));
     assert!(stderr(&out).contains("cannot open"), "{}", stderr(&out));
 
@@ -256,13 +367,28 @@ fn catalog_rebuild_recreates_the_index_from_the_vault() {
     fx.ok(&["vault", "init"]);
     std::fs::write(fx.path("in"), test_data(10_000)).unwrap();
     for name in ["a", "b", "c"] {
-        fx.ok(&["backup", "stream", name, "--input", fx.path("in").to_str().unwrap()]);
+        fx.ok(&[
+            "backup",
+            "stream",
+            name,
+            "--input",
+            fx.path("in").to_str().unwrap(),
+        ]);
     }
     std::fs::remove_file(fx.path("catalog.db")).unwrap();
     let out = fx.ok(&["catalog", "rebuild"]);
-    assert!(String::from_utf8_lossy(&out.stdout).contains("3 backups"), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("3 backups"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     let out = fx.ok(&["list", "--json"]);
     let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let names: Vec<&str> = listed.as_array().unwrap().iter().map(|b| b["instance"].as_str().unwrap()).collect();
+    let names: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["instance"].as_str().unwrap())
+        .collect();
     assert_eq!(names, ["a", "b", "c"]);
 }
