@@ -321,6 +321,19 @@ async fn wal_fetch(
     }
 }
 
+/// Part size of PostgreSQL full backups unless `[writer] part_size` is set:
+/// a backup writes `parallel` streams at once, and 8 MiB parts keep its
+/// memory under 256 MiB with two streams and every core compressing.
+const PG_PART_SIZE: usize = 8 << 20;
+
+fn pg_writer_config(ctx: &Context) -> strata_core::vault::writer::WriterConfig {
+    let mut config = ctx.writer_config();
+    if ctx.config.writer.part_size.is_none() {
+        config.part_size = PG_PART_SIZE;
+    }
+    config
+}
+
 /// Runs `strata backup pg NAME`.
 pub async fn backup(args: PgBackupArgs, ctx: &Context) -> Result<()> {
     let kind: BackupKind = args.kind.parse()?;
@@ -342,7 +355,7 @@ pub async fn backup(args: PgBackupArgs, ctx: &Context) -> Result<()> {
             database: None,
             kind,
         },
-        ctx.writer_config(),
+        pg_writer_config(ctx),
     )?;
     let options = FullBackupOptions {
         label: format!("strata {}", writer.id()),
