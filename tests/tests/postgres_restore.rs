@@ -430,7 +430,7 @@ fn a_backup_interrupted_by_a_server_restart_fails_and_commits_nothing() {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
         let in_backup = pg.try_psql(
-            "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_backup_start%'",
+            "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_backup_start%' AND state = 'idle'",
         );
         if in_backup.as_deref() == Ok("1") {
             break;
