@@ -212,7 +212,7 @@ pub async fn restore(args: RestoreStreamArgs, ctx: &Context) -> Result<()> {
     let total = manifest.raw_size();
     let started = Instant::now();
     let to_stdout =
-        matches!(args.output.as_deref(), None) || args.output.as_deref() == Some(Path::new("-"));
+        args.output.as_deref().is_none() || args.output.as_deref() == Some(Path::new("-"));
     let bar = ctx.progress(Some(total), &format!("restoring {}", args.name));
     let stats = if to_stdout {
         let mut out = tokio::io::stdout();
