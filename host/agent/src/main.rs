@@ -27,7 +27,12 @@ use crate::context::Context;
 
 /// Strata: native database backups streamed straight to object storage.
 #[derive(Debug, Parser)]
-#[command(name = "strata", version, about, propagate_version = true)]
+#[command(
+    name = "strata",
+    version,
+    about = "Strata: native database backups streamed straight to object storage, restored to the second.",
+    propagate_version = true
+)]
 struct Cli {
     /// The configuration file.
     #[arg(long, global = true, env = "STRATA_CONFIG", value_name = "PATH")]
