@@ -700,43 +700,77 @@ async fn flipped_byte_is_detected_by_verify_and_read(location: &TestVault) {
         .await
         .unwrap();
 
+    let err = assert_damage_reported(
+        &vault,
+        &manifest,
+        &data,
+        &segment.key,
+        ErrorKind::Integrity,
+        Some("part 2"),
+        2 * PART,
+    )
+    .await;
+    assert!(err.hint_text().is_some(), "tells the operator what to do");
     let report = verify_backup(&vault, &manifest, &ReaderConfig::default(), None)
         .await
         .unwrap();
-    assert!(!report.is_ok(), "verify did not notice the flipped byte");
     assert_eq!(report.problems.len(), 1, "{:?}", report.problems);
-    let problem = &report.problems[0];
-    assert!(
-        problem.contains(&segment.key),
-        "names the object: {problem}"
-    );
-    assert!(problem.contains("part 2"), "names the part: {problem}");
+}
 
+/// Checks that damage to the object `key` is reported by `verify_backup`
+/// (every problem names the object, one names `part`) and stops
+/// `read_stream` with an error of `kind` naming the object and `part`,
+/// after handing on at most `max_sound` bytes, all of them the original
+/// ones. Returns the read error for further checks.
+async fn assert_damage_reported(
+    vault: &Vault,
+    manifest: &Manifest,
+    data: &[u8],
+    key: &str,
+    kind: ErrorKind,
+    part: Option<&str>,
+    max_sound: usize,
+) -> strata_core::Error {
+    let report = verify_backup(vault, manifest, &ReaderConfig::default(), None)
+        .await
+        .unwrap();
+    assert!(!report.is_ok(), "verify did not notice the damage to {key}");
+    assert!(
+        report.problems.iter().all(|p| p.contains(key)),
+        "every problem names the object: {:?}",
+        report.problems
+    );
+    if let Some(part) = part {
+        assert!(
+            report.problems.iter().any(|p| p.contains(part)),
+            "names the part: {:?}",
+            report.problems
+        );
+    }
     let mut out = Vec::new();
     let err = read_stream(
-        &vault,
-        &manifest,
+        vault,
+        manifest,
         "data",
         &mut out,
         &ReaderConfig::default(),
         None,
     )
     .await
-    .expect_err("a damaged part must fail the read");
-    assert_eq!(err.kind(), ErrorKind::Integrity, "{err:?}");
-    assert!(
-        err.to_string().contains(&segment.key),
-        "names the object: {err}"
-    );
-    assert!(err.to_string().contains("part 2"), "names the part: {err}");
-    assert!(err.hint_text().is_some(), "tells the operator what to do");
+    .expect_err("damage must fail the read");
+    assert_eq!(err.kind(), kind, "{err:?}");
+    assert!(err.to_string().contains(key), "names the object: {err}");
+    if let Some(part) = part {
+        assert!(err.to_string().contains(part), "names the part: {err}");
+    }
     // Only the sound parts before the damage may have been handed on.
-    assert!(out.len() <= 2 * PART, "{} bytes handed on", out.len());
+    assert!(out.len() <= max_sound, "{} bytes handed on", out.len());
     assert_same_bytes(
         &out,
         &data[..out.len()],
         "bytes handed on before the damage",
     );
+    err
 }
 
 async fn missing_or_truncated_segment_is_named(location: &TestVault) {
@@ -758,38 +792,16 @@ async fn missing_or_truncated_segment_is_named(location: &TestVault) {
         .put(&vault.path(&segment.key), PutPayload::from(stored))
         .await
         .unwrap();
-    let report = verify_backup(&vault, &truncated, &ReaderConfig::default(), None)
-        .await
-        .unwrap();
-    assert!(!report.is_ok(), "verify did not notice the truncation");
-    assert!(
-        report.problems.iter().all(|p| p.contains(&segment.key)),
-        "{:?}",
-        report.problems
-    );
-    let mut out = Vec::new();
-    let err = read_stream(
+    assert_damage_reported(
         &vault,
         &truncated,
-        "data",
-        &mut out,
-        &ReaderConfig::default(),
-        None,
+        &data,
+        &segment.key,
+        ErrorKind::Integrity,
+        Some("part 1"),
+        PART,
     )
-    .await
-    .expect_err("a truncated segment must fail the read");
-    assert_eq!(err.kind(), ErrorKind::Integrity, "{err:?}");
-    assert!(
-        err.to_string().contains(&segment.key),
-        "names the object: {err}"
-    );
-    assert!(err.to_string().contains("part 1"), "names the part: {err}");
-    assert!(out.len() <= PART, "{} bytes handed on", out.len());
-    assert_same_bytes(
-        &out,
-        &data[..out.len()],
-        "bytes handed on before the damage",
-    );
+    .await;
 
     // Delete the second segment of the other backup.
     let segment = &missing.stream("data").unwrap().segments[1];
@@ -798,33 +810,16 @@ async fn missing_or_truncated_segment_is_named(location: &TestVault) {
         .delete(&vault.path(&segment.key))
         .await
         .unwrap();
-    let report = verify_backup(&vault, &missing, &ReaderConfig::default(), None)
-        .await
-        .unwrap();
-    assert!(!report.is_ok(), "verify did not notice the missing object");
-    assert!(
-        report.problems.iter().all(|p| p.contains(&segment.key)),
-        "{:?}",
-        report.problems
-    );
-    let mut out = Vec::new();
-    let err = read_stream(
+    assert_damage_reported(
         &vault,
         &missing,
-        "data",
-        &mut out,
-        &ReaderConfig::default(),
+        &data,
+        &segment.key,
+        ErrorKind::NotFound,
         None,
+        2 * PART,
     )
-    .await
-    .expect_err("a missing segment must fail the read");
-    assert_eq!(err.kind(), ErrorKind::NotFound, "{err:?}");
-    assert!(
-        err.to_string().contains(&segment.key),
-        "names the object: {err}"
-    );
-    assert!(out.len() <= 2 * PART, "{} bytes handed on", out.len());
-    assert_same_bytes(&out, &data[..out.len()], "bytes handed on before the gap");
+    .await;
 }
 
 async fn wrong_key_is_refused(location: &TestVault) {
