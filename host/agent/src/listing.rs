@@ -3,7 +3,6 @@
 use std::collections::{BTreeMap, HashSet};
 
 use clap::{Args, Subcommand};
-use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
 use strata_core::catalog::index::{CatalogIndex, ListFilter};
 use strata_core::catalog::manifest::{BackupId, Manifest};
@@ -63,29 +62,16 @@ pub async fn refreshed_index(ctx: &Context, vault: &Vault) -> Result<CatalogInde
         .into_iter()
         .filter(|k| k.ends_with(".json"))
         .collect();
-    let known = index.list(&vault_id, &ListFilter::default())?;
-    let known_keys: HashSet<String> = known
-        .iter()
-        .map(|m| layout::manifest_key(&m.engine, &m.instance, &m.id))
-        .collect();
-    for manifest in &known {
-        if !keys.contains(&layout::manifest_key(
-            &manifest.engine,
-            &manifest.instance,
-            &manifest.id,
-        )) {
+    let mut known_keys = HashSet::new();
+    for manifest in index.list(&vault_id, &ListFilter::default())? {
+        let key = layout::manifest_key(&manifest.engine, &manifest.instance, &manifest.id);
+        if !keys.contains(&key) {
             index.forget(&vault_id, &manifest.id)?;
         }
+        known_keys.insert(key);
     }
     let missing: Vec<String> = keys.difference(&known_keys).cloned().collect();
-    let fetched: Vec<Manifest> = futures::stream::iter(missing)
-        .map(|key| async move {
-            let bytes = vault.get_bytes(&key).await?;
-            Manifest::from_json(&bytes, &key)
-        })
-        .buffered(16)
-        .try_collect()
-        .await?;
+    let fetched = vault.read_manifest_keys(missing).await?;
     for manifest in &fetched {
         index.record(&vault_id, manifest)?;
     }

@@ -526,6 +526,12 @@ impl Vault {
             .into_iter()
             .filter(|k| k.ends_with(".json"))
             .collect();
+        self.read_manifest_keys(keys).await
+    }
+
+    /// Reads and checks the manifests at `keys` (relative to the root), a few
+    /// in parallel, in the order given.
+    pub async fn read_manifest_keys(&self, keys: Vec<String>) -> Result<Vec<Manifest>> {
         futures::stream::iter(keys)
             .map(|key| async move {
                 let bytes = self.get_bytes(&key).await?;
