@@ -8,6 +8,26 @@ use strata_e2e::pg::{PgStrata, give_to_postgres};
 
 const ARCHIVE_WAIT: Duration = Duration::from_secs(60);
 
+/// Runs `strata pg wal-fetch FILE <scratch>/DEST` as PostgreSQL's
+/// restore_command would (as the postgres user, in `scratch`), expects
+/// success, and returns the fetched bytes.
+fn wal_fetch(env: &PgStrata, scratch: &std::path::Path, file: &str, dest: &str) -> Vec<u8> {
+    let dest = scratch.join(dest);
+    env.strata_as_postgres(
+        scratch,
+        &[
+            "pg",
+            "wal-fetch",
+            file,
+            dest.to_str().unwrap(),
+            "--cluster",
+            "main",
+        ],
+    )
+    .success();
+    std::fs::read(&dest).unwrap()
+}
+
 fn segment_object(env: &PgStrata, system_id: &str, segment: &str) -> std::path::PathBuf {
     env.vault_dir
         .join("engines/postgres/main/wal")
@@ -34,24 +54,12 @@ fn archived_segments_come_back_byte_for_byte_and_duplicates_are_judged_by_conten
         std::fs::read(pg.data.join("pg_wal").join(&segment)).expect("segment still in pg_wal");
     let scratch = env.dir.mkdir("scratch");
     give_to_postgres(&scratch);
-    let dest = scratch.join("RECOVERYXLOG");
-    env.strata_as_postgres(
-        &scratch,
-        &[
-            "pg",
-            "wal-fetch",
-            &segment,
-            dest.to_str().unwrap(),
-            "--cluster",
-            "main",
-        ],
-    )
-    .success();
     assert_eq!(
-        std::fs::read(&dest).unwrap(),
+        wal_fetch(&env, &scratch, &segment, "RECOVERYXLOG"),
         original,
         "wal-fetch returns the archived bytes"
     );
+    let dest = scratch.join("RECOVERYXLOG");
 
     // A missing file is exit 1 (how recovery finds the end of WAL).
     let missing = env.strata_as_postgres(
@@ -170,21 +178,14 @@ fn archived_segments_come_back_byte_for_byte_and_duplicates_are_judged_by_conten
         "{}",
         out.stderr_text()
     );
-    let fetched = scratch.join("RECOVERYHISTORY");
-    env.strata_as_postgres(
-        &scratch,
-        &[
-            "pg",
-            "wal-fetch",
-            "00000007.history",
-            fetched.to_str().unwrap(),
-            "--cluster",
-            "main",
-        ],
-    )
-    .success();
     assert_eq!(
-        std::fs::read_to_string(&fetched).unwrap(),
+        String::from_utf8(wal_fetch(
+            &env,
+            &scratch,
+            "00000007.history",
+            "RECOVERYHISTORY"
+        ))
+        .unwrap(),
         "6\t0/5000000\tno recovery target specified\n"
     );
 }
@@ -236,21 +237,8 @@ fn an_unreachable_vault_fails_the_push_and_postgres_retries_until_it_is_back() {
     assert!(segment_object(&env, &system_id, &segment).is_file());
     let scratch = env.dir.mkdir("scratch");
     give_to_postgres(&scratch);
-    let dest = scratch.join("RECOVERYXLOG");
-    env.strata_as_postgres(
-        &scratch,
-        &[
-            "pg",
-            "wal-fetch",
-            &segment,
-            dest.to_str().unwrap(),
-            "--cluster",
-            "main",
-        ],
-    )
-    .success();
     assert_eq!(
-        std::fs::read(&dest).unwrap(),
+        wal_fetch(&env, &scratch, &segment, "RECOVERYXLOG"),
         std::fs::read(pg.data.join("pg_wal").join(&segment)).unwrap(),
         "the segment archived after the outage is the one PostgreSQL wrote"
     );
