@@ -7,10 +7,12 @@
 //!    stream is a [`crate::bundle`] read by its own thread and written into the
 //!    vault as it is read: nothing is staged on local disk.
 //! 3. Copy `global/pg_control` last, in its own stream.
-//! 4. On the same session: `pg_backup_stop(wait_for_archive => true)`, and
+//! 4. On the same session: `pg_backup_stop(wait_for_archive => false)`, and
 //!    store the returned `backup_label` and `tablespace_map` byte for byte,
-//!    as the streams `backup_label` and `tablespace_map`.
-//! 5. Check that every WAL segment from the start LSN to the stop LSN is in the
+//!    as the streams `backup_label` and `tablespace_map`. PostgreSQL's own
+//!    wait polls the archiver once a second; step 5 waits for the same thing
+//!    by watching the vault, which is both stricter and quicker.
+//! 5. Wait until every WAL segment from the start LSN to the stop LSN is in the
 //!    vault's WAL archive. Only then is the outcome returned, and the caller
 //!    commits the manifest: a backup whose WAL is missing never becomes
 //!    restorable. If the session is lost (a server restart, a dropped
@@ -498,7 +500,7 @@ pub async fn full_backup(
     let row = server
         .client
         .query_one(
-            "SELECT lsn::text, labelfile, coalesce(spcmapfile, '') FROM pg_backup_stop(true)",
+            "SELECT lsn::text, labelfile, coalesce(spcmapfile, '') FROM pg_backup_stop(false)",
             &[],
         )
         .await
@@ -588,19 +590,26 @@ async fn wait_for_wal(
     let first = segno_of(start, seg_size);
     let last = segno_of(Lsn(stop.0.saturating_sub(1)), seg_size).max(first);
     let deadline = tokio::time::Instant::now() + wait;
+    // The last segment is usually archived within tens of milliseconds of
+    // the switch `pg_backup_stop` forces: look often at first, then back off.
+    let mut pause = Duration::from_millis(20);
+    // A listing finds what is already there; when only a few segments are
+    // still missing, they are looked up by key instead.
+    let mut missing: Vec<u64> = (first..=last).collect();
     loop {
-        let listed = archive.list(system_id).await?;
-        let have: HashSet<u64> = listed
-            .get(&timeline)
-            .map(|names| {
-                names
-                    .iter()
-                    .filter(|n| n.kind == crate::walname::WalFileKind::Segment)
-                    .map(|n| n.segno(seg_size))
-                    .collect()
-            })
-            .unwrap_or_default();
-        let missing: Vec<u64> = (first..=last).filter(|s| !have.contains(s)).collect();
+        if missing.len() > 16 {
+            let have = archived_segments(archive, system_id, timeline, seg_size).await?;
+            missing.retain(|s| !have.contains(s));
+        } else {
+            let mut still = Vec::with_capacity(missing.len());
+            for segno in missing {
+                let name = WalFileName::segment(timeline, segno, seg_size);
+                if archive.header(system_id, &name).await?.is_none() {
+                    still.push(segno);
+                }
+            }
+            missing = still;
+        }
         if missing.is_empty() {
             return Ok(());
         }
@@ -617,8 +626,29 @@ async fn wait_for_wal(
             .hint("archive_command must call `strata pg wal-push %p --cluster <name>` with this vault; \
                    `strata pg check <name>` shows the line. The backup was not committed."));
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(500));
     }
+}
+
+/// The segment numbers archived on `timeline`.
+async fn archived_segments(
+    archive: &WalArchive,
+    system_id: u64,
+    timeline: u32,
+    seg_size: u64,
+) -> Result<HashSet<u64>> {
+    let listed = archive.list(system_id).await?;
+    Ok(listed
+        .get(&timeline)
+        .map(|names| {
+            names
+                .iter()
+                .filter(|n| n.kind == crate::walname::WalFileKind::Segment)
+                .map(|n| n.segno(seg_size))
+                .collect()
+        })
+        .unwrap_or_default())
 }
 
 fn engine_error(e: tokio_postgres::Error, what: &str) -> Error {
