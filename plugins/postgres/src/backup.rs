@@ -400,6 +400,7 @@ async fn write_bundle(
                         ));
                     }
                 };
+                crate::bundle::will_read_sequentially(&file);
                 let digest = bundle.add_file(&entry.rel, entry.mode, entry.size, &mut file)?;
                 stored.push(StoredFile {
                     path: entry.rel.clone(),
