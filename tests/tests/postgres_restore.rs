@@ -81,6 +81,13 @@ fn point_in_time_restore_under_load_holds_exactly_the_markers_before_the_target(
         out.stdout_text()
     );
 
+    // `verify` reads the backup back and checks every file in it.
+    let verified: serde_json::Value =
+        serde_json::from_str(&env.strata(&["verify", "--json"]).success().stdout_text())
+            .expect("verify --json prints JSON");
+    assert_eq!(verified[0]["engine"], "postgres", "{verified}");
+    assert_eq!(verified[0]["ok"], true, "{verified}");
+
     let mut load = background_pgbench(pg, 10);
     let mut times = Vec::new();
     for i in 1..=8 {

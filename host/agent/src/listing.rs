@@ -7,7 +7,7 @@ use serde::Serialize;
 use strata_core::catalog::index::{CatalogIndex, ListFilter};
 use strata_core::catalog::manifest::{BackupId, Manifest};
 use strata_core::catalog::planner::{BackupRecord, DefaultChainRules, Timeline, timeline};
-use strata_core::vault::reader::verify_backup;
+use strata_core::vault::reader::verify_backup_with;
 use strata_core::vault::{Vault, layout};
 use strata_core::{Error, Result};
 
@@ -255,7 +255,8 @@ struct VerifiedBackup {
 }
 
 /// Runs `strata verify`: reads every part of the chosen backups and checks
-/// checksums, authentication, sizes and digests.
+/// checksums, authentication, sizes and digests, and in PostgreSQL backups
+/// every file's digest.
 pub async fn verify(args: VerifyArgs, ctx: &Context) -> Result<()> {
     let vault = ctx.vault().await?;
     let filter = ListFilter {
@@ -284,7 +285,14 @@ pub async fn verify(args: VerifyArgs, ctx: &Context) -> Result<()> {
     let bar = ctx.progress(Some(total), "verifying");
     let mut results = Vec::new();
     for manifest in &chosen {
-        let report = verify_backup(&vault, manifest, &ctx.reader_config(), Some(&bar)).await?;
+        let report = verify_backup_with(
+            &vault,
+            manifest,
+            &ctx.reader_config(),
+            Some(&bar),
+            Some(&strata_postgres::bundle::BundleCheck),
+        )
+        .await?;
         results.push(VerifiedBackup {
             id: manifest.id.clone(),
             engine: manifest.engine.clone(),

@@ -65,7 +65,7 @@ struct BackupSummary<'a> {
     stored_bytes: u64,
     parts: usize,
     segments: usize,
-    blake3: &'a str,
+    blake3: Option<&'a str>,
     seconds: f64,
 }
 
@@ -164,7 +164,7 @@ pub async fn backup(args: BackupStreamArgs, ctx: &Context) -> Result<()> {
         stored_bytes: record.stored_size,
         parts: record.part_count(),
         segments: record.segments.len(),
-        blake3: &record.blake3,
+        blake3: record.blake3.as_deref(),
         seconds,
     };
     if ctx.json {

@@ -20,6 +20,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use crate::catalog::manifest::{BackupId, BackupKind, Manifest, Position, StreamRecord};
 use crate::catalog::planner::{ChainRules, RestoreTarget};
 use crate::error::Result;
+pub use crate::vault::writer::{PartFeed, PartStream, StreamDigest};
 
 /// What an engine can do.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -115,6 +116,21 @@ pub trait BackupSink: Send + Sync {
         &self,
         name: &str,
         reader: Box<dyn AsyncRead + Send + Unpin + 'static>,
+    ) -> Result<StreamRecord>;
+
+    /// A channel to feed a stream part by part, for producers that can fill
+    /// the writer's buffers in place (no copy of the raw bytes); give the
+    /// [`PartStream`] to [`write_parts`](Self::write_parts).
+    fn part_channel(&self) -> (PartFeed, PartStream);
+
+    /// Stores one named stream from the parts sent through the feed of
+    /// `parts`, until the feed is dropped; `digest` says whether the stream
+    /// gets a BLAKE3 digest of its own.
+    async fn write_parts(
+        &self,
+        name: &str,
+        parts: PartStream,
+        digest: StreamDigest,
     ) -> Result<StreamRecord>;
 }
 

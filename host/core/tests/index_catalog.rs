@@ -60,7 +60,7 @@ fn manifest(
             name: "data".to_owned(),
             raw_size: (16 << 20) + 1000,
             stored_size: 4_000_400,
-            blake3: "ab".repeat(32),
+            blake3: Some("ab".repeat(32)),
             segments: vec![SegmentRecord {
                 key: format!("data/{engine}/{instance}/{id}/data.0.zst"),
                 stored_size: 4_000_400,

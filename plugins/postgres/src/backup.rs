@@ -24,10 +24,10 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use strata_core::plugin::{BackupOutcome, BackupSink};
+use strata_core::plugin::{BackupOutcome, BackupSink, StreamDigest};
 use strata_core::{Error, Result};
 
-use crate::bundle::{BundleWriter, ChannelWriter, StoredFile};
+use crate::bundle::{BundleWriter, PartWriter, StoredFile};
 use crate::check::connect;
 use crate::config::ClusterConfig;
 use crate::wal::WalArchive;
@@ -373,15 +373,18 @@ fn partition(entries: Vec<SourceFile>, n: usize) -> Vec<Vec<SourceFile>> {
 }
 
 /// Writes `entries` as one bundle stream into `sink`; returns the stored files.
+///
+/// Files are read straight into the writer's part buffers ([`PartWriter`]);
+/// the stream gets no digest of its own, since every file in it carries one.
 async fn write_bundle(
     sink: &dyn BackupSink,
     name: String,
     entries: Vec<SourceFile>,
 ) -> Result<Vec<StoredFile>> {
-    let (tx, reader) = crate::bundle::channel();
+    let (feed, parts) = sink.part_channel();
     let stream_name = name.clone();
-    let producer = tokio::task::spawn_blocking(move || -> Result<Vec<StoredFile>> {
-        let mut bundle = BundleWriter::new(ChannelWriter::new(tx.clone()));
+    let producer = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<StoredFile>> {
+        let mut bundle = BundleWriter::new(PartWriter::new(feed));
         let mut stored = Vec::new();
         let result = (|| -> std::io::Result<()> {
             for entry in &entries {
@@ -411,22 +414,28 @@ async fn write_bundle(
             }
             Ok(())
         })();
-        match result.and_then(|_| bundle.finish().map(|_| ())) {
-            Ok(()) => Ok(stored),
+        match result {
+            Ok(()) => bundle.finish().map(|_| stored),
             Err(e) => {
-                let message = e.to_string();
-                ChannelWriter::new(tx).fail(e);
-                Err(Error::io(message))
+                let echo = std::io::Error::new(e.kind(), e.to_string());
+                bundle.into_inner().fail(e);
+                Err(echo)
             }
         }
     });
-    let upload = sink.write_stream(&name, Box::new(reader));
+    let upload = sink.write_parts(&name, parts, StreamDigest::Skip);
     let (uploaded, produced) = tokio::join!(upload, producer);
     let produced = produced.map_err(|e| Error::io(format!("reading files for {name}: {e}")))?;
-    // A reader failure is the root cause; report it before the upload's echo of it.
-    let stored = produced?;
-    uploaded.map_err(|e| e.context(format!("storing stream {name}")))?;
-    Ok(stored)
+    match (produced, uploaded) {
+        (Ok(stored), Ok(_)) => Ok(stored),
+        // The writer stopped taking parts: its error is the cause.
+        (Err(e), Err(upload)) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+            Err(upload.context(format!("storing stream {name}")))
+        }
+        // A reader failure is the root cause; the upload only echoes it.
+        (Err(e), _) => Err(Error::io(e.to_string())),
+        (Ok(_), Err(upload)) => Err(upload.context(format!("storing stream {name}"))),
+    }
 }
 
 /// Runs a full backup of `cluster` into `sink`; see the module docs.

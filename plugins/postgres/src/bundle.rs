@@ -27,8 +27,10 @@ use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
+use strata_core::catalog::manifest::{Manifest, StreamRecord};
+use strata_core::plugin::PartFeed;
+use strata_core::vault::reader::{ContentCheck, ContentSink};
 use strata_core::{Error, Result};
-use tokio::sync::mpsc;
 
 const ENTRY_MAGIC: &[u8; 4] = b"SPGF";
 const END_MAGIC: &[u8; 4] = b"SPGE";
@@ -51,19 +53,56 @@ pub struct StoredFile {
     pub stream: String,
 }
 
-/// Writes bundle entries to any writer.
-pub struct BundleWriter<W: Write> {
-    out: W,
-    buf: Vec<u8>,
+/// Where a bundle is written: a `Write` that can also take a file's
+/// content straight from its reader.
+pub trait BundleOut: Write {
+    /// Writes exactly `len` bytes read from `src` (zeros past its end, if it
+    /// is shorter now), feeding each byte written to `hasher`.
+    fn copy_from(
+        &mut self,
+        src: &mut dyn Read,
+        len: u64,
+        hasher: &mut blake3::Hasher,
+    ) -> io::Result<()>;
 }
 
-impl<W: Write> BundleWriter<W> {
+impl BundleOut for Vec<u8> {
+    fn copy_from(
+        &mut self,
+        src: &mut dyn Read,
+        len: u64,
+        hasher: &mut blake3::Hasher,
+    ) -> io::Result<()> {
+        let start = self.len();
+        let len = usize::try_from(len)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "file too large"))?;
+        self.resize(start + len, 0);
+        read_full(src, &mut self[start..])?;
+        hasher.update(&self[start..]);
+        Ok(())
+    }
+}
+
+impl<T: BundleOut + ?Sized> BundleOut for &mut T {
+    fn copy_from(
+        &mut self,
+        src: &mut dyn Read,
+        len: u64,
+        hasher: &mut blake3::Hasher,
+    ) -> io::Result<()> {
+        (**self).copy_from(src, len, hasher)
+    }
+}
+
+/// Writes bundle entries.
+pub struct BundleWriter<W: BundleOut> {
+    out: W,
+}
+
+impl<W: BundleOut> BundleWriter<W> {
     /// A bundle writing to `out`.
     pub fn new(out: W) -> Self {
-        BundleWriter {
-            out,
-            buf: vec![0; CHUNK],
-        }
+        BundleWriter { out }
     }
 
     fn header(&mut self, kind: u8, path: &str, mode: u32) -> io::Result<()> {
@@ -93,22 +132,7 @@ impl<W: Write> BundleWriter<W> {
         self.header(KIND_FILE, path, mode)?;
         self.out.write_all(&size.to_le_bytes())?;
         let mut hasher = blake3::Hasher::new();
-        let mut left = size;
-        let mut eof = false;
-        while left > 0 {
-            let want = left.min(CHUNK as u64) as usize;
-            let got = if eof {
-                0
-            } else {
-                let n = read_full(file, &mut self.buf[..want])?;
-                eof = n < want;
-                n
-            };
-            self.buf[got..want].fill(0);
-            hasher.update(&self.buf[..want]);
-            self.out.write_all(&self.buf[..want])?;
-            left -= want as u64;
-        }
+        self.out.copy_from(file, size, &mut hasher)?;
         let digest = hasher.finalize();
         self.out.write_all(digest.as_bytes())?;
         Ok(digest.to_hex().to_string())
@@ -120,9 +144,100 @@ impl<W: Write> BundleWriter<W> {
         self.out.flush()?;
         Ok(self.out)
     }
+
+    /// The inner writer, as it is (to fail it after an error).
+    pub fn into_inner(self) -> W {
+        self.out
+    }
 }
 
-fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+/// A [`BundleOut`] that writes into the vault writer's part buffers: file
+/// contents are read from disk straight into the buffer that is then
+/// compressed, and hashed while they are still in the CPU's cache, so the
+/// raw bytes are never copied in user space.
+pub struct PartWriter {
+    feed: PartFeed,
+    buf: Vec<u8>,
+    filled: usize,
+}
+
+impl PartWriter {
+    /// A writer feeding `feed`.
+    pub fn new(feed: PartFeed) -> Self {
+        let buf = feed.buffer();
+        PartWriter {
+            feed,
+            buf,
+            filled: 0,
+        }
+    }
+
+    /// Hands the filled part over and starts the next.
+    fn ship(&mut self) -> io::Result<()> {
+        if self.filled == 0 {
+            return Ok(());
+        }
+        let full = std::mem::replace(&mut self.buf, self.feed.buffer());
+        let len = std::mem::take(&mut self.filled);
+        self.feed.send(full, len)
+    }
+
+    /// Fails the stream with `err`: the writer keeps nothing of it.
+    pub fn fail(self, err: io::Error) {
+        self.feed.fail(err);
+    }
+}
+
+impl Write for PartWriter {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        if self.filled == self.buf.len() {
+            self.ship()?;
+        }
+        let n = (self.buf.len() - self.filled).min(data.len());
+        self.buf[self.filled..self.filled + n].copy_from_slice(&data[..n]);
+        self.filled += n;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.ship()
+    }
+}
+
+impl BundleOut for PartWriter {
+    fn copy_from(
+        &mut self,
+        src: &mut dyn Read,
+        len: u64,
+        hasher: &mut blake3::Hasher,
+    ) -> io::Result<()> {
+        let mut left = len;
+        let mut eof = false;
+        while left > 0 {
+            if self.filled == self.buf.len() {
+                self.ship()?;
+            }
+            // At most a chunk at a time, hashed while it is in cache.
+            let room = self.buf.len() - self.filled;
+            let want = (left.min(CHUNK as u64) as usize).min(room);
+            let dst = &mut self.buf[self.filled..self.filled + want];
+            let got = if eof {
+                0
+            } else {
+                let n = read_full(src, dst)?;
+                eof = n < want;
+                n
+            };
+            dst[got..].fill(0);
+            hasher.update(dst);
+            self.filled += want;
+            left -= want as u64;
+        }
+        Ok(())
+    }
+}
+
+fn read_full(r: &mut (impl Read + ?Sized), buf: &mut [u8]) -> io::Result<usize> {
     let mut n = 0;
     while n < buf.len() {
         match r.read(&mut buf[n..]) {
@@ -156,6 +271,22 @@ pub fn extract(
     fsync: bool,
     origin: &str,
 ) -> Result<Vec<RestoredEntry>> {
+    walk(input, Some((place, fsync)), origin)
+}
+
+/// Reads a bundle from `input` to its end marker and checks its structure
+/// and every file's digest, writing nothing: what `strata verify` does with
+/// a PostgreSQL backup's file streams. Returns the entries in stream order.
+pub fn check(input: &mut impl Read, origin: &str) -> Result<Vec<RestoredEntry>> {
+    walk(input, None, origin)
+}
+
+/// Where [`walk`] lays entries down: the path for a stored path, and whether
+/// to fsync each file.
+type Lay<'a> = (&'a dyn Fn(&str) -> PathBuf, bool);
+
+/// Walks a bundle; with `lay` it lays the entries down.
+fn walk(input: &mut impl Read, lay: Option<Lay<'_>>, origin: &str) -> Result<Vec<RestoredEntry>> {
     let corrupt = |what: &str| {
         Error::integrity(format!(
             "stream {origin} is not a valid file bundle: {what}"
@@ -193,11 +324,13 @@ pub fn extract(
             .read_exact(&mut mode)
             .map_err(|_| corrupt("truncated mode"))?;
         let mode = u32::from_le_bytes(mode) & 0o7777;
-        let target = place(&path);
+        let target = lay.map(|(place, _)| place(&path));
         match kind {
             KIND_DIR => {
-                std::fs::create_dir_all(&target).map_err(|e| io_err(&target, e))?;
-                set_mode(&target, mode)?;
+                if let Some(target) = &target {
+                    std::fs::create_dir_all(target).map_err(|e| io_err(target, e))?;
+                    set_mode(target, mode)?;
+                }
                 entries.push(RestoredEntry {
                     path,
                     is_dir: true,
@@ -210,10 +343,18 @@ pub fn extract(
                     .read_exact(&mut size)
                     .map_err(|_| corrupt("truncated size"))?;
                 let size = u64::from_le_bytes(size);
-                if let Some(parent) = target.parent() {
-                    std::fs::create_dir_all(parent).map_err(|e| io_err(parent, e))?;
-                }
-                let mut file = std::fs::File::create(&target).map_err(|e| io_err(&target, e))?;
+                let mut file = match &target {
+                    Some(target) => {
+                        if let Some(parent) = target.parent() {
+                            std::fs::create_dir_all(parent).map_err(|e| io_err(parent, e))?;
+                        }
+                        Some((
+                            std::fs::File::create(target).map_err(|e| io_err(target, e))?,
+                            target,
+                        ))
+                    }
+                    None => None,
+                };
                 let mut hasher = blake3::Hasher::new();
                 let mut left = size;
                 let mut unflushed_from = 0u64;
@@ -223,13 +364,16 @@ pub fn extract(
                         .read_exact(&mut buf[..want])
                         .map_err(|_| corrupt(&format!("{path} is truncated")))?;
                     hasher.update(&buf[..want]);
-                    file.write_all(&buf[..want])
-                        .map_err(|e| io_err(&target, e))?;
                     left -= want as u64;
-                    let written = size - left;
-                    if written - unflushed_from >= WRITEBACK_EVERY || (left == 0 && written > 0) {
-                        start_writeback(&file, unflushed_from, written - unflushed_from);
-                        unflushed_from = written;
+                    if let Some((file, target)) = &mut file {
+                        file.write_all(&buf[..want])
+                            .map_err(|e| io_err(target, e))?;
+                        let written = size - left;
+                        if written - unflushed_from >= WRITEBACK_EVERY || (left == 0 && written > 0)
+                        {
+                            start_writeback(file, unflushed_from, written - unflushed_from);
+                            unflushed_from = written;
+                        }
                     }
                 }
                 let mut digest = [0u8; 32];
@@ -237,8 +381,10 @@ pub fn extract(
                     .read_exact(&mut digest)
                     .map_err(|_| corrupt(&format!("{path} has no digest")))?;
                 if hasher.finalize().as_bytes() != &digest {
-                    drop(file);
-                    let _ = std::fs::remove_file(&target);
+                    if let Some((file, target)) = file {
+                        drop(file);
+                        let _ = std::fs::remove_file(target);
+                    }
                     return Err(Error::integrity(format!(
                         "{path} in stream {origin} does not match its checksum"
                     ))
@@ -246,11 +392,13 @@ pub fn extract(
                         "the backup is damaged; restore an older backup or run `strata verify`",
                     ));
                 }
-                if fsync {
-                    file.sync_all().map_err(|e| io_err(&target, e))?;
+                if let Some((file, target)) = file {
+                    if lay.is_some_and(|(_, fsync)| fsync) {
+                        file.sync_all().map_err(|e| io_err(target, e))?;
+                    }
+                    drop(file);
+                    set_mode(target, mode)?;
                 }
-                drop(file);
-                set_mode(&target, mode)?;
                 entries.push(RestoredEntry {
                     path,
                     is_dir: false,
@@ -259,6 +407,75 @@ pub fn extract(
             }
             _ => return Err(corrupt("unknown entry kind")),
         }
+    }
+}
+
+/// The content check `strata verify` runs on PostgreSQL backups: each file
+/// stream (recorded without a stream digest) is parsed as a bundle and every
+/// file's BLAKE3 is checked, exactly as a restore would, writing nothing.
+pub struct BundleCheck;
+
+impl ContentCheck for BundleCheck {
+    fn start(&self, manifest: &Manifest, stream: &StreamRecord) -> Option<Box<dyn ContentSink>> {
+        if manifest.engine != "postgres" || stream.blake3.is_some() {
+            return None;
+        }
+        let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(2);
+        let origin = stream.name.clone();
+        let checker = tokio::task::spawn_blocking(move || {
+            check(
+                &mut ChannelRead {
+                    rx,
+                    current: Bytes::new(),
+                },
+                &origin,
+            )
+            .map(|_| ())
+        });
+        Some(Box::new(BundleSink { tx, checker }))
+    }
+}
+
+struct BundleSink {
+    tx: tokio::sync::mpsc::Sender<Bytes>,
+    checker: tokio::task::JoinHandle<Result<()>>,
+}
+
+#[async_trait::async_trait]
+impl ContentSink for BundleSink {
+    async fn add(&mut self, raw: Bytes) -> Result<()> {
+        self.tx
+            .send(raw)
+            .await
+            .map_err(|_| Error::integrity("the bundle check stopped early"))
+    }
+
+    async fn finish(self: Box<Self>) -> Result<()> {
+        let BundleSink { tx, checker } = *self;
+        drop(tx);
+        checker
+            .await
+            .map_err(|e| Error::io(format!("the bundle check failed to run: {e}")))?
+    }
+}
+
+/// A blocking [`Read`] over the raw parts sent on a channel.
+struct ChannelRead {
+    rx: tokio::sync::mpsc::Receiver<Bytes>,
+    current: Bytes,
+}
+
+impl Read for ChannelRead {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.current.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(next) => self.current = next,
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.current.len());
+        buf[..n].copy_from_slice(&self.current.split_to(n));
+        Ok(n)
     }
 }
 
@@ -295,69 +512,6 @@ fn set_mode(path: &Path, mode: u32) -> Result<()> {
     }
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
         .map_err(|e| io_err(path, e))
-}
-
-/// A [`Write`] that hands 1 MiB chunks to an async consumer over a bounded
-/// channel: the bridge from a blocking file reader to the vault writer.
-pub struct ChannelWriter {
-    tx: mpsc::Sender<io::Result<Bytes>>,
-    buf: Vec<u8>,
-}
-
-impl ChannelWriter {
-    /// A writer feeding `tx`.
-    pub fn new(tx: mpsc::Sender<io::Result<Bytes>>) -> Self {
-        ChannelWriter {
-            tx,
-            buf: Vec::with_capacity(CHUNK),
-        }
-    }
-
-    fn send(&mut self) -> io::Result<()> {
-        if self.buf.is_empty() {
-            return Ok(());
-        }
-        let chunk = Bytes::from(std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK)));
-        self.tx.blocking_send(Ok(chunk)).map_err(|_| {
-            io::Error::new(
-                io::ErrorKind::BrokenPipe,
-                "the vault writer stopped reading",
-            )
-        })
-    }
-
-    /// Passes an error to the consumer, failing its stream.
-    pub fn fail(self, err: io::Error) {
-        let _ = self.tx.blocking_send(Err(err));
-    }
-}
-
-impl Write for ChannelWriter {
-    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        let room = CHUNK - self.buf.len();
-        let n = room.min(data.len());
-        self.buf.extend_from_slice(&data[..n]);
-        if self.buf.len() == CHUNK {
-            self.send()?;
-        }
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.send()
-    }
-}
-
-/// A channel and the async reader of its chunks.
-pub fn channel() -> (
-    mpsc::Sender<io::Result<Bytes>>,
-    impl tokio::io::AsyncRead + Send + Unpin + 'static,
-) {
-    let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(4);
-    let stream = futures::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|item| (item, rx))
-    });
-    (tx, tokio_util::io::StreamReader::new(Box::pin(stream)))
 }
 
 #[cfg(test)]
@@ -398,6 +552,152 @@ mod tests {
         let err = extract(&mut &out[..], &|p| root2.join(p), false, "data.0").unwrap_err();
         assert!(err.to_string().contains("base/1/1259"), "{err}");
         assert!(!root2.join("base/1/1259").exists());
+    }
+
+    /// Through the vault writer's part buffers: headers and file contents
+    /// that straddle part boundaries, an empty file, a file that shrank, and
+    /// several parts' worth of one file come back byte for byte.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn part_writer_round_trips_across_part_boundaries() {
+        use strata_core::catalog::manifest::BackupKind;
+        use strata_core::vault::reader::{ReaderConfig, read_stream};
+        use strata_core::vault::writer::{
+            BackupTarget, BackupWriter, CommitDetails, MIN_PART_SIZE, StreamDigest, WriterConfig,
+        };
+        use strata_core::vault::{Vault, VaultConfig};
+
+        let p = MIN_PART_SIZE;
+        let url = format!("memory://bundle-test-{}", std::process::id());
+        let vault = Vault::init(&VaultConfig::from_url(url), None)
+            .await
+            .unwrap();
+        let config = WriterConfig {
+            part_size: p,
+            compression_level: 1,
+            ..WriterConfig::default()
+        };
+        let target = BackupTarget {
+            engine: "postgres".into(),
+            instance: "test".into(),
+            database: None,
+            kind: BackupKind::Full,
+        };
+        let writer = BackupWriter::start(&vault, target, config).unwrap();
+        let content = |len: usize, seed: u8| -> Vec<u8> {
+            (0..len)
+                .map(|i| (i as u8).wrapping_mul(31) ^ seed)
+                .collect()
+        };
+        // (path, size recorded, bytes the file holds now)
+        let files: Vec<(String, u64, Vec<u8>)> = vec![
+            ("PG_VERSION".into(), 3, b"15\n".to_vec()),
+            ("base/5/empty".into(), 0, Vec::new()),
+            (
+                "base/5/just_under".into(),
+                (p - 40) as u64,
+                content(p - 40, 1),
+            ),
+            ("base/5/exact".into(), p as u64, content(p, 2)),
+            (
+                "base/5/three_parts".into(),
+                (3 * p + 5) as u64,
+                content(3 * p + 5, 3),
+            ),
+            ("base/5/shrank".into(), 1000, content(10, 4)),
+        ];
+        let (feed, parts) = writer.part_channel();
+        let fed = files.clone();
+        let producer = tokio::task::spawn_blocking(move || {
+            let mut bundle = BundleWriter::new(PartWriter::new(feed));
+            bundle.add_dir("base/5", 0o700).unwrap();
+            let digests: Vec<String> = fed
+                .iter()
+                .map(|(path, size, bytes)| {
+                    bundle
+                        .add_file(path, 0o600, *size, &mut &bytes[..])
+                        .unwrap()
+                })
+                .collect();
+            bundle.finish().unwrap();
+            digests
+        });
+        let record = writer
+            .write_parts("data.0", parts, StreamDigest::Skip, None)
+            .await
+            .unwrap();
+        let digests = producer.await.unwrap();
+        assert!(record.part_count() >= 5, "{} parts", record.part_count());
+        // A second stream whose bundle is well formed and stored soundly
+        // (every part's CRC is right) but one file's content does not match
+        // its digest: only the bundle check can tell.
+        let mut forged = Vec::new();
+        let mut w = BundleWriter::new(&mut forged);
+        w.add_file("base/5/16384", 0o600, 5, &mut &b"hello"[..])
+            .unwrap();
+        w.finish().unwrap();
+        let at = forged.windows(5).position(|w| w == b"hello").unwrap();
+        forged[at] = b'j';
+        let (feed, parts) = writer.part_channel();
+        let sender = tokio::task::spawn_blocking(move || {
+            let mut buf = feed.buffer();
+            buf[..forged.len()].copy_from_slice(&forged);
+            feed.send(buf, forged.len()).unwrap();
+        });
+        writer
+            .write_parts("data.1", parts, StreamDigest::Skip, None)
+            .await
+            .unwrap();
+        sender.await.unwrap();
+        let manifest = writer.commit(CommitDetails::default()).await.unwrap();
+
+        let report = strata_core::vault::reader::verify_backup_with(
+            &vault,
+            &manifest,
+            &ReaderConfig::default(),
+            None,
+            Some(&BundleCheck),
+        )
+        .await
+        .unwrap();
+        assert_eq!(report.problems.len(), 1, "{:?}", report.problems);
+        let problem = &report.problems[0];
+        assert!(
+            problem.contains("data.1")
+                && problem.contains("base/5/16384 ")
+                && problem.contains("checksum"),
+            "{problem}"
+        );
+
+        let mut stream = Vec::new();
+        read_stream(
+            &vault,
+            &manifest,
+            "data.0",
+            &mut stream,
+            &ReaderConfig::default(),
+            None,
+        )
+        .await
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_path_buf();
+        let entries = extract(&mut &stream[..], &|p| root.join(p), true, "data.0").unwrap();
+        assert_eq!(entries.len(), files.len() + 1);
+        for ((path, size, bytes), digest) in files.iter().zip(&digests) {
+            let mut expected = bytes.clone();
+            expected.resize(*size as usize, 0);
+            let restored = std::fs::read(root.join(path)).unwrap();
+            assert!(
+                restored == expected,
+                "{path}: {} bytes back",
+                restored.len()
+            );
+            assert_eq!(
+                *digest,
+                blake3::hash(&expected).to_hex().to_string(),
+                "{path}"
+            );
+        }
     }
 
     #[test]

@@ -228,8 +228,12 @@ pub struct StreamRecord {
     pub raw_size: u64,
     /// Total stored bytes (sum of segment sizes).
     pub stored_size: u64,
-    /// BLAKE3 digest of the raw bytes, lowercase hex.
-    pub blake3: String,
+    /// BLAKE3 digest of the raw bytes, lowercase hex. Absent when the
+    /// stream's content carries digests of its own that every read checks
+    /// (a PostgreSQL file bundle has one per file; see
+    /// [`StreamDigest::Skip`](crate::vault::writer::StreamDigest::Skip)).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blake3: Option<String>,
     /// The segment objects, in order.
     pub segments: Vec<SegmentRecord>,
 }
@@ -367,7 +371,9 @@ impl Manifest {
                     stream.name
                 )));
             }
-            if stream.blake3.len() != 64 || hex::decode(&stream.blake3).is_err() {
+            if let Some(digest) = &stream.blake3
+                && (digest.len() != 64 || hex::decode(digest).is_err())
+            {
                 return Err(Error::integrity(format!(
                     "manifest {origin}: stream `{}` has a malformed digest",
                     stream.name

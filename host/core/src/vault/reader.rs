@@ -411,39 +411,54 @@ fn locate(vault: &Vault, stream: &StreamRecord) -> Vec<(PartLocation, u64)> {
     parts
 }
 
-/// Hashes raw parts, in order, on a thread of its own.
-fn spawn_hasher(
-    pool: Arc<BufferPool>,
-) -> (mpsc::Sender<Bytes>, tokio::task::JoinHandle<blake3::Hash>) {
-    let (tx, mut rx) = mpsc::channel::<Bytes>(2);
-    let handle = tokio::task::spawn_blocking(move || {
-        let mut hasher = blake3::Hasher::new();
-        while let Some(raw) = rx.blocking_recv() {
-            hasher.update(&raw);
-            pool.reclaim(raw);
-        }
-        hasher.finalize()
-    });
-    (tx, handle)
-}
-
-async fn finish_digest(
+/// Hashes raw parts, in order, on a thread of its own, and compares the
+/// result with the digest the manifest records. Streams recorded without a
+/// digest are not hashed (their content checks itself).
+struct DigestCheck {
     tx: mpsc::Sender<Bytes>,
     handle: tokio::task::JoinHandle<blake3::Hash>,
-) -> Result<String> {
-    drop(tx);
-    let digest = handle
-        .await
-        .map_err(|e| Error::io(format!("the digest task failed: {e}")))?;
-    Ok(digest.to_hex().to_string())
 }
 
-fn digest_mismatch(manifest: &Manifest, stream: &StreamRecord, actual: &str) -> Error {
-    Error::integrity(format!(
-        "backup {}, stream `{}`: the BLAKE3 digest of the restored bytes is {actual}, the manifest records {}",
-        manifest.id, stream.name, stream.blake3
-    ))
-    .hint(DAMAGED_HINT)
+impl DigestCheck {
+    fn start(record: &StreamRecord, pool: Arc<BufferPool>) -> Option<DigestCheck> {
+        record.blake3.as_ref()?;
+        let (tx, mut rx) = mpsc::channel::<Bytes>(2);
+        let handle = tokio::task::spawn_blocking(move || {
+            let mut hasher = blake3::Hasher::new();
+            while let Some(raw) = rx.blocking_recv() {
+                hasher.update(&raw);
+                pool.reclaim(raw);
+            }
+            hasher.finalize()
+        });
+        Some(DigestCheck { tx, handle })
+    }
+
+    async fn add(&self, raw: Bytes) -> Result<()> {
+        self.tx
+            .send(raw)
+            .await
+            .map_err(|_| Error::io("the digest task of the reader stopped"))
+    }
+
+    /// Finishes hashing; returns the mismatch, if any, as an error.
+    async fn finish(self, manifest: &Manifest, record: &StreamRecord) -> Result<()> {
+        drop(self.tx);
+        let digest = self
+            .handle
+            .await
+            .map_err(|e| Error::io(format!("the digest task failed: {e}")))?
+            .to_hex()
+            .to_string();
+        match &record.blake3 {
+            Some(expected) if *expected != digest => Err(Error::integrity(format!(
+                "backup {}, stream `{}`: the BLAKE3 digest of the restored bytes is {digest}, the manifest records {expected}",
+                manifest.id, record.name
+            ))
+            .hint(DAMAGED_HINT)),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// Writes stream `stream` of the backup into `out`, in order.
@@ -470,15 +485,15 @@ pub async fn read_stream<W: AsyncWrite + Unpin + Send + ?Sized>(
         .position(|s| s.name == stream)
         .expect("the stream was found");
     let ctx = stream_context(vault, manifest, index, data_key(vault, manifest)?, config);
-    let (hash_tx, hasher) = spawn_hasher(ctx.pool.clone());
+    let digest = DigestCheck::start(record, ctx.pool.clone());
     let pool = ctx.pool.clone();
     let parts = checked_parts(ctx, locate(vault, record), config);
     futures::pin_mut!(parts);
     let mut stats = ReadStats::default();
     while let Some(part) = parts.next().await {
         let (loc, raw) = part?;
-        if hash_tx.send(raw.clone()).await.is_err() {
-            return Err(Error::io("the digest task of the reader stopped"));
+        if let Some(digest) = &digest {
+            digest.add(raw.clone()).await?;
         }
         out.write_all(&raw).await.map_err(|e| {
             Error::from(e).context(format!(
@@ -500,9 +515,8 @@ pub async fn read_stream<W: AsyncWrite + Unpin + Send + ?Sized>(
             manifest.id
         ))
     })?;
-    let digest = finish_digest(hash_tx, hasher).await?;
-    if digest != record.blake3 {
-        return Err(digest_mismatch(manifest, record, &digest));
+    if let Some(digest) = digest {
+        digest.finish(manifest, record).await?;
     }
     Ok(stats)
 }
@@ -529,6 +543,39 @@ pub async fn verify_backup(
     manifest: &Manifest,
     config: &ReaderConfig,
     progress: Option<&dyn Progress>,
+) -> Result<VerifyReport> {
+    verify_backup_with(vault, manifest, config, progress, None).await
+}
+
+/// Checks the raw content of streams whose content carries digests of its
+/// own (recorded without a stream digest, see
+/// [`StreamDigest::Skip`](super::writer::StreamDigest::Skip)): an engine
+/// plugin provides one so that `verify` checks what a restore would.
+pub trait ContentCheck: Send + Sync {
+    /// A sink for the raw bytes of `stream`, or `None` when this check has
+    /// nothing to say about it.
+    fn start(&self, manifest: &Manifest, stream: &StreamRecord) -> Option<Box<dyn ContentSink>>;
+}
+
+/// Takes one stream's raw bytes, in order, and judges them at the end.
+#[async_trait]
+pub trait ContentSink: Send {
+    /// The next raw part. An error means the check already failed; the
+    /// finding is reported by [`finish`](Self::finish).
+    async fn add(&mut self, raw: Bytes) -> Result<()>;
+    /// The verdict: `Err` of kind [`ErrorKind::Integrity`] is a finding
+    /// about the backup; any other error means the check could not run.
+    async fn finish(self: Box<Self>) -> Result<()>;
+}
+
+/// [`verify_backup`], and with `content` the content check of the streams
+/// it accepts (a PostgreSQL file bundle: every file's digest).
+pub async fn verify_backup_with(
+    vault: &Vault,
+    manifest: &Manifest,
+    config: &ReaderConfig,
+    progress: Option<&dyn Progress>,
+    content: Option<&dyn ContentCheck>,
 ) -> Result<VerifyReport> {
     let mut report = VerifyReport {
         backup: manifest.id.clone(),
@@ -566,7 +613,9 @@ pub async fn verify_backup(
             }
         }
         let ctx = stream_context(vault, manifest, index, data_key.clone(), config);
-        let (hash_tx, hasher) = spawn_hasher(ctx.pool.clone());
+        let digest = DigestCheck::start(record, ctx.pool.clone());
+        let mut sink = content.and_then(|c| c.start(manifest, record));
+        let mut sink_failed = false;
         let parts = checked_parts(ctx, locate(vault, record), config);
         futures::pin_mut!(parts);
         let mut sound = true;
@@ -579,8 +628,11 @@ pub async fn verify_backup(
                     if let Some(progress) = progress {
                         progress.add(loc.record.raw);
                     }
-                    if sound && hash_tx.send(raw).await.is_err() {
-                        return Err(Error::io("the digest task of the verifier stopped"));
+                    if let (true, Some(digest)) = (sound, &digest) {
+                        digest.add(raw.clone()).await?;
+                    }
+                    if let (true, false, Some(sink)) = (sound, sink_failed, &mut sink) {
+                        sink_failed = sink.add(raw).await.is_err();
                     }
                 }
                 Err(e) if is_finding(&e) => {
@@ -591,11 +643,27 @@ pub async fn verify_backup(
                 Err(e) => return Err(e),
             }
         }
-        let digest = finish_digest(hash_tx, hasher).await?;
-        if sound && digest != record.blake3 {
-            report
-                .problems
-                .push(digest_mismatch(manifest, record, &digest).to_string());
+        if let Some(digest) = digest
+            && let Err(mismatch) = digest.finish(manifest, record).await
+        {
+            if sound && mismatch.kind() == ErrorKind::Integrity {
+                report.problems.push(mismatch.to_string());
+            } else if mismatch.kind() != ErrorKind::Integrity {
+                return Err(mismatch);
+            }
+        }
+        // A stream with a damaged part is already reported; its content
+        // check would only echo the gap.
+        if let (true, Some(sink)) = (sound, sink)
+            && let Err(finding) = sink.finish().await
+        {
+            if finding.kind() != ErrorKind::Integrity {
+                return Err(finding);
+            }
+            report.problems.push(format!(
+                "backup {}, stream `{}`: {finding}",
+                manifest.id, record.name
+            ));
         }
     }
     Ok(report)
@@ -825,7 +893,7 @@ mod tests {
         let manifest = backup(&vault, small_config(), &[("db", &input)]).await;
 
         let mut forged = manifest.clone();
-        forged.streams[0].blake3 = "00".repeat(32);
+        forged.streams[0].blake3 = Some("00".repeat(32));
         let err = restore(&vault, &forged, "db").await.unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Integrity);
         assert!(err.to_string().contains("BLAKE3"), "{err}");

@@ -24,6 +24,14 @@
 //! single put; larger ones use a multipart upload with at most
 //! [`WriterConfig::parts_in_flight`] chunks of [`UPLOAD_CHUNK_SIZE`] in flight.
 //!
+//! A producer that can fill buffers in place (a file reader) uses
+//! [`BackupWriter::part_channel`] and [`BackupWriter::write_parts`] instead:
+//! it takes part buffers from the writer's pool, reads into them and hands
+//! them over whole ([`PartFeed`]), so raw bytes are never copied between the
+//! disk and the compressor. A stream whose content carries digests of its
+//! own may skip the stream digest ([`StreamDigest::Skip`]); its parts keep
+//! their CRC-32C.
+//!
 //! Memory stays bounded by roughly `(workers + parts_in_flight + 2) ×
 //! part_size` per stream, whatever the stream's length: reading stops while
 //! `workers` parts are being compressed and the upload has no room. Part
@@ -319,15 +327,26 @@ impl BufferPool {
     /// An empty buffer with room for the pool's capacity.
     pub(crate) fn take(&self) -> Vec<u8> {
         let spare = self.free.lock().unwrap_or_else(|e| e.into_inner()).pop();
-        spare.unwrap_or_else(|| Vec::with_capacity(self.capacity))
+        let mut buf = spare.unwrap_or_else(|| Vec::with_capacity(self.capacity));
+        buf.clear();
+        buf
+    }
+
+    /// A buffer of exactly the pool's capacity, to be filled in place. Its
+    /// contents are whatever it held before: only bytes the caller writes
+    /// mean anything. (A reused buffer that was full needs no zeroing.)
+    pub(crate) fn take_full(&self) -> Vec<u8> {
+        let spare = self.free.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let mut buf = spare.unwrap_or_default();
+        buf.resize(self.capacity, 0);
+        buf
     }
 
     /// Returns a buffer to the pool (dropped if it is too small or the pool is full).
-    pub(crate) fn give(&self, mut buf: Vec<u8>) {
+    pub(crate) fn give(&self, buf: Vec<u8>) {
         if buf.capacity() < self.capacity {
             return;
         }
-        buf.clear();
         let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
         if free.len() < self.keep {
             free.push(buf);
@@ -340,6 +359,116 @@ impl BufferPool {
         if let Ok(buf) = bytes.try_into_mut() {
             self.give(Vec::from(buf));
         }
+    }
+}
+
+/// Whether the writer hashes a stream's raw bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamDigest {
+    /// BLAKE3 of the whole raw stream, recorded in the manifest and checked
+    /// by every read and by `verify`. What every stream gets unless its
+    /// writer says otherwise.
+    Blake3,
+    /// No stream digest: the content carries digests of its own that every
+    /// read checks (a PostgreSQL file bundle has a BLAKE3 per file), so a
+    /// second pass over every byte would only cost CPU. Each part's CRC-32C
+    /// (and AEAD tag) still guards the stored bytes.
+    Skip,
+}
+
+/// The producing end of a stream fed part by part (see
+/// [`BackupWriter::part_channel`]): a blocking producer fills buffers taken
+/// from the writer's pool in place (reading a file straight into them) and
+/// hands them over whole, so the raw bytes are never copied on their way to
+/// the compressor.
+pub struct PartFeed {
+    tx: mpsc::Sender<std::io::Result<Bytes>>,
+    pool: Arc<BufferPool>,
+    part_size: usize,
+}
+
+/// The consuming end of a part channel, given to [`BackupWriter::write_parts`].
+pub struct PartStream {
+    rx: mpsc::Receiver<std::io::Result<Bytes>>,
+    part_size: usize,
+}
+
+impl PartFeed {
+    /// The largest part the writer takes: [`WriterConfig::part_size`].
+    pub fn part_size(&self) -> usize {
+        self.part_size
+    }
+
+    /// A buffer of exactly [`part_size`](Self::part_size) bytes to fill.
+    /// Its initial contents are unspecified; [`send`](Self::send) says how
+    /// many of its bytes are the part.
+    pub fn buffer(&self) -> Vec<u8> {
+        self.pool.take_full()
+    }
+
+    /// Hands over the first `len` bytes of `buffer` as the stream's next
+    /// part (nothing when `len` is 0). Blocks while the writer has no room;
+    /// fails when the writer stopped reading.
+    pub fn send(&self, mut buffer: Vec<u8>, len: usize) -> std::io::Result<()> {
+        if len == 0 {
+            self.pool.give(buffer);
+            return Ok(());
+        }
+        if len > self.part_size || len > buffer.len() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!(
+                    "a part of {len} bytes is larger than the part size ({})",
+                    self.part_size
+                ),
+            ));
+        }
+        buffer.truncate(len);
+        self.tx.blocking_send(Ok(Bytes::from(buffer))).map_err(|_| {
+            std::io::Error::new(
+                std::io::ErrorKind::BrokenPipe,
+                "the vault writer stopped reading this stream",
+            )
+        })
+    }
+
+    /// Fails the stream with `err` (the writer reports it and keeps nothing).
+    pub fn fail(self, err: std::io::Error) {
+        let _ = self.tx.blocking_send(Err(err));
+    }
+}
+
+/// Where a stream's raw parts come from.
+enum PartSource<R> {
+    /// Cut from a reader, `part_size` bytes at a time (copied into pooled buffers).
+    Reader(R),
+    /// Handed over whole by a [`PartFeed`].
+    Feed(PartStream),
+}
+
+impl<R: AsyncRead + Unpin> PartSource<R> {
+    /// The next raw part; empty at the end of the stream.
+    async fn next(&mut self, config: &WriterConfig, pool: &BufferPool) -> Result<Bytes> {
+        match self {
+            PartSource::Reader(reader) => read_part(reader, config.part_size, pool)
+                .await
+                .map_err(|e| Error::from(e).context("reading the input")),
+            PartSource::Feed(stream) => match stream.rx.recv().await {
+                None => Ok(Bytes::new()),
+                Some(Ok(part)) if part.len() <= stream.part_size => Ok(part),
+                Some(Ok(part)) => Err(Error::io(format!(
+                    "a part of {} bytes is larger than the part size ({})",
+                    part.len(),
+                    stream.part_size
+                ))),
+                Some(Err(e)) => Err(Error::from(e).context("reading the input")),
+            },
+        }
+    }
+
+    /// Whether `raw` is known to be the last part.
+    fn is_last(&self, raw: &Bytes, config: &WriterConfig) -> bool {
+        matches!(self, PartSource::Reader(_)) && raw.len() < config.part_size
     }
 }
 
@@ -684,6 +813,53 @@ impl BackupWriter {
         reader: R,
         progress: Option<&dyn Progress>,
     ) -> Result<StreamRecord> {
+        self.write_from(
+            name,
+            PartSource::Reader(reader),
+            StreamDigest::Blake3,
+            progress,
+        )
+        .await
+    }
+
+    /// A channel to feed a stream part by part from a blocking producer;
+    /// pass the [`PartStream`] to [`write_parts`](Self::write_parts).
+    pub fn part_channel(&self) -> (PartFeed, PartStream) {
+        let (tx, rx) = mpsc::channel(1);
+        let part_size = self.shared.config.part_size;
+        (
+            PartFeed {
+                tx,
+                pool: self.shared.raw_pool.clone(),
+                part_size,
+            },
+            PartStream { rx, part_size },
+        )
+    }
+
+    /// Stores the stream `name` from the parts sent through the
+    /// [`PartFeed`] of `parts`, until the feed is dropped, like
+    /// [`write_stream`](Self::write_stream) (same naming, failure and
+    /// cleanup rules). With [`StreamDigest::Skip`] no stream digest is
+    /// computed or recorded.
+    pub async fn write_parts(
+        &self,
+        name: &str,
+        parts: PartStream,
+        digest: StreamDigest,
+        progress: Option<&dyn Progress>,
+    ) -> Result<StreamRecord> {
+        self.write_from::<tokio::io::Empty>(name, PartSource::Feed(parts), digest, progress)
+            .await
+    }
+
+    async fn write_from<R: AsyncRead + Send + Unpin>(
+        &self,
+        name: &str,
+        source: PartSource<R>,
+        digest: StreamDigest,
+        progress: Option<&dyn Progress>,
+    ) -> Result<StreamRecord> {
         let index = {
             let mut state = self.shared.state();
             if let Some(failure) = &state.failure {
@@ -714,7 +890,17 @@ impl BackupWriter {
             begun: Vec::new(),
             settled: false,
         };
-        match run_stream(&self.shared, index, name, reader, progress, &mut upload).await {
+        match run_stream(
+            &self.shared,
+            index,
+            name,
+            source,
+            digest,
+            progress,
+            &mut upload,
+        )
+        .await
+        {
             Ok(record) => {
                 upload.settled = true;
                 let mut state = self.shared.state();
@@ -845,7 +1031,8 @@ async fn run_stream<R: AsyncRead + Send + Unpin>(
     shared: &Arc<Shared>,
     index: u32,
     name: &str,
-    mut reader: R,
+    mut source: PartSource<R>,
+    digest: StreamDigest,
     progress: Option<&dyn Progress>,
     upload: &mut StreamUpload,
 ) -> Result<StreamRecord> {
@@ -855,28 +1042,34 @@ async fn run_stream<R: AsyncRead + Send + Unpin>(
     let (jobs_tx, mut jobs_rx) =
         mpsc::channel::<JoinHandle<Result<StoredPart>>>(config.workers.saturating_sub(1).max(1));
     // Raw parts for the digest, hashed on a thread of their own.
-    let (hash_tx, mut hash_rx) = mpsc::channel::<Bytes>(2);
-    let hash_pool = shared.raw_pool.clone();
-    let hasher = tokio::task::spawn_blocking(move || {
-        let mut hasher = blake3::Hasher::new();
-        while let Some(raw) = hash_rx.blocking_recv() {
-            hasher.update(&raw);
-            hash_pool.reclaim(raw);
+    let (hash_tx, hasher) = match digest {
+        StreamDigest::Blake3 => {
+            let (hash_tx, mut hash_rx) = mpsc::channel::<Bytes>(2);
+            let hash_pool = shared.raw_pool.clone();
+            let hasher = tokio::task::spawn_blocking(move || {
+                let mut hasher = blake3::Hasher::new();
+                while let Some(raw) = hash_rx.blocking_recv() {
+                    hasher.update(&raw);
+                    hash_pool.reclaim(raw);
+                }
+                hasher.finalize()
+            });
+            (Some(hash_tx), Some(hasher))
         }
-        hasher.finalize()
-    });
+        StreamDigest::Skip => (None, None),
+    };
 
     let produce = async move {
         let mut part_index = 0u64;
         loop {
-            let raw = read_part(&mut reader, config.part_size, &shared.raw_pool)
-                .await
-                .map_err(|e| Error::from(e).context("reading the input"))?;
+            let raw = source.next(config, &shared.raw_pool).await?;
             if raw.is_empty() {
                 break;
             }
-            let last = raw.len() < config.part_size;
-            if hash_tx.send(raw.clone()).await.is_err() {
+            let last = source.is_last(&raw, config);
+            if let Some(hash_tx) = &hash_tx
+                && hash_tx.send(raw.clone()).await.is_err()
+            {
                 return Err(Error::io("the digest thread of the writer stopped"));
             }
             let permit = shared
@@ -932,7 +1125,10 @@ async fn run_stream<R: AsyncRead + Send + Unpin>(
     };
 
     futures::future::try_join(produce, consume).await?;
-    let digest = hasher.await.map_err(join_error)?;
+    let digest = match hasher {
+        Some(hasher) => Some(hasher.await.map_err(join_error)?.to_hex().to_string()),
+        None => None,
+    };
     upload.finish_segment().await?;
     for frame in uploading {
         shared.frame_pool.reclaim(frame);
@@ -943,7 +1139,7 @@ async fn run_stream<R: AsyncRead + Send + Unpin>(
         name: name.to_owned(),
         raw_size,
         stored_size: segments.iter().map(|s| s.stored_size).sum(),
-        blake3: digest.to_hex().to_string(),
+        blake3: digest,
         segments,
     })
 }
@@ -978,6 +1174,19 @@ impl crate::plugin::BackupSink for BackupWriter {
         reader: Box<dyn AsyncRead + Send + Unpin + 'static>,
     ) -> Result<StreamRecord> {
         BackupWriter::write_stream(self, name, reader, None).await
+    }
+
+    fn part_channel(&self) -> (PartFeed, PartStream) {
+        BackupWriter::part_channel(self)
+    }
+
+    async fn write_parts(
+        &self,
+        name: &str,
+        parts: PartStream,
+        digest: StreamDigest,
+    ) -> Result<StreamRecord> {
+        BackupWriter::write_parts(self, name, parts, digest, None).await
     }
 }
 
@@ -1136,7 +1345,7 @@ pub(crate) mod tests {
         for ((name, input), record) in inputs.iter().zip(&manifest.streams) {
             assert_eq!(&record.name, name, "streams are in index order");
             assert_eq!(record.raw_size, input.len() as u64);
-            assert_eq!(record.blake3, blake3_hex(input), "digest of {name}");
+            assert_eq!(record.blake3, Some(blake3_hex(input)), "digest of {name}");
             assert_eq!(record.part_count(), input.len().div_ceil(p), "{name}");
             for segment in &record.segments {
                 assert!(segment.stored_size <= 3 * p as u64 || segment.parts.len() == 1);
@@ -1241,6 +1450,94 @@ pub(crate) mod tests {
         assert!(restore(&vault, &manifest, "db").await.unwrap() == input);
     }
 
+    /// Parts handed over whole through a [`PartFeed`], of any size up to the
+    /// part size (the producer decides), round trip on plain and encrypted
+    /// vaults; with [`StreamDigest::Skip`] the manifest records no digest and
+    /// reads and `verify` still check every part.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn fed_parts_round_trip_without_a_stream_digest() {
+        let p = MIN_PART_SIZE;
+        for key in [None, Some(crate::crypto::VaultKey::generate())] {
+            let vault = memory_vault(key).await;
+            let writer = BackupWriter::start(&vault, target(), small_config()).unwrap();
+            let lengths = [p, 1, p - 1, p, 0, 3 * p / 2, 7];
+            let input = data(lengths.iter().filter(|l| **l <= p).sum(), 11);
+            let (feed, parts) = writer.part_channel();
+            assert_eq!(feed.part_size(), p);
+            let fed = input.clone();
+            let producer = tokio::task::spawn_blocking(move || {
+                let mut at = 0;
+                for len in lengths {
+                    let mut buf = feed.buffer();
+                    assert_eq!(buf.len(), p);
+                    if len > p {
+                        let err = feed.send(buf, len).unwrap_err();
+                        assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
+                        continue;
+                    }
+                    buf[..len].copy_from_slice(&fed[at..at + len]);
+                    at += len;
+                    feed.send(buf, len).unwrap();
+                }
+            });
+            let record = writer
+                .write_parts("bundle", parts, StreamDigest::Skip, None)
+                .await
+                .unwrap();
+            producer.await.unwrap();
+            assert_eq!(record.blake3, None);
+            assert_eq!(record.raw_size, input.len() as u64);
+            assert_eq!(
+                record.part_count(),
+                5,
+                "the empty and the oversized part add nothing"
+            );
+            let manifest = writer.commit(CommitDetails::default()).await.unwrap();
+            assert_eq!(restore(&vault, &manifest, "bundle").await.unwrap(), input);
+            let report = crate::vault::reader::verify_backup(
+                &vault,
+                &manifest,
+                &ReaderConfig::default(),
+                None,
+            )
+            .await
+            .unwrap();
+            assert!(report.is_ok(), "{:?}", report.problems);
+            assert_eq!(report.raw_bytes, input.len() as u64);
+        }
+    }
+
+    /// A producer that fails its feed leaves nothing behind, and the backup
+    /// cannot be committed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn failed_feed_leaves_nothing() {
+        let vault = memory_vault(None).await;
+        let writer = BackupWriter::start(&vault, target(), small_config()).unwrap();
+        let (feed, parts) = writer.part_channel();
+        let producer = tokio::task::spawn_blocking(move || {
+            let buf = feed.buffer();
+            feed.send(buf, MIN_PART_SIZE).unwrap();
+            feed.fail(std::io::Error::other(
+                "cannot read base/5/16384: disk on fire",
+            ));
+        });
+        let err = writer
+            .write_parts("bundle", parts, StreamDigest::Skip, None)
+            .await
+            .unwrap_err();
+        producer.await.unwrap();
+        assert!(err.to_string().contains("disk on fire"), "{err}");
+        assert_eq!(
+            writer
+                .commit(CommitDetails::default())
+                .await
+                .unwrap_err()
+                .kind(),
+            ErrorKind::Cancelled
+        );
+        assert_eq!(vault.list_keys("").await.unwrap(), ["strata-vault.json"]);
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_streams_of_one_backup() {
         let vault = memory_vault(None).await;
@@ -1262,7 +1559,7 @@ pub(crate) mod tests {
         for (name, input) in names.iter().zip(&inputs) {
             let record = manifest.stream(name).unwrap();
             assert!(records.contains(record));
-            assert_eq!(record.blake3, blake3_hex(input));
+            assert_eq!(record.blake3, Some(blake3_hex(input)));
             assert!(restore(&vault, &manifest, name).await.unwrap() == *input);
         }
         // Stream indexes are distinct: no two streams share a segment key.
