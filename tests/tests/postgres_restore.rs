@@ -98,6 +98,26 @@ fn point_in_time_restore_under_load_holds_exactly_the_markers_before_the_target(
     assert!(status.success(), "pgbench under load failed");
     pg.switch_and_wait_archived(ARCHIVE_WAIT);
 
+    // The engine-neutral listing shows the true window (the backup plus the
+    // archived WAL after it), not the backup as a single point.
+    let listed: serde_json::Value = serde_json::from_str(
+        &env.strata(&["list", "--timeline", "--json"])
+            .success()
+            .stdout_text(),
+    )
+    .expect("list --json prints JSON");
+    let windows = listed["timelines"][0]["windows"]
+        .as_array()
+        .expect("windows");
+    assert_eq!(windows.len(), 1, "{listed}");
+    let window_end: chrono::DateTime<chrono::Utc> =
+        windows[0]["to_time"].as_str().unwrap().parse().unwrap();
+    assert!(
+        window_end >= times[7],
+        "the window reaches the last marker: {listed}"
+    );
+    assert_eq!(windows[0]["fork"], "1", "{listed}");
+
     // Half a second after marker 4, half a second before marker 5.
     let target = times[3] + chrono::Duration::milliseconds(500);
     assert!(target < times[4]);

@@ -139,15 +139,15 @@ pub async fn list(args: ListArgs, ctx: &Context) -> Result<()> {
                 .push(BackupRecord::from(m));
         }
     }
-    let timelines: Vec<ListedTimeline> = groups
-        .iter()
-        .map(|((engine, instance, database), records)| ListedTimeline {
+    let mut timelines: Vec<ListedTimeline> = Vec::new();
+    for ((engine, instance, database), records) in &groups {
+        timelines.push(ListedTimeline {
             engine,
             instance,
             database: database.as_deref(),
-            timeline: timeline(records, &DefaultChainRules),
-        })
-        .collect();
+            timeline: engine_timeline(&vault, engine, instance, records).await?,
+        });
+    }
     let listed: Vec<ListedBackup> = manifests
         .iter()
         .map(|m| ListedBackup {
@@ -204,6 +204,29 @@ pub async fn list(args: ListArgs, ctx: &Context) -> Result<()> {
         print!("{}", render_timeline(t.engine, t.instance, &t.timeline));
     }
     Ok(())
+}
+
+/// The restorable windows of one instance. PostgreSQL keeps its WAL as
+/// archive objects rather than backup manifests, so its plugin's catalog
+/// (backups plus the archived WAL of every timeline) answers for it; other
+/// engines' manifests are the whole chain.
+async fn engine_timeline(
+    vault: &Vault,
+    engine: &str,
+    instance: &str,
+    records: &[BackupRecord],
+) -> Result<Timeline> {
+    if engine != strata_postgres::ENGINE {
+        return Ok(timeline(records, &DefaultChainRules));
+    }
+    let archive = strata_postgres::wal::WalArchive::new(vault.clone(), instance);
+    match strata_postgres::chain::Catalog::load(&archive, instance, None).await {
+        Ok(catalog) => Ok(catalog.neutral_timeline()),
+        Err(e) if e.kind() == strata_core::ErrorKind::NotFound => {
+            Ok(timeline(records, &DefaultChainRules))
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// Renders the restorable windows and gaps of one instance for people.

@@ -377,6 +377,42 @@ impl Catalog {
         merged
     }
 
+    /// The recoverable windows in the engine-neutral form `strata list
+    /// --timeline` shows for every engine: one fork per PostgreSQL timeline,
+    /// positions are LSNs, and a gap is named between two windows of one
+    /// timeline that no archived WAL joins.
+    pub fn neutral_timeline(&self) -> strata_core::catalog::planner::Timeline {
+        use strata_core::catalog::manifest::Position;
+        use strata_core::catalog::planner::{Gap, RecoverableWindow, Timeline};
+        let merged = self.merged_windows();
+        let windows = merged
+            .iter()
+            .map(|w| RecoverableWindow {
+                fork: w.timeline.to_string(),
+                from_time: w.start_time,
+                to_time: w.end_time,
+                from_position: Some(Position(u128::from(w.start_lsn.0))),
+                to_position: Some(Position(u128::from(w.end_lsn.0))),
+            })
+            .collect();
+        let gaps = merged
+            .windows(2)
+            .filter(|pair| pair[0].timeline == pair[1].timeline)
+            .map(|pair| Gap {
+                fork: pair[0].timeline.to_string(),
+                from_time: pair[0].end_time,
+                to_time: pair[1].start_time,
+                from_position: Some(Position(u128::from(pair[0].end_lsn.0))),
+                to_position: Some(Position(u128::from(pair[1].start_lsn.0))),
+                reason: format!(
+                    "the archived WAL of timeline {} stops after {}; the next restorable point is the end of backup {}",
+                    pair[0].timeline, pair[0].last_segment, pair[1].backup
+                ),
+            })
+            .collect();
+        Timeline { windows, gaps }
+    }
+
     /// The timeline a time target belongs to: the newest that had begun by then.
     fn timeline_at(&self, time: DateTime<Utc>) -> u32 {
         self.timelines()

@@ -769,7 +769,10 @@ impl BackupWriter {
                 vault: vault.clone(),
                 target,
                 compress_slots: Arc::new(Semaphore::new(config.workers)),
-                raw_pool: Arc::new(BufferPool::new(config.part_size, config.workers + 2)),
+                // Enough spares for every part in flight (parts being filled
+                // and queued by two streams, plus those being compressed), so
+                // that buffers are reused rather than freed and faulted in again.
+                raw_pool: Arc::new(BufferPool::new(config.part_size, 2 * config.workers + 4)),
                 frame_pool: Arc::new(BufferPool::new(
                     zstd::zstd_safe::compress_bound(config.part_size),
                     config.workers + 2,
