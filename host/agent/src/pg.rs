@@ -10,7 +10,7 @@ use clap::{Args, Subcommand};
 use serde::Serialize;
 use strata_core::catalog::manifest::BackupKind;
 use strata_core::vault::reader::VaultRestoreSource;
-use strata_core::vault::writer::{BackupTarget, BackupWriter, CommitDetails};
+use strata_core::vault::writer::{BackupTarget, BackupWriter, CommitDetails, ProgressSink};
 use strata_core::{Error, ErrorKind, Result};
 use strata_postgres::backup::{FullBackupOptions, full_backup};
 use strata_postgres::chain::{Catalog, Target};
@@ -363,7 +363,11 @@ pub async fn backup(args: PgBackupArgs, ctx: &Context) -> Result<()> {
         parallel: cluster.parallel,
         ..FullBackupOptions::default()
     };
-    let outcome = match full_backup(cluster, &archive, &writer, &options).await {
+    let bar = ctx.progress(None, "backing up");
+    let sink = ProgressSink::new(&writer, &bar);
+    let outcome = full_backup(cluster, &archive, &sink, &options).await;
+    bar.finish();
+    let outcome = match outcome {
         Ok(outcome) => outcome,
         Err(err) => {
             if let Err(abort) = writer.abort().await {
@@ -491,8 +495,12 @@ pub async fn restore_cmd(args: PgRestoreArgs, ctx: &Context) -> Result<()> {
         start_timeout: Duration::from_secs(args.start_timeout),
     };
     let started = Instant::now();
-    let source = VaultRestoreSource::new(vault, vec![plan.backup.clone()], ctx.reader_config());
-    let report = restore(cluster, &plan, &source, &options).await?;
+    let bar = std::sync::Arc::new(ctx.progress(Some(plan.backup.raw_size()), "restoring"));
+    let source = VaultRestoreSource::new(vault, vec![plan.backup.clone()], ctx.reader_config())
+        .with_progress(bar.clone());
+    let report = restore(cluster, &plan, &source, &options).await;
+    bar.finish();
+    let report = report?;
     let seconds = started.elapsed().as_secs_f64();
     if ctx.json {
         print_json(&report)?;

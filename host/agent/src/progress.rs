@@ -24,7 +24,7 @@ impl Bar {
             bar.set_draw_target(ProgressDrawTarget::hidden());
         }
         let template = if total.is_some() {
-            "{msg} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}"
+            BAR_TEMPLATE
         } else {
             "{spinner} {msg} {bytes} {binary_bytes_per_sec} {elapsed}"
         };
@@ -44,9 +44,21 @@ impl Bar {
     }
 }
 
+const BAR_TEMPLATE: &str =
+    "{msg} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}";
+
 impl strata_core::vault::Progress for Bar {
     fn add(&self, raw_bytes: u64) {
         self.bar.inc(raw_bytes);
+    }
+
+    fn set_total(&self, total: u64) {
+        self.bar.set_length(total);
+        self.bar.set_style(
+            ProgressStyle::with_template(BAR_TEMPLATE)
+                .expect("valid progress template")
+                .progress_chars("=> "),
+        );
     }
 }
 

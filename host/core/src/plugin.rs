@@ -132,6 +132,10 @@ pub trait BackupSink: Send + Sync {
         parts: PartStream,
         digest: StreamDigest,
     ) -> Result<StreamRecord>;
+
+    /// Says how many raw bytes the backup's streams will hold in all, as far
+    /// as the plugin knows, for progress display. The default ignores it.
+    fn expect_bytes(&self, _total: u64) {}
 }
 
 /// Gives back the streams of committed backups. Implemented by the host.

@@ -471,6 +471,8 @@ pub async fn full_backup(
         let (entries, tablespaces) = tokio::task::spawn_blocking(move || list_cluster(&dir))
             .await
             .map_err(|e| Error::io(format!("listing the data directory: {e}")))??;
+        let total: u64 = entries.iter().map(|e| e.size).sum();
+        sink.expect_bytes(total);
         let groups = partition(entries, options.parallel);
         let names: Vec<String> = (0..groups.len()).map(|i| format!("data.{i}")).collect();
         let uploads = groups

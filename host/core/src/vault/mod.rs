@@ -573,6 +573,10 @@ impl Vault {
 pub trait Progress: Send + Sync {
     /// Adds `raw_bytes` more bytes of finished work.
     fn add(&self, raw_bytes: u64);
+
+    /// Sets how many raw bytes the whole work holds, once known (a backup
+    /// learns it only after listing its files). The default ignores it.
+    fn set_total(&self, _total: u64) {}
 }
 
 #[cfg(test)]

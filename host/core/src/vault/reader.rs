@@ -676,6 +676,7 @@ pub struct VaultRestoreSource {
     vault: Vault,
     manifests: Vec<Manifest>,
     config: ReaderConfig,
+    progress: Option<Arc<dyn Progress>>,
 }
 
 impl VaultRestoreSource {
@@ -685,7 +686,14 @@ impl VaultRestoreSource {
             vault,
             manifests,
             config,
+            progress: None,
         }
+    }
+
+    /// Counts the raw bytes of every stream read on `progress`.
+    pub fn with_progress(mut self, progress: Arc<dyn Progress>) -> Self {
+        self.progress = Some(progress);
+        self
     }
 }
 
@@ -705,7 +713,15 @@ impl crate::plugin::RestoreSource for VaultRestoreSource {
                 Error::not_found(format!("backup {backup} is not part of this restore"))
                     .hint("the restore plan lists the backups a restore may read")
             })?;
-        let stats = read_stream(&self.vault, manifest, name, out, &self.config, None).await?;
+        let stats = read_stream(
+            &self.vault,
+            manifest,
+            name,
+            out,
+            &self.config,
+            self.progress.as_deref(),
+        )
+        .await?;
         Ok(stats.raw_bytes)
     }
 }

@@ -1193,6 +1193,53 @@ impl crate::plugin::BackupSink for BackupWriter {
     }
 }
 
+/// A [`BackupSink`](crate::plugin::BackupSink) over a [`BackupWriter`]
+/// that reports every stream's progress to one [`Progress`]: what the CLI
+/// hands an engine plugin so that a long backup shows a progress bar.
+pub struct ProgressSink<'a> {
+    writer: &'a BackupWriter,
+    progress: &'a dyn Progress,
+}
+
+impl<'a> ProgressSink<'a> {
+    /// Streams go to `writer`; their raw bytes are counted on `progress`.
+    pub fn new(writer: &'a BackupWriter, progress: &'a dyn Progress) -> Self {
+        ProgressSink { writer, progress }
+    }
+}
+
+#[async_trait]
+impl crate::plugin::BackupSink for ProgressSink<'_> {
+    async fn write_stream(
+        &self,
+        name: &str,
+        reader: Box<dyn AsyncRead + Send + Unpin + 'static>,
+    ) -> Result<StreamRecord> {
+        self.writer
+            .write_stream(name, reader, Some(self.progress))
+            .await
+    }
+
+    fn part_channel(&self) -> (PartFeed, PartStream) {
+        self.writer.part_channel()
+    }
+
+    async fn write_parts(
+        &self,
+        name: &str,
+        parts: PartStream,
+        digest: StreamDigest,
+    ) -> Result<StreamRecord> {
+        self.writer
+            .write_parts(name, parts, digest, Some(self.progress))
+            .await
+    }
+
+    fn expect_bytes(&self, total: u64) {
+        self.progress.set_total(total);
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use std::pin::Pin;
