@@ -422,15 +422,7 @@ struct DigestCheck {
 impl DigestCheck {
     fn start(record: &StreamRecord, pool: Arc<BufferPool>) -> Option<DigestCheck> {
         record.blake3.as_ref()?;
-        let (tx, mut rx) = mpsc::channel::<Bytes>(2);
-        let handle = tokio::task::spawn_blocking(move || {
-            let mut hasher = blake3::Hasher::new();
-            while let Some(raw) = rx.blocking_recv() {
-                hasher.update(&raw);
-                pool.reclaim(raw);
-            }
-            hasher.finalize()
-        });
+        let (tx, handle) = super::writer::spawn_digest(pool);
         Some(DigestCheck { tx, handle })
     }
 

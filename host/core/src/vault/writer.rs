@@ -472,6 +472,24 @@ impl<R: AsyncRead + Unpin> PartSource<R> {
     }
 }
 
+/// Hashes the raw parts sent to it, in order, on a thread of its own, and
+/// gives each part's buffer back to `pool`; the digest is ready once the
+/// sender is dropped.
+pub(crate) fn spawn_digest(
+    pool: Arc<BufferPool>,
+) -> (mpsc::Sender<Bytes>, JoinHandle<blake3::Hash>) {
+    let (tx, mut rx) = mpsc::channel::<Bytes>(2);
+    let handle = tokio::task::spawn_blocking(move || {
+        let mut hasher = blake3::Hasher::new();
+        while let Some(raw) = rx.blocking_recv() {
+            hasher.update(&raw);
+            pool.reclaim(raw);
+        }
+        hasher.finalize()
+    });
+    (tx, handle)
+}
+
 /// One compressed (and sealed) part, ready to upload.
 struct StoredPart {
     raw: u64,
@@ -1047,16 +1065,7 @@ async fn run_stream<R: AsyncRead + Send + Unpin>(
     // Raw parts for the digest, hashed on a thread of their own.
     let (hash_tx, hasher) = match digest {
         StreamDigest::Blake3 => {
-            let (hash_tx, mut hash_rx) = mpsc::channel::<Bytes>(2);
-            let hash_pool = shared.raw_pool.clone();
-            let hasher = tokio::task::spawn_blocking(move || {
-                let mut hasher = blake3::Hasher::new();
-                while let Some(raw) = hash_rx.blocking_recv() {
-                    hasher.update(&raw);
-                    hash_pool.reclaim(raw);
-                }
-                hasher.finalize()
-            });
+            let (hash_tx, hasher) = spawn_digest(shared.raw_pool.clone());
             (Some(hash_tx), Some(hasher))
         }
         StreamDigest::Skip => (None, None),
@@ -1169,42 +1178,29 @@ impl Drop for BackupWriter {
     }
 }
 
-#[async_trait]
-impl crate::plugin::BackupSink for BackupWriter {
-    async fn write_stream(
-        &self,
-        name: &str,
-        reader: Box<dyn AsyncRead + Send + Unpin + 'static>,
-    ) -> Result<StreamRecord> {
-        BackupWriter::write_stream(self, name, reader, None).await
-    }
-
-    fn part_channel(&self) -> (PartFeed, PartStream) {
-        BackupWriter::part_channel(self)
-    }
-
-    async fn write_parts(
-        &self,
-        name: &str,
-        parts: PartStream,
-        digest: StreamDigest,
-    ) -> Result<StreamRecord> {
-        BackupWriter::write_parts(self, name, parts, digest, None).await
-    }
-}
-
-/// A [`BackupSink`](crate::plugin::BackupSink) over a [`BackupWriter`]
-/// that reports every stream's progress to one [`Progress`]: what the CLI
-/// hands an engine plugin so that a long backup shows a progress bar.
+/// The [`BackupSink`](crate::plugin::BackupSink) an engine plugin writes
+/// into: a [`BackupWriter`], and optionally one [`Progress`] that counts the
+/// raw bytes of every stream (what the CLI shows as a progress bar).
 pub struct ProgressSink<'a> {
     writer: &'a BackupWriter,
-    progress: &'a dyn Progress,
+    progress: Option<&'a dyn Progress>,
 }
 
 impl<'a> ProgressSink<'a> {
     /// Streams go to `writer`; their raw bytes are counted on `progress`.
     pub fn new(writer: &'a BackupWriter, progress: &'a dyn Progress) -> Self {
-        ProgressSink { writer, progress }
+        ProgressSink {
+            writer,
+            progress: Some(progress),
+        }
+    }
+
+    /// Streams go to `writer`, uncounted.
+    pub fn quiet(writer: &'a BackupWriter) -> Self {
+        ProgressSink {
+            writer,
+            progress: None,
+        }
     }
 }
 
@@ -1215,9 +1211,7 @@ impl crate::plugin::BackupSink for ProgressSink<'_> {
         name: &str,
         reader: Box<dyn AsyncRead + Send + Unpin + 'static>,
     ) -> Result<StreamRecord> {
-        self.writer
-            .write_stream(name, reader, Some(self.progress))
-            .await
+        self.writer.write_stream(name, reader, self.progress).await
     }
 
     fn part_channel(&self) -> (PartFeed, PartStream) {
@@ -1231,12 +1225,14 @@ impl crate::plugin::BackupSink for ProgressSink<'_> {
         digest: StreamDigest,
     ) -> Result<StreamRecord> {
         self.writer
-            .write_parts(name, parts, digest, Some(self.progress))
+            .write_parts(name, parts, digest, self.progress)
             .await
     }
 
     fn expect_bytes(&self, total: u64) {
-        self.progress.set_total(total);
+        if let Some(progress) = self.progress {
+            progress.set_total(total);
+        }
     }
 }
 
