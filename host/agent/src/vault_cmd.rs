@@ -1,6 +1,7 @@
-//! `strata vault init` and `strata vault info`.
+//! `strata vault init`, `strata vault info` and `strata vault gc`.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::Subcommand;
 use strata_core::crypto::VaultKey;
@@ -8,7 +9,7 @@ use strata_core::vault::{Vault, VaultConfig};
 use strata_core::{Error, Result};
 
 use crate::context::Context;
-use crate::output::print_json;
+use crate::output::{Table, human_bytes, print_json};
 
 /// `strata vault ...`
 #[derive(Debug, Subcommand)]
@@ -24,6 +25,42 @@ pub enum VaultCommand {
     },
     /// Show the vault's metadata.
     Info,
+    /// Delete the data of backups that were never committed (a backup whose
+    /// process was killed leaves its segments behind, invisible to list and
+    /// restore). Committed backups, and WAL, are never touched.
+    Gc {
+        /// Only data whose newest object is older than this (`30m`, `6h`,
+        /// `2d`): a backup still running has younger data.
+        #[arg(long, default_value = "24h", value_parser = parse_age)]
+        older_than: Duration,
+        /// Show what would be deleted; delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+/// Parses an age such as `90s`, `30m`, `6h` or `2d`.
+fn parse_age(text: &str) -> std::result::Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not an age such as 30m, 6h or 2d"))?;
+    let seconds = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => {
+            return Err(format!(
+                "`{text}` is not an age such as 30m, 6h or 2d (units: s, m, h, d)"
+            ));
+        }
+    };
+    Ok(Duration::from_secs(number.saturating_mul(seconds)))
 }
 
 /// Runs a vault command.
@@ -31,6 +68,92 @@ pub async fn run(command: VaultCommand, ctx: &Context) -> Result<()> {
     match command {
         VaultCommand::Init { url, encrypt } => init(url, encrypt, ctx).await,
         VaultCommand::Info => info(ctx).await,
+        VaultCommand::Gc {
+            older_than,
+            dry_run,
+        } => gc(older_than, dry_run, ctx).await,
+    }
+}
+
+async fn gc(older_than: Duration, dry_run: bool, ctx: &Context) -> Result<()> {
+    use strata_core::vault::gc::{delete_orphan, find_orphans};
+    let vault = ctx.vault().await?;
+    let orphans = find_orphans(&vault, older_than).await?;
+    let mut deleted = Vec::new();
+    let mut kept = Vec::new();
+    if !dry_run {
+        for orphan in &orphans {
+            match delete_orphan(&vault, orphan).await {
+                Ok(()) => deleted.push(orphan),
+                // Committed meanwhile: it is a backup now, and stays.
+                Err(e) if e.kind() == strata_core::ErrorKind::Conflict => kept.push(orphan),
+                Err(e) => return Err(e.context(format!("deleting {}", orphan.prefix))),
+            }
+        }
+    }
+    let bytes: u64 = orphans.iter().map(|o| o.bytes).sum();
+    if ctx.json {
+        return print_json(&serde_json::json!({
+            "dry_run": dry_run,
+            "orphans": orphans,
+            "deleted": deleted.iter().map(|o| &o.prefix).collect::<Vec<_>>(),
+            "committed_meanwhile": kept.iter().map(|o| &o.prefix).collect::<Vec<_>>(),
+            "bytes": bytes,
+        }));
+    }
+    if orphans.is_empty() {
+        println!(
+            "no uncommitted backup data older than {} in {}",
+            humanize(older_than),
+            vault.url()
+        );
+        return Ok(());
+    }
+    let mut table = Table::new(&[
+        "BACKUP",
+        "ENGINE",
+        "INSTANCE",
+        "OBJECTS",
+        "SIZE",
+        "LAST WRITTEN (UTC)",
+    ]);
+    for o in &orphans {
+        table.row(vec![
+            o.id.clone(),
+            o.engine.clone(),
+            o.instance.clone(),
+            o.objects.to_string(),
+            human_bytes(o.bytes),
+            o.newest.format("%Y-%m-%d %H:%M:%S").to_string(),
+        ]);
+    }
+    print!("{}", table.render());
+    if dry_run {
+        println!(
+            "{} uncommitted backup(s), {}: nothing deleted (dry run)",
+            orphans.len(),
+            human_bytes(bytes)
+        );
+    } else {
+        println!(
+            "deleted {} uncommitted backup(s), {}",
+            deleted.len(),
+            human_bytes(deleted.iter().map(|o| o.bytes).sum())
+        );
+        for o in kept {
+            println!("kept {}: it was committed while this ran", o.id);
+        }
+    }
+    Ok(())
+}
+
+fn humanize(age: Duration) -> String {
+    let secs = age.as_secs();
+    match secs {
+        s if s % 86_400 == 0 && s > 0 => format!("{}d", s / 86_400),
+        s if s % 3600 == 0 && s > 0 => format!("{}h", s / 3600),
+        s if s % 60 == 0 && s > 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
     }
 }
 

@@ -392,3 +392,103 @@ fn catalog_rebuild_recreates_the_index_from_the_vault() {
         .collect();
     assert_eq!(names, ["a", "b", "c"]);
 }
+
+/// A backup whose process is killed leaves segments no manifest names;
+/// `vault gc` finds them (a dry run deletes nothing), deletes them, and
+/// leaves the committed backup whole.
+#[test]
+fn vault_gc_removes_only_what_a_killed_backup_left() {
+    use std::io::Write;
+    let fx = Fixture::new();
+    fx.ok(&["vault", "init"]);
+    let data = test_data(2 * 1024 * 1024);
+    std::fs::write(fx.path("input.bin"), &data).unwrap();
+    fx.ok(&[
+        "backup",
+        "stream",
+        "kept",
+        "--input",
+        fx.path("input.bin").to_str().unwrap(),
+    ]);
+    let committed = segment_objects(&fx.path("vault"));
+    assert_eq!(committed.len(), 1);
+
+    // Small parts and segments and an input that never ends: segments are
+    // completed, then the process is killed, with no chance to clean up.
+    std::fs::write(
+        fx.path("small-segments.toml"),
+        "[writer]\npart_size = \"64KiB\"\nsegment_size = \"64KiB\"\n",
+    )
+    .unwrap();
+    let config = fx.path("small-segments.toml");
+    let mut child = fx
+        .strata(&[
+            "--config",
+            config.to_str().unwrap(),
+            "backup",
+            "stream",
+            "killed",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let chunk = test_data(1024 * 1024);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while segment_objects(&fx.path("vault")).len() == committed.len() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no segment was written"
+        );
+        stdin.write_all(&chunk).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    drop(stdin);
+    let left = segment_objects(&fx.path("vault"));
+    assert!(left.len() > committed.len());
+
+    // Younger than the default grace of a day: a running backup's data.
+    let out = fx.ok(&["vault", "gc"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("no uncommitted backup data older than 1d"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let out = fx.ok(&["vault", "gc", "--older-than", "0s", "--dry-run", "--json"]);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["orphans"].as_array().unwrap().len(), 1, "{report}");
+    assert_eq!(report["orphans"][0]["instance"], "killed");
+    assert_eq!(
+        segment_objects(&fx.path("vault")),
+        left,
+        "a dry run deletes nothing"
+    );
+
+    let out = fx.ok(&["vault", "gc", "--older-than", "0s"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("deleted 1 uncommitted backup(s)"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(segment_objects(&fx.path("vault")), committed);
+    fx.ok(&[
+        "restore",
+        "stream",
+        "kept",
+        "--output",
+        fx.path("restored.bin").to_str().unwrap(),
+    ]);
+    assert_eq!(std::fs::read(fx.path("restored.bin")).unwrap(), data);
+
+    let out = fx.run(&["vault", "gc", "--older-than", "soon"]);
+    assert_eq!(out.status.code(), Some(2), "clap's usage error");
+    assert!(
+        stderr(&out).contains("not an age such as 30m"),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -14,6 +14,7 @@
 //! and refuses to initialise over an existing vault. [`Vault::open`] reads it,
 //! refuses a newer format, and checks the encryption key.
 
+pub mod gc;
 pub mod layout;
 pub mod reader;
 pub mod writer;

@@ -1,0 +1,242 @@
+//! Finding and deleting the data of backups that were never committed.
+//!
+//! A backup's segments are written before its manifest, and the manifest is
+//! the commit point. A backup that fails cleans up after itself, but one
+//! whose process is killed (a reboot, `kill -9`, an out-of-memory kill)
+//! leaves segments that no manifest names: invisible to listing and restore,
+//! yet stored and paid for. [`find_orphans`] lists them; [`delete_orphan`]
+//! removes one.
+//!
+//! Safety rules, since a mistake here would delete a backup:
+//! * Only `data/<engine>/<instance>/<id>/` prefixes are considered; WAL and
+//!   other engine objects under `engines/` never are.
+//! * A prefix is an orphan only when no object exists at its manifest key
+//!   (even a manifest that cannot be parsed protects its data).
+//! * Its newest object must be older than the grace period, so that a
+//!   backup still running (whose manifest does not exist yet) is left alone.
+//! * The manifest key is checked again just before deleting.
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use futures::TryStreamExt;
+use object_store::ObjectStoreExt;
+use serde::Serialize;
+
+use super::{Vault, layout};
+use crate::error::{Error, Result};
+
+/// The data of one backup that has no manifest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct OrphanData {
+    /// The key prefix holding its segments (`data/<engine>/<instance>/<id>`).
+    pub prefix: String,
+    /// The engine, as it appears in keys.
+    pub engine: String,
+    /// The instance, as it appears in keys (escaped).
+    pub instance: String,
+    /// The backup id.
+    pub id: String,
+    /// The number of objects.
+    pub objects: usize,
+    /// Their total size in bytes.
+    pub bytes: u64,
+    /// When the newest of them was written.
+    pub newest: DateTime<Utc>,
+}
+
+impl OrphanData {
+    /// The manifest key that would commit this backup.
+    fn manifest_key(&self) -> String {
+        format!(
+            "{}/{}/{}/{}.json",
+            layout::MANIFESTS,
+            self.engine,
+            self.instance,
+            self.id
+        )
+    }
+}
+
+/// The uncommitted backup data in `vault` whose newest object is older than
+/// `grace`, oldest first.
+pub async fn find_orphans(vault: &Vault, grace: Duration) -> Result<Vec<OrphanData>> {
+    let committed: HashSet<String> = vault
+        .list_keys(layout::MANIFESTS)
+        .await?
+        .into_iter()
+        .filter_map(|key| {
+            key.strip_prefix(&format!("{}/", layout::MANIFESTS))
+                .and_then(|rest| rest.strip_suffix(".json"))
+                .map(str::to_owned)
+        })
+        .collect();
+    let objects: Vec<object_store::ObjectMeta> = vault
+        .store()
+        .list(Some(&vault.path(layout::DATA)))
+        .try_collect()
+        .await
+        .map_err(|e| {
+            Error::from(e).context(format!("listing {} in {}", layout::DATA, vault.url()))
+        })?;
+    let mut found: BTreeMap<String, OrphanData> = BTreeMap::new();
+    for meta in objects {
+        let key = vault.relative_key(&meta.location);
+        let parts: Vec<&str> = key.split('/').collect();
+        // data/<engine>/<instance>/<id>/<segment>
+        let [data, engine, instance, id, _segment] = parts.as_slice() else {
+            continue;
+        };
+        if *data != layout::DATA || committed.contains(&format!("{engine}/{instance}/{id}")) {
+            continue;
+        }
+        let prefix = format!("{data}/{engine}/{instance}/{id}");
+        let entry = found.entry(prefix.clone()).or_insert_with(|| OrphanData {
+            prefix,
+            engine: (*engine).to_owned(),
+            instance: (*instance).to_owned(),
+            id: (*id).to_owned(),
+            objects: 0,
+            bytes: 0,
+            newest: meta.last_modified,
+        });
+        entry.objects += 1;
+        entry.bytes += meta.size;
+        entry.newest = entry.newest.max(meta.last_modified);
+    }
+    let cutoff = Utc::now() - chrono::Duration::from_std(grace).unwrap_or(chrono::Duration::MAX);
+    let mut orphans: Vec<OrphanData> = found.into_values().filter(|o| o.newest < cutoff).collect();
+    orphans.sort_by_key(|o| o.newest);
+    Ok(orphans)
+}
+
+/// Deletes the objects of `orphan`, unless its manifest has appeared since
+/// it was found (then nothing is deleted and an error says so).
+pub async fn delete_orphan(vault: &Vault, orphan: &OrphanData) -> Result<()> {
+    let manifest = orphan.manifest_key();
+    match vault.store().head(&vault.path(&manifest)).await {
+        Ok(_) => {
+            return Err(Error::conflict(format!(
+                "backup {} was committed since it was found: {manifest} exists",
+                orphan.id
+            ))
+            .hint("nothing of it was deleted"));
+        }
+        Err(object_store::Error::NotFound { .. }) => {}
+        Err(e) => return Err(Error::from(e).context(format!("checking {manifest}"))),
+    }
+    for key in vault.list_keys(&orphan.prefix).await? {
+        match vault.store().delete(&vault.path(&key)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(Error::from(e).context(format!("deleting {key}"))),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::manifest::BackupKind;
+    use crate::vault::VaultConfig;
+    use crate::vault::writer::{BackupTarget, BackupWriter, CommitDetails, WriterConfig};
+
+    fn target(instance: &str) -> BackupTarget {
+        BackupTarget {
+            engine: "stream".into(),
+            instance: instance.into(),
+            database: None,
+            kind: BackupKind::Full,
+        }
+    }
+
+    /// A committed backup, a committed backup whose manifest is garbage, and
+    /// an abandoned one (its process "killed" before the commit): only the
+    /// abandoned one is an orphan, and only once it is older than the grace.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn only_uncommitted_data_past_the_grace_is_an_orphan() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("file://{}/vault", dir.path().display());
+        let vault = Vault::init(&VaultConfig::from_url(url), None)
+            .await
+            .unwrap();
+        let config = WriterConfig::default();
+
+        let kept = BackupWriter::start(&vault, target("db/one"), config.clone()).unwrap();
+        kept.write_stream("s", &b"committed"[..], None)
+            .await
+            .unwrap();
+        let kept = kept.commit(CommitDetails::default()).await.unwrap();
+
+        let damaged = BackupWriter::start(&vault, target("db/one"), config.clone()).unwrap();
+        damaged
+            .write_stream("s", &b"manifest garbled"[..], None)
+            .await
+            .unwrap();
+        let damaged = damaged.commit(CommitDetails::default()).await.unwrap();
+        let damaged_key = layout::manifest_key("stream", "db/one", &damaged.id);
+        vault
+            .store()
+            .put(&vault.path(&damaged_key), b"{ not json".to_vec().into())
+            .await
+            .unwrap();
+
+        let abandoned = BackupWriter::start(&vault, target("db/two"), config.clone()).unwrap();
+        abandoned
+            .write_stream("s", &b"never committed"[..], None)
+            .await
+            .unwrap();
+        let abandoned_id = abandoned.id().clone();
+        // A killed process runs no cleanup.
+        std::mem::forget(abandoned);
+
+        assert!(
+            find_orphans(&vault, Duration::from_secs(3600))
+                .await
+                .unwrap()
+                .is_empty(),
+            "data younger than the grace may belong to a running backup"
+        );
+        let orphans = find_orphans(&vault, Duration::ZERO).await.unwrap();
+        assert_eq!(orphans.len(), 1, "{orphans:?}");
+        assert_eq!(orphans[0].id, abandoned_id.as_str());
+        assert_eq!(orphans[0].instance, layout::escape_component("db/two"));
+        assert_eq!(orphans[0].objects, 1);
+
+        delete_orphan(&vault, &orphans[0]).await.unwrap();
+        assert!(
+            find_orphans(&vault, Duration::ZERO)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert!(
+            vault
+                .list_keys(&orphans[0].prefix)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        // The committed backups are whole.
+        for manifest in [&kept, &damaged] {
+            let prefix = layout::backup_data_prefix("stream", "db/one", &manifest.id);
+            assert_eq!(vault.list_keys(&prefix).await.unwrap().len(), 1);
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_orphan_committed_meanwhile_is_not_deleted() {
+        let vault = Vault::init(&VaultConfig::from_url("memory://gc-race"), None)
+            .await
+            .unwrap();
+        let writer = BackupWriter::start(&vault, target("db"), WriterConfig::default()).unwrap();
+        writer.write_stream("s", &b"late"[..], None).await.unwrap();
+        let orphans = find_orphans(&vault, Duration::ZERO).await.unwrap();
+        assert_eq!(orphans.len(), 1);
+        writer.commit(CommitDetails::default()).await.unwrap();
+        let err = delete_orphan(&vault, &orphans[0]).await.unwrap_err();
+        assert!(err.to_string().contains("was committed since"), "{err}");
+        assert_eq!(vault.list_keys(&orphans[0].prefix).await.unwrap().len(), 1);
+    }
+}
