@@ -39,6 +39,18 @@ impl Fixture {
         cmd
     }
 
+    /// Writes `len` bytes of test data to `input.bin` and backs them up as
+    /// stream `name`, with `extra` arguments; returns the data.
+    fn back_up_file(&self, name: &str, len: usize, extra: &[&str]) -> Vec<u8> {
+        let data = test_data(len);
+        let input = self.path("input.bin");
+        std::fs::write(&input, &data).unwrap();
+        let mut args = vec!["backup", "stream", name, "--input", input.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        self.ok(&args);
+        data
+    }
+
     fn run(&self, args: &[&str]) -> Output {
         self.strata(args).output().expect("strata runs")
     }
@@ -177,17 +189,7 @@ fn stdin_backup_and_newest_wins() {
 fn flipped_byte_is_found_by_verify_and_stops_restore() {
     let fx = Fixture::new();
     fx.ok(&["vault", "init"]);
-    let data = test_data(2 * 1024 * 1024);
-    std::fs::write(fx.path("input.bin"), &data).unwrap();
-    fx.ok(&[
-        "backup",
-        "stream",
-        "db",
-        "--input",
-        fx.path("input.bin").to_str().unwrap(),
-        "--part-size",
-        "256KiB",
-    ]);
+    fx.back_up_file("db", 2 * 1024 * 1024, &["--part-size", "256KiB"]);
 
     let segments = segment_objects(&fx.path("vault"));
     assert_eq!(segments.len(), 1);
@@ -246,17 +248,7 @@ fn encrypted_vault_needs_its_key() {
     ]);
     assert_eq!(std::fs::read_to_string(&key).unwrap().trim().len(), 64);
 
-    let data = test_data(100_000);
-    std::fs::write(fx.path("input.bin"), &data).unwrap();
-    fx.ok(&[
-        "backup",
-        "stream",
-        "secret",
-        "--key-file",
-        key.to_str().unwrap(),
-        "--input",
-        fx.path("input.bin").to_str().unwrap(),
-    ]);
+    let data = fx.back_up_file("secret", 100_000, &["--key-file", key.to_str().unwrap()]);
 
     // The plaintext is nowhere in the vault.
     for segment in segment_objects(&fx.path("vault")) {
@@ -401,15 +393,7 @@ fn vault_gc_removes_only_what_a_killed_backup_left() {
     use std::io::Write;
     let fx = Fixture::new();
     fx.ok(&["vault", "init"]);
-    let data = test_data(2 * 1024 * 1024);
-    std::fs::write(fx.path("input.bin"), &data).unwrap();
-    fx.ok(&[
-        "backup",
-        "stream",
-        "kept",
-        "--input",
-        fx.path("input.bin").to_str().unwrap(),
-    ]);
+    let data = fx.back_up_file("kept", 2 * 1024 * 1024, &[]);
     let committed = segment_objects(&fx.path("vault"));
     assert_eq!(committed.len(), 1);
 
