@@ -248,6 +248,15 @@ impl RunOutput {
         String::from_utf8_lossy(&self.stderr).into_owned()
     }
 
+    /// Standard output parsed as JSON (what `--json` prints).
+    ///
+    /// # Panics
+    /// When standard output is not JSON, with both outputs.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.stdout)
+            .unwrap_or_else(|e| panic!("{}: {e}", self.describe("to print JSON")))
+    }
+
     /// Asserts exit code 0 and returns the output.
     ///
     /// # Panics

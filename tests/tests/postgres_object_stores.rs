@@ -30,7 +30,7 @@ fn full_wal_and_point_in_time_restore(backend: Backend) {
 
     let target = times[1] + chrono::Duration::milliseconds(400);
     let (dir, port) = env.restore_target("copy");
-    let out = env
+    let report = env
         .strata(&[
             "--json",
             "restore",
@@ -44,8 +44,8 @@ fn full_wal_and_point_in_time_restore(backend: Backend) {
             &port.to_string(),
             "--start",
         ])
-        .success();
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        .success()
+        .json();
     assert_eq!(report["started"], true, "{report}");
     let copy = PgCluster::adopt(dir, port, pg.socket_dir.clone());
     assert_eq!(

@@ -39,9 +39,7 @@ fn background_pgbench(pg: &PgCluster, seconds: u32) -> std::process::Child {
 fn restore_json(env: &PgStrata, args: &[&str]) -> serde_json::Value {
     let mut all = vec!["--json", "restore", "pg", "main"];
     all.extend_from_slice(args);
-    let out = env.strata(&all).success();
-    serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("restore --json output: {e}: {}", out.stdout_text()))
+    env.strata(&all).success().json()
 }
 
 fn amcheck(pg: &PgCluster) {
@@ -82,9 +80,7 @@ fn point_in_time_restore_under_load_holds_exactly_the_markers_before_the_target(
     );
 
     // `verify` reads the backup back and checks every file in it.
-    let verified: serde_json::Value =
-        serde_json::from_str(&env.strata(&["verify", "--json"]).success().stdout_text())
-            .expect("verify --json prints JSON");
+    let verified = env.strata(&["verify", "--json"]).success().json();
     assert_eq!(verified[0]["engine"], "postgres", "{verified}");
     assert_eq!(verified[0]["ok"], true, "{verified}");
 
@@ -217,8 +213,10 @@ fn point_in_time_restore_under_load_holds_exactly_the_markers_before_the_target(
     assert!(!dir.exists(), "nothing was written");
 
     // The listing shows the backup and a window on timeline 1 that covers the target.
-    let out = env.strata(&["--json", "list", "pg", "main"]).success();
-    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let list = env
+        .strata(&["--json", "list", "pg", "main"])
+        .success()
+        .json();
     assert_eq!(list["backups"].as_array().unwrap().len(), 1, "{list}");
     let window = &list["windows"][0];
     assert_eq!(window["timeline"], 1);
@@ -372,8 +370,10 @@ fn a_restored_cluster_keeps_archiving_on_its_new_timeline_and_later_restores_fol
     );
 
     // The listing shows both timelines and their windows.
-    let out = env.strata(&["--json", "list", "pg", "main"]).success();
-    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let list = env
+        .strata(&["--json", "list", "pg", "main"])
+        .success()
+        .json();
     let timelines: Vec<u64> = list["windows"]
         .as_array()
         .unwrap()
@@ -429,8 +429,10 @@ fn a_target_in_a_wal_gap_is_refused_with_the_nearest_restorable_times() {
     );
     assert!(!dir.exists(), "nothing was written");
 
-    let out = env.strata(&["--json", "list", "pg", "main"]).success();
-    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let list = env
+        .strata(&["--json", "list", "pg", "main"])
+        .success()
+        .json();
     let windows = list["windows"].as_array().unwrap();
     assert_eq!(windows.len(), 2, "the gap splits the timeline: {list}");
     let first_end: chrono::DateTime<chrono::Utc> =

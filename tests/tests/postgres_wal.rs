@@ -284,8 +284,7 @@ fn check_reports_settings_and_the_lines_to_fix() {
             && text.contains("pg wal-fetch %f \"%p\" --cluster main'"),
         "{text}"
     );
-    let json = env.strata(&["--json", "pg", "check", "main"]);
-    let report: serde_json::Value = serde_json::from_slice(&json.stdout).expect("JSON report");
+    let report = env.strata(&["--json", "pg", "check", "main"]).json();
     assert_eq!(report["archive_timeout_secs"], 0);
     assert_eq!(report["findings"].as_array().unwrap().len(), 2);
 }

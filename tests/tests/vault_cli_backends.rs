@@ -83,16 +83,6 @@ impl<'a> Operator<'a> {
     }
 }
 
-fn json(out: &RunOutput) -> serde_json::Value {
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "`{}` printed no JSON ({e}): {}",
-            out.command,
-            out.stdout_text()
-        )
-    })
-}
-
 fn stream_backup_lists_verifies_and_restores(op: &Operator) {
     op.run(["vault", "init"]).success();
     // Rows that compress, then noise that does not: both kinds of part.
@@ -112,13 +102,13 @@ fn stream_backup_lists_verifies_and_restores(op: &Operator) {
             "--json",
         ])
         .success();
-    let summary = json(&out);
+    let summary = out.json();
     assert_eq!(summary["raw_bytes"], data.len() as u64);
     assert_eq!(summary["parts"], 4, "3 MiB + 17 B in 1 MiB parts");
     assert_eq!(summary["blake3"], blake3_hex(&data).as_str());
     let id = summary["id"].as_str().expect("the backup id").to_owned();
 
-    let listed = json(&op.run(["list", "--json"]).success());
+    let listed = op.run(["list", "--json"]).success().json();
     let listed = listed.as_array().expect("a JSON array");
     assert_eq!(listed.len(), 1, "{listed:?}");
     assert_eq!(listed[0]["id"], id.as_str());
@@ -146,7 +136,7 @@ fn stream_backup_lists_verifies_and_restores(op: &Operator) {
 
     // The index is a cache: a host with none sees the same backups.
     std::fs::remove_file(op.path("catalog.db")).expect("the index exists");
-    let listed = json(&op.run(["list", "--json"]).success());
+    let listed = op.run(["list", "--json"]).success().json();
     assert_eq!(listed.as_array().map(Vec::len), Some(1), "{listed}");
 }
 

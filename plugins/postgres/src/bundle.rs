@@ -83,17 +83,6 @@ impl BundleOut for Vec<u8> {
     }
 }
 
-impl<T: BundleOut + ?Sized> BundleOut for &mut T {
-    fn copy_from(
-        &mut self,
-        src: &mut dyn Read,
-        len: u64,
-        hasher: &mut blake3::Hasher,
-    ) -> io::Result<()> {
-        (**self).copy_from(src, len, hasher)
-    }
-}
-
 /// Writes bundle entries.
 pub struct BundleWriter<W: BundleOut> {
     out: W,
@@ -520,8 +509,7 @@ mod tests {
 
     #[test]
     fn roundtrip_pads_shrunk_files_and_checks_digests() {
-        let mut out = Vec::new();
-        let mut w = BundleWriter::new(&mut out);
+        let mut w = BundleWriter::new(Vec::new());
         w.add_dir("pg_wal", 0o700).unwrap();
         let d1 = w
             .add_file("base/1/1259", 0o600, 5, &mut &b"hello world"[..])
@@ -529,7 +517,7 @@ mod tests {
         let d2 = w
             .add_file("PG_VERSION", 0o600, 6, &mut &b"15\n"[..])
             .unwrap();
-        w.finish().unwrap();
+        let mut out = w.finish().unwrap();
         assert_eq!(d1, blake3::hash(b"hello").to_hex().to_string());
         assert_eq!(d2, blake3::hash(b"15\n\0\0\0").to_hex().to_string());
 
@@ -630,11 +618,10 @@ mod tests {
         // A second stream whose bundle is well formed and stored soundly
         // (every part's CRC is right) but one file's content does not match
         // its digest: only the bundle check can tell.
-        let mut forged = Vec::new();
-        let mut w = BundleWriter::new(&mut forged);
+        let mut w = BundleWriter::new(Vec::new());
         w.add_file("base/5/16384", 0o600, 5, &mut &b"hello"[..])
             .unwrap();
-        w.finish().unwrap();
+        let mut forged = w.finish().unwrap();
         let at = forged.windows(5).position(|w| w == b"hello").unwrap();
         forged[at] = b'j';
         let (feed, parts) = writer.part_channel();
@@ -702,11 +689,10 @@ mod tests {
 
     #[test]
     fn unsafe_paths_are_refused() {
-        let mut out = Vec::new();
-        let mut w = BundleWriter::new(&mut out);
+        let mut w = BundleWriter::new(Vec::new());
         w.add_file("../etc/passwd", 0o600, 1, &mut &b"x"[..])
             .unwrap();
-        w.finish().unwrap();
+        let out = w.finish().unwrap();
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().to_path_buf();
         let err = extract(&mut &out[..], &|p| root.join(p), false, "s").unwrap_err();

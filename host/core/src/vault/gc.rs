@@ -49,13 +49,7 @@ pub struct OrphanData {
 impl OrphanData {
     /// The manifest key that would commit this backup.
     fn manifest_key(&self) -> String {
-        format!(
-            "{}/{}/{}/{}.json",
-            layout::MANIFESTS,
-            self.engine,
-            self.instance,
-            self.id
-        )
+        layout::manifest_key_of_components(&self.engine, &self.instance, &self.id)
     }
 }
 

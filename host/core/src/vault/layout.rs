@@ -53,12 +53,17 @@ pub fn join(root: &Path, parts: &[&str]) -> Path {
 
 /// The manifest key of a backup, relative to the root.
 pub fn manifest_key(engine: &str, instance: &str, id: &BackupId) -> String {
-    format!(
-        "{MANIFESTS}/{}/{}/{}.json",
-        escape_component(engine),
-        escape_component(instance),
-        id
+    manifest_key_of_components(
+        &escape_component(engine),
+        &escape_component(instance),
+        id.as_str(),
     )
+}
+
+/// The manifest key from components as they already appear in keys
+/// (escaped), such as those read back from a data key.
+pub fn manifest_key_of_components(engine: &str, instance: &str, id: &str) -> String {
+    format!("{MANIFESTS}/{engine}/{instance}/{id}.json")
 }
 
 /// The prefix under which the manifests of one engine instance live.
