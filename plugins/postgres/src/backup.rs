@@ -408,7 +408,7 @@ async fn write_bundle(
                 stored.push(StoredFile {
                     path: entry.rel.clone(),
                     size: entry.size,
-                    blake3: digest,
+                    checksum: digest,
                     stream: stream_name.clone(),
                 });
             }

@@ -5,17 +5,27 @@
 //! of small files becomes a handful of large sequential streams: few objects,
 //! few requests, and the vault's writer compresses them on every core.
 //!
-//! # Format (version 1)
+//! # Format (version 2)
 //!
 //! A stream is a sequence of entries followed by an end marker. All integers
 //! are little-endian.
 //!
 //! ```text
 //! entry := "SPGF" kind:u8 path_len:u16 path:[u8; path_len] mode:u32 size:u64
-//!          content:[u8; size] blake3:[u8; 32]        (kind 0 = file)
+//!          content:[u8; size] xxh3:[u8; 16]          (kind 2 = file)
 //!        | "SPGF" kind:u8 path_len:u16 path mode:u32 (kind 1 = directory)
+//!        | "SPGF" kind:u8 path_len:u16 path mode:u32 size:u64
+//!          content:[u8; size] blake3:[u8; 32]        (kind 0 = file, version 1)
 //! end   := "SPGE"
 //! ```
+//!
+//! Version 1 stored a BLAKE3 digest after each file; version 2 stores the
+//! 128-bit XXH3 instead (big-endian, as `xxhsum -H2` prints it), which costs
+//! a fifth of BLAKE3's CPU time. The per-file digest is there to catch
+//! accidental damage (a bad disk, a bug, a truncated object), for which a
+//! 128-bit non-cryptographic hash is ample; deliberate tampering is the job
+//! of the vault's authenticated encryption. Restores read both kinds, so
+//! backups written before keep restoring.
 //!
 //! Paths are relative to the data directory, `/`-separated; files of a
 //! tablespace are stored under `pg_tblspc/<oid>/...`. `size` is the size at
@@ -34,8 +44,11 @@ use strata_core::{Error, Result};
 
 const ENTRY_MAGIC: &[u8; 4] = b"SPGF";
 const END_MAGIC: &[u8; 4] = b"SPGE";
-const KIND_FILE: u8 = 0;
+/// A file followed by its BLAKE3 (format version 1, read only).
+const KIND_FILE_BLAKE3: u8 = 0;
 const KIND_DIR: u8 = 1;
+/// A file followed by its XXH3-128 (format version 2).
+const KIND_FILE_XXH3: u8 = 2;
 const CHUNK: usize = 1 << 20;
 /// While a file is restored, its writeback is started every this many bytes.
 const WRITEBACK_EVERY: u64 = 8 << 20;
@@ -47,10 +60,81 @@ pub struct StoredFile {
     pub path: String,
     /// Bytes stored.
     pub size: u64,
-    /// BLAKE3 of the stored bytes, lowercase hex.
-    pub blake3: String,
+    /// Checksum of the stored bytes.
+    #[serde(flatten)]
+    pub checksum: FileChecksum,
     /// The stream holding it.
     pub stream: String,
+}
+
+/// The checksum of a stored file, lowercase hex. In a manifest it reads
+/// `"xxh3_128": "..."`, or `"blake3": "..."` for backups made before
+/// format version 2.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum FileChecksum {
+    /// XXH3-128, big-endian (what `xxhsum -H2` prints).
+    #[serde(rename = "xxh3_128")]
+    Xxh3(String),
+    /// BLAKE3 (format version 1).
+    #[serde(rename = "blake3")]
+    Blake3(String),
+}
+
+/// Computes a file's checksum as its bytes go by.
+pub struct FileHasher(HasherState);
+
+enum HasherState {
+    Xxh3(Box<twox_hash::XxHash3_128>),
+    Blake3(Box<blake3::Hasher>),
+}
+
+impl FileHasher {
+    /// The hasher for an entry of `kind`, or `None` for a kind without content.
+    fn for_kind(kind: u8) -> Option<Self> {
+        match kind {
+            KIND_FILE_XXH3 => Some(FileHasher(HasherState::Xxh3(Box::default()))),
+            KIND_FILE_BLAKE3 => Some(FileHasher(HasherState::Blake3(Box::default()))),
+            _ => None,
+        }
+    }
+
+    /// Feeds `data`.
+    pub fn update(&mut self, data: &[u8]) {
+        match &mut self.0 {
+            HasherState::Xxh3(h) => h.write(data),
+            HasherState::Blake3(h) => {
+                h.update(data);
+            }
+        }
+    }
+
+    /// The digest as stored after the content.
+    fn finish(self) -> (Vec<u8>, FileChecksum) {
+        match self.0 {
+            HasherState::Xxh3(h) => {
+                let digest = h.finish_128();
+                (
+                    digest.to_be_bytes().to_vec(),
+                    FileChecksum::Xxh3(format!("{digest:032x}")),
+                )
+            }
+            HasherState::Blake3(h) => {
+                let digest = h.finalize();
+                (
+                    digest.as_bytes().to_vec(),
+                    FileChecksum::Blake3(digest.to_hex().to_string()),
+                )
+            }
+        }
+    }
+
+    /// The number of digest bytes that follow the content.
+    fn digest_len(&self) -> usize {
+        match self.0 {
+            HasherState::Xxh3(_) => 16,
+            HasherState::Blake3(_) => 32,
+        }
+    }
 }
 
 /// Where a bundle is written: a `Write` that can also take a file's
@@ -62,7 +146,7 @@ pub trait BundleOut: Write {
         &mut self,
         src: &mut dyn Read,
         len: u64,
-        hasher: &mut blake3::Hasher,
+        hasher: &mut FileHasher,
     ) -> io::Result<()>;
 }
 
@@ -71,7 +155,7 @@ impl BundleOut for Vec<u8> {
         &mut self,
         src: &mut dyn Read,
         len: u64,
-        hasher: &mut blake3::Hasher,
+        hasher: &mut FileHasher,
     ) -> io::Result<()> {
         let start = self.len();
         let len = usize::try_from(len)
@@ -110,21 +194,21 @@ impl<W: BundleOut> BundleWriter<W> {
     }
 
     /// Adds a file of exactly `size` bytes read from `file` (zero-padded if
-    /// the file is shorter now). Returns the BLAKE3 digest of the bytes stored.
+    /// the file is shorter now). Returns the checksum of the bytes stored.
     pub fn add_file(
         &mut self,
         path: &str,
         mode: u32,
         size: u64,
         file: &mut impl Read,
-    ) -> io::Result<String> {
-        self.header(KIND_FILE, path, mode)?;
+    ) -> io::Result<FileChecksum> {
+        self.header(KIND_FILE_XXH3, path, mode)?;
         self.out.write_all(&size.to_le_bytes())?;
-        let mut hasher = blake3::Hasher::new();
+        let mut hasher = FileHasher::for_kind(KIND_FILE_XXH3).expect("a file kind");
         self.out.copy_from(file, size, &mut hasher)?;
-        let digest = hasher.finalize();
-        self.out.write_all(digest.as_bytes())?;
-        Ok(digest.to_hex().to_string())
+        let (digest, checksum) = hasher.finish();
+        self.out.write_all(&digest)?;
+        Ok(checksum)
     }
 
     /// Writes the end marker and flushes; returns the inner writer.
@@ -198,7 +282,7 @@ impl BundleOut for PartWriter {
         &mut self,
         src: &mut dyn Read,
         len: u64,
-        hasher: &mut blake3::Hasher,
+        hasher: &mut FileHasher,
     ) -> io::Result<()> {
         let mut left = len;
         let mut eof = false;
@@ -314,94 +398,92 @@ fn walk(input: &mut impl Read, lay: Option<Lay<'_>>, origin: &str) -> Result<Vec
             .map_err(|_| corrupt("truncated mode"))?;
         let mode = u32::from_le_bytes(mode) & 0o7777;
         let target = lay.map(|(place, _)| place(&path));
-        match kind {
-            KIND_DIR => {
-                if let Some(target) = &target {
-                    std::fs::create_dir_all(target).map_err(|e| io_err(target, e))?;
-                    set_mode(target, mode)?;
-                }
-                entries.push(RestoredEntry {
-                    path,
-                    is_dir: true,
-                    size: 0,
-                });
-            }
-            KIND_FILE => {
-                let mut size = [0u8; 8];
-                input
-                    .read_exact(&mut size)
-                    .map_err(|_| corrupt("truncated size"))?;
-                let size = u64::from_le_bytes(size);
-                let mut file = match &target {
-                    Some(target) => {
-                        if let Some(parent) = target.parent() {
-                            std::fs::create_dir_all(parent).map_err(|e| io_err(parent, e))?;
-                        }
-                        Some((
-                            std::fs::File::create(target).map_err(|e| io_err(target, e))?,
-                            target,
-                        ))
+        if let Some(mut hasher) = FileHasher::for_kind(kind) {
+            let mut size = [0u8; 8];
+            input
+                .read_exact(&mut size)
+                .map_err(|_| corrupt("truncated size"))?;
+            let size = u64::from_le_bytes(size);
+            let mut file = match &target {
+                Some(target) => {
+                    if let Some(parent) = target.parent() {
+                        std::fs::create_dir_all(parent).map_err(|e| io_err(parent, e))?;
                     }
-                    None => None,
-                };
-                let mut hasher = blake3::Hasher::new();
-                let mut left = size;
-                let mut unflushed_from = 0u64;
-                while left > 0 {
-                    let want = left.min(CHUNK as u64) as usize;
-                    input
-                        .read_exact(&mut buf[..want])
-                        .map_err(|_| corrupt(&format!("{path} is truncated")))?;
-                    hasher.update(&buf[..want]);
-                    left -= want as u64;
-                    if let Some((file, target)) = &mut file {
-                        file.write_all(&buf[..want])
-                            .map_err(|e| io_err(target, e))?;
-                        let written = size - left;
-                        if written - unflushed_from >= WRITEBACK_EVERY || (left == 0 && written > 0)
-                        {
-                            start_writeback(file, unflushed_from, written - unflushed_from);
-                            unflushed_from = written;
-                        }
-                    }
-                }
-                let mut digest = [0u8; 32];
-                input
-                    .read_exact(&mut digest)
-                    .map_err(|_| corrupt(&format!("{path} has no digest")))?;
-                if hasher.finalize().as_bytes() != &digest {
-                    if let Some((file, target)) = file {
-                        drop(file);
-                        let _ = std::fs::remove_file(target);
-                    }
-                    return Err(Error::integrity(format!(
-                        "{path} in stream {origin} does not match its checksum"
+                    Some((
+                        std::fs::File::create(target).map_err(|e| io_err(target, e))?,
+                        target,
                     ))
-                    .hint(
-                        "the backup is damaged; restore an older backup or run `strata verify`",
-                    ));
                 }
-                if let Some((file, target)) = file {
-                    if lay.is_some_and(|(_, fsync)| fsync) {
-                        file.sync_all().map_err(|e| io_err(target, e))?;
+                None => None,
+            };
+            let mut left = size;
+            let mut unflushed_from = 0u64;
+            while left > 0 {
+                let want = left.min(CHUNK as u64) as usize;
+                input
+                    .read_exact(&mut buf[..want])
+                    .map_err(|_| corrupt(&format!("{path} is truncated")))?;
+                hasher.update(&buf[..want]);
+                left -= want as u64;
+                if let Some((file, target)) = &mut file {
+                    file.write_all(&buf[..want])
+                        .map_err(|e| io_err(target, e))?;
+                    let written = size - left;
+                    if written - unflushed_from >= WRITEBACK_EVERY || (left == 0 && written > 0) {
+                        start_writeback(file, unflushed_from, written - unflushed_from);
+                        unflushed_from = written;
                     }
-                    drop(file);
-                    set_mode(target, mode)?;
                 }
-                entries.push(RestoredEntry {
-                    path,
-                    is_dir: false,
-                    size,
-                });
             }
-            _ => return Err(corrupt("unknown entry kind")),
+            let mut digest = [0u8; 32];
+            let digest = &mut digest[..hasher.digest_len()];
+            input
+                .read_exact(digest)
+                .map_err(|_| corrupt(&format!("{path} has no digest")))?;
+            if hasher.finish().0 != digest {
+                if let Some((file, target)) = file {
+                    drop(file);
+                    let _ = std::fs::remove_file(target);
+                }
+                return Err(Error::integrity(format!(
+                    "{path} in stream {origin} does not match its checksum"
+                ))
+                .hint("the backup is damaged; restore an older backup or run `strata verify`"));
+            }
+            if let Some((file, target)) = file {
+                if lay.is_some_and(|(_, fsync)| fsync) {
+                    file.sync_all().map_err(|e| io_err(target, e))?;
+                }
+                drop(file);
+                set_mode(target, mode)?;
+            }
+            entries.push(RestoredEntry {
+                path,
+                is_dir: false,
+                size,
+            });
+            continue;
         }
+        if kind != KIND_DIR {
+            return Err(corrupt(&format!(
+                "unknown entry kind {kind} (written by a newer Strata?)"
+            )));
+        }
+        if let Some(target) = &target {
+            std::fs::create_dir_all(target).map_err(|e| io_err(target, e))?;
+            set_mode(target, mode)?;
+        }
+        entries.push(RestoredEntry {
+            path,
+            is_dir: true,
+            size: 0,
+        });
     }
 }
 
 /// The content check `strata verify` runs on PostgreSQL backups: each file
 /// stream (recorded without a stream digest) is parsed as a bundle and every
-/// file's BLAKE3 is checked, exactly as a restore would, writing nothing.
+/// file's checksum is checked, exactly as a restore would, writing nothing.
 pub struct BundleCheck;
 
 impl ContentCheck for BundleCheck {
@@ -507,6 +589,11 @@ fn set_mode(path: &Path, mode: u32) -> Result<()> {
 mod tests {
     use super::*;
 
+    /// XXH3-128 as `xxhsum -H2` prints it.
+    fn xxh3_hex(data: &[u8]) -> String {
+        format!("{:032x}", twox_hash::XxHash3_128::oneshot(data))
+    }
+
     #[test]
     fn roundtrip_pads_shrunk_files_and_checks_digests() {
         let mut w = BundleWriter::new(Vec::new());
@@ -518,8 +605,8 @@ mod tests {
             .add_file("PG_VERSION", 0o600, 6, &mut &b"15\n"[..])
             .unwrap();
         let mut out = w.finish().unwrap();
-        assert_eq!(d1, blake3::hash(b"hello").to_hex().to_string());
-        assert_eq!(d2, blake3::hash(b"15\n\0\0\0").to_hex().to_string());
+        assert_eq!(d1, FileChecksum::Xxh3(xxh3_hex(b"hello")));
+        assert_eq!(d2, FileChecksum::Xxh3(xxh3_hex(b"15\n\0\0\0")));
 
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().to_path_buf();
@@ -598,7 +685,7 @@ mod tests {
         let producer = tokio::task::spawn_blocking(move || {
             let mut bundle = BundleWriter::new(PartWriter::new(feed));
             bundle.add_dir("base/5", 0o700).unwrap();
-            let digests: Vec<String> = fed
+            let digests: Vec<FileChecksum> = fed
                 .iter()
                 .map(|(path, size, bytes)| {
                     bundle
@@ -679,12 +766,68 @@ mod tests {
                 "{path}: {} bytes back",
                 restored.len()
             );
-            assert_eq!(
-                *digest,
-                blake3::hash(&expected).to_hex().to_string(),
-                "{path}"
-            );
+            assert_eq!(*digest, FileChecksum::Xxh3(xxh3_hex(&expected)), "{path}");
         }
+    }
+
+    /// A bundle exactly as format version 1 wrote it (BLAKE3 after each
+    /// file) still restores, damage in it is still caught, and a manifest
+    /// entry of that time still parses.
+    #[test]
+    fn version_1_bundles_still_restore() {
+        let mut v1 = Vec::new();
+        v1.extend_from_slice(b"SPGF\x00");
+        v1.extend_from_slice(&11u16.to_le_bytes());
+        v1.extend_from_slice(b"base/1/1259");
+        v1.extend_from_slice(&0o600u32.to_le_bytes());
+        v1.extend_from_slice(&5u64.to_le_bytes());
+        v1.extend_from_slice(b"hello");
+        v1.extend_from_slice(blake3::hash(b"hello").as_bytes());
+        v1.extend_from_slice(b"SPGE");
+
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_path_buf();
+        let entries = extract(&mut &v1[..], &|p| root.join(p), false, "data.0").unwrap();
+        assert_eq!(entries.len(), 1);
+        assert_eq!(std::fs::read(root.join("base/1/1259")).unwrap(), b"hello");
+
+        let at = v1.windows(5).position(|w| w == b"hello").unwrap();
+        v1[at + 1] = b'a';
+        let err = check(&mut &v1[..], "data.0").unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("base/1/1259 in stream data.0 does not match its checksum"),
+            "{err}"
+        );
+
+        let old: StoredFile = serde_json::from_str(
+            r#"{"path":"PG_VERSION","size":3,"blake3":"ab12","stream":"data.0"}"#,
+        )
+        .unwrap();
+        assert_eq!(old.checksum, FileChecksum::Blake3("ab12".into()));
+        let new = StoredFile {
+            checksum: FileChecksum::Xxh3(xxh3_hex(b"15\n")),
+            ..old
+        };
+        let json = serde_json::to_value(&new).unwrap();
+        assert_eq!(json["xxh3_128"], xxh3_hex(b"15\n"));
+        assert_eq!(serde_json::from_value::<StoredFile>(json).unwrap(), new);
+    }
+
+    /// An entry kind this version does not know is refused by name, not
+    /// misread as something else.
+    #[test]
+    fn unknown_entry_kinds_are_refused() {
+        let mut out = Vec::new();
+        out.extend_from_slice(b"SPGF\x07");
+        out.extend_from_slice(&1u16.to_le_bytes());
+        out.extend_from_slice(b"x");
+        out.extend_from_slice(&0o600u32.to_le_bytes());
+        let err = check(&mut &out[..], "data.3").unwrap_err();
+        assert!(
+            err.to_string().contains("data.3") && err.to_string().contains("unknown entry kind 7"),
+            "{err}"
+        );
     }
 
     #[test]
