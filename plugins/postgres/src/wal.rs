@@ -278,7 +278,6 @@ impl WalArchive {
             .await;
         match result {
             Ok(_) => {
-                self.sync_local(&key)?;
                 if name.kind == WalFileKind::Segment && name.timeline > 1 {
                     self.ensure_history(system_id, name.timeline, data_directory)
                         .await?;
@@ -331,29 +330,6 @@ impl WalArchive {
             Box::pin(self.push(&local, data_directory)).await?;
         } else {
             tracing::warn!(%history, "the timeline's history file is neither archived nor in pg_wal");
-        }
-        Ok(())
-    }
-
-    /// For a local-directory vault, flushes the new object and its directory to disk.
-    fn sync_local(&self, key: &str) -> Result<()> {
-        let url = self.vault.url().trim();
-        let root = if let Some(rest) = url.strip_prefix("file://") {
-            PathBuf::from(rest)
-        } else if url.starts_with('/') {
-            PathBuf::from(url)
-        } else {
-            return Ok(());
-        };
-        let path = root.join(key);
-        let sync = |p: &Path| -> Result<()> {
-            std::fs::File::open(p)
-                .and_then(|f| f.sync_all())
-                .map_err(|e| Error::io(format!("flushing {}: {e}", p.display())))
-        };
-        sync(&path)?;
-        if let Some(dir) = path.parent() {
-            sync(dir)?;
         }
         Ok(())
     }

@@ -16,6 +16,7 @@
 
 pub mod gc;
 pub mod layout;
+pub mod local;
 pub mod reader;
 pub mod writer;
 
@@ -217,9 +218,7 @@ pub fn build_store(config: &VaultConfig) -> Result<(Arc<dyn ObjectStore>, Path)>
                 ))
                 .hint(format!("create the vault with `strata vault init {raw}`")));
             }
-            let fs = object_store::local::LocalFileSystem::new_with_prefix(&dir)
-                .map_err(Error::from)?
-                .with_automatic_cleanup(true);
+            let fs = local::DurableLocalStore::new(&dir).map_err(Error::from)?;
             return Ok((Arc::new(fs), Path::default()));
         }
         ObjectStoreScheme::AmazonS3 => {
