@@ -393,6 +393,9 @@ pub async fn backup(args: PgBackupArgs, ctx: &Context) -> Result<()> {
     ctx.record(&vault, &manifest);
     let meta = strata_postgres::backup::FullBackupMeta::from_manifest(&manifest)?;
     let seconds = started.elapsed().as_secs_f64();
+    if let Some(damage) = meta.page_check.as_ref().filter(|p| !p.damaged.is_empty()) {
+        warn_damaged_pages(damage);
+    }
     if ctx.json {
         print_json(&serde_json::json!({
             "id": manifest.id,
@@ -406,6 +409,7 @@ pub async fn backup(args: PgBackupArgs, ctx: &Context) -> Result<()> {
             "raw_bytes": manifest.raw_size(),
             "stored_bytes": manifest.stored_size(),
             "seconds": seconds,
+            "page_check": meta.page_check,
         }))?;
     } else if !ctx.quiet {
         println!(
@@ -423,6 +427,42 @@ pub async fn backup(args: PgBackupArgs, ctx: &Context) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Tells the DBA, on standard error, which pages of the cluster a backup
+/// found damaged, and what to do about them.
+fn warn_damaged_pages(report: &strata_postgres::pages::PageReport) {
+    const SHOWN: usize = 10;
+    let mut files: Vec<String> = report
+        .damaged
+        .iter()
+        .take(SHOWN)
+        .map(|file| {
+            let blocks: Vec<String> = file.blocks.iter().take(SHOWN).map(u64::to_string).collect();
+            let more = if file.blocks.len() > SHOWN {
+                ", ..."
+            } else {
+                ""
+            };
+            format!("{} (block {}{more})", file.path, blocks.join(", "))
+        })
+        .collect();
+    if report.damaged.len() > SHOWN {
+        files.push(format!(
+            "and more files (`strata --json backup` lists up to {})",
+            strata_postgres::pages::REPORT_LIMIT
+        ));
+    }
+    eprintln!(
+        "warning: {} page(s) of the cluster failed their checksum: {}",
+        report.damaged_pages,
+        files.join("; ")
+    );
+    eprintln!(
+        "hint: the backup was committed and holds these pages as PostgreSQL has them on disk; \
+         find the damaged relations with `pg_amcheck` or `SELECT pg_relation_filepath(...)`, \
+         and recover them from a backup taken before the damage"
+    );
 }
 
 /// Parses a restore time: RFC 3339 or PostgreSQL's `YYYY-MM-DD HH:MM:SS[.f][+TZ]`.

@@ -30,6 +30,7 @@ use strata_core::{Error, Result};
 use crate::bundle::{BundleWriter, PartWriter, StoredFile};
 use crate::check::connect;
 use crate::config::ClusterConfig;
+use crate::pages::{PageCheck, PageReport, relation_segment};
 use crate::wal::WalArchive;
 use crate::walname::{Lsn, WalFileName, segno_of};
 
@@ -73,6 +74,10 @@ pub struct FullBackupMeta {
     pub data_streams: Vec<String>,
     /// Every stored file with size and checksum.
     pub files: Vec<StoredFile>,
+    /// What the page checksum verification found; `None` when the cluster
+    /// has no data checksums (or for backups made before it was added).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub page_check: Option<PageReport>,
 }
 
 /// A tablespace at backup time.
@@ -372,7 +377,16 @@ fn partition(entries: Vec<SourceFile>, n: usize) -> Vec<Vec<SourceFile>> {
     streams.into_iter().map(|(_, files)| files).collect()
 }
 
-/// Writes `entries` as one bundle stream into `sink`; returns the stored files.
+/// What one bundle stream holds.
+#[derive(Default)]
+struct BundleReport {
+    files: Vec<StoredFile>,
+    pages: PageReport,
+}
+
+/// Writes `entries` as one bundle stream into `sink`; returns the stored
+/// files and, with `check_pages_before` (the backup's start LSN, when data
+/// checksums are on), what the page checksum verification found.
 ///
 /// Files are read straight into the writer's part buffers ([`PartWriter`]);
 /// the stream gets no digest of its own, since every file in it carries one.
@@ -380,12 +394,13 @@ async fn write_bundle(
     sink: &dyn BackupSink,
     name: String,
     entries: Vec<SourceFile>,
-) -> Result<Vec<StoredFile>> {
+    check_pages_before: Option<Lsn>,
+) -> Result<BundleReport> {
     let (feed, parts) = sink.part_channel();
     let stream_name = name.clone();
-    let producer = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<StoredFile>> {
+    let producer = tokio::task::spawn_blocking(move || -> std::io::Result<BundleReport> {
         let mut bundle = BundleWriter::new(PartWriter::new(feed));
-        let mut stored = Vec::new();
+        let mut stored = BundleReport::default();
         let result = (|| -> std::io::Result<()> {
             for entry in &entries {
                 if entry.is_dir {
@@ -404,8 +419,21 @@ async fn write_bundle(
                     }
                 };
                 crate::bundle::will_read_sequentially(&file);
-                let digest = bundle.add_file(&entry.rel, entry.mode, entry.size, &mut file)?;
-                stored.push(StoredFile {
+                let mut pages = check_pages_before.and_then(|start| {
+                    relation_segment(&entry.rel).map(|segment| PageCheck::new(segment, start.0))
+                });
+                let digest = bundle.add_file_checking(
+                    &entry.rel,
+                    entry.mode,
+                    entry.size,
+                    &mut file,
+                    pages.as_mut(),
+                )?;
+                if let Some(pages) = pages {
+                    let (sound, damaged) = pages.finish(&file);
+                    stored.pages.add(&entry.rel, sound, damaged);
+                }
+                stored.files.push(StoredFile {
                     path: entry.rel.clone(),
                     size: entry.size,
                     checksum: digest,
@@ -455,6 +483,10 @@ pub async fn full_backup(
         )
         .hint("run `strata pg check <cluster>` and apply the lines it prints, then restart PostgreSQL"));
     }
+    // Page checksums are checked with PostgreSQL's algorithm for its
+    // standard 8 KiB pages; a server built with another page size is copied
+    // without the check.
+    let check_pages = info.data_checksums && server.setting("block_size").await? == "8192";
     let data_dir = &cluster.data_directory;
     let start_time = Utc::now();
     let start_lsn: String = server
@@ -466,6 +498,8 @@ pub async fn full_backup(
         .await
         .map_err(|e| engine_error(e, "pg_backup_start failed"))?
         .get(0);
+    let start: Lsn = start_lsn.parse()?;
+    let check_pages_before = check_pages.then_some(start);
     let copy = async {
         let dir = data_dir.clone();
         let (entries, tablespaces) = tokio::task::spawn_blocking(move || list_cluster(&dir))
@@ -478,12 +512,13 @@ pub async fn full_backup(
         let uploads = groups
             .into_iter()
             .zip(names.clone())
-            .map(|(group, name)| write_bundle(sink, name, group));
-        let mut files: Vec<StoredFile> = futures::future::try_join_all(uploads)
-            .await?
-            .into_iter()
-            .flatten()
-            .collect();
+            .map(|(group, name)| write_bundle(sink, name, group, check_pages_before));
+        let mut files = Vec::new();
+        let mut pages = PageReport::default();
+        for report in futures::future::try_join_all(uploads).await? {
+            files.extend(report.files);
+            pages.merge(report.pages);
+        }
         // pg_control last, after every other file is durable.
         let control = SourceFile {
             rel: "global/pg_control".into(),
@@ -494,11 +529,12 @@ pub async fn full_backup(
             mode: 0o600,
             is_dir: false,
         };
-        files.extend(write_bundle(sink, PG_CONTROL_STREAM.into(), vec![control]).await?);
-        Ok::<_, Error>((files, tablespaces, names))
+        let control = write_bundle(sink, PG_CONTROL_STREAM.into(), vec![control], None).await?;
+        files.extend(control.files);
+        Ok::<_, Error>((files, tablespaces, names, pages))
     };
     let copied = copy.await;
-    let (files, tablespaces, data_streams) = match copied {
+    let (files, tablespaces, data_streams, pages) = match copied {
         Ok(c) => c,
         Err(e) => {
             // Leave backup mode; the session ends with the connection anyway.
@@ -538,7 +574,6 @@ pub async fn full_backup(
         .map_err(|e| e.context(format!("storing {name}")))?;
     }
     let timeline = label_timeline(&label)?;
-    let start: Lsn = start_lsn.parse()?;
     let stop: Lsn = stop_lsn.parse()?;
     wait_for_wal(
         archive,
@@ -566,6 +601,7 @@ pub async fn full_backup(
         tablespaces,
         data_streams,
         files,
+        page_check: check_pages.then_some(pages),
     };
     let mut labels = std::collections::BTreeMap::new();
     labels.insert("system_id".into(), meta.system_id.clone());

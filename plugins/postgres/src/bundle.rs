@@ -38,6 +38,8 @@ use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 use strata_core::catalog::manifest::{Manifest, StreamRecord};
+
+use crate::pages::PageCheck;
 use strata_core::plugin::PartFeed;
 use strata_core::vault::reader::{ContentCheck, ContentSink};
 use strata_core::{Error, Result};
@@ -141,12 +143,13 @@ impl FileHasher {
 /// content straight from its reader.
 pub trait BundleOut: Write {
     /// Writes exactly `len` bytes read from `src` (zeros past its end, if it
-    /// is shorter now), feeding each byte written to `hasher`.
+    /// is shorter now), showing each piece written to `observe` (which
+    /// hashes it, and checks its pages) while it is still in cache.
     fn copy_from(
         &mut self,
         src: &mut dyn Read,
         len: u64,
-        hasher: &mut FileHasher,
+        observe: &mut dyn FnMut(&[u8]),
     ) -> io::Result<()>;
 }
 
@@ -155,14 +158,14 @@ impl BundleOut for Vec<u8> {
         &mut self,
         src: &mut dyn Read,
         len: u64,
-        hasher: &mut FileHasher,
+        observe: &mut dyn FnMut(&[u8]),
     ) -> io::Result<()> {
         let start = self.len();
         let len = usize::try_from(len)
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "file too large"))?;
         self.resize(start + len, 0);
         read_full(src, &mut self[start..])?;
-        hasher.update(&self[start..]);
+        observe(&self[start..]);
         Ok(())
     }
 }
@@ -202,10 +205,28 @@ impl<W: BundleOut> BundleWriter<W> {
         size: u64,
         file: &mut impl Read,
     ) -> io::Result<FileChecksum> {
+        self.add_file_checking(path, mode, size, file, None)
+    }
+
+    /// [`add_file`](Self::add_file), feeding the bytes stored to `pages`
+    /// too, when the file is a relation whose page checksums are checked.
+    pub fn add_file_checking(
+        &mut self,
+        path: &str,
+        mode: u32,
+        size: u64,
+        file: &mut impl Read,
+        mut pages: Option<&mut PageCheck>,
+    ) -> io::Result<FileChecksum> {
         self.header(KIND_FILE_XXH3, path, mode)?;
         self.out.write_all(&size.to_le_bytes())?;
         let mut hasher = FileHasher::for_kind(KIND_FILE_XXH3).expect("a file kind");
-        self.out.copy_from(file, size, &mut hasher)?;
+        self.out.copy_from(file, size, &mut |piece| {
+            hasher.update(piece);
+            if let Some(pages) = pages.as_mut() {
+                pages.feed(piece);
+            }
+        })?;
         let (digest, checksum) = hasher.finish();
         self.out.write_all(&digest)?;
         Ok(checksum)
@@ -282,7 +303,7 @@ impl BundleOut for PartWriter {
         &mut self,
         src: &mut dyn Read,
         len: u64,
-        hasher: &mut FileHasher,
+        observe: &mut dyn FnMut(&[u8]),
     ) -> io::Result<()> {
         let mut left = len;
         let mut eof = false;
@@ -302,7 +323,7 @@ impl BundleOut for PartWriter {
                 n
             };
             dst[got..].fill(0);
-            hasher.update(dst);
+            observe(dst);
             self.filled += want;
             left -= want as u64;
         }

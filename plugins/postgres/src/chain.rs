@@ -552,6 +552,7 @@ mod tests {
             tablespaces: vec![],
             data_streams: vec![],
             files: vec![],
+            page_check: None,
         };
         let manifest = Manifest {
             format: MANIFEST_FORMAT,

@@ -15,7 +15,8 @@
 //!    identifier and timeline. `restore_command` calls [`WalArchive::fetch`].
 //! 3. [`backup::full_backup`] runs `pg_backup_start`, streams the data
 //!    directory and tablespaces into the vault in parallel (small files bundled
-//!    into a few streams, see [`bundle`]), copies `pg_control` last, runs
+//!    into a few streams, see [`bundle`]) while it checks every page's
+//!    checksum ([`pages`]), copies `pg_control` last, runs
 //!    `pg_backup_stop` and returns only once the WAL from start to stop is archived.
 //! 4. [`chain`] turns the archive and the committed backups into recoverable
 //!    windows per timeline and picks the backup and WAL for a target;
@@ -27,6 +28,7 @@ pub mod bundle;
 pub mod chain;
 pub mod check;
 pub mod config;
+pub mod pages;
 pub mod restore;
 pub mod wal;
 pub mod walname;

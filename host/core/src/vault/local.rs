@@ -191,10 +191,13 @@ impl MultipartUpload for DurableUpload {
     }
 
     async fn complete(&mut self) -> object_store::Result<PutResult> {
-        let file = self.file.take().ok_or_else(|| object_store::Error::Generic {
-            store: STORE,
-            source: "the upload was already completed or aborted".into(),
-        })?;
+        let file = self
+            .file
+            .take()
+            .ok_or_else(|| object_store::Error::Generic {
+                store: STORE,
+                source: "the upload was already completed or aborted".into(),
+            })?;
         let (staging, dest) = (self.staging.clone(), self.dest.clone());
         blocking(move || {
             file.sync_all()?;
