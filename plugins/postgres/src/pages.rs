@@ -51,15 +51,27 @@ fn mix(sum: u32, value: u32) -> u32 {
 /// block `block` (counted from the start of the relation).
 pub fn page_checksum(page: &[u8; PAGE_SIZE], block: u32) -> u16 {
     let mut sums = BASE_OFFSETS;
-    for (row_index, row) in page.chunks_exact(4 * N_SUMS).enumerate() {
-        for (lane, word) in row.chunks_exact(4).enumerate() {
-            let mut value = u32::from_le_bytes([word[0], word[1], word[2], word[3]]);
-            // The checksum field itself counts as zero: it is the low half
-            // of the third word of the first row.
-            if row_index == 0 && lane == CHECKSUM_AT / 4 {
-                value &= 0xFFFF_0000;
-            }
-            sums[lane] = mix(sums[lane], value);
+    let mut rows = page.chunks_exact(4 * N_SUMS);
+    let mut first = [0u32; N_SUMS];
+    for (word, bytes) in first
+        .iter_mut()
+        .zip(rows.next().expect("a row").chunks_exact(4))
+    {
+        *word = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
+    }
+    // The checksum field itself counts as zero: it is the low half of the
+    // third word of the first row.
+    first[CHECKSUM_AT / 4] &= 0xFFFF_0000;
+    for (sum, word) in sums.iter_mut().zip(first) {
+        *sum = mix(*sum, word);
+    }
+    // The rest without a branch, so that the compiler vectorises the lanes.
+    for row in rows {
+        for (sum, bytes) in sums.iter_mut().zip(row.chunks_exact(4)) {
+            *sum = mix(
+                *sum,
+                u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]),
+            );
         }
     }
     for _ in 0..2 {
