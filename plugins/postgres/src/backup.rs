@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 use strata_core::plugin::{BackupOutcome, BackupSink, StreamDigest};
 use strata_core::{Error, Result};
 
-use crate::bundle::{BundleWriter, PartWriter, StoredFile};
+use crate::bundle::{BundleWriter, DIRECT_MIN, PartWriter, StoredFile};
 use crate::check::connect;
 use crate::config::ClusterConfig;
 use crate::pages::{PageCheck, PageReport, relation_segment};
@@ -377,6 +377,17 @@ fn partition(entries: Vec<SourceFile>, n: usize) -> Vec<Vec<SourceFile>> {
     streams.into_iter().map(|(_, files)| files).collect()
 }
 
+/// `path` opened for direct reads (`O_DIRECT`), or `None` where the file
+/// system does not offer them: the page cache is used then.
+fn open_direct(path: &Path) -> Option<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(path)
+        .ok()
+}
+
 /// What one bundle stream holds.
 #[derive(Default)]
 struct BundleReport {
@@ -407,7 +418,7 @@ async fn write_bundle(
                     bundle.add_dir(&entry.rel, entry.mode)?;
                     continue;
                 }
-                let mut file = match std::fs::File::open(&entry.abs) {
+                let file = match std::fs::File::open(&entry.abs) {
                     Ok(f) => f,
                     // A file dropped during the backup is not needed: WAL replay removes it.
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
@@ -419,14 +430,18 @@ async fn write_bundle(
                     }
                 };
                 crate::bundle::will_read_sequentially(&file);
+                let direct = (entry.size >= DIRECT_MIN)
+                    .then(|| open_direct(&entry.abs))
+                    .flatten();
                 let mut pages = check_pages_before.and_then(|start| {
                     relation_segment(&entry.rel).map(|segment| PageCheck::new(segment, start.0))
                 });
-                let digest = bundle.add_file_checking(
+                let digest = bundle.add_os_file(
                     &entry.rel,
                     entry.mode,
                     entry.size,
-                    &mut file,
+                    &file,
+                    direct.as_ref(),
                     pages.as_mut(),
                 )?;
                 if let Some(pages) = pages {

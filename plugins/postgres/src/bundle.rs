@@ -14,6 +14,7 @@
 //! entry := "SPGF" kind:u8 path_len:u16 path:[u8; path_len] mode:u32 size:u64
 //!          content:[u8; size] xxh3:[u8; 16]          (kind 2 = file)
 //!        | "SPGF" kind:u8 path_len:u16 path mode:u32 (kind 1 = directory)
+//!        | "SPGF" kind:u8 pad_len:u16 zeros:[u8; pad_len] (kind 3 = padding)
 //!        | "SPGF" kind:u8 path_len:u16 path mode:u32 size:u64
 //!          content:[u8; size] blake3:[u8; 32]        (kind 0 = file, version 1)
 //! end   := "SPGE"
@@ -27,6 +28,11 @@
 //! of the vault's authenticated encryption. Restores read both kinds, so
 //! backups written before keep restoring.
 //!
+//! Padding entries (version 2) carry nothing: the writer puts one before a
+//! large file so that its content starts on a 4 KiB boundary of the stream,
+//! and so of the part buffer it is read into, which lets the file be read
+//! with direct I/O (see [`PartWriter`]).
+//!
 //! Paths are relative to the data directory, `/`-separated; files of a
 //! tablespace are stored under `pg_tblspc/<oid>/...`. `size` is the size at
 //! the time the file was listed: a file that grew since is read up to that
@@ -35,6 +41,7 @@
 
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use strata_core::catalog::manifest::{Manifest, StreamRecord};
@@ -51,6 +58,15 @@ const KIND_FILE_BLAKE3: u8 = 0;
 const KIND_DIR: u8 = 1;
 /// A file followed by its XXH3-128 (format version 2).
 const KIND_FILE_XXH3: u8 = 2;
+/// Zeros to skip (format version 2).
+const KIND_PAD: u8 = 3;
+/// The bytes of a padding entry before its zeros.
+const PAD_HEADER: usize = 7;
+/// The memory, length and file-offset alignment of direct reads: the
+/// logical block size of the devices databases use is at most 4 KiB.
+pub const DIRECT_ALIGN: usize = 4096;
+/// Files at least this large are read with direct I/O where possible.
+pub const DIRECT_MIN: u64 = 1 << 20;
 const CHUNK: usize = 1 << 20;
 /// While a file is restored, its writeback is started every this many bytes.
 const WRITEBACK_EVERY: u64 = 8 << 20;
@@ -151,6 +167,27 @@ pub trait BundleOut: Write {
         len: u64,
         observe: &mut dyn FnMut(&[u8]),
     ) -> io::Result<()>;
+
+    /// Like [`copy_from`](Self::copy_from), reading `file` from its start;
+    /// `direct`, the same file opened with `O_DIRECT`, may be used for the
+    /// reads that are aligned (see [`PartWriter`]).
+    fn copy_file(
+        &mut self,
+        file: &std::fs::File,
+        _direct: Option<&std::fs::File>,
+        len: u64,
+        observe: &mut dyn FnMut(&[u8]),
+    ) -> io::Result<()> {
+        let mut reader = file;
+        self.copy_from(&mut reader, len, observe)
+    }
+
+    /// The padding to write before an entry header of `header_len` bytes so
+    /// that the content after it starts aligned for direct reads; `None`
+    /// when this output has no use for it.
+    fn pad_for_direct(&self, _header_len: usize) -> Option<usize> {
+        None
+    }
 }
 
 impl BundleOut for Vec<u8> {
@@ -205,23 +242,61 @@ impl<W: BundleOut> BundleWriter<W> {
         size: u64,
         file: &mut impl Read,
     ) -> io::Result<FileChecksum> {
-        self.add_file_checking(path, mode, size, file, None)
+        self.add_with(path, mode, size, None, |out, observe| {
+            out.copy_from(file, size, observe)
+        })
     }
 
-    /// [`add_file`](Self::add_file), feeding the bytes stored to `pages`
-    /// too, when the file is a relation whose page checksums are checked.
-    pub fn add_file_checking(
+    /// Adds the file `file` of `size` bytes, as [`add_file`](Self::add_file)
+    /// does, feeding its bytes to `pages` too when it is a relation whose
+    /// page checksums are checked. `direct` is the same file opened with
+    /// `O_DIRECT`, for outputs that can read into aligned memory (a padding
+    /// entry then aligns the content).
+    pub fn add_os_file(
         &mut self,
         path: &str,
         mode: u32,
         size: u64,
-        file: &mut impl Read,
+        file: &std::fs::File,
+        direct: Option<&std::fs::File>,
+        pages: Option<&mut PageCheck>,
+    ) -> io::Result<FileChecksum> {
+        let direct = direct.filter(|_| size >= DIRECT_MIN);
+        if direct.is_some() {
+            let header_len = ENTRY_MAGIC.len() + 1 + 2 + path.len() + 4 + 8;
+            if let Some(pad) = self.out.pad_for_direct(header_len) {
+                self.pad(pad)?;
+            }
+        }
+        self.add_with(path, mode, size, pages, |out, observe| {
+            out.copy_file(file, direct, size, observe)
+        })
+    }
+
+    /// Writes a padding entry of `total` bytes (at least [`PAD_HEADER`]).
+    fn pad(&mut self, total: usize) -> io::Result<()> {
+        let zeros = u16::try_from(total - PAD_HEADER)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "padding too long"))?;
+        self.out.write_all(ENTRY_MAGIC)?;
+        self.out.write_all(&[KIND_PAD])?;
+        self.out.write_all(&zeros.to_le_bytes())?;
+        self.out.write_all(&vec![0u8; usize::from(zeros)])
+    }
+
+    /// Writes a file entry whose content `copy` writes, feeding it to the
+    /// checksum and to `pages`.
+    fn add_with(
+        &mut self,
+        path: &str,
+        mode: u32,
+        size: u64,
         mut pages: Option<&mut PageCheck>,
+        copy: impl FnOnce(&mut W, &mut dyn FnMut(&[u8])) -> io::Result<()>,
     ) -> io::Result<FileChecksum> {
         self.header(KIND_FILE_XXH3, path, mode)?;
         self.out.write_all(&size.to_le_bytes())?;
         let mut hasher = FileHasher::for_kind(KIND_FILE_XXH3).expect("a file kind");
-        self.out.copy_from(file, size, &mut |piece| {
+        copy(&mut self.out, &mut |piece| {
             hasher.update(piece);
             if let Some(pages) = pages.as_mut() {
                 pages.feed(piece);
@@ -245,25 +320,86 @@ impl<W: BundleOut> BundleWriter<W> {
     }
 }
 
-/// A [`BundleOut`] that writes into the vault writer's part buffers: file
-/// contents are read from disk straight into the buffer that is then
-/// compressed, and hashed while they are still in the CPU's cache, so the
-/// raw bytes are never copied in user space.
+/// A part buffer whose window of `len` bytes starts at an address aligned
+/// for direct I/O.
+struct AlignedBuf {
+    vec: Vec<u8>,
+    start: usize,
+    len: usize,
+}
+
+impl AlignedBuf {
+    fn new(len: usize) -> Self {
+        let vec = vec![0u8; len + DIRECT_ALIGN];
+        let start = vec.as_ptr().align_offset(DIRECT_ALIGN);
+        AlignedBuf { vec, start, len }
+    }
+
+    fn window(&self) -> &[u8] {
+        &self.vec[self.start..self.start + self.len]
+    }
+
+    fn window_mut(&mut self) -> &mut [u8] {
+        &mut self.vec[self.start..self.start + self.len]
+    }
+}
+
+/// The first `len` bytes of a buffer, handed to the vault writer as a part.
+/// The [`PartWriter`] takes the buffer up again once the writer drops it.
+struct SentPart {
+    buf: Arc<AlignedBuf>,
+    len: usize,
+}
+
+impl AsRef<[u8]> for SentPart {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf.window()[..self.len]
+    }
+}
+
+/// At most this many buffers wait for reuse in a [`PartWriter`].
+const SPARE_PARTS: usize = 8;
+
+/// A [`BundleOut`] that writes into part buffers handed to the vault
+/// writer: file contents are read from disk straight into the buffer that is
+/// then compressed, and hashed while they are still in the CPU's cache, so
+/// the raw bytes are never copied in user space.
+///
+/// The buffers are its own, aligned for direct I/O, and reused once the
+/// writer is done with them. A large file whose content starts on an
+/// aligned offset (the bundle writer pads before it) is read with
+/// `O_DIRECT`: from the disk into the buffer, without the kernel's copy out
+/// of the page cache, and without evicting the database's cached pages.
+/// Whatever cannot be read that way (the last partial block, a file system
+/// without direct I/O) is read through the page cache.
 pub struct PartWriter {
     feed: PartFeed,
-    buf: Vec<u8>,
+    part_size: usize,
+    current: Arc<AlignedBuf>,
     filled: usize,
+    spares: Vec<Arc<AlignedBuf>>,
+    direct_failed: bool,
 }
 
 impl PartWriter {
     /// A writer feeding `feed`.
     pub fn new(feed: PartFeed) -> Self {
-        let buf = feed.buffer();
+        let part_size = feed.part_size();
         PartWriter {
             feed,
-            buf,
+            part_size,
+            current: Arc::new(AlignedBuf::new(part_size)),
             filled: 0,
+            spares: Vec::new(),
+            direct_failed: false,
         }
+    }
+
+    /// The buffer being filled.
+    fn space(&mut self) -> &mut [u8] {
+        Arc::get_mut(&mut self.current)
+            .expect("the part being filled is not shared")
+            .window_mut()
     }
 
     /// Hands the filled part over and starts the next.
@@ -271,9 +407,24 @@ impl PartWriter {
         if self.filled == 0 {
             return Ok(());
         }
-        let full = std::mem::replace(&mut self.buf, self.feed.buffer());
+        let next = match self
+            .spares
+            .iter()
+            .position(|buf| Arc::strong_count(buf) == 1)
+        {
+            Some(free) => self.spares.swap_remove(free),
+            None => Arc::new(AlignedBuf::new(self.part_size)),
+        };
+        let full = std::mem::replace(&mut self.current, next);
         let len = std::mem::take(&mut self.filled);
-        self.feed.send(full, len)
+        let part = Bytes::from_owner(SentPart {
+            buf: full.clone(),
+            len,
+        });
+        if self.spares.len() < SPARE_PARTS {
+            self.spares.push(full);
+        }
+        self.feed.send_bytes(part)
     }
 
     /// Fails the stream with `err`: the writer keeps nothing of it.
@@ -284,17 +435,96 @@ impl PartWriter {
 
 impl Write for PartWriter {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        if self.filled == self.buf.len() {
+        if self.filled == self.part_size {
             self.ship()?;
         }
-        let n = (self.buf.len() - self.filled).min(data.len());
-        self.buf[self.filled..self.filled + n].copy_from_slice(&data[..n]);
+        let filled = self.filled;
+        let n = (self.part_size - filled).min(data.len());
+        self.space()[filled..filled + n].copy_from_slice(&data[..n]);
         self.filled += n;
         Ok(n)
     }
 
     fn flush(&mut self) -> io::Result<()> {
         self.ship()
+    }
+}
+
+/// Where [`PartWriter`] reads a chunk from.
+enum ChunkSource<'a> {
+    Reader(&'a mut dyn Read),
+    File {
+        file: &'a std::fs::File,
+        direct: Option<&'a std::fs::File>,
+    },
+}
+
+impl PartWriter {
+    /// Copies `len` bytes from `src`, a chunk at a time, each shown to
+    /// `observe` while it is in cache; zeros past the end of a file that
+    /// shrank.
+    fn copy_chunks(
+        &mut self,
+        mut src: ChunkSource<'_>,
+        len: u64,
+        observe: &mut dyn FnMut(&[u8]),
+    ) -> io::Result<()> {
+        let mut pos = 0u64;
+        let mut eof = false;
+        while pos < len {
+            if self.filled == self.part_size {
+                self.ship()?;
+            }
+            let filled = self.filled;
+            let room = self.part_size - filled;
+            let mut want = ((len - pos).min(CHUNK as u64) as usize).min(room);
+            // Direct reads need the buffer position, the file offset and
+            // the length aligned.
+            let direct = match &src {
+                ChunkSource::File {
+                    direct: Some(direct),
+                    ..
+                } if !self.direct_failed
+                    && filled.is_multiple_of(DIRECT_ALIGN)
+                    && pos.is_multiple_of(DIRECT_ALIGN as u64)
+                    && want >= DIRECT_ALIGN =>
+                {
+                    want -= want % DIRECT_ALIGN;
+                    Some(*direct)
+                }
+                _ => None,
+            };
+            let mut direct_failed = false;
+            let space = self.space();
+            let dst = &mut space[filled..filled + want];
+            let got = if eof {
+                0
+            } else {
+                match (&mut src, direct) {
+                    (ChunkSource::Reader(reader), _) => read_full(*reader, dst)?,
+                    (ChunkSource::File { file, .. }, None) => read_full_at(file, dst, pos)?,
+                    (ChunkSource::File { file, .. }, Some(direct)) => {
+                        match read_direct(direct, dst, pos) {
+                            Ok(n) => n,
+                            // A file system or device that refuses these
+                            // reads: the page cache it is.
+                            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                                direct_failed = true;
+                                read_full_at(file, dst, pos)?
+                            }
+                            Err(e) => return Err(e),
+                        }
+                    }
+                }
+            };
+            eof = got < want;
+            dst[got..].fill(0);
+            observe(dst);
+            self.direct_failed |= direct_failed;
+            self.filled += want;
+            pos += want as u64;
+        }
+        Ok(())
     }
 }
 
@@ -305,30 +535,76 @@ impl BundleOut for PartWriter {
         len: u64,
         observe: &mut dyn FnMut(&[u8]),
     ) -> io::Result<()> {
-        let mut left = len;
-        let mut eof = false;
-        while left > 0 {
-            if self.filled == self.buf.len() {
-                self.ship()?;
-            }
-            // At most a chunk at a time, hashed while it is in cache.
-            let room = self.buf.len() - self.filled;
-            let want = (left.min(CHUNK as u64) as usize).min(room);
-            let dst = &mut self.buf[self.filled..self.filled + want];
-            let got = if eof {
-                0
-            } else {
-                let n = read_full(src, dst)?;
-                eof = n < want;
-                n
-            };
-            dst[got..].fill(0);
-            observe(dst);
-            self.filled += want;
-            left -= want as u64;
-        }
-        Ok(())
+        self.copy_chunks(ChunkSource::Reader(src), len, observe)
     }
+
+    fn copy_file(
+        &mut self,
+        file: &std::fs::File,
+        direct: Option<&std::fs::File>,
+        len: u64,
+        observe: &mut dyn FnMut(&[u8]),
+    ) -> io::Result<()> {
+        self.copy_chunks(ChunkSource::File { file, direct }, len, observe)
+    }
+
+    fn pad_for_direct(&self, header_len: usize) -> Option<usize> {
+        if self.direct_failed {
+            return None;
+        }
+        // Parts are whole multiples of the alignment, so an offset aligned
+        // within this part is aligned in every part after it.
+        let misaligned = (self.filled + header_len) % DIRECT_ALIGN;
+        match misaligned {
+            0 => None,
+            _ => {
+                let pad = DIRECT_ALIGN - misaligned;
+                Some(if pad < PAD_HEADER {
+                    pad + DIRECT_ALIGN
+                } else {
+                    pad
+                })
+            }
+        }
+    }
+}
+
+/// [`read_full_at`] for a file opened with `O_DIRECT`: a read that ends
+/// within a block is the end of the file (the next offset would not be
+/// aligned).
+fn read_direct(file: &std::fs::File, buf: &mut [u8], pos: u64) -> io::Result<usize> {
+    use std::os::unix::fs::FileExt;
+    let mut n = 0;
+    while n < buf.len() {
+        match file.read_at(&mut buf[n..], pos + n as u64) {
+            Ok(0) => break,
+            Ok(k) => {
+                n += k;
+                if k % DIRECT_ALIGN != 0 {
+                    break;
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+/// Reads into all of `buf` from `file` at `pos`; fewer bytes only at the
+/// end of the file.
+fn read_full_at(file: &std::fs::File, buf: &mut [u8], pos: u64) -> io::Result<usize> {
+    use std::os::unix::fs::FileExt;
+    let mut n = 0;
+    while n < buf.len() {
+        match file.read_at(&mut buf[n..], pos + n as u64) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
 }
 
 fn read_full(r: &mut (impl Read + ?Sized), buf: &mut [u8]) -> io::Result<usize> {
@@ -405,6 +681,12 @@ fn walk(input: &mut impl Read, lay: Option<Lay<'_>>, origin: &str) -> Result<Vec
             .map_err(|_| corrupt("truncated header"))?;
         let kind = head[0];
         let len = u16::from_le_bytes([head[1], head[2]]) as usize;
+        if kind == KIND_PAD {
+            input
+                .read_exact(&mut buf[..len])
+                .map_err(|_| corrupt("truncated padding"))?;
+            continue;
+        }
         let mut path = vec![0u8; len];
         input
             .read_exact(&mut path)
@@ -788,6 +1070,124 @@ mod tests {
                 restored.len()
             );
             assert_eq!(*digest, FileChecksum::Xxh3(xxh3_hex(&expected)), "{path}");
+        }
+    }
+
+    /// Large files read with direct I/O into aligned part buffers, after a
+    /// padding entry, between small files that misalign the stream, across
+    /// part boundaries, with a last partial block: byte for byte back.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn direct_reads_round_trip_through_padded_bundles() {
+        use std::os::unix::fs::OpenOptionsExt;
+        use strata_core::catalog::manifest::BackupKind;
+        use strata_core::vault::reader::{ReaderConfig, read_stream};
+        use strata_core::vault::writer::{
+            BackupTarget, BackupWriter, CommitDetails, MIN_PART_SIZE, StreamDigest, WriterConfig,
+        };
+        use strata_core::vault::{Vault, VaultConfig};
+
+        let p = MIN_PART_SIZE;
+        let url = format!("memory://bundle-direct-{}", std::process::id());
+        let vault = Vault::init(&VaultConfig::from_url(url), None)
+            .await
+            .unwrap();
+        let config = WriterConfig {
+            part_size: p,
+            compression_level: 1,
+            ..WriterConfig::default()
+        };
+        let target = BackupTarget {
+            engine: "postgres".into(),
+            instance: "test".into(),
+            database: None,
+            kind: BackupKind::Full,
+        };
+        let writer = BackupWriter::start(&vault, target, config).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let sizes = [
+            ("base/5/small", 999usize),
+            ("base/5/large", DIRECT_MIN as usize + 12_345),
+            ("base/5/tiny", 7),
+            ("base/5/parts", 3 * p + 3 * DIRECT_ALIGN),
+            ("base/5/under", DIRECT_MIN as usize - 1),
+        ];
+        let mut files = Vec::new();
+        for (i, (name, size)) in sizes.iter().enumerate() {
+            let bytes: Vec<u8> = (0..*size)
+                .map(|j| ((j / 7) as u8).wrapping_mul(13) ^ i as u8)
+                .collect();
+            let path = dir.path().join(name.replace('/', "_"));
+            std::fs::write(&path, &bytes).unwrap();
+            files.push((name.to_string(), path, bytes));
+        }
+        // A file system without direct I/O (some tmpfs) is read through the
+        // page cache, unpadded; the content must come back all the same.
+        let direct_io = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(&files[1].1)
+            .is_ok();
+        let (feed, parts) = writer.part_channel();
+        let fed = files.clone();
+        let producer = tokio::task::spawn_blocking(move || {
+            let mut bundle = BundleWriter::new(PartWriter::new(feed));
+            for (name, path, bytes) in &fed {
+                let file = std::fs::File::open(path).unwrap();
+                let direct = std::fs::OpenOptions::new()
+                    .read(true)
+                    .custom_flags(libc::O_DIRECT)
+                    .open(path)
+                    .ok();
+                bundle
+                    .add_os_file(
+                        name,
+                        0o600,
+                        bytes.len() as u64,
+                        &file,
+                        direct.as_ref(),
+                        None,
+                    )
+                    .unwrap();
+            }
+            bundle.finish().unwrap();
+        });
+        writer
+            .write_parts("data.0", parts, StreamDigest::Skip, None)
+            .await
+            .unwrap();
+        producer.await.unwrap();
+        let manifest = writer.commit(CommitDetails::default()).await.unwrap();
+
+        let mut stream = Vec::new();
+        read_stream(
+            &vault,
+            &manifest,
+            "data.0",
+            &mut stream,
+            &ReaderConfig::default(),
+            None,
+        )
+        .await
+        .unwrap();
+        // Both large files' contents start on an aligned stream offset,
+        // after a padding entry.
+        for (name, _, bytes) in files.iter().filter(|_| direct_io) {
+            if bytes.len() as u64 >= DIRECT_MIN {
+                let at = stream
+                    .windows(name.len())
+                    .position(|w| w == name.as_bytes())
+                    .unwrap();
+                assert_eq!((at + name.len() + 12) % DIRECT_ALIGN, 0, "{name}");
+            }
+        }
+        assert_eq!(stream.windows(5).any(|w| w == b"SPGF\x03"), direct_io);
+        let out = tempfile::tempdir().unwrap();
+        let root = out.path().to_path_buf();
+        let entries = extract(&mut &stream[..], &|p| root.join(p), false, "data.0").unwrap();
+        assert_eq!(entries.len(), files.len());
+        for (name, _, bytes) in &files {
+            let restored = std::fs::read(root.join(name)).unwrap();
+            assert!(restored == *bytes, "{name}: {} bytes back", restored.len());
         }
     }
 

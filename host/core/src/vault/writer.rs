@@ -370,7 +370,7 @@ pub enum StreamDigest {
     /// writer says otherwise.
     Blake3,
     /// No stream digest: the content carries digests of its own that every
-    /// read checks (a PostgreSQL file bundle has a BLAKE3 per file), so a
+    /// read checks (a PostgreSQL file bundle has a checksum per file), so a
     /// second pass over every byte would only cost CPU. Each part's CRC-32C
     /// (and AEAD tag) still guards the stored bytes.
     Skip,
@@ -424,7 +424,28 @@ impl PartFeed {
             ));
         }
         buffer.truncate(len);
-        self.tx.blocking_send(Ok(Bytes::from(buffer))).map_err(|_| {
+        self.send_bytes(Bytes::from(buffer))
+    }
+
+    /// Hands over `part` as the stream's next part: for a producer with
+    /// buffers of its own (aligned for direct I/O, say), which it gets back
+    /// when the writer drops the part. Blocks and fails like
+    /// [`send`](Self::send).
+    pub fn send_bytes(&self, part: Bytes) -> std::io::Result<()> {
+        if part.is_empty() {
+            return Ok(());
+        }
+        if part.len() > self.part_size {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!(
+                    "a part of {} bytes is larger than the part size ({})",
+                    part.len(),
+                    self.part_size
+                ),
+            ));
+        }
+        self.tx.blocking_send(Ok(part)).map_err(|_| {
             std::io::Error::new(
                 std::io::ErrorKind::BrokenPipe,
                 "the vault writer stopped reading this stream",
