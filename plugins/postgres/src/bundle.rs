@@ -14,7 +14,6 @@
 //! entry := "SPGF" kind:u8 path_len:u16 path:[u8; path_len] mode:u32 size:u64
 //!          content:[u8; size] xxh3:[u8; 16]          (kind 2 = file)
 //!        | "SPGF" kind:u8 path_len:u16 path mode:u32 (kind 1 = directory)
-//!        | "SPGF" kind:u8 pad_len:u16 zeros:[u8; pad_len] (kind 3 = padding)
 //!        | "SPGF" kind:u8 path_len:u16 path mode:u32 size:u64
 //!          content:[u8; size] blake3:[u8; 32]        (kind 0 = file, version 1)
 //! end   := "SPGE"
@@ -27,11 +26,6 @@
 //! 128-bit non-cryptographic hash is ample; deliberate tampering is the job
 //! of the vault's authenticated encryption. Restores read both kinds, so
 //! backups written before keep restoring.
-//!
-//! Padding entries (version 2) carry nothing: the writer puts one before a
-//! large file so that its content starts on a 4 KiB boundary of the stream,
-//! and so of the part buffer it is read into, which lets the file be read
-//! with direct I/O (see [`PartWriter`]).
 //!
 //! Paths are relative to the data directory, `/`-separated; files of a
 //! tablespace are stored under `pg_tblspc/<oid>/...`. `size` is the size at
@@ -58,10 +52,6 @@ const KIND_FILE_BLAKE3: u8 = 0;
 const KIND_DIR: u8 = 1;
 /// A file followed by its XXH3-128 (format version 2).
 const KIND_FILE_XXH3: u8 = 2;
-/// Zeros to skip (format version 2).
-const KIND_PAD: u8 = 3;
-/// The bytes of a padding entry before its zeros.
-const PAD_HEADER: usize = 7;
 /// The memory, length and file-offset alignment of direct reads: the
 /// logical block size of the devices databases use is at most 4 KiB.
 pub const DIRECT_ALIGN: usize = 4096;
@@ -182,11 +172,11 @@ pub trait BundleOut: Write {
         self.copy_from(&mut reader, len, observe)
     }
 
-    /// The padding to write before an entry header of `header_len` bytes so
-    /// that the content after it starts aligned for direct reads; `None`
-    /// when this output has no use for it.
-    fn pad_for_direct(&self, _header_len: usize) -> Option<usize> {
-        None
+    /// Called before the content of a file read with
+    /// [`copy_file`](Self::copy_file) and a `direct` handle: an output that
+    /// reads into aligned buffers starts a new one here.
+    fn begin_direct_content(&mut self) -> io::Result<()> {
+        Ok(())
     }
 }
 
@@ -250,8 +240,8 @@ impl<W: BundleOut> BundleWriter<W> {
     /// Adds the file `file` of `size` bytes, as [`add_file`](Self::add_file)
     /// does, feeding its bytes to `pages` too when it is a relation whose
     /// page checksums are checked. `direct` is the same file opened with
-    /// `O_DIRECT`, for outputs that can read into aligned memory (a padding
-    /// entry then aligns the content).
+    /// `O_DIRECT`, for outputs that can read into aligned memory (used for
+    /// files of at least [`DIRECT_MIN`] bytes).
     pub fn add_os_file(
         &mut self,
         path: &str,
@@ -262,25 +252,12 @@ impl<W: BundleOut> BundleWriter<W> {
         pages: Option<&mut PageCheck>,
     ) -> io::Result<FileChecksum> {
         let direct = direct.filter(|_| size >= DIRECT_MIN);
-        if direct.is_some() {
-            let header_len = ENTRY_MAGIC.len() + 1 + 2 + path.len() + 4 + 8;
-            if let Some(pad) = self.out.pad_for_direct(header_len) {
-                self.pad(pad)?;
-            }
-        }
         self.add_with(path, mode, size, pages, |out, observe| {
+            if direct.is_some() {
+                out.begin_direct_content()?;
+            }
             out.copy_file(file, direct, size, observe)
         })
-    }
-
-    /// Writes a padding entry of `total` bytes (at least [`PAD_HEADER`]).
-    fn pad(&mut self, total: usize) -> io::Result<()> {
-        let zeros = u16::try_from(total - PAD_HEADER)
-            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "padding too long"))?;
-        self.out.write_all(ENTRY_MAGIC)?;
-        self.out.write_all(&[KIND_PAD])?;
-        self.out.write_all(&zeros.to_le_bytes())?;
-        self.out.write_all(&vec![0u8; usize::from(zeros)])
     }
 
     /// Writes a file entry whose content `copy` writes, feeding it to the
@@ -366,10 +343,10 @@ const SPARE_PARTS: usize = 8;
 /// the raw bytes are never copied in user space.
 ///
 /// The buffers are its own, aligned for direct I/O, and reused once the
-/// writer is done with them. A large file whose content starts on an
-/// aligned offset (the bundle writer pads before it) is read with
-/// `O_DIRECT`: from the disk into the buffer, without the kernel's copy out
-/// of the page cache, and without evicting the database's cached pages.
+/// writer is done with them. The content of a large file starts a new part
+/// and is read with `O_DIRECT`: from the disk into the buffer, without the
+/// kernel's copy out of the page cache, and without evicting the database's
+/// cached pages.
 /// Whatever cannot be read that way (the last partial block, a file system
 /// without direct I/O) is read through the page cache.
 pub struct PartWriter {
@@ -548,24 +525,16 @@ impl BundleOut for PartWriter {
         self.copy_chunks(ChunkSource::File { file, direct }, len, observe)
     }
 
-    fn pad_for_direct(&self, header_len: usize) -> Option<usize> {
+    /// The content starts a part of its own: at the buffer's aligned start,
+    /// so the file is read directly into it, and (parts being multiples of
+    /// the alignment) into every part after it. Starting on a part boundary
+    /// also makes the parts fall on the same file offsets in every backup,
+    /// which keeps the compressed size stable from one backup to the next.
+    fn begin_direct_content(&mut self) -> io::Result<()> {
         if self.direct_failed {
-            return None;
+            return Ok(());
         }
-        // Parts are whole multiples of the alignment, so an offset aligned
-        // within this part is aligned in every part after it.
-        let misaligned = (self.filled + header_len) % DIRECT_ALIGN;
-        match misaligned {
-            0 => None,
-            _ => {
-                let pad = DIRECT_ALIGN - misaligned;
-                Some(if pad < PAD_HEADER {
-                    pad + DIRECT_ALIGN
-                } else {
-                    pad
-                })
-            }
-        }
+        self.ship()
     }
 }
 
@@ -681,12 +650,6 @@ fn walk(input: &mut impl Read, lay: Option<Lay<'_>>, origin: &str) -> Result<Vec
             .map_err(|_| corrupt("truncated header"))?;
         let kind = head[0];
         let len = u16::from_le_bytes([head[1], head[2]]) as usize;
-        if kind == KIND_PAD {
-            input
-                .read_exact(&mut buf[..len])
-                .map_err(|_| corrupt("truncated padding"))?;
-            continue;
-        }
         let mut path = vec![0u8; len];
         input
             .read_exact(&mut path)
@@ -1073,9 +1036,9 @@ mod tests {
         }
     }
 
-    /// Large files read with direct I/O into aligned part buffers, after a
-    /// padding entry, between small files that misalign the stream, across
-    /// part boundaries, with a last partial block: byte for byte back.
+    /// Large files read with direct I/O into aligned part buffers, each
+    /// starting a part, between small files, across part boundaries, with a
+    /// last partial block: byte for byte back.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn direct_reads_round_trip_through_padded_bundles() {
         use std::os::unix::fs::OpenOptionsExt;
@@ -1121,7 +1084,7 @@ mod tests {
             files.push((name.to_string(), path, bytes));
         }
         // A file system without direct I/O (some tmpfs) is read through the
-        // page cache, unpadded; the content must come back all the same.
+        // page cache, parts unaligned; the content must come back all the same.
         let direct_io = std::fs::OpenOptions::new()
             .read(true)
             .custom_flags(libc::O_DIRECT)
@@ -1151,7 +1114,7 @@ mod tests {
             }
             bundle.finish().unwrap();
         });
-        writer
+        let record = writer
             .write_parts("data.0", parts, StreamDigest::Skip, None)
             .await
             .unwrap();
@@ -1169,18 +1132,26 @@ mod tests {
         )
         .await
         .unwrap();
-        // Both large files' contents start on an aligned stream offset,
-        // after a padding entry.
-        for (name, _, bytes) in files.iter().filter(|_| direct_io) {
-            if bytes.len() as u64 >= DIRECT_MIN {
-                let at = stream
-                    .windows(name.len())
-                    .position(|w| w == name.as_bytes())
-                    .unwrap();
-                assert_eq!((at + name.len() + 12) % DIRECT_ALIGN, 0, "{name}");
+        // Every large file's content starts a part.
+        let mut starts = std::collections::HashSet::new();
+        let mut at = 0u64;
+        for segment in &record.segments {
+            for part in &segment.parts {
+                starts.insert(at);
+                at += part.raw;
             }
         }
-        assert_eq!(stream.windows(5).any(|w| w == b"SPGF\x03"), direct_io);
+        for (name, _, bytes) in files.iter().filter(|_| direct_io) {
+            if bytes.len() as u64 >= DIRECT_MIN {
+                let header_end = stream
+                    .windows(name.len())
+                    .position(|w| w == name.as_bytes())
+                    .unwrap()
+                    + name.len()
+                    + 12;
+                assert!(starts.contains(&(header_end as u64)), "{name}");
+            }
+        }
         let out = tempfile::tempdir().unwrap();
         let root = out.path().to_path_buf();
         let entries = extract(&mut &stream[..], &|p| root.join(p), false, "data.0").unwrap();
