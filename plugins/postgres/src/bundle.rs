@@ -854,6 +854,12 @@ fn set_mode(path: &Path, mode: u32) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use strata_core::catalog::manifest::BackupKind;
+    use strata_core::vault::reader::{ReaderConfig, read_stream};
+    use strata_core::vault::writer::{
+        BackupTarget, BackupWriter, CommitDetails, MIN_PART_SIZE, StreamDigest, WriterConfig,
+    };
+    use strata_core::vault::{Vault, VaultConfig};
 
     /// XXH3-128 as `xxhsum -H2` prints it.
     fn xxh3_hex(data: &[u8]) -> String {
@@ -895,25 +901,15 @@ mod tests {
         assert!(!root2.join("base/1/1259").exists());
     }
 
-    /// Through the vault writer's part buffers: headers and file contents
-    /// that straddle part boundaries, an empty file, a file that shrank, and
-    /// several parts' worth of one file come back byte for byte.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn part_writer_round_trips_across_part_boundaries() {
-        use strata_core::catalog::manifest::BackupKind;
-        use strata_core::vault::reader::{ReaderConfig, read_stream};
-        use strata_core::vault::writer::{
-            BackupTarget, BackupWriter, CommitDetails, MIN_PART_SIZE, StreamDigest, WriterConfig,
-        };
-        use strata_core::vault::{Vault, VaultConfig};
-
-        let p = MIN_PART_SIZE;
-        let url = format!("memory://bundle-test-{}", std::process::id());
+    /// A vault in memory named after `label`, and a backup writer into it
+    /// with the smallest parts, so that a few files span many.
+    async fn small_part_writer(label: &str) -> (Vault, BackupWriter) {
+        let url = format!("memory://bundle-{label}-{}", std::process::id());
         let vault = Vault::init(&VaultConfig::from_url(url), None)
             .await
             .unwrap();
         let config = WriterConfig {
-            part_size: p,
+            part_size: MIN_PART_SIZE,
             compression_level: 1,
             ..WriterConfig::default()
         };
@@ -924,6 +920,16 @@ mod tests {
             kind: BackupKind::Full,
         };
         let writer = BackupWriter::start(&vault, target, config).unwrap();
+        (vault, writer)
+    }
+
+    /// Through the vault writer's part buffers: headers and file contents
+    /// that straddle part boundaries, an empty file, a file that shrank, and
+    /// several parts' worth of one file come back byte for byte.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn part_writer_round_trips_across_part_boundaries() {
+        let p = MIN_PART_SIZE;
+        let (vault, writer) = small_part_writer("test").await;
         let content = |len: usize, seed: u8| -> Vec<u8> {
             (0..len)
                 .map(|i| (i as u8).wrapping_mul(31) ^ seed)
@@ -1040,32 +1046,11 @@ mod tests {
     /// starting a part, between small files, across part boundaries, with a
     /// last partial block: byte for byte back.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn direct_reads_round_trip_through_padded_bundles() {
+    async fn direct_reads_round_trip_with_each_large_file_starting_a_part() {
         use std::os::unix::fs::OpenOptionsExt;
-        use strata_core::catalog::manifest::BackupKind;
-        use strata_core::vault::reader::{ReaderConfig, read_stream};
-        use strata_core::vault::writer::{
-            BackupTarget, BackupWriter, CommitDetails, MIN_PART_SIZE, StreamDigest, WriterConfig,
-        };
-        use strata_core::vault::{Vault, VaultConfig};
 
         let p = MIN_PART_SIZE;
-        let url = format!("memory://bundle-direct-{}", std::process::id());
-        let vault = Vault::init(&VaultConfig::from_url(url), None)
-            .await
-            .unwrap();
-        let config = WriterConfig {
-            part_size: p,
-            compression_level: 1,
-            ..WriterConfig::default()
-        };
-        let target = BackupTarget {
-            engine: "postgres".into(),
-            instance: "test".into(),
-            database: None,
-            kind: BackupKind::Full,
-        };
-        let writer = BackupWriter::start(&vault, target, config).unwrap();
+        let (vault, writer) = small_part_writer("direct").await;
         let dir = tempfile::tempdir().unwrap();
         let sizes = [
             ("base/5/small", 999usize),
