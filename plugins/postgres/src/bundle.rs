@@ -923,6 +923,26 @@ mod tests {
         (vault, writer)
     }
 
+    /// The raw bytes of stream `name` of a committed backup.
+    async fn raw_stream(
+        vault: &Vault,
+        manifest: &strata_core::catalog::manifest::Manifest,
+        name: &str,
+    ) -> Vec<u8> {
+        let mut stream = Vec::new();
+        read_stream(
+            vault,
+            manifest,
+            name,
+            &mut stream,
+            &ReaderConfig::default(),
+            None,
+        )
+        .await
+        .unwrap();
+        stream
+    }
+
     /// Through the vault writer's part buffers: headers and file contents
     /// that straddle part boundaries, an empty file, a file that shrank, and
     /// several parts' worth of one file come back byte for byte.
@@ -1014,17 +1034,7 @@ mod tests {
             "{problem}"
         );
 
-        let mut stream = Vec::new();
-        read_stream(
-            &vault,
-            &manifest,
-            "data.0",
-            &mut stream,
-            &ReaderConfig::default(),
-            None,
-        )
-        .await
-        .unwrap();
+        let stream = raw_stream(&vault, &manifest, "data.0").await;
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().to_path_buf();
         let entries = extract(&mut &stream[..], &|p| root.join(p), true, "data.0").unwrap();
@@ -1106,17 +1116,7 @@ mod tests {
         producer.await.unwrap();
         let manifest = writer.commit(CommitDetails::default()).await.unwrap();
 
-        let mut stream = Vec::new();
-        read_stream(
-            &vault,
-            &manifest,
-            "data.0",
-            &mut stream,
-            &ReaderConfig::default(),
-            None,
-        )
-        .await
-        .unwrap();
+        let stream = raw_stream(&vault, &manifest, "data.0").await;
         // Every large file's content starts a part.
         let mut starts = std::collections::HashSet::new();
         let mut at = 0u64;
