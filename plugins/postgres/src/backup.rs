@@ -429,10 +429,13 @@ async fn write_bundle(
                         ));
                     }
                 };
-                crate::bundle::will_read_sequentially(&file);
                 let direct = (entry.size >= DIRECT_MIN)
                     .then(|| open_direct(&entry.abs))
                     .flatten();
+                // Read-ahead only helps the reads that go through the page cache.
+                if direct.is_none() {
+                    crate::bundle::will_read_sequentially(&file);
+                }
                 let mut pages = check_pages_before.and_then(|start| {
                     relation_segment(&entry.rel).map(|segment| PageCheck::new(segment, start.0))
                 });

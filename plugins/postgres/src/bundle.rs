@@ -538,18 +538,23 @@ impl BundleOut for PartWriter {
     }
 }
 
-/// [`read_full_at`] for a file opened with `O_DIRECT`: a read that ends
-/// within a block is the end of the file (the next offset would not be
-/// aligned).
-fn read_direct(file: &std::fs::File, buf: &mut [u8], pos: u64) -> io::Result<usize> {
-    use std::os::unix::fs::FileExt;
+/// Fills `buf` with `read(rest, offset)` calls (`offset` counts the bytes
+/// already in `buf`) until it is full or a read returns nothing; with
+/// `block`, also after a read that is not a whole number of blocks, which is
+/// the end of a file opened with `O_DIRECT` (the next offset would not be
+/// aligned). Returns the bytes read: fewer only at the end of the input.
+fn fill(
+    buf: &mut [u8],
+    block: Option<usize>,
+    mut read: impl FnMut(&mut [u8], u64) -> io::Result<usize>,
+) -> io::Result<usize> {
     let mut n = 0;
     while n < buf.len() {
-        match file.read_at(&mut buf[n..], pos + n as u64) {
+        match read(&mut buf[n..], n as u64) {
             Ok(0) => break,
             Ok(k) => {
                 n += k;
-                if k % DIRECT_ALIGN != 0 {
+                if block.is_some_and(|block| k % block != 0) {
                     break;
                 }
             }
@@ -560,33 +565,22 @@ fn read_direct(file: &std::fs::File, buf: &mut [u8], pos: u64) -> io::Result<usi
     Ok(n)
 }
 
-/// Reads into all of `buf` from `file` at `pos`; fewer bytes only at the
-/// end of the file.
-fn read_full_at(file: &std::fs::File, buf: &mut [u8], pos: u64) -> io::Result<usize> {
-    use std::os::unix::fs::FileExt;
-    let mut n = 0;
-    while n < buf.len() {
-        match file.read_at(&mut buf[n..], pos + n as u64) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
+fn read_full(r: &mut (impl Read + ?Sized), buf: &mut [u8]) -> io::Result<usize> {
+    fill(buf, None, |rest, _| r.read(rest))
 }
 
-fn read_full(r: &mut (impl Read + ?Sized), buf: &mut [u8]) -> io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match r.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
+/// Reads `file` at `pos` into all of `buf`; fewer bytes only at its end.
+fn read_full_at(file: &std::fs::File, buf: &mut [u8], pos: u64) -> io::Result<usize> {
+    use std::os::unix::fs::FileExt;
+    fill(buf, None, |rest, n| file.read_at(rest, pos + n))
+}
+
+/// [`read_full_at`] for a file opened with `O_DIRECT`.
+fn read_direct(file: &std::fs::File, buf: &mut [u8], pos: u64) -> io::Result<usize> {
+    use std::os::unix::fs::FileExt;
+    fill(buf, Some(DIRECT_ALIGN), |rest, n| {
+        file.read_at(rest, pos + n)
+    })
 }
 
 /// One entry read back from a bundle.
