@@ -20,6 +20,7 @@
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -358,23 +359,33 @@ fn archive_status_dir(rel: &str, abs: &Path) -> SourceFile {
     }
 }
 
-/// Splits entries over `n` streams of roughly equal bytes (largest files
-/// first onto the lightest stream); directories go to the first stream.
-fn partition(entries: Vec<SourceFile>, n: usize) -> Vec<Vec<SourceFile>> {
-    let n = n.max(1);
-    let mut streams: Vec<(u64, Vec<SourceFile>)> = (0..n).map(|_| (0, Vec::new())).collect();
-    let (dirs, mut files): (Vec<_>, Vec<_>) = entries.into_iter().partition(|e| e.is_dir);
-    streams[0].1.extend(dirs);
-    files.sort_by(|a, b| b.size.cmp(&a.size).then_with(|| a.rel.cmp(&b.rel)));
-    for file in files {
-        let lightest = streams
-            .iter_mut()
-            .min_by_key(|(bytes, _)| *bytes)
-            .expect("at least one stream");
-        lightest.0 += file.size + 512;
-        lightest.1.push(file);
+/// The files of a backup waiting to be copied, shared by its data streams.
+///
+/// Each stream takes the next entry as soon as it has written its last, so
+/// the streams finish together even when their files read or compress at
+/// different speeds (a static split by bytes left one core idle for the
+/// last second of a 2 GB backup). Directories come first, then files from
+/// the largest down, so the entries taken last are the small ones.
+struct FileQueue(std::sync::Mutex<std::vec::IntoIter<SourceFile>>);
+
+impl FileQueue {
+    fn new(mut entries: Vec<SourceFile>) -> Self {
+        entries.sort_by(|a, b| {
+            b.is_dir
+                .cmp(&a.is_dir)
+                .then_with(|| b.size.cmp(&a.size))
+                .then_with(|| a.rel.cmp(&b.rel))
+        });
+        Self(std::sync::Mutex::new(entries.into_iter()))
     }
-    streams.into_iter().map(|(_, files)| files).collect()
+
+    /// The next entry to copy, or `None` once every one has been taken.
+    fn next(&self) -> Option<SourceFile> {
+        // A stream that panicked while holding the lock fails the backup on
+        // its own; the others may still drain the queue.
+        let mut queue = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        queue.next()
+    }
 }
 
 /// `path` opened for direct reads (`O_DIRECT`), or `None` where the file
@@ -395,7 +406,7 @@ struct BundleReport {
     pages: PageReport,
 }
 
-/// Writes `entries` as one bundle stream into `sink`; returns the stored
+/// Writes entries taken from `queue` as one bundle stream into `sink`; returns the stored
 /// files and, with `check_pages_before` (the backup's start LSN, when data
 /// checksums are on), what the page checksum verification found.
 ///
@@ -404,7 +415,7 @@ struct BundleReport {
 async fn write_bundle(
     sink: &dyn BackupSink,
     name: String,
-    entries: Vec<SourceFile>,
+    queue: Arc<FileQueue>,
     check_pages_before: Option<Lsn>,
 ) -> Result<BundleReport> {
     let (feed, parts) = sink.part_channel();
@@ -413,7 +424,7 @@ async fn write_bundle(
         let mut bundle = BundleWriter::new(PartWriter::new(feed));
         let mut stored = BundleReport::default();
         let result = (|| -> std::io::Result<()> {
-            for entry in &entries {
+            while let Some(entry) = queue.next() {
                 if entry.is_dir {
                     bundle.add_dir(&entry.rel, entry.mode)?;
                     continue;
@@ -525,12 +536,13 @@ pub async fn full_backup(
             .map_err(|e| Error::io(format!("listing the data directory: {e}")))??;
         let total: u64 = entries.iter().map(|e| e.size).sum();
         sink.expect_bytes(total);
-        let groups = partition(entries, options.parallel);
-        let names: Vec<String> = (0..groups.len()).map(|i| format!("data.{i}")).collect();
-        let uploads = groups
-            .into_iter()
-            .zip(names.clone())
-            .map(|(group, name)| write_bundle(sink, name, group, check_pages_before));
+        let queue = Arc::new(FileQueue::new(entries));
+        let names: Vec<String> = (0..options.parallel.max(1))
+            .map(|i| format!("data.{i}"))
+            .collect();
+        let uploads = names
+            .iter()
+            .map(|name| write_bundle(sink, name.clone(), queue.clone(), check_pages_before));
         let mut files = Vec::new();
         let mut pages = PageReport::default();
         for report in futures::future::try_join_all(uploads).await? {
@@ -547,7 +559,8 @@ pub async fn full_backup(
             mode: 0o600,
             is_dir: false,
         };
-        let control = write_bundle(sink, PG_CONTROL_STREAM.into(), vec![control], None).await?;
+        let control = FileQueue::new(vec![control]);
+        let control = write_bundle(sink, PG_CONTROL_STREAM.into(), Arc::new(control), None).await?;
         files.extend(control.files);
         Ok::<_, Error>((files, tablespaces, names, pages))
     };
@@ -815,24 +828,25 @@ mod tests {
     }
 
     #[test]
-    fn partition_balances_bytes() {
-        let file = |rel: &str, size: u64| SourceFile {
+    fn queue_gives_directories_then_the_largest_files_first() {
+        let entry = |rel: &str, size: u64, is_dir: bool| SourceFile {
             rel: rel.into(),
             abs: PathBuf::from(rel),
             size,
             mode: 0o600,
-            is_dir: false,
+            is_dir,
         };
-        let groups = partition(
-            vec![file("a", 100), file("b", 60), file("c", 50), file("d", 10)],
-            2,
-        );
-        let sums: Vec<u64> = groups
-            .iter()
-            .map(|g| g.iter().map(|f| f.size + 512).sum())
-            .collect();
-        assert_eq!(groups.len(), 2);
-        assert!(sums[0].abs_diff(sums[1]) <= 612, "{sums:?}");
+        let queue = Arc::new(FileQueue::new(vec![
+            entry("small", 10, false),
+            entry("base", 0, true),
+            entry("big", 100, false),
+            entry("also-small", 10, false),
+            entry("middle", 50, false),
+        ]));
+        // However many streams take from it, each entry is given once, in this order.
+        let taken: Vec<String> = std::iter::from_fn(|| queue.next()).map(|e| e.rel).collect();
+        assert_eq!(taken, ["base", "big", "middle", "also-small", "small"]);
+        assert!(queue.next().is_none());
     }
 
     #[test]
