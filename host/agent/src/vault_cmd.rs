@@ -27,10 +27,12 @@ pub enum VaultCommand {
     Info,
     /// Delete the data of backups that were never committed (a backup whose
     /// process was killed leaves its segments behind, invisible to list and
-    /// restore). Committed backups, and WAL, are never touched.
+    /// restore), and in a local vault the staging files of uploads cut off
+    /// the same way. Committed backups, and WAL, are never touched.
     Gc {
-        /// Only data whose newest object is older than this (`30m`, `6h`,
-        /// `2d`): a backup still running has younger data.
+        /// Only data whose newest object, and staging files, last written
+        /// longer ago than this (`30m`, `6h`, `2d`): a backup or upload still
+        /// running has younger data.
         #[arg(long, default_value = "24h", value_parser = parse_age)]
         older_than: Duration,
         /// Show what would be deleted; delete nothing.
@@ -76,11 +78,16 @@ pub async fn run(command: VaultCommand, ctx: &Context) -> Result<()> {
 }
 
 async fn gc(older_than: Duration, dry_run: bool, ctx: &Context) -> Result<()> {
-    use strata_core::vault::gc::{delete_orphan, find_orphans};
+    use strata_core::vault::gc::{
+        delete_orphan, delete_unfinished_upload, find_orphans, find_unfinished_uploads,
+    };
     let vault = ctx.vault().await?;
     let orphans = find_orphans(&vault, older_than).await?;
+    let uploads = find_unfinished_uploads(&vault, older_than).await?;
     let mut deleted = Vec::new();
     let mut kept = Vec::new();
+    let mut uploads_deleted = Vec::new();
+    let mut uploads_kept = Vec::new();
     if !dry_run {
         for orphan in &orphans {
             match delete_orphan(&vault, orphan).await {
@@ -90,8 +97,17 @@ async fn gc(older_than: Duration, dry_run: bool, ctx: &Context) -> Result<()> {
                 Err(e) => return Err(e.context(format!("deleting {}", orphan.prefix))),
             }
         }
+        for upload in &uploads {
+            match delete_unfinished_upload(&vault, upload).await {
+                Ok(()) => uploads_deleted.push(upload),
+                // Written to meanwhile: an upload is running after all.
+                Err(e) if e.kind() == strata_core::ErrorKind::Conflict => uploads_kept.push(upload),
+                Err(e) => return Err(e.context(format!("deleting {}", upload.path))),
+            }
+        }
     }
     let bytes: u64 = orphans.iter().map(|o| o.bytes).sum();
+    let upload_bytes: u64 = uploads.iter().map(|u| u.bytes).sum();
     if ctx.json {
         return print_json(&serde_json::json!({
             "dry_run": dry_run,
@@ -99,9 +115,13 @@ async fn gc(older_than: Duration, dry_run: bool, ctx: &Context) -> Result<()> {
             "deleted": deleted.iter().map(|o| &o.prefix).collect::<Vec<_>>(),
             "committed_meanwhile": kept.iter().map(|o| &o.prefix).collect::<Vec<_>>(),
             "bytes": bytes,
+            "unfinished_uploads": uploads,
+            "unfinished_uploads_deleted": uploads_deleted.iter().map(|u| &u.path).collect::<Vec<_>>(),
+            "unfinished_uploads_running": uploads_kept.iter().map(|u| &u.path).collect::<Vec<_>>(),
+            "unfinished_upload_bytes": upload_bytes,
         }));
     }
-    if orphans.is_empty() {
+    if orphans.is_empty() && uploads.is_empty() {
         println!(
             "no uncommitted backup data older than {} in {}",
             humanize(older_than),
@@ -109,39 +129,59 @@ async fn gc(older_than: Duration, dry_run: bool, ctx: &Context) -> Result<()> {
         );
         return Ok(());
     }
-    let mut table = Table::new(&[
-        "BACKUP",
-        "ENGINE",
-        "INSTANCE",
-        "OBJECTS",
-        "SIZE",
-        "LAST WRITTEN (UTC)",
-    ]);
-    for o in &orphans {
-        table.row(vec![
-            o.id.clone(),
-            o.engine.clone(),
-            o.instance.clone(),
-            o.objects.to_string(),
-            human_bytes(o.bytes),
-            o.newest.format("%Y-%m-%d %H:%M:%S").to_string(),
+    if !orphans.is_empty() {
+        let mut table = Table::new(&[
+            "BACKUP",
+            "ENGINE",
+            "INSTANCE",
+            "OBJECTS",
+            "SIZE",
+            "LAST WRITTEN (UTC)",
         ]);
+        for o in &orphans {
+            table.row(vec![
+                o.id.clone(),
+                o.engine.clone(),
+                o.instance.clone(),
+                o.objects.to_string(),
+                human_bytes(o.bytes),
+                o.newest.format("%Y-%m-%d %H:%M:%S").to_string(),
+            ]);
+        }
+        print!("{}", table.render());
     }
-    print!("{}", table.render());
+    if !uploads.is_empty() {
+        let mut table = Table::new(&["UNFINISHED UPLOAD", "SIZE", "LAST WRITTEN (UTC)"]);
+        for u in &uploads {
+            table.row(vec![
+                u.path.clone(),
+                human_bytes(u.bytes),
+                u.modified.format("%Y-%m-%d %H:%M:%S").to_string(),
+            ]);
+        }
+        print!("{}", table.render());
+    }
     if dry_run {
         println!(
-            "{} uncommitted backup(s), {}: nothing deleted (dry run)",
+            "{} uncommitted backup(s), {}; {} unfinished upload(s), {}: nothing deleted (dry run)",
             orphans.len(),
-            human_bytes(bytes)
+            human_bytes(bytes),
+            uploads.len(),
+            human_bytes(upload_bytes)
         );
     } else {
         println!(
-            "deleted {} uncommitted backup(s), {}",
+            "deleted {} uncommitted backup(s), {}; {} unfinished upload(s), {}",
             deleted.len(),
-            human_bytes(deleted.iter().map(|o| o.bytes).sum())
+            human_bytes(deleted.iter().map(|o| o.bytes).sum()),
+            uploads_deleted.len(),
+            human_bytes(uploads_deleted.iter().map(|u| u.bytes).sum())
         );
         for o in kept {
             println!("kept {}: it was committed while this ran", o.id);
+        }
+        for u in uploads_kept {
+            println!("kept {}: it was written to while this ran", u.path);
         }
     }
     Ok(())

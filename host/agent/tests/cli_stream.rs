@@ -86,8 +86,21 @@ fn test_data(len: usize) -> Vec<u8> {
 }
 
 fn segment_objects(root: &Path) -> Vec<PathBuf> {
+    files_under(&root.join("data"), |name| name.ends_with(".zst"))
+}
+
+/// Staging files of unfinished uploads (`<object>#<digits>`) anywhere in a
+/// local vault.
+fn staging_files(root: &Path) -> Vec<PathBuf> {
+    files_under(root, |name| {
+        name.rsplit_once('#')
+            .is_some_and(|(_, n)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+    })
+}
+
+fn files_under(root: &Path, wanted: impl Fn(&str) -> bool) -> Vec<PathBuf> {
     let mut found = Vec::new();
-    let mut stack = vec![root.join("data")];
+    let mut stack = vec![root.to_path_buf()];
     while let Some(dir) = stack.pop() {
         let Ok(entries) = std::fs::read_dir(&dir) else {
             continue;
@@ -96,7 +109,7 @@ fn segment_objects(root: &Path) -> Vec<PathBuf> {
             let path = entry.path();
             if path.is_dir() {
                 stack.push(path);
-            } else if path.extension().is_some_and(|e| e == "zst") {
+            } else if wanted(&entry.file_name().to_string_lossy()) {
                 found.push(path);
             }
         }
@@ -385,9 +398,10 @@ fn catalog_rebuild_recreates_the_index_from_the_vault() {
     assert_eq!(names, ["a", "b", "c"]);
 }
 
-/// A backup whose process is killed leaves segments no manifest names;
-/// `vault gc` finds them (a dry run deletes nothing), deletes them, and
-/// leaves the committed backup whole.
+/// A backup whose process is killed leaves segments no manifest names, and
+/// the staging file of the segment it was writing; `vault gc` finds both (a
+/// dry run deletes nothing), deletes them, and leaves the committed backup
+/// whole.
 #[test]
 fn vault_gc_removes_only_what_a_killed_backup_left() {
     use std::io::Write;
@@ -397,11 +411,13 @@ fn vault_gc_removes_only_what_a_killed_backup_left() {
     let committed = segment_objects(&fx.path("vault"));
     assert_eq!(committed.len(), 1);
 
-    // Small parts and segments and an input that never ends: segments are
-    // completed, then the process is killed, with no chance to clean up.
+    // Small parts and segments and an input that never ends: a segment is
+    // completed and the next one begun (as a multipart upload, once it holds
+    // more than one upload chunk), then the process is killed, with no chance
+    // to clean up.
     std::fs::write(
         fx.path("small-segments.toml"),
-        "[writer]\npart_size = \"64KiB\"\nsegment_size = \"64KiB\"\n",
+        "[writer]\npart_size = \"1MiB\"\nsegment_size = \"12MiB\"\n",
     )
     .unwrap();
     let config = fx.path("small-segments.toml");
@@ -419,21 +435,41 @@ fn vault_gc_removes_only_what_a_killed_backup_left() {
         .spawn()
         .unwrap();
     let mut stdin = child.stdin.take().unwrap();
-    let chunk = test_data(1024 * 1024);
+    // Bytes that do not compress, so that stored sizes follow the input.
+    let mut state: u64 = 0x2545_f491_4f6c_dd1d;
+    let chunk: Vec<u8> = (0..1024 * 1024)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while segment_objects(&fx.path("vault")).len() == committed.len() {
+    loop {
         assert!(
             std::time::Instant::now() < deadline,
-            "no segment was written"
+            "no segment was completed and another begun"
         );
+        if segment_objects(&fx.path("vault")).len() > committed.len()
+            && !staging_files(&fx.path("vault")).is_empty()
+        {
+            // With no more input the writer settles; is a segment still open?
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            if !staging_files(&fx.path("vault")).is_empty() {
+                break;
+            }
+        }
         stdin.write_all(&chunk).unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(50));
+        std::thread::sleep(std::time::Duration::from_millis(20));
     }
     child.kill().unwrap();
     child.wait().unwrap();
     drop(stdin);
     let left = segment_objects(&fx.path("vault"));
+    let staged = staging_files(&fx.path("vault"));
     assert!(left.len() > committed.len());
+    assert_eq!(staged.len(), 1, "{staged:?}");
 
     // Younger than the default grace of a day: a running backup's data.
     let out = fx.ok(&["vault", "gc"]);
@@ -446,19 +482,38 @@ fn vault_gc_removes_only_what_a_killed_backup_left() {
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["orphans"].as_array().unwrap().len(), 1, "{report}");
     assert_eq!(report["orphans"][0]["instance"], "killed");
+    let uploads = report["unfinished_uploads"].as_array().unwrap();
+    assert_eq!(uploads.len(), 1, "{report}");
     assert_eq!(
-        segment_objects(&fx.path("vault")),
-        left,
+        fx.path("vault").join(uploads[0]["path"].as_str().unwrap()),
+        staged[0]
+    );
+    assert_eq!(
+        uploads[0]["bytes"].as_u64().unwrap(),
+        std::fs::metadata(&staged[0]).unwrap().len()
+    );
+    assert_eq!(
+        (
+            segment_objects(&fx.path("vault")),
+            staging_files(&fx.path("vault"))
+        ),
+        (left, staged.clone()),
         "a dry run deletes nothing"
     );
 
     let out = fx.ok(&["vault", "gc", "--older-than", "0s"]);
     assert!(
-        String::from_utf8_lossy(&out.stdout).contains("deleted 1 uncommitted backup(s)"),
+        String::from_utf8_lossy(&out.stdout).contains("deleted 1 uncommitted backup(s)")
+            && String::from_utf8_lossy(&out.stdout).contains("1 unfinished upload(s)"),
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
     assert_eq!(segment_objects(&fx.path("vault")), committed);
+    assert!(staging_files(&fx.path("vault")).is_empty());
+    assert!(
+        !staged[0].parent().unwrap().exists(),
+        "the killed backup's directory is gone"
+    );
     fx.ok(&[
         "restore",
         "stream",

@@ -450,6 +450,7 @@ async fn write_bundle(
                 let mut pages = check_pages_before.and_then(|start| {
                     relation_segment(&entry.rel).map(|segment| PageCheck::new(segment, start.0))
                 });
+                let started = std::time::Instant::now();
                 let digest = bundle.add_os_file(
                     &entry.rel,
                     entry.mode,
@@ -458,6 +459,15 @@ async fn write_bundle(
                     direct.as_ref(),
                     pages.as_mut(),
                 )?;
+                let seconds = started.elapsed().as_secs_f64();
+                tracing::debug!(
+                    stream = %stream_name,
+                    file = %entry.rel,
+                    bytes = entry.size,
+                    seconds,
+                    mb_per_s = entry.size as f64 / 1e6 / seconds.max(1e-9),
+                    "file copied"
+                );
                 if let Some(pages) = pages {
                     let (sound, damaged) = pages.finish(&file);
                     stored.pages.add(&entry.rel, sound, damaged);

@@ -7,6 +7,14 @@
 //! yet stored and paid for. [`find_orphans`] lists them; [`delete_orphan`]
 //! removes one.
 //!
+//! A killed process also leaves the upload it was in the middle of. In a
+//! local vault that is a staging file (`<object>#<digits>`) that no listing
+//! shows; [`find_unfinished_uploads`] finds those and
+//! [`delete_unfinished_upload`] removes one. Cloud stores keep unfinished
+//! multipart uploads out of sight too: Azure drops uncommitted blocks after
+//! a week, and S3 and GCS buckets need a lifecycle rule that aborts
+//! incomplete multipart uploads.
+//!
 //! Safety rules, since a mistake here would delete a backup:
 //! * Only `data/<engine>/<instance>/<id>/` prefixes are considered; WAL and
 //!   other engine objects under `engines/` never are.
@@ -17,6 +25,7 @@
 //! * The manifest key is checked again just before deleting.
 
 use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -129,6 +138,123 @@ pub async fn delete_orphan(vault: &Vault, orphan: &OrphanData) -> Result<()> {
     Ok(())
 }
 
+/// A staging file left in a local vault by an upload that never completed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct UnfinishedUpload {
+    /// Its path, relative to the vault directory.
+    pub path: String,
+    /// The bytes it holds.
+    pub bytes: u64,
+    /// When it was last written.
+    pub modified: DateTime<Utc>,
+}
+
+/// The staging files in a local `vault` last written longer than `grace`
+/// ago, oldest first. A running upload writes its staging file at every
+/// part, so the grace keeps it safe. Other stores have none to list.
+pub async fn find_unfinished_uploads(
+    vault: &Vault,
+    grace: Duration,
+) -> Result<Vec<UnfinishedUpload>> {
+    let Some(root) = vault.local_dir() else {
+        return Ok(Vec::new());
+    };
+    let cutoff = Utc::now() - chrono::Duration::from_std(grace).unwrap_or(chrono::Duration::MAX);
+    tokio::task::spawn_blocking(move || {
+        let mut found = Vec::new();
+        let mut dirs = vec![root.clone()];
+        while let Some(dir) = dirs.pop() {
+            let entries = std::fs::read_dir(&dir)
+                .map_err(|e| Error::io(format!("cannot list {}: {e}", dir.display())))?;
+            for entry in entries {
+                let entry =
+                    entry.map_err(|e| Error::io(format!("cannot list {}: {e}", dir.display())))?;
+                let Ok(meta) = entry.metadata() else {
+                    // Gone since it was listed: an upload that just finished.
+                    continue;
+                };
+                if meta.is_dir() {
+                    dirs.push(entry.path());
+                    continue;
+                }
+                let name = entry.file_name();
+                if !meta.is_file() || !super::local::is_staging_name(&name.to_string_lossy()) {
+                    continue;
+                }
+                let modified = meta.modified().map(DateTime::<Utc>::from).unwrap_or(cutoff);
+                if modified < cutoff {
+                    found.push(UnfinishedUpload {
+                        path: relative(&root, &entry.path()),
+                        bytes: meta.len(),
+                        modified,
+                    });
+                }
+            }
+        }
+        found.sort_by(|a, b| {
+            a.modified
+                .cmp(&b.modified)
+                .then_with(|| a.path.cmp(&b.path))
+        });
+        Ok(found)
+    })
+    .await
+    .map_err(|e| Error::io(format!("listing unfinished uploads: {e}")))?
+}
+
+fn relative(root: &Path, path: &Path) -> String {
+    path.strip_prefix(root)
+        .unwrap_or(path)
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// Deletes the staging file of `upload`, unless it has been written since it
+/// was found (then an upload is running after all, and it stays). A backup
+/// directory left empty goes too, as it would after deleting objects.
+pub async fn delete_unfinished_upload(vault: &Vault, upload: &UnfinishedUpload) -> Result<()> {
+    let Some(root) = vault.local_dir() else {
+        return Ok(());
+    };
+    let name = upload.path.clone();
+    let upload = upload.clone();
+    tokio::task::spawn_blocking(move || {
+        let path: PathBuf = root.join(&upload.path);
+        let meta = match std::fs::metadata(&path) {
+            Ok(meta) => meta,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(Error::io(format!("cannot read {}: {e}", path.display()))),
+        };
+        if meta.modified().map(DateTime::<Utc>::from).ok() != Some(upload.modified) {
+            return Err(Error::conflict(format!(
+                "{} was written since it was found: an upload is still running",
+                upload.path
+            ))
+            .hint("nothing of it was deleted"));
+        }
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io(format!("cannot delete {}: {e}", path.display()))),
+        }
+        // Only a backup's own directories are removed: each belongs to one
+        // backup, and its process is gone. WAL directories stay, since a
+        // push may be about to write into one.
+        let data = root.join(layout::DATA);
+        let mut dir = path.parent();
+        while let Some(d) = dir.filter(|d| *d != data && d.starts_with(&data)) {
+            // Fails, and stops the walk, at the first directory not empty.
+            if std::fs::remove_dir(d).is_err() {
+                break;
+            }
+            dir = d.parent();
+        }
+        Ok(())
+    })
+    .await
+    .map_err(|e| Error::io(format!("deleting {name}: {e}")))?
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -217,6 +343,110 @@ mod tests {
             let prefix = layout::backup_data_prefix("stream", "db/one", &manifest.id);
             assert_eq!(vault.list_keys(&prefix).await.unwrap().len(), 1);
         }
+    }
+
+    /// A killed backup's segment upload and a killed WAL push's single put
+    /// leave staging files no listing shows: they are found once older than
+    /// the grace, kept while written to, and deleted with the backup's
+    /// emptied directory; the committed backup stays whole.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn staging_files_of_killed_uploads_are_found_and_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("vault");
+        let vault = Vault::init(
+            &VaultConfig::from_url(format!("file://{}", root.display())),
+            None,
+        )
+        .await
+        .unwrap();
+        let kept = BackupWriter::start(&vault, target("db"), WriterConfig::default()).unwrap();
+        kept.write_stream("s", &b"committed"[..], None)
+            .await
+            .unwrap();
+        let kept = kept.commit(CommitDetails::default()).await.unwrap();
+
+        let dead = "data/stream/db/20260101T000000.000Z-dead";
+        let mut upload = vault
+            .store()
+            .put_multipart(&vault.path(&format!("{dead}/00000.00000.zst")))
+            .await
+            .unwrap();
+        upload.put_part(vec![7u8; 1000].into()).await.unwrap();
+        // A killed process aborts nothing.
+        std::mem::forget(upload);
+        let wal_dir = root.join("engines/postgres/db/wal");
+        std::fs::create_dir_all(&wal_dir).unwrap();
+        std::fs::write(wal_dir.join("000000010000000000000003#17"), [1u8; 10]).unwrap();
+
+        assert!(
+            find_unfinished_uploads(&vault, Duration::from_secs(3600))
+                .await
+                .unwrap()
+                .is_empty(),
+            "an upload written within the grace may still be running"
+        );
+        let found = find_unfinished_uploads(&vault, Duration::ZERO)
+            .await
+            .unwrap();
+        let mut seen: Vec<(String, u64)> = found
+            .iter()
+            .map(|u| (u.path.rsplit_once('#').unwrap().0.to_owned(), u.bytes))
+            .collect();
+        seen.sort();
+        assert_eq!(
+            seen,
+            [
+                (format!("{dead}/00000.00000.zst"), 1000),
+                (
+                    "engines/postgres/db/wal/000000010000000000000003".into(),
+                    10
+                ),
+            ]
+        );
+
+        // Written to since it was found: an upload is running after all.
+        let wal = found
+            .iter()
+            .find(|u| u.path.starts_with("engines"))
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        std::fs::write(root.join(&wal.path), [2u8; 20]).unwrap();
+        let err = delete_unfinished_upload(&vault, wal).await.unwrap_err();
+        assert!(
+            err.to_string().contains("an upload is still running"),
+            "{err}"
+        );
+        assert!(root.join(&wal.path).exists());
+
+        for upload in find_unfinished_uploads(&vault, Duration::ZERO)
+            .await
+            .unwrap()
+        {
+            delete_unfinished_upload(&vault, &upload).await.unwrap();
+        }
+        assert!(
+            find_unfinished_uploads(&vault, Duration::ZERO)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert!(
+            !root.join(dead).exists(),
+            "the dead backup's directory is gone"
+        );
+        assert!(wal_dir.is_dir(), "WAL directories stay");
+        let prefix = layout::backup_data_prefix("stream", "db", &kept.id);
+        assert_eq!(vault.list_keys(&prefix).await.unwrap().len(), 1);
+
+        let memory = Vault::init(&VaultConfig::from_url("memory://gc-staging"), None)
+            .await
+            .unwrap();
+        assert!(
+            find_unfinished_uploads(&memory, Duration::ZERO)
+                .await
+                .unwrap()
+                .is_empty()
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -81,6 +81,14 @@ fn staging_path(dest: &std::path::Path) -> PathBuf {
     PathBuf::from(name)
 }
 
+/// Whether `name` is a staging file's: [`staging_path`]'s and
+/// [`LocalFileSystem`]'s own (for single puts) both end in `#` and digits.
+pub fn is_staging_name(name: &str) -> bool {
+    name.rsplit_once('#').is_some_and(|(object, digits)| {
+        !object.is_empty() && !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())
+    })
+}
+
 #[async_trait]
 impl ObjectStore for DurableLocalStore {
     async fn put_opts(

@@ -18,6 +18,7 @@ pub mod gc;
 pub mod layout;
 pub mod local;
 pub mod reader;
+mod slots;
 pub mod writer;
 
 use std::collections::{BTreeMap, HashMap};
@@ -403,6 +404,18 @@ impl Vault {
     /// The URL the vault was opened from.
     pub fn url(&self) -> &str {
         &self.inner.url
+    }
+
+    /// The directory of a local (`file://`) vault; `None` for other stores.
+    pub fn local_dir(&self) -> Option<PathBuf> {
+        let raw = self.inner.url.trim();
+        if raw.starts_with('/') {
+            return Some(PathBuf::from(raw));
+        }
+        let url = url::Url::parse(raw).ok()?;
+        (url.scheme() == "file")
+            .then(|| url.to_file_path().ok())
+            .flatten()
     }
 
     /// The vault metadata.

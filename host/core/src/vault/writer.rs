@@ -14,7 +14,7 @@
 //! call to [`BackupWriter::write_stream`] reads its `AsyncRead` to the end
 //! in parts of [`WriterConfig::part_size`] raw bytes. Every part becomes one
 //! independent zstd frame, compressed on a pool of blocking threads shared by
-//! all streams of the backup; when the vault is encrypted the frame is sealed
+//! all streams of the backup by compression time (see `slots.rs`); when the vault is encrypted the frame is sealed
 //! with the backup's data key (the stream index and part index are bound
 //! into the nonce and associated data); the CRC-32C of the stored bytes is
 //! recorded. Parts are appended, in order, to segment objects under
@@ -59,9 +59,10 @@ use futures::StreamExt;
 use object_store::path::Path;
 use object_store::{ObjectStore, PutMultipartOptions, PutOptions, PutPayload, WriteMultipart};
 use tokio::io::{AsyncRead, AsyncReadExt};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use super::slots::FairSlots;
 use super::{Progress, Vault, layout};
 use crate::catalog::manifest::{
     BackupId, BackupKind, Compression, Encryption, MANIFEST_FORMAT, Manifest, PartRecord, Position,
@@ -220,8 +221,9 @@ struct Shared {
     started_at: DateTime<Utc>,
     data_key: Option<DataKey>,
     wrapped_key: Option<String>,
-    /// Compression jobs running or queued on the blocking pool, for all streams.
-    compress_slots: Arc<Semaphore>,
+    /// Compression jobs running on the blocking pool, for all streams,
+    /// shared by compression time ([`FairSlots`]).
+    compress_slots: Arc<FairSlots>,
     /// Raw part buffers.
     raw_pool: Arc<BufferPool>,
     /// Compressed frame buffers.
@@ -807,7 +809,7 @@ impl BackupWriter {
             shared: Arc::new(Shared {
                 vault: vault.clone(),
                 target,
-                compress_slots: Arc::new(Semaphore::new(config.workers)),
+                compress_slots: FairSlots::new(config.workers),
                 // Enough spares for every part in flight (parts being filled
                 // and queued by two streams, plus those being compressed), so
                 // that buffers are reused rather than freed and faulted in again.
@@ -1092,7 +1094,10 @@ async fn run_stream<R: AsyncRead + Send + Unpin>(
         StreamDigest::Skip => (None, None),
     };
 
+    let account = shared.compress_slots.account();
+    let produce_account = account.clone();
     let produce = async move {
+        let account = produce_account;
         let mut part_index = 0u64;
         loop {
             let raw = source.next(config, &shared.raw_pool).await?;
@@ -1105,16 +1110,13 @@ async fn run_stream<R: AsyncRead + Send + Unpin>(
             {
                 return Err(Error::io("the digest thread of the writer stopped"));
             }
-            let permit = shared
-                .compress_slots
-                .clone()
-                .acquire_owned()
-                .await
-                .expect("the compression semaphore is never closed");
+            let permit = shared.compress_slots.acquire(&account).await;
             let job_shared = shared.clone();
+            let job_account = account.clone();
             let job = tokio::task::spawn_blocking(move || {
                 let _permit = permit;
-                let part = compress_part(&job_shared, index, part_index, &raw);
+                let part =
+                    job_account.charge(|| compress_part(&job_shared, index, part_index, &raw));
                 job_shared.raw_pool.reclaim(raw);
                 part
             });
@@ -1167,7 +1169,13 @@ async fn run_stream<R: AsyncRead + Send + Unpin>(
         shared.frame_pool.reclaim(frame);
     }
     let segments = std::mem::take(&mut upload.done);
-    let raw_size = segments.iter().flat_map(|s| &s.parts).map(|p| p.raw).sum();
+    let raw_size: u64 = segments.iter().flat_map(|s| &s.parts).map(|p| p.raw).sum();
+    tracing::debug!(
+        stream = name,
+        raw_bytes = raw_size,
+        compress_seconds = account.seconds(),
+        "stream written"
+    );
     Ok(StreamRecord {
         name: name.to_owned(),
         raw_size,
