@@ -208,7 +208,24 @@ fn report(err: &Error, json: bool) {
     }
 }
 
+/// Large allocations (part and frame buffers of megabytes) are given back to
+/// the system when freed. Left to itself, glibc raises its mmap threshold
+/// after the first such buffer is freed and serves the next ones from its
+/// per-thread heaps, which keep the freed memory: a 2.3 GB PostgreSQL backup
+/// peaked at 213-263 MiB that way, and at 177-190 MiB with a fixed
+/// threshold, at the same CPU time.
+#[allow(unsafe_code)]
+fn return_large_buffers_to_the_system() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only tunes the allocator, takes no pointers, and runs
+    // before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+    }
+}
+
 fn main() -> ExitCode {
+    return_large_buffers_to_the_system();
     let cli = Cli::parse();
     init_logging(cli.verbose);
     let json = cli.json;
