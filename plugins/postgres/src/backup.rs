@@ -363,9 +363,9 @@ fn archive_status_dir(rel: &str, abs: &Path) -> SourceFile {
 ///
 /// Each stream takes the next entry as soon as it has written its last, so
 /// the streams finish together even when their files read or compress at
-/// different speeds (a static split by bytes left one core idle for the
-/// last second of a 2 GB backup). Directories come first, then files from
-/// the largest down, so the entries taken last are the small ones.
+/// different speeds, which a split by bytes fixed in advance cannot promise.
+/// Directories come first, then files from the largest down, so the entries
+/// taken last are the small ones.
 struct FileQueue(std::sync::Mutex<std::vec::IntoIter<SourceFile>>);
 
 impl FileQueue {
@@ -406,9 +406,10 @@ struct BundleReport {
     pages: PageReport,
 }
 
-/// Writes entries taken from `queue` as one bundle stream into `sink`; returns the stored
-/// files and, with `check_pages_before` (the backup's start LSN, when data
-/// checksums are on), what the page checksum verification found.
+/// Writes entries taken from `queue` as one bundle stream into `sink`;
+/// returns the stored files and, with `check_pages_before` (the backup's
+/// start LSN, when data checksums are on), what the page checksum
+/// verification found.
 ///
 /// Files are read straight into the writer's part buffers ([`PartWriter`]);
 /// the stream gets no digest of its own, since every file in it carries one.

@@ -14,13 +14,13 @@
 //! call to [`BackupWriter::write_stream`] reads its `AsyncRead` to the end
 //! in parts of [`WriterConfig::part_size`] raw bytes. Every part becomes one
 //! independent zstd frame, compressed on a pool of blocking threads shared by
-//! all streams of the backup by compression time (see `slots.rs`); when the vault is encrypted the frame is sealed
-//! with the backup's data key (the stream index and part index are bound
-//! into the nonce and associated data); the CRC-32C of the stored bytes is
-//! recorded. Parts are appended, in order, to segment objects under
-//! [`layout::segment_key`]; a segment is cut before it would exceed
-//! [`WriterConfig::segment_size`], so segments always end on part
-//! boundaries. A segment that fits in one upload chunk is written with a
+//! all streams of the backup by compression time (see `slots.rs`); when the
+//! vault is encrypted the frame is sealed with the backup's data key (the
+//! stream index and part index are bound into the nonce and associated
+//! data); the CRC-32C of the stored bytes is recorded. Parts are appended,
+//! in order, to segment objects under [`layout::segment_key`]; a segment is
+//! cut before it would exceed [`WriterConfig::segment_size`], so segments
+//! always end on part boundaries. A segment that fits in one upload chunk is written with a
 //! single put; larger ones use a multipart upload with at most
 //! [`WriterConfig::parts_in_flight`] chunks of [`UPLOAD_CHUNK_SIZE`] in flight.
 //!
