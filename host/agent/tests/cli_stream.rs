@@ -92,10 +92,7 @@ fn segment_objects(root: &Path) -> Vec<PathBuf> {
 /// Staging files of unfinished uploads (`<object>#<digits>`) anywhere in a
 /// local vault.
 fn staging_files(root: &Path) -> Vec<PathBuf> {
-    files_under(root, |name| {
-        name.rsplit_once('#')
-            .is_some_and(|(_, n)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
-    })
+    files_under(root, strata_core::vault::local::is_staging_name)
 }
 
 fn files_under(root: &Path, wanted: impl Fn(&str) -> bool) -> Vec<PathBuf> {

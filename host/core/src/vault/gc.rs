@@ -62,6 +62,11 @@ impl OrphanData {
     }
 }
 
+/// The moment `grace` ago: what was last written before it is left over.
+fn cutoff(grace: Duration) -> DateTime<Utc> {
+    Utc::now() - chrono::Duration::from_std(grace).unwrap_or(chrono::Duration::MAX)
+}
+
 /// The uncommitted backup data in `vault` whose newest object is older than
 /// `grace`, oldest first.
 pub async fn find_orphans(vault: &Vault, grace: Duration) -> Result<Vec<OrphanData>> {
@@ -108,7 +113,7 @@ pub async fn find_orphans(vault: &Vault, grace: Duration) -> Result<Vec<OrphanDa
         entry.bytes += meta.size;
         entry.newest = entry.newest.max(meta.last_modified);
     }
-    let cutoff = Utc::now() - chrono::Duration::from_std(grace).unwrap_or(chrono::Duration::MAX);
+    let cutoff = cutoff(grace);
     let mut orphans: Vec<OrphanData> = found.into_values().filter(|o| o.newest < cutoff).collect();
     orphans.sort_by_key(|o| o.newest);
     Ok(orphans)
@@ -159,7 +164,7 @@ pub async fn find_unfinished_uploads(
     let Some(root) = vault.local_dir() else {
         return Ok(Vec::new());
     };
-    let cutoff = Utc::now() - chrono::Duration::from_std(grace).unwrap_or(chrono::Duration::MAX);
+    let cutoff = cutoff(grace);
     tokio::task::spawn_blocking(move || {
         let mut found = Vec::new();
         let mut dirs = vec![root.clone()];

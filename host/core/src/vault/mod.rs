@@ -172,6 +172,15 @@ macro_rules! cloud_store {
     }};
 }
 
+/// Parses a vault URL; a bare absolute path is a local directory.
+fn parse_vault_url(raw: &str) -> std::result::Result<url::Url, url::ParseError> {
+    if raw.starts_with('/') {
+        url::Url::parse(&format!("file://{raw}"))
+    } else {
+        url::Url::parse(raw)
+    }
+}
+
 /// Builds the object store and root prefix for a vault URL.
 pub fn build_store(config: &VaultConfig) -> Result<(Arc<dyn ObjectStore>, Path)> {
     let raw = config.url.trim();
@@ -179,12 +188,7 @@ pub fn build_store(config: &VaultConfig) -> Result<(Arc<dyn ObjectStore>, Path)>
         return Err(Error::config("the vault URL is empty")
             .hint("set [vault] url in the config, or pass --vault file:///var/lib/strata/vault"));
     }
-    let text = if raw.starts_with('/') {
-        format!("file://{raw}")
-    } else {
-        raw.to_owned()
-    };
-    let url = url::Url::parse(&text).map_err(|e| {
+    let url = parse_vault_url(raw).map_err(|e| {
         Error::config(format!("`{raw}` is not a valid vault URL: {e}"))
             .hint("examples: file:///var/lib/strata/vault, s3://bucket/prefix, az://container/prefix, gs://bucket/prefix")
     })?;
@@ -408,11 +412,7 @@ impl Vault {
 
     /// The directory of a local (`file://`) vault; `None` for other stores.
     pub fn local_dir(&self) -> Option<PathBuf> {
-        let raw = self.inner.url.trim();
-        if raw.starts_with('/') {
-            return Some(PathBuf::from(raw));
-        }
-        let url = url::Url::parse(raw).ok()?;
+        let url = parse_vault_url(self.inner.url.trim()).ok()?;
         (url.scheme() == "file")
             .then(|| url.to_file_path().ok())
             .flatten()
