@@ -18,7 +18,7 @@ use strata_core::catalog::index::CatalogIndex;
 use strata_core::catalog::manifest::Manifest;
 use strata_core::vault::Progress;
 use strata_core::vault::reader::{ReaderConfig, read_stream};
-use strata_core::vault::writer::{BackupTarget, BackupWriter, CommitDetails};
+use strata_core::vault::writer::{BackupTarget, BackupWriter, BackupOutcome};
 use strata_core::{Error, Result};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{Semaphore, oneshot, watch};
@@ -296,7 +296,7 @@ impl Agent {
         }
         let consistent_at = (object == "data").then(Utc::now);
         let manifest = match writer
-            .commit(CommitDetails {
+            .commit(BackupOutcome {
                 consistent_at,
                 labels,
                 engine_meta: meta.to_engine_meta(),

@@ -425,7 +425,7 @@ mod tests {
     }
 
     async fn commit_version(store: &VersionStore, sid: &str, name: &str, body: &[u8]) -> String {
-        use strata_core::vault::writer::{BackupTarget, BackupWriter, CommitDetails, WriterConfig};
+        use strata_core::vault::writer::{BackupTarget, BackupWriter, BackupOutcome, WriterConfig};
         let writer = BackupWriter::start(
             store.vault(),
             BackupTarget {
@@ -452,7 +452,7 @@ mod tests {
         };
         store.put_marker(sid, &meta, &ebid).await.unwrap();
         writer
-            .commit(CommitDetails {
+            .commit(BackupOutcome {
                 engine_meta: meta.to_engine_meta(),
                 ..Default::default()
             })

@@ -27,7 +27,7 @@ use strata_core::catalog::manifest::{BackupKind, Manifest};
 use strata_core::crypto::VaultKey;
 use strata_core::vault::layout;
 use strata_core::vault::reader::{ReaderConfig, read_stream, verify_backup};
-use strata_core::vault::writer::{BackupTarget, BackupWriter, CommitDetails, WriterConfig};
+use strata_core::vault::writer::{BackupTarget, BackupWriter, BackupOutcome, WriterConfig};
 use strata_core::vault::{Vault, VaultConfig};
 use strata_e2e::backends::TestVault;
 use strata_e2e::data::{blake3_hex, compressible_bytes, random_bytes};
@@ -132,7 +132,7 @@ async fn backup(
         assert_eq!(record.raw_size, data.len() as u64, "stream {name}");
         assert_eq!(record.blake3, Some(blake3_hex(data)), "stream {name}");
     }
-    writer.commit(CommitDetails::default()).await.unwrap()
+    writer.commit(BackupOutcome::default()).await.unwrap()
 }
 
 /// Reads stream `name` of a backup back, checking the reported statistics.
@@ -435,7 +435,7 @@ async fn concurrent_streams_of_one_backup_round_trip(location: &TestVault) {
         assert_eq!(&record.name, name);
         assert_eq!(record.blake3, Some(blake3_hex(data)));
     }
-    let manifest = writer.commit(CommitDetails::default()).await.unwrap();
+    let manifest = writer.commit(BackupOutcome::default()).await.unwrap();
     let names: BTreeSet<_> = manifest.streams.iter().map(|s| s.name.clone()).collect();
     let expected: BTreeSet<_> = inputs.iter().map(|(n, _)| n.clone()).collect();
     assert_eq!(names, expected);
@@ -575,7 +575,7 @@ async fn cancelled_stream_leaves_nothing_and_refuses_commit(location: &TestVault
         // The write future is dropped here, mid-stream.
     }
     let err = writer
-        .commit(CommitDetails::default())
+        .commit(BackupOutcome::default())
         .await
         .expect_err("a backup with a cancelled stream must not commit");
     assert_eq!(err.kind(), ErrorKind::Cancelled, "{err:?}");
@@ -674,7 +674,7 @@ async fn failed_input_leaves_nothing(location: &TestVault) {
         "names the stream: {err}"
     );
     let err = writer
-        .commit(CommitDetails::default())
+        .commit(BackupOutcome::default())
         .await
         .expect_err("a backup with a failed stream must not commit");
     assert_eq!(err.kind(), ErrorKind::Cancelled, "{err:?}");

@@ -10,7 +10,7 @@ use clap::{Args, Subcommand};
 use serde::Serialize;
 use strata_core::catalog::manifest::BackupKind;
 use strata_core::vault::reader::VaultRestoreSource;
-use strata_core::vault::writer::{BackupTarget, BackupWriter, CommitDetails, ProgressSink};
+use strata_core::vault::writer::{BackupTarget, BackupWriter, BackupOutcome, ProgressSink};
 use strata_core::{Error, ErrorKind, Result};
 use strata_postgres::backup::{FullBackupOptions, full_backup};
 use strata_postgres::chain::{Catalog, Target};
@@ -380,7 +380,7 @@ pub async fn backup(args: PgBackupArgs, ctx: &Context) -> Result<()> {
         }
     };
     let manifest = writer
-        .commit(CommitDetails {
+        .commit(BackupOutcome {
             fork: outcome.fork,
             start: outcome.start,
             end: outcome.end,

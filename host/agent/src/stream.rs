@@ -8,7 +8,7 @@ use clap::Args;
 use serde::Serialize;
 use strata_core::catalog::manifest::{BackupId, BackupKind, Manifest};
 use strata_core::vault::reader::read_stream;
-use strata_core::vault::writer::{BackupTarget, BackupWriter, CommitDetails};
+use strata_core::vault::writer::{BackupTarget, BackupWriter, BackupOutcome};
 use strata_core::vault::{Vault, layout};
 use strata_core::{Error, ErrorKind, Result};
 use tokio::io::{AsyncRead, AsyncWriteExt};
@@ -149,7 +149,7 @@ pub async fn backup(args: BackupStreamArgs, ctx: &Context) -> Result<()> {
         }
     };
     let manifest = writer
-        .commit(CommitDetails {
+        .commit(BackupOutcome {
             consistent_at: Some(chrono::Utc::now()),
             labels,
             ..Default::default()

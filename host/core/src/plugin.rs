@@ -4,8 +4,33 @@
 //! manifests, catalog); a plugin owns only the engine's semantics: how to ask
 //! the engine for a native backup, where its positions and forks are, and how
 //! to lay the bytes back down. A plugin never talks to object storage: it
-//! writes byte streams into a [`BackupSink`] and reads them back from a
-//! [`RestoreSource`].
+//! writes byte streams into a [`BackupSink`], reads them back from a
+//! [`RestoreSource`], and keeps small engine-pushed objects (PostgreSQL WAL
+//! segments, Backint name markers) in an [`ArchiveStore`]. The host side of
+//! each trait lives in [`crate::vault`]; the one backup and restore lifecycle
+//! that drives every plugin is [`crate::lifecycle`].
+//!
+//! # Two shapes of backup
+//!
+//! Reality has two shapes, and the contract names both:
+//!
+//! - **Pulled**: Strata asks the engine for a backup and the plugin writes
+//!   its bytes (PostgreSQL's `pg_backup_start` .. `pg_backup_stop`, SQL
+//!   Server's `BACKUP ... TO URL`). [`EnginePlugin::backup`] does the whole
+//!   job and returns a [`BackupOutcome`]; the host commits it.
+//! - **Pushed**: the engine calls Strata with bytes in hand: a pipe HANA
+//!   opened for `hdbbackint`, standard input of `strata backup stream`, a
+//!   WAL file PostgreSQL's `archive_command` names. Streams arrive through
+//!   [`BackupRequest::input`] and go through the same lifecycle; single
+//!   files that are the engine's own log (WAL) go to the [`ArchiveStore`]
+//!   with no manifest of their own, and the plugin turns them into log
+//!   records for the planner in [`EnginePlugin::chain`].
+//!
+//! Some engines start their backups themselves and push the data through
+//! another entry point: `strata backup hana` asks HANA over SQL to back up
+//! through Backint, and `hdbbackint` receives the bytes. Such a plugin says
+//! [`Capabilities::engine_delivers`], and the lifecycle commits nothing of
+//! its own for that call.
 //!
 //! The required methods are few; each says exactly what it promises.
 
@@ -13,24 +38,39 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::mpsc;
 
 use crate::catalog::manifest::{BackupId, BackupKind, Manifest, Position, StreamRecord};
-use crate::catalog::planner::{ChainRules, RestoreTarget};
+use crate::catalog::planner::{
+    BackupRecord, ChainRules, DefaultChainRules, RestorePlan, RestoreTarget,
+};
 use crate::error::Result;
-pub use crate::vault::writer::{PartFeed, PartStream, StreamDigest};
 
-/// What an engine can do.
+/// What an engine can do, and how the host should treat its backups.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Capabilities {
-    /// Backup kinds the engine supports.
+    /// Backup kinds [`EnginePlugin::backup`] accepts.
     pub kinds: Vec<BackupKind>,
     /// Whether restores can stop at an arbitrary time.
     pub point_in_time: bool,
-    /// Whether restores can target another database name or data directory.
+    /// Whether restores can target another database name, data directory or host.
     pub alternate_target: bool,
+    /// The engine writes its own backups through another entry point (HANA
+    /// through `hdbbackint`): [`EnginePlugin::backup`] without an input only
+    /// asks the engine to start one and waits, and the host commits nothing.
+    pub engine_delivers: bool,
+    /// The engine chooses what a restore reads by itself (HANA asks Backint
+    /// for the backups it needs): the host does not plan, and the plugin's
+    /// [`RestoreRequest::plan`] is `None`.
+    pub engine_plans_restore: bool,
+    /// The part size (raw bytes) this engine's backups use unless the
+    /// operator configured one: an engine that writes many streams at once
+    /// keeps its memory bounded with smaller parts.
+    pub part_size: Option<usize>,
 }
 
 /// A database (or cluster) a plugin can protect.
@@ -40,6 +80,16 @@ pub struct DatabaseRef {
     pub instance: String,
     /// The database within the instance, when the engine has several.
     pub database: Option<String>,
+}
+
+impl DatabaseRef {
+    /// The whole instance (engines with one database per instance).
+    pub fn instance(instance: impl Into<String>) -> Self {
+        DatabaseRef {
+            instance: instance.into(),
+            database: None,
+        }
+    }
 }
 
 /// Where a database's log chain stands now.
@@ -53,20 +103,59 @@ pub struct ChainPoint {
     pub at: DateTime<Utc>,
 }
 
+/// Bytes the engine pushed at Strata for one backup: a pipe, standard input.
+pub struct PushedInput {
+    /// The bytes, read to their end.
+    pub reader: Box<dyn AsyncRead + Send + Unpin + 'static>,
+    /// How many bytes it holds, when known (a regular file), for progress.
+    pub size: Option<u64>,
+}
+
+impl std::fmt::Debug for PushedInput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PushedInput")
+            .field("size", &self.size)
+            .finish_non_exhaustive()
+    }
+}
+
 /// A request to back up one database.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct BackupRequest {
     /// What to back up.
     pub database: DatabaseRef,
     /// The kind of backup.
     pub kind: BackupKind,
-    /// The backup a diff or incr applies on (chosen by the host from the catalog).
+    /// The backup's identifier, assigned by the host before the plugin runs
+    /// (an engine may record it in its own history, e.g. a backup label).
+    pub id: BackupId,
+    /// The backup a diff or incr applies on, chosen by the host from the
+    /// catalog: the newest full for a diff, the newest data backup for an incr.
     pub base: Option<Manifest>,
+    /// Engine-specific options, as the engine's documentation describes them
+    /// (PostgreSQL: `{"spread_checkpoint": true}`; Backint: the object's name).
+    pub options: serde_json::Value,
+    /// Pushed bytes, for engines that call Strata with their backup in hand.
+    pub input: Option<PushedInput>,
 }
 
-/// What a plugin reports after its streams were written; the host puts it in
-/// the manifest and commits.
-#[derive(Debug, Clone, Default)]
+impl BackupRequest {
+    /// A request for a backup of `kind` of `database` with no options.
+    pub fn new(database: DatabaseRef, kind: BackupKind) -> Self {
+        BackupRequest {
+            database,
+            kind,
+            id: BackupId::generate(Utc::now()),
+            base: None,
+            options: serde_json::Value::Null,
+            input: None,
+        }
+    }
+}
+
+/// What a plugin reports once its streams are written; the host records it
+/// in the manifest and commits. The one outcome type of every backup.
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct BackupOutcome {
     /// The fork the backup belongs to.
     pub fork: String,
@@ -76,6 +165,8 @@ pub struct BackupOutcome {
     pub end: Option<Position>,
     /// When the data is consistent (data backups) or the newest commit in the log.
     pub consistent_at: Option<DateTime<Utc>>,
+    /// The backup a diff or incr applies on.
+    pub base: Option<BackupId>,
     /// Engine-specific details recorded in the manifest.
     pub engine_meta: serde_json::Value,
     /// Labels recorded in the manifest.
@@ -89,10 +180,16 @@ pub struct RestoreRequest {
     pub source: DatabaseRef,
     /// What to restore to.
     pub target: RestoreTarget,
-    /// The backups to apply, in order (base, diffs, logs), as the planner chose.
+    /// The planner's choice, or `None` for engines that plan their own
+    /// restores ([`Capabilities::engine_plans_restore`]).
+    pub plan: Option<RestorePlan>,
+    /// The manifests of the planned data backups, in apply order (base,
+    /// then diffs); log records that have no manifest (archived WAL) are
+    /// only in the plan.
     pub backups: Vec<Manifest>,
-    /// Engine-specific destination options (data directory, port, new name...).
-    pub destination: BTreeMap<String, String>,
+    /// Engine-specific destination, as the engine documents it (PostgreSQL:
+    /// data directory, port, tablespace map; a stream: an output file).
+    pub destination: serde_json::Value,
 }
 
 /// What a restore reached.
@@ -102,8 +199,176 @@ pub struct RestoreOutcome {
     pub position: Option<Position>,
     /// The time the restored database reached, if known.
     pub time: Option<DateTime<Utc>>,
-    /// A human summary (where it was restored, how to connect).
+    /// A human summary (where it was restored, how to connect), one or more lines.
     pub summary: String,
+    /// The engine's report, for `--json` output.
+    pub details: serde_json::Value,
+}
+
+/// A database's backups as the planner sees them, with the engine's rules.
+pub struct Chain {
+    /// Every committed backup and every log the engine archived itself, as records.
+    pub records: Vec<BackupRecord>,
+    /// The engine's chain rules.
+    pub rules: Arc<dyn ChainRules>,
+}
+
+impl Chain {
+    /// The records of committed manifests under the default rules: what an
+    /// engine whose every backup has a manifest needs.
+    pub fn of_manifests(manifests: &[Manifest]) -> Chain {
+        Chain {
+            records: manifests.iter().map(BackupRecord::from).collect(),
+            rules: Arc::new(DefaultChainRules),
+        }
+    }
+}
+
+/// Receives progress of long work, in raw (uncompressed) bytes.
+///
+/// The writer calls [`Progress::add`] as each part is handed to the upload,
+/// the reader as each verified part is written out. Calls come from the task
+/// doing the work, so an implementation must be cheap (an atomic add, a
+/// progress bar increment).
+pub trait Progress: Send + Sync {
+    /// Adds `raw_bytes` more bytes of finished work.
+    fn add(&self, raw_bytes: u64);
+
+    /// Sets how many raw bytes the whole work holds, once known (a backup
+    /// learns it only after listing its files). The default ignores it.
+    fn set_total(&self, _total: u64) {}
+}
+
+/// Whether the writer hashes a stream's raw bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamDigest {
+    /// BLAKE3 of the whole raw stream, recorded in the manifest and checked
+    /// by every read and by `verify`. What every stream gets unless its
+    /// writer says otherwise.
+    Blake3,
+    /// No stream digest: the content carries digests of its own that every
+    /// read checks (a PostgreSQL file bundle has a checksum per file), so a
+    /// second pass over every byte would only cost CPU. Each part's CRC-32C
+    /// (and AEAD tag) still guards the stored bytes.
+    Skip,
+}
+
+/// Part-sized buffers a [`PartFeed`] hands out and takes back (the
+/// writer's pool, so a long stream allocates its working memory once).
+pub trait PartBuffers: Send + Sync {
+    /// A buffer of exactly the part size; its contents are unspecified.
+    fn take_full(&self) -> Vec<u8>;
+    /// Takes a buffer back (or drops it).
+    fn give(&self, buffer: Vec<u8>);
+}
+
+/// The producing end of a stream fed part by part (see
+/// [`BackupSink::part_channel`]): a blocking producer fills buffers taken
+/// from the writer's pool in place (reading a file straight into them) and
+/// hands them over whole, so the raw bytes are never copied on their way to
+/// the compressor.
+pub struct PartFeed {
+    tx: mpsc::Sender<std::io::Result<Bytes>>,
+    pool: Arc<dyn PartBuffers>,
+    part_size: usize,
+}
+
+/// The consuming end of a part channel, given to [`BackupSink::write_parts`].
+pub struct PartStream {
+    rx: mpsc::Receiver<std::io::Result<Bytes>>,
+    part_size: usize,
+}
+
+/// A part channel of parts of at most `part_size` bytes, whose buffers come
+/// from `pool`. For [`BackupSink`] implementations.
+pub fn part_channel(part_size: usize, pool: Arc<dyn PartBuffers>) -> (PartFeed, PartStream) {
+    let (tx, rx) = mpsc::channel(1);
+    (
+        PartFeed {
+            tx,
+            pool,
+            part_size,
+        },
+        PartStream { rx, part_size },
+    )
+}
+
+impl PartStream {
+    /// The next part, `None` once the feed is dropped.
+    pub async fn recv(&mut self) -> Option<std::io::Result<Bytes>> {
+        self.rx.recv().await
+    }
+
+    /// The largest part the feed may send.
+    pub fn part_size(&self) -> usize {
+        self.part_size
+    }
+}
+
+impl PartFeed {
+    /// The largest part the writer takes (the writer's part size).
+    pub fn part_size(&self) -> usize {
+        self.part_size
+    }
+
+    /// A buffer of exactly [`part_size`](Self::part_size) bytes to fill.
+    /// Its initial contents are unspecified; [`send`](Self::send) says how
+    /// many of its bytes are the part.
+    pub fn buffer(&self) -> Vec<u8> {
+        self.pool.take_full()
+    }
+
+    /// Hands over the first `len` bytes of `buffer` as the stream's next
+    /// part (nothing when `len` is 0). Blocks while the writer has no room;
+    /// fails when the writer stopped reading.
+    pub fn send(&self, mut buffer: Vec<u8>, len: usize) -> std::io::Result<()> {
+        if len == 0 {
+            self.pool.give(buffer);
+            return Ok(());
+        }
+        if len > self.part_size || len > buffer.len() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!(
+                    "a part of {len} bytes is larger than the part size ({})",
+                    self.part_size
+                ),
+            ));
+        }
+        buffer.truncate(len);
+        self.send_bytes(Bytes::from(buffer))
+    }
+
+    /// Hands over `part` as the stream's next part: for a producer with
+    /// buffers of its own (aligned for direct I/O, say), which it gets back
+    /// when the writer drops the part. Blocks and fails like
+    /// [`send`](Self::send).
+    pub fn send_bytes(&self, part: Bytes) -> std::io::Result<()> {
+        if part.is_empty() {
+            return Ok(());
+        }
+        if part.len() > self.part_size {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!(
+                    "a part of {} bytes is larger than the part size ({})",
+                    part.len(),
+                    self.part_size
+                ),
+            ));
+        }
+        self.tx.blocking_send(Ok(part)).map_err(|_| {
+            std::io::Error::new(
+                std::io::ErrorKind::BrokenPipe,
+                "the vault writer stopped reading this stream",
+            )
+        })
+    }
+
+    /// Fails the stream with `err` (the writer reports it and keeps nothing).
+    pub fn fail(self, err: std::io::Error) {
+        let _ = self.tx.blocking_send(Err(err));
+    }
 }
 
 /// Receives a backup's byte streams. Implemented by the host's vault writer.
@@ -151,26 +416,143 @@ pub trait RestoreSource: Send + Sync {
     ) -> Result<u64>;
 }
 
+/// Checks the raw content of streams whose content carries digests of its
+/// own (recorded without a stream digest, see [`StreamDigest::Skip`]): an
+/// engine plugin provides one so that `verify` checks what a restore would.
+pub trait ContentCheck: Send + Sync {
+    /// A sink for the raw bytes of `stream`, or `None` when this check has
+    /// nothing to say about it.
+    fn start(&self, manifest: &Manifest, stream: &StreamRecord) -> Option<Box<dyn ContentSink>>;
+}
+
+/// Takes one stream's raw bytes, in order, and judges them at the end.
+#[async_trait]
+pub trait ContentSink: Send {
+    /// The next raw part. An error means the check already failed; the
+    /// finding is reported by [`finish`](Self::finish).
+    async fn add(&mut self, raw: Bytes) -> Result<()>;
+    /// The verdict: `Err` of kind [`ErrorKind::Integrity`](crate::ErrorKind::Integrity)
+    /// is a finding about the backup; any other error means the check could not run.
+    async fn finish(self: Box<Self>) -> Result<()>;
+}
+
+/// Attributes of an archive object: small engine facts kept beside its bytes
+/// (PostgreSQL: the system identifier and the file's modification time).
+pub type Attributes = BTreeMap<String, String>;
+
+/// What [`ArchiveStore::put_once`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PutOnce {
+    /// The object was stored; `stored_bytes` is its size in the vault.
+    Stored {
+        /// Bytes stored (compressed, sealed, with header).
+        stored_bytes: u64,
+    },
+    /// An object with byte-identical content was already stored under the key.
+    Identical,
+}
+
+/// One object listed by [`ArchiveStore::list`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArchiveEntry {
+    /// The key, relative to the store (as given to `put_once`).
+    pub key: String,
+    /// Bytes stored in the vault (not the raw size).
+    pub stored_bytes: u64,
+    /// When the vault last wrote it.
+    pub stored_at: DateTime<Utc>,
+}
+
+/// An object read back by [`ArchiveStore::get`]: its raw bytes, checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArchiveObject {
+    /// The raw bytes, checked against their digest.
+    pub bytes: Bytes,
+    /// The attributes given at `put_once`.
+    pub attributes: Attributes,
+}
+
+/// Small create-only objects of one engine instance, kept in the vault:
+/// PostgreSQL WAL segments and history files, Backint name markers.
+/// Implemented by the host; stored compressed, encrypted when the vault is,
+/// and checked on every read like parts of a backup.
+///
+/// Keys are `/`-separated relative paths chosen by the plugin (each
+/// component at most 200 bytes); the host places them under the instance.
+#[async_trait]
+pub trait ArchiveStore: Send + Sync {
+    /// Stores `bytes` under `key` once. A second put of byte-identical
+    /// content returns [`PutOnce::Identical`] (an engine that archives a
+    /// file again after a crash must succeed); different content fails with
+    /// [`ErrorKind::Conflict`](crate::ErrorKind::Conflict) naming both
+    /// digests, and the stored object is never replaced. Returns only once
+    /// the object is durable.
+    async fn put_once(&self, key: &str, bytes: Bytes, attributes: Attributes) -> Result<PutOnce>;
+
+    /// The object under `key`, its bytes checked; `None` when there is none.
+    /// A damaged object fails with [`ErrorKind::Integrity`](crate::ErrorKind::Integrity).
+    async fn get(&self, key: &str) -> Result<Option<ArchiveObject>>;
+
+    /// The attributes of the object under `key` without reading its bytes
+    /// (one small ranged read); `None` when there is none.
+    async fn attributes(&self, key: &str) -> Result<Option<Attributes>>;
+
+    /// Every object whose key starts with `prefix` (a whole component path,
+    /// `""` for all), in key order.
+    async fn list(&self, prefix: &str) -> Result<Vec<ArchiveEntry>>;
+
+    /// Deletes the object under `key`; deleting what is not there succeeds.
+    async fn delete(&self, key: &str) -> Result<()>;
+}
+
 /// An engine plugin. Built from its configuration section, registered
-/// explicitly by the agent.
+/// explicitly by the agent; the host drives it through
+/// [`crate::lifecycle`].
 #[async_trait]
 pub trait EnginePlugin: Send + Sync {
     /// The engine's name as used in vault keys and manifests (`postgres`...).
     fn engine(&self) -> &'static str;
 
+    /// The configured instance this plugin protects.
+    fn instance(&self) -> &str;
+
     /// What the engine supports.
     fn capabilities(&self) -> Capabilities;
 
-    /// The databases this plugin instance protects.
-    async fn discover(&self) -> Result<Vec<DatabaseRef>>;
+    /// The databases this plugin instance protects. The default: the
+    /// instance as a whole.
+    async fn discover(&self) -> Result<Vec<DatabaseRef>> {
+        Ok(vec![DatabaseRef::instance(self.instance())])
+    }
 
-    /// Where the log chain of `database` stands now.
-    async fn chain_position(&self, database: &DatabaseRef) -> Result<ChainPoint>;
+    /// Runs one backup: asks the engine for its native backup (or takes the
+    /// pushed [`BackupRequest::input`]) and writes the bytes into `sink`.
+    /// `archive` is the instance's archive, for engines whose backups depend
+    /// on objects they archive themselves (a PostgreSQL backup is complete
+    /// only once its WAL is archived). Must fail (never return a partial
+    /// outcome) if the engine's backup did not complete; the host then
+    /// discards the streams and commits nothing.
+    async fn backup(
+        &self,
+        request: BackupRequest,
+        sink: &dyn BackupSink,
+        archive: &dyn ArchiveStore,
+    ) -> Result<BackupOutcome>;
 
-    /// Runs one backup: asks the engine for its native backup and writes the
-    /// bytes into `sink`. Must fail (never return a partial outcome) if the
-    /// engine's backup did not complete; the host then discards the streams.
-    async fn backup(&self, request: BackupRequest, sink: &dyn BackupSink) -> Result<BackupOutcome>;
+    /// The chain of `database` for the planner: `backups` are its committed
+    /// manifests (oldest first); an engine that archives its log itself adds
+    /// those logs as records from `archive`, and supplies its rules (fork
+    /// origins, where replay starts). The default: the manifests under
+    /// [`DefaultChainRules`].
+    async fn chain(
+        &self,
+        database: &DatabaseRef,
+        backups: &[Manifest],
+        archive: &dyn ArchiveStore,
+    ) -> Result<Chain> {
+        let _ = (database, archive);
+        Ok(Chain::of_manifests(backups))
+    }
 
     /// Restores the planned backups from `source` to the requested destination.
     async fn restore(
@@ -179,6 +561,9 @@ pub trait EnginePlugin: Send + Sync {
         source: &dyn RestoreSource,
     ) -> Result<RestoreOutcome>;
 
-    /// The engine's chain rules for the planner.
-    fn chain_rules(&self) -> Arc<dyn ChainRules>;
+    /// The check of this engine's stream contents for `verify`, when its
+    /// streams carry digests of their own. The default: none.
+    fn content_check(&self) -> Option<Arc<dyn ContentCheck>> {
+        None
+    }
 }

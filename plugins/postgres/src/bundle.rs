@@ -42,7 +42,7 @@ use strata_core::catalog::manifest::{Manifest, StreamRecord};
 
 use crate::pages::PageCheck;
 use strata_core::plugin::PartFeed;
-use strata_core::vault::reader::{ContentCheck, ContentSink};
+use strata_core::plugin::{ContentCheck, ContentSink};
 use strata_core::{Error, Result};
 
 const ENTRY_MAGIC: &[u8; 4] = b"SPGF";
@@ -851,7 +851,7 @@ mod tests {
     use strata_core::catalog::manifest::BackupKind;
     use strata_core::vault::reader::{ReaderConfig, read_stream};
     use strata_core::vault::writer::{
-        BackupTarget, BackupWriter, CommitDetails, MIN_PART_SIZE, StreamDigest, WriterConfig,
+        BackupTarget, BackupWriter, BackupOutcome, MIN_PART_SIZE, StreamDigest, WriterConfig,
     };
     use strata_core::vault::{Vault, VaultConfig};
 
@@ -1008,7 +1008,7 @@ mod tests {
             .await
             .unwrap();
         sender.await.unwrap();
-        let manifest = writer.commit(CommitDetails::default()).await.unwrap();
+        let manifest = writer.commit(BackupOutcome::default()).await.unwrap();
 
         let report = strata_core::vault::reader::verify_backup_with(
             &vault,
@@ -1108,7 +1108,7 @@ mod tests {
             .await
             .unwrap();
         producer.await.unwrap();
-        let manifest = writer.commit(CommitDetails::default()).await.unwrap();
+        let manifest = writer.commit(BackupOutcome::default()).await.unwrap();
 
         let stream = raw_stream(&vault, &manifest, "data.0").await;
         // Every large file's content starts a part.

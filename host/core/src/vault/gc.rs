@@ -265,7 +265,7 @@ mod tests {
     use super::*;
     use crate::catalog::manifest::BackupKind;
     use crate::vault::VaultConfig;
-    use crate::vault::writer::{BackupTarget, BackupWriter, CommitDetails, WriterConfig};
+    use crate::vault::writer::{BackupTarget, BackupWriter, BackupOutcome, WriterConfig};
 
     fn target(instance: &str) -> BackupTarget {
         BackupTarget {
@@ -292,14 +292,14 @@ mod tests {
         kept.write_stream("s", &b"committed"[..], None)
             .await
             .unwrap();
-        let kept = kept.commit(CommitDetails::default()).await.unwrap();
+        let kept = kept.commit(BackupOutcome::default()).await.unwrap();
 
         let damaged = BackupWriter::start(&vault, target("db/one"), config.clone()).unwrap();
         damaged
             .write_stream("s", &b"manifest garbled"[..], None)
             .await
             .unwrap();
-        let damaged = damaged.commit(CommitDetails::default()).await.unwrap();
+        let damaged = damaged.commit(BackupOutcome::default()).await.unwrap();
         let damaged_key = layout::manifest_key("stream", "db/one", &damaged.id);
         vault
             .store()
@@ -368,7 +368,7 @@ mod tests {
         kept.write_stream("s", &b"committed"[..], None)
             .await
             .unwrap();
-        let kept = kept.commit(CommitDetails::default()).await.unwrap();
+        let kept = kept.commit(BackupOutcome::default()).await.unwrap();
 
         let dead = "data/stream/db/20260101T000000.000Z-dead";
         let mut upload = vault
@@ -463,7 +463,7 @@ mod tests {
         writer.write_stream("s", &b"late"[..], None).await.unwrap();
         let orphans = find_orphans(&vault, Duration::ZERO).await.unwrap();
         assert_eq!(orphans.len(), 1);
-        writer.commit(CommitDetails::default()).await.unwrap();
+        writer.commit(BackupOutcome::default()).await.unwrap();
         let err = delete_orphan(&vault, &orphans[0]).await.unwrap_err();
         assert!(err.to_string().contains("was committed since"), "{err}");
         assert_eq!(vault.list_keys(&orphans[0].prefix).await.unwrap().len(), 1);

@@ -577,20 +577,7 @@ impl Vault {
     }
 }
 
-/// Receives progress of long work, in raw (uncompressed) bytes.
-///
-/// The writer calls [`Progress::add`] as each part is handed to the upload,
-/// the reader as each verified part is written out. Calls come from the task
-/// doing the work, so an implementation must be cheap (an atomic add, a
-/// progress bar increment).
-pub trait Progress: Send + Sync {
-    /// Adds `raw_bytes` more bytes of finished work.
-    fn add(&self, raw_bytes: u64);
-
-    /// Sets how many raw bytes the whole work holds, once known (a backup
-    /// learns it only after listing its files). The default ignores it.
-    fn set_total(&self, _total: u64) {}
-}
+pub use crate::plugin::Progress;
 
 #[cfg(test)]
 mod tests {

@@ -36,6 +36,7 @@ use super::{Progress, Vault};
 use crate::catalog::manifest::{BackupId, Manifest, PartRecord, StreamRecord};
 use crate::crypto::DataKey;
 use crate::error::{Error, ErrorKind, Result};
+use crate::plugin::ContentCheck;
 
 /// The largest raw part a reader accepts: a manifest asking for more is damaged.
 const MAX_RAW_PART: u64 = 1 << 30;
@@ -537,27 +538,6 @@ pub async fn verify_backup(
     progress: Option<&dyn Progress>,
 ) -> Result<VerifyReport> {
     verify_backup_with(vault, manifest, config, progress, None).await
-}
-
-/// Checks the raw content of streams whose content carries digests of its
-/// own (recorded without a stream digest, see
-/// [`StreamDigest::Skip`](super::writer::StreamDigest::Skip)): an engine
-/// plugin provides one so that `verify` checks what a restore would.
-pub trait ContentCheck: Send + Sync {
-    /// A sink for the raw bytes of `stream`, or `None` when this check has
-    /// nothing to say about it.
-    fn start(&self, manifest: &Manifest, stream: &StreamRecord) -> Option<Box<dyn ContentSink>>;
-}
-
-/// Takes one stream's raw bytes, in order, and judges them at the end.
-#[async_trait]
-pub trait ContentSink: Send {
-    /// The next raw part. An error means the check already failed; the
-    /// finding is reported by [`finish`](Self::finish).
-    async fn add(&mut self, raw: Bytes) -> Result<()>;
-    /// The verdict: `Err` of kind [`ErrorKind::Integrity`] is a finding
-    /// about the backup; any other error means the check could not run.
-    async fn finish(self: Box<Self>) -> Result<()>;
 }
 
 /// [`verify_backup`], and with `content` the content check of the streams

@@ -70,6 +70,8 @@ use crate::catalog::manifest::{
 };
 use crate::crypto::{DataKey, PART_ALGORITHM};
 use crate::error::{Error, ErrorKind, Result};
+use crate::plugin::PartBuffers;
+pub use crate::plugin::{BackupOutcome, PartFeed, PartStream, StreamDigest};
 
 /// The default raw size of a part: 16 MiB.
 pub const DEFAULT_PART_SIZE: usize = 16 << 20;
@@ -181,25 +183,6 @@ pub struct BackupTarget {
     pub database: Option<String>,
     /// Full, diff, incr or log.
     pub kind: BackupKind,
-}
-
-/// The engine's details of a finished backup, recorded in its manifest.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct CommitDetails {
-    /// The fork the backup belongs to.
-    pub fork: String,
-    /// The chain position at the start.
-    pub start: Option<Position>,
-    /// The chain position at the end.
-    pub end: Option<Position>,
-    /// When the data is consistent (data backups) or the newest commit the log holds.
-    pub consistent_at: Option<DateTime<Utc>>,
-    /// The backup a diff or incr applies on.
-    pub base: Option<BackupId>,
-    /// Free-form labels.
-    pub labels: BTreeMap<String, String>,
-    /// Engine-specific details.
-    pub engine_meta: serde_json::Value,
 }
 
 /// One backup being written. See the [module docs](self).
@@ -364,100 +347,13 @@ impl BufferPool {
     }
 }
 
-/// Whether the writer hashes a stream's raw bytes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StreamDigest {
-    /// BLAKE3 of the whole raw stream, recorded in the manifest and checked
-    /// by every read and by `verify`. What every stream gets unless its
-    /// writer says otherwise.
-    Blake3,
-    /// No stream digest: the content carries digests of its own that every
-    /// read checks (a PostgreSQL file bundle has a checksum per file), so a
-    /// second pass over every byte would only cost CPU. Each part's CRC-32C
-    /// (and AEAD tag) still guards the stored bytes.
-    Skip,
-}
-
-/// The producing end of a stream fed part by part (see
-/// [`BackupWriter::part_channel`]): a blocking producer fills buffers taken
-/// from the writer's pool in place (reading a file straight into them) and
-/// hands them over whole, so the raw bytes are never copied on their way to
-/// the compressor.
-pub struct PartFeed {
-    tx: mpsc::Sender<std::io::Result<Bytes>>,
-    pool: Arc<BufferPool>,
-    part_size: usize,
-}
-
-/// The consuming end of a part channel, given to [`BackupWriter::write_parts`].
-pub struct PartStream {
-    rx: mpsc::Receiver<std::io::Result<Bytes>>,
-    part_size: usize,
-}
-
-impl PartFeed {
-    /// The largest part the writer takes: [`WriterConfig::part_size`].
-    pub fn part_size(&self) -> usize {
-        self.part_size
+impl PartBuffers for BufferPool {
+    fn take_full(&self) -> Vec<u8> {
+        BufferPool::take_full(self)
     }
 
-    /// A buffer of exactly [`part_size`](Self::part_size) bytes to fill.
-    /// Its initial contents are unspecified; [`send`](Self::send) says how
-    /// many of its bytes are the part.
-    pub fn buffer(&self) -> Vec<u8> {
-        self.pool.take_full()
-    }
-
-    /// Hands over the first `len` bytes of `buffer` as the stream's next
-    /// part (nothing when `len` is 0). Blocks while the writer has no room;
-    /// fails when the writer stopped reading.
-    pub fn send(&self, mut buffer: Vec<u8>, len: usize) -> std::io::Result<()> {
-        if len == 0 {
-            self.pool.give(buffer);
-            return Ok(());
-        }
-        if len > self.part_size || len > buffer.len() {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
-                format!(
-                    "a part of {len} bytes is larger than the part size ({})",
-                    self.part_size
-                ),
-            ));
-        }
-        buffer.truncate(len);
-        self.send_bytes(Bytes::from(buffer))
-    }
-
-    /// Hands over `part` as the stream's next part: for a producer with
-    /// buffers of its own (aligned for direct I/O, say), which it gets back
-    /// when the writer drops the part. Blocks and fails like
-    /// [`send`](Self::send).
-    pub fn send_bytes(&self, part: Bytes) -> std::io::Result<()> {
-        if part.is_empty() {
-            return Ok(());
-        }
-        if part.len() > self.part_size {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
-                format!(
-                    "a part of {} bytes is larger than the part size ({})",
-                    part.len(),
-                    self.part_size
-                ),
-            ));
-        }
-        self.tx.blocking_send(Ok(part)).map_err(|_| {
-            std::io::Error::new(
-                std::io::ErrorKind::BrokenPipe,
-                "the vault writer stopped reading this stream",
-            )
-        })
-    }
-
-    /// Fails the stream with `err` (the writer reports it and keeps nothing).
-    pub fn fail(self, err: std::io::Error) {
-        let _ = self.tx.blocking_send(Err(err));
+    fn give(&self, buffer: Vec<u8>) {
+        BufferPool::give(self, buffer)
     }
 }
 
@@ -476,13 +372,13 @@ impl<R: AsyncRead + Unpin> PartSource<R> {
             PartSource::Reader(reader) => read_part(reader, config.part_size, pool)
                 .await
                 .map_err(|e| Error::from(e).context("reading the input")),
-            PartSource::Feed(stream) => match stream.rx.recv().await {
+            PartSource::Feed(stream) => match stream.recv().await {
                 None => Ok(Bytes::new()),
-                Some(Ok(part)) if part.len() <= stream.part_size => Ok(part),
+                Some(Ok(part)) if part.len() <= stream.part_size() => Ok(part),
                 Some(Ok(part)) => Err(Error::io(format!(
                     "a part of {} bytes is larger than the part size ({})",
                     part.len(),
-                    stream.part_size
+                    stream.part_size()
                 ))),
                 Some(Err(e)) => Err(Error::from(e).context("reading the input")),
             },
@@ -869,15 +765,9 @@ impl BackupWriter {
     /// A channel to feed a stream part by part from a blocking producer;
     /// pass the [`PartStream`] to [`write_parts`](Self::write_parts).
     pub fn part_channel(&self) -> (PartFeed, PartStream) {
-        let (tx, rx) = mpsc::channel(1);
-        let part_size = self.shared.config.part_size;
-        (
-            PartFeed {
-                tx,
-                pool: self.shared.raw_pool.clone(),
-                part_size,
-            },
-            PartStream { rx, part_size },
+        crate::plugin::part_channel(
+            self.shared.config.part_size,
+            self.shared.raw_pool.clone(),
         )
     }
 
@@ -977,7 +867,7 @@ impl BackupWriter {
     /// succeeded after all; when none is there the segments are deleted;
     /// otherwise they are left untouched, so that a committed backup is
     /// never harmed.
-    pub async fn commit(mut self, details: CommitDetails) -> Result<Manifest> {
+    pub async fn commit(mut self, details: BackupOutcome) -> Result<Manifest> {
         self.settled = true;
         let shared = self.shared.clone();
         let refusal = {
@@ -1358,7 +1248,7 @@ pub(crate) mod tests {
         for (name, bytes) in streams {
             writer.write_stream(name, *bytes, None).await.unwrap();
         }
-        writer.commit(CommitDetails::default()).await.unwrap()
+        writer.commit(BackupOutcome::default()).await.unwrap()
     }
 
     pub(crate) async fn restore(vault: &Vault, manifest: &Manifest, name: &str) -> Result<Vec<u8>> {
@@ -1567,7 +1457,7 @@ pub(crate) mod tests {
                 5,
                 "the empty and the oversized part add nothing"
             );
-            let manifest = writer.commit(CommitDetails::default()).await.unwrap();
+            let manifest = writer.commit(BackupOutcome::default()).await.unwrap();
             assert_eq!(restore(&vault, &manifest, "bundle").await.unwrap(), input);
             let report = crate::vault::reader::verify_backup(
                 &vault,
@@ -1604,7 +1494,7 @@ pub(crate) mod tests {
         assert!(err.to_string().contains("disk on fire"), "{err}");
         assert_eq!(
             writer
-                .commit(CommitDetails::default())
+                .commit(BackupOutcome::default())
                 .await
                 .unwrap_err()
                 .kind(),
@@ -1629,7 +1519,7 @@ pub(crate) mod tests {
         )
         .await
         .unwrap();
-        let manifest = writer.commit(CommitDetails::default()).await.unwrap();
+        let manifest = writer.commit(BackupOutcome::default()).await.unwrap();
         assert_eq!(manifest.streams.len(), 4);
         for (name, input) in names.iter().zip(&inputs) {
             let record = manifest.stream(name).unwrap();
@@ -1659,7 +1549,7 @@ pub(crate) mod tests {
             .write_stream("db", input.as_slice(), None)
             .await
             .unwrap();
-        let details = CommitDetails {
+        let details = BackupOutcome {
             fork: "timeline-1".into(),
             start: Some(Position(100)),
             end: Some(Position(200)),
@@ -1752,7 +1642,7 @@ pub(crate) mod tests {
             .await
             .unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Cancelled);
-        let err = writer.commit(CommitDetails::default()).await.unwrap_err();
+        let err = writer.commit(BackupOutcome::default()).await.unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Cancelled);
         assert!(err.to_string().contains("stream `db` failed"), "{err}");
         assert_eq!(
@@ -1882,7 +1772,7 @@ pub(crate) mod tests {
         match after {
             AfterDrop::Abort => writer.abort().await.unwrap(),
             AfterDrop::Commit => {
-                let err = writer.commit(CommitDetails::default()).await.unwrap_err();
+                let err = writer.commit(BackupOutcome::default()).await.unwrap_err();
                 assert_eq!(err.kind(), ErrorKind::Cancelled);
                 assert!(
                     err.to_string().contains("stream `stalled` was cancelled"),
