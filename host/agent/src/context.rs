@@ -3,6 +3,8 @@
 use std::path::PathBuf;
 
 use strata_core::catalog::index::CatalogIndex;
+use strata_core::lifecycle::Host;
+use tokio_util::sync::CancellationToken;
 use strata_core::vault::reader::ReaderConfig;
 use strata_core::vault::writer::WriterConfig;
 use strata_core::vault::{Vault, VaultConfig};
@@ -90,4 +92,41 @@ impl Context {
     pub fn progress(&self, total: Option<u64>, message: &str) -> Bar {
         Bar::new(total, message, !self.json && !self.quiet)
     }
+
+    /// The library's lifecycle over the configured vault, writer, reader and index.
+    pub async fn host(&self) -> Result<Host> {
+        Ok(Host::new(self.vault().await?)
+            .with_writer(self.writer_config(), self.config.writer.part_size.is_some())
+            .with_reader(self.reader_config())
+            .with_index(Some(self.index_path())))
+    }
+
+    /// The configured PostgreSQL cluster `name`, checked.
+    pub fn cluster(&self, name: &str) -> Result<&strata_postgres::ClusterConfig> {
+        let cluster = self.config.postgres.get(name).ok_or_else(|| {
+            let known: Vec<&str> = self.config.postgres.keys().map(String::as_str).collect();
+            Error::config(format!("no PostgreSQL cluster `{name}` is configured")).hint(
+                if known.is_empty() {
+                    format!("add a [postgres.{name}] section with connection and data_directory to the config")
+                } else {
+                    format!("configured clusters: {}", known.join(", "))
+                },
+            )
+        })?;
+        cluster.validate(name)?;
+        Ok(cluster)
+    }
+}
+
+/// A token cancelled when the operator presses Ctrl-C (SIGINT): long work
+/// stops, deletes what it wrote, and the command exits 130.
+pub fn cancel_on_interrupt() -> CancellationToken {
+    let token = CancellationToken::new();
+    let cancel = token.clone();
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            cancel.cancel();
+        }
+    });
+    token
 }

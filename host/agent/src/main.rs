@@ -8,6 +8,7 @@
 
 mod config;
 mod context;
+mod engines;
 mod hana;
 mod listing;
 mod output;

@@ -1,26 +1,24 @@
 //! `strata backup stream` and `strata restore stream`: any byte stream (stdin,
 //! a file, a FIFO) as a full backup under a name, and back.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use clap::Args;
 use serde::Serialize;
-use strata_core::catalog::manifest::{BackupId, BackupKind, Manifest};
-use strata_core::vault::reader::read_stream;
-use strata_core::vault::writer::{BackupTarget, BackupWriter, BackupOutcome};
-use strata_core::vault::{Vault, layout};
+use strata_core::catalog::manifest::{BackupId, BackupKind};
+use strata_core::catalog::planner::RestoreTarget;
+use strata_core::lifecycle::BackupResult;
+use strata_core::plugin::{BackupRequest, DatabaseRef, PushedInput};
 use strata_core::{Error, ErrorKind, Result};
-use tokio::io::{AsyncRead, AsyncWriteExt};
+use strata_stream::{ENGINE, STREAM_NAME};
 
 use crate::config::ByteSize;
-use crate::context::Context;
+use crate::context::{Context, cancel_on_interrupt};
+use crate::engines;
 use crate::output::{human_bytes, human_rate, print_json};
-
-/// The engine name of generic streams.
-pub const STREAM_ENGINE: &str = "stream";
-/// The name of the single stream inside a stream backup.
-const STREAM_NAME: &str = "data";
 
 /// Arguments of `strata backup stream`.
 #[derive(Debug, Args)]
@@ -39,6 +37,10 @@ pub struct BackupStreamArgs {
     /// A label recorded in the manifest, as KEY=VALUE; repeatable.
     #[arg(long = "label", value_name = "KEY=VALUE")]
     pub labels: Vec<String>,
+    /// Commit the backup even when the input is empty (otherwise refused:
+    /// an empty pipe usually means the producer failed).
+    #[arg(long)]
+    pub allow_empty: bool,
 }
 
 /// Arguments of `strata restore stream`.
@@ -69,17 +71,7 @@ struct BackupSummary<'a> {
     seconds: f64,
 }
 
-fn validate_name(name: &str) -> Result<()> {
-    if name.trim().is_empty() || name.len() > 200 || name.contains('\0') {
-        return Err(
-            Error::config(format!("`{name}` is not a usable stream name"))
-                .hint("use a short name such as nightly-dump"),
-        );
-    }
-    Ok(())
-}
-
-fn parse_labels(labels: &[String]) -> Result<std::collections::BTreeMap<String, String>> {
+fn parse_labels(labels: &[String]) -> Result<BTreeMap<String, String>> {
     labels
         .iter()
         .map(|l| {
@@ -91,71 +83,57 @@ fn parse_labels(labels: &[String]) -> Result<std::collections::BTreeMap<String, 
         .collect()
 }
 
-async fn open_input(
-    input: Option<&Path>,
-) -> Result<(Box<dyn AsyncRead + Send + Unpin>, Option<u64>)> {
+async fn open_input(input: Option<&Path>) -> Result<PushedInput> {
     match input {
-        None => Ok((Box::new(tokio::io::stdin()), None)),
-        Some(p) if p == Path::new("-") => Ok((Box::new(tokio::io::stdin()), None)),
+        None => Ok(stdin()),
+        Some(p) if p == Path::new("-") => Ok(stdin()),
         Some(path) => {
             let file = tokio::fs::File::open(path).await.map_err(|e| {
                 Error::io(format!("cannot open {}: {e}", path.display()))
                     .hint("check the path and its permissions")
             })?;
             let meta = file.metadata().await?;
-            let size = meta.is_file().then_some(meta.len());
-            Ok((Box::new(file), size))
+            Ok(PushedInput {
+                size: meta.is_file().then_some(meta.len()),
+                reader: Box::new(file),
+            })
         }
+    }
+}
+
+fn stdin() -> PushedInput {
+    PushedInput {
+        reader: Box::new(tokio::io::stdin()),
+        size: None,
     }
 }
 
 /// Runs `strata backup stream`.
 pub async fn backup(args: BackupStreamArgs, ctx: &Context) -> Result<()> {
-    validate_name(&args.name)?;
-    let labels = parse_labels(&args.labels)?;
-    let vault = ctx.vault().await?;
-    let mut config = ctx.writer_config();
+    let plugin = engines::plugin(ctx, ENGINE, &args.name)?;
+    let mut request = BackupRequest::new(DatabaseRef::instance(&args.name), BackupKind::Full);
+    request.labels = parse_labels(&args.labels)?;
+    request.options = serde_json::json!({ "allow_empty": args.allow_empty });
+    let mut writer = ctx.writer_config();
     if let Some(level) = args.level {
-        config.compression_level = level;
+        writer.compression_level = level;
     }
+    let part_size_set = args.part_size.is_some() || ctx.config.writer.part_size.is_some();
     if let Some(size) = args.part_size {
-        config.part_size = size.0 as usize;
+        writer.part_size = size.0 as usize;
     }
-    let (reader, total) = open_input(args.input.as_deref()).await?;
-    let writer = BackupWriter::start(
-        &vault,
-        BackupTarget {
-            engine: STREAM_ENGINE.into(),
-            instance: args.name.clone(),
-            database: None,
-            kind: BackupKind::Full,
-        },
-        config,
-    )?;
+    let host = ctx.host().await?.with_writer(writer, part_size_set);
+    request.input = Some(open_input(args.input.as_deref()).await?);
     let started = Instant::now();
-    let bar = ctx.progress(total, &format!("backing up {}", args.name));
-    let written = tokio::select! {
-        result = writer.write_stream(STREAM_NAME, reader, Some(&bar)) => result,
-        _ = tokio::signal::ctrl_c() => Err(Error::cancelled("interrupted: the backup was not committed")),
-    };
+    let bar = ctx.progress(None, &format!("backing up {}", args.name));
+    let result = host
+        .backup(plugin.as_ref(), request, Some(&bar), cancel_on_interrupt())
+        .await;
     bar.finish();
-    let record = match written {
-        Ok(record) => record,
-        Err(err) => {
-            if let Err(cleanup) = writer.abort().await {
-                tracing::warn!(error = %cleanup, "cleaning up the failed backup's objects failed; they are unreferenced and invisible");
-            }
-            return Err(err);
-        }
+    let BackupResult::Committed(manifest) = result? else {
+        return Err(Error::engine("the stream engine delivered no backup"));
     };
-    let manifest = writer
-        .commit(BackupOutcome {
-            consistent_at: Some(chrono::Utc::now()),
-            labels,
-            ..Default::default()
-        })
-        .await?;
-    ctx.record(&vault, &manifest);
+    let record = manifest.stream(STREAM_NAME)?;
     let seconds = started.elapsed().as_secs_f64();
     let summary = BackupSummary {
         id: &manifest.id,
@@ -185,125 +163,51 @@ pub async fn backup(args: BackupStreamArgs, ctx: &Context) -> Result<()> {
     Ok(())
 }
 
-/// The committed stream backups called `name`, oldest first, read from the vault.
-pub async fn stream_backups(vault: &Vault, name: &str) -> Result<Vec<Manifest>> {
-    vault
-        .read_manifests(&layout::manifest_prefix(STREAM_ENGINE, name))
-        .await
-}
-
 /// Runs `strata restore stream`.
 pub async fn restore(args: RestoreStreamArgs, ctx: &Context) -> Result<()> {
-    validate_name(&args.name)?;
-    let vault = ctx.vault().await?;
-    let manifest = match &args.backup {
-        Some(id) => {
-            let id: BackupId = id.parse()?;
-            vault.read_manifest(STREAM_ENGINE, &args.name, &id).await?
-        }
-        None => stream_backups(&vault, &args.name)
-            .await?
-            .pop()
-            .ok_or_else(|| {
-                Error::not_found(format!("there is no stream backup called `{}`", args.name))
-                    .hint("`strata list stream` shows the stream backups in this vault")
-            })?,
+    let plugin = engines::plugin(ctx, ENGINE, &args.name)?;
+    let host = ctx.host().await?;
+    let target = match &args.backup {
+        Some(id) => RestoreTarget::Backup(id.parse()?),
+        None => RestoreTarget::Latest,
     };
-    let total = manifest.raw_size();
-    let started = Instant::now();
     let to_stdout =
         args.output.as_deref().is_none() || args.output.as_deref() == Some(Path::new("-"));
-    let bar = ctx.progress(Some(total), &format!("restoring {}", args.name));
-    let stats = if to_stdout {
-        let mut out = tokio::io::stdout();
-        let stats = read_stream(
-            &vault,
-            &manifest,
-            STREAM_NAME,
-            &mut out,
-            &ctx.reader_config(),
-            Some(&bar),
+    let destination = serde_json::json!({ "output": args.output, "force": args.force });
+    let started = Instant::now();
+    let bar = Arc::new(ctx.progress(None, &format!("restoring {}", args.name)));
+    let outcome = host
+        .restore(
+            plugin.as_ref(),
+            DatabaseRef::instance(&args.name),
+            target,
+            destination,
+            Some(bar.clone()),
         )
-        .await?;
-        out.flush().await?;
-        stats
-    } else {
-        let path = args.output.as_deref().expect("output path checked above");
-        restore_to_file(&vault, &manifest, path, args.force, ctx, &bar).await?
-    };
+        .await
+        .map_err(|err| match err.kind() {
+            ErrorKind::NotFound if args.backup.is_none() => {
+                Error::not_found(format!("there is no stream backup called `{}`", args.name))
+                    .hint("`strata list stream` shows the stream backups in this vault")
+            }
+            _ => err,
+        });
     bar.finish();
+    let outcome = outcome?;
     let seconds = started.elapsed().as_secs_f64();
+    let raw_bytes = outcome.details["raw_bytes"].as_u64().unwrap_or(0);
     if ctx.json && !to_stdout {
-        print_json(&serde_json::json!({
-            "id": manifest.id, "name": args.name, "raw_bytes": stats.raw_bytes,
-            "stored_bytes": stats.stored_bytes, "seconds": seconds,
-            "blake3": manifest.stream(STREAM_NAME)?.blake3,
-        }))?;
+        let mut details = outcome.details.clone();
+        details["seconds"] = serde_json::json!(seconds);
+        print_json(&details)?;
     } else if !ctx.quiet {
         eprintln!(
-            "restored backup {} ({}) in {:.1} s ({}); digest verified",
-            manifest.id,
-            human_bytes(stats.raw_bytes),
+            "{} ({}) in {:.1} s ({})",
+            outcome.summary,
+            human_bytes(raw_bytes),
             seconds,
-            human_rate(stats.raw_bytes, seconds)
+            human_rate(raw_bytes, seconds)
         );
     }
     Ok(())
-}
-
-/// Writes the stream into `<path>.partial` and renames it into place only
-/// once every part and the digest are verified, so a failed restore never
-/// leaves a file that looks complete.
-async fn restore_to_file(
-    vault: &Vault,
-    manifest: &Manifest,
-    path: &Path,
-    force: bool,
-    ctx: &Context,
-    bar: &crate::progress::Bar,
-) -> Result<strata_core::vault::reader::ReadStats> {
-    if path.exists() && !force {
-        return Err(
-            Error::conflict(format!("{} already exists", path.display()))
-                .hint("choose another --output, or pass --force to replace it"),
-        );
-    }
-    let mut partial = path.as_os_str().to_owned();
-    partial.push(".partial");
-    let partial = PathBuf::from(partial);
-    let mut file = tokio::fs::File::create(&partial).await.map_err(|e| {
-        Error::io(format!("cannot create {}: {e}", partial.display()))
-            .hint("check that the directory exists and is writable")
-    })?;
-    let result = async {
-        let stats = read_stream(
-            vault,
-            manifest,
-            STREAM_NAME,
-            &mut file,
-            &ctx.reader_config(),
-            Some(bar),
-        )
-        .await?;
-        file.flush().await?;
-        file.sync_all().await?;
-        Ok::<_, Error>(stats)
-    }
-    .await;
-    match result {
-        Ok(stats) => {
-            tokio::fs::rename(&partial, path).await.map_err(|e| {
-                Error::io(format!("cannot move {} into place: {e}", partial.display()))
-            })?;
-            Ok(stats)
-        }
-        Err(err) => {
-            let _ = tokio::fs::remove_file(&partial).await;
-            if err.kind() == ErrorKind::Integrity {
-                Err(err.hint("nothing was written to the output; run `strata verify` on this backup and restore an older one"))
-            } else {
-                Err(err)
-            }
-        }
-    }
 }

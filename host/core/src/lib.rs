@@ -24,6 +24,7 @@
 pub mod catalog;
 pub mod crypto;
 pub mod error;
+pub mod lifecycle;
 pub mod plugin;
 pub mod vault;
 

@@ -137,6 +137,8 @@ pub struct BackupRequest {
     pub options: serde_json::Value,
     /// Pushed bytes, for engines that call Strata with their backup in hand.
     pub input: Option<PushedInput>,
+    /// The operator's labels, recorded in the manifest over the plugin's own.
+    pub labels: BTreeMap<String, String>,
 }
 
 impl BackupRequest {
@@ -149,6 +151,7 @@ impl BackupRequest {
             base: None,
             options: serde_json::Value::Null,
             input: None,
+            labels: BTreeMap::new(),
         }
     }
 }
@@ -536,7 +539,7 @@ pub trait EnginePlugin: Send + Sync {
         &self,
         request: BackupRequest,
         sink: &dyn BackupSink,
-        archive: &dyn ArchiveStore,
+        archive: Arc<dyn ArchiveStore>,
     ) -> Result<BackupOutcome>;
 
     /// The chain of `database` for the planner: `backups` are its committed
@@ -548,7 +551,7 @@ pub trait EnginePlugin: Send + Sync {
         &self,
         database: &DatabaseRef,
         backups: &[Manifest],
-        archive: &dyn ArchiveStore,
+        archive: Arc<dyn ArchiveStore>,
     ) -> Result<Chain> {
         let _ = (database, archive);
         Ok(Chain::of_manifests(backups))

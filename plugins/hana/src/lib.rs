@@ -25,6 +25,10 @@
 //! println!("{plan:?}");
 //! ```
 
+pub mod backint;
 pub mod client;
+mod engine;
 pub mod ini;
 pub mod sql;
+
+pub use engine::{ENGINE, HanaEngine, RecoveryDestination};

@@ -39,3 +39,265 @@ pub use walname::{Lsn, WalFileName};
 
 /// The engine name used in vault keys and manifests.
 pub const ENGINE: &str = "postgres";
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use strata_core::catalog::manifest::{BackupKind, Manifest};
+use strata_core::catalog::planner::RestoreTarget;
+use strata_core::plugin::{
+    ArchiveStore, BackupOutcome, BackupRequest, BackupSink, Capabilities, Chain, ContentCheck,
+    DatabaseRef, EnginePlugin, RestoreOutcome, RestoreRequest, RestoreSource,
+};
+use strata_core::{Error, Result};
+
+/// Part size of PostgreSQL full backups unless the operator configured one:
+/// a backup writes `parallel` streams at once, and 8 MiB parts keep its
+/// memory under 256 MiB with two streams and every core compressing.
+pub const PART_SIZE: usize = 8 << 20;
+
+/// The PostgreSQL engine for one configured cluster: Strata's
+/// [`EnginePlugin`].
+///
+/// - **Backup** ([`backup::full_backup`]): full backups only (WAL is pushed
+///   by PostgreSQL's `archive_command` into the instance's archive store,
+///   see [`wal`]). Options: `{"spread_checkpoint": bool}`.
+/// - **Chain** ([`chain::Catalog`]): the committed full backups and the
+///   archived WAL, one log record per contiguous run of segments of a
+///   timeline, and [`chain::PgChainRules`] (timeline histories as fork
+///   origins; a full backup needs the WAL from its start LSN).
+/// - **Restore** ([`restore::restore`]): into a new data directory; the
+///   destination is a [`RestoreDestination`].
+#[derive(Debug, Clone)]
+pub struct PostgresEngine {
+    name: String,
+    cluster: Option<ClusterConfig>,
+    system_id: Option<u64>,
+}
+
+/// Where and how a PostgreSQL restore lays the cluster down (the JSON form
+/// of [`RestoreRequest::destination`]).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestoreDestination {
+    /// The new data directory, absolute (must be empty or absent unless `force`).
+    pub target_dir: PathBuf,
+    /// The port the copy listens on.
+    #[serde(default)]
+    pub port: Option<u16>,
+    /// Tablespace remapping: old location (or OID) to new location.
+    #[serde(default)]
+    pub tablespace_map: BTreeMap<String, PathBuf>,
+    /// Start the copy and wait until it has finished recovery.
+    #[serde(default)]
+    pub start: bool,
+    /// Delete the contents of a non-empty target first.
+    #[serde(default)]
+    pub force: bool,
+    /// Seconds to wait for the started copy to finish recovery.
+    #[serde(default = "default_start_timeout")]
+    pub start_timeout_seconds: u64,
+    /// How the restored server calls Strata back: the shell words before
+    /// `pg wal-fetch` in its `restore_command` (binary, `--config`, `--vault`).
+    pub strata_command: String,
+}
+
+fn default_start_timeout() -> u64 {
+    3600
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BackupOptions {
+    #[serde(default)]
+    spread_checkpoint: bool,
+}
+
+impl ClusterConfig {
+    /// The engine plugin of this cluster, configured as `name`.
+    pub fn build(&self, name: &str) -> Result<PostgresEngine> {
+        self.validate(name)?;
+        Ok(PostgresEngine {
+            name: name.to_owned(),
+            cluster: Some(self.clone()),
+            system_id: None,
+        })
+    }
+}
+
+impl PostgresEngine {
+    /// The plugin of a cluster this host has no configuration for: it lists,
+    /// plans and verifies what the vault holds, and refuses to back up or
+    /// restore, naming the missing section.
+    pub fn unconfigured(name: &str) -> Self {
+        PostgresEngine {
+            name: name.to_owned(),
+            cluster: None,
+            system_id: None,
+        }
+    }
+
+    /// Works on the backups and WAL of system identifier `system_id` (when
+    /// the name held several clusters over time); by default the newest
+    /// backup's system.
+    pub fn with_system_id(mut self, system_id: Option<u64>) -> Self {
+        self.system_id = system_id;
+        self
+    }
+
+    fn cluster(&self) -> Result<&ClusterConfig> {
+        self.cluster.as_ref().ok_or_else(|| {
+            Error::config(format!(
+                "no PostgreSQL cluster `{}` is configured",
+                self.name
+            ))
+            .hint(format!(
+                "add a [postgres.{}] section with connection and data_directory to the config",
+                self.name
+            ))
+        })
+    }
+
+    /// The catalog (full backups and archived WAL) of this cluster.
+    pub async fn catalog(
+        &self,
+        backups: &[Manifest],
+        archive: Arc<dyn ArchiveStore>,
+    ) -> Result<chain::Catalog> {
+        let wal = WalArchive::new(archive);
+        chain::Catalog::load(&wal, &self.name, backups.to_vec(), self.system_id).await
+    }
+}
+
+fn parse<T: serde::de::DeserializeOwned>(value: &serde_json::Value, what: &str) -> Result<T> {
+    let value = if value.is_null() {
+        serde_json::json!({})
+    } else {
+        value.clone()
+    };
+    serde_json::from_value(value)
+        .map_err(|e| Error::config(format!("PostgreSQL {what} options are not valid: {e}")))
+}
+
+#[async_trait]
+impl EnginePlugin for PostgresEngine {
+    fn engine(&self) -> &'static str {
+        ENGINE
+    }
+
+    fn instance(&self) -> &str {
+        &self.name
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            kinds: vec![BackupKind::Full],
+            point_in_time: true,
+            alternate_target: true,
+            part_size: Some(PART_SIZE),
+            ..Capabilities::default()
+        }
+    }
+
+    async fn backup(
+        &self,
+        request: BackupRequest,
+        sink: &dyn BackupSink,
+        archive: Arc<dyn ArchiveStore>,
+    ) -> Result<BackupOutcome> {
+        let cluster = self.cluster()?;
+        let options: BackupOptions = parse(&request.options, "backup")?;
+        let wal = WalArchive::new(archive);
+        let options = backup::FullBackupOptions {
+            label: format!("strata {}", request.id),
+            fast_checkpoint: !options.spread_checkpoint,
+            parallel: cluster.parallel,
+            ..backup::FullBackupOptions::default()
+        };
+        backup::full_backup(cluster, &wal, sink, &options).await
+    }
+
+    async fn chain(
+        &self,
+        _database: &DatabaseRef,
+        backups: &[Manifest],
+        archive: Arc<dyn ArchiveStore>,
+    ) -> Result<Chain> {
+        Ok(self.catalog(backups, archive).await?.chain())
+    }
+
+    async fn restore(
+        &self,
+        request: RestoreRequest,
+        source: &dyn RestoreSource,
+    ) -> Result<RestoreOutcome> {
+        let cluster = self.cluster()?;
+        let destination: RestoreDestination = parse(&request.destination, "restore")?;
+        let plan = request
+            .plan
+            .as_ref()
+            .ok_or_else(|| Error::engine("a PostgreSQL restore needs the planner's plan"))?;
+        let backup = request
+            .backups
+            .first()
+            .cloned()
+            .ok_or_else(|| Error::engine("the restore plan names no full backup"))?;
+        let meta = backup::FullBackupMeta::from_manifest(&backup)?;
+        let timeline: u32 = plan.fork.parse().map_err(|_| {
+            Error::integrity(format!("`{}` is not a PostgreSQL timeline", plan.fork))
+        })?;
+        let target = match &request.target {
+            RestoreTarget::Latest => chain::Target::Latest,
+            RestoreTarget::Time(t) => chain::Target::Time(*t),
+            RestoreTarget::Position { position, .. } => chain::Target::Lsn(chain::lsn_of(*position)?),
+            RestoreTarget::Backup(_) => chain::Target::Lsn(meta.stop()),
+        };
+        let restore_command = format!(
+            "{} pg wal-fetch %f \"%p\" --cluster {} --system-id {}",
+            destination.strata_command,
+            restore::shell_word(&self.name),
+            meta.system_id()
+        );
+        let options = restore::RestoreOptions {
+            target_dir: destination.target_dir,
+            port: destination.port,
+            tablespace_map: destination.tablespace_map,
+            start: destination.start,
+            force: destination.force,
+            restore_command,
+            parallel: cluster.parallel,
+            start_timeout: Duration::from_secs(destination.start_timeout_seconds),
+        };
+        let plan = chain::Plan {
+            backup,
+            meta,
+            timeline,
+            target,
+        };
+        let report = restore::restore(cluster, &plan, source, &options).await?;
+        Ok(RestoreOutcome {
+            position: report
+                .lsn
+                .as_deref()
+                .and_then(|l| l.parse::<Lsn>().ok())
+                .map(|l| strata_core::catalog::manifest::Position(u128::from(l.0))),
+            time: report.reached_time,
+            summary: format!(
+                "restored backup {} into {}; recovery target: {} on timeline {}",
+                report.backup,
+                report.target_dir.display(),
+                plan.target,
+                report.recovery_timeline
+            ),
+            details: serde_json::to_value(&report)?,
+        })
+    }
+
+    fn content_check(&self) -> Option<Arc<dyn ContentCheck>> {
+        Some(Arc::new(bundle::BundleCheck))
+    }
+}

@@ -87,6 +87,9 @@ pub enum RestoreTarget {
         /// The position.
         position: Position,
     },
+    /// One data backup, restored to its own consistency point (with the
+    /// backups it applies on, and the log it needs to become consistent).
+    Backup(BackupId),
 }
 
 impl fmt::Display for RestoreTarget {
@@ -102,6 +105,7 @@ impl fmt::Display for RestoreTarget {
                 fork: None,
                 position,
             } => write!(f, "position {position}"),
+            RestoreTarget::Backup(id) => write!(f, "backup {id}"),
         }
     }
 }
@@ -333,7 +337,64 @@ pub fn plan(
         RestoreTarget::Position { fork, position } => {
             analysis.plan_position(target, fork.as_deref(), *position)
         }
+        RestoreTarget::Backup(id) => plan_backup(records, rules, &analysis, target, id),
     }
+}
+
+/// The plan of [`RestoreTarget::Backup`]: the backup, the data backups it
+/// applies on down to a full, and for an engine whose data backups need log
+/// replay, the plan to the backup's end position on its fork (which starts
+/// from this backup or a newer one consistent by then).
+fn plan_backup(
+    records: &[BackupRecord],
+    rules: &dyn ChainRules,
+    analysis: &Analysis<'_>,
+    target: &RestoreTarget,
+    id: &BackupId,
+) -> Result<RestorePlan> {
+    let record = records.iter().find(|r| &r.id == id).ok_or_else(|| {
+        Error::not_found(format!("there is no backup {id} of this database"))
+            .hint("`strata list` shows the backups and their ids")
+    })?;
+    if !record.kind.is_data() {
+        return Err(Error::config(format!(
+            "backup {id} is a log backup; a restore starts from a full backup"
+        ))
+        .hint("restore to a time or position instead (--to-time)"));
+    }
+    if rules.log_needed_from(record).is_some() {
+        let position = record.end.ok_or_else(|| {
+            Error::integrity(format!("backup {id} records no end position"))
+        })?;
+        return analysis.plan_position(target, Some(&record.fork), position);
+    }
+    let mut chain = vec![record.clone()];
+    while chain.last().is_some_and(|r| r.kind != BackupKind::Full) {
+        let top = chain.last().expect("not empty");
+        let base = records
+            .iter()
+            .filter(|r| r.kind.is_data() && rules.applies_on(r, top))
+            .max_by_key(|r| r.point_time())
+            .ok_or_else(|| {
+                Error::not_found(format!(
+                    "backup {id} is a {} whose base backup is not in the vault",
+                    record.kind
+                ))
+                .hint("restore a full backup instead; `strata list` shows them")
+            })?;
+        chain.push(base.clone());
+    }
+    chain.reverse();
+    let base = chain.remove(0);
+    Ok(RestorePlan {
+        target: target.clone(),
+        fork: record.fork.clone(),
+        base,
+        diffs: chain,
+        logs: Vec::new(),
+        reaches_time: Some(record.point_time()),
+        reaches_position: record.end,
+    })
 }
 
 fn show_time(t: DateTime<Utc>) -> String {

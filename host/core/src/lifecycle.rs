@@ -1,0 +1,406 @@
+//! The one backup and restore lifecycle every engine goes through.
+//!
+//! The CLI, `hdbbackint` and the service call these functions; none of them
+//! opens a writer, commits a manifest or plans a restore by itself. A
+//! [`Host`] is a vault with its writer and reader settings and the local
+//! catalog index; an [`EnginePlugin`] brings the engine.
+//!
+//! ## A backup ([`Host::backup`])
+//!
+//! 1. The kind is checked against the plugin's [`Capabilities`]. An engine
+//!    that delivers its own backups through another entry point
+//!    ([`Capabilities::engine_delivers`], HANA through `hdbbackint`) is only
+//!    asked to start one: nothing is written or committed here, and the
+//!    result is [`BackupResult::Delegated`].
+//! 2. A differential's base (the newest full of the database) or an
+//!    incremental's (the newest data backup) is chosen from the vault.
+//! 3. A writer is opened; the plugin writes its streams into it
+//!    ([`EnginePlugin::backup`]).
+//! 4. On success the manifest is committed with the plugin's
+//!    [`BackupOutcome`] (the commit point: written last, create-only) and
+//!    recorded in the catalog index (best effort: the index is a cache). On
+//!    failure or cancellation every stream is deleted and nothing is
+//!    committed: a backup that failed does not exist.
+//!
+//! ## A restore ([`Host::restore`])
+//!
+//! The database's committed manifests are read from the vault, the plugin
+//! turns them (and any log it archives itself) into a [`Chain`], core's
+//! planner picks the backups that reach the target (or refuses, naming the
+//! gap, before anything is written), and the plugin restores them from a
+//! [`RestoreSource`](crate::plugin::RestoreSource) that reads only those
+//! backups, every part checked.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::catalog::index::CatalogIndex;
+use crate::catalog::manifest::{BackupKind, Manifest};
+use crate::catalog::planner::{self, RestorePlan, RestoreTarget, Timeline};
+use crate::error::{Error, Result};
+use crate::plugin::{
+    ArchiveStore, BackupOutcome, BackupRequest, BackupSink, Chain, DatabaseRef, EnginePlugin,
+    PartFeed, PartStream, Progress, RestoreOutcome, RestoreRequest, StreamDigest,
+};
+use crate::vault::archive::VaultArchive;
+use crate::vault::reader::{ReaderConfig, VaultRestoreSource, VerifyReport, verify_backup_with};
+use crate::vault::writer::{BackupTarget, BackupWriter, ProgressSink, WriterConfig};
+use crate::vault::{Vault, layout};
+
+/// A vault and how to write to it, read from it and index it.
+#[derive(Debug, Clone)]
+pub struct Host {
+    vault: Vault,
+    writer: WriterConfig,
+    part_size_configured: bool,
+    reader: ReaderConfig,
+    index: Option<PathBuf>,
+}
+
+/// What [`Host::backup`] did.
+#[derive(Debug)]
+pub enum BackupResult {
+    /// The backup is committed: its manifest is in the vault.
+    Committed(Manifest),
+    /// The engine was asked to back up and delivers the bytes through its
+    /// own entry point (HANA through `hdbbackint`); the plugin's outcome says
+    /// what the engine reported.
+    Delegated(BackupOutcome),
+}
+
+impl Host {
+    /// A host over `vault` with default writer and reader settings and no index.
+    pub fn new(vault: Vault) -> Self {
+        Host {
+            vault,
+            writer: WriterConfig::default(),
+            part_size_configured: false,
+            reader: ReaderConfig::default(),
+            index: None,
+        }
+    }
+
+    /// Writes with `config`. `part_size_configured` says whether the
+    /// operator chose its part size; if not, an engine's preferred part size
+    /// ([`Capabilities::part_size`](crate::plugin::Capabilities::part_size)) wins.
+    pub fn with_writer(mut self, config: WriterConfig, part_size_configured: bool) -> Self {
+        self.writer = config;
+        self.part_size_configured = part_size_configured;
+        self
+    }
+
+    /// Reads with `config`.
+    pub fn with_reader(mut self, config: ReaderConfig) -> Self {
+        self.reader = config;
+        self
+    }
+
+    /// Records committed backups in the catalog index at `path`.
+    pub fn with_index(mut self, path: Option<PathBuf>) -> Self {
+        self.index = path;
+        self
+    }
+
+    /// The vault.
+    pub fn vault(&self) -> &Vault {
+        &self.vault
+    }
+
+    /// The reader settings.
+    pub fn reader_config(&self) -> &ReaderConfig {
+        &self.reader
+    }
+
+    /// The writer settings a backup of `plugin`'s engine uses.
+    pub fn writer_config(&self, plugin: &dyn EnginePlugin) -> WriterConfig {
+        let mut config = self.writer.clone();
+        if !self.part_size_configured
+            && let Some(size) = plugin.capabilities().part_size
+        {
+            config.part_size = size;
+        }
+        config
+    }
+
+    /// The archive of `plugin`'s instance (WAL, Backint markers).
+    pub fn archive(&self, plugin: &dyn EnginePlugin) -> Arc<dyn ArchiveStore> {
+        Arc::new(VaultArchive::new(
+            self.vault.clone(),
+            plugin.engine(),
+            plugin.instance(),
+        ))
+    }
+
+    /// Records a committed manifest in the catalog index. The index is a
+    /// cache: a failure is logged, never fatal, since the backup is
+    /// committed already and `strata catalog rebuild` picks it up.
+    pub fn record(&self, manifest: &Manifest) {
+        let Some(path) = &self.index else {
+            return;
+        };
+        let recorded =
+            CatalogIndex::open(path).and_then(|index| index.record(&self.vault.meta().vault_id, manifest));
+        if let Err(err) = recorded {
+            tracing::warn!(backup = %manifest.id, index = %path.display(), error = %err, "the backup is committed but the local index was not updated; `strata catalog rebuild` will pick it up");
+        }
+    }
+
+    /// Runs one backup of `plugin`'s engine; see the [module docs](self).
+    /// `progress` counts the raw bytes written; `cancel`, when triggered,
+    /// stops the backup and deletes what it wrote
+    /// ([`ErrorKind::Cancelled`](crate::ErrorKind::Cancelled)).
+    pub async fn backup(
+        &self,
+        plugin: &dyn EnginePlugin,
+        mut request: BackupRequest,
+        progress: Option<&dyn Progress>,
+        cancel: CancellationToken,
+    ) -> Result<BackupResult> {
+        let capabilities = plugin.capabilities();
+        if !capabilities.kinds.contains(&request.kind) {
+            let kinds: Vec<&str> = capabilities.kinds.iter().map(|k| k.as_str()).collect();
+            return Err(Error::config(format!(
+                "{} backups of kind `{}` are not available",
+                plugin.engine(),
+                request.kind
+            ))
+            .hint(format!("this engine takes: {}", kinds.join(", "))));
+        }
+        let archive = self.archive(plugin);
+        if capabilities.engine_delivers && request.input.is_none() {
+            let outcome = plugin
+                .backup(request, &DeliveredElsewhere, archive)
+                .await?;
+            return Ok(BackupResult::Delegated(outcome));
+        }
+        if request.base.is_none() && matches!(request.kind, BackupKind::Diff | BackupKind::Incr) {
+            request.base = Some(self.choose_base(plugin, &request.database, request.kind).await?);
+        }
+        let base = request.base.as_ref().map(|m| m.id.clone());
+        let labels = std::mem::take(&mut request.labels);
+        let writer = BackupWriter::start(
+            &self.vault,
+            BackupTarget {
+                engine: plugin.engine().into(),
+                instance: plugin.instance().into(),
+                database: request.database.database.clone(),
+                kind: request.kind,
+            },
+            self.writer_config(plugin),
+        )?;
+        request.id = writer.id().clone();
+        if let (Some(progress), Some(size)) = (progress, request.input.as_ref().and_then(|i| i.size))
+        {
+            progress.set_total(size);
+        }
+        let sink = match progress {
+            Some(progress) => ProgressSink::new(&writer, progress),
+            None => ProgressSink::quiet(&writer),
+        };
+        let what = describe(plugin, &request.database, request.kind);
+        let outcome = tokio::select! {
+            outcome = plugin.backup(request, &sink, archive) => outcome,
+            _ = cancel.cancelled() => Err(Error::cancelled(format!("{what} was interrupted"))),
+        };
+        drop(sink);
+        let mut outcome = match outcome {
+            Ok(outcome) => outcome,
+            Err(err) => {
+                if let Err(abort) = writer.abort().await {
+                    tracing::warn!(error = %abort, "cleaning up the failed backup's objects failed; they belong to no backup and `strata vault gc` removes them");
+                }
+                return Err(err.context(format!("{what} failed; nothing was committed")));
+            }
+        };
+        if outcome.base.is_none() {
+            outcome.base = base;
+        }
+        outcome.labels.extend(labels);
+        let manifest = writer.commit(outcome).await?;
+        self.record(&manifest);
+        Ok(BackupResult::Committed(manifest))
+    }
+
+    /// The committed backups of `database` (of `plugin`'s instance), oldest first.
+    pub async fn backups(
+        &self,
+        plugin: &dyn EnginePlugin,
+        database: &DatabaseRef,
+    ) -> Result<Vec<Manifest>> {
+        let mut manifests = self
+            .vault
+            .read_manifests(&layout::manifest_prefix(plugin.engine(), plugin.instance()))
+            .await?;
+        manifests.retain(|m| database.database.is_none() || m.database == database.database);
+        manifests.sort_by(|a, b| (a.ended_at, &a.id).cmp(&(b.ended_at, &b.id)));
+        Ok(manifests)
+    }
+
+    /// The planner's view of `database`: its backups and the engine's rules.
+    pub async fn chain(
+        &self,
+        plugin: &dyn EnginePlugin,
+        database: &DatabaseRef,
+    ) -> Result<(Chain, Vec<Manifest>)> {
+        let manifests = self.backups(plugin, database).await?;
+        let archive = self.archive(plugin);
+        let chain = plugin.chain(database, &manifests, archive).await?;
+        Ok((chain, manifests))
+    }
+
+    /// The recoverable windows and gaps of `database`.
+    pub async fn timeline(
+        &self,
+        plugin: &dyn EnginePlugin,
+        database: &DatabaseRef,
+    ) -> Result<Timeline> {
+        let (chain, _) = self.chain(plugin, database).await?;
+        Ok(planner::timeline(&chain.records, chain.rules.as_ref()))
+    }
+
+    /// The backups that restore `database` to `target`, and their manifests
+    /// (data backups only, in apply order). Fails with
+    /// [`ErrorKind::NotFound`](crate::ErrorKind::NotFound), naming the gap,
+    /// when the target is not restorable.
+    pub async fn plan(
+        &self,
+        plugin: &dyn EnginePlugin,
+        database: &DatabaseRef,
+        target: &RestoreTarget,
+    ) -> Result<(RestorePlan, Vec<Manifest>)> {
+        let (chain, manifests) = self.chain(plugin, database).await?;
+        let plan = planner::plan(&chain.records, chain.rules.as_ref(), target)?;
+        let backups = std::iter::once(&plan.base)
+            .chain(&plan.diffs)
+            .chain(plan.logs.iter())
+            .filter_map(|record| manifests.iter().find(|m| m.id == record.id).cloned())
+            .collect();
+        Ok((plan, backups))
+    }
+
+    /// Restores `source` to `target` into the engine-specific `destination`;
+    /// see the [module docs](self). `progress` counts the raw bytes read.
+    pub async fn restore(
+        &self,
+        plugin: &dyn EnginePlugin,
+        source: DatabaseRef,
+        target: RestoreTarget,
+        destination: serde_json::Value,
+        progress: Option<Arc<dyn Progress>>,
+    ) -> Result<RestoreOutcome> {
+        let (plan, backups) = if plugin.capabilities().engine_plans_restore {
+            (None, Vec::new())
+        } else {
+            let (plan, backups) = self.plan(plugin, &source, &target).await?;
+            (Some(plan), backups)
+        };
+        let mut reader = VaultRestoreSource::new(self.vault.clone(), backups.clone(), self.reader.clone());
+        if let Some(progress) = progress {
+            progress.set_total(backups.iter().map(Manifest::raw_size).sum());
+            reader = reader.with_progress(progress);
+        }
+        let request = RestoreRequest {
+            source,
+            target,
+            plan,
+            backups,
+            destination,
+        };
+        plugin.restore(request, &reader).await
+    }
+
+    /// Reads every part of `manifest` and checks it, and with `plugin` the
+    /// engine's content check of its streams (every file of a PostgreSQL
+    /// bundle).
+    pub async fn verify(
+        &self,
+        plugin: Option<&dyn EnginePlugin>,
+        manifest: &Manifest,
+        progress: Option<&dyn Progress>,
+    ) -> Result<VerifyReport> {
+        let check = plugin.and_then(|p| p.content_check());
+        verify_backup_with(&self.vault, manifest, &self.reader, progress, check.as_deref()).await
+    }
+
+    /// The base of a new `kind` backup of `database`: the newest full for a
+    /// differential, the newest data backup for an incremental.
+    async fn choose_base(
+        &self,
+        plugin: &dyn EnginePlugin,
+        database: &DatabaseRef,
+        kind: BackupKind,
+    ) -> Result<Manifest> {
+        let backups = self.backups(plugin, database).await?;
+        backups
+            .into_iter()
+            .rev()
+            .find(|m| match kind {
+                BackupKind::Diff => m.kind == BackupKind::Full,
+                _ => m.kind.is_data(),
+            })
+            .ok_or_else(|| {
+                Error::not_found(format!(
+                    "a {kind} backup of {} needs a full backup to build on, and there is none",
+                    describe_database(plugin, database)
+                ))
+                .hint("take a full backup first (--kind full)")
+            })
+    }
+}
+
+fn describe_database(plugin: &dyn EnginePlugin, database: &DatabaseRef) -> String {
+    match &database.database {
+        Some(db) => format!("{} `{}` database `{db}`", plugin.engine(), plugin.instance()),
+        None => format!("{} `{}`", plugin.engine(), plugin.instance()),
+    }
+}
+
+fn describe(plugin: &dyn EnginePlugin, database: &DatabaseRef, kind: BackupKind) -> String {
+    format!("{kind} backup of {}", describe_database(plugin, database))
+}
+
+/// The sink of a backup the engine delivers through another entry point:
+/// writing to it is a plugin bug, reported as such.
+struct DeliveredElsewhere;
+
+#[async_trait::async_trait]
+impl BackupSink for DeliveredElsewhere {
+    async fn write_stream(
+        &self,
+        name: &str,
+        _reader: Box<dyn tokio::io::AsyncRead + Send + Unpin + 'static>,
+    ) -> Result<crate::catalog::manifest::StreamRecord> {
+        Err(refused(name))
+    }
+
+    fn part_channel(&self) -> (PartFeed, PartStream) {
+        crate::plugin::part_channel(crate::vault::writer::MIN_PART_SIZE, Arc::new(NoBuffers))
+    }
+
+    async fn write_parts(
+        &self,
+        name: &str,
+        _parts: PartStream,
+        _digest: StreamDigest,
+    ) -> Result<crate::catalog::manifest::StreamRecord> {
+        Err(refused(name))
+    }
+}
+
+fn refused(name: &str) -> Error {
+    Error::engine(format!(
+        "stream `{name}` was offered to a backup that the engine delivers through its own entry point"
+    ))
+}
+
+struct NoBuffers;
+
+impl crate::plugin::PartBuffers for NoBuffers {
+    fn take_full(&self) -> Vec<u8> {
+        Vec::new()
+    }
+
+    fn give(&self, _buffer: Vec<u8>) {}
+}
