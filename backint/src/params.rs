@@ -12,12 +12,27 @@
 //! key_file = /usr/sap/HDB/home/.strata/vault.key
 //! compression_level = 3
 //! part_size = 16MiB
-//! parallel_parts = 4                 # parts uploaded at once, per pipe
+//! parts_in_flight = 4                # parts uploaded at once, per pipe
 //! max_channels = 32                  # pipes served at once by one process
 //! open_timeout = 60                  # seconds to wait for HANA to open a pipe
 //! log_file = /usr/sap/HDB/HDB00/trace/strata-backint.log
 //! catalog = /usr/sap/HDB/home/.local/state/strata/catalog.db
 //! ```
+//!
+//! The writer keys (`compression_level`, `part_size`, `workers`,
+//! `parts_in_flight`, `segment_size`) are the `[writer]` keys of the Strata
+//! configuration, with the same meaning and the same types
+//! ([`strata_core::config::WriterSettings`]); sizes are written as there
+//! ([`ByteSize`]: `16MiB`, `4GiB`, `1048576`; every unit counts in powers of
+//! 1024, so `16MB` is `16MiB`). `parallel_parts`, this file's older name for
+//! `parts_in_flight`, is still accepted: the Backint log then notes once per
+//! run that it is deprecated.
+//!
+//! `config = PATH` reads a Strata configuration file through the loader
+//! `strata` uses ([`strata_core::config::CommonConfig`]): its `[vault]`,
+//! `[catalog]` and `[writer]` sections fill what the parameter file leaves
+//! unset, and engine sections (`[postgres.main]`) are left alone. A mistake
+//! in it is an error naming its line and column, as `strata` reports it.
 //!
 //! Unknown keys are errors, so that a typo never silently falls back to a
 //! default. Keys given in the parameter file override the Strata config.
@@ -26,25 +41,21 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use strata_core::config::{self, ByteSize, CommonConfig, WriterSettings};
 use strata_core::vault::VaultConfig;
 use strata_core::vault::writer::WriterConfig;
 use strata_core::{Error, Result};
+
+/// The deprecated name of `parts_in_flight`.
+const PARALLEL_PARTS: &str = "parallel_parts";
 
 /// Everything the parameter file configures.
 #[derive(Debug, Clone)]
 pub struct Params {
     /// The vault to write to and read from.
     pub vault: VaultConfig,
-    /// zstd level for parts, when set.
-    pub compression_level: Option<i32>,
-    /// Raw bytes per part, when set.
-    pub part_size: Option<u64>,
-    /// Parts in flight per pipe, when set.
-    pub parallel_parts: Option<usize>,
-    /// Compression workers, when set (0 = every core).
-    pub workers: Option<usize>,
-    /// Largest segment object, when set.
-    pub segment_size: Option<u64>,
+    /// The writer settings given (the Strata configuration's `[writer]`).
+    pub writer: WriterSettings,
     /// How many pipes one process serves at once.
     pub max_channels: usize,
     /// How long to wait for HANA to open a pipe.
@@ -53,21 +64,20 @@ pub struct Params {
     pub log_file: Option<PathBuf>,
     /// The local catalog index to record backups in (best effort).
     pub catalog: Option<PathBuf>,
+    /// One line per deprecated key the file used, for the Backint log.
+    pub deprecations: Vec<String>,
 }
 
 impl Default for Params {
     fn default() -> Self {
         Params {
             vault: VaultConfig::default(),
-            compression_level: None,
-            part_size: None,
-            parallel_parts: None,
-            workers: None,
-            segment_size: None,
+            writer: WriterSettings::default(),
             max_channels: 32,
             open_timeout: Duration::from_secs(60),
             log_file: None,
             catalog: None,
+            deprecations: Vec::new(),
         }
     }
 }
@@ -75,23 +85,7 @@ impl Default for Params {
 impl Params {
     /// The writer settings: defaults, overridden by what is configured.
     pub fn writer_config(&self) -> WriterConfig {
-        let mut config = WriterConfig::default();
-        if let Some(level) = self.compression_level {
-            config.compression_level = level;
-        }
-        if let Some(size) = self.part_size {
-            config.part_size = size as usize;
-        }
-        if let Some(n) = self.parallel_parts {
-            config.parts_in_flight = n;
-        }
-        if let Some(n) = self.workers {
-            config.workers = n;
-        }
-        if let Some(size) = self.segment_size {
-            config.segment_size = size;
-        }
-        config
+        self.writer.writer_config()
     }
 
     /// Reads and checks a parameter file.
@@ -111,7 +105,7 @@ impl Params {
         let mut params = Params::default();
         let mut options = BTreeMap::new();
         let mut config_file: Option<PathBuf> = None;
-        let mut seen = BTreeMap::new();
+        let mut seen: BTreeMap<String, (usize, String)> = BTreeMap::new();
         for (index, raw) in text.lines().enumerate() {
             let line_no = index + 1;
             let line = strip_comment(raw).trim();
@@ -126,10 +120,28 @@ impl Params {
             let Some((key, value)) = line.split_once('=') else {
                 return Err(bad(format!("`{line}` is not `key = value`")));
             };
-            let key = key.trim().to_ascii_lowercase();
+            let written = key.trim().to_ascii_lowercase();
             let value = unquote(value.trim());
-            if let Some(previous) = seen.insert(key.clone(), line_no) {
-                return Err(bad(format!("`{key}` is already set on line {previous}")));
+            // The deprecated name is the same setting: setting both is a repeat.
+            let key = if written == PARALLEL_PARTS {
+                params.deprecations.push(format!(
+                    "{origin} line {line_no}: `{PARALLEL_PARTS}` is deprecated; write `parts_in_flight = {value}` (the same setting, named as in the Strata configuration's [writer])"
+                ));
+                "parts_in_flight".to_owned()
+            } else {
+                written.clone()
+            };
+            if let Some((previous, as_written)) =
+                seen.insert(key.clone(), (line_no, written.clone()))
+            {
+                let alias = if as_written == written {
+                    String::new()
+                } else {
+                    format!(" as `{as_written}`")
+                };
+                return Err(bad(format!(
+                    "`{written}` is already set on line {previous}{alias}"
+                )));
             }
             if let Some(option) = key.strip_prefix("vault.") {
                 options.insert(option.to_owned(), value.to_owned());
@@ -147,15 +159,19 @@ impl Params {
                         .ok_or_else(|| {
                             bad(format!("compression_level `{value}` is not 1 to 22"))
                         })?;
-                    params.compression_level = Some(level);
+                    params.writer.compression_level = Some(level);
                 }
-                "part_size" => params.part_size = Some(parse_bytes(value).map_err(bad)?),
-                "segment_size" => params.segment_size = Some(parse_bytes(value).map_err(bad)?),
-                "parallel_parts" => {
-                    params.parallel_parts = Some(parse_count(&key, value).map_err(bad)?)
+                "part_size" => {
+                    params.writer.part_size = Some(parse_size(&key, value).map_err(bad)?)
+                }
+                "segment_size" => {
+                    params.writer.segment_size = Some(parse_size(&key, value).map_err(bad)?)
+                }
+                "parts_in_flight" => {
+                    params.writer.parts_in_flight = Some(parse_count(&written, value).map_err(bad)?)
                 }
                 "workers" => {
-                    params.workers = Some(
+                    params.writer.workers = Some(
                         value
                             .parse()
                             .map_err(|_| bad(format!("workers `{value}` is not a whole number")))?,
@@ -180,7 +196,7 @@ impl Params {
                     return Err(Error::config(format!(
                         "{origin} line {line_no}: unknown parameter `{other}`"
                     ))
-                    .hint("known parameters: vault, vault.<option>, config, key_file, compression_level, part_size, segment_size, parallel_parts, workers, max_channels, open_timeout, log_file, catalog"));
+                    .hint("known parameters: vault, vault.<option>, config, key_file, compression_level, part_size, segment_size, parts_in_flight, workers, max_channels, open_timeout, log_file, catalog"));
                 }
             }
         }
@@ -197,64 +213,25 @@ impl Params {
         Ok(params)
     }
 
-    /// Fills unset values from a Strata configuration file (TOML).
+    /// Fills unset values from a Strata configuration file (TOML), read as
+    /// `strata` reads it.
     fn merge_strata_config(&mut self, path: &Path) -> Result<()> {
-        let origin = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            Error::config(format!(
-                "cannot read the Strata configuration {origin}: {e}"
-            ))
-            .hint("fix `config =` in the parameter file, or name the vault with `vault =`")
+        let text = config::read_file(path).map_err(|e| {
+            e.hint("fix `config =` in the parameter file, or name the vault with `vault =`")
         })?;
-        let doc: toml::Table = toml::from_str(&text).map_err(|e| {
-            Error::config(format!(
-                "the Strata configuration {origin} is invalid: {}",
-                e.message().trim()
-            ))
-            .hint(format!("fix {origin}"))
-        })?;
-        let bad =
-            |what: &str| Error::config(format!("{origin}: {what}")).hint(format!("fix {origin}"));
-        if let Some(vault) = doc.get("vault") {
-            let config: VaultConfig = vault.clone().try_into().map_err(|e: toml::de::Error| {
-                bad(&format!("[vault] is invalid: {}", e.message()))
-            })?;
-            if self.vault.url.trim().is_empty() {
-                self.vault.url = config.url;
-            }
-            if self.vault.key_file.is_none() {
-                self.vault.key_file = config.key_file;
-            }
-            for (k, v) in config.options {
-                self.vault.options.entry(k).or_insert(v);
-            }
+        let common = CommonConfig::parse(&text, &path.display().to_string())?;
+        if self.vault.url.trim().is_empty() {
+            self.vault.url = common.vault.url;
         }
-        if let Some(writer) = doc.get("writer").and_then(|w| w.as_table()) {
-            let size = |key: &str| -> Result<Option<u64>> {
-                match writer.get(key) {
-                    None => Ok(None),
-                    Some(toml::Value::Integer(n)) if *n > 0 => Ok(Some(*n as u64)),
-                    Some(toml::Value::String(s)) => parse_bytes(s).map(Some).map_err(|m| bad(&m)),
-                    Some(other) => Err(bad(&format!("[writer] {key} = {other} is not a size"))),
-                }
-            };
-            let int = |key: &str| writer.get(key).and_then(|v| v.as_integer());
-            self.part_size = self.part_size.or(size("part_size")?);
-            self.segment_size = self.segment_size.or(size("segment_size")?);
-            self.compression_level = self
-                .compression_level
-                .or(int("compression_level").map(|n| n as i32));
-            self.workers = self.workers.or(int("workers").map(|n| n.max(0) as usize));
-            self.parallel_parts = self
-                .parallel_parts
-                .or(int("parts_in_flight").map(|n| n.max(1) as usize));
+        if self.vault.key_file.is_none() {
+            self.vault.key_file = common.vault.key_file;
         }
+        for (k, v) in common.vault.options {
+            self.vault.options.entry(k).or_insert(v);
+        }
+        self.writer = self.writer.or(&common.writer);
         if self.catalog.is_none() {
-            self.catalog = doc
-                .get("catalog")
-                .and_then(|c| c.get("path"))
-                .and_then(|p| p.as_str())
-                .map(PathBuf::from);
+            self.catalog = common.catalog.path;
         }
         Ok(())
     }
@@ -288,25 +265,14 @@ fn parse_count(key: &str, value: &str) -> std::result::Result<usize, String> {
         .ok_or_else(|| format!("{key} `{value}` is not a number from 1 to 1024"))
 }
 
-/// Parses `16MiB`, `4GiB`, `512k` or a plain byte count.
-pub fn parse_bytes(text: &str) -> std::result::Result<u64, String> {
-    let t = text.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (digits, unit) = t.split_at(split);
-    let number: u64 = digits
-        .parse()
-        .map_err(|_| format!("`{text}` is not a size (write 16MiB, 4GiB or 1048576)"))?;
-    let factor: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kb" | "kib" => 1 << 10,
-        "m" | "mb" | "mib" => 1 << 20,
-        "g" | "gb" | "gib" => 1 << 30,
-        other => return Err(format!("unknown size unit `{other}` in `{text}`")),
-    };
-    number
-        .checked_mul(factor)
-        .filter(|n| *n > 0)
-        .ok_or_else(|| format!("size `{text}` is out of range"))
+/// A size, as the Strata configuration writes it; zero is no size for a
+/// part or a segment.
+fn parse_size(key: &str, value: &str) -> std::result::Result<ByteSize, String> {
+    match value.parse::<ByteSize>() {
+        Ok(ByteSize(0)) => Err(format!("{key} `{value}` must be more than 0 bytes")),
+        Ok(size) => Ok(size),
+        Err(e) => Err(e.message().to_owned()),
+    }
 }
 
 #[cfg(test)]
@@ -330,7 +296,7 @@ mod tests {
         let p = Params::parse(text, "strata.utl").unwrap();
         assert_eq!(p.vault.url, "file:///var/lib/strata/vault");
         assert_eq!(p.vault.options["aws_region"], "eu-west-1");
-        assert_eq!(p.part_size, Some(8 << 20));
+        assert_eq!(p.writer.part_size, Some(ByteSize(8 << 20)));
         assert_eq!(p.max_channels, 4);
         assert_eq!(p.open_timeout, Duration::from_secs(30));
         assert_eq!(
@@ -373,9 +339,163 @@ mod tests {
         let p = Params::parse(&text, "p.utl").unwrap();
         assert_eq!(p.vault.url, "s3://b/p");
         assert_eq!(p.vault.options["aws_region"], "x");
-        assert_eq!(p.part_size, Some(4 << 20));
-        assert_eq!(p.workers, Some(2));
-        assert_eq!(p.compression_level, Some(9));
+        assert_eq!(p.writer.part_size, Some(ByteSize(4 << 20)));
+        assert_eq!(p.writer.workers, Some(2));
+        assert_eq!(p.writer.compression_level, Some(9));
         assert_eq!(p.catalog, Some(PathBuf::from("/tmp/c.db")));
+    }
+
+    #[test]
+    fn parallel_parts_is_a_deprecated_name_for_parts_in_flight() {
+        let p = Params::parse("vault = memory://x\nparts_in_flight = 6\n", "p.utl").unwrap();
+        assert_eq!(p.writer.parts_in_flight, Some(6));
+        assert_eq!(p.writer_config().parts_in_flight, 6);
+        assert!(p.deprecations.is_empty(), "{:?}", p.deprecations);
+
+        let p = Params::parse("vault = memory://x\n\nParallel_Parts = 6\n", "p.utl").unwrap();
+        assert_eq!(p.writer.parts_in_flight, Some(6));
+        assert_eq!(p.writer_config().parts_in_flight, 6);
+        assert_eq!(
+            p.deprecations,
+            [
+                "p.utl line 3: `parallel_parts` is deprecated; write `parts_in_flight = 6` (the same setting, named as in the Strata configuration's [writer])"
+            ]
+        );
+
+        let err = Params::parse(
+            "vault = memory://x\nparts_in_flight = 4\nparallel_parts = 6\n",
+            "p.utl",
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "p.utl line 3: `parallel_parts` is already set on line 2 as `parts_in_flight`"
+        );
+        let err = Params::parse("vault = memory://x\nparallel_parts = 0\n", "p.utl").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "p.utl line 2: parallel_parts `0` is not a number from 1 to 1024"
+        );
+    }
+
+    #[test]
+    fn sizes_are_the_strata_configuration_sizes() {
+        let p = Params::parse(
+            "vault = memory://x\npart_size = 512k\nsegment_size = 1TiB\n",
+            "p.utl",
+        )
+        .unwrap();
+        assert_eq!(p.writer.part_size, Some(ByteSize(512 << 10)));
+        assert_eq!(p.writer.segment_size, Some(ByteSize(1 << 40)));
+        assert_eq!(p.writer_config().segment_size, 1 << 40);
+        let p = Params::parse("vault = memory://x\npart_size = 16MB\n", "p.utl").unwrap();
+        assert_eq!(p.writer_config().part_size, 16 << 20);
+
+        for (value, message) in [
+            ("0", "part_size `0` must be more than 0 bytes"),
+            ("0MiB", "part_size `0MiB` must be more than 0 bytes"),
+            ("1.5GiB", "1536MiB"),
+            ("16 parsecs", "unknown size unit `parsecs`"),
+            ("big", "`big` is not a size (write 16MiB, 4GiB or 1048576)"),
+            ("99999999TiB", "too large"),
+        ] {
+            let err = Params::parse(
+                &format!("vault = memory://x\npart_size = {value}\n"),
+                "p.utl",
+            )
+            .unwrap_err();
+            assert!(err.to_string().starts_with("p.utl line 2: "), "{err}");
+            assert!(err.to_string().contains(message), "{value}: {err}");
+            assert!(
+                err.hint_text().unwrap().contains("line 2 of p.utl"),
+                "{err:?}"
+            );
+        }
+    }
+
+    /// The file `strata` reads, with an engine section hdbbackint has no use for.
+    const SHARED_CONFIG: &str = r#"
+[vault]
+url = "s3://b/p"
+key_file = "/etc/strata/vault.key"
+[vault.options]
+aws_region = "x"
+[catalog]
+path = "/tmp/c.db"
+[writer]
+part_size = "4MiB"
+parts_in_flight = 3
+segment_size = "2GiB"
+[postgres.main]
+connection = "host=/var/run/postgresql"
+data_directory = "/srv/pg"
+"#;
+
+    #[test]
+    fn the_strata_configuration_is_read_with_the_agents_types() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("strata.toml");
+        std::fs::write(&path, SHARED_CONFIG).unwrap();
+        let common = CommonConfig::load(&path).unwrap();
+
+        let p = Params::parse(&format!("config = {}\n", path.display()), "p.utl").unwrap();
+        assert_eq!(p.writer, common.writer);
+        assert_eq!(p.vault.url, "s3://b/p");
+        assert_eq!(
+            p.vault.key_file,
+            Some(PathBuf::from("/etc/strata/vault.key"))
+        );
+        assert_eq!(p.catalog, common.catalog.path);
+        let w = p.writer_config();
+        assert_eq!(w.part_size, 4 << 20);
+        assert_eq!(w.parts_in_flight, 3);
+        assert_eq!(w.segment_size, 2 << 30);
+
+        // The parameter file wins, key by key, whatever name it uses.
+        let text = format!(
+            "config = {}\nparallel_parts = 8\nvault.aws_region = y\n",
+            path.display()
+        );
+        let p = Params::parse(&text, "p.utl").unwrap();
+        assert_eq!(p.writer.parts_in_flight, Some(8));
+        assert_eq!(p.writer.part_size, Some(ByteSize(4 << 20)));
+        assert_eq!(p.vault.options["aws_region"], "y");
+        assert_eq!(p.deprecations.len(), 1);
+    }
+
+    #[test]
+    fn mistakes_in_the_strata_configuration_name_its_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("strata.toml");
+        // parallel_parts is the parameter file's old name only; the TOML
+        // [writer] section has always said parts_in_flight.
+        std::fs::write(
+            &path,
+            "[vault]\nurl = \"s3://b/p\"\n[writer]\nparallel_parts = 4\n",
+        )
+        .unwrap();
+        let err = Params::parse(&format!("config = {}\n", path.display()), "p.utl").unwrap_err();
+        let origin = path.display().to_string();
+        assert_eq!(err.kind(), strata_core::ErrorKind::Config);
+        assert!(
+            err.to_string().starts_with(&format!(
+                "the configuration {origin} is invalid at line 4, column 1: unknown field `parallel_parts`"
+            )),
+            "{err}"
+        );
+        assert!(
+            err.hint_text()
+                .unwrap()
+                .starts_with(&format!("fix line 4 of {origin}")),
+            "{err:?}"
+        );
+
+        let err = Params::parse("config = /nonexistent/strata.toml\n", "p.utl").unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("cannot read the configuration /nonexistent/strata.toml"),
+            "{err}"
+        );
+        assert!(err.hint_text().unwrap().contains("`vault =`"), "{err:?}");
     }
 }

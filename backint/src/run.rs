@@ -18,7 +18,7 @@ use crate::versions::VersionStore;
 pub const PRODUCT: &str = concat!("Strata hdbbackint ", env!("CARGO_PKG_VERSION"));
 
 /// The Strata configuration used when HANA passes no parameter file.
-const DEFAULT_STRATA_CONFIG: &str = "/etc/strata/strata.toml";
+const DEFAULT_STRATA_CONFIG: &str = strata_core::config::DEFAULT_PATH;
 
 /// The `#SOFTWAREID` line for a conversation in `version`.
 pub fn software_id(version: ApiVersion) -> OutputLine {
@@ -190,6 +190,9 @@ pub async fn run(invocation: Invocation) -> u8 {
         input.entries.len(),
         invocation.input,
     ));
+    for note in &params.deprecations {
+        log.log(note);
+    }
     if !invocation.ignored.is_empty() {
         log.log(format!("ignored options: {:?}", invocation.ignored));
     }

@@ -81,7 +81,7 @@ fn list_and_restore_plan_from_what_hdbbackint_stored() {
             "--target-database",
             "TGT",
             "--until",
-            "2999-01-01 00:00:00",
+            "2999-01-01 00:00:00+00",
         ])
         .run()
         .success()
@@ -106,11 +106,32 @@ fn list_and_restore_plan_from_what_hdbbackint_stored() {
             "--database",
             "SRC",
             "--until",
-            "2000-01-01 00:00:00",
+            "2000-01-01T00:00:00Z",
         ])
         .run()
         .failure(8)
         .stderr_contains("no data backup of SRC@QAS");
+
+    // A time without its zone is refused, never taken for UTC.
+    Strata::new()
+        .arg("--vault")
+        .arg(vault.url())
+        .arg("--catalog")
+        .arg(&catalog_db)
+        .args([
+            "restore",
+            "hana",
+            "--sid",
+            "QAS",
+            "--database",
+            "SRC",
+            "--until",
+            "2999-01-01 00:00:00",
+        ])
+        .run()
+        .failure(3)
+        .stderr_contains("`2999-01-01 00:00:00` has no time zone")
+        .stderr_contains("write '2999-01-01 00:00:00+00' for UTC");
 }
 
 #[test]
@@ -141,4 +162,76 @@ fn hana_check_names_what_global_ini_lacks() {
         text.contains("ok      backup.log_backup_using_backint"),
         "{text}"
     );
+}
+
+#[test]
+fn hdbbackint_and_strata_share_one_configuration_file() {
+    let host = HanaHost::new();
+    let vault = TestVault::new();
+    let catalog_db = host.root().join("catalog.db");
+    // The file `strata` reads, engine section included: hdbbackint takes
+    // its [vault], [writer] and [catalog] and leaves [postgres.main] alone.
+    let config = host.root().join("strata.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[vault]\nurl = \"{}\"\n[catalog]\npath = \"{}\"\n[writer]\npart_size = \"64KiB\"\nparts_in_flight = 2\n\
+             [postgres.main]\nconnection = \"host=/tmp port=5432\"\ndata_directory = \"/srv/pg\"\n",
+            vault.url(),
+            catalog_db.display()
+        ),
+    )
+    .unwrap();
+    // An existing parameter file that still says parallel_parts keeps working.
+    let log_file = host.root().join("strata-backint.log");
+    let par = host.param_file(
+        "HDB",
+        "data.utl",
+        &format!(
+            "config = {}\nparallel_parts = 3\nlog_file = {}\n",
+            config.display(),
+            log_file.display()
+        ),
+    );
+    let dir = host.backint_dir("HDB", "DB_HDB");
+    let data = dir.join("COMPLETE_DATA_BACKUP_databackup_0_1");
+    mkfifo(&data);
+    let agent = BackintCall::new("backup", "HDB")
+        .user("HDB@HDB")
+        .params(&par)
+        .backup_id("1763772000000")
+        .count(1)
+        .level("COMPLETE")
+        .pipe(&data)
+        .spawn(&host);
+    let f = feed_pipe(&data, 300_000, 7, Duration::from_secs(60));
+    agent.finish(AGENT_TIMEOUT).assert_exit(0);
+    f.join().unwrap().unwrap();
+
+    let log = std::fs::read_to_string(&log_file).unwrap();
+    let notes: Vec<&str> = log.lines().filter(|l| l.contains("deprecated")).collect();
+    assert_eq!(notes.len(), 1, "{log}");
+    assert!(
+        notes[0].ends_with(&format!(
+            "{} line 2: `parallel_parts` is deprecated; write `parts_in_flight = 3` (the same setting, named as in the Strata configuration's [writer])",
+            par.display()
+        )),
+        "{log}"
+    );
+    // 300,000 bytes in parts of the configured 64 KiB: five, not one of 16 MiB.
+    let manifests = vault.manifests();
+    assert_eq!(manifests.len(), 1);
+    assert_eq!(manifests[0].raw_size(), 300_000);
+    assert_eq!(manifests[0].streams[0].part_count(), 5);
+
+    // strata reads the same file, with the index hdbbackint recorded in.
+    let listed = Strata::new()
+        .arg("--config")
+        .arg(&config)
+        .args(["--json", "list", "hana", "HDB"])
+        .run()
+        .success()
+        .stdout_text();
+    assert!(listed.contains("\"full\""), "{listed}");
+    assert!(catalog_db.is_file(), "hdbbackint records in [catalog] path");
 }

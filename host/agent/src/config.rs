@@ -17,15 +17,22 @@
 //! parts_in_flight = 4
 //! segment_size = "4GiB"
 //! ```
+//!
+//! The common sections, their types and the loader are strata-core's
+//! ([`strata_core::config`]), shared with `hdbbackint`; this type adds the
+//! engine sections and, unlike core's `CommonConfig`, refuses any top-level
+//! key it does not know.
 
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+pub use strata_core::config::ByteSize;
+use strata_core::config::{CatalogConfig, WriterSettings};
 use strata_core::vault::VaultConfig;
-use strata_core::{Error, Result};
+use strata_core::{Result, config};
 
 /// The default configuration file.
-pub const DEFAULT_CONFIG: &str = "/etc/strata/strata.toml";
+pub const DEFAULT_CONFIG: &str = config::DEFAULT_PATH;
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -45,135 +52,25 @@ pub struct Config {
     pub postgres: std::collections::BTreeMap<String, strata_postgres::ClusterConfig>,
 }
 
-/// The `[catalog]` section.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CatalogConfig {
-    /// The SQLite index file; defaults to `/var/lib/strata/catalog.db` for
-    /// root and `~/.local/state/strata/catalog.db` for other users.
-    pub path: Option<PathBuf>,
-}
-
-/// The `[writer]` section; every field is optional.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct WriterSettings {
-    /// Raw bytes per part (`"16MiB"`).
-    pub part_size: Option<ByteSize>,
-    /// zstd level (1-19).
-    pub compression_level: Option<i32>,
-    /// Compression threads; 0 = every core.
-    pub workers: Option<usize>,
-    /// Uploads in flight per stream.
-    pub parts_in_flight: Option<usize>,
-    /// Largest segment object (`"4GiB"`).
-    pub segment_size: Option<ByteSize>,
-}
-
-/// A byte count written as an integer or with a unit (`"16MiB"`, `"4GiB"`, `"512k"`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ByteSize(pub u64);
-
-impl std::str::FromStr for ByteSize {
-    type Err = Error;
-    fn from_str(text: &str) -> Result<Self> {
-        let t = text.trim();
-        let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-        let (digits, unit) = t.split_at(split);
-        let number: u64 = digits.parse().map_err(|_| {
-            Error::config(format!("`{text}` is not a size"))
-                .hint("write sizes like 16MiB, 4GiB or 1048576")
-        })?;
-        let factor: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-            "" | "b" => 1,
-            "k" | "kb" | "kib" => 1 << 10,
-            "m" | "mb" | "mib" => 1 << 20,
-            "g" | "gb" | "gib" => 1 << 30,
-            "t" | "tb" | "tib" => 1 << 40,
-            other => {
-                return Err(
-                    Error::config(format!("unknown size unit `{other}` in `{text}`"))
-                        .hint("use KiB, MiB, GiB or TiB"),
-                );
-            }
-        };
-        number
-            .checked_mul(factor)
-            .map(ByteSize)
-            .ok_or_else(|| Error::config(format!("size `{text}` is too large")))
-    }
-}
-
-impl<'de> Deserialize<'de> for ByteSize {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Number(u64),
-            Text(String),
-        }
-        match Raw::deserialize(d)? {
-            Raw::Number(n) => Ok(ByteSize(n)),
-            Raw::Text(t) => t
-                .parse()
-                .map_err(|e: Error| serde::de::Error::custom(e.to_string())),
-        }
-    }
-}
-
 impl Config {
     /// Reads a configuration file. A missing file is an error naming it.
     pub fn load(path: &Path) -> Result<Config> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            Error::config(format!(
-                "cannot read the configuration {}: {e}",
-                path.display()
-            ))
-            .hint("pass --config PATH, or --vault URL to work without a configuration file")
+        let text = config::read_file(path).map_err(|e| {
+            e.hint("pass --config PATH, or --vault URL to work without a configuration file")
         })?;
         Self::parse(&text, &path.display().to_string())
     }
 
-    /// Parses configuration text; `origin` names it in errors.
+    /// Parses configuration text; `origin` names it in errors, with the line
+    /// and column of a mistake.
     pub fn parse(text: &str, origin: &str) -> Result<Config> {
-        toml::from_str(text).map_err(|e| {
-            Error::config(format!(
-                "the configuration {origin} is invalid: {}",
-                e.message().trim()
-            ))
-            .hint(match e.span() {
-                Some(span) => {
-                    let line = text[..span.start.min(text.len())].lines().count().max(1);
-                    format!("fix line {line} of {origin}")
-                }
-                None => format!("fix {origin}"),
-            })
-        })
+        config::parse(text, origin)
     }
 
     /// The catalog index path (configured, or the default for this user).
     pub fn catalog_path(&self) -> PathBuf {
-        if let Some(path) = &self.catalog.path {
-            return path.clone();
-        }
-        let home = std::env::var_os("HOME").map(PathBuf::from);
-        match home {
-            Some(home) if !is_root() => home.join(".local/state/strata/catalog.db"),
-            _ => PathBuf::from("/var/lib/strata/catalog.db"),
-        }
+        self.catalog.index_path()
     }
-}
-
-fn is_root() -> bool {
-    // The effective user is root when /proc/self/status says Uid 0; avoids unsafe libc calls.
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(2).map(|uid| uid == "0"))
-        })
-        .unwrap_or(false)
 }
 
 #[cfg(test)]
@@ -218,5 +115,72 @@ mod tests {
         assert_eq!(config.writer.part_size, Some(ByteSize(8 << 20)));
         assert_eq!(config.writer.segment_size, Some(ByteSize(1 << 30)));
         assert_eq!(config.catalog_path(), PathBuf::from("/tmp/c.db"));
+    }
+
+    #[test]
+    fn unknown_sections_and_keys_are_refused_with_their_line() {
+        let text = "[vault]\nurl = \"file:///v\"\n\n[postgress.main]\nconnection = \"x\"\n";
+        let err = Config::parse(text, "/etc/strata/strata.toml").unwrap_err();
+        assert_eq!(err.kind(), strata_core::ErrorKind::Config);
+        assert!(
+            err.to_string().starts_with(
+                "the configuration /etc/strata/strata.toml is invalid at line 4, column 2: unknown field `postgress`"
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains("`postgres`"), "{err}");
+        assert!(
+            err.hint_text()
+                .unwrap()
+                .starts_with("fix line 4 of /etc/strata/strata.toml"),
+            "{err:?}"
+        );
+        let err = Config::parse("[writer]\nparallel_parts = 4\n", "s.toml").unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("line 2, column 1: unknown field `parallel_parts`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_missing_file_says_how_to_do_without() {
+        let err = Config::load(Path::new("/nonexistent/strata.toml")).unwrap_err();
+        assert!(
+            err.to_string().contains("/nonexistent/strata.toml"),
+            "{err}"
+        );
+        assert!(err.hint_text().unwrap().contains("--vault URL"), "{err:?}");
+    }
+
+    #[test]
+    fn hdbbackint_reads_the_same_file_the_same_way() {
+        // What `config = /etc/strata/strata.toml` in a Backint parameter file
+        // reads: the common sections through the same types, the engine
+        // sections left to this binary.
+        let text = r#"
+            [vault]
+            url = "s3://bucket/prefix"
+            [vault.options]
+            aws_region = "eu-west-1"
+            [catalog]
+            path = "/tmp/c.db"
+            [writer]
+            part_size = "8MiB"
+            parts_in_flight = 2
+            segment_size = "1TiB"
+            [postgres.main]
+            connection = "host=/tmp port=5432"
+            data_directory = "/srv/pg"
+        "#;
+        let agent = Config::parse(text, "t").unwrap();
+        let common = strata_core::config::CommonConfig::parse(text, "t").unwrap();
+        assert_eq!(agent.vault.url, common.vault.url);
+        assert_eq!(agent.vault.options, common.vault.options);
+        assert_eq!(agent.catalog, common.catalog);
+        assert_eq!(agent.writer, common.writer);
+        assert_eq!(agent.writer.segment_size, Some(ByteSize(1 << 40)));
+        assert_eq!(common.engine_sections, ["postgres"]);
+        assert!(agent.postgres.contains_key("main"));
     }
 }

@@ -17,6 +17,11 @@ use crate::progress::Bar;
 pub struct Context {
     /// The effective configuration (file plus command-line overrides).
     pub config: Config,
+    /// The configuration file `config` was read from (`--config`,
+    /// `STRATA_CONFIG`, or the default file when it exists); `None` when
+    /// there was none. Commands that write a command line for an engine
+    /// (`archive_command`) pass it on.
+    pub config_path: Option<PathBuf>,
     /// Machine-readable output requested (`--json`).
     pub json: bool,
     /// No progress bars or chatter (`--quiet`).
@@ -63,24 +68,7 @@ impl Context {
 
     /// Writer settings from the configuration.
     pub fn writer_config(&self) -> WriterConfig {
-        let mut config = WriterConfig::default();
-        let w = &self.config.writer;
-        if let Some(size) = w.part_size {
-            config.part_size = size.0 as usize;
-        }
-        if let Some(level) = w.compression_level {
-            config.compression_level = level;
-        }
-        if let Some(workers) = w.workers {
-            config.workers = workers;
-        }
-        if let Some(n) = w.parts_in_flight {
-            config.parts_in_flight = n;
-        }
-        if let Some(size) = w.segment_size {
-            config.segment_size = size.0;
-        }
-        config
+        self.config.writer.writer_config()
     }
 
     /// Reader settings.

@@ -5,9 +5,10 @@
 //! backup over SQL, and plan (or run) a recovery from what the vault holds.
 //! `strata list hana` lists what hdbbackint stored.
 
-use chrono::{DateTime, NaiveDateTime, Utc};
+use chrono::Utc;
 use clap::{Args, Subcommand, ValueEnum};
 use strata_core::catalog::manifest::BackupKind;
+use strata_core::time::parse_time;
 use strata_core::vault::layout;
 use strata_core::{Error, Result};
 use strata_hana::client::{self, HanaUrl};
@@ -92,7 +93,7 @@ pub struct RestoreHanaArgs {
     /// The database whose backups to use: SYSTEMDB or a tenant.
     #[arg(long)]
     pub database: String,
-    /// Recover to this UTC time (`2026-11-22 01:00:00` or RFC 3339); default: now.
+    /// Recover to this time, with its zone (`'2026-11-22 01:00:00+00'` or RFC 3339); default: now.
     #[arg(long, value_name = "TIME")]
     pub until: Option<String>,
     /// Recover into this SID (a system copy); default: the same.
@@ -211,18 +212,6 @@ pub async fn backup(args: BackupHanaArgs, ctx: &Context) -> Result<()> {
         );
     }
     Ok(())
-}
-
-fn parse_time(text: &str) -> Result<DateTime<Utc>> {
-    if let Ok(t) = DateTime::parse_from_rfc3339(text) {
-        return Ok(t.with_timezone(&Utc));
-    }
-    NaiveDateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S")
-        .map(|t| t.and_utc())
-        .map_err(|_| {
-            Error::config(format!("`{text}` is not a time"))
-                .hint("write UTC times as '2026-11-22 01:00:00' or 2026-11-22T01:00:00Z")
-        })
 }
 
 /// Runs `strata restore hana`: checks that the vault holds a data backup

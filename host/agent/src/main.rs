@@ -141,12 +141,19 @@ fn init_logging(verbose: u8) {
     }
 }
 
-fn load_config(cli: &Cli) -> Result<Config> {
-    let mut config = match &cli.config {
+/// The configuration file to read: `--config` (or `STRATA_CONFIG`), else
+/// the default file when it exists.
+fn config_path(cli: &Cli) -> Option<PathBuf> {
+    cli.config.clone().or_else(|| {
+        std::path::Path::new(DEFAULT_CONFIG)
+            .exists()
+            .then(|| PathBuf::from(DEFAULT_CONFIG))
+    })
+}
+
+fn load_config(cli: &Cli, path: Option<&std::path::Path>) -> Result<Config> {
+    let mut config = match path {
         Some(path) => Config::load(path)?,
-        None if std::path::Path::new(DEFAULT_CONFIG).exists() => {
-            Config::load(std::path::Path::new(DEFAULT_CONFIG))?
-        }
         None => Config::default(),
     };
     if let Some(url) = &cli.vault {
@@ -162,9 +169,11 @@ fn load_config(cli: &Cli) -> Result<Config> {
 }
 
 async fn run(cli: Cli) -> Result<()> {
-    let config = load_config(&cli)?;
+    let config_path = config_path(&cli);
+    let config = load_config(&cli, config_path.as_deref())?;
     let ctx = Context {
         config,
+        config_path,
         json: cli.json,
         quiet: cli.quiet,
     };

@@ -9,6 +9,7 @@ use chrono::{DateTime, Utc};
 use clap::{Args, Subcommand};
 use serde::Serialize;
 use strata_core::catalog::manifest::BackupKind;
+use strata_core::time::parse_time;
 use strata_core::vault::reader::VaultRestoreSource;
 use strata_core::vault::writer::{BackupTarget, BackupWriter, BackupOutcome, ProgressSink};
 use strata_core::{Error, ErrorKind, Result};
@@ -75,8 +76,8 @@ pub struct PgBackupArgs {
 pub struct PgRestoreArgs {
     /// The cluster's name (`[postgres.<name>]` in the config).
     pub name: String,
-    /// Restore to this time: RFC 3339 (2026-11-22T01:02:03.5Z) or PostgreSQL's
-    /// form (2026-11-22 01:02:03.5+00).
+    /// Restore to this time, with its zone: RFC 3339 (2026-11-22T01:02:03.5Z)
+    /// or PostgreSQL's form (2026-11-22 01:02:03.5+00, +05:30, +0530, UTC).
     #[arg(long, value_name = "TIME")]
     pub to_time: Option<String>,
     /// Restore to this LSN (0/3000060).
@@ -135,27 +136,6 @@ fn cluster<'a>(ctx: &'a Context, name: &str) -> Result<&'a ClusterConfig> {
     Ok(cluster)
 }
 
-/// The configuration file this process was started with, if any.
-fn config_path() -> Option<PathBuf> {
-    let mut args = std::env::args_os().skip(1);
-    while let Some(arg) = args.next() {
-        let text = arg.to_string_lossy();
-        if text == "--config" {
-            return args.next().map(PathBuf::from);
-        }
-        if let Some(path) = text.strip_prefix("--config=") {
-            return Some(PathBuf::from(path));
-        }
-    }
-    std::env::var_os("STRATA_CONFIG")
-        .map(PathBuf::from)
-        .or_else(|| {
-            Path::new(crate::config::DEFAULT_CONFIG)
-                .exists()
-                .then(|| PathBuf::from(crate::config::DEFAULT_CONFIG))
-        })
-}
-
 fn shell_word(text: &str) -> String {
     if text
         .bytes()
@@ -180,8 +160,8 @@ fn strata_invocation(ctx: &Context) -> String {
         .map(|p| p.display().to_string())
         .unwrap_or_else(|| "strata".to_owned());
     let mut words = vec![shell_word(&exe)];
-    if let Some(config) = config_path() {
-        let config = config.canonicalize().unwrap_or(config);
+    if let Some(config) = &ctx.config_path {
+        let config = config.canonicalize().unwrap_or_else(|_| config.clone());
         words.push("--config".into());
         words.push(shell_word(&config.display().to_string()));
     }
@@ -463,29 +443,6 @@ fn warn_damaged_pages(report: &strata_postgres::pages::PageReport) {
          find the damaged relations with `pg_amcheck` or `SELECT pg_relation_filepath(...)`, \
          and recover them from a backup taken before the damage"
     );
-}
-
-/// Parses a restore time: RFC 3339 or PostgreSQL's `YYYY-MM-DD HH:MM:SS[.f][+TZ]`.
-pub fn parse_time(text: &str) -> Result<DateTime<Utc>> {
-    let trimmed = text.trim();
-    let mut candidate = trimmed.replacen(' ', "T", 1);
-    // PostgreSQL prints offsets as +00 or +05:30; RFC 3339 wants +00:00.
-    if let Some(pos) = candidate.rfind(['+', '-']).filter(|p| *p > 10) {
-        let offset = &candidate[pos + 1..];
-        if offset.len() == 2 && offset.bytes().all(|b| b.is_ascii_digit()) {
-            candidate.push_str(":00");
-        }
-    }
-    if !candidate.ends_with('Z') && candidate.rfind(['+', '-']).is_none_or(|p| p <= 10) {
-        return Err(Error::config(format!("`{text}` has no time zone"))
-            .hint("add one, e.g. 2026-11-22T01:02:03Z or '2026-11-22 01:02:03+00'"));
-    }
-    DateTime::parse_from_rfc3339(&candidate)
-        .map(|t| t.with_timezone(&Utc))
-        .map_err(|e| {
-            Error::config(format!("`{text}` is not a time: {e}"))
-                .hint("write 2026-11-22T01:02:03.5Z or '2026-11-22 01:02:03.5+00'")
-        })
 }
 
 /// Runs `strata restore pg NAME ...`.

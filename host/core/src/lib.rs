@@ -19,13 +19,18 @@
 //!    [`catalog::planner`] which backups restore a point in time, and which
 //!    windows of time are restorable at all.
 //!
-//! Engines plug in through the contract in [`plugin`].
+//! Engines plug in through the contract in [`plugin`]. Every Strata program
+//! reads the same configuration file through [`config`] (the `[vault]`,
+//! `[catalog]` and `[writer]` sections, sizes such as `16MiB`), and every
+//! point in time an operator types goes through [`time::parse_time`].
 
 pub mod catalog;
+pub mod config;
 pub mod crypto;
 pub mod error;
 pub mod lifecycle;
 pub mod plugin;
+pub mod time;
 pub mod vault;
 
 pub use error::{Error, ErrorKind, Result};
