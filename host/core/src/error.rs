@@ -250,7 +250,11 @@ impl Error {
 
     /// Like [`Error::io_at`], worded `"<what> <path>: <OS error>"`, for
     /// example `cannot create /srv/pg: Permission denied (os error 13)`.
-    pub fn io_doing_at(what: impl fmt::Display, path: impl AsRef<Path>, err: std::io::Error) -> Self {
+    pub fn io_doing_at(
+        what: impl fmt::Display,
+        path: impl AsRef<Path>,
+        err: std::io::Error,
+    ) -> Self {
         let path = path.as_ref();
         Self::from_io(format!("{what} {}", path.display()), Some(path), err)
     }
@@ -504,11 +508,15 @@ impl From<std::io::Error> for Error {
 }
 
 /// What the source chain of an object-store error says about retrying it,
-/// and a hint it implies; `None` when the chain does not say.
-fn classify_storage_chain(err: &object_store::Error) -> Option<(bool, Option<String>)> {
+/// and the hints it implies; `None` when the chain does not say.
+fn classify_storage_chain(err: &object_store::Error) -> Option<(bool, Vec<String>)> {
     use object_store::client::{HttpError, HttpErrorKind};
     let mut current: Option<&(dyn std::error::Error + 'static)> = Some(err);
     while let Some(error) = current {
+        // A store of ours (the durable local store) that already decided.
+        if let Some(ours) = error.downcast_ref::<Error>() {
+            return Some((ours.is_retryable(), ours.hints().to_vec()));
+        }
         if let Some(http) = error.downcast_ref::<HttpError>() {
             let retryable = matches!(
                 http.kind(),
@@ -518,27 +526,27 @@ fn classify_storage_chain(err: &object_store::Error) -> Option<(bool, Option<Str
                     | HttpErrorKind::Interrupted
                     | HttpErrorKind::Decode
             );
-            return Some((retryable, None));
+            return Some((retryable, Vec::new()));
         }
         if let Some(io) = error.downcast_ref::<std::io::Error>() {
-            return Some((io_is_retryable(io.kind()), io_hint(io, None)));
+            return Some((
+                io_is_retryable(io.kind()),
+                io_hint(io, None).into_iter().collect(),
+            ));
         }
         // object_store's retry error (which carries the HTTP status) is not
         // public in 0.14; its text is the only way to read the status.
         let text = error.to_string();
         if let Some(status) = http_status_in(&text) {
-            return Some((
-                status >= 500 || status == 429 || status == 408,
-                None,
-            ));
+            return Some((status >= 500 || status == 429 || status == 408, Vec::new()));
         }
         // S3 can answer 200 with an error in the body; object_store retries
         // those as it retries a 5xx.
         if text.contains("Server returned error response") {
-            return Some((true, None));
+            return Some((true, Vec::new()));
         }
         if text.contains("Received redirect without LOCATION") {
-            return Some((false, None));
+            return Some((false, Vec::new()));
         }
         current = error.source();
     }
@@ -592,17 +600,18 @@ impl From<object_store::Error> for Error {
                 .hint("check the vault URL and its options")
                 .with_source(err),
             _ => {
-                let (retryable, hint) = classify_storage_chain(&err).unwrap_or((true, None));
-                let error = Error::storage("object storage request failed").retryable(retryable);
-                let error = match hint {
-                    Some(hint) => error.hint(hint),
-                    None if retryable => {
-                        error.hint("check that the vault is reachable; the operation can be retried")
-                    }
-                    None => error.hint(
+                let (retryable, hints) = classify_storage_chain(&err).unwrap_or((true, Vec::new()));
+                let mut error = Error::storage("object storage request failed").retryable(retryable);
+                if hints.is_empty() && retryable {
+                    error = error.hint("check that the vault is reachable; the operation can be retried");
+                } else if hints.is_empty() {
+                    error = error.hint(
                         "check the vault URL, its options and the credentials; the same request would fail again",
-                    ),
-                };
+                    );
+                }
+                for hint in hints {
+                    error = error.hint(hint);
+                }
                 error.with_source(err)
             }
         }
@@ -769,13 +778,22 @@ mod tests {
         assert_eq!(source.raw_os_error(), Some(28));
 
         let err = Error::io_doing_at("writing", "/srv/q", os_error(122));
-        assert_eq!(err.to_string(), "writing /srv/q: Disk quota exceeded (os error 122)");
+        assert_eq!(
+            err.to_string(),
+            "writing /srv/q: Disk quota exceeded (os error 122)"
+        );
         assert!(!err.is_retryable());
-        assert!(err.hint_text().unwrap().contains("/srv/q's file system"), "{err:?}");
+        assert!(
+            err.hint_text().unwrap().contains("/srv/q's file system"),
+            "{err:?}"
+        );
         assert!(err.hint_text().unwrap().contains("quota"), "{err:?}");
 
         let err = Error::from(os_error(28));
-        assert_eq!(err.to_string(), "I/O error: No space left on device (os error 28)");
+        assert_eq!(
+            err.to_string(),
+            "I/O error: No space left on device (os error 28)"
+        );
         assert_eq!(err.hints(), ["free space on the file system being written"]);
     }
 
@@ -839,6 +857,22 @@ mod tests {
 
     impl std::error::Error for StatusText {}
 
+    /// A provider's error (such as S3's) around the failure that caused it.
+    #[derive(Debug)]
+    struct Provider<E>(E);
+
+    impl<E: std::error::Error> fmt::Display for Provider<E> {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            write!(f, "Error performing request: {}", self.0)
+        }
+    }
+
+    impl<E: std::error::Error + 'static> std::error::Error for Provider<E> {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
     fn generic(source: impl std::error::Error + Send + Sync + 'static) -> object_store::Error {
         object_store::Error::Generic {
             store: "S3",
@@ -849,23 +883,54 @@ mod tests {
     #[test]
     fn object_store_statuses_decide_retry() {
         for (text, retryable) in [
-            ("Error performing PUT http://s3/b/k in 1s, after 10 retries, max_retries: 10, retry_timeout: 180s  - Server returned non-2xx status code: 503 Service Unavailable: slow down", true),
-            ("Error performing GET http://s3/b/k in 1s - Server returned non-2xx status code: 500 Internal Server Error: ", true),
-            ("Error performing GET http://s3/b/k in 1s - Server returned non-2xx status code: 429 Too Many Requests: ", true),
-            ("Error performing GET http://s3/b/k in 1s - Server returned non-2xx status code: 408 Request Timeout: ", true),
-            ("Error performing POST http://s3/b/k in 1s - Server returned error response: <Error><Code>InternalError</Code></Error>", true),
-            ("Error performing PUT http://s3/b/k in 1s - Server returned non-2xx status code: 400 Bad Request: EntityTooLarge", false),
-            ("Error performing GET http://s3/b/k in 1s - Received redirect without LOCATION, this normally indicates an incorrectly configured region", false),
+            (
+                "Error performing PUT http://s3/b/k in 1s, after 10 retries, max_retries: 10, retry_timeout: 180s  - Server returned non-2xx status code: 503 Service Unavailable: slow down",
+                true,
+            ),
+            (
+                "Error performing GET http://s3/b/k in 1s - Server returned non-2xx status code: 500 Internal Server Error: ",
+                true,
+            ),
+            (
+                "Error performing GET http://s3/b/k in 1s - Server returned non-2xx status code: 429 Too Many Requests: ",
+                true,
+            ),
+            (
+                "Error performing GET http://s3/b/k in 1s - Server returned non-2xx status code: 408 Request Timeout: ",
+                true,
+            ),
+            (
+                "Error performing POST http://s3/b/k in 1s - Server returned error response: <Error><Code>InternalError</Code></Error>",
+                true,
+            ),
+            (
+                "Error performing PUT http://s3/b/k in 1s - Server returned non-2xx status code: 400 Bad Request: EntityTooLarge",
+                false,
+            ),
+            (
+                "Error performing GET http://s3/b/k in 1s - Received redirect without LOCATION, this normally indicates an incorrectly configured region",
+                false,
+            ),
         ] {
             let err = Error::from(generic(StatusText(text)));
             assert_eq!(err.kind(), ErrorKind::Storage, "{text}");
             assert_eq!(err.is_retryable(), retryable, "{text}");
-            assert!(err.to_string().starts_with("object storage request failed: Generic S3 error: "), "{err}");
+            assert!(
+                err.to_string()
+                    .starts_with("object storage request failed: Generic S3 error: "),
+                "{err}"
+            );
             assert_eq!(err.hints().len(), 1, "{err:?}");
             if retryable {
-                assert!(err.hint_text().unwrap().contains("can be retried"), "{err:?}");
+                assert!(
+                    err.hint_text().unwrap().contains("can be retried"),
+                    "{err:?}"
+                );
             } else {
-                assert!(err.hint_text().unwrap().contains("would fail again"), "{err:?}");
+                assert!(
+                    err.hint_text().unwrap().contains("would fail again"),
+                    "{err:?}"
+                );
             }
         }
     }
@@ -882,8 +947,7 @@ mod tests {
             (H::Unknown, false),
         ] {
             // As object_store nests it: a provider error around the HTTP error.
-            let wrapped = Error::storage("provider").with_source(HttpError::new(kind, StatusText("tls")));
-            let err = Error::from(generic(wrapped));
+            let err = Error::from(generic(Provider(HttpError::new(kind, StatusText("tls")))));
             assert_eq!(err.kind(), ErrorKind::Storage);
             assert_eq!(err.is_retryable(), retryable, "{kind:?}");
         }
@@ -900,10 +964,30 @@ mod tests {
         };
         let err = Error::from(local(os_error(28)));
         assert!(!err.is_retryable());
-        assert_eq!(err.hints(), ["free space on the file system being written"]);
-        assert!(err.to_string().contains("/vault/data/x: No space left on device"), "{err}");
+        assert_eq!(err.hints(), ["free space on /vault/data/x's file system"]);
+        assert!(
+            err.to_string()
+                .contains("/vault/data/x: No space left on device"),
+            "{err}"
+        );
         let err = Error::from(local(io::Error::from(io::ErrorKind::Interrupted)));
         assert!(err.is_retryable());
+        // object_store's own local store puts the io::Error in the chain.
+        let err = Error::from(object_store::Error::Generic {
+            store: "LocalFileSystem",
+            source: Box::new(os_error(28)),
+        });
+        assert!(!err.is_retryable());
+        assert_eq!(err.hints(), ["free space on the file system being written"]);
+        let err = Error::from(object_store::Error::Generic {
+            store: "LocalFileSystem",
+            source: Box::new(io::Error::from(io::ErrorKind::PermissionDenied)),
+        });
+        assert!(!err.is_retryable());
+        assert!(
+            err.hint_text().unwrap().contains("would fail again"),
+            "{err:?}"
+        );
     }
 
     #[test]
@@ -911,42 +995,65 @@ mod tests {
         use object_store::Error as E;
         let cases: Vec<(E, ErrorKind, &str)> = vec![
             (
-                E::NotFound { path: "a/b".into(), source: "404".into() },
+                E::NotFound {
+                    path: "a/b".into(),
+                    source: "404".into(),
+                },
                 ErrorKind::NotFound,
                 "object a/b not found: Object at location a/b not found: 404",
             ),
             (
-                E::AlreadyExists { path: "a/b".into(), source: "409".into() },
+                E::AlreadyExists {
+                    path: "a/b".into(),
+                    source: "409".into(),
+                },
                 ErrorKind::Conflict,
                 "object a/b already exists: Object at location a/b already exists: 409",
             ),
             (
-                E::Precondition { path: "a/b".into(), source: "412".into() },
+                E::Precondition {
+                    path: "a/b".into(),
+                    source: "412".into(),
+                },
                 ErrorKind::Conflict,
                 "object a/b changed concurrently: Request precondition failure for path a/b: 412",
             ),
             (
-                E::PermissionDenied { path: "a/b".into(), source: "403".into() },
+                E::PermissionDenied {
+                    path: "a/b".into(),
+                    source: "403".into(),
+                },
                 ErrorKind::Storage,
                 "access to a/b was denied: The operation lacked the necessary privileges to complete for path a/b: 403",
             ),
             (
-                E::Unauthenticated { path: "a/b".into(), source: "401".into() },
+                E::Unauthenticated {
+                    path: "a/b".into(),
+                    source: "401".into(),
+                },
                 ErrorKind::Storage,
                 "access to a/b was denied: The operation lacked valid authentication credentials for path a/b: 401",
             ),
             (
-                E::NotSupported { source: "no".into() },
+                E::NotSupported {
+                    source: "no".into(),
+                },
                 ErrorKind::Storage,
                 "the object store does not support an operation Strata needs: Operation not supported: no",
             ),
             (
-                E::NotImplemented { operation: "copy".into(), implementer: "X".into() },
+                E::NotImplemented {
+                    operation: "copy".into(),
+                    implementer: "X".into(),
+                },
                 ErrorKind::Storage,
                 "the object store does not support an operation Strata needs: Operation copy not yet implemented by X.",
             ),
             (
-                E::UnknownConfigurationKey { store: "S3", key: "k".into() },
+                E::UnknownConfigurationKey {
+                    store: "S3",
+                    key: "k".into(),
+                },
                 ErrorKind::Storage,
                 "object storage request failed: Configuration key: 'k' is not valid for store 'S3'.",
             ),
@@ -957,7 +1064,10 @@ mod tests {
             assert!(!err.is_retryable(), "{err}");
             assert_eq!(err.to_string(), text);
         }
-        let err = Error::from(E::PermissionDenied { path: "a/b".into(), source: "403".into() });
+        let err = Error::from(E::PermissionDenied {
+            path: "a/b".into(),
+            source: "403".into(),
+        });
         assert!(err.hint_text().unwrap().contains("credentials"));
         assert_eq!(err.field("object"), Some("a/b"));
     }
@@ -971,7 +1081,10 @@ mod tests {
         let err = Error::from(busy);
         assert_eq!(err.kind(), ErrorKind::Catalog);
         assert!(err.is_retryable());
-        assert!(err.to_string().starts_with("catalog index error: "), "{err}");
+        assert!(
+            err.to_string().starts_with("catalog index error: "),
+            "{err}"
+        );
         assert!(err.hint_text().unwrap().contains("strata catalog rebuild"));
 
         let corrupt = rusqlite::Error::SqliteFailure(
@@ -1004,7 +1117,10 @@ mod tests {
         assert!(!err.is_retryable());
         assert_eq!(
             err.to_string(),
-            format!("a background task of the reader failed: {}", std::error::Error::source(&err).unwrap())
+            format!(
+                "a background task of the reader failed: {}",
+                std::error::Error::source(&err).unwrap()
+            )
         );
         assert!(err.to_string().contains("panicked"), "{err}");
 

@@ -1098,7 +1098,8 @@ mod tests {
         (ctx, loc, stored)
     }
 
-    const LABEL: &str = "backup 20200101T000000.000Z-00000000, stream `db`: part 3 in object data/seg: ";
+    const LABEL: &str =
+        "backup 20200101T000000.000Z-00000000, stream `db`: part 3 in object data/seg: ";
 
     /// Kind, message, fields, hint and retry of one part failure.
     fn assert_part_error(err: &Error, kind: ErrorKind, problem: &str) {
@@ -1124,7 +1125,11 @@ mod tests {
         assert!(ctx.open(&loc, &stored).unwrap() == raw);
 
         let err = ctx.open(&loc, &stored[..stored.len() - 1]).unwrap_err();
-        let problem = format!("the object ends early ({} of {} bytes)", stored.len() - 1, stored.len());
+        let problem = format!(
+            "the object ends early ({} of {} bytes)",
+            stored.len() - 1,
+            stored.len()
+        );
         assert_part_error(&err, ErrorKind::Integrity, &problem);
 
         let mut flipped = stored.clone();
@@ -1141,7 +1146,11 @@ mod tests {
         let junk = vec![7u8; stored.len()];
         garbage.record.crc32c = crc32c::crc32c(&junk);
         let err = ctx.open(&garbage, &junk).unwrap_err();
-        assert!(err.to_string().starts_with(&format!("{LABEL}the zstd frame is invalid: ")), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with(&format!("{LABEL}the zstd frame is invalid: ")),
+            "{err}"
+        );
         assert_eq!(err.kind(), ErrorKind::Integrity);
         assert!(!err.is_retryable());
         assert_eq!(err.field("part"), Some("3"));
@@ -1155,19 +1164,34 @@ mod tests {
         let mut huge = loc.clone();
         huge.record.raw = MAX_RAW_PART + 1;
         let err = ctx.open(&huge, &stored).unwrap_err();
-        let problem = format!("the manifest records an impossible raw size of {} bytes", MAX_RAW_PART + 1);
+        let problem = format!(
+            "the manifest records an impossible raw size of {} bytes",
+            MAX_RAW_PART + 1
+        );
         assert_part_error(&err, ErrorKind::Integrity, &problem);
 
         let err = ctx.part_error(&loc, PartFailure::Missing);
         assert_part_error(&err, ErrorKind::NotFound, "the object is missing");
-        let err = ctx.part_error(&loc, PartFailure::ObjectSize { actual: 5, recorded: 9 });
-        assert_part_error(&err, ErrorKind::Integrity, "the object is 5 bytes, the manifest records 9");
+        let err = ctx.part_error(
+            &loc,
+            PartFailure::ObjectSize {
+                actual: 5,
+                recorded: 9,
+            },
+        );
+        assert_part_error(
+            &err,
+            ErrorKind::Integrity,
+            "the object is 5 bytes, the manifest records 9",
+        );
     }
 
     #[test]
     fn a_part_that_does_not_open_is_damage() {
         let vault_key = VaultKey::generate();
-        let (key, _) = vault_key.new_data_key("20200101T000000.000Z-00000000").unwrap();
+        let (key, _) = vault_key
+            .new_data_key("20200101T000000.000Z-00000000")
+            .unwrap();
         let raw = data(1000, 4);
         let (ctx, loc, stored) = one_part(&raw, Some(&key));
         assert!(ctx.open(&loc, &stored).unwrap() == raw);
@@ -1197,7 +1221,9 @@ mod tests {
         assert!(err.is_retryable());
         assert_eq!(
             err.to_string(),
-            format!("{LABEL}object storage request failed: Generic S3 error: Server returned non-2xx status code: 503 Service Unavailable: busy")
+            format!(
+                "{LABEL}object storage request failed: Generic S3 error: Server returned non-2xx status code: 503 Service Unavailable: busy"
+            )
         );
         assert!(err.hint_text().unwrap().contains("can be retried"));
         assert_eq!(err.field("object"), Some("data/seg"));
