@@ -469,8 +469,10 @@ impl<T> IoResultExt<T> for std::io::Result<T> {
     }
 }
 
-/// The I/O retry policy: the kinds a later attempt can cure.
-fn io_is_retryable(kind: std::io::ErrorKind) -> bool {
+/// The I/O retry policy of the [module documentation](self): whether a
+/// later attempt can cure an I/O failure of this kind. For plugins that
+/// classify a driver error by the I/O error under it.
+pub fn io_is_retryable(kind: std::io::ErrorKind) -> bool {
     use std::io::ErrorKind as K;
     matches!(
         kind,

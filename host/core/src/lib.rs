@@ -27,4 +27,4 @@ pub mod error;
 pub mod plugin;
 pub mod vault;
 
-pub use error::{Error, ErrorKind, Result};
+pub use error::{Error, ErrorKind, IoResultExt, Result};
