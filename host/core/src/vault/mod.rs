@@ -362,7 +362,7 @@ impl Vault {
             Err(e) => return Err(unreachable(url, e.into())),
         };
         let meta: VaultMeta = serde_json::from_slice(&bytes).map_err(|e| {
-            Error::integrity(format!("the vault metadata at {url} is malformed: {e}"))
+            Error::from(e).with_message(format!("the vault metadata at {url} is malformed"))
         })?;
         if meta.format > VAULT_FORMAT {
             return Err(Error::config(format!(
