@@ -1158,8 +1158,8 @@ mod tests {
         let mut longer = loc.clone();
         longer.record.raw += 1;
         let err = ctx.open(&longer, &stored).unwrap_err();
-        let problem = format!("the part decompresses to 1000 bytes, the manifest records 1001");
-        assert_part_error(&err, ErrorKind::Integrity, &problem);
+        let problem = "the part decompresses to 1000 bytes, the manifest records 1001";
+        assert_part_error(&err, ErrorKind::Integrity, problem);
 
         let mut huge = loc.clone();
         huge.record.raw = MAX_RAW_PART + 1;
