@@ -204,15 +204,33 @@ async fn run(cli: Cli) -> Result<()> {
     }
 }
 
+/// Prints a failed command's error on stderr: the message, then one
+/// `hint: ...` line per hint (most specific first); with `--json`, one
+/// object with the kind, message, retry, every hint, the structured context
+/// fields and what was being done (`hint` keeps the joined hints for
+/// consumers written before `hints`).
 fn report(err: &Error, json: bool) {
     if json {
+        let context: serde_json::Map<String, serde_json::Value> = err
+            .fields()
+            .map(|(key, value)| (key.to_owned(), value.into()))
+            .collect();
+        let doing: Vec<&str> = err.contexts().collect();
         let value = serde_json::json!({
-            "error": { "kind": err.kind().as_str(), "message": err.to_string(), "hint": err.hint_text(), "retryable": err.is_retryable() }
+            "error": {
+                "kind": err.kind().as_str(),
+                "message": err.to_string(),
+                "hint": err.hint_text(),
+                "hints": err.hints(),
+                "context": context,
+                "while": doing,
+                "retryable": err.is_retryable(),
+            }
         });
         eprintln!("{value}");
     } else {
         eprintln!("error: {err}");
-        if let Some(hint) = err.hint_text() {
+        for hint in err.hints() {
             eprintln!("hint: {hint}");
         }
     }

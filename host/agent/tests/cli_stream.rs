@@ -235,6 +235,51 @@ fn flipped_byte_is_found_by_verify_and_stops_restore() {
         "the error names the object: {}",
         stderr(&out)
     );
+    let text = stderr(&out);
+    let hints: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("hint: "))
+        .collect();
+    assert_eq!(
+        hints.len(),
+        2,
+        "the reader's hint, then the restore's: {text}"
+    );
+    assert!(hints[0].contains("restore from another backup"), "{text}");
+    assert!(
+        hints[1].contains("nothing was written to the output"),
+        "{text}"
+    );
+
+    let out = fx.run(&[
+        "--json",
+        "restore",
+        "stream",
+        "db",
+        "--output",
+        fx.path("restored.bin").to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(6), "{}", stderr(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stderr).expect("a JSON error");
+    let error = &report["error"];
+    assert_eq!(error["kind"], "integrity", "{report}");
+    assert_eq!(error["retryable"], false, "{report}");
+    assert_eq!(error["context"]["stream"], "data", "{report}");
+    assert!(
+        error["context"]["object"]
+            .as_str()
+            .is_some_and(|o| o.ends_with(".zst")),
+        "{report}"
+    );
+    assert!(error["context"]["part"].as_str().is_some(), "{report}");
+    let json_hints: Vec<&str> = error["hints"]
+        .as_array()
+        .expect("hints")
+        .iter()
+        .map(|h| h.as_str().unwrap())
+        .collect();
+    assert_eq!(json_hints, hints, "{report}");
+    assert_eq!(error["hint"], hints.join("; "), "{report}");
     assert!(
         !fx.path("restored.bin").exists(),
         "no output file that looks complete"

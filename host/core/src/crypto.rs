@@ -21,7 +21,7 @@ use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, IoResultExt, Result};
 
 /// The AEAD algorithm name recorded in manifests.
 pub const PART_ALGORITHM: &str = "chacha20poly1305";
@@ -50,9 +50,10 @@ impl VaultKey {
     /// Loads a key file: 64 hex digits, surrounding whitespace ignored.
     pub fn load(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| {
-            Error::crypto(format!("cannot read key file {}: {e}", path.display())).hint(
-                "check the path and that the user running Strata can read it (mode 0640, group strata)",
-            )
+            Error::crypto(format!("cannot read key file {}", path.display()))
+                .in_message("path", path.display())
+                .hint("check the path and that the user running Strata can read it (mode 0640, group strata)")
+                .with_source(e)
         })?;
         Self::from_hex(text.trim()).map_err(|e| e.context(format!("key file {}", path.display())))
     }
@@ -88,8 +89,10 @@ impl VaultKey {
             .mode(0o600)
             .open(path)
             .map_err(|e| {
-                Error::crypto(format!("cannot create key file {}: {e}", path.display()))
+                Error::crypto(format!("cannot create key file {}", path.display()))
+                    .in_message("path", path.display())
                     .hint("the key file must not exist yet; choose a new path")
+                    .with_source(e)
             })?;
         let mut text = hex::encode(self.0);
         text.push('\n');
@@ -97,7 +100,7 @@ impl VaultKey {
             .write_all(text.as_bytes())
             .and_then(|_| file.sync_all());
         text.zeroize();
-        written.map_err(|e| Error::io(format!("writing key file {}: {e}", path.display())))
+        written.doing_at("writing key file", path)
     }
 
     /// The key check stored in the vault metadata (safe to publish).

@@ -1,15 +1,93 @@
 //! The one error type of Strata's public API.
 //!
-//! Every error carries a [`ErrorKind`] (what went wrong, broadly), whether a
-//! retry can succeed, and an optional line of guidance for the operator: the
-//! unattended service decides "retry or alert" from [`Error::is_retryable`],
-//! and the CLI prints the message followed by the guidance.
+//! An unattended agent has to decide, for every failure, whether to try
+//! again later or to wake somebody up, and the person woken up needs to know
+//! what failed, where, and what to do. [`Error`] carries exactly that:
 //!
-//! Internal code builds errors with the constructors ([`Error::config`],
-//! [`Error::integrity`], ...) and adds guidance with [`Error::hint`]; foreign
-//! errors convert through `From` (object storage, I/O, SQLite, JSON).
+//! - a **kind** ([`ErrorKind`]): what went wrong, broadly (configuration,
+//!   object storage, the engine, integrity of stored data, crypto, local I/O,
+//!   not found, conflict, cancelled, the catalog index). The CLI maps each
+//!   kind to an exit code.
+//! - **whether a retry can succeed** ([`Error::is_retryable`]). It is decided
+//!   once, where a foreign error is converted, never guessed at the sites
+//!   that pass an error on (see *Retry policy* below).
+//! - a **message** and the **context** it was met in. [`Error::context`]
+//!   records what the caller was doing ("committing backup X"), and
+//!   [`Error::with`] records structured fields (`path`, `object`, `part`,
+//!   `stream`, `backup`, `database`, ...) that machines read through
+//!   [`Error::fields`] and [`Error::field`].
+//! - **hints** for the operator ([`Error::hints`]): every layer may add one,
+//!   none replaces another.
+//! - the underlying **cause** ([`std::error::Error::source`]): the foreign
+//!   error itself, so an `io::Error` keeps its OS error code and kind.
+//!
+//! # How it reads
+//!
+//! `Display` renders everything but the hints, once, in a fixed order:
+//!
+//! ```text
+//! <context, outermost first>: ... : <message> (<field>: <value>, ...): <cause>
+//! ```
+//!
+//! The cause is left out when the text before it already contains it, and a
+//! field that the message itself names (recorded with
+//! [`Error::in_message`], as the constructors of this module do for the
+//! paths and object keys they put in their messages) is not repeated. The
+//! CLI prints that line, then one `hint: ...` line per hint; with `--json`
+//! it prints `kind`, `message`, `retryable`, `hints`, `hint` (the hints
+//! joined, for older consumers), `context` (the fields) and `while` (the
+//! contexts).
+//!
+//! # Retry policy
+//!
+//! Retryable means "the same operation, unchanged, may succeed later". The
+//! conversions decide it, one place per foreign type:
+//!
+//! - **object storage** (`object_store::Error`): network failures (connect,
+//!   request, timeout, interrupted or undecodable responses), HTTP 5xx, 429
+//!   and 408, S3's "200 with an error body", and interrupted or timed-out
+//!   local I/O are retryable; a failure the chain does not explain is too (a
+//!   retry costs one request, a false alarm wakes a person). Not found,
+//!   already exists, precondition failed, not modified, permission denied,
+//!   unauthenticated, not supported or implemented, invalid paths, unknown
+//!   options, other 4xx statuses, redirects without a location and local
+//!   I/O failures such as a full disk are not.
+//! - **local I/O** (`std::io::Error`), by [`std::io::ErrorKind`]:
+//!   `Interrupted`, `TimedOut`, `WouldBlock`, `ConnectionReset`,
+//!   `ConnectionAborted`, `ConnectionRefused` and `NotConnected` are
+//!   retryable; everything else (`NotFound`, `PermissionDenied`,
+//!   `StorageFull` (ENOSPC), `QuotaExceeded` (EDQUOT), `InvalidInput`,
+//!   `InvalidData`, `UnexpectedEof`, `BrokenPipe`, ...) is not. A full disk
+//!   or an exhausted quota adds the hint "free space on `<path>`'s file
+//!   system". Build path-aware errors with [`Error::io_at`],
+//!   [`Error::io_doing_at`] or [`IoResultExt`]: they keep the `io::Error`
+//!   as the cause and the path as the `path` field.
+//! - **SQLite** (`rusqlite::Error`): a busy or locked database is
+//!   retryable, anything else is not.
+//! - **JSON** (`serde_json::Error`): malformed data is an integrity error,
+//!   never retryable; an I/O error under it follows the I/O policy.
+//! - **tokio tasks** (`tokio::task::JoinError`): never retryable; a
+//!   cancelled task is [`ErrorKind::Cancelled`], a panicked one
+//!   [`ErrorKind::Io`].
+//!
+//! Engine plugins convert their drivers' errors the same way, in one
+//! function each (`tokio-postgres` in the PostgreSQL plugin, `hdbconnect` in
+//! the HANA plugin). Errors built from scratch ([`Error::config`],
+//! [`Error::integrity`], ...) are not retryable; [`Error::retryable`] exists
+//! for the rare error that knows better, and should say why where it is
+//! called.
+//!
+//! # Hints
+//!
+//! Hints are kept in the order they were added. Errors travel outwards, so
+//! the first hint comes from the site nearest the cause and is the most
+//! specific ("free space on /var/lib/pg's file system"); later ones come
+//! from the layers that passed the error on ("nothing was committed; run
+//! the backup again"). A hint equal to one already present is not added
+//! twice. [`Error::hint_text`] joins them with `"; "` in that order.
 
 use std::fmt;
+use std::path::Path;
 
 /// Shorthand for results carrying Strata's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -64,25 +142,51 @@ impl fmt::Display for ErrorKind {
     }
 }
 
-/// Strata's error: a kind, a message, an optional hint for the operator,
-/// whether retrying makes sense, and the underlying cause.
+type Cause = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Strata's error: a kind, a message, the context it was met in (what the
+/// caller was doing, and structured fields), hints for the operator,
+/// whether retrying makes sense, and the underlying cause. See the [module
+/// documentation](self) for the model.
 pub struct Error {
+    // Boxed: errors are rare, and a small `Result` keeps every call cheap.
+    inner: Box<Inner>,
+}
+
+struct Inner {
     kind: ErrorKind,
     message: String,
-    hint: Option<String>,
+    /// What the callers were doing, innermost first.
+    contexts: Vec<String>,
+    fields: Vec<Field>,
+    hints: Vec<String>,
+    /// `hints` joined with "; ", kept so that [`Error::hint_text`] can lend it.
+    hint_text: Option<String>,
     retryable: bool,
-    source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
+    source: Option<Cause>,
+}
+
+struct Field {
+    key: &'static str,
+    value: String,
+    /// Whether the message already names it (then `Display` does not repeat it).
+    in_message: bool,
 }
 
 impl Error {
     /// A new error of `kind` with `message`; not retryable, no hint.
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
         Error {
-            kind,
-            message: message.into(),
-            hint: None,
-            retryable: false,
-            source: None,
+            inner: Box::new(Inner {
+                kind,
+                message: message.into(),
+                contexts: Vec::new(),
+                fields: Vec::new(),
+                hints: Vec::new(),
+                hint_text: None,
+                retryable: false,
+                source: None,
+            }),
         }
     }
 
@@ -111,7 +215,8 @@ impl Error {
         Self::new(ErrorKind::Crypto, message)
     }
 
-    /// A local I/O problem.
+    /// A local I/O problem described in words. Prefer [`Error::io_at`] when
+    /// an `io::Error` and its path are at hand.
     pub fn io(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::Io, message)
     }
@@ -131,58 +236,186 @@ impl Error {
         Self::new(ErrorKind::Cancelled, message)
     }
 
-    /// Adds a line telling the operator what to do.
+    /// A local I/O failure on `path`: `"<path>: <OS error>"`, for example
+    /// `/var/lib/pg/base/1/2: No space left on device (os error 28)`.
+    ///
+    /// The `io::Error` stays the cause (with its kind and OS error code),
+    /// the path is the `path` field, retryable follows the I/O policy of the
+    /// [module documentation](self), and a full disk or exhausted quota
+    /// adds a hint naming the path's file system.
+    pub fn io_at(path: impl AsRef<Path>, err: std::io::Error) -> Self {
+        let path = path.as_ref();
+        Self::from_io(path.display().to_string(), Some(path), err)
+    }
+
+    /// Like [`Error::io_at`], worded `"<what> <path>: <OS error>"`, for
+    /// example `cannot create /srv/pg: Permission denied (os error 13)`.
+    pub fn io_doing_at(
+        what: impl fmt::Display,
+        path: impl AsRef<Path>,
+        err: std::io::Error,
+    ) -> Self {
+        let path = path.as_ref();
+        Self::from_io(format!("{what} {}", path.display()), Some(path), err)
+    }
+
+    fn from_io(message: String, path: Option<&Path>, err: std::io::Error) -> Self {
+        let mut error = Error::io(message).retryable(io_is_retryable(err.kind()));
+        if let Some(path) = path {
+            error = error.in_message("path", path.display());
+        }
+        if let Some(hint) = io_hint(&err, path) {
+            error = error.hint(hint);
+        }
+        error.with_source(err)
+    }
+
+    /// Adds a line telling the operator what to do. Hints accumulate: the
+    /// first added (nearest the cause) comes first, and a hint already
+    /// present is not added again.
     pub fn hint(mut self, hint: impl Into<String>) -> Self {
-        self.hint = Some(hint.into());
+        let hint = hint.into();
+        let inner = &mut *self.inner;
+        if !inner.hints.contains(&hint) {
+            inner.hint_text = Some(match inner.hint_text.take() {
+                Some(text) => format!("{text}; {hint}"),
+                None => hint.clone(),
+            });
+            inner.hints.push(hint);
+        }
         self
     }
 
-    /// Marks the error as one a retry may cure (a timeout, a 503).
+    /// Sets whether a retry may cure the error. The conversions from
+    /// foreign errors decide this already; call it only for an error that
+    /// knows better, and say why.
     pub fn retryable(mut self, retryable: bool) -> Self {
-        self.retryable = retryable;
+        self.inner.retryable = retryable;
         self
     }
 
-    /// Attaches the underlying cause.
+    /// Attaches the underlying cause. `Display` appends its text unless the
+    /// message already contains it.
     pub fn with_source(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Self {
-        self.source = Some(Box::new(source));
+        self.inner.source = Some(Box::new(source));
         self
     }
 
-    /// Prefixes the message with context (`"reading manifest X: <message>"`).
+    /// Records what the caller was doing when the error happened; `Display`
+    /// puts it in front of the message (`"reading manifest X: <message>"`),
+    /// outermost first.
     pub fn context(mut self, context: impl fmt::Display) -> Self {
-        self.message = format!("{context}: {}", self.message);
+        self.inner.contexts.push(context.to_string());
+        self
+    }
+
+    /// Records a structured field (`path`, `object`, `part`, `stream`,
+    /// `backup`, `database`, ...), shown by `Display` after the message as
+    /// `(key: value, ...)`. The first value recorded for a key wins: the
+    /// site nearest the cause knows it best.
+    pub fn with(self, key: &'static str, value: impl fmt::Display) -> Self {
+        self.add_field(key, value.to_string(), false)
+    }
+
+    /// Records a field that the message already names (so `Display` does
+    /// not repeat it); otherwise as [`Error::with`].
+    pub fn in_message(self, key: &'static str, value: impl fmt::Display) -> Self {
+        self.add_field(key, value.to_string(), true)
+    }
+
+    fn add_field(mut self, key: &'static str, value: String, in_message: bool) -> Self {
+        if !self.inner.fields.iter().any(|f| f.key == key) {
+            self.inner.fields.push(Field {
+                key,
+                value,
+                in_message,
+            });
+        }
+        self
+    }
+
+    /// Replaces the message and keeps everything else (kind, retryable,
+    /// hints, fields, context, cause): for a site that words a converted
+    /// foreign error its own way while the conversion still decides the
+    /// kind and whether to retry.
+    pub fn with_message(mut self, message: impl Into<String>) -> Self {
+        self.inner.message = message.into();
         self
     }
 
     /// The kind of error.
     pub fn kind(&self) -> ErrorKind {
-        self.kind
+        self.inner.kind
     }
 
-    /// The message, without hint or cause.
+    /// The message alone: no context, fields, hints or cause.
     pub fn message(&self) -> &str {
-        &self.message
+        &self.inner.message
     }
 
-    /// The operator guidance, if any.
+    /// What the callers were doing, outermost first (as `Display` shows them).
+    pub fn contexts(&self) -> impl DoubleEndedIterator<Item = &str> + '_ {
+        self.inner.contexts.iter().rev().map(String::as_str)
+    }
+
+    /// The structured fields, in the order they were recorded.
+    pub fn fields(&self) -> impl Iterator<Item = (&'static str, &str)> + '_ {
+        self.inner.fields.iter().map(|f| (f.key, f.value.as_str()))
+    }
+
+    /// The value of field `key`, if recorded.
+    pub fn field(&self, key: &str) -> Option<&str> {
+        self.inner
+            .fields
+            .iter()
+            .find(|f| f.key == key)
+            .map(|f| f.value.as_str())
+    }
+
+    /// Every hint, most specific (nearest the cause) first.
+    pub fn hints(&self) -> &[String] {
+        &self.inner.hints
+    }
+
+    /// The hints as one line, joined with `"; "` most specific first, or
+    /// `None` when there is none.
     pub fn hint_text(&self) -> Option<&str> {
-        self.hint.as_deref()
+        self.inner.hint_text.as_deref()
     }
 
     /// Whether retrying the same operation may succeed.
     pub fn is_retryable(&self) -> bool {
-        self.retryable
+        self.inner.retryable
     }
 }
 
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)?;
-        if let Some(source) = &self.source {
-            let text = source.to_string();
-            if !self.message.contains(&text) {
-                write!(f, ": {text}")?;
+        let inner = &*self.inner;
+        let mut text = String::new();
+        for context in inner.contexts.iter().rev() {
+            text.push_str(context);
+            text.push_str(": ");
+        }
+        text.push_str(&inner.message);
+        let mut shown = inner.fields.iter().filter(|f| !f.in_message).peekable();
+        if shown.peek().is_some() {
+            text.push_str(" (");
+            for (i, field) in shown.enumerate() {
+                if i > 0 {
+                    text.push_str(", ");
+                }
+                text.push_str(field.key);
+                text.push_str(": ");
+                text.push_str(&field.value);
+            }
+            text.push(')');
+        }
+        f.write_str(&text)?;
+        if let Some(source) = &inner.source {
+            let cause = source.to_string();
+            if !text.contains(&cause) {
+                write!(f, ": {cause}")?;
             }
         }
         Ok(())
@@ -191,8 +424,8 @@ impl fmt::Display for Error {
 
 impl fmt::Debug for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "[{}] {self}", self.kind)?;
-        if let Some(hint) = &self.hint {
+        write!(f, "[{}] {self}", self.inner.kind)?;
+        for hint in &self.inner.hints {
             write!(f, " (hint: {hint})")?;
         }
         Ok(())
@@ -201,10 +434,133 @@ impl fmt::Debug for Error {
 
 impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.source
+        self.inner
+            .source
             .as_deref()
             .map(|e| e as &(dyn std::error::Error + 'static))
     }
+}
+
+/// Path-aware conversion of I/O results, see [`Error::io_at`].
+///
+/// ```
+/// use strata_core::error::IoResultExt;
+/// # fn main() -> strata_core::Result<()> {
+/// let dir = std::env::temp_dir();
+/// std::fs::metadata(&dir).at_path(&dir)?;
+/// std::fs::metadata(&dir).doing_at("cannot stat", &dir)?;
+/// # Ok(())
+/// # }
+/// ```
+pub trait IoResultExt<T> {
+    /// Converts an I/O failure into [`Error::io_at`] for `path`.
+    fn at_path(self, path: impl AsRef<Path>) -> Result<T>;
+    /// Converts an I/O failure into [`Error::io_doing_at`] for `what` and `path`.
+    fn doing_at(self, what: impl fmt::Display, path: impl AsRef<Path>) -> Result<T>;
+}
+
+impl<T> IoResultExt<T> for std::io::Result<T> {
+    fn at_path(self, path: impl AsRef<Path>) -> Result<T> {
+        self.map_err(|e| Error::io_at(path, e))
+    }
+
+    fn doing_at(self, what: impl fmt::Display, path: impl AsRef<Path>) -> Result<T> {
+        self.map_err(|e| Error::io_doing_at(what, path, e))
+    }
+}
+
+/// The I/O retry policy of the [module documentation](self): whether a
+/// later attempt can cure an I/O failure of this kind. For plugins that
+/// classify a driver error by the I/O error under it.
+pub fn io_is_retryable(kind: std::io::ErrorKind) -> bool {
+    use std::io::ErrorKind as K;
+    matches!(
+        kind,
+        K::Interrupted
+            | K::TimedOut
+            | K::WouldBlock
+            | K::ConnectionReset
+            | K::ConnectionAborted
+            | K::ConnectionRefused
+            | K::NotConnected
+    )
+}
+
+/// The hint an I/O failure implies by itself: a full disk or quota.
+fn io_hint(err: &std::io::Error, path: Option<&Path>) -> Option<String> {
+    let place = match path {
+        Some(path) => format!("{}'s file system", path.display()),
+        None => "the file system being written".to_owned(),
+    };
+    match err.kind() {
+        std::io::ErrorKind::StorageFull => Some(format!("free space on {place}")),
+        std::io::ErrorKind::QuotaExceeded => Some(format!(
+            "free space on {place}, or raise this user's disk quota there"
+        )),
+        _ => None,
+    }
+}
+
+impl From<std::io::Error> for Error {
+    /// An I/O failure whose path is not known (`"I/O error: <OS error>"`);
+    /// prefer [`Error::io_at`].
+    fn from(err: std::io::Error) -> Self {
+        Self::from_io("I/O error".to_owned(), None, err)
+    }
+}
+
+/// What the source chain of an object-store error says about retrying it,
+/// and the hints it implies; `None` when the chain does not say.
+fn classify_storage_chain(err: &object_store::Error) -> Option<(bool, Vec<String>)> {
+    use object_store::client::{HttpError, HttpErrorKind};
+    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(error) = current {
+        // A store of ours (the durable local store) that already decided.
+        if let Some(ours) = error.downcast_ref::<Error>() {
+            return Some((ours.is_retryable(), ours.hints().to_vec()));
+        }
+        if let Some(http) = error.downcast_ref::<HttpError>() {
+            let retryable = matches!(
+                http.kind(),
+                HttpErrorKind::Connect
+                    | HttpErrorKind::Request
+                    | HttpErrorKind::Timeout
+                    | HttpErrorKind::Interrupted
+                    | HttpErrorKind::Decode
+            );
+            return Some((retryable, Vec::new()));
+        }
+        if let Some(io) = error.downcast_ref::<std::io::Error>() {
+            return Some((
+                io_is_retryable(io.kind()),
+                io_hint(io, None).into_iter().collect(),
+            ));
+        }
+        // object_store's retry error (which carries the HTTP status) is not
+        // public in 0.14; its text is the only way to read the status.
+        let text = error.to_string();
+        if let Some(status) = http_status_in(&text) {
+            return Some((status >= 500 || status == 429 || status == 408, Vec::new()));
+        }
+        // S3 can answer 200 with an error in the body; object_store retries
+        // those as it retries a 5xx.
+        if text.contains("Server returned error response") {
+            return Some((true, Vec::new()));
+        }
+        if text.contains("Received redirect without LOCATION") {
+            return Some((false, Vec::new()));
+        }
+        current = error.source();
+    }
+    None
+}
+
+/// The status in object_store's "Server returned non-2xx status code: 503 ..." text.
+fn http_status_in(text: &str) -> Option<u16> {
+    const MARK: &str = "Server returned non-2xx status code: ";
+    let start = text.find(MARK)? + MARK.len();
+    let digits = text.get(start..start + 3)?;
+    digits.parse().ok()
 }
 
 impl From<object_store::Error> for Error {
@@ -212,16 +568,26 @@ impl From<object_store::Error> for Error {
         use object_store::Error as E;
         match &err {
             E::NotFound { path, .. } => {
-                Error::not_found(format!("object {path} not found")).with_source(err)
+                let message = format!("object {path} not found");
+                Error::not_found(message)
+                    .in_message("object", path)
+                    .with_source(err)
             }
             E::AlreadyExists { path, .. } => {
-                Error::conflict(format!("object {path} already exists")).with_source(err)
+                let message = format!("object {path} already exists");
+                Error::conflict(message)
+                    .in_message("object", path)
+                    .with_source(err)
             }
             E::Precondition { path, .. } => {
-                Error::conflict(format!("object {path} changed concurrently")).with_source(err)
+                let message = format!("object {path} changed concurrently");
+                Error::conflict(message)
+                    .in_message("object", path)
+                    .with_source(err)
             }
             E::PermissionDenied { path, .. } | E::Unauthenticated { path, .. } => {
                 Error::storage(format!("access to {path} was denied"))
+                    .in_message("object", path)
                     .hint("check the vault credentials (for example AWS_ACCESS_KEY_ID, AZURE_STORAGE_ACCOUNT_KEY) and the bucket's permissions")
                     .with_source(err)
             }
@@ -229,45 +595,82 @@ impl From<object_store::Error> for Error {
                 Error::storage("the object store does not support an operation Strata needs")
                     .with_source(err)
             }
-            _ => Error::storage("object storage request failed")
-                .hint("check that the vault is reachable; the operation can be retried")
-                .retryable(true)
+            E::NotModified { .. }
+            | E::InvalidPath { .. }
+            | E::UnknownConfigurationKey { .. }
+            | E::JoinError { .. } => Error::storage("object storage request failed")
+                .hint("check the vault URL and its options")
                 .with_source(err),
+            _ => {
+                let (retryable, hints) = classify_storage_chain(&err).unwrap_or((true, Vec::new()));
+                let mut error = Error::storage("object storage request failed").retryable(retryable);
+                if hints.is_empty() && retryable {
+                    error = error.hint("check that the vault is reachable; the operation can be retried");
+                } else if hints.is_empty() {
+                    error = error.hint(
+                        "check the vault URL, its options and the credentials; the same request would fail again",
+                    );
+                }
+                for hint in hints {
+                    error = error.hint(hint);
+                }
+                error.with_source(err)
+            }
         }
     }
 }
 
-impl From<std::io::Error> for Error {
-    fn from(err: std::io::Error) -> Self {
-        let retryable = matches!(
-            err.kind(),
-            std::io::ErrorKind::Interrupted | std::io::ErrorKind::TimedOut
-        );
-        Error::io("I/O error").retryable(retryable).with_source(err)
-    }
+/// Whether a SQLite failure is one a later attempt can cure (another
+/// process holds the database). Used by every conversion of `rusqlite`
+/// errors, here and in the catalog index.
+pub(crate) fn sqlite_is_retryable(err: &rusqlite::Error) -> bool {
+    matches!(
+        err.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+    )
 }
 
 impl From<rusqlite::Error> for Error {
     fn from(err: rusqlite::Error) -> Self {
         Error::new(ErrorKind::Catalog, "catalog index error")
             .hint("the index is a cache: `strata catalog rebuild` recreates it from the vault")
+            .retryable(sqlite_is_retryable(&err))
             .with_source(err)
     }
 }
 
 impl From<serde_json::Error> for Error {
     fn from(err: serde_json::Error) -> Self {
-        Error::integrity("malformed JSON").with_source(err)
+        let retryable = err.io_error_kind().is_some_and(io_is_retryable);
+        Error::integrity("malformed JSON")
+            .retryable(retryable)
+            .with_source(err)
+    }
+}
+
+impl From<tokio::task::JoinError> for Error {
+    fn from(err: tokio::task::JoinError) -> Self {
+        if err.is_cancelled() {
+            Error::cancelled("a background task was cancelled").with_source(err)
+        } else {
+            Error::io("a background task failed").with_source(err)
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::io;
+
     use super::*;
+
+    fn os_error(code: i32) -> io::Error {
+        io::Error::from_raw_os_error(code)
+    }
 
     #[test]
     fn display_includes_cause_once() {
-        let io = std::io::Error::new(std::io::ErrorKind::TimedOut, "timed out");
+        let io = io::Error::new(io::ErrorKind::TimedOut, "timed out");
         let err = Error::from(io).context("reading part 3");
         assert_eq!(err.to_string(), "reading part 3: I/O error: timed out");
         assert!(err.is_retryable());
@@ -282,5 +685,451 @@ mod tests {
         });
         assert_eq!(err.kind(), ErrorKind::Conflict);
         assert!(err.to_string().contains("m.json"));
+    }
+
+    #[test]
+    fn contexts_render_outermost_first_and_stay_structured() {
+        let err = Error::integrity("bad part")
+            .context("reading stream db")
+            .context("restoring backup B");
+        assert_eq!(
+            err.to_string(),
+            "restoring backup B: reading stream db: bad part"
+        );
+        assert_eq!(err.message(), "bad part");
+        assert_eq!(
+            err.contexts().collect::<Vec<_>>(),
+            ["restoring backup B", "reading stream db"]
+        );
+    }
+
+    #[test]
+    fn fields_render_once_after_the_message() {
+        let err = Error::storage("upload failed")
+            .with("object", "data/x")
+            .with("part", 3)
+            .with("part", 4)
+            .in_message("backup", "B")
+            .context("committing")
+            .with_source(io::Error::other("reset"));
+        assert_eq!(
+            err.to_string(),
+            "committing: upload failed (object: data/x, part: 3): reset"
+        );
+        assert_eq!(
+            err.fields().collect::<Vec<_>>(),
+            [("object", "data/x"), ("part", "3"), ("backup", "B")]
+        );
+        assert_eq!(err.field("part"), Some("3"), "the first value wins");
+        assert_eq!(err.field("database"), None);
+    }
+
+    #[test]
+    fn hints_accumulate_most_specific_first() {
+        let err = Error::io("disk full")
+            .hint("free space on /srv's file system")
+            .hint("nothing was committed; run the backup again")
+            .hint("free space on /srv's file system");
+        assert_eq!(
+            err.hints(),
+            [
+                "free space on /srv's file system",
+                "nothing was committed; run the backup again"
+            ]
+        );
+        assert_eq!(
+            err.hint_text(),
+            Some("free space on /srv's file system; nothing was committed; run the backup again")
+        );
+        assert_eq!(Error::io("x").hint_text(), None);
+        assert!(Error::io("x").hints().is_empty());
+        assert_eq!(
+            format!("{err:?}"),
+            "[io] disk full (hint: free space on /srv's file system) (hint: nothing was committed; run the backup again)"
+        );
+    }
+
+    #[test]
+    fn with_message_keeps_the_conversion() {
+        let err = Error::from(io::Error::from(io::ErrorKind::TimedOut))
+            .hint("h")
+            .with_message("reading the pipe");
+        assert_eq!(err.to_string(), "reading the pipe: timed out");
+        assert!(err.is_retryable());
+        assert_eq!(err.hints(), ["h"]);
+    }
+
+    #[test]
+    fn full_disk_names_the_path_and_its_file_system() {
+        let err = Error::io_at("/var/lib/pg/base/1", os_error(libc_enospc()));
+        assert_eq!(err.kind(), ErrorKind::Io);
+        assert!(!err.is_retryable());
+        assert_eq!(
+            err.to_string(),
+            "/var/lib/pg/base/1: No space left on device (os error 28)"
+        );
+        assert_eq!(err.field("path"), Some("/var/lib/pg/base/1"));
+        assert_eq!(
+            err.hints(),
+            ["free space on /var/lib/pg/base/1's file system"]
+        );
+        let source = std::error::Error::source(&err)
+            .and_then(|s| s.downcast_ref::<io::Error>())
+            .expect("the io::Error is the cause");
+        assert_eq!(source.kind(), io::ErrorKind::StorageFull);
+        assert_eq!(source.raw_os_error(), Some(28));
+
+        let err = Error::io_doing_at("writing", "/srv/q", os_error(122));
+        assert_eq!(
+            err.to_string(),
+            "writing /srv/q: Disk quota exceeded (os error 122)"
+        );
+        assert!(!err.is_retryable());
+        assert!(
+            err.hint_text().unwrap().contains("/srv/q's file system"),
+            "{err:?}"
+        );
+        assert!(err.hint_text().unwrap().contains("quota"), "{err:?}");
+
+        let err = Error::from(os_error(28));
+        assert_eq!(
+            err.to_string(),
+            "I/O error: No space left on device (os error 28)"
+        );
+        assert_eq!(err.hints(), ["free space on the file system being written"]);
+    }
+
+    fn libc_enospc() -> i32 {
+        28
+    }
+
+    #[test]
+    fn io_kinds_follow_the_retry_policy() {
+        use io::ErrorKind as K;
+        for kind in [
+            K::Interrupted,
+            K::TimedOut,
+            K::WouldBlock,
+            K::ConnectionReset,
+            K::ConnectionAborted,
+            K::ConnectionRefused,
+            K::NotConnected,
+        ] {
+            let err = Error::io_at("/p", io::Error::from(kind));
+            assert!(err.is_retryable(), "{kind:?}");
+            assert!(err.hints().is_empty(), "{kind:?}");
+            assert_eq!(err.kind(), ErrorKind::Io);
+        }
+        for kind in [
+            K::NotFound,
+            K::PermissionDenied,
+            K::StorageFull,
+            K::QuotaExceeded,
+            K::InvalidInput,
+            K::InvalidData,
+            K::UnexpectedEof,
+            K::BrokenPipe,
+            K::AlreadyExists,
+            K::Other,
+        ] {
+            let err = Error::io_at("/p", io::Error::from(kind));
+            assert!(!err.is_retryable(), "{kind:?}");
+            assert!(err.to_string().starts_with("/p: "), "{err}");
+        }
+        let err = std::fs::read("/nonexistent/strata-test")
+            .doing_at("cannot read", "/nonexistent/strata-test")
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "cannot read /nonexistent/strata-test: No such file or directory (os error 2)"
+        );
+        assert!(!err.is_retryable());
+        assert_eq!(err.field("path"), Some("/nonexistent/strata-test"));
+    }
+
+    /// A stand-in with the text of object_store 0.14's (private) retry error.
+    #[derive(Debug)]
+    struct StatusText(&'static str);
+
+    impl fmt::Display for StatusText {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+
+    impl std::error::Error for StatusText {}
+
+    /// A provider's error (such as S3's) around the failure that caused it.
+    #[derive(Debug)]
+    struct Provider<E>(E);
+
+    impl<E: std::error::Error> fmt::Display for Provider<E> {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            write!(f, "Error performing request: {}", self.0)
+        }
+    }
+
+    impl<E: std::error::Error + 'static> std::error::Error for Provider<E> {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    fn generic(source: impl std::error::Error + Send + Sync + 'static) -> object_store::Error {
+        object_store::Error::Generic {
+            store: "S3",
+            source: Box::new(source),
+        }
+    }
+
+    #[test]
+    fn object_store_statuses_decide_retry() {
+        for (text, retryable) in [
+            (
+                "Error performing PUT http://s3/b/k in 1s, after 10 retries, max_retries: 10, retry_timeout: 180s  - Server returned non-2xx status code: 503 Service Unavailable: slow down",
+                true,
+            ),
+            (
+                "Error performing GET http://s3/b/k in 1s - Server returned non-2xx status code: 500 Internal Server Error: ",
+                true,
+            ),
+            (
+                "Error performing GET http://s3/b/k in 1s - Server returned non-2xx status code: 429 Too Many Requests: ",
+                true,
+            ),
+            (
+                "Error performing GET http://s3/b/k in 1s - Server returned non-2xx status code: 408 Request Timeout: ",
+                true,
+            ),
+            (
+                "Error performing POST http://s3/b/k in 1s - Server returned error response: <Error><Code>InternalError</Code></Error>",
+                true,
+            ),
+            (
+                "Error performing PUT http://s3/b/k in 1s - Server returned non-2xx status code: 400 Bad Request: EntityTooLarge",
+                false,
+            ),
+            (
+                "Error performing GET http://s3/b/k in 1s - Received redirect without LOCATION, this normally indicates an incorrectly configured region",
+                false,
+            ),
+        ] {
+            let err = Error::from(generic(StatusText(text)));
+            assert_eq!(err.kind(), ErrorKind::Storage, "{text}");
+            assert_eq!(err.is_retryable(), retryable, "{text}");
+            assert!(
+                err.to_string()
+                    .starts_with("object storage request failed: Generic S3 error: "),
+                "{err}"
+            );
+            assert_eq!(err.hints().len(), 1, "{err:?}");
+            if retryable {
+                assert!(
+                    err.hint_text().unwrap().contains("can be retried"),
+                    "{err:?}"
+                );
+            } else {
+                assert!(
+                    err.hint_text().unwrap().contains("would fail again"),
+                    "{err:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn object_store_transport_failures_decide_retry() {
+        use object_store::client::{HttpError, HttpErrorKind as H};
+        for (kind, retryable) in [
+            (H::Connect, true),
+            (H::Request, true),
+            (H::Timeout, true),
+            (H::Interrupted, true),
+            (H::Decode, true),
+            (H::Unknown, false),
+        ] {
+            // As object_store nests it: a provider error around the HTTP error.
+            let err = Error::from(generic(Provider(HttpError::new(kind, StatusText("tls")))));
+            assert_eq!(err.kind(), ErrorKind::Storage);
+            assert_eq!(err.is_retryable(), retryable, "{kind:?}");
+        }
+        // A cause the chain does not explain: treated as transient.
+        let err = Error::from(generic(StatusText("something odd")));
+        assert!(err.is_retryable());
+    }
+
+    #[test]
+    fn object_store_local_io_follows_the_io_policy() {
+        let local = |e: io::Error| object_store::Error::Generic {
+            store: "LocalFileSystem",
+            source: Box::new(Error::io_doing_at("writing", "/vault/data/x", e)),
+        };
+        let err = Error::from(local(os_error(28)));
+        assert!(!err.is_retryable());
+        assert_eq!(err.hints(), ["free space on /vault/data/x's file system"]);
+        assert!(
+            err.to_string()
+                .contains("/vault/data/x: No space left on device"),
+            "{err}"
+        );
+        let err = Error::from(local(io::Error::from(io::ErrorKind::Interrupted)));
+        assert!(err.is_retryable());
+        // object_store's own local store puts the io::Error in the chain.
+        let err = Error::from(object_store::Error::Generic {
+            store: "LocalFileSystem",
+            source: Box::new(os_error(28)),
+        });
+        assert!(!err.is_retryable());
+        assert_eq!(err.hints(), ["free space on the file system being written"]);
+        let err = Error::from(object_store::Error::Generic {
+            store: "LocalFileSystem",
+            source: Box::new(io::Error::from(io::ErrorKind::PermissionDenied)),
+        });
+        assert!(!err.is_retryable());
+        assert!(
+            err.hint_text().unwrap().contains("would fail again"),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn object_store_refusals_are_not_retryable() {
+        use object_store::Error as E;
+        let cases: Vec<(E, ErrorKind, &str)> = vec![
+            (
+                E::NotFound {
+                    path: "a/b".into(),
+                    source: "404".into(),
+                },
+                ErrorKind::NotFound,
+                "object a/b not found: Object at location a/b not found: 404",
+            ),
+            (
+                E::AlreadyExists {
+                    path: "a/b".into(),
+                    source: "409".into(),
+                },
+                ErrorKind::Conflict,
+                "object a/b already exists: Object at location a/b already exists: 409",
+            ),
+            (
+                E::Precondition {
+                    path: "a/b".into(),
+                    source: "412".into(),
+                },
+                ErrorKind::Conflict,
+                "object a/b changed concurrently: Request precondition failure for path a/b: 412",
+            ),
+            (
+                E::PermissionDenied {
+                    path: "a/b".into(),
+                    source: "403".into(),
+                },
+                ErrorKind::Storage,
+                "access to a/b was denied: The operation lacked the necessary privileges to complete for path a/b: 403",
+            ),
+            (
+                E::Unauthenticated {
+                    path: "a/b".into(),
+                    source: "401".into(),
+                },
+                ErrorKind::Storage,
+                "access to a/b was denied: The operation lacked valid authentication credentials for path a/b: 401",
+            ),
+            (
+                E::NotSupported {
+                    source: "no".into(),
+                },
+                ErrorKind::Storage,
+                "the object store does not support an operation Strata needs: Operation not supported: no",
+            ),
+            (
+                E::NotImplemented {
+                    operation: "copy".into(),
+                    implementer: "X".into(),
+                },
+                ErrorKind::Storage,
+                "the object store does not support an operation Strata needs: Operation copy not yet implemented by X.",
+            ),
+            (
+                E::UnknownConfigurationKey {
+                    store: "S3",
+                    key: "k".into(),
+                },
+                ErrorKind::Storage,
+                "object storage request failed: Configuration key: 'k' is not valid for store 'S3'.",
+            ),
+        ];
+        for (source, kind, text) in cases {
+            let err = Error::from(source);
+            assert_eq!(err.kind(), kind, "{err}");
+            assert!(!err.is_retryable(), "{err}");
+            assert_eq!(err.to_string(), text);
+        }
+        let err = Error::from(E::PermissionDenied {
+            path: "a/b".into(),
+            source: "403".into(),
+        });
+        assert!(err.hint_text().unwrap().contains("credentials"));
+        assert_eq!(err.field("object"), Some("a/b"));
+    }
+
+    #[test]
+    fn sqlite_busy_is_retryable_and_the_rest_is_not() {
+        let busy = rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_BUSY),
+            None,
+        );
+        let err = Error::from(busy);
+        assert_eq!(err.kind(), ErrorKind::Catalog);
+        assert!(err.is_retryable());
+        assert!(
+            err.to_string().starts_with("catalog index error: "),
+            "{err}"
+        );
+        assert!(err.hint_text().unwrap().contains("strata catalog rebuild"));
+
+        let corrupt = rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CORRUPT),
+            None,
+        );
+        assert!(!Error::from(corrupt).is_retryable());
+        assert!(!Error::from(rusqlite::Error::QueryReturnedNoRows).is_retryable());
+    }
+
+    #[test]
+    fn malformed_json_is_integrity() {
+        let json = serde_json::from_str::<serde_json::Value>("{").unwrap_err();
+        let err = Error::from(json);
+        assert_eq!(err.kind(), ErrorKind::Integrity);
+        assert!(!err.is_retryable());
+        assert_eq!(
+            err.to_string(),
+            "malformed JSON: EOF while parsing an object at line 1 column 1"
+        );
+        let io = serde_json::Error::io(io::Error::from(io::ErrorKind::TimedOut));
+        assert!(Error::from(io).is_retryable());
+    }
+
+    #[tokio::test]
+    async fn join_errors_are_never_retryable() {
+        let panicked = tokio::spawn(async { panic!("boom") }).await.unwrap_err();
+        let err = Error::from(panicked).with_message("a background task of the reader failed");
+        assert_eq!(err.kind(), ErrorKind::Io);
+        assert!(!err.is_retryable());
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "a background task of the reader failed: {}",
+                std::error::Error::source(&err).unwrap()
+            )
+        );
+        assert!(err.to_string().contains("panicked"), "{err}");
+
+        let task = tokio::spawn(std::future::pending::<()>());
+        task.abort();
+        let err = Error::from(task.await.unwrap_err());
+        assert_eq!(err.kind(), ErrorKind::Cancelled);
+        assert!(!err.is_retryable());
     }
 }

@@ -33,4 +33,4 @@ pub mod plugin;
 pub mod time;
 pub mod vault;
 
-pub use error::{Error, ErrorKind, Result};
+pub use error::{Error, ErrorKind, IoResultExt, Result};

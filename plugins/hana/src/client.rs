@@ -45,6 +45,59 @@ fn engine_error(what: &str, err: impl std::fmt::Display) -> Error {
         .hint("check the connection URL, that HANA is up, and the user's privileges (BACKUP ADMIN, DATABASE ADMIN, INIFILE ADMIN)")
 }
 
+/// Converts an `hdbconnect` error, worded `"<what>: <error>"`; whether to
+/// retry is [`hana_is_retryable`]'s decision. The one conversion of
+/// `HdbError` in this plugin.
+fn hana_error(what: &str, err: hdbconnect::HdbError) -> Error {
+    let retryable = hana_is_retryable(&err);
+    engine_error(what, &err)
+        .retryable(retryable)
+        .with_source(err)
+}
+
+/// Whether a later attempt can cure an `hdbconnect` failure:
+///
+/// - retryable: a broken connection or one the server closed
+///   (`ConnectionBroken`, `SessionClosingTransactionError`); a server error
+///   [`server_code_is_retryable`] calls transient; a failure whose cause is
+///   an I/O error that core's policy calls retryable (a refused, reset or
+///   timed-out connection: HANA is down or restarting), also after a
+///   reconnect;
+/// - not retryable: authentication, connection parameters, TLS set-up,
+///   wrong usage, (de)serialization, and any other server error.
+fn hana_is_retryable(err: &hdbconnect::HdbError) -> bool {
+    use hdbconnect::HdbError as E;
+    match err {
+        E::ConnectionBroken { .. } | E::SessionClosingTransactionError => true,
+        // Transparent: its `source()` skips the io::Error itself.
+        E::Io { source } => strata_core::error::io_is_retryable(source.kind()),
+        E::DbError { source } => server_code_is_retryable(source.code()),
+        E::ErrorAfterReconnect { second, .. } => hana_is_retryable(second),
+        E::Authentication { .. }
+        | E::ConnParams { .. }
+        | E::TlsInvalidDnsName { .. }
+        | E::TlsInit { .. }
+        | E::TlsProtocol { .. }
+        | E::Usage(_) => false,
+        _ => {
+            let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(err);
+            while let Some(error) = cause {
+                if let Some(io) = error.downcast_ref::<std::io::Error>() {
+                    return strata_core::error::io_is_retryable(io.kind());
+                }
+                cause = error.source();
+            }
+            false
+        }
+    }
+}
+
+/// HANA's transient server errors: 131 (transaction rolled back by lock
+/// wait timeout) and 133 (transaction rolled back by detected deadlock).
+fn server_code_is_retryable(code: i32) -> bool {
+    matches!(code, 131 | 133)
+}
+
 async fn blocking<T: Send + 'static>(
     what: &'static str,
     work: impl FnOnce() -> Result<T> + Send + 'static,
@@ -61,7 +114,7 @@ pub async fn read_global_ini(url: &HanaUrl) -> Result<GlobalIni> {
     let url = url.0.clone();
     blocking("reading global.ini", move || {
         let conn = hdbconnect::Connection::new(url.as_str())
-            .map_err(|e| engine_error("connecting to HANA", e))?;
+            .map_err(|e| hana_error("connecting to HANA", e))?;
         let rows: Vec<(String, String, String, String)> = conn
             .query(
                 "SELECT LAYER_NAME, SECTION, KEY, VALUE FROM SYS.M_INIFILE_CONTENTS \
@@ -69,7 +122,7 @@ pub async fn read_global_ini(url: &HanaUrl) -> Result<GlobalIni> {
                  ORDER BY CASE LAYER_NAME WHEN 'DEFAULT' THEN 0 WHEN 'SYSTEM' THEN 1 WHEN 'DATABASE' THEN 2 ELSE 3 END",
             )
             .and_then(|rs| rs.try_into())
-            .map_err(|e| engine_error("reading SYS.M_INIFILE_CONTENTS", e))?;
+            .map_err(|e| hana_error("reading SYS.M_INIFILE_CONTENTS", e))?;
         let mut ini = GlobalIni::default();
         for (_layer, section, key, value) in rows {
             ini.set(&section, &key, &value);
@@ -84,10 +137,10 @@ pub async fn execute(url: &HanaUrl, statements: Vec<String>) -> Result<()> {
     let url = url.0.clone();
     blocking("running SQL", move || {
         let conn = hdbconnect::Connection::new(url.as_str())
-            .map_err(|e| engine_error("connecting to HANA", e))?;
+            .map_err(|e| hana_error("connecting to HANA", e))?;
         for statement in &statements {
             conn.exec(statement.as_str())
-                .map_err(|e| engine_error(&format!("`{statement}` failed"), e))?;
+                .map_err(|e| hana_error(&format!("`{statement}` failed"), e))?;
         }
         Ok(())
     })
@@ -106,6 +159,48 @@ pub async fn backup_data(url: &HanaUrl, backup: &crate::sql::DataBackup) -> Resu
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hdbconnect_failures_decide_retry() {
+        use hdbconnect::HdbError as E;
+        use std::io::ErrorKind as K;
+        let io = |kind: K| E::Io {
+            source: std::io::Error::from(kind),
+        };
+        for (err, retryable) in [
+            (io(K::ConnectionRefused), true),
+            (io(K::ConnectionReset), true),
+            (io(K::TimedOut), true),
+            (io(K::PermissionDenied), false),
+            (E::ConnectionBroken { source: None }, true),
+            (E::SessionClosingTransactionError, true),
+            (
+                E::ErrorAfterReconnect {
+                    source: std::io::Error::from(K::ConnectionReset),
+                    second: Box::new(io(K::ConnectionRefused)),
+                },
+                true,
+            ),
+            (
+                E::Authentication {
+                    source: Box::new(E::Usage("wrong password".into())),
+                },
+                false,
+            ),
+            (E::Usage("bad".into()), false),
+            (E::Cesu8, false),
+        ] {
+            let text = err.to_string();
+            let converted = hana_error("connecting to HANA", err);
+            assert_eq!(converted.is_retryable(), retryable, "{text}");
+            assert_eq!(converted.kind(), strata_core::ErrorKind::Engine);
+            assert_eq!(converted.to_string(), format!("connecting to HANA: {text}"));
+            assert!(converted.hint_text().unwrap().contains("HANA is up"));
+        }
+        assert!(server_code_is_retryable(131) && server_code_is_retryable(133));
+        assert!(!server_code_is_retryable(258), "insufficient privilege");
+        assert!(!server_code_is_retryable(10), "authentication failed");
+    }
 
     #[test]
     fn urls_are_checked_and_passwords_never_shown() {

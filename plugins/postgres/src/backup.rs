@@ -26,10 +26,10 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use strata_core::plugin::{BackupOutcome, BackupSink, StreamDigest};
-use strata_core::{Error, Result};
+use strata_core::{Error, IoResultExt, Result};
 
 use crate::bundle::{BundleWriter, DIRECT_MIN, PartWriter, StoredFile};
-use crate::check::connect;
+use crate::check::{connect, pg_error};
 use crate::config::ClusterConfig;
 use crate::pages::{PageCheck, PageReport, relation_segment};
 use crate::wal::WalArchive;
@@ -224,8 +224,9 @@ fn list_cluster(data_dir: &Path) -> Result<(Vec<SourceFile>, Vec<Tablespace>)> {
             Ok(r) => r,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
             Err(e) => {
-                return Err(Error::io(format!("cannot list {}: {e}", abs_dir.display()))
-                    .hint("Strata must run as the cluster's OS user (or root) to read the data directory"));
+                return Err(Error::io_doing_at("cannot list", &abs_dir, e).hint(
+                    "Strata must run as the cluster's OS user (or root) to read the data directory",
+                ));
             }
         };
         let mut names: Vec<(String, PathBuf)> = read
@@ -270,14 +271,12 @@ fn list_cluster(data_dir: &Path) -> Result<(Vec<SourceFile>, Vec<Tablespace>)> {
             let meta = match std::fs::symlink_metadata(&abs) {
                 Ok(m) => m,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(Error::io(format!("cannot stat {}: {e}", abs.display()))),
+                Err(e) => return Err(Error::io_doing_at("cannot stat", &abs, e)),
             };
             let mode = meta.permissions().mode() & 0o7777;
             if meta.file_type().is_symlink() {
                 if rel_dir == "pg_tblspc" {
-                    let target = std::fs::read_link(&abs).map_err(|e| {
-                        Error::io(format!("cannot read link {}: {e}", abs.display()))
-                    })?;
+                    let target = std::fs::read_link(&abs).doing_at("cannot read link", &abs)?;
                     tablespaces.push(Tablespace {
                         oid: name.clone(),
                         path: target.display().to_string(),
@@ -434,12 +433,7 @@ async fn write_bundle(
                     Ok(f) => f,
                     // A file dropped during the backup is not needed: WAL replay removes it.
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                    Err(e) => {
-                        return Err(std::io::Error::new(
-                            e.kind(),
-                            format!("cannot read {}: {e}", entry.abs.display()),
-                        ));
-                    }
+                    Err(e) => return Err(at_file("cannot read", &entry.abs, e)),
                 };
                 let direct = (entry.size >= DIRECT_MIN)
                     .then(|| open_direct(&entry.abs))
@@ -452,14 +446,16 @@ async fn write_bundle(
                     relation_segment(&entry.rel).map(|segment| PageCheck::new(segment, start.0))
                 });
                 let started = std::time::Instant::now();
-                let digest = bundle.add_os_file(
-                    &entry.rel,
-                    entry.mode,
-                    entry.size,
-                    &file,
-                    direct.as_ref(),
-                    pages.as_mut(),
-                )?;
+                let digest = bundle
+                    .add_os_file(
+                        &entry.rel,
+                        entry.mode,
+                        entry.size,
+                        &file,
+                        direct.as_ref(),
+                        pages.as_mut(),
+                    )
+                    .map_err(|e| at_file("reading", &entry.abs, e))?;
                 let seconds = started.elapsed().as_secs_f64();
                 tracing::debug!(
                     stream = %stream_name,
@@ -485,15 +481,17 @@ async fn write_bundle(
         match result {
             Ok(()) => bundle.finish().map(|_| stored),
             Err(e) => {
-                let echo = std::io::Error::new(e.kind(), e.to_string());
-                bundle.into_inner().fail(e);
-                Err(echo)
+                bundle
+                    .into_inner()
+                    .fail(std::io::Error::new(e.kind(), e.to_string()));
+                Err(e)
             }
         }
     });
     let upload = sink.write_parts(&name, parts, StreamDigest::Skip);
     let (uploaded, produced) = tokio::join!(upload, producer);
-    let produced = produced.map_err(|e| Error::io(format!("reading files for {name}: {e}")))?;
+    let produced =
+        produced.map_err(|e| Error::from(e).with_message(format!("reading files for {name}")))?;
     match (produced, uploaded) {
         (Ok(stored), Ok(_)) => Ok(stored),
         // The writer stopped taking parts: its error is the cause.
@@ -501,8 +499,27 @@ async fn write_bundle(
             Err(upload.context(format!("storing stream {name}")))
         }
         // A reader failure is the root cause; the upload only echoes it.
-        (Err(e), _) => Err(Error::io(e.to_string())),
+        (Err(e), _) => Err(file_error(e)),
         (Ok(_), Err(upload)) => Err(upload.context(format!("storing stream {name}"))),
+    }
+}
+
+/// An I/O failure on a data directory file, as an `io::Error` (the bundle
+/// writer's currency) that carries the path-aware [`Error`] (keeping the
+/// kind, so that a stopped writer's `BrokenPipe` is still seen as one).
+fn at_file(what: &str, path: &Path, e: std::io::Error) -> std::io::Error {
+    std::io::Error::new(e.kind(), Error::io_doing_at(what, path, e))
+}
+
+/// The [`Error`] inside an `io::Error` made by [`at_file`], or the
+/// conversion of any other one (worded as its own text, as before).
+fn file_error(e: std::io::Error) -> Error {
+    match e.downcast::<Error>() {
+        Ok(err) => err,
+        Err(e) => {
+            let text = e.to_string();
+            Error::from(e).with_message(text)
+        }
     }
 }
 
@@ -536,7 +553,7 @@ pub async fn full_backup(
             &[&options.label, &options.fast_checkpoint],
         )
         .await
-        .map_err(|e| engine_error(e, "pg_backup_start failed"))?
+        .map_err(|e| pg_error(e, "pg_backup_start failed"))?
         .get(0);
     let start: Lsn = start_lsn.parse()?;
     let check_pages_before = check_pages.then_some(start);
@@ -544,7 +561,7 @@ pub async fn full_backup(
         let dir = data_dir.clone();
         let (entries, tablespaces) = tokio::task::spawn_blocking(move || list_cluster(&dir))
             .await
-            .map_err(|e| Error::io(format!("listing the data directory: {e}")))??;
+            .map_err(|e| Error::from(e).with_message("listing the data directory"))??;
         let total: u64 = entries.iter().map(|e| e.size).sum();
         sink.expect_bytes(total);
         let queue = Arc::new(FileQueue::new(entries));
@@ -565,7 +582,7 @@ pub async fn full_backup(
             rel: "global/pg_control".into(),
             abs: data_dir.join("global/pg_control"),
             size: std::fs::metadata(data_dir.join("global/pg_control"))
-                .map_err(|e| Error::io(format!("cannot stat global/pg_control: {e}")))?
+                .doing_at("cannot stat", data_dir.join("global/pg_control"))?
                 .len(),
             mode: 0o600,
             is_dir: false,
@@ -595,7 +612,7 @@ pub async fn full_backup(
         )
         .await
         .map_err(|e| {
-            engine_error(e, "pg_backup_stop failed").hint(
+            pg_error(e, "pg_backup_stop failed").hint(
                 "the backup session was lost (a server restart or a dropped connection ends backup mode); \
                  nothing was committed: run the backup again",
             )
@@ -741,17 +758,46 @@ async fn archived_segments(
         .unwrap_or_default())
 }
 
-fn engine_error(e: tokio_postgres::Error, what: &str) -> Error {
-    let detail = e
-        .as_db_error()
-        .map(|d| d.message().to_owned())
-        .unwrap_or_else(|| e.to_string());
-    Error::engine(format!("{what}: {detail}"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A data directory file that cannot be read: the error that ends the
+    /// backup names it and keeps the OS error's kind (so a stopped writer's
+    /// broken pipe is still told apart).
+    #[test]
+    fn file_failures_keep_the_path_and_the_kind() {
+        let denied = std::io::Error::from_raw_os_error(13);
+        let echoed = at_file("cannot read", Path::new("/pg/base/1/2"), denied);
+        assert_eq!(echoed.kind(), std::io::ErrorKind::PermissionDenied);
+        let err = file_error(echoed);
+        assert_eq!(err.kind(), strata_core::ErrorKind::Io);
+        assert!(!err.is_retryable());
+        assert_eq!(
+            err.to_string(),
+            "cannot read /pg/base/1/2: Permission denied (os error 13)"
+        );
+        assert_eq!(err.field("path"), Some("/pg/base/1/2"));
+
+        let full = at_file(
+            "reading",
+            Path::new("/pg/base/1/3"),
+            std::io::Error::from_raw_os_error(28),
+        );
+        let err = file_error(full);
+        assert_eq!(err.hints(), ["free space on /pg/base/1/3's file system"]);
+
+        let pipe = at_file(
+            "reading",
+            Path::new("/pg/x"),
+            std::io::ErrorKind::BrokenPipe.into(),
+        );
+        assert_eq!(pipe.kind(), std::io::ErrorKind::BrokenPipe);
+
+        let bare = file_error(std::io::Error::other("the bundle writer failed"));
+        assert_eq!(bare.to_string(), "the bundle writer failed");
+        assert_eq!(bare.kind(), strata_core::ErrorKind::Io);
+    }
 
     #[test]
     fn exclusions_follow_basebackup() {

@@ -786,7 +786,7 @@ impl ContentSink for BundleSink {
         drop(tx);
         checker
             .await
-            .map_err(|e| Error::io(format!("the bundle check failed to run: {e}")))?
+            .map_err(|e| Error::from(e).with_message("the bundle check failed to run"))?
     }
 }
 
@@ -833,7 +833,7 @@ pub fn will_read_sequentially(file: &std::fs::File) {
 }
 
 fn io_err(path: &Path, e: io::Error) -> Error {
-    Error::io(format!("writing {}: {e}", path.display()))
+    Error::io_doing_at("writing", path, e)
 }
 
 fn set_mode(path: &Path, mode: u32) -> Result<()> {
@@ -893,6 +893,36 @@ mod tests {
         let err = extract(&mut &out[..], &|p| root2.join(p), false, "data.0").unwrap_err();
         assert!(err.to_string().contains("base/1/1259"), "{err}");
         assert!(!root2.join("base/1/1259").exists());
+    }
+
+    /// A restore onto a full disk names the file, keeps "No space left on
+    /// device" and tells the operator which file system to free up
+    /// (`/dev/full` fails every write with ENOSPC).
+    #[test]
+    fn a_full_disk_names_the_file_and_its_file_system() {
+        if !Path::new("/dev/full").exists() {
+            eprintln!("skipped: no /dev/full");
+            return;
+        }
+        let mut w = BundleWriter::new(Vec::new());
+        w.add_file("base/1/1259", 0o600, 5, &mut &b"hello"[..])
+            .unwrap();
+        let out = w.finish().unwrap();
+        let err = extract(
+            &mut &out[..],
+            &|_| PathBuf::from("/dev/full"),
+            false,
+            "data.0",
+        )
+        .unwrap_err();
+        assert_eq!(err.kind(), strata_core::ErrorKind::Io);
+        assert!(!err.is_retryable());
+        assert_eq!(
+            err.to_string(),
+            "writing /dev/full: No space left on device (os error 28)"
+        );
+        assert_eq!(err.field("path"), Some("/dev/full"));
+        assert_eq!(err.hints(), ["free space on /dev/full's file system"]);
     }
 
     /// A vault in memory named after `label`, and a backup writer into it

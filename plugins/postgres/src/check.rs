@@ -55,7 +55,8 @@ pub async fn connect_with(config: &tokio_postgres::Config, describe: &str) -> Re
     let (client, connection) = config.connect(NoTls).await.map_err(|e| {
         Error::engine(format!("cannot connect to PostgreSQL with `{describe}`: {e}"))
             .hint("check that the server is running and that connection in [postgres.<name>] names its socket directory, port and a superuser")
-            .retryable(true)
+            .retryable(pg_is_retryable(&e))
+            .with_source(e)
     })?;
     let task = tokio::spawn(async move {
         if let Err(e) = connection.await {
@@ -65,12 +66,66 @@ pub async fn connect_with(config: &tokio_postgres::Config, describe: &str) -> Re
     Ok(Server { client, task })
 }
 
-fn query_error(e: tokio_postgres::Error, what: &str) -> Error {
-    let detail = e
-        .as_db_error()
-        .map(|d| d.message().to_owned())
-        .unwrap_or_else(|| e.to_string());
-    Error::engine(format!("{what}: {detail}"))
+/// Converts a PostgreSQL client error into an engine error worded
+/// `"<what>: <detail>"` (the server's message for an error it reported);
+/// whether to retry is [`pg_is_retryable`]'s decision. The one conversion of
+/// `tokio_postgres::Error` in this plugin, with [`connect_with`]'s.
+pub(crate) fn pg_error(e: tokio_postgres::Error, what: &str) -> Error {
+    let retryable = pg_is_retryable(&e);
+    match e.as_db_error() {
+        // The server's own message; the client's text around it ("db
+        // error: ERROR: ...") would only repeat it.
+        Some(db) => Error::engine(format!("{what}: {}", db.message())).retryable(retryable),
+        None => Error::engine(format!("{what}: {e}"))
+            .retryable(retryable)
+            .with_source(e),
+    }
+}
+
+/// Whether a later attempt can cure a PostgreSQL client error: see
+/// [`retry_policy`].
+fn pg_is_retryable(e: &tokio_postgres::Error) -> bool {
+    let mut io_kind = None;
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            io_kind = Some(io.kind());
+            break;
+        }
+        source = cause.source();
+    }
+    retry_policy(e.code().map(|c| c.code()), e.is_closed(), io_kind)
+}
+
+/// The retry policy for PostgreSQL errors, from the SQLSTATE the server
+/// sent (if any), whether the session was closed, and the I/O error under
+/// the failure (if any):
+///
+/// - retryable: a closed session; SQLSTATE class 08 (connection
+///   exception), 57P01/57P02/57P03 (the server is shutting down, crashed
+///   or starting), 53300 (too many connections), 40001 (serialization
+///   failure), 40P01 (deadlock), 55P03 (lock not available); a socket that
+///   is missing or refuses connections (the server is down or restarting);
+///   any other I/O error the core policy calls retryable
+///   ([`strata_core::error::io_is_retryable`]).
+/// - not retryable: everything else, such as 28P01 (wrong password), 42501
+///   (insufficient privilege) or a syntax error.
+fn retry_policy(sqlstate: Option<&str>, closed: bool, io_kind: Option<std::io::ErrorKind>) -> bool {
+    if closed {
+        return true;
+    }
+    if let Some(code) = sqlstate {
+        return code.starts_with("08")
+            || matches!(
+                code,
+                "57P01" | "57P02" | "57P03" | "53300" | "40001" | "40P01" | "55P03"
+            );
+    }
+    match io_kind {
+        Some(std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused) => true,
+        Some(kind) => strata_core::error::io_is_retryable(kind),
+        None => false,
+    }
 }
 
 impl Server {
@@ -80,7 +135,7 @@ impl Server {
             .client
             .query_one("SELECT current_setting($1)", &[&name])
             .await
-            .map_err(|e| query_error(e, &format!("reading setting {name}")))?;
+            .map_err(|e| pg_error(e, &format!("reading setting {name}")))?;
         Ok(row.get(0))
     }
 
@@ -100,7 +155,7 @@ impl Server {
             )
             .await
             .map_err(|e| {
-                query_error(e, "reading the cluster's identity")
+                pg_error(e, "reading the cluster's identity")
                     .hint("connect as a superuser (or a role in pg_read_all_settings with EXECUTE on pg_control_system)")
             })?;
         let system_id: String = row.get(0);
@@ -182,7 +237,7 @@ pub async fn check(cluster: &ClusterConfig, name: &str, strata: &str) -> Result<
             &[],
         )
         .await
-        .map_err(|e| query_error(e, "reading archive_timeout"))?
+        .map_err(|e| pg_error(e, "reading archive_timeout"))?
         .get(0);
     let expected = format!("{strata} pg wal-push %p --cluster {name}");
     let restore_command = format!("{strata} pg wal-fetch %f \"%p\" --cluster {name}");
@@ -335,5 +390,73 @@ impl fmt::Display for CheckReport {
             "\nFor restores, recovery uses:\n  restore_command = '{}'",
             self.restore_command
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use strata_core::ErrorKind;
+
+    use super::*;
+
+    #[test]
+    fn sqlstates_decide_retry() {
+        for code in [
+            "08006", "08001", "57P01", "57P02", "57P03", "53300", "40001", "40P01", "55P03",
+        ] {
+            assert!(retry_policy(Some(code), false, None), "{code}");
+        }
+        for code in ["28P01", "28000", "42501", "42601", "3D000", "53100"] {
+            assert!(!retry_policy(Some(code), false, None), "{code}");
+        }
+        assert!(retry_policy(None, true, None), "a closed session");
+        assert!(!retry_policy(None, false, None));
+    }
+
+    #[test]
+    fn socket_failures_decide_retry() {
+        use std::io::ErrorKind as K;
+        for kind in [
+            K::NotFound,
+            K::ConnectionRefused,
+            K::TimedOut,
+            K::ConnectionReset,
+        ] {
+            assert!(retry_policy(None, false, Some(kind)), "{kind:?}");
+        }
+        for kind in [K::PermissionDenied, K::InvalidInput, K::Other] {
+            assert!(!retry_policy(None, false, Some(kind)), "{kind:?}");
+        }
+    }
+
+    /// A server that is not running: an engine error worth retrying (it may
+    /// be restarting), naming the connection and keeping the cause.
+    #[tokio::test]
+    async fn a_missing_server_is_retryable() {
+        let dir = tempfile::tempdir().unwrap();
+        let describe = format!("host={} port=5432 user=postgres", dir.path().display());
+        let config: tokio_postgres::Config = describe.parse().unwrap();
+        let err = connect_with(&config, &describe)
+            .await
+            .err()
+            .expect("no server there");
+        assert_eq!(err.kind(), ErrorKind::Engine);
+        assert!(err.is_retryable(), "{err:?}");
+        assert!(
+            err.to_string()
+                .starts_with(&format!("cannot connect to PostgreSQL with `{describe}`: ")),
+            "{err}"
+        );
+        assert!(err.hint_text().unwrap().contains("server is running"));
+        assert!(std::error::Error::source(&err).is_some());
+
+        // The same failure through the query conversion keeps the decision.
+        let e = config.connect(NoTls).await.err().unwrap();
+        let err = pg_error(e, "reading archive_timeout");
+        assert!(err.is_retryable());
+        assert!(
+            err.to_string().starts_with("reading archive_timeout: "),
+            "{err}"
+        );
     }
 }

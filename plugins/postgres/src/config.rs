@@ -27,7 +27,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use serde::{Deserialize, Serialize};
-use strata_core::{Error, Result};
+use strata_core::{Error, IoResultExt, Result};
 
 /// One protected PostgreSQL cluster (see the module docs for the TOML form).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -157,8 +157,7 @@ pub fn running_as_root() -> bool {
 
 /// The uid and gid of OS user `name`, from `/etc/passwd`.
 pub fn os_user_ids(name: &str) -> Result<(u32, u32)> {
-    let passwd = std::fs::read_to_string("/etc/passwd")
-        .map_err(|e| Error::io(format!("cannot read /etc/passwd: {e}")))?;
+    let passwd = std::fs::read_to_string("/etc/passwd").doing_at("cannot read", "/etc/passwd")?;
     for line in passwd.lines() {
         let fields: Vec<&str> = line.split(':').collect();
         if fields.len() >= 4 && fields[0] == name {

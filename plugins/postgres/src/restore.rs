@@ -22,7 +22,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use strata_core::plugin::RestoreSource;
-use strata_core::{Error, Result};
+use strata_core::{Error, IoResultExt, Result};
 
 use crate::backup::{BACKUP_LABEL_STREAM, PG_CONTROL_STREAM, TABLESPACE_MAP_STREAM};
 use crate::chain::{Plan, Target};
@@ -81,7 +81,7 @@ fn is_empty_dir(path: &Path) -> Result<bool> {
     match std::fs::read_dir(path) {
         Ok(mut entries) => Ok(entries.next().is_none()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(true),
-        Err(e) => Err(Error::io(format!("cannot read {}: {e}", path.display()))),
+        Err(e) => Err(Error::io_doing_at("cannot read", path, e)),
     }
 }
 
@@ -200,7 +200,7 @@ fn clear_dir(dir: &Path) -> Result<()> {
         } else {
             std::fs::remove_file(&path)
         };
-        result.map_err(|e| Error::io(format!("cannot remove {}: {e}", path.display())))?;
+        result.doing_at("cannot remove", &path)?;
     }
     Ok(())
 }
@@ -271,8 +271,8 @@ pub async fn restore(
 
     // backup_label byte for byte; tablespace_map with the new locations.
     let label = read_small_stream(source, plan, BACKUP_LABEL_STREAM).await?;
-    std::fs::write(target.join("backup_label"), &label)
-        .map_err(|e| Error::io(format!("writing backup_label: {e}")))?;
+    let label_path = target.join("backup_label");
+    std::fs::write(&label_path, &label).doing_at("writing", &label_path)?;
     let spcmap = read_small_stream(source, plan, TABLESPACE_MAP_STREAM).await?;
     if !spcmap.is_empty() {
         let text = String::from_utf8_lossy(&spcmap);
@@ -285,8 +285,8 @@ pub async fn restore(
                 .unwrap_or_else(|| old.to_owned());
             out.push_str(&format!("{oid} {new}\n"));
         }
-        std::fs::write(target.join("tablespace_map"), out)
-            .map_err(|e| Error::io(format!("writing tablespace_map: {e}")))?;
+        let map_path = target.join("tablespace_map");
+        std::fs::write(&map_path, out).doing_at("writing", &map_path)?;
         // PostgreSQL recreates the links from tablespace_map; the directory
         // entries written by the bundle must not be in its way.
         for oid in mapping.keys() {
@@ -308,7 +308,7 @@ pub async fn restore(
     );
     tokio::task::spawn_blocking(move || flush_all(written))
         .await
-        .map_err(|e| Error::io(format!("flushing the restored files: {e}")))??;
+        .map_err(|e| Error::from(e).with_message("flushing the restored files"))??;
     if running_as_root() && cluster.os_user != "root" {
         let (uid, gid) = os_user_ids(&cluster.os_user)?;
         chown_tree(&target, uid, gid)?;
@@ -337,24 +337,19 @@ pub async fn restore(
 
 fn create_private_dir(path: &Path) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
-    std::fs::create_dir_all(path)
-        .map_err(|e| Error::io(format!("cannot create {}: {e}", path.display())))?;
+    std::fs::create_dir_all(path).doing_at("cannot create", path)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))
-        .map_err(|e| Error::io(format!("cannot set the mode of {}: {e}", path.display())))
+        .doing_at("cannot set the mode of", path)
 }
 
 fn chown_tree(root: &Path, uid: u32, gid: u32) -> Result<()> {
     let mut stack = vec![root.to_path_buf()];
     while let Some(path) = stack.pop() {
-        std::os::unix::fs::lchown(&path, Some(uid), Some(gid)).map_err(|e| {
-            Error::io(format!(
-                "cannot change the owner of {}: {e}",
-                path.display()
-            ))
-        })?;
-        let meta = std::fs::symlink_metadata(&path)?;
+        std::os::unix::fs::lchown(&path, Some(uid), Some(gid))
+            .doing_at("cannot change the owner of", &path)?;
+        let meta = std::fs::symlink_metadata(&path).at_path(&path)?;
         if meta.is_dir() {
-            for entry in std::fs::read_dir(&path)?.flatten() {
+            for entry in std::fs::read_dir(&path).at_path(&path)?.flatten() {
                 stack.push(entry.path());
             }
         }
@@ -380,16 +375,9 @@ fn flush_all(files: Vec<PathBuf>) -> Result<()> {
                     scope.spawn(move || -> Result<()> {
                         for path in paths.iter().skip(t).step_by(THREADS) {
                             match std::fs::File::open(path) {
-                                Ok(f) => f.sync_all().map_err(|e| {
-                                    Error::io(format!("flushing {}: {e}", path.display()))
-                                })?,
+                                Ok(f) => f.sync_all().doing_at("flushing", path)?,
                                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                                Err(e) => {
-                                    return Err(Error::io(format!(
-                                        "flushing {}: {e}",
-                                        path.display()
-                                    )));
-                                }
+                                Err(e) => return Err(Error::io_doing_at("flushing", path, e)),
                             }
                         }
                         Ok(())
@@ -429,7 +417,8 @@ async fn restore_bundle(
         result
     };
     let (read, extracted) = tokio::join!(read, extract);
-    let extracted = extracted.map_err(|e| Error::io(format!("restoring {name}: {e}")))?;
+    let extracted =
+        extracted.map_err(|e| Error::from(e).with_message(format!("restoring {name}")))?;
     // A vault read failure is the root cause; the extractor then sees a truncated stream.
     read.map_err(|e| e.context(format!("reading stream {name}")))?;
     let entries = extracted?;
@@ -484,10 +473,9 @@ fn write_recovery_settings(target: &Path, plan: &Plan, options: &RestoreOptions)
     let auto = target.join("postgresql.auto.conf");
     let mut existing = std::fs::read_to_string(&auto).unwrap_or_default();
     existing.push_str(&conf);
-    std::fs::write(&auto, existing)
-        .map_err(|e| Error::io(format!("writing {}: {e}", auto.display())))?;
-    std::fs::write(target.join("recovery.signal"), b"")
-        .map_err(|e| Error::io(format!("writing recovery.signal: {e}")))?;
+    std::fs::write(&auto, existing).doing_at("writing", &auto)?;
+    let signal = target.join("recovery.signal");
+    std::fs::write(&signal, b"").doing_at("writing", &signal)?;
     Ok(target_text)
 }
 
@@ -550,7 +538,11 @@ async fn start_and_wait(
     let output = tokio::process::Command::from(cmd)
         .output()
         .await
-        .map_err(|e| Error::engine(format!("cannot run {}: {e}", pg_ctl.display())))?;
+        .map_err(|e| {
+            Error::engine(format!("cannot run {}", pg_ctl.display()))
+                .in_message("path", pg_ctl.display())
+                .with_source(e)
+        })?;
     if !output.status.success() {
         return Err(start_failure(
             &log,

@@ -464,7 +464,7 @@ fn index_error(origin: &str, doing: &str, err: rusqlite::Error) -> Error {
                 ),
             )
             .hint("check for a hung strata process; the operation can be retried")
-            .retryable(true)
+            .retryable(crate::error::sqlite_is_retryable(&err))
             .with_source(err);
         }
         Some(ErrorCode::ReadOnly | ErrorCode::PermissionDenied | ErrorCode::CannotOpen) => {

@@ -333,7 +333,8 @@ impl Manifest {
             format: u32,
         }
         let probe: Probe = serde_json::from_slice(bytes).map_err(|e| {
-            Error::integrity(format!("manifest {origin} is not valid JSON: {e}"))
+            Error::from(e)
+                .with_message(format!("manifest {origin} is not valid JSON"))
                 .hint("the object may be corrupted; `strata verify` checks the rest of the vault")
         })?;
         if probe.format > MANIFEST_FORMAT {
@@ -344,7 +345,8 @@ impl Manifest {
             .hint("upgrade Strata to read this vault"));
         }
         let manifest: Manifest = serde_json::from_slice(bytes).map_err(|e| {
-            Error::integrity(format!("manifest {origin} is malformed: {e}"))
+            Error::from(e)
+                .with_message(format!("manifest {origin} is malformed"))
                 .hint("the object may be corrupted or written by an incompatible tool")
         })?;
         manifest.check(origin)?;

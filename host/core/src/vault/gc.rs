@@ -34,7 +34,7 @@ use object_store::ObjectStoreExt;
 use serde::Serialize;
 
 use super::{Vault, layout};
-use crate::error::{Error, Result};
+use crate::error::{Error, IoResultExt, Result};
 
 /// The data of one backup that has no manifest.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -169,11 +169,9 @@ pub async fn find_unfinished_uploads(
         let mut found = Vec::new();
         let mut dirs = vec![root.clone()];
         while let Some(dir) = dirs.pop() {
-            let entries = std::fs::read_dir(&dir)
-                .map_err(|e| Error::io(format!("cannot list {}: {e}", dir.display())))?;
+            let entries = std::fs::read_dir(&dir).doing_at("cannot list", &dir)?;
             for entry in entries {
-                let entry =
-                    entry.map_err(|e| Error::io(format!("cannot list {}: {e}", dir.display())))?;
+                let entry = entry.doing_at("cannot list", &dir)?;
                 let Ok(meta) = entry.metadata() else {
                     // Gone since it was listed: an upload that just finished.
                     continue;
@@ -204,7 +202,7 @@ pub async fn find_unfinished_uploads(
         Ok(found)
     })
     .await
-    .map_err(|e| Error::io(format!("listing unfinished uploads: {e}")))?
+    .map_err(|e| Error::from(e).with_message("listing unfinished uploads"))?
 }
 
 fn relative(root: &Path, path: &Path) -> String {
@@ -228,7 +226,7 @@ pub async fn delete_unfinished_upload(vault: &Vault, upload: &UnfinishedUpload) 
         let meta = match std::fs::metadata(&path) {
             Ok(meta) => meta,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(Error::io(format!("cannot read {}: {e}", path.display()))),
+            Err(e) => return Err(Error::io_doing_at("cannot read", &path, e)),
         };
         if meta.modified().map(DateTime::<Utc>::from).ok() != Some(upload.modified) {
             return Err(Error::conflict(format!(
@@ -240,7 +238,7 @@ pub async fn delete_unfinished_upload(vault: &Vault, upload: &UnfinishedUpload) 
         match std::fs::remove_file(&path) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(Error::io(format!("cannot delete {}: {e}", path.display()))),
+            Err(e) => return Err(Error::io_doing_at("cannot delete", &path, e)),
         }
         // Only a backup's own directories are removed: each belongs to one
         // backup, and its process is gone. WAL directories stay, since a
@@ -257,7 +255,7 @@ pub async fn delete_unfinished_upload(vault: &Vault, upload: &UnfinishedUpload) 
         Ok(())
     })
     .await
-    .map_err(|e| Error::io(format!("deleting {name}: {e}")))?
+    .map_err(|e| Error::from(e).with_message(format!("deleting {name}")))?
 }
 
 #[cfg(test)]

@@ -54,20 +54,24 @@ impl fmt::Display for DurableLocalStore {
     }
 }
 
-fn generic(source: std::io::Error) -> object_store::Error {
+fn generic(source: impl std::error::Error + Send + Sync + 'static) -> object_store::Error {
     object_store::Error::Generic {
         store: STORE,
         source: Box::new(source),
     }
 }
 
+/// Runs file work on a blocking thread; an I/O failure names `path` and
+/// keeps its `io::Error` (so a full disk is not mistaken for a network
+/// blip when it is converted).
 async fn blocking<T: Send + 'static>(
+    path: PathBuf,
     work: impl FnOnce() -> std::io::Result<T> + Send + 'static,
 ) -> object_store::Result<T> {
     tokio::task::spawn_blocking(work)
         .await
-        .map_err(|e| generic(std::io::Error::other(e)))?
-        .map_err(generic)
+        .map_err(generic)?
+        .map_err(|e| generic(crate::Error::io_at(path, e)))
 }
 
 /// A name for a staging file next to `dest`. [`LocalFileSystem`] does not
@@ -109,7 +113,7 @@ impl ObjectStore for DurableLocalStore {
         let staging = staging_path(&dest);
         let file = {
             let (dest, staging) = (dest.clone(), staging.clone());
-            blocking(move || {
+            blocking(staging.clone(), move || {
                 if let Some(parent) = dest.parent() {
                     std::fs::create_dir_all(parent)?;
                 }
@@ -180,7 +184,7 @@ impl MultipartUpload for DurableUpload {
                 source: "the upload was already completed or aborted".into(),
             })));
         };
-        Box::pin(blocking(move || {
+        Box::pin(blocking(self.staging.clone(), move || {
             let mut at = offset;
             for piece in data.iter() {
                 file.write_all_at(piece, at)?;
@@ -207,7 +211,7 @@ impl MultipartUpload for DurableUpload {
                 source: "the upload was already completed or aborted".into(),
             })?;
         let (staging, dest) = (self.staging.clone(), self.dest.clone());
-        blocking(move || {
+        blocking(dest.clone(), move || {
             file.sync_all()?;
             drop(file);
             std::fs::rename(&staging, &dest)?;
@@ -226,9 +230,11 @@ impl MultipartUpload for DurableUpload {
     async fn abort(&mut self) -> object_store::Result<()> {
         self.file = None;
         let staging = self.staging.clone();
-        blocking(move || match std::fs::remove_file(&staging) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
+        blocking(staging.clone(), move || {
+            match std::fs::remove_file(&staging) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+                _ => Ok(()),
+            }
         })
         .await
     }

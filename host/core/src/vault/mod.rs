@@ -37,7 +37,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::catalog::manifest::{BackupId, Manifest};
 use crate::crypto::VaultKey;
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::{Error, ErrorKind, IoResultExt, Result};
 
 /// The vault format this build writes and the newest it opens.
 pub const VAULT_FORMAT: u32 = 1;
@@ -272,9 +272,11 @@ fn config_store_error(url: &str, err: object_store::Error) -> Error {
 
 fn unreachable(url: &str, err: Error) -> Error {
     if err.kind() == ErrorKind::Storage {
+        // The conversion of the store's error decided whether a retry helps.
         Error::storage(format!("the vault {url} could not be reached: {err}"))
             .hint("check the network, the endpoint and the credentials; nothing was changed")
-            .retryable(true)
+            .retryable(err.is_retryable())
+            .with_source(err)
     } else {
         err
     }
@@ -289,8 +291,7 @@ impl Vault {
             .strip_prefix("file://")
             .or_else(|| trimmed.starts_with('/').then_some(trimmed))
         {
-            std::fs::create_dir_all(path)
-                .map_err(|e| Error::io(format!("cannot create the vault directory {path}: {e}")))?;
+            std::fs::create_dir_all(path).doing_at("cannot create the vault directory", path)?;
         }
         let (store, root) = build_store(config)?;
         let meta = VaultMeta {
@@ -361,7 +362,7 @@ impl Vault {
             Err(e) => return Err(unreachable(url, e.into())),
         };
         let meta: VaultMeta = serde_json::from_slice(&bytes).map_err(|e| {
-            Error::integrity(format!("the vault metadata at {url} is malformed: {e}"))
+            Error::from(e).with_message(format!("the vault metadata at {url} is malformed"))
         })?;
         if meta.format > VAULT_FORMAT {
             return Err(Error::config(format!(

@@ -126,15 +126,73 @@ struct StreamContext {
     stored_pool: Arc<BufferPool>,
 }
 
+/// Why one part could not be read back. Each becomes an [`Error`] naming
+/// the backup, stream, part and object (see [`StreamContext::part_error`]).
+#[derive(Debug, thiserror::Error)]
+enum PartFailure {
+    /// The segment object is gone.
+    #[error("the object is missing")]
+    Missing,
+    /// The segment object is not the size the manifest records.
+    #[error("the object is {actual} bytes, the manifest records {recorded}")]
+    ObjectSize { actual: u64, recorded: u64 },
+    /// Fewer stored bytes came back than the part has.
+    #[error("the object ends early ({got} of {recorded} bytes)")]
+    Truncated { got: u64, recorded: u64 },
+    /// The stored bytes do not match their checksum.
+    #[error("CRC-32C mismatch (stored {actual:08x}, manifest {recorded:08x})")]
+    Crc { actual: u32, recorded: u32 },
+    /// The AEAD tag did not verify under the backup's data key.
+    #[error("authenticated decryption failed")]
+    Aead,
+    /// The manifest asks for a part larger than any writer produces.
+    #[error("the manifest records an impossible raw size of {0} bytes")]
+    ImpossibleSize(u64),
+    /// The stored frame is not valid zstd.
+    #[error("the zstd frame is invalid: {0}")]
+    Zstd(#[source] std::io::Error),
+    /// The frame decompressed to another length than the manifest records.
+    #[error("the part decompresses to {actual} bytes, the manifest records {recorded}")]
+    RawSize { actual: u64, recorded: u64 },
+}
+
+impl PartFailure {
+    /// A missing object is [`ErrorKind::NotFound`]; everything else,
+    /// including an AEAD failure, is [`ErrorKind::Integrity`]: the data key
+    /// was already unwrapped with the vault key (a wrong vault key fails
+    /// there, as [`ErrorKind::Crypto`]), so a part that does not open was
+    /// altered or belongs to another backup.
+    fn kind(&self) -> ErrorKind {
+        match self {
+            PartFailure::Missing => ErrorKind::NotFound,
+            _ => ErrorKind::Integrity,
+        }
+    }
+}
+
 impl StreamContext {
-    fn part_error(&self, kind: ErrorKind, loc: &PartLocation, problem: &str) -> Error {
-        Error::new(
-            kind,
-            format!(
-                "backup {}, stream `{}`: part {} in object {}: {problem}",
-                self.backup, self.stream_name, loc.index, loc.key
-            ),
+    /// What names a part in errors: `backup B, stream `s`: part N in object K`.
+    fn part_label(&self, loc: &PartLocation) -> String {
+        format!(
+            "backup {}, stream `{}`: part {} in object {}",
+            self.backup, self.stream_name, loc.index, loc.key
         )
+    }
+
+    /// A part failure as an error: the part's label and the problem in the
+    /// message, the backup, stream, part and object as fields, never
+    /// retryable (stored data does not heal), and the damage hint.
+    fn part_error(&self, loc: &PartLocation, failure: PartFailure) -> Error {
+        Error::new(
+            failure.kind(),
+            format!("{}: {failure}", self.part_label(loc)),
+        )
+        .in_message("backup", &self.backup)
+        .in_message("stream", &self.stream_name)
+        .in_message("part", loc.index)
+        .in_message("object", &loc.key)
+        .hint(DAMAGED_HINT)
+        .with_source(failure)
     }
 
     /// Fetches the stored bytes of one part into a pooled buffer.
@@ -146,9 +204,9 @@ impl StreamContext {
         };
         match fetched {
             Ok(bytes) => Ok(bytes),
-            Err(object_store::Error::NotFound { .. }) => Err(self
-                .part_error(ErrorKind::NotFound, loc, "the object is missing")
-                .hint(DAMAGED_HINT)),
+            Err(object_store::Error::NotFound { .. }) => {
+                Err(self.part_error(loc, PartFailure::Missing))
+            }
             Err(err) => {
                 // A range past the end of a truncated object fails in a
                 // store-specific way: tell it apart from an unreachable store.
@@ -156,72 +214,76 @@ impl StreamContext {
                 if let Ok(head) = self.store.get_opts(&loc.path, options).await
                     && head.meta.size != segment_size
                 {
-                    return Err(self
-                        .part_error(
-                            ErrorKind::Integrity,
-                            loc,
-                            &format!(
-                                "the object is {} bytes, the manifest records {segment_size}",
-                                head.meta.size
-                            ),
-                        )
-                        .hint(DAMAGED_HINT));
+                    return Err(self.part_error(
+                        loc,
+                        PartFailure::ObjectSize {
+                            actual: head.meta.size,
+                            recorded: segment_size,
+                        },
+                    ));
                 }
-                let err = Error::from(err);
-                Err(self.part_error(err.kind(), loc, &err.to_string()))
+                Err(self.store_error(loc, err))
             }
         }
     }
 
+    /// The store failed while fetching a part: its conversion decides the
+    /// kind, whether to retry and the hint; the part's label is the context.
+    fn store_error(&self, loc: &PartLocation, err: object_store::Error) -> Error {
+        Error::from(err)
+            .context(self.part_label(loc))
+            .in_message("backup", &self.backup)
+            .in_message("stream", &self.stream_name)
+            .in_message("part", loc.index)
+            .in_message("object", &loc.key)
+    }
+
     /// Checks a stored part and returns its raw bytes.
     fn open(&self, loc: &PartLocation, stored: &[u8]) -> Result<Bytes> {
-        let damaged = |problem: &str| {
-            self.part_error(ErrorKind::Integrity, loc, problem)
-                .hint(DAMAGED_HINT)
-        };
+        self.check(loc, stored)
+            .map_err(|failure| self.part_error(loc, failure))
+    }
+
+    fn check(&self, loc: &PartLocation, stored: &[u8]) -> Result<Bytes, PartFailure> {
         if stored.len() as u64 != loc.record.stored {
-            return Err(damaged(&format!(
-                "the object ends early ({} of {} bytes)",
-                stored.len(),
-                loc.record.stored
-            )));
+            return Err(PartFailure::Truncated {
+                got: stored.len() as u64,
+                recorded: loc.record.stored,
+            });
         }
         let crc = crc32c::crc32c(stored);
         if crc != loc.record.crc32c {
-            return Err(damaged(&format!(
-                "CRC-32C mismatch (stored {crc:08x}, manifest {:08x})",
-                loc.record.crc32c
-            )));
+            return Err(PartFailure::Crc {
+                actual: crc,
+                recorded: loc.record.crc32c,
+            });
         }
         let opened;
         let frame: &[u8] = match &self.data_key {
             Some(key) => {
                 opened = key
                     .open_part(self.backup.as_str(), self.stream_index, loc.index, stored)
-                    .map_err(|_| damaged("authenticated decryption failed"))?;
+                    .map_err(|_| PartFailure::Aead)?;
                 &opened
             }
             None => stored,
         };
         if loc.record.raw > MAX_RAW_PART {
-            return Err(damaged(&format!(
-                "the manifest records an impossible raw size of {} bytes",
-                loc.record.raw
-            )));
+            return Err(PartFailure::ImpossibleSize(loc.record.raw));
         }
         let mut raw = self.pool.take();
         let decompressed = decompress_frame(frame, &mut raw, loc.record.raw as usize);
         if let Err(e) = decompressed {
             self.pool.give(raw);
-            return Err(damaged(&format!("the zstd frame is invalid: {e}")));
+            return Err(PartFailure::Zstd(e));
         }
         if raw.len() as u64 != loc.record.raw {
-            let len = raw.len();
+            let actual = raw.len() as u64;
             self.pool.give(raw);
-            return Err(damaged(&format!(
-                "the part decompresses to {len} bytes, the manifest records {}",
-                loc.record.raw
-            )));
+            return Err(PartFailure::RawSize {
+                actual,
+                recorded: loc.record.raw,
+            });
         }
         Ok(Bytes::from(raw))
     }
@@ -301,9 +363,11 @@ async fn read_payload(result: GetResult, mut buf: Vec<u8>) -> object_store::Resu
             .await;
             match read {
                 Ok(Ok(buf)) => Ok(buf),
+                // The io::Error stays in the chain, so that the conversion
+                // into Strata's error sees its kind.
                 Ok(Err(source)) => Err(object_store::Error::Generic {
                     store: "LocalFileSystem",
-                    source: format!("reading {}: {source}", path.display()).into(),
+                    source: Box::new(Error::io_doing_at("reading", &path, source)),
                 }),
                 Err(source) => Err(object_store::Error::Generic {
                     store: "LocalFileSystem",
@@ -321,7 +385,7 @@ async fn read_payload(result: GetResult, mut buf: Vec<u8>) -> object_store::Resu
 }
 
 fn task_error(err: tokio::task::JoinError) -> Error {
-    Error::io(format!("a background task of the reader failed: {err}"))
+    Error::from(err).with_message("a background task of the reader failed")
 }
 
 fn data_key(vault: &Vault, manifest: &Manifest) -> Result<Option<Arc<DataKey>>> {
@@ -440,7 +504,7 @@ impl DigestCheck {
         let digest = self
             .handle
             .await
-            .map_err(|e| Error::io(format!("the digest task failed: {e}")))?
+            .map_err(|e| Error::from(e).with_message("the digest task failed"))?
             .to_hex()
             .to_string();
         match &record.blake3 {
@@ -979,6 +1043,171 @@ mod tests {
                 .is_err()
         );
         assert!(restore(&vault, &manifest, "db").await.unwrap() == input);
+    }
+
+    /// A context and a location for part 3 of `data/seg`, and the stored
+    /// (zstd, optionally sealed) bytes of `raw` as a writer would store them.
+    fn one_part(raw: &[u8], key: Option<&DataKey>) -> (StreamContext, PartLocation, Vec<u8>) {
+        let backup: BackupId = "20200101T000000.000Z-00000000".parse().unwrap();
+        let frame = zstd::bulk::compress(raw, 1).unwrap();
+        let stored = match key {
+            Some(key) => key.seal_part(backup.as_str(), 0, 3, &frame),
+            None => frame,
+        };
+        let ctx = StreamContext {
+            store: Arc::new(object_store::memory::InMemory::new()),
+            backup,
+            stream_index: 0,
+            stream_name: "db".to_owned(),
+            data_key: key.map(|k| Arc::new(k.clone())),
+            workers: 1,
+            pool: Arc::new(BufferPool::new(raw.len(), 1)),
+            stored_pool: Arc::new(BufferPool::new(stored.len(), 1)),
+        };
+        let loc = PartLocation {
+            key: Arc::from("data/seg"),
+            path: Path::from("data/seg"),
+            range: 0..stored.len() as u64,
+            record: PartRecord {
+                raw: raw.len() as u64,
+                stored: stored.len() as u64,
+                crc32c: crc32c::crc32c(&stored),
+            },
+            index: 3,
+        };
+        (ctx, loc, stored)
+    }
+
+    const LABEL: &str =
+        "backup 20200101T000000.000Z-00000000, stream `db`: part 3 in object data/seg: ";
+
+    /// Kind, message, fields, hint and retry of one part failure.
+    fn assert_part_error(err: &Error, kind: ErrorKind, problem: &str) {
+        assert_eq!(err.kind(), kind, "{err}");
+        assert_eq!(err.to_string(), format!("{LABEL}{problem}"));
+        assert!(!err.is_retryable(), "{err}");
+        assert_eq!(err.hints(), [DAMAGED_HINT]);
+        assert_eq!(
+            err.fields().collect::<Vec<_>>(),
+            [
+                ("backup", "20200101T000000.000Z-00000000"),
+                ("stream", "db"),
+                ("part", "3"),
+                ("object", "data/seg"),
+            ]
+        );
+    }
+
+    #[test]
+    fn every_part_failure_names_the_part_and_object() {
+        let raw = data(1000, 3);
+        let (ctx, loc, stored) = one_part(&raw, None);
+        assert!(ctx.open(&loc, &stored).unwrap() == raw);
+
+        let err = ctx.open(&loc, &stored[..stored.len() - 1]).unwrap_err();
+        let problem = format!(
+            "the object ends early ({} of {} bytes)",
+            stored.len() - 1,
+            stored.len()
+        );
+        assert_part_error(&err, ErrorKind::Integrity, &problem);
+
+        let mut flipped = stored.clone();
+        flipped[0] ^= 1;
+        let err = ctx.open(&loc, &flipped).unwrap_err();
+        let problem = format!(
+            "CRC-32C mismatch (stored {:08x}, manifest {:08x})",
+            crc32c::crc32c(&flipped),
+            loc.record.crc32c
+        );
+        assert_part_error(&err, ErrorKind::Integrity, &problem);
+
+        let mut garbage = loc.clone();
+        let junk = vec![7u8; stored.len()];
+        garbage.record.crc32c = crc32c::crc32c(&junk);
+        let err = ctx.open(&garbage, &junk).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with(&format!("{LABEL}the zstd frame is invalid: ")),
+            "{err}"
+        );
+        assert_eq!(err.kind(), ErrorKind::Integrity);
+        assert!(!err.is_retryable());
+        assert_eq!(err.field("part"), Some("3"));
+
+        let mut longer = loc.clone();
+        longer.record.raw += 1;
+        let err = ctx.open(&longer, &stored).unwrap_err();
+        let problem = "the part decompresses to 1000 bytes, the manifest records 1001";
+        assert_part_error(&err, ErrorKind::Integrity, problem);
+
+        let mut huge = loc.clone();
+        huge.record.raw = MAX_RAW_PART + 1;
+        let err = ctx.open(&huge, &stored).unwrap_err();
+        let problem = format!(
+            "the manifest records an impossible raw size of {} bytes",
+            MAX_RAW_PART + 1
+        );
+        assert_part_error(&err, ErrorKind::Integrity, &problem);
+
+        let err = ctx.part_error(&loc, PartFailure::Missing);
+        assert_part_error(&err, ErrorKind::NotFound, "the object is missing");
+        let err = ctx.part_error(
+            &loc,
+            PartFailure::ObjectSize {
+                actual: 5,
+                recorded: 9,
+            },
+        );
+        assert_part_error(
+            &err,
+            ErrorKind::Integrity,
+            "the object is 5 bytes, the manifest records 9",
+        );
+    }
+
+    #[test]
+    fn a_part_that_does_not_open_is_damage() {
+        let vault_key = VaultKey::generate();
+        let (key, _) = vault_key
+            .new_data_key("20200101T000000.000Z-00000000")
+            .unwrap();
+        let raw = data(1000, 4);
+        let (ctx, loc, stored) = one_part(&raw, Some(&key));
+        assert!(ctx.open(&loc, &stored).unwrap() == raw);
+        // Sealed for another part index: the tag does not verify.
+        let mut other = loc.clone();
+        other.index = 4;
+        let err = ctx.open(&other, &stored).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Integrity);
+        assert_eq!(
+            err.to_string(),
+            "backup 20200101T000000.000Z-00000000, stream `db`: part 4 in object data/seg: authenticated decryption failed"
+        );
+        assert!(!err.is_retryable());
+        assert_eq!(err.hints(), [DAMAGED_HINT]);
+        assert_eq!(err.field("part"), Some("4"));
+    }
+
+    #[test]
+    fn a_store_failure_keeps_its_retry_and_names_the_part() {
+        let (ctx, loc, _) = one_part(&data(100, 5), None);
+        let failed = object_store::Error::Generic {
+            store: "S3",
+            source: "Server returned non-2xx status code: 503 Service Unavailable: busy".into(),
+        };
+        let err = ctx.store_error(&loc, failed);
+        assert_eq!(err.kind(), ErrorKind::Storage);
+        assert!(err.is_retryable());
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "{LABEL}object storage request failed: Generic S3 error: Server returned non-2xx status code: 503 Service Unavailable: busy"
+            )
+        );
+        assert!(err.hint_text().unwrap().contains("can be retried"));
+        assert_eq!(err.field("object"), Some("data/seg"));
+        assert_eq!(err.field("part"), Some("3"));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

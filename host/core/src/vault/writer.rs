@@ -483,7 +483,7 @@ async fn read_part<R: AsyncRead + Unpin>(
 }
 
 fn join_error(err: tokio::task::JoinError) -> Error {
-    Error::io(format!("a background task of the writer failed: {err}"))
+    Error::from(err).with_message("a background task of the writer failed")
 }
 
 /// A segment being written: buffered until it outgrows one upload chunk,
