@@ -655,6 +655,7 @@ pub async fn full_backup(
         consistent_at: Some(stop_time),
         engine_meta: serde_json::to_value(&meta)?,
         labels,
+        ..Default::default()
     })
 }
 

@@ -65,8 +65,8 @@ use tokio::task::JoinHandle;
 use super::slots::FairSlots;
 use super::{Progress, Vault, layout};
 use crate::catalog::manifest::{
-    BackupId, BackupKind, Compression, Encryption, MANIFEST_FORMAT, Manifest, PartRecord, Position,
-    SegmentRecord, StreamRecord,
+    BackupId, BackupKind, Compression, Encryption, MANIFEST_FORMAT, Manifest, PartRecord, SegmentRecord,
+    StreamRecord,
 };
 use crate::crypto::{DataKey, PART_ALGORITHM};
 use crate::error::{Error, ErrorKind, Result};
@@ -1164,6 +1164,8 @@ pub(crate) mod tests {
 
     use object_store::ObjectStoreExt;
     use tokio::io::{AsyncWriteExt, ReadBuf};
+
+    use crate::catalog::manifest::Position;
 
     use super::*;
     use crate::vault::VaultConfig;
