@@ -65,8 +65,8 @@ use tokio::task::JoinHandle;
 use super::slots::FairSlots;
 use super::{Progress, Vault, layout};
 use crate::catalog::manifest::{
-    BackupId, BackupKind, Compression, Encryption, MANIFEST_FORMAT, Manifest, PartRecord, SegmentRecord,
-    StreamRecord,
+    BackupId, BackupKind, Compression, Encryption, MANIFEST_FORMAT, Manifest, PartRecord,
+    SegmentRecord, StreamRecord,
 };
 use crate::crypto::{DataKey, PART_ALGORITHM};
 use crate::error::{Error, ErrorKind, Result};
@@ -765,10 +765,7 @@ impl BackupWriter {
     /// A channel to feed a stream part by part from a blocking producer;
     /// pass the [`PartStream`] to [`write_parts`](Self::write_parts).
     pub fn part_channel(&self) -> (PartFeed, PartStream) {
-        crate::plugin::part_channel(
-            self.shared.config.part_size,
-            self.shared.raw_pool.clone(),
-        )
+        crate::plugin::part_channel(self.shared.config.part_size, self.shared.raw_pool.clone())
     }
 
     /// Stores the stream `name` from the parts sent through the
