@@ -13,15 +13,19 @@
 //! objects. Names that do not have that shape fall back to `-u`.
 //!
 //! To find the versions of a name without reading every manifest, each
-//! version also has a small **name marker**:
+//! version also has a small **name marker**, an archive object of the SID
+//! (a [`VaultArchive`] of engine `hana`, instance `<SID>`) under
 //!
 //! ```text
-//! engines/hana/<SID>/objects/<escaped name component>/.../<ebid>
+//! objects/<escaped name component>/.../<ebid>
 //! ```
 //!
-//! (each component of the name escaped with
-//! [`layout::escape_component`]). The marker is written before the manifest
-//! and a version counts only when its manifest exists, so a marker left by a
+//! (each component of the name escaped with [`layout::escape_component`]),
+//! which in the vault is `engines/hana/<SID>/objects/...`, where markers
+//! have always been. Only the markers' keys are ever read (a listing), never
+//! their bodies, so markers written before the archive API (plain JSON
+//! objects) keep counting. The marker is written before the manifest and a
+//! version counts only when its manifest exists, so a marker left by a
 //! failed upload is never listed or restored; the manifest stays the commit
 //! point.
 
@@ -29,10 +33,10 @@ use std::collections::BTreeSet;
 
 use chrono::{DateTime, NaiveDateTime, Utc};
 use futures::{StreamExt, TryStreamExt};
-use object_store::ObjectStoreExt;
 use serde::{Deserialize, Serialize};
 use strata_core::catalog::manifest::{BackupId, BackupKind, Manifest};
-use strata_core::vault::{Vault, layout};
+use strata_core::plugin::{ArchiveStore, Attributes};
+use strata_core::vault::{Vault, VaultArchive, layout};
 use strata_core::{Error, ErrorKind, Result};
 
 /// The engine name of HANA backups in the vault.
@@ -184,8 +188,14 @@ impl VersionStore {
             .unwrap_or_else(|| self.default_sid.clone())
     }
 
-    fn name_prefix(sid: &str, name: &str) -> String {
-        let mut key = format!("{}/objects", layout::engine_prefix(ENGINE, sid));
+    /// The archive objects of `sid`, where its name markers live.
+    fn archive(&self, sid: &str) -> VaultArchive {
+        VaultArchive::new(self.vault.clone(), ENGINE, sid)
+    }
+
+    /// The archive key prefix of the markers of `name`.
+    fn name_prefix(name: &str) -> String {
+        let mut key = "objects".to_owned();
         for component in name.split('/') {
             key.push('/');
             key.push_str(&layout::escape_component(component));
@@ -193,9 +203,9 @@ impl VersionStore {
         key
     }
 
-    /// The marker key of one version.
-    pub fn marker_key(sid: &str, name: &str, ebid: &str) -> String {
-        format!("{}/{ebid}", Self::name_prefix(sid, name))
+    /// The archive key of the marker of one version.
+    pub fn marker_key(name: &str, ebid: &str) -> String {
+        format!("{}/{ebid}", Self::name_prefix(name))
     }
 
     /// Writes the name marker of a version about to be committed.
@@ -203,40 +213,41 @@ impl VersionStore {
         let body = serde_json::to_vec(&serde_json::json!({
             "name": meta.name, "ebid": ebid, "created": meta.created,
         }))?;
-        self.vault
-            .put_create(&Self::marker_key(sid, &meta.name, ebid), body)
-            .await
+        self.archive(sid)
+            .put_once(
+                &Self::marker_key(&meta.name, ebid),
+                body.into(),
+                Attributes::new(),
+            )
+            .await?;
+        Ok(())
     }
 
     /// Removes a version's marker; a missing marker is fine.
     pub async fn delete_marker(&self, sid: &str, name: &str, ebid: &str) -> Result<()> {
-        let path = self.vault.path(&Self::marker_key(sid, name, ebid));
-        match self.vault.store().delete(&path).await {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-            Err(e) => Err(e.into()),
-        }
+        self.archive(sid)
+            .delete(&Self::marker_key(name, ebid))
+            .await
     }
 
     async fn manifest_exists(&self, sid: &str, ebid: &str) -> Result<bool> {
         let Ok(id) = ebid.parse::<BackupId>() else {
             return Ok(false);
         };
-        let key = layout::manifest_key(ENGINE, sid, &id);
-        match self.vault.store().head(&self.vault.path(&key)).await {
-            Ok(_) => Ok(true),
-            Err(object_store::Error::NotFound { .. }) => Ok(false),
-            Err(e) => Err(Error::from(e).context(format!("checking version {ebid}"))),
-        }
+        self.vault
+            .manifest_exists(ENGINE, sid, &id)
+            .await
+            .map_err(|e| e.context(format!("checking version {ebid}")))
     }
 
     /// Every committed version of `name`, newest first.
     pub async fn versions(&self, name: &str) -> Result<Vec<Version>> {
         let sid = self.sid_of(name);
-        let prefix = Self::name_prefix(&sid, name);
-        let keys = self.vault.list_keys(&prefix).await?;
-        let mut ebids: Vec<String> = keys
+        let prefix = Self::name_prefix(name);
+        let markers = self.archive(&sid).list(&prefix).await?;
+        let mut ebids: Vec<String> = markers
             .iter()
-            .filter_map(|k| k.strip_prefix(&prefix)?.strip_prefix('/'))
+            .filter_map(|m| m.key.strip_prefix(&prefix)?.strip_prefix('/'))
             .filter(|rest| !rest.contains('/'))
             .map(str::to_owned)
             .collect::<BTreeSet<_>>()
@@ -400,18 +411,19 @@ mod tests {
         assert_eq!(ebid_time("1707397841371"), None);
     }
 
-    #[test]
-    fn marker_keys_keep_names_apart() {
-        let a = VersionStore::marker_key("HDB", "/a/log_backup_0_0_0_0", "E");
-        let b = VersionStore::marker_key("HDB", "/a/log_backup_0_0_0_01", "E");
+    #[tokio::test]
+    async fn marker_keys_keep_names_apart_where_markers_always_were() {
+        let a = VersionStore::marker_key("/a/log_backup_0_0_0_0", "E");
+        let b = VersionStore::marker_key("/a/log_backup_0_0_0_01", "E");
         assert_ne!(a, b);
-        assert!(
-            a.starts_with("engines/hana/HDB/objects/_/a/log_5fbackup"),
-            "{a}"
+        let store = VersionStore::new(vault("versions-keys").await, "HDB");
+        assert_eq!(
+            store.archive("HDB").vault_key(&a).unwrap(),
+            "engines/hana/HDB/objects/_/a/log_5fbackup_5f0_5f0_5f0_5f0/E"
         );
         assert_ne!(
-            VersionStore::marker_key("HDB", "/a b", "E"),
-            VersionStore::marker_key("HDB", "/a_20b", "E")
+            VersionStore::marker_key("/a b", "E"),
+            VersionStore::marker_key("/a_20b", "E")
         );
     }
 
@@ -493,6 +505,38 @@ mod tests {
                 .await
                 .unwrap()
                 .is_none()
+        );
+    }
+
+    #[tokio::test]
+    async fn markers_written_before_the_archive_api_still_count() {
+        let store = VersionStore::new(vault("versions-old-markers").await, "HDB");
+        let name = "/usr/sap/HDB/SYS/global/hdb/backint/DB_HDB/log_backup_1_0_0_10";
+        let ebid = commit_version(&store, "HDB", name, b"log").await;
+        // Replace the marker by one as earlier builds wrote it: plain JSON
+        // at the same vault key.
+        store.delete_marker("HDB", name, &ebid).await.unwrap();
+        assert!(store.versions(name).await.unwrap().is_empty());
+        let old_key = format!(
+            "engines/hana/HDB/objects/_/usr/sap/HDB/SYS/global/hdb/backint/DB_5fHDB/log_5fbackup_5f1_5f0_5f0_5f10/{ebid}"
+        );
+        store
+            .vault()
+            .put_create(
+                &old_key,
+                serde_json::to_vec(&serde_json::json!({"name": name, "ebid": ebid})).unwrap(),
+            )
+            .await
+            .unwrap();
+        let versions = store.versions(name).await.unwrap();
+        assert_eq!(versions.len(), 1);
+        assert_eq!(versions[0].ebid, ebid);
+        // Deleting the version removes the old marker too.
+        let manifest = store.find(&ebid, Some(name)).await.unwrap().unwrap();
+        store.delete(&manifest).await.unwrap();
+        assert!(
+            store.vault().list_keys("engines/hana/HDB").await.unwrap().is_empty(),
+            "nothing left"
         );
     }
 

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -11,6 +12,7 @@ use serde::Serialize;
 use strata_core::catalog::manifest::BackupKind;
 use strata_core::vault::reader::VaultRestoreSource;
 use strata_core::vault::writer::{BackupTarget, BackupWriter, BackupOutcome, ProgressSink};
+use strata_core::vault::{Vault, VaultArchive, layout};
 use strata_core::{Error, ErrorKind, Result};
 use strata_postgres::backup::{FullBackupOptions, full_backup};
 use strata_postgres::chain::{Catalog, Target};
@@ -20,6 +22,23 @@ use strata_postgres::{ClusterConfig, Lsn, WalArchive};
 
 use crate::context::Context;
 use crate::output::{Table, human_bytes, human_rate, print_json};
+
+/// The WAL archive of cluster `name`, in the vault's archive objects.
+pub fn wal_archive(vault: &Vault, name: &str) -> WalArchive {
+    WalArchive::new(Arc::new(VaultArchive::new(
+        vault.clone(),
+        strata_postgres::ENGINE,
+        name,
+    )))
+}
+
+/// The committed backups of cluster `name` and its WAL archive, as one catalog.
+pub async fn load_catalog(vault: &Vault, name: &str, system_id: Option<u64>) -> Result<Catalog> {
+    let manifests = vault
+        .read_manifests(&layout::manifest_prefix(strata_postgres::ENGINE, name))
+        .await?;
+    Catalog::load(manifests, &wal_archive(vault, name), name, system_id).await
+}
 
 /// `strata pg ...`: PostgreSQL checks and the archive/restore commands PostgreSQL calls.
 #[derive(Debug, Subcommand)]
@@ -264,7 +283,7 @@ async fn wal_push(path: &Path, name: &str, ctx: &Context) -> Result<()> {
     };
     let started = Instant::now();
     let vault = ctx.vault().await?;
-    let archive = WalArchive::new(vault, name);
+    let archive = wal_archive(&vault, name);
     match archive.push(path, &data_dir).await? {
         PushOutcome::Stored { key, stored } => {
             tracing::info!(%key, stored, ms = started.elapsed().as_millis() as u64, "archived");
@@ -293,7 +312,7 @@ async fn wal_fetch(
     loop {
         let result = async {
             let vault = ctx.vault().await?;
-            let archive = WalArchive::new(vault, name);
+            let archive = wal_archive(&vault, name);
             let system_id = match system_id {
                 Some(id) => id,
                 None => match archive.system_ids().await?.as_slice() {
@@ -345,7 +364,7 @@ pub async fn backup(args: PgBackupArgs, ctx: &Context) -> Result<()> {
     }
     let cluster = cluster(ctx, &args.name)?;
     let vault = ctx.vault().await?;
-    let archive = WalArchive::new(vault.clone(), &args.name);
+    let archive = wal_archive(&vault, &args.name);
     let started = Instant::now();
     let writer = BackupWriter::start(
         &vault,
@@ -515,8 +534,7 @@ pub async fn restore_cmd(args: PgRestoreArgs, ctx: &Context) -> Result<()> {
         std::env::current_dir()?.join(&args.target_dir)
     };
     let vault = ctx.vault().await?;
-    let archive = WalArchive::new(vault.clone(), &args.name);
-    let catalog = Catalog::load(&archive, &args.name, args.system_id).await?;
+    let catalog = load_catalog(&vault, &args.name, args.system_id).await?;
     let plan = catalog.plan(target)?;
     let restore_command = format!(
         "{} pg wal-fetch %f \"%p\" --cluster {} --system-id {}",
@@ -608,8 +626,7 @@ struct TimelineRow {
 /// Runs `strata list pg NAME`.
 pub async fn list(args: PgListArgs, ctx: &Context) -> Result<()> {
     let vault = ctx.vault().await?;
-    let archive = WalArchive::new(vault, &args.name);
-    let catalog = match Catalog::load(&archive, &args.name, args.system_id).await {
+    let catalog = match load_catalog(&vault, &args.name, args.system_id).await {
         Ok(c) => c,
         Err(e) if e.kind() == ErrorKind::NotFound && ctx.json => {
             return print_json(

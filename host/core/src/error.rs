@@ -207,6 +207,7 @@ impl std::error::Error for Error {
     }
 }
 
+#[cfg(feature = "vault")]
 impl From<object_store::Error> for Error {
     fn from(err: object_store::Error) -> Self {
         use object_store::Error as E;
@@ -247,6 +248,7 @@ impl From<std::io::Error> for Error {
     }
 }
 
+#[cfg(feature = "vault")]
 impl From<rusqlite::Error> for Error {
     fn from(err: rusqlite::Error) -> Self {
         Error::new(ErrorKind::Catalog, "catalog index error")
@@ -274,6 +276,7 @@ mod tests {
         assert_eq!(err.kind(), ErrorKind::Io);
     }
 
+    #[cfg(feature = "vault")]
     #[test]
     fn already_exists_is_a_conflict() {
         let err = Error::from(object_store::Error::AlreadyExists {

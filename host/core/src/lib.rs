@@ -20,11 +20,20 @@
 //!    windows of time are restorable at all.
 //!
 //! Engines plug in through the contract in [`plugin`].
+//!
+//! ## Features
+//!
+//! - `vault` (default): the vault, the writer and reader, archive objects
+//!   and the catalog index, with their object-store and SQLite dependencies.
+//!   Engine plugins depend on this crate without it (`default-features =
+//!   false`): manifests, the planner, the plugin contract, errors and
+//!   crypto are all they may use, so a plugin cannot reach object storage.
 
 pub mod catalog;
 pub mod crypto;
 pub mod error;
 pub mod plugin;
+#[cfg(feature = "vault")]
 pub mod vault;
 
 pub use error::{Error, ErrorKind, Result};

@@ -23,7 +23,6 @@ use std::fmt;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use strata_core::catalog::manifest::{BackupId, BackupKind, Manifest};
-use strata_core::vault::layout;
 use strata_core::{Error, Result};
 
 use crate::backup::FullBackupMeta;
@@ -159,19 +158,17 @@ pub struct Catalog {
 }
 
 impl Catalog {
-    /// Loads the catalog of cluster `instance`: its committed full backups
-    /// and its WAL archive. With several system identifiers (a cluster
+    /// Loads the catalog of cluster `instance` from its committed
+    /// `manifests` (any kinds, any order; the full backups are used) and
+    /// its WAL archive. With several system identifiers (a cluster
     /// re-created under the same name), the newest backup's system is used
     /// unless `system_id` names one.
     pub async fn load(
+        manifests: Vec<Manifest>,
         archive: &WalArchive,
         instance: &str,
         system_id: Option<u64>,
     ) -> Result<Catalog> {
-        let vault = archive.vault();
-        let manifests = vault
-            .read_manifests(&layout::manifest_prefix(crate::ENGINE, instance))
-            .await?;
         let mut fulls: Vec<(Manifest, FullBackupMeta)> = manifests
             .into_iter()
             .filter(|m| m.kind == BackupKind::Full)
