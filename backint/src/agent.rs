@@ -18,7 +18,7 @@ use strata_core::catalog::index::CatalogIndex;
 use strata_core::catalog::manifest::Manifest;
 use strata_core::vault::Progress;
 use strata_core::vault::reader::{ReaderConfig, read_stream};
-use strata_core::vault::writer::{BackupTarget, BackupWriter, BackupOutcome};
+use strata_core::vault::writer::{BackupOutcome, BackupTarget, BackupWriter};
 use strata_core::{Error, Result};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{Semaphore, oneshot, watch};

@@ -437,7 +437,7 @@ mod tests {
     }
 
     async fn commit_version(store: &VersionStore, sid: &str, name: &str, body: &[u8]) -> String {
-        use strata_core::vault::writer::{BackupTarget, BackupWriter, BackupOutcome, WriterConfig};
+        use strata_core::vault::writer::{BackupOutcome, BackupTarget, BackupWriter, WriterConfig};
         let writer = BackupWriter::start(
             store.vault(),
             BackupTarget {
@@ -535,7 +535,12 @@ mod tests {
         let manifest = store.find(&ebid, Some(name)).await.unwrap().unwrap();
         store.delete(&manifest).await.unwrap();
         assert!(
-            store.vault().list_keys("engines/hana/HDB").await.unwrap().is_empty(),
+            store
+                .vault()
+                .list_keys("engines/hana/HDB")
+                .await
+                .unwrap()
+                .is_empty(),
             "nothing left"
         );
     }

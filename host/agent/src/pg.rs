@@ -11,7 +11,7 @@ use clap::{Args, Subcommand};
 use serde::Serialize;
 use strata_core::catalog::manifest::BackupKind;
 use strata_core::vault::reader::VaultRestoreSource;
-use strata_core::vault::writer::{BackupTarget, BackupWriter, BackupOutcome, ProgressSink};
+use strata_core::vault::writer::{BackupOutcome, BackupTarget, BackupWriter, ProgressSink};
 use strata_core::vault::{Vault, VaultArchive, layout};
 use strata_core::{Error, ErrorKind, Result};
 use strata_postgres::backup::{FullBackupOptions, full_backup};

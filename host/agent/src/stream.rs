@@ -8,7 +8,7 @@ use clap::Args;
 use serde::Serialize;
 use strata_core::catalog::manifest::{BackupId, BackupKind, Manifest};
 use strata_core::vault::reader::read_stream;
-use strata_core::vault::writer::{BackupTarget, BackupWriter, BackupOutcome};
+use strata_core::vault::writer::{BackupOutcome, BackupTarget, BackupWriter};
 use strata_core::vault::{Vault, layout};
 use strata_core::{Error, ErrorKind, Result};
 use tokio::io::{AsyncRead, AsyncWriteExt};

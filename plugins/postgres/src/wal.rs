@@ -86,12 +86,16 @@ impl WalFileInfo {
     fn from_attributes(attributes: &Attributes, key: &str) -> Result<WalFileInfo> {
         let field = |name: &str| {
             attributes.get(name).ok_or_else(|| {
-                Error::integrity(format!("the archived WAL file {key} has no `{name}` attribute"))
-                    .hint("the object was not written by `strata pg wal-push`")
+                Error::integrity(format!(
+                    "the archived WAL file {key} has no `{name}` attribute"
+                ))
+                .hint("the object was not written by `strata pg wal-push`")
             })
         };
         let system_id = field(SYSTEM_ID_ATTRIBUTE)?.parse().map_err(|_| {
-            Error::integrity(format!("the archived WAL file {key} has a malformed system_id"))
+            Error::integrity(format!(
+                "the archived WAL file {key} has a malformed system_id"
+            ))
         })?;
         let mtime = field(MTIME_ATTRIBUTE)?.parse().map_err(|_| {
             Error::integrity(format!("the archived WAL file {key} has a malformed mtime"))
