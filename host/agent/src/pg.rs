@@ -3,7 +3,6 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -23,13 +22,9 @@ use strata_postgres::{ClusterConfig, Lsn, WalArchive};
 use crate::context::Context;
 use crate::output::{Table, human_bytes, human_rate, print_json};
 
-/// The WAL archive of cluster `name`, in the vault's archive objects.
-pub fn wal_archive(vault: &Vault, name: &str) -> WalArchive {
-    WalArchive::new(Arc::new(VaultArchive::new(
-        vault.clone(),
-        strata_postgres::ENGINE,
-        name,
-    )))
+/// The archive objects of cluster `name`, where its WAL lives.
+pub fn wal_store(vault: &Vault, name: &str) -> VaultArchive {
+    VaultArchive::new(vault.clone(), strata_postgres::ENGINE, name)
 }
 
 /// The committed backups of cluster `name` and its WAL archive, as one catalog.
@@ -37,7 +32,8 @@ pub async fn load_catalog(vault: &Vault, name: &str, system_id: Option<u64>) -> 
     let manifests = vault
         .read_manifests(&layout::manifest_prefix(strata_postgres::ENGINE, name))
         .await?;
-    Catalog::load(manifests, &wal_archive(vault, name), name, system_id).await
+    let store = wal_store(vault, name);
+    Catalog::load(manifests, &WalArchive::new(&store), name, system_id).await
 }
 
 /// `strata pg ...`: PostgreSQL checks and the archive/restore commands PostgreSQL calls.
@@ -283,8 +279,8 @@ async fn wal_push(path: &Path, name: &str, ctx: &Context) -> Result<()> {
     };
     let started = Instant::now();
     let vault = ctx.vault().await?;
-    let archive = wal_archive(&vault, name);
-    match archive.push(path, &data_dir).await? {
+    let store = wal_store(&vault, name);
+    match WalArchive::new(&store).push(path, &data_dir).await? {
         PushOutcome::Stored { key, stored } => {
             tracing::info!(%key, stored, ms = started.elapsed().as_millis() as u64, "archived");
         }
@@ -312,7 +308,8 @@ async fn wal_fetch(
     loop {
         let result = async {
             let vault = ctx.vault().await?;
-            let archive = wal_archive(&vault, name);
+            let store = wal_store(&vault, name);
+            let archive = WalArchive::new(&store);
             let system_id = match system_id {
                 Some(id) => id,
                 None => match archive.system_ids().await?.as_slice() {
@@ -364,7 +361,8 @@ pub async fn backup(args: PgBackupArgs, ctx: &Context) -> Result<()> {
     }
     let cluster = cluster(ctx, &args.name)?;
     let vault = ctx.vault().await?;
-    let archive = wal_archive(&vault, &args.name);
+    let store = wal_store(&vault, &args.name);
+    let archive = WalArchive::new(&store);
     let started = Instant::now();
     let writer = BackupWriter::start(
         &vault,

@@ -18,6 +18,10 @@
 //!    that can always be rebuilt from the vault) and ask the
 //!    [`catalog::planner`] which backups restore a point in time, and which
 //!    windows of time are restorable at all.
+//! 5. Keep the small create-only objects an engine pushes one at a time
+//!    (PostgreSQL WAL, Backint name markers) in a [`vault::VaultArchive`]:
+//!    put once, identical duplicates accepted, compressed, sealed and
+//!    checked like parts.
 //!
 //! Engines plug in through the contract in [`plugin`].
 //!

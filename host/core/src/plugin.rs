@@ -477,8 +477,10 @@ pub struct ArchiveObject {
 /// Implemented by the host; stored compressed, encrypted when the vault is,
 /// and checked on every read like parts of a backup.
 ///
-/// Keys are `/`-separated relative paths chosen by the plugin (each
-/// component at most 200 bytes); the host places them under the instance.
+/// Keys are `/`-separated relative paths chosen by the plugin, each
+/// component 1 to 200 bytes of `[A-Za-z0-9._-]` and neither `.` nor `..`
+/// (anything else fails with [`ErrorKind::Config`](crate::ErrorKind::Config));
+/// the host places them under the instance.
 #[async_trait]
 pub trait ArchiveStore: Send + Sync {
     /// Stores `bytes` under `key` once. A second put of byte-identical

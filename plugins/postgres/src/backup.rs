@@ -510,7 +510,7 @@ async fn write_bundle(
 /// `archive` is the cluster's WAL archive, checked before returning.
 pub async fn full_backup(
     cluster: &ClusterConfig,
-    archive: &WalArchive,
+    archive: &WalArchive<'_>,
     sink: &dyn BackupSink,
     options: &FullBackupOptions,
 ) -> Result<BackupOutcome> {
@@ -670,7 +670,7 @@ pub fn label_timeline(label: &str) -> Result<u32> {
 
 /// Waits until every segment from `start` to `stop` on `timeline` is archived.
 async fn wait_for_wal(
-    archive: &WalArchive,
+    archive: &WalArchive<'_>,
     system_id: u64,
     timeline: u32,
     start: Lsn,
@@ -724,7 +724,7 @@ async fn wait_for_wal(
 
 /// The segment numbers archived on `timeline`.
 async fn archived_segments(
-    archive: &WalArchive,
+    archive: &WalArchive<'_>,
     system_id: u64,
     timeline: u32,
     seg_size: u64,

@@ -165,7 +165,7 @@ impl Catalog {
     /// unless `system_id` names one.
     pub async fn load(
         manifests: Vec<Manifest>,
-        archive: &WalArchive,
+        archive: &WalArchive<'_>,
         instance: &str,
         system_id: Option<u64>,
     ) -> Result<Catalog> {

@@ -11,8 +11,11 @@
 //!    system identifier, timeline and archiving settings, and prints the exact
 //!    line to fix each problem.
 //! 2. PostgreSQL's `archive_command` calls `strata pg wal-push %p`, which is
-//!    [`WalArchive::push`]: one create-only object per WAL file, keyed by system
-//!    identifier and timeline. `restore_command` calls [`WalArchive::fetch`].
+//!    [`WalArchive::push`]: one object per WAL file in the cluster's archive
+//!    store (host-provided, see `strata_core::plugin::ArchiveStore`), keyed
+//!    by system identifier and timeline and stored once.
+//!    `restore_command` calls [`WalArchive::fetch`]. The plugin never
+//!    talks to object storage: it depends on strata-core without the vault.
 //! 3. [`backup::full_backup`] runs `pg_backup_start`, streams the data
 //!    directory and tablespaces into the vault in parallel (small files bundled
 //!    into a few streams, see [`bundle`]) while it checks every page's

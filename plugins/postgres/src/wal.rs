@@ -43,7 +43,6 @@
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use bytes::Bytes;
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -130,13 +129,15 @@ pub enum FetchOutcome {
     NotFound,
 }
 
-/// The WAL archive of one configured cluster, in its [`ArchiveStore`].
-#[derive(Clone)]
-pub struct WalArchive {
-    archive: Arc<dyn ArchiveStore>,
+/// The WAL archive of one configured cluster, in its [`ArchiveStore`]
+/// (borrowed: the host owns the store and lends it, as
+/// [`EnginePlugin`](strata_core::plugin::EnginePlugin) methods do).
+#[derive(Clone, Copy)]
+pub struct WalArchive<'a> {
+    archive: &'a dyn ArchiveStore,
 }
 
-impl std::fmt::Debug for WalArchive {
+impl std::fmt::Debug for WalArchive<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("WalArchive").finish_non_exhaustive()
     }
@@ -175,15 +176,10 @@ pub fn segment_system_id(bytes: &[u8], name: &str) -> Result<u64> {
     ))
 }
 
-impl WalArchive {
+impl<'a> WalArchive<'a> {
     /// The WAL archive kept in `archive`, the cluster's archive store.
-    pub fn new(archive: Arc<dyn ArchiveStore>) -> Self {
+    pub fn new(archive: &'a dyn ArchiveStore) -> Self {
         WalArchive { archive }
-    }
-
-    /// The archive store.
-    pub fn store(&self) -> &dyn ArchiveStore {
-        self.archive.as_ref()
     }
 
     /// The key prefix of the WAL of system `system_id`.
@@ -484,7 +480,7 @@ mod tests {
         data
     }
 
-    async fn setup() -> (tempfile::TempDir, WalArchive, PathBuf) {
+    async fn setup() -> (tempfile::TempDir, VaultArchive, PathBuf) {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("file://{}/vault", dir.path().display());
         let vault = Vault::init(&VaultConfig::from_url(&url), None)
@@ -496,13 +492,13 @@ mod tests {
         let mut control = vec![0u8; 512];
         control[..8].copy_from_slice(&42u64.to_le_bytes());
         std::fs::write(pgdata.join("global/pg_control"), control).unwrap();
-        let store = VaultArchive::new(vault, crate::ENGINE, "main");
-        (dir, WalArchive::new(Arc::new(store)), pgdata)
+        (dir, VaultArchive::new(vault, crate::ENGINE, "main"), pgdata)
     }
 
     #[tokio::test]
     async fn push_fetch_duplicates_and_conflicts() {
-        let (_dir, archive, pgdata) = setup().await;
+        let (_dir, store, pgdata) = setup().await;
+        let archive = WalArchive::new(&store);
         let seg = "000000010000000000000003";
         std::fs::write(pgdata.join("pg_wal").join(seg), fake_segment(42, 7)).unwrap();
         let rel = PathBuf::from("pg_wal").join(seg);
@@ -548,7 +544,8 @@ mod tests {
 
     #[tokio::test]
     async fn history_files_are_never_overwritten() {
-        let (_dir, archive, pgdata) = setup().await;
+        let (_dir, store, pgdata) = setup().await;
+        let archive = WalArchive::new(&store);
         let path = pgdata.join("pg_wal/00000002.history");
         std::fs::write(&path, "1\t0/3000000\tbefore 2026-11-22\n").unwrap();
         archive.push(&path, &pgdata).await.unwrap();
@@ -572,7 +569,8 @@ mod tests {
 
     #[tokio::test]
     async fn prefetch_spools_following_segments() {
-        let (_dir, archive, pgdata) = setup().await;
+        let (_dir, store, pgdata) = setup().await;
+        let archive = WalArchive::new(&store);
         // Real segments are SEG bytes long; the header's size drives successor names.
         for i in 3..6u8 {
             let name = format!("0000000100000000000000{i:02X}");
@@ -605,7 +603,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_new_timeline_brings_its_history_file_along() {
-        let (_dir, archive, pgdata) = setup().await;
+        let (_dir, store, pgdata) = setup().await;
+        let archive = WalArchive::new(&store);
         std::fs::write(
             pgdata.join("pg_wal/00000002.history"),
             "1\t0/3000000\tpromoted\n",
@@ -620,7 +619,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_foreign_segment_is_refused() {
-        let (_dir, archive, pgdata) = setup().await;
+        let (_dir, store, pgdata) = setup().await;
+        let archive = WalArchive::new(&store);
         let path = pgdata.join("pg_wal/000000010000000000000003");
         std::fs::write(&path, fake_segment(7, 1)).unwrap();
         let err = archive.push(&path, &pgdata).await.unwrap_err();
