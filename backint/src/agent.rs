@@ -14,13 +14,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use chrono::Utc;
 use futures::future::join_all;
-use strata_core::catalog::index::CatalogIndex;
 use strata_core::catalog::manifest::Manifest;
+use strata_core::lifecycle::{BackupResult, Host};
+use strata_core::plugin::{BackupRequest, DatabaseRef, PushedInput};
 use strata_core::vault::Progress;
 use strata_core::vault::reader::{ReaderConfig, read_stream};
-use strata_core::vault::writer::{BackupTarget, BackupWriter, BackupOutcome};
 use strata_core::{Error, Result};
-use tokio::io::AsyncWriteExt;
+use strata_hana::HanaEngine;
+use strata_hana::backint::BackintObject;
+use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
+use tokio_util::sync::CancellationToken;
 use tokio::sync::{Semaphore, oneshot, watch};
 
 use crate::args::Invocation;
@@ -29,7 +32,7 @@ use crate::pipes;
 use crate::protocol::{ApiVersion, InputFile, InputLine, LineError, OutputLine};
 use crate::report::{Logger, Output};
 use crate::versions::{
-    ENGINE, ObjectMeta, VersionStore, is_catalog_object, is_log_object, kind_of, name_location,
+    ObjectMeta, VersionStore, is_log_object, kind_of, name_location,
 };
 
 /// Everything one agent run works with.
@@ -42,6 +45,8 @@ pub struct Agent {
     pub params: Params,
     /// The versions in the vault.
     pub store: VersionStore,
+    /// The backup lifecycle over the same vault (writer settings, index).
+    pub host: Host,
     /// The Backint version of this conversation.
     pub version: ApiVersion,
     /// Result lines.
@@ -61,6 +66,39 @@ struct Counter(AtomicU64);
 impl Progress for Counter {
     fn add(&self, raw_bytes: u64) {
         self.0.fetch_add(raw_bytes, Ordering::Relaxed);
+    }
+}
+
+/// The bytes of one pipe, ending in an error instead of end-of-file when
+/// HANA (our parent) is gone: a pipe whose writer died is closed early, and
+/// its short content must never be committed as the object.
+struct ParentWatch<R> {
+    inner: R,
+    parent: u32,
+    name: String,
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for ParentWatch<R> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        if let std::task::Poll::Ready(Ok(())) = polled
+            && buf.filled().len() == before
+            && std::os::unix::process::parent_id() != self.parent
+        {
+            return std::task::Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::BrokenPipe,
+                format!(
+                    "HANA ended while writing {}; the bytes received were discarded",
+                    self.name
+                ),
+            )));
+        }
+        polled
     }
 }
 
@@ -120,21 +158,6 @@ impl Agent {
 
     fn function_name(&self) -> &str {
         self.invocation.function.map(|f| f.as_str()).unwrap_or("?")
-    }
-
-    fn record_in_catalog(&self, manifest: &Manifest) {
-        let Some(path) = &self.params.catalog else {
-            return;
-        };
-        let recorded = CatalogIndex::open(path)
-            .and_then(|index| index.record(&self.store.vault().meta().vault_id, manifest));
-        if let Err(e) = recorded {
-            self.log.log(format!(
-                "the catalog index {} was not updated for {} (the vault has it; `strata catalog rebuild` picks it up): {e}",
-                path.display(),
-                manifest.id
-            ));
-        }
     }
 
     // ----- backup -----
@@ -224,94 +247,54 @@ impl Agent {
             .1
             .or_else(|| self.invocation.database().map(str::to_owned));
         let level = self.invocation.level.as_deref();
-        let writer = BackupWriter::start(
-            self.store.vault(),
-            BackupTarget {
-                engine: ENGINE.into(),
+        let plugin = HanaEngine::backint(&sid);
+        let mut request = BackupRequest::new(
+            DatabaseRef {
                 instance: sid.clone(),
                 database,
-                kind: kind_of(level, name),
             },
-            self.params.writer_config(),
-        )?;
-        let ebid = writer.id().to_string();
-        self.log.log(format!(
-            "reading {name:?} into {ebid} (size hint {size_hint:?})"
-        ));
-        let counter = Counter::default();
-        let stream_name = crate::versions::base_name(name);
-        let stream_name = if stream_name.is_empty() {
-            "object"
-        } else {
-            stream_name
-        };
-        let written = tokio::select! {
-            r = writer.write_stream(stream_name, source, Some(&counter)) => r,
-            _ = cancelled(self.cancel.clone()) => Err(Error::cancelled("the backup was cancelled; nothing was kept")),
-        };
-        let record = match written {
-            Ok(record) => record,
-            Err(e) => {
-                if let Err(cleanup) = writer.abort().await {
-                    self.log
-                        .log(format!("cleaning up {ebid} failed: {cleanup}"));
-                }
-                return Err(e);
-            }
-        };
-        if std::os::unix::process::parent_id() != self.parent {
-            // The pipe's writer died with our parent: the stream is short.
-            let _ = writer.abort().await;
-            return Err(Error::cancelled(format!(
-                "HANA ended while writing {name}; the {} bytes received were discarded",
-                record.raw_size
-            )));
-        }
-        let object = if is_catalog_object(name) {
-            "catalog"
-        } else if is_log_object(name) {
-            "log"
-        } else {
-            "data"
-        };
-        let meta = ObjectMeta {
+            kind_of(level, name),
+        );
+        request.options = serde_json::to_value(BackintObject {
             name: name.to_owned(),
             source: keyword.to_owned(),
             hana_backup_id: self.invocation.backup_id.clone(),
             level: self.invocation.level.clone(),
-            object: object.to_owned(),
             user: self.invocation.user.clone(),
             count: self.invocation.count.clone(),
             api: self.input.version.map(|v| v.to_string()),
-            created: writer.started_at(),
-        };
-        if let Err(e) = self.store.put_marker(&sid, &meta, &ebid).await {
-            let _ = writer.abort().await;
-            return Err(e.context(format!("recording the name of {ebid}")));
-        }
-        let mut labels = std::collections::BTreeMap::new();
-        labels.insert("backint_name".to_owned(), name.to_owned());
-        if let Some(id) = &self.invocation.backup_id {
-            labels.insert("hana_backup_id".to_owned(), id.clone());
-        }
-        let consistent_at = (object == "data").then(Utc::now);
-        let manifest = match writer
-            .commit(BackupOutcome {
-                consistent_at,
-                labels,
-                engine_meta: meta.to_engine_meta(),
-                ..Default::default()
+        })?;
+        request.input = Some(PushedInput {
+            reader: Box::new(ParentWatch {
+                inner: source,
+                parent: self.parent,
+                name: name.to_owned(),
+            }),
+            size: size_hint,
+        });
+        self.log
+            .log(format!("reading {name:?} (size hint {size_hint:?})"));
+        let counter = Counter::default();
+        let cancel = CancellationToken::new();
+        let watch = {
+            let cancel = cancel.clone();
+            let stop = cancelled(self.cancel.clone());
+            tokio::spawn(async move {
+                stop.await;
+                cancel.cancel();
             })
-            .await
-        {
-            Ok(m) => m,
-            Err(e) => {
-                let _ = self.store.delete_marker(&sid, name, &ebid).await;
-                return Err(e);
-            }
         };
-        self.record_in_catalog(&manifest);
-        Ok((ebid, record.raw_size))
+        let result = self
+            .host
+            .backup(&plugin, request, Some(&counter), cancel)
+            .await;
+        watch.abort();
+        match result? {
+            BackupResult::Committed(manifest) => Ok((manifest.id.to_string(), manifest.raw_size())),
+            BackupResult::Delegated(_) => Err(Error::engine(format!(
+                "the object {name} was not stored"
+            ))),
+        }
     }
 
     // ----- restore -----

@@ -4,6 +4,7 @@ use std::io::Read;
 use std::sync::Arc;
 
 use strata_core::Error;
+use strata_core::lifecycle::Host;
 use strata_core::vault::Vault;
 use tokio::sync::watch;
 
@@ -212,8 +213,12 @@ pub async fn run(invocation: Invocation) -> u8 {
     let sid = invocation.sid().unwrap_or("UNKNOWN").to_owned();
     let (cancel_tx, cancel) = watch::channel(false);
     let signals = tokio::spawn(watch_signals(cancel_tx));
+    let host = Host::new(vault.clone())
+        .with_writer(params.writer_config(), true)
+        .with_index(params.catalog.clone());
     let agent = Agent {
         store: VersionStore::new(vault, sid),
+        host,
         invocation,
         input,
         params,

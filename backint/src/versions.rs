@@ -13,134 +13,36 @@
 //! objects. Names that do not have that shape fall back to `-u`.
 //!
 //! To find the versions of a name without reading every manifest, each
-//! version also has a small **name marker**:
+//! version also has a small **name marker**, an archive object of the SID
+//! (a [`VaultArchive`] of engine `hana`, instance `<SID>`) under
 //!
 //! ```text
-//! engines/hana/<SID>/objects/<escaped name component>/.../<ebid>
+//! objects/<escaped name component>/.../<ebid>
 //! ```
 //!
-//! (each component of the name escaped with
-//! [`layout::escape_component`]). The marker is written before the manifest
-//! and a version counts only when its manifest exists, so a marker left by a
+//! (each component of the name escaped with [`layout::escape_component`]),
+//! which in the vault is `engines/hana/<SID>/objects/...`, where markers
+//! have always been. Only the markers' keys are ever read (a listing), never
+//! their bodies, so markers written before the archive API (plain JSON
+//! objects) keep counting. The marker is written before the manifest and a
+//! version counts only when its manifest exists, so a marker left by a
 //! failed upload is never listed or restored; the manifest stays the commit
 //! point.
 
 use std::collections::BTreeSet;
 
-use chrono::{DateTime, NaiveDateTime, Utc};
+use chrono::{DateTime, Utc};
 use futures::{StreamExt, TryStreamExt};
-use object_store::ObjectStoreExt;
-use serde::{Deserialize, Serialize};
-use strata_core::catalog::manifest::{BackupId, BackupKind, Manifest};
-use strata_core::vault::{Vault, layout};
+use strata_core::catalog::manifest::{BackupId, Manifest};
+use strata_core::plugin::{ArchiveStore, Attributes};
+use strata_core::vault::{Vault, VaultArchive, layout};
 use strata_core::{Error, ErrorKind, Result};
 
-/// The engine name of HANA backups in the vault.
-pub const ENGINE: &str = "hana";
-
-/// What the manifest of a Backint object version records about it
-/// (`engine_meta.backint`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ObjectMeta {
-    /// The object name exactly as HANA sent it.
-    pub name: String,
-    /// The Backint keyword it came from: `PIPE` or `FILE`.
-    pub source: String,
-    /// HANA's backup id (`-s`), if given.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub hana_backup_id: Option<String>,
-    /// The level (`-l`) as given.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub level: Option<String>,
-    /// `data`, `log` or `catalog`.
-    pub object: String,
-    /// `-u` as given.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub user: Option<String>,
-    /// `-c` as given.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub count: Option<String>,
-    /// The Backint version HANA spoke.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub api: Option<String>,
-    /// When the object version was created (the start of its upload).
-    pub created: DateTime<Utc>,
-}
-
-impl ObjectMeta {
-    /// Reads the Backint details from a manifest, if it has them.
-    pub fn of(manifest: &Manifest) -> Option<ObjectMeta> {
-        serde_json::from_value(manifest.engine_meta.get("backint")?.clone()).ok()
-    }
-
-    /// Wraps the details as a manifest's `engine_meta`.
-    pub fn to_engine_meta(&self) -> serde_json::Value {
-        serde_json::json!({ "backint": self })
-    }
-}
-
-/// The SID and database a HANA object name belongs to, read from its path
-/// (`.../usr/sap/<SID>/SYS/global/hdb/backint/<DB>/...`). The path may sit
-/// under another root (a test directory); both parts are `None` when the
-/// name has no such shape.
-pub fn name_location(name: &str) -> (Option<String>, Option<String>) {
-    let parts: Vec<&str> = name.split('/').collect();
-    let mut sid = None;
-    let mut database = None;
-    for (i, window) in parts.windows(3).enumerate() {
-        if window[0] == "usr" && window[1] == "sap" && !window[2].is_empty() {
-            sid = Some(window[2].to_owned());
-            let rest = &parts[i + 3..];
-            if let Some(pos) = rest.iter().position(|p| *p == "backint")
-                && let Some(db) = rest.get(pos + 1).filter(|_| pos + 2 < rest.len())
-            {
-                database = match db.strip_prefix("DB_") {
-                    Some(tenant) if !tenant.is_empty() => Some(tenant.to_owned()),
-                    _ => Some((*db).to_owned()),
-                };
-            }
-        }
-    }
-    (sid, database)
-}
-
-/// The base name of an object (the text after the last `/`).
-pub fn base_name(name: &str) -> &str {
-    name.rsplit('/').next().unwrap_or(name)
-}
-
-/// Whether the object is a log backup (or the catalog, `log_backup_0_0_0_0`):
-/// these are restored strictly one after the other.
-pub fn is_log_object(name: &str) -> bool {
-    base_name(name).starts_with("log_backup")
-}
-
-/// Whether the object is HANA's backup catalog.
-pub fn is_catalog_object(name: &str) -> bool {
-    base_name(name) == "log_backup_0_0_0_0"
-}
-
-/// The Strata backup kind of an object: from the level when HANA gives a
-/// known one, otherwise from the name.
-pub fn kind_of(level: Option<&str>, name: &str) -> BackupKind {
-    match level.map(|l| l.trim().to_ascii_uppercase()).as_deref() {
-        Some("COMPLETE" | "FULL" | "DATA") => BackupKind::Full,
-        Some("DIFFERENTIAL" | "DIFF") => BackupKind::Diff,
-        Some("INCREMENTAL" | "INCR") => BackupKind::Incr,
-        Some("LOG") => BackupKind::Log,
-        _ if is_log_object(name) => BackupKind::Log,
-        _ => BackupKind::Full,
-    }
-}
-
-/// The creation time encoded in an EBID (a [`BackupId`] starts with its UTC
-/// start time, `20261122T001500.123Z-...`).
-pub fn ebid_time(ebid: &str) -> Option<DateTime<Utc>> {
-    let stamp = ebid.split('-').next()?.strip_suffix('Z')?;
-    NaiveDateTime::parse_from_str(stamp, "%Y%m%dT%H%M%S%.3f")
-        .ok()
-        .map(|t| t.and_utc())
-}
+pub use strata_hana::ENGINE;
+pub use strata_hana::backint::{
+    ObjectMeta, base_name, ebid_time, is_catalog_object, is_log_object, kind_of, marker_key,
+    marker_prefix, name_location,
+};
 
 /// One stored version of a Backint object.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -184,18 +86,9 @@ impl VersionStore {
             .unwrap_or_else(|| self.default_sid.clone())
     }
 
-    fn name_prefix(sid: &str, name: &str) -> String {
-        let mut key = format!("{}/objects", layout::engine_prefix(ENGINE, sid));
-        for component in name.split('/') {
-            key.push('/');
-            key.push_str(&layout::escape_component(component));
-        }
-        key
-    }
-
-    /// The marker key of one version.
-    pub fn marker_key(sid: &str, name: &str, ebid: &str) -> String {
-        format!("{}/{ebid}", Self::name_prefix(sid, name))
+    /// The archive objects of `sid`, where its name markers live.
+    fn archive(&self, sid: &str) -> VaultArchive {
+        VaultArchive::new(self.vault.clone(), ENGINE, sid)
     }
 
     /// Writes the name marker of a version about to be committed.
@@ -203,40 +96,41 @@ impl VersionStore {
         let body = serde_json::to_vec(&serde_json::json!({
             "name": meta.name, "ebid": ebid, "created": meta.created,
         }))?;
-        self.vault
-            .put_create(&Self::marker_key(sid, &meta.name, ebid), body)
-            .await
+        self.archive(sid)
+            .put_once(
+                &marker_key(&meta.name, ebid),
+                body.into(),
+                Attributes::new(),
+            )
+            .await?;
+        Ok(())
     }
 
     /// Removes a version's marker; a missing marker is fine.
     pub async fn delete_marker(&self, sid: &str, name: &str, ebid: &str) -> Result<()> {
-        let path = self.vault.path(&Self::marker_key(sid, name, ebid));
-        match self.vault.store().delete(&path).await {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-            Err(e) => Err(e.into()),
-        }
+        self.archive(sid)
+            .delete(&marker_key(name, ebid))
+            .await
     }
 
     async fn manifest_exists(&self, sid: &str, ebid: &str) -> Result<bool> {
         let Ok(id) = ebid.parse::<BackupId>() else {
             return Ok(false);
         };
-        let key = layout::manifest_key(ENGINE, sid, &id);
-        match self.vault.store().head(&self.vault.path(&key)).await {
-            Ok(_) => Ok(true),
-            Err(object_store::Error::NotFound { .. }) => Ok(false),
-            Err(e) => Err(Error::from(e).context(format!("checking version {ebid}"))),
-        }
+        self.vault
+            .manifest_exists(ENGINE, sid, &id)
+            .await
+            .map_err(|e| e.context(format!("checking version {ebid}")))
     }
 
     /// Every committed version of `name`, newest first.
     pub async fn versions(&self, name: &str) -> Result<Vec<Version>> {
         let sid = self.sid_of(name);
-        let prefix = Self::name_prefix(&sid, name);
-        let keys = self.vault.list_keys(&prefix).await?;
-        let mut ebids: Vec<String> = keys
+        let prefix = marker_prefix(name);
+        let markers = self.archive(&sid).list(&prefix).await?;
+        let mut ebids: Vec<String> = markers
             .iter()
-            .filter_map(|k| k.strip_prefix(&prefix)?.strip_prefix('/'))
+            .filter_map(|m| m.key.strip_prefix(&prefix)?.strip_prefix('/'))
             .filter(|rest| !rest.contains('/'))
             .map(str::to_owned)
             .collect::<BTreeSet<_>>()
@@ -354,64 +248,19 @@ impl VersionStore {
 mod tests {
     use super::*;
 
-    #[test]
-    fn names_locate_sid_and_database() {
-        assert_eq!(
-            name_location(
-                "/usr/sap/HDB/SYS/global/hdb/backint/SYSTEMDB/FULL_BACKUP_databackup_0_1"
-            ),
-            (Some("HDB".into()), Some("SYSTEMDB".into()))
-        );
-        assert_eq!(
-            name_location("/tmp/x y/usr/sap/QAS/SYS/global/hdb/backint/DB_SRC/log_backup_0_0_0_0"),
-            (Some("QAS".into()), Some("SRC".into()))
-        );
-        assert_eq!(name_location("/var/tmp/pipe"), (None, None));
-        assert_eq!(
-            name_location("/usr/sap/HDB/SYS/global/hdb/backint/MY_PREFIX"),
-            (Some("HDB".into()), None)
-        );
-    }
-
-    #[test]
-    fn kinds_come_from_level_then_name() {
-        assert_eq!(
-            kind_of(Some("COMPLETE"), "/x/a_databackup_0_1"),
-            BackupKind::Full
-        );
-        assert_eq!(kind_of(Some("differential"), "/x/a"), BackupKind::Diff);
-        assert_eq!(kind_of(Some("INCREMENTAL"), "/x/a"), BackupKind::Incr);
-        assert_eq!(kind_of(Some("LOG"), "/x/a"), BackupKind::Log);
-        assert_eq!(
-            kind_of(Some("SOMETHING_NEW"), "/x/log_backup_1_0_5_9"),
-            BackupKind::Log
-        );
-        assert_eq!(kind_of(None, "/x/log_backup_0_0_0_0"), BackupKind::Log);
-        assert_eq!(kind_of(None, "/x/data"), BackupKind::Full);
-        assert!(is_catalog_object("/a/log_backup_0_0_0_0"));
-        assert!(!is_catalog_object("/a/log_backup_1_0_0_0"));
-    }
-
-    #[test]
-    fn ebids_carry_their_time() {
-        let at: DateTime<Utc> = "2026-11-22T00:15:00.120Z".parse().unwrap();
-        let id = BackupId::generate(at);
-        assert_eq!(ebid_time(id.as_str()), Some(at));
-        assert_eq!(ebid_time("1707397841371"), None);
-    }
-
-    #[test]
-    fn marker_keys_keep_names_apart() {
-        let a = VersionStore::marker_key("HDB", "/a/log_backup_0_0_0_0", "E");
-        let b = VersionStore::marker_key("HDB", "/a/log_backup_0_0_0_01", "E");
+    #[tokio::test]
+    async fn marker_keys_keep_names_apart_where_markers_always_were() {
+        let a = marker_key("/a/log_backup_0_0_0_0", "E");
+        let b = marker_key("/a/log_backup_0_0_0_01", "E");
         assert_ne!(a, b);
-        assert!(
-            a.starts_with("engines/hana/HDB/objects/_/a/log_5fbackup"),
-            "{a}"
+        let store = VersionStore::new(vault("versions-keys").await, "HDB");
+        assert_eq!(
+            store.archive("HDB").vault_key(&a).unwrap(),
+            "engines/hana/HDB/objects/_/a/log_5fbackup_5f0_5f0_5f0_5f0/E"
         );
         assert_ne!(
-            VersionStore::marker_key("HDB", "/a b", "E"),
-            VersionStore::marker_key("HDB", "/a_20b", "E")
+            marker_key("/a b", "E"),
+            marker_key("/a_20b", "E")
         );
     }
 
@@ -425,7 +274,7 @@ mod tests {
     }
 
     async fn commit_version(store: &VersionStore, sid: &str, name: &str, body: &[u8]) -> String {
-        use strata_core::vault::writer::{BackupTarget, BackupWriter, BackupOutcome, WriterConfig};
+        use strata_core::vault::writer::{BackupOutcome, BackupTarget, BackupWriter, WriterConfig};
         let writer = BackupWriter::start(
             store.vault(),
             BackupTarget {
@@ -493,6 +342,43 @@ mod tests {
                 .await
                 .unwrap()
                 .is_none()
+        );
+    }
+
+    #[tokio::test]
+    async fn markers_written_before_the_archive_api_still_count() {
+        let store = VersionStore::new(vault("versions-old-markers").await, "HDB");
+        let name = "/usr/sap/HDB/SYS/global/hdb/backint/DB_HDB/log_backup_1_0_0_10";
+        let ebid = commit_version(&store, "HDB", name, b"log").await;
+        // Replace the marker by one as earlier builds wrote it: plain JSON
+        // at the same vault key.
+        store.delete_marker("HDB", name, &ebid).await.unwrap();
+        assert!(store.versions(name).await.unwrap().is_empty());
+        let old_key = format!(
+            "engines/hana/HDB/objects/_/usr/sap/HDB/SYS/global/hdb/backint/DB_5fHDB/log_5fbackup_5f1_5f0_5f0_5f10/{ebid}"
+        );
+        store
+            .vault()
+            .put_create(
+                &old_key,
+                serde_json::to_vec(&serde_json::json!({"name": name, "ebid": ebid})).unwrap(),
+            )
+            .await
+            .unwrap();
+        let versions = store.versions(name).await.unwrap();
+        assert_eq!(versions.len(), 1);
+        assert_eq!(versions[0].ebid, ebid);
+        // Deleting the version removes the old marker too.
+        let manifest = store.find(&ebid, Some(name)).await.unwrap().unwrap();
+        store.delete(&manifest).await.unwrap();
+        assert!(
+            store
+                .vault()
+                .list_keys("engines/hana/HDB")
+                .await
+                .unwrap()
+                .is_empty(),
+            "nothing left"
         );
     }
 

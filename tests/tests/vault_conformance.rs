@@ -15,6 +15,8 @@
 //! emulators hold everything in memory.
 
 use std::collections::BTreeSet;
+
+use bytes::Bytes;
 use std::io::Cursor;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -25,10 +27,11 @@ use object_store::{ObjectStoreExt, PutPayload};
 use strata_core::ErrorKind;
 use strata_core::catalog::manifest::{BackupKind, Manifest};
 use strata_core::crypto::VaultKey;
+use strata_core::plugin::{ArchiveStore, Attributes, PutOnce};
 use strata_core::vault::layout;
 use strata_core::vault::reader::{ReaderConfig, read_stream, verify_backup};
-use strata_core::vault::writer::{BackupTarget, BackupWriter, BackupOutcome, WriterConfig};
-use strata_core::vault::{Vault, VaultConfig};
+use strata_core::vault::writer::{BackupOutcome, BackupTarget, BackupWriter, WriterConfig};
+use strata_core::vault::{Vault, VaultArchive, VaultConfig};
 use strata_e2e::backends::TestVault;
 use strata_e2e::data::{blake3_hex, compressible_bytes, random_bytes};
 use tokio::io::{AsyncRead, ReadBuf};
@@ -81,6 +84,12 @@ conformance!(
     wrong_key_is_refused,
     backup_cannot_be_read_with_another_key,
     init_over_existing_vault_is_refused,
+    archive_put_is_create_only_and_judged_by_content,
+    archive_objects_are_sealed_and_refuse_another_key,
+    archive_damage_is_an_integrity_error,
+    archive_attributes_come_from_the_header_alone,
+    archive_lists_by_prefix_in_key_order,
+    archive_delete_is_idempotent,
 );
 
 /// The part size of most cases: the smallest the writer accepts.
@@ -970,5 +979,346 @@ async fn init_over_existing_vault_is_refused(location: &TestVault) {
         &restore(&reopened, &manifest, "data").await.unwrap(),
         &data,
         "the backup after the refused init",
+    );
+}
+
+// The archive-object API (`ArchiveStore`, implemented by `VaultArchive`).
+
+/// The archive of instance `main` of engine `postgres`, as the WAL archive uses it.
+fn archive_of(vault: &Vault) -> VaultArchive {
+    VaultArchive::new(vault.clone(), "postgres", "main")
+}
+
+fn attributes(pairs: &[(&str, &str)]) -> Attributes {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+const WAL_KEY: &str = "wal/42/00000001/000000010000000000000003";
+
+async fn archive_put_is_create_only_and_judged_by_content(location: &TestVault) {
+    let vault = init(location, None).await;
+    let archive = archive_of(&vault);
+    let first = random_bytes(100_000, 21);
+    let first_attributes = attributes(&[("system_id", "42"), ("mtime", "2026-11-22T00:15:00Z")]);
+    let stored = archive
+        .put_once(
+            WAL_KEY,
+            Bytes::from(first.clone()),
+            first_attributes.clone(),
+        )
+        .await
+        .unwrap();
+    let full = format!("engines/postgres/main/{WAL_KEY}");
+    let object_size = vault.get_bytes(&full).await.unwrap().len() as u64;
+    assert_eq!(
+        stored,
+        PutOnce::Stored {
+            stored_bytes: object_size
+        },
+        "stored where the WAL archive always kept it"
+    );
+
+    // The same bytes again (PostgreSQL re-archiving after a crash), even
+    // with other attributes: identical, nothing rewritten.
+    assert_eq!(
+        archive
+            .put_once(
+                WAL_KEY,
+                Bytes::from(first.clone()),
+                attributes(&[("mtime", "2030-01-01T00:00:00Z")])
+            )
+            .await
+            .unwrap(),
+        PutOnce::Identical
+    );
+
+    // Other bytes under the key: a conflict naming the key and both digests.
+    let mut second = first.clone();
+    second[50_000] ^= 0x01;
+    let err = archive
+        .put_once(WAL_KEY, Bytes::from(second.clone()), Attributes::new())
+        .await
+        .expect_err("different content must not replace the object");
+    assert_eq!(err.kind(), ErrorKind::Conflict, "{err:?}");
+    let text = err.to_string();
+    assert!(text.contains(&full), "names the object: {text}");
+    assert!(
+        text.contains(&blake3_hex(&first)),
+        "names the stored digest: {text}"
+    );
+    assert!(
+        text.contains(&blake3_hex(&second)),
+        "names the new digest: {text}"
+    );
+    assert!(err.hint_text().is_some(), "{err:?}");
+
+    let kept = archive.get(WAL_KEY).await.unwrap().expect("still stored");
+    assert_same_bytes(&kept.bytes, &first, "the original after the conflict");
+    assert_eq!(kept.attributes, first_attributes);
+    assert!(
+        archive
+            .get("wal/42/00000001/other")
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    // Keys are checked before anything is stored.
+    for bad in ["", "wal/../x", "wal//x", "wal/a b"] {
+        let err = archive
+            .put_once(bad, Bytes::from_static(b"x"), Attributes::new())
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Config, "{bad}: {err:?}");
+    }
+    let long = format!("wal/{}", "x".repeat(201));
+    assert_eq!(
+        archive.get(&long).await.unwrap_err().kind(),
+        ErrorKind::Config
+    );
+}
+
+async fn archive_objects_are_sealed_and_refuse_another_key(location: &TestVault) {
+    let key = VaultKey::generate();
+    let vault = init(location, Some(key.clone())).await;
+    let archive = archive_of(&vault);
+    // Incompressible: without encryption the object would hold it verbatim.
+    let data = random_bytes(200_000, 22);
+    archive
+        .put_once(
+            WAL_KEY,
+            Bytes::from(data.clone()),
+            attributes(&[("system_id", "42")]),
+        )
+        .await
+        .unwrap();
+    let full = format!("engines/postgres/main/{WAL_KEY}");
+    let stored = vault.get_bytes(&full).await.unwrap();
+    assert!(
+        !contains(&stored, &data[1000..1064]),
+        "plaintext found in an encrypted archive object"
+    );
+
+    let reopened = Vault::open_with_key(&location.config(), Some(key))
+        .await
+        .unwrap();
+    let object = archive_of(&reopened).get(WAL_KEY).await.unwrap().unwrap();
+    assert_same_bytes(&object.bytes, &data, "the sealed object");
+    assert_eq!(object.attributes, attributes(&[("system_id", "42")]));
+    assert_eq!(
+        archive_of(&reopened)
+            .put_once(WAL_KEY, Bytes::from(data.clone()), Attributes::new())
+            .await
+            .unwrap(),
+        PutOnce::Identical
+    );
+
+    // The vault re-initialised with another key: the object fails cleanly.
+    vault
+        .store()
+        .delete(&vault.path(layout::VAULT_META))
+        .await
+        .unwrap();
+    let rekeyed = init(location, Some(VaultKey::generate())).await;
+    let err = archive_of(&rekeyed)
+        .get(WAL_KEY)
+        .await
+        .expect_err("another key must not open the object");
+    assert_eq!(err.kind(), ErrorKind::Crypto, "{err:?}");
+    assert!(err.to_string().contains(&full), "names the object: {err}");
+    assert!(err.hint_text().is_some(), "{err:?}");
+
+    // And without a key: it says it needs one.
+    rekeyed
+        .store()
+        .delete(&rekeyed.path(layout::VAULT_META))
+        .await
+        .unwrap();
+    let plain = init(location, None).await;
+    let err = archive_of(&plain).get(WAL_KEY).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Crypto, "{err:?}");
+    assert!(err.hint_text().is_some(), "{err:?}");
+}
+
+/// Flips one byte of the stored object at `full`, `from_end` bytes before its end.
+async fn flip_stored_byte(vault: &Vault, full: &str, from_end: usize) {
+    let mut stored = vault.get_bytes(full).await.unwrap().to_vec();
+    let at = stored.len() - from_end;
+    stored[at] ^= 0x01;
+    vault
+        .store()
+        .put(&vault.path(full), PutPayload::from(stored))
+        .await
+        .unwrap();
+}
+
+async fn archive_damage_is_an_integrity_error(location: &TestVault) {
+    for key in [None, Some(VaultKey::generate())] {
+        let encrypted = key.is_some();
+        let vault = init(location, key).await;
+        let archive = archive_of(&vault);
+        let data = compressible_bytes(300_000, 23);
+        archive
+            .put_once(WAL_KEY, Bytes::from(data.clone()), Attributes::new())
+            .await
+            .unwrap();
+        let full = format!("engines/postgres/main/{WAL_KEY}");
+        let size = vault.get_bytes(&full).await.unwrap().len();
+        flip_stored_byte(&vault, &full, size / 4).await;
+
+        let err = archive
+            .get(WAL_KEY)
+            .await
+            .expect_err("a damaged object must not be handed on");
+        assert_eq!(
+            err.kind(),
+            ErrorKind::Integrity,
+            "encrypted {encrypted}: {err:?}"
+        );
+        assert!(err.to_string().contains(&full), "names the object: {err}");
+        assert!(err.hint_text().is_some(), "{err:?}");
+        // A put of the original bytes must not call the damaged copy identical.
+        let err = archive
+            .put_once(WAL_KEY, Bytes::from(data.clone()), Attributes::new())
+            .await
+            .expect_err("a damaged object is not a duplicate");
+        assert_eq!(
+            err.kind(),
+            ErrorKind::Integrity,
+            "encrypted {encrypted}: {err:?}"
+        );
+
+        // Start over for the next round.
+        for object in vault.list_keys("").await.unwrap() {
+            vault.store().delete(&vault.path(&object)).await.unwrap();
+        }
+    }
+}
+
+async fn archive_attributes_come_from_the_header_alone(location: &TestVault) {
+    let vault = init(location, None).await;
+    let archive = archive_of(&vault);
+    let wanted = attributes(&[("system_id", "42"), ("mtime", "2026-11-22T00:15:00.5Z")]);
+    archive
+        .put_once(
+            WAL_KEY,
+            Bytes::from(random_bytes(500_000, 24)),
+            wanted.clone(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        archive.attributes(WAL_KEY).await.unwrap(),
+        Some(wanted.clone())
+    );
+
+    // Cut the body short: the attributes are still there (only the header
+    // was read), the bytes are not.
+    let full = format!("engines/postgres/main/{WAL_KEY}");
+    let stored = vault.get_bytes(&full).await.unwrap();
+    vault
+        .store()
+        .put(&vault.path(&full), PutPayload::from(stored.slice(..1024)))
+        .await
+        .unwrap();
+    assert_eq!(archive.attributes(WAL_KEY).await.unwrap(), Some(wanted));
+    let err = archive.get(WAL_KEY).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Integrity, "{err:?}");
+
+    assert_eq!(
+        archive.attributes("wal/42/00000001/missing").await.unwrap(),
+        None
+    );
+}
+
+async fn archive_lists_by_prefix_in_key_order(location: &TestVault) {
+    let vault = init(location, None).await;
+    let archive = archive_of(&vault);
+    let keys = [
+        "wal/10/00000001/c",
+        "other/x",
+        "wal/1/00000002/b",
+        "wal/1/00000001/a",
+    ];
+    for (i, key) in keys.iter().enumerate() {
+        archive
+            .put_once(
+                key,
+                Bytes::from(vec![i as u8; 1000 * (i + 1)]),
+                Attributes::new(),
+            )
+            .await
+            .unwrap();
+    }
+    // Another instance's objects are not this archive's.
+    VaultArchive::new(vault.clone(), "postgres", "other")
+        .put_once(
+            "wal/1/00000001/z",
+            Bytes::from_static(b"z"),
+            Attributes::new(),
+        )
+        .await
+        .unwrap();
+
+    let listed = |entries: Vec<strata_core::plugin::ArchiveEntry>| -> Vec<String> {
+        entries.into_iter().map(|e| e.key).collect()
+    };
+    assert_eq!(
+        listed(archive.list("wal/1").await.unwrap()),
+        ["wal/1/00000001/a", "wal/1/00000002/b"],
+        "a prefix is whole components: wal/1 is not wal/10"
+    );
+    let all = archive.list("").await.unwrap();
+    assert_eq!(
+        listed(all.clone()),
+        [
+            "other/x",
+            "wal/1/00000001/a",
+            "wal/1/00000002/b",
+            "wal/10/00000001/c"
+        ]
+    );
+    for entry in &all {
+        let stored = vault
+            .get_bytes(&format!("engines/postgres/main/{}", entry.key))
+            .await
+            .unwrap();
+        assert_eq!(entry.stored_bytes, stored.len() as u64, "{}", entry.key);
+        let age = chrono::Utc::now() - entry.stored_at;
+        assert!(age < chrono::Duration::minutes(10), "{}: {age}", entry.key);
+    }
+    assert!(archive.list("nothing/here").await.unwrap().is_empty());
+    assert_eq!(
+        archive.list("wal/..").await.unwrap_err().kind(),
+        ErrorKind::Config
+    );
+}
+
+async fn archive_delete_is_idempotent(location: &TestVault) {
+    let vault = init(location, None).await;
+    let archive = archive_of(&vault);
+    archive
+        .put_once(WAL_KEY, Bytes::from_static(b"first"), Attributes::new())
+        .await
+        .unwrap();
+    archive.delete(WAL_KEY).await.unwrap();
+    assert!(archive.get(WAL_KEY).await.unwrap().is_none());
+    assert!(archive.list("").await.unwrap().is_empty());
+    archive.delete(WAL_KEY).await.unwrap();
+    archive.delete("never/there").await.unwrap();
+    // Once deleted, the key takes new content.
+    assert!(matches!(
+        archive
+            .put_once(WAL_KEY, Bytes::from_static(b"second"), Attributes::new())
+            .await
+            .unwrap(),
+        PutOnce::Stored { .. }
+    ));
+    assert_eq!(
+        &archive.get(WAL_KEY).await.unwrap().unwrap().bytes[..],
+        b"second"
     );
 }

@@ -219,8 +219,7 @@ async fn engine_timeline(
     if engine != strata_postgres::ENGINE {
         return Ok(timeline(records, &DefaultChainRules));
     }
-    let archive = strata_postgres::wal::WalArchive::new(vault.clone(), instance);
-    match strata_postgres::chain::Catalog::load(&archive, instance, None).await {
+    match crate::pg::load_catalog(vault, instance, None).await {
         Ok(catalog) => Ok(catalog.neutral_timeline()),
         Err(e) if e.kind() == strata_core::ErrorKind::NotFound => {
             Ok(timeline(records, &DefaultChainRules))

@@ -11,7 +11,8 @@ use serde::Serialize;
 use strata_core::catalog::manifest::BackupKind;
 use strata_core::time::parse_time;
 use strata_core::vault::reader::VaultRestoreSource;
-use strata_core::vault::writer::{BackupTarget, BackupWriter, BackupOutcome, ProgressSink};
+use strata_core::vault::writer::{BackupOutcome, BackupTarget, BackupWriter, ProgressSink};
+use strata_core::vault::{Vault, VaultArchive, layout};
 use strata_core::{Error, ErrorKind, Result};
 use strata_postgres::backup::{FullBackupOptions, full_backup};
 use strata_postgres::chain::{Catalog, Target};
@@ -21,6 +22,20 @@ use strata_postgres::{ClusterConfig, Lsn, WalArchive};
 
 use crate::context::Context;
 use crate::output::{Table, human_bytes, human_rate, print_json};
+
+/// The archive objects of cluster `name`, where its WAL lives.
+pub fn wal_store(vault: &Vault, name: &str) -> VaultArchive {
+    VaultArchive::new(vault.clone(), strata_postgres::ENGINE, name)
+}
+
+/// The committed backups of cluster `name` and its WAL archive, as one catalog.
+pub async fn load_catalog(vault: &Vault, name: &str, system_id: Option<u64>) -> Result<Catalog> {
+    let manifests = vault
+        .read_manifests(&layout::manifest_prefix(strata_postgres::ENGINE, name))
+        .await?;
+    let store = wal_store(vault, name);
+    Catalog::load(manifests, &WalArchive::new(&store), name, system_id).await
+}
 
 /// `strata pg ...`: PostgreSQL checks and the archive/restore commands PostgreSQL calls.
 #[derive(Debug, Subcommand)]
@@ -244,8 +259,8 @@ async fn wal_push(path: &Path, name: &str, ctx: &Context) -> Result<()> {
     };
     let started = Instant::now();
     let vault = ctx.vault().await?;
-    let archive = WalArchive::new(vault, name);
-    match archive.push(path, &data_dir).await? {
+    let store = wal_store(&vault, name);
+    match WalArchive::new(&store).push(path, &data_dir).await? {
         PushOutcome::Stored { key, stored } => {
             tracing::info!(%key, stored, ms = started.elapsed().as_millis() as u64, "archived");
         }
@@ -273,7 +288,8 @@ async fn wal_fetch(
     loop {
         let result = async {
             let vault = ctx.vault().await?;
-            let archive = WalArchive::new(vault, name);
+            let store = wal_store(&vault, name);
+            let archive = WalArchive::new(&store);
             let system_id = match system_id {
                 Some(id) => id,
                 None => match archive.system_ids().await?.as_slice() {
@@ -325,7 +341,8 @@ pub async fn backup(args: PgBackupArgs, ctx: &Context) -> Result<()> {
     }
     let cluster = cluster(ctx, &args.name)?;
     let vault = ctx.vault().await?;
-    let archive = WalArchive::new(vault.clone(), &args.name);
+    let store = wal_store(&vault, &args.name);
+    let archive = WalArchive::new(&store);
     let started = Instant::now();
     let writer = BackupWriter::start(
         &vault,
@@ -472,8 +489,7 @@ pub async fn restore_cmd(args: PgRestoreArgs, ctx: &Context) -> Result<()> {
         std::env::current_dir()?.join(&args.target_dir)
     };
     let vault = ctx.vault().await?;
-    let archive = WalArchive::new(vault.clone(), &args.name);
-    let catalog = Catalog::load(&archive, &args.name, args.system_id).await?;
+    let catalog = load_catalog(&vault, &args.name, args.system_id).await?;
     let plan = catalog.plan(target)?;
     let restore_command = format!(
         "{} pg wal-fetch %f \"%p\" --cluster {} --system-id {}",
@@ -565,8 +581,7 @@ struct TimelineRow {
 /// Runs `strata list pg NAME`.
 pub async fn list(args: PgListArgs, ctx: &Context) -> Result<()> {
     let vault = ctx.vault().await?;
-    let archive = WalArchive::new(vault, &args.name);
-    let catalog = match Catalog::load(&archive, &args.name, args.system_id).await {
+    let catalog = match load_catalog(&vault, &args.name, args.system_id).await {
         Ok(c) => c,
         Err(e) if e.kind() == ErrorKind::NotFound && ctx.json => {
             return print_json(

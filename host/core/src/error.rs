@@ -509,6 +509,7 @@ impl From<std::io::Error> for Error {
     }
 }
 
+#[cfg(feature = "vault")]
 /// What the source chain of an object-store error says about retrying it,
 /// and the hints it implies; `None` when the chain does not say.
 fn classify_storage_chain(err: &object_store::Error) -> Option<(bool, Vec<String>)> {
@@ -555,6 +556,7 @@ fn classify_storage_chain(err: &object_store::Error) -> Option<(bool, Vec<String
     None
 }
 
+#[cfg(feature = "vault")]
 /// The status in object_store's "Server returned non-2xx status code: 503 ..." text.
 fn http_status_in(text: &str) -> Option<u16> {
     const MARK: &str = "Server returned non-2xx status code: ";
@@ -563,6 +565,7 @@ fn http_status_in(text: &str) -> Option<u16> {
     digits.parse().ok()
 }
 
+#[cfg(feature = "vault")]
 impl From<object_store::Error> for Error {
     fn from(err: object_store::Error) -> Self {
         use object_store::Error as E;
@@ -620,6 +623,7 @@ impl From<object_store::Error> for Error {
     }
 }
 
+#[cfg(feature = "vault")]
 /// Whether a SQLite failure is one a later attempt can cure (another
 /// process holds the database). Used by every conversion of `rusqlite`
 /// errors, here and in the catalog index.
@@ -630,6 +634,7 @@ pub(crate) fn sqlite_is_retryable(err: &rusqlite::Error) -> bool {
     )
 }
 
+#[cfg(feature = "vault")]
 impl From<rusqlite::Error> for Error {
     fn from(err: rusqlite::Error) -> Self {
         Error::new(ErrorKind::Catalog, "catalog index error")
@@ -677,6 +682,7 @@ mod tests {
         assert_eq!(err.kind(), ErrorKind::Io);
     }
 
+    #[cfg(feature = "vault")]
     #[test]
     fn already_exists_is_a_conflict() {
         let err = Error::from(object_store::Error::AlreadyExists {

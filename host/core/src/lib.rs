@@ -18,19 +18,34 @@
 //!    that can always be rebuilt from the vault) and ask the
 //!    [`catalog::planner`] which backups restore a point in time, and which
 //!    windows of time are restorable at all.
+//! 5. Keep the small create-only objects an engine pushes one at a time
+//!    (PostgreSQL WAL, Backint name markers) in a [`vault::VaultArchive`]:
+//!    put once, identical duplicates accepted, compressed, sealed and
+//!    checked like parts.
 //!
 //! Engines plug in through the contract in [`plugin`]. Every Strata program
 //! reads the same configuration file through [`config`] (the `[vault]`,
 //! `[catalog]` and `[writer]` sections, sizes such as `16MiB`), and every
 //! point in time an operator types goes through [`time::parse_time`].
+//!
+//! ## Features
+//!
+//! - `vault` (default): the vault, the writer and reader, archive objects
+//!   and the catalog index, with their object-store and SQLite dependencies.
+//!   Engine plugins depend on this crate without it (`default-features =
+//!   false`): manifests, the planner, the plugin contract, errors and
+//!   crypto are all they may use, so a plugin cannot reach object storage.
 
 pub mod catalog;
+#[cfg(feature = "vault")]
 pub mod config;
 pub mod crypto;
 pub mod error;
+#[cfg(feature = "vault")]
 pub mod lifecycle;
 pub mod plugin;
 pub mod time;
+#[cfg(feature = "vault")]
 pub mod vault;
 
 pub use error::{Error, ErrorKind, IoResultExt, Result};

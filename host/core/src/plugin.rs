@@ -439,6 +439,25 @@ pub trait ContentSink: Send {
     async fn finish(self: Box<Self>) -> Result<()>;
 }
 
+/// Makes any text a key component an [`ArchiveStore`] (and the vault's
+/// layout) accepts: anything but `[A-Za-z0-9.-]` becomes `_` followed by its
+/// two hex digits, so distinct names stay distinct; an empty component or
+/// one starting with `.` gets a leading `_`.
+pub fn escape_key_component(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    for b in name.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("_{b:02x}"));
+        }
+    }
+    if out.is_empty() || out.starts_with('.') {
+        out.insert(0, '_');
+    }
+    out
+}
+
 /// Attributes of an archive object: small engine facts kept beside its bytes
 /// (PostgreSQL: the system identifier and the file's modification time).
 pub type Attributes = BTreeMap<String, String>;
@@ -480,8 +499,10 @@ pub struct ArchiveObject {
 /// Implemented by the host; stored compressed, encrypted when the vault is,
 /// and checked on every read like parts of a backup.
 ///
-/// Keys are `/`-separated relative paths chosen by the plugin (each
-/// component at most 200 bytes); the host places them under the instance.
+/// Keys are `/`-separated relative paths chosen by the plugin, each
+/// component 1 to 200 bytes of `[A-Za-z0-9._-]` and neither `.` nor `..`
+/// (anything else fails with [`ErrorKind::Config`](crate::ErrorKind::Config));
+/// the host places them under the instance.
 #[async_trait]
 pub trait ArchiveStore: Send + Sync {
     /// Stores `bytes` under `key` once. A second put of byte-identical

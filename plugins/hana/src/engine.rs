@@ -81,6 +81,15 @@ impl HanaEngine {
         })
     }
 
+    /// The plugin `hdbbackint` stores objects with: `sid` as HANA's object
+    /// names (or `-u`) give it, kept as is so that existing vault keys stay.
+    pub fn backint(sid: &str) -> Self {
+        HanaEngine {
+            sid: sid.to_owned(),
+            connection: None,
+        }
+    }
+
     /// Reaches the SYSTEMDB at `connection` for backups and recoveries.
     pub fn with_connection(mut self, connection: Option<HanaUrl>) -> Self {
         self.connection = connection;

@@ -527,7 +527,7 @@ fn file_error(e: std::io::Error) -> Error {
 /// `archive` is the cluster's WAL archive, checked before returning.
 pub async fn full_backup(
     cluster: &ClusterConfig,
-    archive: &WalArchive,
+    archive: &WalArchive<'_>,
     sink: &dyn BackupSink,
     options: &FullBackupOptions,
 ) -> Result<BackupOutcome> {
@@ -672,6 +672,7 @@ pub async fn full_backup(
         consistent_at: Some(stop_time),
         engine_meta: serde_json::to_value(&meta)?,
         labels,
+        ..Default::default()
     })
 }
 
@@ -686,7 +687,7 @@ pub fn label_timeline(label: &str) -> Result<u32> {
 
 /// Waits until every segment from `start` to `stop` on `timeline` is archived.
 async fn wait_for_wal(
-    archive: &WalArchive,
+    archive: &WalArchive<'_>,
     system_id: u64,
     timeline: u32,
     start: Lsn,
@@ -740,7 +741,7 @@ async fn wait_for_wal(
 
 /// The segment numbers archived on `timeline`.
 async fn archived_segments(
-    archive: &WalArchive,
+    archive: &WalArchive<'_>,
     system_id: u64,
     timeline: u32,
     seg_size: u64,

@@ -851,7 +851,7 @@ mod tests {
     use strata_core::catalog::manifest::BackupKind;
     use strata_core::vault::reader::{ReaderConfig, read_stream};
     use strata_core::vault::writer::{
-        BackupTarget, BackupWriter, BackupOutcome, MIN_PART_SIZE, StreamDigest, WriterConfig,
+        BackupOutcome, BackupTarget, BackupWriter, MIN_PART_SIZE, StreamDigest, WriterConfig,
     };
     use strata_core::vault::{Vault, VaultConfig};
 

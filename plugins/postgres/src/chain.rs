@@ -1,29 +1,35 @@
-//! PostgreSQL's chain rules: timelines, recoverable windows, and the choice
-//! of the full backup and timeline for a restore target.
+//! PostgreSQL's chain: what the archive holds, as core's planner reads it.
 //!
 //! The inputs are the committed full backups (their manifests) and the WAL
-//! archive's listing. A full backup taken on timeline `b` between LSNs
-//! `start` and `stop` restores every point from `stop` (the end of backup,
-//! when its `pg_backup_stop` returned) to the end of the WAL that follows it
-//! without a gap. WAL after a timeline switch comes from the newer timeline:
-//! timeline `N`'s history file lists its ancestors and the LSN where each one
-//! was left, and recovery reads a segment from the newest timeline on that
-//! path that had begun by then (as PostgreSQL's `XLogFileReadAnyTLI` does).
+//! archive's listing; the output is a [`Chain`] for core's planner
+//! (`strata_core::catalog::planner`), which alone decides which windows are
+//! restorable and which backup and timeline a target needs:
 //!
-//! Times: a window ends at the modification time of its last segment (no
-//! commit in the archived WAL is newer, see [`crate::wal`]); it starts at the
-//! backup's stop time. A timeline starts (in time) when its history file was
-//! written, at promotion. A time target is restored on the newest timeline
-//! that existed at that time, so "10:45" means what the cluster looked like at
-//! 10:45, even if it was later rewound and branched.
+//! - every full backup is a data record on its timeline (the fork), from
+//!   its start LSN to its stop LSN, consistent at its stop time; it needs
+//!   the WAL from its start LSN ([`PgChainRules::log_needed_from`]);
+//! - every run of consecutive archived segments of a timeline is one log
+//!   record covering their LSNs, up to the modification time of the last
+//!   one (no commit in the archived WAL is newer, see [`crate::wal`]);
+//!   `.partial` segments are left out, as recovery never asks for them;
+//! - timeline `N`'s history file lists its ancestors and the LSN where each
+//!   was left: the fork origin of `N` is its last line, and recovery reads a
+//!   segment from the newest timeline on that path that had begun by then
+//!   (as PostgreSQL's `XLogFileReadAnyTLI` does), which is how the planner
+//!   follows forks. A timeline began (in time) when its history file was
+//!   written, at promotion: a time target is restored on a timeline that
+//!   existed at that time, so "10:45" means what the cluster looked like at
+//!   10:45, even if it was later rewound and branched.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use strata_core::catalog::manifest::{BackupId, BackupKind, Manifest};
-use strata_core::vault::layout;
+use strata_core::catalog::manifest::{BackupKind, Manifest, Position};
+use strata_core::catalog::planner::{BackupRecord, ChainRules, ForkOrigin};
+use strata_core::plugin::Chain;
 use strata_core::{Error, Result};
 
 use crate::backup::FullBackupMeta;
@@ -71,40 +77,6 @@ impl TimelineHistory {
     }
 }
 
-/// A backup and the WAL after it that is restorable without a gap.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Window {
-    /// The timeline a restore in this window ends on.
-    pub timeline: u32,
-    /// The full backup it starts from.
-    pub backup: BackupId,
-    /// The first restorable LSN (the backup's stop LSN).
-    pub start_lsn: Lsn,
-    /// The end of the archived WAL without a gap.
-    pub end_lsn: Lsn,
-    /// The first restorable time (the backup's stop time).
-    pub start_time: DateTime<Utc>,
-    /// The last restorable time (the last segment's modification time).
-    pub end_time: DateTime<Utc>,
-    /// The last segment of the window.
-    pub last_segment: String,
-}
-
-impl fmt::Display for Window {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "timeline {}: {} .. {} (LSN {} .. {}, from backup {})",
-            self.timeline,
-            self.start_time.format("%Y-%m-%d %H:%M:%S%.3f UTC"),
-            self.end_time.format("%Y-%m-%d %H:%M:%S%.3f UTC"),
-            self.start_lsn,
-            self.end_lsn,
-            self.backup
-        )
-    }
-}
-
 /// What a restore should reach.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum Target {
@@ -137,8 +109,6 @@ pub struct Plan {
     pub timeline: u32,
     /// The target.
     pub target: Target,
-    /// The window the target lies in.
-    pub window: Window,
 }
 
 /// The committed full backups and the WAL archive of one cluster (one system identifier).
@@ -154,24 +124,23 @@ pub struct Catalog {
     pub segments: BTreeMap<u32, BTreeSet<u64>>,
     /// Timeline histories (timeline 1 has none).
     pub histories: BTreeMap<u32, TimelineHistory>,
-    /// Modification times of the segments that end windows.
+    /// Modification times of the last segment of every run of consecutive
+    /// segments of a timeline.
     segment_times: BTreeMap<(u32, u64), DateTime<Utc>>,
 }
 
 impl Catalog {
-    /// Loads the catalog of cluster `instance`: its committed full backups
-    /// and its WAL archive. With several system identifiers (a cluster
+    /// Loads the catalog of cluster `instance` from its committed
+    /// `manifests` (any kinds, any order; the full backups are used) and
+    /// its WAL archive. With several system identifiers (a cluster
     /// re-created under the same name), the newest backup's system is used
     /// unless `system_id` names one.
     pub async fn load(
-        archive: &WalArchive,
+        manifests: Vec<Manifest>,
+        archive: &WalArchive<'_>,
         instance: &str,
         system_id: Option<u64>,
     ) -> Result<Catalog> {
-        let vault = archive.vault();
-        let manifests = vault
-            .read_manifests(&layout::manifest_prefix(crate::ENGINE, instance))
-            .await?;
         let mut fulls: Vec<(Manifest, FullBackupMeta)> = manifests
             .into_iter()
             .filter(|m| m.kind == BackupKind::Full)
@@ -240,19 +209,17 @@ impl Catalog {
             histories,
             segment_times: BTreeMap::new(),
         };
-        // The modification times of the segments that end windows.
-        let mut ends = BTreeSet::new();
-        for tli in catalog.timelines() {
-            for (_, meta) in &catalog.backups {
-                if let Some((end_tli, end_seg)) = catalog.reach_segment(meta, tli) {
-                    ends.insert((end_tli, end_seg));
-                }
-            }
-        }
-        for (tli, seg) in ends {
+        // The modification time of the last segment of every run: where the
+        // time a run of WAL can restore to ends.
+        let ends: Vec<(u32, u64)> = catalog.runs().map(|(tli, _, last)| (tli, last)).collect();
+        let headers = futures::future::try_join_all(ends.iter().map(|&(tli, seg)| {
             let name = WalFileName::segment(tli, seg, seg_size);
-            if let Some(header) = archive.header(system_id, &name).await? {
-                catalog.segment_times.insert((tli, seg), header.mtime);
+            async move { archive.header(system_id, &name).await }
+        }))
+        .await?;
+        for (end, header) in ends.into_iter().zip(headers) {
+            if let Some(header) = header {
+                catalog.segment_times.insert(end, header.mtime);
             }
         }
         Ok(catalog)
@@ -265,267 +232,115 @@ impl Catalog {
         all.into_iter().collect()
     }
 
-    /// The path to timeline `tli`: `(timeline, first segment read from it)`, oldest first.
-    fn path(&self, tli: u32) -> Vec<(u32, u64)> {
-        let mut path = Vec::new();
-        let parents = self
-            .histories
-            .get(&tli)
-            .map(|h| h.parents.clone())
-            .unwrap_or_default();
-        let mut begin = 0u64;
-        for (parent, switch) in parents {
-            path.push((parent, begin));
-            begin = segno_of(switch, self.seg_size);
-        }
-        path.push((tli, begin));
-        path
-    }
-
-    /// The switch LSN where `tli`'s history leaves timeline `of`, if it does.
-    fn leaves_at(&self, tli: u32, of: u32) -> Option<Lsn> {
-        self.histories
-            .get(&tli)?
-            .parents
-            .iter()
-            .find(|(p, _)| *p == of)
-            .map(|(_, lsn)| *lsn)
-    }
-
-    /// The last segment `(timeline, segno)` restorable from backup `meta`
-    /// toward timeline `tli` without a gap, if the backup reaches its stop LSN.
-    fn reach_segment(&self, meta: &FullBackupMeta, tli: u32) -> Option<(u32, u64)> {
-        if meta.timeline != tli {
-            // The backup must lie on tli's path, before tli's history leaves its timeline.
-            let left = self.leaves_at(tli, meta.timeline)?;
-            if left < meta.stop() {
-                return None;
+    /// Every run of consecutive archived segments: `(timeline, first, last)`.
+    pub fn runs(&self) -> impl Iterator<Item = (u32, u64, u64)> + '_ {
+        self.segments.iter().flat_map(|(&tli, segs)| {
+            let mut runs: Vec<(u32, u64, u64)> = Vec::new();
+            for &seg in segs {
+                match runs.last_mut() {
+                    Some(run) if run.2 + 1 == seg => run.2 = seg,
+                    _ => runs.push((tli, seg, seg)),
+                }
             }
-        }
-        let path = self.path(tli);
-        let first = segno_of(meta.start(), self.seg_size);
-        let needed_last = segno_of(Lsn(meta.stop().0.saturating_sub(1)), self.seg_size);
-        let mut last: Option<(u32, u64)> = None;
-        let mut seg = first;
-        loop {
-            let on = path
-                .iter()
-                .rev()
-                .find(|(_, begin)| *begin <= seg)
-                .map(|(t, _)| *t)?;
-            if on < meta.timeline {
-                return None;
-            }
-            if !self.segments.get(&on).is_some_and(|s| s.contains(&seg)) {
-                break;
-            }
-            last = Some((on, seg));
-            seg += 1;
-        }
-        let (end_tli, end_seg) = last?;
-        (end_seg >= needed_last).then_some((end_tli, end_seg))
-    }
-
-    /// The window of backup `meta` toward timeline `tli`.
-    pub fn window(&self, manifest: &Manifest, meta: &FullBackupMeta, tli: u32) -> Option<Window> {
-        let (end_tli, end_seg) = self.reach_segment(meta, tli)?;
-        // A window on tli ends on tli itself; WAL that stops on an ancestor belongs to the ancestor.
-        if end_tli != tli {
-            return None;
-        }
-        let end_time = *self.segment_times.get(&(end_tli, end_seg))?;
-        Some(Window {
-            timeline: tli,
-            backup: manifest.id.clone(),
-            start_lsn: meta.stop(),
-            end_lsn: Lsn((end_seg + 1) * self.seg_size),
-            start_time: meta.stop_time,
-            end_time: end_time.max(meta.stop_time),
-            last_segment: WalFileName::segment(end_tli, end_seg, self.seg_size).to_string(),
+            runs
         })
     }
 
-    /// Every window, by timeline, then by start.
-    pub fn windows(&self) -> Vec<Window> {
-        let mut out = Vec::new();
-        for tli in self.timelines() {
-            for (manifest, meta) in &self.backups {
-                if let Some(w) = self.window(manifest, meta, tli) {
-                    out.push(w);
-                }
-            }
-        }
-        out
+    /// The name of the segment that holds the byte before `end` on `timeline`.
+    pub fn last_segment(&self, timeline: u32, end: Lsn) -> WalFileName {
+        WalFileName::segment(timeline, segno_of(Lsn(end.0.saturating_sub(1)), self.seg_size), self.seg_size)
     }
 
-    /// The windows with overlapping ranges of the same timeline merged: what
-    /// `strata list pg` shows as the recoverable windows.
-    pub fn merged_windows(&self) -> Vec<Window> {
-        let mut merged: Vec<Window> = Vec::new();
-        for w in self.windows() {
-            match merged.last_mut() {
-                Some(last) if last.timeline == w.timeline && w.start_lsn <= last.end_lsn => {
-                    if w.end_lsn > last.end_lsn {
-                        last.end_lsn = w.end_lsn;
-                        last.end_time = w.end_time;
-                        last.last_segment = w.last_segment.clone();
-                    }
-                }
-                _ => merged.push(w),
-            }
-        }
-        merged
-    }
-
-    /// The recoverable windows in the engine-neutral form `strata list
-    /// --timeline` shows for every engine: one fork per PostgreSQL timeline,
-    /// positions are LSNs, and a gap is named between two windows of one
-    /// timeline that no archived WAL joins.
-    pub fn neutral_timeline(&self) -> strata_core::catalog::planner::Timeline {
-        use strata_core::catalog::manifest::Position;
-        use strata_core::catalog::planner::{Gap, RecoverableWindow, Timeline};
-        let merged = self.merged_windows();
-        let windows = merged
-            .iter()
-            .map(|w| RecoverableWindow {
-                fork: w.timeline.to_string(),
-                from_time: w.start_time,
-                to_time: w.end_time,
-                from_position: Some(Position(u128::from(w.start_lsn.0))),
-                to_position: Some(Position(u128::from(w.end_lsn.0))),
-            })
-            .collect();
-        let gaps = merged
-            .windows(2)
-            .filter(|pair| pair[0].timeline == pair[1].timeline)
-            .map(|pair| Gap {
-                fork: pair[0].timeline.to_string(),
-                from_time: pair[0].end_time,
-                to_time: pair[1].start_time,
-                from_position: Some(Position(u128::from(pair[0].end_lsn.0))),
-                to_position: Some(Position(u128::from(pair[1].start_lsn.0))),
-                reason: format!(
-                    "the archived WAL of timeline {} stops after {}; the next restorable point is the end of backup {}",
-                    pair[0].timeline, pair[0].last_segment, pair[1].backup
-                ),
-            })
-            .collect();
-        Timeline { windows, gaps }
-    }
-
-    /// The timeline a time target belongs to: the newest that had begun by then.
-    fn timeline_at(&self, time: DateTime<Utc>) -> u32 {
-        self.timelines()
-            .into_iter()
-            .filter(|tli| match self.histories.get(tli) {
-                Some(h) => h.created_at.is_none_or(|c| c <= time),
-                None => true,
-            })
-            .max()
-            .unwrap_or(1)
-    }
-
-    /// Chooses the backup and timeline for `target`, or explains why it
-    /// cannot be reached, naming the nearest restorable points.
-    pub fn plan(&self, target: Target) -> Result<Plan> {
-        let windows = self.windows();
-        if windows.is_empty() {
-            return Err(Error::not_found(format!(
-                "system {} has no restorable backup: no full backup with its WAL is in the vault",
-                self.system_id
-            ))
-            .hint("take a full backup with `strata backup pg <cluster> --kind full`; check archiving with `strata pg check <cluster>`"));
-        }
-        let newest = windows.iter().map(|w| w.timeline).max().expect("non-empty");
-        let candidates: Vec<&Window> = match target {
-            Target::Latest => windows.iter().filter(|w| w.timeline == newest).collect(),
-            Target::Time(t) => {
-                let tli = self.timeline_at(t);
-                windows
-                    .iter()
-                    .filter(|w| w.timeline == tli && w.start_time <= t && t <= w.end_time)
-                    .collect()
-            }
-            Target::Lsn(l) => windows
-                .iter()
-                .filter(|w| w.start_lsn <= l && l <= w.end_lsn)
-                .filter(|w| w.timeline == newest || self.segments.contains_key(&w.timeline))
-                .collect(),
-        };
-        // The newest backup that reaches the target: the least WAL to replay.
-        let chosen = match target {
-            Target::Latest => candidates.iter().max_by_key(|w| (w.end_lsn, w.start_time)),
-            Target::Lsn(_) => candidates.iter().max_by_key(|w| (w.timeline, w.start_lsn)),
-            Target::Time(_) => candidates.iter().max_by_key(|w| w.start_time),
-        };
-        let Some(window) = chosen else {
-            return Err(self.unreachable(target, &windows));
-        };
-        let (manifest, meta) = self
+    /// The chain for core's planner; see the [module docs](self).
+    pub fn chain(&self) -> Chain {
+        let mut records: Vec<BackupRecord> = self
             .backups
             .iter()
-            .find(|(m, _)| m.id == window.backup)
-            .expect("windows come from backups");
-        Ok(Plan {
-            backup: manifest.clone(),
-            meta: meta.clone(),
-            timeline: window.timeline,
-            target,
-            window: (*window).clone(),
+            .map(|(manifest, meta)| BackupRecord {
+                id: manifest.id.clone(),
+                kind: BackupKind::Full,
+                fork: meta.timeline.to_string(),
+                start: Some(position(meta.start())),
+                end: Some(position(meta.stop())),
+                started_at: meta.start_time,
+                ended_at: meta.stop_time,
+                consistent_at: Some(meta.stop_time),
+                base: None,
+            })
+            .collect();
+        for (tli, first, last) in self.runs() {
+            let Some(&time) = self.segment_times.get(&(tli, last)) else {
+                // A segment listed but gone by the time its header was read.
+                continue;
+            };
+            let id = format!("wal-{tli:08X}-{first:016X}-{last:016X}");
+            records.push(BackupRecord {
+                id: id.parse().expect("WAL run ids are valid backup ids"),
+                kind: BackupKind::Log,
+                fork: tli.to_string(),
+                start: Some(position(Lsn(first * self.seg_size))),
+                end: Some(position(Lsn((last + 1) * self.seg_size))),
+                started_at: time,
+                ended_at: time,
+                consistent_at: Some(time),
+                base: None,
+            });
+        }
+        Chain {
+            records,
+            rules: Arc::new(PgChainRules {
+                histories: self.histories.clone(),
+            }),
+        }
+    }
+}
+
+/// PostgreSQL's rules for core's planner: timeline histories are the fork
+/// origins, and a full backup needs the WAL from its start LSN (the backup
+/// is restorable only with the WAL written while it ran, PostgreSQL's
+/// "backup_label" rule).
+#[derive(Debug, Clone)]
+pub struct PgChainRules {
+    histories: BTreeMap<u32, TimelineHistory>,
+}
+
+impl ChainRules for PgChainRules {
+    fn fork_origin(&self, fork: &str) -> Option<ForkOrigin> {
+        let timeline: u32 = fork.parse().ok()?;
+        let (parent, switch) = self.histories.get(&timeline)?.parents.last()?;
+        Some(ForkOrigin {
+            parent: parent.to_string(),
+            at: position(*switch),
         })
     }
 
-    fn unreachable(&self, target: Target, windows: &[Window]) -> Error {
-        let merged = self.merged_windows();
-        let list = merged
-            .iter()
-            .map(|w| format!("  {w}"))
-            .collect::<Vec<_>>()
-            .join("\n");
-        let nearest = match target {
-            Target::Time(t) => {
-                let mut before: Option<DateTime<Utc>> = None;
-                let mut after: Option<DateTime<Utc>> = None;
-                for w in windows {
-                    if w.end_time <= t {
-                        before = before.max(Some(w.end_time));
-                    }
-                    if w.start_time >= t {
-                        after = Some(
-                            after.map_or(w.start_time, |a: DateTime<Utc>| a.min(w.start_time)),
-                        );
-                    }
-                }
-                let fmt = |t: DateTime<Utc>| t.format("%Y-%m-%d %H:%M:%S%.3f UTC").to_string();
-                match (before, after) {
-                    (Some(b), Some(a)) => format!(
-                        "; the nearest restorable times are {} (before) and {} (after)",
-                        fmt(b),
-                        fmt(a)
-                    ),
-                    (Some(b), None) => {
-                        format!("; the nearest restorable time is {} (before)", fmt(b))
-                    }
-                    (None, Some(a)) => {
-                        format!("; the nearest restorable time is {} (after)", fmt(a))
-                    }
-                    (None, None) => String::new(),
-                }
-            }
-            _ => String::new(),
-        };
-        Error::not_found(format!(
-            "{target} is outside the recoverable windows of system {}{nearest}. Recoverable windows:\n{list}",
-            self.system_id
-        ))
-        .hint("choose a target inside a window; nothing was written")
+    fn fork_began_at(&self, fork: &str) -> Option<DateTime<Utc>> {
+        let timeline: u32 = fork.parse().ok()?;
+        self.histories.get(&timeline)?.created_at
     }
+
+    fn log_needed_from(&self, data: &BackupRecord) -> Option<Position> {
+        (data.kind == BackupKind::Full).then_some(data.start).flatten()
+    }
+}
+
+/// An LSN as a planner position.
+pub fn position(lsn: Lsn) -> Position {
+    Position(u128::from(lsn.0))
+}
+
+/// A planner position as an LSN; positions of PostgreSQL chains are LSNs.
+pub fn lsn_of(position: Position) -> Result<Lsn> {
+    u64::try_from(position.0)
+        .map(Lsn)
+        .map_err(|_| Error::config(format!("position {position} is not a PostgreSQL LSN")))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use strata_core::catalog::manifest::{Compression, MANIFEST_FORMAT};
+    use strata_core::catalog::manifest::{BackupId, Compression, MANIFEST_FORMAT};
+    use strata_core::catalog::planner::{RestorePlan, RestoreTarget, plan, timeline};
 
     const SEG: u64 = 16 * 1024 * 1024;
 
@@ -612,6 +427,11 @@ mod tests {
         assert!(TimelineHistory::parse(2, "garbage").is_err());
     }
 
+    fn plan_of(cat: &Catalog, target: RestoreTarget) -> Result<RestorePlan> {
+        let chain = cat.chain();
+        plan(&chain.records, chain.rules.as_ref(), &target)
+    }
+
     #[test]
     fn a_gap_splits_windows_and_targets_in_it_are_refused() {
         let segs = [
@@ -627,29 +447,25 @@ mod tests {
         let b2 = backup(1, 6, 7, "2026-11-22T01:04:30Z");
         let id2 = b2.0.id.clone();
         let cat = catalog(&segs, vec![], vec![b1, b2]);
-        let merged = cat.merged_windows();
-        assert_eq!(merged.len(), 2, "{merged:?}");
-        assert_eq!(merged[0].end_time, t("2026-11-22T01:02:00Z"));
-        assert_eq!(merged[1].start_time, t("2026-11-22T01:04:30Z"));
+        let chain = cat.chain();
+        let windows = timeline(&chain.records, chain.rules.as_ref()).windows;
+        assert_eq!(windows.len(), 2, "{windows:?}");
+        assert_eq!(windows[0].to_time, t("2026-11-22T01:02:00Z"));
+        assert_eq!(windows[1].from_time, t("2026-11-22T01:04:30Z"));
 
-        let plan = cat.plan(Target::Time(t("2026-11-22T01:05:30Z"))).unwrap();
-        assert_eq!(plan.backup.id, id2);
-        let plan = cat.plan(Target::Latest).unwrap();
-        assert_eq!(plan.window.last_segment, "000000010000000000000008");
+        let plan = plan_of(&cat, RestoreTarget::Time(t("2026-11-22T01:05:30Z"))).unwrap();
+        assert_eq!(plan.base.id, id2);
+        let plan = plan_of(&cat, RestoreTarget::Latest).unwrap();
+        assert_eq!(
+            cat.last_segment(1, lsn_of(plan.reaches_position.unwrap()).unwrap()).to_string(),
+            "000000010000000000000008"
+        );
 
-        let err = cat
-            .plan(Target::Time(t("2026-11-22T01:03:00Z")))
-            .unwrap_err();
+        let err = plan_of(&cat, RestoreTarget::Time(t("2026-11-22T01:03:00Z"))).unwrap_err();
         let text = err.to_string();
-        assert!(text.contains("outside the recoverable windows"), "{text}");
-        assert!(
-            text.contains("2026-11-22 01:02:00.000 UTC (before)"),
-            "{text}"
-        );
-        assert!(
-            text.contains("2026-11-22 01:04:30.000 UTC (after)"),
-            "{text}"
-        );
+        assert!(text.contains("is not restorable"), "{text}");
+        assert!(text.contains("2026-11-22T01:02:00Z (before)"), "{text}");
+        assert!(text.contains("2026-11-22T01:04:30Z (after)"), "{text}");
     }
 
     #[test]
@@ -668,14 +484,17 @@ mod tests {
         h2.created_at = Some(t("2026-11-22T01:09:00Z"));
         let b = backup(1, 2, 3, "2026-11-22T01:00:30Z");
         let cat = catalog(&segs, vec![h2], vec![b]);
-        let latest = cat.plan(Target::Latest).unwrap();
-        assert_eq!(latest.timeline, 2);
-        assert_eq!(latest.window.last_segment, "000000020000000000000005");
+        let latest = plan_of(&cat, RestoreTarget::Latest).unwrap();
+        assert_eq!(latest.fork, "2");
+        assert_eq!(
+            cat.last_segment(2, lsn_of(latest.reaches_position.unwrap()).unwrap()).to_string(),
+            "000000020000000000000005"
+        );
         // Before timeline 2 existed, a time is restored on timeline 1.
-        let old = cat.plan(Target::Time(t("2026-11-22T01:02:30Z"))).unwrap();
-        assert_eq!(old.timeline, 1);
-        let new = cat.plan(Target::Time(t("2026-11-22T01:10:30Z"))).unwrap();
-        assert_eq!(new.timeline, 2);
+        let old = plan_of(&cat, RestoreTarget::Time(t("2026-11-22T01:02:30Z"))).unwrap();
+        assert_eq!(old.fork, "1");
+        let new = plan_of(&cat, RestoreTarget::Time(t("2026-11-22T01:10:30Z"))).unwrap();
+        assert_eq!(new.fork, "2");
     }
 
     #[test]
@@ -683,8 +502,9 @@ mod tests {
         let segs = [(1, 2, "2026-11-22T01:00:00Z")];
         let b = backup(1, 2, 3, "2026-11-22T01:00:30Z");
         let cat = catalog(&segs, vec![], vec![b]);
-        assert!(cat.windows().is_empty());
-        let err = cat.plan(Target::Latest).unwrap_err();
-        assert!(err.to_string().contains("no restorable backup"), "{err}");
+        let chain = cat.chain();
+        assert!(timeline(&chain.records, chain.rules.as_ref()).windows.is_empty());
+        let err = plan_of(&cat, RestoreTarget::Latest).unwrap_err();
+        assert!(err.to_string().contains("is not restorable"), "{err}");
     }
 }

@@ -11,8 +11,11 @@
 //!    system identifier, timeline and archiving settings, and prints the exact
 //!    line to fix each problem.
 //! 2. PostgreSQL's `archive_command` calls `strata pg wal-push %p`, which is
-//!    [`WalArchive::push`]: one create-only object per WAL file, keyed by system
-//!    identifier and timeline. `restore_command` calls [`WalArchive::fetch`].
+//!    [`WalArchive::push`]: one object per WAL file in the cluster's archive
+//!    store (host-provided, see `strata_core::plugin::ArchiveStore`), keyed
+//!    by system identifier and timeline and stored once.
+//!    `restore_command` calls [`WalArchive::fetch`]. The plugin never
+//!    talks to object storage: it depends on strata-core without the vault.
 //! 3. [`backup::full_backup`] runs `pg_backup_start`, streams the data
 //!    directory and tablespaces into the vault in parallel (small files bundled
 //!    into a few streams, see [`bundle`]) while it checks every page's
@@ -166,10 +169,10 @@ impl PostgresEngine {
     pub async fn catalog(
         &self,
         backups: &[Manifest],
-        archive: Arc<dyn ArchiveStore>,
+        archive: &dyn ArchiveStore,
     ) -> Result<chain::Catalog> {
         let wal = WalArchive::new(archive);
-        chain::Catalog::load(&wal, &self.name, backups.to_vec(), self.system_id).await
+        chain::Catalog::load(backups.to_vec(), &wal, &self.name, self.system_id).await
     }
 }
 
@@ -211,7 +214,7 @@ impl EnginePlugin for PostgresEngine {
     ) -> Result<BackupOutcome> {
         let cluster = self.cluster()?;
         let options: BackupOptions = parse(&request.options, "backup")?;
-        let wal = WalArchive::new(archive);
+        let wal = WalArchive::new(archive.as_ref());
         let options = backup::FullBackupOptions {
             label: format!("strata {}", request.id),
             fast_checkpoint: !options.spread_checkpoint,
@@ -227,7 +230,7 @@ impl EnginePlugin for PostgresEngine {
         backups: &[Manifest],
         archive: Arc<dyn ArchiveStore>,
     ) -> Result<Chain> {
-        Ok(self.catalog(backups, archive).await?.chain())
+        Ok(self.catalog(backups, archive.as_ref()).await?.chain())
     }
 
     async fn restore(

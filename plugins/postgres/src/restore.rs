@@ -432,6 +432,26 @@ async fn restore_bundle(
     Ok((files, bytes, paths))
 }
 
+/// `text` as one word of a POSIX shell command line: as is when it holds
+/// only characters no shell interprets, otherwise double-quoted with `\`,
+/// `"` and `$` escaped. PostgreSQL runs `restore_command` through `sh -c`.
+pub fn shell_word(text: &str) -> String {
+    if text
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"/._-:=+@%,".contains(&b))
+    {
+        text.to_owned()
+    } else {
+        format!(
+            "\"{}\"",
+            text.replace('\\', "\\\\")
+                .replace('"', "\\\"")
+                .replace('$', "\\$")
+                .replace('`', "\\`")
+        )
+    }
+}
+
 fn quote(value: &str) -> String {
     format!("'{}'", value.replace('\'', "''"))
 }

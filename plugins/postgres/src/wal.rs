@@ -2,12 +2,14 @@
 //!
 //! # Layout
 //!
-//! Every file PostgreSQL archives becomes one object, written with a
-//! create-only put:
+//! Every file PostgreSQL archives becomes one object of the cluster's
+//! [`ArchiveStore`], written once:
 //!
 //! ```text
-//! engines/postgres/<instance>/wal/<system-identifier>/<timeline>/<file name>
+//! wal/<system-identifier>/<timeline>/<file name>
 //! ```
+//!
+//! (in a vault, the host keeps them under `engines/postgres/<instance>/`).
 //!
 //! The system identifier and the timeline are part of the key, so the WAL of
 //! two clusters (or of two timelines) can never mix, and a restored copy that
@@ -24,14 +26,12 @@
 //! are the catalog of the archive: a listing gives every timeline's LSN ranges
 //! (see [`crate::chain`]).
 //!
-//! # Object format (version 1)
+//! # Attributes
 //!
-//! ```text
-//! STRATA-WAL1\n
-//! {"name":..,"system_id":"..","size":..,"mtime":"<RFC 3339>","blake3":"<hex>",
-//!  "compression":"zstd","level":1,"encryption":null|{"algorithm":..,"wrapped_key":..}}\n
-//! <one zstd frame of the file, sealed with a per-object data key when the vault is encrypted>
-//! ```
+//! The objects live in the instance's [`ArchiveStore`], which compresses,
+//! seals and checks them (its object format is documented with the host's
+//! implementation). Each WAL object carries two attributes:
+//! `system_id` (decimal) and `mtime` (RFC 3339).
 //!
 //! `mtime` is the file's modification time in `pg_wal`: PostgreSQL writes a
 //! segment up to its last record and then closes it, so no commit inside it is
@@ -44,41 +44,63 @@ use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
-use chrono::{DateTime, Utc};
+use bytes::Bytes;
+use chrono::{DateTime, SecondsFormat, Utc};
 use futures::StreamExt;
-use object_store::{ObjectStoreExt, PutMode, PutOptions};
-use serde::{Deserialize, Serialize};
-use strata_core::vault::{Vault, layout};
+use strata_core::plugin::{ArchiveStore, Attributes, PutOnce};
 use strata_core::{Error, ErrorKind, Result};
 
 use crate::walname::{WalFileKind, WalFileName};
 
-/// First line of every archived WAL object.
-pub const WAL_OBJECT_MAGIC: &[u8] = b"STRATA-WAL1\n";
+/// The attribute holding the cluster's system identifier (decimal).
+pub const SYSTEM_ID_ATTRIBUTE: &str = "system_id";
+/// The attribute holding the file's modification time (RFC 3339).
+pub const MTIME_ATTRIBUTE: &str = "mtime";
 
 /// `xlp_magic` of PostgreSQL 15 WAL pages.
 const XLOG_PAGE_MAGIC_PG15: u16 = 0xD110;
 
-/// The header of an archived WAL object (see the module docs).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct WalObjectHeader {
-    /// The archived file's name.
-    pub name: String,
-    /// The cluster's system identifier, as a decimal string.
-    pub system_id: String,
-    /// The file's size in bytes.
-    pub size: u64,
+/// What the archive records about an archived WAL file beside its bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WalFileInfo {
+    /// The cluster's system identifier.
+    pub system_id: u64,
     /// The file's modification time when it was pushed.
     pub mtime: DateTime<Utc>,
-    /// BLAKE3 of the file's bytes, lowercase hex.
-    pub blake3: String,
-    /// Always `zstd`.
-    pub compression: String,
-    /// The zstd level.
-    pub level: i32,
-    /// Present when the object is sealed.
-    #[serde(default)]
-    pub encryption: Option<strata_core::catalog::manifest::Encryption>,
+}
+
+impl WalFileInfo {
+    /// The attributes of an archive object.
+    fn to_attributes(&self) -> Attributes {
+        Attributes::from([
+            (SYSTEM_ID_ATTRIBUTE.to_owned(), self.system_id.to_string()),
+            (
+                MTIME_ATTRIBUTE.to_owned(),
+                self.mtime.to_rfc3339_opts(SecondsFormat::AutoSi, true),
+            ),
+        ])
+    }
+
+    /// Reads the attributes of the archive object at `key`.
+    fn from_attributes(attributes: &Attributes, key: &str) -> Result<WalFileInfo> {
+        let field = |name: &str| {
+            attributes.get(name).ok_or_else(|| {
+                Error::integrity(format!(
+                    "the archived WAL file {key} has no `{name}` attribute"
+                ))
+                .hint("the object was not written by `strata pg wal-push`")
+            })
+        };
+        let system_id = field(SYSTEM_ID_ATTRIBUTE)?.parse().map_err(|_| {
+            Error::integrity(format!(
+                "the archived WAL file {key} has a malformed system_id"
+            ))
+        })?;
+        let mtime = field(MTIME_ATTRIBUTE)?.parse().map_err(|_| {
+            Error::integrity(format!("the archived WAL file {key} has a malformed mtime"))
+        })?;
+        Ok(WalFileInfo { system_id, mtime })
+    }
 }
 
 /// What a push did.
@@ -107,11 +129,18 @@ pub enum FetchOutcome {
     NotFound,
 }
 
-/// The WAL archive of one configured cluster in a vault.
-#[derive(Debug, Clone)]
-pub struct WalArchive {
-    vault: Vault,
-    instance: String,
+/// The WAL archive of one configured cluster, in its [`ArchiveStore`]
+/// (borrowed: the host owns the store and lends it, as
+/// [`EnginePlugin`](strata_core::plugin::EnginePlugin) methods do).
+#[derive(Clone, Copy)]
+pub struct WalArchive<'a> {
+    archive: &'a dyn ArchiveStore,
+}
+
+impl std::fmt::Debug for WalArchive<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WalArchive").finish_non_exhaustive()
+    }
 }
 
 /// The system identifier in `global/pg_control` of `data_directory`.
@@ -147,26 +176,15 @@ pub fn segment_system_id(bytes: &[u8], name: &str) -> Result<u64> {
     ))
 }
 
-impl WalArchive {
-    /// The archive of cluster `instance` in `vault`.
-    pub fn new(vault: Vault, instance: impl Into<String>) -> Self {
-        WalArchive {
-            vault,
-            instance: instance.into(),
-        }
-    }
-
-    /// The vault.
-    pub fn vault(&self) -> &Vault {
-        &self.vault
+impl<'a> WalArchive<'a> {
+    /// The WAL archive kept in `archive`, the cluster's archive store.
+    pub fn new(archive: &'a dyn ArchiveStore) -> Self {
+        WalArchive { archive }
     }
 
     /// The key prefix of the WAL of system `system_id`.
     pub fn prefix(&self, system_id: u64) -> String {
-        format!(
-            "{}/wal/{system_id}",
-            layout::engine_prefix("postgres", &self.instance)
-        )
+        format!("wal/{system_id}")
     }
 
     /// The key of archived file `name` of system `system_id`.
@@ -220,94 +238,45 @@ impl WalArchive {
         };
         let key = self.key(system_id, &name);
         let size = bytes.len() as u64;
-        let vault_key = self.vault.key().cloned();
-        let object_key = key.clone();
-        let file_name_for_header = file_name.clone();
-        let (object, digest) = tokio::task::spawn_blocking(move || -> Result<(Vec<u8>, String)> {
-            // Hash on one core while zstd compresses on the others: the push
-            // is on PostgreSQL's critical path (one archive_command at a time).
-            let (digest, compressed) = std::thread::scope(|scope| {
-                let hasher = scope.spawn(|| blake3::hash(&bytes).to_hex().to_string());
-                let compressed = compress_segment(&bytes);
-                (hasher.join().expect("hashing does not panic"), compressed)
-            });
-            let compressed = compressed
-                .map_err(|e| Error::io(format!("compressing {file_name_for_header}: {e}")))?;
-            let digest_for_header = digest.clone();
-            let (body, encryption) = match vault_key {
-                Some(vk) => {
-                    let (data_key, wrapped) = vk.new_data_key(&object_key)?;
-                    (
-                        data_key.seal_part(&object_key, 0, 0, &compressed),
-                        Some(strata_core::catalog::manifest::Encryption {
-                            algorithm: strata_core::crypto::PART_ALGORITHM.to_owned(),
-                            wrapped_key: wrapped,
-                        }),
-                    )
-                }
-                None => (compressed, None),
-            };
-            let header = WalObjectHeader {
-                name: file_name_for_header,
-                system_id: system_id.to_string(),
-                size,
-                mtime,
-                blake3: digest_for_header,
-                compression: "zstd".into(),
-                level: 1,
-                encryption,
-            };
-            let mut out = Vec::with_capacity(body.len() + 512);
-            out.extend_from_slice(WAL_OBJECT_MAGIC);
-            serde_json::to_writer(&mut out, &header)?;
-            out.push(b'\n');
-            out.extend_from_slice(&body);
-            Ok((out, digest))
-        })
-        .await
-        .map_err(|e| Error::io(format!("encoding {file_name}: {e}")))??;
-        let stored = object.len() as u64;
-        let result = self
-            .vault
-            .store()
-            .put_opts(
-                &self.vault.path(&key),
-                object.into(),
-                PutOptions::from(PutMode::Create),
-            )
-            .await;
-        match result {
-            Ok(_) => {
+        let info = WalFileInfo { system_id, mtime };
+        match self
+            .archive
+            .put_once(&key, Bytes::from(bytes), info.to_attributes())
+            .await
+        {
+            Ok(PutOnce::Stored { stored_bytes }) => {
                 if name.kind == WalFileKind::Segment && name.timeline > 1 {
                     self.ensure_history(system_id, name.timeline, data_directory)
                         .await?;
                 }
-                Ok(PushOutcome::Stored { key, stored })
+                Ok(PushOutcome::Stored {
+                    key,
+                    stored: stored_bytes,
+                })
             }
-            Err(object_store::Error::AlreadyExists { .. }) => {
-                let existing = self.header_at(&key).await?;
-                if existing.blake3 == digest && existing.size == size {
-                    Ok(PushOutcome::Duplicate { key })
+            Ok(PutOnce::Identical) => Ok(PushOutcome::Duplicate { key }),
+            Err(e) if e.kind() == ErrorKind::Conflict => {
+                let what = if name.kind == WalFileKind::History {
+                    "timeline history files are never overwritten"
                 } else {
-                    let what = if name.kind == WalFileKind::History {
-                        "timeline history files are never overwritten"
-                    } else {
-                        "an archived WAL file is never overwritten"
-                    };
-                    Err(Error::conflict(format!(
-                        "{} ({size} bytes, blake3 {}) differs from {key} already in the vault \
-                         ({} bytes, blake3 {}, pushed from a file modified at {}): {what}",
-                        full.display(),
-                        &digest[..16],
-                        existing.size,
-                        &existing.blake3[..16.min(existing.blake3.len())],
-                        existing.mtime.to_rfc3339()
-                    ))
-                    .hint("two servers are archiving the same system and timeline into this cluster's WAL archive; \
-                           give each cluster its own [postgres.<name>] section, or turn archiving off on the copy"))
-                }
+                    "an archived WAL file is never overwritten"
+                };
+                let archived_from = match self.header(system_id, &name).await {
+                    Ok(Some(info)) => format!(
+                        " (the archived one was pushed from a file modified at {})",
+                        info.mtime.to_rfc3339()
+                    ),
+                    _ => String::new(),
+                };
+                Err(Error::conflict(format!(
+                    "{} ({size} bytes) differs from the archived file of that name ({what}): {}{archived_from}",
+                    full.display(),
+                    e.message(),
+                ))
+                .hint("two servers are archiving the same system and timeline into this cluster's WAL archive; \
+                       give each cluster its own [postgres.<name>] section, or turn archiving off on the copy"))
             }
-            Err(e) => Err(Error::from(e).context(format!("archiving {file_name} to {key}"))),
+            Err(e) => Err(e.context(format!("archiving {file_name}"))),
         }
     }
 
@@ -334,33 +303,13 @@ impl WalArchive {
         Ok(())
     }
 
-    /// Reads the header of the object at `key`.
-    pub async fn header_at(&self, key: &str) -> Result<WalObjectHeader> {
-        let bytes = self
-            .vault
-            .store()
-            .get_range(&self.vault.path(key), 0..4096)
-            .await;
-        let bytes = match bytes {
-            Ok(b) => b,
-            // Objects smaller than the range: read them whole.
-            Err(object_store::Error::Generic { .. }) => self.vault.get_bytes(key).await?,
-            Err(e) => return Err(Error::from(e).context(format!("reading {key}"))),
-        };
-        let (header, _) = parse_object(&bytes, key)?;
-        Ok(header)
-    }
-
-    /// The header of archived file `name` of system `system_id`, if archived.
-    pub async fn header(
-        &self,
-        system_id: u64,
-        name: &WalFileName,
-    ) -> Result<Option<WalObjectHeader>> {
-        match self.header_at(&self.key(system_id, name)).await {
-            Ok(h) => Ok(Some(h)),
-            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e),
+    /// What the archive records about file `name` of system `system_id`
+    /// (without reading the file), if archived.
+    pub async fn header(&self, system_id: u64, name: &WalFileName) -> Result<Option<WalFileInfo>> {
+        let key = self.key(system_id, name);
+        match self.archive.attributes(&key).await? {
+            Some(attributes) => Ok(Some(WalFileInfo::from_attributes(&attributes, &key)?)),
+            None => Ok(None),
         }
     }
 
@@ -368,40 +317,11 @@ impl WalArchive {
     /// when it is not archived.
     pub async fn read(&self, system_id: u64, name: &WalFileName) -> Result<Option<Vec<u8>>> {
         let key = self.key(system_id, name);
-        let bytes = match self.vault.get_bytes(&key).await {
-            Ok(b) => b,
-            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e),
-        };
-        let vault_key = self.vault.key().cloned();
-        let data = tokio::task::spawn_blocking(move || -> Result<Vec<u8>> {
-            let (header, body) = parse_object(&bytes, &key)?;
-            let compressed = match (&header.encryption, vault_key) {
-                (Some(enc), Some(vk)) => {
-                    let dk = vk.open_data_key(&key, &enc.wrapped_key)?;
-                    dk.open_part(&key, 0, 0, body)?
-                }
-                (Some(_), None) => {
-                    return Err(Error::crypto(format!("{key} is encrypted and no key was given"))
-                        .hint("set [vault] key_file in the config"));
-                }
-                (None, _) => body.to_vec(),
-            };
-            let data = zstd::bulk::decompress(&compressed, header.size as usize).map_err(|e| {
-                Error::integrity(format!("{key} does not decompress: {e}"))
-            })?;
-            let digest = blake3::hash(&data).to_hex().to_string();
-            if data.len() as u64 != header.size || digest != header.blake3 {
-                return Err(Error::integrity(format!(
-                    "{key} is corrupt: its content does not match the checksum recorded when it was archived"
-                ))
-                .hint("the object was damaged in the vault; recovery cannot continue past this segment"));
-            }
-            Ok(data)
-        })
-        .await
-        .map_err(|e| Error::io(format!("decoding {}: {e}", name)))??;
-        Ok(Some(data))
+        Ok(self
+            .archive
+            .get(&key)
+            .await?
+            .map(|object| Vec::from(object.bytes)))
     }
 
     /// Restores archived file `name` (`%f`) to `dest` (`%p`), and fetches the
@@ -420,7 +340,9 @@ impl WalArchive {
             .map(|p| p.join(".strata-prefetch"))
             .unwrap_or_else(|| PathBuf::from(".strata-prefetch"));
         let spooled = spool.join(name);
-        let found = if spooled.is_file() {
+        // The fetched file's size is the cluster's segment size, which names
+        // the segments that follow.
+        let size = if spooled.is_file() {
             std::fs::rename(&spooled, dest).map_err(|e| {
                 Error::io(format!(
                     "moving {} to {}: {e}",
@@ -428,33 +350,33 @@ impl WalArchive {
                     dest.display()
                 ))
             })?;
-            true
+            std::fs::metadata(dest).map(|m| m.len()).unwrap_or(0)
         } else {
             match self.read(system_id, &parsed).await? {
                 Some(data) => {
                     write_atomically(dest, &data)?;
-                    true
+                    data.len() as u64
                 }
-                None => false,
+                None => return Ok(FetchOutcome::NotFound),
             }
         };
-        if !found {
-            return Ok(FetchOutcome::NotFound);
-        }
         if parsed.kind == WalFileKind::Segment && prefetch > 0 {
-            self.prefetch(system_id, &parsed, &spool, prefetch).await;
+            self.prefetch(system_id, &parsed, size, &spool, prefetch)
+                .await;
         }
         Ok(FetchOutcome::Found)
     }
 
-    async fn prefetch(&self, system_id: u64, current: &WalFileName, spool: &Path, count: usize) {
+    async fn prefetch(
+        &self,
+        system_id: u64,
+        current: &WalFileName,
+        seg_size: u64,
+        spool: &Path,
+        count: usize,
+    ) {
         // Segment numbers only need the split of the name; any segment size
-        // gives the same successor as long as it matches the cluster's. The
-        // size is taken from the current file's header.
-        let Ok(Some(header)) = self.header(system_id, current).await else {
-            return;
-        };
-        let seg_size = header.size;
+        // gives the same successor as long as it matches the cluster's.
         if seg_size == 0 || !seg_size.is_power_of_two() {
             return;
         }
@@ -499,10 +421,9 @@ impl WalArchive {
 
     /// Every archived file of system `system_id`, by timeline, in name order.
     pub async fn list(&self, system_id: u64) -> Result<BTreeMap<u32, Vec<WalFileName>>> {
-        let prefix = self.prefix(system_id);
         let mut out: BTreeMap<u32, Vec<WalFileName>> = BTreeMap::new();
-        for key in self.vault.list_keys(&prefix).await? {
-            let Some(name) = key.rsplit('/').next() else {
+        for entry in self.archive.list(&self.prefix(system_id)).await? {
+            let Some(name) = entry.key.rsplit('/').next() else {
                 continue;
             };
             if let Ok(parsed) = WalFileName::parse(name) {
@@ -517,46 +438,17 @@ impl WalArchive {
 
     /// The system identifiers that have WAL in this archive.
     pub async fn system_ids(&self) -> Result<Vec<u64>> {
-        let prefix = format!("{}/wal", layout::engine_prefix("postgres", &self.instance));
         let mut ids: Vec<u64> = self
-            .vault
-            .list_keys(&prefix)
+            .archive
+            .list("wal")
             .await?
             .iter()
-            .filter_map(|k| {
-                k.strip_prefix(&prefix)?
-                    .trim_start_matches('/')
-                    .split('/')
-                    .next()?
-                    .parse()
-                    .ok()
-            })
+            .filter_map(|entry| entry.key.split('/').nth(1)?.parse().ok())
             .collect();
         ids.sort();
         ids.dedup();
         Ok(ids)
     }
-}
-
-/// zstd level 1, with worker threads for files large enough to split.
-fn compress_segment(bytes: &[u8]) -> std::io::Result<Vec<u8>> {
-    let mut compressor = zstd::bulk::Compressor::new(1)?;
-    if bytes.len() >= 4 << 20 {
-        let workers = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1) as u32;
-        compressor.set_parameter(zstd::zstd_safe::CParameter::NbWorkers(workers))?;
-    }
-    compressor.compress(bytes)
-}
-
-fn parse_object<'a>(bytes: &'a [u8], key: &str) -> Result<(WalObjectHeader, &'a [u8])> {
-    let bad = || Error::integrity(format!("{key} is not a Strata WAL object"));
-    let rest = bytes.strip_prefix(WAL_OBJECT_MAGIC).ok_or_else(bad)?;
-    let end = rest.iter().position(|&b| b == b'\n').ok_or_else(bad)?;
-    let header: WalObjectHeader = serde_json::from_slice(&rest[..end])
-        .map_err(|e| Error::integrity(format!("{key} has a malformed header: {e}")))?;
-    Ok((header, &rest[end + 1..]))
 }
 
 /// Writes `data` to `dest` through a temporary file and a rename, flushed.
@@ -577,7 +469,7 @@ fn write_atomically(dest: &Path, data: &[u8]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use strata_core::vault::VaultConfig;
+    use strata_core::vault::{Vault, VaultArchive, VaultConfig};
 
     const SEG: u64 = 16 * 1024 * 1024;
 
@@ -588,7 +480,7 @@ mod tests {
         data
     }
 
-    async fn setup() -> (tempfile::TempDir, WalArchive, PathBuf) {
+    async fn setup() -> (tempfile::TempDir, VaultArchive, PathBuf) {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("file://{}/vault", dir.path().display());
         let vault = Vault::init(&VaultConfig::from_url(&url), None)
@@ -600,12 +492,13 @@ mod tests {
         let mut control = vec![0u8; 512];
         control[..8].copy_from_slice(&42u64.to_le_bytes());
         std::fs::write(pgdata.join("global/pg_control"), control).unwrap();
-        (dir, WalArchive::new(vault, "main"), pgdata)
+        (dir, VaultArchive::new(vault, crate::ENGINE, "main"), pgdata)
     }
 
     #[tokio::test]
     async fn push_fetch_duplicates_and_conflicts() {
-        let (_dir, archive, pgdata) = setup().await;
+        let (_dir, store, pgdata) = setup().await;
+        let archive = WalArchive::new(&store);
         let seg = "000000010000000000000003";
         std::fs::write(pgdata.join("pg_wal").join(seg), fake_segment(42, 7)).unwrap();
         let rel = PathBuf::from("pg_wal").join(seg);
@@ -614,7 +507,7 @@ mod tests {
         assert_eq!(
             archive.push(&rel, &pgdata).await.unwrap(),
             PushOutcome::Duplicate {
-                key: format!("engines/postgres/main/wal/42/00000001/{seg}")
+                key: format!("wal/42/00000001/{seg}")
             }
         );
         // Different bytes under the same name fail and name both sides.
@@ -651,7 +544,8 @@ mod tests {
 
     #[tokio::test]
     async fn history_files_are_never_overwritten() {
-        let (_dir, archive, pgdata) = setup().await;
+        let (_dir, store, pgdata) = setup().await;
+        let archive = WalArchive::new(&store);
         let path = pgdata.join("pg_wal/00000002.history");
         std::fs::write(&path, "1\t0/3000000\tbefore 2026-11-22\n").unwrap();
         archive.push(&path, &pgdata).await.unwrap();
@@ -675,7 +569,8 @@ mod tests {
 
     #[tokio::test]
     async fn prefetch_spools_following_segments() {
-        let (_dir, archive, pgdata) = setup().await;
+        let (_dir, store, pgdata) = setup().await;
+        let archive = WalArchive::new(&store);
         // Real segments are SEG bytes long; the header's size drives successor names.
         for i in 3..6u8 {
             let name = format!("0000000100000000000000{i:02X}");
@@ -708,7 +603,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_new_timeline_brings_its_history_file_along() {
-        let (_dir, archive, pgdata) = setup().await;
+        let (_dir, store, pgdata) = setup().await;
+        let archive = WalArchive::new(&store);
         std::fs::write(
             pgdata.join("pg_wal/00000002.history"),
             "1\t0/3000000\tpromoted\n",
@@ -723,7 +619,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_foreign_segment_is_refused() {
-        let (_dir, archive, pgdata) = setup().await;
+        let (_dir, store, pgdata) = setup().await;
+        let archive = WalArchive::new(&store);
         let path = pgdata.join("pg_wal/000000010000000000000003");
         std::fs::write(&path, fake_segment(7, 1)).unwrap();
         let err = archive.push(&path, &pgdata).await.unwrap_err();

@@ -195,6 +195,16 @@ pub trait ChainRules: Send + Sync {
         }
     }
 
+    /// When `fork` began (PostgreSQL: its history file was written at
+    /// promotion; SQL Server: the restore that created the recovery fork).
+    /// A time target is planned on a fork that existed at that time when
+    /// one can reach it, so that it means what the database was then, not
+    /// the state a later branch inherited. The default: unknown.
+    fn fork_began_at(&self, fork: &str) -> Option<DateTime<Utc>> {
+        let _ = fork;
+        None
+    }
+
     /// Whether the differential or incremental backup `diff` applies on the
     /// data backup `base`. The default: `diff.base == Some(base.id)`.
     fn applies_on(&self, base: &BackupRecord, diff: &BackupRecord) -> bool {
@@ -814,14 +824,26 @@ impl<'a> Analysis<'a> {
                 None => Err(self.not_restorable(target, None)),
             };
         }
-        for fork in &self.forks {
-            let best = fork
-                .chains
-                .iter()
-                .filter(|c| c.from_time <= t && c.to_time >= t)
-                .max_by_key(|c| (c.from_time, c.from_position, std::cmp::Reverse(c.logs)));
-            if let Some(chain) = best {
-                return Ok(self.build(target, fork, chain, |_, time| time >= t));
+        // A fork that began after `t` (a timeline a later restore or
+        // promotion created) holds at `t` only what it inherited, while an
+        // older fork holds what the database really was then: prefer the
+        // forks that existed at `t`, and fall back to the others.
+        let existed = |fork: &ForkAnalysis<'_>| {
+            fork.walker
+                .rules
+                .fork_began_at(&fork.fork)
+                .is_none_or(|began| began <= t)
+        };
+        for pass in [true, false] {
+            for fork in self.forks.iter().filter(|f| !pass || existed(f)) {
+                let best = fork
+                    .chains
+                    .iter()
+                    .filter(|c| c.from_time <= t && c.to_time >= t)
+                    .max_by_key(|c| (c.from_time, c.from_position, std::cmp::Reverse(c.logs)));
+                if let Some(chain) = best {
+                    return Ok(self.build(target, fork, chain, |_, time| time >= t));
+                }
             }
         }
         Err(self.not_restorable(target, None))
@@ -951,7 +973,9 @@ impl<'a> Analysis<'a> {
                     nearest(before, after, "position")
                 )
             }
-            RestoreTarget::Latest => format!("{target} is not restorable"),
+            RestoreTarget::Latest | RestoreTarget::Backup(_) => {
+                format!("{target} is not restorable")
+            }
         };
         Error::not_found(message).hint(hint)
     }

@@ -263,7 +263,7 @@ mod tests {
     use super::*;
     use crate::catalog::manifest::BackupKind;
     use crate::vault::VaultConfig;
-    use crate::vault::writer::{BackupTarget, BackupWriter, BackupOutcome, WriterConfig};
+    use crate::vault::writer::{BackupOutcome, BackupTarget, BackupWriter, WriterConfig};
 
     fn target(instance: &str) -> BackupTarget {
         BackupTarget {

@@ -5,7 +5,8 @@
 //! manifests/<engine>/<instance>/<backup-id>.json     one per committed backup: the commit point
 //! data/<engine>/<instance>/<backup-id>/<stream>.<segment>.zst
 //!                                                    segment objects of a backup's streams
-//! engines/<engine>/<instance>/...                    engine-owned objects (e.g. PostgreSQL history files)
+//! engines/<engine>/<instance>/<key>                  archive objects (PostgreSQL WAL, Backint name markers),
+//!                                                    see [`super::archive`]
 //! ```
 //!
 //! Segment keys contain the backup id, which is unique per attempt, so no two
@@ -22,25 +23,10 @@ pub const VAULT_META: &str = "strata-vault.json";
 pub const MANIFESTS: &str = "manifests";
 /// Prefix of all segment objects.
 pub const DATA: &str = "data";
-/// Prefix of engine-owned objects.
+/// Prefix of archive objects, the objects engine plugins own.
 pub const ENGINES: &str = "engines";
 
-/// Makes a key component safe: anything but `[A-Za-z0-9._-]` becomes `_`
-/// followed by its hex code, so distinct names stay distinct.
-pub fn escape_component(name: &str) -> String {
-    let mut out = String::with_capacity(name.len());
-    for b in name.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("_{b:02x}"));
-        }
-    }
-    if out.is_empty() || out.starts_with('.') {
-        out.insert(0, '_');
-    }
-    out
-}
+pub use crate::plugin::escape_key_component as escape_component;
 
 /// Joins a root and relative components into an object path.
 pub fn join(root: &Path, parts: &[&str]) -> Path {

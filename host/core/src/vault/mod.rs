@@ -14,6 +14,7 @@
 //! and refuses to initialise over an existing vault. [`Vault::open`] reads it,
 //! refuses a newer format, and checks the encryption key.
 
+pub mod archive;
 pub mod gc;
 pub mod layout;
 pub mod local;
@@ -531,6 +532,22 @@ impl Vault {
         Manifest::from_json(&bytes, &key)
     }
 
+    /// Whether backup `id` of an engine instance is committed (its manifest
+    /// exists), without reading the manifest.
+    pub async fn manifest_exists(
+        &self,
+        engine: &str,
+        instance: &str,
+        id: &BackupId,
+    ) -> Result<bool> {
+        let key = layout::manifest_key(engine, instance, id);
+        match self.store().head(&self.path(&key)).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(Error::from(e).context(format!("checking {key}"))),
+        }
+    }
+
     /// Reads every manifest under `prefix` (a [`layout::MANIFESTS`] sub-prefix),
     /// in key order, reading a few in parallel.
     pub async fn read_manifests(&self, prefix: &str) -> Result<Vec<Manifest>> {
@@ -579,6 +596,7 @@ impl Vault {
 }
 
 pub use crate::plugin::Progress;
+pub use archive::VaultArchive;
 
 #[cfg(test)]
 mod tests {

@@ -65,7 +65,7 @@ use tokio::task::JoinHandle;
 use super::slots::FairSlots;
 use super::{Progress, Vault, layout};
 use crate::catalog::manifest::{
-    BackupId, BackupKind, Compression, Encryption, MANIFEST_FORMAT, Manifest, PartRecord, Position,
+    BackupId, BackupKind, Compression, Encryption, MANIFEST_FORMAT, Manifest, PartRecord,
     SegmentRecord, StreamRecord,
 };
 use crate::crypto::{DataKey, PART_ALGORITHM};
@@ -765,10 +765,7 @@ impl BackupWriter {
     /// A channel to feed a stream part by part from a blocking producer;
     /// pass the [`PartStream`] to [`write_parts`](Self::write_parts).
     pub fn part_channel(&self) -> (PartFeed, PartStream) {
-        crate::plugin::part_channel(
-            self.shared.config.part_size,
-            self.shared.raw_pool.clone(),
-        )
+        crate::plugin::part_channel(self.shared.config.part_size, self.shared.raw_pool.clone())
     }
 
     /// Stores the stream `name` from the parts sent through the
@@ -1164,6 +1161,8 @@ pub(crate) mod tests {
 
     use object_store::ObjectStoreExt;
     use tokio::io::{AsyncWriteExt, ReadBuf};
+
+    use crate::catalog::manifest::Position;
 
     use super::*;
     use crate::vault::VaultConfig;
