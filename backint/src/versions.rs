@@ -247,6 +247,7 @@ impl VersionStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use strata_core::catalog::manifest::BackupKind;
 
     #[tokio::test]
     async fn marker_keys_keep_names_apart_where_markers_always_were() {

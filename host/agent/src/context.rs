@@ -55,17 +55,6 @@ impl Context {
         CatalogIndex::open(&self.index_path())
     }
 
-    /// Records a committed manifest in the index. The index is a cache: a
-    /// failure is logged, never fatal, since the backup is committed already.
-    pub fn record(&self, vault: &Vault, manifest: &strata_core::catalog::manifest::Manifest) {
-        let recorded = self
-            .index()
-            .and_then(|index| index.record(&vault.meta().vault_id, manifest));
-        if let Err(err) = recorded {
-            tracing::warn!(backup = %manifest.id, error = %err, "the backup is committed but the local index was not updated; `strata catalog rebuild` will pick it up");
-        }
-    }
-
     /// Writer settings from the configuration.
     pub fn writer_config(&self) -> WriterConfig {
         self.config.writer.writer_config()

@@ -30,12 +30,15 @@ pub fn engine_name(text: &str) -> Result<&'static str> {
 }
 
 /// The plugin of `engine` for `instance`, built from its configuration
-/// section (a stream needs none: its instance is the stream's name).
+/// section when this host has one (a stream needs none: its instance is the
+/// stream's name). A plugin without its section still lists, plans and
+/// verifies what the vault holds; backups and restores then fail with a
+/// configuration error naming the missing section.
 pub fn plugin(ctx: &Context, engine: &str, instance: &str) -> Result<Box<dyn EnginePlugin>> {
     match engine_name(engine)? {
         strata_stream::ENGINE => Ok(Box::new(strata_stream::StreamEngine::new(instance)?)),
-        strata_postgres::ENGINE => Ok(Box::new(ctx.cluster(instance)?.build(instance)?)),
-        strata_hana::ENGINE => Ok(Box::new(strata_hana::HanaEngine::from_sid(instance)?)),
+        strata_postgres::ENGINE => Ok(Box::new(crate::pg::engine(ctx, instance, None)?)),
+        strata_hana::ENGINE => Ok(Box::new(strata_hana::HanaEngine::backint(instance))),
         other => Err(Error::config(format!("engine `{other}` is not built into this agent"))),
     }
 }

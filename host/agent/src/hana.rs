@@ -8,14 +8,17 @@
 use chrono::Utc;
 use clap::{Args, Subcommand, ValueEnum};
 use strata_core::catalog::manifest::BackupKind;
+use strata_core::catalog::planner::RestoreTarget;
+use strata_core::lifecycle::BackupResult;
+use strata_core::plugin::{BackupRequest, DatabaseRef, EnginePlugin};
 use strata_core::time::parse_time;
-use strata_core::vault::layout;
 use strata_core::{Error, Result};
 use strata_hana::client::{self, HanaUrl};
 use strata_hana::ini::{CheckContext, GlobalIni, Severity, check_backint};
-use strata_hana::sql::{DataBackup, Recovery, RecoveryPlan};
+use strata_hana::sql::DataBackup;
+use strata_hana::{HanaEngine, RecoveryDestination};
 
-use crate::context::Context;
+use crate::context::{Context, cancel_on_interrupt};
 use crate::output::print_json;
 
 /// `strata hana ...`
@@ -182,25 +185,53 @@ async fn check(args: CheckArgs, ctx: &Context) -> Result<()> {
     Ok(())
 }
 
-/// Runs `strata backup hana`.
+fn engine(sid: &str, connection: &Connection) -> Result<HanaEngine> {
+    let url = connection.connect.as_deref().map(HanaUrl::parse).transpose()?;
+    Ok(HanaEngine::from_sid(sid)?.with_connection(url))
+}
+
+/// Runs `strata backup hana`: asks HANA to back up through Backint; the
+/// bytes arrive through `hdbbackint`.
 pub async fn backup(args: BackupHanaArgs, ctx: &Context) -> Result<()> {
-    let backup = DataBackup {
-        sid: args.sid.to_ascii_uppercase(),
-        database: args.database.to_ascii_uppercase(),
-        kind: match args.kind {
-            DataKind::Full => BackupKind::Full,
-            DataKind::Diff => BackupKind::Diff,
-            DataKind::Incr => BackupKind::Incr,
-        },
-        at: Utc::now(),
+    let plugin = engine(&args.sid, &args.connection)?;
+    let kind = match args.kind {
+        DataKind::Full => BackupKind::Full,
+        DataKind::Diff => BackupKind::Diff,
+        DataKind::Incr => BackupKind::Incr,
     };
-    let statement = backup.statement()?;
+    let database = DatabaseRef {
+        instance: plugin.instance().to_owned(),
+        database: Some(args.database.to_ascii_uppercase()),
+    };
     if args.dry_run {
+        // Nothing to connect to or write: the statement is all there is.
+        let statement = DataBackup {
+            sid: plugin.instance().to_owned(),
+            database: args.database.to_ascii_uppercase(),
+            kind,
+            at: Utc::now(),
+        }
+        .statement()?;
         println!("{statement};");
         return Ok(());
     }
+    let request = BackupRequest::new(database, kind);
     let started = std::time::Instant::now();
-    client::backup_data(&url(&args.connection)?, &backup).await?;
+    let outcome = match ctx
+        .host()
+        .await?
+        .backup(&plugin, request, None, cancel_on_interrupt())
+        .await?
+    {
+        BackupResult::Delegated(outcome) => outcome,
+        BackupResult::Committed(manifest) => {
+            return Err(Error::engine(format!(
+                "HANA backups are stored by hdbbackint, yet {} was committed here",
+                manifest.id
+            )));
+        }
+    };
+    let statement = outcome.engine_meta["statement"].as_str().unwrap_or_default();
     if ctx.json {
         print_json(
             &serde_json::json!({ "statement": statement, "seconds": started.elapsed().as_secs_f64() }),
@@ -217,82 +248,38 @@ pub async fn backup(args: BackupHanaArgs, ctx: &Context) -> Result<()> {
 /// Runs `strata restore hana`: checks that the vault holds a data backup
 /// before the target time, then prints (or with `--execute` runs) the recovery.
 pub async fn restore(args: RestoreHanaArgs, ctx: &Context) -> Result<()> {
-    let until = args.until.as_deref().map(parse_time).transpose()?;
-    let recovery = Recovery {
-        source_sid: args.sid.to_ascii_uppercase(),
-        source_database: args.database.to_ascii_uppercase(),
-        target_sid: args
-            .target_sid
-            .as_deref()
-            .unwrap_or(&args.sid)
-            .to_ascii_uppercase(),
-        target_database: args
-            .target_database
-            .as_deref()
-            .unwrap_or(&args.database)
-            .to_ascii_uppercase(),
-        until,
-        backup_id: args.backup_id,
+    let target = match args.until.as_deref() {
+        Some(text) => RestoreTarget::Time(parse_time(text)?),
+        None => RestoreTarget::Latest,
     };
-    let plan = recovery.plan()?;
-    // The vault must hold a data backup of the source from before the target time.
-    let vault = ctx.vault().await?;
-    let manifests = vault
-        .read_manifests(&layout::manifest_prefix("hana", &recovery.source_sid))
+    let plugin = engine(&args.sid, &args.connection)?;
+    let database = args.database.to_ascii_uppercase();
+    let destination = RecoveryDestination {
+        database: database.clone(),
+        target_sid: args.target_sid.clone(),
+        target_database: args.target_database.clone(),
+        backup_id: args.backup_id,
+        execute: args.execute,
+    };
+    let source = DatabaseRef {
+        instance: plugin.instance().to_owned(),
+        database: Some(database),
+    };
+    let outcome = ctx
+        .host()
+        .await?
+        .restore(&plugin, source, target, serde_json::to_value(&destination)?, None)
         .await?;
-    let limit = until.unwrap_or_else(Utc::now);
-    let data = manifests
-        .iter()
-        .filter(|m| {
-            m.kind.is_data() && m.database.as_deref() == Some(recovery.source_database.as_str())
-        })
-        .filter(|m| m.ended_at <= limit)
-        .count();
-    if data == 0 {
-        return Err(Error::not_found(format!(
-            "the vault has no data backup of {}@{} before {limit}",
-            recovery.source_database, recovery.source_sid
-        ))
-        .hint(
-            "`strata list hana` shows what hdbbackint stored; take one with `strata backup hana`",
-        ));
-    }
     if ctx.json {
-        print_json(&plan)?;
+        print_json(&outcome.details)?;
     } else {
-        match &plan {
-            RecoveryPlan::Sql { statements } => {
-                println!("-- on the SYSTEMDB of {}:", recovery.target_sid);
-                for s in statements {
-                    println!("{s};");
-                }
-            }
-            RecoveryPlan::Command { command, notes } => {
-                for note in notes {
-                    println!("# {note}");
-                }
-                println!("{command}");
-            }
-        }
-    }
-    if args.execute {
-        match plan {
-            RecoveryPlan::Sql { statements } => {
-                client::execute(&url(&args.connection)?, statements).await?;
-                if !ctx.quiet {
-                    eprintln!(
-                        "HANA recovered {} of {}",
-                        recovery.target_database, recovery.target_sid
-                    );
-                }
-            }
-            RecoveryPlan::Command { .. } => {
-                return Err(
-                    Error::config("the SYSTEMDB cannot be recovered over SQL").hint(
-                        "stop the system and run the printed recoverSys.py command as <sid>adm",
-                    ),
-                );
-            }
+        print!("{}", outcome.summary);
+        if args.execute && !ctx.quiet {
+            eprintln!(
+                "HANA recovered {} of {}",
+                args.target_database.as_deref().unwrap_or(&args.database).to_ascii_uppercase(),
+                args.target_sid.as_deref().unwrap_or(&args.sid).to_ascii_uppercase()
+            );
         }
     }
     Ok(())

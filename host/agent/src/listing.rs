@@ -7,11 +7,13 @@ use serde::Serialize;
 use strata_core::catalog::index::{CatalogIndex, ListFilter};
 use strata_core::catalog::manifest::{BackupId, Manifest};
 use strata_core::catalog::planner::{BackupRecord, DefaultChainRules, Timeline, timeline};
-use strata_core::vault::reader::verify_backup_with;
+use strata_core::lifecycle::Host;
+use strata_core::plugin::DatabaseRef;
 use strata_core::vault::{Vault, layout};
 use strata_core::{Error, Result};
 
 use crate::context::Context;
+use crate::engines;
 use crate::output::{Table, human_bytes, print_json};
 
 /// Arguments of `strata list`.
@@ -130,22 +132,23 @@ pub async fn list(args: ListArgs, ctx: &Context) -> Result<()> {
         ..Default::default()
     };
     let manifests = manifests(ctx, &vault, &filter).await?;
-    let mut groups: BTreeMap<(String, String, Option<String>), Vec<BackupRecord>> = BTreeMap::new();
+    let mut groups: BTreeMap<(String, String, Option<String>), Vec<Manifest>> = BTreeMap::new();
     if args.timeline {
         for m in &manifests {
             groups
                 .entry((m.engine.clone(), m.instance.clone(), m.database.clone()))
                 .or_default()
-                .push(BackupRecord::from(m));
+                .push(m.clone());
         }
     }
+    let host = ctx.host().await?;
     let mut timelines: Vec<ListedTimeline> = Vec::new();
-    for ((engine, instance, database), records) in &groups {
+    for ((engine, instance, database), backups) in &groups {
         timelines.push(ListedTimeline {
             engine,
             instance,
             database: database.as_deref(),
-            timeline: engine_timeline(&vault, engine, instance, records).await?,
+            timeline: engine_timeline(ctx, &host, engine, instance, database, backups).await?,
         });
     }
     let listed: Vec<ListedBackup> = manifests
@@ -206,26 +209,26 @@ pub async fn list(args: ListArgs, ctx: &Context) -> Result<()> {
     Ok(())
 }
 
-/// The restorable windows of one instance. PostgreSQL keeps its WAL as
-/// archive objects rather than backup manifests, so its plugin's catalog
-/// (backups plus the archived WAL of every timeline) answers for it; other
-/// engines' manifests are the whole chain.
+/// The restorable windows of one database, from its engine's chain (for
+/// PostgreSQL: the backups plus the archived WAL of every timeline). An
+/// engine this agent does not know is shown from its manifests alone.
 async fn engine_timeline(
-    vault: &Vault,
+    ctx: &Context,
+    host: &Host,
     engine: &str,
     instance: &str,
-    records: &[BackupRecord],
+    database: &Option<String>,
+    backups: &[Manifest],
 ) -> Result<Timeline> {
-    if engine != strata_postgres::ENGINE {
-        return Ok(timeline(records, &DefaultChainRules));
-    }
-    match crate::pg::load_catalog(vault, instance, None).await {
-        Ok(catalog) => Ok(catalog.neutral_timeline()),
-        Err(e) if e.kind() == strata_core::ErrorKind::NotFound => {
-            Ok(timeline(records, &DefaultChainRules))
-        }
-        Err(e) => Err(e),
-    }
+    let Ok(plugin) = engines::plugin(ctx, engine, instance) else {
+        let records: Vec<BackupRecord> = backups.iter().map(BackupRecord::from).collect();
+        return Ok(timeline(&records, &DefaultChainRules));
+    };
+    let database = DatabaseRef {
+        instance: instance.to_owned(),
+        database: database.clone(),
+    };
+    host.timeline(plugin.as_ref(), &database).await
 }
 
 /// Renders the restorable windows and gaps of one instance for people.
@@ -287,6 +290,7 @@ pub async fn verify(args: VerifyArgs, ctx: &Context) -> Result<()> {
         ..Default::default()
     };
     let all = manifests(ctx, &vault, &filter).await?;
+    let host = ctx.host().await?;
     let chosen: Vec<&Manifest> = if args.backups.is_empty() {
         all.iter().collect()
     } else {
@@ -307,14 +311,8 @@ pub async fn verify(args: VerifyArgs, ctx: &Context) -> Result<()> {
     let bar = ctx.progress(Some(total), "verifying");
     let mut results = Vec::new();
     for manifest in &chosen {
-        let report = verify_backup_with(
-            &vault,
-            manifest,
-            &ctx.reader_config(),
-            Some(&bar),
-            Some(&strata_postgres::bundle::BundleCheck),
-        )
-        .await?;
+        let plugin = engines::plugin(ctx, &manifest.engine, &manifest.instance).ok();
+        let report = host.verify(plugin.as_deref(), manifest, Some(&bar)).await?;
         results.push(VerifiedBackup {
             id: manifest.id.clone(),
             engine: manifest.engine.clone(),

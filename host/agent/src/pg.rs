@@ -8,19 +8,19 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use clap::{Args, Subcommand};
 use serde::Serialize;
-use strata_core::catalog::manifest::BackupKind;
+use strata_core::catalog::manifest::{BackupKind, Position};
+use strata_core::catalog::planner::{self, RecoverableWindow, RestoreTarget};
+use strata_core::lifecycle::BackupResult;
+use strata_core::plugin::{BackupRequest, DatabaseRef};
 use strata_core::time::parse_time;
-use strata_core::vault::reader::VaultRestoreSource;
-use strata_core::vault::writer::{BackupOutcome, BackupTarget, BackupWriter, ProgressSink};
-use strata_core::vault::{Vault, VaultArchive, layout};
+use strata_core::vault::{Vault, VaultArchive};
 use strata_core::{Error, ErrorKind, Result};
-use strata_postgres::backup::{FullBackupOptions, full_backup};
-use strata_postgres::chain::{Catalog, Target};
-use strata_postgres::restore::{RestoreOptions, restore};
+use strata_postgres::chain::{Catalog, lsn_of, position};
+use strata_postgres::restore::{RestoreReport, shell_word};
 use strata_postgres::wal::{FetchOutcome, PushOutcome};
-use strata_postgres::{ClusterConfig, Lsn, WalArchive};
+use strata_postgres::{Lsn, PostgresEngine, RestoreDestination, WalArchive};
 
-use crate::context::Context;
+use crate::context::{Context, cancel_on_interrupt};
 use crate::output::{Table, human_bytes, human_rate, print_json};
 
 /// The archive objects of cluster `name`, where its WAL lives.
@@ -28,13 +28,14 @@ pub fn wal_store(vault: &Vault, name: &str) -> VaultArchive {
     VaultArchive::new(vault.clone(), strata_postgres::ENGINE, name)
 }
 
-/// The committed backups of cluster `name` and its WAL archive, as one catalog.
-pub async fn load_catalog(vault: &Vault, name: &str, system_id: Option<u64>) -> Result<Catalog> {
-    let manifests = vault
-        .read_manifests(&layout::manifest_prefix(strata_postgres::ENGINE, name))
-        .await?;
-    let store = wal_store(vault, name);
-    Catalog::load(manifests, &WalArchive::new(&store), name, system_id).await
+/// The plugin of cluster `name`: built from its section when this host
+/// configures it, otherwise one that can only read the vault.
+pub fn engine(ctx: &Context, name: &str, system_id: Option<u64>) -> Result<PostgresEngine> {
+    let engine = match ctx.config.postgres.get(name) {
+        Some(cluster) => cluster.build(name)?,
+        None => PostgresEngine::unconfigured(name),
+    };
+    Ok(engine.with_system_id(system_id))
 }
 
 /// `strata pg ...`: PostgreSQL checks and the archive/restore commands PostgreSQL calls.
@@ -138,35 +139,6 @@ pub struct PgListArgs {
     pub system_id: Option<u64>,
 }
 
-fn cluster<'a>(ctx: &'a Context, name: &str) -> Result<&'a ClusterConfig> {
-    let cluster = ctx.config.postgres.get(name).ok_or_else(|| {
-        let known: Vec<&str> = ctx.config.postgres.keys().map(String::as_str).collect();
-        Error::config(format!("no PostgreSQL cluster `{name}` is configured")).hint(if known.is_empty() {
-            format!("add a [postgres.{name}] section with connection and data_directory to the config")
-        } else {
-            format!("configured clusters: {}", known.join(", "))
-        })
-    })?;
-    cluster.validate(name)?;
-    Ok(cluster)
-}
-
-fn shell_word(text: &str) -> String {
-    if text
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b"/._-:=+@%,".contains(&b))
-    {
-        text.to_owned()
-    } else {
-        format!(
-            "\"{}\"",
-            text.replace('\\', "\\\\")
-                .replace('"', "\\\"")
-                .replace('$', "\\$")
-        )
-    }
-}
-
 /// How PostgreSQL should invoke this Strata: the binary, config and vault.
 fn strata_invocation(ctx: &Context) -> String {
     let exe = std::env::current_exe()
@@ -227,7 +199,7 @@ pub async fn run(command: PgCommand, ctx: &Context) -> Result<()> {
 }
 
 async fn check(name: &str, ctx: &Context) -> Result<()> {
-    let cluster = cluster(ctx, name)?;
+    let cluster = ctx.cluster(name)?;
     let report = strata_postgres::check::check(cluster, name, &strata_invocation(ctx)).await?;
     if ctx.json {
         print_json(&report)?;
@@ -317,19 +289,6 @@ async fn wal_fetch(
     }
 }
 
-/// Part size of PostgreSQL full backups unless `[writer] part_size` is set:
-/// a backup writes `parallel` streams at once, and 8 MiB parts keep its
-/// memory under 256 MiB with two streams and every core compressing.
-const PG_PART_SIZE: usize = 8 << 20;
-
-fn pg_writer_config(ctx: &Context) -> strata_core::vault::writer::WriterConfig {
-    let mut config = ctx.writer_config();
-    if ctx.config.writer.part_size.is_none() {
-        config.part_size = PG_PART_SIZE;
-    }
-    config
-}
-
 /// Runs `strata backup pg NAME`.
 pub async fn backup(args: PgBackupArgs, ctx: &Context) -> Result<()> {
     let kind: BackupKind = args.kind.parse()?;
@@ -339,55 +298,19 @@ pub async fn backup(args: PgBackupArgs, ctx: &Context) -> Result<()> {
         ))
         .hint("use --kind full; WAL is archived continuously by `strata pg wal-push`"));
     }
-    let cluster = cluster(ctx, &args.name)?;
-    let vault = ctx.vault().await?;
-    let store = wal_store(&vault, &args.name);
-    let archive = WalArchive::new(&store);
+    let plugin = ctx.cluster(&args.name)?.build(&args.name)?;
+    let host = ctx.host().await?;
+    let mut request = BackupRequest::new(DatabaseRef::instance(&args.name), kind);
+    request.options = serde_json::json!({ "spread_checkpoint": args.spread_checkpoint });
     let started = Instant::now();
-    let writer = BackupWriter::start(
-        &vault,
-        BackupTarget {
-            engine: strata_postgres::ENGINE.into(),
-            instance: args.name.clone(),
-            database: None,
-            kind,
-        },
-        pg_writer_config(ctx),
-    )?;
-    let options = FullBackupOptions {
-        label: format!("strata {}", writer.id()),
-        fast_checkpoint: !args.spread_checkpoint,
-        parallel: cluster.parallel,
-        ..FullBackupOptions::default()
-    };
     let bar = ctx.progress(None, "backing up");
-    let sink = ProgressSink::new(&writer, &bar);
-    let outcome = full_backup(cluster, &archive, &sink, &options).await;
+    let result = host
+        .backup(&plugin, request, Some(&bar), cancel_on_interrupt())
+        .await;
     bar.finish();
-    let outcome = match outcome {
-        Ok(outcome) => outcome,
-        Err(err) => {
-            if let Err(abort) = writer.abort().await {
-                tracing::warn!(error = %abort, "cleaning up the failed backup's objects");
-            }
-            return Err(err.context(format!(
-                "full backup of `{}` failed; nothing was committed",
-                args.name
-            )));
-        }
+    let BackupResult::Committed(manifest) = result? else {
+        return Err(Error::engine("the PostgreSQL plugin delivered no backup"));
     };
-    let manifest = writer
-        .commit(BackupOutcome {
-            fork: outcome.fork,
-            start: outcome.start,
-            end: outcome.end,
-            consistent_at: outcome.consistent_at,
-            base: None,
-            labels: outcome.labels,
-            engine_meta: outcome.engine_meta,
-        })
-        .await?;
-    ctx.record(&vault, &manifest);
     let meta = strata_postgres::backup::FullBackupMeta::from_manifest(&manifest)?;
     let seconds = started.elapsed().as_secs_f64();
     if let Some(damage) = meta.page_check.as_ref().filter(|p| !p.damaged.is_empty()) {
@@ -464,11 +387,17 @@ fn warn_damaged_pages(report: &strata_postgres::pages::PageReport) {
 
 /// Runs `strata restore pg NAME ...`.
 pub async fn restore_cmd(args: PgRestoreArgs, ctx: &Context) -> Result<()> {
-    let cluster = cluster(ctx, &args.name)?;
+    let plugin = ctx
+        .cluster(&args.name)?
+        .build(&args.name)?
+        .with_system_id(args.system_id);
     let target = match (&args.to_time, &args.to_lsn, args.latest) {
-        (Some(t), None, false) => Target::Time(parse_time(t)?),
-        (None, Some(l), false) => Target::Lsn(l.parse::<Lsn>()?),
-        (None, None, true) => Target::Latest,
+        (Some(t), None, false) => RestoreTarget::Time(parse_time(t)?),
+        (None, Some(l), false) => RestoreTarget::Position {
+            fork: None,
+            position: position(l.parse::<Lsn>()?),
+        },
+        (None, None, true) => RestoreTarget::Latest,
         _ => {
             return Err(Error::config(
                 "give exactly one of --to-time, --to-lsn, --latest",
@@ -488,35 +417,33 @@ pub async fn restore_cmd(args: PgRestoreArgs, ctx: &Context) -> Result<()> {
     } else {
         std::env::current_dir()?.join(&args.target_dir)
     };
-    let vault = ctx.vault().await?;
-    let catalog = load_catalog(&vault, &args.name, args.system_id).await?;
-    let plan = catalog.plan(target)?;
-    let restore_command = format!(
-        "{} pg wal-fetch %f \"%p\" --cluster {} --system-id {}",
-        strata_invocation(ctx),
-        shell_word(&args.name),
-        catalog.system_id
-    );
-    let options = RestoreOptions {
+    let destination = RestoreDestination {
         target_dir,
         port: args.port,
         tablespace_map,
         start: args.start,
         force: args.force,
-        restore_command,
-        parallel: cluster.parallel,
-        start_timeout: Duration::from_secs(args.start_timeout),
+        start_timeout_seconds: args.start_timeout,
+        strata_command: strata_invocation(ctx),
     };
+    let host = ctx.host().await?;
     let started = Instant::now();
-    let bar = std::sync::Arc::new(ctx.progress(Some(plan.backup.raw_size()), "restoring"));
-    let source = VaultRestoreSource::new(vault, vec![plan.backup.clone()], ctx.reader_config())
-        .with_progress(bar.clone());
-    let report = restore(cluster, &plan, &source, &options).await;
+    let bar = std::sync::Arc::new(ctx.progress(None, "restoring"));
+    let outcome = host
+        .restore(
+            &plugin,
+            DatabaseRef::instance(&args.name),
+            target,
+            serde_json::to_value(&destination)?,
+            Some(bar.clone()),
+        )
+        .await;
     bar.finish();
-    let report = report?;
+    let outcome = outcome?;
+    let report: RestoreReport = serde_json::from_value(outcome.details.clone())?;
     let seconds = started.elapsed().as_secs_f64();
     if ctx.json {
-        print_json(&report)?;
+        print_json(&outcome.details)?;
     } else if !ctx.quiet {
         println!(
             "restored backup {} into {} ({} files, {}) in {:.1}s; recovery target: {} on timeline {}",
@@ -525,7 +452,7 @@ pub async fn restore_cmd(args: PgRestoreArgs, ctx: &Context) -> Result<()> {
             report.files,
             human_bytes(report.bytes),
             seconds,
-            target,
+            report.target,
             report.recovery_timeline
         );
         if report.started {
@@ -569,6 +496,36 @@ struct BackupRow {
     server_version: String,
 }
 
+/// A recoverable window as `strata list pg` shows it: the planner's window
+/// in PostgreSQL's words (timeline, LSNs, the last archived segment).
+#[derive(Serialize)]
+struct WindowRow {
+    timeline: u32,
+    start_time: DateTime<Utc>,
+    end_time: DateTime<Utc>,
+    start_lsn: String,
+    end_lsn: String,
+    last_segment: String,
+}
+
+fn window_row(catalog: &Catalog, window: &RecoverableWindow) -> Result<WindowRow> {
+    let timeline: u32 = window
+        .fork
+        .parse()
+        .map_err(|_| Error::integrity(format!("`{}` is not a timeline", window.fork)))?;
+    let lsn = |p: Option<Position>| p.map(lsn_of).transpose();
+    let start = lsn(window.from_position)?.unwrap_or_default();
+    let end = lsn(window.to_position)?.unwrap_or_default();
+    Ok(WindowRow {
+        timeline,
+        start_time: window.from_time,
+        end_time: window.to_time,
+        start_lsn: start.to_string(),
+        end_lsn: end.to_string(),
+        last_segment: catalog.last_segment(timeline, end).to_string(),
+    })
+}
+
 #[derive(Serialize)]
 struct TimelineRow {
     timeline: u32,
@@ -580,8 +537,13 @@ struct TimelineRow {
 
 /// Runs `strata list pg NAME`.
 pub async fn list(args: PgListArgs, ctx: &Context) -> Result<()> {
-    let vault = ctx.vault().await?;
-    let catalog = match load_catalog(&vault, &args.name, args.system_id).await {
+    let host = ctx.host().await?;
+    let plugin = engine(ctx, &args.name, args.system_id)?;
+    let store = wal_store(host.vault(), &args.name);
+    let manifests = host
+        .backups(&plugin, &DatabaseRef::instance(&args.name))
+        .await?;
+    let catalog = match plugin.catalog(&manifests, &store).await {
         Ok(c) => c,
         Err(e) if e.kind() == ErrorKind::NotFound && ctx.json => {
             return print_json(
@@ -606,7 +568,13 @@ pub async fn list(args: PgListArgs, ctx: &Context) -> Result<()> {
             server_version: meta.server_version.clone(),
         })
         .collect();
-    let windows = catalog.merged_windows();
+    let chain = catalog.chain();
+    let timeline = planner::timeline(&chain.records, chain.rules.as_ref());
+    let windows: Vec<WindowRow> = timeline
+        .windows
+        .iter()
+        .map(|w| window_row(&catalog, w))
+        .collect::<Result<_>>()?;
     let timelines: Vec<TimelineRow> = catalog
         .timelines()
         .into_iter()
@@ -628,6 +596,7 @@ pub async fn list(args: PgListArgs, ctx: &Context) -> Result<()> {
             "system_id": catalog.system_id.to_string(),
             "backups": backups,
             "windows": windows,
+            "gaps": timeline.gaps,
             "timelines": timelines,
         }));
     }
@@ -696,6 +665,15 @@ pub async fn list(args: PgListArgs, ctx: &Context) -> Result<()> {
         println!("\nRecoverable windows: none (a full backup whose WAL is archived is needed)");
     } else {
         println!("\nRecoverable windows:\n{}", table.render());
+    }
+    for gap in &timeline.gaps {
+        println!(
+            "gap on timeline {}: {} .. {}: {}",
+            gap.fork,
+            fmt(gap.from_time),
+            fmt(gap.to_time),
+            gap.reason
+        );
     }
     Ok(())
 }

@@ -291,13 +291,16 @@ impl Host {
         progress: Option<Arc<dyn Progress>>,
     ) -> Result<RestoreOutcome> {
         let (plan, backups) = if plugin.capabilities().engine_plans_restore {
-            (None, Vec::new())
+            (None, self.backups(plugin, &source).await?)
         } else {
             let (plan, backups) = self.plan(plugin, &source, &target).await?;
             (Some(plan), backups)
         };
-        let mut reader = VaultRestoreSource::new(self.vault.clone(), backups.clone(), self.reader.clone());
-        if let Some(progress) = progress {
+        let mut reader =
+            VaultRestoreSource::new(self.vault.clone(), backups.clone(), self.reader.clone());
+        if let Some(progress) = progress
+            && plan.is_some()
+        {
             progress.set_total(backups.iter().map(Manifest::raw_size).sum());
             reader = reader.with_progress(progress);
         }

@@ -186,9 +186,11 @@ pub struct RestoreRequest {
     /// The planner's choice, or `None` for engines that plan their own
     /// restores ([`Capabilities::engine_plans_restore`]).
     pub plan: Option<RestorePlan>,
-    /// The manifests of the planned data backups, in apply order (base,
-    /// then diffs); log records that have no manifest (archived WAL) are
-    /// only in the plan.
+    /// The manifests of the planned backups, in apply order (base, diffs,
+    /// logs); log records that have no manifest (archived WAL) are only in
+    /// the plan. For an engine that plans its own restores: every committed
+    /// backup of the source database, oldest first, so that the plugin can
+    /// refuse a target nothing in the vault reaches before asking the engine.
     pub backups: Vec<Manifest>,
     /// Engine-specific destination, as the engine documents it (PostgreSQL:
     /// data directory, port, tablespace map; a stream: an output file).

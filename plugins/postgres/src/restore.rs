@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use strata_core::plugin::RestoreSource;
 use strata_core::{Error, IoResultExt, Result};
 
@@ -51,7 +51,7 @@ pub struct RestoreOptions {
 }
 
 /// What a restore did and reached.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RestoreReport {
     /// The backup laid down.
     pub backup: String,
