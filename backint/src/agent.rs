@@ -23,17 +23,15 @@ use strata_core::{Error, Result};
 use strata_hana::HanaEngine;
 use strata_hana::backint::BackintObject;
 use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
-use tokio_util::sync::CancellationToken;
 use tokio::sync::{Semaphore, oneshot, watch};
+use tokio_util::sync::CancellationToken;
 
 use crate::args::Invocation;
 use crate::params::Params;
 use crate::pipes;
 use crate::protocol::{ApiVersion, InputFile, InputLine, LineError, OutputLine};
 use crate::report::{Logger, Output};
-use crate::versions::{
-    ObjectMeta, VersionStore, is_log_object, kind_of, name_location,
-};
+use crate::versions::{ObjectMeta, VersionStore, is_log_object, kind_of, name_location};
 
 /// Everything one agent run works with.
 pub struct Agent {
@@ -291,9 +289,9 @@ impl Agent {
         watch.abort();
         match result? {
             BackupResult::Committed(manifest) => Ok((manifest.id.to_string(), manifest.raw_size())),
-            BackupResult::Delegated(_) => Err(Error::engine(format!(
-                "the object {name} was not stored"
-            ))),
+            BackupResult::Delegated(_) => {
+                Err(Error::engine(format!("the object {name} was not stored")))
+            }
         }
     }
 

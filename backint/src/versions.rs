@@ -108,9 +108,7 @@ impl VersionStore {
 
     /// Removes a version's marker; a missing marker is fine.
     pub async fn delete_marker(&self, sid: &str, name: &str, ebid: &str) -> Result<()> {
-        self.archive(sid)
-            .delete(&marker_key(name, ebid))
-            .await
+        self.archive(sid).delete(&marker_key(name, ebid)).await
     }
 
     async fn manifest_exists(&self, sid: &str, ebid: &str) -> Result<bool> {
@@ -259,10 +257,7 @@ mod tests {
             store.archive("HDB").vault_key(&a).unwrap(),
             "engines/hana/HDB/objects/_/a/log_5fbackup_5f0_5f0_5f0_5f0/E"
         );
-        assert_ne!(
-            marker_key("/a b", "E"),
-            marker_key("/a_20b", "E")
-        );
+        assert_ne!(marker_key("/a b", "E"), marker_key("/a_20b", "E"));
     }
 
     async fn vault(name: &str) -> Vault {

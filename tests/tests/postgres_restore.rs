@@ -208,8 +208,8 @@ fn point_in_time_restore_under_load_holds_exactly_the_markers_before_the_target(
     ]);
     assert_eq!(out.code(), Some(8), "{}", out.stderr_text());
     let err = out.stderr_text();
-    assert!(err.contains("outside the recoverable windows"), "{err}");
-    assert!(err.contains("the nearest restorable time is"), "{err}");
+    assert!(err.contains("is not restorable"), "{err}");
+    assert!(err.contains("the earliest restorable time is"), "{err}");
     assert!(!dir.exists(), "nothing was written");
 
     // The listing shows the backup and a window on timeline 1 that covers the target.
@@ -422,7 +422,11 @@ fn a_target_in_a_wal_gap_is_refused_with_the_nearest_restorable_times() {
     ]);
     assert_eq!(out.code(), Some(8), "{}", out.stderr_text());
     let err = out.stderr_text();
-    assert!(err.contains("outside the recoverable windows"), "{err}");
+    assert!(err.contains("is not restorable"), "{err}");
+    assert!(
+        err.contains("no log backup covers positions"),
+        "names the hole in the archived WAL: {err}"
+    );
     assert!(
         err.contains("(before) and ") && err.contains("(after)"),
         "names the restorable times on both sides: {err}"

@@ -4,11 +4,11 @@ use std::path::PathBuf;
 
 use strata_core::catalog::index::CatalogIndex;
 use strata_core::lifecycle::Host;
-use tokio_util::sync::CancellationToken;
 use strata_core::vault::reader::ReaderConfig;
 use strata_core::vault::writer::WriterConfig;
 use strata_core::vault::{Vault, VaultConfig};
 use strata_core::{Error, Result};
+use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::progress::Bar;

@@ -39,6 +39,8 @@ pub fn plugin(ctx: &Context, engine: &str, instance: &str) -> Result<Box<dyn Eng
         strata_stream::ENGINE => Ok(Box::new(strata_stream::StreamEngine::new(instance)?)),
         strata_postgres::ENGINE => Ok(Box::new(crate::pg::engine(ctx, instance, None)?)),
         strata_hana::ENGINE => Ok(Box::new(strata_hana::HanaEngine::backint(instance))),
-        other => Err(Error::config(format!("engine `{other}` is not built into this agent"))),
+        other => Err(Error::config(format!(
+            "engine `{other}` is not built into this agent"
+        ))),
     }
 }

@@ -186,7 +186,11 @@ async fn check(args: CheckArgs, ctx: &Context) -> Result<()> {
 }
 
 fn engine(sid: &str, connection: &Connection) -> Result<HanaEngine> {
-    let url = connection.connect.as_deref().map(HanaUrl::parse).transpose()?;
+    let url = connection
+        .connect
+        .as_deref()
+        .map(HanaUrl::parse)
+        .transpose()?;
     Ok(HanaEngine::from_sid(sid)?.with_connection(url))
 }
 
@@ -231,7 +235,9 @@ pub async fn backup(args: BackupHanaArgs, ctx: &Context) -> Result<()> {
             )));
         }
     };
-    let statement = outcome.engine_meta["statement"].as_str().unwrap_or_default();
+    let statement = outcome.engine_meta["statement"]
+        .as_str()
+        .unwrap_or_default();
     if ctx.json {
         print_json(
             &serde_json::json!({ "statement": statement, "seconds": started.elapsed().as_secs_f64() }),
@@ -268,7 +274,13 @@ pub async fn restore(args: RestoreHanaArgs, ctx: &Context) -> Result<()> {
     let outcome = ctx
         .host()
         .await?
-        .restore(&plugin, source, target, serde_json::to_value(&destination)?, None)
+        .restore(
+            &plugin,
+            source,
+            target,
+            serde_json::to_value(&destination)?,
+            None,
+        )
         .await?;
     if ctx.json {
         print_json(&outcome.details)?;
@@ -277,8 +289,14 @@ pub async fn restore(args: RestoreHanaArgs, ctx: &Context) -> Result<()> {
         if args.execute && !ctx.quiet {
             eprintln!(
                 "HANA recovered {} of {}",
-                args.target_database.as_deref().unwrap_or(&args.database).to_ascii_uppercase(),
-                args.target_sid.as_deref().unwrap_or(&args.sid).to_ascii_uppercase()
+                args.target_database
+                    .as_deref()
+                    .unwrap_or(&args.database)
+                    .to_ascii_uppercase(),
+                args.target_sid
+                    .as_deref()
+                    .unwrap_or(&args.sid)
+                    .to_ascii_uppercase()
             );
         }
     }

@@ -140,8 +140,8 @@ impl Host {
         let Some(path) = &self.index else {
             return;
         };
-        let recorded =
-            CatalogIndex::open(path).and_then(|index| index.record(&self.vault.meta().vault_id, manifest));
+        let recorded = CatalogIndex::open(path)
+            .and_then(|index| index.record(&self.vault.meta().vault_id, manifest));
         if let Err(err) = recorded {
             tracing::warn!(backup = %manifest.id, index = %path.display(), error = %err, "the backup is committed but the local index was not updated; `strata catalog rebuild` will pick it up");
         }
@@ -170,13 +170,14 @@ impl Host {
         }
         let archive = self.archive(plugin);
         if capabilities.engine_delivers && request.input.is_none() {
-            let outcome = plugin
-                .backup(request, &DeliveredElsewhere, archive)
-                .await?;
+            let outcome = plugin.backup(request, &DeliveredElsewhere, archive).await?;
             return Ok(BackupResult::Delegated(outcome));
         }
         if request.base.is_none() && matches!(request.kind, BackupKind::Diff | BackupKind::Incr) {
-            request.base = Some(self.choose_base(plugin, &request.database, request.kind).await?);
+            request.base = Some(
+                self.choose_base(plugin, &request.database, request.kind)
+                    .await?,
+            );
         }
         let base = request.base.as_ref().map(|m| m.id.clone());
         let labels = std::mem::take(&mut request.labels);
@@ -191,7 +192,8 @@ impl Host {
             self.writer_config(plugin),
         )?;
         request.id = writer.id().clone();
-        if let (Some(progress), Some(size)) = (progress, request.input.as_ref().and_then(|i| i.size))
+        if let (Some(progress), Some(size)) =
+            (progress, request.input.as_ref().and_then(|i| i.size))
         {
             progress.set_total(size);
         }
@@ -324,7 +326,14 @@ impl Host {
         progress: Option<&dyn Progress>,
     ) -> Result<VerifyReport> {
         let check = plugin.and_then(|p| p.content_check());
-        verify_backup_with(&self.vault, manifest, &self.reader, progress, check.as_deref()).await
+        verify_backup_with(
+            &self.vault,
+            manifest,
+            &self.reader,
+            progress,
+            check.as_deref(),
+        )
+        .await
     }
 
     /// The base of a new `kind` backup of `database`: the newest full for a
@@ -355,7 +364,11 @@ impl Host {
 
 fn describe_database(plugin: &dyn EnginePlugin, database: &DatabaseRef) -> String {
     match &database.database {
-        Some(db) => format!("{} `{}` database `{db}`", plugin.engine(), plugin.instance()),
+        Some(db) => format!(
+            "{} `{}` database `{db}`",
+            plugin.engine(),
+            plugin.instance()
+        ),
         None => format!("{} `{}`", plugin.engine(), plugin.instance()),
     }
 }

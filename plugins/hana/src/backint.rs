@@ -216,7 +216,11 @@ pub(crate) async fn store_object(
         "name": meta.name, "ebid": ebid, "created": meta.created,
     }))?;
     archive
-        .put_once(&marker_key(&meta.name, &ebid), marker.into(), Attributes::new())
+        .put_once(
+            &marker_key(&meta.name, &ebid),
+            marker.into(),
+            Attributes::new(),
+        )
         .await
         .map_err(|e| e.context(format!("recording the name of {ebid} (system {sid})")))?;
     let mut labels = std::collections::BTreeMap::new();

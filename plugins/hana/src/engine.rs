@@ -106,7 +106,8 @@ impl HanaEngine {
     async fn trigger(&self, request: BackupRequest) -> Result<BackupOutcome> {
         let options: TriggerOptions = parse(&request.options, "backup")?;
         let database = request.database.database.clone().ok_or_else(|| {
-            Error::config("a HANA data backup needs a database").hint("pass --database SYSTEMDB or a tenant's name")
+            Error::config("a HANA data backup needs a database")
+                .hint("pass --database SYSTEMDB or a tenant's name")
         })?;
         let backup = DataBackup {
             sid: self.sid.clone(),
@@ -125,7 +126,10 @@ impl HanaEngine {
     }
 }
 
-pub(crate) fn parse<T: serde::de::DeserializeOwned>(value: &serde_json::Value, what: &str) -> Result<T> {
+pub(crate) fn parse<T: serde::de::DeserializeOwned>(
+    value: &serde_json::Value,
+    what: &str,
+) -> Result<T> {
     let value = if value.is_null() {
         serde_json::json!({})
     } else {
@@ -147,7 +151,12 @@ impl EnginePlugin for HanaEngine {
 
     fn capabilities(&self) -> Capabilities {
         Capabilities {
-            kinds: vec![BackupKind::Full, BackupKind::Diff, BackupKind::Incr, BackupKind::Log],
+            kinds: vec![
+                BackupKind::Full,
+                BackupKind::Diff,
+                BackupKind::Incr,
+                BackupKind::Log,
+            ],
             point_in_time: true,
             alternate_target: true,
             engine_delivers: true,
@@ -179,8 +188,10 @@ impl EnginePlugin for HanaEngine {
             RestoreTarget::Time(t) => Some(t),
             RestoreTarget::Latest => None,
             other => {
-                return Err(Error::config(format!("HANA recovers to a time, not to {other}"))
-                    .hint("give --until TIME, or nothing for the latest point"));
+                return Err(
+                    Error::config(format!("HANA recovers to a time, not to {other}"))
+                        .hint("give --until TIME, or nothing for the latest point"),
+                );
             }
         };
         let source_database = destination.database.to_ascii_uppercase();
@@ -239,9 +250,11 @@ impl EnginePlugin for HanaEngine {
                     client::execute(self.connection()?, statements).await?;
                 }
                 RecoveryPlan::Command { .. } => {
-                    return Err(Error::config("the SYSTEMDB cannot be recovered over SQL").hint(
-                        "stop the system and run the printed recoverSys.py command as <sid>adm",
-                    ));
+                    return Err(
+                        Error::config("the SYSTEMDB cannot be recovered over SQL").hint(
+                            "stop the system and run the printed recoverSys.py command as <sid>adm",
+                        ),
+                    );
                 }
             }
         }

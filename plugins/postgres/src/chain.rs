@@ -248,7 +248,11 @@ impl Catalog {
 
     /// The name of the segment that holds the byte before `end` on `timeline`.
     pub fn last_segment(&self, timeline: u32, end: Lsn) -> WalFileName {
-        WalFileName::segment(timeline, segno_of(Lsn(end.0.saturating_sub(1)), self.seg_size), self.seg_size)
+        WalFileName::segment(
+            timeline,
+            segno_of(Lsn(end.0.saturating_sub(1)), self.seg_size),
+            self.seg_size,
+        )
     }
 
     /// The chain for core's planner; see the [module docs](self).
@@ -273,7 +277,13 @@ impl Catalog {
                 // A segment listed but gone by the time its header was read.
                 continue;
             };
-            let id = format!("wal-{tli:08X}-{first:016X}-{last:016X}");
+            // Named by its first and last segment, so that a gap the planner
+            // reports reads as PostgreSQL's own file names.
+            let id = format!(
+                "wal.{}-{}",
+                WalFileName::segment(tli, first, self.seg_size),
+                WalFileName::segment(tli, last, self.seg_size)
+            );
             records.push(BackupRecord {
                 id: id.parse().expect("WAL run ids are valid backup ids"),
                 kind: BackupKind::Log,
@@ -320,7 +330,9 @@ impl ChainRules for PgChainRules {
     }
 
     fn log_needed_from(&self, data: &BackupRecord) -> Option<Position> {
-        (data.kind == BackupKind::Full).then_some(data.start).flatten()
+        (data.kind == BackupKind::Full)
+            .then_some(data.start)
+            .flatten()
     }
 }
 
@@ -457,7 +469,8 @@ mod tests {
         assert_eq!(plan.base.id, id2);
         let plan = plan_of(&cat, RestoreTarget::Latest).unwrap();
         assert_eq!(
-            cat.last_segment(1, lsn_of(plan.reaches_position.unwrap()).unwrap()).to_string(),
+            cat.last_segment(1, lsn_of(plan.reaches_position.unwrap()).unwrap())
+                .to_string(),
             "000000010000000000000008"
         );
 
@@ -487,7 +500,8 @@ mod tests {
         let latest = plan_of(&cat, RestoreTarget::Latest).unwrap();
         assert_eq!(latest.fork, "2");
         assert_eq!(
-            cat.last_segment(2, lsn_of(latest.reaches_position.unwrap()).unwrap()).to_string(),
+            cat.last_segment(2, lsn_of(latest.reaches_position.unwrap()).unwrap())
+                .to_string(),
             "000000020000000000000005"
         );
         // Before timeline 2 existed, a time is restored on timeline 1.
@@ -503,7 +517,11 @@ mod tests {
         let b = backup(1, 2, 3, "2026-11-22T01:00:30Z");
         let cat = catalog(&segs, vec![], vec![b]);
         let chain = cat.chain();
-        assert!(timeline(&chain.records, chain.rules.as_ref()).windows.is_empty());
+        assert!(
+            timeline(&chain.records, chain.rules.as_ref())
+                .windows
+                .is_empty()
+        );
         let err = plan_of(&cat, RestoreTarget::Latest).unwrap_err();
         assert!(err.to_string().contains("is not restorable"), "{err}");
     }

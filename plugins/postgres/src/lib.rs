@@ -256,7 +256,9 @@ impl EnginePlugin for PostgresEngine {
         let target = match &request.target {
             RestoreTarget::Latest => chain::Target::Latest,
             RestoreTarget::Time(t) => chain::Target::Time(*t),
-            RestoreTarget::Position { position, .. } => chain::Target::Lsn(chain::lsn_of(*position)?),
+            RestoreTarget::Position { position, .. } => {
+                chain::Target::Lsn(chain::lsn_of(*position)?)
+            }
             RestoreTarget::Backup(_) => chain::Target::Lsn(meta.stop()),
         };
         let restore_command = format!(

@@ -94,7 +94,10 @@ impl StreamEngine {
     }
 }
 
-fn parse<T: Default + serde::de::DeserializeOwned>(value: &serde_json::Value, what: &str) -> Result<T> {
+fn parse<T: Default + serde::de::DeserializeOwned>(
+    value: &serde_json::Value,
+    what: &str,
+) -> Result<T> {
     if value.is_null() {
         return Ok(T::default());
     }
@@ -165,7 +168,10 @@ impl EnginePlugin for StreamEngine {
             Some(path) if path == Path::new("-") => to_stdout(source, manifest).await?,
             Some(path) => to_file(source, manifest, path, destination.force).await?,
         };
-        let output = destination.output.as_deref().filter(|p| *p != Path::new("-"));
+        let output = destination
+            .output
+            .as_deref()
+            .filter(|p| *p != Path::new("-"));
         let details = RestoreDetails {
             id: manifest.id.to_string(),
             name: &self.name,
@@ -185,7 +191,9 @@ impl EnginePlugin for StreamEngine {
 
 async fn to_stdout(source: &dyn RestoreSource, manifest: &Manifest) -> Result<u64> {
     let mut out = tokio::io::stdout();
-    let bytes = source.read_stream(&manifest.id, STREAM_NAME, &mut out).await?;
+    let bytes = source
+        .read_stream(&manifest.id, STREAM_NAME, &mut out)
+        .await?;
     out.flush().await?;
     Ok(bytes)
 }
@@ -212,7 +220,9 @@ async fn to_file(
             .hint("check that the directory exists and is writable")
     })?;
     let written = async {
-        let bytes = source.read_stream(&manifest.id, STREAM_NAME, &mut file).await?;
+        let bytes = source
+            .read_stream(&manifest.id, STREAM_NAME, &mut file)
+            .await?;
         file.flush().await?;
         file.sync_all().await?;
         Ok::<_, Error>(bytes)

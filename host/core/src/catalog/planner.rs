@@ -373,9 +373,9 @@ fn plan_backup(
         .hint("restore to a time or position instead (--to-time)"));
     }
     if rules.log_needed_from(record).is_some() {
-        let position = record.end.ok_or_else(|| {
-            Error::integrity(format!("backup {id} records no end position"))
-        })?;
+        let position = record
+            .end
+            .ok_or_else(|| Error::integrity(format!("backup {id} records no end position")))?;
         return analysis.plan_position(target, Some(&record.fork), position);
     }
     let mut chain = vec![record.clone()];

@@ -1,0 +1,265 @@
+//! The engine contract, held by a tiny engine written only against the
+//! public traits: it backs up, lists, plans and restores through the same
+//! lifecycle the CLI, `hdbbackint` and the service use, and a plugin that
+//! fails or is cancelled mid-backup leaves nothing visible in the vault.
+
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use chrono::{DateTime, Duration, Utc};
+use strata_core::catalog::manifest::{BackupKind, Position};
+use strata_core::catalog::planner::RestoreTarget;
+use strata_core::lifecycle::{BackupResult, Host};
+use strata_core::plugin::{
+    ArchiveStore, BackupOutcome, BackupRequest, BackupSink, Capabilities, DatabaseRef,
+    EnginePlugin, RestoreOutcome, RestoreRequest, RestoreSource,
+};
+use strata_core::vault::{Vault, VaultConfig};
+use strata_core::{Error, ErrorKind, Result};
+use tokio_util::sync::CancellationToken;
+
+/// A toy database: rows with the time they were written. Its log position
+/// is the number of rows; a full backup holds every row, a log backup the
+/// rows written since the previous backup.
+#[derive(Default)]
+struct Toy {
+    rows: Mutex<Vec<(DateTime<Utc>, String)>>,
+    backed_up: Mutex<usize>,
+    restored: Mutex<Vec<String>>,
+    /// Fail after writing the first stream (a crash mid-backup).
+    fail_midway: bool,
+    /// Never finish writing (to be cancelled).
+    hang: bool,
+}
+
+impl Toy {
+    fn insert(&self, row: &str, at: DateTime<Utc>) {
+        self.rows.lock().unwrap().push((at, row.to_owned()));
+    }
+}
+
+fn encode(rows: &[(DateTime<Utc>, String)]) -> Vec<u8> {
+    rows.iter()
+        .map(|(t, r)| format!("{}\t{r}\n", t.to_rfc3339()))
+        .collect::<String>()
+        .into_bytes()
+}
+
+#[async_trait]
+impl EnginePlugin for Toy {
+    fn engine(&self) -> &'static str {
+        "toy"
+    }
+
+    fn instance(&self) -> &str {
+        "one"
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            kinds: vec![BackupKind::Full, BackupKind::Log],
+            point_in_time: true,
+            alternate_target: true,
+            ..Capabilities::default()
+        }
+    }
+
+    async fn backup(
+        &self,
+        request: BackupRequest,
+        sink: &dyn BackupSink,
+        _archive: Arc<dyn ArchiveStore>,
+    ) -> Result<BackupOutcome> {
+        let rows = self.rows.lock().unwrap().clone();
+        let from = match request.kind {
+            BackupKind::Full => 0,
+            _ => *self.backed_up.lock().unwrap(),
+        };
+        let body = encode(&rows[from..]);
+        sink.write_stream("rows", Box::new(std::io::Cursor::new(body)))
+            .await?;
+        if self.fail_midway {
+            return Err(Error::engine("the toy engine crashed"));
+        }
+        if self.hang {
+            std::future::pending::<()>().await;
+        }
+        *self.backed_up.lock().unwrap() = rows.len();
+        Ok(BackupOutcome {
+            fork: "1".into(),
+            start: Some(Position(from as u128)),
+            end: Some(Position(rows.len() as u128)),
+            consistent_at: rows.last().map(|(t, _)| *t),
+            ..BackupOutcome::default()
+        })
+    }
+
+    async fn restore(
+        &self,
+        request: RestoreRequest,
+        source: &dyn RestoreSource,
+    ) -> Result<RestoreOutcome> {
+        let until = match request.target {
+            RestoreTarget::Time(t) => Some(t),
+            _ => None,
+        };
+        let mut restored = Vec::new();
+        for backup in &request.backups {
+            let mut bytes = Vec::new();
+            source.read_stream(&backup.id, "rows", &mut bytes).await?;
+            for line in String::from_utf8(bytes).unwrap().lines() {
+                let (t, row) = line.split_once('\t').unwrap();
+                let t: DateTime<Utc> = t.parse().unwrap();
+                if until.is_none_or(|u| t <= u) {
+                    restored.push(row.to_owned());
+                }
+            }
+        }
+        *self.restored.lock().unwrap() = restored.clone();
+        Ok(RestoreOutcome {
+            summary: format!("{} rows", restored.len()),
+            ..RestoreOutcome::default()
+        })
+    }
+}
+
+async fn vault(name: &str) -> Vault {
+    Vault::init(&VaultConfig::from_url(format!("memory://{name}")), None)
+        .await
+        .unwrap()
+}
+
+fn whole() -> DatabaseRef {
+    DatabaseRef::instance("one")
+}
+
+async fn backup(host: &Host, toy: &Toy, kind: BackupKind) -> Result<BackupResult> {
+    host.backup(
+        toy,
+        BackupRequest::new(whole(), kind),
+        None,
+        CancellationToken::new(),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn a_toy_engine_backs_up_lists_plans_and_restores_through_the_lifecycle() {
+    let host = Host::new(vault("contract-roundtrip").await);
+    let toy = Toy::default();
+    let t0 = Utc::now() - Duration::minutes(10);
+    toy.insert("a", t0);
+    toy.insert("b", t0 + Duration::minutes(1));
+    let full = backup(&host, &toy, BackupKind::Full).await.unwrap();
+    assert!(matches!(full, BackupResult::Committed(_)));
+    toy.insert("c", t0 + Duration::minutes(2));
+    backup(&host, &toy, BackupKind::Log).await.unwrap();
+    toy.insert("d", t0 + Duration::minutes(4));
+    backup(&host, &toy, BackupKind::Log).await.unwrap();
+
+    // Listed, oldest first, with the kinds the plugin took.
+    let listed = host.backups(&toy, &whole()).await.unwrap();
+    let kinds: Vec<BackupKind> = listed.iter().map(|m| m.kind).collect();
+    assert_eq!(kinds, [BackupKind::Full, BackupKind::Log, BackupKind::Log]);
+
+    // One window, from the full's consistency to the last log's.
+    let timeline = host.timeline(&toy, &whole()).await.unwrap();
+    assert_eq!(timeline.windows.len(), 1, "{timeline:?}");
+    assert_eq!(timeline.windows[0].from_time, t0 + Duration::minutes(1));
+    assert_eq!(timeline.windows[0].to_time, t0 + Duration::minutes(4));
+
+    // A time between c and d: the full and the first log, stopped at the time.
+    let at = t0 + Duration::minutes(3);
+    host.restore(
+        &toy,
+        whole(),
+        RestoreTarget::Time(at),
+        serde_json::Value::Null,
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(*toy.restored.lock().unwrap(), ["a", "b", "c"]);
+
+    host.restore(
+        &toy,
+        whole(),
+        RestoreTarget::Latest,
+        serde_json::Value::Null,
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(*toy.restored.lock().unwrap(), ["a", "b", "c", "d"]);
+
+    // Before the full: refused before the plugin is asked, naming the window.
+    toy.restored.lock().unwrap().clear();
+    let err = host
+        .restore(
+            &toy,
+            whole(),
+            RestoreTarget::Time(t0 - Duration::minutes(1)),
+            serde_json::Value::Null,
+            None,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound);
+    assert!(
+        err.to_string().contains("earliest restorable time"),
+        "{err}"
+    );
+    assert!(toy.restored.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_plugin_that_fails_or_is_cancelled_mid_backup_leaves_nothing() {
+    let vault = vault("contract-failures").await;
+    let host = Host::new(vault.clone());
+    let good = Toy::default();
+    good.insert("a", Utc::now());
+    backup(&host, &good, BackupKind::Full).await.unwrap();
+    let data_before = vault.list_keys("data").await.unwrap();
+
+    let crashing = Toy {
+        fail_midway: true,
+        ..Toy::default()
+    };
+    crashing.insert("x", Utc::now());
+    let err = backup(&host, &crashing, BackupKind::Full)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Engine);
+    assert!(err.to_string().contains("nothing was committed"), "{err}");
+
+    let hanging = Toy {
+        hang: true,
+        ..Toy::default()
+    };
+    hanging.insert("y", Utc::now());
+    let cancel = CancellationToken::new();
+    let stop = cancel.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        stop.cancel();
+    });
+    let err = host
+        .backup(
+            &hanging,
+            BackupRequest::new(whole(), BackupKind::Full),
+            None,
+            cancel,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Cancelled);
+
+    // Only the good backup is visible, and no stream of the others is left.
+    assert_eq!(host.backups(&good, &whole()).await.unwrap().len(), 1);
+    assert_eq!(vault.list_keys("data").await.unwrap(), data_before);
+
+    // A kind the engine does not take is refused before anything is written.
+    let err = backup(&host, &good, BackupKind::Diff).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Config);
+    assert!(err.hint_text().unwrap().contains("full, log"), "{err:?}");
+}
