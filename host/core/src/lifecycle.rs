@@ -63,7 +63,7 @@ pub struct Host {
 #[derive(Debug)]
 pub enum BackupResult {
     /// The backup is committed: its manifest is in the vault.
-    Committed(Manifest),
+    Committed(Box<Manifest>),
     /// The engine was asked to back up and delivers the bytes through its
     /// own entry point (HANA through `hdbbackint`); the plugin's outcome says
     /// what the engine reported.
@@ -206,7 +206,6 @@ impl Host {
             outcome = plugin.backup(request, &sink, archive) => outcome,
             _ = cancel.cancelled() => Err(Error::cancelled(format!("{what} was interrupted"))),
         };
-        drop(sink);
         let mut outcome = match outcome {
             Ok(outcome) => outcome,
             Err(err) => {
@@ -222,7 +221,7 @@ impl Host {
         outcome.labels.extend(labels);
         let manifest = writer.commit(outcome).await?;
         self.record(&manifest);
-        Ok(BackupResult::Committed(manifest))
+        Ok(BackupResult::Committed(Box::new(manifest)))
     }
 
     /// The committed backups of `database` (of `plugin`'s instance), oldest first.
