@@ -112,6 +112,7 @@ struct ListedBackup<'a> {
     raw_bytes: u64,
     stored_bytes: u64,
     streams: usize,
+    labels: &'a BTreeMap<String, String>,
 }
 
 #[derive(Serialize)]
@@ -165,6 +166,7 @@ pub async fn list(args: ListArgs, ctx: &Context) -> Result<()> {
             raw_bytes: m.raw_size(),
             stored_bytes: m.stored_size(),
             streams: m.streams.len(),
+            labels: &m.labels,
         })
         .collect();
     if ctx.json {
@@ -191,7 +193,7 @@ pub async fn list(args: ListArgs, ctx: &Context) -> Result<()> {
             m.id.to_string(),
             m.engine.clone(),
             instance,
-            m.kind.to_string(),
+            kind_label(m),
             m.ended_at.format("%Y-%m-%d %H:%M:%S").to_string(),
             human_bytes(m.raw_size()),
             human_bytes(m.stored_size()),
@@ -207,6 +209,19 @@ pub async fn list(args: ListArgs, ctx: &Context) -> Result<()> {
         print!("{}", render_timeline(t.engine, t.instance, &t.timeline));
     }
     Ok(())
+}
+
+/// A backup's kind as the table shows it: `full (empty)` for an empty
+/// stream kept on purpose (`--allow-empty`).
+fn kind_label(m: &Manifest) -> String {
+    if m.labels
+        .get(strata_stream::EMPTY_LABEL)
+        .is_some_and(|v| v == "true")
+    {
+        format!("{} (empty)", m.kind)
+    } else {
+        m.kind.to_string()
+    }
 }
 
 /// The restorable windows of one database, from its engine's chain (for

@@ -573,3 +573,34 @@ fn vault_gc_removes_only_what_a_killed_backup_left() {
         stderr(&out)
     );
 }
+
+#[test]
+fn an_empty_input_is_refused_unless_allowed_and_then_shown_as_empty() {
+    let fx = Fixture::new();
+    fx.ok(&["vault", "init"]);
+    // What `pg_dump nosuchdb | strata backup stream dump` sends: nothing.
+    let out = fx.run(&["backup", "stream", "dump"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("the input of stream `dump` was empty"),
+        "{err}"
+    );
+    assert!(err.contains("nothing was committed"), "{err}");
+    assert!(err.contains("--allow-empty"), "{err}");
+    let listed: serde_json::Value =
+        serde_json::from_slice(&fx.ok(&["--json", "list", "stream"]).stdout).unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 0, "{listed}");
+    assert!(segment_objects(&fx.path("vault")).is_empty());
+
+    fx.ok(&["backup", "stream", "dump", "--allow-empty"]);
+    let listed: serde_json::Value =
+        serde_json::from_slice(&fx.ok(&["--json", "list", "stream"]).stdout).unwrap();
+    let backups = listed.as_array().unwrap();
+    assert_eq!(backups.len(), 1, "{listed}");
+    assert_eq!(backups[0]["labels"]["empty"], "true", "{listed}");
+    let table = String::from_utf8(fx.ok(&["list", "stream"]).stdout).unwrap();
+    assert!(table.contains("full (empty)"), "{table}");
+    let restored = fx.ok(&["restore", "stream", "dump"]);
+    assert!(restored.stdout.is_empty());
+}

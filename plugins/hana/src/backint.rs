@@ -1,5 +1,5 @@
 //! HANA's Backint objects: how an object name maps onto Strata, and how one
-//! pushed object is stored ([`store_object`], what `hdbbackint` runs for
+//! pushed object is stored (`store_object`, what `hdbbackint` runs for
 //! each `#PIPE` or `#FILE` through the host's lifecycle).
 //!
 //! Every version of a Backint object (one `#PIPE` of one backup call) is one
@@ -28,7 +28,7 @@ use strata_core::plugin::{
 };
 use strata_core::{Error, Result};
 
-use crate::engine::parse;
+use crate::parse;
 
 /// What the manifest of a Backint object version records about it
 /// (`engine_meta.backint`).
@@ -125,7 +125,7 @@ pub fn kind_of(level: Option<&str>, name: &str) -> BackupKind {
     }
 }
 
-/// The creation time encoded in an EBID (a [`BackupId`] starts with its UTC
+/// The creation time encoded in an EBID (a `BackupId` starts with its UTC
 /// start time, `20261122T001500.123Z-...`).
 pub fn ebid_time(ebid: &str) -> Option<DateTime<Utc>> {
     let stamp = ebid.split('-').next()?.strip_suffix('Z')?;
