@@ -23,7 +23,12 @@
 //!    put once, identical duplicates accepted, compressed, sealed and
 //!    checked like parts.
 //!
-//! Engines plug in through the contract in [`plugin`]. Every Strata program
+//! Engines plug in through the contract in [`plugin`], and every backup and
+//! restore of every engine runs through one lifecycle, [`lifecycle::Host`]:
+//! it opens the writer, lets the plugin write, commits the manifest or
+//! leaves nothing, records the index, and plans restores with the engine's
+//! chain rules. The steps above are what it is made of; the CLI,
+//! `hdbbackint` and the service call the lifecycle, not the steps. Every Strata program
 //! reads the same configuration file through [`config`] (the `[vault]`,
 //! `[catalog]` and `[writer]` sections, sizes such as `16MiB`), and every
 //! point in time an operator types goes through [`time::parse_time`].
