@@ -7,9 +7,9 @@
 //!
 //! ## A backup ([`Host::backup`])
 //!
-//! 1. The kind is checked against the plugin's [`Capabilities`]. An engine
+//! 1. The kind is checked against the plugin's [`Capabilities`](crate::plugin::Capabilities). An engine
 //!    that delivers its own backups through another entry point
-//!    ([`Capabilities::engine_delivers`], HANA through `hdbbackint`) is only
+//!    ([`Capabilities::engine_delivers`](crate::plugin::Capabilities::engine_delivers), HANA through `hdbbackint`) is only
 //!    asked to start one: nothing is written or committed here, and the
 //!    result is [`BackupResult::Delegated`].
 //! 2. A differential's base (the newest full of the database) or an

@@ -85,7 +85,7 @@ fn staging_path(dest: &std::path::Path) -> PathBuf {
     PathBuf::from(name)
 }
 
-/// Whether `name` is a staging file's: [`staging_path`]'s and
+/// Whether `name` is a staging file's: `staging_path`'s and
 /// [`LocalFileSystem`]'s own (for single puts) both end in `#` and digits.
 pub fn is_staging_name(name: &str) -> bool {
     name.rsplit_once('#').is_some_and(|(object, digits)| {
