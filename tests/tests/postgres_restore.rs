@@ -261,7 +261,9 @@ fn tablespaces_are_remapped_and_an_unmapped_live_tablespace_is_refused() {
     );
     assert!(!dir.exists(), "nothing was written");
 
-    let new_space = env.dir.path("space1-restored");
+    // A space and a backslash in the new location: tablespace_map must carry
+    // them with PostgreSQL's escaping, or the link points elsewhere.
+    let new_space = env.dir.path("space1 restored\\bs");
     let report = restore_json(
         &env,
         &[

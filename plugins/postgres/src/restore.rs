@@ -16,6 +16,7 @@
 //!    and it accepts connections, and report the time and LSN it reached.
 
 use std::collections::BTreeMap;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -275,16 +276,14 @@ pub async fn restore(
     std::fs::write(&label_path, &label).doing_at("writing", &label_path)?;
     let spcmap = read_small_stream(source, plan, TABLESPACE_MAP_STREAM).await?;
     if !spcmap.is_empty() {
-        let text = String::from_utf8_lossy(&spcmap);
-        let mut out = String::new();
-        for line in text.lines() {
-            let (oid, old) = line.split_once(' ').unwrap_or((line, ""));
+        let entries = parse_tablespace_map(&spcmap).into_iter().map(|(oid, old)| {
             let new = mapping
-                .get(oid)
-                .map(|p| p.display().to_string())
-                .unwrap_or_else(|| old.to_owned());
-            out.push_str(&format!("{oid} {new}\n"));
-        }
+                .get(&oid)
+                .map(|p| p.as_os_str().as_bytes().to_vec())
+                .unwrap_or(old);
+            (oid, new)
+        });
+        let out = format_tablespace_map(entries);
         let map_path = target.join("tablespace_map");
         std::fs::write(&map_path, out).doing_at("writing", &map_path)?;
         // PostgreSQL recreates the links from tablespace_map; the directory
@@ -452,8 +451,64 @@ pub fn shell_word(text: &str) -> String {
     }
 }
 
+/// `value` as a quoted string of `postgresql.auto.conf`: quotes and
+/// backslashes doubled, as ALTER SYSTEM writes it (`write_auto_conf_file` in
+/// src/backend/utils/misc/guc.c, `escape_single_quotes_ascii`), because the
+/// configuration file parser reads backslash escapes inside quoted values
+/// (`GUC_scanstr` in src/backend/utils/misc/guc-file.l).
 fn quote(value: &str) -> String {
-    format!("'{}'", value.replace('\'', "''"))
+    format!("'{}'", value.replace('\\', "\\\\").replace('\'', "''"))
+}
+
+/// The entries of a `tablespace_map` file: `(oid, link path)`, the path as
+/// bytes with PostgreSQL's escapes removed. Each line is `<oid> <path>`; a
+/// backslash makes the next byte literal, so a path may hold a newline
+/// (`read_tablespace_map` in src/backend/access/transam/xlogrecovery.c).
+pub fn parse_tablespace_map(bytes: &[u8]) -> Vec<(String, Vec<u8>)> {
+    let mut entries = Vec::new();
+    let mut line = Vec::new();
+    let mut escaped = false;
+    let mut finish = |line: &mut Vec<u8>| {
+        if line.is_empty() {
+            return;
+        }
+        let split = line.iter().position(|&b| b == b' ').unwrap_or(line.len());
+        let oid = String::from_utf8_lossy(&line[..split]).into_owned();
+        let path = line.get(split + 1..).unwrap_or_default().to_vec();
+        entries.push((oid, path));
+        line.clear();
+    };
+    for &b in bytes {
+        if !escaped && (b == b'\n' || b == b'\r') {
+            finish(&mut line);
+        } else if !escaped && b == b'\\' {
+            escaped = true;
+        } else {
+            line.push(b);
+            escaped = false;
+        }
+    }
+    finish(&mut line);
+    entries
+}
+
+/// A `tablespace_map` file of `entries`, each path escaped as PostgreSQL
+/// writes it: a backslash before every `\n`, `\r` and `\` (`do_pg_backup_start`
+/// in src/backend/access/transam/xlog.c).
+pub fn format_tablespace_map(entries: impl IntoIterator<Item = (String, Vec<u8>)>) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (oid, path) in entries {
+        out.extend_from_slice(oid.as_bytes());
+        out.push(b' ');
+        for b in path {
+            if matches!(b, b'\n' | b'\r' | b'\\') {
+                out.push(b'\\');
+            }
+            out.push(b);
+        }
+        out.push(b'\n');
+    }
+    out
 }
 
 /// Appends the recovery settings and creates `recovery.signal`; returns the target as written.
@@ -635,4 +690,38 @@ fn start_failure(log: &Path, detail: &str) -> Error {
         "the files are in place; see {} for PostgreSQL's reasons",
         log.display()
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tablespace_maps_keep_backslashes_and_newlines_as_postgresql_escapes_them() {
+        // What PostgreSQL 15 writes for links /srv/new\bs and /srv/two\nlines.
+        let written = b"16385 /srv/new\\\\bs\n16386 /srv/two\\\nlines\n";
+        let entries = parse_tablespace_map(written);
+        assert_eq!(
+            entries,
+            vec![
+                ("16385".to_owned(), b"/srv/new\\bs".to_vec()),
+                ("16386".to_owned(), b"/srv/two\nlines".to_vec()),
+            ]
+        );
+        assert_eq!(format_tablespace_map(entries), written.to_vec());
+        // Spaces inside a path are not separators; only the first one is.
+        let spaced = parse_tablespace_map(b"16387 /srv/with space/x\r\n");
+        assert_eq!(
+            spaced,
+            vec![("16387".to_owned(), b"/srv/with space/x".to_vec())]
+        );
+    }
+
+    #[test]
+    fn auto_conf_values_double_quotes_and_backslashes() {
+        assert_eq!(
+            quote(r#"strata pg wal-fetch %f "%p" --config /etc/o'k\x"#),
+            r#"'strata pg wal-fetch %f "%p" --config /etc/o''k\\x'"#
+        );
+    }
 }
