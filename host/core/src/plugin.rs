@@ -156,6 +156,22 @@ impl BackupRequest {
     }
 }
 
+/// Reads engine-specific options ([`BackupRequest::options`],
+/// [`RestoreRequest::destination`]) into the engine's own type; `null`
+/// reads as `{}`. A mismatch is a configuration error naming `what`.
+pub fn parse_options<T: serde::de::DeserializeOwned>(
+    value: &serde_json::Value,
+    what: &str,
+) -> Result<T> {
+    let value = if value.is_null() {
+        serde_json::json!({})
+    } else {
+        value.clone()
+    };
+    serde_json::from_value(value)
+        .map_err(|e| crate::Error::config(format!("the {what} are not valid: {e}")))
+}
+
 /// What a plugin reports once its streams are written; the host records it
 /// in the manifest and commits. The one outcome type of every backup.
 #[derive(Debug, Clone, Default, PartialEq)]

@@ -28,8 +28,6 @@ use strata_core::plugin::{
 };
 use strata_core::{Error, Result};
 
-use crate::parse;
-
 /// What the manifest of a Backint object version records about it
 /// (`engine_meta.backint`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -183,7 +181,8 @@ pub(crate) async fn store_object(
     sink: &dyn BackupSink,
     archive: &dyn ArchiveStore,
 ) -> Result<BackupOutcome> {
-    let object: BackintObject = parse(&request.options, "Backint object")?;
+    let object: BackintObject =
+        strata_core::plugin::parse_options(&request.options, "Backint object options")?;
     let input = request
         .input
         .ok_or_else(|| Error::engine("a Backint object arrived without its bytes"))?;

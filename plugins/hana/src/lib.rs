@@ -61,7 +61,7 @@ use strata_core::catalog::manifest::BackupKind;
 use strata_core::catalog::planner::RestoreTarget;
 use strata_core::plugin::{
     ArchiveStore, BackupOutcome, BackupRequest, BackupSink, Capabilities, EnginePlugin,
-    RestoreOutcome, RestoreRequest, RestoreSource,
+    RestoreOutcome, RestoreRequest, RestoreSource, parse_options,
 };
 use strata_core::{Error, Result};
 
@@ -139,7 +139,7 @@ impl HanaEngine {
     }
 
     async fn trigger(&self, request: BackupRequest) -> Result<BackupOutcome> {
-        let options: TriggerOptions = parse(&request.options, "backup")?;
+        let options: TriggerOptions = parse_options(&request.options, "HANA backup options")?;
         let database = request.database.database.clone().ok_or_else(|| {
             Error::config("a HANA data backup needs a database")
                 .hint("pass --database SYSTEMDB or a tenant's name")
@@ -159,19 +159,6 @@ impl HanaEngine {
             ..BackupOutcome::default()
         })
     }
-}
-
-pub(crate) fn parse<T: serde::de::DeserializeOwned>(
-    value: &serde_json::Value,
-    what: &str,
-) -> Result<T> {
-    let value = if value.is_null() {
-        serde_json::json!({})
-    } else {
-        value.clone()
-    };
-    serde_json::from_value(value)
-        .map_err(|e| Error::config(format!("HANA {what} options are not valid: {e}")))
 }
 
 #[async_trait]
@@ -218,7 +205,8 @@ impl EnginePlugin for HanaEngine {
         request: RestoreRequest,
         _source: &dyn RestoreSource,
     ) -> Result<RestoreOutcome> {
-        let destination: RecoveryDestination = parse(&request.destination, "restore")?;
+        let destination: RecoveryDestination =
+            parse_options(&request.destination, "HANA restore options")?;
         let until = match request.target {
             RestoreTarget::Time(t) => Some(t),
             RestoreTarget::Latest => None,

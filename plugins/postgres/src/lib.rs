@@ -54,7 +54,7 @@ use strata_core::catalog::manifest::{BackupKind, Manifest};
 use strata_core::catalog::planner::RestoreTarget;
 use strata_core::plugin::{
     ArchiveStore, BackupOutcome, BackupRequest, BackupSink, Capabilities, Chain, ContentCheck,
-    DatabaseRef, EnginePlugin, RestoreOutcome, RestoreRequest, RestoreSource,
+    DatabaseRef, EnginePlugin, RestoreOutcome, RestoreRequest, RestoreSource, parse_options,
 };
 use strata_core::{Error, Result};
 
@@ -176,16 +176,6 @@ impl PostgresEngine {
     }
 }
 
-fn parse<T: serde::de::DeserializeOwned>(value: &serde_json::Value, what: &str) -> Result<T> {
-    let value = if value.is_null() {
-        serde_json::json!({})
-    } else {
-        value.clone()
-    };
-    serde_json::from_value(value)
-        .map_err(|e| Error::config(format!("PostgreSQL {what} options are not valid: {e}")))
-}
-
 #[async_trait]
 impl EnginePlugin for PostgresEngine {
     fn engine(&self) -> &'static str {
@@ -213,7 +203,7 @@ impl EnginePlugin for PostgresEngine {
         archive: Arc<dyn ArchiveStore>,
     ) -> Result<BackupOutcome> {
         let cluster = self.cluster()?;
-        let options: BackupOptions = parse(&request.options, "backup")?;
+        let options: BackupOptions = parse_options(&request.options, "PostgreSQL backup options")?;
         let wal = WalArchive::new(archive.as_ref());
         let options = backup::FullBackupOptions {
             label: format!("strata {}", request.id),
@@ -239,7 +229,8 @@ impl EnginePlugin for PostgresEngine {
         source: &dyn RestoreSource,
     ) -> Result<RestoreOutcome> {
         let cluster = self.cluster()?;
-        let destination: RestoreDestination = parse(&request.destination, "restore")?;
+        let destination: RestoreDestination =
+            parse_options(&request.destination, "PostgreSQL restore options")?;
         let plan = request
             .plan
             .as_ref()

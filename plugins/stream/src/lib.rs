@@ -30,7 +30,7 @@ use serde::Deserialize;
 use strata_core::catalog::manifest::{BackupKind, Manifest};
 use strata_core::plugin::{
     ArchiveStore, BackupOutcome, BackupRequest, BackupSink, Capabilities, EnginePlugin,
-    RestoreOutcome, RestoreRequest, RestoreSource,
+    RestoreOutcome, RestoreRequest, RestoreSource, parse_options,
 };
 use strata_core::{Error, ErrorKind, Result};
 use tokio::io::AsyncWriteExt;
@@ -94,17 +94,6 @@ impl StreamEngine {
     }
 }
 
-fn parse<T: Default + serde::de::DeserializeOwned>(
-    value: &serde_json::Value,
-    what: &str,
-) -> Result<T> {
-    if value.is_null() {
-        return Ok(T::default());
-    }
-    serde_json::from_value(value.clone())
-        .map_err(|e| Error::config(format!("stream {what} options are not valid: {e}")))
-}
-
 #[async_trait]
 impl EnginePlugin for StreamEngine {
     fn engine(&self) -> &'static str {
@@ -130,7 +119,7 @@ impl EnginePlugin for StreamEngine {
         sink: &dyn BackupSink,
         _archive: Arc<dyn ArchiveStore>,
     ) -> Result<BackupOutcome> {
-        let options: BackupOptions = parse(&request.options, "backup")?;
+        let options: BackupOptions = parse_options(&request.options, "stream backup options")?;
         let input = request.input.ok_or_else(|| {
             Error::config(format!("the backup of stream `{}` has no input", self.name))
                 .hint("pipe the bytes into `strata backup stream NAME`, or pass --input FILE")
@@ -158,7 +147,8 @@ impl EnginePlugin for StreamEngine {
         request: RestoreRequest,
         source: &dyn RestoreSource,
     ) -> Result<RestoreOutcome> {
-        let destination: Destination = parse(&request.destination, "restore")?;
+        let destination: Destination =
+            parse_options(&request.destination, "stream restore options")?;
         let manifest = request.backups.first().ok_or_else(|| {
             Error::not_found(format!("there is no stream backup called `{}`", self.name))
                 .hint("`strata list stream` shows the stream backups in this vault")
