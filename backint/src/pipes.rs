@@ -41,7 +41,7 @@ fn check_kind(path: &Path, allow_file: bool) -> Result<bool> {
             Error::io(format!("the pipe {} does not exist", describe(path)))
                 .hint("HANA creates the pipe before it calls hdbbackint; check the name in the input file and that the backint directory is not full")
         } else {
-            Error::io(format!("cannot inspect {}: {e}", describe(path)))
+            Error::io_doing_at("cannot inspect", path, e)
                 .hint("check that <sid>adm may access the backint directory")
         }
     })?;
@@ -69,7 +69,7 @@ pub async fn open_source(
     if !is_fifo {
         let file = tokio::fs::File::open(path)
             .await
-            .map_err(|e| Error::io(format!("cannot open {}: {e}", describe(path))))?;
+            .map_err(|e| Error::io_doing_at("cannot open", path, e))?;
         return Ok(Box::new(file));
     }
     let owned = path.to_owned();
@@ -86,10 +86,10 @@ pub async fn open_source(
     match outcome {
         Some(joined) => {
             let file = joined
-                .map_err(|e| Error::io(format!("opening {} failed: {e}", describe(path))))?
-                .map_err(|e| Error::io(format!("cannot open {}: {e}", describe(path))))?;
+                .map_err(|e| Error::from(e).context(format!("opening {}", describe(path))))?
+                .map_err(|e| Error::io_doing_at("cannot open", path, e))?;
             let receiver = pipe::Receiver::from_file(file)
-                .map_err(|e| Error::io(format!("cannot read {}: {e}", describe(path))))?;
+                .map_err(|e| Error::io_doing_at("cannot read", path, e))?;
             Ok(Box::new(receiver))
         }
         None => {
@@ -126,7 +126,7 @@ pub async fn open_sink(
         if !is_fifo {
             let file = tokio::fs::File::create(path)
                 .await
-                .map_err(|e| Error::io(format!("cannot create {}: {e}", describe(path))))?;
+                .map_err(|e| Error::io_doing_at("cannot create", path, e))?;
             return Ok(Box::new(file));
         }
     } else {
@@ -154,10 +154,7 @@ pub async fn open_sink(
                 pause = (pause * 2).min(Duration::from_millis(250));
             }
             Err(e) => {
-                return Err(Error::io(format!(
-                    "cannot open {} for writing: {e}",
-                    describe(path)
-                )));
+                return Err(Error::io_doing_at("cannot open for writing", path, e));
             }
         }
     }

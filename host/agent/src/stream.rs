@@ -12,7 +12,7 @@ use strata_core::catalog::manifest::{BackupId, BackupKind};
 use strata_core::catalog::planner::RestoreTarget;
 use strata_core::lifecycle::BackupResult;
 use strata_core::plugin::{BackupRequest, DatabaseRef, PushedInput};
-use strata_core::{Error, ErrorKind, Result};
+use strata_core::{Error, ErrorKind, IoResultExt, Result};
 use strata_stream::{ENGINE, STREAM_NAME};
 
 use crate::config::ByteSize;
@@ -89,10 +89,10 @@ async fn open_input(input: Option<&Path>) -> Result<PushedInput> {
         Some(p) if p == Path::new("-") => Ok(stdin()),
         Some(path) => {
             let file = tokio::fs::File::open(path).await.map_err(|e| {
-                Error::io(format!("cannot open {}: {e}", path.display()))
+                Error::io_doing_at("cannot open", path, e)
                     .hint("check the path and its permissions")
             })?;
-            let meta = file.metadata().await?;
+            let meta = file.metadata().await.at_path(path)?;
             Ok(PushedInput {
                 size: meta.is_file().then_some(meta.len()),
                 reader: Box::new(file),

@@ -150,7 +150,7 @@ pub fn control_system_id(data_directory: &Path) -> Result<u64> {
     std::fs::File::open(&path)
         .and_then(|mut f| f.read_exact(&mut buf))
         .map_err(|e| {
-            Error::io(format!("cannot read {}: {e}", path.display()))
+            Error::io_doing_at("cannot read", &path, e)
                 .hint("check data_directory in the [postgres.<name>] config section")
         })?;
     Ok(u64::from_le_bytes(buf))
@@ -211,14 +211,16 @@ impl<'a> WalArchive<'a> {
             let full = full.clone();
             tokio::task::spawn_blocking(move || -> Result<(Vec<u8>, DateTime<Utc>)> {
                 let bytes = std::fs::read(&full).map_err(|e| {
-                    Error::io(format!("cannot read {}: {e}", full.display()))
+                    Error::io_doing_at("cannot read", &full, e)
                         .hint("archive_command must pass %p; run it from the data directory or give an absolute path")
                 })?;
-                let mtime = std::fs::metadata(&full)?.modified()?;
+                let mtime = std::fs::metadata(&full)
+                    .and_then(|m| m.modified())
+                    .map_err(|e| Error::io_doing_at("cannot read the modification time of", &full, e))?;
                 Ok((bytes, DateTime::<Utc>::from(mtime)))
             })
             .await
-            .map_err(|e| Error::io(format!("reading {file_name}: {e}")))??
+            .map_err(|e| Error::from(e).context(format!("reading {file_name}")))??
         };
         let system_id = match name.kind {
             WalFileKind::Segment | WalFileKind::Partial => {
@@ -344,11 +346,7 @@ impl<'a> WalArchive<'a> {
         // the segments that follow.
         let size = if spooled.is_file() {
             std::fs::rename(&spooled, dest).map_err(|e| {
-                Error::io(format!(
-                    "moving {} to {}: {e}",
-                    spooled.display(),
-                    dest.display()
-                ))
+                Error::io_doing_at(format!("moving {} to", spooled.display()), dest, e)
             })?;
             std::fs::metadata(dest).map(|m| m.len()).unwrap_or(0)
         } else {
@@ -462,7 +460,7 @@ fn write_atomically(dest: &Path, data: &[u8]) -> Result<()> {
     })();
     result.map_err(|e| {
         let _ = std::fs::remove_file(&tmp);
-        Error::io(format!("writing {}: {e}", dest.display()))
+        Error::io_doing_at("writing", dest, e)
     })
 }
 

@@ -32,7 +32,7 @@ use strata_core::plugin::{
     ArchiveStore, BackupOutcome, BackupRequest, BackupSink, Capabilities, EnginePlugin,
     RestoreOutcome, RestoreRequest, RestoreSource, parse_options,
 };
-use strata_core::{Error, ErrorKind, Result};
+use strata_core::{Error, ErrorKind, IoResultExt, Result};
 use tokio::io::AsyncWriteExt;
 
 /// The engine name of generic streams, in vault keys and manifests.
@@ -206,23 +206,23 @@ async fn to_file(
     partial.push(".partial");
     let partial = PathBuf::from(partial);
     let mut file = tokio::fs::File::create(&partial).await.map_err(|e| {
-        Error::io(format!("cannot create {}: {e}", partial.display()))
+        Error::io_doing_at("cannot create", &partial, e)
             .hint("check that the directory exists and is writable")
     })?;
     let written = async {
         let bytes = source
             .read_stream(&manifest.id, STREAM_NAME, &mut file)
             .await?;
-        file.flush().await?;
-        file.sync_all().await?;
+        file.flush().await.doing_at("writing", &partial)?;
+        file.sync_all().await.doing_at("flushing", &partial)?;
         Ok::<_, Error>(bytes)
     }
     .await;
     match written {
         Ok(bytes) => {
-            tokio::fs::rename(&partial, path).await.map_err(|e| {
-                Error::io(format!("cannot move {} into place: {e}", partial.display()))
-            })?;
+            tokio::fs::rename(&partial, path)
+                .await
+                .map_err(|e| Error::io_doing_at("cannot move into place", &partial, e))?;
             Ok(bytes)
         }
         Err(err) => {
