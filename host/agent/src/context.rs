@@ -72,10 +72,14 @@ impl Context {
 
     /// The library's lifecycle over the configured vault, writer, reader and index.
     pub async fn host(&self) -> Result<Host> {
-        Ok(Host::new(self.vault().await?)
+        let host = Host::new(self.vault().await?)
             .with_writer(self.writer_config(), self.config.writer.part_size.is_some())
             .with_reader(self.reader_config())
-            .with_index(Some(self.index_path())))
+            .with_index(Some(self.index_path()));
+        Ok(match &self.config_path {
+            Some(path) => host.with_protected_path(path.clone()),
+            None => host,
+        })
     }
 
     /// The configured PostgreSQL cluster `name`, checked.

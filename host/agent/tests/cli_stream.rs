@@ -604,3 +604,53 @@ fn an_empty_input_is_refused_unless_allowed_and_then_shown_as_empty() {
     let restored = fx.ok(&["restore", "stream", "dump"]);
     assert!(restored.stdout.is_empty());
 }
+
+#[test]
+fn a_restore_never_writes_over_the_vault_and_writes_devices_in_place() {
+    let fx = Fixture::new();
+    fx.ok(&["vault", "init"]);
+    let data = fx.back_up_file("dump", 100_000, &[]);
+    let vault_meta = fx.path("vault").join("strata-vault.json");
+    let before = std::fs::read(&vault_meta).unwrap();
+    for output in [vault_meta.clone(), fx.path("vault"), fx.path("catalog.db")] {
+        let out = fx.run(&[
+            "restore",
+            "stream",
+            "dump",
+            "--output",
+            output.to_str().unwrap(),
+            "--force",
+        ]);
+        assert_eq!(out.status.code(), Some(9), "{}", stderr(&out));
+        assert!(stderr(&out).contains("would overwrite"), "{}", stderr(&out));
+    }
+    assert_eq!(std::fs::read(&vault_meta).unwrap(), before);
+    fx.ok(&["verify"]);
+
+    // A device is written in place, with no --force and no partial file.
+    fx.ok(&["restore", "stream", "dump", "--output", "/dev/null"]);
+    assert!(!Path::new("/dev/null.partial").exists());
+    // A directory is refused, and nothing is left beside it.
+    let dir = fx.path("outdir");
+    std::fs::create_dir(&dir).unwrap();
+    let out = fx.run(&[
+        "restore",
+        "stream",
+        "dump",
+        "--output",
+        dir.to_str().unwrap(),
+        "--force",
+    ]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(stderr(&out).contains("is a directory"), "{}", stderr(&out));
+    assert!(!fx.path("outdir.partial").exists());
+    // And the backup still restores to a file.
+    fx.ok(&[
+        "restore",
+        "stream",
+        "dump",
+        "--output",
+        fx.path("back.bin").to_str().unwrap(),
+    ]);
+    assert_eq!(std::fs::read(fx.path("back.bin")).unwrap(), data);
+}

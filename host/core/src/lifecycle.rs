@@ -57,6 +57,7 @@ pub struct Host {
     part_size_configured: bool,
     reader: ReaderConfig,
     index: Option<PathBuf>,
+    protected: Vec<PathBuf>,
 }
 
 /// What [`Host::backup`] did.
@@ -79,7 +80,25 @@ impl Host {
             part_size_configured: false,
             reader: ReaderConfig::default(),
             index: None,
+            protected: Vec::new(),
         }
+    }
+
+    /// Adds a local path no restore may write into, replace or delete (the
+    /// configuration file); the vault's directory and the index are always
+    /// protected.
+    pub fn with_protected_path(mut self, path: PathBuf) -> Self {
+        self.protected.push(path);
+        self
+    }
+
+    /// The local paths restores must leave alone: the directory of a
+    /// `file://` vault, the catalog index, and those added.
+    fn protected_paths(&self) -> Vec<PathBuf> {
+        let mut paths = self.protected.clone();
+        paths.extend(self.vault.local_dir());
+        paths.extend(self.index.clone());
+        paths
     }
 
     /// Writes with `config`. `part_size_configured` says whether the
@@ -311,6 +330,7 @@ impl Host {
             plan,
             backups,
             destination,
+            protected: self.protected_paths(),
         };
         plugin.restore(request, &reader).await
     }

@@ -211,6 +211,41 @@ pub struct RestoreRequest {
     /// Engine-specific destination, as the engine documents it (PostgreSQL:
     /// data directory, port, tablespace map; a stream: an output file).
     pub destination: serde_json::Value,
+    /// Local paths the restore must never write into, replace or delete
+    /// (the directory of a `file://` vault, the catalog index, the
+    /// configuration file): a destination that is one of them or contains
+    /// one is refused before anything is written ([`is_protected`]).
+    pub protected: Vec<std::path::PathBuf>,
+}
+
+/// The first of `protected` that `destination` is, contains or lies inside
+/// (compared after resolving both, as far as they exist): a restore that
+/// writes, replaces or clears `destination` would harm it.
+pub fn is_protected<'a>(
+    destination: &std::path::Path,
+    protected: &'a [std::path::PathBuf],
+) -> Option<&'a std::path::Path> {
+    let resolve = |path: &std::path::Path| {
+        let mut existing = path.to_path_buf();
+        let mut rest = Vec::new();
+        while !existing.exists() {
+            match (existing.parent(), existing.file_name()) {
+                (Some(parent), Some(name)) => {
+                    rest.push(name.to_owned());
+                    existing = parent.to_path_buf();
+                }
+                _ => break,
+            }
+        }
+        let mut resolved = existing.canonicalize().unwrap_or(existing);
+        resolved.extend(rest.iter().rev());
+        resolved
+    };
+    let destination = resolve(destination);
+    protected.iter().map(|p| p.as_path()).find(|p| {
+        let p = resolve(p);
+        p.starts_with(&destination) || destination.starts_with(&p)
+    })
 }
 
 /// What a restore reached.
@@ -607,5 +642,37 @@ pub trait EnginePlugin: Send + Sync {
     /// streams carry digests of their own. The default: none.
     fn content_check(&self) -> Option<Arc<dyn ContentCheck>> {
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::{Path, PathBuf};
+
+    use super::*;
+
+    #[test]
+    fn a_destination_holding_or_inside_a_protected_path_is_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let vault = dir.path().join("vault");
+        std::fs::create_dir(&vault).unwrap();
+        let protected = vec![vault.clone(), PathBuf::from("/etc/strata/strata.toml")];
+        // The vault inside the target, the target inside the vault, the vault itself.
+        assert_eq!(is_protected(dir.path(), &protected), Some(vault.as_path()));
+        assert_eq!(
+            is_protected(&vault.join("x/y"), &protected),
+            Some(vault.as_path())
+        );
+        assert_eq!(
+            is_protected(&dir.path().join("./vault/../vault"), &protected),
+            Some(vault.as_path())
+        );
+        assert_eq!(
+            is_protected(Path::new("/etc/strata"), &protected),
+            Some(Path::new("/etc/strata/strata.toml"))
+        );
+        // A sibling is fine, even one whose name starts the same way.
+        assert_eq!(is_protected(&dir.path().join("vault2"), &protected), None);
+        assert_eq!(is_protected(&dir.path().join("copy"), &protected), None);
     }
 }

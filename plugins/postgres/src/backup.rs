@@ -175,6 +175,9 @@ const EXCLUDE_FILES: &[&str] = &[
     "postmaster.opts",
     "recovery.signal",
     "standby.signal",
+    // The server log of the restore that made this cluster (`restore pg
+    // --start`): Strata's, not the database's.
+    crate::restore::RESTORE_LOG,
 ];
 
 fn excluded_name(name: &str) -> bool {

@@ -54,7 +54,8 @@ use strata_core::catalog::manifest::{BackupKind, Manifest};
 use strata_core::catalog::planner::RestoreTarget;
 use strata_core::plugin::{
     ArchiveStore, BackupOutcome, BackupRequest, BackupSink, Capabilities, Chain, ContentCheck,
-    DatabaseRef, EnginePlugin, RestoreOutcome, RestoreRequest, RestoreSource, parse_options,
+    DatabaseRef, EnginePlugin, RestoreOutcome, RestoreRequest, RestoreSource, is_protected,
+    parse_options,
 };
 use strata_core::{Error, Result};
 
@@ -252,6 +253,18 @@ impl EnginePlugin for PostgresEngine {
             }
             RestoreTarget::Backup(_) => chain::Target::Lsn(meta.stop()),
         };
+        for dir in
+            std::iter::once(&destination.target_dir).chain(destination.tablespace_map.values())
+        {
+            if let Some(kept) = is_protected(dir, &request.protected) {
+                return Err(Error::conflict(format!(
+                    "restoring into {} would overwrite or delete {}",
+                    dir.display(),
+                    kept.display()
+                ))
+                .hint("choose a directory that holds neither the vault, the catalog index nor the configuration"));
+            }
+        }
         let restore_command = format!(
             "{} pg wal-fetch %f \"%p\" --cluster {} --system-id {}",
             destination.strata_command,

@@ -546,12 +546,55 @@ fn write_recovery_settings(target: &Path, plan: &Plan, options: &RestoreOptions)
         conf.push_str(&format!("port = {port}\n"));
     }
     let auto = target.join("postgresql.auto.conf");
-    let mut existing = std::fs::read_to_string(&auto).unwrap_or_default();
+    let existing = std::fs::read_to_string(&auto).unwrap_or_default();
+    let mut existing = without_recovery_settings(&existing);
     existing.push_str(&conf);
     std::fs::write(&auto, existing).doing_at("writing", &auto)?;
     let signal = target.join("recovery.signal");
     std::fs::write(&signal, b"").doing_at("writing", &signal)?;
     Ok(target_text)
+}
+
+/// The server log `restore --start` writes in the new data directory.
+pub const RESTORE_LOG: &str = "strata-restore.log";
+
+/// The settings a restore writes: an earlier value of any of them in the
+/// backed-up `postgresql.auto.conf` (the cluster was itself restored by
+/// Strata, or by hand) would add a second recovery target, which
+/// PostgreSQL refuses ("multiple recovery targets specified"), or stop
+/// recovery at the old target.
+const RECOVERY_SETTINGS: &[&str] = &[
+    "restore_command",
+    "recovery_target",
+    "recovery_target_name",
+    "recovery_target_time",
+    "recovery_target_xid",
+    "recovery_target_lsn",
+    "recovery_target_inclusive",
+    "recovery_target_timeline",
+    "recovery_target_action",
+    "archive_mode",
+    "port",
+];
+
+/// `conf` with every line that sets one of [`RECOVERY_SETTINGS`] commented
+/// out (kept, so the operator sees what the source had).
+fn without_recovery_settings(conf: &str) -> String {
+    let mut out = String::with_capacity(conf.len());
+    for line in conf.lines() {
+        let key = line
+            .trim_start()
+            .split(|c: char| c == '=' || c.is_whitespace())
+            .next()
+            .unwrap_or_default()
+            .to_ascii_lowercase();
+        if RECOVERY_SETTINGS.contains(&key.as_str()) {
+            out.push_str("# (replaced by Strata's restore) ");
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
 }
 
 /// A connection configuration for the copy: the source's, on the copy's port.
@@ -599,7 +642,10 @@ async fn start_and_wait(
     options: &RestoreOptions,
     report: &mut RestoreReport,
 ) -> Result<()> {
-    let log = options.target_dir.join("strata-restore.log");
+    let log = options.target_dir.join(RESTORE_LOG);
+    // A log left by the restore that made the backed-up cluster would put
+    // its lines into this start's error messages.
+    let _ = std::fs::remove_file(&log);
     let pg_ctl = cluster.program("pg_ctl");
     let mut cmd = cluster.command_as_owner(&pg_ctl);
     cmd.arg("-D")
@@ -714,6 +760,20 @@ mod tests {
         assert_eq!(
             spaced,
             vec![("16387".to_owned(), b"/srv/with space/x".to_vec())]
+        );
+    }
+
+    #[test]
+    fn earlier_recovery_settings_are_commented_out_and_the_rest_kept() {
+        let conf = "# Do not edit\nshared_buffers = '1GB'\nrecovery_target_time = '2026-11-01 00:00:00+00'\n  restore_command='x'\nport = 5433\nrecovery_target_timeline='2'\n";
+        let out = without_recovery_settings(conf);
+        assert_eq!(
+            out,
+            "# Do not edit\nshared_buffers = '1GB'\n\
+             # (replaced by Strata's restore) recovery_target_time = '2026-11-01 00:00:00+00'\n\
+             # (replaced by Strata's restore)   restore_command='x'\n\
+             # (replaced by Strata's restore) port = 5433\n\
+             # (replaced by Strata's restore) recovery_target_timeline='2'\n"
         );
     }
 

@@ -30,7 +30,7 @@ use serde::Deserialize;
 use strata_core::catalog::manifest::{BackupKind, Manifest};
 use strata_core::plugin::{
     ArchiveStore, BackupOutcome, BackupRequest, BackupSink, Capabilities, EnginePlugin,
-    RestoreOutcome, RestoreRequest, RestoreSource, parse_options,
+    RestoreOutcome, RestoreRequest, RestoreSource, is_protected, parse_options,
 };
 use strata_core::{Error, ErrorKind, IoResultExt, Result};
 use tokio::io::AsyncWriteExt;
@@ -153,6 +153,19 @@ impl EnginePlugin for StreamEngine {
             Error::not_found(format!("there is no stream backup called `{}`", self.name))
                 .hint("`strata list stream` shows the stream backups in this vault")
         })?;
+        if let Some(path) = destination
+            .output
+            .as_deref()
+            .filter(|p| *p != Path::new("-"))
+            && let Some(kept) = is_protected(path, &request.protected)
+        {
+            return Err(Error::conflict(format!(
+                "restoring into {} would overwrite {}",
+                path.display(),
+                kept.display()
+            ))
+            .hint("choose an output outside the vault, the catalog index and the configuration"));
+        }
         let raw_bytes = match &destination.output {
             None => to_stdout(source, manifest).await?,
             Some(path) if path == Path::new("-") => to_stdout(source, manifest).await?,
@@ -196,6 +209,27 @@ async fn to_file(
     path: &Path,
     force: bool,
 ) -> Result<u64> {
+    match std::fs::metadata(path) {
+        Ok(meta) if meta.is_dir() => {
+            return Err(Error::config(format!("{} is a directory", path.display()))
+                .hint("give --output the path of a file to create, e.g. DIR/dump.sql"));
+        }
+        // A device or a pipe (/dev/null, a FIFO a loader reads): written in
+        // place, since it cannot be replaced by a renamed file.
+        Ok(meta) if !meta.is_file() => {
+            let mut out = tokio::fs::OpenOptions::new()
+                .write(true)
+                .open(path)
+                .await
+                .doing_at("cannot open", path)?;
+            let bytes = source
+                .read_stream(&manifest.id, STREAM_NAME, &mut out)
+                .await?;
+            out.flush().await.doing_at("writing", path)?;
+            return Ok(bytes);
+        }
+        _ => {}
+    }
     if path.exists() && !force {
         return Err(
             Error::conflict(format!("{} already exists", path.display()))
