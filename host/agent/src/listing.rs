@@ -80,6 +80,15 @@ pub async fn refreshed_index(ctx: &Context, vault: &Vault) -> Result<CatalogInde
     Ok(index)
 }
 
+/// The engine a `list`/`verify` filter names, by its vault name (`pg` is
+/// `postgres`); a name no engine has is refused, so that a typo in a cron
+/// job's `verify --engine` never reports "0 verified" as a success.
+fn engine_filter(engine: Option<&str>) -> Result<Option<String>> {
+    engine
+        .map(|name| engines::engine_name(name).map(str::to_owned))
+        .transpose()
+}
+
 /// The manifests matching a filter, from the refreshed index, or straight
 /// from the vault when the index cannot be used.
 pub async fn manifests(ctx: &Context, vault: &Vault, filter: &ListFilter) -> Result<Vec<Manifest>> {
@@ -128,7 +137,7 @@ struct ListedTimeline<'a> {
 pub async fn list(args: ListArgs, ctx: &Context) -> Result<()> {
     let vault = ctx.vault().await?;
     let filter = ListFilter {
-        engine: args.engine.clone(),
+        engine: engine_filter(args.engine.as_deref())?,
         instance: args.instance.clone(),
         ..Default::default()
     };
@@ -300,7 +309,7 @@ struct VerifiedBackup {
 pub async fn verify(args: VerifyArgs, ctx: &Context) -> Result<()> {
     let vault = ctx.vault().await?;
     let filter = ListFilter {
-        engine: args.engine.clone(),
+        engine: engine_filter(args.engine.as_deref())?,
         instance: args.instance.clone(),
         ..Default::default()
     };

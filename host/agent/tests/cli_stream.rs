@@ -654,3 +654,36 @@ fn a_restore_never_writes_over_the_vault_and_writes_devices_in_place() {
     ]);
     assert_eq!(std::fs::read(fx.path("back.bin")).unwrap(), data);
 }
+
+#[test]
+fn names_are_checked_before_any_data_moves() {
+    let fx = Fixture::new();
+    fx.ok(&["vault", "init"]);
+    // 100 × "é" is 200 bytes, and 600 once escaped for the vault's keys.
+    let long = "é".repeat(100);
+    let out = fx.run(&["backup", "stream", &long, "--allow-empty"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("takes 600 bytes in the vault's keys"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(segment_objects(&fx.path("vault")).is_empty());
+    let out = fx.run(&["backup", "stream", "   ", "--allow-empty"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(stderr(&out).contains("blank"), "{}", stderr(&out));
+    // 33 × "é" takes 198 bytes escaped: it fits.
+    fx.ok(&["backup", "stream", &"é".repeat(33), "--allow-empty"]);
+
+    // Engine names in filters are checked; aliases are understood.
+    fx.ok(&["list", "pg"]);
+    for args in [&["list", "mysql"][..], &["verify", "--engine", "mysql"][..]] {
+        let out = fx.run(args);
+        assert_eq!(out.status.code(), Some(3), "{args:?}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains("there is no engine `mysql`"),
+            "{}",
+            stderr(&out)
+        );
+    }
+}

@@ -30,7 +30,8 @@ use serde::Deserialize;
 use strata_core::catalog::manifest::{BackupKind, Manifest};
 use strata_core::plugin::{
     ArchiveStore, BackupOutcome, BackupRequest, BackupSink, Capabilities, EnginePlugin,
-    RestoreOutcome, RestoreRequest, RestoreSource, is_protected, parse_options,
+    RestoreOutcome, RestoreRequest, RestoreSource, escape_key_component, is_protected,
+    parse_options,
 };
 use strata_core::{Error, ErrorKind, IoResultExt, Result};
 use tokio::io::AsyncWriteExt;
@@ -42,7 +43,7 @@ pub const STREAM_NAME: &str = "data";
 /// The label an allowed empty backup carries.
 pub const EMPTY_LABEL: &str = "empty";
 
-/// The longest stream name, in bytes.
+/// The longest stream name, in bytes of the vault's keys.
 const MAX_NAME_BYTES: usize = 200;
 
 /// The stream engine for one name.
@@ -80,13 +81,23 @@ struct RestoreDetails<'a> {
 
 impl StreamEngine {
     /// The engine for streams named `name`; refuses names that cannot be
-    /// stored (empty, NUL, longer than 200 bytes).
+    /// stored (blank, NUL, longer than 200 bytes once escaped for the vault's keys).
     pub fn new(name: &str) -> Result<Self> {
-        if name.trim().is_empty() || name.len() > MAX_NAME_BYTES || name.contains('\0') {
-            return Err(
-                Error::config(format!("`{name}` is not a usable stream name"))
-                    .hint("use a name of 1 to 200 bytes, such as nightly-dump"),
-            );
+        if name.trim().is_empty() || name.contains('\0') {
+            return Err(Error::config(format!(
+                "`{name}` is not a usable stream name: it is empty, blank or holds a NUL byte"
+            ))
+            .hint("use a name such as nightly-dump"));
+        }
+        // The name is a component of the vault's keys (and of a local vault's
+        // file names, at most 255 bytes): every byte but letters, digits, `.`
+        // and `-` takes three once escaped.
+        let stored = escape_key_component(name).len();
+        if stored > MAX_NAME_BYTES {
+            return Err(Error::config(format!(
+                "the stream name `{name}` takes {stored} bytes in the vault's keys, more than {MAX_NAME_BYTES}"
+            ))
+            .hint("use a shorter name; letters, digits, `.` and `-` take one byte each, any other byte three"));
         }
         Ok(StreamEngine {
             name: name.to_owned(),
