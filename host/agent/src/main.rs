@@ -252,8 +252,29 @@ fn return_large_buffers_to_the_system() {
     }
 }
 
+/// A reader that stops early (`strata list | head`) closes standard output;
+/// printing then fails with a broken pipe, which `println!` turns into a
+/// panic. Such a run ends quietly with 141 (128 + SIGPIPE), as a shell tool
+/// killed by SIGPIPE would; every other panic is reported as usual.
+fn quiet_on_closed_stdout() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or_default();
+        if message.contains("failed printing to stdout") && message.contains("Broken pipe") {
+            std::process::exit(141);
+        }
+        default(info);
+    }));
+}
+
 fn main() -> ExitCode {
     return_large_buffers_to_the_system();
+    quiet_on_closed_stdout();
     let cli = Cli::parse();
     init_logging(cli.verbose);
     let json = cli.json;

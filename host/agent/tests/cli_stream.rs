@@ -687,3 +687,23 @@ fn names_are_checked_before_any_data_moves() {
         );
     }
 }
+
+#[test]
+fn a_reader_that_stops_early_ends_the_listing_quietly() {
+    let fx = Fixture::new();
+    fx.ok(&["vault", "init"]);
+    for i in 0..3 {
+        fx.back_up_file(&format!("s{i}"), 1000, &[]);
+    }
+    // `strata list | head -0`: standard output is closed before the table is printed.
+    let mut child = fx
+        .strata(&["list"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(141), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("panicked"), "{}", stderr(&out));
+}
