@@ -261,6 +261,25 @@ fn tablespaces_are_remapped_and_an_unmapped_live_tablespace_is_refused() {
     );
     assert!(!dir.exists(), "nothing was written");
 
+    // A relative new location would be linked inside pg_tblspc: refused.
+    let out = env.strata(&[
+        "restore",
+        "pg",
+        "main",
+        "--latest",
+        "--target-dir",
+        dir.to_str().unwrap(),
+        "--tablespace-map",
+        &format!("{}=relative/dir", space.display()),
+    ]);
+    assert_eq!(out.code(), Some(3), "{}", out.stderr_text());
+    assert!(
+        out.stderr_text().contains("is not an absolute path"),
+        "{}",
+        out.stderr_text()
+    );
+    assert!(!dir.exists(), "nothing was written");
+
     // A space and a backslash in the new location: tablespace_map must carry
     // them with PostgreSQL's escaping, or the link points elsewhere.
     let new_space = env.dir.path("space1 restored\\bs");

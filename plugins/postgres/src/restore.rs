@@ -143,6 +143,20 @@ pub fn preflight(
             .or_else(|| options.tablespace_map.get(&space.oid))
             .cloned()
             .unwrap_or_else(|| PathBuf::from(&space.path));
+        if !new.is_absolute() {
+            // PostgreSQL links pg_tblspc/<oid> to the path as written, and a
+            // relative link resolves inside pg_tblspc (pg_basebackup refuses
+            // them too).
+            return Err(Error::config(format!(
+                "tablespace {} would be restored to {}, which is not an absolute path",
+                space.oid,
+                new.display()
+            ))
+            .hint(format!(
+                "give the full path: --tablespace-map {}",
+                shell_word(&format!("{}=/new/location", space.path))
+            )));
+        }
         if new.starts_with(target) {
             return Err(Error::config(format!(
                 "tablespace {} would be restored inside the data directory ({})",
@@ -153,13 +167,14 @@ pub fn preflight(
         }
         if !is_empty_dir(&new)? && !options.force {
             return Err(Error::conflict(format!(
-                "tablespace {} was at {}, which is not empty here",
+                "tablespace {} (at {} in the backup) would be restored to {}, which is not empty here",
                 space.oid,
+                space.path,
                 new.display()
             ))
             .hint(format!(
-                "map it to a new location: --tablespace-map {}=/new/location",
-                space.path
+                "map it to a new location: --tablespace-map {}",
+                shell_word(&format!("{}=/new/location", space.path))
             )));
         }
         mapping.insert(space.oid.clone(), new);
