@@ -519,3 +519,37 @@ fn a_backup_interrupted_by_a_server_restart_fails_and_commits_nothing() {
         "no manifest was written"
     );
 }
+
+#[test]
+fn a_config_naming_another_data_directory_is_refused_before_a_backup() {
+    let env = PgStrata::new("pg_wrong_dir");
+    // A stale copy of the data directory, named in the config instead of the live one.
+    let stale = env.dir.mkdir("stale-copy");
+    let text = std::fs::read_to_string(&env.config).unwrap();
+    let live = env.cluster.data.display().to_string();
+    std::fs::write(
+        &env.config,
+        text.replace(
+            &format!("data_directory = \"{live}\""),
+            &format!("data_directory = \"{}\"", stale.display()),
+        ),
+    )
+    .unwrap();
+    let out = env.strata(&["backup", "pg", "main"]);
+    assert_eq!(out.code(), Some(3), "{}", out.stderr_text());
+    let err = out.stderr_text();
+    assert!(
+        err.contains(&format!("the server runs from {live}")),
+        "{err}"
+    );
+    assert!(err.contains("nothing was committed"), "{err}");
+    let list = env
+        .strata(&["--json", "list", "pg", "main"])
+        .success()
+        .json();
+    assert_eq!(
+        list["backups"].as_array().map(Vec::len).unwrap_or(0),
+        0,
+        "{list}"
+    );
+}

@@ -536,6 +536,19 @@ pub async fn full_backup(
 ) -> Result<BackupOutcome> {
     let server = connect(cluster).await?;
     let info = server.identity().await?;
+    if !crate::check::runs_from(cluster, &info.data_directory) {
+        // Files read from another directory than the server's would be a
+        // backup of something else under this server's WAL and labels.
+        return Err(Error::config(format!(
+            "the server runs from {}, but data_directory in the config is {}",
+            info.data_directory,
+            cluster.data_directory.display()
+        ))
+        .hint(format!(
+            "set data_directory = \"{}\" in the cluster's section of Strata's config (`strata pg check` shows it)",
+            info.data_directory
+        )));
+    }
     let archive_mode = server.setting("archive_mode").await?;
     if archive_mode == "off" {
         return Err(Error::config(

@@ -310,9 +310,7 @@ pub async fn check(cluster: &ClusterConfig, name: &str, strata: &str) -> Result<
         });
     }
     let configured = cluster.data_directory.display().to_string();
-    if !identity.data_directory.is_empty()
-        && configured.trim_end_matches('/') != identity.data_directory.trim_end_matches('/')
-    {
+    if !runs_from(cluster, &identity.data_directory) {
         findings.push(Finding {
             setting: "data_directory".into(),
             problem: format!(
@@ -391,6 +389,18 @@ impl fmt::Display for CheckReport {
             self.restore_command
         )
     }
+}
+
+/// Whether the server whose `data_directory` setting is `server_dir` runs
+/// from the cluster's configured data directory (compared after resolving
+/// links, as far as both exist here). An empty setting (not readable by the
+/// role) is taken as a match: nothing is known against it.
+pub fn runs_from(cluster: &ClusterConfig, server_dir: &str) -> bool {
+    if server_dir.is_empty() {
+        return true;
+    }
+    let resolve = |p: &std::path::Path| p.canonicalize().unwrap_or_else(|_| p.to_path_buf());
+    resolve(&cluster.data_directory) == resolve(std::path::Path::new(server_dir))
 }
 
 #[cfg(test)]
