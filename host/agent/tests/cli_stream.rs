@@ -707,3 +707,44 @@ fn a_reader_that_stops_early_ends_the_listing_quietly() {
     assert_eq!(out.status.code(), Some(141), "{}", stderr(&out));
     assert!(!stderr(&out).contains("panicked"), "{}", stderr(&out));
 }
+
+#[test]
+fn a_damaged_manifest_is_left_out_with_a_warning_and_hides_nothing_else() {
+    let fx = Fixture::new();
+    fx.ok(&["vault", "init"]);
+    let kept = fx.back_up_file("kept", 10_000, &[]);
+    fx.back_up_file("broken", 10_000, &[]);
+    let manifest = files_under(&fx.path("vault").join("manifests"), |n| {
+        n.ends_with(".json")
+    })
+    .into_iter()
+    .find(|p| p.to_string_lossy().contains("broken"))
+    .expect("the manifest of `broken`");
+    std::fs::write(&manifest, b"{ not json").unwrap();
+    // A disaster-recovery host: no local index, only the vault.
+    std::fs::remove_file(fx.path("catalog.db")).unwrap();
+
+    let out = fx.ok(&["--json", "list"]);
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let names: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["instance"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["kept"], "{listed}");
+    assert!(
+        stderr(&out).contains("damaged manifest was left out"),
+        "{}",
+        stderr(&out)
+    );
+    fx.ok(&["catalog", "rebuild"]);
+    fx.ok(&[
+        "restore",
+        "stream",
+        "kept",
+        "--output",
+        fx.path("kept.bin").to_str().unwrap(),
+    ]);
+    assert_eq!(std::fs::read(fx.path("kept.bin")).unwrap(), kept);
+}

@@ -562,15 +562,32 @@ impl Vault {
 
     /// Reads and checks the manifests at `keys` (relative to the root), a few
     /// in parallel, in the order given.
+    ///
+    /// A manifest that cannot be read as one (damaged, truncated, from a
+    /// newer Strata) is left out with a warning naming its key, so that one
+    /// bad object never hides every other backup (listing, restoring and
+    /// rebuilding the index go on); a storage failure still fails the call.
     pub async fn read_manifest_keys(&self, keys: Vec<String>) -> Result<Vec<Manifest>> {
-        futures::stream::iter(keys)
+        let read: Vec<Option<Manifest>> = futures::stream::iter(keys)
             .map(|key| async move {
                 let bytes = self.get_bytes(&key).await?;
-                Manifest::from_json(&bytes, &key)
+                match Manifest::from_json(&bytes, &key) {
+                    Ok(manifest) => Ok(Some(manifest)),
+                    Err(err) if err.kind() == ErrorKind::Integrity => {
+                        tracing::warn!(
+                            manifest = %key,
+                            error = %err,
+                            "a damaged manifest was left out: its backup cannot be listed or restored; keep the object for inspection, or delete it once you know it is unusable"
+                        );
+                        Ok(None)
+                    }
+                    Err(err) => Err(err),
+                }
             })
             .buffered(16)
             .try_collect()
-            .await
+            .await?;
+        Ok(read.into_iter().flatten().collect())
     }
 
     /// Every committed manifest in the vault.
