@@ -16,7 +16,7 @@ use crate::plugin::BackupOutcome;
 
 impl BackupWriter {
     /// Commits the backup: writes its manifest last, with a create-only put
-    /// ([`Vault::put_manifest`]), and returns it.
+    /// ([`Vault::put_manifest`](crate::vault::Vault::put_manifest)), and returns it.
     ///
     /// Refuses ([`ErrorKind::Cancelled`]) when a stream failed or was
     /// cancelled; the backup's segments are then deleted. If the manifest

@@ -150,7 +150,7 @@ impl BackupWriter {
     /// current time and, when the vault is encrypted, a new data key.
     /// Nothing is written until a stream is.
     ///
-    /// Fails with [`ErrorKind::Config`] when `config` is out of range.
+    /// Fails with [`ErrorKind::Config`](crate::ErrorKind::Config) when `config` is out of range.
     pub fn start(
         vault: &Vault,
         target: BackupTarget,
@@ -208,7 +208,7 @@ impl BackupWriter {
     /// stream's index in the backup (which orders the manifest and binds
     /// its encrypted parts) is assigned when this call starts.
     ///
-    /// Names must be unique within the backup ([`ErrorKind::Conflict`]
+    /// Names must be unique within the backup ([`ErrorKind::Conflict`](crate::ErrorKind::Conflict)
     /// otherwise). On any failure, and when the returned future is dropped
     /// before it completes, the stream's uploads are aborted, its segments
     /// deleted, and the backup can no longer be committed.

@@ -85,7 +85,7 @@ impl PartBuffers for BufferPool {
 pub(super) enum PartSource<R> {
     /// Cut from a reader, `part_size` bytes at a time (copied into pooled buffers).
     Reader(R),
-    /// Handed over whole by a [`PartFeed`].
+    /// Handed over whole by a [`PartFeed`](crate::plugin::PartFeed).
     Feed(PartStream),
 }
 
