@@ -5,13 +5,47 @@
 //! manifests/<engine>/<instance>/<backup-id>.json     one per committed backup: the commit point
 //! data/<engine>/<instance>/<backup-id>/<stream>.<segment>.zst
 //!                                                    segment objects of a backup's streams
-//! engines/<engine>/<instance>/<key>                  archive objects (PostgreSQL WAL, Backint name markers),
-//!                                                    see [`super::archive`]
+//!                                                    (both numbers zero-padded to five digits)
+//! engines/<engine>/<instance>/<key>                  archive objects of the instance
 //! ```
 //!
 //! Segment keys contain the backup id, which is unique per attempt, so no two
 //! writers ever upload to the same key; only manifests are shared names, and
 //! they are written create-only.
+//!
+//! # Archive objects
+//!
+//! `engines/<engine>/<instance>/` ([`engine_prefix`]) holds the objects of
+//! the instance's [`ArchiveStore`](crate::plugin::ArchiveStore), kept by
+//! [`VaultArchive`](super::archive::VaultArchive): one create-only object
+//! per key, in the archive object format, with no manifest. `<key>` is the
+//! relative key the engine plugin chose. Today two engines keep objects
+//! there:
+//!
+//! ```text
+//! engines/postgres/<instance>/wal/<system-id>/<TLI>/<file>
+//!     every file PostgreSQL archives (`wal-push`): WAL segments, `.history`,
+//!     `.partial` and `.backup` files; <system-id> in decimal, <TLI> the
+//!     timeline as eight upper-case hex digits
+//! engines/hana/<SID>/objects/<escaped name component>/.../<ebid>
+//!     the name marker of each version of a Backint object: one key
+//!     component per `/`-separated component of the HANA object name (the
+//!     leading `/` gives a first component `_`), the version's backup id
+//!     last; only the keys are read, never the bodies
+//! ```
+//!
+//! The `stream` and `sqlserver` engines keep nothing there.
+//!
+//! # Escaping
+//!
+//! `<engine>` and `<instance>` are escaped with [`escape_component`]
+//! ([`plugin::escape_key_component`](crate::plugin::escape_key_component)),
+//! in `manifests/` and `data/` as under `engines/`: every byte outside
+//! `[A-Za-z0-9.-]` becomes `_` followed by its two lower-case hex digits, and
+//! an empty component or one starting with `.` gets a leading `_` (`db/two`
+//! is `db_2ftwo`, `_` is `_5f`), so distinct names stay distinct. Plugins
+//! escape free-form parts of archive keys the same way (the HANA name
+//! components above); the PostgreSQL keys need none.
 
 use object_store::path::Path;
 

@@ -1,0 +1,199 @@
+//! Reading bundles back: [`extract`] lays the entries down for a restore,
+//! [`check`] reads and checks them without writing anything.
+
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+
+use strata_core::{Error, Result};
+
+use super::{CHUNK, END_MAGIC, ENTRY_MAGIC, FileHasher, KIND_DIR};
+
+/// While a file is restored, its writeback is started every this many bytes.
+const WRITEBACK_EVERY: u64 = 8 << 20;
+
+/// One entry read back from a bundle.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestoredEntry {
+    /// Path relative to the data directory.
+    pub path: String,
+    /// Whether it is a directory.
+    pub is_dir: bool,
+    /// Its size.
+    pub size: u64,
+}
+
+/// Reads a bundle from `input` and lays its entries down: `place` maps a
+/// stored path to the local path to write. Every file's digest is checked
+/// before the file is kept; with `fsync` every file is flushed to disk.
+/// Returns the entries in stream order.
+pub fn extract(
+    input: &mut impl Read,
+    place: &dyn Fn(&str) -> PathBuf,
+    fsync: bool,
+    origin: &str,
+) -> Result<Vec<RestoredEntry>> {
+    walk(input, Some((place, fsync)), origin)
+}
+
+/// Reads a bundle from `input` to its end marker and checks its structure
+/// and every file's digest, writing nothing: what `strata verify` does with
+/// a PostgreSQL backup's file streams. Returns the entries in stream order.
+pub fn check(input: &mut impl Read, origin: &str) -> Result<Vec<RestoredEntry>> {
+    walk(input, None, origin)
+}
+
+/// Where [`walk`] lays entries down: the path for a stored path, and whether
+/// to fsync each file.
+type Lay<'a> = (&'a dyn Fn(&str) -> PathBuf, bool);
+
+/// Walks a bundle; with `lay` it lays the entries down.
+fn walk(input: &mut impl Read, lay: Option<Lay<'_>>, origin: &str) -> Result<Vec<RestoredEntry>> {
+    let corrupt = |what: &str| {
+        Error::integrity(format!(
+            "stream {origin} is not a valid file bundle: {what}"
+        ))
+    };
+    let mut entries = Vec::new();
+    let mut buf = vec![0u8; CHUNK];
+    loop {
+        let mut magic = [0u8; 4];
+        input
+            .read_exact(&mut magic)
+            .map_err(|e| corrupt(&format!("truncated ({e})")))?;
+        if &magic == END_MAGIC {
+            return Ok(entries);
+        }
+        if &magic != ENTRY_MAGIC {
+            return Err(corrupt("bad entry marker"));
+        }
+        let mut head = [0u8; 3];
+        input
+            .read_exact(&mut head)
+            .map_err(|_| corrupt("truncated header"))?;
+        let kind = head[0];
+        let len = u16::from_le_bytes([head[1], head[2]]) as usize;
+        let mut path = vec![0u8; len];
+        input
+            .read_exact(&mut path)
+            .map_err(|_| corrupt("truncated path"))?;
+        let path = String::from_utf8(path).map_err(|_| corrupt("path is not UTF-8"))?;
+        if path.split('/').any(|c| c == ".." || c.is_empty()) {
+            return Err(corrupt(&format!("unsafe path `{path}`")));
+        }
+        let mut mode = [0u8; 4];
+        input
+            .read_exact(&mut mode)
+            .map_err(|_| corrupt("truncated mode"))?;
+        let mode = u32::from_le_bytes(mode) & 0o7777;
+        let target = lay.map(|(place, _)| place(&path));
+        if let Some(mut hasher) = FileHasher::for_kind(kind) {
+            let mut size = [0u8; 8];
+            input
+                .read_exact(&mut size)
+                .map_err(|_| corrupt("truncated size"))?;
+            let size = u64::from_le_bytes(size);
+            let mut file = match &target {
+                Some(target) => {
+                    if let Some(parent) = target.parent() {
+                        std::fs::create_dir_all(parent).map_err(|e| io_err(parent, e))?;
+                    }
+                    Some((
+                        std::fs::File::create(target).map_err(|e| io_err(target, e))?,
+                        target,
+                    ))
+                }
+                None => None,
+            };
+            let mut left = size;
+            let mut unflushed_from = 0u64;
+            while left > 0 {
+                let want = left.min(CHUNK as u64) as usize;
+                input
+                    .read_exact(&mut buf[..want])
+                    .map_err(|_| corrupt(&format!("{path} is truncated")))?;
+                hasher.update(&buf[..want]);
+                left -= want as u64;
+                if let Some((file, target)) = &mut file {
+                    file.write_all(&buf[..want])
+                        .map_err(|e| io_err(target, e))?;
+                    let written = size - left;
+                    if written - unflushed_from >= WRITEBACK_EVERY || (left == 0 && written > 0) {
+                        start_writeback(file, unflushed_from, written - unflushed_from);
+                        unflushed_from = written;
+                    }
+                }
+            }
+            let mut digest = [0u8; 32];
+            let digest = &mut digest[..hasher.digest_len()];
+            input
+                .read_exact(digest)
+                .map_err(|_| corrupt(&format!("{path} has no digest")))?;
+            if hasher.finish().0 != digest {
+                if let Some((file, target)) = file {
+                    drop(file);
+                    let _ = std::fs::remove_file(target);
+                }
+                return Err(Error::integrity(format!(
+                    "{path} in stream {origin} does not match its checksum"
+                ))
+                .hint("the backup is damaged; restore an older backup or run `strata verify`"));
+            }
+            if let Some((file, target)) = file {
+                if lay.is_some_and(|(_, fsync)| fsync) {
+                    file.sync_all().map_err(|e| io_err(target, e))?;
+                }
+                drop(file);
+                set_mode(target, mode)?;
+            }
+            entries.push(RestoredEntry {
+                path,
+                is_dir: false,
+                size,
+            });
+            continue;
+        }
+        if kind != KIND_DIR {
+            return Err(corrupt(&format!(
+                "unknown entry kind {kind} (written by a newer Strata?)"
+            )));
+        }
+        if let Some(target) = &target {
+            std::fs::create_dir_all(target).map_err(|e| io_err(target, e))?;
+            set_mode(target, mode)?;
+        }
+        entries.push(RestoredEntry {
+            path,
+            is_dir: true,
+            size: 0,
+        });
+    }
+}
+
+/// Asks the kernel to start writing `len` bytes of `file` from `offset` to
+/// disk now, without waiting (as PostgreSQL's `pg_flush_data` does where
+/// `sync_file_range` is not at hand). Without it the page cache would hold
+/// gigabytes of dirty pages until the final fsync, which then writes them
+/// all while nothing else happens; with it, writing overlaps with reading
+/// and decompressing the rest of the backup. Advisory: errors are ignored,
+/// since the fsync that follows is what makes the data durable.
+fn start_writeback(file: &std::fs::File, offset: u64, len: u64) {
+    let _ = rustix::fs::fadvise(
+        file,
+        offset,
+        std::num::NonZeroU64::new(len),
+        rustix::fs::Advice::DontNeed,
+    );
+}
+
+fn io_err(path: &Path, e: io::Error) -> Error {
+    Error::io_doing_at("writing", path, e)
+}
+
+fn set_mode(path: &Path, mode: u32) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    if mode == 0 {
+        return Ok(());
+    }
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| io_err(path, e))
+}
