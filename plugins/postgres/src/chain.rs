@@ -334,6 +334,9 @@ impl ChainRules for PgChainRules {
             .then_some(data.start)
             .flatten()
     }
+    fn position_text(&self, position: Position) -> String {
+        lsn_of(position).map_or_else(|_| position.to_string(), |lsn| lsn.to_string())
+    }
 }
 
 /// An LSN as a planner position.
@@ -479,6 +482,11 @@ mod tests {
         assert!(text.contains("is not restorable"), "{text}");
         assert!(text.contains("2026-11-22T01:02:00Z (before)"), "{text}");
         assert!(text.contains("2026-11-22T01:04:30Z (after)"), "{text}");
+        // Positions read as LSNs: the hole is segment 5, 0/5000000..0/6000000.
+        assert!(
+            text.contains("no log backup covers positions 0/5000000..0/6000000"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -27,6 +27,23 @@ impl Analysis<'_> {
     pub(super) fn not_restorable(&self, target: &RestoreTarget, fork: Option<&str>) -> Error {
         let hint =
             "run `strata list --timeline` to see the restorable windows and the gaps between them";
+        let default_rules = super::DefaultChainRules;
+        let rules: &dyn ChainRules = self
+            .forks
+            .first()
+            .map_or(&default_rules, |f| f.walker.rules);
+        let text = |p: Position| rules.position_text(p);
+        let target_text = match target {
+            RestoreTarget::Position {
+                fork: Some(fork),
+                position,
+            } => format!("position {} on fork {fork}", text(*position)),
+            RestoreTarget::Position {
+                fork: None,
+                position,
+            } => format!("position {}", text(*position)),
+            other => other.to_string(),
+        };
         let forks: Vec<&ForkAnalysis> = self
             .forks
             .iter()
@@ -44,7 +61,7 @@ impl Analysis<'_> {
                 .next()
                 .unwrap_or_else(|| "no full backup can be restored".to_owned());
             return Error::not_found(format!(
-                "{target} is not restorable: nothing in the catalog can be restored yet: {reason}"
+                "{target_text} is not restorable: nothing in the catalog can be restored yet: {reason}"
             ))
             .hint(format!("take a full backup; {hint}"));
         }
@@ -75,7 +92,7 @@ impl Analysis<'_> {
                     .min_by_key(|w| w.from_time)
                     .map(|w| format!("{}{}", show_time(w.from_time), on_fork(&w.fork)));
                 format!(
-                    "{target} is not restorable{reason}; {}",
+                    "{target_text} is not restorable{reason}; {}",
                     nearest(before, after, "time")
                 )
             }
@@ -94,19 +111,19 @@ impl Analysis<'_> {
                     .iter()
                     .filter_map(|w| w.to_position.filter(|to| *to < p).map(|to| (to, w)))
                     .max_by_key(|(to, _)| *to)
-                    .map(|(to, w)| format!("{to}{}", on_fork(&w.fork)));
+                    .map(|(to, w)| format!("{}{}", text(to), on_fork(&w.fork)));
                 let after = windows
                     .iter()
                     .filter_map(|w| w.from_position.filter(|from| *from > p).map(|f| (f, w)))
                     .min_by_key(|(from, _)| *from)
-                    .map(|(from, w)| format!("{from}{}", on_fork(&w.fork)));
+                    .map(|(from, w)| format!("{}{}", text(from), on_fork(&w.fork)));
                 format!(
-                    "{target} is not restorable{reason}; {}",
+                    "{target_text} is not restorable{reason}; {}",
                     nearest(before, after, "position")
                 )
             }
             RestoreTarget::Latest | RestoreTarget::Backup(_) => {
-                format!("{target} is not restorable")
+                format!("{target_text} is not restorable")
             }
         };
         Error::not_found(message).hint(hint)
@@ -124,8 +141,8 @@ fn nearest(before: Option<String>, after: Option<String>, what: &str) -> String 
     }
 }
 
-fn show_position(p: Option<Position>) -> String {
-    p.map_or_else(|| "?".to_owned(), |p| p.to_string())
+fn show_position(rules: &dyn ChainRules, p: Option<Position>) -> String {
+    p.map_or_else(|| "?".to_owned(), |p| rules.position_text(p))
 }
 
 /// Positions touch or overlap (unknown positions never separate windows).
@@ -387,13 +404,15 @@ fn break_reason(
         )
     });
     let until = until.unwrap_or_default();
-    let Some(covered) = w.window.to_position else {
+    let Some(covered_at) = w.window.to_position else {
         return format!(
             "no log backup continues after {} ({}){until}",
             last.id,
             show_time(w.window.to_time)
         );
     };
+    let covered = covered_at;
+    let covered_text = rules.position_text(covered);
     // The first log of the fork that holds anything past the coverage.
     let following = fork_logs
         .iter()
@@ -405,26 +424,29 @@ fn break_reason(
             let to = records[l].start.unwrap_or(covered);
             match next.and_then(|n| n.window.from_position) {
                 Some(resume) if resume < to => format!(
-                    "no log backup covers positions {covered}..{resume} (none after {} until {} {})",
+                    "no log backup covers positions {covered_text}..{} (none after {} until {} {})",
+                    rules.position_text(resume),
                     last.id,
                     records[next.map_or(w.first, |n| n.first)].kind,
                     records[next.map_or(w.first, |n| n.first)].id
                 ),
                 _ => format!(
-                    "no log backup covers positions {covered}..{to} (missing between {} and {})",
-                    last.id, records[l].id
+                    "no log backup covers positions {covered_text}..{} (missing between {} and {})",
+                    rules.position_text(to),
+                    last.id,
+                    records[l].id
                 ),
             }
         }
         Some(l) if !rules.log_continues(covered, &records[l]) => format!(
-            "log backup {} (positions {}..{}) does not continue the chain that ends at position {covered} with {}{until}",
+            "log backup {} (positions {}..{}) does not continue the chain that ends at position {covered_text} with {}{until}",
             records[l].id,
-            show_position(records[l].start),
-            show_position(records[l].end),
+            show_position(rules, records[l].start),
+            show_position(rules, records[l].end),
             last.id
         ),
         _ => format!(
-            "no log backup after {} (position {covered}, {}){until}",
+            "no log backup after {} (position {covered_text}, {}){until}",
             last.id,
             show_time(w.window.to_time)
         ),

@@ -224,6 +224,12 @@ pub trait ChainRules: Send + Sync {
         let _ = data;
         None
     }
+
+    /// `position` in the engine's own notation, for the planner's messages
+    /// (PostgreSQL: an LSN such as `0/3000060`). The default: the number.
+    fn position_text(&self, position: Position) -> String {
+        position.to_string()
+    }
 }
 
 /// The default chain rules (no fork origins, contiguous logs, `base` ids).
