@@ -366,6 +366,11 @@ pub struct InputFile {
     pub tool_options: Vec<String>,
     /// The object lines in input order: (1-based line number, parsed line or error).
     pub entries: Vec<(usize, Result<InputLine, LineError>)>,
+    /// Lines that are neither blank nor a known keyword (free text, an
+    /// unknown `#KEYWORD`): tolerated, as newer HANA versions may add
+    /// keywords, but logged with their line number so that a garbled input
+    /// file never passes unnoticed.
+    pub ignored: Vec<(usize, String)>,
 }
 
 impl InputFile {
@@ -382,7 +387,11 @@ impl InputFile {
                     file.software = file.software.or(software);
                 }
                 Ok(InputLine::ToolOption(value)) => file.tool_options.push(value),
-                Ok(InputLine::Comment) => {}
+                Ok(InputLine::Comment) => {
+                    if !line.trim().is_empty() {
+                        file.ignored.push((index + 1, line.to_owned()));
+                    }
+                }
                 other => file.entries.push((index + 1, other)),
             }
         }
@@ -694,5 +703,17 @@ mod tests {
             OutputLine::Comment("#SAVED fake\nsecond".into()).to_string(),
             "SAVED fake second"
         );
+    }
+
+    #[test]
+    fn lines_that_are_not_keywords_are_kept_for_the_log() {
+        let file = InputFile::parse(
+            "#SOFTWAREID \"backint 1.50\" \"HANA\"\nhello world\n\n#FUTURE x\n#NULL \"/p\"\n",
+        );
+        assert_eq!(
+            file.ignored,
+            vec![(2, "hello world".to_owned()), (4, "#FUTURE x".to_owned())]
+        );
+        assert_eq!(file.entries.len(), 1);
     }
 }

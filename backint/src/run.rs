@@ -197,6 +197,11 @@ pub async fn run(invocation: Invocation) -> u8 {
     if !invocation.ignored.is_empty() {
         log.log(format!("ignored options: {:?}", invocation.ignored));
     }
+    for (line_no, line) in &input.ignored {
+        log.log(format!(
+            "input line {line_no} ignored (not a Backint keyword this agent knows): {line:?}"
+        ));
+    }
     for option in &input.tool_options {
         log.log(format!(
             "#TOOLOPTION {option:?} accepted (no tool options are defined)"
