@@ -33,6 +33,32 @@
 //! its own for that call.
 //!
 //! The required methods are few; each says exactly what it promises.
+//!
+//! # How the contract changed once engines used it
+//!
+//! The first sketch of this trait had no implementation. Wiring PostgreSQL,
+//! SAP HANA and plain streams through it changed it where reality disagreed:
+//!
+//! - `backup` takes the instance's [`ArchiveStore`]: a PostgreSQL backup is
+//!   complete only once the WAL from its start to its stop is archived, and
+//!   a Backint object records a name marker, both outside the backup's own
+//!   streams. Pushed bytes come in [`BackupRequest::input`], and
+//!   [`Capabilities::engine_delivers`] names engines whose backups arrive
+//!   through another entry point.
+//! - `chain_rules()` became [`EnginePlugin::chain`]: rules alone were not
+//!   enough, because an engine that archives its own log (PostgreSQL WAL)
+//!   has log records that no manifest describes; the plugin reads them from
+//!   its archive and hands the planner records and rules together.
+//! - `chain_position()` is gone until the service's RPO monitor needs it: no
+//!   caller existed, and its shape is better decided by that caller.
+//! - [`EnginePlugin::instance`], [`Capabilities::part_size`] (an engine's
+//!   memory policy used to sit in the CLI), [`EnginePlugin::content_check`]
+//!   (verify asks the plugin, not a hard-wired PostgreSQL check) and
+//!   [`Capabilities::engine_plans_restore`] (HANA chooses its own backups
+//!   through Backint `inquire`) were added.
+//! - The writer's part channel, [`Progress`] and the content check moved
+//!   here from the vault module, so that the contract depends on nothing of
+//!   the writer's internals and plugins build without the vault at all.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
