@@ -115,5 +115,8 @@ fn a_time_in_the_idle_tail_of_the_archive_restores_the_last_commit_before_it() {
     assert_eq!(report["started"], true, "{report}");
     assert_eq!(rows(&copy), "1", "{report}");
     let reached: DateTime<Utc> = report["reached_time"].as_str().unwrap().parse().unwrap();
-    assert_eq!(reached, committed, "the copy ends with the last commit: {report}");
+    assert_eq!(
+        reached, committed,
+        "the copy ends with the last commit: {report}"
+    );
 }

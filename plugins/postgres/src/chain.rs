@@ -9,9 +9,13 @@
 //!   its start LSN to its stop LSN, consistent at its stop time; it needs
 //!   the WAL from its start LSN ([`PgChainRules::log_needed_from`]);
 //! - every run of consecutive archived segments of a timeline is one log
-//!   record covering their LSNs, up to the modification time of the last
-//!   one (no commit in the archived WAL is newer, see [`crate::wal`]);
-//!   `.partial` segments are left out, as recovery never asks for them;
+//!   record covering their LSNs, up to the time [`RunCommits::reaches`]
+//!   (see below); `.partial` segments are left out, as recovery never asks
+//!   for them (`XLogFileReadAnyTLI` in
+//!   src/backend/access/transam/xlogrecovery.c reads `<timeline><segment>`
+//!   names only), and so are the segments of a timeline that lie before
+//!   the segment where it began, which recovery never reads either (it
+//!   skips a timeline for segments before its `begin`);
 //! - timeline `N`'s history file lists its ancestors and the LSN where each
 //!   was left: the fork origin of `N` is its last line, and recovery reads a
 //!   segment from the newest timeline on that path that had begun by then
@@ -20,21 +24,64 @@
 //!   written, at promotion: a time target is restored on a timeline that
 //!   existed at that time, so "10:45" means what the cluster looked like at
 //!   10:45, even if it was later rewound and branched.
+//!
+//! # The time a run of WAL reaches
+//!
+//! A point-in-time restore must stop exactly where PostgreSQL's
+//! `recovery_target_time` would stop with all the WAL ever written: before
+//! the first commit or abort record whose time is past the target. Within
+//! the archived WAL that is only possible while such a record exists in
+//! it; after the last transaction end of the archive PostgreSQL would
+//! replay to the end and fail ("recovery ended before configured recovery
+//! target was reached"). The catalog therefore reads what each segment's
+//! records say (its commit attributes, [`crate::wal::SegmentCommits`]) and
+//! gives each run:
+//!
+//! - the newest `xact_time` it holds and its last transaction end (in LSN
+//!   order, whole within the run: a record crossing into a segment that is
+//!   not archived is not replayable);
+//! - the time it reaches: its last segment's `mtime` (PostgreSQL closed the
+//!   segment then, so a transaction that ended before then is in the run),
+//!   but never as late as the time of a commit that started in the run and
+//!   ends beyond it, and never later than the newest known commit when the
+//!   record crossing out of a segment after it could not be read; and at
+//!   least the newest commit it holds (`mtime` has the file system's
+//!   coarser clock).
+//!
+//! A run without any transaction end restores, for every time it reaches,
+//! the state after the last transaction end before it: the restore then
+//! stops at that record's LSN ([`time_stop`]). So every time of a window
+//! restores, and lands exactly on the state at that time: with
+//! `recovery_target_time` when a transaction of the planned WAL ended
+//! after it, and otherwise with `recovery_target_lsn` at the last
+//! transaction end before it (or at consistency, when none ended between
+//! the backup and the target).
+//!
+//! Reading the commit attributes costs one small ranged read per segment.
+//! A run is read from its last segment backwards, sixteen segments at a
+//! time, until a segment with a transaction end is found: a busy cluster
+//! costs one batch per run, an idle one more. Segments archived by an
+//! older Strata have no commit attributes; a run with such a segment is
+//! timed by its last `mtime` alone, as before.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
+use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
-use strata_core::catalog::manifest::{BackupKind, Manifest, Position};
+use strata_core::catalog::manifest::{BackupId, BackupKind, Manifest, Position};
 use strata_core::catalog::planner::{BackupRecord, ChainRules, ForkOrigin};
 use strata_core::plugin::Chain;
 use strata_core::{Error, Result};
 
 use crate::backup::FullBackupMeta;
-use crate::wal::WalArchive;
+use crate::wal::{CommitPoint, WalArchive, WalFileInfo};
 use crate::walname::{Lsn, WalFileKind, WalFileName, segno_of};
+
+/// Segments whose attributes are read at once while timing a run.
+const READ_BATCH: usize = 16;
 
 /// A timeline's history: the ancestors and where each was left.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -82,19 +129,152 @@ impl TimelineHistory {
 pub enum Target {
     /// The end of the archived WAL on the newest timeline.
     Latest,
-    /// A point in time.
+    /// A point in time, before a transaction end of the planned WAL
+    /// (`recovery_target_time`).
     Time(DateTime<Utc>),
+    /// A point in time after every transaction end of the planned WAL:
+    /// right after the last one, which starts at `lsn`
+    /// (`recovery_target_lsn`, inclusive).
+    AfterCommit {
+        /// The time asked for.
+        time: DateTime<Utc>,
+        /// Where the last transaction end before it starts.
+        lsn: Lsn,
+        /// When that transaction ended (the newest `xact_time` of its
+        /// segment).
+        committed_at: DateTime<Utc>,
+    },
+    /// A point in time when no transaction ended between the backup and
+    /// it: the backup's consistent state (`recovery_target = 'immediate'`).
+    Consistent {
+        /// The time asked for.
+        time: DateTime<Utc>,
+    },
     /// An LSN.
     Lsn(Lsn),
 }
 
 impl fmt::Display for Target {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let time = |t: &DateTime<Utc>| t.format("%Y-%m-%d %H:%M:%S%.6f UTC").to_string();
         match self {
             Target::Latest => f.write_str("the latest point"),
-            Target::Time(t) => write!(f, "{}", t.format("%Y-%m-%d %H:%M:%S%.6f UTC")),
+            Target::Time(t) => f.write_str(&time(t)),
+            Target::AfterCommit { time: t, lsn, .. } => write!(
+                f,
+                "{} (after the last transaction before it, at LSN {lsn})",
+                time(t)
+            ),
+            Target::Consistent { time: t } => write!(
+                f,
+                "{} (the backup's consistent state: no transaction ended since)",
+                time(t)
+            ),
             Target::Lsn(l) => write!(f, "LSN {l}"),
         }
+    }
+}
+
+/// What the archived WAL of one run of segments holds, for planning and
+/// restoring (see the [module docs](self)).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RunCommits {
+    /// The newest time a restore may stop at with this run.
+    pub reaches: DateTime<Utc>,
+    /// Whether the run's segments were scanned for their transaction ends
+    /// (else it is timed by its last segment's `mtime` alone).
+    pub scanned: bool,
+    /// The newest `xact_time` of the transaction ends the run holds whole.
+    pub newest: Option<DateTime<Utc>>,
+    /// The last transaction end (in LSN order) the run holds whole.
+    pub last: Option<CommitPoint>,
+}
+
+impl RunCommits {
+    /// Times a run from the attributes of a suffix of its segments, in
+    /// order, ending with the run's last segment; `run_end` is the LSN
+    /// right after the run. The suffix must reach back to a segment with a
+    /// transaction end, or to the run's first segment.
+    pub fn of_segments(segments: &[WalFileInfo], run_end: Lsn) -> Option<RunCommits> {
+        let last_segment = segments.last()?;
+        let mut reaches = last_segment.mtime;
+        let unscanned = RunCommits {
+            reaches,
+            scanned: false,
+            newest: None,
+            last: None,
+        };
+        let mut last: Option<CommitPoint> = None;
+        let mut newest: Option<DateTime<Utc>> = None;
+        // A record after the last known transaction end whose kind could
+        // not be read: it may be a transaction end, of a time no earlier
+        // than the ones before it.
+        let mut unreadable_after_last = false;
+        let mut crossing_out: Option<DateTime<Utc>> = None;
+        for info in segments.iter().rev() {
+            let Some(commits) = &info.commits else {
+                return Some(unscanned);
+            };
+            if last.is_none() && !commits.complete {
+                unreadable_after_last = true;
+            }
+            if let Some(crossing) = commits.crossing {
+                if crossing.end_lsn <= run_end {
+                    newest = newest.max(Some(crossing.time));
+                    last = last.or(Some(crossing));
+                } else {
+                    crossing_out =
+                        Some(crossing_out.map_or(crossing.time, |c| c.min(crossing.time)));
+                }
+            }
+            newest = newest.max(commits.last_time);
+            last = last.or(commits.last);
+        }
+        if let Some(t) = crossing_out {
+            // A transaction ended then, in WAL that is not archived yet.
+            reaches = reaches.min(t - chrono::Duration::microseconds(1));
+        }
+        if unreadable_after_last && let Some(n) = newest {
+            reaches = reaches.min(n);
+        }
+        if let Some(n) = newest {
+            reaches = reaches.max(n);
+        }
+        Some(RunCommits {
+            reaches,
+            scanned: true,
+            newest,
+            last,
+        })
+    }
+
+    /// Whether a segment with these attributes ends the backwards reading
+    /// of a run: it holds a transaction end, or was not scanned.
+    fn ends_reading(info: &WalFileInfo) -> bool {
+        info.commits
+            .as_ref()
+            .is_none_or(|c| c.last.is_some() || c.crossing.is_some())
+    }
+}
+
+/// How a restore to time `t` stops, from the runs of WAL the plan replays
+/// (in order) and the backup's stop LSN: before the first transaction end
+/// after `t` when the planned WAL holds one, else right after the last one
+/// (PostgreSQL would otherwise replay to the end of the WAL and fail), or
+/// at the backup's consistent state when no transaction ended after the
+/// backup. Runs that were not scanned leave it to PostgreSQL's
+/// `recovery_target_time`.
+pub fn time_stop(t: DateTime<Utc>, runs: &[RunCommits], backup_stop: Lsn) -> Target {
+    if runs.iter().any(|r| !r.scanned) || runs.iter().any(|r| r.newest.is_some_and(|n| n > t)) {
+        return Target::Time(t);
+    }
+    match runs.iter().rev().find_map(|r| r.last) {
+        Some(last) if last.lsn >= backup_stop => Target::AfterCommit {
+            time: t,
+            lsn: last.lsn,
+            committed_at: last.time,
+        },
+        _ => Target::Consistent { time: t },
     }
 }
 
@@ -124,9 +304,9 @@ pub struct Catalog {
     pub segments: BTreeMap<u32, BTreeSet<u64>>,
     /// Timeline histories (timeline 1 has none).
     pub histories: BTreeMap<u32, TimelineHistory>,
-    /// Modification times of the last segment of every run of consecutive
-    /// segments of a timeline.
-    segment_times: BTreeMap<(u32, u64), DateTime<Utc>>,
+    /// What every run of consecutive segments of a timeline holds, by
+    /// `(timeline, last segment)`.
+    run_commits: BTreeMap<(u32, u64), RunCommits>,
 }
 
 impl Catalog {
@@ -201,27 +381,34 @@ impl Catalog {
                 }
             }
         }
+        // Recovery never reads a timeline's segments before the one where
+        // it began (`XLogFileReadAnyTLI` skips the timeline for them).
+        for (tli, history) in &histories {
+            if let (Some(segs), Some((_, switch))) = (segments.get_mut(tli), history.parents.last())
+            {
+                let begin = segno_of(*switch, seg_size);
+                segs.retain(|&s| s >= begin);
+            }
+        }
+        segments.retain(|_, segs| !segs.is_empty());
         let mut catalog = Catalog {
             system_id,
             seg_size,
             backups: fulls,
             segments,
             histories,
-            segment_times: BTreeMap::new(),
+            run_commits: BTreeMap::new(),
         };
-        // The modification time of the last segment of every run: where the
-        // time a run of WAL can restore to ends.
-        let ends: Vec<(u32, u64)> = catalog.runs().map(|(tli, _, last)| (tli, last)).collect();
-        let headers = futures::future::try_join_all(ends.iter().map(|&(tli, seg)| {
-            let name = WalFileName::segment(tli, seg, seg_size);
-            async move { archive.header(system_id, &name).await }
-        }))
-        .await?;
-        for (end, header) in ends.into_iter().zip(headers) {
-            if let Some(header) = header {
-                catalog.segment_times.insert(end, header.mtime);
-            }
-        }
+        let runs: Vec<(u32, u64, u64)> = catalog.runs().collect();
+        let timed: Vec<Option<((u32, u64), RunCommits)>> = futures::stream::iter(runs)
+            .map(|(tli, first, last)| async move {
+                let commits = time_run(archive, system_id, tli, first, last, seg_size).await?;
+                Ok::<_, Error>(commits.map(|c| ((tli, last), c)))
+            })
+            .buffer_unordered(4)
+            .try_collect()
+            .await?;
+        catalog.run_commits.extend(timed.into_iter().flatten());
         Ok(catalog)
     }
 
@@ -255,6 +442,30 @@ impl Catalog {
         )
     }
 
+    /// The log record id of run `(timeline, first, last)`: named by its
+    /// first and last segment, so that a gap the planner reports reads as
+    /// PostgreSQL's own file names.
+    fn run_id(&self, tli: u32, first: u64, last: u64) -> BackupId {
+        format!(
+            "wal.{}-{}",
+            WalFileName::segment(tli, first, self.seg_size),
+            WalFileName::segment(tli, last, self.seg_size)
+        )
+        .parse()
+        .expect("WAL run ids are valid backup ids")
+    }
+
+    /// What every run of WAL holds, by the id of its log record in
+    /// [`chain`](Self::chain).
+    pub fn runs_by_id(&self) -> BTreeMap<BackupId, RunCommits> {
+        self.runs()
+            .filter_map(|(tli, first, last)| {
+                let commits = self.run_commits.get(&(tli, last))?;
+                Some((self.run_id(tli, first, last), commits.clone()))
+            })
+            .collect()
+    }
+
     /// The chain for core's planner; see the [module docs](self).
     pub fn chain(&self) -> Chain {
         let mut records: Vec<BackupRecord> = self
@@ -273,19 +484,13 @@ impl Catalog {
             })
             .collect();
         for (tli, first, last) in self.runs() {
-            let Some(&time) = self.segment_times.get(&(tli, last)) else {
+            let Some(commits) = self.run_commits.get(&(tli, last)) else {
                 // A segment listed but gone by the time its header was read.
                 continue;
             };
-            // Named by its first and last segment, so that a gap the planner
-            // reports reads as PostgreSQL's own file names.
-            let id = format!(
-                "wal.{}-{}",
-                WalFileName::segment(tli, first, self.seg_size),
-                WalFileName::segment(tli, last, self.seg_size)
-            );
+            let time = commits.reaches;
             records.push(BackupRecord {
-                id: id.parse().expect("WAL run ids are valid backup ids"),
+                id: self.run_id(tli, first, last),
                 kind: BackupKind::Log,
                 fork: tli.to_string(),
                 start: Some(position(Lsn(first * self.seg_size))),
@@ -303,6 +508,49 @@ impl Catalog {
             }),
         }
     }
+}
+
+/// Times run `first..=last` of timeline `tli` from its segments'
+/// attributes, read backwards [`READ_BATCH`] at a time until a segment with
+/// a transaction end (see [`RunCommits::of_segments`]). `None` when its last
+/// segment is gone.
+async fn time_run(
+    archive: &WalArchive<'_>,
+    system_id: u64,
+    tli: u32,
+    first: u64,
+    last: u64,
+    seg_size: u64,
+) -> Result<Option<RunCommits>> {
+    let mut suffix: Vec<WalFileInfo> = Vec::new();
+    let mut next = last + 1;
+    while next > first {
+        let from = next.saturating_sub(READ_BATCH as u64).max(first);
+        let batch: Vec<Option<WalFileInfo>> = futures::stream::iter(from..next)
+            .map(|seg| {
+                let name = WalFileName::segment(tli, seg, seg_size);
+                async move { archive.header(system_id, &name).await }
+            })
+            .buffered(READ_BATCH)
+            .try_collect()
+            .await?;
+        let found = batch.iter().flatten().any(RunCommits::ends_reading);
+        let mut batch: Vec<WalFileInfo> = match batch.into_iter().collect::<Option<Vec<_>>>() {
+            Some(b) => b,
+            // A segment gone since the listing: only what follows it counts.
+            None => break,
+        };
+        batch.append(&mut suffix);
+        suffix = batch;
+        next = from;
+        if found {
+            break;
+        }
+    }
+    if suffix.is_empty() {
+        return Ok(None);
+    }
+    Ok(RunCommits::of_segments(&suffix, Lsn((last + 1) * seg_size)))
 }
 
 /// PostgreSQL's rules for core's planner: timeline histories are the fork
@@ -422,14 +670,25 @@ mod tests {
             segments.entry(*tli).or_default().insert(*seg);
             times.insert((*tli, *seg), t(time));
         }
-        Catalog {
+        let mut catalog = Catalog {
             system_id: 42,
             seg_size: SEG,
             backups,
             segments,
             histories: histories.into_iter().map(|h| (h.timeline, h)).collect(),
-            segment_times: times,
+            run_commits: BTreeMap::new(),
+        };
+        let runs: Vec<(u32, u64, u64)> = catalog.runs().collect();
+        for (tli, _, last) in runs {
+            let info = WalFileInfo {
+                system_id: 42,
+                mtime: times[&(tli, last)],
+                commits: None,
+            };
+            let commits = RunCommits::of_segments(&[info], Lsn((last + 1) * SEG)).unwrap();
+            catalog.run_commits.insert((tli, last), commits);
         }
+        catalog
     }
 
     #[test]
