@@ -121,6 +121,17 @@ impl PgCluster {
     /// the postgres user owns), on a free port with its own socket directory,
     /// and appends `conf` to postgresql.conf. Not started.
     pub fn init(data: PathBuf, socket_dir: PathBuf, conf: &str) -> PgCluster {
+        Self::init_with(data, socket_dir, conf, &[])
+    }
+
+    /// Like [`init`](Self::init), with more `initdb` arguments
+    /// (`--wal-segsize=1`).
+    pub fn init_with(
+        data: PathBuf,
+        socket_dir: PathBuf,
+        conf: &str,
+        initdb_args: &[&str],
+    ) -> PgCluster {
         let bin = pg_bin_dir();
         std::fs::create_dir_all(&socket_dir).expect("socket dir");
         give_to_postgres(&socket_dir);
@@ -136,6 +147,7 @@ impl PgCluster {
             "UTF8",
             "--locale=C",
         ]);
+        cmd.args(initdb_args);
         run_checked(cmd, "initdb");
         let port = free_port();
         let cluster = PgCluster {
@@ -377,6 +389,12 @@ impl PgStrata {
     /// Like [`new`](Self::new), with the vault at `vault_url` (an emulator URL)
     /// instead of a directory.
     pub fn with_vault(label: &str, vault_url: Option<&str>) -> PgStrata {
+        Self::with_initdb(label, vault_url, &[])
+    }
+
+    /// Like [`with_vault`](Self::with_vault), with more `initdb` arguments
+    /// (`--wal-segsize=1` for 1 MiB WAL segments).
+    pub fn with_initdb(label: &str, vault_url: Option<&str>, initdb_args: &[&str]) -> PgStrata {
         let dir = TestDir::new(label);
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(dir.root(), std::fs::Permissions::from_mode(0o755))
@@ -394,12 +412,13 @@ impl PgStrata {
             strata_bin().display(),
             config.display()
         );
-        let cluster = PgCluster::init(
+        let cluster = PgCluster::init_with(
             data.clone(),
             socket_dir,
             &format!(
                 "wal_level = replica\narchive_mode = on\narchive_timeout = 60\narchive_command = '{archive_command}'"
             ),
+            initdb_args,
         );
         write_config(&config, &vault_url, &dir.path("catalog.db"), &cluster);
         let env = PgStrata {
