@@ -488,11 +488,11 @@ impl PgStrata {
             socket_dir: self.cluster.socket_dir.clone(),
             bin: self.cluster.bin.clone(),
         };
-        let config = self.dir.path(&format!("{name}.toml"));
+        let config = self.dir.path(format!("{name}.toml"));
         write_config(
             &config,
             &self.vault_url,
-            &self.dir.path(&format!("{name}-catalog.db")),
+            &self.dir.path(format!("{name}-catalog.db")),
             &standby,
         );
         let archive_command = format!(

@@ -610,17 +610,33 @@ mod tests {
         stop_seg: u64,
         stop_time: &str,
     ) -> (Manifest, FullBackupMeta) {
+        backup_at(
+            tli,
+            Lsn(start_seg * SEG + 40),
+            Lsn(stop_seg * SEG + 100),
+            stop_time,
+            SEG,
+        )
+    }
+
+    fn backup_at(
+        tli: u32,
+        start: Lsn,
+        stop: Lsn,
+        stop_time: &str,
+        seg_size: u64,
+    ) -> (Manifest, FullBackupMeta) {
         let stop_time: DateTime<Utc> = stop_time.parse().unwrap();
         let meta = FullBackupMeta {
             system_id: "42".into(),
             server_version_num: 150000,
             server_version: "15".into(),
             timeline: tli,
-            start_lsn: Lsn(start_seg * SEG + 40).to_string(),
-            stop_lsn: Lsn(stop_seg * SEG + 100).to_string(),
+            start_lsn: start.to_string(),
+            stop_lsn: stop.to_string(),
             start_time: stop_time,
             stop_time,
-            wal_segment_size: SEG,
+            wal_segment_size: seg_size,
             data_checksums: true,
             backup_label: String::new(),
             tablespace_map: String::new(),
@@ -783,5 +799,313 @@ mod tests {
         );
         let err = plan_of(&cat, RestoreTarget::Latest).unwrap_err();
         assert!(err.to_string().contains("is not restorable"), "{err}");
+    }
+
+    fn point(time: &str, lsn: u64, end: u64) -> CommitPoint {
+        CommitPoint {
+            time: t(time),
+            lsn: Lsn(lsn),
+            end_lsn: Lsn(end),
+        }
+    }
+
+    fn segment(mtime: &str, commits: Option<SegmentCommits>) -> WalFileInfo {
+        WalFileInfo {
+            system_id: 42,
+            mtime: t(mtime),
+            commits,
+        }
+    }
+
+    fn scanned(last: Option<CommitPoint>, crossing: Option<CommitPoint>) -> SegmentCommits {
+        SegmentCommits {
+            complete: true,
+            first_time: last.map(|l| l.time),
+            last_time: last.map(|l| l.time),
+            last,
+            crossing,
+        }
+    }
+
+    use crate::wal::SegmentCommits;
+
+    #[test]
+    fn a_run_reaches_its_last_mtime_but_not_past_a_commit_it_does_not_hold() {
+        let end = Lsn(3 * SEG);
+        // An idle tail: the run reaches the time its last segment was closed.
+        let c1 = point("2026-11-22T01:00:00Z", SEG + 100, SEG + 150);
+        let idle = RunCommits::of_segments(
+            &[
+                segment("2026-11-22T01:00:01Z", Some(scanned(Some(c1), None))),
+                segment("2026-11-22T01:00:06Z", Some(scanned(None, None))),
+            ],
+            end,
+        )
+        .unwrap();
+        assert_eq!(idle.reaches, t("2026-11-22T01:00:06Z"));
+        assert_eq!((idle.newest, idle.last), (Some(c1.time), Some(c1)));
+        assert!(idle.scanned);
+
+        // A commit that starts in the run and ends after it: the run
+        // reaches just before it, and its last whole commit is the earlier one.
+        let out = point("2026-11-22T01:00:04Z", 3 * SEG - 16, 3 * SEG + 40);
+        let cut = RunCommits::of_segments(
+            &[
+                segment("2026-11-22T01:00:01Z", Some(scanned(Some(c1), None))),
+                segment("2026-11-22T01:00:06Z", Some(scanned(None, Some(out)))),
+            ],
+            end,
+        )
+        .unwrap();
+        assert_eq!(cut.reaches, t("2026-11-22T01:00:03.999999Z"));
+        assert_eq!(cut.last, Some(c1));
+
+        // The same commit crossing into a segment of the run is its last.
+        let within = point("2026-11-22T01:00:04Z", 2 * SEG - 16, 2 * SEG + 40);
+        let whole = RunCommits::of_segments(
+            &[
+                segment(
+                    "2026-11-22T01:00:05Z",
+                    Some(scanned(Some(c1), Some(within))),
+                ),
+                segment("2026-11-22T01:00:06Z", Some(scanned(None, None))),
+            ],
+            end,
+        )
+        .unwrap();
+        assert_eq!(whole.last, Some(within));
+        assert_eq!(whole.newest, Some(within.time));
+        assert_eq!(whole.reaches, t("2026-11-22T01:00:06Z"));
+
+        // A record after the last commit that could not be read may be a
+        // commit: the run reaches no further than the last known one.
+        let mut unknown = scanned(None, None);
+        unknown.complete = false;
+        let uncertain = RunCommits::of_segments(
+            &[
+                segment("2026-11-22T01:00:01Z", Some(scanned(Some(c1), None))),
+                segment("2026-11-22T01:00:06Z", Some(unknown)),
+            ],
+            end,
+        )
+        .unwrap();
+        assert_eq!(uncertain.reaches, c1.time);
+
+        // The file system's coarser clock: never less than the newest commit.
+        let late = point("2026-11-22T01:00:06.002Z", 2 * SEG + 100, 2 * SEG + 140);
+        let coarse = RunCommits::of_segments(
+            &[segment(
+                "2026-11-22T01:00:06Z",
+                Some(scanned(Some(late), None)),
+            )],
+            end,
+        )
+        .unwrap();
+        assert_eq!(coarse.reaches, late.time);
+
+        // Segments archived by an older Strata: timed by mtime alone.
+        let old = RunCommits::of_segments(
+            &[
+                segment("2026-11-22T01:00:01Z", None),
+                segment("2026-11-22T01:00:06Z", Some(scanned(Some(c1), None))),
+            ],
+            end,
+        )
+        .unwrap();
+        assert!(!old.scanned);
+        assert_eq!(old.reaches, t("2026-11-22T01:00:06Z"));
+    }
+
+    #[test]
+    fn a_time_after_the_last_transaction_of_the_plan_stops_at_it() {
+        let run = |newest: Option<&str>, last: Option<CommitPoint>| RunCommits {
+            reaches: t("2026-11-22T02:00:00Z"),
+            scanned: true,
+            newest: newest.map(t),
+            last,
+        };
+        let stop = Lsn(SEG + 500);
+        let c1 = point("2026-11-22T01:00:00Z", SEG + 1000, SEG + 1040);
+        let c2 = point("2026-11-22T01:10:00Z", 2 * SEG + 100, 2 * SEG + 140);
+        let runs = [
+            run(Some("2026-11-22T01:00:00Z"), Some(c1)),
+            run(Some("2026-11-22T01:10:00Z"), Some(c2)),
+        ];
+        // Before a transaction end of the plan: PostgreSQL stops before it.
+        assert_eq!(
+            time_stop(t("2026-11-22T01:05:00Z"), &runs, stop),
+            Target::Time(t("2026-11-22T01:05:00Z"))
+        );
+        // After the last one: right after it, by LSN.
+        assert_eq!(
+            time_stop(t("2026-11-22T01:30:00Z"), &runs, stop),
+            Target::AfterCommit {
+                time: t("2026-11-22T01:30:00Z"),
+                lsn: c2.lsn,
+                committed_at: c2.time,
+            }
+        );
+        // A last run without a transaction end: the one before it.
+        let idle = [runs[0].clone(), run(None, None)];
+        assert!(matches!(
+            time_stop(t("2026-11-22T01:30:00Z"), &idle, stop),
+            Target::AfterCommit { lsn, .. } if lsn == c1.lsn
+        ));
+        // Nothing ended since the backup: its consistent state.
+        let before_stop = [run(
+            Some("2026-11-22T00:59:00Z"),
+            Some(point("2026-11-22T00:59:00Z", SEG + 100, SEG + 140)),
+        )];
+        assert_eq!(
+            time_stop(t("2026-11-22T01:30:00Z"), &before_stop, stop),
+            Target::Consistent {
+                time: t("2026-11-22T01:30:00Z")
+            }
+        );
+        // WAL that was not scanned: PostgreSQL's own time target.
+        let mut unscanned = runs.clone();
+        unscanned[0].scanned = false;
+        assert_eq!(
+            time_stop(t("2026-11-22T01:30:00Z"), &unscanned, stop),
+            Target::Time(t("2026-11-22T01:30:00Z"))
+        );
+    }
+
+    #[tokio::test]
+    async fn the_catalog_times_runs_by_their_commits_and_reads_timelines_as_recovery_does() {
+        use crate::walrecords::tests::{SEG as SMALL, WalWriter, commit, heap};
+        use strata_core::vault::{Vault, VaultArchive, VaultConfig};
+        let seg = SMALL as u64;
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("file://{}/vault", dir.path().display());
+        let vault = Vault::init(&VaultConfig::from_url(&url), None)
+            .await
+            .unwrap();
+        let store = VaultArchive::new(vault, crate::ENGINE, "main");
+        let archive = WalArchive::new(&store);
+        let pgdata = dir.path().join("pgdata");
+        std::fs::create_dir_all(pgdata.join("global")).unwrap();
+        std::fs::create_dir_all(pgdata.join("pg_wal")).unwrap();
+        let mut control = vec![0u8; 512];
+        control[..8].copy_from_slice(&42u64.to_le_bytes());
+        std::fs::write(pgdata.join("global/pg_control"), control).unwrap();
+        let push = |name: WalFileName, bytes: Vec<u8>, mtime: &str| {
+            let path = pgdata.join("pg_wal").join(name.to_string());
+            std::fs::write(&path, bytes).unwrap();
+            let file = std::fs::File::options().write(true).open(&path).unwrap();
+            file.set_modified(t(mtime).into()).unwrap();
+            path
+        };
+
+        // Timeline 1: segments 1 to 3; commits in 1 and 2, an idle 3.
+        let mut w = WalWriter::new(seg);
+        w.append(&heap(20));
+        w.pad_segment();
+        let (c1, _) = w.append(&commit("2026-11-22T01:00:10Z", 0));
+        w.append(&heap(20));
+        w.pad_segment();
+        w.append(&heap(30));
+        w.pad_segment();
+        for (i, mtime) in [
+            "2026-11-22T01:00:05Z",
+            "2026-11-22T01:00:11Z",
+            "2026-11-22T01:00:20Z",
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let name = WalFileName::segment(1, 1 + i as u64, seg);
+            let path = push(name, w.segment(i).to_vec(), mtime);
+            archive.push(&path, &pgdata).await.unwrap();
+        }
+        // Timeline 2 began in segment 3 (after c1), with a commit; a
+        // segment 2 of timeline 2 (before it began) is never read by
+        // recovery, and the .partial of timeline 1 neither.
+        let switch = Lsn(3 * seg + 200);
+        let history = format!("1\t{switch}\tno recovery target specified\n");
+        push(
+            WalFileName::history(2),
+            history.into_bytes(),
+            "2026-11-22T01:00:25Z",
+        );
+        let mut w2 = WalWriter::new(3 * seg);
+        w2.append(&heap(30));
+        let (c2, _) = w2.append(&commit("2026-11-22T01:00:40Z", 0));
+        w2.pad_segment();
+        let path = push(
+            WalFileName::segment(2, 3, seg),
+            w2.segment(0).to_vec(),
+            "2026-11-22T01:00:50Z",
+        );
+        archive.push(&path, &pgdata).await.unwrap();
+        let stray = push(
+            WalFileName::segment(2, 2, seg),
+            w.segment(1).to_vec(),
+            "2026-11-22T01:00:51Z",
+        );
+        archive.push(&stray, &pgdata).await.unwrap();
+        let partial = pgdata.join("pg_wal/000000010000000000000004.partial");
+        std::fs::write(&partial, w.segment(2)).unwrap();
+        archive.push(&partial, &pgdata).await.unwrap();
+
+        let b = backup_at(
+            1,
+            Lsn(seg + 40),
+            Lsn(seg + 100),
+            "2026-11-22T01:00:06Z",
+            seg,
+        );
+        let cat = Catalog::load(vec![b.0.clone()], &archive, "main", None)
+            .await
+            .unwrap();
+        assert_eq!(
+            cat.segments[&2],
+            BTreeSet::from([3]),
+            "timeline 2's segment 2 is left out"
+        );
+        let runs = cat.runs_by_id();
+        let tl1 = &runs[&"wal.000000010000000000000001-000000010000000000000003"
+            .parse::<BackupId>()
+            .unwrap()];
+        assert_eq!(
+            tl1.reaches,
+            t("2026-11-22T01:00:20Z"),
+            "the idle tail reaches the last mtime"
+        );
+        assert_eq!(tl1.last.map(|c| c.lsn), Some(c1));
+        let tl2 = &runs[&"wal.000000020000000000000003-000000020000000000000003"
+            .parse::<BackupId>()
+            .unwrap()];
+        assert_eq!(tl2.last.map(|c| c.lsn), Some(c2));
+
+        let chain = cat.chain();
+        let windows = timeline(&chain.records, chain.rules.as_ref()).windows;
+        assert_eq!(windows.len(), 2, "{windows:?}");
+        // In timeline 1's idle tail: after c1, by LSN, on timeline 1.
+        let target = t("2026-11-22T01:00:15Z");
+        let plan = plan_of(&cat, RestoreTarget::Time(target)).unwrap();
+        assert_eq!(plan.fork, "1");
+        let planned: Vec<RunCommits> = plan.logs.iter().map(|l| runs[&l.id].clone()).collect();
+        assert!(matches!(
+            time_stop(target, &planned, b.1.stop()),
+            Target::AfterCommit { lsn, .. } if lsn == c1
+        ));
+        // After timeline 2's commit: after it, on timeline 2.
+        let target = t("2026-11-22T01:00:45Z");
+        let plan = plan_of(&cat, RestoreTarget::Time(target)).unwrap();
+        assert_eq!(plan.fork, "2");
+        let planned: Vec<RunCommits> = plan.logs.iter().map(|l| runs[&l.id].clone()).collect();
+        assert!(matches!(
+            time_stop(target, &planned, b.1.stop()),
+            Target::AfterCommit { lsn, .. } if lsn == c2
+        ));
+        // Between the switch and timeline 2's commit: a time target on 2.
+        let target = t("2026-11-22T01:00:30Z");
+        let plan = plan_of(&cat, RestoreTarget::Time(target)).unwrap();
+        let planned: Vec<RunCommits> = plan.logs.iter().map(|l| runs[&l.id].clone()).collect();
+        assert_eq!(
+            time_stop(target, &planned, b.1.stop()),
+            Target::Time(target)
+        );
     }
 }

@@ -873,6 +873,84 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn pushed_segments_carry_their_transaction_ends() {
+        use crate::walrecords::tests::{PAGE, SEG, WalWriter, commit, heap};
+        let (_dir, store, pgdata) = setup().await;
+        let archive = WalArchive::new(&store);
+        let seg = SEG as u64;
+        // Segment 3 of 8 KiB segments: two commits, then one that crosses
+        // into segment 4 with its header cut by the boundary.
+        let mut w = WalWriter::new(3 * seg);
+        let (_, _) = w.append(&commit("2026-11-22T01:00:00Z", 0));
+        let (c2, c2_end) = w.append(&commit("2026-11-22T01:00:01.5Z", 0));
+        w.fill_to(SEG - 16);
+        let (crossing, crossing_end) = w.append(&commit("2026-11-22T01:00:02Z", 30));
+        w.append(&heap(10));
+        w.pad_segment();
+        let name3 = WalFileName::segment(1, 3, seg);
+        let name4 = WalFileName::segment(1, 4, seg);
+        let path3 = pgdata.join("pg_wal").join(name3.to_string());
+        let path4 = pgdata.join("pg_wal").join(name4.to_string());
+        std::fs::write(&path3, w.segment(0)).unwrap();
+
+        // Without segment 4 in pg_wal, the crossing record is unknown.
+        archive.push(&path3, &pgdata).await.unwrap();
+        let info = archive.header(42, &name3).await.unwrap().unwrap();
+        let commits = info.commits.expect("scanned");
+        assert!(!commits.complete);
+        assert_eq!(
+            commits.first_time,
+            Some("2026-11-22T01:00:00Z".parse().unwrap())
+        );
+        assert_eq!(
+            commits.last_time,
+            Some("2026-11-22T01:00:01.5Z".parse().unwrap())
+        );
+        assert_eq!(commits.last.map(|l| (l.lsn, l.end_lsn)), Some((c2, c2_end)));
+        assert_eq!(commits.crossing, None);
+        let attributes = store
+            .attributes(&archive.key(42, &name3))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            attributes[LAST_COMMIT_TIME_ATTRIBUTE],
+            "2026-11-22T01:00:01.500000Z"
+        );
+        assert_eq!(attributes[LAST_COMMIT_LSN_ATTRIBUTE], c2.to_string());
+
+        // With the start of segment 4 beside it in pg_wal, it is read from there.
+        std::fs::write(&path4, &w.bytes[SEG..(SEG + PAGE).min(w.bytes.len())]).unwrap();
+        let scanned = scan_pushed_segment(w.segment(0), &name3, &path3).unwrap();
+        assert!(scanned.complete);
+        let crossed = scanned.crossing.expect("a crossing commit");
+        assert_eq!((crossed.lsn, crossed.end_lsn), (crossing, crossing_end));
+        assert_eq!(
+            crossed.time,
+            "2026-11-22T01:00:02Z".parse::<DateTime<Utc>>().unwrap()
+        );
+        let mut attributes = Attributes::new();
+        scanned.add_attributes(&mut attributes);
+        assert_eq!(SegmentCommits::from_attributes(&attributes), Some(scanned));
+
+        // A segment Strata cannot read is archived without commit attributes.
+        let name5 = WalFileName::segment(1, 5, seg);
+        let path5 = pgdata.join("pg_wal").join(name5.to_string());
+        std::fs::write(&path5, fake_segment(42, 5)).unwrap();
+        archive.push(&path5, &pgdata).await.unwrap();
+        let info = archive.header(42, &name5).await.unwrap().unwrap();
+        assert_eq!(info.commits, None);
+        // Malformed commit attributes read as unscanned.
+        let mut attributes =
+            Attributes::from([(COMMIT_SCAN_ATTRIBUTE.to_owned(), "complete".to_owned())]);
+        attributes.insert(
+            LAST_COMMIT_TIME_ATTRIBUTE.to_owned(),
+            "yesterday".to_owned(),
+        );
+        assert_eq!(SegmentCommits::from_attributes(&attributes), None);
+    }
+
+    #[tokio::test]
     async fn a_foreign_segment_is_refused() {
         let (_dir, store, pgdata) = setup().await;
         let archive = WalArchive::new(&store);

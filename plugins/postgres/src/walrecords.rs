@@ -621,7 +621,7 @@ pub(crate) mod tests {
 
         fn page_header(&mut self, rem_len: usize) {
             let at = self.pos;
-            let long = at % SEG == 0;
+            let long = at.is_multiple_of(SEG);
             let len = if long { 40 } else { 24 };
             self.bytes.resize(at + len, 0);
             let mut info = if long { XLP_LONG_HEADER } else { 0 };
