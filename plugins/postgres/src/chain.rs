@@ -249,11 +249,12 @@ impl RunCommits {
     }
 
     /// Whether a segment with these attributes ends the backwards reading
-    /// of a run: it holds a transaction end, or was not scanned.
-    fn ends_reading(info: &WalFileInfo) -> bool {
+    /// of a run that ends at `run_end`: it holds a transaction end the run
+    /// holds whole, or was not scanned.
+    fn ends_reading(info: &WalFileInfo, run_end: Lsn) -> bool {
         info.commits
             .as_ref()
-            .is_none_or(|c| c.last.is_some() || c.crossing.is_some())
+            .is_none_or(|c| c.last.is_some() || c.crossing.is_some_and(|x| x.end_lsn <= run_end))
     }
 }
 
@@ -522,6 +523,7 @@ async fn time_run(
     last: u64,
     seg_size: u64,
 ) -> Result<Option<RunCommits>> {
+    let run_end = Lsn((last + 1) * seg_size);
     let mut suffix: Vec<WalFileInfo> = Vec::new();
     let mut next = last + 1;
     while next > first {
@@ -534,11 +536,19 @@ async fn time_run(
             .buffered(READ_BATCH)
             .try_collect()
             .await?;
-        let found = batch.iter().flatten().any(RunCommits::ends_reading);
-        let mut batch: Vec<WalFileInfo> = match batch.into_iter().collect::<Option<Vec<_>>>() {
-            Some(b) => b,
-            // A segment gone since the listing: only what follows it counts.
-            None => break,
+        let found = batch
+            .iter()
+            .flatten()
+            .any(|info| RunCommits::ends_reading(info, run_end));
+        let Some(mut batch) = batch.into_iter().collect::<Option<Vec<WalFileInfo>>>() else {
+            // A segment gone since the listing: what the run holds is not
+            // known, and recovery will not get through it anyway.
+            return Ok(suffix.last().map(|info| RunCommits {
+                reaches: info.mtime,
+                scanned: false,
+                newest: None,
+                last: None,
+            }));
         };
         batch.append(&mut suffix);
         suffix = batch;
@@ -547,10 +557,7 @@ async fn time_run(
             break;
         }
     }
-    if suffix.is_empty() {
-        return Ok(None);
-    }
-    Ok(RunCommits::of_segments(&suffix, Lsn((last + 1) * seg_size)))
+    Ok(RunCommits::of_segments(&suffix, run_end))
 }
 
 /// PostgreSQL's rules for core's planner: timeline histories are the fork
@@ -971,33 +978,94 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn the_catalog_times_runs_by_their_commits_and_reads_timelines_as_recovery_does() {
-        use crate::walrecords::tests::{SEG as SMALL, WalWriter, commit, heap};
-        use strata_core::vault::{Vault, VaultArchive, VaultConfig};
-        let seg = SMALL as u64;
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("file://{}/vault", dir.path().display());
-        let vault = Vault::init(&VaultConfig::from_url(&url), None)
-            .await
-            .unwrap();
-        let store = VaultArchive::new(vault, crate::ENGINE, "main");
-        let archive = WalArchive::new(&store);
-        let pgdata = dir.path().join("pgdata");
-        std::fs::create_dir_all(pgdata.join("global")).unwrap();
-        std::fs::create_dir_all(pgdata.join("pg_wal")).unwrap();
-        let mut control = vec![0u8; 512];
-        control[..8].copy_from_slice(&42u64.to_le_bytes());
-        std::fs::write(pgdata.join("global/pg_control"), control).unwrap();
-        let push = |name: WalFileName, bytes: Vec<u8>, mtime: &str| {
-            let path = pgdata.join("pg_wal").join(name.to_string());
+    /// A vault archive and a data directory of system 42 to push from.
+    struct FakeCluster {
+        _dir: tempfile::TempDir,
+        store: strata_core::vault::VaultArchive,
+        pgdata: std::path::PathBuf,
+    }
+
+    impl FakeCluster {
+        async fn new() -> FakeCluster {
+            use strata_core::vault::{Vault, VaultArchive, VaultConfig};
+            let dir = tempfile::tempdir().unwrap();
+            let url = format!("file://{}/vault", dir.path().display());
+            let vault = Vault::init(&VaultConfig::from_url(&url), None)
+                .await
+                .unwrap();
+            let store = VaultArchive::new(vault, crate::ENGINE, "main");
+            let pgdata = dir.path().join("pgdata");
+            std::fs::create_dir_all(pgdata.join("global")).unwrap();
+            std::fs::create_dir_all(pgdata.join("pg_wal")).unwrap();
+            let mut control = vec![0u8; 512];
+            control[..8].copy_from_slice(&42u64.to_le_bytes());
+            std::fs::write(pgdata.join("global/pg_control"), control).unwrap();
+            FakeCluster {
+                _dir: dir,
+                store,
+                pgdata,
+            }
+        }
+
+        /// Writes `name` into pg_wal, modified at `mtime`.
+        fn write(&self, name: WalFileName, bytes: Vec<u8>, mtime: &str) -> std::path::PathBuf {
+            let path = self.pgdata.join("pg_wal").join(name.to_string());
             std::fs::write(&path, bytes).unwrap();
             let file = std::fs::File::options().write(true).open(&path).unwrap();
             file.set_modified(t(mtime).into()).unwrap();
             path
-        };
+        }
+    }
 
-        // Timeline 1: segments 1 to 3; commits in 1 and 2, an idle 3.
+    #[tokio::test]
+    async fn a_run_is_read_backwards_to_its_last_whole_commit() {
+        use crate::walrecords::tests::{SEG as SMALL, WalWriter, commit, heap};
+        let seg = SMALL as u64;
+        let cluster = FakeCluster::new().await;
+        let archive = WalArchive::new(&cluster.store);
+        // 20 segments: a commit in the first, then idle ones, and a commit
+        // starting in the last that ends after it (not archived).
+        let mut w = WalWriter::new(seg);
+        let (c1, _) = w.append(&commit("2026-11-22T01:00:01Z", 0));
+        w.pad_segment();
+        for _ in 2..20 {
+            w.append(&heap(20));
+            w.pad_segment();
+        }
+        w.fill_to(20 * SMALL - 400);
+        w.append(&commit("2026-11-22T01:00:30Z", 1000));
+        for i in 0..20 {
+            let name = WalFileName::segment(1, 1 + i as u64, seg);
+            let path = cluster.write(name, w.segment(i).to_vec(), "2026-11-22T01:00:40Z");
+            archive.push(&path, &cluster.pgdata).await.unwrap();
+        }
+        let b = backup_at(
+            1,
+            Lsn(seg + 100),
+            Lsn(seg + 200),
+            "2026-11-22T01:00:00Z",
+            seg,
+        );
+        let cat = Catalog::load(vec![b.0], &archive, "main", None)
+            .await
+            .unwrap();
+        let runs = cat.runs_by_id();
+        let run = runs.values().next().unwrap();
+        assert_eq!(run.last.map(|c| c.lsn), Some(c1), "{run:?}");
+        assert_eq!(run.reaches, t("2026-11-22T01:00:29.999999Z"), "{run:?}");
+    }
+
+    #[tokio::test]
+    async fn the_catalog_times_runs_by_their_commits_and_reads_timelines_as_recovery_does() {
+        use crate::walrecords::tests::{SEG as SMALL, WalWriter, commit, heap};
+        let seg = SMALL as u64;
+        let cluster = FakeCluster::new().await;
+        let archive = WalArchive::new(&cluster.store);
+        let pgdata = &cluster.pgdata;
+        let push =
+            |name: WalFileName, bytes: Vec<u8>, mtime: &str| cluster.write(name, bytes, mtime);
+
+        // Timeline 1: segments 1 to 3; a commit in 2, an idle 3.
         let mut w = WalWriter::new(seg);
         w.append(&heap(20));
         w.pad_segment();
@@ -1016,7 +1084,7 @@ mod tests {
         {
             let name = WalFileName::segment(1, 1 + i as u64, seg);
             let path = push(name, w.segment(i).to_vec(), mtime);
-            archive.push(&path, &pgdata).await.unwrap();
+            archive.push(&path, pgdata).await.unwrap();
         }
         // Timeline 2 began in segment 3 (after c1), with a commit; a
         // segment 2 of timeline 2 (before it began) is never read by
@@ -1037,16 +1105,16 @@ mod tests {
             w2.segment(0).to_vec(),
             "2026-11-22T01:00:50Z",
         );
-        archive.push(&path, &pgdata).await.unwrap();
+        archive.push(&path, pgdata).await.unwrap();
         let stray = push(
             WalFileName::segment(2, 2, seg),
             w.segment(1).to_vec(),
             "2026-11-22T01:00:51Z",
         );
-        archive.push(&stray, &pgdata).await.unwrap();
+        archive.push(&stray, pgdata).await.unwrap();
         let partial = pgdata.join("pg_wal/000000010000000000000004.partial");
         std::fs::write(&partial, w.segment(2)).unwrap();
-        archive.push(&partial, &pgdata).await.unwrap();
+        archive.push(&partial, pgdata).await.unwrap();
 
         let b = backup_at(
             1,

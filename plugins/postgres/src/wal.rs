@@ -142,9 +142,10 @@ pub struct SegmentCommits {
     pub first_time: Option<DateTime<Utc>>,
     /// The newest `xact_time` of those records.
     pub last_time: Option<DateTime<Utc>>,
-    /// The last of those records in LSN order (its time may be older than
-    /// `last_time` by the time between taking a commit's timestamp and
-    /// inserting its record).
+    /// The last of those records in LSN order, with `last_time` as its
+    /// time (its own may be older by the time between taking a commit's
+    /// timestamp and inserting its record; only the newest is kept, which
+    /// is what bounds the targets it can stop at).
     pub last: Option<CommitPoint>,
     /// The commit or abort record that starts in the segment and ends in a
     /// later one.
@@ -158,7 +159,10 @@ impl SegmentCommits {
             complete: !matches!(scan.crossing, Some(Crossing::Unknown { .. })),
             first_time: scan.oldest_time(),
             last_time: scan.newest_time(),
-            last: scan.xact_ends.last().map(CommitPoint::from),
+            last: scan.xact_ends.last().map(|x| CommitPoint {
+                time: scan.newest_time().unwrap_or(x.time),
+                ..CommitPoint::from(x)
+            }),
             crossing: match &scan.crossing {
                 Some(Crossing::XactEnd(x)) => Some(CommitPoint::from(x)),
                 _ => None,
@@ -215,7 +219,7 @@ impl SegmentCommits {
             SCAN_UNCERTAIN => false,
             _ => return None,
         };
-        // Absent is `Ok(None)`; malformed fails the whole reading.
+        // Absent is `Some(None)`; malformed fails the whole reading.
         let time = |name: &str| -> Option<Option<DateTime<Utc>>> {
             match attributes.get(name) {
                 None => Some(None),
@@ -235,26 +239,15 @@ impl SegmentCommits {
                 _ => return None,
             })
         };
-        let last_time = time(LAST_COMMIT_TIME_ATTRIBUTE)?;
-        let last = match (
-            last_time,
-            lsn(LAST_COMMIT_LSN_ATTRIBUTE)?,
-            lsn(LAST_COMMIT_END_LSN_ATTRIBUTE)?,
-        ) {
-            (Some(_), Some(lsn), Some(end_lsn)) => Some(CommitPoint {
-                // The last record's own time is not recorded: only the newest
-                // time of the segment is, which is what bounds it.
-                time: last_time?,
-                lsn,
-                end_lsn,
-            }),
-            (None, None, None) => None,
-            _ => return None,
-        };
+        let last = point(
+            LAST_COMMIT_TIME_ATTRIBUTE,
+            LAST_COMMIT_LSN_ATTRIBUTE,
+            LAST_COMMIT_END_LSN_ATTRIBUTE,
+        )?;
         Some(SegmentCommits {
             complete,
             first_time: time(FIRST_COMMIT_TIME_ATTRIBUTE)?,
-            last_time,
+            last_time: last.map(|l| l.time),
             last,
             crossing: point(
                 CROSSING_COMMIT_TIME_ATTRIBUTE,
