@@ -114,6 +114,13 @@ fn a_time_in_the_idle_tail_of_the_archive_restores_the_last_commit_before_it() {
     let (report, copy) = restore_to(&env, "idle", target);
     assert_eq!(report["started"], true, "{report}");
     assert_eq!(rows(&copy), "1", "{report}");
+    assert!(
+        report["target"]
+            .as_str()
+            .unwrap()
+            .contains("after the last transaction before it"),
+        "{report}"
+    );
     let reached: DateTime<Utc> = report["reached_time"].as_str().unwrap().parse().unwrap();
     assert_eq!(
         reached, committed,
@@ -131,7 +138,13 @@ fn insert_lsn(pg: &PgCluster) -> String {
 /// promoted (timeline 2, a `.history` and a `.partial` in the archive) with
 /// commits of its own and an idle tail. Returns the environment, the new
 /// primary, and the commit time of every marker.
-fn failover(label: &str) -> (PgStrata, PgCluster, Vec<(u32, DateTime<Utc>)>) {
+///
+/// With `check_before_new_commits`, a restore right after the promotion,
+/// before timeline 2 has a transaction of its own, is checked too.
+fn failover(
+    label: &str,
+    check_before_new_commits: bool,
+) -> (PgStrata, PgCluster, Vec<(u32, DateTime<Utc>)>) {
     let env = cluster(label);
     let primary = &env.cluster;
     markers_table(primary);
@@ -154,6 +167,30 @@ fn failover(label: &str) -> (PgStrata, PgCluster, Vec<(u32, DateTime<Utc>)>) {
     primary.stop_mode("immediate");
     standby.promote();
     std::thread::sleep(Duration::from_millis(600));
+    if check_before_new_commits {
+        // Right after the failover, before a transaction ends on timeline
+        // 2: a time after the promotion is the state after marker 4, which
+        // only timeline 2's first segment holds (before its switch point).
+        standby.switch_and_wait_archived(ARCHIVE_WAIT);
+        // The very end of timeline 2's window.
+        let target = windows(&env)
+            .into_iter()
+            .filter(|(tli, _, _)| *tli == 2)
+            .map(|(_, _, to)| to)
+            .max()
+            .expect("a window on timeline 2");
+        let (report, copy) = restore_to(&env, "after_promotion", target);
+        assert_eq!(rows(&copy), "1,2,3,4", "{report}");
+        assert_eq!(report["recovery_timeline"], 2, "{report}");
+        assert!(
+            report["target"]
+                .as_str()
+                .unwrap()
+                .contains("after the last transaction before it"),
+            "stopped by LSN after marker 4: {report}"
+        );
+        assert_eq!(report["started"], true, "{report}");
+    }
     commits.push((5, marker(&standby, 5)));
     std::thread::sleep(Duration::from_millis(400));
     commits.push((6, marker(&standby, 6)));
@@ -188,7 +225,7 @@ fn expected(commits: &[(u32, DateTime<Utc>)], t: DateTime<Utc>) -> String {
 
 #[test]
 fn after_a_failover_times_before_and_after_the_last_commit_of_the_old_timeline_restore_exactly() {
-    let (env, _primary2, commits) = failover("pg_failover");
+    let (env, _primary2, commits) = failover("pg_failover", true);
     let at = |i: u32| commits.iter().find(|(m, _)| *m == i).unwrap().1;
     let shown = windows(&env);
     let ms = chrono::Duration::milliseconds;
@@ -236,7 +273,7 @@ fn random_times_inside_the_listed_windows_restore_the_rows_committed_by_then() {
         .unwrap_or_else(rand::random);
     println!("seed {seed} (rerun with STRATA_TEST_SEED={seed})");
     let mut rng = SplitMix(seed);
-    let (env, _primary2, commits) = failover("pg_random_targets");
+    let (env, _primary2, commits) = failover("pg_random_targets", false);
     let shown = windows(&env);
     assert!(!shown.is_empty());
     for i in 0..6 {

@@ -8,8 +8,12 @@
 //!    then `pg_control`, then `backup_label` and `tablespace_map` (rewritten
 //!    to the new tablespace paths).
 //! 3. Write the recovery settings to `postgresql.auto.conf`:
-//!    `restore_command` (Strata's `wal-fetch`), the target,
-//!    `recovery_target_timeline`, `recovery_target_action = 'promote'`,
+//!    `restore_command` (Strata's `wal-fetch`), the target (a time before a
+//!    transaction end of the planned WAL as `recovery_target_time`; a time
+//!    after the last one as `recovery_target_lsn` at that transaction end,
+//!    or `recovery_target = 'immediate'` when none ended since the backup,
+//!    see [`crate::chain::time_stop`]), `recovery_target_timeline` (the
+//!    plan's), `recovery_target_action = 'promote'`,
 //!    `archive_mode = 'off'` (the copy has the source's system identifier and
 //!    must never write into its archive) and the port; create `recovery.signal`.
 //! 4. Optionally start the copy with `pg_ctl`, wait until recovery has ended
