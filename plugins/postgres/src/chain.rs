@@ -59,8 +59,10 @@
 //!
 //! Reading the commit attributes costs one small ranged read per segment.
 //! A run is read from its last segment backwards, sixteen segments at a
-//! time, until a segment with a transaction end is found: a busy cluster
-//! costs one batch per run, an idle one more. Segments archived by an
+//! time (and up to four runs at once), until a segment with a transaction
+//! end the run holds whole is found: a busy cluster costs one batch of
+//! sixteen reads per run, whatever the archive's size; a long idle stretch
+//! at the end of a run costs a read per idle segment. Segments archived by an
 //! older Strata have no commit attributes; a run with such a segment is
 //! timed by its last `mtime` alone, as before.
 

@@ -90,7 +90,8 @@ pub const PART_SIZE: usize = 8 << 20;
 /// ([`chain::RunCommits`], by log record id), and `restore` looks the
 /// plan's logs up there. A run's id names its first and last segment, and
 /// archived segments are never replaced, so what an id maps to never
-/// changes: the memory is a cache of facts, valid for any later plan. The
+/// changes: the memory is a cache of facts, valid for any later plan (it
+/// grows by the few runs of each catalog read, never by segments). The
 /// host plans and restores with the same engine (core's `Host::restore`);
 /// a plan whose runs this engine has not seen falls back on
 /// `recovery_target_time`, with a warning.
