@@ -121,6 +121,17 @@ impl PgCluster {
     /// the postgres user owns), on a free port with its own socket directory,
     /// and appends `conf` to postgresql.conf. Not started.
     pub fn init(data: PathBuf, socket_dir: PathBuf, conf: &str) -> PgCluster {
+        Self::init_with(data, socket_dir, conf, &[])
+    }
+
+    /// Like [`init`](Self::init), with more `initdb` arguments
+    /// (`--wal-segsize=1`).
+    pub fn init_with(
+        data: PathBuf,
+        socket_dir: PathBuf,
+        conf: &str,
+        initdb_args: &[&str],
+    ) -> PgCluster {
         let bin = pg_bin_dir();
         std::fs::create_dir_all(&socket_dir).expect("socket dir");
         give_to_postgres(&socket_dir);
@@ -136,6 +147,7 @@ impl PgCluster {
             "UTF8",
             "--locale=C",
         ]);
+        cmd.args(initdb_args);
         run_checked(cmd, "initdb");
         let port = free_port();
         let cluster = PgCluster {
@@ -286,6 +298,29 @@ impl PgCluster {
         run_checked(cmd, "pgbench")
     }
 
+    /// Promotes a standby (`pg_ctl promote -w`): it ends recovery and
+    /// starts a new timeline.
+    pub fn promote(&self) {
+        let mut cmd = as_postgres(self.bin.join("pg_ctl"));
+        cmd.arg("-D")
+            .arg(&self.data)
+            .args(["-w", "-t", "60", "promote"]);
+        run_checked(cmd, "pg_ctl promote");
+    }
+
+    /// Waits until this standby has replayed the WAL up to `lsn`.
+    pub fn wait_replayed(&self, lsn: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while self.psql(&format!("SELECT pg_last_wal_replay_lsn() >= '{lsn}'")) != "t" {
+            assert!(
+                Instant::now() < deadline,
+                "the standby did not replay up to {lsn} within {timeout:?}\nlog:\n{}",
+                tail(&self.log(), 30)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// Forces a WAL switch and waits until the archiver has archived
     /// everything up to it (no `.ready` file left).
     pub fn switch_and_wait_archived(&self, timeout: Duration) {
@@ -354,6 +389,12 @@ impl PgStrata {
     /// Like [`new`](Self::new), with the vault at `vault_url` (an emulator URL)
     /// instead of a directory.
     pub fn with_vault(label: &str, vault_url: Option<&str>) -> PgStrata {
+        Self::with_initdb(label, vault_url, &[])
+    }
+
+    /// Like [`with_vault`](Self::with_vault), with more `initdb` arguments
+    /// (`--wal-segsize=1` for 1 MiB WAL segments).
+    pub fn with_initdb(label: &str, vault_url: Option<&str>, initdb_args: &[&str]) -> PgStrata {
         let dir = TestDir::new(label);
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(dir.root(), std::fs::Permissions::from_mode(0o755))
@@ -371,25 +412,15 @@ impl PgStrata {
             strata_bin().display(),
             config.display()
         );
-        let cluster = PgCluster::init(
+        let cluster = PgCluster::init_with(
             data.clone(),
             socket_dir,
             &format!(
                 "wal_level = replica\narchive_mode = on\narchive_timeout = 60\narchive_command = '{archive_command}'"
             ),
+            initdb_args,
         );
-        std::fs::write(
-            &config,
-            format!(
-                "[vault]\nurl = \"{vault_url}\"\n\n[catalog]\npath = \"{}\"\n\n[writer]\npart_size = \"4MiB\"\ncompression_level = 1\n\n\
-                 [postgres.main]\nconnection = \"{}\"\ndata_directory = \"{}\"\nbin_dir = \"{}\"\nparallel = 2\n",
-                dir.path("catalog.db").display(),
-                cluster.connection(),
-                data.display(),
-                cluster.bin.display()
-            ),
-        )
-        .expect("write config");
+        write_config(&config, &vault_url, &dir.path("catalog.db"), &cluster);
         let env = PgStrata {
             cluster,
             config,
@@ -434,4 +465,64 @@ impl PgStrata {
     pub fn restore_target(&self, name: &str) -> (PathBuf, u16) {
         (self.dir.path(name), free_port())
     }
+
+    /// A streaming standby of the cluster in `<dir>/<name>`
+    /// (`pg_basebackup -R`), started, on its own port. It archives into the
+    /// same vault under the same cluster name `main` once promoted (what an
+    /// operator configures on the standby's host: its own Strata
+    /// configuration, naming its own data directory), with commit
+    /// timestamps on like its primary.
+    pub fn standby(&self, name: &str) -> PgCluster {
+        let data = self.dir.path(name);
+        let mut cmd = as_postgres(self.cluster.bin.join("pg_basebackup"));
+        cmd.arg("-D")
+            .arg(&data)
+            .args(["-R", "-X", "stream", "-c", "fast", "-U", "postgres", "-h"])
+            .arg(&self.cluster.socket_dir)
+            .arg("-p")
+            .arg(self.cluster.port.to_string());
+        run_checked(cmd, "pg_basebackup");
+        let standby = PgCluster {
+            data: data.clone(),
+            port: free_port(),
+            socket_dir: self.cluster.socket_dir.clone(),
+            bin: self.cluster.bin.clone(),
+        };
+        let config = self.dir.path(format!("{name}.toml"));
+        write_config(
+            &config,
+            &self.vault_url,
+            &self.dir.path(format!("{name}-catalog.db")),
+            &standby,
+        );
+        let archive_command = format!(
+            "{} --config {} pg wal-push %p --cluster main",
+            strata_bin().display(),
+            config.display()
+        );
+        standby.append_conf(&format!(
+            "port = {}\narchive_mode = on\narchive_command = '{archive_command}'\n",
+            standby.port
+        ));
+        give_to_postgres(self.dir.root());
+        standby.start();
+        standby
+    }
+}
+
+/// Writes a Strata configuration naming `cluster` `main`, with a vault and
+/// a catalog index.
+fn write_config(path: &Path, vault_url: &str, catalog: &Path, cluster: &PgCluster) {
+    std::fs::write(
+        path,
+        format!(
+            "[vault]\nurl = \"{vault_url}\"\n\n[catalog]\npath = \"{}\"\n\n[writer]\npart_size = \"4MiB\"\ncompression_level = 1\n\n\
+             [postgres.main]\nconnection = \"{}\"\ndata_directory = \"{}\"\nbin_dir = \"{}\"\nparallel = 2\n",
+            catalog.display(),
+            cluster.connection(),
+            cluster.data.display(),
+            cluster.bin.display()
+        ),
+    )
+    .expect("write config");
 }

@@ -288,3 +288,157 @@ fn check_reports_settings_and_the_lines_to_fix() {
     assert_eq!(report["archive_timeout_secs"], 0);
     assert_eq!(report["findings"].as_array().unwrap().len(), 2);
 }
+
+/// The attributes of archived segment `segment` of system `system_id`.
+fn segment_attributes(
+    env: &PgStrata,
+    system_id: &str,
+    segment: &str,
+) -> std::collections::BTreeMap<String, String> {
+    use strata_core::plugin::ArchiveStore;
+    use strata_core::vault::{Vault, VaultArchive, VaultConfig};
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let vault = Vault::open(&VaultConfig::from_url(&env.vault_url))
+            .await
+            .unwrap();
+        let archive = VaultArchive::new(vault, "postgres", "main");
+        archive
+            .attributes(&format!("wal/{system_id}/{}/{segment}", &segment[..8]))
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("{segment} is archived"))
+    })
+}
+
+/// `(start, end, xact_time)` as text.
+type XactRecord = (String, String, String);
+
+#[test]
+fn archived_segments_record_their_transaction_ends_as_pg_walinspect_reads_them() {
+    // 1 MiB segments: many segment boundaries for a small load.
+    let env = PgStrata::with_initdb("pg_wal_records", None, &["--wal-segsize=1"]);
+    let pg = &env.cluster;
+    let system_id = pg.psql("SELECT system_identifier FROM pg_control_system()");
+    pg.psql("CREATE EXTENSION pg_walinspect");
+    pg.psql("CREATE TABLE filler (id int, pad text)");
+    pg.psql("CREATE TABLE small (id int)");
+    let first = pg.psql("SELECT pg_walfile_name(pg_switch_wal())");
+    // Many transactions of a few KB (commits land at every place of a
+    // page and some cross into the next segment), aborts, and commits
+    // spanning pages (a transaction creating tables invalidates a lot).
+    let script = env.dir.path("filler.sql");
+    std::fs::write(
+        &script,
+        "INSERT INTO filler SELECT g, (SELECT string_agg(md5(random()::text), '') FROM generate_series(1, 8)) \
+         FROM generate_series(1, 3) g;\n\
+         BEGIN; INSERT INTO small VALUES (1); ROLLBACK;\n\
+         BEGIN; CREATE TEMP TABLE scratch (a int, b text) ON COMMIT DROP; INSERT INTO scratch VALUES (1, 'x'); COMMIT;\n",
+    )
+    .unwrap();
+    give_to_postgres(&script);
+    pg.psql(
+        "DO $$ BEGIN FOR i IN 1..60 LOOP EXECUTE format('CREATE TABLE wide_%s (a int, b text, c int)', i); END LOOP; END $$",
+    );
+    let mut bench = pg.program("pgbench");
+    bench
+        .args(["-U", "postgres", "-n", "-c", "2", "-t", "1000", "-f"])
+        .arg(&script)
+        .arg("postgres");
+    let out = bench.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    pg.psql("BEGIN; DROP TABLE wide_1, wide_2, wide_3; COMMIT");
+    let last = pg.psql("SELECT pg_walfile_name(pg_switch_wal())");
+    pg.wait_archived(&last, ARCHIVE_WAIT);
+
+    let per_log = 4096; // 1 MiB segments per 4 GiB log id
+    let segno = |name: &str| {
+        u64::from_str_radix(&name[8..16], 16).unwrap() * per_log
+            + u64::from_str_radix(&name[16..24], 16).unwrap()
+    };
+    let (from, to) = (segno(&first), segno(&last));
+    assert!(to >= from + 2, "the load spans segments: {first} .. {last}");
+    let seg_size: u64 = 1024 * 1024;
+    let lsn = |at: u64| format!("{:X}/{:X}", at >> 32, at & 0xFFFF_FFFF);
+    let mut crossings = 0;
+    for seg in from..=to {
+        let name = format!("00000001{:08X}{:08X}", seg / per_log, seg % per_log);
+        // pg_walinspect lists the records that end by its end LSN: read
+        // past the segment for the one crossing into the next.
+        let (start, end, beyond) = (
+            lsn(seg * seg_size),
+            lsn((seg + 1) * seg_size),
+            lsn((seg + 1) * seg_size + 65536),
+        );
+        let records: Vec<XactRecord> = pg
+            .psql(&format!(
+                "SET TimeZone = 'UTC'; \
+                 SELECT start_lsn, end_lsn, \
+                        to_char(split_part(description, ';', 1)::timestamptz, 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') \
+                 FROM pg_get_wal_records_info('{start}', least('{beyond}', pg_current_wal_flush_lsn())) \
+                 WHERE resource_manager = 'Transaction' \
+                   AND record_type IN ('COMMIT', 'ABORT', 'COMMIT_PREPARED', 'ABORT_PREPARED') \
+                   AND start_lsn >= '{start}' AND start_lsn < '{end}' ORDER BY start_lsn"
+            ))
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(|l| {
+                let f: Vec<&str> = l.split('|').collect();
+                (f[0].to_owned(), f[1].to_owned(), f[2].to_owned())
+            })
+            .collect();
+        let ends_in = |r: &XactRecord| {
+            let (hi, lo) = r.1.split_once('/').unwrap();
+            (u64::from_str_radix(hi, 16).unwrap() << 32) + u64::from_str_radix(lo, 16).unwrap()
+                <= (seg + 1) * seg_size
+        };
+        let inside: Vec<&XactRecord> = records.iter().filter(|r| ends_in(r)).collect();
+        let crossing: Option<&XactRecord> = records.last().filter(|r| !ends_in(r));
+        let attrs = segment_attributes(&env, &system_id, &name);
+        let context = format!("{name}: {attrs:?}, pg_walinspect: {records:?}");
+        let scan = attrs.get("commit_scan").map(String::as_str);
+        assert!(matches!(scan, Some("complete" | "uncertain")), "{context}");
+        let times = || inside.iter().map(|r| r.2.clone());
+        assert_eq!(
+            attrs.get("first_commit_time").cloned(),
+            times().min(),
+            "{context}"
+        );
+        assert_eq!(
+            attrs.get("last_commit_time").cloned(),
+            times().max(),
+            "{context}"
+        );
+        assert_eq!(
+            attrs.get("last_commit_lsn"),
+            inside.last().map(|r| &r.0),
+            "{context}"
+        );
+        assert_eq!(
+            attrs.get("last_commit_end_lsn"),
+            inside.last().map(|r| &r.1),
+            "{context}"
+        );
+        if scan == Some("complete") {
+            assert_eq!(
+                attrs.get("crossing_commit_lsn"),
+                crossing.map(|r| &r.0),
+                "{context}"
+            );
+            assert_eq!(
+                attrs.get("crossing_commit_time"),
+                crossing.map(|r| &r.2),
+                "{context}"
+            );
+        }
+        crossings += usize::from(crossing.is_some());
+    }
+    println!(
+        "{} segments, {crossings} with a commit crossing into the next",
+        to - from + 1
+    );
+}

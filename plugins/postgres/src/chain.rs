@@ -9,9 +9,13 @@
 //!   its start LSN to its stop LSN, consistent at its stop time; it needs
 //!   the WAL from its start LSN ([`PgChainRules::log_needed_from`]);
 //! - every run of consecutive archived segments of a timeline is one log
-//!   record covering their LSNs, up to the modification time of the last
-//!   one (no commit in the archived WAL is newer, see [`crate::wal`]);
-//!   `.partial` segments are left out, as recovery never asks for them;
+//!   record covering their LSNs, up to the time [`RunCommits::reaches`]
+//!   (see below); `.partial` segments are left out, as recovery never asks
+//!   for them (`XLogFileReadAnyTLI` in
+//!   src/backend/access/transam/xlogrecovery.c reads `<timeline><segment>`
+//!   names only), and so are the segments of a timeline that lie before
+//!   the segment where it began, which recovery never reads either (it
+//!   skips a timeline for segments before its `begin`);
 //! - timeline `N`'s history file lists its ancestors and the LSN where each
 //!   was left: the fork origin of `N` is its last line, and recovery reads a
 //!   segment from the newest timeline on that path that had begun by then
@@ -20,21 +24,66 @@
 //!   written, at promotion: a time target is restored on a timeline that
 //!   existed at that time, so "10:45" means what the cluster looked like at
 //!   10:45, even if it was later rewound and branched.
+//!
+//! # The time a run of WAL reaches
+//!
+//! A point-in-time restore must stop exactly where PostgreSQL's
+//! `recovery_target_time` would stop with all the WAL ever written: before
+//! the first commit or abort record whose time is past the target. Within
+//! the archived WAL that is only possible while such a record exists in
+//! it; after the last transaction end of the archive PostgreSQL would
+//! replay to the end and fail ("recovery ended before configured recovery
+//! target was reached"). The catalog therefore reads what each segment's
+//! records say (its commit attributes, [`crate::wal::SegmentCommits`]) and
+//! gives each run:
+//!
+//! - the newest `xact_time` it holds and its last transaction end (in LSN
+//!   order, whole within the run: a record crossing into a segment that is
+//!   not archived is not replayable);
+//! - the time it reaches: its last segment's `mtime` (PostgreSQL closed the
+//!   segment then, so a transaction that ended before then is in the run),
+//!   but never as late as the time of a commit that started in the run and
+//!   ends beyond it, and never later than the newest known commit when the
+//!   record crossing out of a segment after it could not be read; and at
+//!   least the newest commit it holds (`mtime` has the file system's
+//!   coarser clock).
+//!
+//! A run without any transaction end restores, for every time it reaches,
+//! the state after the last transaction end before it: the restore then
+//! stops at that record's LSN ([`time_stop`]). So every time of a window
+//! restores, and lands exactly on the state at that time: with
+//! `recovery_target_time` when a transaction of the planned WAL ended
+//! after it, and otherwise with `recovery_target_lsn` at the last
+//! transaction end before it (or at consistency, when none ended between
+//! the backup and the target).
+//!
+//! Reading the commit attributes costs one small ranged read per segment.
+//! A run is read from its last segment backwards, sixteen segments at a
+//! time (and up to four runs at once), until a segment with a transaction
+//! end the run holds whole is found: a busy cluster costs one batch of
+//! sixteen reads per run, whatever the archive's size; a long idle stretch
+//! at the end of a run costs a read per idle segment. Segments archived by an
+//! older Strata have no commit attributes; a run with such a segment is
+//! timed by its last `mtime` alone, as before.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
+use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
-use strata_core::catalog::manifest::{BackupKind, Manifest, Position};
+use strata_core::catalog::manifest::{BackupId, BackupKind, Manifest, Position};
 use strata_core::catalog::planner::{BackupRecord, ChainRules, ForkOrigin};
 use strata_core::plugin::Chain;
 use strata_core::{Error, Result};
 
 use crate::backup::FullBackupMeta;
-use crate::wal::WalArchive;
+use crate::wal::{CommitPoint, WalArchive, WalFileInfo};
 use crate::walname::{Lsn, WalFileKind, WalFileName, segno_of};
+
+/// Segments whose attributes are read at once while timing a run.
+const READ_BATCH: usize = 16;
 
 /// A timeline's history: the ancestors and where each was left.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -82,19 +131,153 @@ impl TimelineHistory {
 pub enum Target {
     /// The end of the archived WAL on the newest timeline.
     Latest,
-    /// A point in time.
+    /// A point in time, before a transaction end of the planned WAL
+    /// (`recovery_target_time`).
     Time(DateTime<Utc>),
+    /// A point in time after every transaction end of the planned WAL:
+    /// right after the last one, which starts at `lsn`
+    /// (`recovery_target_lsn`, inclusive).
+    AfterCommit {
+        /// The time asked for.
+        time: DateTime<Utc>,
+        /// Where the last transaction end before it starts.
+        lsn: Lsn,
+        /// When that transaction ended (the newest `xact_time` of its
+        /// segment).
+        committed_at: DateTime<Utc>,
+    },
+    /// A point in time when no transaction ended between the backup and
+    /// it: the backup's consistent state (`recovery_target = 'immediate'`).
+    Consistent {
+        /// The time asked for.
+        time: DateTime<Utc>,
+    },
     /// An LSN.
     Lsn(Lsn),
 }
 
 impl fmt::Display for Target {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let time = |t: &DateTime<Utc>| t.format("%Y-%m-%d %H:%M:%S%.6f UTC").to_string();
         match self {
             Target::Latest => f.write_str("the latest point"),
-            Target::Time(t) => write!(f, "{}", t.format("%Y-%m-%d %H:%M:%S%.6f UTC")),
+            Target::Time(t) => f.write_str(&time(t)),
+            Target::AfterCommit { time: t, lsn, .. } => write!(
+                f,
+                "{} (after the last transaction before it, at LSN {lsn})",
+                time(t)
+            ),
+            Target::Consistent { time: t } => write!(
+                f,
+                "{} (the backup's consistent state: no transaction ended since)",
+                time(t)
+            ),
             Target::Lsn(l) => write!(f, "LSN {l}"),
         }
+    }
+}
+
+/// What the archived WAL of one run of segments holds, for planning and
+/// restoring (see the [module docs](self)).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RunCommits {
+    /// The newest time a restore may stop at with this run.
+    pub reaches: DateTime<Utc>,
+    /// Whether the run's segments were scanned for their transaction ends
+    /// (else it is timed by its last segment's `mtime` alone).
+    pub scanned: bool,
+    /// The newest `xact_time` of the transaction ends the run holds whole.
+    pub newest: Option<DateTime<Utc>>,
+    /// The last transaction end (in LSN order) the run holds whole.
+    pub last: Option<CommitPoint>,
+}
+
+impl RunCommits {
+    /// Times a run from the attributes of a suffix of its segments, in
+    /// order, ending with the run's last segment; `run_end` is the LSN
+    /// right after the run. The suffix must reach back to a segment with a
+    /// transaction end, or to the run's first segment.
+    pub fn of_segments(segments: &[WalFileInfo], run_end: Lsn) -> Option<RunCommits> {
+        let last_segment = segments.last()?;
+        let mut reaches = last_segment.mtime;
+        let unscanned = RunCommits {
+            reaches,
+            scanned: false,
+            newest: None,
+            last: None,
+        };
+        let mut last: Option<CommitPoint> = None;
+        let mut newest: Option<DateTime<Utc>> = None;
+        // A record after the last known transaction end whose kind could
+        // not be read: it may be a transaction end, of a time no earlier
+        // than the ones before it.
+        let mut unreadable_after_last = false;
+        let mut crossing_out: Option<DateTime<Utc>> = None;
+        for info in segments.iter().rev() {
+            let Some(commits) = &info.commits else {
+                return Some(unscanned);
+            };
+            if last.is_none() && !commits.complete {
+                unreadable_after_last = true;
+            }
+            if let Some(crossing) = commits.crossing {
+                if crossing.end_lsn <= run_end {
+                    newest = newest.max(Some(crossing.time));
+                    last = last.or(Some(crossing));
+                } else {
+                    crossing_out =
+                        Some(crossing_out.map_or(crossing.time, |c| c.min(crossing.time)));
+                }
+            }
+            newest = newest.max(commits.last_time);
+            last = last.or(commits.last);
+        }
+        if let Some(t) = crossing_out {
+            // A transaction ended then, in WAL that is not archived yet.
+            reaches = reaches.min(t - chrono::Duration::microseconds(1));
+        }
+        if unreadable_after_last && let Some(n) = newest {
+            reaches = reaches.min(n);
+        }
+        if let Some(n) = newest {
+            reaches = reaches.max(n);
+        }
+        Some(RunCommits {
+            reaches,
+            scanned: true,
+            newest,
+            last,
+        })
+    }
+
+    /// Whether a segment with these attributes ends the backwards reading
+    /// of a run that ends at `run_end`: it holds a transaction end the run
+    /// holds whole, or was not scanned.
+    fn ends_reading(info: &WalFileInfo, run_end: Lsn) -> bool {
+        info.commits
+            .as_ref()
+            .is_none_or(|c| c.last.is_some() || c.crossing.is_some_and(|x| x.end_lsn <= run_end))
+    }
+}
+
+/// How a restore to time `t` stops, from the runs of WAL the plan replays
+/// (in order) and the backup's stop LSN: before the first transaction end
+/// after `t` when the planned WAL holds one, else right after the last one
+/// (PostgreSQL would otherwise replay to the end of the WAL and fail), or
+/// at the backup's consistent state when no transaction ended after the
+/// backup. Runs that were not scanned leave it to PostgreSQL's
+/// `recovery_target_time`.
+pub fn time_stop(t: DateTime<Utc>, runs: &[RunCommits], backup_stop: Lsn) -> Target {
+    if runs.iter().any(|r| !r.scanned) || runs.iter().any(|r| r.newest.is_some_and(|n| n > t)) {
+        return Target::Time(t);
+    }
+    match runs.iter().rev().find_map(|r| r.last) {
+        Some(last) if last.lsn >= backup_stop => Target::AfterCommit {
+            time: t,
+            lsn: last.lsn,
+            committed_at: last.time,
+        },
+        _ => Target::Consistent { time: t },
     }
 }
 
@@ -124,9 +307,9 @@ pub struct Catalog {
     pub segments: BTreeMap<u32, BTreeSet<u64>>,
     /// Timeline histories (timeline 1 has none).
     pub histories: BTreeMap<u32, TimelineHistory>,
-    /// Modification times of the last segment of every run of consecutive
-    /// segments of a timeline.
-    segment_times: BTreeMap<(u32, u64), DateTime<Utc>>,
+    /// What every run of consecutive segments of a timeline holds, by
+    /// `(timeline, last segment)`.
+    run_commits: BTreeMap<(u32, u64), RunCommits>,
 }
 
 impl Catalog {
@@ -201,27 +384,34 @@ impl Catalog {
                 }
             }
         }
+        // Recovery never reads a timeline's segments before the one where
+        // it began (`XLogFileReadAnyTLI` skips the timeline for them).
+        for (tli, history) in &histories {
+            if let (Some(segs), Some((_, switch))) = (segments.get_mut(tli), history.parents.last())
+            {
+                let begin = segno_of(*switch, seg_size);
+                segs.retain(|&s| s >= begin);
+            }
+        }
+        segments.retain(|_, segs| !segs.is_empty());
         let mut catalog = Catalog {
             system_id,
             seg_size,
             backups: fulls,
             segments,
             histories,
-            segment_times: BTreeMap::new(),
+            run_commits: BTreeMap::new(),
         };
-        // The modification time of the last segment of every run: where the
-        // time a run of WAL can restore to ends.
-        let ends: Vec<(u32, u64)> = catalog.runs().map(|(tli, _, last)| (tli, last)).collect();
-        let headers = futures::future::try_join_all(ends.iter().map(|&(tli, seg)| {
-            let name = WalFileName::segment(tli, seg, seg_size);
-            async move { archive.header(system_id, &name).await }
-        }))
-        .await?;
-        for (end, header) in ends.into_iter().zip(headers) {
-            if let Some(header) = header {
-                catalog.segment_times.insert(end, header.mtime);
-            }
-        }
+        let runs: Vec<(u32, u64, u64)> = catalog.runs().collect();
+        let timed: Vec<Option<((u32, u64), RunCommits)>> = futures::stream::iter(runs)
+            .map(|(tli, first, last)| async move {
+                let commits = time_run(archive, system_id, tli, first, last, seg_size).await?;
+                Ok::<_, Error>(commits.map(|c| ((tli, last), c)))
+            })
+            .buffer_unordered(4)
+            .try_collect()
+            .await?;
+        catalog.run_commits.extend(timed.into_iter().flatten());
         Ok(catalog)
     }
 
@@ -255,6 +445,30 @@ impl Catalog {
         )
     }
 
+    /// The log record id of run `(timeline, first, last)`: named by its
+    /// first and last segment, so that a gap the planner reports reads as
+    /// PostgreSQL's own file names.
+    fn run_id(&self, tli: u32, first: u64, last: u64) -> BackupId {
+        format!(
+            "wal.{}-{}",
+            WalFileName::segment(tli, first, self.seg_size),
+            WalFileName::segment(tli, last, self.seg_size)
+        )
+        .parse()
+        .expect("WAL run ids are valid backup ids")
+    }
+
+    /// What every run of WAL holds, by the id of its log record in
+    /// [`chain`](Self::chain).
+    pub fn runs_by_id(&self) -> BTreeMap<BackupId, RunCommits> {
+        self.runs()
+            .filter_map(|(tli, first, last)| {
+                let commits = self.run_commits.get(&(tli, last))?;
+                Some((self.run_id(tli, first, last), commits.clone()))
+            })
+            .collect()
+    }
+
     /// The chain for core's planner; see the [module docs](self).
     pub fn chain(&self) -> Chain {
         let mut records: Vec<BackupRecord> = self
@@ -273,19 +487,13 @@ impl Catalog {
             })
             .collect();
         for (tli, first, last) in self.runs() {
-            let Some(&time) = self.segment_times.get(&(tli, last)) else {
+            let Some(commits) = self.run_commits.get(&(tli, last)) else {
                 // A segment listed but gone by the time its header was read.
                 continue;
             };
-            // Named by its first and last segment, so that a gap the planner
-            // reports reads as PostgreSQL's own file names.
-            let id = format!(
-                "wal.{}-{}",
-                WalFileName::segment(tli, first, self.seg_size),
-                WalFileName::segment(tli, last, self.seg_size)
-            );
+            let time = commits.reaches;
             records.push(BackupRecord {
-                id: id.parse().expect("WAL run ids are valid backup ids"),
+                id: self.run_id(tli, first, last),
                 kind: BackupKind::Log,
                 fork: tli.to_string(),
                 start: Some(position(Lsn(first * self.seg_size))),
@@ -303,6 +511,55 @@ impl Catalog {
             }),
         }
     }
+}
+
+/// Times run `first..=last` of timeline `tli` from its segments'
+/// attributes, read backwards [`READ_BATCH`] at a time until a segment with
+/// a transaction end (see [`RunCommits::of_segments`]). `None` when its last
+/// segment is gone.
+async fn time_run(
+    archive: &WalArchive<'_>,
+    system_id: u64,
+    tli: u32,
+    first: u64,
+    last: u64,
+    seg_size: u64,
+) -> Result<Option<RunCommits>> {
+    let run_end = Lsn((last + 1) * seg_size);
+    let mut suffix: Vec<WalFileInfo> = Vec::new();
+    let mut next = last + 1;
+    while next > first {
+        let from = next.saturating_sub(READ_BATCH as u64).max(first);
+        let batch: Vec<Option<WalFileInfo>> = futures::stream::iter(from..next)
+            .map(|seg| {
+                let name = WalFileName::segment(tli, seg, seg_size);
+                async move { archive.header(system_id, &name).await }
+            })
+            .buffered(READ_BATCH)
+            .try_collect()
+            .await?;
+        let found = batch
+            .iter()
+            .flatten()
+            .any(|info| RunCommits::ends_reading(info, run_end));
+        let Some(mut batch) = batch.into_iter().collect::<Option<Vec<WalFileInfo>>>() else {
+            // A segment gone since the listing: what the run holds is not
+            // known, and recovery will not get through it anyway.
+            return Ok(suffix.last().map(|info| RunCommits {
+                reaches: info.mtime,
+                scanned: false,
+                newest: None,
+                last: None,
+            }));
+        };
+        batch.append(&mut suffix);
+        suffix = batch;
+        next = from;
+        if found {
+            break;
+        }
+    }
+    Ok(RunCommits::of_segments(&suffix, run_end))
 }
 
 /// PostgreSQL's rules for core's planner: timeline histories are the fork
@@ -365,17 +622,33 @@ mod tests {
         stop_seg: u64,
         stop_time: &str,
     ) -> (Manifest, FullBackupMeta) {
+        backup_at(
+            tli,
+            Lsn(start_seg * SEG + 40),
+            Lsn(stop_seg * SEG + 100),
+            stop_time,
+            SEG,
+        )
+    }
+
+    fn backup_at(
+        tli: u32,
+        start: Lsn,
+        stop: Lsn,
+        stop_time: &str,
+        seg_size: u64,
+    ) -> (Manifest, FullBackupMeta) {
         let stop_time: DateTime<Utc> = stop_time.parse().unwrap();
         let meta = FullBackupMeta {
             system_id: "42".into(),
             server_version_num: 150000,
             server_version: "15".into(),
             timeline: tli,
-            start_lsn: Lsn(start_seg * SEG + 40).to_string(),
-            stop_lsn: Lsn(stop_seg * SEG + 100).to_string(),
+            start_lsn: start.to_string(),
+            stop_lsn: stop.to_string(),
             start_time: stop_time,
             stop_time,
-            wal_segment_size: SEG,
+            wal_segment_size: seg_size,
             data_checksums: true,
             backup_label: String::new(),
             tablespace_map: String::new(),
@@ -425,14 +698,25 @@ mod tests {
             segments.entry(*tli).or_default().insert(*seg);
             times.insert((*tli, *seg), t(time));
         }
-        Catalog {
+        let mut catalog = Catalog {
             system_id: 42,
             seg_size: SEG,
             backups,
             segments,
             histories: histories.into_iter().map(|h| (h.timeline, h)).collect(),
-            segment_times: times,
+            run_commits: BTreeMap::new(),
+        };
+        let runs: Vec<(u32, u64, u64)> = catalog.runs().collect();
+        for (tli, _, last) in runs {
+            let info = WalFileInfo {
+                system_id: 42,
+                mtime: times[&(tli, last)],
+                commits: None,
+            };
+            let commits = RunCommits::of_segments(&[info], Lsn((last + 1) * SEG)).unwrap();
+            catalog.run_commits.insert((tli, last), commits);
         }
+        catalog
     }
 
     #[test]
@@ -532,5 +816,374 @@ mod tests {
         );
         let err = plan_of(&cat, RestoreTarget::Latest).unwrap_err();
         assert!(err.to_string().contains("is not restorable"), "{err}");
+    }
+
+    fn point(time: &str, lsn: u64, end: u64) -> CommitPoint {
+        CommitPoint {
+            time: t(time),
+            lsn: Lsn(lsn),
+            end_lsn: Lsn(end),
+        }
+    }
+
+    fn segment(mtime: &str, commits: Option<SegmentCommits>) -> WalFileInfo {
+        WalFileInfo {
+            system_id: 42,
+            mtime: t(mtime),
+            commits,
+        }
+    }
+
+    fn scanned(last: Option<CommitPoint>, crossing: Option<CommitPoint>) -> SegmentCommits {
+        SegmentCommits {
+            complete: true,
+            first_time: last.map(|l| l.time),
+            last_time: last.map(|l| l.time),
+            last,
+            crossing,
+        }
+    }
+
+    use crate::wal::SegmentCommits;
+
+    #[test]
+    fn a_run_reaches_its_last_mtime_but_not_past_a_commit_it_does_not_hold() {
+        let end = Lsn(3 * SEG);
+        // An idle tail: the run reaches the time its last segment was closed.
+        let c1 = point("2026-11-22T01:00:00Z", SEG + 100, SEG + 150);
+        let idle = RunCommits::of_segments(
+            &[
+                segment("2026-11-22T01:00:01Z", Some(scanned(Some(c1), None))),
+                segment("2026-11-22T01:00:06Z", Some(scanned(None, None))),
+            ],
+            end,
+        )
+        .unwrap();
+        assert_eq!(idle.reaches, t("2026-11-22T01:00:06Z"));
+        assert_eq!((idle.newest, idle.last), (Some(c1.time), Some(c1)));
+        assert!(idle.scanned);
+
+        // A commit that starts in the run and ends after it: the run
+        // reaches just before it, and its last whole commit is the earlier one.
+        let out = point("2026-11-22T01:00:04Z", 3 * SEG - 16, 3 * SEG + 40);
+        let cut = RunCommits::of_segments(
+            &[
+                segment("2026-11-22T01:00:01Z", Some(scanned(Some(c1), None))),
+                segment("2026-11-22T01:00:06Z", Some(scanned(None, Some(out)))),
+            ],
+            end,
+        )
+        .unwrap();
+        assert_eq!(cut.reaches, t("2026-11-22T01:00:03.999999Z"));
+        assert_eq!(cut.last, Some(c1));
+
+        // The same commit crossing into a segment of the run is its last.
+        let within = point("2026-11-22T01:00:04Z", 2 * SEG - 16, 2 * SEG + 40);
+        let whole = RunCommits::of_segments(
+            &[
+                segment(
+                    "2026-11-22T01:00:05Z",
+                    Some(scanned(Some(c1), Some(within))),
+                ),
+                segment("2026-11-22T01:00:06Z", Some(scanned(None, None))),
+            ],
+            end,
+        )
+        .unwrap();
+        assert_eq!(whole.last, Some(within));
+        assert_eq!(whole.newest, Some(within.time));
+        assert_eq!(whole.reaches, t("2026-11-22T01:00:06Z"));
+
+        // A record after the last commit that could not be read may be a
+        // commit: the run reaches no further than the last known one.
+        let mut unknown = scanned(None, None);
+        unknown.complete = false;
+        let uncertain = RunCommits::of_segments(
+            &[
+                segment("2026-11-22T01:00:01Z", Some(scanned(Some(c1), None))),
+                segment("2026-11-22T01:00:06Z", Some(unknown)),
+            ],
+            end,
+        )
+        .unwrap();
+        assert_eq!(uncertain.reaches, c1.time);
+
+        // The file system's coarser clock: never less than the newest commit.
+        let late = point("2026-11-22T01:00:06.002Z", 2 * SEG + 100, 2 * SEG + 140);
+        let coarse = RunCommits::of_segments(
+            &[segment(
+                "2026-11-22T01:00:06Z",
+                Some(scanned(Some(late), None)),
+            )],
+            end,
+        )
+        .unwrap();
+        assert_eq!(coarse.reaches, late.time);
+
+        // Segments archived by an older Strata: timed by mtime alone.
+        let old = RunCommits::of_segments(
+            &[
+                segment("2026-11-22T01:00:01Z", None),
+                segment("2026-11-22T01:00:06Z", Some(scanned(Some(c1), None))),
+            ],
+            end,
+        )
+        .unwrap();
+        assert!(!old.scanned);
+        assert_eq!(old.reaches, t("2026-11-22T01:00:06Z"));
+    }
+
+    #[test]
+    fn a_time_after_the_last_transaction_of_the_plan_stops_at_it() {
+        let run = |newest: Option<&str>, last: Option<CommitPoint>| RunCommits {
+            reaches: t("2026-11-22T02:00:00Z"),
+            scanned: true,
+            newest: newest.map(t),
+            last,
+        };
+        let stop = Lsn(SEG + 500);
+        let c1 = point("2026-11-22T01:00:00Z", SEG + 1000, SEG + 1040);
+        let c2 = point("2026-11-22T01:10:00Z", 2 * SEG + 100, 2 * SEG + 140);
+        let runs = [
+            run(Some("2026-11-22T01:00:00Z"), Some(c1)),
+            run(Some("2026-11-22T01:10:00Z"), Some(c2)),
+        ];
+        // Before a transaction end of the plan: PostgreSQL stops before it.
+        assert_eq!(
+            time_stop(t("2026-11-22T01:05:00Z"), &runs, stop),
+            Target::Time(t("2026-11-22T01:05:00Z"))
+        );
+        // After the last one: right after it, by LSN.
+        assert_eq!(
+            time_stop(t("2026-11-22T01:30:00Z"), &runs, stop),
+            Target::AfterCommit {
+                time: t("2026-11-22T01:30:00Z"),
+                lsn: c2.lsn,
+                committed_at: c2.time,
+            }
+        );
+        // A last run without a transaction end: the one before it.
+        let idle = [runs[0].clone(), run(None, None)];
+        assert!(matches!(
+            time_stop(t("2026-11-22T01:30:00Z"), &idle, stop),
+            Target::AfterCommit { lsn, .. } if lsn == c1.lsn
+        ));
+        // Nothing ended since the backup: its consistent state.
+        let before_stop = [run(
+            Some("2026-11-22T00:59:00Z"),
+            Some(point("2026-11-22T00:59:00Z", SEG + 100, SEG + 140)),
+        )];
+        assert_eq!(
+            time_stop(t("2026-11-22T01:30:00Z"), &before_stop, stop),
+            Target::Consistent {
+                time: t("2026-11-22T01:30:00Z")
+            }
+        );
+        // WAL that was not scanned: PostgreSQL's own time target.
+        let mut unscanned = runs.clone();
+        unscanned[0].scanned = false;
+        assert_eq!(
+            time_stop(t("2026-11-22T01:30:00Z"), &unscanned, stop),
+            Target::Time(t("2026-11-22T01:30:00Z"))
+        );
+    }
+
+    /// A vault archive and a data directory of system 42 to push from.
+    struct FakeCluster {
+        _dir: tempfile::TempDir,
+        store: strata_core::vault::VaultArchive,
+        pgdata: std::path::PathBuf,
+    }
+
+    impl FakeCluster {
+        async fn new() -> FakeCluster {
+            use strata_core::vault::{Vault, VaultArchive, VaultConfig};
+            let dir = tempfile::tempdir().unwrap();
+            let url = format!("file://{}/vault", dir.path().display());
+            let vault = Vault::init(&VaultConfig::from_url(&url), None)
+                .await
+                .unwrap();
+            let store = VaultArchive::new(vault, crate::ENGINE, "main");
+            let pgdata = dir.path().join("pgdata");
+            std::fs::create_dir_all(pgdata.join("global")).unwrap();
+            std::fs::create_dir_all(pgdata.join("pg_wal")).unwrap();
+            let mut control = vec![0u8; 512];
+            control[..8].copy_from_slice(&42u64.to_le_bytes());
+            std::fs::write(pgdata.join("global/pg_control"), control).unwrap();
+            FakeCluster {
+                _dir: dir,
+                store,
+                pgdata,
+            }
+        }
+
+        /// Writes `name` into pg_wal, modified at `mtime`.
+        fn write(&self, name: WalFileName, bytes: Vec<u8>, mtime: &str) -> std::path::PathBuf {
+            let path = self.pgdata.join("pg_wal").join(name.to_string());
+            std::fs::write(&path, bytes).unwrap();
+            let file = std::fs::File::options().write(true).open(&path).unwrap();
+            file.set_modified(t(mtime).into()).unwrap();
+            path
+        }
+    }
+
+    #[tokio::test]
+    async fn a_run_is_read_backwards_to_its_last_whole_commit() {
+        use crate::walrecords::tests::{SEG as SMALL, WalWriter, commit, heap};
+        let seg = SMALL as u64;
+        let cluster = FakeCluster::new().await;
+        let archive = WalArchive::new(&cluster.store);
+        // 20 segments: a commit in the first, then idle ones, and a commit
+        // starting in the last that ends after it (not archived).
+        let mut w = WalWriter::new(seg);
+        let (c1, _) = w.append(&commit("2026-11-22T01:00:01Z", 0));
+        w.pad_segment();
+        for _ in 2..20 {
+            w.append(&heap(20));
+            w.pad_segment();
+        }
+        w.fill_to(20 * SMALL - 400);
+        w.append(&commit("2026-11-22T01:00:30Z", 1000));
+        for i in 0..20 {
+            let name = WalFileName::segment(1, 1 + i as u64, seg);
+            let path = cluster.write(name, w.segment(i).to_vec(), "2026-11-22T01:00:40Z");
+            archive.push(&path, &cluster.pgdata).await.unwrap();
+        }
+        let b = backup_at(
+            1,
+            Lsn(seg + 100),
+            Lsn(seg + 200),
+            "2026-11-22T01:00:00Z",
+            seg,
+        );
+        let cat = Catalog::load(vec![b.0], &archive, "main", None)
+            .await
+            .unwrap();
+        let runs = cat.runs_by_id();
+        let run = runs.values().next().unwrap();
+        assert_eq!(run.last.map(|c| c.lsn), Some(c1), "{run:?}");
+        assert_eq!(run.reaches, t("2026-11-22T01:00:29.999999Z"), "{run:?}");
+    }
+
+    #[tokio::test]
+    async fn the_catalog_times_runs_by_their_commits_and_reads_timelines_as_recovery_does() {
+        use crate::walrecords::tests::{SEG as SMALL, WalWriter, commit, heap};
+        let seg = SMALL as u64;
+        let cluster = FakeCluster::new().await;
+        let archive = WalArchive::new(&cluster.store);
+        let pgdata = &cluster.pgdata;
+        let push =
+            |name: WalFileName, bytes: Vec<u8>, mtime: &str| cluster.write(name, bytes, mtime);
+
+        // Timeline 1: segments 1 to 3; a commit in 2, an idle 3.
+        let mut w = WalWriter::new(seg);
+        w.append(&heap(20));
+        w.pad_segment();
+        let (c1, _) = w.append(&commit("2026-11-22T01:00:10Z", 0));
+        w.append(&heap(20));
+        w.pad_segment();
+        w.append(&heap(30));
+        w.pad_segment();
+        for (i, mtime) in [
+            "2026-11-22T01:00:05Z",
+            "2026-11-22T01:00:11Z",
+            "2026-11-22T01:00:20Z",
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let name = WalFileName::segment(1, 1 + i as u64, seg);
+            let path = push(name, w.segment(i).to_vec(), mtime);
+            archive.push(&path, pgdata).await.unwrap();
+        }
+        // Timeline 2 began in segment 3 (after c1), with a commit; a
+        // segment 2 of timeline 2 (before it began) is never read by
+        // recovery, and the .partial of timeline 1 neither.
+        let switch = Lsn(3 * seg + 200);
+        let history = format!("1\t{switch}\tno recovery target specified\n");
+        push(
+            WalFileName::history(2),
+            history.into_bytes(),
+            "2026-11-22T01:00:25Z",
+        );
+        let mut w2 = WalWriter::new(3 * seg);
+        w2.append(&heap(30));
+        let (c2, _) = w2.append(&commit("2026-11-22T01:00:40Z", 0));
+        w2.pad_segment();
+        let path = push(
+            WalFileName::segment(2, 3, seg),
+            w2.segment(0).to_vec(),
+            "2026-11-22T01:00:50Z",
+        );
+        archive.push(&path, pgdata).await.unwrap();
+        let stray = push(
+            WalFileName::segment(2, 2, seg),
+            w.segment(1).to_vec(),
+            "2026-11-22T01:00:51Z",
+        );
+        archive.push(&stray, pgdata).await.unwrap();
+        let partial = pgdata.join("pg_wal/000000010000000000000004.partial");
+        std::fs::write(&partial, w.segment(2)).unwrap();
+        archive.push(&partial, pgdata).await.unwrap();
+
+        let b = backup_at(
+            1,
+            Lsn(seg + 40),
+            Lsn(seg + 100),
+            "2026-11-22T01:00:06Z",
+            seg,
+        );
+        let cat = Catalog::load(vec![b.0.clone()], &archive, "main", None)
+            .await
+            .unwrap();
+        assert_eq!(
+            cat.segments[&2],
+            BTreeSet::from([3]),
+            "timeline 2's segment 2 is left out"
+        );
+        let runs = cat.runs_by_id();
+        let tl1 = &runs[&"wal.000000010000000000000001-000000010000000000000003"
+            .parse::<BackupId>()
+            .unwrap()];
+        assert_eq!(
+            tl1.reaches,
+            t("2026-11-22T01:00:20Z"),
+            "the idle tail reaches the last mtime"
+        );
+        assert_eq!(tl1.last.map(|c| c.lsn), Some(c1));
+        let tl2 = &runs[&"wal.000000020000000000000003-000000020000000000000003"
+            .parse::<BackupId>()
+            .unwrap()];
+        assert_eq!(tl2.last.map(|c| c.lsn), Some(c2));
+
+        let chain = cat.chain();
+        let windows = timeline(&chain.records, chain.rules.as_ref()).windows;
+        assert_eq!(windows.len(), 2, "{windows:?}");
+        // In timeline 1's idle tail: after c1, by LSN, on timeline 1.
+        let target = t("2026-11-22T01:00:15Z");
+        let plan = plan_of(&cat, RestoreTarget::Time(target)).unwrap();
+        assert_eq!(plan.fork, "1");
+        let planned: Vec<RunCommits> = plan.logs.iter().map(|l| runs[&l.id].clone()).collect();
+        assert!(matches!(
+            time_stop(target, &planned, b.1.stop()),
+            Target::AfterCommit { lsn, .. } if lsn == c1
+        ));
+        // After timeline 2's commit: after it, on timeline 2.
+        let target = t("2026-11-22T01:00:45Z");
+        let plan = plan_of(&cat, RestoreTarget::Time(target)).unwrap();
+        assert_eq!(plan.fork, "2");
+        let planned: Vec<RunCommits> = plan.logs.iter().map(|l| runs[&l.id].clone()).collect();
+        assert!(matches!(
+            time_stop(target, &planned, b.1.stop()),
+            Target::AfterCommit { lsn, .. } if lsn == c2
+        ));
+        // Between the switch and timeline 2's commit: a time target on 2.
+        let target = t("2026-11-22T01:00:30Z");
+        let plan = plan_of(&cat, RestoreTarget::Time(target)).unwrap();
+        let planned: Vec<RunCommits> = plan.logs.iter().map(|l| runs[&l.id].clone()).collect();
+        assert_eq!(
+            time_stop(target, &planned, b.1.stop()),
+            Target::Time(target)
+        );
     }
 }

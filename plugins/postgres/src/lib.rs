@@ -35,6 +35,7 @@ pub mod pages;
 pub mod restore;
 pub mod wal;
 pub mod walname;
+pub mod walrecords;
 
 pub use config::ClusterConfig;
 pub use wal::WalArchive;
@@ -45,13 +46,13 @@ pub const ENGINE: &str = "postgres";
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
-use strata_core::catalog::manifest::{BackupKind, Manifest};
-use strata_core::catalog::planner::RestoreTarget;
+use strata_core::catalog::manifest::{BackupId, BackupKind, Manifest};
+use strata_core::catalog::planner::{RestorePlan, RestoreTarget};
 use strata_core::plugin::{
     ArchiveStore, BackupOutcome, BackupRequest, BackupSink, Capabilities, Chain, ContentCheck,
     DatabaseRef, EnginePlugin, RestoreOutcome, RestoreRequest, RestoreSource, is_protected,
@@ -76,11 +77,31 @@ pub const PART_SIZE: usize = 8 << 20;
 ///   origins; a full backup needs the WAL from its start LSN).
 /// - **Restore** ([`restore::restore`]): into a new data directory; the
 ///   destination is a [`RestoreDestination`].
+///
+/// # From the plan to the recovery target
+///
+/// A time target must stop exactly where PostgreSQL would with all the
+/// WAL ever written, and the planned WAL may end before any transaction
+/// ended after the target (an idle tail): the restore then stops at the
+/// last transaction end before it, by LSN ([`chain::time_stop`]). That
+/// needs what the plan's runs of WAL hold, which only their segments'
+/// attributes in the archive tell, and [`EnginePlugin::restore`] has no
+/// archive and only the planner's records. So [`EnginePlugin::chain`]
+/// remembers, in the engine, what each run it gave the planner holds
+/// ([`chain::RunCommits`], by log record id), and `restore` looks the
+/// plan's logs up there. A run's id names its first and last segment, and
+/// archived segments are never replaced, so what an id maps to never
+/// changes: the memory is a cache of facts, valid for any later plan (it
+/// grows by the few runs of each catalog read, never by segments). The
+/// host plans and restores with the same engine (core's `Host::restore`);
+/// a plan whose runs this engine has not seen falls back on
+/// `recovery_target_time`, with a warning.
 #[derive(Debug, Clone)]
 pub struct PostgresEngine {
     name: String,
     cluster: Option<ClusterConfig>,
     system_id: Option<u64>,
+    runs: Arc<Mutex<BTreeMap<BackupId, chain::RunCommits>>>,
 }
 
 /// Where and how a PostgreSQL restore lays the cluster down (the JSON form
@@ -129,6 +150,7 @@ impl ClusterConfig {
             name: name.to_owned(),
             cluster: Some(self.clone()),
             system_id: None,
+            runs: Arc::default(),
         })
     }
 }
@@ -142,6 +164,7 @@ impl PostgresEngine {
             name: name.to_owned(),
             cluster: None,
             system_id: None,
+            runs: Arc::default(),
         }
     }
 
@@ -151,6 +174,34 @@ impl PostgresEngine {
     pub fn with_system_id(mut self, system_id: Option<u64>) -> Self {
         self.system_id = system_id;
         self
+    }
+
+    /// How a restore of `plan` to time `t` stops: see the type's docs.
+    fn time_stop(
+        &self,
+        t: chrono::DateTime<chrono::Utc>,
+        plan: &RestorePlan,
+        meta: &backup::FullBackupMeta,
+    ) -> chain::Target {
+        let known = self
+            .runs
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let runs: Option<Vec<chain::RunCommits>> = plan
+            .logs
+            .iter()
+            .map(|log| known.get(&log.id).cloned())
+            .collect();
+        match runs {
+            Some(runs) => chain::time_stop(t, &runs, meta.stop()),
+            None => {
+                tracing::warn!(
+                    "the restore plan names WAL this engine did not catalog; \
+                     stopping at recovery_target_time"
+                );
+                chain::Target::Time(t)
+            }
+        }
     }
 
     fn cluster(&self) -> Result<&ClusterConfig> {
@@ -221,7 +272,12 @@ impl EnginePlugin for PostgresEngine {
         backups: &[Manifest],
         archive: Arc<dyn ArchiveStore>,
     ) -> Result<Chain> {
-        Ok(self.catalog(backups, archive.as_ref()).await?.chain())
+        let catalog = self.catalog(backups, archive.as_ref()).await?;
+        self.runs
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .extend(catalog.runs_by_id());
+        Ok(catalog.chain())
     }
 
     async fn restore(
@@ -247,7 +303,7 @@ impl EnginePlugin for PostgresEngine {
         })?;
         let target = match &request.target {
             RestoreTarget::Latest => chain::Target::Latest,
-            RestoreTarget::Time(t) => chain::Target::Time(*t),
+            RestoreTarget::Time(t) => self.time_stop(*t, plan, &meta),
             RestoreTarget::Position { position, .. } => {
                 chain::Target::Lsn(chain::lsn_of(*position)?)
             }

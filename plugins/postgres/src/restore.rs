@@ -8,8 +8,12 @@
 //!    then `pg_control`, then `backup_label` and `tablespace_map` (rewritten
 //!    to the new tablespace paths).
 //! 3. Write the recovery settings to `postgresql.auto.conf`:
-//!    `restore_command` (Strata's `wal-fetch`), the target,
-//!    `recovery_target_timeline`, `recovery_target_action = 'promote'`,
+//!    `restore_command` (Strata's `wal-fetch`), the target (a time before a
+//!    transaction end of the planned WAL as `recovery_target_time`; a time
+//!    after the last one as `recovery_target_lsn` at that transaction end,
+//!    or `recovery_target = 'immediate'` when none ended since the backup,
+//!    see [`crate::chain::time_stop`]), `recovery_target_timeline` (the
+//!    plan's), `recovery_target_action = 'promote'`,
 //!    `archive_mode = 'off'` (the copy has the source's system identifier and
 //!    must never write into its archive) and the port; create `recovery.signal`.
 //! 4. Optionally start the copy with `pg_ctl`, wait until recovery has ended
@@ -345,6 +349,14 @@ pub async fn restore(
     };
     if options.start {
         start_and_wait(cluster, options, &mut report).await?;
+        // Recovery that stops at an LSN does not record the time of the
+        // transaction it stopped after (`recoveryStopsAfter` returns before
+        // `SetLatestXTime`); the archive's scan knows it.
+        if report.reached_time.is_none()
+            && let Target::AfterCommit { committed_at, .. } = plan.target
+        {
+            report.reached_time = Some(committed_at);
+        }
     }
     Ok(report)
 }
@@ -548,6 +560,29 @@ fn write_recovery_settings(target: &Path, plan: &Plan, options: &RestoreOptions)
             conf.push_str(&format!("recovery_target_time = {}\n", quote(&text)));
             conf.push_str(&format!("recovery_target_timeline = '{}'\n", plan.timeline));
             text
+        }
+        Target::AfterCommit { time, lsn, .. } => {
+            // Inclusive: recovery stops right after the first record that
+            // starts at or after the LSN, the transaction end itself
+            // (`recoveryStopsAfter` in src/backend/access/transam/xlogrecovery.c),
+            // and needs no WAL beyond it.
+            conf.push_str(&format!(
+                "# {}: no transaction of the archived WAL ended after the last one before it\n",
+                time.format("%Y-%m-%d %H:%M:%S%.6f+00")
+            ));
+            conf.push_str(&format!("recovery_target_lsn = '{lsn}'\n"));
+            conf.push_str("recovery_target_inclusive = on\n");
+            conf.push_str(&format!("recovery_target_timeline = '{}'\n", plan.timeline));
+            plan.target.to_string()
+        }
+        Target::Consistent { time } => {
+            conf.push_str(&format!(
+                "# {}: no transaction ended between the backup and this time\n",
+                time.format("%Y-%m-%d %H:%M:%S%.6f+00")
+            ));
+            conf.push_str("recovery_target = 'immediate'\n");
+            conf.push_str(&format!("recovery_target_timeline = '{}'\n", plan.timeline));
+            plan.target.to_string()
         }
         Target::Lsn(l) => {
             conf.push_str(&format!("recovery_target_lsn = '{l}'\n"));

@@ -30,15 +30,33 @@
 //!
 //! The objects live in the instance's [`ArchiveStore`], which compresses,
 //! seals and checks them (its object format is documented with the host's
-//! implementation). Each WAL object carries two attributes:
-//! `system_id` (decimal) and `mtime` (RFC 3339).
+//! implementation). Each WAL object carries the attributes `system_id`
+//! (decimal) and `mtime` (RFC 3339), and each segment what its records say
+//! about the transactions that ended in it ([`SegmentCommits`], read by
+//! [`crate::walrecords::scan_segment`] when it is pushed):
+//!
+//! | attribute | value |
+//! |---|---|
+//! | `commit_scan` | `complete`, or `uncertain` when the record that crosses into the next segment could not be read (the next segment was not in `pg_wal` yet); absent when the segment could not be scanned or was pushed by an older Strata |
+//! | `first_commit_time` | the oldest `xact_time` of the commit and abort records that start and end in the segment (RFC 3339) |
+//! | `last_commit_time` | the newest such `xact_time` |
+//! | `last_commit_lsn` | where the last of them (in LSN order) starts: what `recovery_target_lsn` names to stop right after it |
+//! | `last_commit_end_lsn` | where it ends (the LSN right after it) |
+//! | `crossing_commit_time`, `_lsn`, `_end_lsn` | the commit or abort record that starts in the segment and ends in a later one, if it is one |
+//!
+//! The commit attributes are absent when the segment holds no commit or
+//! abort record. A scan never fails a push: a segment Strata cannot read is
+//! archived without them, and the catalog then falls back on `mtime`
+//! (archiving must not stop because of Strata's reading of the WAL).
 //!
 //! `mtime` is the file's modification time in `pg_wal`: PostgreSQL writes a
 //! segment up to its last record and then closes it, so no commit inside it is
-//! newer than its mtime. It is the segment's `consistent_at`, the upper bound
-//! of the times the segment can restore to. The push time would be wrong: a
-//! target between the mtime and the push time may need commits of the *next*
-//! segment, which is not archived yet.
+//! newer than its mtime, and a commit after it is in a later segment (up to
+//! a transaction whose commit time was taken just before the segment was
+//! switched and whose record followed the switch, a race of microseconds).
+//! It bounds the times the segment can restore to. The push time would be
+//! wrong: a target between the mtime and the push time may need commits of
+//! the *next* segment, which is not archived yet.
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -50,12 +68,31 @@ use futures::StreamExt;
 use strata_core::plugin::{ArchiveStore, Attributes, PutOnce};
 use strata_core::{Error, ErrorKind, Result};
 
-use crate::walname::{WalFileKind, WalFileName};
+use crate::walname::{Lsn, WalFileKind, WalFileName};
+use crate::walrecords::{Crossing, SegmentScan, XactEnd, scan_segment};
 
 /// The attribute holding the cluster's system identifier (decimal).
 pub const SYSTEM_ID_ATTRIBUTE: &str = "system_id";
 /// The attribute holding the file's modification time (RFC 3339).
 pub const MTIME_ATTRIBUTE: &str = "mtime";
+/// The attribute saying a segment's records were scanned, and how well.
+pub const COMMIT_SCAN_ATTRIBUTE: &str = "commit_scan";
+/// The oldest `xact_time` of a segment (RFC 3339).
+pub const FIRST_COMMIT_TIME_ATTRIBUTE: &str = "first_commit_time";
+/// The newest `xact_time` of a segment (RFC 3339).
+pub const LAST_COMMIT_TIME_ATTRIBUTE: &str = "last_commit_time";
+/// Where the last commit or abort record of a segment starts.
+pub const LAST_COMMIT_LSN_ATTRIBUTE: &str = "last_commit_lsn";
+/// Where the last commit or abort record of a segment ends.
+pub const LAST_COMMIT_END_LSN_ATTRIBUTE: &str = "last_commit_end_lsn";
+const CROSSING_COMMIT_TIME_ATTRIBUTE: &str = "crossing_commit_time";
+const CROSSING_COMMIT_LSN_ATTRIBUTE: &str = "crossing_commit_lsn";
+const CROSSING_COMMIT_END_LSN_ATTRIBUTE: &str = "crossing_commit_end_lsn";
+const SCAN_COMPLETE: &str = "complete";
+const SCAN_UNCERTAIN: &str = "uncertain";
+/// How much of the next segment a push reads, when the record crossing
+/// into it cannot be read from the segment alone.
+const NEXT_SEGMENT_HEAD: u64 = 64 * 1024;
 
 /// `xlp_magic` of PostgreSQL 15 WAL pages.
 const XLOG_PAGE_MAGIC_PG15: u16 = 0xD110;
@@ -67,18 +104,174 @@ pub struct WalFileInfo {
     pub system_id: u64,
     /// The file's modification time when it was pushed.
     pub mtime: DateTime<Utc>,
+    /// What the segment's records say about the transactions that ended
+    /// in it; `None` for other files, and for segments that were not
+    /// scanned (pushed by an older Strata, or not readable).
+    pub commits: Option<SegmentCommits>,
+}
+
+/// A commit or abort record as the catalog keeps it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct CommitPoint {
+    /// Its `xact_time`.
+    pub time: DateTime<Utc>,
+    /// Where it starts.
+    pub lsn: Lsn,
+    /// Where it ends.
+    pub end_lsn: Lsn,
+}
+
+impl From<&XactEnd> for CommitPoint {
+    fn from(x: &XactEnd) -> Self {
+        CommitPoint {
+            time: x.time,
+            lsn: x.lsn,
+            end_lsn: x.end_lsn,
+        }
+    }
+}
+
+/// The transaction ends of one segment (commit and abort records: both are
+/// where a time target can stop), from its records.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SegmentCommits {
+    /// Whether every record starting in the segment was read: `false` when
+    /// the one crossing into the next segment could not be told apart.
+    pub complete: bool,
+    /// The oldest `xact_time` of the records that start and end in it.
+    pub first_time: Option<DateTime<Utc>>,
+    /// The newest `xact_time` of those records.
+    pub last_time: Option<DateTime<Utc>>,
+    /// The last of those records in LSN order, with `last_time` as its
+    /// time (its own may be older by the time between taking a commit's
+    /// timestamp and inserting its record; only the newest is kept, which
+    /// is what bounds the targets it can stop at).
+    pub last: Option<CommitPoint>,
+    /// The commit or abort record that starts in the segment and ends in a
+    /// later one.
+    pub crossing: Option<CommitPoint>,
+}
+
+impl SegmentCommits {
+    /// The summary of a scan.
+    pub fn of_scan(scan: &SegmentScan) -> SegmentCommits {
+        SegmentCommits {
+            complete: !matches!(scan.crossing, Some(Crossing::Unknown { .. })),
+            first_time: scan.oldest_time(),
+            last_time: scan.newest_time(),
+            last: scan.xact_ends.last().map(|x| CommitPoint {
+                time: scan.newest_time().unwrap_or(x.time),
+                ..CommitPoint::from(x)
+            }),
+            crossing: match &scan.crossing {
+                Some(Crossing::XactEnd(x)) => Some(CommitPoint::from(x)),
+                _ => None,
+            },
+        }
+    }
+
+    fn add_attributes(&self, attributes: &mut Attributes) {
+        let time = |t: DateTime<Utc>| t.to_rfc3339_opts(SecondsFormat::Micros, true);
+        attributes.insert(
+            COMMIT_SCAN_ATTRIBUTE.to_owned(),
+            if self.complete {
+                SCAN_COMPLETE
+            } else {
+                SCAN_UNCERTAIN
+            }
+            .to_owned(),
+        );
+        if let Some(t) = self.first_time {
+            attributes.insert(FIRST_COMMIT_TIME_ATTRIBUTE.to_owned(), time(t));
+        }
+        if let Some(t) = self.last_time {
+            attributes.insert(LAST_COMMIT_TIME_ATTRIBUTE.to_owned(), time(t));
+        }
+        if let Some(last) = &self.last {
+            attributes.insert(LAST_COMMIT_LSN_ATTRIBUTE.to_owned(), last.lsn.to_string());
+            attributes.insert(
+                LAST_COMMIT_END_LSN_ATTRIBUTE.to_owned(),
+                last.end_lsn.to_string(),
+            );
+        }
+        if let Some(crossing) = &self.crossing {
+            attributes.insert(
+                CROSSING_COMMIT_TIME_ATTRIBUTE.to_owned(),
+                time(crossing.time),
+            );
+            attributes.insert(
+                CROSSING_COMMIT_LSN_ATTRIBUTE.to_owned(),
+                crossing.lsn.to_string(),
+            );
+            attributes.insert(
+                CROSSING_COMMIT_END_LSN_ATTRIBUTE.to_owned(),
+                crossing.end_lsn.to_string(),
+            );
+        }
+    }
+
+    /// Reads the commit attributes; `None` when the segment was not
+    /// scanned, or when they are malformed (the catalog then treats the
+    /// segment as unscanned).
+    fn from_attributes(attributes: &Attributes) -> Option<SegmentCommits> {
+        let complete = match attributes.get(COMMIT_SCAN_ATTRIBUTE)?.as_str() {
+            SCAN_COMPLETE => true,
+            SCAN_UNCERTAIN => false,
+            _ => return None,
+        };
+        // Absent is `Some(None)`; malformed fails the whole reading.
+        let time = |name: &str| -> Option<Option<DateTime<Utc>>> {
+            match attributes.get(name) {
+                None => Some(None),
+                Some(v) => v.parse().ok().map(Some),
+            }
+        };
+        let lsn = |name: &str| -> Option<Option<Lsn>> {
+            match attributes.get(name) {
+                None => Some(None),
+                Some(v) => v.parse().ok().map(Some),
+            }
+        };
+        let point = |t: &str, l: &str, e: &str| -> Option<Option<CommitPoint>> {
+            Some(match (time(t)?, lsn(l)?, lsn(e)?) {
+                (Some(time), Some(lsn), Some(end_lsn)) => Some(CommitPoint { time, lsn, end_lsn }),
+                (None, None, None) => None,
+                _ => return None,
+            })
+        };
+        let last = point(
+            LAST_COMMIT_TIME_ATTRIBUTE,
+            LAST_COMMIT_LSN_ATTRIBUTE,
+            LAST_COMMIT_END_LSN_ATTRIBUTE,
+        )?;
+        Some(SegmentCommits {
+            complete,
+            first_time: time(FIRST_COMMIT_TIME_ATTRIBUTE)?,
+            last_time: last.map(|l| l.time),
+            last,
+            crossing: point(
+                CROSSING_COMMIT_TIME_ATTRIBUTE,
+                CROSSING_COMMIT_LSN_ATTRIBUTE,
+                CROSSING_COMMIT_END_LSN_ATTRIBUTE,
+            )?,
+        })
+    }
 }
 
 impl WalFileInfo {
     /// The attributes of an archive object.
     fn to_attributes(&self) -> Attributes {
-        Attributes::from([
+        let mut attributes = Attributes::from([
             (SYSTEM_ID_ATTRIBUTE.to_owned(), self.system_id.to_string()),
             (
                 MTIME_ATTRIBUTE.to_owned(),
                 self.mtime.to_rfc3339_opts(SecondsFormat::AutoSi, true),
             ),
-        ])
+        ]);
+        if let Some(commits) = &self.commits {
+            commits.add_attributes(&mut attributes);
+        }
+        attributes
     }
 
     /// Reads the attributes of the archive object at `key`.
@@ -99,8 +292,49 @@ impl WalFileInfo {
         let mtime = field(MTIME_ATTRIBUTE)?.parse().map_err(|_| {
             Error::integrity(format!("the archived WAL file {key} has a malformed mtime"))
         })?;
-        Ok(WalFileInfo { system_id, mtime })
+        let commits = SegmentCommits::from_attributes(attributes);
+        if commits.is_none() && attributes.contains_key(COMMIT_SCAN_ATTRIBUTE) {
+            tracing::warn!(%key, "the archived segment's commit attributes are malformed; using its mtime");
+        }
+        Ok(WalFileInfo {
+            system_id,
+            mtime,
+            commits,
+        })
     }
+}
+
+/// Scans the records of segment `name` (its bytes, read from `path`) for
+/// its transaction ends. When the record crossing into the next segment
+/// cannot be read from this one, the start of the next segment is read
+/// from beside `path` in `pg_wal`, if it is there. Never fails: a segment
+/// that cannot be scanned is logged and gets no commit attributes.
+fn scan_pushed_segment(bytes: &[u8], name: &WalFileName, path: &Path) -> Option<SegmentCommits> {
+    let seg_size = bytes.len() as u64;
+    if !seg_size.is_power_of_two() {
+        tracing::warn!(segment = %name, size = seg_size, "not a whole WAL segment; archived without commit attributes");
+        return None;
+    }
+    let start = name.start_lsn(seg_size);
+    let mut scan = match scan_segment(bytes, start, &[]) {
+        Ok(scan) => scan,
+        Err(e) => {
+            tracing::warn!(segment = %name, error = %e, "cannot read the segment's records; archived without commit attributes");
+            return None;
+        }
+    };
+    if matches!(scan.crossing, Some(Crossing::Unknown { .. })) {
+        let next = WalFileName::segment(name.timeline, name.segno(seg_size) + 1, seg_size);
+        let mut head = Vec::new();
+        let read = std::fs::File::open(path.with_file_name(next.to_string()))
+            .and_then(|f| f.take(NEXT_SEGMENT_HEAD).read_to_end(&mut head));
+        if read.is_ok()
+            && let Ok(rescanned) = scan_segment(bytes, start, &head)
+        {
+            scan = rescanned;
+        }
+    }
+    Some(SegmentCommits::of_scan(&scan))
 }
 
 /// What a push did.
@@ -209,7 +443,7 @@ impl<'a> WalArchive<'a> {
         let name = WalFileName::parse(&file_name)?;
         let (bytes, mtime) = {
             let full = full.clone();
-            tokio::task::spawn_blocking(move || -> Result<(Vec<u8>, DateTime<Utc>)> {
+            tokio::task::spawn_blocking(move || -> Result<(Bytes, DateTime<Utc>)> {
                 let bytes = std::fs::read(&full).map_err(|e| {
                     Error::io_doing_at("cannot read", &full, e)
                         .hint("archive_command must pass %p; run it from the data directory or give an absolute path")
@@ -217,7 +451,7 @@ impl<'a> WalArchive<'a> {
                 let mtime = std::fs::metadata(&full)
                     .and_then(|m| m.modified())
                     .map_err(|e| Error::io_doing_at("cannot read the modification time of", &full, e))?;
-                Ok((bytes, DateTime::<Utc>::from(mtime)))
+                Ok((Bytes::from(bytes), DateTime::<Utc>::from(mtime)))
             })
             .await
             .map_err(|e| Error::from(e).context(format!("reading {file_name}")))??
@@ -240,10 +474,26 @@ impl<'a> WalArchive<'a> {
         };
         let key = self.key(system_id, &name);
         let size = bytes.len() as u64;
-        let info = WalFileInfo { system_id, mtime };
+        let commits = if name.kind == WalFileKind::Segment {
+            let (bytes, full) = (bytes.clone(), full.clone());
+            // A panic in the scan must not fail the push either.
+            tokio::task::spawn_blocking(move || scan_pushed_segment(&bytes, &name, &full))
+                .await
+                .unwrap_or_else(|e| {
+                    tracing::warn!(segment = %name, error = %e, "the scan of the segment's records failed; archived without commit attributes");
+                    None
+                })
+        } else {
+            None
+        };
+        let info = WalFileInfo {
+            system_id,
+            mtime,
+            commits,
+        };
         match self
             .archive
-            .put_once(&key, Bytes::from(bytes), info.to_attributes())
+            .put_once(&key, bytes, info.to_attributes())
             .await
         {
             Ok(PutOnce::Stored { stored_bytes }) => {
@@ -613,6 +863,84 @@ mod tests {
         archive.push(&seg, &pgdata).await.unwrap();
         let history = archive.read(42, &WalFileName::history(2)).await.unwrap();
         assert_eq!(history.as_deref(), Some(&b"1\t0/3000000\tpromoted\n"[..]));
+    }
+
+    #[tokio::test]
+    async fn pushed_segments_carry_their_transaction_ends() {
+        use crate::walrecords::tests::{PAGE, SEG, WalWriter, commit, heap};
+        let (_dir, store, pgdata) = setup().await;
+        let archive = WalArchive::new(&store);
+        let seg = SEG as u64;
+        // Segment 3 of 8 KiB segments: two commits, then one that crosses
+        // into segment 4 with its header cut by the boundary.
+        let mut w = WalWriter::new(3 * seg);
+        let (_, _) = w.append(&commit("2026-11-22T01:00:00Z", 0));
+        let (c2, c2_end) = w.append(&commit("2026-11-22T01:00:01.5Z", 0));
+        w.fill_to(SEG - 16);
+        let (crossing, crossing_end) = w.append(&commit("2026-11-22T01:00:02Z", 30));
+        w.append(&heap(10));
+        w.pad_segment();
+        let name3 = WalFileName::segment(1, 3, seg);
+        let name4 = WalFileName::segment(1, 4, seg);
+        let path3 = pgdata.join("pg_wal").join(name3.to_string());
+        let path4 = pgdata.join("pg_wal").join(name4.to_string());
+        std::fs::write(&path3, w.segment(0)).unwrap();
+
+        // Without segment 4 in pg_wal, the crossing record is unknown.
+        archive.push(&path3, &pgdata).await.unwrap();
+        let info = archive.header(42, &name3).await.unwrap().unwrap();
+        let commits = info.commits.expect("scanned");
+        assert!(!commits.complete);
+        assert_eq!(
+            commits.first_time,
+            Some("2026-11-22T01:00:00Z".parse().unwrap())
+        );
+        assert_eq!(
+            commits.last_time,
+            Some("2026-11-22T01:00:01.5Z".parse().unwrap())
+        );
+        assert_eq!(commits.last.map(|l| (l.lsn, l.end_lsn)), Some((c2, c2_end)));
+        assert_eq!(commits.crossing, None);
+        let attributes = store
+            .attributes(&archive.key(42, &name3))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            attributes[LAST_COMMIT_TIME_ATTRIBUTE],
+            "2026-11-22T01:00:01.500000Z"
+        );
+        assert_eq!(attributes[LAST_COMMIT_LSN_ATTRIBUTE], c2.to_string());
+
+        // With the start of segment 4 beside it in pg_wal, it is read from there.
+        std::fs::write(&path4, &w.bytes[SEG..(SEG + PAGE).min(w.bytes.len())]).unwrap();
+        let scanned = scan_pushed_segment(w.segment(0), &name3, &path3).unwrap();
+        assert!(scanned.complete);
+        let crossed = scanned.crossing.expect("a crossing commit");
+        assert_eq!((crossed.lsn, crossed.end_lsn), (crossing, crossing_end));
+        assert_eq!(
+            crossed.time,
+            "2026-11-22T01:00:02Z".parse::<DateTime<Utc>>().unwrap()
+        );
+        let mut attributes = Attributes::new();
+        scanned.add_attributes(&mut attributes);
+        assert_eq!(SegmentCommits::from_attributes(&attributes), Some(scanned));
+
+        // A segment Strata cannot read is archived without commit attributes.
+        let name5 = WalFileName::segment(1, 5, seg);
+        let path5 = pgdata.join("pg_wal").join(name5.to_string());
+        std::fs::write(&path5, fake_segment(42, 5)).unwrap();
+        archive.push(&path5, &pgdata).await.unwrap();
+        let info = archive.header(42, &name5).await.unwrap().unwrap();
+        assert_eq!(info.commits, None);
+        // Malformed commit attributes read as unscanned.
+        let mut attributes =
+            Attributes::from([(COMMIT_SCAN_ATTRIBUTE.to_owned(), "complete".to_owned())]);
+        attributes.insert(
+            LAST_COMMIT_TIME_ATTRIBUTE.to_owned(),
+            "yesterday".to_owned(),
+        );
+        assert_eq!(SegmentCommits::from_attributes(&attributes), None);
     }
 
     #[tokio::test]

@@ -1,0 +1,290 @@
+//! Every time `strata list pg` shows as restorable restores, and lands
+//! exactly on the target: the rows of a restored copy are the rows committed
+//! at or before the target time, including after the last commit of the
+//! archived WAL (an idle tail) and across a failover to a promoted standby.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use strata_e2e::pg::{PgCluster, PgStrata};
+
+const ARCHIVE_WAIT: Duration = Duration::from_secs(90);
+
+/// Inserts marker `i` and returns its commit time (PostgreSQL's own, as
+/// `track_commit_timestamp` recorded it).
+fn marker(pg: &PgCluster, i: u32) -> DateTime<Utc> {
+    pg.psql(&format!(
+        "INSERT INTO markers VALUES ({i}, clock_timestamp())"
+    ));
+    let at = pg.psql(&format!(
+        "SELECT to_char(pg_xact_commit_timestamp(xmin) AT TIME ZONE 'UTC', \
+         'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') FROM markers WHERE id = {i}"
+    ));
+    at.parse()
+        .unwrap_or_else(|e| panic!("commit time of marker {i} `{at}`: {e}"))
+}
+
+fn markers_table(pg: &PgCluster) {
+    pg.psql("CREATE TABLE markers (id int PRIMARY KEY, at timestamptz NOT NULL)");
+}
+
+/// A started cluster archiving into a new vault, commit timestamps on.
+fn cluster(label: &str) -> PgStrata {
+    let env = PgStrata::new(label);
+    env.cluster
+        .psql("ALTER SYSTEM SET track_commit_timestamp = on");
+    env.cluster.stop();
+    env.cluster.start();
+    env
+}
+
+/// Restores `main` to `target` into a new directory, starts it, and returns
+/// the restore report and the copy.
+fn restore_to(env: &PgStrata, name: &str, target: DateTime<Utc>) -> (serde_json::Value, PgCluster) {
+    let (dir, port) = env.restore_target(name);
+    let out = env.strata(&[
+        "--json",
+        "restore",
+        "pg",
+        "main",
+        "--to-time",
+        &target.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+        "--target-dir",
+        dir.to_str().unwrap(),
+        "--port",
+        &port.to_string(),
+        "--start",
+    ]);
+    let copy = PgCluster::adopt(dir, port, env.cluster.socket_dir.clone());
+    assert_eq!(
+        out.code(),
+        Some(0),
+        "restore to {target} failed:\n{}\nserver log:\n{}",
+        out.stderr_text(),
+        std::fs::read_to_string(copy.data.join("strata-restore.log")).unwrap_or_default()
+    );
+    (out.json(), copy)
+}
+
+fn rows(pg: &PgCluster) -> String {
+    pg.psql("SELECT coalesce(string_agg(id::text, ',' ORDER BY id), '') FROM markers")
+}
+
+/// `(timeline, start, end)` of every window `strata list pg --json` shows.
+fn windows(env: &PgStrata) -> Vec<(u64, DateTime<Utc>, DateTime<Utc>)> {
+    let list = env
+        .strata(&["--json", "list", "pg", "main"])
+        .success()
+        .json();
+    list["windows"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no windows: {list}"))
+        .iter()
+        .map(|w| {
+            (
+                w["timeline"].as_u64().unwrap(),
+                w["start_time"].as_str().unwrap().parse().unwrap(),
+                w["end_time"].as_str().unwrap().parse().unwrap(),
+            )
+        })
+        .collect()
+}
+
+fn inside(windows: &[(u64, DateTime<Utc>, DateTime<Utc>)], t: DateTime<Utc>) -> bool {
+    windows.iter().any(|(_, from, to)| *from <= t && t <= *to)
+}
+
+#[test]
+fn a_time_in_the_idle_tail_of_the_archive_restores_the_last_commit_before_it() {
+    let env = cluster("pg_idle_tail");
+    let pg = &env.cluster;
+    markers_table(pg);
+    env.strata(&["backup", "pg", "main"]).success();
+    let committed = marker(pg, 1);
+    std::thread::sleep(Duration::from_secs(3));
+    let target = Utc::now();
+    std::thread::sleep(Duration::from_secs(3));
+    pg.switch_and_wait_archived(ARCHIVE_WAIT);
+
+    let shown = windows(&env);
+    assert!(
+        inside(&shown, target),
+        "`list` shows {target} as restorable: {shown:?}"
+    );
+    let (report, copy) = restore_to(&env, "idle", target);
+    assert_eq!(report["started"], true, "{report}");
+    assert_eq!(rows(&copy), "1", "{report}");
+    assert!(
+        report["target"]
+            .as_str()
+            .unwrap()
+            .contains("after the last transaction before it"),
+        "{report}"
+    );
+    let reached: DateTime<Utc> = report["reached_time"].as_str().unwrap().parse().unwrap();
+    assert_eq!(
+        reached, committed,
+        "the copy ends with the last commit: {report}"
+    );
+}
+
+/// The primary's current WAL insert position.
+fn insert_lsn(pg: &PgCluster) -> String {
+    pg.psql("SELECT pg_current_wal_insert_lsn()")
+}
+
+/// A primary archiving into the vault with commits on timeline 1 (the last
+/// of them in WAL only its standby received), then crashed; its standby
+/// promoted (timeline 2, a `.history` and a `.partial` in the archive) with
+/// commits of its own and an idle tail. Returns the environment, the new
+/// primary, and the commit time of every marker.
+///
+/// With `check_before_new_commits`, a restore right after the promotion,
+/// before timeline 2 has a transaction of its own, is checked too.
+fn failover(
+    label: &str,
+    check_before_new_commits: bool,
+) -> (PgStrata, PgCluster, Vec<(u32, DateTime<Utc>)>) {
+    let env = cluster(label);
+    let primary = &env.cluster;
+    markers_table(primary);
+    env.strata(&["backup", "pg", "main"]).success();
+    let mut commits = vec![(1, marker(primary, 1))];
+    std::thread::sleep(Duration::from_millis(400));
+    commits.push((2, marker(primary, 2)));
+    std::thread::sleep(Duration::from_millis(800));
+    // Archived on timeline 1 with an idle tail after marker 2.
+    primary.switch_and_wait_archived(ARCHIVE_WAIT);
+    let standby = env.standby("standby");
+    std::thread::sleep(Duration::from_millis(300));
+    // Only in WAL the standby received: the primary never archives it.
+    commits.push((3, marker(primary, 3)));
+    std::thread::sleep(Duration::from_millis(400));
+    commits.push((4, marker(primary, 4)));
+    standby.wait_replayed(&insert_lsn(primary), ARCHIVE_WAIT);
+    std::thread::sleep(Duration::from_millis(600));
+    // A crash: a clean shutdown would switch and archive the last segment.
+    primary.stop_mode("immediate");
+    standby.promote();
+    std::thread::sleep(Duration::from_millis(600));
+    if check_before_new_commits {
+        // Right after the failover, before a transaction ends on timeline
+        // 2: a time after the promotion is the state after marker 4, which
+        // only timeline 2's first segment holds (before its switch point).
+        standby.switch_and_wait_archived(ARCHIVE_WAIT);
+        // The very end of timeline 2's window.
+        let target = windows(&env)
+            .into_iter()
+            .filter(|(tli, _, _)| *tli == 2)
+            .map(|(_, _, to)| to)
+            .max()
+            .expect("a window on timeline 2");
+        let (report, copy) = restore_to(&env, "after_promotion", target);
+        assert_eq!(rows(&copy), "1,2,3,4", "{report}");
+        assert_eq!(report["recovery_timeline"], 2, "{report}");
+        assert!(
+            report["target"]
+                .as_str()
+                .unwrap()
+                .contains("after the last transaction before it"),
+            "stopped by LSN after marker 4: {report}"
+        );
+        assert_eq!(report["started"], true, "{report}");
+    }
+    commits.push((5, marker(&standby, 5)));
+    std::thread::sleep(Duration::from_millis(400));
+    commits.push((6, marker(&standby, 6)));
+    std::thread::sleep(Duration::from_millis(800));
+    standby.switch_and_wait_archived(ARCHIVE_WAIT);
+    let system_id = standby.psql("SELECT system_identifier FROM pg_control_system()");
+    let wal = env
+        .vault_dir
+        .join(format!("engines/postgres/main/wal/{system_id}"));
+    let names: Vec<String> = ["00000001", "00000002"]
+        .iter()
+        .flat_map(|tli| std::fs::read_dir(wal.join(tli)).unwrap())
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        names.iter().any(|n| n == "00000002.history")
+            && names.iter().any(|n| n.ends_with(".partial")),
+        "the archive holds timeline 2's history and timeline 1's partial segment: {names:?}"
+    );
+    (env, standby, commits)
+}
+
+/// The markers committed at or before `t`.
+fn expected(commits: &[(u32, DateTime<Utc>)], t: DateTime<Utc>) -> String {
+    commits
+        .iter()
+        .filter(|(_, at)| *at <= t)
+        .map(|(i, _)| i.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+#[test]
+fn after_a_failover_times_before_and_after_the_last_commit_of_the_old_timeline_restore_exactly() {
+    let (env, _primary2, commits) = failover("pg_failover", true);
+    let at = |i: u32| commits.iter().find(|(m, _)| *m == i).unwrap().1;
+    let shown = windows(&env);
+    let ms = chrono::Duration::milliseconds;
+    // (target, rows, timeline recovery must end on)
+    let cases = [
+        // The idle tail of timeline 1's archive: timeline 1 existed then.
+        (at(2) + ms(400), "1,2", 1),
+        // Just before and just after the last commit of timeline 1, which
+        // only timeline 2's first segment holds (and the .partial).
+        (at(4) - ms(150), "1,2,3", 2),
+        (at(4) + ms(150), "1,2,3,4", 2),
+        // After the promotion, after the last commit: the idle tail of timeline 2.
+        (at(6) + ms(400), "1,2,3,4,5,6", 2),
+    ];
+    for (i, (target, rows_then, timeline)) in cases.into_iter().enumerate() {
+        assert!(inside(&shown, target), "{target} is restorable: {shown:?}");
+        assert_eq!(expected(&commits, target), rows_then);
+        let (report, copy) = restore_to(&env, &format!("copy{i}"), target);
+        assert_eq!(rows(&copy), rows_then, "target {target}: {report}");
+        assert_eq!(
+            report["recovery_timeline"], timeline,
+            "target {target}: {report}"
+        );
+    }
+}
+
+/// A small deterministic generator (SplitMix64): the seed alone replays a run.
+struct SplitMix(u64);
+
+impl SplitMix {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+}
+
+#[test]
+fn random_times_inside_the_listed_windows_restore_the_rows_committed_by_then() {
+    let seed: u64 = std::env::var("STRATA_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random);
+    println!("seed {seed} (rerun with STRATA_TEST_SEED={seed})");
+    let mut rng = SplitMix(seed);
+    let (env, _primary2, commits) = failover("pg_random_targets", false);
+    let shown = windows(&env);
+    assert!(!shown.is_empty());
+    for i in 0..6 {
+        let (timeline, from, to) = shown[(rng.next() % shown.len() as u64) as usize];
+        let span = (to - from).num_microseconds().unwrap().max(0) as u64;
+        let target = from + chrono::Duration::microseconds((rng.next() % (span + 1)) as i64);
+        let (report, copy) = restore_to(&env, &format!("copy{i}"), target);
+        assert_eq!(
+            rows(&copy),
+            expected(&commits, target),
+            "seed {seed}: target {target} in the window of timeline {timeline} ({from} .. {to}): {report}"
+        );
+    }
+}
