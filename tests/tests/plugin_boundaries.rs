@@ -59,8 +59,15 @@ fn plugins_build_without_object_storage() {
 }
 
 /// The code of `file` before its first `#[cfg(test)]` (unit tests may use a
-/// real vault through the dev-dependency).
+/// real vault through the dev-dependency); nothing of a `tests.rs` that its
+/// folder's `mod.rs` declares as `#[cfg(test)] mod tests;`.
 fn code_outside_tests(file: &Path) -> String {
+    if file.file_name().is_some_and(|n| n == "tests.rs") {
+        let parent = std::fs::read_to_string(file.with_file_name("mod.rs")).unwrap_or_default();
+        if parent.contains("#[cfg(test)]\nmod tests;") {
+            return String::new();
+        }
+    }
     let text = std::fs::read_to_string(file).unwrap();
     match text.find("#[cfg(test)]") {
         Some(at) => text[..at].to_owned(),
