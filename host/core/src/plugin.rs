@@ -244,6 +244,25 @@ pub struct RestoreRequest {
     pub protected: Vec<std::path::PathBuf>,
 }
 
+/// Fails with [`ErrorKind::Conflict`](crate::ErrorKind::Conflict) when
+/// writing, replacing or clearing `destination` would harm one of
+/// `protected` ([`is_protected`]); what every plugin checks before a restore
+/// writes a byte.
+pub fn refuse_protected(
+    destination: &std::path::Path,
+    protected: &[std::path::PathBuf],
+) -> Result<()> {
+    match is_protected(destination, protected) {
+        None => Ok(()),
+        Some(kept) => Err(crate::Error::conflict(format!(
+            "restoring into {} would overwrite or delete {}",
+            destination.display(),
+            kept.display()
+        ))
+        .hint("choose a destination that holds neither the vault, the catalog index nor the configuration")),
+    }
+}
+
 /// The first of `protected` that `destination` is, contains or lies inside
 /// (compared after resolving both, as far as they exist): a restore that
 /// writes, replaces or clears `destination` would harm it.

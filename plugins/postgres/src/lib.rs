@@ -55,8 +55,8 @@ use strata_core::catalog::manifest::{BackupId, BackupKind, Manifest};
 use strata_core::catalog::planner::{RestorePlan, RestoreTarget};
 use strata_core::plugin::{
     ArchiveStore, BackupOutcome, BackupRequest, BackupSink, Capabilities, Chain, ContentCheck,
-    DatabaseRef, EnginePlugin, RestoreOutcome, RestoreRequest, RestoreSource, is_protected,
-    parse_options,
+    DatabaseRef, EnginePlugin, RestoreOutcome, RestoreRequest, RestoreSource, parse_options,
+    refuse_protected,
 };
 use strata_core::{Error, Result};
 
@@ -312,14 +312,7 @@ impl EnginePlugin for PostgresEngine {
         for dir in
             std::iter::once(&destination.target_dir).chain(destination.tablespace_map.values())
         {
-            if let Some(kept) = is_protected(dir, &request.protected) {
-                return Err(Error::conflict(format!(
-                    "restoring into {} would overwrite or delete {}",
-                    dir.display(),
-                    kept.display()
-                ))
-                .hint("choose a directory that holds neither the vault, the catalog index nor the configuration"));
-            }
+            refuse_protected(dir, &request.protected)?;
         }
         let restore_command = format!(
             "{} pg wal-fetch %f \"%p\" --cluster {} --system-id {}",

@@ -30,8 +30,8 @@ use serde::Deserialize;
 use strata_core::catalog::manifest::{BackupKind, Manifest};
 use strata_core::plugin::{
     ArchiveStore, BackupOutcome, BackupRequest, BackupSink, Capabilities, EnginePlugin,
-    RestoreOutcome, RestoreRequest, RestoreSource, escape_key_component, is_protected,
-    parse_options,
+    RestoreOutcome, RestoreRequest, RestoreSource, escape_key_component, parse_options,
+    refuse_protected,
 };
 use strata_core::{Error, ErrorKind, IoResultExt, Result};
 use tokio::io::AsyncWriteExt;
@@ -168,14 +168,8 @@ impl EnginePlugin for StreamEngine {
             .output
             .as_deref()
             .filter(|p| *p != Path::new("-"))
-            && let Some(kept) = is_protected(path, &request.protected)
         {
-            return Err(Error::conflict(format!(
-                "restoring into {} would overwrite {}",
-                path.display(),
-                kept.display()
-            ))
-            .hint("choose an output outside the vault, the catalog index and the configuration"));
+            refuse_protected(path, &request.protected)?;
         }
         let raw_bytes = match &destination.output {
             None => to_stdout(source, manifest).await?,
