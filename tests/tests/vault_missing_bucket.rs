@@ -42,3 +42,28 @@ async fn azure_missing_container_is_named() {
 async fn s3_missing_bucket_is_named() {
     missing_bucket_is_named(Backend::S3, "s3").await;
 }
+
+/// A plain-http endpoint (an emulator, a private S3) without permission for
+/// http: the HTTP client refuses before connecting and says only "builder
+/// error"; the operator is told which setting allows it, and that a retry
+/// will not help.
+#[tokio::test]
+async fn a_plain_http_endpoint_without_allow_http_names_the_setting() {
+    let mut config = VaultConfig::from_url("s3://bucket/vault");
+    for (key, value) in [
+        ("aws_endpoint", "http://127.0.0.1:9"),
+        ("aws_allow_http", "false"),
+        ("aws_access_key_id", "x"),
+        ("aws_secret_access_key", "y"),
+        ("aws_region", "us-east-1"),
+    ] {
+        config.options.insert(key.to_owned(), value.to_owned());
+    }
+    let err = Vault::open(&config).await.expect_err("http is not allowed");
+    assert_eq!(err.kind(), ErrorKind::Storage, "{err:?}");
+    assert!(!err.is_retryable(), "{err:?}");
+    assert!(
+        err.hint_text().is_some_and(|h| h.contains("AWS_ALLOW_HTTP=true")),
+        "names the setting: {err:?}"
+    );
+}

@@ -273,11 +273,19 @@ fn config_store_error(url: &str, err: object_store::Error) -> Error {
 
 fn unreachable(url: &str, err: Error) -> Error {
     if err.kind() == ErrorKind::Storage {
+        // The HTTP client refuses a plain-http endpoint before connecting,
+        // saying only "builder error": name the setting that allows it.
+        let plain_http =
+            err.to_string().contains("http://") && err.to_string().contains("builder error");
         // The conversion of the store's error decided whether a retry helps.
-        Error::storage(format!("the vault {url} could not be reached: {err}"))
-            .hint("check the network, the endpoint and the credentials; nothing was changed")
-            .retryable(err.is_retryable())
-            .with_source(err)
+        let error = Error::storage(format!("the vault {url} could not be reached: {err}"))
+            .retryable(err.is_retryable() && !plain_http)
+            .with_source(err);
+        if plain_http {
+            error.hint("the endpoint is plain http://, which is refused unless allowed: set AWS_ALLOW_HTTP=true (or allow_http = \"true\" under [vault.options]) for an emulator or a private endpoint")
+        } else {
+            error.hint("check the network, the endpoint and the credentials; nothing was changed")
+        }
     } else {
         err
     }
