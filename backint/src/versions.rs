@@ -260,6 +260,40 @@ mod tests {
         assert_ne!(marker_key("/a b", "E"), marker_key("/a_20b", "E"));
     }
 
+    #[tokio::test]
+    async fn names_of_any_length_get_keys_a_local_vault_can_hold() {
+        let dir = tempfile::tempdir().unwrap();
+        let vault = Vault::init(
+            &strata_core::vault::VaultConfig::from_url(format!("file://{}", dir.path().display())),
+            None,
+        )
+        .await
+        .unwrap();
+        let store = VersionStore::new(vault, "HDB");
+        let base = "/usr/sap/HDB/SYS/global/hdb/backint/DB_HDB/";
+        let names = [
+            // One component of 211 bytes (a pipe name HANA may send).
+            format!("{base}{}", "COMPLETE_DATA_BACKUP_".repeat(10) + "x"),
+            // One of 100 Japanese characters: 900 bytes escaped.
+            format!("{base}{}", "データ".repeat(33) + "x"),
+            // Many components: over 4,096 bytes in all.
+            format!("{base}{}", vec!["d".repeat(150); 30].join("/")),
+        ];
+        for name in &names {
+            let ebid = commit_version(&store, "HDB", name, b"bytes").await;
+            let versions = store.versions(name).await.unwrap();
+            assert_eq!(versions.len(), 1, "{name}");
+            assert_eq!(&versions[0].name, name);
+            assert_eq!(versions[0].ebid, ebid);
+        }
+        // Names that differ only at their end stay apart.
+        let other = names[0].replace("x", "y");
+        assert!(store.versions(&other).await.unwrap().is_empty());
+        let longer = format!("{}e", names[2]);
+        assert!(store.versions(&longer).await.unwrap().is_empty());
+        assert_ne!(marker_prefix(&names[2]), marker_prefix(&longer));
+    }
+
     async fn vault(name: &str) -> Vault {
         Vault::init(
             &strata_core::vault::VaultConfig::from_url(format!("memory://{name}")),

@@ -307,6 +307,41 @@ fn file_objects_are_read_and_restored_as_regular_files() {
     assert_eq!(std::fs::read(&dest).unwrap(), bytes);
 }
 
+/// Object names whose escaped form exceeds a local file system's 255-byte
+/// names (a 211-byte base name, non-ASCII components) are stored under
+/// bounded keys and restored whole.
+#[test]
+fn long_object_names_back_up_and_restore() {
+    let host = HanaHost::new();
+    let vault = TestVault::new();
+    let dir = host.backint_dir("HDB", "DB_HDB");
+    let par = host.standard_params("HDB", "data.utl", vault.url(), "");
+    let long = format!("{}_0_1", "COMPLETE_DATA_BACKUP_".repeat(10));
+    let nested = dir.join("データ・バックアップ");
+    std::fs::create_dir_all(&nested).unwrap();
+    for (i, file) in [dir.join(&long), nested.join("ログ 0")].iter().enumerate() {
+        let bytes = strata_e2e::data::random_bytes(300_000, 90 + i as u64);
+        std::fs::write(file, &bytes).unwrap();
+        let result = BackintCall::new("backup", "HDB")
+            .params(&par)
+            .line(format!(
+                "#FILE {}",
+                strata_e2e::hana::q(&file.display().to_string())
+            ))
+            .run(&host);
+        result.assert_exit(0);
+        let (ebid, size) = result.saved(file);
+        assert_eq!(size, bytes.len() as u64);
+        let dest = dir.join(format!("restored {i}"));
+        let result = BackintCall::new("restore", "HDB")
+            .params(&par)
+            .ebid_to(&ebid, file, &dest)
+            .run(&host);
+        result.assert_exit(0);
+        assert_eq!(std::fs::read(&dest).unwrap(), bytes);
+    }
+}
+
 #[test]
 fn an_encrypted_vault_needs_the_key_file_named_in_the_parameter_file() {
     let host = HanaHost::new();

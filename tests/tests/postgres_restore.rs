@@ -553,3 +553,88 @@ fn a_config_naming_another_data_directory_is_refused_before_a_backup() {
         "{list}"
     );
 }
+
+/// A tmpfs of `size` mounted at `dir` for the life of the value (root only).
+struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    fn mount(dir: &std::path::Path, size: &str) -> SmallDisk {
+        std::fs::create_dir_all(dir).unwrap();
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0755")])
+            .arg("tmpfs")
+            .arg(dir)
+            .status()
+            .unwrap();
+        assert!(status.success(), "mounting a tmpfs at {}", dir.display());
+        SmallDisk(dir.to_path_buf())
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// A restore target that fills up: the error names the full disk and the
+/// file being written, not the broken pipe it causes between the vault
+/// reader and the extractor, and says it is not worth retrying.
+#[test]
+fn a_restore_onto_a_full_disk_names_the_disk_and_the_file() {
+    if !strata_e2e::pg::running_as_root() {
+        eprintln!("skipped: mounting a small file system needs root");
+        return;
+    }
+    let env = PgStrata::new("pg_enospc");
+    let pg = &env.cluster;
+    pg.psql(
+        "CREATE TABLE filler AS SELECT g, md5(g::text) AS note FROM generate_series(1, 300000) g",
+    );
+    env.strata(&["backup", "pg", "main"]).success();
+    pg.switch_and_wait_archived(ARCHIVE_WAIT);
+
+    let small = SmallDisk::mount(&env.dir.path("small"), "12m");
+    let target = small.0.join("copy");
+    let out = env.strata(&[
+        "--json",
+        "restore",
+        "pg",
+        "main",
+        "--latest",
+        "--target-dir",
+        target.to_str().unwrap(),
+    ]);
+    assert_eq!(out.code(), Some(10), "{}", out.stderr_text());
+    let text = out.stderr_text();
+    assert!(text.contains("No space left on device"), "{text}");
+    assert!(!text.to_lowercase().contains("broken pipe"), "{text}");
+    let report: serde_json::Value = text
+        .lines()
+        .find_map(|l| serde_json::from_str(l).ok())
+        .unwrap_or_else(|| panic!("a JSON error: {text}"));
+    let error = &report["error"];
+    assert_eq!(error["retryable"], false, "{report}");
+    let path = error["context"]["path"].as_str().unwrap_or_default();
+    assert!(path.starts_with(target.to_str().unwrap()), "{report}");
+    assert!(
+        error["hints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|h| h.as_str().unwrap().starts_with("free space on")),
+        "{report}"
+    );
+    drop(small);
+    // The backup is untouched: a restore with room succeeds.
+    let (dir, _) = env.restore_target("roomy");
+    env.strata(&[
+        "restore",
+        "pg",
+        "main",
+        "--latest",
+        "--target-dir",
+        dir.to_str().unwrap(),
+    ])
+    .success();
+}

@@ -63,7 +63,8 @@ async fn a_plain_http_endpoint_without_allow_http_names_the_setting() {
     assert_eq!(err.kind(), ErrorKind::Storage, "{err:?}");
     assert!(!err.is_retryable(), "{err:?}");
     assert!(
-        err.hint_text().is_some_and(|h| h.contains("AWS_ALLOW_HTTP=true")),
+        err.hint_text()
+            .is_some_and(|h| h.contains("AWS_ALLOW_HTTP=true")),
         "names the setting: {err:?}"
     );
 }

@@ -630,6 +630,24 @@ fn a_restore_never_writes_over_the_vault_and_writes_devices_in_place() {
     // A device is written in place, with no --force and no partial file.
     fx.ok(&["restore", "stream", "dump", "--output", "/dev/null"]);
     assert!(!Path::new("/dev/null.partial").exists());
+    // A full one is named as such, with the path, and not retried.
+    let out = fx.run(&[
+        "--json",
+        "restore",
+        "stream",
+        "dump",
+        "--output",
+        "/dev/full",
+    ]);
+    assert_eq!(out.status.code(), Some(10), "{}", stderr(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stderr).unwrap();
+    let message = report["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("writing /dev/full: No space left on device"),
+        "{report}"
+    );
+    assert_eq!(report["error"]["context"]["path"], "/dev/full");
+    assert_eq!(report["error"]["retryable"], false);
     // A directory is refused, and nothing is left beside it.
     let dir = fx.path("outdir");
     std::fs::create_dir(&dir).unwrap();
@@ -656,24 +674,50 @@ fn a_restore_never_writes_over_the_vault_and_writes_devices_in_place() {
 }
 
 #[test]
-fn names_are_checked_before_any_data_moves() {
+fn names_of_any_length_are_stored_and_listed_whole() {
     let fx = Fixture::new();
     fx.ok(&["vault", "init"]);
-    // 100 × "é" is 200 bytes, and 600 once escaped for the vault's keys.
-    let long = "é".repeat(100);
-    let out = fx.run(&["backup", "stream", &long, "--allow-empty"]);
-    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("takes 600 bytes in the vault's keys"),
-        "{}",
-        stderr(&out)
-    );
-    assert!(segment_objects(&fx.path("vault")).is_empty());
+    // 40 Japanese characters are 120 bytes, 360 once escaped for the vault's
+    // keys: more than a local file system's 255-byte names.
+    let japanese = "日本語のストリーム名".repeat(4);
+    // Two names of 300 letters that differ only in their last one.
+    let long_a = format!("{}a", "n".repeat(299));
+    let long_b = format!("{}b", "n".repeat(299));
+    let mut data = Vec::new();
+    for (i, name) in [&japanese, &long_a, &long_b].into_iter().enumerate() {
+        data.push(fx.back_up_file(name, 1000 + i, &[]));
+    }
+    let out = fx.ok(&["--json", "list", "stream"]);
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let text = listed.to_string();
+    for name in [&japanese, &long_a, &long_b] {
+        assert!(
+            text.contains(&format!("\"{name}\"")),
+            "{name} is listed whole: {text}"
+        );
+    }
+    for (name, data) in [&japanese, &long_a, &long_b].into_iter().zip(&data) {
+        let back = fx.path("back.bin");
+        fx.ok(&[
+            "restore",
+            "stream",
+            name,
+            "--output",
+            back.to_str().unwrap(),
+            "--force",
+        ]);
+        assert_eq!(&std::fs::read(&back).unwrap(), data, "{name}");
+    }
+    // Every file name in the vault fits a local file system.
+    for file in files_under(&fx.path("vault"), |_| true) {
+        for part in file.iter() {
+            assert!(part.len() <= 255, "{}", file.display());
+        }
+    }
     let out = fx.run(&["backup", "stream", "   ", "--allow-empty"]);
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
     assert!(stderr(&out).contains("blank"), "{}", stderr(&out));
-    // 33 × "é" takes 198 bytes escaped: it fits.
-    fx.ok(&["backup", "stream", &"é".repeat(33), "--allow-empty"]);
+    assert!(segment_objects(&fx.path("vault")).len() == 3);
 
     // Engine names in filters are checked; aliases are understood.
     fx.ok(&["list", "pg"]);

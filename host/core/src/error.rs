@@ -77,6 +77,15 @@
 //! for the rare error that knows better, and should say why where it is
 //! called.
 //!
+//! # Across pipes, tasks and `io::Write`
+//!
+//! An error that must pass through an interface speaking `io::Result` keeps
+//! itself whole: [`Error::into_io`] wraps it in an `io::Error` of the same
+//! I/O kind, and `Error::from` unwraps it again, path, hints and retry
+//! verdict included. [`PathWriter`] does this for a writer of one file.
+//! When two ends of a pipe fail together, [`pipe_outcome`] reports the
+//! cause rather than the echo (a full disk, not the broken pipe it caused).
+//!
 //! # Hints
 //!
 //! Hints are kept in the order they were added. Errors travel outwards, so
@@ -88,6 +97,8 @@
 
 use std::fmt;
 use std::path::Path;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
 /// Shorthand for results carrying Strata's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -469,6 +480,56 @@ impl<T> IoResultExt<T> for std::io::Result<T> {
     }
 }
 
+/// An async writer whose failures name the file it writes: each `io::Error`
+/// carries [`Error::io_doing_at`]`("writing", path, ..)` (see
+/// [`Error::into_io`]), so a layer that only sees `io::Result`s, such as
+/// the vault reader writing a restored stream, still reports
+/// `writing /srv/dump.sql.partial: No space left on device (os error 28)`.
+pub struct PathWriter<W> {
+    inner: W,
+    path: std::path::PathBuf,
+}
+
+impl<W> PathWriter<W> {
+    /// Wraps `inner`, which writes `path`.
+    pub fn new(inner: W, path: impl Into<std::path::PathBuf>) -> Self {
+        PathWriter {
+            inner,
+            path: path.into(),
+        }
+    }
+
+    /// The writer inside.
+    pub fn into_inner(self) -> W {
+        self.inner
+    }
+
+    fn named<T>(&self, polled: Poll<std::io::Result<T>>) -> Poll<std::io::Result<T>> {
+        polled.map(|r| r.map_err(|e| Error::io_doing_at("writing", &self.path, e).into_io()))
+    }
+}
+
+impl<W: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for PathWriter<W> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.named(polled)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let polled = Pin::new(&mut self.inner).poll_flush(cx);
+        self.named(polled)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let polled = Pin::new(&mut self.inner).poll_shutdown(cx);
+        self.named(polled)
+    }
+}
+
 /// The I/O retry policy of the [module documentation](self): whether a
 /// later attempt can cure an I/O failure of this kind. For plugins that
 /// classify a driver error by the I/O error under it.
@@ -503,9 +564,59 @@ fn io_hint(err: &std::io::Error, path: Option<&Path>) -> Option<String> {
 
 impl From<std::io::Error> for Error {
     /// An I/O failure whose path is not known (`"I/O error: <OS error>"`);
-    /// prefer [`Error::io_at`].
+    /// prefer [`Error::io_at`]. An `io::Error` that carries an [`Error`]
+    /// (made by [`Error::into_io`] to cross an `io::Write`, a pipe or a task)
+    /// gives that error back whole, with its path, hints and retry verdict.
     fn from(err: std::io::Error) -> Self {
+        if err.get_ref().is_some_and(|inner| inner.is::<Error>()) {
+            let inner = err.into_inner().expect("checked above");
+            return *inner.downcast::<Error>().expect("checked above");
+        }
         Self::from_io("I/O error".to_owned(), None, err)
+    }
+}
+
+impl Error {
+    /// This error as an `io::Error`, for interfaces that speak `io::Result`
+    /// (`Read`/`Write` implementations, pipes between tasks). The kind is
+    /// the underlying I/O error's where there is one (so a `BrokenPipe` is
+    /// still seen as one), and converting back with `Error::from` returns
+    /// this error unchanged.
+    pub fn into_io(self) -> std::io::Error {
+        let kind = self.io_kind().unwrap_or(std::io::ErrorKind::Other);
+        std::io::Error::new(kind, self)
+    }
+
+    /// The kind of the I/O error at the root of this one, if there is one.
+    pub fn io_kind(&self) -> Option<std::io::ErrorKind> {
+        let mut current: Option<&(dyn std::error::Error + 'static)> =
+            self.inner.source.as_deref().map(|e| e as _);
+        while let Some(error) = current {
+            if let Some(io) = error.downcast_ref::<std::io::Error>() {
+                return Some(io.kind());
+            }
+            current = error.source();
+        }
+        None
+    }
+}
+
+/// The outcome of two ends of a pipe run together: `producer` feeding
+/// `consumer`. When one end fails the other usually fails too, as an echo: a
+/// producer whose reader went away sees `BrokenPipe`, a consumer whose
+/// producer stopped sees a truncated stream. The error reported is the
+/// cause: the producer's, unless it is only a broken pipe, then the
+/// consumer's (a full disk on the restore target is reported as such, not
+/// as a broken pipe).
+pub fn pipe_outcome<T>(producer: Result<()>, consumer: Result<T>) -> Result<T> {
+    match (producer, consumer) {
+        (Ok(()), consumer) => consumer,
+        (Err(producer), Err(consumer))
+            if producer.io_kind() == Some(std::io::ErrorKind::BrokenPipe) =>
+        {
+            Err(consumer)
+        }
+        (Err(producer), _) => Err(producer),
     }
 }
 
@@ -671,6 +782,84 @@ mod tests {
 
     fn os_error(code: i32) -> io::Error {
         io::Error::from_raw_os_error(code)
+    }
+
+    #[test]
+    fn an_error_crosses_io_interfaces_whole() {
+        let full = Error::io_doing_at("writing", "/srv/pg/base/1/2", os_error(28))
+            .hint("restore to another directory");
+        let crossed = full.into_io();
+        assert_eq!(crossed.kind(), io::ErrorKind::StorageFull);
+        let back = Error::from(crossed).context("restoring stream data.0");
+        assert_eq!(
+            back.to_string(),
+            "restoring stream data.0: writing /srv/pg/base/1/2: No space left on device (os error 28)"
+        );
+        assert_eq!(back.field("path"), Some("/srv/pg/base/1/2"));
+        assert_eq!(
+            back.hints(),
+            [
+                "free space on /srv/pg/base/1/2's file system",
+                "restore to another directory"
+            ]
+        );
+        assert_eq!(back.io_kind(), Some(io::ErrorKind::StorageFull));
+        // An error with no I/O cause crosses as `Other`.
+        let config = Error::config("bad").into_io();
+        assert_eq!(config.kind(), io::ErrorKind::Other);
+        assert_eq!(Error::from(config).kind(), ErrorKind::Config);
+    }
+
+    #[test]
+    fn a_pipe_reports_the_cause_not_the_echo() {
+        let broken = || Err(Error::from(io::Error::from(io::ErrorKind::BrokenPipe)));
+        let full = || Err::<(), _>(Error::io_at("/t/f", os_error(28)));
+        // The consumer filled the disk; the producer only met the closed pipe.
+        let err = pipe_outcome(broken(), full()).unwrap_err();
+        assert_eq!(err.io_kind(), Some(io::ErrorKind::StorageFull), "{err}");
+        // The producer (the vault) failed; the consumer only saw a short stream.
+        let vault_down = Err(Error::storage("the vault is unreachable"));
+        let short = Err::<(), _>(Error::integrity("truncated"));
+        let err = pipe_outcome(vault_down, short).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Storage);
+        // One side alone.
+        assert_eq!(pipe_outcome(Ok(()), Ok(7)).unwrap(), 7);
+        assert!(pipe_outcome(Ok(()), full()).is_err());
+        assert_eq!(
+            pipe_outcome(Err(Error::storage("x")), Ok(1))
+                .unwrap_err()
+                .kind(),
+            ErrorKind::Storage
+        );
+    }
+
+    #[tokio::test]
+    async fn a_path_writer_names_its_file_in_every_failure() {
+        use tokio::io::AsyncWriteExt;
+        /// A writer on a full disk.
+        struct Full;
+        impl tokio::io::AsyncWrite for Full {
+            fn poll_write(
+                self: Pin<&mut Self>,
+                _: &mut Context<'_>,
+                _: &[u8],
+            ) -> Poll<io::Result<usize>> {
+                Poll::Ready(Err(os_error(28)))
+            }
+            fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+                Poll::Ready(Ok(()))
+            }
+            fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+                Poll::Ready(Ok(()))
+            }
+        }
+        let mut out = PathWriter::new(Full, "/srv/dump.sql.partial");
+        let err = Error::from(out.write_all(b"x").await.unwrap_err());
+        assert_eq!(
+            err.to_string(),
+            "writing /srv/dump.sql.partial: No space left on device (os error 28)"
+        );
+        assert!(!err.is_retryable());
     }
 
     #[test]

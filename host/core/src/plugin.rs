@@ -537,13 +537,33 @@ pub trait ContentSink: Send {
     async fn finish(self: Box<Self>) -> Result<()>;
 }
 
+/// The longest key component [`escape_key_component`] makes, in bytes: well
+/// under the 255-byte file name limit of local file systems, so a `file://`
+/// vault stores any name the object stores do.
+pub const MAX_KEY_COMPONENT: usize = 200;
+
+/// How many bytes of the escaped name a shortened component keeps before its digest.
+const SHORTENED_PREFIX: usize = 150;
+
 /// Makes any text a key component an [`ArchiveStore`] (and the vault's
 /// layout) accepts: anything but `[A-Za-z0-9.-]` becomes `_` followed by its
 /// two hex digits, so distinct names stay distinct; an empty component or
 /// one starting with `.` gets a leading `_`.
+///
+/// The result is at most [`MAX_KEY_COMPONENT`] bytes whatever the name: an
+/// escaped name longer than that keeps its first escaped characters (up to
+/// 150 bytes, never half an escape) followed by `_h` and the 32 hex digits
+/// of the BLAKE3 digest of the whole name. Escaping never writes `_h` (after
+/// `_` come two hex digits, or `.`, or nothing), so a shortened component is
+/// never the component of another name; two names share one only if their
+/// 128-bit digests collide. Keys are never read back into names: whoever
+/// needs the full name keeps it in the manifest or object.
 pub fn escape_key_component(name: &str) -> String {
     let mut out = String::with_capacity(name.len());
+    // Where each escaped byte starts, to shorten without splitting an escape.
+    let mut boundaries = Vec::new();
     for b in name.bytes() {
+        boundaries.push(out.len());
         if b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-') {
             out.push(b as char);
         } else {
@@ -552,6 +572,19 @@ pub fn escape_key_component(name: &str) -> String {
     }
     if out.is_empty() || out.starts_with('.') {
         out.insert(0, '_');
+        boundaries.iter_mut().for_each(|b| *b += 1);
+    }
+    if out.len() > MAX_KEY_COMPONENT {
+        let keep = boundaries
+            .iter()
+            .copied()
+            .take_while(|&b| b <= SHORTENED_PREFIX)
+            .last()
+            .unwrap_or(0);
+        let digest = blake3::hash(name.as_bytes());
+        out.truncate(keep);
+        out.push_str("_h");
+        out.push_str(&digest.to_hex()[..32]);
     }
     out
 }

@@ -132,12 +132,23 @@ pub fn ebid_time(ebid: &str) -> Option<DateTime<Utc>> {
         .map(|t| t.and_utc())
 }
 
-/// The archive key prefix under which the markers of object `name` live.
+/// The longest marker prefix kept component by component, in bytes; a
+/// local vault's paths must stay under the 4,096-byte `PATH_MAX`.
+const MAX_MARKER_PREFIX: usize = 1024;
+
+/// The archive key prefix under which the markers of object `name` live:
+/// `objects/` and one escaped component per `/`-separated component of the
+/// name. A name whose prefix would exceed 1,024 bytes gets
+/// `objects/_h<64 hex digits of the name's BLAKE3>` instead, a component
+/// escaping never writes, so every name is stored whatever its length.
 pub fn marker_prefix(name: &str) -> String {
     let mut key = "objects".to_owned();
     for component in name.split('/') {
         key.push('/');
         key.push_str(&escape_key_component(component));
+    }
+    if key.len() > MAX_MARKER_PREFIX {
+        key = format!("objects/_h{}", blake3::hash(name.as_bytes()).to_hex());
     }
     key
 }

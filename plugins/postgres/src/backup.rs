@@ -511,19 +511,17 @@ async fn write_bundle(
 /// writer's currency) that carries the path-aware [`Error`] (keeping the
 /// kind, so that a stopped writer's `BrokenPipe` is still seen as one).
 fn at_file(what: &str, path: &Path, e: std::io::Error) -> std::io::Error {
-    std::io::Error::new(e.kind(), Error::io_doing_at(what, path, e))
+    Error::io_doing_at(what, path, e).into_io()
 }
 
 /// The [`Error`] inside an `io::Error` made by [`at_file`], or the
 /// conversion of any other one (worded as its own text, as before).
 fn file_error(e: std::io::Error) -> Error {
-    match e.downcast::<Error>() {
-        Ok(err) => err,
-        Err(e) => {
-            let text = e.to_string();
-            Error::from(e).with_message(text)
-        }
+    if e.get_ref().is_some_and(|inner| inner.is::<Error>()) {
+        return Error::from(e);
     }
+    let text = e.to_string();
+    Error::from(e).with_message(text)
 }
 
 /// Runs a full backup of `cluster` into `sink`; see the module docs.

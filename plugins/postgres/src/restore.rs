@@ -26,6 +26,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use strata_core::error::pipe_outcome;
 use strata_core::plugin::RestoreSource;
 use strata_core::{Error, IoResultExt, Result};
 
@@ -445,9 +446,14 @@ async fn restore_bundle(
     let (read, extracted) = tokio::join!(read, extract);
     let extracted =
         extracted.map_err(|e| Error::from(e).with_message(format!("restoring {name}")))?;
-    // A vault read failure is the root cause; the extractor then sees a truncated stream.
-    read.map_err(|e| e.context(format!("reading stream {name}")))?;
-    let entries = extracted?;
+    // A vault read failure is the cause when the extractor then sees a
+    // truncated stream; a write failure (a full disk) when the read then
+    // meets a closed pipe.
+    let entries = pipe_outcome(
+        read.map(|_| ())
+            .map_err(|e| e.context(format!("reading stream {name}"))),
+        extracted,
+    )?;
     let files = entries.iter().filter(|e| !e.is_dir).count() as u64;
     let bytes = entries.iter().map(|e| e.size).sum();
     let paths = entries

@@ -28,10 +28,10 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use serde::Deserialize;
 use strata_core::catalog::manifest::{BackupKind, Manifest};
+use strata_core::error::PathWriter;
 use strata_core::plugin::{
     ArchiveStore, BackupOutcome, BackupRequest, BackupSink, Capabilities, EnginePlugin,
-    RestoreOutcome, RestoreRequest, RestoreSource, escape_key_component, parse_options,
-    refuse_protected,
+    RestoreOutcome, RestoreRequest, RestoreSource, parse_options, refuse_protected,
 };
 use strata_core::{Error, ErrorKind, IoResultExt, Result};
 use tokio::io::AsyncWriteExt;
@@ -42,9 +42,6 @@ pub const ENGINE: &str = "stream";
 pub const STREAM_NAME: &str = "data";
 /// The label an allowed empty backup carries.
 pub const EMPTY_LABEL: &str = "empty";
-
-/// The longest stream name, in bytes of the vault's keys.
-const MAX_NAME_BYTES: usize = 200;
 
 /// The stream engine for one name.
 #[derive(Debug, Clone)]
@@ -81,23 +78,14 @@ struct RestoreDetails<'a> {
 
 impl StreamEngine {
     /// The engine for streams named `name`; refuses names that cannot be
-    /// stored (blank, NUL, longer than 200 bytes once escaped for the vault's keys).
+    /// typed back (blank, or holding a NUL byte). Any other name is stored:
+    /// the vault's keys hold a bounded form of it, the manifest the name itself.
     pub fn new(name: &str) -> Result<Self> {
         if name.trim().is_empty() || name.contains('\0') {
             return Err(Error::config(format!(
                 "`{name}` is not a usable stream name: it is empty, blank or holds a NUL byte"
             ))
             .hint("use a name such as nightly-dump"));
-        }
-        // The name is a component of the vault's keys (and of a local vault's
-        // file names, at most 255 bytes): every byte but letters, digits, `.`
-        // and `-` takes three once escaped.
-        let stored = escape_key_component(name).len();
-        if stored > MAX_NAME_BYTES {
-            return Err(Error::config(format!(
-                "the stream name `{name}` takes {stored} bytes in the vault's keys, more than {MAX_NAME_BYTES}"
-            ))
-            .hint("use a shorter name; letters, digits, `.` and `-` take one byte each, any other byte three"));
         }
         Ok(StreamEngine {
             name: name.to_owned(),
@@ -222,15 +210,16 @@ async fn to_file(
         // A device or a pipe (/dev/null, a FIFO a loader reads): written in
         // place, since it cannot be replaced by a renamed file.
         Ok(meta) if !meta.is_file() => {
-            let mut out = tokio::fs::OpenOptions::new()
+            let out = tokio::fs::OpenOptions::new()
                 .write(true)
                 .open(path)
                 .await
                 .doing_at("cannot open", path)?;
+            let mut out = PathWriter::new(out, path);
             let bytes = source
                 .read_stream(&manifest.id, STREAM_NAME, &mut out)
                 .await?;
-            out.flush().await.doing_at("writing", path)?;
+            out.flush().await?;
             return Ok(bytes);
         }
         _ => {}
@@ -249,10 +238,11 @@ async fn to_file(
             .hint("check that the directory exists and is writable")
     })?;
     let written = async {
+        let mut out = PathWriter::new(&mut file, &partial);
         let bytes = source
-            .read_stream(&manifest.id, STREAM_NAME, &mut file)
+            .read_stream(&manifest.id, STREAM_NAME, &mut out)
             .await?;
-        file.flush().await.doing_at("writing", &partial)?;
+        out.flush().await?;
         file.sync_all().await.doing_at("flushing", &partial)?;
         Ok::<_, Error>(bytes)
     }

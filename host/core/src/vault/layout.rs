@@ -43,7 +43,12 @@
 //! in `manifests/` and `data/` as under `engines/`: every byte outside
 //! `[A-Za-z0-9.-]` becomes `_` followed by its two lower-case hex digits, and
 //! an empty component or one starting with `.` gets a leading `_` (`db/two`
-//! is `db_2ftwo`, `_` is `_5f`), so distinct names stay distinct. Plugins
+//! is `db_2ftwo`, `_` is `_5f`), so distinct names stay distinct. A component is at most 200 bytes
+//! (`plugin::MAX_KEY_COMPONENT`) whatever the name: a longer one keeps its
+//! first escaped bytes and ends in `_h` and 32 hex digits of the name's
+//! BLAKE3 digest (`日本語…`, 360 bytes escaped, becomes `_e6_97_a5…_h` and
+//! the digest), which escaping never
+//! writes. Keys are never decoded into names; manifests keep the names. Plugins
 //! escape free-form parts of archive keys the same way (the HANA name
 //! components above); the PostgreSQL keys need none.
 
@@ -145,5 +150,34 @@ mod tests {
             escape_component("log backup \"0\""),
             "log_20backup_20_220_22"
         );
+    }
+
+    #[test]
+    fn long_names_get_components_of_bounded_length_that_stay_distinct() {
+        use crate::plugin::MAX_KEY_COMPONENT;
+        // 66 letters are 198 bytes escaped: kept whole.
+        let fits = "a".repeat(66) + &"/".repeat(44);
+        assert_eq!(escape_component(&fits).len(), 66 + 3 * 44);
+        assert!(!escape_component(&fits).contains("_h"));
+        // 40 Japanese characters are 120 bytes, 360 once escaped.
+        let japanese = "日本語のストリーム名".repeat(4);
+        let key = escape_component(&japanese);
+        assert!(key.len() <= MAX_KEY_COMPONENT, "{key}");
+        assert!(key.starts_with("_e6_97_a5"), "{key}");
+        let (prefix, digest) = key.rsplit_once("_h").unwrap();
+        assert_eq!(digest.len(), 32);
+        assert!(prefix.len() <= 150 && prefix.len() % 3 == 0, "{prefix}");
+        assert_eq!(key, escape_component(&japanese), "deterministic");
+        // Names that differ only past the kept prefix stay apart.
+        let a = "x/".repeat(200) + "a";
+        let b = "x/".repeat(200) + "b";
+        assert_ne!(escape_component(&a), escape_component(&b));
+        assert!(escape_component(&a).len() <= MAX_KEY_COMPONENT);
+        // A name that escapes to what a shortened key looks like is escaped, not taken as one.
+        let lookalike = format!("{prefix}_h{digest}");
+        assert_ne!(escape_component(&lookalike), key);
+        for len in 0..300 {
+            assert!(escape_component(&"\u{1F600}".repeat(len)).len() <= MAX_KEY_COMPONENT);
+        }
     }
 }
