@@ -90,7 +90,8 @@ pub fn give_to_postgres(path: &Path) {
     }
 }
 
-fn run_checked(mut cmd: Command, what: &str) -> Output {
+/// Runs `cmd`, failing the test with its output unless it succeeds.
+pub fn run_checked(mut cmd: Command, what: &str) -> Output {
     let out = cmd
         .output()
         .unwrap_or_else(|e| panic!("cannot run {what}: {e}"));

@@ -73,7 +73,14 @@ pub struct FullBackupMeta {
     pub tablespaces: Vec<Tablespace>,
     /// The data streams, in the order they were written.
     pub data_streams: Vec<String>,
-    /// Every stored file with size and checksum.
+    /// How many files the backup holds (directories not counted). Each
+    /// file's path, size and checksum are in its bundle stream, so a
+    /// manifest stays small, and reading it cheap, whatever the file count.
+    #[serde(default)]
+    pub file_count: u64,
+    /// Every stored file, as backups made before `file_count` listed them
+    /// (read, never written).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub files: Vec<StoredFile>,
     /// What the page checksum verification found; `None` when the cluster
     /// has no data checksums (or for backups made before it was added).
@@ -86,11 +93,46 @@ pub struct FullBackupMeta {
 pub struct Tablespace {
     /// Its OID (the name of its link in `pg_tblspc`).
     pub oid: String,
-    /// Its location.
+    /// Its location as text (what `--tablespace-map OLD=...` matches); bytes
+    /// that are not UTF-8 show as U+FFFD here and are kept in `path_hex`.
     pub path: String,
+    /// The location's bytes in lowercase hex, present only when they are
+    /// not UTF-8 (a cluster whose encoding is `SQL_ASCII`): the link target
+    /// exactly as the file system gave it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_hex: Option<String>,
+}
+
+impl Tablespace {
+    /// The tablespace `oid` at `location`, kept losslessly.
+    pub fn new(oid: String, location: &Path) -> Self {
+        use std::os::unix::ffi::OsStrExt;
+        let bytes = location.as_os_str().as_bytes();
+        Tablespace {
+            oid,
+            path: String::from_utf8_lossy(bytes).into_owned(),
+            path_hex: std::str::from_utf8(bytes)
+                .is_err()
+                .then(|| hex::encode(bytes)),
+        }
+    }
+
+    /// Its location, byte for byte.
+    pub fn location(&self) -> PathBuf {
+        use std::os::unix::ffi::OsStringExt;
+        match self.path_hex.as_deref().and_then(|h| hex::decode(h).ok()) {
+            Some(bytes) => PathBuf::from(std::ffi::OsString::from_vec(bytes)),
+            None => PathBuf::from(&self.path),
+        }
+    }
 }
 
 impl FullBackupMeta {
+    /// How many files the backup holds.
+    pub fn files(&self) -> u64 {
+        self.file_count.max(self.files.len() as u64)
+    }
+
     /// Reads the metadata back from a manifest's `engine_meta`.
     pub fn from_manifest(manifest: &strata_core::catalog::manifest::Manifest) -> Result<Self> {
         serde_json::from_value(manifest.engine_meta.clone()).map_err(|e| {
@@ -144,7 +186,8 @@ impl Default for FullBackupOptions {
 /// A file to copy.
 #[derive(Debug, Clone)]
 struct SourceFile {
-    rel: String,
+    /// Relative to the data directory: the bytes the file system gave.
+    rel: PathBuf,
     abs: PathBuf,
     size: u64,
     mode: u32,
@@ -204,7 +247,10 @@ fn relfilenode(name: &str) -> Option<&str> {
     (!node.is_empty() && node.bytes().all(|b| b.is_ascii_digit())).then_some(node)
 }
 
-fn is_database_dir(rel: &str) -> bool {
+fn is_database_dir(rel: &Path) -> bool {
+    let Some(rel) = rel.to_str() else {
+        return false;
+    };
     let parts: Vec<&str> = rel.split('/').collect();
     match parts.as_slice() {
         ["base", db] => db.bytes().all(|b| b.is_ascii_digit()),
@@ -221,7 +267,7 @@ fn list_cluster(data_dir: &Path) -> Result<(Vec<SourceFile>, Vec<Tablespace>)> {
     let mut out = Vec::new();
     let mut tablespaces = Vec::new();
     // (relative dir, absolute dir)
-    let mut stack: Vec<(String, PathBuf)> = vec![(String::new(), data_dir.to_path_buf())];
+    let mut stack: Vec<(PathBuf, PathBuf)> = vec![(PathBuf::new(), data_dir.to_path_buf())];
     while let Some((rel_dir, abs_dir)) = stack.pop() {
         let read = match std::fs::read_dir(&abs_dir) {
             Ok(r) => r,
@@ -232,41 +278,39 @@ fn list_cluster(data_dir: &Path) -> Result<(Vec<SourceFile>, Vec<Tablespace>)> {
                 ));
             }
         };
-        let mut names: Vec<(String, PathBuf)> = read
+        // Names are bytes: one that is not UTF-8 is copied like any other
+        // (`pg_basebackup` does); the rules below only match ASCII names.
+        let mut names: Vec<(std::ffi::OsString, PathBuf)> = read
             .filter_map(|e| e.ok())
-            .filter_map(|e| Some((e.file_name().into_string().ok()?, e.path())))
+            .map(|e| (e.file_name(), e.path()))
             .collect();
         names.sort();
         let in_db = is_database_dir(&rel_dir);
         let unlogged: HashSet<String> = if in_db {
             names
                 .iter()
-                .filter_map(|(n, _)| n.strip_suffix("_init").map(|r| r.to_owned()))
+                .filter_map(|(n, _)| n.to_str()?.strip_suffix("_init").map(|r| r.to_owned()))
                 .collect()
         } else {
             HashSet::new()
         };
+        let at_top = rel_dir.as_os_str().is_empty();
         for (name, abs) in names {
-            let rel = if rel_dir.is_empty() {
-                name.clone()
-            } else {
-                format!("{rel_dir}/{name}")
-            };
-            if excluded_name(&name)
-                || (rel_dir.is_empty() && EXCLUDE_FILES.contains(&name.as_str()))
-            {
+            let rel = rel_dir.join(&name);
+            let text = name.to_str().unwrap_or_default();
+            if excluded_name(text) || (at_top && EXCLUDE_FILES.contains(&text)) {
                 continue;
             }
-            if rel == "global/pg_control" {
+            if rel == Path::new("global/pg_control") {
                 continue;
             }
             if in_db {
-                if is_temp_relation(&name) {
+                if is_temp_relation(text) {
                     continue;
                 }
-                if let Some(node) = relfilenode(&name)
+                if let Some(node) = relfilenode(text)
                     && unlogged.contains(node)
-                    && !name.ends_with("_init")
+                    && !text.ends_with("_init")
                 {
                     continue;
                 }
@@ -278,12 +322,12 @@ fn list_cluster(data_dir: &Path) -> Result<(Vec<SourceFile>, Vec<Tablespace>)> {
             };
             let mode = meta.permissions().mode() & 0o7777;
             if meta.file_type().is_symlink() {
-                if rel_dir == "pg_tblspc" {
+                if rel_dir == Path::new("pg_tblspc") {
                     let target = std::fs::read_link(&abs).doing_at("cannot read link", &abs)?;
-                    tablespaces.push(Tablespace {
-                        oid: name.clone(),
-                        path: target.display().to_string(),
-                    });
+                    tablespaces.push(Tablespace::new(
+                        name.to_string_lossy().into_owned(),
+                        &target,
+                    ));
                     out.push(SourceFile {
                         rel: rel.clone(),
                         abs: target.clone(),
@@ -305,9 +349,9 @@ fn list_cluster(data_dir: &Path) -> Result<(Vec<SourceFile>, Vec<Tablespace>)> {
                             mode: m.permissions().mode() & 0o7777,
                             is_dir: true,
                         });
-                        if !(rel_dir.is_empty() && EXCLUDE_DIR_CONTENTS.contains(&name.as_str())) {
+                        if !(at_top && EXCLUDE_DIR_CONTENTS.contains(&text)) {
                             stack.push((rel, abs));
-                        } else if name == "pg_wal" {
+                        } else if text == "pg_wal" {
                             out.push(archive_status_dir(&rel, &abs));
                         }
                     }
@@ -330,8 +374,8 @@ fn list_cluster(data_dir: &Path) -> Result<(Vec<SourceFile>, Vec<Tablespace>)> {
                     mode,
                     is_dir: true,
                 });
-                if rel_dir.is_empty() && EXCLUDE_DIR_CONTENTS.contains(&name.as_str()) {
-                    if name == "pg_wal" {
+                if at_top && EXCLUDE_DIR_CONTENTS.contains(&text) {
+                    if text == "pg_wal" {
                         out.push(archive_status_dir(&rel, &abs));
                     }
                     continue;
@@ -351,9 +395,9 @@ fn list_cluster(data_dir: &Path) -> Result<(Vec<SourceFile>, Vec<Tablespace>)> {
     Ok((out, tablespaces))
 }
 
-fn archive_status_dir(rel: &str, abs: &Path) -> SourceFile {
+fn archive_status_dir(rel: &Path, abs: &Path) -> SourceFile {
     SourceFile {
-        rel: format!("{rel}/archive_status"),
+        rel: rel.join("archive_status"),
         abs: abs.join("archive_status"),
         size: 0,
         mode: 0o700,
@@ -404,7 +448,7 @@ fn open_direct(path: &Path) -> Option<std::fs::File> {
 /// What one bundle stream holds.
 #[derive(Default)]
 struct BundleReport {
-    files: Vec<StoredFile>,
+    files: u64,
     pages: PageReport,
 }
 
@@ -446,10 +490,11 @@ async fn write_bundle(
                     crate::bundle::will_read_sequentially(&file);
                 }
                 let mut pages = check_pages_before.and_then(|start| {
-                    relation_segment(&entry.rel).map(|segment| PageCheck::new(segment, start.0))
+                    relation_segment(entry.rel.to_str()?)
+                        .map(|segment| PageCheck::new(segment, start.0))
                 });
                 let started = std::time::Instant::now();
-                let digest = bundle
+                bundle
                     .add_os_file(
                         &entry.rel,
                         entry.mode,
@@ -462,7 +507,7 @@ async fn write_bundle(
                 let seconds = started.elapsed().as_secs_f64();
                 tracing::debug!(
                     stream = %stream_name,
-                    file = %entry.rel,
+                    file = %entry.rel.display(),
                     bytes = entry.size,
                     seconds,
                     mb_per_s = entry.size as f64 / 1e6 / seconds.max(1e-9),
@@ -470,14 +515,11 @@ async fn write_bundle(
                 );
                 if let Some(pages) = pages {
                     let (sound, damaged) = pages.finish(&file);
-                    stored.pages.add(&entry.rel, sound, damaged);
+                    stored
+                        .pages
+                        .add(&entry.rel.to_string_lossy(), sound, damaged);
                 }
-                stored.files.push(StoredFile {
-                    path: entry.rel.clone(),
-                    size: entry.size,
-                    checksum: digest,
-                    stream: stream_name.clone(),
-                });
+                stored.files += 1;
             }
             Ok(())
         })();
@@ -585,10 +627,10 @@ pub async fn full_backup(
         let uploads = names
             .iter()
             .map(|name| write_bundle(sink, name.clone(), queue.clone(), check_pages_before));
-        let mut files = Vec::new();
+        let mut files = 0;
         let mut pages = PageReport::default();
         for report in futures::future::try_join_all(uploads).await? {
-            files.extend(report.files);
+            files += report.files;
             pages.merge(report.pages);
         }
         // pg_control last, after every other file is durable.
@@ -603,7 +645,7 @@ pub async fn full_backup(
         };
         let control = FileQueue::new(vec![control]);
         let control = write_bundle(sink, PG_CONTROL_STREAM.into(), Arc::new(control), None).await?;
-        files.extend(control.files);
+        files += control.files;
         Ok::<_, Error>((files, tablespaces, names, pages))
     };
     let copied = copy.await;
@@ -673,7 +715,8 @@ pub async fn full_backup(
         tablespace_map: spcmap,
         tablespaces,
         data_streams,
-        files,
+        file_count: files,
+        files: Vec::new(),
         page_check: check_pages.then_some(pages),
     };
     let mut labels = std::collections::BTreeMap::new();
@@ -859,7 +902,7 @@ mod tests {
         let files: Vec<&str> = entries
             .iter()
             .filter(|e| !e.is_dir)
-            .map(|e| e.rel.as_str())
+            .map(|e| e.rel.to_str().unwrap())
             .collect();
         let mut sorted = files.clone();
         sorted.sort();
@@ -878,7 +921,7 @@ mod tests {
         let dirs: HashSet<&str> = entries
             .iter()
             .filter(|e| e.is_dir)
-            .map(|e| e.rel.as_str())
+            .map(|e| e.rel.to_str().unwrap())
             .collect();
         for kept in [
             "pg_wal",
@@ -894,7 +937,8 @@ mod tests {
             spaces,
             vec![Tablespace {
                 oid: "16499".into(),
-                path: space.path().display().to_string()
+                path: space.path().display().to_string(),
+                path_hex: None,
             }]
         );
     }
@@ -916,7 +960,9 @@ mod tests {
             entry("middle", 50, false),
         ]));
         // However many streams take from it, each entry is given once, in this order.
-        let taken: Vec<String> = std::iter::from_fn(|| queue.next()).map(|e| e.rel).collect();
+        let taken: Vec<String> = std::iter::from_fn(|| queue.next())
+            .map(|e| e.rel.to_str().unwrap().to_owned())
+            .collect();
         assert_eq!(taken, ["base", "big", "middle", "also-small", "small"]);
         assert!(queue.next().is_none());
     }

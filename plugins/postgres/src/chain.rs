@@ -654,6 +654,7 @@ mod tests {
             tablespace_map: String::new(),
             tablespaces: vec![],
             data_streams: vec![],
+            file_count: 0,
             files: vec![],
             page_check: None,
         };

@@ -27,6 +27,8 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use strata_core::error::pipe_outcome;
+
+use crate::bundle::BundleSummary;
 use strata_core::plugin::RestoreSource;
 use strata_core::{Error, IoResultExt, Result};
 
@@ -147,7 +149,7 @@ pub fn preflight(
             .get(&space.path)
             .or_else(|| options.tablespace_map.get(&space.oid))
             .cloned()
-            .unwrap_or_else(|| PathBuf::from(&space.path));
+            .unwrap_or_else(|| space.location());
         if !new.is_absolute() {
             // PostgreSQL links pg_tblspc/<oid> to the path as written, and a
             // relative link resolves inside pg_tblspc (pg_basebackup refuses
@@ -251,11 +253,14 @@ pub async fn restore(
     let place = {
         let target = target.clone();
         let mapping = mapping.clone();
-        std::sync::Arc::new(move |rel: &str| -> PathBuf {
-            if let Some(rest) = rel.strip_prefix("pg_tblspc/") {
-                let (oid, tail) = rest.split_once('/').unwrap_or((rest, ""));
-                if let Some(new) = mapping.get(oid) {
-                    return if tail.is_empty() {
+        std::sync::Arc::new(move |rel: &Path| -> PathBuf {
+            if let Ok(rest) = rel.strip_prefix("pg_tblspc") {
+                let mut parts = rest.components();
+                if let Some(oid) = parts.next().and_then(|c| c.as_os_str().to_str())
+                    && let Some(new) = mapping.get(oid)
+                {
+                    let tail = parts.as_path();
+                    return if tail.as_os_str().is_empty() {
                         new.clone()
                     } else {
                         new.join(tail)
@@ -266,10 +271,9 @@ pub async fn restore(
         })
     };
     // Data streams in parallel, bounded by `parallel`.
-    let mut totals = (0u64, 0u64);
-    let mut written: Vec<PathBuf> = Vec::new();
+    let mut totals = BundleSummary::default();
     let streams = plan.meta.data_streams.clone();
-    let results: Vec<Result<(u64, u64, Vec<PathBuf>)>> = {
+    let results: Vec<Result<BundleSummary>> = {
         use futures::StreamExt;
         futures::stream::iter(streams.into_iter().map(|name| {
             let place = place.clone();
@@ -280,20 +284,14 @@ pub async fn restore(
         .await
     };
     for r in results {
-        let (f, b, paths) = r?;
-        totals.0 += f;
-        totals.1 += b;
-        written.extend(paths);
+        totals += r?;
     }
-    let (f, b, paths) = restore_bundle(source, plan, PG_CONTROL_STREAM, place.clone()).await?;
-    totals.0 += f;
-    totals.1 += b;
-    written.extend(paths);
+    totals += restore_bundle(source, plan, PG_CONTROL_STREAM, place.clone()).await?;
 
     // backup_label byte for byte; tablespace_map with the new locations.
     let label = read_small_stream(source, plan, BACKUP_LABEL_STREAM).await?;
     let label_path = target.join("backup_label");
-    std::fs::write(&label_path, &label).doing_at("writing", &label_path)?;
+    write_cluster_file(&label_path, &label)?;
     let spcmap = read_small_stream(source, plan, TABLESPACE_MAP_STREAM).await?;
     if !spcmap.is_empty() {
         let entries = parse_tablespace_map(&spcmap).into_iter().map(|(oid, old)| {
@@ -305,7 +303,7 @@ pub async fn restore(
         });
         let out = format_tablespace_map(entries);
         let map_path = target.join("tablespace_map");
-        std::fs::write(&map_path, out).doing_at("writing", &map_path)?;
+        write_cluster_file(&map_path, &out)?;
         // PostgreSQL recreates the links from tablespace_map; the directory
         // entries written by the bundle must not be in its way.
         for oid in mapping.keys() {
@@ -316,16 +314,9 @@ pub async fn restore(
         }
     }
     let target_text = write_recovery_settings(&target, plan, options)?;
-    written.extend(
-        [
-            "backup_label",
-            "tablespace_map",
-            "postgresql.auto.conf",
-            "recovery.signal",
-        ]
-        .map(|f| target.join(f)),
-    );
-    tokio::task::spawn_blocking(move || flush_all(written))
+    let mut file_systems = vec![target.clone()];
+    file_systems.extend(mapping.values().cloned());
+    tokio::task::spawn_blocking(move || flush_file_systems(&file_systems))
         .await
         .map_err(|e| Error::from(e).with_message("flushing the restored files"))??;
     if running_as_root() && cluster.os_user != "root" {
@@ -341,8 +332,8 @@ pub async fn restore(
         port: options.port,
         recovery_timeline: plan.timeline,
         target: target_text,
-        files: totals.0,
-        bytes: totals.1,
+        files: totals.files,
+        bytes: totals.bytes,
         started: false,
         timeline: None,
         lsn: None,
@@ -360,6 +351,23 @@ pub async fn restore(
         }
     }
     Ok(report)
+}
+
+/// Writes a file Strata adds to the restored data directory. A new file
+/// gets mode 0600, as PostgreSQL creates its own (`pg_file_create_mode`,
+/// `src/common/file_perm.c`; the target directory is 0700); an existing one
+/// keeps its mode.
+fn write_cluster_file(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut f| f.write_all(bytes))
+        .doing_at("writing", path)
 }
 
 fn create_private_dir(path: &Path) -> Result<()> {
@@ -384,56 +392,37 @@ fn chown_tree(root: &Path, uid: u32, gid: u32) -> Result<()> {
     Ok(())
 }
 
-/// Flushes every restored file, then every directory holding one, to disk.
-/// Flushing at the end from several threads, rather than file by file as
-/// they are written, lets the filesystem batch its journal commits.
-fn flush_all(files: Vec<PathBuf>) -> Result<()> {
-    let mut dirs: Vec<PathBuf> = files
-        .iter()
-        .filter_map(|f| f.parent().map(Path::to_path_buf))
-        .collect();
-    dirs.sort();
-    dirs.dedup();
-    let flush = |paths: &[PathBuf]| -> Result<()> {
-        const THREADS: usize = 8;
-        std::thread::scope(|scope| {
-            let handles: Vec<_> = (0..THREADS)
-                .map(|t| {
-                    scope.spawn(move || -> Result<()> {
-                        for path in paths.iter().skip(t).step_by(THREADS) {
-                            match std::fs::File::open(path) {
-                                Ok(f) => f.sync_all().doing_at("flushing", path)?,
-                                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                                Err(e) => return Err(Error::io_doing_at("flushing", path, e)),
-                            }
-                        }
-                        Ok(())
-                    })
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| {
-                    h.join()
-                        .unwrap_or_else(|_| Err(Error::io("a flushing thread panicked")))
-                })
-                .collect::<Result<Vec<()>>>()
-                .map(|_| ())
-        })
-    };
-    flush(&files)?;
-    flush(&dirs)
+/// Makes everything written under `dirs` durable with one `syncfs(2)` per
+/// file system, as PostgreSQL's `recovery_init_sync_method = syncfs` does
+/// (doc: "Error Handling" settings; `src/common/file_utils.c`): one call
+/// whatever the file count, where a list of every restored file to fsync
+/// would take memory per file. It also flushes other writers' data on those
+/// file systems, the price PostgreSQL documents for the same choice. Since
+/// Linux 5.8 `syncfs` reports writeback errors, which fail the restore.
+fn flush_file_systems(dirs: &[PathBuf]) -> Result<()> {
+    let mut seen = std::collections::HashSet::new();
+    for dir in dirs {
+        use std::os::unix::fs::MetadataExt;
+        let device = std::fs::metadata(dir).doing_at("cannot stat", dir)?.dev();
+        if !seen.insert(device) {
+            continue;
+        }
+        let handle = std::fs::File::open(dir).doing_at("cannot open", dir)?;
+        rustix::fs::syncfs(&handle)
+            .map_err(std::io::Error::from)
+            .doing_at("flushing the file system of", dir)?;
+    }
+    Ok(())
 }
 
 async fn restore_bundle(
     source: &dyn RestoreSource,
     plan: &Plan,
     name: &str,
-    place: std::sync::Arc<dyn Fn(&str) -> PathBuf + Send + Sync>,
-) -> Result<(u64, u64, Vec<PathBuf>)> {
+    place: std::sync::Arc<dyn Fn(&Path) -> PathBuf + Send + Sync>,
+) -> Result<BundleSummary> {
     let (mut writer, reader) = tokio::io::duplex(1 << 20);
     let origin = name.to_owned();
-    let placed = place.clone();
     let extract = tokio::task::spawn_blocking(move || {
         let mut input = tokio_util::io::SyncIoBridge::new(reader);
         crate::bundle::extract(&mut input, &|p| place(p), false, &origin)
@@ -449,19 +438,11 @@ async fn restore_bundle(
     // A vault read failure is the cause when the extractor then sees a
     // truncated stream; a write failure (a full disk) when the read then
     // meets a closed pipe.
-    let entries = pipe_outcome(
+    pipe_outcome(
         read.map(|_| ())
             .map_err(|e| e.context(format!("reading stream {name}"))),
         extracted,
-    )?;
-    let files = entries.iter().filter(|e| !e.is_dir).count() as u64;
-    let bytes = entries.iter().map(|e| e.size).sum();
-    let paths = entries
-        .iter()
-        .filter(|e| !e.is_dir)
-        .map(|e| placed(&e.path))
-        .collect();
-    Ok((files, bytes, paths))
+    )
 }
 
 /// `text` as one word of a POSIX shell command line: as is when it holds
@@ -605,9 +586,9 @@ fn write_recovery_settings(target: &Path, plan: &Plan, options: &RestoreOptions)
     let existing = std::fs::read_to_string(&auto).unwrap_or_default();
     let mut existing = without_recovery_settings(&existing);
     existing.push_str(&conf);
-    std::fs::write(&auto, existing).doing_at("writing", &auto)?;
+    write_cluster_file(&auto, existing.as_bytes())?;
     let signal = target.join("recovery.signal");
-    std::fs::write(&signal, b"").doing_at("writing", &signal)?;
+    write_cluster_file(&signal, b"")?;
     Ok(target_text)
 }
 

@@ -40,7 +40,7 @@ mod tests;
 mod writer;
 
 pub use check::BundleCheck;
-pub use reader::{RestoredEntry, check, extract};
+pub use reader::{BundleSummary, check, extract};
 pub use writer::{BundleOut, BundleWriter, PartWriter, will_read_sequentially};
 
 const ENTRY_MAGIC: &[u8; 4] = b"SPGF";

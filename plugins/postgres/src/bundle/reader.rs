@@ -2,6 +2,7 @@
 //! [`check`] reads and checks them without writing anything.
 
 use std::io::{self, Read, Write};
+use std::os::unix::ffi::OsStringExt;
 use std::path::{Path, PathBuf};
 
 use strata_core::{Error, Result};
@@ -11,49 +12,58 @@ use super::{CHUNK, END_MAGIC, ENTRY_MAGIC, FileHasher, KIND_DIR};
 /// While a file is restored, its writeback is started every this many bytes.
 const WRITEBACK_EVERY: u64 = 8 << 20;
 
-/// One entry read back from a bundle.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RestoredEntry {
-    /// Path relative to the data directory.
-    pub path: String,
-    /// Whether it is a directory.
-    pub is_dir: bool,
-    /// Its size.
-    pub size: u64,
+/// What reading a bundle found: counts only, so that reading a bundle of a
+/// million files takes the memory of one.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BundleSummary {
+    /// Entries read (files and directories).
+    pub entries: u64,
+    /// Files read.
+    pub files: u64,
+    /// Bytes of file content read.
+    pub bytes: u64,
+}
+
+impl std::ops::AddAssign for BundleSummary {
+    fn add_assign(&mut self, other: Self) {
+        self.entries += other.entries;
+        self.files += other.files;
+        self.bytes += other.bytes;
+    }
 }
 
 /// Reads a bundle from `input` and lays its entries down: `place` maps a
-/// stored path to the local path to write. Every file's digest is checked
-/// before the file is kept; with `fsync` every file is flushed to disk.
-/// Returns the entries in stream order.
+/// stored path (relative, the bytes PostgreSQL's file system gave) to the
+/// local path to write. Every file's digest is checked before the file is
+/// kept; with `fsync` every file is flushed to disk.
 pub fn extract(
     input: &mut impl Read,
-    place: &dyn Fn(&str) -> PathBuf,
+    place: &dyn Fn(&Path) -> PathBuf,
     fsync: bool,
     origin: &str,
-) -> Result<Vec<RestoredEntry>> {
+) -> Result<BundleSummary> {
     walk(input, Some((place, fsync)), origin)
 }
 
 /// Reads a bundle from `input` to its end marker and checks its structure
 /// and every file's digest, writing nothing: what `strata verify` does with
-/// a PostgreSQL backup's file streams. Returns the entries in stream order.
-pub fn check(input: &mut impl Read, origin: &str) -> Result<Vec<RestoredEntry>> {
+/// a PostgreSQL backup's file streams.
+pub fn check(input: &mut impl Read, origin: &str) -> Result<BundleSummary> {
     walk(input, None, origin)
 }
 
 /// Where [`walk`] lays entries down: the path for a stored path, and whether
 /// to fsync each file.
-type Lay<'a> = (&'a dyn Fn(&str) -> PathBuf, bool);
+type Lay<'a> = (&'a dyn Fn(&Path) -> PathBuf, bool);
 
 /// Walks a bundle; with `lay` it lays the entries down.
-fn walk(input: &mut impl Read, lay: Option<Lay<'_>>, origin: &str) -> Result<Vec<RestoredEntry>> {
+fn walk(input: &mut impl Read, lay: Option<Lay<'_>>, origin: &str) -> Result<BundleSummary> {
     let corrupt = |what: &str| {
         Error::integrity(format!(
             "stream {origin} is not a valid file bundle: {what}"
         ))
     };
-    let mut entries = Vec::new();
+    let mut summary = BundleSummary::default();
     let mut buf = vec![0u8; CHUNK];
     loop {
         let mut magic = [0u8; 4];
@@ -61,7 +71,7 @@ fn walk(input: &mut impl Read, lay: Option<Lay<'_>>, origin: &str) -> Result<Vec
             .read_exact(&mut magic)
             .map_err(|e| corrupt(&format!("truncated ({e})")))?;
         if &magic == END_MAGIC {
-            return Ok(entries);
+            return Ok(summary);
         }
         if &magic != ENTRY_MAGIC {
             return Err(corrupt("bad entry marker"));
@@ -76,10 +86,19 @@ fn walk(input: &mut impl Read, lay: Option<Lay<'_>>, origin: &str) -> Result<Vec
         input
             .read_exact(&mut path)
             .map_err(|_| corrupt("truncated path"))?;
-        let path = String::from_utf8(path).map_err(|_| corrupt("path is not UTF-8"))?;
-        if path.split('/').any(|c| c == ".." || c.is_empty()) {
-            return Err(corrupt(&format!("unsafe path `{path}`")));
+        // A name is the bytes the file system gave, UTF-8 or not.
+        if path
+            .split(|&b| b == b'/')
+            .any(|c| c == b".." || c.is_empty())
+            || path.contains(&0)
+        {
+            return Err(corrupt(&format!(
+                "unsafe path `{}`",
+                String::from_utf8_lossy(&path).escape_debug()
+            )));
         }
+        let path = PathBuf::from(std::ffi::OsString::from_vec(path));
+        let shown = path.display();
         let mut mode = [0u8; 4];
         input
             .read_exact(&mut mode)
@@ -110,7 +129,7 @@ fn walk(input: &mut impl Read, lay: Option<Lay<'_>>, origin: &str) -> Result<Vec
                 let want = left.min(CHUNK as u64) as usize;
                 input
                     .read_exact(&mut buf[..want])
-                    .map_err(|_| corrupt(&format!("{path} is truncated")))?;
+                    .map_err(|_| corrupt(&format!("{shown} is truncated")))?;
                 hasher.update(&buf[..want]);
                 left -= want as u64;
                 if let Some((file, target)) = &mut file {
@@ -127,14 +146,14 @@ fn walk(input: &mut impl Read, lay: Option<Lay<'_>>, origin: &str) -> Result<Vec
             let digest = &mut digest[..hasher.digest_len()];
             input
                 .read_exact(digest)
-                .map_err(|_| corrupt(&format!("{path} has no digest")))?;
+                .map_err(|_| corrupt(&format!("{shown} has no digest")))?;
             if hasher.finish().0 != digest {
                 if let Some((file, target)) = file {
                     drop(file);
                     let _ = std::fs::remove_file(target);
                 }
                 return Err(Error::integrity(format!(
-                    "{path} in stream {origin} does not match its checksum"
+                    "{shown} in stream {origin} does not match its checksum"
                 ))
                 .hint("the backup is damaged; restore an older backup or run `strata verify`"));
             }
@@ -145,11 +164,9 @@ fn walk(input: &mut impl Read, lay: Option<Lay<'_>>, origin: &str) -> Result<Vec
                 drop(file);
                 set_mode(target, mode)?;
             }
-            entries.push(RestoredEntry {
-                path,
-                is_dir: false,
-                size,
-            });
+            summary.entries += 1;
+            summary.files += 1;
+            summary.bytes += size;
             continue;
         }
         if kind != KIND_DIR {
@@ -161,11 +178,7 @@ fn walk(input: &mut impl Read, lay: Option<Lay<'_>>, origin: &str) -> Result<Vec
             std::fs::create_dir_all(target).map_err(|e| io_err(target, e))?;
             set_mode(target, mode)?;
         }
-        entries.push(RestoredEntry {
-            path,
-            is_dir: true,
-            size: 0,
-        });
+        summary.entries += 1;
     }
 }
 

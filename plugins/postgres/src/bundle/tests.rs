@@ -30,7 +30,7 @@ fn roundtrip_pads_shrunk_files_and_checks_digests() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().to_path_buf();
     let entries = extract(&mut &out[..], &|p| root.join(p), true, "data.0").unwrap();
-    assert_eq!(entries.len(), 3);
+    assert_eq!(entries.entries, 3);
     assert_eq!(std::fs::read(root.join("base/1/1259")).unwrap(), b"hello");
     assert_eq!(
         std::fs::read(root.join("PG_VERSION")).unwrap(),
@@ -215,7 +215,7 @@ async fn part_writer_round_trips_across_part_boundaries() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().to_path_buf();
     let entries = extract(&mut &stream[..], &|p| root.join(p), true, "data.0").unwrap();
-    assert_eq!(entries.len(), files.len() + 1);
+    assert_eq!(entries.entries, files.len() as u64 + 1);
     for ((path, size, bytes), digest) in files.iter().zip(&digests) {
         let mut expected = bytes.clone();
         expected.resize(*size as usize, 0);
@@ -275,7 +275,7 @@ async fn direct_reads_round_trip_with_each_large_file_starting_a_part() {
                 .ok();
             bundle
                 .add_os_file(
-                    name,
+                    Path::new(name),
                     0o600,
                     bytes.len() as u64,
                     &file,
@@ -317,7 +317,7 @@ async fn direct_reads_round_trip_with_each_large_file_starting_a_part() {
     let out = tempfile::tempdir().unwrap();
     let root = out.path().to_path_buf();
     let entries = extract(&mut &stream[..], &|p| root.join(p), false, "data.0").unwrap();
-    assert_eq!(entries.len(), files.len());
+    assert_eq!(entries.entries, files.len() as u64);
     for (name, _, bytes) in &files {
         let restored = std::fs::read(root.join(name)).unwrap();
         assert!(restored == *bytes, "{name}: {} bytes back", restored.len());
@@ -342,7 +342,7 @@ fn version_1_bundles_still_restore() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().to_path_buf();
     let entries = extract(&mut &v1[..], &|p| root.join(p), false, "data.0").unwrap();
-    assert_eq!(entries.len(), 1);
+    assert_eq!(entries.entries, 1);
     assert_eq!(std::fs::read(root.join("base/1/1259")).unwrap(), b"hello");
 
     let at = v1.windows(5).position(|w| w == b"hello").unwrap();

@@ -3,6 +3,7 @@
 //! vault writer's part buffers.
 
 use std::io::{self, Read, Write};
+use std::path::Path;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -77,31 +78,33 @@ impl<W: BundleOut> BundleWriter<W> {
         BundleWriter { out }
     }
 
-    fn header(&mut self, kind: u8, path: &str, mode: u32) -> io::Result<()> {
+    fn header(&mut self, kind: u8, path: &Path, mode: u32) -> io::Result<()> {
+        use std::os::unix::ffi::OsStrExt;
+        let path = path.as_os_str().as_bytes();
         let len = u16::try_from(path.len())
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path too long"))?;
         self.out.write_all(ENTRY_MAGIC)?;
         self.out.write_all(&[kind])?;
         self.out.write_all(&len.to_le_bytes())?;
-        self.out.write_all(path.as_bytes())?;
+        self.out.write_all(path)?;
         self.out.write_all(&mode.to_le_bytes())
     }
 
     /// Adds a directory entry.
-    pub fn add_dir(&mut self, path: &str, mode: u32) -> io::Result<()> {
-        self.header(KIND_DIR, path, mode)
+    pub fn add_dir(&mut self, path: impl AsRef<Path>, mode: u32) -> io::Result<()> {
+        self.header(KIND_DIR, path.as_ref(), mode)
     }
 
     /// Adds a file of exactly `size` bytes read from `file` (zero-padded if
     /// the file is shorter now). Returns the checksum of the bytes stored.
     pub fn add_file(
         &mut self,
-        path: &str,
+        path: impl AsRef<Path>,
         mode: u32,
         size: u64,
         file: &mut impl Read,
     ) -> io::Result<FileChecksum> {
-        self.add_with(path, mode, size, None, |out, observe| {
+        self.add_with(path.as_ref(), mode, size, None, |out, observe| {
             out.copy_from(file, size, observe)
         })
     }
@@ -113,7 +116,7 @@ impl<W: BundleOut> BundleWriter<W> {
     /// files of at least [`DIRECT_MIN`] bytes).
     pub fn add_os_file(
         &mut self,
-        path: &str,
+        path: &Path,
         mode: u32,
         size: u64,
         file: &std::fs::File,
@@ -133,7 +136,7 @@ impl<W: BundleOut> BundleWriter<W> {
     /// checksum and to `pages`.
     fn add_with(
         &mut self,
-        path: &str,
+        path: &Path,
         mode: u32,
         size: u64,
         mut pages: Option<&mut PageCheck>,
