@@ -261,6 +261,26 @@ fn tablespaces_are_remapped_and_an_unmapped_live_tablespace_is_refused() {
     );
     assert!(!dir.exists(), "nothing was written");
 
+    // --force empties the target directory, never a tablespace the running
+    // source cluster uses.
+    let out = env.strata(&[
+        "restore",
+        "pg",
+        "main",
+        "--latest",
+        "--force",
+        "--target-dir",
+        dir.to_str().unwrap(),
+    ]);
+    assert_eq!(out.code(), Some(9), "{}", out.stderr_text());
+    assert!(
+        out.stderr_text().contains("which the running cluster"),
+        "{}",
+        out.stderr_text()
+    );
+    assert!(!dir.exists(), "nothing was written");
+    assert_eq!(pg.psql("SELECT count(*) FROM far"), "6000");
+
     // A relative new location would be linked inside pg_tblspc: refused.
     let out = env.strata(&[
         "restore",

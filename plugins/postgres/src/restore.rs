@@ -142,6 +142,18 @@ pub fn preflight(
         ))
         .hint("choose an empty or new directory, or pass --force to delete its contents first"));
     }
+    // The tablespace locations of the configured cluster while its server
+    // runs: never emptied, whatever --force says.
+    let live_tablespaces: Vec<PathBuf> = if server_running(&cluster.data_directory) {
+        std::fs::read_dir(cluster.data_directory.join("pg_tblspc"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|link| std::fs::read_link(link.path()).ok())
+            .collect()
+    } else {
+        Vec::new()
+    };
     let mut mapping = BTreeMap::new();
     for space in &plan.meta.tablespaces {
         let new = options
@@ -171,6 +183,18 @@ pub fn preflight(
                 new.display()
             ))
             .hint("map it outside the target directory"));
+        }
+        if options.force && live_tablespaces.iter().any(|live| same_dir(live, &new)) {
+            return Err(Error::conflict(format!(
+                "tablespace {} would be restored to {}, which the running cluster at {} uses",
+                space.oid,
+                new.display(),
+                cluster.data_directory.display()
+            ))
+            .hint(format!(
+                "--force empties only directories no running server uses; map it to a new location: --tablespace-map {}",
+                shell_word(&format!("{}=/new/location", space.path))
+            )));
         }
         if !is_empty_dir(&new)? && !options.force {
             return Err(Error::conflict(format!(
@@ -210,6 +234,14 @@ pub fn preflight(
         }
     }
     Ok(mapping)
+}
+
+/// Whether `a` and `b` name the same directory (resolving links), or the same path.
+fn same_dir(a: &Path, b: &Path) -> bool {
+    match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => a == b,
+    }
 }
 
 fn clear_dir(dir: &Path) -> Result<()> {

@@ -516,9 +516,29 @@ impl Vault {
     /// point of a backup; it fails with [`ErrorKind::Conflict`] if a manifest
     /// with the same id exists.
     pub async fn put_manifest(&self, manifest: &Manifest) -> Result<String> {
+        self.ensure_present().await?;
         let key = layout::manifest_key(&manifest.engine, &manifest.instance, &manifest.id);
         self.put_create(&key, manifest.to_json()?).await?;
         Ok(key)
+    }
+
+    /// Checks that the vault opened is still there (its metadata object
+    /// exists), right before a manifest commits a backup into it. A local
+    /// vault whose directory was moved, deleted or unmounted while a backup
+    /// ran would otherwise have its directories recreated by the writes,
+    /// and the backup "committed" into a place no later command reads.
+    async fn ensure_present(&self) -> Result<()> {
+        let url = &self.inner.url;
+        let meta_path = layout::join(&self.inner.root, &[layout::VAULT_META]);
+        match self.inner.store.head(&meta_path).await {
+            Ok(_) => Ok(()),
+            Err(object_store::Error::NotFound { .. }) => Err(Error::storage(format!(
+                "the vault at {url} is gone: its {} is missing",
+                layout::VAULT_META
+            ))
+            .hint("the vault was moved, deleted or unmounted while the backup ran; nothing was committed: bring the vault back and run the backup again")),
+            Err(e) => Err(unreachable(url, e.into())),
+        }
     }
 
     /// Reads the manifest of backup `id` of an engine instance.

@@ -632,3 +632,51 @@ async fn cancelled_stream_leaves_nothing_on_files() {
         cancel_midway(vault, Some(dir.path()), after).await;
     }
 }
+
+/// A local vault moved away (or unmounted) while a backup runs: the writes
+/// recreate its directories, but the commit sees that the vault is gone and
+/// refuses, so no backup is reported as taken that no later command can read.
+#[tokio::test]
+async fn a_vault_that_disappears_before_the_commit_is_not_committed_into() {
+    let (dir, vault) = file_vault().await;
+    let writer = BackupWriter::start(&vault, target(), small_config()).unwrap();
+    writer
+        .write_stream("one", &b"before the move"[..], None)
+        .await
+        .unwrap();
+    let moved = dir.path().join("moved");
+    std::fs::rename(dir.path().join("vault"), &moved).unwrap();
+    writer
+        .write_stream("two", &vec![7u8; 200_000][..], None)
+        .await
+        .unwrap();
+    let err = writer.commit(BackupOutcome::default()).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Storage, "{err:?}");
+    assert!(err.to_string().contains("is gone"), "{err}");
+    assert!(!err.is_retryable());
+    // Nothing is committed where the vault was, nor in the vault itself.
+    let manifests = |root: &std::path::Path| {
+        walkdir(root)
+            .into_iter()
+            .filter(|p| p.to_string_lossy().contains("/manifests/"))
+            .count()
+    };
+    assert_eq!(manifests(&dir.path().join("vault")), 0);
+    assert_eq!(manifests(&moved), 0);
+}
+
+fn walkdir(root: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                out.push(path);
+            }
+        }
+    }
+    out
+}
