@@ -252,9 +252,9 @@ fn return_large_buffers_to_the_system() {
     }
 }
 
-/// A reader that stops early (`strata list | head`) closes standard output;
-/// printing then fails with a broken pipe, which `println!` turns into a
-/// panic. Such a run ends quietly with 141 (128 + SIGPIPE), as a shell tool
+/// A reader that stops early (`strata list | head`, or `2>&1 | head`)
+/// closes standard output or standard error; printing then fails with a
+/// broken pipe, which `println!` and `eprintln!` turn into a panic. Such a run ends quietly with 141 (128 + SIGPIPE), as a shell tool
 /// killed by SIGPIPE would; every other panic is reported as usual.
 fn quiet_on_closed_stdout() {
     let default = std::panic::take_hook();
@@ -265,7 +265,9 @@ fn quiet_on_closed_stdout() {
             .map(String::as_str)
             .or_else(|| info.payload().downcast_ref::<&str>().copied())
             .unwrap_or_default();
-        if message.contains("failed printing to stdout") && message.contains("Broken pipe") {
+        let closed = message.contains("failed printing to stdout")
+            || message.contains("failed printing to stderr");
+        if closed && message.contains("Broken pipe") {
             std::process::exit(141);
         }
         default(info);

@@ -750,6 +750,26 @@ fn a_reader_that_stops_early_ends_the_listing_quietly() {
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(141), "{}", stderr(&out));
     assert!(!stderr(&out).contains("panicked"), "{}", stderr(&out));
+
+    // The same with standard error closed before the summary is printed
+    // (`2>&1 | head -c 10`): 141, not a panic's 101, and the file is whole.
+    let back = fx.path("back.bin");
+    let mut child = fx
+        .strata(&[
+            "restore",
+            "stream",
+            "s0",
+            "--output",
+            back.to_str().unwrap(),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stderr.take());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(141));
+    assert_eq!(std::fs::read(&back).unwrap().len(), 1000);
 }
 
 #[test]
