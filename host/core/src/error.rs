@@ -602,15 +602,16 @@ impl Error {
 }
 
 /// The outcome of two ends of a pipe run together: `producer` feeding
-/// `consumer`. When one end fails the other usually fails too, as an echo: a
-/// producer whose reader went away sees `BrokenPipe`, a consumer whose
-/// producer stopped sees a truncated stream. The error reported is the
-/// cause: the producer's, unless it is only a broken pipe, then the
-/// consumer's (a full disk on the restore target is reported as such, not
-/// as a broken pipe).
-pub fn pipe_outcome<T>(producer: Result<()>, consumer: Result<T>) -> Result<T> {
+/// `consumer`, both values when both succeeded. When one end fails the
+/// other usually fails too, as an echo: a producer whose reader went away
+/// sees `BrokenPipe`, a consumer whose producer stopped sees a truncated
+/// stream. The error reported is the cause: the producer's, unless it is
+/// only a broken pipe, then the consumer's (a full disk on the restore
+/// target is reported as such, not as a broken pipe).
+pub fn pipe_outcome<P, C>(producer: Result<P>, consumer: Result<C>) -> Result<(P, C)> {
     match (producer, consumer) {
-        (Ok(()), consumer) => consumer,
+        (Ok(produced), Ok(consumed)) => Ok((produced, consumed)),
+        (Ok(_), Err(consumer)) => Err(consumer),
         (Err(producer), Err(consumer))
             if producer.io_kind() == Some(std::io::ErrorKind::BrokenPipe) =>
         {
@@ -815,18 +816,18 @@ mod tests {
         let broken = || Err(Error::from(io::Error::from(io::ErrorKind::BrokenPipe)));
         let full = || Err::<(), _>(Error::io_at("/t/f", os_error(28)));
         // The consumer filled the disk; the producer only met the closed pipe.
-        let err = pipe_outcome(broken(), full()).unwrap_err();
+        let err = pipe_outcome::<(), ()>(broken(), full()).unwrap_err();
         assert_eq!(err.io_kind(), Some(io::ErrorKind::StorageFull), "{err}");
         // The producer (the vault) failed; the consumer only saw a short stream.
         let vault_down = Err(Error::storage("the vault is unreachable"));
         let short = Err::<(), _>(Error::integrity("truncated"));
-        let err = pipe_outcome(vault_down, short).unwrap_err();
+        let err = pipe_outcome::<(), ()>(vault_down, short).unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Storage);
         // One side alone.
-        assert_eq!(pipe_outcome(Ok(()), Ok(7)).unwrap(), 7);
+        assert_eq!(pipe_outcome(Ok(()), Ok(7)).unwrap().1, 7);
         assert!(pipe_outcome(Ok(()), full()).is_err());
         assert_eq!(
-            pipe_outcome(Err(Error::storage("x")), Ok(1))
+            pipe_outcome::<(), _>(Err(Error::storage("x")), Ok(1))
                 .unwrap_err()
                 .kind(),
             ErrorKind::Storage

@@ -559,32 +559,34 @@ const SHORTENED_PREFIX: usize = 150;
 /// 128-bit digests collide. Keys are never read back into names: whoever
 /// needs the full name keeps it in the manifest or object.
 pub fn escape_key_component(name: &str) -> String {
-    let mut out = String::with_capacity(name.len());
-    // Where each escaped byte starts, to shorten without splitting an escape.
-    let mut boundaries = Vec::new();
+    let mut out = escaped_prefix(name, usize::MAX);
+    if out.len() > MAX_KEY_COMPONENT {
+        out = escaped_prefix(name, SHORTENED_PREFIX);
+        out.push_str("_h");
+        out.push_str(&blake3::hash(name.as_bytes()).to_hex()[..32]);
+    }
+    out
+}
+
+/// The escaped form of `name` (see [`escape_key_component`]), cut before
+/// the first escaped byte that would take it past `limit` bytes.
+fn escaped_prefix(name: &str, limit: usize) -> String {
+    use std::fmt::Write;
+    let mut out = String::with_capacity(name.len().min(limit));
+    if name.is_empty() || name.starts_with('.') {
+        out.push('_');
+    }
     for b in name.bytes() {
-        boundaries.push(out.len());
+        let before = out.len();
         if b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-') {
             out.push(b as char);
         } else {
-            out.push_str(&format!("_{b:02x}"));
+            let _ = write!(out, "_{b:02x}");
         }
-    }
-    if out.is_empty() || out.starts_with('.') {
-        out.insert(0, '_');
-        boundaries.iter_mut().for_each(|b| *b += 1);
-    }
-    if out.len() > MAX_KEY_COMPONENT {
-        let keep = boundaries
-            .iter()
-            .copied()
-            .take_while(|&b| b <= SHORTENED_PREFIX)
-            .last()
-            .unwrap_or(0);
-        let digest = blake3::hash(name.as_bytes());
-        out.truncate(keep);
-        out.push_str("_h");
-        out.push_str(&digest.to_hex()[..32]);
+        if out.len() > limit {
+            out.truncate(before);
+            break;
+        }
     }
     out
 }

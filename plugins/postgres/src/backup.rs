@@ -25,6 +25,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use strata_core::error::pipe_outcome;
 use strata_core::plugin::{BackupOutcome, BackupSink, StreamDigest};
 use strata_core::{Error, IoResultExt, Result};
 
@@ -545,16 +546,10 @@ async fn write_bundle(
     let (uploaded, produced) = tokio::join!(upload, producer);
     let produced =
         produced.map_err(|e| Error::from(e).with_message(format!("reading files for {name}")))?;
-    match (produced, uploaded) {
-        (Ok(stored), Ok(_)) => Ok(stored),
-        // The writer stopped taking parts: its error is the cause.
-        (Err(e), Err(upload)) if e.kind() == std::io::ErrorKind::BrokenPipe => {
-            Err(upload.context(format!("storing stream {name}")))
-        }
-        // A reader failure is the root cause; the upload only echoes it.
-        (Err(e), _) => Err(file_error(e)),
-        (Ok(_), Err(upload)) => Err(upload.context(format!("storing stream {name}"))),
-    }
+    // A reader failure is the cause and the upload only echoes it, unless
+    // the reader met a broken pipe: then the writer stopped taking parts.
+    let uploaded = uploaded.map_err(|e| e.context(format!("storing stream {name}")));
+    pipe_outcome(produced.map_err(file_error), uploaded).map(|(stored, _)| stored)
 }
 
 /// An I/O failure on a data directory file, as an `io::Error` (the bundle

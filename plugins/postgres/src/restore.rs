@@ -470,11 +470,8 @@ async fn restore_bundle(
     // A vault read failure is the cause when the extractor then sees a
     // truncated stream; a write failure (a full disk) when the read then
     // meets a closed pipe.
-    pipe_outcome(
-        read.map(|_| ())
-            .map_err(|e| e.context(format!("reading stream {name}"))),
-        extracted,
-    )
+    let read = read.map_err(|e| e.context(format!("reading stream {name}")));
+    pipe_outcome(read, extracted).map(|(_, summary)| summary)
 }
 
 /// `text` as one word of a POSIX shell command line: as is when it holds

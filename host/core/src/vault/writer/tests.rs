@@ -119,19 +119,11 @@ fn blake3_hex(bytes: &[u8]) -> String {
 async fn leftovers(vault: &Vault, dir: Option<&std::path::Path>) -> Vec<String> {
     let mut keys = vault.list_keys("").await.unwrap();
     if let Some(dir) = dir {
-        let mut stack = vec![dir.to_path_buf()];
-        while let Some(d) = stack.pop() {
-            for entry in std::fs::read_dir(&d).unwrap() {
-                let path = entry.unwrap().path();
-                if path.is_dir() {
-                    stack.push(path);
-                } else {
-                    keys.push(format!(
-                        "file {}",
-                        path.strip_prefix(dir).unwrap().display()
-                    ));
-                }
-            }
+        for path in walkdir(dir) {
+            keys.push(format!(
+                "file {}",
+                path.strip_prefix(dir).unwrap().display()
+            ));
         }
     }
     keys.sort();
@@ -665,6 +657,7 @@ async fn a_vault_that_disappears_before_the_commit_is_not_committed_into() {
     assert_eq!(manifests(&moved), 0);
 }
 
+/// Every file under `root` (none when it does not exist).
 fn walkdir(root: &std::path::Path) -> Vec<std::path::PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![root.to_path_buf()];
