@@ -78,7 +78,9 @@ pub enum PgCommand {
 pub struct PgBackupArgs {
     /// The cluster's name (`[postgres.<name>]` in the config).
     pub name: String,
-    /// The kind of backup; PostgreSQL supports `full`.
+    /// The kind of backup: `full`; `diff` (the pages changed since the
+    /// newest full); `incr` (the pages changed since the newest backup of
+    /// any kind).
     #[arg(long, default_value = "full")]
     pub kind: String,
     /// Wait for a scheduled checkpoint instead of requesting an immediate one.
@@ -292,11 +294,11 @@ async fn wal_fetch(
 /// Runs `strata backup pg NAME`.
 pub async fn backup(args: PgBackupArgs, ctx: &Context) -> Result<()> {
     let kind: BackupKind = args.kind.parse()?;
-    if kind != BackupKind::Full {
-        return Err(Error::config(format!(
-            "PostgreSQL backups of kind `{kind}` are not available"
-        ))
-        .hint("use --kind full; WAL is archived continuously by `strata pg wal-push`"));
+    if kind == BackupKind::Log {
+        return Err(Error::config(
+            "PostgreSQL takes no log backups: its WAL is archived continuously",
+        )
+        .hint("use --kind full, diff or incr; `strata pg wal-push` archives the WAL (see `strata pg check`)"));
     }
     let plugin = ctx.cluster(&args.name)?.build(&args.name)?;
     let host = ctx.host().await?;
@@ -311,7 +313,7 @@ pub async fn backup(args: PgBackupArgs, ctx: &Context) -> Result<()> {
     let BackupResult::Committed(manifest) = result? else {
         return Err(Error::engine("the PostgreSQL plugin delivered no backup"));
     };
-    let meta = strata_postgres::backup::FullBackupMeta::from_manifest(&manifest)?;
+    let meta = strata_postgres::backup::BackupMeta::from_manifest(&manifest)?;
     let seconds = started.elapsed().as_secs_f64();
     if let Some(damage) = meta.page_check.as_ref().filter(|p| !p.damaged.is_empty()) {
         warn_damaged_pages(damage);
@@ -326,14 +328,25 @@ pub async fn backup(args: PgBackupArgs, ctx: &Context) -> Result<()> {
             "stop_lsn": meta.stop_lsn,
             "stop_time": meta.stop_time,
             "files": meta.files(),
+            "kind": manifest.kind,
+            "base": manifest.base,
+            "delta": meta.delta,
             "raw_bytes": manifest.raw_size(),
             "stored_bytes": manifest.stored_size(),
             "seconds": seconds,
             "page_check": meta.page_check,
         }))?;
     } else if !ctx.quiet {
+        let on = match (&manifest.base, &meta.delta) {
+            (Some(base), Some(delta)) => format!(
+                "; applies on {base}: {} of {} relation pages changed since LSN {}, {} files stored whole, {} removed",
+                delta.pages_stored, delta.pages_scanned, delta.since_lsn, delta.whole_files, delta.removed
+            ),
+            _ => String::new(),
+        };
         println!(
-            "full backup {} of `{}` committed: {} files, {} stored as {} in {:.1}s ({}); timeline {}, LSN {} .. {}",
+            "{} backup {} of `{}` committed: {} files, {} stored as {} in {:.1}s ({}); timeline {}, LSN {} .. {}{on}",
+            manifest.kind,
             manifest.id,
             args.name,
             meta.files(),

@@ -13,7 +13,9 @@
 //!    asked to start one: nothing is written or committed here, and the
 //!    result is [`BackupResult::Delegated`].
 //! 2. A differential's base (the newest full of the database) or an
-//!    incremental's (the newest data backup) is chosen from the vault.
+//!    incremental's (the newest data backup) is chosen from the vault; its
+//!    streams are readable through the sink
+//!    ([`BackupSink::base_source`](crate::plugin::BackupSink::base_source)).
 //! 3. A writer is opened; the plugin writes its streams into it
 //!    ([`EnginePlugin::backup`]).
 //! 4. On success the manifest is committed with the plugin's
@@ -216,10 +218,17 @@ impl Host {
         {
             progress.set_total(size);
         }
-        let sink = match progress {
+        let mut sink = match progress {
             Some(progress) => ProgressSink::new(&writer, progress),
             None => ProgressSink::quiet(&writer),
         };
+        if let Some(base) = &request.base {
+            sink = sink.with_base(VaultRestoreSource::new(
+                self.vault.clone(),
+                vec![base.clone()],
+                self.reader.clone(),
+            ));
+        }
         let what = describe(plugin, &request.database, request.kind);
         let outcome = tokio::select! {
             outcome = plugin.backup(request, &sink, archive) => outcome,

@@ -502,6 +502,14 @@ pub trait BackupSink: Send + Sync {
     /// Says how many raw bytes the backup's streams will hold in all, as far
     /// as the plugin knows, for progress display. The default ignores it.
     fn expect_bytes(&self, _total: u64) {}
+
+    /// The committed backup a differential or incremental builds on
+    /// ([`BackupRequest::base`]), to read its streams (a PostgreSQL
+    /// differential reads its base's file index), or `None` when the host
+    /// offers none. The default: none.
+    fn base_source(&self) -> Option<&dyn RestoreSource> {
+        None
+    }
 }
 
 /// Gives back the streams of committed backups. Implemented by the host.

@@ -32,6 +32,11 @@ use strata_core::{Error, IoResultExt, Result};
 use crate::bundle::{BundleWriter, DIRECT_MIN, PartWriter, StoredFile};
 use crate::check::{connect, pg_error};
 use crate::config::ClusterConfig;
+use crate::delta::{
+    DatabaseIdentity, DeltaReport, FILE_INDEX_STREAM, FileIdentity, IndexEntry, IndexReader,
+    Listed, REMOVED_STREAM, Since, Stored, changed_databases, compare_with_base, encode_index,
+    scan_pages,
+};
 use crate::pages::{PageCheck, PageReport, relation_segment};
 use crate::wal::WalArchive;
 use crate::walname::{Lsn, WalFileName, segno_of};
@@ -45,7 +50,7 @@ pub const TABLESPACE_MAP_STREAM: &str = "tablespace_map";
 
 /// The PostgreSQL details of a full backup, stored as the manifest's `engine_meta`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FullBackupMeta {
+pub struct BackupMeta {
     /// The cluster's system identifier (decimal).
     pub system_id: String,
     /// `server_version_num` (e.g. 150018).
@@ -87,6 +92,16 @@ pub struct FullBackupMeta {
     /// has no data checksums (or for backups made before it was added).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub page_check: Option<PageReport>,
+    /// The databases (`pg_database` OID and row `xmin`) when the backup
+    /// started: a later differential stores whole every file of a database
+    /// whose row changed (see [`crate::delta`]). Empty for backups made
+    /// before differentials.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub databases: Vec<DatabaseIdentity>,
+    /// For a differential or incremental: the backup it applies on and what
+    /// its page scans stored; `None` for a full.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delta: Option<DeltaReport>,
 }
 
 /// A tablespace at backup time.
@@ -128,7 +143,7 @@ impl Tablespace {
     }
 }
 
-impl FullBackupMeta {
+impl BackupMeta {
     /// How many files the backup holds.
     pub fn files(&self) -> u64 {
         self.file_count.max(self.files.len() as u64)
@@ -195,6 +210,35 @@ struct SourceFile {
     size: u64,
     mode: u32,
     is_dir: bool,
+    /// Inode and birth time, which a later differential compares.
+    identity: FileIdentity,
+    /// How the backup stores it: whole, except in a differential.
+    stored: Stored,
+}
+
+impl SourceFile {
+    fn dir(rel: impl Into<Box<Path>>, mode: u32) -> Self {
+        SourceFile {
+            rel: rel.into(),
+            size: 0,
+            mode,
+            is_dir: true,
+            identity: FileIdentity::default(),
+            stored: Stored::Whole,
+        }
+    }
+
+    fn file(rel: impl Into<Box<Path>>, meta: &std::fs::Metadata) -> Self {
+        use std::os::unix::fs::PermissionsExt;
+        SourceFile {
+            rel: rel.into(),
+            size: meta.len(),
+            mode: meta.permissions().mode() & 0o7777,
+            is_dir: false,
+            identity: FileIdentity::of(meta),
+            stored: Stored::Whole,
+        }
+    }
 }
 
 /// Directories whose contents `basebackup.c` leaves out (the directory itself is kept).
@@ -330,12 +374,7 @@ fn list_cluster(data_dir: &Path) -> Result<(Vec<SourceFile>, Vec<Tablespace>)> {
                         name.to_string_lossy().into_owned(),
                         &target,
                     ));
-                    out.push(SourceFile {
-                        rel: rel.clone().into_boxed_path(),
-                        size: 0,
-                        mode: 0o700,
-                        is_dir: true,
-                    });
+                    out.push(SourceFile::dir(rel.clone(), 0o700));
                     stack.push((rel, target));
                     continue;
                 }
@@ -343,35 +382,23 @@ fn list_cluster(data_dir: &Path) -> Result<(Vec<SourceFile>, Vec<Tablespace>)> {
                 let target = std::fs::metadata(&abs);
                 match target {
                     Ok(m) if m.is_dir() => {
-                        out.push(SourceFile {
-                            rel: rel.clone().into_boxed_path(),
-                            size: 0,
-                            mode: m.permissions().mode() & 0o7777,
-                            is_dir: true,
-                        });
+                        out.push(SourceFile::dir(
+                            rel.clone(),
+                            m.permissions().mode() & 0o7777,
+                        ));
                         if !(at_top && EXCLUDE_DIR_CONTENTS.contains(&text)) {
                             stack.push((rel, abs));
                         } else if text == "pg_wal" {
                             out.push(archive_status_dir(&rel));
                         }
                     }
-                    Ok(m) if m.is_file() => out.push(SourceFile {
-                        rel: rel.into_boxed_path(),
-                        size: m.len(),
-                        mode: m.permissions().mode() & 0o7777,
-                        is_dir: false,
-                    }),
+                    Ok(m) if m.is_file() => out.push(SourceFile::file(rel, &m)),
                     _ => {}
                 }
                 continue;
             }
             if meta.is_dir() {
-                out.push(SourceFile {
-                    rel: rel.clone().into_boxed_path(),
-                    size: 0,
-                    mode,
-                    is_dir: true,
-                });
+                out.push(SourceFile::dir(rel.clone(), mode));
                 if at_top && EXCLUDE_DIR_CONTENTS.contains(&text) {
                     if text == "pg_wal" {
                         out.push(archive_status_dir(&rel));
@@ -380,12 +407,7 @@ fn list_cluster(data_dir: &Path) -> Result<(Vec<SourceFile>, Vec<Tablespace>)> {
                 }
                 stack.push((rel, abs));
             } else if meta.is_file() {
-                out.push(SourceFile {
-                    rel: rel.into_boxed_path(),
-                    size: meta.len(),
-                    mode,
-                    is_dir: false,
-                });
+                out.push(SourceFile::file(rel, &meta));
             }
         }
     }
@@ -393,12 +415,7 @@ fn list_cluster(data_dir: &Path) -> Result<(Vec<SourceFile>, Vec<Tablespace>)> {
 }
 
 fn archive_status_dir(rel: &Path) -> SourceFile {
-    SourceFile {
-        rel: rel.join("archive_status").into_boxed_path(),
-        size: 0,
-        mode: 0o700,
-        is_dir: true,
-    }
+    SourceFile::dir(rel.join("archive_status"), 0o700)
 }
 
 /// The files of a backup waiting to be copied, shared by its data streams.
@@ -458,6 +475,7 @@ fn open_direct(path: &Path) -> Option<std::fs::File> {
 struct BundleReport {
     files: u64,
     pages: PageReport,
+    delta: DeltaReport,
 }
 
 /// Writes entries taken from `queue` as one bundle stream into `sink`;
@@ -472,6 +490,7 @@ async fn write_bundle(
     name: String,
     queue: Arc<FileQueue>,
     check_pages_before: Option<Lsn>,
+    since: Option<Since>,
 ) -> Result<BundleReport> {
     let (feed, parts) = sink.part_channel();
     let stream_name = name.clone();
@@ -494,6 +513,38 @@ async fn write_bundle(
                 let direct = (entry.size >= DIRECT_MIN)
                     .then(|| open_direct(&abs))
                     .flatten();
+                if let (Stored::Pages { base_size }, Some(since)) = (entry.stored, since) {
+                    crate::bundle::will_read_sequentially(&file);
+                    let rel = entry.rel.to_string_lossy();
+                    let before = stored.delta.clone();
+                    let mut damaged = Vec::new();
+                    bundle
+                        .add_pages(&entry.rel, entry.mode, entry.size, |pages| {
+                            damaged = scan_pages(
+                                &file,
+                                &rel,
+                                entry.size,
+                                base_size,
+                                since,
+                                pages,
+                                &mut stored.delta,
+                            )?;
+                            Ok(())
+                        })
+                        .map_err(|e| at_file("reading", &abs, e))?;
+                    stored.delta.paged_files += 1;
+                    if check_pages_before.is_some() {
+                        // Every page left out had an old LSN and a good checksum.
+                        let scanned = stored.delta.pages_scanned - before.pages_scanned;
+                        let kept = stored.delta.pages_stored - before.pages_stored;
+                        stored.pages.add(&rel, scanned - kept, damaged);
+                    }
+                    stored.files += 1;
+                    continue;
+                }
+                if since.is_some() {
+                    stored.delta.whole_files += 1;
+                }
                 // Read-ahead only helps the reads that go through the page cache.
                 if direct.is_none() {
                     crate::bundle::will_read_sequentially(&file);
@@ -569,13 +620,176 @@ fn file_error(e: std::io::Error) -> Error {
     Error::from(e).with_message(text)
 }
 
-/// Runs a full backup of `cluster` into `sink`; see the module docs.
-/// `archive` is the cluster's WAL archive, checked before returning.
-pub async fn full_backup(
+/// The backup a differential or incremental applies on, as the host chose
+/// it ([`strata_core::plugin::BackupRequest::base`]).
+pub struct Base<'a> {
+    /// Its manifest.
+    pub manifest: &'a strata_core::catalog::manifest::Manifest,
+    /// Its PostgreSQL details.
+    pub meta: BackupMeta,
+}
+
+impl<'a> Base<'a> {
+    /// Reads the details of `manifest`, refusing a backup a differential
+    /// cannot build on.
+    pub fn new(manifest: &'a strata_core::catalog::manifest::Manifest) -> Result<Self> {
+        let meta = BackupMeta::from_manifest(manifest)?;
+        if !manifest.streams.iter().any(|s| s.name == FILE_INDEX_STREAM) {
+            return Err(Error::config(format!(
+                "backup {} was made by a Strata that did not record file indexes, \
+                 so a differential cannot tell what changed since",
+                manifest.id
+            ))
+            .hint("take a full backup (--kind full); differentials build on it"));
+        }
+        Ok(Base { manifest, meta })
+    }
+
+    /// Refuses a base of another cluster, or one a timeline switch left
+    /// behind (4.5.9): its pages are the cluster's only if the current
+    /// timeline's history passes through the base's whole backup.
+    async fn check_lineage(
+        &self,
+        archive: &WalArchive<'_>,
+        system_id: u64,
+        timeline: u32,
+    ) -> Result<()> {
+        let id = &self.manifest.id;
+        if self.meta.system_id() != system_id {
+            return Err(Error::config(format!(
+                "backup {id}, the base chosen for this one, is of system {} but the cluster is now system {system_id} \
+                 (re-created under the same name?)",
+                self.meta.system_id
+            ))
+            .hint("take a full backup of this cluster first (--kind full)"));
+        }
+        if self.meta.timeline == timeline {
+            return Ok(());
+        }
+        let name = WalFileName::history(timeline);
+        let history = match archive.read(system_id, &name).await? {
+            Some(bytes) => {
+                crate::chain::TimelineHistory::parse(timeline, &String::from_utf8_lossy(&bytes))?
+            }
+            None => {
+                return Err(Error::config(format!(
+                    "the cluster is on timeline {timeline}, backup {id} on timeline {}, and the vault has no {name} to relate them",
+                    self.meta.timeline
+                ))
+                .hint("take a full backup (--kind full)"));
+            }
+        };
+        let switch = history
+            .parents
+            .iter()
+            .find(|(tli, _)| *tli == self.meta.timeline)
+            .map(|(_, at)| *at);
+        match switch {
+            Some(at) if at >= self.meta.stop() => Ok(()),
+            _ => Err(Error::config(format!(
+                "backup {id} (timeline {}, up to LSN {}) is not in the history of timeline {timeline}, \
+                 which the cluster is on now: its pages are not this cluster's",
+                self.meta.timeline, self.meta.stop_lsn
+            ))
+            .hint("take a full backup (--kind full); differentials build on it")),
+        }
+    }
+
+    /// Reads the base's file index through the host.
+    async fn file_index(&self, sink: &dyn BackupSink) -> Result<Vec<u8>> {
+        let source = sink.base_source().ok_or_else(|| {
+            Error::engine("the host offered no way to read the base backup's file index")
+        })?;
+        let mut bytes = Vec::new();
+        source
+            .read_stream(&self.manifest.id, FILE_INDEX_STREAM, &mut bytes)
+            .await
+            .map_err(|e| e.context(format!("reading the file index of backup {}", self.manifest.id)))?;
+        Ok(bytes)
+    }
+}
+
+/// Decides how each listed entry is stored against `base` (see
+/// [`crate::delta`]) and returns the paths of the base that are gone.
+/// Sorts `entries` by path bytes.
+fn against_base(
+    entries: &mut [SourceFile],
+    index: &[u8],
+    base: &Base<'_>,
+    databases: &[DatabaseIdentity],
+) -> Result<Vec<Vec<u8>>> {
+    use std::os::unix::ffi::OsStrExt;
+    entries.sort_by(|a, b| a.rel.as_os_str().as_bytes().cmp(b.rel.as_os_str().as_bytes()));
+    let listed: Vec<Listed> = entries
+        .iter()
+        .map(|e| Listed {
+            rel: &e.rel,
+            is_dir: e.is_dir,
+            size: e.size,
+            identity: e.identity,
+        })
+        .collect();
+    let mut reader = IndexReader::new(index, base.manifest.id.as_str())?;
+    let changed = changed_databases(&base.meta.databases, databases);
+    let (stored, removed) = compare_with_base(&listed, &mut reader, &changed)?;
+    for (entry, how) in entries.iter_mut().zip(stored) {
+        entry.stored = how;
+    }
+    Ok(removed)
+}
+
+/// The file index of `entries` (see [`crate::delta`]).
+fn file_index(entries: &[SourceFile]) -> Vec<u8> {
+    use std::os::unix::ffi::OsStrExt;
+    encode_index(
+        entries
+            .iter()
+            .map(|e| IndexEntry {
+                path: e.rel.as_os_str().as_bytes(),
+                is_dir: e.is_dir,
+                size: e.size,
+                identity: e.identity,
+            })
+            .collect(),
+    )
+}
+
+/// The removed entries of a differential, as a bundle.
+fn removed_bundle(removed: &[Vec<u8>]) -> Result<Vec<u8>> {
+    use std::os::unix::ffi::OsStrExt;
+    let mut bundle = BundleWriter::new(Vec::new());
+    for path in removed {
+        bundle.add_removed(Path::new(std::ffi::OsStr::from_bytes(path)))?;
+    }
+    Ok(bundle.finish()?)
+}
+
+/// The databases of the cluster and the `xmin` of their `pg_database` rows.
+async fn database_identities(server: &crate::check::Server) -> Result<Vec<DatabaseIdentity>> {
+    let rows = server
+        .client
+        .query("SELECT oid::int8, xmin::text::int8 FROM pg_database ORDER BY oid", &[])
+        .await
+        .map_err(|e| pg_error(e, "reading pg_database failed"))?;
+    Ok(rows
+        .iter()
+        .map(|row| DatabaseIdentity {
+            oid: row.get::<_, i64>(0) as u32,
+            xmin: row.get::<_, i64>(1) as u32,
+        })
+        .collect())
+}
+
+/// Runs a backup of `cluster` into `sink`: a full one, or with `base` a
+/// differential or incremental that stores what changed since `base` (see
+/// [`crate::delta`]); see the module docs for the steps. `archive` is the
+/// cluster's WAL archive, checked before returning.
+pub async fn backup(
     cluster: &ClusterConfig,
     archive: &WalArchive<'_>,
     sink: &dyn BackupSink,
     options: &FullBackupOptions,
+    base: Option<&Base<'_>>,
 ) -> Result<BackupOutcome> {
     let server = connect(cluster).await?;
     let info = server.identity().await?;
@@ -599,10 +813,26 @@ pub async fn full_backup(
         )
         .hint("run `strata pg check <cluster>` and apply the lines it prints, then restart PostgreSQL"));
     }
+    // The base's file index, read before the backup starts: a base that
+    // cannot be used ends the backup before PostgreSQL enters backup mode.
+    let base_index = match base {
+        Some(base) => {
+            base.check_lineage(archive, info.system_id, info.timeline).await?;
+            Some(base.file_index(sink).await?)
+        }
+        None => None,
+    };
     // Page checksums are checked with PostgreSQL's algorithm for its
     // standard 8 KiB pages; a server built with another page size is copied
-    // without the check.
-    let check_pages = info.data_checksums && server.setting("block_size").await? == "8192";
+    // without the check, and has no differentials.
+    let standard_pages = server.setting("block_size").await? == "8192";
+    if base.is_some() && !standard_pages {
+        return Err(Error::config(
+            "differential backups read PostgreSQL's standard 8 KiB pages; this server was built with another block_size",
+        )
+        .hint("take full backups (--kind full)"));
+    }
+    let check_pages = info.data_checksums && standard_pages;
     let data_dir = &cluster.data_directory;
     let start_time = Utc::now();
     let start_lsn: String = server
@@ -616,42 +846,69 @@ pub async fn full_backup(
         .get(0);
     let start: Lsn = start_lsn.parse()?;
     let check_pages_before = check_pages.then_some(start);
+    let since = base.map(|b| Since {
+        lsn: b.meta.start().0,
+        checksums: info.data_checksums,
+    });
     let copy = async {
+        // After the start: a database created or re-created from here on
+        // writes WAL that replay from this backup's start applies.
+        let databases = database_identities(&server).await?;
         let dir = data_dir.clone();
-        let (entries, tablespaces) = tokio::task::spawn_blocking(move || list_cluster(&dir))
+        let (mut entries, tablespaces) = tokio::task::spawn_blocking(move || list_cluster(&dir))
             .await
             .map_err(|e| Error::from(e).with_message("listing the data directory"))??;
-        let total: u64 = entries.iter().map(|e| e.size).sum();
-        sink.expect_bytes(total);
+        let mut delta = None;
+        if let (Some(base), Some(index)) = (base, &base_index) {
+            let removed = against_base(&mut entries, index, base, &databases)?;
+            let bundle = removed_bundle(&removed)?;
+            sink.write_stream(REMOVED_STREAM, Box::new(std::io::Cursor::new(bundle)))
+                .await
+                .map_err(|e| e.context(format!("storing {REMOVED_STREAM}")))?;
+            delta = Some(DeltaReport {
+                base: base.manifest.id.to_string(),
+                since_lsn: base.meta.start_lsn.clone(),
+                removed: removed.len() as u64,
+                ..DeltaReport::default()
+            });
+        } else {
+            let total: u64 = entries.iter().map(|e| e.size).sum();
+            sink.expect_bytes(total);
+        }
+        let index = file_index(&entries);
         let queue = Arc::new(FileQueue::new(data_dir, entries));
         let names: Vec<String> = (0..options.parallel.max(1))
             .map(|i| format!("data.{i}"))
             .collect();
-        let uploads = names
-            .iter()
-            .map(|name| write_bundle(sink, name.clone(), queue.clone(), check_pages_before));
+        let uploads = names.iter().map(|name| {
+            write_bundle(sink, name.clone(), queue.clone(), check_pages_before, since)
+        });
         let mut files = 0;
         let mut pages = PageReport::default();
         for report in futures::future::try_join_all(uploads).await? {
             files += report.files;
             pages.merge(report.pages);
+            if let Some(delta) = delta.as_mut() {
+                delta.merge(&report.delta);
+            }
         }
+        sink.write_stream(FILE_INDEX_STREAM, Box::new(std::io::Cursor::new(index)))
+            .await
+            .map_err(|e| e.context(format!("storing {FILE_INDEX_STREAM}")))?;
         // pg_control last, after every other file is durable.
-        let control = SourceFile {
-            rel: Path::new("global/pg_control").into(),
-            size: std::fs::metadata(data_dir.join("global/pg_control"))
-                .doing_at("cannot stat", data_dir.join("global/pg_control"))?
-                .len(),
-            mode: 0o600,
-            is_dir: false,
-        };
+        let control_path = data_dir.join("global/pg_control");
+        let control = SourceFile::file(
+            Path::new("global/pg_control"),
+            &std::fs::metadata(&control_path).doing_at("cannot stat", &control_path)?,
+        );
         let control = FileQueue::new(data_dir, vec![control]);
-        let control = write_bundle(sink, PG_CONTROL_STREAM.into(), Arc::new(control), None).await?;
+        let control =
+            write_bundle(sink, PG_CONTROL_STREAM.into(), Arc::new(control), None, None).await?;
         files += control.files;
-        Ok::<_, Error>((files, tablespaces, names, pages))
+        Ok::<_, Error>((files, tablespaces, names, pages, databases, delta))
     };
     let copied = copy.await;
-    let (files, tablespaces, data_streams, pages) = match copied {
+    let (files, tablespaces, data_streams, pages, databases, delta) = match copied {
         Ok(c) => c,
         Err(e) => {
             // Leave backup mode; the session ends with the connection anyway.
@@ -702,7 +959,7 @@ pub async fn full_backup(
         options.wal_wait,
     )
     .await?;
-    let meta = FullBackupMeta {
+    let meta = BackupMeta {
         system_id: info.system_id.to_string(),
         server_version_num: info.server_version_num,
         server_version: info.server_version.clone(),
@@ -720,6 +977,8 @@ pub async fn full_backup(
         file_count: files,
         files: Vec::new(),
         page_check: check_pages.then_some(pages),
+        databases,
+        delta,
     };
     let mut labels = std::collections::BTreeMap::new();
     labels.insert("system_id".into(), meta.system_id.clone());

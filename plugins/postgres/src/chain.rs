@@ -1,13 +1,17 @@
 //! PostgreSQL's chain: what the archive holds, as core's planner reads it.
 //!
-//! The inputs are the committed full backups (their manifests) and the WAL
+//! The inputs are the committed data backups (their manifests) and the WAL
 //! archive's listing; the output is a [`Chain`] for core's planner
 //! (`strata_core::catalog::planner`), which alone decides which windows are
-//! restorable and which backup and timeline a target needs:
+//! restorable and which backups and timeline a target needs:
 //!
-//! - every full backup is a data record on its timeline (the fork), from
-//!   its start LSN to its stop LSN, consistent at its stop time; it needs
-//!   the WAL from its start LSN ([`PgChainRules::log_needed_from`]);
+//! - every full, differential and incremental backup is a data record on
+//!   its timeline (the fork), from its start LSN to its stop LSN,
+//!   consistent at its stop time; it needs the WAL from its own start LSN
+//!   ([`PgChainRules::log_needed_from`]). A differential or incremental
+//!   names its base (the manifest's `base`), which the planner lays down
+//!   first: for a time target it picks the newest data backup consistent
+//!   by then, so full + newest differential + the shortest replay;
 //! - every run of consecutive archived segments of a timeline is one log
 //!   record covering their LSNs, up to the time [`RunCommits::reaches`]
 //!   (see below); `.partial` segments are left out, as recovery never asks
@@ -78,7 +82,7 @@ use strata_core::catalog::planner::{BackupRecord, ChainRules, ForkOrigin};
 use strata_core::plugin::Chain;
 use strata_core::{Error, Result};
 
-use crate::backup::FullBackupMeta;
+use crate::backup::BackupMeta;
 use crate::wal::{CommitPoint, WalArchive, WalFileInfo};
 use crate::walname::{Lsn, WalFileKind, WalFileName, segno_of};
 
@@ -281,13 +285,20 @@ pub fn time_stop(t: DateTime<Utc>, runs: &[RunCommits], backup_stop: Lsn) -> Tar
     }
 }
 
-/// The chosen backup and timeline for a target.
+/// The chosen backups and timeline for a target.
 #[derive(Debug, Clone)]
 pub struct Plan {
-    /// The full backup to lay down.
+    /// The data backups laid down before [`backup`](Self::backup), in
+    /// order: the full, then any differential or incremental before the
+    /// last (empty when `backup` is a full).
+    pub applied_on: Vec<(Manifest, BackupMeta)>,
+    /// The data backup laid down last (a full, or the differential or
+    /// incremental applied on `applied_on`): its `backup_label`,
+    /// `pg_control` and tablespaces are the restore's, and WAL replay
+    /// starts at its start LSN.
     pub backup: Manifest,
     /// Its PostgreSQL details.
-    pub meta: FullBackupMeta,
+    pub meta: BackupMeta,
     /// The timeline recovery should end on.
     pub timeline: u32,
     /// The target.
@@ -301,8 +312,9 @@ pub struct Catalog {
     pub system_id: u64,
     /// The WAL segment size.
     pub seg_size: u64,
-    /// The full backups of this system, oldest first.
-    pub backups: Vec<(Manifest, FullBackupMeta)>,
+    /// The data backups (full, differential, incremental) of this system,
+    /// oldest first.
+    pub backups: Vec<(Manifest, BackupMeta)>,
     /// Archived segment numbers per timeline.
     pub segments: BTreeMap<u32, BTreeSet<u64>>,
     /// Timeline histories (timeline 1 has none).
@@ -314,7 +326,7 @@ pub struct Catalog {
 
 impl Catalog {
     /// Loads the catalog of cluster `instance` from its committed
-    /// `manifests` (any kinds, any order; the full backups are used) and
+    /// `manifests` (any kinds, any order; the data backups are used) and
     /// its WAL archive. With several system identifiers (a cluster
     /// re-created under the same name), the newest backup's system is used
     /// unless `system_id` names one.
@@ -324,15 +336,15 @@ impl Catalog {
         instance: &str,
         system_id: Option<u64>,
     ) -> Result<Catalog> {
-        let mut fulls: Vec<(Manifest, FullBackupMeta)> = manifests
+        let mut data_backups: Vec<(Manifest, BackupMeta)> = manifests
             .into_iter()
-            .filter(|m| m.kind == BackupKind::Full)
-            .filter_map(|m| FullBackupMeta::from_manifest(&m).ok().map(|meta| (m, meta)))
+            .filter(|m| m.kind.is_data())
+            .filter_map(|m| BackupMeta::from_manifest(&m).ok().map(|meta| (m, meta)))
             .collect();
-        fulls.sort_by_key(|(_, meta)| meta.stop_time);
+        data_backups.sort_by_key(|(_, meta)| meta.stop_time);
         let system_id = match system_id {
             Some(id) => id,
-            None => match fulls.last() {
+            None => match data_backups.last() {
                 Some((_, meta)) => meta.system_id(),
                 None => {
                     let ids = archive.system_ids().await?;
@@ -354,8 +366,8 @@ impl Catalog {
                 }
             },
         };
-        fulls.retain(|(_, meta)| meta.system_id() == system_id);
-        let seg_size = fulls
+        data_backups.retain(|(_, meta)| meta.system_id() == system_id);
+        let seg_size = data_backups
             .last()
             .map(|(_, m)| m.wal_segment_size)
             .unwrap_or(16 * 1024 * 1024);
@@ -397,7 +409,7 @@ impl Catalog {
         let mut catalog = Catalog {
             system_id,
             seg_size,
-            backups: fulls,
+            backups: data_backups,
             segments,
             histories,
             run_commits: BTreeMap::new(),
@@ -476,14 +488,14 @@ impl Catalog {
             .iter()
             .map(|(manifest, meta)| BackupRecord {
                 id: manifest.id.clone(),
-                kind: BackupKind::Full,
+                kind: manifest.kind,
                 fork: meta.timeline.to_string(),
                 start: Some(position(meta.start())),
                 end: Some(position(meta.stop())),
                 started_at: meta.start_time,
                 ended_at: meta.stop_time,
                 consistent_at: Some(meta.stop_time),
-                base: None,
+                base: manifest.base.clone(),
             })
             .collect();
         for (tli, first, last) in self.runs() {
@@ -563,9 +575,10 @@ async fn time_run(
 }
 
 /// PostgreSQL's rules for core's planner: timeline histories are the fork
-/// origins, and a full backup needs the WAL from its start LSN (the backup
+/// origins, and a data backup needs the WAL from its start LSN (the backup
 /// is restorable only with the WAL written while it ran, PostgreSQL's
-/// "backup_label" rule).
+/// "backup_label" rule); for a differential that is its own start, not its
+/// full's: replay begins at the last backup laid down.
 #[derive(Debug, Clone)]
 pub struct PgChainRules {
     histories: BTreeMap<u32, TimelineHistory>,
@@ -587,9 +600,7 @@ impl ChainRules for PgChainRules {
     }
 
     fn log_needed_from(&self, data: &BackupRecord) -> Option<Position> {
-        (data.kind == BackupKind::Full)
-            .then_some(data.start)
-            .flatten()
+        data.kind.is_data().then_some(data.start).flatten()
     }
     fn position_text(&self, position: Position) -> String {
         lsn_of(position).map_or_else(|_| position.to_string(), |lsn| lsn.to_string())
@@ -621,7 +632,7 @@ mod tests {
         start_seg: u64,
         stop_seg: u64,
         stop_time: &str,
-    ) -> (Manifest, FullBackupMeta) {
+    ) -> (Manifest, BackupMeta) {
         backup_at(
             tli,
             Lsn(start_seg * SEG + 40),
@@ -637,9 +648,9 @@ mod tests {
         stop: Lsn,
         stop_time: &str,
         seg_size: u64,
-    ) -> (Manifest, FullBackupMeta) {
+    ) -> (Manifest, BackupMeta) {
         let stop_time: DateTime<Utc> = stop_time.parse().unwrap();
-        let meta = FullBackupMeta {
+        let meta = BackupMeta {
             system_id: "42".into(),
             server_version_num: 150000,
             server_version: "15".into(),
@@ -691,7 +702,7 @@ mod tests {
     fn catalog(
         segs: &[(u32, u64, &str)],
         histories: Vec<TimelineHistory>,
-        backups: Vec<(Manifest, FullBackupMeta)>,
+        backups: Vec<(Manifest, BackupMeta)>,
     ) -> Catalog {
         let mut segments: BTreeMap<u32, BTreeSet<u64>> = BTreeMap::new();
         let mut times = BTreeMap::new();

@@ -31,6 +31,7 @@ pub mod bundle;
 pub mod chain;
 pub mod check;
 pub mod config;
+pub mod delta;
 pub mod pages;
 pub mod restore;
 pub mod wal;
@@ -181,7 +182,7 @@ impl PostgresEngine {
         &self,
         t: chrono::DateTime<chrono::Utc>,
         plan: &RestorePlan,
-        meta: &backup::FullBackupMeta,
+        meta: &backup::BackupMeta,
     ) -> chain::Target {
         let known = self
             .runs
@@ -240,7 +241,7 @@ impl EnginePlugin for PostgresEngine {
 
     fn capabilities(&self) -> Capabilities {
         Capabilities {
-            kinds: vec![BackupKind::Full],
+            kinds: vec![BackupKind::Full, BackupKind::Diff, BackupKind::Incr],
             point_in_time: true,
             alternate_target: true,
             part_size: Some(PART_SIZE),
@@ -263,7 +264,13 @@ impl EnginePlugin for PostgresEngine {
             parallel: cluster.parallel,
             ..backup::FullBackupOptions::default()
         };
-        backup::full_backup(cluster, &wal, sink, &options).await
+        let base = match &request.base {
+            Some(manifest) if request.kind != BackupKind::Full => {
+                Some(backup::Base::new(manifest)?)
+            }
+            _ => None,
+        };
+        backup::backup(cluster, &wal, sink, &options, base.as_ref()).await
     }
 
     async fn chain(
@@ -292,12 +299,16 @@ impl EnginePlugin for PostgresEngine {
             .plan
             .as_ref()
             .ok_or_else(|| Error::engine("a PostgreSQL restore needs the planner's plan"))?;
-        let backup = request
+        // The data backups in apply order: the full, then what applies on it.
+        let mut applied_on = request
             .backups
-            .first()
-            .cloned()
+            .iter()
+            .filter(|m| m.kind.is_data())
+            .map(|m| Ok((m.clone(), backup::BackupMeta::from_manifest(m)?)))
+            .collect::<Result<Vec<_>>>()?;
+        let (backup, meta) = applied_on
+            .pop()
             .ok_or_else(|| Error::engine("the restore plan names no full backup"))?;
-        let meta = backup::FullBackupMeta::from_manifest(&backup)?;
         let timeline: u32 = plan.fork.parse().map_err(|_| {
             Error::integrity(format!("`{}` is not a PostgreSQL timeline", plan.fork))
         })?;
@@ -331,6 +342,7 @@ impl EnginePlugin for PostgresEngine {
             start_timeout: Duration::from_secs(destination.start_timeout_seconds),
         };
         let plan = chain::Plan {
+            applied_on,
             backup,
             meta,
             timeline,

@@ -88,7 +88,7 @@ fn u16_at(page: &[u8], at: usize) -> u16 {
 }
 
 /// The page's LSN (`pd_lsn`: the high and the low 32 bits, in that order).
-fn page_lsn(page: &[u8]) -> u64 {
+pub fn page_lsn(page: &[u8]) -> u64 {
     let high = u32::from_le_bytes([page[0], page[1], page[2], page[3]]);
     let low = u32::from_le_bytes([page[4], page[5], page[6], page[7]]);
     (u64::from(high) << 32) | u64::from(low)
@@ -115,6 +115,96 @@ pub fn check_page(page: &[u8; PAGE_SIZE], block: u64, start_lsn: u64) -> PageVer
     } else {
         PageVerdict::Damaged
     }
+}
+
+/// Where `pd_flags`, `pd_lower`, `pd_special` and `pd_pagesize_version` sit.
+const FLAGS_AT: usize = 10;
+const LOWER_AT: usize = 12;
+const SPECIAL_AT: usize = 16;
+const PAGESIZE_VERSION_AT: usize = 18;
+/// `PD_VALID_FLAG_BITS` (`bufpage.h`).
+const VALID_FLAG_BITS: u16 = 0x0007;
+/// `SizeOfPageHeaderData`.
+const HEADER_SIZE: u16 = 24;
+/// `PageSetPageSizeAndVersion(page, BLCKSZ, PG_PAGE_LAYOUT_VERSION)` for
+/// 8 KiB pages of layout version 4.
+const PAGESIZE_VERSION: u16 = PAGE_SIZE as u16 | 4;
+
+/// Whether the header of an initialised page (`pd_upper != 0`) is sane,
+/// by the test of `PageIsVerifiedExtended` (`src/backend/storage/page/bufpage.c`):
+/// no unknown flag bits, `pd_lower <= pd_upper <= pd_special <= BLCKSZ`,
+/// `pd_special` aligned to 8 bytes; and, beyond it, a header-sized
+/// `pd_lower` and this page size and layout version. A page read while
+/// PostgreSQL wrote it can fail this.
+pub fn header_sane(page: &[u8; PAGE_SIZE]) -> bool {
+    let lower = u16_at(page, LOWER_AT);
+    let upper = u16_at(page, UPPER_AT);
+    let special = u16_at(page, SPECIAL_AT);
+    u16_at(page, FLAGS_AT) & !VALID_FLAG_BITS == 0
+        && lower >= HEADER_SIZE
+        && lower <= upper
+        && upper <= special
+        && usize::from(special) <= PAGE_SIZE
+        && special % 8 == 0
+        && u16_at(page, PAGESIZE_VERSION_AT) == PAGESIZE_VERSION
+}
+
+/// Why a differential stores a page of a relation's main fork, or `None`
+/// when the copy its base holds is still the page: the rules of a
+/// page-LSN differential (`reference/postgres.md` section 4.5), checked in
+/// this order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PageChange {
+    /// `pd_upper == 0`: a page PostgreSQL has not initialised (extended
+    /// but not yet written, or zeroed). Its LSN vouches for nothing, so it
+    /// is always stored (4.5, 8).
+    New,
+    /// The header is not sane: read half-written, or damaged. Stored as
+    /// read; replay fixes a torn page from the full-page image logged after
+    /// the backup's start (4.5, 7).
+    BadHeader,
+    /// `pd_lsn` is at or past the base's start LSN: changed since the base
+    /// was taken.
+    Newer,
+    /// The LSN is older but the checksum does not match: torn under an old
+    /// header, or damaged. Stored as read.
+    BadChecksum,
+}
+
+/// Whether page `block` (counted from the start of the relation) changed
+/// since a base backup that started at `since`; `checksums` when the
+/// cluster has data checksums.
+pub fn page_change(
+    page: &[u8; PAGE_SIZE],
+    block: u64,
+    since: u64,
+    checksums: bool,
+) -> Option<PageChange> {
+    if u16_at(page, UPPER_AT) == 0 {
+        return Some(PageChange::New);
+    }
+    if !header_sane(page) {
+        return Some(PageChange::BadHeader);
+    }
+    if page_lsn(page) >= since {
+        return Some(PageChange::Newer);
+    }
+    (checksums && page_checksum(page, block as u32) != u16_at(page, CHECKSUM_AT))
+        .then_some(PageChange::BadChecksum)
+}
+
+/// The segment number of a file of a relation's main fork (`16384`,
+/// `16384.2` under `base/`, `global/` or a tablespace): the files whose
+/// pages a differential stores one by one. The other forks are copied
+/// whole (4.5, 6: the free space map is not WAL-logged, and clearing a
+/// visibility map bit does not move its page's LSN).
+pub fn main_fork_segment(rel: &str) -> Option<u64> {
+    let name = rel.rsplit_once('/')?.1;
+    let stem = name.split_once('.').map_or(name, |(stem, _)| stem);
+    if stem.contains('_') {
+        return None;
+    }
+    relation_segment(rel)
 }
 
 /// The segment number of a relation file whose pages carry checksums
@@ -367,6 +457,87 @@ mod tests {
             "base/5/16384_other",
         ] {
             assert_eq!(relation_segment(other), None, "{other}");
+        }
+    }
+
+    /// A page as PostgreSQL writes it: sane header, checksum set.
+    fn written(lsn: u64, block: u32) -> [u8; PAGE_SIZE] {
+        let mut p = page(lsn, 3);
+        p[SPECIAL_AT..SPECIAL_AT + 2].copy_from_slice(&8192u16.to_le_bytes());
+        p[PAGESIZE_VERSION_AT..PAGESIZE_VERSION_AT + 2]
+            .copy_from_slice(&PAGESIZE_VERSION.to_le_bytes());
+        seal(&mut p, block);
+        p
+    }
+
+    #[test]
+    fn a_differential_stores_new_torn_newer_and_damaged_pages_only() {
+        let since = 0x1_0000_0000;
+        let old = written(since - 1, 5);
+        assert!(header_sane(&old));
+        assert_eq!(page_change(&old, 5, since, true), None);
+        assert_eq!(page_change(&old, 5, since, false), None);
+        let newer = written(since, 5);
+        assert_eq!(page_change(&newer, 5, since, true), Some(PageChange::Newer));
+        // Zeroed, or extended but not yet written.
+        assert_eq!(
+            page_change(&[0u8; PAGE_SIZE], 5, since, true),
+            Some(PageChange::New)
+        );
+        // A torn read: a new second half under the old header fails the
+        // checksum; with no checksums nothing can tell, and replay from the
+        // full-page image logged after the start repairs it.
+        let mut torn = old;
+        torn[PAGE_SIZE - 1] ^= 0xFF;
+        assert_eq!(
+            page_change(&torn, 5, since, true),
+            Some(PageChange::BadChecksum)
+        );
+        // The checksum binds the absolute block number (segment * RELSEG_SIZE + block).
+        assert_eq!(
+            page_change(&old, 6, since, true),
+            Some(PageChange::BadChecksum)
+        );
+        for (at, value) in [
+            (FLAGS_AT, 0x0100u16),
+            (LOWER_AT, 8),
+            (LOWER_AT, 8100),
+            (SPECIAL_AT, 8190),
+            (SPECIAL_AT, 9000),
+            (PAGESIZE_VERSION_AT, 0x2005),
+        ] {
+            let mut bad = old;
+            bad[at..at + 2].copy_from_slice(&value.to_le_bytes());
+            assert_eq!(
+                page_change(&bad, 5, since, false),
+                Some(PageChange::BadHeader),
+                "field at {at} = {value}"
+            );
+        }
+    }
+
+    #[test]
+    fn only_main_fork_segments_are_stored_page_by_page() {
+        assert_eq!(main_fork_segment("base/5/16384"), Some(0));
+        assert_eq!(main_fork_segment("base/5/16384.7"), Some(7));
+        assert_eq!(main_fork_segment("global/1262"), Some(0));
+        assert_eq!(
+            main_fork_segment("pg_tblspc/16400/PG_15_202209061/5/16401.1"),
+            Some(1)
+        );
+        for whole in [
+            "base/5/16384_fsm",
+            "base/5/16384_vm",
+            "base/5/16384_init",
+            "base/5/16384_vm.1",
+            "base/5/PG_VERSION",
+            "base/5/pg_filenode.map",
+            "global/pg_control",
+            "pg_xact/0000",
+            "pg_multixact/offsets/0000",
+            "16384",
+        ] {
+            assert_eq!(main_fork_segment(whole), None, "{whole}");
         }
     }
 }

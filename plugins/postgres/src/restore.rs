@@ -4,9 +4,13 @@
 //!    a running server in it, a tablespace that would land on a non-empty
 //!    directory (the source's own, on the same host) without a mapping.
 //! 2. Stream the backup's data streams from the vault into the target in
-//!    parallel (every file checked against its digest, flushed to disk),
-//!    then `pg_control`, then `backup_label` and `tablespace_map` (rewritten
-//!    to the new tablespace paths).
+//!    parallel (every file checked against its digest, flushed to disk).
+//!    For a differential or incremental, the full's first, then each backup
+//!    applied on it in order: its removed entries (what was dropped since
+//!    its base), then its streams, whose pages entries patch the files the
+//!    base laid down (see [`crate::delta`]). Then the last backup's
+//!    `pg_control`, `backup_label` and `tablespace_map` (rewritten to the
+//!    new tablespace paths): replay starts at that backup's start LSN.
 //! 3. Write the recovery settings to `postgresql.auto.conf`:
 //!    `restore_command` (Strata's `wal-fetch`), the target (a time before a
 //!    transaction end of the planned WAL as `recovery_target_time`; a time
@@ -33,6 +37,7 @@ use strata_core::plugin::RestoreSource;
 use strata_core::{Error, IoResultExt, Result};
 
 use crate::backup::{BACKUP_LABEL_STREAM, PG_CONTROL_STREAM, TABLESPACE_MAP_STREAM};
+use crate::delta::REMOVED_STREAM;
 use crate::chain::{Plan, Target};
 use crate::check::connect_with;
 use crate::config::{ClusterConfig, os_user_ids, running_as_root};
@@ -61,8 +66,18 @@ pub struct RestoreOptions {
 /// What a restore did and reached.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RestoreReport {
-    /// The backup laid down.
+    /// The backup laid down last (its label is the restore's).
     pub backup: String,
+    /// The backups laid down before it, in order (the full first); empty
+    /// when `backup` is a full.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub applied_on: Vec<String>,
+    /// Files patched with changed pages.
+    #[serde(default)]
+    pub patched: u64,
+    /// Files and directories removed (dropped since a base).
+    #[serde(default)]
+    pub removed: u64,
     /// The new data directory.
     pub target_dir: PathBuf,
     /// The port of the copy.
@@ -71,7 +86,7 @@ pub struct RestoreReport {
     pub recovery_timeline: u32,
     /// The target as written to the recovery settings.
     pub target: String,
-    /// Files and bytes written.
+    /// Files written whole.
     pub files: u64,
     /// Bytes written.
     pub bytes: u64,
@@ -302,23 +317,35 @@ pub async fn restore(
             target.join(rel)
         })
     };
-    // Data streams in parallel, bounded by `parallel`.
+    // Each data backup in order (the full, then what applies on it): its
+    // removed entries, then its data streams in parallel, bounded by
+    // `parallel`; the last one's pg_control at the end.
     let mut totals = BundleSummary::default();
-    let streams = plan.meta.data_streams.clone();
-    let results: Vec<Result<BundleSummary>> = {
-        use futures::StreamExt;
-        futures::stream::iter(streams.into_iter().map(|name| {
-            let place = place.clone();
-            async move { restore_bundle(source, plan, &name, place).await }
-        }))
-        .buffer_unordered(options.parallel.max(1))
-        .collect()
-        .await
-    };
-    for r in results {
-        totals += r?;
+    let layers = plan
+        .applied_on
+        .iter()
+        .map(|(manifest, meta)| (manifest, meta))
+        .chain(std::iter::once((&plan.backup, &plan.meta)));
+    for (manifest, meta) in layers {
+        let id = &manifest.id;
+        if manifest.streams.iter().any(|s| s.name == REMOVED_STREAM) {
+            totals += restore_bundle(source, id, REMOVED_STREAM, place.clone()).await?;
+        }
+        let results: Vec<Result<BundleSummary>> = {
+            use futures::StreamExt;
+            futures::stream::iter(meta.data_streams.clone().into_iter().map(|name| {
+                let place = place.clone();
+                async move { restore_bundle(source, id, &name, place).await }
+            }))
+            .buffer_unordered(options.parallel.max(1))
+            .collect()
+            .await
+        };
+        for r in results {
+            totals += r?;
+        }
     }
-    totals += restore_bundle(source, plan, PG_CONTROL_STREAM, place.clone()).await?;
+    totals += restore_bundle(source, &plan.backup.id, PG_CONTROL_STREAM, place.clone()).await?;
 
     // backup_label byte for byte; tablespace_map with the new locations.
     let label = read_small_stream(source, plan, BACKUP_LABEL_STREAM).await?;
@@ -360,6 +387,13 @@ pub async fn restore(
     }
     let mut report = RestoreReport {
         backup: plan.backup.id.to_string(),
+        applied_on: plan
+            .applied_on
+            .iter()
+            .map(|(m, _)| m.id.to_string())
+            .collect(),
+        patched: totals.patched,
+        removed: totals.removed,
         target_dir: target.clone(),
         port: options.port,
         recovery_timeline: plan.timeline,
@@ -449,7 +483,7 @@ fn flush_file_systems(dirs: &[PathBuf]) -> Result<()> {
 
 async fn restore_bundle(
     source: &dyn RestoreSource,
-    plan: &Plan,
+    backup: &strata_core::catalog::manifest::BackupId,
     name: &str,
     place: std::sync::Arc<dyn Fn(&Path) -> PathBuf + Send + Sync>,
 ) -> Result<BundleSummary> {
@@ -460,7 +494,7 @@ async fn restore_bundle(
         crate::bundle::extract(&mut input, &|p| place(p), false, &origin)
     });
     let read = async {
-        let result = source.read_stream(&plan.backup.id, name, &mut writer).await;
+        let result = source.read_stream(backup, name, &mut writer).await;
         drop(writer);
         result
     };

@@ -16,8 +16,24 @@
 //!        | "SPGF" kind:u8 path_len:u16 path mode:u32 (kind 1 = directory)
 //!        | "SPGF" kind:u8 path_len:u16 path mode:u32 size:u64
 //!          content:[u8; size] blake3:[u8; 32]        (kind 0 = file, version 1)
+//!        | "SPGF" kind:u8 path_len:u16 path mode:u32 size:u64
+//!          { block:u32 page:[u8; 8192] }* 0xFFFFFFFF
+//!          xxh3:[u8; 16]                             (kind 3 = pages)
+//!        | "SPGF" kind:u8 path_len:u16 path mode:u32 (kind 4 = removed)
 //! end   := "SPGE"
 //! ```
+//!
+//! Kinds 3 and 4 are written by differential and incremental backups
+//! (see [`crate::delta`]) and apply on the files their base laid down:
+//! - **pages**: the file becomes `size` bytes long (shorter or longer than
+//!   in the base: a relation truncated or extended since) and each listed
+//!   page is written at `block * 8192` (blocks counted from the start of
+//!   this file, ascending). The XXH3-128 covers each block number (4 bytes,
+//!   little-endian) followed by its page, in order. A restore refuses a
+//!   pages entry for a file the base did not lay down.
+//! - **removed**: the file or directory (with its contents) existed in the
+//!   base and is gone; a restore deletes it, so that nothing dropped since
+//!   the base comes back.
 //!
 //! Version 1 stored a BLAKE3 digest after each file; version 2 stores the
 //! 128-bit XXH3 instead (big-endian, as `xxhsum -H2` prints it), which costs
@@ -45,7 +61,7 @@ mod writer;
 
 pub use check::BundleCheck;
 pub use reader::{BundleSummary, check, extract};
-pub use writer::{BundleOut, BundleWriter, PartWriter, will_read_sequentially};
+pub use writer::{BundleOut, BundleWriter, PageSink, PartWriter, will_read_sequentially};
 
 const ENTRY_MAGIC: &[u8; 4] = b"SPGF";
 const END_MAGIC: &[u8; 4] = b"SPGE";
@@ -54,6 +70,14 @@ const KIND_FILE_BLAKE3: u8 = 0;
 const KIND_DIR: u8 = 1;
 /// A file followed by its XXH3-128 (format version 2).
 const KIND_FILE_XXH3: u8 = 2;
+/// Changed pages of a file the base holds.
+const KIND_PAGES: u8 = 3;
+/// A file or directory of the base that no longer exists.
+const KIND_REMOVED: u8 = 4;
+/// Ends the pages of a [`KIND_PAGES`] entry.
+const PAGES_END: u32 = u32::MAX;
+/// The page size of pages entries (PostgreSQL's `BLCKSZ`).
+const PAGE: usize = crate::pages::PAGE_SIZE;
 /// The memory, length and file-offset alignment of direct reads: the
 /// logical block size of the devices databases use is at most 4 KiB.
 pub const DIRECT_ALIGN: usize = 4096;

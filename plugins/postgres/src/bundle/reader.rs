@@ -7,7 +7,10 @@ use std::path::{Path, PathBuf};
 
 use strata_core::{Error, Result};
 
-use super::{CHUNK, END_MAGIC, ENTRY_MAGIC, FileHasher, KIND_DIR};
+use super::{
+    CHUNK, END_MAGIC, ENTRY_MAGIC, FileHasher, KIND_DIR, KIND_FILE_XXH3, KIND_PAGES,
+    KIND_REMOVED, PAGE, PAGES_END,
+};
 
 /// While a file is restored, its writeback is started every this many bytes.
 const WRITEBACK_EVERY: u64 = 8 << 20;
@@ -20,8 +23,12 @@ pub struct BundleSummary {
     pub entries: u64,
     /// Files read.
     pub files: u64,
-    /// Bytes of file content read.
+    /// Bytes of file content read (whole files and stored pages).
     pub bytes: u64,
+    /// Files patched with changed pages (pages entries).
+    pub patched: u64,
+    /// Files and directories removed (removed entries).
+    pub removed: u64,
 }
 
 impl std::ops::AddAssign for BundleSummary {
@@ -29,6 +36,8 @@ impl std::ops::AddAssign for BundleSummary {
         self.entries += other.entries;
         self.files += other.files;
         self.bytes += other.bytes;
+        self.patched += other.patched;
+        self.removed += other.removed;
     }
 }
 
@@ -169,6 +178,79 @@ fn walk(input: &mut impl Read, lay: Option<Lay<'_>>, origin: &str) -> Result<Bun
             summary.bytes += size;
             continue;
         }
+        if kind == KIND_PAGES {
+            let mut size = [0u8; 8];
+            input
+                .read_exact(&mut size)
+                .map_err(|_| corrupt("truncated size"))?;
+            let size = u64::from_le_bytes(size);
+            let file = match &target {
+                Some(target) => Some((open_base_file(target, &shown.to_string(), origin)?, target)),
+                None => None,
+            };
+            if let Some((file, target)) = &file {
+                file.set_len(size).map_err(|e| io_err(target, e))?;
+            }
+            let mut hasher = FileHasher::for_kind(KIND_FILE_XXH3).expect("a file kind");
+            let mut page = vec![0u8; PAGE];
+            let mut last: Option<u32> = None;
+            loop {
+                let mut block = [0u8; 4];
+                input
+                    .read_exact(&mut block)
+                    .map_err(|_| corrupt(&format!("the pages of {shown} are truncated")))?;
+                let number = u32::from_le_bytes(block);
+                if number == PAGES_END {
+                    break;
+                }
+                let offset = u64::from(number) * PAGE as u64;
+                if last.is_some_and(|l| l >= number) || offset + PAGE as u64 > size {
+                    return Err(corrupt(&format!(
+                        "block {number} of {shown} is out of order or past its size"
+                    )));
+                }
+                last = Some(number);
+                input
+                    .read_exact(&mut page)
+                    .map_err(|_| corrupt(&format!("the pages of {shown} are truncated")))?;
+                hasher.update(&block);
+                hasher.update(&page);
+                if let Some((file, target)) = &file {
+                    use std::os::unix::fs::FileExt;
+                    file.write_all_at(&page, offset)
+                        .map_err(|e| io_err(target, e))?;
+                }
+                summary.bytes += PAGE as u64;
+            }
+            let mut digest = [0u8; 16];
+            input
+                .read_exact(&mut digest)
+                .map_err(|_| corrupt(&format!("{shown} has no digest")))?;
+            if hasher.finish().0 != digest {
+                return Err(Error::integrity(format!(
+                    "the pages of {shown} in stream {origin} do not match their checksum"
+                ))
+                .hint("the backup is damaged; restore an older backup or run `strata verify`"));
+            }
+            if let Some((file, target)) = file {
+                if lay.is_some_and(|(_, fsync)| fsync) {
+                    file.sync_all().map_err(|e| io_err(target, e))?;
+                }
+                drop(file);
+                set_mode(target, mode)?;
+            }
+            summary.entries += 1;
+            summary.patched += 1;
+            continue;
+        }
+        if kind == KIND_REMOVED {
+            if let Some(target) = &target {
+                remove_entry(target)?;
+            }
+            summary.entries += 1;
+            summary.removed += 1;
+            continue;
+        }
         if kind != KIND_DIR {
             return Err(corrupt(&format!(
                 "unknown entry kind {kind} (written by a newer Strata?)"
@@ -179,6 +261,34 @@ fn walk(input: &mut impl Read, lay: Option<Lay<'_>>, origin: &str) -> Result<Bun
             set_mode(target, mode)?;
         }
         summary.entries += 1;
+    }
+}
+
+/// The file a pages entry patches, as the base laid it down.
+fn open_base_file(target: &Path, shown: &str, origin: &str) -> Result<std::fs::File> {
+    match std::fs::OpenOptions::new().write(true).open(target) {
+        Ok(file) => Ok(file),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Err(Error::integrity(format!(
+            "stream {origin} patches {shown}, which the backup it applies on did not restore"
+        ))
+        .hint("the differential does not belong to this base, or the base is damaged; run `strata verify` on both")),
+        Err(e) => Err(io_err(target, e)),
+    }
+}
+
+/// Deletes what a removed entry names: a file, a link, or a directory with
+/// its contents; one that is already gone is fine.
+fn remove_entry(target: &Path) -> Result<()> {
+    let removed = match std::fs::symlink_metadata(target) {
+        Ok(meta) if meta.is_dir() => std::fs::remove_dir_all(target),
+        Ok(_) => std::fs::remove_file(target),
+        Err(e) => Err(e),
+    };
+    match removed {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => {
+            Err(Error::io_doing_at("cannot remove", target, e))
+        }
+        _ => Ok(()),
     }
 }
 

@@ -11,7 +11,7 @@ use strata_core::plugin::PartFeed;
 
 use super::{
     CHUNK, DIRECT_ALIGN, DIRECT_MIN, END_MAGIC, ENTRY_MAGIC, FileChecksum, FileHasher, KIND_DIR,
-    KIND_FILE_XXH3,
+    KIND_FILE_XXH3, KIND_PAGES, KIND_REMOVED, PAGE, PAGES_END,
 };
 use crate::pages::PageCheck;
 
@@ -156,6 +156,35 @@ impl<W: BundleOut> BundleWriter<W> {
         Ok(checksum)
     }
 
+    /// Adds a pages entry: the file at `path` is `size` bytes long, and
+    /// `fill` gives its changed pages to the [`PageSink`] in ascending block
+    /// order. Returns how many pages were stored.
+    pub fn add_pages(
+        &mut self,
+        path: &Path,
+        mode: u32,
+        size: u64,
+        fill: impl FnOnce(&mut PageSink<'_, W>) -> io::Result<()>,
+    ) -> io::Result<u64> {
+        self.header(KIND_PAGES, path, mode)?;
+        self.out.write_all(&size.to_le_bytes())?;
+        let mut sink = PageSink {
+            out: &mut self.out,
+            hasher: FileHasher::for_kind(KIND_FILE_XXH3).expect("a file kind"),
+            pages: 0,
+        };
+        fill(&mut sink)?;
+        let PageSink { hasher, pages, .. } = sink;
+        self.out.write_all(&PAGES_END.to_le_bytes())?;
+        self.out.write_all(&hasher.finish().0)?;
+        Ok(pages)
+    }
+
+    /// Adds a removed entry: `path` existed in the base and is gone.
+    pub fn add_removed(&mut self, path: &Path) -> io::Result<()> {
+        self.header(KIND_REMOVED, path, 0)
+    }
+
     /// Writes the end marker and flushes; returns the inner writer.
     pub fn finish(mut self) -> io::Result<W> {
         self.out.write_all(END_MAGIC)?;
@@ -166,6 +195,27 @@ impl<W: BundleOut> BundleWriter<W> {
     /// The inner writer, as it is (to fail it after an error).
     pub fn into_inner(self) -> W {
         self.out
+    }
+}
+
+/// Takes the pages of one pages entry ([`BundleWriter::add_pages`]).
+pub struct PageSink<'a, W: BundleOut> {
+    out: &'a mut W,
+    hasher: FileHasher,
+    pages: u64,
+}
+
+impl<W: BundleOut> PageSink<'_, W> {
+    /// Stores `page` as block `block` of the file (counted from its start).
+    pub fn page(&mut self, block: u32, page: &[u8; PAGE]) -> io::Result<()> {
+        debug_assert_ne!(block, PAGES_END);
+        let block = block.to_le_bytes();
+        self.hasher.update(&block);
+        self.hasher.update(page);
+        self.out.write_all(&block)?;
+        self.out.write_all(page)?;
+        self.pages += 1;
+        Ok(())
     }
 }
 

@@ -327,6 +327,7 @@ impl BackupWriter {
 pub struct ProgressSink<'a> {
     writer: &'a BackupWriter,
     progress: Option<&'a dyn Progress>,
+    base: Option<crate::vault::reader::VaultRestoreSource>,
 }
 
 impl<'a> ProgressSink<'a> {
@@ -335,6 +336,7 @@ impl<'a> ProgressSink<'a> {
         ProgressSink {
             writer,
             progress: Some(progress),
+            base: None,
         }
     }
 
@@ -343,7 +345,15 @@ impl<'a> ProgressSink<'a> {
         ProgressSink {
             writer,
             progress: None,
+            base: None,
         }
+    }
+
+    /// Offers the streams of `base` (the committed backup this one builds
+    /// on) to the plugin, read through `source`.
+    pub fn with_base(mut self, source: crate::vault::reader::VaultRestoreSource) -> Self {
+        self.base = Some(source);
+        self
     }
 }
 
@@ -376,5 +386,11 @@ impl crate::plugin::BackupSink for ProgressSink<'_> {
         if let Some(progress) = self.progress {
             progress.set_total(total);
         }
+    }
+
+    fn base_source(&self) -> Option<&dyn crate::plugin::RestoreSource> {
+        self.base
+            .as_ref()
+            .map(|b| b as &dyn crate::plugin::RestoreSource)
     }
 }
