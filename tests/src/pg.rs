@@ -273,6 +273,39 @@ impl PgCluster {
         }
     }
 
+    /// Runs a psql script (statements one by one, each in its own
+    /// transaction, `\\c` allowed) on database `db`; returns its output.
+    ///
+    /// # Panics
+    /// When a statement fails, with psql's error.
+    pub fn script(&self, db: &str, script: &str) -> String {
+        use std::io::Write;
+        let mut cmd = as_postgres(self.bin.join("psql"));
+        cmd.args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-h"])
+            .arg(&self.socket_dir)
+            .arg("-p")
+            .arg(self.port.to_string())
+            .args(["-U", "postgres", "-d", db, "-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = cmd.spawn().expect("psql runs");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(script.as_bytes())
+            .expect("script written");
+        let out = child.wait_with_output().expect("psql ends");
+        assert!(
+            out.status.success(),
+            "psql script on {db} (port {}) failed: {}\n{script}",
+            self.port,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
     /// Runs SQL with psql and returns its output.
     ///
     /// # Panics

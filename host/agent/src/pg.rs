@@ -340,7 +340,11 @@ pub async fn backup(args: PgBackupArgs, ctx: &Context) -> Result<()> {
         let on = match (&manifest.base, &meta.delta) {
             (Some(base), Some(delta)) => format!(
                 "; applies on {base}: {} of {} relation pages changed since LSN {}, {} files stored whole, {} removed",
-                delta.pages_stored, delta.pages_scanned, delta.since_lsn, delta.whole_files, delta.removed
+                delta.pages_stored,
+                delta.pages_scanned,
+                delta.since_lsn,
+                delta.whole_files,
+                delta.removed
             ),
             _ => String::new(),
         };

@@ -704,7 +704,12 @@ impl<'a> Base<'a> {
         source
             .read_stream(&self.manifest.id, FILE_INDEX_STREAM, &mut bytes)
             .await
-            .map_err(|e| e.context(format!("reading the file index of backup {}", self.manifest.id)))?;
+            .map_err(|e| {
+                e.context(format!(
+                    "reading the file index of backup {}",
+                    self.manifest.id
+                ))
+            })?;
         Ok(bytes)
     }
 }
@@ -719,7 +724,12 @@ fn against_base(
     databases: &[DatabaseIdentity],
 ) -> Result<Vec<Vec<u8>>> {
     use std::os::unix::ffi::OsStrExt;
-    entries.sort_by(|a, b| a.rel.as_os_str().as_bytes().cmp(b.rel.as_os_str().as_bytes()));
+    entries.sort_by(|a, b| {
+        a.rel
+            .as_os_str()
+            .as_bytes()
+            .cmp(b.rel.as_os_str().as_bytes())
+    });
     let listed: Vec<Listed> = entries
         .iter()
         .map(|e| Listed {
@@ -768,7 +778,10 @@ fn removed_bundle(removed: &[Vec<u8>]) -> Result<Vec<u8>> {
 async fn database_identities(server: &crate::check::Server) -> Result<Vec<DatabaseIdentity>> {
     let rows = server
         .client
-        .query("SELECT oid::int8, xmin::text::int8 FROM pg_database ORDER BY oid", &[])
+        .query(
+            "SELECT oid::int8, xmin::text::int8 FROM pg_database ORDER BY oid",
+            &[],
+        )
         .await
         .map_err(|e| pg_error(e, "reading pg_database failed"))?;
     Ok(rows
@@ -817,7 +830,8 @@ pub async fn backup(
     // cannot be used ends the backup before PostgreSQL enters backup mode.
     let base_index = match base {
         Some(base) => {
-            base.check_lineage(archive, info.system_id, info.timeline).await?;
+            base.check_lineage(archive, info.system_id, info.timeline)
+                .await?;
             Some(base.file_index(sink).await?)
         }
         None => None,
@@ -880,9 +894,9 @@ pub async fn backup(
         let names: Vec<String> = (0..options.parallel.max(1))
             .map(|i| format!("data.{i}"))
             .collect();
-        let uploads = names.iter().map(|name| {
-            write_bundle(sink, name.clone(), queue.clone(), check_pages_before, since)
-        });
+        let uploads = names
+            .iter()
+            .map(|name| write_bundle(sink, name.clone(), queue.clone(), check_pages_before, since));
         let mut files = 0;
         let mut pages = PageReport::default();
         for report in futures::future::try_join_all(uploads).await? {
@@ -902,8 +916,14 @@ pub async fn backup(
             &std::fs::metadata(&control_path).doing_at("cannot stat", &control_path)?,
         );
         let control = FileQueue::new(data_dir, vec![control]);
-        let control =
-            write_bundle(sink, PG_CONTROL_STREAM.into(), Arc::new(control), None, None).await?;
+        let control = write_bundle(
+            sink,
+            PG_CONTROL_STREAM.into(),
+            Arc::new(control),
+            None,
+            None,
+        )
+        .await?;
         files += control.files;
         Ok::<_, Error>((files, tablespaces, names, pages, databases, delta))
     };

@@ -627,12 +627,7 @@ mod tests {
 
     const SEG: u64 = 16 * 1024 * 1024;
 
-    fn backup(
-        tli: u32,
-        start_seg: u64,
-        stop_seg: u64,
-        stop_time: &str,
-    ) -> (Manifest, BackupMeta) {
+    fn backup(tli: u32, start_seg: u64, stop_seg: u64, stop_time: &str) -> (Manifest, BackupMeta) {
         backup_at(
             tli,
             Lsn(start_seg * SEG + 40),

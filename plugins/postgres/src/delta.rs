@@ -198,7 +198,9 @@ impl<'a> IndexReader<'a> {
     }
 
     fn u64(&mut self) -> Result<u64> {
-        Ok(u64::from_le_bytes(self.take(8)?.try_into().expect("8 bytes")))
+        Ok(u64::from_le_bytes(
+            self.take(8)?.try_into().expect("8 bytes"),
+        ))
     }
 
     /// The next entry, `None` at the end.
@@ -527,7 +529,11 @@ mod tests {
         let mut reader = IndexReader::new(&index, "b1").unwrap();
         let mut paths = Vec::new();
         while let Some(e) = reader.next_entry().unwrap() {
-            paths.push((String::from_utf8(e.path.to_vec()).unwrap(), e.size, e.identity));
+            paths.push((
+                String::from_utf8(e.path.to_vec()).unwrap(),
+                e.size,
+                e.identity,
+            ));
         }
         assert_eq!(
             paths,
@@ -538,7 +544,11 @@ mod tests {
             ]
         );
         // Damage is named, never read as an empty index.
-        for bad in [&index[..index.len() - 1], &index[..3], b"SPGI\x09\x00".as_slice()] {
+        for bad in [
+            &index[..index.len() - 1],
+            &index[..3],
+            b"SPGI\x09\x00".as_slice(),
+        ] {
             let err = IndexReader::new(bad, "b1").and_then(|mut r| {
                 while r.next_entry()?.is_some() {}
                 Ok(())

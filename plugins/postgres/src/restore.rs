@@ -37,10 +37,10 @@ use strata_core::plugin::RestoreSource;
 use strata_core::{Error, IoResultExt, Result};
 
 use crate::backup::{BACKUP_LABEL_STREAM, PG_CONTROL_STREAM, TABLESPACE_MAP_STREAM};
-use crate::delta::REMOVED_STREAM;
 use crate::chain::{Plan, Target};
 use crate::check::connect_with;
 use crate::config::{ClusterConfig, os_user_ids, running_as_root};
+use crate::delta::REMOVED_STREAM;
 
 /// Where and how to restore.
 #[derive(Debug, Clone)]

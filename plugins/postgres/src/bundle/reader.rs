@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use strata_core::{Error, Result};
 
 use super::{
-    CHUNK, END_MAGIC, ENTRY_MAGIC, FileHasher, KIND_DIR, KIND_FILE_XXH3, KIND_PAGES,
-    KIND_REMOVED, PAGE, PAGES_END,
+    CHUNK, END_MAGIC, ENTRY_MAGIC, FileHasher, KIND_DIR, KIND_FILE_XXH3, KIND_PAGES, KIND_REMOVED,
+    PAGE, PAGES_END,
 };
 
 /// While a file is restored, its writeback is started every this many bytes.

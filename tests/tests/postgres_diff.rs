@@ -1,0 +1,454 @@
+//! PostgreSQL differential and incremental backups against a real cluster:
+//! after each kind of change a page-LSN differential could get wrong, a
+//! point-in-time restore from full + differential + WAL lands on exactly
+//! the rows the source had at the target time, in every table of every
+//! database, and `pg_amcheck` finds the heap and every B-tree sound.
+//!
+//! Which guard of a page-LSN differential (`reference/postgres.md` 4.5)
+//! each change exercises:
+//! - skewed `pgbench` updates, append-only inserts: pages newer than the
+//!   full (the LSN rule) and pages past the full's size (extension);
+//! - bulk DELETE without VACUUM on an all-visible table: visibility map
+//!   bits cleared without moving the map page's LSN (4.5.6: `_vm` whole),
+//!   caught by an index-only scan that would count deleted rows;
+//! - DELETE of the tail + VACUUM: the relation truncated (4.5.3: size);
+//! - TRUNCATE, REINDEX: new relfilenodes (4.5.3: new files whole);
+//! - DROP TABLE: removed files are not resurrected (4.5.3);
+//! - an unlogged table: left out, reset from its `_init` fork (4.5.2);
+//! - a database dropped and re-created under the same OID with
+//!   `STRATEGY FILE_COPY` from a template holding other rows: same paths,
+//!   old LSNs, other content (4.5.4: file identity and `pg_database` row);
+//! - a tablespace created after the full (new files, a new link);
+//! - a relation growing past its first 1 GiB segment (4.5.5: segments and
+//!   absolute block numbers in checksums).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use strata_e2e::pg::{PgCluster, PgStrata, as_postgres, give_to_postgres, run_checked};
+
+const ARCHIVE_WAIT: Duration = Duration::from_secs(120);
+
+/// What a table holds: row count and an order-independent digest of its rows.
+fn table_digest(pg: &PgCluster, db: &str, table: &str) -> String {
+    pg.script(
+        db,
+        &format!(
+            "SELECT count(*) || ':' || coalesce(sum(hashtext(t::text)::int8), 0) FROM {table} t"
+        ),
+    )
+}
+
+/// The digest of every user table of every connectable database but
+/// `template0`, keyed by `db.schema.table`.
+fn cluster_digest(pg: &PgCluster) -> BTreeMap<String, String> {
+    let dbs = pg.psql(
+        "SELECT string_agg(datname, ' ' ORDER BY datname) FROM pg_database \
+         WHERE datallowconn AND datname <> 'template0'",
+    );
+    let mut all = BTreeMap::new();
+    for db in dbs.split_whitespace() {
+        let tables = pg.script(
+            db,
+            "SELECT coalesce(string_agg(quote_ident(schemaname) || '.' || quote_ident(relname), ' ' ORDER BY 1), '') \
+             FROM pg_stat_user_tables",
+        );
+        for table in tables.split_whitespace() {
+            all.insert(format!("{db}.{table}"), table_digest(pg, db, table));
+        }
+    }
+    all
+}
+
+/// The last line of `psql` output after a `\c` (which prints nothing with `-q`).
+fn now_utc(pg: &PgCluster) -> DateTime<Utc> {
+    let at = pg.psql(
+        "SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
+    );
+    at.parse().unwrap_or_else(|e| panic!("time `{at}`: {e}"))
+}
+
+/// Takes a backup of `kind` and returns its `--json` report.
+fn backup(env: &PgStrata, kind: &str) -> serde_json::Value {
+    let out = env.strata(&["--json", "backup", "pg", "main", "--kind", kind]);
+    assert_eq!(
+        out.code(),
+        Some(0),
+        "{kind} backup failed: {}",
+        out.stderr_text()
+    );
+    out.json()
+}
+
+/// Restores `main` to `target` (remapping tablespaces per `map`), starts the
+/// copy and returns the report and the copy.
+fn restore_to(
+    env: &PgStrata,
+    name: &str,
+    target: DateTime<Utc>,
+    map: &[(&Path, &Path)],
+) -> (serde_json::Value, PgCluster) {
+    let (dir, port) = env.restore_target(name);
+    let time = target.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    let port_text = port.to_string();
+    let mut args = vec![
+        "--json",
+        "restore",
+        "pg",
+        "main",
+        "--to-time",
+        &time,
+        "--target-dir",
+        dir.to_str().unwrap(),
+        "--port",
+        &port_text,
+        "--start",
+    ];
+    let maps: Vec<String> = map
+        .iter()
+        .map(|(old, new)| format!("{}={}", old.display(), new.display()))
+        .collect();
+    for m in &maps {
+        args.push("--tablespace-map");
+        args.push(m);
+    }
+    let out = env.strata(&args);
+    let copy = PgCluster::adopt(dir, port, env.cluster.socket_dir.clone());
+    assert_eq!(
+        out.code(),
+        Some(0),
+        "restore to {target} failed:\n{}\nserver log:\n{}",
+        out.stderr_text(),
+        std::fs::read_to_string(copy.data.join("strata-restore.log")).unwrap_or_default()
+    );
+    (out.json(), copy)
+}
+
+/// `pg_amcheck` over every database of `pg`: heap and B-trees (with every
+/// heap tuple looked up in each index).
+fn amcheck(pg: &PgCluster) {
+    let mut cmd = pg.program("pg_amcheck");
+    cmd.args([
+        "--all",
+        "--install-missing",
+        "--heapallindexed",
+        "--parent-check",
+        "-U",
+        "postgres",
+    ]);
+    let out = cmd.output().expect("pg_amcheck runs");
+    assert!(
+        out.status.success() && out.stdout.is_empty(),
+        "pg_amcheck found damage:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Switches WAL and waits until everything written so far is archived.
+fn archive_everything(env: &PgStrata) {
+    env.cluster.switch_and_wait_archived(ARCHIVE_WAIT);
+}
+
+fn assert_same_tables(
+    expected: &BTreeMap<String, String>,
+    copy: &PgCluster,
+    except_unlogged: &[&str],
+) {
+    let got = cluster_digest(copy);
+    let mut expected = expected.clone();
+    for table in except_unlogged {
+        // PostgreSQL resets unlogged tables from their init fork at the end
+        // of recovery: the copy holds them empty.
+        expected.insert((*table).to_owned(), "0:0".to_owned());
+    }
+    let wrong: Vec<String> = expected
+        .iter()
+        .filter(|(table, digest)| got.get(*table) != Some(digest))
+        .map(|(table, digest)| {
+            format!(
+                "{table}: source {digest}, restored {}",
+                got.get(table).map_or("(missing)", String::as_str)
+            )
+        })
+        .collect();
+    assert!(
+        wrong.is_empty() && got.len() == expected.len(),
+        "the restored tables differ from the source at the target:\n{}\nrestored: {:?}",
+        wrong.join("\n"),
+        got.keys().collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn a_differential_restores_every_kind_of_change_exactly() {
+    let env = PgStrata::new("pg-diff-changes");
+    let pg = &env.cluster;
+    pg.pgbench(&["-i", "-s", "2", "-q"]);
+    pg.script(
+        "postgres",
+        "CREATE TABLE ivm (id int PRIMARY KEY, pad text);
+         INSERT INTO ivm SELECT g, repeat('v', 60) FROM generate_series(1, 40000) g;
+         VACUUM (FREEZE, ANALYZE) ivm;
+         CREATE TABLE tail (id int PRIMARY KEY, pad text);
+         INSERT INTO tail SELECT g, repeat('t', 100) FROM generate_series(1, 40000) g;
+         CREATE TABLE appendonly (id bigserial PRIMARY KEY, at timestamptz DEFAULT now(), pad text);
+         INSERT INTO appendonly (pad) SELECT repeat('a', 50) FROM generate_series(1, 20000);
+         CREATE TABLE trunc (id int, pad text);
+         INSERT INTO trunc SELECT g, 'before' FROM generate_series(1, 5000) g;
+         CREATE TABLE dropped (id int, pad text);
+         INSERT INTO dropped SELECT g, 'gone' FROM generate_series(1, 5000) g;
+         CREATE UNLOGGED TABLE scratch (id int, pad text);
+         INSERT INTO scratch SELECT g, 's' FROM generate_series(1, 5000) g;
+         CREATE DATABASE app;",
+    );
+    pg.script(
+        "app",
+        "CREATE TABLE orders (id int PRIMARY KEY, total numeric);
+         INSERT INTO orders SELECT g, g * 1.5 FROM generate_series(1, 10000) g;",
+    );
+    // Two templates with a table of the same relfilenode and other rows,
+    // and a database cloned file by file from the first.
+    pg.script(
+        "postgres",
+        "CREATE DATABASE tmpl_a;
+         \\c tmpl_a
+         CREATE TABLE t (id int, who text);
+         INSERT INTO t SELECT g, 'template a' FROM generate_series(1, 3000) g;
+         \\c postgres
+         CREATE DATABASE tmpl_b TEMPLATE tmpl_a STRATEGY FILE_COPY;
+         \\c tmpl_b
+         UPDATE t SET who = 'template b' WHERE id % 3 = 0;
+         \\c postgres
+         CREATE DATABASE cloned TEMPLATE tmpl_a STRATEGY FILE_COPY;",
+    );
+    let cloned_oid = pg.psql("SELECT oid FROM pg_database WHERE datname = 'cloned'");
+    let dropped_file = pg.psql("SELECT pg_relation_filepath('dropped')");
+    pg.psql("CHECKPOINT");
+
+    let full = backup(&env, "full");
+    assert_eq!(full["kind"], "full");
+
+    // The changes between the full and the differential.
+    std::fs::write(
+        env.dir.path("skewed.sql"),
+        "\\set aid random_exponential(1, 200000, 8)\n\
+         UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid = :aid;\n",
+    )
+    .unwrap();
+    give_to_postgres(&env.dir.path("skewed.sql"));
+    let script = env.dir.path("skewed.sql");
+    pg.pgbench(&[
+        "-n",
+        "-c",
+        "2",
+        "-t",
+        "1500",
+        "-f",
+        script.to_str().unwrap(),
+    ]);
+    let tablespace = env.dir.mkdir("ts-one");
+    give_to_postgres(&tablespace);
+    pg.script(
+        "postgres",
+        &format!(
+            "DELETE FROM ivm WHERE id % 10 = 0;
+         DELETE FROM tail WHERE id > 20000;
+         VACUUM tail;
+         INSERT INTO appendonly (pad) SELECT repeat('b', 50) FROM generate_series(1, 30000);
+         TRUNCATE trunc;
+         INSERT INTO trunc SELECT g, 'after' FROM generate_series(1, 100) g;
+         DROP TABLE dropped;
+         INSERT INTO scratch SELECT g, 'more' FROM generate_series(1, 100) g;
+         REINDEX TABLE pgbench_accounts;
+         CREATE TABLESPACE ts_one LOCATION '{}';
+         CREATE TABLE spaced (id int PRIMARY KEY, pad text) TABLESPACE ts_one;
+         INSERT INTO spaced SELECT g, 'in a tablespace' FROM generate_series(1, 5000) g;
+         DROP DATABASE cloned;
+         CREATE DATABASE cloned OID = {cloned_oid} TEMPLATE tmpl_b STRATEGY FILE_COPY;",
+            tablespace.display()
+        ),
+    );
+    let diff = backup(&env, "diff");
+    assert_eq!(diff["kind"], "diff");
+    assert_eq!(
+        diff["base"], full["id"],
+        "a differential builds on the newest full"
+    );
+    let delta = &diff["delta"];
+    let stored = delta["pages_stored"].as_u64().unwrap();
+    let scanned = delta["pages_scanned"].as_u64().unwrap();
+    assert!(
+        stored > 0 && stored < scanned / 2,
+        "the differential stores the changed pages only: {delta}"
+    );
+    assert!(delta["removed"].as_u64().unwrap() >= 1, "{delta}");
+    assert!(
+        diff["stored_bytes"].as_u64().unwrap() < full["stored_bytes"].as_u64().unwrap() / 2,
+        "a differential is smaller than its full: {} vs {}",
+        diff["stored_bytes"],
+        full["stored_bytes"]
+    );
+
+    // Changes after the differential, replayed from WAL, up to the target.
+    pg.pgbench(&["-n", "-c", "2", "-t", "300", "-f", script.to_str().unwrap()]);
+    pg.psql("INSERT INTO appendonly (pad) SELECT 'after diff' FROM generate_series(1, 500)");
+    pg.script("app", "UPDATE orders SET total = total + 1 WHERE id < 100");
+    let expected = cluster_digest(pg);
+    let target = now_utc(pg);
+    std::thread::sleep(Duration::from_millis(50));
+    // Changes after the target, which the restore must not show.
+    pg.psql("UPDATE ivm SET pad = 'too late'; INSERT INTO trunc VALUES (-1, 'too late')");
+    archive_everything(&env);
+
+    let moved = env.dir.path("ts-one-restored");
+    let (report, copy) = restore_to(&env, "restored", target, &[(&tablespace, &moved)]);
+    assert_eq!(report["backup"], diff["id"], "{report}");
+    assert_eq!(
+        report["applied_on"],
+        serde_json::json!([full["id"]]),
+        "{report}"
+    );
+    assert_same_tables(&expected, &copy, &["postgres.public.scratch"]);
+    // The visibility map was not restored stale: an index-only scan
+    // (which trusts it) counts what a sequential scan counts.
+    let index_only = copy.script(
+        "postgres",
+        "SET enable_seqscan = off; SET enable_bitmapscan = off; SELECT count(*) FROM ivm WHERE id > 0",
+    );
+    assert_eq!(index_only, "36000");
+    assert!(
+        !copy.data.join(&dropped_file).exists(),
+        "the file of the dropped table came back: {dropped_file}"
+    );
+    assert_eq!(
+        copy.script(
+            "cloned",
+            "SELECT count(*) FILTER (WHERE who = 'template b') FROM t"
+        ),
+        "1000",
+        "the re-created database holds its new template's rows"
+    );
+    assert!(
+        std::fs::read_dir(&moved).unwrap().next().is_some(),
+        "the new tablespace was restored at its mapped location"
+    );
+    amcheck(&copy);
+}
+
+#[test]
+fn incrementals_chain_on_each_other_and_a_time_before_them_uses_the_full() {
+    let env = PgStrata::new("pg-incr-chain");
+    let pg = &env.cluster;
+    pg.script(
+        "postgres",
+        "CREATE TABLE events (id bigserial PRIMARY KEY, round int, pad text);
+         INSERT INTO events (round, pad) SELECT 0, repeat('x', 80) FROM generate_series(1, 20000);",
+    );
+    let full = backup(&env, "full");
+    let mut expected_at = Vec::new();
+    let mut ids = vec![full["id"].clone()];
+    for round in 1..=2 {
+        pg.script(
+            "postgres",
+            &format!(
+                "UPDATE events SET round = {round} WHERE id % 7 = {round};
+             INSERT INTO events (round, pad) SELECT {round}, 'r' FROM generate_series(1, 2000);
+             DELETE FROM events WHERE id % 11 = {round};"
+            ),
+        );
+        expected_at.push((cluster_digest(pg), now_utc(pg)));
+        std::thread::sleep(Duration::from_millis(50));
+        let incr = backup(&env, "incr");
+        assert_eq!(
+            incr["base"],
+            *ids.last().unwrap(),
+            "an incremental builds on the newest backup"
+        );
+        ids.push(incr["id"].clone());
+    }
+    pg.psql("INSERT INTO events (round, pad) VALUES (99, 'after')");
+    let expected_latest = cluster_digest(pg);
+    let latest = now_utc(pg);
+    archive_everything(&env);
+
+    // Between the two incrementals: full + first incremental + WAL.
+    let (report, copy) = restore_to(&env, "first", expected_at[1].1, &[]);
+    assert_eq!(report["backup"], ids[1], "{report}");
+    assert_eq!(report["applied_on"], serde_json::json!([ids[0]]));
+    assert_same_tables(&expected_at[1].0, &copy, &[]);
+    drop(copy);
+    // After both: the whole chain.
+    let (report, copy) = restore_to(&env, "both", latest, &[]);
+    assert_eq!(report["backup"], ids[2], "{report}");
+    assert_eq!(
+        report["applied_on"],
+        serde_json::json!([ids[0], ids[1]])
+    );
+    assert_same_tables(&expected_latest, &copy, &[]);
+    amcheck(&copy);
+    drop(copy);
+    // Before the first incremental: the full and WAL alone.
+    let (report, copy) = restore_to(&env, "before", expected_at[0].1, &[]);
+    assert_eq!(report["backup"], ids[0], "{report}");
+    assert_same_tables(&expected_at[0].0, &copy, &[]);
+}
+
+#[test]
+fn a_differential_without_a_full_of_this_cluster_is_refused() {
+    let env = PgStrata::new("pg-diff-refused");
+    let out = env.strata(&["backup", "pg", "main", "--kind", "diff"]);
+    assert_eq!(out.code(), Some(8), "{}", out.stderr_text());
+    let err = out.stderr_text();
+    assert!(
+        err.contains("needs a full backup to build on, and there is none")
+            && err.contains("--kind full"),
+        "{err}"
+    );
+    backup(&env, "full");
+    // The cluster is re-created under the same name: another system.
+    let old_system = env
+        .cluster
+        .psql("SELECT system_identifier FROM pg_control_system()");
+    env.cluster.stop();
+    std::fs::remove_dir_all(&env.cluster.data).unwrap();
+    let mut cmd = as_postgres(env.cluster.bin.join("initdb"));
+    cmd.arg("-D")
+        .arg(&env.cluster.data)
+        .args(["-k", "-A", "trust", "-U", "postgres", "--no-sync"]);
+    run_checked(cmd, "initdb");
+    let archive = format!(
+        "{} --config {} pg wal-push %p --cluster main",
+        strata_e2e::cli::strata_bin().display(),
+        env.config.display()
+    );
+    env.cluster.append_conf(&format!(
+        "port = {}\nlisten_addresses = ''\nunix_socket_directories = '{}'\n\
+         wal_level = replica\narchive_mode = on\narchive_command = '{archive}'\n",
+        env.cluster.port,
+        env.cluster.socket_dir.display()
+    ));
+    env.cluster.start();
+    let new_system = env
+        .cluster
+        .psql("SELECT system_identifier FROM pg_control_system()");
+    assert_ne!(old_system, new_system);
+    let out = env.strata(&["backup", "pg", "main", "--kind", "diff"]);
+    assert_eq!(out.code(), Some(3), "{}", out.stderr_text());
+    let err = out.stderr_text();
+    assert!(
+        err.contains(&format!(
+            "is of system {old_system} but the cluster is now system {new_system}"
+        )) && err.contains("take a full backup of this cluster first"),
+        "{err}"
+    );
+    // Nothing was committed: the vault still lists the one full.
+    let listed = env
+        .strata(&["--json", "list", "pg", "main"])
+        .success()
+        .json();
+    let backups = listed["backups"].as_array().map(Vec::len);
+    assert_eq!(backups, Some(1), "{listed}");
+}
