@@ -273,6 +273,11 @@ impl PgCluster {
         }
     }
 
+    /// A path inside the data directory.
+    pub fn cluster_path(&self, rel: &str) -> PathBuf {
+        self.data.join(rel)
+    }
+
     /// Runs a psql script (statements one by one, each in its own
     /// transaction, `\\c` allowed) on database `db`; returns its output.
     ///

@@ -454,3 +454,59 @@ fn a_differential_without_a_full_of_this_cluster_is_refused() {
     let backups = listed["backups"].as_array().map(Vec::len);
     assert_eq!(backups, Some(1), "{listed}");
 }
+
+/// A relation of more than one 1 GiB segment: its second segment's pages
+/// carry checksums over their block number counted from the relation's
+/// start, which the page scan must use (or it would take every page of it
+/// for damaged and store it); growth creates a new segment, stored whole.
+#[test]
+fn a_relation_past_its_first_gigabyte_is_scanned_segment_by_segment() {
+    let env = PgStrata::new("pg-diff-segments");
+    let pg = &env.cluster;
+    // About 1.05 GiB: seven 1 KiB rows per page, 138,000 pages.
+    pg.script(
+        "postgres",
+        "CREATE TABLE big (id int, pad text) WITH (autovacuum_enabled = off);
+         INSERT INTO big SELECT g, repeat(chr(65 + g % 26), 1000) FROM generate_series(1, 966000) g;
+         VACUUM (FREEZE) big;
+         CHECKPOINT;",
+    );
+    let file = pg.psql("SELECT pg_relation_filepath('big')");
+    let second = pg.cluster_path(&format!("{file}.1"));
+    assert!(
+        second.is_file(),
+        "the table has a second segment: {}",
+        second.display()
+    );
+    let full = backup(&env, "full");
+
+    // Changes in both segments, and growth of the second.
+    pg.script(
+        "postgres",
+        "UPDATE big SET pad = 'first segment' WHERE id BETWEEN 100 AND 120;
+         UPDATE big SET pad = 'second segment' WHERE id BETWEEN 930000 AND 930050;
+         INSERT INTO big SELECT g, repeat('n', 1000) FROM generate_series(966001, 990000) g;",
+    );
+    let diff = backup(&env, "diff");
+    assert_eq!(diff["base"], full["id"]);
+    let delta = &diff["delta"];
+    assert_eq!(
+        delta["pages_bad_checksum"], 0,
+        "no page of the second segment fails its checksum: {delta}"
+    );
+    let stored = delta["pages_stored"].as_u64().unwrap();
+    assert!(
+        stored < 10_000,
+        "only the changed pages of the 135,000 are stored: {delta}"
+    );
+    pg.psql("UPDATE big SET pad = 'after diff' WHERE id = 5");
+    let expected = cluster_digest(pg);
+    let target = now_utc(pg);
+    std::thread::sleep(Duration::from_millis(50));
+    pg.psql("UPDATE big SET pad = 'too late' WHERE id = 6");
+    archive_everything(&env);
+
+    let (report, copy) = restore_to(&env, "restored", target, &[]);
+    assert_eq!(report["backup"], diff["id"], "{report}");
+    assert_same_tables(&expected, &copy, &[]);
+}
