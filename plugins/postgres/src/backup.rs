@@ -1,4 +1,5 @@
-//! Full backups with the non-exclusive low-level API.
+//! Full, differential and incremental backups with the non-exclusive
+//! low-level API (what a differential stores is [`crate::delta`]'s).
 //!
 //! 1. On one session: `pg_backup_start(label, fast => true)`.
 //! 2. List the data directory and every tablespace (following the
@@ -6,6 +7,9 @@
 //!    split the files over `parallel` streams of roughly equal size. Each
 //!    stream is a [`crate::bundle`] read by its own thread and written into the
 //!    vault as it is read: nothing is staged on local disk.
+//!    A differential first reads its base's file index, and after the
+//!    listing stores the base's gone files as the stream `removed`; every
+//!    backup stores its own file index (`file_index`).
 //! 3. Copy `global/pg_control` last, in its own stream.
 //! 4. On the same session: `pg_backup_stop(wait_for_archive => false)`, and
 //!    store the returned `backup_label` and `tablespace_map` byte for byte,
@@ -1231,6 +1235,8 @@ mod tests {
             size,
             mode: 0o600,
             is_dir,
+            identity: FileIdentity::default(),
+            stored: Stored::Whole,
         };
         let queue = Arc::new(FileQueue::new(
             Path::new("/"),

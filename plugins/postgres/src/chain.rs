@@ -663,6 +663,8 @@ mod tests {
             file_count: 0,
             files: vec![],
             page_check: None,
+            databases: vec![],
+            delta: None,
         };
         let manifest = Manifest {
             format: MANIFEST_FORMAT,
@@ -778,6 +780,68 @@ mod tests {
             text.contains("no log backup covers positions 0/5000000..0/6000000"),
             "{text}"
         );
+    }
+
+    /// `backup` of `kind` applying on `base`.
+    fn applied_on(
+        base: &(Manifest, BackupMeta),
+        kind: BackupKind,
+        (manifest, meta): (Manifest, BackupMeta),
+    ) -> (Manifest, BackupMeta) {
+        let manifest = Manifest {
+            kind,
+            base: Some(base.0.id.clone()),
+            ..manifest
+        };
+        (manifest, meta)
+    }
+
+    #[test]
+    fn a_differential_replays_from_its_own_start_and_is_chosen_once_consistent() {
+        let segs: Vec<(u32, u64, &str)> = vec![
+            (1, 2, "2026-11-22T01:00:00Z"),
+            (1, 3, "2026-11-22T01:01:00Z"),
+            (1, 4, "2026-11-22T01:02:00Z"),
+            (1, 5, "2026-11-22T01:03:00Z"),
+            (1, 6, "2026-11-22T01:04:00Z"),
+            (1, 7, "2026-11-22T01:05:00Z"),
+        ];
+        let full = backup(1, 2, 3, "2026-11-22T01:00:30Z");
+        let diff = applied_on(
+            &full,
+            BackupKind::Diff,
+            backup(1, 5, 6, "2026-11-22T01:03:30Z"),
+        );
+        let (full_id, diff_id) = (full.0.id.clone(), diff.0.id.clone());
+        let cat = catalog(&segs, vec![], vec![full.clone(), diff.clone()]);
+
+        // After the differential: full + differential + WAL.
+        let plan = plan_of(&cat, RestoreTarget::Time(t("2026-11-22T01:04:30Z"))).unwrap();
+        assert_eq!(plan.base.id, full_id);
+        assert_eq!(
+            plan.diffs.iter().map(|d| &d.id).collect::<Vec<_>>(),
+            [&diff_id]
+        );
+        // Before it: the full and its WAL.
+        let plan = plan_of(&cat, RestoreTarget::Time(t("2026-11-22T01:02:30Z"))).unwrap();
+        assert_eq!(plan.base.id, full_id);
+        assert!(plan.diffs.is_empty());
+
+        // The differential needs only its own WAL: with the segments before
+        // it gone, the full is no longer restorable but the differential is.
+        let later: Vec<(u32, u64, &str)> = segs.iter().copied().filter(|s| s.1 >= 5).collect();
+        let cat = catalog(&later, vec![], vec![full.clone(), diff.clone()]);
+        let plan = plan_of(&cat, RestoreTarget::Latest).unwrap();
+        assert_eq!(plan.diffs.len(), 1);
+        let chain = cat.chain();
+        let windows = timeline(&chain.records, chain.rules.as_ref()).windows;
+        assert_eq!(windows.len(), 1, "{windows:?}");
+        assert_eq!(windows[0].from_time, t("2026-11-22T01:03:30Z"));
+
+        // Without its full, a differential restores nothing.
+        let cat = catalog(&segs, vec![], vec![diff]);
+        let err = plan_of(&cat, RestoreTarget::Latest).unwrap_err();
+        assert_eq!(err.kind(), strata_core::ErrorKind::NotFound, "{err}");
     }
 
     #[test]

@@ -336,8 +336,8 @@ pub fn compare_with_base(
             Some(old)
                 if !now.is_dir
                     && old.identity.same_file(&now.identity)
-                    && old.size % PAGE_SIZE as u64 == 0
-                    && now.size % PAGE_SIZE as u64 == 0
+                    && old.size.is_multiple_of(PAGE_SIZE as u64)
+                    && now.size.is_multiple_of(PAGE_SIZE as u64)
                     && now.rel.to_str().and_then(main_fork_segment).is_some()
                     && !database_of(path).is_some_and(|db| changed_dbs.contains(&db)) =>
             {

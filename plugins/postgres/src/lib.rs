@@ -16,11 +16,13 @@
 //!    by system identifier and timeline and stored once.
 //!    `restore_command` calls [`WalArchive::fetch`]. The plugin never
 //!    talks to object storage: it depends on strata-core without the vault.
-//! 3. [`backup::full_backup`] runs `pg_backup_start`, streams the data
+//! 3. [`backup::backup`] runs `pg_backup_start`, streams the data
 //!    directory and tablespaces into the vault in parallel (small files bundled
 //!    into a few streams, see [`bundle`]) while it checks every page's
 //!    checksum ([`pages`]), copies `pg_control` last, runs
 //!    `pg_backup_stop` and returns only once the WAL from start to stop is archived.
+//!    A differential or incremental stores only what changed since its
+//!    base, page by page ([`delta`]).
 //! 4. [`chain`] turns the archive and the committed backups into recoverable
 //!    windows per timeline and picks the backup and WAL for a target;
 //!    [`restore::restore`] lays the files down in a new data directory,
@@ -69,9 +71,11 @@ pub const PART_SIZE: usize = 8 << 20;
 /// The PostgreSQL engine for one configured cluster: Strata's
 /// [`EnginePlugin`].
 ///
-/// - **Backup** ([`backup::full_backup`]): full backups only (WAL is pushed
-///   by PostgreSQL's `archive_command` into the instance's archive store,
-///   see [`wal`]). Options: `{"spread_checkpoint": bool}`.
+/// - **Backup** ([`backup::backup`]): full, differential and incremental
+///   backups (see [`delta`]; the base is the request's, chosen by the host,
+///   and its file index is read through [`BackupSink::base_source`]). WAL
+///   is pushed by PostgreSQL's `archive_command` into the instance's
+///   archive store, see [`wal`]. Options: `{"spread_checkpoint": bool}`.
 /// - **Chain** ([`chain::Catalog`]): the committed full backups and the
 ///   archived WAL, one log record per contiguous run of segments of a
 ///   timeline, and [`chain::PgChainRules`] (timeline histories as fork

@@ -145,7 +145,7 @@ pub fn header_sane(page: &[u8; PAGE_SIZE]) -> bool {
         && lower <= upper
         && upper <= special
         && usize::from(special) <= PAGE_SIZE
-        && special % 8 == 0
+        && special.is_multiple_of(8)
         && u16_at(page, PAGESIZE_VERSION_AT) == PAGESIZE_VERSION
 }
 
