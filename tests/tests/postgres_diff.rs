@@ -297,6 +297,31 @@ fn a_differential_restores_every_kind_of_change_exactly() {
         full["stored_bytes"]
     );
 
+    // The listing shows what applies on what; verify reads every page of it.
+    let listed = env
+        .strata(&["--json", "list", "pg", "main"])
+        .success()
+        .json();
+    let kinds: Vec<(String, String)> = listed["backups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| (b["kind"].to_string(), b["base"].to_string()))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ("\"full\"".to_owned(), "null".to_owned()),
+            ("\"diff\"".to_owned(), full["id"].to_string())
+        ]
+    );
+    let verified = env.strata(&["--json", "verify"]).success().json();
+    assert!(
+        verified.as_array().unwrap().iter().all(|b| b["ok"] == true)
+            && verified.as_array().unwrap().len() == 2,
+        "{verified}"
+    );
+
     // Changes after the differential, replayed from WAL, up to the target.
     pg.pgbench(&["-n", "-c", "2", "-t", "300", "-f", script.to_str().unwrap()]);
     pg.psql("INSERT INTO appendonly (pad) SELECT 'after diff' FROM generate_series(1, 500)");

@@ -502,6 +502,10 @@ pub async fn restore_cmd(args: PgRestoreArgs, ctx: &Context) -> Result<()> {
 #[derive(Serialize)]
 struct BackupRow {
     id: String,
+    /// `full`, `diff` or `incr`.
+    kind: BackupKind,
+    /// The backup a diff or incr applies on.
+    base: Option<String>,
     timeline: u32,
     start_lsn: String,
     stop_lsn: String,
@@ -574,6 +578,8 @@ pub async fn list(args: PgListArgs, ctx: &Context) -> Result<()> {
         .iter()
         .map(|(m, meta)| BackupRow {
             id: m.id.to_string(),
+            kind: m.kind,
+            base: m.base.as_ref().map(ToString::to_string),
             timeline: meta.timeline,
             start_lsn: meta.start_lsn.clone(),
             stop_lsn: meta.stop_lsn.clone(),
@@ -625,6 +631,8 @@ pub async fn list(args: PgListArgs, ctx: &Context) -> Result<()> {
     if !args.timeline {
         let mut table = Table::new(&[
             "BACKUP",
+            "KIND",
+            "BASE",
             "TL",
             "START LSN",
             "STOP LSN",
@@ -636,6 +644,8 @@ pub async fn list(args: PgListArgs, ctx: &Context) -> Result<()> {
         for b in &backups {
             table.row(vec![
                 b.id.clone(),
+                b.kind.to_string(),
+                b.base.clone().unwrap_or_else(|| "-".into()),
                 b.timeline.to_string(),
                 b.start_lsn.clone(),
                 b.stop_lsn.clone(),
@@ -645,7 +655,7 @@ pub async fn list(args: PgListArgs, ctx: &Context) -> Result<()> {
                 human_bytes(b.stored_bytes),
             ]);
         }
-        println!("\nFull backups:\n{}", table.render());
+        println!("\nBackups:\n{}", table.render());
         let mut table = Table::new(&["TL", "PARENT", "SWITCH LSN", "BEGAN (UTC)", "SEGMENTS"]);
         for t in &timelines {
             table.row(vec![

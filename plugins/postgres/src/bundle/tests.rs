@@ -394,3 +394,118 @@ fn unsafe_paths_are_refused() {
     let err = extract(&mut &out[..], &|p| root.join(p), false, "s").unwrap_err();
     assert!(err.to_string().contains("unsafe path"), "{err}");
 }
+
+fn page_of(byte: u8) -> [u8; PAGE] {
+    [byte; PAGE]
+}
+
+/// A differential's bundle: pages entries patch the files the base laid
+/// down (shorter or longer), removed entries delete, and a damaged or
+/// misapplied entry is refused with the file named.
+#[test]
+fn pages_and_removed_entries_apply_on_the_base() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_path_buf();
+    let mut base = BundleWriter::new(Vec::new());
+    let mut three_pages = Vec::new();
+    for b in [1u8, 2, 3] {
+        three_pages.extend_from_slice(&page_of(b));
+    }
+    base.add_file(
+        "base/5/16384",
+        0o600,
+        three_pages.len() as u64,
+        &mut &three_pages[..],
+    )
+    .unwrap();
+    base.add_file(
+        "base/5/16385",
+        0o600,
+        three_pages.len() as u64,
+        &mut &three_pages[..],
+    )
+    .unwrap();
+    base.add_file("base/6/1", 0o600, 1, &mut &b"x"[..]).unwrap();
+    base.add_file("base/5/gone", 0o600, 1, &mut &b"x"[..])
+        .unwrap();
+    let base = base.finish().unwrap();
+    extract(&mut &base[..], &|p| root.join(p), false, "data.0").unwrap();
+
+    let mut diff = BundleWriter::new(Vec::new());
+    diff.add_removed(Path::new("base/6")).unwrap();
+    diff.add_removed(Path::new("base/5/gone")).unwrap();
+    diff.add_removed(Path::new("base/5/never-there")).unwrap();
+    // Grows to four pages: page 1 changed, page 3 new.
+    let stored = diff
+        .add_pages(Path::new("base/5/16384"), 0o600, 4 * PAGE as u64, |sink| {
+            sink.page(1, &page_of(9))?;
+            sink.page(3, &page_of(8))
+        })
+        .unwrap();
+    assert_eq!(stored, 2);
+    // Truncated to one page, unchanged.
+    diff.add_pages(Path::new("base/5/16385"), 0o600, PAGE as u64, |_| Ok(()))
+        .unwrap();
+    let diff = diff.finish().unwrap();
+    let summary = check(&mut &diff[..], "data.0").unwrap();
+    assert_eq!((summary.patched, summary.removed), (2, 3));
+
+    let summary = extract(&mut &diff[..], &|p| root.join(p), false, "data.0").unwrap();
+    assert_eq!(summary.bytes, 2 * PAGE as u64);
+    let mut expected = Vec::new();
+    for b in [1u8, 9, 3, 8] {
+        expected.extend_from_slice(&page_of(b));
+    }
+    assert_eq!(std::fs::read(root.join("base/5/16384")).unwrap(), expected);
+    assert_eq!(
+        std::fs::read(root.join("base/5/16385")).unwrap(),
+        page_of(1)
+    );
+    assert!(!root.join("base/6").exists());
+    assert!(!root.join("base/5/gone").exists());
+
+    // A changed byte in a stored page fails the entry's digest.
+    let at = diff.windows(PAGE).position(|w| w == page_of(9)).unwrap();
+    let mut damaged = diff.clone();
+    damaged[at + 100] ^= 1;
+    let err = check(&mut &damaged[..], "data.1").unwrap_err();
+    assert_eq!(err.kind(), strata_core::ErrorKind::Integrity);
+    assert!(
+        err.to_string()
+            .contains("the pages of base/5/16384 in stream data.1 do not match their checksum"),
+        "{err}"
+    );
+
+    // Pages for a file the base did not lay down: refused, not created.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let other = elsewhere.path().to_path_buf();
+    let err = extract(&mut &diff[..], &|p| other.join(p), false, "data.0").unwrap_err();
+    assert_eq!(err.kind(), strata_core::ErrorKind::Integrity);
+    assert!(
+        err.to_string().contains(
+            "stream data.0 patches base/5/16384, which the backup it applies on did not restore"
+        ),
+        "{err}"
+    );
+    assert!(!other.join("base/5/16384").exists());
+}
+
+#[test]
+fn pages_out_of_order_or_past_the_size_are_refused() {
+    for (size, blocks) in [(4 * PAGE as u64, [2u32, 1]), (2 * PAGE as u64, [0, 2])] {
+        let mut diff = BundleWriter::new(Vec::new());
+        diff.add_pages(Path::new("base/5/1"), 0o600, size, |sink| {
+            for b in blocks {
+                sink.page(b, &page_of(1))?;
+            }
+            Ok(())
+        })
+        .unwrap();
+        let diff = diff.finish().unwrap();
+        let err = check(&mut &diff[..], "data.0").unwrap_err();
+        assert!(
+            err.to_string().contains("out of order or past its size"),
+            "{blocks:?}: {err}"
+        );
+    }
+}
