@@ -683,19 +683,15 @@ impl<'a> Base<'a> {
                 .hint("take a full backup (--kind full)"));
             }
         };
-        let switch = history
-            .parents
-            .iter()
-            .find(|(tli, _)| *tli == self.meta.timeline)
-            .map(|(_, at)| *at);
-        match switch {
-            Some(at) if at >= self.meta.stop() => Ok(()),
-            _ => Err(Error::config(format!(
+        if passes_through(&history, self.meta.timeline, self.meta.stop()) {
+            Ok(())
+        } else {
+            Err(Error::config(format!(
                 "backup {id} (timeline {}, up to LSN {}) is not in the history of timeline {timeline}, \
                  which the cluster is on now: its pages are not this cluster's",
                 self.meta.timeline, self.meta.stop_lsn
             ))
-            .hint("take a full backup (--kind full); differentials build on it")),
+            .hint("take a full backup (--kind full); differentials build on it"))
         }
     }
 
@@ -716,6 +712,17 @@ impl<'a> Base<'a> {
             })?;
         Ok(bytes)
     }
+}
+
+/// Whether `history` (of the cluster's current timeline) holds timeline
+/// `timeline` up to at least `lsn`: the timeline was left at or after
+/// `lsn`, so everything written on it before `lsn` is the current
+/// timeline's past.
+fn passes_through(history: &crate::chain::TimelineHistory, timeline: u32, lsn: Lsn) -> bool {
+    history
+        .parents
+        .iter()
+        .any(|(tli, switch)| *tli == timeline && *switch >= lsn)
 }
 
 /// Decides how each listed entry is stored against `base` (see
@@ -1254,6 +1261,71 @@ mod tests {
             .collect();
         assert_eq!(taken, ["base", "big", "middle", "also-small", "small"]);
         assert!(queue.next().is_none());
+    }
+
+    #[test]
+    fn a_base_counts_only_when_the_current_timeline_passed_through_all_of_it() {
+        // Timeline 3 came from 2 at 0/5000000, which came from 1 at 0/3000000.
+        let history = crate::chain::TimelineHistory::parse(
+            3,
+            "1\t0/3000000\tno recovery target specified\n2\t0/5000000\tbefore 2026-11-22 01:00:00+00\n",
+        )
+        .unwrap();
+        assert!(passes_through(&history, 1, Lsn(0x300_0000)));
+        assert!(passes_through(&history, 2, Lsn(0x400_0000)));
+        // The base ran on past the switch: it holds pages timeline 3 never had.
+        assert!(!passes_through(&history, 1, Lsn(0x300_0001)));
+        assert!(!passes_through(&history, 2, Lsn(0x600_0000)));
+        // A timeline not in the history.
+        assert!(!passes_through(&history, 4, Lsn(0)));
+    }
+
+    #[test]
+    fn a_base_without_a_file_index_is_refused_naming_it() {
+        use strata_core::catalog::manifest::{
+            BackupId, BackupKind, Compression, MANIFEST_FORMAT, Manifest,
+        };
+        let at = Utc::now();
+        let meta = serde_json::json!({
+            "system_id": "42", "server_version_num": 150000, "server_version": "15",
+            "timeline": 1, "start_lsn": "0/2000028", "stop_lsn": "0/2000100",
+            "start_time": at, "stop_time": at, "wal_segment_size": 16777216,
+            "data_checksums": true, "backup_label": "", "tablespace_map": "",
+            "tablespaces": [], "data_streams": ["data.0"], "file_count": 3,
+        });
+        let manifest = Manifest {
+            format: MANIFEST_FORMAT,
+            id: BackupId::generate(at),
+            engine: "postgres".into(),
+            instance: "main".into(),
+            database: None,
+            kind: BackupKind::Full,
+            started_at: at,
+            ended_at: at,
+            consistent_at: Some(at),
+            fork: "1".into(),
+            start: None,
+            end: None,
+            base: None,
+            compression: Compression {
+                algorithm: "zstd".into(),
+                level: 3,
+            },
+            encryption: None,
+            streams: vec![],
+            labels: Default::default(),
+            engine_meta: meta,
+        };
+        let err = Base::new(&manifest).err().expect("refused");
+        assert_eq!(err.kind(), strata_core::ErrorKind::Config);
+        assert!(
+            err.to_string().contains(&format!(
+                "backup {} was made by a Strata that did not record file indexes",
+                manifest.id
+            )),
+            "{err}"
+        );
+        assert!(err.hints().iter().any(|h| h.contains("--kind full")));
     }
 
     #[test]
