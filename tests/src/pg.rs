@@ -500,6 +500,51 @@ impl PgStrata {
         s.run()
     }
 
+    /// Restores `main` to `target` into the new directory `<dir>/<name>`
+    /// (tablespaces moved per `map`: old location, new location), starts
+    /// the copy and returns the `--json` report and the copy.
+    ///
+    /// # Panics
+    /// When the restore fails, with its error and the copy's server log.
+    pub fn restore_to_time(
+        &self,
+        name: &str,
+        target: chrono::DateTime<chrono::Utc>,
+        map: &[(&Path, &Path)],
+    ) -> (serde_json::Value, PgCluster) {
+        let (dir, port) = self.restore_target(name);
+        let mut args: Vec<String> = [
+            "--json",
+            "restore",
+            "pg",
+            "main",
+            "--to-time",
+            &target.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+            "--target-dir",
+            dir.to_str().expect("a UTF-8 test path"),
+            "--port",
+            &port.to_string(),
+            "--start",
+        ]
+        .map(str::to_owned)
+        .into();
+        for (old, new) in map {
+            args.push("--tablespace-map".into());
+            args.push(format!("{}={}", old.display(), new.display()));
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = self.strata(&args);
+        let copy = PgCluster::adopt(dir, port, self.cluster.socket_dir.clone());
+        assert_eq!(
+            out.code(),
+            Some(0),
+            "restore to {target} failed:\n{}\nserver log:\n{}",
+            out.stderr_text(),
+            std::fs::read_to_string(copy.data.join("strata-restore.log")).unwrap_or_default()
+        );
+        (out.json(), copy)
+    }
+
     /// A free port and a new data directory path for a restore.
     pub fn restore_target(&self, name: &str) -> (PathBuf, u16) {
         (self.dir.path(name), free_port())

@@ -23,7 +23,6 @@
 //!   absolute block numbers in checksums).
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -80,50 +79,6 @@ fn backup(env: &PgStrata, kind: &str) -> serde_json::Value {
         out.stderr_text()
     );
     out.json()
-}
-
-/// Restores `main` to `target` (remapping tablespaces per `map`), starts the
-/// copy and returns the report and the copy.
-fn restore_to(
-    env: &PgStrata,
-    name: &str,
-    target: DateTime<Utc>,
-    map: &[(&Path, &Path)],
-) -> (serde_json::Value, PgCluster) {
-    let (dir, port) = env.restore_target(name);
-    let time = target.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
-    let port_text = port.to_string();
-    let mut args = vec![
-        "--json",
-        "restore",
-        "pg",
-        "main",
-        "--to-time",
-        &time,
-        "--target-dir",
-        dir.to_str().unwrap(),
-        "--port",
-        &port_text,
-        "--start",
-    ];
-    let maps: Vec<String> = map
-        .iter()
-        .map(|(old, new)| format!("{}={}", old.display(), new.display()))
-        .collect();
-    for m in &maps {
-        args.push("--tablespace-map");
-        args.push(m);
-    }
-    let out = env.strata(&args);
-    let copy = PgCluster::adopt(dir, port, env.cluster.socket_dir.clone());
-    assert_eq!(
-        out.code(),
-        Some(0),
-        "restore to {target} failed:\n{}\nserver log:\n{}",
-        out.stderr_text(),
-        std::fs::read_to_string(copy.data.join("strata-restore.log")).unwrap_or_default()
-    );
-    (out.json(), copy)
 }
 
 /// `pg_amcheck` over every database of `pg`: heap and B-trees (with every
@@ -334,7 +289,7 @@ fn a_differential_restores_every_kind_of_change_exactly() {
     archive_everything(&env);
 
     let moved = env.dir.path("ts-one-restored");
-    let (report, copy) = restore_to(&env, "restored", target, &[(&tablespace, &moved)]);
+    let (report, copy) = env.restore_to_time("restored", target, &[(&tablespace, &moved)]);
     assert_eq!(report["backup"], diff["id"], "{report}");
     assert_eq!(
         report["applied_on"],
@@ -405,20 +360,20 @@ fn incrementals_chain_on_each_other_and_a_time_before_them_uses_the_full() {
     archive_everything(&env);
 
     // Between the two incrementals: full + first incremental + WAL.
-    let (report, copy) = restore_to(&env, "first", expected_at[1].1, &[]);
+    let (report, copy) = env.restore_to_time("first", expected_at[1].1, &[]);
     assert_eq!(report["backup"], ids[1], "{report}");
     assert_eq!(report["applied_on"], serde_json::json!([ids[0]]));
     assert_same_tables(&expected_at[1].0, &copy, &[]);
     drop(copy);
     // After both: the whole chain.
-    let (report, copy) = restore_to(&env, "both", latest, &[]);
+    let (report, copy) = env.restore_to_time("both", latest, &[]);
     assert_eq!(report["backup"], ids[2], "{report}");
     assert_eq!(report["applied_on"], serde_json::json!([ids[0], ids[1]]));
     assert_same_tables(&expected_latest, &copy, &[]);
     amcheck(&copy);
     drop(copy);
     // Before the first incremental: the full and WAL alone.
-    let (report, copy) = restore_to(&env, "before", expected_at[0].1, &[]);
+    let (report, copy) = env.restore_to_time("before", expected_at[0].1, &[]);
     assert_eq!(report["backup"], ids[0], "{report}");
     assert_same_tables(&expected_at[0].0, &copy, &[]);
 }
@@ -531,7 +486,7 @@ fn a_relation_past_its_first_gigabyte_is_scanned_segment_by_segment() {
     pg.psql("UPDATE big SET pad = 'too late' WHERE id = 6");
     archive_everything(&env);
 
-    let (report, copy) = restore_to(&env, "restored", target, &[]);
+    let (report, copy) = env.restore_to_time("restored", target, &[]);
     assert_eq!(report["backup"], diff["id"], "{report}");
     assert_same_tables(&expected, &copy, &[]);
 }

@@ -38,34 +38,6 @@ fn cluster(label: &str) -> PgStrata {
     env
 }
 
-/// Restores `main` to `target` into a new directory, starts it, and returns
-/// the restore report and the copy.
-fn restore_to(env: &PgStrata, name: &str, target: DateTime<Utc>) -> (serde_json::Value, PgCluster) {
-    let (dir, port) = env.restore_target(name);
-    let out = env.strata(&[
-        "--json",
-        "restore",
-        "pg",
-        "main",
-        "--to-time",
-        &target.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
-        "--target-dir",
-        dir.to_str().unwrap(),
-        "--port",
-        &port.to_string(),
-        "--start",
-    ]);
-    let copy = PgCluster::adopt(dir, port, env.cluster.socket_dir.clone());
-    assert_eq!(
-        out.code(),
-        Some(0),
-        "restore to {target} failed:\n{}\nserver log:\n{}",
-        out.stderr_text(),
-        std::fs::read_to_string(copy.data.join("strata-restore.log")).unwrap_or_default()
-    );
-    (out.json(), copy)
-}
-
 fn rows(pg: &PgCluster) -> String {
     pg.psql("SELECT coalesce(string_agg(id::text, ',' ORDER BY id), '') FROM markers")
 }
@@ -111,7 +83,7 @@ fn a_time_in_the_idle_tail_of_the_archive_restores_the_last_commit_before_it() {
         inside(&shown, target),
         "`list` shows {target} as restorable: {shown:?}"
     );
-    let (report, copy) = restore_to(&env, "idle", target);
+    let (report, copy) = env.restore_to_time("idle", target, &[]);
     assert_eq!(report["started"], true, "{report}");
     assert_eq!(rows(&copy), "1", "{report}");
     assert!(
@@ -179,7 +151,7 @@ fn failover(
             .map(|(_, _, to)| to)
             .max()
             .expect("a window on timeline 2");
-        let (report, copy) = restore_to(&env, "after_promotion", target);
+        let (report, copy) = env.restore_to_time("after_promotion", target, &[]);
         assert_eq!(rows(&copy), "1,2,3,4", "{report}");
         assert_eq!(report["recovery_timeline"], 2, "{report}");
         assert!(
@@ -243,7 +215,7 @@ fn after_a_failover_times_before_and_after_the_last_commit_of_the_old_timeline_r
     for (i, (target, rows_then, timeline)) in cases.into_iter().enumerate() {
         assert!(inside(&shown, target), "{target} is restorable: {shown:?}");
         assert_eq!(expected(&commits, target), rows_then);
-        let (report, copy) = restore_to(&env, &format!("copy{i}"), target);
+        let (report, copy) = env.restore_to_time(&format!("copy{i}"), target, &[]);
         assert_eq!(rows(&copy), rows_then, "target {target}: {report}");
         assert_eq!(
             report["recovery_timeline"], timeline,
@@ -280,7 +252,7 @@ fn random_times_inside_the_listed_windows_restore_the_rows_committed_by_then() {
         let (timeline, from, to) = shown[(rng.next() % shown.len() as u64) as usize];
         let span = (to - from).num_microseconds().unwrap().max(0) as u64;
         let target = from + chrono::Duration::microseconds((rng.next() % (span + 1)) as i64);
-        let (report, copy) = restore_to(&env, &format!("copy{i}"), target);
+        let (report, copy) = env.restore_to_time(&format!("copy{i}"), target, &[]);
         assert_eq!(
             rows(&copy),
             expected(&commits, target),

@@ -161,18 +161,11 @@ fn walk(input: &mut impl Read, lay: Option<Lay<'_>>, origin: &str) -> Result<Bun
                     drop(file);
                     let _ = std::fs::remove_file(target);
                 }
-                return Err(Error::integrity(format!(
+                return Err(damaged(format!(
                     "{shown} in stream {origin} does not match its checksum"
-                ))
-                .hint("the backup is damaged; restore an older backup or run `strata verify`"));
+                )));
             }
-            if let Some((file, target)) = file {
-                if lay.is_some_and(|(_, fsync)| fsync) {
-                    file.sync_all().map_err(|e| io_err(target, e))?;
-                }
-                drop(file);
-                set_mode(target, mode)?;
-            }
+            finish_laid(file, lay, mode)?;
             summary.entries += 1;
             summary.files += 1;
             summary.bytes += size;
@@ -227,18 +220,11 @@ fn walk(input: &mut impl Read, lay: Option<Lay<'_>>, origin: &str) -> Result<Bun
                 .read_exact(&mut digest)
                 .map_err(|_| corrupt(&format!("{shown} has no digest")))?;
             if hasher.finish().0 != digest {
-                return Err(Error::integrity(format!(
+                return Err(damaged(format!(
                     "the pages of {shown} in stream {origin} do not match their checksum"
-                ))
-                .hint("the backup is damaged; restore an older backup or run `strata verify`"));
+                )));
             }
-            if let Some((file, target)) = file {
-                if lay.is_some_and(|(_, fsync)| fsync) {
-                    file.sync_all().map_err(|e| io_err(target, e))?;
-                }
-                drop(file);
-                set_mode(target, mode)?;
-            }
+            finish_laid(file, lay, mode)?;
             summary.entries += 1;
             summary.patched += 1;
             continue;
@@ -262,6 +248,29 @@ fn walk(input: &mut impl Read, lay: Option<Lay<'_>>, origin: &str) -> Result<Bun
         }
         summary.entries += 1;
     }
+}
+
+/// A file entry whose content does not match its digest.
+fn damaged(what: String) -> Error {
+    Error::integrity(what)
+        .hint("the backup is damaged; restore an older backup or run `strata verify`")
+}
+
+/// Flushes a file written by an entry (when the restore asks for it) and
+/// gives it the stored mode.
+fn finish_laid(
+    file: Option<(std::fs::File, &PathBuf)>,
+    lay: Option<Lay<'_>>,
+    mode: u32,
+) -> Result<()> {
+    let Some((file, target)) = file else {
+        return Ok(());
+    };
+    if lay.is_some_and(|(_, fsync)| fsync) {
+        file.sync_all().map_err(|e| io_err(target, e))?;
+    }
+    drop(file);
+    set_mode(target, mode)
 }
 
 /// The file a pages entry patches, as the base laid it down.
