@@ -133,12 +133,27 @@ impl PgCluster {
         conf: &str,
         initdb_args: &[&str],
     ) -> PgCluster {
+        Self::init_checksums(data, socket_dir, conf, initdb_args, true)
+    }
+
+    /// Like [`init_with`](Self::init_with), with data checksums on or off
+    /// (PostgreSQL 15's `initdb` default is off).
+    pub fn init_checksums(
+        data: PathBuf,
+        socket_dir: PathBuf,
+        conf: &str,
+        initdb_args: &[&str],
+        checksums: bool,
+    ) -> PgCluster {
         let bin = pg_bin_dir();
         std::fs::create_dir_all(&socket_dir).expect("socket dir");
         give_to_postgres(&socket_dir);
         let mut cmd = as_postgres(bin.join("initdb"));
-        cmd.arg("-D").arg(&data).args([
-            "-k",
+        cmd.arg("-D").arg(&data);
+        if checksums {
+            cmd.arg("-k");
+        }
+        cmd.args([
             "-A",
             "trust",
             "-U",
@@ -434,6 +449,20 @@ impl PgStrata {
     /// Like [`with_vault`](Self::with_vault), with more `initdb` arguments
     /// (`--wal-segsize=1` for 1 MiB WAL segments).
     pub fn with_initdb(label: &str, vault_url: Option<&str>, initdb_args: &[&str]) -> PgStrata {
+        Self::build(label, vault_url, initdb_args, true)
+    }
+
+    /// Like [`new`](Self::new), on a cluster without data checksums.
+    pub fn without_checksums(label: &str) -> PgStrata {
+        Self::build(label, None, &[], false)
+    }
+
+    fn build(
+        label: &str,
+        vault_url: Option<&str>,
+        initdb_args: &[&str],
+        checksums: bool,
+    ) -> PgStrata {
         let dir = TestDir::new(label);
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(dir.root(), std::fs::Permissions::from_mode(0o755))
@@ -451,13 +480,14 @@ impl PgStrata {
             strata_bin().display(),
             config.display()
         );
-        let cluster = PgCluster::init_with(
+        let cluster = PgCluster::init_checksums(
             data.clone(),
             socket_dir,
             &format!(
                 "wal_level = replica\narchive_mode = on\narchive_timeout = 60\narchive_command = '{archive_command}'"
             ),
             initdb_args,
+            checksums,
         );
         write_config(&config, &vault_url, &dir.path("catalog.db"), &cluster);
         let env = PgStrata {

@@ -490,3 +490,77 @@ fn a_relation_past_its_first_gigabyte_is_scanned_segment_by_segment() {
     assert_eq!(report["backup"], diff["id"], "{report}");
     assert_same_tables(&expected, &copy, &[]);
 }
+
+/// Without data checksums or `wal_log_hints`, VACUUM marks heap pages
+/// all-visible without moving their LSN: a page-LSN differential would
+/// restore a visibility map that disagrees with its heap (index-only scans
+/// then return deleted rows). Differentials are refused until
+/// `wal_log_hints` is on and a full was taken with it; then the same
+/// change restores with every all-visible map bit backed by its page's flag.
+#[test]
+fn without_checksums_differentials_need_wal_log_hints() {
+    let env = PgStrata::without_checksums("pg-diff-nochecksums");
+    let pg = &env.cluster;
+    pg.psql("ALTER SYSTEM SET autovacuum = off");
+    pg.stop();
+    pg.start();
+    let load = "CREATE TABLE v (i int, s text);
+                INSERT INTO v SELECT g, 'row' || g FROM generate_series(1, 20000) g;";
+    pg.script("postgres", load);
+    backup(&env, "full");
+    let out = env.strata(&["backup", "pg", "main", "--kind", "diff"]);
+    assert_eq!(out.code(), Some(3), "{}", out.stderr_text());
+    let err = out.stderr_text();
+    assert!(
+        err.contains("need data checksums or wal_log_hints = on")
+            && err.contains("set wal_log_hints = on"),
+        "{err}"
+    );
+    let check = env.strata(&["pg", "check", "main"]).stdout_text();
+    assert!(
+        check.contains("need data checksums or `wal_log_hints = on`"),
+        "{check}"
+    );
+
+    pg.psql("ALTER SYSTEM SET wal_log_hints = on");
+    pg.stop();
+    pg.start();
+    // A full taken before the setting was on cannot be a base either.
+    let out = env.strata(&["backup", "pg", "main", "--kind", "diff"]);
+    assert_eq!(out.code(), Some(3), "{}", out.stderr_text());
+    assert!(
+        out.stderr_text()
+            .contains("was taken with neither data checksums nor wal_log_hints on"),
+        "{}",
+        out.stderr_text()
+    );
+    pg.script("postgres", "DROP TABLE v;");
+    pg.script("postgres", load);
+    let full = backup(&env, "full");
+    pg.psql("VACUUM v");
+    let diff = backup(&env, "diff");
+    assert_eq!(diff["base"], full["id"]);
+    pg.psql("INSERT INTO v VALUES (-1, 'after')");
+    let expected = cluster_digest(pg);
+    let target = now_utc(pg);
+    archive_everything(&env);
+    let (report, copy) = env.restore_to_time("restored", target, &[]);
+    assert_eq!(report["backup"], diff["id"]);
+    assert_same_tables(&expected, &copy, &[]);
+    copy.psql("CREATE EXTENSION pg_visibility");
+    assert_eq!(
+        copy.psql(
+            "SELECT count(*) FILTER (WHERE all_visible AND NOT pd_all_visible) || '/' || count(*) FILTER (WHERE all_visible) FROM pg_visibility('v')"
+        )
+        .split('/')
+        .next(),
+        Some("0"),
+        "every page the visibility map calls all-visible carries the flag"
+    );
+    // And the all-visible pages are really there (the check is not vacuous).
+    let visible: u64 = copy
+        .psql("SELECT count(*) FROM pg_visibility('v') WHERE all_visible")
+        .parse()
+        .unwrap();
+    assert!(visible > 50, "{visible} all-visible pages");
+}

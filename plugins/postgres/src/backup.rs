@@ -75,6 +75,10 @@ pub struct BackupMeta {
     pub wal_segment_size: u64,
     /// Whether data checksums are on.
     pub data_checksums: bool,
+    /// Whether `wal_log_hints` was on; `None` for backups made before it
+    /// was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wal_log_hints: Option<bool>,
     /// The `backup_label` PostgreSQL returned.
     pub backup_label: String,
     /// The `tablespace_map` PostgreSQL returned (empty without tablespaces).
@@ -649,6 +653,12 @@ impl<'a> Base<'a> {
         Ok(Base { manifest, meta })
     }
 
+    /// Whether every change of a page since this backup moved the page's
+    /// LSN: see [`hint_bits_logged`].
+    fn hints_logged(&self) -> bool {
+        self.meta.data_checksums || self.meta.wal_log_hints == Some(true)
+    }
+
     /// Refuses a base of another cluster, or one a timeline switch left
     /// behind (4.5.9): its pages are the cluster's only if the current
     /// timeline's history passes through the base's whole backup.
@@ -723,6 +733,37 @@ fn passes_through(history: &crate::chain::TimelineHistory, timeline: u32, lsn: L
         .parents
         .iter()
         .any(|(tli, switch)| *tli == timeline && *switch >= lsn)
+}
+
+/// Refuses a differential where a page can change without its LSN moving.
+///
+/// With neither data checksums nor `wal_log_hints`, VACUUM sets a heap
+/// page's all-visible flag (`PD_ALL_VISIBLE`) without WAL-logging the heap
+/// page, so its LSN stays (`log_heap_visible` and `heap_xlog_visible` in
+/// `src/backend/access/heap/heapam.c`; hint bits likewise, section 4.5.1).
+/// A page-LSN differential would keep the base's copy of such a page while
+/// the visibility map, stored whole, says the page is all-visible: after a
+/// restore, a later DELETE would not clear the map bit and index-only
+/// scans would return deleted rows. The base must have been taken with
+/// the setting on as well, since the changes since then count.
+fn hint_bits_logged(server: &crate::check::Identity, base: &Base<'_>) -> Result<()> {
+    if !(server.data_checksums || server.wal_log_hints) {
+        return Err(Error::config(
+            "differential and incremental backups need data checksums or wal_log_hints = on: \
+             without them PostgreSQL changes pages (hint bits, the all-visible flag) without moving their LSN, \
+             so a page-LSN differential could restore a visibility map that disagrees with its tables",
+        )
+        .hint("set wal_log_hints = on in postgresql.conf, restart PostgreSQL, then take a full backup (--kind full) to build on; `strata pg check` says the same"));
+    }
+    if !base.hints_logged() {
+        return Err(Error::config(format!(
+            "backup {}, the base chosen for this one, was taken with neither data checksums nor wal_log_hints on, \
+             so the pages changed since cannot all be told by their LSN",
+            base.manifest.id
+        ))
+        .hint("take a full backup (--kind full) now that the setting is on; differentials build on it"));
+    }
+    Ok(())
 }
 
 /// Decides how each listed entry is stored against `base` (see
@@ -841,6 +882,7 @@ pub async fn backup(
     // cannot be used ends the backup before PostgreSQL enters backup mode.
     let base_index = match base {
         Some(base) => {
+            hint_bits_logged(&info, base)?;
             base.check_lineage(archive, info.system_id, info.timeline)
                 .await?;
             Some(base.file_index(sink).await?)
@@ -1001,6 +1043,7 @@ pub async fn backup(
         stop_time,
         wal_segment_size: info.wal_segment_size,
         data_checksums: info.data_checksums,
+        wal_log_hints: Some(info.wal_log_hints),
         backup_label: label,
         tablespace_map: spcmap,
         tablespaces,

@@ -656,6 +656,7 @@ mod tests {
             stop_time,
             wal_segment_size: seg_size,
             data_checksums: true,
+            wal_log_hints: None,
             backup_label: String::new(),
             tablespace_map: String::new(),
             tablespaces: vec![],

@@ -41,6 +41,8 @@ pub struct Identity {
     pub wal_segment_size: u64,
     /// Whether data checksums are on.
     pub data_checksums: bool,
+    /// Whether `wal_log_hints` is on.
+    pub wal_log_hints: bool,
     /// The data directory the server reports.
     pub data_directory: String,
 }
@@ -150,7 +152,8 @@ impl Server {
                         (SELECT timeline_id FROM pg_control_checkpoint()), \
                         pg_size_bytes(current_setting('wal_segment_size')), \
                         current_setting('data_checksums') = 'on', \
-                        current_setting('data_directory')",
+                        current_setting('data_directory'), \
+                        current_setting('wal_log_hints') = 'on'",
                 &[],
             )
             .await
@@ -172,6 +175,7 @@ impl Server {
             wal_segment_size: seg as u64,
             data_checksums: row.get(5),
             data_directory: row.get(6),
+            wal_log_hints: row.get(7),
         })
     }
 }
@@ -382,6 +386,13 @@ impl fmt::Display for CheckReport {
                 f,
                 "\nnote: data checksums are off; `pg_checksums --enable` (server stopped) lets restores detect corrupt pages."
             )?;
+            if !id.wal_log_hints {
+                writeln!(
+                    f,
+                    "note: differential and incremental backups need data checksums or `wal_log_hints = on` \
+                     (then restart PostgreSQL and take a full backup); full backups do not."
+                )?;
+            }
         }
         writeln!(
             f,

@@ -31,8 +31,15 @@
 //! - A file or directory of the base that is gone is recorded as
 //!   **removed**, so that a restore does not resurrect it (4.5.3).
 //! - Unlogged relations are left out as in a full, their `_init` fork kept
-//!   (4.5.2); hint bits need nothing (4.5.1: an older copy of a page lacks
-//!   some hints, which are recomputed).
+//!   (4.5.2).
+//! - Pages must not change without their LSN moving (4.5.1): with neither
+//!   data checksums nor `wal_log_hints`, hint bits and VACUUM's all-visible
+//!   page flag are set without WAL, and a restore could pair a visibility
+//!   map with heap pages that disagree with it. Differentials are refused
+//!   then, and on a base taken so (`backup::hint_bits_logged`). With them,
+//!   the first hint bit set on a page after a checkpoint logs a full-page
+//!   image, so the first differential after a bulk load that was then read
+//!   or vacuumed holds most of its pages.
 //! - A timeline switch is accepted only when the base lies on the current
 //!   timeline's history before the switch (4.5.9); otherwise, and for a
 //!   base of another system, the backup is refused.
