@@ -364,8 +364,10 @@ impl Host {
         .await
     }
 
-    /// The base of a new `kind` backup of `database`: the newest full for a
-    /// differential, the newest data backup for an incremental.
+    /// The base of a new `kind` backup of `database`: among the newest full
+    /// (differential) or the newest data backup whose chain of bases
+    /// reaches a full (incremental), the one the plugin accepts
+    /// ([`EnginePlugin::choose_base`]).
     async fn choose_base(
         &self,
         plugin: &dyn EnginePlugin,
@@ -373,21 +375,53 @@ impl Host {
         kind: BackupKind,
     ) -> Result<Manifest> {
         let backups = self.backups(plugin, database).await?;
-        backups
-            .into_iter()
+        let mut candidates: Vec<Manifest> = backups
+            .iter()
             .rev()
-            .find(|m| match kind {
+            .filter(|m| match kind {
                 BackupKind::Diff => m.kind == BackupKind::Full,
-                _ => m.kind.is_data(),
+                _ => m.kind.is_data() && reaches_a_full(m, &backups),
             })
-            .ok_or_else(|| {
-                Error::not_found(format!(
-                    "a {kind} backup of {} needs a full backup to build on, and there is none",
-                    describe_database(plugin, database)
-                ))
-                .hint("take a full backup first (--kind full)")
-            })
+            .cloned()
+            .collect();
+        let none = || {
+            Error::not_found(format!(
+                "a {kind} backup of {} needs a full backup to build on, and there is none",
+                describe_database(plugin, database)
+            ))
+            .hint("take a full backup first (--kind full)")
+        };
+        if candidates.is_empty() {
+            return Err(none());
+        }
+        let chosen = plugin
+            .choose_base(kind, &candidates, self.archive(plugin))
+            .await?
+            .filter(|&i| i < candidates.len())
+            .ok_or_else(none)?;
+        Ok(candidates.swap_remove(chosen))
     }
+}
+
+/// Whether `backup`'s chain of bases ends at a full among `backups`: an
+/// incremental on a backup whose base is gone could never be restored.
+fn reaches_a_full(backup: &Manifest, backups: &[Manifest]) -> bool {
+    let mut at = backup;
+    // Each step moves to a distinct backup: a cycle cannot go on longer.
+    for _ in 0..=backups.len() {
+        if at.kind == BackupKind::Full {
+            return true;
+        }
+        match at
+            .base
+            .as_ref()
+            .and_then(|id| backups.iter().find(|m| &m.id == id))
+        {
+            Some(base) => at = base,
+            None => return false,
+        }
+    }
+    false
 }
 
 fn describe_database(plugin: &dyn EnginePlugin, database: &DatabaseRef) -> String {

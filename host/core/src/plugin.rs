@@ -704,6 +704,24 @@ pub trait EnginePlugin: Send + Sync {
         archive: Arc<dyn ArchiveStore>,
     ) -> Result<BackupOutcome>;
 
+    /// Which of `candidates` a new `kind` backup (diff or incr) builds on,
+    /// by index; `None` when none can be. The host offers the committed
+    /// data backups of the database that could be a base, newest first:
+    /// the fulls for a differential; for an incremental, every data backup
+    /// whose chain of bases reaches a full in the vault. An engine refines
+    /// the choice with what only it knows (PostgreSQL: the same system
+    /// identifier and a timeline the cluster's history passes through).
+    /// The default: the newest.
+    async fn choose_base(
+        &self,
+        kind: BackupKind,
+        candidates: &[Manifest],
+        archive: Arc<dyn ArchiveStore>,
+    ) -> Result<Option<usize>> {
+        let _ = (kind, archive);
+        Ok((!candidates.is_empty()).then_some(0))
+    }
+
     /// The chain of `database` for the planner: `backups` are its committed
     /// manifests (oldest first); an engine that archives its log itself adds
     /// those logs as records from `archive`, and supplies its rules (fork

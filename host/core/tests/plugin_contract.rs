@@ -30,6 +30,8 @@ struct Toy {
     fail_midway: bool,
     /// Never finish writing (to be cancelled).
     hang: bool,
+    /// Also take differentials and incrementals.
+    layered: bool,
 }
 
 impl Toy {
@@ -57,7 +59,11 @@ impl EnginePlugin for Toy {
 
     fn capabilities(&self) -> Capabilities {
         Capabilities {
-            kinds: vec![BackupKind::Full, BackupKind::Log],
+            kinds: if self.layered {
+                vec![BackupKind::Full, BackupKind::Diff, BackupKind::Incr]
+            } else {
+                vec![BackupKind::Full, BackupKind::Log]
+            },
             point_in_time: true,
             alternate_target: true,
             ..Capabilities::default()
@@ -262,4 +268,55 @@ async fn a_plugin_that_fails_or_is_cancelled_mid_backup_leaves_nothing() {
     let err = backup(&host, &good, BackupKind::Diff).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Config);
     assert!(err.hint_text().unwrap().contains("full, log"), "{err:?}");
+}
+
+fn base_of(result: BackupResult) -> Option<String> {
+    match result {
+        BackupResult::Committed(m) => m.base.map(|b| b.to_string()),
+        BackupResult::Delegated(_) => panic!("the toy engine delivers nothing elsewhere"),
+    }
+}
+
+fn id_of(result: &BackupResult) -> String {
+    match result {
+        BackupResult::Committed(m) => m.id.to_string(),
+        BackupResult::Delegated(_) => panic!("the toy engine delivers nothing elsewhere"),
+    }
+}
+
+/// A differential builds on the newest full, an incremental on the newest
+/// backup whose chain of bases still reaches a full: once a backup in the
+/// middle of a chain is gone, the backups after it are never a base (an
+/// incremental on them could not be restored).
+#[tokio::test]
+async fn a_new_backup_builds_only_on_a_chain_that_reaches_a_full() {
+    let vault = vault("contract-bases").await;
+    let host = Host::new(vault.clone());
+    let toy = Toy {
+        layered: true,
+        ..Toy::default()
+    };
+    toy.insert("a", Utc::now());
+    let full = id_of(&backup(&host, &toy, BackupKind::Full).await.unwrap());
+    let diff = backup(&host, &toy, BackupKind::Diff).await.unwrap();
+    let diff_id = id_of(&diff);
+    assert_eq!(
+        base_of(diff),
+        Some(full.clone()),
+        "a differential builds on the full"
+    );
+    let first = backup(&host, &toy, BackupKind::Incr).await.unwrap();
+    let first_id = id_of(&first);
+    assert_eq!(base_of(first), Some(diff_id.clone()));
+    let second = backup(&host, &toy, BackupKind::Incr).await.unwrap();
+    assert_eq!(base_of(second), Some(first_id.clone()));
+    // The first incremental is deleted (by hand, or a retention bug): the
+    // newest backup, the second incremental, is on a broken chain; the
+    // newest that still reaches the full is the differential.
+    let listed = host.backups(&toy, &whole()).await.unwrap();
+    let gone = listed.iter().find(|m| m.id.as_str() == first_id).unwrap();
+    vault.delete_backup(gone).await.unwrap();
+    let next = backup(&host, &toy, BackupKind::Incr).await.unwrap();
+    let next_base = base_of(next).unwrap();
+    assert_eq!(next_base, diff_id, "never on a broken chain");
 }
