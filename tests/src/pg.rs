@@ -575,6 +575,32 @@ impl PgStrata {
         (out.json(), copy)
     }
 
+    /// Makes `copy` (a restored and promoted copy of the cluster) the
+    /// cluster Strata calls `main`, as an operator does after a
+    /// point-in-time recovery that replaces the original: the original is
+    /// stopped, the configuration names the copy, and the copy archives
+    /// into the vault (a restore leaves it with `archive_mode = off`).
+    pub fn promote_copy_as_main(&self, copy: &PgCluster) {
+        self.cluster.stop();
+        write_config(
+            &self.config,
+            &self.vault_url,
+            &self.dir.path("catalog.db"),
+            copy,
+        );
+        let archive_command = format!(
+            "{} --config {} pg wal-push %p --cluster main",
+            strata_bin().display(),
+            self.config.display()
+        );
+        copy.psql("ALTER SYSTEM SET archive_mode = on");
+        copy.psql(&format!(
+            "ALTER SYSTEM SET archive_command = '{archive_command}'"
+        ));
+        copy.stop();
+        copy.start();
+    }
+
     /// A free port and a new data directory path for a restore.
     pub fn restore_target(&self, name: &str) -> (PathBuf, u16) {
         (self.dir.path(name), free_port())

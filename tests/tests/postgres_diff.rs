@@ -418,7 +418,7 @@ fn a_differential_without_a_full_of_this_cluster_is_refused() {
         .psql("SELECT system_identifier FROM pg_control_system()");
     assert_ne!(old_system, new_system);
     let out = env.strata(&["backup", "pg", "main", "--kind", "diff"]);
-    assert_eq!(out.code(), Some(3), "{}", out.stderr_text());
+    assert_eq!(out.code(), Some(8), "{}", out.stderr_text());
     let err = out.stderr_text();
     assert!(
         err.contains(&format!(
@@ -527,7 +527,7 @@ fn without_checksums_differentials_need_wal_log_hints() {
     pg.start();
     // A full taken before the setting was on cannot be a base either.
     let out = env.strata(&["backup", "pg", "main", "--kind", "diff"]);
-    assert_eq!(out.code(), Some(3), "{}", out.stderr_text());
+    assert_eq!(out.code(), Some(8), "{}", out.stderr_text());
     assert!(
         out.stderr_text()
             .contains("was taken with neither data checksums nor wal_log_hints on"),
@@ -563,4 +563,60 @@ fn without_checksums_differentials_need_wal_log_hints() {
         .parse()
         .unwrap();
     assert!(visible > 50, "{visible} all-visible pages");
+}
+
+/// Deletes every object of the file vault at `dir` whose name contains `part`.
+fn remove_from_vault(dir: &std::path::Path, part: &str) {
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            remove_from_vault(&path, part);
+        } else if path.file_name().unwrap().to_string_lossy().contains(part) {
+            std::fs::remove_file(&path).unwrap();
+        }
+    }
+}
+
+/// After a point-in-time recovery that became the cluster (timeline 2), a
+/// differential builds on the newest full the new timeline passed through,
+/// not on a newer one the old timeline took past the branch point; the
+/// history file comes from the cluster's own `pg_wal` when it was never
+/// archived (a restored copy starts with archiving off).
+#[test]
+fn after_a_recovery_a_differential_builds_on_the_full_its_timeline_came_from() {
+    let env = PgStrata::new("pg-diff-timeline");
+    let pg = &env.cluster;
+    pg.script(
+        "postgres",
+        "CREATE TABLE t (id int, note text);
+         INSERT INTO t SELECT g, 'one' FROM generate_series(1, 5000) g;",
+    );
+    let first = backup(&env, "full");
+    pg.psql("INSERT INTO t SELECT g, 'two' FROM generate_series(5001, 6000) g");
+    let branch = now_utc(pg);
+    std::thread::sleep(Duration::from_millis(50));
+    pg.psql("INSERT INTO t SELECT g, 'three' FROM generate_series(6001, 7000) g");
+    let second = backup(&env, "full");
+    archive_everything(&env);
+    let (report, copy) = env.restore_to_time("branched", branch, &[]);
+    assert_eq!(report["timeline"], 2, "{report}");
+    env.promote_copy_as_main(&copy);
+    copy.psql("UPDATE t SET note = 'on timeline 2' WHERE id % 10 = 0");
+    // Whether or not PostgreSQL archived timeline 2's history, the
+    // differential relates the timelines through the cluster's pg_wal.
+    remove_from_vault(&env.vault_dir, "00000002.history");
+
+    let diff = backup(&env, "diff");
+    assert_eq!(
+        diff["base"], first["id"],
+        "the newest full ({}) ran past the branch point; the one before is timeline 2's past",
+        second["id"]
+    );
+    copy.psql("INSERT INTO t VALUES (-2, 'after the differential')");
+    let expected = cluster_digest(&copy);
+    let target = now_utc(&copy);
+    copy.switch_and_wait_archived(ARCHIVE_WAIT);
+    let (report, restored) = env.restore_to_time("again", target, &[]);
+    assert_eq!(report["backup"], diff["id"], "{report}");
+    assert_same_tables(&expected, &restored, &[]);
 }

@@ -643,7 +643,7 @@ impl<'a> Base<'a> {
     pub fn new(manifest: &'a strata_core::catalog::manifest::Manifest) -> Result<Self> {
         let meta = BackupMeta::from_manifest(manifest)?;
         if !manifest.streams.iter().any(|s| s.name == FILE_INDEX_STREAM) {
-            return Err(Error::config(format!(
+            return Err(Error::not_found(format!(
                 "backup {} was made by a Strata that did not record file indexes, \
                  so a differential cannot tell what changed since",
                 manifest.id
@@ -662,15 +662,19 @@ impl<'a> Base<'a> {
     /// Refuses a base of another cluster, or one a timeline switch left
     /// behind (4.5.9): its pages are the cluster's only if the current
     /// timeline's history passes through the base's whole backup.
+    /// The history file of `timeline` comes from the archive, or from
+    /// the cluster's own `pg_wal` (a cluster promoted while `archive_mode`
+    /// was off, as a restored copy is, never archived it).
     async fn check_lineage(
         &self,
         archive: &WalArchive<'_>,
-        system_id: u64,
-        timeline: u32,
+        server: &crate::check::Identity,
+        data_dir: &Path,
     ) -> Result<()> {
+        let (system_id, timeline) = (server.system_id, server.timeline);
         let id = &self.manifest.id;
         if self.meta.system_id() != system_id {
-            return Err(Error::config(format!(
+            return Err(Error::not_found(format!(
                 "backup {id}, the base chosen for this one, is of system {} but the cluster is now system {system_id} \
                  (re-created under the same name?)",
                 self.meta.system_id
@@ -681,22 +685,32 @@ impl<'a> Base<'a> {
             return Ok(());
         }
         let name = WalFileName::history(timeline);
-        let history = match archive.read(system_id, &name).await? {
-            Some(bytes) => {
-                crate::chain::TimelineHistory::parse(timeline, &String::from_utf8_lossy(&bytes))?
-            }
-            None => {
-                return Err(Error::config(format!(
-                    "the cluster is on timeline {timeline}, backup {id} on timeline {}, and the vault has no {name} to relate them",
-                    self.meta.timeline
-                ))
-                .hint("take a full backup (--kind full)"));
-            }
+        let local = data_dir.join("pg_wal").join(name.to_string());
+        let bytes = match archive.read(system_id, &name).await? {
+            Some(bytes) => bytes,
+            None => match std::fs::read(&local) {
+                // Not archived from here: the backup may run as another OS
+                // user than archive_command, and a vault directory it
+                // created could stop PostgreSQL's own pushes.
+                Ok(bytes) => bytes,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    return Err(Error::not_found(format!(
+                        "the cluster is on timeline {timeline}, backup {id} on timeline {}, \
+                         and neither the vault nor {} holds {name} to relate them",
+                        self.meta.timeline,
+                        local.display()
+                    ))
+                    .hint("take a full backup (--kind full)"));
+                }
+                Err(e) => return Err(Error::io_doing_at("cannot read", &local, e)),
+            },
         };
+        let history =
+            crate::chain::TimelineHistory::parse(timeline, &String::from_utf8_lossy(&bytes))?;
         if passes_through(&history, self.meta.timeline, self.meta.stop()) {
             Ok(())
         } else {
-            Err(Error::config(format!(
+            Err(Error::not_found(format!(
                 "backup {id} (timeline {}, up to LSN {}) is not in the history of timeline {timeline}, \
                  which the cluster is on now: its pages are not this cluster's",
                 self.meta.timeline, self.meta.stop_lsn
@@ -722,6 +736,35 @@ impl<'a> Base<'a> {
             })?;
         Ok(bytes)
     }
+}
+
+/// The base of a new differential or incremental of `cluster` among
+/// `candidates` (newest first, offered by the host): the newest one of
+/// this cluster's system, with a file index, taken with hint bits logged,
+/// on a timeline the cluster's history passes through (the newest full of
+/// the same system identifier and timeline lineage, for a differential).
+/// When none fits, the newest, so that the backup refuses it naming why.
+pub async fn choose_base(
+    cluster: &ClusterConfig,
+    archive: &WalArchive<'_>,
+    candidates: &[strata_core::catalog::manifest::Manifest],
+) -> Result<Option<usize>> {
+    let server = connect(cluster).await?;
+    let info = server.identity().await?;
+    for (i, manifest) in candidates.iter().enumerate() {
+        let Ok(base) = Base::new(manifest) else {
+            continue;
+        };
+        if base.hints_logged()
+            && base
+                .check_lineage(archive, &info, &cluster.data_directory)
+                .await
+                .is_ok()
+        {
+            return Ok(Some(i));
+        }
+    }
+    Ok((!candidates.is_empty()).then_some(0))
 }
 
 /// Whether `history` (of the cluster's current timeline) holds timeline
@@ -756,7 +799,7 @@ fn hint_bits_logged(server: &crate::check::Identity, base: &Base<'_>) -> Result<
         .hint("set wal_log_hints = on in postgresql.conf, restart PostgreSQL, then take a full backup (--kind full) to build on; `strata pg check` says the same"));
     }
     if !base.hints_logged() {
-        return Err(Error::config(format!(
+        return Err(Error::not_found(format!(
             "backup {}, the base chosen for this one, was taken with neither data checksums nor wal_log_hints on, \
              so the pages changed since cannot all be told by their LSN",
             base.manifest.id
@@ -883,7 +926,7 @@ pub async fn backup(
     let base_index = match base {
         Some(base) => {
             hint_bits_logged(&info, base)?;
-            base.check_lineage(archive, info.system_id, info.timeline)
+            base.check_lineage(archive, &info, &cluster.data_directory)
                 .await?;
             Some(base.file_index(sink).await?)
         }

@@ -277,6 +277,16 @@ impl EnginePlugin for PostgresEngine {
         backup::backup(cluster, &wal, sink, &options, base.as_ref()).await
     }
 
+    async fn choose_base(
+        &self,
+        _kind: BackupKind,
+        candidates: &[Manifest],
+        archive: Arc<dyn ArchiveStore>,
+    ) -> Result<Option<usize>> {
+        let cluster = self.cluster()?;
+        backup::choose_base(cluster, &WalArchive::new(archive.as_ref()), candidates).await
+    }
+
     async fn chain(
         &self,
         _database: &DatabaseRef,
