@@ -376,6 +376,34 @@ fn incrementals_chain_on_each_other_and_a_time_before_them_uses_the_full() {
     let (report, copy) = env.restore_to_time("before", expected_at[0].1, &[]);
     assert_eq!(report["backup"], ids[0], "{report}");
     assert_same_tables(&expected_at[0].0, &copy, &[]);
+    drop(copy);
+
+    // The first incremental's manifest is deleted (by hand, or a retention
+    // bug): verify says the second cannot be restored, and a new
+    // incremental builds on the full, never on the broken chain.
+    remove_from_vault(
+        &env.vault_dir,
+        &format!("{}.json", ids[1].as_str().unwrap()),
+    );
+    let out = env.strata(&["--json", "verify"]);
+    assert_eq!(out.code(), Some(6), "{}", out.stderr_text());
+    let report: serde_json::Value = serde_json::from_str(&out.stdout_text()).unwrap();
+    let second = report
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["id"] == ids[2])
+        .unwrap();
+    assert_eq!(second["ok"], false, "{report}");
+    assert_eq!(
+        second["problems"][0],
+        format!(
+            "its base backup {} is not in the vault: it cannot be restored",
+            ids[1].as_str().unwrap()
+        )
+    );
+    let next = backup(&env, "incr");
+    assert_eq!(next["base"], ids[0], "{next}");
 }
 
 #[test]

@@ -329,6 +329,20 @@ pub async fn verify(args: VerifyArgs, ctx: &Context) -> Result<()> {
                 })?;
             chosen.push(found);
         }
+        // A differential or incremental restores only with its bases:
+        // they are verified with it.
+        let mut i = 0;
+        while i < chosen.len() {
+            if let Some(base) = chosen[i]
+                .base
+                .as_ref()
+                .and_then(|id| all.iter().find(|m| &m.id == id))
+                && !chosen.iter().any(|m| m.id == base.id)
+            {
+                chosen.push(base);
+            }
+            i += 1;
+        }
         chosen
     };
     let total: u64 = chosen.iter().map(|m| m.raw_size()).sum();
@@ -349,6 +363,7 @@ pub async fn verify(args: VerifyArgs, ctx: &Context) -> Result<()> {
         });
     }
     bar.finish();
+    chain_findings(&mut results, &chosen);
     let bad = results.iter().filter(|r| !r.ok).count();
     if ctx.json {
         print_json(&results)?;
@@ -377,6 +392,46 @@ pub async fn verify(args: VerifyArgs, ctx: &Context) -> Result<()> {
             .hint("do not rely on the damaged backups; take a new full backup and restore from an older one if needed"));
     }
     Ok(())
+}
+
+/// Marks each verified differential or incremental whose chain of bases
+/// is broken (a base gone from the vault) or damaged: it cannot be
+/// restored, whatever its own parts hold.
+fn chain_findings(results: &mut [VerifiedBackup], verified: &[&Manifest]) {
+    let by_id: std::collections::HashMap<&BackupId, &Manifest> =
+        verified.iter().map(|m| (&m.id, *m)).collect();
+    let damaged: std::collections::HashSet<BackupId> = results
+        .iter()
+        .filter(|r| !r.ok)
+        .map(|r| r.id.clone())
+        .collect();
+    for result in results.iter_mut() {
+        let mut at = by_id.get(&result.id).and_then(|m| m.base.clone());
+        let mut steps = 0;
+        while let Some(base) = at {
+            steps += 1;
+            if steps > verified.len() {
+                break;
+            }
+            match by_id.get(&base) {
+                None => {
+                    result.ok = false;
+                    result.problems.push(format!(
+                        "its base backup {base} is not in the vault: it cannot be restored"
+                    ));
+                    break;
+                }
+                Some(_) if damaged.contains(&base) => {
+                    result.ok = false;
+                    result.problems.push(format!(
+                        "its base backup {base} is damaged: it cannot be restored"
+                    ));
+                    break;
+                }
+                Some(m) => at = m.base.clone(),
+            }
+        }
+    }
 }
 
 /// Runs `strata catalog rebuild`.
