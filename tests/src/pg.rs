@@ -542,6 +542,18 @@ impl PgStrata {
         target: chrono::DateTime<chrono::Utc>,
         map: &[(&Path, &Path)],
     ) -> (serde_json::Value, PgCluster) {
+        self.restore_to_time_with(name, target, map, &[])
+    }
+
+    /// Like [`restore_to_time`](Self::restore_to_time), with more arguments
+    /// for `strata restore pg`.
+    pub fn restore_to_time_with(
+        &self,
+        name: &str,
+        target: chrono::DateTime<chrono::Utc>,
+        map: &[(&Path, &Path)],
+        extra: &[&str],
+    ) -> (serde_json::Value, PgCluster) {
         let (dir, port) = self.restore_target(name);
         let mut args: Vec<String> = [
             "--json",
@@ -562,6 +574,7 @@ impl PgStrata {
             args.push("--tablespace-map".into());
             args.push(format!("{}={}", old.display(), new.display()));
         }
+        args.extend(extra.iter().map(|a| (*a).to_owned()));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let out = self.strata(&args);
         let copy = PgCluster::adopt(dir, port, self.cluster.socket_dir.clone());

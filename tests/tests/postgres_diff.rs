@@ -378,6 +378,18 @@ fn incrementals_chain_on_each_other_and_a_time_before_them_uses_the_full() {
     assert_same_tables(&expected_at[0].0, &copy, &[]);
     drop(copy);
 
+    // An incremental `verify` found damaged is skipped: the full and more
+    // WAL restore the same time (nothing builds on the skipped one then).
+    let (report, copy) = env.restore_to_time_with(
+        "skipping",
+        latest,
+        &[],
+        &["--skip-backup", ids[1].as_str().unwrap()],
+    );
+    assert_eq!(report["backup"], ids[0], "{report}");
+    assert_same_tables(&expected_latest, &copy, &[]);
+    drop(copy);
+
     // The first incremental's manifest is deleted (by hand, or a retention
     // bug): verify says the second cannot be restored, and a new
     // incremental builds on the full, never on the broken chain.

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use clap::{Args, Subcommand};
 use serde::Serialize;
-use strata_core::catalog::manifest::{BackupKind, Position};
+use strata_core::catalog::manifest::{BackupId, BackupKind, Position};
 use strata_core::catalog::planner::{self, RecoverableWindow, RestoreTarget};
 use strata_core::lifecycle::BackupResult;
 use strata_core::plugin::{BackupRequest, DatabaseRef};
@@ -126,6 +126,11 @@ pub struct PgRestoreArgs {
     /// How long to wait for the started cluster to finish recovery, in seconds.
     #[arg(long, default_value_t = 3600)]
     pub start_timeout: u64,
+    /// Plan as if this backup (and what builds on it) were not in the
+    /// vault, e.g. one `strata verify` found damaged: the restore then uses
+    /// an older backup and more WAL. Repeatable.
+    #[arg(long, value_name = "BACKUP")]
+    pub skip_backup: Vec<String>,
 }
 
 /// `strata list pg NAME`.
@@ -443,7 +448,12 @@ pub async fn restore_cmd(args: PgRestoreArgs, ctx: &Context) -> Result<()> {
         start_timeout_seconds: args.start_timeout,
         strata_command: strata_invocation(ctx),
     };
-    let host = ctx.host().await?;
+    let skipped = args
+        .skip_backup
+        .iter()
+        .map(|id| id.parse::<BackupId>())
+        .collect::<Result<Vec<_>>>()?;
+    let host = ctx.host().await?.skipping(skipped);
     let started = Instant::now();
     let bar = std::sync::Arc::new(ctx.progress(None, "restoring"));
     let outcome = host
@@ -462,8 +472,13 @@ pub async fn restore_cmd(args: PgRestoreArgs, ctx: &Context) -> Result<()> {
     if ctx.json {
         print_json(&outcome.details)?;
     } else if !ctx.quiet {
+        let chain = if report.applied_on.is_empty() {
+            String::new()
+        } else {
+            format!(" (applied on {})", report.applied_on.join(", then "))
+        };
         println!(
-            "restored backup {} into {} ({} files, {}) in {:.1}s; recovery target: {} on timeline {}",
+            "restored backup {}{chain} into {} ({} files, {}) in {:.1}s; recovery target: {} on timeline {}",
             report.backup,
             report.target_dir.display(),
             report.files,

@@ -39,7 +39,7 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 use crate::catalog::index::CatalogIndex;
-use crate::catalog::manifest::{BackupKind, Manifest};
+use crate::catalog::manifest::{BackupId, BackupKind, Manifest};
 use crate::catalog::planner::{self, RestorePlan, RestoreTarget, Timeline};
 use crate::error::{Error, Result};
 use crate::plugin::{
@@ -60,6 +60,7 @@ pub struct Host {
     reader: ReaderConfig,
     index: Option<PathBuf>,
     protected: Vec<PathBuf>,
+    skipped: Vec<BackupId>,
 }
 
 /// What [`Host::backup`] did.
@@ -83,7 +84,17 @@ impl Host {
             reader: ReaderConfig::default(),
             index: None,
             protected: Vec::new(),
+            skipped: Vec::new(),
         }
+    }
+
+    /// Leaves the backups `ids` out of every listing, plan and choice of
+    /// base, as if they were not in the vault (and with them what builds on
+    /// them): the way around a backup `verify` found damaged, so that a
+    /// restore to a later time uses the backups before it and more log.
+    pub fn skipping(mut self, ids: Vec<BackupId>) -> Self {
+        self.skipped = ids;
+        self
     }
 
     /// Adds a local path no restore may write into, replace or delete (the
@@ -262,7 +273,10 @@ impl Host {
             .vault
             .read_manifests(&layout::manifest_prefix(plugin.engine(), plugin.instance()))
             .await?;
-        manifests.retain(|m| database.database.is_none() || m.database == database.database);
+        manifests.retain(|m| {
+            (database.database.is_none() || m.database == database.database)
+                && !self.skipped.contains(&m.id)
+        });
         manifests.sort_by(|a, b| (a.ended_at, &a.id).cmp(&(b.ended_at, &b.id)));
         Ok(manifests)
     }

@@ -362,7 +362,24 @@ impl EnginePlugin for PostgresEngine {
             timeline,
             target,
         };
-        let report = restore::restore(cluster, &plan, source, &options).await?;
+        let target_dir = options.target_dir.clone();
+        let had_contents = !restore::is_empty_dir(&target_dir).unwrap_or(true);
+        let report = restore::restore(cluster, &plan, source, &options)
+            .await
+            .map_err(|e| {
+                // A restore that failed after it began writing leaves a
+                // data directory without pg_control (it cannot be started
+                // by mistake); say so, and how to try again.
+                let written = !restore::is_empty_dir(&target_dir).unwrap_or(true);
+                if written && (!had_contents || options.force) {
+                    e.hint(format!(
+                        "{} holds a partial restore: remove it, or run the restore again with --force",
+                        target_dir.display()
+                    ))
+                } else {
+                    e
+                }
+            })?;
         Ok(RestoreOutcome {
             position: report
                 .lsn

@@ -100,7 +100,8 @@ pub struct RestoreReport {
     pub reached_time: Option<DateTime<Utc>>,
 }
 
-fn is_empty_dir(path: &Path) -> Result<bool> {
+/// Whether `path` is an empty directory, or absent.
+pub fn is_empty_dir(path: &Path) -> Result<bool> {
     match std::fs::read_dir(path) {
         Ok(mut entries) => Ok(entries.next().is_none()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(true),
