@@ -270,6 +270,19 @@ fn a_differential_restores_every_kind_of_change_exactly() {
             ("\"diff\"".to_owned(), full["id"].to_string())
         ]
     );
+    let all = env.strata(&["--json", "list"]).success().json();
+    let listed_diff = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["id"] == diff["id"])
+        .unwrap();
+    assert_eq!(listed_diff["base"], full["id"], "{all}");
+    let table = env.strata(&["list"]).success().stdout_text();
+    assert!(
+        table.contains(&format!("diff on {}", full["id"].as_str().unwrap())),
+        "{table}"
+    );
     let verified = env.strata(&["--json", "verify"]).success().json();
     assert!(
         verified.as_array().unwrap().iter().all(|b| b["ok"] == true)

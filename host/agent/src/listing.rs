@@ -115,6 +115,9 @@ struct ListedBackup<'a> {
     instance: &'a str,
     database: Option<&'a str>,
     kind: &'a str,
+    /// The backup a diff or incr applies on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    base: Option<&'a BackupId>,
     fork: &'a str,
     started_at: String,
     ended_at: String,
@@ -169,6 +172,7 @@ pub async fn list(args: ListArgs, ctx: &Context) -> Result<()> {
             instance: &m.instance,
             database: m.database.as_deref(),
             kind: m.kind.as_str(),
+            base: m.base.as_ref(),
             fork: &m.fork,
             started_at: m.started_at.to_rfc3339(),
             ended_at: m.ended_at.to_rfc3339(),
@@ -221,13 +225,16 @@ pub async fn list(args: ListArgs, ctx: &Context) -> Result<()> {
 }
 
 /// A backup's kind as the table shows it: `full (empty)` for an empty
-/// stream kept on purpose (`--allow-empty`).
+/// stream kept on purpose (`--allow-empty`), `diff on <base>` for a backup
+/// that applies on another.
 fn kind_label(m: &Manifest) -> String {
     if m.labels
         .get(strata_stream::EMPTY_LABEL)
         .is_some_and(|v| v == "true")
     {
         format!("{} (empty)", m.kind)
+    } else if let Some(base) = &m.base {
+        format!("{} on {base}", m.kind)
     } else {
         m.kind.to_string()
     }

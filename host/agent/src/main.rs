@@ -90,7 +90,7 @@ enum Command {
 enum BackupCommand {
     /// Back up standard input or a file as a full backup under a name.
     Stream(stream::BackupStreamArgs),
-    /// Take a full backup of a configured PostgreSQL cluster.
+    /// Take a full, differential or incremental backup of a configured PostgreSQL cluster.
     Pg(pg::PgBackupArgs),
     /// Start a SAP HANA data backup (full, diff, incr) through Backint.
     Hana(hana::BackupHanaArgs),

@@ -400,7 +400,8 @@ impl Host {
             .collect();
         let none = || {
             Error::not_found(format!(
-                "a {kind} backup of {} needs a full backup to build on, and there is none",
+                "{} {kind} backup of {} needs a full backup to build on, and there is none",
+                if kind == BackupKind::Incr { "an" } else { "a" },
                 describe_database(plugin, database)
             ))
             .hint("take a full backup first (--kind full)")

@@ -733,6 +733,7 @@ impl<'a> Base<'a> {
                     "reading the file index of backup {}",
                     self.manifest.id
                 ))
+                .hint("a differential cannot build on it: take a full backup (--kind full)")
             })?;
         Ok(bytes)
     }
