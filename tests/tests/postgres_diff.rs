@@ -402,6 +402,27 @@ fn incrementals_chain_on_each_other_and_a_time_before_them_uses_the_full() {
     assert_eq!(report["backup"], ids[0], "{report}");
     assert_same_tables(&expected_latest, &copy, &[]);
     drop(copy);
+    // A mistyped id is refused, not ignored (the restore would use the
+    // very backup meant to be skipped).
+    let (dir, _) = env.restore_target("mistyped");
+    let out = env.strata(&[
+        "restore",
+        "pg",
+        "main",
+        "--latest",
+        "--target-dir",
+        dir.to_str().unwrap(),
+        "--skip-backup",
+        "20261201T000000.000Z-0123abcd",
+    ]);
+    assert_eq!(out.code(), Some(8), "{}", out.stderr_text());
+    assert!(
+        out.stderr_text()
+            .contains("--skip-backup 20261201T000000.000Z-0123abcd: there is no such backup"),
+        "{}",
+        out.stderr_text()
+    );
+    assert!(!dir.exists());
 
     // The first incremental's manifest is deleted (by hand, or a retention
     // bug): verify says the second cannot be restored, and a new
@@ -672,4 +693,46 @@ fn after_a_recovery_a_differential_builds_on_the_full_its_timeline_came_from() {
     let (report, restored) = env.restore_to_time("again", target, &[]);
     assert_eq!(report["backup"], diff["id"], "{report}");
     assert_same_tables(&expected, &restored, &[]);
+}
+
+/// After a failover, the old primary (still running: a split brain) takes
+/// a full on timeline 1 past the promotion point. A differential of the new
+/// primary, taken at once (before its first checkpoint, while
+/// `pg_control_checkpoint()` still says timeline 1), must not build on it:
+/// its pages are not the new timeline's.
+#[test]
+fn after_a_failover_a_differential_never_builds_on_a_full_the_old_primary_took_later() {
+    let env = PgStrata::new("pg-diff-failover");
+    let pg = &env.cluster;
+    pg.script(
+        "postgres",
+        "CREATE TABLE t (id int, note text);
+         INSERT INTO t SELECT g, 'one' FROM generate_series(1, 5000) g;",
+    );
+    let before = backup(&env, "full");
+    let standby = env.standby("standby");
+    // Buffers the standby dirtied replaying: the checkpoint that follows
+    // the promotion is spread over minutes, and until it ends
+    // pg_control_checkpoint() still names timeline 1.
+    pg.psql("CREATE TABLE ballast AS SELECT g, repeat('b', 200) AS pad FROM generate_series(1, 100000) g");
+    standby.wait_replayed(&pg.psql("SELECT pg_current_wal_lsn()"), ARCHIVE_WAIT);
+    standby.promote();
+    pg.psql("INSERT INTO t SELECT g, 'old primary' FROM generate_series(5001, 6000) g");
+    let split = backup(&env, "full");
+    assert_eq!(split["timeline"], 1);
+
+    standby.psql("UPDATE t SET note = 'new primary' WHERE id % 10 = 0");
+    let out = strata_e2e::cli::Strata::new()
+        .arg("--config")
+        .arg(env.dir.path("standby.toml"))
+        .args(["--json", "backup", "pg", "main", "--kind", "diff"])
+        .run();
+    assert_eq!(out.code(), Some(0), "{}", out.stderr_text());
+    let diff = out.json();
+    assert_eq!(diff["timeline"], 2, "{diff}");
+    assert_eq!(
+        diff["base"], before["id"],
+        "the full the old primary took after the promotion ({}) is not timeline 2's past",
+        split["id"]
+    );
 }

@@ -323,6 +323,16 @@ pub async fn backup(args: PgBackupArgs, ctx: &Context) -> Result<()> {
     if let Some(damage) = meta.page_check.as_ref().filter(|p| !p.damaged.is_empty()) {
         warn_damaged_pages(damage);
     }
+    if let Some(delta) = meta
+        .delta
+        .as_ref()
+        .filter(|d| d.paged_files == 0 && d.whole_files > 0)
+    {
+        eprintln!(
+            "note: no file of the base was found unchanged in identity, so this {} backup stored every file whole              ({} files), as large as a full: after a restore, a re-clone or a failover, take a full backup (--kind full)              to build on",
+            manifest.kind, delta.whole_files
+        );
+    }
     if ctx.json {
         print_json(&serde_json::json!({
             "id": manifest.id,
@@ -453,7 +463,24 @@ pub async fn restore_cmd(args: PgRestoreArgs, ctx: &Context) -> Result<()> {
         .iter()
         .map(|id| id.parse::<BackupId>())
         .collect::<Result<Vec<_>>>()?;
-    let host = ctx.host().await?.skipping(skipped);
+    let host = ctx.host().await?;
+    if !skipped.is_empty() {
+        // A typo must not restore from the very backup meant to be skipped.
+        let known = host
+            .backups(&plugin, &DatabaseRef::instance(&args.name))
+            .await?;
+        if let Some(unknown) = skipped
+            .iter()
+            .find(|id| !known.iter().any(|m| &m.id == *id))
+        {
+            return Err(Error::not_found(format!(
+                "--skip-backup {unknown}: there is no such backup of PostgreSQL cluster `{}`",
+                args.name
+            ))
+            .hint(format!("`strata list pg {}` shows its backups", args.name)));
+        }
+    }
+    let host = host.skipping(skipped);
     let started = Instant::now();
     let bar = std::sync::Arc::new(ctx.progress(None, "restoring"));
     let outcome = host

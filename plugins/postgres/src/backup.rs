@@ -805,7 +805,7 @@ fn hint_bits_logged(server: &crate::check::Identity, base: &Base<'_>) -> Result<
              so the pages changed since cannot all be told by their LSN",
             base.manifest.id
         ))
-        .hint("take a full backup (--kind full) now that the setting is on; differentials build on it"));
+        .hint("take a full backup (--kind full) now that the setting is on; differentials and incrementals build on it"));
     }
     Ok(())
 }
@@ -945,6 +945,11 @@ pub async fn backup(
     }
     let check_pages = info.data_checksums && standard_pages;
     let data_dir = &cluster.data_directory;
+    // Read before the backup starts, so that nothing runs on the backup's
+    // session between pg_backup_start and pg_backup_stop but the copy. A
+    // database re-created in between is still stored whole: its files are
+    // new (their identity differs from the base's).
+    let databases = database_identities(&server).await?;
     let start_time = Utc::now();
     let start_lsn: String = server
         .client
@@ -962,9 +967,6 @@ pub async fn backup(
         checksums: info.data_checksums,
     });
     let copy = async {
-        // After the start: a database created or re-created from here on
-        // writes WAL that replay from this backup's start applies.
-        let databases = database_identities(&server).await?;
         let dir = data_dir.clone();
         let (mut entries, tablespaces) = tokio::task::spawn_blocking(move || list_cluster(&dir))
             .await
@@ -1065,6 +1067,17 @@ pub async fn backup(
         .map_err(|e| e.context(format!("storing {name}")))?;
     }
     let timeline = label_timeline(&label)?;
+    if let Some(base) = base
+        && timeline != info.timeline
+    {
+        // The base was checked against the timeline the server was on
+        // before the backup started.
+        return Err(Error::engine(format!(
+            "the cluster switched from timeline {} to {timeline} while the backup ran, so its base {} was checked against the wrong history",
+            info.timeline, base.manifest.id
+        ))
+        .hint("run the backup again"));
+    }
     let stop: Lsn = stop_lsn.parse()?;
     wait_for_wal(
         archive,
@@ -1404,7 +1417,7 @@ mod tests {
             engine_meta: meta,
         };
         let err = Base::new(&manifest).err().expect("refused");
-        assert_eq!(err.kind(), strata_core::ErrorKind::Config);
+        assert_eq!(err.kind(), strata_core::ErrorKind::NotFound);
         assert!(
             err.to_string().contains(&format!(
                 "backup {} was made by a Strata that did not record file indexes",

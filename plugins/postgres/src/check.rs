@@ -35,7 +35,10 @@ pub struct Identity {
     pub server_version_num: u32,
     /// `server_version`.
     pub server_version: String,
-    /// The current timeline.
+    /// The current timeline: the one WAL is written on (a server just
+    /// promoted is on its new timeline before its first checkpoint, which
+    /// `pg_control_checkpoint()` would still show the old one until);
+    /// on a standby, its last restartpoint's.
     pub timeline: u32,
     /// `wal_segment_size` in bytes.
     pub wal_segment_size: u64,
@@ -149,7 +152,10 @@ impl Server {
                 "SELECT (SELECT system_identifier::text FROM pg_control_system()), \
                         current_setting('server_version_num')::int, \
                         current_setting('server_version'), \
-                        (SELECT timeline_id FROM pg_control_checkpoint()), \
+                        CASE WHEN pg_is_in_recovery() \
+                             THEN (SELECT timeline_id FROM pg_control_checkpoint()) \
+                             ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int \
+                        END, \
                         pg_size_bytes(current_setting('wal_segment_size')), \
                         current_setting('data_checksums') = 'on', \
                         current_setting('data_directory'), \

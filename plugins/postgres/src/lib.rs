@@ -371,6 +371,11 @@ impl EnginePlugin for PostgresEngine {
                 // data directory without pg_control (it cannot be started
                 // by mistake); say so, and how to try again.
                 let written = !restore::is_empty_dir(&target_dir).unwrap_or(true);
+                let e = if e.kind() == strata_core::ErrorKind::Integrity {
+                    e.hint("`strata verify` names the damaged backup; `strata restore pg ... --skip-backup <id>` plans around it")
+                } else {
+                    e
+                };
                 if written && (!had_contents || options.force) {
                     e.hint(format!(
                         "{} holds a partial restore: remove it, or run the restore again with --force",
