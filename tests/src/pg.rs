@@ -288,6 +288,28 @@ impl PgCluster {
         }
     }
 
+    /// Runs `pg_amcheck` over every database (installing `amcheck` where
+    /// missing): heap and B-trees, every heap tuple looked up in each index,
+    /// parent-child checks. Asserts it found nothing.
+    pub fn amcheck(&self) {
+        let mut cmd = self.program("pg_amcheck");
+        cmd.args([
+            "--all",
+            "--install-missing",
+            "--heapallindexed",
+            "--parent-check",
+            "-U",
+            "postgres",
+        ]);
+        let out = cmd.output().expect("pg_amcheck runs");
+        assert!(
+            out.status.success() && out.stdout.is_empty(),
+            "pg_amcheck found damage:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// A path inside the data directory.
     pub fn cluster_path(&self, rel: &str) -> PathBuf {
         self.data.join(rel)

@@ -81,27 +81,6 @@ fn backup(env: &PgStrata, kind: &str) -> serde_json::Value {
     out.json()
 }
 
-/// `pg_amcheck` over every database of `pg`: heap and B-trees (with every
-/// heap tuple looked up in each index).
-fn amcheck(pg: &PgCluster) {
-    let mut cmd = pg.program("pg_amcheck");
-    cmd.args([
-        "--all",
-        "--install-missing",
-        "--heapallindexed",
-        "--parent-check",
-        "-U",
-        "postgres",
-    ]);
-    let out = cmd.output().expect("pg_amcheck runs");
-    assert!(
-        out.status.success() && out.stdout.is_empty(),
-        "pg_amcheck found damage:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// Switches WAL and waits until everything written so far is archived.
 fn archive_everything(env: &PgStrata) {
     env.cluster.switch_and_wait_archived(ARCHIVE_WAIT);
@@ -333,7 +312,7 @@ fn a_differential_restores_every_kind_of_change_exactly() {
         std::fs::read_dir(&moved).unwrap().next().is_some(),
         "the new tablespace was restored at its mapped location"
     );
-    amcheck(&copy);
+    copy.amcheck();
 }
 
 #[test]
@@ -383,7 +362,7 @@ fn incrementals_chain_on_each_other_and_a_time_before_them_uses_the_full() {
     assert_eq!(report["backup"], ids[2], "{report}");
     assert_eq!(report["applied_on"], serde_json::json!([ids[0], ids[1]]));
     assert_same_tables(&expected_latest, &copy, &[]);
-    amcheck(&copy);
+    copy.amcheck();
     drop(copy);
     // Before the first incremental: the full and WAL alone.
     let (report, copy) = env.restore_to_time("before", expected_at[0].1, &[]);

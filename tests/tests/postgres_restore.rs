@@ -42,25 +42,6 @@ fn restore_json(env: &PgStrata, args: &[&str]) -> serde_json::Value {
     env.strata(&all).success().json()
 }
 
-fn amcheck(pg: &PgCluster) {
-    let mut cmd = pg.program("pg_amcheck");
-    cmd.args([
-        "-U",
-        "postgres",
-        "--install-missing",
-        "--heapallindexed",
-        "-d",
-        "postgres",
-    ]);
-    let out = cmd.output().expect("pg_amcheck runs");
-    assert!(
-        out.status.success(),
-        "pg_amcheck found problems:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 #[test]
 fn point_in_time_restore_under_load_holds_exactly_the_markers_before_the_target() {
     let env = PgStrata::new("pg_pitr");
@@ -153,7 +134,7 @@ fn point_in_time_restore_under_load_holds_exactly_the_markers_before_the_target(
         "off",
         "the copy never archives into the source's vault"
     );
-    amcheck(&copy);
+    copy.amcheck();
     // The source is untouched and still archiving.
     assert_eq!(pg.psql("SELECT count(*) FROM markers"), "9");
     drop(copy);
@@ -336,7 +317,7 @@ fn tablespaces_are_remapped_and_an_unmapped_live_tablespace_is_refused() {
     );
     // The source's tablespace is untouched.
     assert_eq!(pg.psql("SELECT count(*) FROM far"), "6000");
-    amcheck(&copy);
+    copy.amcheck();
 }
 
 #[test]
