@@ -4,9 +4,12 @@
 #   1. a throwaway PostgreSQL cluster (initdb, free port, private socket dir)
 #      archiving its WAL into a local Strata vault (archive_command = strata pg wal-push);
 #   2. `strata pg check`, then a full backup (`strata backup pg`);
-#   3. pgbench load, plus one marker row per second with its commit time;
+#   3. pgbench load, plus one marker row per second with its commit time, and
+#      a differential backup in the middle of it (`--kind diff`: the pages
+#      changed since the full);
 #   4. a point-in-time restore to a moment between two markers, into a second
-#      data directory on another port, started by Strata (`strata restore pg --start`);
+#      data directory on another port, started by Strata (`strata restore pg
+#      --start`): the full, the differential, then WAL;
 #   5. a check that the restored cluster holds exactly the markers committed
 #      before the target, and the timeline it runs on.
 #
@@ -109,18 +112,22 @@ psql_src "CREATE TABLE markers (id int PRIMARY KEY, at timestamptz NOT NULL)"
 say "strata backup pg demo --kind full"
 "$STRATA" --config "$CONF" backup pg demo --kind full
 
-say "pgbench load, and a marker row every second"
+HALF=$(((MARKERS + 1) / 2))
+say "pgbench load, a marker row every second, and a differential backup after marker $((HALF - 1))"
 as_pg "$PG_BIN/pgbench" -h "$SOCK" -p "$PORT" -U postgres -c 2 -j 1 -T $((MARKERS + 3)) postgres >"$WORK/pgbench.log" 2>&1 &
 LOAD=$!
 for i in $(seq 1 "$MARKERS"); do
     sleep 1
     at="$(psql_src "INSERT INTO markers VALUES ($i, clock_timestamp()) RETURNING at AT TIME ZONE 'UTC'")"
     echo "  marker $i committed at $at UTC"
+    if ((i == HALF - 1)); then
+        echo "  strata backup pg demo --kind diff"
+        "$STRATA" --config "$CONF" backup pg demo --kind diff | sed 's/^/    /'
+    fi
 done
 wait "$LOAD" || die "pgbench failed: $(tail -n5 "$WORK/pgbench.log")"
 grep -E "^tps" "$WORK/pgbench.log" | head -n1 | sed 's/^/  pgbench: /'
 
-HALF=$(((MARKERS + 1) / 2))
 TARGET="$(psql_src "SELECT to_char((at + interval '500 milliseconds') AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') FROM markers WHERE id = $HALF")"
 EXPECTED="$(psql_src "SELECT string_agg(id::text, ',' ORDER BY id) FROM markers WHERE at < '$TARGET'")"
 SEG="$(psql_src "SELECT pg_walfile_name(pg_switch_wal())")"
@@ -134,7 +141,8 @@ say "strata list pg demo"
 "$STRATA" --config "$CONF" list pg demo
 
 say "Point-in-time restore to $TARGET (half a second after marker $HALF) into $DST, port $PORT2"
-"$STRATA" --config "$CONF" restore pg demo --to-time "$TARGET" --target-dir "$DST" --port "$PORT2" --start
+"$STRATA" --config "$CONF" restore pg demo --to-time "$TARGET" --target-dir "$DST" --port "$PORT2" --start | tee "$WORK/restore.log"
+grep -q "applied on" "$WORK/restore.log" || die "the restore did not use the differential (full + diff + WAL)"
 
 say "Checking the restored cluster"
 GOT="$(psql_dst "SELECT string_agg(id::text, ',' ORDER BY id) FROM markers")"
