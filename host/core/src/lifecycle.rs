@@ -389,14 +389,16 @@ impl Host {
         kind: BackupKind,
     ) -> Result<Manifest> {
         let backups = self.backups(plugin, database).await?;
+        let records: Vec<planner::BackupRecord> =
+            backups.iter().map(planner::BackupRecord::from).collect();
+        let complete = planner::complete_chains(&records, &planner::DefaultChainRules);
         let mut candidates: Vec<Manifest> = backups
-            .iter()
+            .into_iter()
             .rev()
             .filter(|m| match kind {
                 BackupKind::Diff => m.kind == BackupKind::Full,
-                _ => m.kind.is_data() && reaches_a_full(m, &backups),
+                _ => complete.contains(&m.id),
             })
-            .cloned()
             .collect();
         let none = || {
             Error::not_found(format!(
@@ -416,27 +418,6 @@ impl Host {
             .ok_or_else(none)?;
         Ok(candidates.swap_remove(chosen))
     }
-}
-
-/// Whether `backup`'s chain of bases ends at a full among `backups`: an
-/// incremental on a backup whose base is gone could never be restored.
-fn reaches_a_full(backup: &Manifest, backups: &[Manifest]) -> bool {
-    let mut at = backup;
-    // Each step moves to a distinct backup: a cycle cannot go on longer.
-    for _ in 0..=backups.len() {
-        if at.kind == BackupKind::Full {
-            return true;
-        }
-        match at
-            .base
-            .as_ref()
-            .and_then(|id| backups.iter().find(|m| &m.id == id))
-        {
-            Some(base) => at = base,
-            None => return false,
-        }
-    }
-    false
 }
 
 fn describe_database(plugin: &dyn EnginePlugin, database: &DatabaseRef) -> String {

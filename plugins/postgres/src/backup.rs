@@ -505,6 +505,12 @@ async fn write_bundle(
     let producer = tokio::task::spawn_blocking(move || -> std::io::Result<BundleReport> {
         let mut bundle = BundleWriter::new(PartWriter::new(feed));
         let mut stored = BundleReport::default();
+        // The page scans' read buffer, one per stream.
+        let mut scan_buf = if since.is_some() {
+            vec![0u8; crate::delta::READ_CHUNK]
+        } else {
+            Vec::new()
+        };
         let result = (|| -> std::io::Result<()> {
             while let Some(entry) = queue.next() {
                 if entry.is_dir {
@@ -524,7 +530,8 @@ async fn write_bundle(
                 if let (Stored::Pages { base_size }, Some(since)) = (entry.stored, since) {
                     crate::bundle::will_read_sequentially(&file);
                     let rel = entry.rel.to_string_lossy();
-                    let before = stored.delta.clone();
+                    let (scanned_before, kept_before) =
+                        (stored.delta.pages_scanned, stored.delta.pages_stored);
                     let mut damaged = Vec::new();
                     bundle
                         .add_pages(&entry.rel, entry.mode, entry.size, |pages| {
@@ -534,6 +541,7 @@ async fn write_bundle(
                                 entry.size,
                                 base_size,
                                 since,
+                                &mut scan_buf,
                                 pages,
                                 &mut stored.delta,
                             )?;
@@ -543,8 +551,8 @@ async fn write_bundle(
                     stored.delta.paged_files += 1;
                     if check_pages_before.is_some() {
                         // Every page left out had an old LSN and a good checksum.
-                        let scanned = stored.delta.pages_scanned - before.pages_scanned;
-                        let kept = stored.delta.pages_stored - before.pages_stored;
+                        let scanned = stored.delta.pages_scanned - scanned_before;
+                        let kept = stored.delta.pages_stored - kept_before;
                         stored.pages.add(&rel, scanned - kept, damaged);
                     }
                     stored.files += 1;

@@ -86,8 +86,9 @@ const INDEX_VERSION: u8 = 1;
 const INDEX_END: u8 = 0;
 const INDEX_FILE: u8 = 1;
 const INDEX_DIR: u8 = 2;
-/// How much of a relation file is read at once.
-const READ_CHUNK: usize = 1 << 20;
+/// How much of a relation file is read at once: the length of the buffer
+/// [`scan_pages`] reads into.
+pub const READ_CHUNK: usize = 1 << 20;
 
 /// What tells a file from another one later created under the same path:
 /// its inode number and, where the file system records it, its birth time
@@ -439,9 +440,10 @@ pub struct Since {
 }
 
 /// Reads relation file `file` (`rel`, `size` bytes when listed; `base_size`
-/// in the base) and gives its changed pages to `sink`. Returns the blocks
-/// (of this file) whose checksum failed twice under an old LSN: damaged,
-/// stored as read and reported as a full backup reports them.
+/// in the base) through `buf` ([`READ_CHUNK`] bytes, reused from file to
+/// file) and gives its changed pages to `sink`. Returns the blocks (of this
+/// file) whose checksum failed twice under an old LSN: damaged, stored as
+/// read and reported as a full backup reports them.
 #[allow(clippy::too_many_arguments)]
 pub fn scan_pages<W: BundleOut>(
     file: &std::fs::File,
@@ -449,15 +451,15 @@ pub fn scan_pages<W: BundleOut>(
     size: u64,
     base_size: u64,
     since: Since,
+    buf: &mut [u8],
     sink: &mut PageSink<'_, W>,
     report: &mut DeltaReport,
 ) -> std::io::Result<Vec<u64>> {
     let first_block = main_fork_segment(rel).unwrap_or(0) * PAGES_PER_SEGMENT;
-    let mut buf = vec![0u8; READ_CHUNK];
     let mut damaged = Vec::new();
     let mut offset = 0u64;
     while offset < size {
-        let want = (size - offset).min(READ_CHUNK as u64) as usize;
+        let want = (size - offset).min(buf.len() as u64) as usize;
         let got = read_at_most(file, &mut buf[..want], offset)?;
         // A file truncated while it is read: the rest is stored as zeros
         // (new pages), and WAL replay truncates it again.

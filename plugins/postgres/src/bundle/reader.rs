@@ -185,7 +185,7 @@ fn walk(input: &mut impl Read, lay: Option<Lay<'_>>, origin: &str) -> Result<Bun
                 file.set_len(size).map_err(|e| io_err(target, e))?;
             }
             let mut hasher = FileHasher::for_kind(KIND_FILE_XXH3).expect("a file kind");
-            let mut page = vec![0u8; PAGE];
+            let page = &mut buf[..PAGE];
             let mut last: Option<u32> = None;
             loop {
                 let mut block = [0u8; 4];
@@ -204,13 +204,13 @@ fn walk(input: &mut impl Read, lay: Option<Lay<'_>>, origin: &str) -> Result<Bun
                 }
                 last = Some(number);
                 input
-                    .read_exact(&mut page)
+                    .read_exact(page)
                     .map_err(|_| corrupt(&format!("the pages of {shown} are truncated")))?;
                 hasher.update(&block);
-                hasher.update(&page);
+                hasher.update(page);
                 if let Some((file, target)) = &file {
                     use std::os::unix::fs::FileExt;
-                    file.write_all_at(&page, offset)
+                    file.write_all_at(page, offset)
                         .map_err(|e| io_err(target, e))?;
                 }
                 summary.bytes += PAGE as u64;

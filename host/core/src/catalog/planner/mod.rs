@@ -314,6 +314,19 @@ pub struct Timeline {
     pub gaps: Vec<Gap>,
 }
 
+/// The data backups among `records` whose chain reaches a full: each diff
+/// or incr applies on a backup [`ChainRules::applies_on`] accepts, down to
+/// a full. The others can be neither restored nor built on.
+pub fn complete_chains(
+    records: &[BackupRecord],
+    rules: &dyn ChainRules,
+) -> std::collections::HashSet<BackupId> {
+    resolve_data_chains(records, rules)
+        .into_keys()
+        .map(|i| records[i].id.clone())
+        .collect()
+}
+
 /// The restorable windows and the gaps of `records` (the backups of one
 /// database) under `rules`.
 pub fn timeline(records: &[BackupRecord], rules: &dyn ChainRules) -> Timeline {
