@@ -233,7 +233,12 @@ impl VersionStore {
     /// Deletes a committed version: its manifest first (it stops existing
     /// at once), then its data, then its marker.
     pub async fn delete(&self, manifest: &Manifest) -> Result<()> {
-        self.vault.delete_backup(manifest).await?;
+        self.vault
+            .delete_backup(
+                manifest,
+                "SAP HANA asked to delete it (hdbbackint -f delete)",
+            )
+            .await?;
         if let Some(meta) = ObjectMeta::of(manifest) {
             self.delete_marker(&manifest.instance, &meta.name, manifest.id.as_str())
                 .await?;

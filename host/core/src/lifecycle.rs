@@ -36,15 +36,17 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 
 use crate::catalog::index::CatalogIndex;
 use crate::catalog::manifest::{BackupId, BackupKind, Manifest};
 use crate::catalog::planner::{self, RestorePlan, RestoreTarget, Timeline};
+use crate::catalog::retention::{self, Retention, RetentionPlan};
 use crate::error::{Error, Result};
 use crate::plugin::{
     ArchiveStore, BackupOutcome, BackupRequest, BackupSink, Chain, DatabaseRef, EnginePlugin,
-    PartFeed, PartStream, Progress, RestoreOutcome, RestoreRequest, StreamDigest,
+    ExpiredLog, PartFeed, PartStream, Progress, RestoreOutcome, RestoreRequest, StreamDigest,
 };
 use crate::vault::archive::VaultArchive;
 use crate::vault::reader::{ReaderConfig, VaultRestoreSource, VerifyReport, verify_backup_with};
@@ -378,6 +380,93 @@ impl Host {
         .await
     }
 
+    /// Applies `retention` to `database` at `now` (calendar periods in
+    /// `zone`): the backups no rule keeps are deleted, newest first, each
+    /// through a tombstone ([`Vault::delete_backup`]), then the archived log
+    /// no kept backup needs ([`EnginePlugin::expired_log`]), oldest first.
+    /// Deletions an earlier pass left unfinished are finished first. With
+    /// `dry_run` nothing is deleted and the report says what would be.
+    ///
+    /// An engine that keeps its own backup catalog
+    /// ([`Capabilities::engine_plans_restore`](crate::plugin::Capabilities::engine_plans_restore),
+    /// SAP HANA) is left alone: deleting behind its back would leave its
+    /// catalog naming backups that are gone, so it expires its backups
+    /// itself (through `hdbbackint delete`), and the report says so.
+    pub async fn expire(
+        &self,
+        plugin: &dyn EnginePlugin,
+        database: &DatabaseRef,
+        policy: &Retention,
+        now: DateTime<Utc>,
+        zone: chrono_tz::Tz,
+        dry_run: bool,
+    ) -> Result<ExpiryReport> {
+        let mut report = ExpiryReport {
+            database: describe_database(plugin, database),
+            dry_run,
+            ..ExpiryReport::default()
+        };
+        if plugin.capabilities().engine_plans_restore {
+            report.left_to_engine = Some(format!(
+                "{} keeps its own backup catalog and deletes its backups itself; set its retention there",
+                plugin.engine()
+            ));
+            return Ok(report);
+        }
+        if !dry_run {
+            report.finished_earlier = self.vault.finish_deletions().await?;
+        }
+        let (chain, manifests) = self.chain(plugin, database).await?;
+        report.plan = retention::plan(&manifests, chain.rules.as_ref(), policy, now, zone);
+        let kept: Vec<Manifest> = manifests
+            .iter()
+            .filter(|m| report.plan.keeps(&m.id))
+            .cloned()
+            .collect();
+        let anchor = report
+            .plan
+            .anchor
+            .as_ref()
+            .and_then(|id| manifests.iter().find(|m| &m.id == id));
+        let archive = self.archive(plugin);
+        report.log = plugin
+            .expired_log(database, &kept, anchor, archive.clone())
+            .await?;
+        if dry_run {
+            return Ok(report);
+        }
+        let index = self
+            .index
+            .as_ref()
+            .and_then(|path| CatalogIndex::open(path).ok());
+        for expired in &report.plan.expire {
+            let Some(manifest) = manifests.iter().find(|m| m.id == expired.id) else {
+                continue;
+            };
+            let reason = format!("retention: {}", expired.reason);
+            self.vault.delete_backup(manifest, &reason).await.map_err(|e| {
+                e.context(format!(
+                    "deleting expired backup {}; what was deleted so far is consistent, and the next pass goes on",
+                    expired.id
+                ))
+            })?;
+            if let Some(index) = &index
+                && let Err(err) = index.forget(&self.vault.meta().vault_id, &expired.id)
+            {
+                tracing::warn!(backup = %expired.id, error = %err, "the backup is deleted but the local index still lists it; `strata catalog rebuild` fixes that");
+            }
+            report.deleted_backups += 1;
+            report.freed_bytes += expired.stored_bytes;
+            tracing::info!(backup = %expired.id, kind = %expired.kind, reason = %expired.reason, "expired");
+        }
+        for log in &report.log {
+            archive.delete(&log.key).await?;
+            report.deleted_log += 1;
+            report.freed_bytes += log.stored_bytes;
+        }
+        Ok(report)
+    }
+
     /// The base of a new `kind` backup of `database`: among the newest full
     /// (differential) or the newest data backup whose chain of bases
     /// reaches a full (incremental), the one the plugin accepts
@@ -418,6 +507,30 @@ impl Host {
             .ok_or_else(none)?;
         Ok(candidates.swap_remove(chosen))
     }
+}
+
+/// What [`Host::expire`] did (or, in a dry run, would do) to one database.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct ExpiryReport {
+    /// The database, as messages name it.
+    pub database: String,
+    /// Whether nothing was deleted.
+    pub dry_run: bool,
+    /// Why retention left the database to its engine, when it did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub left_to_engine: Option<String>,
+    /// The backups kept and expired, with the reasons.
+    pub plan: RetentionPlan,
+    /// The archived log objects no kept backup needs.
+    pub log: Vec<ExpiredLog>,
+    /// Backups deleted.
+    pub deleted_backups: usize,
+    /// Archived log objects deleted.
+    pub deleted_log: usize,
+    /// Bytes freed in the vault (stored sizes).
+    pub freed_bytes: u64,
+    /// Deletions an interrupted earlier pass left, finished now.
+    pub finished_earlier: Vec<BackupId>,
 }
 
 fn describe_database(plugin: &dyn EnginePlugin, database: &DatabaseRef) -> String {

@@ -635,6 +635,18 @@ pub struct ArchiveObject {
     pub attributes: Attributes,
 }
 
+/// An archived log object that retention deletes
+/// ([`EnginePlugin::expired_log`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ExpiredLog {
+    /// Its key in the instance's archive.
+    pub key: String,
+    /// Bytes stored in the vault.
+    pub stored_bytes: u64,
+    /// Why no kept backup needs it.
+    pub reason: String,
+}
+
 /// Small create-only objects of one engine instance, kept in the vault:
 /// PostgreSQL WAL segments and history files, Backint name markers.
 /// Implemented by the host; stored compressed, encrypted when the vault is,
@@ -735,6 +747,25 @@ pub trait EnginePlugin: Send + Sync {
     ) -> Result<Chain> {
         let _ = (database, archive);
         Ok(Chain::of_manifests(backups))
+    }
+
+    /// The archived log objects (keys of `archive`) that no kept backup of
+    /// `database` needs any more, with the reason for each, for retention
+    /// ([`crate::catalog::retention`]). `kept` are the backups retention
+    /// keeps (oldest first); `anchor` is the one point-in-time restores of
+    /// the log window replay from, when the policy keeps a window: log from
+    /// its start onwards stays. Everything an engine returns here is
+    /// deleted. The default: nothing (engines whose log backups are
+    /// manifests leave them to retention's own rules).
+    async fn expired_log(
+        &self,
+        database: &DatabaseRef,
+        kept: &[Manifest],
+        anchor: Option<&Manifest>,
+        archive: Arc<dyn ArchiveStore>,
+    ) -> Result<Vec<ExpiredLog>> {
+        let _ = (database, kept, anchor, archive);
+        Ok(Vec::new())
     }
 
     /// Restores the planned backups from `source` to the requested destination.

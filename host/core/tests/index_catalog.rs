@@ -238,7 +238,7 @@ async fn rebuild_reproduces_the_vault_and_drops_deleted_backups() {
     );
 
     // Deleting a backup from the vault and rebuilding drops its row.
-    vault.delete_backup(&committed[1]).await.unwrap();
+    vault.delete_backup(&committed[1], "test").await.unwrap();
     drop(index);
     let index = CatalogIndex::open(&path).unwrap();
     let report = index.rebuild(&vault).await.unwrap();

@@ -315,7 +315,7 @@ async fn a_new_backup_builds_only_on_a_chain_that_reaches_a_full() {
     // newest that still reaches the full is the differential.
     let listed = host.backups(&toy, &whole()).await.unwrap();
     let gone = listed.iter().find(|m| m.id.as_str() == first_id).unwrap();
-    vault.delete_backup(gone).await.unwrap();
+    vault.delete_backup(gone, "test").await.unwrap();
     let next = backup(&host, &toy, BackupKind::Incr).await.unwrap();
     let next_base = base_of(next).unwrap();
     assert_eq!(next_base, diff_id, "never on a broken chain");

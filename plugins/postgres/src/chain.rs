@@ -79,7 +79,7 @@ use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
 use strata_core::catalog::manifest::{BackupId, BackupKind, Manifest, Position};
 use strata_core::catalog::planner::{BackupRecord, ChainRules, ForkOrigin};
-use strata_core::plugin::Chain;
+use strata_core::plugin::{ArchiveEntry, Chain, ExpiredLog};
 use strata_core::{Error, Result};
 
 use crate::backup::BackupMeta;
@@ -619,6 +619,119 @@ pub fn lsn_of(position: Position) -> Result<Lsn> {
         .map_err(|_| Error::config(format!("position {position} is not a PostgreSQL LSN")))
 }
 
+/// The archived WAL no kept backup needs, for retention
+/// ([`EnginePlugin::expired_log`](strata_core::plugin::EnginePlugin::expired_log)),
+/// following pgBackRest's archive expiry: `entries` is the archive listing
+/// (keys `wal/<system-id>/<TLI>/<file>`), `kept` the kept data backups,
+/// `from` the backup point-in-time restores replay from (the window's
+/// anchor, or the newest kept backup).
+///
+/// - Every segment (and `.partial`) of `from`'s system from `from`'s start
+///   segment on, on every timeline, stays: it is the point-in-time window
+///   and what carries the cluster past its newest backup.
+/// - Before that, a segment stays when it lies between a kept backup's
+///   start and stop segments on that backup's timeline: a backup is
+///   consistent only once that WAL is replayed.
+/// - History files and `.backup` files always stay: they are tiny, and a
+///   timeline's history is needed to follow forks.
+/// - The WAL of another system identifier (a cluster initialised again)
+///   stays while a kept backup is of that system; with none, it goes once
+///   its newest file is older than the oldest kept backup's start, so the
+///   first backup of a new cluster, still running, keeps its WAL.
+pub fn expired_wal(
+    kept: &[BackupMeta],
+    from: Option<&BackupMeta>,
+    entries: &[ArchiveEntry],
+) -> Vec<ExpiredLog> {
+    struct Need {
+        timeline: u32,
+        first: u64,
+        last: u64,
+    }
+    let mut needs: BTreeMap<u64, Vec<Need>> = BTreeMap::new();
+    for meta in kept {
+        let (Ok(start), Ok(stop)) = (meta.start_lsn.parse::<Lsn>(), meta.stop_lsn.parse::<Lsn>())
+        else {
+            continue;
+        };
+        needs.entry(meta.system_id()).or_default().push(Need {
+            timeline: meta.timeline,
+            first: segno_of(start, meta.wal_segment_size),
+            last: segno_of(stop, meta.wal_segment_size),
+        });
+    }
+    let window = from.and_then(|m| {
+        let start = m.start_lsn.parse::<Lsn>().ok()?;
+        Some((
+            m.system_id(),
+            segno_of(start, m.wal_segment_size),
+            m.wal_segment_size,
+        ))
+    });
+    let oldest_kept = kept.iter().map(|m| m.start_time).min();
+    // The newest file of each system, for systems without kept backups.
+    let mut newest_of: BTreeMap<u64, DateTime<Utc>> = BTreeMap::new();
+    let parse = |key: &str| -> Option<(u64, WalFileName)> {
+        let mut parts = key.split('/');
+        (parts.next()? == "wal").then_some(())?;
+        let system: u64 = parts.next()?.parse().ok()?;
+        let _timeline = parts.next()?;
+        let name = WalFileName::parse(parts.next()?).ok()?;
+        Some((system, name))
+    };
+    for entry in entries {
+        if let Some((system, _)) = parse(&entry.key) {
+            let newest = newest_of.entry(system).or_insert(entry.stored_at);
+            *newest = (*newest).max(entry.stored_at);
+        }
+    }
+    let mut out = Vec::new();
+    for entry in entries {
+        let Some((system, name)) = parse(&entry.key) else {
+            continue;
+        };
+        if !matches!(name.kind, WalFileKind::Segment | WalFileKind::Partial) {
+            continue;
+        }
+        let reason = match needs.get(&system) {
+            None => {
+                let abandoned = match (oldest_kept, newest_of.get(&system)) {
+                    (Some(oldest), Some(newest)) => *newest < oldest,
+                    _ => false,
+                };
+                if !abandoned {
+                    continue;
+                }
+                format!("WAL of system {system}, of which no backup is kept")
+            }
+            Some(needs) => {
+                let Some((from_system, from_segno, seg_size)) = window else {
+                    continue;
+                };
+                let segno = name.segno(seg_size);
+                if system == from_system && segno >= from_segno {
+                    continue;
+                }
+                let needed = needs
+                    .iter()
+                    .any(|n| n.timeline == name.timeline && (n.first..=n.last).contains(&segno));
+                if needed {
+                    continue;
+                }
+                "older than the point-in-time window and outside every kept backup's WAL range"
+                    .to_owned()
+            }
+        };
+        out.push(ExpiredLog {
+            key: entry.key.clone(),
+            stored_bytes: entry.stored_bytes,
+            reason,
+        });
+    }
+    out.sort_by(|a, b| a.key.cmp(&b.key));
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -695,6 +808,74 @@ mod tests {
 
     fn t(s: &str) -> DateTime<Utc> {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn retention_keeps_the_window_and_each_kept_backups_own_wal() {
+        // A weekly full kept (segments 2..3 on timeline 1), the window's
+        // anchor starting in segment 9; a failover to timeline 2 at 10.
+        let (_, weekly) = backup(1, 2, 3, "2026-11-01T02:00:00Z");
+        let (_, anchor) = backup(1, 9, 9, "2026-11-28T02:00:00Z");
+        let entry = |key: String, at: &str| ArchiveEntry {
+            key,
+            stored_bytes: 1000,
+            stored_at: t(at),
+        };
+        let mut entries = Vec::new();
+        for segno in 1..=12 {
+            let name = WalFileName::segment(1, segno, SEG);
+            entries.push(entry(
+                format!("wal/42/00000001/{name}"),
+                "2026-11-28T00:00:00Z",
+            ));
+        }
+        for segno in 10..=12 {
+            let name = WalFileName::segment(2, segno, SEG);
+            entries.push(entry(
+                format!("wal/42/00000002/{name}"),
+                "2026-11-28T00:00:00Z",
+            ));
+        }
+        entries.push(entry(
+            "wal/42/00000002/00000002.history".into(),
+            "2026-11-28T00:00:00Z",
+        ));
+        entries.push(entry(
+            "wal/42/00000001/000000010000000000000005.00000028.backup".into(),
+            "2026-11-28T00:00:00Z",
+        ));
+        // An earlier cluster (system 7) with no kept backup, and a new one
+        // (system 8) whose first backup is still running.
+        entries.push(entry(
+            "wal/7/00000001/000000010000000000000001".into(),
+            "2026-10-01T00:00:00Z",
+        ));
+        entries.push(entry(
+            "wal/8/00000001/000000010000000000000001".into(),
+            "2026-12-01T00:00:00Z",
+        ));
+        let expired = expired_wal(&[weekly.clone(), anchor.clone()], Some(&anchor), &entries);
+        let keys: Vec<&str> = expired.iter().map(|e| e.key.as_str()).collect();
+        let tl1 = |segno| format!("wal/42/00000001/{}", WalFileName::segment(1, segno, SEG));
+        let mut expected: Vec<String> = [1, 4, 5, 6, 7, 8].into_iter().map(tl1).collect();
+        expected.push("wal/7/00000001/000000010000000000000001".into());
+        expected.sort();
+        assert_eq!(keys, expected);
+        assert!(expired[0].reason.contains("outside every kept backup"));
+        // With the weekly full as the only kept backup, everything from its
+        // start stays.
+        let expired = expired_wal(&[weekly.clone()], Some(&weekly), &entries);
+        let keys: Vec<&str> = expired.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [tl1(1).as_str(), "wal/7/00000001/000000010000000000000001"]
+        );
+        // Without a starting point, no WAL of a kept system goes.
+        let expired = expired_wal(&[weekly.clone()], None, &entries);
+        assert!(
+            expired.iter().all(|e| e.key.starts_with("wal/7/")),
+            "{expired:?}"
+        );
     }
 
     fn catalog(

@@ -58,8 +58,8 @@ use strata_core::catalog::manifest::{BackupId, BackupKind, Manifest};
 use strata_core::catalog::planner::{RestorePlan, RestoreTarget};
 use strata_core::plugin::{
     ArchiveStore, BackupOutcome, BackupRequest, BackupSink, Capabilities, Chain, ContentCheck,
-    DatabaseRef, EnginePlugin, RestoreOutcome, RestoreRequest, RestoreSource, parse_options,
-    refuse_protected,
+    DatabaseRef, EnginePlugin, ExpiredLog, RestoreOutcome, RestoreRequest, RestoreSource,
+    parse_options, refuse_protected,
 };
 use strata_core::{Error, Result};
 
@@ -299,6 +299,26 @@ impl EnginePlugin for PostgresEngine {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .extend(catalog.runs_by_id());
         Ok(catalog.chain())
+    }
+
+    async fn expired_log(
+        &self,
+        _database: &DatabaseRef,
+        kept: &[Manifest],
+        anchor: Option<&Manifest>,
+        archive: Arc<dyn ArchiveStore>,
+    ) -> Result<Vec<ExpiredLog>> {
+        let kept: Vec<backup::BackupMeta> = kept
+            .iter()
+            .filter(|m| m.kind.is_data())
+            .map(backup::BackupMeta::from_manifest)
+            .collect::<Result<_>>()?;
+        let from = match anchor {
+            Some(anchor) => Some(backup::BackupMeta::from_manifest(anchor)?),
+            None => kept.iter().max_by_key(|m| m.stop_time).cloned(),
+        };
+        let entries = archive.list("wal").await?;
+        Ok(chain::expired_wal(&kept, from.as_ref(), &entries))
     }
 
     async fn restore(

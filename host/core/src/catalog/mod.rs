@@ -5,3 +5,4 @@
 pub mod index;
 pub mod manifest;
 pub mod planner;
+pub mod retention;

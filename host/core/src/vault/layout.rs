@@ -7,7 +7,19 @@
 //!                                                    segment objects of a backup's streams
 //!                                                    (both numbers zero-padded to five digits)
 //! engines/<engine>/<instance>/<key>                  archive objects of the instance
+//! deleted/<engine>/<instance>/<backup-id>.json       a backup being deleted (a tombstone)
 //! ```
+//!
+//! # Deleting a backup
+//!
+//! A deletion (retention, `hdbbackint delete`) first writes a tombstone
+//! under `deleted/`: `{"deleted_at": <RFC 3339 UTC>, "reason": <text>,
+//! "manifest": <the manifest>}`. Then the manifest goes (the backup stops
+//! existing at once), then its segments, and the tombstone last. A process
+//! killed anywhere in between leaves the tombstone, and the next deletion
+//! pass or `vault gc` finishes the job from it
+//! ([`Vault::finish_deletions`](super::Vault::finish_deletions)); a backup
+//! is never left half-visible, with a manifest but missing segments.
 //!
 //! Segment keys contain the backup id, which is unique per attempt, so no two
 //! writers ever upload to the same key; only manifests are shared names, and
@@ -66,6 +78,18 @@ pub const DATA: &str = "data";
 pub const ENGINES: &str = "engines";
 
 pub use crate::plugin::escape_key_component as escape_component;
+
+/// Prefix of the tombstones of backups being deleted.
+pub const DELETED: &str = "deleted";
+
+/// The tombstone key of a backup being deleted.
+pub fn tombstone_key(engine: &str, instance: &str, id: &BackupId) -> String {
+    format!(
+        "{DELETED}/{}/{}/{id}.json",
+        escape_component(engine),
+        escape_component(instance)
+    )
+}
 
 /// Joins a root and relative components into an object path.
 pub fn join(root: &Path, parts: &[&str]) -> Path {

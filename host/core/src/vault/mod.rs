@@ -623,21 +623,70 @@ impl Vault {
         self.read_manifests(layout::MANIFESTS).await
     }
 
-    /// Deletes a backup: its manifest first (so it stops existing at once),
-    /// then its segments.
-    pub async fn delete_backup(&self, manifest: &Manifest) -> Result<()> {
+    /// Deletes a backup for `reason`, safe against interruption: a
+    /// tombstone first, then the manifest (the backup stops existing at
+    /// once), its segments, and the tombstone last (see
+    /// [`layout`](layout#deleting-a-backup)). Deleting a backup that is
+    /// already gone succeeds.
+    pub async fn delete_backup(&self, manifest: &Manifest, reason: &str) -> Result<()> {
+        let tombstone = Tombstone {
+            deleted_at: Utc::now(),
+            reason: reason.to_owned(),
+            manifest: manifest.clone(),
+        };
+        let key = layout::tombstone_key(&manifest.engine, &manifest.instance, &manifest.id);
+        let body = serde_json::to_vec_pretty(&tombstone)?;
+        match self.put_create(&key, body).await {
+            Ok(()) => {}
+            Err(err) if err.kind() == ErrorKind::Conflict => {}
+            Err(err) => return Err(err),
+        }
+        self.finish_deletion(&key, manifest).await
+    }
+
+    /// Finishes every deletion an interrupted process left (its tombstone
+    /// still there); returns the backups finished.
+    pub async fn finish_deletions(&self) -> Result<Vec<BackupId>> {
+        let mut finished = Vec::new();
+        for key in self.list_keys(layout::DELETED).await? {
+            let bytes = self.get_bytes(&key).await?;
+            let tombstone: Tombstone = serde_json::from_slice(&bytes).map_err(|e| {
+                Error::integrity(format!("the tombstone {key} cannot be read: {e}")).hint(
+                    "it names a backup whose deletion was interrupted; look at it, and delete it by hand once the backup's data under data/ is gone",
+                )
+            })?;
+            self.finish_deletion(&key, &tombstone.manifest).await?;
+            finished.push(tombstone.manifest.id);
+        }
+        Ok(finished)
+    }
+
+    async fn finish_deletion(&self, tombstone: &str, manifest: &Manifest) -> Result<()> {
+        let gone = |result: std::result::Result<(), object_store::Error>| match result {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(Error::from(e)),
+        };
         let key = layout::manifest_key(&manifest.engine, &manifest.instance, &manifest.id);
-        self.store().delete(&self.path(&key)).await?;
+        gone(self.store().delete(&self.path(&key)).await)?;
         for stream in &manifest.streams {
             for segment in &stream.segments {
-                match self.store().delete(&self.path(&segment.key)).await {
-                    Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-                    Err(e) => return Err(e.into()),
-                }
+                gone(self.store().delete(&self.path(&segment.key)).await)?;
             }
         }
-        Ok(())
+        gone(self.store().delete(&self.path(tombstone)).await)
     }
+}
+
+/// What a tombstone holds: a backup being deleted (see
+/// [`layout`](layout#deleting-a-backup)).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Tombstone {
+    /// When the deletion started (UTC).
+    pub deleted_at: DateTime<Utc>,
+    /// Why the backup is deleted.
+    pub reason: String,
+    /// The backup's manifest.
+    pub manifest: Manifest,
 }
 
 pub use crate::plugin::Progress;
