@@ -207,7 +207,8 @@ pub fn plan(
     }
     // The newest point of each period (fulls only for the long-term
     // rules), the `count` newest periods that have one.
-    let rules: [(u32, bool, fn(NaiveDate) -> KeepReason); 4] = [
+    type PeriodRule = (u32, bool, fn(NaiveDate) -> KeepReason);
+    let rules: [PeriodRule; 4] = [
         (retention.daily, false, |day| KeepReason::Daily { day }),
         (retention.weekly, true, |day| {
             let week = day.iso_week();
