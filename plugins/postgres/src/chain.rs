@@ -864,14 +864,14 @@ mod tests {
         assert!(expired[0].reason.contains("outside every kept backup"));
         // With the weekly full as the only kept backup, everything from its
         // start stays.
-        let expired = expired_wal(&[weekly.clone()], Some(&weekly), &entries);
+        let expired = expired_wal(std::slice::from_ref(&weekly), Some(&weekly), &entries);
         let keys: Vec<&str> = expired.iter().map(|e| e.key.as_str()).collect();
         assert_eq!(
             keys,
             [tl1(1).as_str(), "wal/7/00000001/000000010000000000000001"]
         );
         // Without a starting point, no WAL of a kept system goes.
-        let expired = expired_wal(&[weekly.clone()], None, &entries);
+        let expired = expired_wal(std::slice::from_ref(&weekly), None, &entries);
         assert!(
             expired.iter().all(|e| e.key.starts_with("wal/7/")),
             "{expired:?}"
