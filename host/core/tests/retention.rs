@@ -152,7 +152,7 @@ fn a_simulated_year_keeps_exactly_the_points_the_policy_names() {
     let count = |f: &dyn Fn(&KeepReason) -> bool| {
         plan.keep
             .iter()
-            .filter(|k| k.reasons.iter().any(|r| f(r)))
+            .filter(|k| k.reasons.iter().any(f))
             .count()
     };
     assert_eq!(count(&|r| matches!(r, KeepReason::Weekly { .. })), 4);
