@@ -31,6 +31,8 @@ use strata_core::config::{CatalogConfig, WriterSettings};
 use strata_core::vault::VaultConfig;
 use strata_core::{Result, config};
 
+use crate::service::policy::{PolicyConfig, ProtectConfig, ServiceConfig};
+
 /// The default configuration file.
 pub const DEFAULT_CONFIG: &str = config::DEFAULT_PATH;
 
@@ -50,6 +52,15 @@ pub struct Config {
     /// PostgreSQL clusters by name (`[postgres.<name>]`, see `strata_postgres::config`).
     #[serde(default)]
     pub postgres: std::collections::BTreeMap<String, strata_postgres::ClusterConfig>,
+    /// The service (`strata serve`); see [`crate::service::policy`].
+    #[serde(default)]
+    pub service: ServiceConfig,
+    /// Protection policies by name (`[policy.<name>]`).
+    #[serde(default)]
+    pub policy: std::collections::BTreeMap<String, PolicyConfig>,
+    /// Protected items (`[[protect]]`).
+    #[serde(default)]
+    pub protect: Vec<ProtectConfig>,
 }
 
 impl Config {
@@ -64,7 +75,9 @@ impl Config {
     /// Parses configuration text; `origin` names it in errors, with the line
     /// and column of a mistake.
     pub fn parse(text: &str, origin: &str) -> Result<Config> {
-        config::parse(text, origin)
+        let config: Config = config::parse(text, origin)?;
+        crate::service::policy::validate(&config, text, origin)?;
+        Ok(config)
     }
 
     /// The catalog index path (configured, or the default for this user).

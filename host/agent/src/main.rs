@@ -14,6 +14,7 @@ mod listing;
 mod output;
 mod pg;
 mod progress;
+mod service;
 mod stream;
 mod vault_cmd;
 

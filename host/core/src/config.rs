@@ -417,24 +417,35 @@ pub fn parse<T: DeserializeOwned>(text: &str, origin: &str) -> Result<T> {
     toml::from_str(text).map_err(|e| {
         let message = e.message().trim().replace('\n', " ");
         match e.span() {
-            Some(span) => {
-                let (line, column) = line_and_column(text, span.start);
-                let unknown = message.starts_with("unknown field");
-                Error::config(format!(
-                    "the configuration {origin} is invalid at line {line}, column {column}: {message}"
-                ))
-                .hint(if unknown {
-                    format!(
-                        "fix line {line} of {origin}: correct the key's spelling or remove it"
-                    )
-                } else {
-                    format!("fix line {line} of {origin}")
-                })
-            }
+            Some(span) => located(
+                text,
+                origin,
+                span.start,
+                &message,
+                message
+                    .starts_with("unknown field")
+                    .then_some(": correct the key's spelling or remove it"),
+            ),
             None => Error::config(format!("the configuration {origin} is invalid: {message}"))
                 .hint(format!("fix {origin}")),
         }
     })
+}
+
+/// The configuration error for a mistake at byte `offset` of `text` (the
+/// configuration `origin`): its message names the line and column, and the
+/// hint says `fix line N of ORIGIN`. For checks made after parsing, with
+/// the offset from a [`toml::Spanned`] value.
+pub fn invalid_at(text: &str, origin: &str, offset: usize, message: &str) -> Error {
+    located(text, origin, offset, message, None)
+}
+
+fn located(text: &str, origin: &str, offset: usize, message: &str, advice: Option<&str>) -> Error {
+    let (line, column) = line_and_column(text, offset);
+    Error::config(format!(
+        "the configuration {origin} is invalid at line {line}, column {column}: {message}"
+    ))
+    .hint(format!("fix line {line} of {origin}{}", advice.unwrap_or("")))
 }
 
 /// The 1-based line and column (in characters) of byte `offset` of `text`.

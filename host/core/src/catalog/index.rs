@@ -31,6 +31,14 @@
 //!   exist for filtering.
 //! - `vaults(vault_id, synced_at, manifests)`: the vaults whose rows were
 //!   rebuilt from the vault itself, and when.
+//!
+//! Version 2 adds the service's job history, which (unlike the rest) is
+//! not in the vault: a rebuild keeps it, and a lost index loses it.
+//!
+//! - `jobs(id, engine, instance, database, kind, trigger, scheduled_for,
+//!   started_at, ended_at, result, backup_id, raw_bytes, stored_bytes,
+//!   error, hint)`: one row per job ([`JobRecord`]); times are RFC 3339
+//!   UTC, `result` is `running`, `succeeded`, `failed` or `cancelled`.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -74,6 +82,25 @@ const MIGRATIONS: &[&str] = &[
         synced_at TEXT NOT NULL,
         manifests INTEGER NOT NULL
     );",
+    // 2: job history.
+    "CREATE TABLE jobs (
+        id            INTEGER PRIMARY KEY AUTOINCREMENT,
+        engine        TEXT NOT NULL,
+        instance      TEXT NOT NULL,
+        database      TEXT,
+        kind          TEXT NOT NULL,
+        trigger       TEXT NOT NULL,
+        scheduled_for TEXT,
+        started_at    TEXT NOT NULL,
+        ended_at      TEXT,
+        result        TEXT NOT NULL,
+        backup_id     TEXT,
+        raw_bytes     INTEGER,
+        stored_bytes  INTEGER,
+        error         TEXT,
+        hint          TEXT
+    );
+    CREATE INDEX jobs_by_item ON jobs (engine, instance, database, kind, id);",
 ];
 
 /// The schema version this build writes and the newest it reads.
@@ -101,6 +128,42 @@ pub struct RebuildReport {
     pub added: usize,
     /// Rows dropped because their backup is no longer in the vault.
     pub removed: usize,
+}
+
+/// One job of the service (a backup, or retention), as its history keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct JobRecord {
+    /// The job's number in this index.
+    pub id: i64,
+    /// The engine.
+    pub engine: String,
+    /// The instance.
+    pub instance: String,
+    /// The database, for engines with several.
+    pub database: Option<String>,
+    /// `full`, `diff`, `incr`, `log` or `expire`.
+    pub kind: String,
+    /// What started it: `schedule`, `initial`, `chain-broken`, `retry`,
+    /// `manual`.
+    pub trigger: String,
+    /// The schedule slot it runs for (UTC), when a schedule started it.
+    pub scheduled_for: Option<chrono::DateTime<Utc>>,
+    /// When it started (UTC).
+    pub started_at: chrono::DateTime<Utc>,
+    /// When it ended (UTC); `None` while it runs.
+    pub ended_at: Option<chrono::DateTime<Utc>>,
+    /// `running`, `succeeded`, `failed` or `cancelled`.
+    pub result: String,
+    /// The backup it committed.
+    pub backup_id: Option<String>,
+    /// Raw bytes backed up.
+    pub raw_bytes: Option<u64>,
+    /// Bytes stored in the vault.
+    pub stored_bytes: Option<u64>,
+    /// The error, when it failed.
+    pub error: Option<String>,
+    /// What to do about the error.
+    pub hint: Option<String>,
 }
 
 /// The local catalog index. Cheap to share between threads (`Send + Sync`);
@@ -280,6 +343,140 @@ impl CatalogIndex {
     fn parse(&self, id: &str, json: &str) -> Result<Manifest> {
         Manifest::from_json(json.as_bytes(), &format!("{id} in {}", self.origin))
             .map_err(|e| e.hint(REBUILD_HINT))
+    }
+}
+
+const JOB_COLUMNS: &str = "id, engine, instance, database, kind, trigger, scheduled_for, started_at, ended_at, result, backup_id, raw_bytes, stored_bytes, error, hint";
+
+fn job_of_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<JobRecord> {
+    let time = |i: usize| -> rusqlite::Result<Option<chrono::DateTime<Utc>>> {
+        let text: Option<String> = row.get(i)?;
+        Ok(text.and_then(|t| chrono::DateTime::parse_from_rfc3339(&t).ok().map(|t| t.to_utc())))
+    };
+    let bytes = |i: usize| -> rusqlite::Result<Option<u64>> {
+        Ok(row.get::<_, Option<i64>>(i)?.map(|b| b.max(0) as u64))
+    };
+    Ok(JobRecord {
+        id: row.get(0)?,
+        engine: row.get(1)?,
+        instance: row.get(2)?,
+        database: row.get(3)?,
+        kind: row.get(4)?,
+        trigger: row.get(5)?,
+        scheduled_for: time(6)?,
+        started_at: time(7)?.unwrap_or_default(),
+        ended_at: time(8)?,
+        result: row.get(9)?,
+        backup_id: row.get(10)?,
+        raw_bytes: bytes(11)?,
+        stored_bytes: bytes(12)?,
+        error: row.get(13)?,
+        hint: row.get(14)?,
+    })
+}
+
+impl CatalogIndex {
+    /// Records a job that starts now; returns it with its number.
+    pub fn start_job(&self, mut job: JobRecord) -> Result<JobRecord> {
+        let conn = self.conn();
+        conn.execute(
+            "INSERT INTO jobs (engine, instance, database, kind, trigger, scheduled_for, started_at, result)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'running')",
+            params![
+                job.engine,
+                job.instance,
+                job.database,
+                job.kind,
+                job.trigger,
+                job.scheduled_for.map(|t| t.to_rfc3339()),
+                job.started_at.to_rfc3339(),
+            ],
+        )
+        .map_err(|e| index_error(&self.origin, "recording a job in", e))?;
+        job.id = conn.last_insert_rowid();
+        job.result = "running".into();
+        Ok(job)
+    }
+
+    /// Records how job `job.id` ended.
+    pub fn finish_job(&self, job: &JobRecord) -> Result<()> {
+        let conn = self.conn();
+        conn.execute(
+            "UPDATE jobs SET ended_at = ?2, result = ?3, backup_id = ?4, raw_bytes = ?5,
+             stored_bytes = ?6, error = ?7, hint = ?8 WHERE id = ?1",
+            params![
+                job.id,
+                job.ended_at.map(|t| t.to_rfc3339()),
+                job.result,
+                job.backup_id,
+                job.raw_bytes.map(|b| b as i64),
+                job.stored_bytes.map(|b| b as i64),
+                job.error,
+                job.hint,
+            ],
+        )
+        .map_err(|e| index_error(&self.origin, "recording a job in", e))?;
+        Ok(())
+    }
+
+    /// The newest `limit` jobs, newest first, of `engine`/`instance` when given.
+    pub fn jobs(
+        &self,
+        engine: Option<&str>,
+        instance: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<JobRecord>> {
+        let conn = self.conn();
+        let mut statement = conn
+            .prepare_cached(&format!(
+                "SELECT {JOB_COLUMNS} FROM jobs
+                 WHERE (?1 IS NULL OR engine = ?1) AND (?2 IS NULL OR instance = ?2)
+                 ORDER BY id DESC LIMIT ?3"
+            ))
+            .map_err(|e| index_error(&self.origin, "reading", e))?;
+        let rows = statement
+            .query_map(params![engine, instance, limit as i64], job_of_row)
+            .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+            .map_err(|e| index_error(&self.origin, "reading", e))?;
+        Ok(rows)
+    }
+
+    /// The newest job of `kind` for one database that a schedule started
+    /// (its `scheduled_for` set), whatever its result.
+    pub fn last_scheduled_job(
+        &self,
+        engine: &str,
+        instance: &str,
+        database: Option<&str>,
+        kind: &str,
+    ) -> Result<Option<JobRecord>> {
+        let conn = self.conn();
+        conn.query_row(
+            &format!(
+                "SELECT {JOB_COLUMNS} FROM jobs
+                 WHERE engine = ?1 AND instance = ?2 AND database IS ?3 AND kind = ?4
+                   AND scheduled_for IS NOT NULL
+                 ORDER BY scheduled_for DESC, id DESC LIMIT 1"
+            ),
+            params![engine, instance, database, kind],
+            job_of_row,
+        )
+        .optional()
+        .map_err(|e| index_error(&self.origin, "reading", e))
+    }
+
+    /// Marks jobs left `running` by a process that is gone as failed
+    /// (called by the service at start).
+    pub fn fail_abandoned_jobs(&self, now: chrono::DateTime<Utc>) -> Result<usize> {
+        let conn = self.conn();
+        conn.execute(
+            "UPDATE jobs SET result = 'failed', ended_at = ?1,
+             error = 'the service stopped while the job ran; nothing was committed',
+             hint = 'the next scheduled run takes it again'
+             WHERE result = 'running'",
+            params![now.to_rfc3339()],
+        )
+        .map_err(|e| index_error(&self.origin, "recording a job in", e))
     }
 }
 

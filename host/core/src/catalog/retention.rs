@@ -25,6 +25,11 @@
 //! 5. **Bases**: every kept diff or incr keeps the backups its chain applies
 //!    on, down to the full ([`ChainRules::applies_on`]), whatever their age.
 //!
+//! A backup's calendar time is the schedule slot it was taken for (the
+//! manifest label [`SCHEDULED_FOR_LABEL`], which the service sets), else
+//! when it ended: Sunday's 02:00 full is Sunday's weekly point even when it
+//! ends on Monday.
+//!
 //! Everything else expires. A data backup whose chain does not reach a full
 //! (its base is gone) is not a recovery point and expires too.
 //!
@@ -45,6 +50,19 @@ use serde::{Deserialize, Serialize};
 
 use crate::catalog::manifest::{BackupId, BackupKind, Manifest};
 use crate::catalog::planner::{self, BackupRecord, ChainRules};
+
+/// The manifest label holding the schedule slot (RFC 3339, UTC) a backup
+/// was taken for.
+pub const SCHEDULED_FOR_LABEL: &str = "strata.scheduled_for";
+
+/// A backup's calendar time for retention: its schedule slot, else its end.
+pub fn point_time(manifest: &Manifest) -> DateTime<Utc> {
+    manifest
+        .labels
+        .get(SCHEDULED_FOR_LABEL)
+        .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+        .map_or(manifest.ended_at, |t| t.to_utc())
+}
 
 /// How long a policy keeps recovery points. Every count is a number of
 /// calendar periods that hold a backup, newest first; `0` turns a rule off.
@@ -188,7 +206,7 @@ pub fn plan(
     zone: Tz,
 ) -> RetentionPlan {
     let mut sorted: Vec<&Manifest> = manifests.iter().collect();
-    sorted.sort_by(|a, b| (a.ended_at, &a.id).cmp(&(b.ended_at, &b.id)));
+    sorted.sort_by(|a, b| (point_time(a), &a.id).cmp(&(point_time(b), &b.id)));
     let records: Vec<BackupRecord> = sorted.iter().map(|m| BackupRecord::from(*m)).collect();
     let complete = planner::complete_chains(&records, rules);
     // Recovery points, oldest first.
@@ -232,7 +250,7 @@ pub fn plan(
             .filter(|m| !fulls_only || m.kind == BackupKind::Full)
         {
             newest.insert(
-                period_of(m.ended_at.with_timezone(&zone).date_naive()),
+                period_of(point_time(m).with_timezone(&zone).date_naive()),
                 &m.id,
             );
         }
@@ -249,7 +267,7 @@ pub fn plan(
         let chosen = points
             .iter()
             .rev()
-            .find(|m| m.ended_at <= start)
+            .find(|m| point_time(m) <= start)
             .or(points.first());
         if let Some(m) = chosen {
             keep(&m.id, KeepReason::PointInTimeAnchor);

@@ -1,0 +1,5 @@
+//! The service (`strata serve`): protection policies, the scheduler, jobs,
+//! retention, and what an operator sees of them (`status`, `jobs`).
+
+pub mod policy;
+pub mod schedule;
