@@ -85,6 +85,17 @@ enum Command {
     /// SAP HANA: check the Backint settings.
     #[command(subcommand)]
     Hana(hana::HanaCommand),
+    /// Run the service: scheduled backups, retention (see [[protect]] and [policy.*] in the config).
+    Serve(service::commands::ServeArgs),
+    /// Apply retention now: delete the backups and archived log no retained point needs.
+    Prune(service::commands::PruneArgs),
+    /// Each protected database: its newest backups, RPO against its target, next run, health.
+    Status(service::commands::StatusArgs),
+    /// The service's job history, newest first.
+    Jobs(service::commands::JobsArgs),
+    /// Check the configuration.
+    #[command(subcommand)]
+    Config(service::commands::ConfigCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -123,7 +134,7 @@ fn exit_code(kind: ErrorKind) -> u8 {
     }
 }
 
-fn init_logging(verbose: u8) {
+fn init_logging(verbose: u8, json_by_config: bool) {
     let default = match verbose {
         0 => "warn",
         1 => "info",
@@ -131,7 +142,10 @@ fn init_logging(verbose: u8) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("STRATA_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let json = std::env::var("STRATA_LOG_FORMAT").is_ok_and(|f| f == "json");
+    let json = match std::env::var("STRATA_LOG_FORMAT") {
+        Ok(format) => format == "json",
+        Err(_) => json_by_config,
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -202,6 +216,13 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Restore(RestoreCommand::Hana(args)) => hana::restore(args, &ctx).await,
         Command::Backup(BackupCommand::Pg(args)) => pg::backup(args, &ctx).await,
         Command::Restore(RestoreCommand::Pg(args)) => pg::restore_cmd(args, &ctx).await,
+        Command::Serve(args) => service::commands::serve(args, &ctx).await,
+        Command::Prune(args) => service::commands::prune(args, &ctx).await,
+        Command::Status(args) => service::commands::status(args, &ctx).await,
+        Command::Jobs(args) => service::commands::jobs(args, &ctx).await,
+        Command::Config(service::commands::ConfigCommand::Check) => {
+            service::commands::config_check(&ctx).await
+        }
     }
 }
 
@@ -279,7 +300,13 @@ fn main() -> ExitCode {
     return_large_buffers_to_the_system();
     quiet_on_closed_stdout();
     let cli = Cli::parse();
-    init_logging(cli.verbose);
+    // The log format is the configuration's ([service] log_format) unless
+    // STRATA_LOG_FORMAT says otherwise; a configuration that cannot be read
+    // is reported by the command itself.
+    let json_logs = config_path(&cli)
+        .and_then(|path| Config::load(&path).ok())
+        .is_some_and(|c| c.service.log_format == service::policy::LogFormat::Json);
+    init_logging(cli.verbose, json_logs);
     let json = cli.json;
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -3,3 +3,5 @@
 
 pub mod policy;
 pub mod schedule;
+pub mod commands;
+pub mod run;

@@ -3,8 +3,6 @@
 //!
 //! ```toml
 //! [service]
-//! socket = "/run/strata/strata.sock"   # the control socket (mode 0660)
-//! socket_group = "strata"               # its group: who may use `strata status`, `jobs`, ...
 //! metrics = "127.0.0.1:9187"            # Prometheus metrics (loopback only); absent: none
 //! concurrency = 2                       # jobs at once on this host
 //! retry_delay = "1m"                    # first retry of a retryable failure; doubles each time
@@ -37,7 +35,6 @@
 //! its line ([`validate`]).
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -56,13 +53,6 @@ pub const MIN_LOG_INTERVAL: Duration = Duration::from_secs(60);
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceConfig {
-    /// The control socket.
-    #[serde(default = "default_socket")]
-    pub socket: PathBuf,
-    /// The group that owns the socket (mode 0660); the service's own group
-    /// when absent.
-    #[serde(default)]
-    pub socket_group: Option<String>,
     /// Where Prometheus metrics are served (a loopback address).
     #[serde(default)]
     pub metrics: Option<SocketAddr>,
@@ -84,8 +74,6 @@ pub struct ServiceConfig {
 impl Default for ServiceConfig {
     fn default() -> Self {
         ServiceConfig {
-            socket: default_socket(),
-            socket_group: None,
             metrics: None,
             concurrency: default_concurrency(),
             retry_delay: default_retry_delay(),
@@ -93,10 +81,6 @@ impl Default for ServiceConfig {
             log_format: LogFormat::default(),
         }
     }
-}
-
-fn default_socket() -> PathBuf {
-    PathBuf::from("/run/strata/strata.sock")
 }
 
 fn default_concurrency() -> usize {

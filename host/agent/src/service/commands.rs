@@ -1,0 +1,466 @@
+//! The service's commands: `serve`, `prune`, `status`, `jobs`, `config check`.
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use clap::{Args, Subcommand};
+use strata_core::catalog::manifest::BackupKind;
+use strata_core::catalog::retention::point_time;
+use strata_core::{Error, Result};
+
+use super::run::{self, IDLE_PASS, PassReport};
+use super::schedule;
+use crate::context::Context;
+use crate::output::{Table, human_bytes, print_json};
+
+/// `strata serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Run what is due now (backups, then retention) and exit: for cron-style
+    /// use and tests. Exits 1 when a job failed.
+    #[arg(long)]
+    pub once: bool,
+    /// Evaluate schedules and retention as if it were this time (RFC 3339);
+    /// for drills and tests with compressed time.
+    #[arg(long, hide = true, value_name = "TIME")]
+    pub now: Option<DateTime<Utc>>,
+}
+
+/// `strata prune`.
+#[derive(Debug, Args)]
+pub struct PruneArgs {
+    /// Show what would be deleted and why; delete nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Apply retention as if it were this time (RFC 3339).
+    #[arg(long, hide = true, value_name = "TIME")]
+    pub now: Option<DateTime<Utc>>,
+}
+
+/// `strata jobs`.
+#[derive(Debug, Args)]
+pub struct JobsArgs {
+    /// How many jobs, newest first.
+    #[arg(long, default_value_t = 20)]
+    pub limit: usize,
+}
+
+/// `strata status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Evaluate RPO and next runs as if it were this time (RFC 3339).
+    #[arg(long, hide = true, value_name = "TIME")]
+    pub now: Option<DateTime<Utc>>,
+}
+
+/// `strata config ...`.
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Validate the configuration without starting anything, and print the
+    /// next run of every schedule.
+    Check,
+}
+
+fn time(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+/// `strata serve [--once]`.
+pub async fn serve(args: ServeArgs, ctx: &Context) -> Result<()> {
+    if ctx.config.protect.is_empty() {
+        return Err(Error::config("nothing is protected: the configuration has no [[protect]] item")
+            .hint("add a [policy.<name>] and a [[protect]] item (engine, instance, policy); `strata config check` validates them"));
+    }
+    let host = ctx.host().await?;
+    let index = ctx.index().ok();
+    if let Some(index) = &index
+        && let Ok(n) = index.fail_abandoned_jobs(Utc::now())
+        && n > 0
+    {
+        tracing::warn!(jobs = n, "jobs left running by a service that stopped were marked failed");
+    }
+    let cancel = crate::context::cancel_on_interrupt();
+    if args.once {
+        let now = args.now.unwrap_or_else(Utc::now);
+        let report = run::pass(ctx, &host, index.as_ref(), now, cancel).await?;
+        print_pass(&report, ctx)?;
+        let failed = report.jobs.iter().filter(|j| j.result != "succeeded").count();
+        if failed > 0 {
+            return Err(Error::engine(format!(
+                "{failed} of {} jobs failed",
+                report.jobs.len()
+            ))
+            .hint("`strata jobs` shows each error and what to do"));
+        }
+        return Ok(());
+    }
+    let terminate = terminate_signal();
+    loop {
+        let now = Utc::now();
+        let report = run::pass(ctx, &host, index.as_ref(), now, cancel.clone()).await?;
+        tracing::info!(jobs = report.jobs.len(), "pass done");
+        tokio::select! {
+            _ = tokio::time::sleep(IDLE_PASS) => {}
+            _ = cancel.cancelled() => break,
+            _ = terminate.cancelled() => break,
+        }
+    }
+    Ok(())
+}
+
+/// A token cancelled on SIGTERM.
+fn terminate_signal() -> tokio_util::sync::CancellationToken {
+    let token = tokio_util::sync::CancellationToken::new();
+    let cancel = token.clone();
+    tokio::spawn(async move {
+        if let Ok(mut term) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
+            term.recv().await;
+            cancel.cancel();
+        }
+    });
+    token
+}
+
+fn print_pass(report: &PassReport, ctx: &Context) -> Result<()> {
+    if ctx.json {
+        return print_json(report);
+    }
+    if ctx.quiet {
+        return Ok(());
+    }
+    if report.jobs.is_empty() {
+        println!("nothing was due");
+        return Ok(());
+    }
+    print_jobs(&report.jobs);
+    Ok(())
+}
+
+fn print_jobs(jobs: &[strata_core::catalog::index::JobRecord]) {
+    let mut table = Table::new(&[
+        "JOB", "DATABASE", "KIND", "TRIGGER", "STARTED", "RESULT", "BACKUP", "STORED",
+    ]);
+    let mut errors = Vec::new();
+    for job in jobs {
+        let database = match &job.database {
+            Some(db) => format!("{}/{}/{db}", job.engine, job.instance),
+            None => format!("{}/{}", job.engine, job.instance),
+        };
+        table.row(vec![
+            job.id.to_string(),
+            database,
+            job.kind.clone(),
+            job.trigger.clone(),
+            time(job.started_at),
+            job.result.clone(),
+            job.backup_id.clone().unwrap_or_else(|| "-".into()),
+            job.stored_bytes.map_or("-".into(), human_bytes),
+        ]);
+        if let Some(error) = &job.error {
+            errors.push((job.id, error.clone(), job.hint.clone()));
+        }
+    }
+    print!("{}", table.render());
+    for (id, error, hint) in errors {
+        println!("job {id}: {error}");
+        if let Some(hint) = hint {
+            println!("  hint: {hint}");
+        }
+    }
+}
+
+/// `strata prune [--dry-run]`.
+pub async fn prune(args: PruneArgs, ctx: &Context) -> Result<()> {
+    if ctx.config.protect.is_empty() {
+        return Err(Error::config("nothing is protected: the configuration has no [[protect]] item")
+            .hint("retention comes from the policy of each [[protect]] item"));
+    }
+    let host = ctx.host().await?;
+    let now = args.now.unwrap_or_else(Utc::now);
+    let mut reports = Vec::new();
+    for item in run::discover(ctx).await? {
+        let Some(retention) = &item.policy.retention else {
+            if !ctx.json && !ctx.quiet {
+                println!(
+                    "{}: policy `{}` has no [retention]; nothing expires",
+                    item.name(),
+                    item.policy_name
+                );
+            }
+            continue;
+        };
+        let report = host
+            .expire(
+                item.plugin.as_ref(),
+                &item.database,
+                retention,
+                now,
+                item.policy.time_zone.0,
+                args.dry_run,
+            )
+            .await?;
+        if !ctx.json && !ctx.quiet {
+            print_expiry(&report);
+        }
+        reports.push(report);
+    }
+    if ctx.json {
+        print_json(&reports)?;
+    }
+    Ok(())
+}
+
+fn print_expiry(report: &strata_core::lifecycle::ExpiryReport) {
+    if let Some(why) = &report.left_to_engine {
+        println!("{}: left alone: {why}", report.database);
+        return;
+    }
+    let verb = if report.dry_run {
+        "would delete"
+    } else {
+        "deleted"
+    };
+    let log_bytes: u64 = report.log.iter().map(|l| l.stored_bytes).sum();
+    let backup_bytes: u64 = report.plan.expire.iter().map(|e| e.stored_bytes).sum();
+    println!(
+        "{}: keeps {} backups; {verb} {} backups ({}) and {} archived log files ({})",
+        report.database,
+        report.plan.keep.len(),
+        report.plan.expire.len(),
+        human_bytes(backup_bytes),
+        report.log.len(),
+        human_bytes(log_bytes),
+    );
+    for id in &report.finished_earlier {
+        println!("  finished the interrupted deletion of {id}");
+    }
+    for expired in &report.plan.expire {
+        println!(
+            "  {verb} {} {} ({}): {}",
+            expired.kind,
+            expired.id,
+            time(expired.ended_at),
+            expired.reason
+        );
+    }
+    for kept in &report.plan.keep {
+        let why: Vec<String> = kept.reasons.iter().map(ToString::to_string).collect();
+        println!("  keeps {} {}: {}", kept.kind, kept.id, why.join("; "));
+    }
+}
+
+/// `strata jobs`.
+pub async fn jobs(args: JobsArgs, ctx: &Context) -> Result<()> {
+    let jobs = ctx.index()?.jobs(None, None, args.limit)?;
+    if ctx.json {
+        return print_json(&jobs);
+    }
+    if jobs.is_empty() {
+        println!("no jobs have run (the service records its jobs in {})", ctx.index_path().display());
+        return Ok(());
+    }
+    print_jobs(&jobs);
+    Ok(())
+}
+
+/// One protected database's state, as `status` shows it.
+#[derive(Debug, serde::Serialize)]
+pub struct DatabaseStatus {
+    /// `engine/instance[/database]`.
+    pub database: String,
+    /// The policy's name.
+    pub policy: String,
+    /// The newest full, differential and incremental (id and time).
+    pub last: std::collections::BTreeMap<String, (String, DateTime<Utc>)>,
+    /// The newest restorable point (UTC).
+    pub latest_point: Option<DateTime<Utc>>,
+    /// Seconds from the newest restorable point to now.
+    pub rpo_seconds: Option<i64>,
+    /// The policy's RPO target, in seconds.
+    pub rpo_target_seconds: Option<u64>,
+    /// The next scheduled backup: kind and time (UTC).
+    pub next: Option<(BackupKind, DateTime<Utc>)>,
+    /// `ok`, `rpo-exceeded`, `last-job-failed`, `no-backup` or `error`.
+    pub health: String,
+    /// What is wrong, when something is.
+    pub problem: Option<String>,
+}
+
+/// `strata status`.
+pub async fn status(args: StatusArgs, ctx: &Context) -> Result<()> {
+    let host = ctx.host().await?;
+    let index = ctx.index().ok();
+    let now = args.now.unwrap_or_else(Utc::now);
+    let mut rows = Vec::new();
+    for item in run::discover(ctx).await? {
+        let mut status = DatabaseStatus {
+            database: item.name(),
+            policy: item.policy_name.clone(),
+            last: Default::default(),
+            latest_point: None,
+            rpo_seconds: None,
+            rpo_target_seconds: item.policy.rpo.map(|r| r.0.as_secs()),
+            next: schedule::next_runs(&item.policy, now).into_iter().next(),
+            health: "ok".into(),
+            problem: None,
+        };
+        let backups = host.backups(item.plugin.as_ref(), &item.database).await?;
+        for m in &backups {
+            status
+                .last
+                .insert(m.kind.as_str().into(), (m.id.to_string(), point_time(m)));
+        }
+        match host.timeline(item.plugin.as_ref(), &item.database).await {
+            Ok(timeline) => {
+                status.latest_point = timeline.windows.iter().map(|w| w.to_time).max();
+            }
+            Err(err) => {
+                status.health = "error".into();
+                status.problem = Some(err.to_string());
+            }
+        }
+        status.rpo_seconds = status.latest_point.map(|p| (now - p).num_seconds().max(0));
+        let failed = index.as_ref().and_then(|index| {
+            let jobs = index
+                .jobs(Some(item.plugin.engine()), Some(item.plugin.instance()), 1)
+                .ok()?;
+            jobs.into_iter().next().filter(|j| j.result == "failed")
+        });
+        if backups.is_empty() {
+            status.health = "no-backup".into();
+            status.problem = Some("no backup has been taken yet".into());
+        } else if let Some(job) = failed {
+            status.health = "last-job-failed".into();
+            status.problem = Some(format!(
+                "job {} ({} {}) failed: {}",
+                job.id,
+                job.kind,
+                job.trigger,
+                job.error.unwrap_or_default()
+            ));
+        } else if let (Some(rpo), Some(target)) = (status.rpo_seconds, status.rpo_target_seconds)
+            && rpo > target as i64
+        {
+            status.health = "rpo-exceeded".into();
+            status.problem = Some(format!(
+                "the newest restorable point is {} old, over the {} target",
+                humantime::format_duration(std::time::Duration::from_secs(rpo as u64)),
+                humantime::format_duration(std::time::Duration::from_secs(target))
+            ));
+        }
+        rows.push(status);
+    }
+    if ctx.json {
+        return print_json(&rows);
+    }
+    let mut table = Table::new(&[
+        "DATABASE", "POLICY", "LAST FULL", "LAST DIFF", "LATEST POINT", "RPO", "TARGET", "NEXT",
+        "HEALTH",
+    ]);
+    let last = |s: &DatabaseStatus, kind: &str| {
+        s.last
+            .get(kind)
+            .map_or("-".into(), |(_, at)| time(*at))
+    };
+    for s in &rows {
+        table.row(vec![
+            s.database.clone(),
+            s.policy.clone(),
+            last(s, "full"),
+            last(s, "diff"),
+            s.latest_point.map_or("-".into(), time),
+            s.rpo_seconds.map_or("-".into(), |r| {
+                humantime::format_duration(std::time::Duration::from_secs(r as u64)).to_string()
+            }),
+            s.rpo_target_seconds.map_or("-".into(), |r| {
+                humantime::format_duration(std::time::Duration::from_secs(r)).to_string()
+            }),
+            s.next
+                .map_or("-".into(), |(kind, at)| format!("{kind} {}", time(at))),
+            s.health.clone(),
+        ]);
+    }
+    print!("{}", table.render());
+    for s in &rows {
+        if let Some(problem) = &s.problem {
+            println!("{}: {problem}", s.database);
+        }
+    }
+    Ok(())
+}
+
+/// `strata config check`: the configuration was read and validated when
+/// the command started; this prints what it schedules.
+pub async fn config_check(ctx: &Context) -> Result<()> {
+    let origin = ctx
+        .config_path
+        .as_ref()
+        .map_or("the built-in defaults".to_owned(), |p| p.display().to_string());
+    let now = Utc::now();
+    let mut items = Vec::new();
+    for item in &ctx.config.protect {
+        let policy = &ctx.config.policy[item.policy.get_ref()];
+        let next: Vec<serde_json::Value> = schedule::next_runs(policy, now)
+            .into_iter()
+            .map(|(kind, at)| {
+                let expression = policy.schedule(kind).map(|s| s.expression.clone());
+                serde_json::json!({
+                    "kind": kind,
+                    "schedule": expression,
+                    "description": policy.schedule(kind).map(|s| s.describe()),
+                    "next": at,
+                    "next_local": at.with_timezone(&policy.time_zone.0).to_rfc3339(),
+                })
+            })
+            .collect();
+        items.push(serde_json::json!({
+            "engine": crate::engines::engine_name(item.engine.get_ref())?,
+            "instance": item.instance.get_ref(),
+            "databases": if item.all_databases() { vec!["*".to_owned()] } else { item.databases.clone() },
+            "policy": item.policy.get_ref(),
+            "time_zone": policy.time_zone.0.name(),
+            "schedules": next,
+            "log_interval": policy.log_interval.as_ref().map(|i| i.get_ref().to_string()),
+            "rpo": policy.rpo.map(|r| r.to_string()),
+            "retention": policy.retention,
+        }));
+    }
+    if ctx.json {
+        return print_json(&serde_json::json!({ "config": origin, "valid": true, "protected": items }));
+    }
+    println!("{origin}: valid");
+    if items.is_empty() {
+        println!("nothing is protected (no [[protect]] item): `strata serve` would have nothing to do");
+    }
+    for item in &items {
+        println!(
+            "{}/{} under policy `{}` ({}):",
+            item["engine"].as_str().unwrap_or_default(),
+            item["instance"].as_str().unwrap_or_default(),
+            item["policy"].as_str().unwrap_or_default(),
+            item["time_zone"].as_str().unwrap_or_default()
+        );
+        for schedule in item["schedules"].as_array().into_iter().flatten() {
+            println!(
+                "  {:<5} \"{}\" ({}): next at {} ({})",
+                schedule["kind"].as_str().unwrap_or_default(),
+                schedule["schedule"].as_str().unwrap_or_default(),
+                schedule["description"].as_str().unwrap_or_default(),
+                schedule["next_local"].as_str().unwrap_or_default(),
+                schedule["next"].as_str().unwrap_or_default(),
+            );
+        }
+        match item["retention"].as_object() {
+            Some(r) => println!(
+                "  retention: {}",
+                r.iter()
+                    .filter(|(_, v)| v.as_u64().is_some_and(|n| n > 0))
+                    .map(|(k, v)| format!("{k} {v}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            None => println!("  retention: none (nothing expires)"),
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,331 @@
+//! One pass of the service: discover the protected databases, run what is
+//! due (at most [`ServiceConfig::concurrency`] jobs at once, one per
+//! database), retry what can succeed on a retry, turn a broken chain into a
+//! full, then apply retention. `strata serve --once` is one pass; `strata
+//! serve` repeats them.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use strata_core::catalog::index::{CatalogIndex, JobRecord};
+use strata_core::catalog::manifest::{BackupKind, Manifest};
+use strata_core::catalog::retention::{SCHEDULED_FOR_LABEL, point_time};
+use strata_core::lifecycle::{BackupResult, ExpiryReport, Host};
+use strata_core::plugin::{BackupRequest, DatabaseRef, EnginePlugin};
+use strata_core::{Error, ErrorKind, Result};
+use tokio_util::sync::CancellationToken;
+
+use super::policy::{PolicyConfig, ProtectConfig, ServiceConfig};
+use super::schedule::{self, Due, LastRuns, Trigger};
+use crate::context::Context;
+
+/// A protected database, with its plugin and policy.
+pub struct Protected {
+    /// The plugin of its instance.
+    pub plugin: Arc<dyn EnginePlugin>,
+    /// The database.
+    pub database: DatabaseRef,
+    /// The policy's name.
+    pub policy_name: String,
+    /// The policy.
+    pub policy: PolicyConfig,
+}
+
+impl Protected {
+    /// How messages and tables name it.
+    pub fn name(&self) -> String {
+        match &self.database.database {
+            Some(db) => format!("{}/{}/{db}", self.plugin.engine(), self.plugin.instance()),
+            None => format!("{}/{}", self.plugin.engine(), self.plugin.instance()),
+        }
+    }
+}
+
+/// Every protected database of the configuration: each `[[protect]]`
+/// item's databases as its engine reports them now (new databases included),
+/// filtered by its `databases` list.
+pub async fn discover(ctx: &Context) -> Result<Vec<Protected>> {
+    let mut out = Vec::new();
+    for item in &ctx.config.protect {
+        let plugin: Arc<dyn EnginePlugin> =
+            crate::engines::plugin(ctx, item.engine.get_ref(), item.instance.get_ref())?.into();
+        let policy = ctx.config.policy[item.policy.get_ref()].clone();
+        for database in plugin.discover().await? {
+            if wanted(item, &database) {
+                out.push(Protected {
+                    plugin: plugin.clone(),
+                    database,
+                    policy_name: item.policy.get_ref().clone(),
+                    policy: policy.clone(),
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn wanted(item: &ProtectConfig, database: &DatabaseRef) -> bool {
+    item.all_databases()
+        || database
+            .database
+            .as_ref()
+            .is_some_and(|db| item.databases.contains(db))
+}
+
+/// When each kind last ran for `protected` (see [`schedule`]): its newest
+/// committed backups' schedule slots or ends, and the last slots its jobs
+/// ran for.
+pub fn last_runs(
+    protected: &Protected,
+    backups: &[Manifest],
+    index: Option<&CatalogIndex>,
+) -> LastRuns {
+    let newest = |kind: BackupKind| backups.iter().filter(|m| m.kind == kind).map(point_time).max();
+    let job = |kind: BackupKind| {
+        index
+            .and_then(|index| {
+                index
+                    .last_scheduled_job(
+                        protected.plugin.engine(),
+                        protected.plugin.instance(),
+                        protected.database.database.as_deref(),
+                        kind.as_str(),
+                    )
+                    .ok()
+                    .flatten()
+            })
+            .and_then(|job| job.scheduled_for)
+    };
+    let last = |kind| newest(kind).max(job(kind));
+    LastRuns {
+        full: last(BackupKind::Full),
+        diff: last(BackupKind::Diff),
+        incr: last(BackupKind::Incr),
+        has_full: backups.iter().any(|m| m.kind == BackupKind::Full),
+    }
+}
+
+/// What one pass did.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct PassReport {
+    /// The jobs that ran, in the order they ended.
+    pub jobs: Vec<JobRecord>,
+    /// Retention, per database with a retention policy.
+    pub expiries: Vec<ExpiryReport>,
+}
+
+/// Runs one pass at `now` (see the module docs).
+pub async fn pass(
+    ctx: &Context,
+    host: &Host,
+    index: Option<&CatalogIndex>,
+    now: DateTime<Utc>,
+    cancel: CancellationToken,
+) -> Result<PassReport> {
+    let service = &ctx.config.service;
+    let protected = discover(ctx).await?;
+    let mut due = Vec::new();
+    for item in &protected {
+        let backups = host.backups(item.plugin.as_ref(), &item.database).await?;
+        if let Some(job) = schedule::due(&item.policy, &last_runs(item, &backups, index), now) {
+            due.push((item, job));
+        }
+    }
+    let mut report = PassReport::default();
+    let runs = futures::stream::iter(due.into_iter().map(|(item, job)| {
+        run_job(host, index, service, item, job, now, cancel.clone())
+    }))
+    .buffer_unordered(service.concurrency.max(1));
+    futures::pin_mut!(runs);
+    while let Some(jobs) = runs.next().await {
+        report.jobs.extend(jobs);
+    }
+    if cancel.is_cancelled() {
+        return Ok(report);
+    }
+    for item in &protected {
+        let Some(retention) = &item.policy.retention else {
+            continue;
+        };
+        let expiry = host
+            .expire(
+                item.plugin.as_ref(),
+                &item.database,
+                retention,
+                now,
+                item.policy.time_zone.0,
+                false,
+            )
+            .await;
+        let mut job = new_job(item, "expire", "schedule", None, now);
+        job = start(index, job);
+        match expiry {
+            Ok(expiry) => {
+                job.result = "succeeded".into();
+                job.stored_bytes = Some(expiry.freed_bytes);
+                report.expiries.push(expiry);
+            }
+            Err(err) => fail(&mut job, &err),
+        }
+        finish(index, &mut job);
+        report.jobs.push(job);
+    }
+    Ok(report)
+}
+
+fn new_job(
+    item: &Protected,
+    kind: &str,
+    trigger: &str,
+    slot: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+) -> JobRecord {
+    JobRecord {
+        id: 0,
+        engine: item.plugin.engine().into(),
+        instance: item.plugin.instance().into(),
+        database: item.database.database.clone(),
+        kind: kind.into(),
+        trigger: trigger.into(),
+        scheduled_for: slot,
+        started_at: now,
+        ended_at: None,
+        result: "running".into(),
+        backup_id: None,
+        raw_bytes: None,
+        stored_bytes: None,
+        error: None,
+        hint: None,
+    }
+}
+
+/// Records a job's start in the index (a failure there is logged: history
+/// is not worth a backup).
+fn start(index: Option<&CatalogIndex>, job: JobRecord) -> JobRecord {
+    match index.map(|index| index.start_job(job.clone())) {
+        Some(Ok(job)) => job,
+        Some(Err(err)) => {
+            tracing::warn!(error = %err, "the job history could not be written");
+            job
+        }
+        None => job,
+    }
+}
+
+fn finish(index: Option<&CatalogIndex>, job: &mut JobRecord) {
+    job.ended_at = Some(Utc::now().max(job.started_at));
+    match job.result.as_str() {
+        "succeeded" => tracing::info!(
+            job = job.id, engine = %job.engine, instance = %job.instance, kind = %job.kind,
+            trigger = %job.trigger, backup = job.backup_id.as_deref().unwrap_or(""), "job succeeded"
+        ),
+        _ => tracing::error!(
+            job = job.id, engine = %job.engine, instance = %job.instance, kind = %job.kind,
+            trigger = %job.trigger, error = job.error.as_deref().unwrap_or(""),
+            hint = job.hint.as_deref().unwrap_or(""), "job {}", job.result
+        ),
+    }
+    if let Some(index) = index
+        && job.id > 0
+        && let Err(err) = index.finish_job(job)
+    {
+        tracing::warn!(error = %err, "the job history could not be written");
+    }
+}
+
+fn fail(job: &mut JobRecord, err: &Error) {
+    job.result = if err.kind() == ErrorKind::Cancelled {
+        "cancelled"
+    } else {
+        "failed"
+    }
+    .into();
+    job.error = Some(err.to_string());
+    job.hint = err.hint_text().map(str::to_owned);
+}
+
+/// Runs one due backup with its retries, and the full that replaces a
+/// differential or incremental whose chain is broken. Returns the jobs, as
+/// history records them.
+async fn run_job(
+    host: &Host,
+    index: Option<&CatalogIndex>,
+    service: &ServiceConfig,
+    item: &Protected,
+    due: Due,
+    now: DateTime<Utc>,
+    cancel: CancellationToken,
+) -> Vec<JobRecord> {
+    let mut jobs = Vec::new();
+    let mut next = Some(due);
+    while let Some(due) = next.take() {
+        let label_time = due.slot.filter(|_| due.trigger == Trigger::Schedule).unwrap_or(now);
+        let mut job = start(
+            index,
+            new_job(item, due.kind.as_str(), due.trigger.as_str(), Some(label_time), now),
+        );
+        if let Trigger::ChainBroken(why) = &due.trigger {
+            tracing::warn!(database = %item.name(), reason = %why, "the chain is broken; a full backup runs now");
+        }
+        let mut attempt = 0;
+        let outcome = loop {
+            let mut request = BackupRequest::new(item.database.clone(), due.kind);
+            request
+                .labels
+                .insert(SCHEDULED_FOR_LABEL.into(), label_time.to_rfc3339());
+            request
+                .labels
+                .insert("strata.trigger".into(), due.trigger.as_str().into());
+            let result = host
+                .backup(item.plugin.as_ref(), request, None, cancel.clone())
+                .await;
+            match result {
+                Err(err) if err.is_retryable() && attempt < service.retries => {
+                    let wait = service.retry_delay.0 * 2u32.saturating_pow(attempt);
+                    attempt += 1;
+                    tracing::warn!(database = %item.name(), kind = %due.kind, error = %err, attempt, "retryable failure; retrying in {}", humantime::format_duration(wait));
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = cancel.cancelled() => break Err(err),
+                    }
+                }
+                other => break other,
+            }
+        };
+        match outcome {
+            Ok(BackupResult::Committed(manifest)) => {
+                job.result = "succeeded".into();
+                job.backup_id = Some(manifest.id.to_string());
+                job.raw_bytes = Some(manifest.raw_size());
+                job.stored_bytes = Some(manifest.stored_size());
+            }
+            Ok(BackupResult::Delegated(_)) => job.result = "succeeded".into(),
+            Err(err) => {
+                fail(&mut job, &err);
+                if matches!(due.kind, BackupKind::Diff | BackupKind::Incr)
+                    && err.kind() == ErrorKind::NotFound
+                {
+                    next = Some(Due {
+                        kind: BackupKind::Full,
+                        trigger: Trigger::ChainBroken(err.to_string()),
+                        slot: due.slot,
+                    });
+                }
+            }
+        }
+        if attempt > 0 {
+            job.hint = Some(match job.hint.take() {
+                Some(hint) => format!("{hint}; {attempt} retries were made"),
+                None => format!("{attempt} retries were made"),
+            });
+        }
+        finish(index, &mut job);
+        jobs.push(job);
+    }
+    jobs
+}
+
+/// How long the service sleeps between passes when nothing is due sooner.
+pub const IDLE_PASS: Duration = Duration::from_secs(60);
