@@ -157,6 +157,69 @@ mod tests {
     }
 
     #[test]
+    fn service_mistakes_name_their_line() {
+        let base = "[vault]\nurl = \"file:///v\"\n[postgres.main]\nconnection = \"host=/tmp\"\ndata_directory = \"/srv/pg\"\n";
+        let cases = [
+            (
+                "[policy.p]\nfull = \"0 2 * * SUNDAY\"\n",
+                7,
+                "is not a cron expression",
+            ),
+            (
+                "[policy.p]\ntime_zone = \"Europe/Berlim\"\n",
+                7,
+                "is not an IANA time zone",
+            ),
+            (
+                "[policy.p]\nfull = \"0 2 * * SUN\"\nlog_interval = \"30s\"\n",
+                8,
+                "shorter than the minimum of 1 minute",
+            ),
+            (
+                "[policy.p]\nfull = \"0 2 * * SUN\"\n[[protect]]\nengine = \"postgres\"\ninstance = \"main\"\npolicy = \"weekly\"\n",
+                11,
+                "there is no policy `weekly` (policies: p)",
+            ),
+            (
+                "[policy.p]\nfull = \"0 2 * * SUN\"\n[[protect]]\nengine = \"postgres\"\ninstance = \"other\"\npolicy = \"p\"\n",
+                10,
+                "there is no [postgres.other] section",
+            ),
+            (
+                "[policy.p]\nfull = \"0 2 * * SUN\"\n[[protect]]\nengine = \"mysql\"\ninstance = \"main\"\npolicy = \"p\"\n",
+                9,
+                "there is no engine `mysql`",
+            ),
+            (
+                "[policy.p]\nretention = { daily = -1 }\n",
+                7,
+                "invalid value",
+            ),
+        ];
+        for (extra, line, message) in cases {
+            let err = Config::parse(&format!("{base}{extra}"), "s.toml").unwrap_err();
+            assert_eq!(err.kind(), strata_core::ErrorKind::Config);
+            assert!(
+                err.to_string()
+                    .contains(&format!("s.toml is invalid at line {line},")),
+                "{extra}: {err}"
+            );
+            assert!(err.to_string().contains(message), "{extra}: {err}");
+            assert_eq!(
+                err.hint_text(),
+                Some(format!("fix line {line} of s.toml").as_str())
+            );
+        }
+        // A policy with a differential but no full names the fix.
+        let err = Config::parse(
+            &format!("{base}[policy.p]\ndiff = \"0 2 * * *\"\n"),
+            "s.toml",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("no full"), "{err}");
+    }
+
+    #[test]
     fn a_missing_file_says_how_to_do_without() {
         let err = Config::load(Path::new("/nonexistent/strata.toml")).unwrap_err();
         assert!(

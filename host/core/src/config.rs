@@ -445,7 +445,10 @@ fn located(text: &str, origin: &str, offset: usize, message: &str, advice: Optio
     Error::config(format!(
         "the configuration {origin} is invalid at line {line}, column {column}: {message}"
     ))
-    .hint(format!("fix line {line} of {origin}{}", advice.unwrap_or("")))
+    .hint(format!(
+        "fix line {line} of {origin}{}",
+        advice.unwrap_or("")
+    ))
 }
 
 /// The 1-based line and column (in characters) of byte `offset` of `text`.

@@ -320,3 +320,122 @@ async fn a_new_backup_builds_only_on_a_chain_that_reaches_a_full() {
     let next_base = base_of(next).unwrap();
     assert_eq!(next_base, diff_id, "never on a broken chain");
 }
+
+/// Retention through the lifecycle: an expiry killed after it removed a
+/// manifest but before the segments leaves a tombstone, and the next pass
+/// finishes it; every kept backup still restores.
+#[tokio::test]
+async fn an_interrupted_expiry_is_finished_by_the_next_pass_and_keeps_what_it_keeps() {
+    use strata_core::catalog::retention::Retention;
+    let vault = vault("contract-expiry").await;
+    let host = Host::new(vault.clone());
+    let toy = Toy {
+        layered: true,
+        ..Toy::default()
+    };
+    toy.insert("a", Utc::now());
+    let old = id_of(&backup(&host, &toy, BackupKind::Full).await.unwrap());
+    toy.insert("b", Utc::now());
+    let old_diff = id_of(&backup(&host, &toy, BackupKind::Diff).await.unwrap());
+    toy.insert("c", Utc::now());
+    let full = id_of(&backup(&host, &toy, BackupKind::Full).await.unwrap());
+    toy.insert("d", Utc::now());
+    let diff = id_of(&backup(&host, &toy, BackupKind::Diff).await.unwrap());
+    // Keep one day's point: the newest differential, and its full.
+    let policy = Retention {
+        daily: 1,
+        ..Retention::default()
+    };
+    let dry = host
+        .expire(
+            &toy,
+            &whole(),
+            &policy,
+            Utc::now(),
+            chrono_tz::Tz::UTC,
+            true,
+        )
+        .await
+        .unwrap();
+    let expired: Vec<&str> = dry.plan.expire.iter().map(|e| e.id.as_str()).collect();
+    assert_eq!(expired, [old_diff.as_str(), old.as_str()], "newest first");
+    assert_eq!(
+        host.backups(&toy, &whole()).await.unwrap().len(),
+        4,
+        "a dry run deletes nothing"
+    );
+
+    // A crash in the middle of deleting the old differential: its tombstone
+    // is written and its manifest gone, its segments still there.
+    let listed = host.backups(&toy, &whole()).await.unwrap();
+    let victim = listed
+        .iter()
+        .find(|m| m.id.as_str() == old_diff)
+        .unwrap()
+        .clone();
+    let tombstone = format!("deleted/toy/one/{old_diff}.json");
+    vault
+        .put_create(
+            &tombstone,
+            serde_json::to_vec(&serde_json::json!({
+                "deleted_at": Utc::now(), "reason": "retention", "manifest": victim,
+            }))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    let manifest_key = format!("manifests/toy/one/{old_diff}.json");
+    object_store::ObjectStoreExt::delete(vault.store().as_ref(), &vault.path(&manifest_key))
+        .await
+        .unwrap();
+    let segment = victim.streams[0].segments[0].key.clone();
+    assert!(vault.get_bytes(&segment).await.is_ok());
+
+    let report = host
+        .expire(
+            &toy,
+            &whole(),
+            &policy,
+            Utc::now(),
+            chrono_tz::Tz::UTC,
+            false,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        report
+            .finished_earlier
+            .iter()
+            .map(|i| i.as_str())
+            .collect::<Vec<_>>(),
+        [old_diff.as_str()]
+    );
+    assert_eq!(report.deleted_backups, 1, "the old full");
+    assert!(
+        vault.get_bytes(&segment).await.is_err(),
+        "the segments are gone"
+    );
+    assert!(
+        vault.list_keys("deleted").await.unwrap().is_empty(),
+        "no tombstone left"
+    );
+    let left: Vec<String> = host
+        .backups(&toy, &whole())
+        .await
+        .unwrap()
+        .iter()
+        .map(|m| m.id.to_string())
+        .collect();
+    assert_eq!(left, [full, diff]);
+    // The kept differential restores every row.
+    host.restore(
+        &toy,
+        whole(),
+        RestoreTarget::Latest,
+        serde_json::Value::Null,
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(*toy.restored.lock().unwrap(), ["a", "b", "c", "d"]);
+}

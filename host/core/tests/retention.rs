@@ -150,10 +150,7 @@ fn a_simulated_year_keeps_exactly_the_points_the_policy_names() {
     // Weekly: 4 ISO weeks (the current one included), monthly 12, yearly 2,
     // each the newest full of its period.
     let count = |f: &dyn Fn(&KeepReason) -> bool| {
-        plan.keep
-            .iter()
-            .filter(|k| k.reasons.iter().any(f))
-            .count()
+        plan.keep.iter().filter(|k| k.reasons.iter().any(f)).count()
     };
     assert_eq!(count(&|r| matches!(r, KeepReason::Weekly { .. })), 4);
     assert_eq!(count(&|r| matches!(r, KeepReason::Monthly { .. })), 12);

@@ -75,20 +75,26 @@ pub async fn serve(args: ServeArgs, ctx: &Context) -> Result<()> {
         && let Ok(n) = index.fail_abandoned_jobs(Utc::now())
         && n > 0
     {
-        tracing::warn!(jobs = n, "jobs left running by a service that stopped were marked failed");
+        tracing::warn!(
+            jobs = n,
+            "jobs left running by a service that stopped were marked failed"
+        );
     }
     let cancel = crate::context::cancel_on_interrupt();
     if args.once {
         let now = args.now.unwrap_or_else(Utc::now);
         let report = run::pass(ctx, &host, index.as_ref(), now, cancel).await?;
         print_pass(&report, ctx)?;
-        let failed = report.jobs.iter().filter(|j| j.result != "succeeded").count();
+        let failed = report
+            .jobs
+            .iter()
+            .filter(|j| j.result != "succeeded")
+            .count();
         if failed > 0 {
-            return Err(Error::engine(format!(
-                "{failed} of {} jobs failed",
-                report.jobs.len()
-            ))
-            .hint("`strata jobs` shows each error and what to do"));
+            return Err(
+                Error::engine(format!("{failed} of {} jobs failed", report.jobs.len()))
+                    .hint("`strata jobs` shows each error and what to do"),
+            );
         }
         return Ok(());
     }
@@ -172,8 +178,10 @@ fn print_jobs(jobs: &[strata_core::catalog::index::JobRecord]) {
 /// `strata prune [--dry-run]`.
 pub async fn prune(args: PruneArgs, ctx: &Context) -> Result<()> {
     if ctx.config.protect.is_empty() {
-        return Err(Error::config("nothing is protected: the configuration has no [[protect]] item")
-            .hint("retention comes from the policy of each [[protect]] item"));
+        return Err(Error::config(
+            "nothing is protected: the configuration has no [[protect]] item",
+        )
+        .hint("retention comes from the policy of each [[protect]] item"));
     }
     let host = ctx.host().await?;
     let now = args.now.unwrap_or_else(Utc::now);
@@ -256,7 +264,10 @@ pub async fn jobs(args: JobsArgs, ctx: &Context) -> Result<()> {
         return print_json(&jobs);
     }
     if jobs.is_empty() {
-        println!("no jobs have run (the service records its jobs in {})", ctx.index_path().display());
+        println!(
+            "no jobs have run (the service records its jobs in {})",
+            ctx.index_path().display()
+        );
         return Ok(());
     }
     print_jobs(&jobs);
@@ -354,14 +365,18 @@ pub async fn status(args: StatusArgs, ctx: &Context) -> Result<()> {
         return print_json(&rows);
     }
     let mut table = Table::new(&[
-        "DATABASE", "POLICY", "LAST FULL", "LAST DIFF", "LATEST POINT", "RPO", "TARGET", "NEXT",
+        "DATABASE",
+        "POLICY",
+        "LAST FULL",
+        "LAST DIFF",
+        "LATEST POINT",
+        "RPO",
+        "TARGET",
+        "NEXT",
         "HEALTH",
     ]);
-    let last = |s: &DatabaseStatus, kind: &str| {
-        s.last
-            .get(kind)
-            .map_or("-".into(), |(_, at)| time(*at))
-    };
+    let last =
+        |s: &DatabaseStatus, kind: &str| s.last.get(kind).map_or("-".into(), |(_, at)| time(*at));
     for s in &rows {
         table.row(vec![
             s.database.clone(),
@@ -395,7 +410,9 @@ pub async fn config_check(ctx: &Context) -> Result<()> {
     let origin = ctx
         .config_path
         .as_ref()
-        .map_or("the built-in defaults".to_owned(), |p| p.display().to_string());
+        .map_or("the built-in defaults".to_owned(), |p| {
+            p.display().to_string()
+        });
     let now = Utc::now();
     let mut items = Vec::new();
     for item in &ctx.config.protect {
@@ -426,11 +443,15 @@ pub async fn config_check(ctx: &Context) -> Result<()> {
         }));
     }
     if ctx.json {
-        return print_json(&serde_json::json!({ "config": origin, "valid": true, "protected": items }));
+        return print_json(
+            &serde_json::json!({ "config": origin, "valid": true, "protected": items }),
+        );
     }
     println!("{origin}: valid");
     if items.is_empty() {
-        println!("nothing is protected (no [[protect]] item): `strata serve` would have nothing to do");
+        println!(
+            "nothing is protected (no [[protect]] item): `strata serve` would have nothing to do"
+        );
     }
     for item in &items {
         println!(

@@ -1,7 +1,7 @@
 //! The service (`strata serve`): protection policies, the scheduler, jobs,
 //! retention, and what an operator sees of them (`status`, `jobs`).
 
-pub mod policy;
-pub mod schedule;
 pub mod commands;
+pub mod policy;
 pub mod run;
+pub mod schedule;

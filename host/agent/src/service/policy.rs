@@ -204,8 +204,8 @@ impl FromStr for Schedule {
     type Err = String;
     fn from_str(text: &str) -> std::result::Result<Self, String> {
         let cron = croner::Cron::from_str(text).map_err(|e| {
-                format!("`{text}` is not a cron expression ({e}); write e.g. \"0 2 * * SUN\"")
-            })?;
+            format!("`{text}` is not a cron expression ({e}); write e.g. \"0 2 * * SUN\"")
+        })?;
         Ok(Schedule {
             expression: text.to_owned(),
             cron,
@@ -327,7 +327,9 @@ pub fn validate(config: &crate::config::Config, text: &str, origin: &str) -> Res
             other => {
                 return Err(at(
                     item.engine.span(),
-                    format!("`{other}` backups are not scheduled by the service; protect postgres or hana instances"),
+                    format!(
+                        "`{other}` backups are not scheduled by the service; protect postgres or hana instances"
+                    ),
                 ));
             }
         }

@@ -82,7 +82,13 @@ pub fn last_runs(
     backups: &[Manifest],
     index: Option<&CatalogIndex>,
 ) -> LastRuns {
-    let newest = |kind: BackupKind| backups.iter().filter(|m| m.kind == kind).map(point_time).max();
+    let newest = |kind: BackupKind| {
+        backups
+            .iter()
+            .filter(|m| m.kind == kind)
+            .map(point_time)
+            .max()
+    };
     let job = |kind: BackupKind| {
         index
             .and_then(|index| {
@@ -134,9 +140,10 @@ pub async fn pass(
         }
     }
     let mut report = PassReport::default();
-    let runs = futures::stream::iter(due.into_iter().map(|(item, job)| {
-        run_job(host, index, service, item, job, now, cancel.clone())
-    }))
+    let runs = futures::stream::iter(
+        due.into_iter()
+            .map(|(item, job)| run_job(host, index, service, item, job, now, cancel.clone())),
+    )
     .buffer_unordered(service.concurrency.max(1));
     futures::pin_mut!(runs);
     while let Some(jobs) = runs.next().await {
@@ -261,10 +268,19 @@ async fn run_job(
     let mut jobs = Vec::new();
     let mut next = Some(due);
     while let Some(due) = next.take() {
-        let label_time = due.slot.filter(|_| due.trigger == Trigger::Schedule).unwrap_or(now);
+        let label_time = due
+            .slot
+            .filter(|_| due.trigger == Trigger::Schedule)
+            .unwrap_or(now);
         let mut job = start(
             index,
-            new_job(item, due.kind.as_str(), due.trigger.as_str(), Some(label_time), now),
+            new_job(
+                item,
+                due.kind.as_str(),
+                due.trigger.as_str(),
+                Some(label_time),
+                now,
+            ),
         );
         if let Trigger::ChainBroken(why) = &due.trigger {
             tracing::warn!(database = %item.name(), reason = %why, "the chain is broken; a full backup runs now");

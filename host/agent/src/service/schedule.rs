@@ -127,7 +127,11 @@ mod tests {
         let text = format!(
             "[policy.p]\ntime_zone = \"Europe/Berlin\"\nfull = \"0 2 * * SUN\"\ndiff = \"0 2 * * MON-SAT\"\n{extra}"
         );
-        Config::parse(&text, "t").unwrap().policy.remove("p").unwrap()
+        Config::parse(&text, "t")
+            .unwrap()
+            .policy
+            .remove("p")
+            .unwrap()
     }
 
     fn t(s: &str) -> DateTime<Utc> {

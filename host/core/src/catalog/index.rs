@@ -351,7 +351,11 @@ const JOB_COLUMNS: &str = "id, engine, instance, database, kind, trigger, schedu
 fn job_of_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<JobRecord> {
     let time = |i: usize| -> rusqlite::Result<Option<chrono::DateTime<Utc>>> {
         let text: Option<String> = row.get(i)?;
-        Ok(text.and_then(|t| chrono::DateTime::parse_from_rfc3339(&t).ok().map(|t| t.to_utc())))
+        Ok(text.and_then(|t| {
+            chrono::DateTime::parse_from_rfc3339(&t)
+                .ok()
+                .map(|t| t.to_utc())
+        }))
     };
     let bytes = |i: usize| -> rusqlite::Result<Option<u64>> {
         Ok(row.get::<_, Option<i64>>(i)?.map(|b| b.max(0) as u64))
