@@ -187,7 +187,7 @@ pub async fn prune(args: PruneArgs, ctx: &Context) -> Result<()> {
     let now = args.now.unwrap_or_else(Utc::now);
     let mut reports = Vec::new();
     for item in run::discover(ctx).await? {
-        let Some(retention) = &item.policy.retention else {
+        let Some(report) = item.expire(&host, now, args.dry_run).await else {
             if !ctx.json && !ctx.quiet {
                 println!(
                     "{}: policy `{}` has no [retention]; nothing expires",
@@ -197,16 +197,7 @@ pub async fn prune(args: PruneArgs, ctx: &Context) -> Result<()> {
             }
             continue;
         };
-        let report = host
-            .expire(
-                item.plugin.as_ref(),
-                &item.database,
-                retention,
-                now,
-                item.policy.time_zone.0,
-                args.dry_run,
-            )
-            .await?;
+        let report = report?;
         if !ctx.json && !ctx.quiet {
             print_expiry(&report);
         }

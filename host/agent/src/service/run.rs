@@ -34,6 +34,28 @@ pub struct Protected {
 }
 
 impl Protected {
+    /// Applies the policy's retention at `now` (see [`Host::expire`]);
+    /// `None` when the policy keeps everything.
+    pub async fn expire(
+        &self,
+        host: &Host,
+        now: DateTime<Utc>,
+        dry_run: bool,
+    ) -> Option<Result<ExpiryReport>> {
+        let retention = self.policy.retention.as_ref()?;
+        Some(
+            host.expire(
+                self.plugin.as_ref(),
+                &self.database,
+                retention,
+                now,
+                self.policy.time_zone.0,
+                dry_run,
+            )
+            .await,
+        )
+    }
+
     /// How messages and tables name it.
     pub fn name(&self) -> String {
         match &self.database.database {
@@ -153,19 +175,9 @@ pub async fn pass(
         return Ok(report);
     }
     for item in &protected {
-        let Some(retention) = &item.policy.retention else {
+        let Some(expiry) = item.expire(host, now, false).await else {
             continue;
         };
-        let expiry = host
-            .expire(
-                item.plugin.as_ref(),
-                &item.database,
-                retention,
-                now,
-                item.policy.time_zone.0,
-                false,
-            )
-            .await;
         let mut job = new_job(item, "expire", "schedule", None, now);
         job = start(index, job);
         match expiry {
