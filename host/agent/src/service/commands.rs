@@ -2,9 +2,12 @@
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use clap::{Args, Subcommand};
+use sd_notify::NotifyState;
 use strata_core::catalog::manifest::BackupKind;
 use strata_core::catalog::retention::point_time;
 use strata_core::{Error, Result};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_util::sync::CancellationToken;
 
 use super::run::{self, IDLE_PASS, PassReport};
 use super::schedule;
@@ -80,49 +83,107 @@ pub async fn serve(args: ServeArgs, ctx: &Context) -> Result<()> {
             "jobs left running by a service that stopped were marked failed"
         );
     }
-    let cancel = crate::context::cancel_on_interrupt();
+    // SIGTERM or Ctrl-C: no new job starts; running jobs get the grace
+    // period, then are cancelled (they delete what they wrote).
+    let stop = stop_signal();
+    let cancel = CancellationToken::new();
+    let grace = ctx.config.service.shutdown_grace.0;
+    tokio::spawn({
+        let (stop, cancel) = (stop.clone(), cancel.clone());
+        async move {
+            stop.cancelled().await;
+            let _ = sd_notify::notify(&[NotifyState::Stopping]);
+            tracing::warn!(
+                "stopping: no new jobs; running jobs are cancelled in {}",
+                humantime::format_duration(grace)
+            );
+            tokio::time::sleep(grace).await;
+            cancel.cancel();
+        }
+    });
     if args.once {
         let now = args.now.unwrap_or_else(Utc::now);
-        let report = run::pass(ctx, &host, index.as_ref(), now, cancel).await?;
+        let report = run::pass(ctx, &host, index.as_ref(), now, &stop, cancel).await?;
         print_pass(&report, ctx)?;
-        let failed = report
-            .jobs
-            .iter()
-            .filter(|j| j.result != "succeeded")
-            .count();
-        if failed > 0 {
-            return Err(
-                Error::engine(format!("{failed} of {} jobs failed", report.jobs.len()))
-                    .hint("`strata jobs` shows each error and what to do"),
-            );
-        }
-        return Ok(());
+        return outcome(&report);
     }
-    let terminate = terminate_signal();
-    loop {
+    let _ = sd_notify::notify(&[NotifyState::Ready]);
+    if let Some(interval) = sd_notify::watchdog_enabled() {
+        // systemd restarts a service that stops pinging: ping at half the
+        // interval from a task of its own, so a long pass never trips it
+        // while the runtime is alive.
+        tokio::spawn(async move {
+            loop {
+                let _ = sd_notify::notify(&[NotifyState::Watchdog]);
+                tokio::time::sleep(interval / 2).await;
+            }
+        });
+    }
+    tracing::info!(
+        protected = ctx.config.protect.len(),
+        "the service is running"
+    );
+    let mut failed_jobs = 0;
+    while !stop.is_cancelled() {
         let now = Utc::now();
-        let report = run::pass(ctx, &host, index.as_ref(), now, cancel.clone()).await?;
-        tracing::info!(jobs = report.jobs.len(), "pass done");
+        match run::pass(ctx, &host, index.as_ref(), now, &stop, cancel.clone()).await {
+            Ok(report) => {
+                failed_jobs += report.jobs.iter().filter(|j| j.result == "failed").count();
+                let status = format!(
+                    "last pass {}: {} jobs; {failed_jobs} failed since start",
+                    time(now),
+                    report.jobs.len()
+                );
+                let _ = sd_notify::notify(&[NotifyState::Status(&status)]);
+            }
+            // A pass that cannot even start (the vault unreachable) is
+            // logged; the next pass tries again.
+            Err(err) => {
+                tracing::error!(error = %err, hint = err.hint_text().unwrap_or(""), "the pass failed")
+            }
+        }
         tokio::select! {
             _ = tokio::time::sleep(IDLE_PASS) => {}
-            _ = cancel.cancelled() => break,
-            _ = terminate.cancelled() => break,
+            _ = stop.cancelled() => {}
         }
+    }
+    tracing::info!("the service stopped");
+    Ok(())
+}
+
+/// `serve --once`'s result: an error when a job did not succeed.
+fn outcome(report: &PassReport) -> Result<()> {
+    let failed = report
+        .jobs
+        .iter()
+        .filter(|j| j.result != "succeeded")
+        .count();
+    if failed > 0 {
+        return Err(
+            Error::engine(format!("{failed} of {} jobs failed", report.jobs.len()))
+                .hint("`strata jobs` shows each error and what to do"),
+        );
     }
     Ok(())
 }
 
-/// A token cancelled on SIGTERM.
-fn terminate_signal() -> tokio_util::sync::CancellationToken {
-    let token = tokio_util::sync::CancellationToken::new();
+/// A token cancelled on SIGTERM or SIGINT.
+fn stop_signal() -> CancellationToken {
+    let token = CancellationToken::new();
     let cancel = token.clone();
     tokio::spawn(async move {
-        if let Ok(mut term) =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        {
-            term.recv().await;
-            cancel.cancel();
+        let mut term = match signal(SignalKind::terminate()) {
+            Ok(term) => term,
+            Err(err) => {
+                tracing::warn!(error = %err, "SIGTERM cannot be caught");
+                return;
+            }
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
         }
+        cancel.cancel();
     });
     token
 }

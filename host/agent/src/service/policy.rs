@@ -8,6 +8,7 @@
 //! retry_delay = "1m"                    # first retry of a retryable failure; doubles each time
 //! retries = 3                           # retries after the first attempt
 //! log_format = "text"                   # or "json"
+//! shutdown_grace = "5m"                 # on SIGTERM, running jobs may finish this long, then are cancelled
 //!
 //! [policy.standard]
 //! time_zone = "Europe/Berlin"           # IANA name; schedules and retention days use it (default UTC)
@@ -69,6 +70,11 @@ pub struct ServiceConfig {
     /// `text` or `json` logs.
     #[serde(default)]
     pub log_format: LogFormat,
+    /// On SIGTERM, how long running jobs may go on before they are
+    /// cancelled (a cancelled backup deletes what it wrote and commits
+    /// nothing).
+    #[serde(default = "default_shutdown_grace")]
+    pub shutdown_grace: Interval,
 }
 
 impl Default for ServiceConfig {
@@ -79,6 +85,7 @@ impl Default for ServiceConfig {
             retry_delay: default_retry_delay(),
             retries: default_retries(),
             log_format: LogFormat::default(),
+            shutdown_grace: default_shutdown_grace(),
         }
     }
 }
@@ -89,6 +96,10 @@ fn default_concurrency() -> usize {
 
 fn default_retry_delay() -> Interval {
     Interval(Duration::from_secs(60))
+}
+
+fn default_shutdown_grace() -> Interval {
+    Interval(Duration::from_secs(300))
 }
 
 fn default_retries() -> u32 {

@@ -144,12 +144,15 @@ pub struct PassReport {
     pub expiries: Vec<ExpiryReport>,
 }
 
-/// Runs one pass at `now` (see the module docs).
+/// Runs one pass at `now` (see the module docs). Once `stop` is
+/// cancelled no further job starts (running ones go on); `cancel` aborts
+/// running jobs.
 pub async fn pass(
     ctx: &Context,
     host: &Host,
     index: Option<&CatalogIndex>,
     now: DateTime<Utc>,
+    stop: &CancellationToken,
     cancel: CancellationToken,
 ) -> Result<PassReport> {
     let service = &ctx.config.service;
@@ -162,16 +165,15 @@ pub async fn pass(
         }
     }
     let mut report = PassReport::default();
-    let runs = futures::stream::iter(
-        due.into_iter()
-            .map(|(item, job)| run_job(host, index, service, item, job, now, cancel.clone())),
-    )
-    .buffer_unordered(service.concurrency.max(1));
+    let runs = futures::stream::iter(due)
+        .take_while(|_| std::future::ready(!stop.is_cancelled()))
+        .map(|(item, job)| run_job(host, index, service, item, job, now, cancel.clone()))
+        .buffer_unordered(service.concurrency.max(1));
     futures::pin_mut!(runs);
     while let Some(jobs) = runs.next().await {
         report.jobs.extend(jobs);
     }
-    if cancel.is_cancelled() {
+    if stop.is_cancelled() || cancel.is_cancelled() {
         return Ok(report);
     }
     for item in &protected {
