@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::run::{self, IDLE_PASS, PassReport};
 use super::schedule;
+use super::telemetry;
 use crate::context::Context;
 use crate::output::{Table, human_bytes, print_json};
 
@@ -106,6 +107,9 @@ pub async fn serve(args: ServeArgs, ctx: &Context) -> Result<()> {
         let report = run::pass(ctx, &host, index.as_ref(), now, &stop, cancel).await?;
         print_pass(&report, ctx)?;
         return outcome(&report);
+    }
+    if let Some(address) = ctx.config.service.metrics {
+        telemetry::serve(address)?;
     }
     let _ = sd_notify::notify(&[NotifyState::Ready]);
     if let Some(interval) = sd_notify::watchdog_enabled() {
@@ -373,10 +377,8 @@ pub async fn status(args: StatusArgs, ctx: &Context) -> Result<()> {
                 .last
                 .insert(m.kind.as_str().into(), (m.id.to_string(), point_time(m)));
         }
-        match host.timeline(item.plugin.as_ref(), &item.database).await {
-            Ok(timeline) => {
-                status.latest_point = timeline.windows.iter().map(|w| w.to_time).max();
-            }
+        match item.latest_point(&host).await {
+            Ok(point) => status.latest_point = point,
             Err(err) => {
                 status.health = "error".into();
                 status.problem = Some(err.to_string());

@@ -5,3 +5,4 @@ pub mod commands;
 pub mod policy;
 pub mod run;
 pub mod schedule;
+pub mod telemetry;

@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::policy::{PolicyConfig, ProtectConfig, ServiceConfig};
 use super::schedule::{self, Due, LastRuns, Trigger};
+use super::telemetry;
 use crate::context::Context;
 
 /// A protected database, with its plugin and policy.
@@ -54,6 +55,13 @@ impl Protected {
             )
             .await,
         )
+    }
+
+    /// The newest restorable point of the database (UTC), from the
+    /// planner's recoverable windows.
+    pub async fn latest_point(&self, host: &Host) -> Result<Option<DateTime<Utc>>> {
+        let timeline = host.timeline(self.plugin.as_ref(), &self.database).await?;
+        Ok(timeline.windows.iter().map(|w| w.to_time).max())
     }
 
     /// How messages and tables name it.
@@ -165,6 +173,7 @@ pub async fn pass(
         }
     }
     let mut report = PassReport::default();
+    telemetry::queued(due.len());
     let runs = futures::stream::iter(due)
         .take_while(|_| std::future::ready(!stop.is_cancelled()))
         .map(|(item, job)| run_job(host, index, service, item, job, now, cancel.clone()))
@@ -186,12 +195,32 @@ pub async fn pass(
             Ok(expiry) => {
                 job.result = "succeeded".into();
                 job.stored_bytes = Some(expiry.freed_bytes);
+                telemetry::expired(
+                    &job.engine,
+                    &job.instance,
+                    job.database.as_deref(),
+                    expiry.deleted_backups,
+                );
                 report.expiries.push(expiry);
             }
             Err(err) => fail(&mut job, &err),
         }
         finish(index, &mut job);
         report.jobs.push(job);
+    }
+    for item in &protected {
+        match item.latest_point(host).await {
+            Ok(point) => telemetry::rpo(
+                item.plugin.engine(),
+                item.plugin.instance(),
+                item.database.database.as_deref(),
+                point.map(|p| (Utc::now() - p).num_seconds().max(0)),
+                item.policy.rpo.map(|r| r.0.as_secs()),
+            ),
+            Err(err) => {
+                tracing::warn!(database = %item.name(), error = %err, "the restorable windows could not be read")
+            }
+        }
     }
     Ok(report)
 }
@@ -248,6 +277,7 @@ fn finish(index: Option<&CatalogIndex>, job: &mut JobRecord) {
             hint = job.hint.as_deref().unwrap_or(""), "job {}", job.result
         ),
     }
+    telemetry::job_finished(job);
     if let Some(index) = index
         && job.id > 0
         && let Err(err) = index.finish_job(job)
@@ -271,6 +301,21 @@ fn fail(job: &mut JobRecord, err: &Error) {
 /// differential or incremental whose chain is broken. Returns the jobs, as
 /// history records them.
 async fn run_job(
+    host: &Host,
+    index: Option<&CatalogIndex>,
+    service: &ServiceConfig,
+    item: &Protected,
+    due: Due,
+    now: DateTime<Utc>,
+    cancel: CancellationToken,
+) -> Vec<JobRecord> {
+    telemetry::job_started();
+    let jobs = run_due(host, index, service, item, due, now, cancel).await;
+    telemetry::job_ended();
+    jobs
+}
+
+async fn run_due(
     host: &Host,
     index: Option<&CatalogIndex>,
     service: &ServiceConfig,
