@@ -259,3 +259,172 @@ fn a_simulated_week_runs_the_schedule_and_retention_keeps_every_chain_restorable
         "{status}"
     );
 }
+
+/// `strata serve` in the foreground, as systemd runs it.
+struct Service {
+    child: std::process::Child,
+}
+
+impl Service {
+    fn start(env: &PgStrata) -> Service {
+        let child = std::process::Command::new(strata_e2e::cli::strata_bin())
+            .arg("--config")
+            .arg(&env.config)
+            .args(["-v", "serve"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(env.dir.path("serve.log")).unwrap())
+            .spawn()
+            .expect("start strata serve");
+        Service { child }
+    }
+
+    /// Sends SIGTERM and waits for the exit code.
+    fn terminate(mut self) -> Option<i32> {
+        let pid = self.child.id().to_string();
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            assert!(std::time::Instant::now() < deadline, "serve did not stop");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn jobs(env: &PgStrata) -> Vec<serde_json::Value> {
+    let out = env.strata(&["--json", "jobs"]);
+    assert_eq!(out.code(), Some(0), "{}", out.stderr_text());
+    out.json().as_array().unwrap().clone()
+}
+
+fn wait_for(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + timeout;
+    while !check() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn metrics(port: u16) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        .ok()?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text).ok()?;
+    Some(text)
+}
+
+fn metric(text: &str, name: &str, labels: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(name) && l.contains(labels))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+#[test]
+fn sigterm_cancels_a_running_backup_cleanly_and_metrics_show_the_rpo() {
+    let env = PgStrata::new("service-daemon");
+    let port = strata_e2e::net::free_port();
+    let mut config = std::fs::read_to_string(&env.config).unwrap();
+    config.push_str(&format!(
+        "\n[service]\nmetrics = \"127.0.0.1:{port}\"\nshutdown_grace = \"0s\"\n{POLICY}"
+    ));
+    std::fs::write(&env.config, config).unwrap();
+    // Enough data that the first full takes a while.
+    env.cluster.pgbench(&["-i", "-s", "20", "-q"]);
+
+    // SIGTERM while the initial full runs: the job is cancelled at once
+    // (no grace), the backup deletes what it wrote, and nothing is listed.
+    let service = Service::start(&env);
+    wait_for("the initial full to start", Duration::from_secs(60), || {
+        jobs(&env).iter().any(|j| j["result"] == "running")
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(service.terminate(), Some(0), "a stop on SIGTERM is clean");
+    let history = jobs(&env);
+    assert_eq!(history.len(), 1, "{history:?}");
+    assert_eq!(history[0]["result"], "cancelled", "{history:?}");
+    assert_eq!(history[0]["trigger"], "initial");
+    let list = env.strata(&["--json", "list"]);
+    assert_eq!(list.code(), Some(0), "{}", list.stderr_text());
+    assert_eq!(
+        list.json().as_array().map(Vec::len),
+        Some(0),
+        "{}",
+        list.stdout_text()
+    );
+    let data = env.vault_dir.join("data");
+    let leftovers: Vec<_> = walk(&data);
+    assert!(
+        leftovers.is_empty(),
+        "the cancelled backup left {leftovers:?}"
+    );
+
+    // Started again, it takes the initial full; metrics show its success
+    // and an RPO within the 15-minute target.
+    let service = Service::start(&env);
+    let mut text = String::new();
+    wait_for("the full's metrics", Duration::from_secs(120), || {
+        text = metrics(port).unwrap_or_default();
+        text.contains("strata_rpo_seconds")
+    });
+    let labels = "engine=\"postgres\",instance=\"main\"";
+    let last = metric(
+        &text,
+        "strata_backup_last_success_timestamp_seconds",
+        labels,
+    )
+    .expect("last success");
+    assert!(
+        (chrono::Utc::now().timestamp() as f64 - last).abs() < 300.0,
+        "{text}"
+    );
+    let rpo = metric(&text, "strata_rpo_seconds", labels).expect("rpo");
+    assert!(rpo < 900.0, "RPO {rpo} s:\n{text}");
+    assert_eq!(
+        metric(&text, "strata_rpo_target_seconds", labels),
+        Some(900.0)
+    );
+    assert_eq!(
+        metric(&text, "strata_jobs_running", ""),
+        Some(0.0),
+        "{text}"
+    );
+    assert_eq!(service.terminate(), Some(0));
+    let history = jobs(&env);
+    assert_eq!(history[0]["kind"], "expire", "{history:?}");
+    assert_eq!(history[1]["result"], "succeeded", "{history:?}");
+    assert_eq!(history[1]["kind"], "full");
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}

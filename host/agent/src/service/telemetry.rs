@@ -44,9 +44,18 @@ pub fn serve(address: SocketAddr) -> Result<()> {
         "strata_backup_duration_seconds",
         "How long successful backups took"
     );
-    describe_counter!("strata_backup_raw_bytes_total", "Bytes read from the engine");
-    describe_counter!("strata_backup_stored_bytes_total", "Bytes written to the vault");
-    describe_counter!("strata_job_failures_total", "Jobs that failed after their retries");
+    describe_counter!(
+        "strata_backup_raw_bytes_total",
+        "Bytes read from the engine"
+    );
+    describe_counter!(
+        "strata_backup_stored_bytes_total",
+        "Bytes written to the vault"
+    );
+    describe_counter!(
+        "strata_job_failures_total",
+        "Jobs that failed after their retries"
+    );
     describe_gauge!(
         "strata_rpo_seconds",
         "Seconds from the newest restorable point to the last pass"
@@ -89,8 +98,7 @@ pub fn job_finished(job: &JobRecord) {
     histogram!("strata_backup_duration_seconds", &labels)
         .record((ended - job.started_at).num_milliseconds().max(0) as f64 / 1000.0);
     counter!("strata_backup_raw_bytes_total", &labels).increment(job.raw_bytes.unwrap_or(0));
-    counter!("strata_backup_stored_bytes_total", &labels)
-        .increment(job.stored_bytes.unwrap_or(0));
+    counter!("strata_backup_stored_bytes_total", &labels).increment(job.stored_bytes.unwrap_or(0));
 }
 
 /// Records the backups retention deleted for one database.
