@@ -428,3 +428,137 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+#[test]
+fn wal_pushed_through_the_service_is_the_wal_pushed_without_it() {
+    let env = PgStrata::new("service-walpush");
+    let socket = env.dir.path("strata.sock");
+    let mut config = std::fs::read_to_string(&env.config).unwrap();
+    // PostgreSQL's archive_command runs as `postgres`: the socket's group.
+    config.push_str(&format!(
+        "\n[service]\nsocket = \"{}\"\nsocket_group = \"postgres\"\n{POLICY}",
+        socket.display()
+    ));
+    std::fs::write(&env.config, config).unwrap();
+    let done = || -> Vec<String> {
+        std::fs::read_dir(env.cluster.data.join("pg_wal/archive_status"))
+            .unwrap()
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                name.strip_suffix(".done")
+                    .filter(|n| n.len() == 24)
+                    .map(str::to_owned)
+            })
+            .collect()
+    };
+    env.cluster.switch_and_wait_archived(ARCHIVE_WAIT);
+    let before = done();
+    let service = Service::start(&env);
+    wait_for("the control socket", Duration::from_secs(30), || {
+        socket.exists()
+    });
+    // The socket is the service's door: mode 0660.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o660, "{mode:o}");
+    // `status` and `jobs` are answered by the service.
+    let status = env.strata(&["--json", "status"]);
+    assert_eq!(status.code(), Some(0), "{}", status.stderr_text());
+    assert_eq!(status.json()[0]["database"], "postgres/main");
+    // A user outside the socket's group is refused by the operating system,
+    // and told which group to join.
+    if strata_e2e::pg::running_as_root() {
+        let out = strata_e2e::cli::Strata::program("runuser")
+            .args(["-u", "nobody", "--"])
+            .arg(strata_e2e::cli::strata_bin())
+            .arg("--config")
+            .arg(&env.config)
+            .arg("status")
+            .run();
+        assert_eq!(out.code(), Some(10), "{}", out.stderr_text());
+        let err = out.stderr_text();
+        assert!(
+            err.contains("cannot connect to the service at") && err.contains("Permission denied"),
+            "{err}"
+        );
+        assert!(err.contains("socket_group"), "{err}");
+    }
+
+    env.cluster.pgbench(&["-i", "-s", "3", "-q"]);
+    env.cluster.switch_and_wait_archived(ARCHIVE_WAIT);
+    let archived: Vec<String> = done().into_iter().filter(|s| !before.contains(s)).collect();
+    assert!(archived.len() >= 3, "{archived:?}");
+    assert_eq!(service.terminate(), Some(0));
+    let log = std::fs::read_to_string(env.dir.path("serve.log")).unwrap();
+    for segment in &archived {
+        assert!(
+            log.contains(&format!("pg_wal/{segment}")),
+            "{segment} was not archived through the service:\n{log}"
+        );
+    }
+
+    // The same files pushed without a service into a second vault: every
+    // segment reads back the same from both, and equals the file.
+    let other = env.dir.path("vault-direct");
+    let direct_config = env.dir.path("direct.toml");
+    let text = std::fs::read_to_string(&env.config)
+        .unwrap()
+        .replace(
+            &env.vault_dir.display().to_string(),
+            &other.display().to_string(),
+        )
+        .replace(&socket.display().to_string(), "/nonexistent/strata.sock");
+    std::fs::write(&direct_config, text).unwrap();
+    let direct = |args: &[&str]| {
+        strata_e2e::cli::Strata::new()
+            .arg("--config")
+            .arg(&direct_config)
+            .args(args)
+            .run()
+    };
+    assert_eq!(direct(&["vault", "init"]).code(), Some(0));
+    for segment in &archived {
+        let path = env.cluster.data.join("pg_wal").join(segment);
+        let out = direct(&[
+            "pg",
+            "wal-push",
+            path.to_str().unwrap(),
+            "--cluster",
+            "main",
+        ]);
+        assert_eq!(out.code(), Some(0), "{}", out.stderr_text());
+        let original = std::fs::read(&path).unwrap();
+        for (name, config) in [("service", &env.config), ("direct", &direct_config)] {
+            let dest = env.dir.path(format!("{segment}.{name}"));
+            let out = strata_e2e::cli::Strata::new()
+                .arg("--config")
+                .arg(config)
+                .args([
+                    "pg",
+                    "wal-fetch",
+                    segment,
+                    dest.to_str().unwrap(),
+                    "--cluster",
+                    "main",
+                ])
+                .run();
+            assert_eq!(out.code(), Some(0), "{name}: {}", out.stderr_text());
+            assert!(
+                std::fs::read(&dest).unwrap() == original,
+                "{segment} from {name} differs"
+            );
+        }
+    }
+    let keys = |root: &Path| -> Vec<String> {
+        let base = root.join("engines/postgres/main/wal");
+        let mut keys: Vec<String> = walk(&base)
+            .iter()
+            .map(|p| p.strip_prefix(&base).unwrap().display().to_string())
+            .filter(|k| archived.iter().any(|s| k.ends_with(s.as_str())))
+            .collect();
+        keys.sort();
+        keys
+    };
+    assert_eq!(keys(&env.vault_dir), keys(&other));
+}

@@ -183,9 +183,8 @@ fn load_config(cli: &Cli, path: Option<&std::path::Path>) -> Result<Config> {
     Ok(config)
 }
 
-async fn run(cli: Cli) -> Result<()> {
-    let config_path = config_path(&cli);
-    let config = load_config(&cli, config_path.as_deref())?;
+async fn run(cli: Cli, config_path: Option<PathBuf>, config: Result<Config>) -> Result<()> {
+    let config = config?;
     let ctx = Context {
         config,
         config_path,
@@ -303,10 +302,20 @@ fn main() -> ExitCode {
     // The log format is the configuration's ([service] log_format) unless
     // STRATA_LOG_FORMAT says otherwise; a configuration that cannot be read
     // is reported by the command itself.
-    let json_logs = config_path(&cli)
-        .and_then(|path| Config::load(&path).ok())
-        .is_some_and(|c| c.service.log_format == service::policy::LogFormat::Json);
+    let path = config_path(&cli);
+    let config = load_config(&cli, path.as_deref());
+    let json_logs = config
+        .as_ref()
+        .is_ok_and(|c| c.service.log_format == service::policy::LogFormat::Json);
     init_logging(cli.verbose, json_logs);
+    // PostgreSQL runs archive_command once per segment: with a service
+    // running, hand the segment to it before any runtime or vault is set up.
+    if let (Command::Pg(pg::PgCommand::WalPush { path, cluster }), Ok(config)) =
+        (&cli.command, &config)
+        && pg::wal_push_through_service(config, path, cluster).is_some()
+    {
+        return ExitCode::SUCCESS;
+    }
     let json = cli.json;
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -318,7 +327,7 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(run(cli)) {
+    match runtime.block_on(run(cli, path, config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             report(&err, json);

@@ -229,13 +229,7 @@ async fn wal_push(path: &Path, name: &str, ctx: &Context) -> Result<()> {
         Error::config(format!("no PostgreSQL cluster `{name}` is configured"))
             .hint(format!("archive_command must name a [postgres.<name>] section of the config: add [postgres.{name}]"))
     })?;
-    // The archiver runs in the data directory and passes %p relative to it.
-    let cwd = std::env::current_dir().unwrap_or_else(|_| cluster.data_directory.clone());
-    let data_dir = if cwd.join("global/pg_control").is_file() {
-        cwd
-    } else {
-        cluster.data_directory.clone()
-    };
+    let data_dir = archiver_data_directory(cluster);
     let started = Instant::now();
     let vault = ctx.vault().await?;
     let store = wal_store(&vault, name);
@@ -248,6 +242,51 @@ async fn wal_push(path: &Path, name: &str, ctx: &Context) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The data directory `archive_command` runs for: the archiver runs in it
+/// and passes `%p` relative to it; else the configured one.
+pub fn archiver_data_directory(cluster: &strata_postgres::ClusterConfig) -> PathBuf {
+    let cwd = std::env::current_dir().unwrap_or_else(|_| cluster.data_directory.clone());
+    if cwd.join("global/pg_control").is_file() {
+        cwd
+    } else {
+        cluster.data_directory.clone()
+    }
+}
+
+/// `strata pg wal-push` through a running service
+/// ([`crate::service::control`]): `Some` when the service archived the
+/// file, `None` when there is no service or it failed (the caller then
+/// archives the file itself, as without a service).
+pub fn wal_push_through_service(
+    config: &crate::config::Config,
+    path: &Path,
+    name: &str,
+) -> Option<()> {
+    let cluster = config.postgres.get(name)?;
+    let data_directory = archiver_data_directory(cluster);
+    let path = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        data_directory.join(path)
+    };
+    let request = crate::service::control::Request::WalPush {
+        cluster: name.to_owned(),
+        path: path.clone(),
+        data_directory,
+    };
+    match crate::service::control::ask(&config.service.socket, &request) {
+        crate::service::control::Reply::NoService => None,
+        crate::service::control::Reply::Answered(Ok(answer)) => {
+            tracing::info!(file = %path.display(), %answer, "archived through the service");
+            Some(())
+        }
+        crate::service::control::Reply::Answered(Err(err)) => {
+            tracing::warn!(file = %path.display(), error = %err, "the service did not archive the file; archiving it directly");
+            None
+        }
+    }
 }
 
 async fn wal_fetch(

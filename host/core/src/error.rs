@@ -145,6 +145,24 @@ impl ErrorKind {
             ErrorKind::Catalog => "catalog",
         }
     }
+
+    /// The kind named `name` ([`as_str`](Self::as_str)'s names).
+    pub fn from_name(name: &str) -> Option<ErrorKind> {
+        [
+            ErrorKind::Config,
+            ErrorKind::Storage,
+            ErrorKind::Engine,
+            ErrorKind::Integrity,
+            ErrorKind::Crypto,
+            ErrorKind::Io,
+            ErrorKind::NotFound,
+            ErrorKind::Conflict,
+            ErrorKind::Cancelled,
+            ErrorKind::Catalog,
+        ]
+        .into_iter()
+        .find(|kind| kind.as_str() == name)
+    }
 }
 
 impl fmt::Display for ErrorKind {

@@ -3,12 +3,14 @@
 use chrono::{DateTime, SecondsFormat, Utc};
 use clap::{Args, Subcommand};
 use sd_notify::NotifyState;
+use strata_core::catalog::index::JobRecord;
 use strata_core::catalog::manifest::BackupKind;
 use strata_core::catalog::retention::point_time;
 use strata_core::{Error, Result};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
+use super::control::{self, Reply, Request};
 use super::run::{self, IDLE_PASS, PassReport};
 use super::schedule;
 use super::telemetry;
@@ -111,6 +113,11 @@ pub async fn serve(args: ServeArgs, ctx: &Context) -> Result<()> {
     if let Some(address) = ctx.config.service.metrics {
         telemetry::serve(address)?;
     }
+    let listener = control::bind(
+        &ctx.config.service.socket,
+        ctx.config.service.socket_group.as_deref(),
+    )?;
+    let control = control::serve(listener, ctx, host.vault().clone(), stop.clone());
     let _ = sd_notify::notify(&[NotifyState::Ready]);
     if let Some(interval) = sd_notify::watchdog_enabled() {
         // systemd restarts a service that stops pinging: ping at half the
@@ -127,10 +134,25 @@ pub async fn serve(args: ServeArgs, ctx: &Context) -> Result<()> {
         protected = ctx.config.protect.len(),
         "the service is running"
     );
+    let passes = passes(ctx, &host, index.as_ref(), &stop, cancel);
+    tokio::join!(control, passes);
+    let _ = std::fs::remove_file(&ctx.config.service.socket);
+    tracing::info!("the service stopped");
+    Ok(())
+}
+
+/// The service's passes, one a minute, until `stop`.
+async fn passes(
+    ctx: &Context,
+    host: &strata_core::lifecycle::Host,
+    index: Option<&strata_core::catalog::index::CatalogIndex>,
+    stop: &CancellationToken,
+    cancel: CancellationToken,
+) {
     let mut failed_jobs = 0;
     while !stop.is_cancelled() {
         let now = Utc::now();
-        match run::pass(ctx, &host, index.as_ref(), now, &stop, cancel.clone()).await {
+        match run::pass(ctx, host, index, now, stop, cancel.clone()).await {
             Ok(report) => {
                 failed_jobs += report.jobs.iter().filter(|j| j.result == "failed").count();
                 let status = format!(
@@ -151,8 +173,6 @@ pub async fn serve(args: ServeArgs, ctx: &Context) -> Result<()> {
             _ = stop.cancelled() => {}
         }
     }
-    tracing::info!("the service stopped");
-    Ok(())
 }
 
 /// `serve --once`'s result: an error when a job did not succeed.
@@ -207,7 +227,7 @@ fn print_pass(report: &PassReport, ctx: &Context) -> Result<()> {
     Ok(())
 }
 
-fn print_jobs(jobs: &[strata_core::catalog::index::JobRecord]) {
+fn print_jobs(jobs: &[JobRecord]) {
     let mut table = Table::new(&[
         "JOB", "DATABASE", "KIND", "TRIGGER", "STARTED", "RESULT", "BACKUP", "STORED",
     ]);
@@ -315,7 +335,11 @@ fn print_expiry(report: &strata_core::lifecycle::ExpiryReport) {
 
 /// `strata jobs`.
 pub async fn jobs(args: JobsArgs, ctx: &Context) -> Result<()> {
-    let jobs = ctx.index()?.jobs(None, None, args.limit)?;
+    let request = Request::Jobs { limit: args.limit };
+    let jobs: Vec<JobRecord> = match from_service(ctx, &request)? {
+        Some(value) => serde_json::from_value(value)?,
+        None => ctx.index()?.jobs(None, None, args.limit)?,
+    };
     if ctx.json {
         return print_json(&jobs);
     }
@@ -331,7 +355,7 @@ pub async fn jobs(args: JobsArgs, ctx: &Context) -> Result<()> {
 }
 
 /// One protected database's state, as `status` shows it.
-#[derive(Debug, serde::Serialize)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub struct DatabaseStatus {
     /// `engine/instance[/database]`.
     pub database: String,
@@ -355,9 +379,29 @@ pub struct DatabaseStatus {
 
 /// `strata status`.
 pub async fn status(args: StatusArgs, ctx: &Context) -> Result<()> {
+    let rows: Vec<DatabaseStatus> = match args.now {
+        None => match from_service(ctx, &Request::Status)? {
+            Some(value) => serde_json::from_value(value)?,
+            None => status_rows(ctx, None).await?,
+        },
+        now => status_rows(ctx, now).await?,
+    };
+    print_status(&rows, ctx)
+}
+
+/// Asks the running service, when there is one (`None`: there is none).
+fn from_service(ctx: &Context, request: &Request) -> Result<Option<serde_json::Value>> {
+    match control::ask(&ctx.config.service.socket, request) {
+        Reply::NoService => Ok(None),
+        Reply::Answered(answer) => answer.map(Some),
+    }
+}
+
+/// Every protected database's status at `now` (default: the current time).
+pub async fn status_rows(ctx: &Context, now: Option<DateTime<Utc>>) -> Result<Vec<DatabaseStatus>> {
     let host = ctx.host().await?;
     let index = ctx.index().ok();
-    let now = args.now.unwrap_or_else(Utc::now);
+    let now = now.unwrap_or_else(Utc::now);
     let mut rows = Vec::new();
     for item in run::discover(ctx).await? {
         let mut status = DatabaseStatus {
@@ -415,6 +459,10 @@ pub async fn status(args: StatusArgs, ctx: &Context) -> Result<()> {
         }
         rows.push(status);
     }
+    Ok(rows)
+}
+
+fn print_status(rows: &[DatabaseStatus], ctx: &Context) -> Result<()> {
     if ctx.json {
         return print_json(&rows);
     }
@@ -431,7 +479,7 @@ pub async fn status(args: StatusArgs, ctx: &Context) -> Result<()> {
     ]);
     let last =
         |s: &DatabaseStatus, kind: &str| s.last.get(kind).map_or("-".into(), |(_, at)| time(*at));
-    for s in &rows {
+    for s in rows {
         table.row(vec![
             s.database.clone(),
             s.policy.clone(),
@@ -450,7 +498,7 @@ pub async fn status(args: StatusArgs, ctx: &Context) -> Result<()> {
         ]);
     }
     print!("{}", table.render());
-    for s in &rows {
+    for s in rows {
         if let Some(problem) = &s.problem {
             println!("{}: {problem}", s.database);
         }

@@ -2,6 +2,7 @@
 //! retention, and what an operator sees of them (`status`, `jobs`).
 
 pub mod commands;
+pub mod control;
 pub mod policy;
 pub mod run;
 pub mod schedule;

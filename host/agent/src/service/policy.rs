@@ -3,6 +3,8 @@
 //!
 //! ```toml
 //! [service]
+//! socket = "/run/strata/strata.sock"   # the control socket (mode 0660)
+//! socket_group = "strata"               # who may use it: status, jobs, WAL through the service
 //! metrics = "127.0.0.1:9187"            # Prometheus metrics (loopback only); absent: none
 //! concurrency = 2                       # jobs at once on this host
 //! retry_delay = "1m"                    # first retry of a retryable failure; doubles each time
@@ -36,6 +38,7 @@
 //! its line ([`validate`]).
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -54,6 +57,14 @@ pub const MIN_LOG_INTERVAL: Duration = Duration::from_secs(60);
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceConfig {
+    /// The control socket (mode 0660).
+    #[serde(default = "default_socket")]
+    pub socket: PathBuf,
+    /// The group of the control socket: its members may use `strata
+    /// status`, `strata jobs` and archive WAL through the service. The
+    /// service's own group when absent.
+    #[serde(default)]
+    pub socket_group: Option<String>,
     /// Where Prometheus metrics are served (a loopback address).
     #[serde(default)]
     pub metrics: Option<SocketAddr>,
@@ -80,6 +91,8 @@ pub struct ServiceConfig {
 impl Default for ServiceConfig {
     fn default() -> Self {
         ServiceConfig {
+            socket: default_socket(),
+            socket_group: None,
             metrics: None,
             concurrency: default_concurrency(),
             retry_delay: default_retry_delay(),
@@ -88,6 +101,13 @@ impl Default for ServiceConfig {
             shutdown_grace: default_shutdown_grace(),
         }
     }
+}
+
+/// The control socket's default path.
+pub const DEFAULT_SOCKET: &str = "/run/strata/strata.sock";
+
+fn default_socket() -> PathBuf {
+    PathBuf::from(DEFAULT_SOCKET)
 }
 
 fn default_concurrency() -> usize {
