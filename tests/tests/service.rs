@@ -74,7 +74,10 @@ fn wal_files(vault: &Path) -> Vec<String> {
 fn a_simulated_week_runs_the_schedule_and_retention_keeps_every_chain_restorable() {
     let env = PgStrata::new("service-week");
     let mut config = std::fs::read_to_string(&env.config).unwrap();
-    config.push_str(POLICY);
+    config.push_str(&format!(
+        "\n[service]\nsocket = \"{}\"\n{POLICY}",
+        env.dir.path("strata.sock").display()
+    ));
     std::fs::write(&env.config, config).unwrap();
     env.cluster
         .psql("CREATE TABLE steps (step int, at timestamptz DEFAULT clock_timestamp())");
@@ -343,7 +346,8 @@ fn sigterm_cancels_a_running_backup_cleanly_and_metrics_show_the_rpo() {
     let port = strata_e2e::net::free_port();
     let mut config = std::fs::read_to_string(&env.config).unwrap();
     config.push_str(&format!(
-        "\n[service]\nmetrics = \"127.0.0.1:{port}\"\nshutdown_grace = \"0s\"\n{POLICY}"
+        "\n[service]\nsocket = \"{}\"\nmetrics = \"127.0.0.1:{port}\"\nshutdown_grace = \"0s\"\n{POLICY}",
+        env.dir.path("strata.sock").display()
     ));
     std::fs::write(&env.config, config).unwrap();
     // Enough data that the first full takes a while.
@@ -405,6 +409,16 @@ fn sigterm_cancels_a_running_backup_cleanly_and_metrics_show_the_rpo() {
         metric(&text, "strata_jobs_running", ""),
         Some(0.0),
         "{text}"
+    );
+    // A second service (a cron `serve --once` overlapping it) is refused.
+    let second = env.strata(&["serve", "--once"]);
+    assert_eq!(second.code(), Some(9), "{}", second.stderr_text());
+    assert!(
+        second
+            .stderr_text()
+            .contains("another `strata serve` is running with this catalog index"),
+        "{}",
+        second.stderr_text()
     );
     assert_eq!(service.terminate(), Some(0));
     let history = jobs(&env);

@@ -195,6 +195,29 @@ mod tests {
                 7,
                 "invalid value",
             ),
+            ("[policy.p]\nfull = \"0 2 31 2 *\"\n", 7, "never fires"),
+            (
+                "[policy.p]\nfull = \"0 0 2 * * SUN 2027\"\n",
+                7,
+                "has 7 fields",
+            ),
+            ("[policy.p]\nrpo = \"0s\"\n", 7, "an RPO of 0 cannot be met"),
+            (
+                "[policy.p]\nfull = \"0 2 * * SUN\"\n[policy.p.retention]\n",
+                8,
+                "keeps nothing but the newest backup",
+            ),
+            (
+                "[policy.p]\nfull = \"0 2 * * SUN\"\n[[protect]]\nengine = \"pg\"\ninstance = \"main\"\ndatabases = [\"sales\"]\npolicy = \"p\"\n",
+                11,
+                "protected as a whole",
+            ),
+            (
+                "[policy.p]\nfull = \"0 2 * * SUN\"\n[[protect]]\nengine = \"pg\"\ninstance = \"\"\npolicy = \"p\"\n",
+                10,
+                "the instance name is empty",
+            ),
+            ("[policy.p]\ndiff = \"0 2 * * *\"\n", 6, "no full"),
         ];
         for (extra, line, message) in cases {
             let err = Config::parse(&format!("{base}{extra}"), "s.toml").unwrap_err();
@@ -210,13 +233,9 @@ mod tests {
                 Some(format!("fix line {line} of s.toml").as_str())
             );
         }
-        // A policy with a differential but no full names the fix.
-        let err = Config::parse(
-            &format!("{base}[policy.p]\ndiff = \"0 2 * * *\"\n"),
-            "s.toml",
-        )
-        .unwrap_err();
-        assert!(err.to_string().contains("no full"), "{err}");
+        let err =
+            Config::parse(&format!("{base}[service]\nconcurrency = 0\n"), "s.toml").unwrap_err();
+        assert!(err.to_string().contains("would never run a job"), "{err}");
     }
 
     #[test]

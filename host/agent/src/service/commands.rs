@@ -75,6 +75,10 @@ pub async fn serve(args: ServeArgs, ctx: &Context) -> Result<()> {
         return Err(Error::config("nothing is protected: the configuration has no [[protect]] item")
             .hint("add a [policy.<name>] and a [[protect]] item (engine, instance, policy); `strata config check` validates them"));
     }
+    // One service per index: a second `serve` (or an overlapping
+    // `serve --once` from cron) would run the same jobs twice and take the
+    // other's running jobs for abandoned ones.
+    let _lock = service_lock(ctx)?;
     let host = ctx.host().await?;
     let index = ctx.index().ok();
     if let Some(index) = &index
@@ -83,7 +87,7 @@ pub async fn serve(args: ServeArgs, ctx: &Context) -> Result<()> {
     {
         tracing::warn!(
             jobs = n,
-            "jobs left running by a service that stopped were marked failed"
+            "jobs left running by a service that stopped were marked cancelled"
         );
     }
     // SIGTERM or Ctrl-C: no new job starts; running jobs get the grace
@@ -171,6 +175,37 @@ async fn passes(
         tokio::select! {
             _ = tokio::time::sleep(IDLE_PASS) => {}
             _ = stop.cancelled() => {}
+        }
+    }
+}
+
+/// Takes the service lock beside the catalog index, held until the
+/// returned file is dropped (the process ends).
+fn service_lock(ctx: &Context) -> Result<std::fs::File> {
+    let index = ctx.index_path();
+    let path = index.with_file_name(format!(
+        "{}.serve.lock",
+        index.file_name().unwrap_or_default().to_string_lossy()
+    ));
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)
+            .map_err(|e| Error::io_doing_at("cannot create the directory of", &path, e))?;
+    }
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| Error::io_doing_at("cannot open the service lock", &path, e))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(Error::conflict(format!(
+            "another `strata serve` is running with this catalog index (it holds {})",
+            path.display()
+        ))
+        .hint("let it finish (`strata jobs` shows what it runs); a cron entry for `serve --once` must not overlap a running service")),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(Error::io_doing_at("cannot lock", &path, e))
         }
     }
 }
@@ -335,7 +370,10 @@ fn print_expiry(report: &strata_core::lifecycle::ExpiryReport) {
 
 /// `strata jobs`.
 pub async fn jobs(args: JobsArgs, ctx: &Context) -> Result<()> {
-    let request = Request::Jobs { limit: args.limit };
+    let request = Request::Jobs {
+        limit: args.limit,
+        index: ctx.index_path(),
+    };
     let jobs: Vec<JobRecord> = match from_service(ctx, &request)? {
         Some(value) => serde_json::from_value(value)?,
         None => ctx.index()?.jobs(None, None, args.limit)?,
@@ -380,7 +418,12 @@ pub struct DatabaseStatus {
 /// `strata status`.
 pub async fn status(args: StatusArgs, ctx: &Context) -> Result<()> {
     let rows: Vec<DatabaseStatus> = match args.now {
-        None => match from_service(ctx, &Request::Status)? {
+        None => match from_service(
+            ctx,
+            &Request::Status {
+                index: ctx.index_path(),
+            },
+        )? {
             Some(value) => serde_json::from_value(value)?,
             None => status_rows(ctx, None).await?,
         },
@@ -410,7 +453,7 @@ pub async fn status_rows(ctx: &Context, now: Option<DateTime<Utc>>) -> Result<Ve
             last: Default::default(),
             latest_point: None,
             rpo_seconds: None,
-            rpo_target_seconds: item.policy.rpo.map(|r| r.0.as_secs()),
+            rpo_target_seconds: item.policy.rpo_target().map(|r| r.as_secs()),
             next: schedule::next_runs(&item.policy, now).into_iter().next(),
             health: "ok".into(),
             problem: None,
@@ -429,11 +472,15 @@ pub async fn status_rows(ctx: &Context, now: Option<DateTime<Utc>>) -> Result<Ve
             }
         }
         status.rpo_seconds = status.latest_point.map(|p| (now - p).num_seconds().max(0));
+        // The newest backup job of this database (retention's own jobs
+        // do not hide a failed backup).
         let failed = index.as_ref().and_then(|index| {
             let jobs = index
-                .jobs(Some(item.plugin.engine()), Some(item.plugin.instance()), 1)
+                .jobs(Some(item.plugin.engine()), Some(item.plugin.instance()), 50)
                 .ok()?;
-            jobs.into_iter().next().filter(|j| j.result == "failed")
+            jobs.into_iter()
+                .find(|j| j.kind != "expire" && j.database == item.database.database)
+                .filter(|j| j.result == "failed" || j.result == "cancelled")
         });
         if backups.is_empty() {
             status.health = "no-backup".into();
@@ -535,13 +582,13 @@ pub async fn config_check(ctx: &Context) -> Result<()> {
         items.push(serde_json::json!({
             "engine": crate::engines::engine_name(item.engine.get_ref())?,
             "instance": item.instance.get_ref(),
-            "databases": if item.all_databases() { vec!["*".to_owned()] } else { item.databases.clone() },
+            "databases": if item.all_databases() { vec!["*".to_owned()] } else { item.databases().to_vec() },
             "policy": item.policy.get_ref(),
             "time_zone": policy.time_zone.0.name(),
             "schedules": next,
             "log_interval": policy.log_interval.as_ref().map(|i| i.get_ref().to_string()),
-            "rpo": policy.rpo.map(|r| r.to_string()),
-            "retention": policy.retention,
+            "rpo": policy.rpo.as_ref().map(|r| r.get_ref().to_string()),
+            "retention": policy.retention(),
         }));
     }
     if ctx.json {

@@ -61,11 +61,17 @@ pub enum Request {
         data_directory: PathBuf,
     },
     /// The status of every protected database.
-    Status,
+    Status {
+        /// The caller's catalog index: a service with another one (another
+        /// configuration) does not answer for it.
+        index: PathBuf,
+    },
     /// The job history.
     Jobs {
         /// How many, newest first.
         limit: usize,
+        /// The caller's catalog index.
+        index: PathBuf,
     },
 }
 
@@ -115,7 +121,8 @@ struct Answer {
 
 /// What a client gets when it asks the service.
 pub enum Reply {
-    /// No service listens (no socket, or nobody behind it).
+    /// No service listens (no socket, or nobody behind it), or the one
+    /// that does runs with another catalog index.
     NoService,
     /// The service answered.
     Answered(Result<serde_json::Value>),
@@ -153,7 +160,16 @@ pub fn ask(socket: &Path, request: &Request) -> Reply {
         BufReader::new(&stream).read_line(&mut answer)?;
         serde_json::from_str(&answer).map_err(std::io::Error::other)
     };
-    Reply::Answered(match exchange() {
+    let answer = exchange();
+    if let Ok(Answer {
+        error: Some(error), ..
+    }) = &answer
+        && error.kind == ErrorKind::Conflict.as_str()
+        && error.message.starts_with(OTHER_SERVICE)
+    {
+        return Reply::NoService;
+    }
+    Reply::Answered(match answer {
         Ok(Answer {
             ok: true, result, ..
         }) => Ok(result.unwrap_or_default()),
@@ -279,12 +295,33 @@ async fn answer(
             pushes.clone().read_ahead(&cluster, &data_directory);
             Ok(serde_json::to_value(outcome)?)
         }
-        Request::Status => {
+        Request::Status { index } => {
+            same_index(ctx, &index)?;
             let rows = super::commands::status_rows(ctx, None).await?;
             Ok(serde_json::to_value(rows)?)
         }
-        Request::Jobs { limit } => Ok(serde_json::to_value(ctx.index()?.jobs(None, None, limit)?)?),
+        Request::Jobs { limit, index } => {
+            same_index(ctx, &index)?;
+            Ok(serde_json::to_value(ctx.index()?.jobs(None, None, limit)?)?)
+        }
     }
+}
+
+/// How an answer about another configuration starts.
+const OTHER_SERVICE: &str = "the service on this socket runs with another catalog index";
+
+/// A service answers status and jobs only for callers of its own
+/// configuration (the same catalog index).
+fn same_index(ctx: &Context, index: &Path) -> Result<()> {
+    let canonical = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    if canonical(index) != canonical(&ctx.index_path()) {
+        return Err(Error::conflict(format!(
+            "{OTHER_SERVICE} ({}, not {})",
+            ctx.index_path().display(),
+            index.display()
+        )));
+    }
+    Ok(())
 }
 
 /// The service archives only files inside the configured data directory:

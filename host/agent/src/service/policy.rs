@@ -158,13 +158,23 @@ pub struct PolicyConfig {
     pub log_interval: Option<Spanned<Interval>>,
     /// The recovery point objective.
     #[serde(default)]
-    pub rpo: Option<Interval>,
+    pub rpo: Option<Spanned<Interval>>,
     /// What is kept; absent: everything.
     #[serde(default)]
-    pub retention: Option<Retention>,
+    pub retention: Option<Spanned<Retention>>,
 }
 
 impl PolicyConfig {
+    /// The RPO target.
+    pub fn rpo_target(&self) -> Option<Duration> {
+        self.rpo.as_ref().map(|r| r.get_ref().0)
+    }
+
+    /// What is kept, when the policy expires anything.
+    pub fn retention(&self) -> Option<&Retention> {
+        self.retention.as_ref().map(Spanned::get_ref)
+    }
+
     /// The schedule of `kind`, if the policy has one.
     pub fn schedule(&self, kind: BackupKind) -> Option<&Schedule> {
         match kind {
@@ -187,7 +197,7 @@ pub struct ProtectConfig {
     /// The databases to protect; empty or `["*"]`: every database the
     /// engine reports, new ones included at each discovery pass.
     #[serde(default)]
-    pub databases: Vec<String>,
+    pub databases: Option<Spanned<Vec<String>>>,
     /// The policy's name.
     pub policy: Spanned<String>,
 }
@@ -195,7 +205,14 @@ pub struct ProtectConfig {
 impl ProtectConfig {
     /// Whether every database of the instance is protected.
     pub fn all_databases(&self) -> bool {
-        self.databases.is_empty() || self.databases.iter().any(|d| d == "*")
+        self.databases().is_empty() || self.databases().iter().any(|d| d == "*")
+    }
+
+    /// The databases listed (empty when none are).
+    pub fn databases(&self) -> &[String] {
+        self.databases
+            .as_ref()
+            .map_or(&[], |d| d.get_ref().as_slice())
     }
 }
 
@@ -234,9 +251,23 @@ impl Schedule {
 impl FromStr for Schedule {
     type Err = String;
     fn from_str(text: &str) -> std::result::Result<Self, String> {
+        let fields = text.split_whitespace().count();
+        if !(5..=6).contains(&fields) {
+            return Err(format!(
+                "`{text}` has {fields} fields; a schedule has 5 (minute hour day month weekday), or 6 with seconds first"
+            ));
+        }
         let cron = croner::Cron::from_str(text).map_err(|e| {
             format!("`{text}` is not a cron expression ({e}); write e.g. \"0 2 * * SUN\"")
         })?;
+        // A date that never comes (February 31st) is a mistake, not a
+        // schedule that is off.
+        if cron
+            .find_next_occurrence(&chrono::Utc::now(), false)
+            .is_err()
+        {
+            return Err(format!("`{text}` never fires"));
+        }
         Ok(Schedule {
             expression: text.to_owned(),
             cron,
@@ -321,14 +352,44 @@ pub fn validate(config: &crate::config::Config, text: &str, origin: &str) -> Res
                 ),
             ));
         }
+        // Errors about a policy as a whole point at its section header.
+        let header = text
+            .find(&format!("[policy.{name}]"))
+            .or_else(|| text.find(&format!("policy.{name}")))
+            .unwrap_or(0);
         if policy.full.is_none() && (policy.diff.is_some() || policy.incr.is_some()) {
-            return Err(Error::config(format!(
-                "policy `{name}` schedules differential or incremental backups but no full"
-            ))
-            .hint(format!(
-                "add full = \"0 2 * * SUN\" (or another schedule) to [policy.{name}] in {origin}"
-            )));
+            return Err(at(
+                header..header,
+                format!(
+                    "policy `{name}` schedules differential or incremental backups but no full; add full = \"0 2 * * SUN\" or another schedule"
+                ),
+            ));
         }
+        if let Some(rpo) = &policy.rpo
+            && rpo.get_ref().0.is_zero()
+        {
+            return Err(at(
+                rpo.span(),
+                format!("policy `{name}`: an RPO of 0 cannot be met; write e.g. \"15m\""),
+            ));
+        }
+        if let Some(retention) = &policy.retention {
+            let r = retention.get_ref();
+            if r.daily == 0 && r.weekly == 0 && r.monthly == 0 && r.yearly == 0 && r.log_days == 0 {
+                return Err(at(
+                    retention.span(),
+                    format!(
+                        "policy `{name}`: this retention keeps nothing but the newest backup; set daily, weekly, monthly, yearly or log_days, or remove [policy.{name}.retention] to keep everything"
+                    ),
+                ));
+            }
+        }
+    }
+    if config.service.concurrency == 0 {
+        return Err(
+            Error::config("[service] concurrency = 0 would never run a job")
+                .hint(format!("set it to 1 or more in {origin}")),
+        );
     }
     if let Some(address) = config.service.metrics
         && !address.ip().is_loopback()
@@ -342,8 +403,20 @@ pub fn validate(config: &crate::config::Config, text: &str, origin: &str) -> Res
     for item in &config.protect {
         let engine = crate::engines::engine_name(item.engine.get_ref())
             .map_err(|e| at(item.engine.span(), e.to_string()))?;
+        if item.instance.get_ref().trim().is_empty() {
+            return Err(at(
+                item.instance.span(),
+                "the instance name is empty".into(),
+            ));
+        }
         match engine {
             strata_postgres::ENGINE => {
+                if !item.all_databases() {
+                    return Err(at(
+                        item.databases.as_ref().map_or(item.instance.span(), |d| d.span()),
+                        "a PostgreSQL cluster is protected as a whole (its backups and WAL are the cluster's); remove `databases`".into(),
+                    ));
+                }
                 if !config.postgres.contains_key(item.instance.get_ref()) {
                     return Err(at(
                         item.instance.span(),

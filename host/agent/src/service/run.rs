@@ -18,7 +18,7 @@ use strata_core::{Error, ErrorKind, Result};
 use tokio_util::sync::CancellationToken;
 
 use super::policy::{PolicyConfig, ProtectConfig, ServiceConfig};
-use super::schedule::{self, Due, LastRuns, Trigger};
+use super::schedule::{self, Due, KindRuns, LastRuns, Trigger};
 use super::telemetry;
 use crate::context::Context;
 
@@ -43,7 +43,7 @@ impl Protected {
         now: DateTime<Utc>,
         dry_run: bool,
     ) -> Option<Result<ExpiryReport>> {
-        let retention = self.policy.retention.as_ref()?;
+        let retention = self.policy.retention()?;
         Some(
             host.expire(
                 self.plugin.as_ref(),
@@ -101,7 +101,7 @@ fn wanted(item: &ProtectConfig, database: &DatabaseRef) -> bool {
         || database
             .database
             .as_ref()
-            .is_some_and(|db| item.databases.contains(db))
+            .is_some_and(|db| item.databases().contains(db))
 }
 
 /// When each kind last ran for `protected` (see [`schedule`]): its newest
@@ -112,35 +112,55 @@ pub fn last_runs(
     backups: &[Manifest],
     index: Option<&CatalogIndex>,
 ) -> LastRuns {
-    let newest = |kind: BackupKind| {
-        backups
-            .iter()
-            .filter(|m| m.kind == kind)
+    let job = |kind: BackupKind, succeeded: bool| {
+        index.and_then(|index| {
+            index
+                .last_job(
+                    protected.plugin.engine(),
+                    protected.plugin.instance(),
+                    protected.database.database.as_deref(),
+                    kind.as_str(),
+                    succeeded,
+                )
+                .ok()
+                .flatten()
+        })
+    };
+    let runs = |kind: BackupKind| {
+        let of_kind = || backups.iter().filter(move |m| m.kind == kind);
+        let success = job(kind, true);
+        // A backup taken by hand has no job: when it ended is when it ran.
+        let by_hand = of_kind()
+            .filter(|m| !m.labels.contains_key(SCHEDULED_FOR_LABEL))
+            .map(|m| m.ended_at)
+            .max();
+        let slot = of_kind()
             .map(point_time)
             .max()
+            .max(success.as_ref().and_then(|j| j.scheduled_for));
+        // Only a failure pauses a kind: a job cancelled by a stop (or
+        // whose process died) is taken again by the next pass at once.
+        let failed_at = job(kind, false)
+            .filter(|j| j.result == "failed")
+            .map(|j| j.ended_at.unwrap_or(j.started_at));
+        KindRuns {
+            slot,
+            ran: success.map(|j| j.started_at).max(by_hand),
+            failed_at,
+        }
     };
-    let job = |kind: BackupKind| {
-        index
-            .and_then(|index| {
-                index
-                    .last_scheduled_job(
-                        protected.plugin.engine(),
-                        protected.plugin.instance(),
-                        protected.database.database.as_deref(),
-                        kind.as_str(),
-                    )
-                    .ok()
-                    .flatten()
-            })
-            .and_then(|job| job.scheduled_for)
-    };
-    let last = |kind| newest(kind).max(job(kind));
     LastRuns {
-        full: last(BackupKind::Full),
-        diff: last(BackupKind::Diff),
-        incr: last(BackupKind::Incr),
+        full: runs(BackupKind::Full),
+        diff: runs(BackupKind::Diff),
+        incr: runs(BackupKind::Incr),
         has_full: backups.iter().any(|m| m.kind == BackupKind::Full),
     }
+}
+
+/// How long a kind whose job failed waits before a later pass takes its
+/// slot again: as long as the job's own retries took, at the least.
+pub fn retry_pause(service: &ServiceConfig) -> std::time::Duration {
+    service.retry_delay.0 * 2u32.saturating_pow(service.retries.min(16))
 }
 
 /// What one pass did.
@@ -168,7 +188,8 @@ pub async fn pass(
     let mut due = Vec::new();
     for item in &protected {
         let backups = host.backups(item.plugin.as_ref(), &item.database).await?;
-        if let Some(job) = schedule::due(&item.policy, &last_runs(item, &backups, index), now) {
+        let last = last_runs(item, &backups, index);
+        if let Some(job) = schedule::due(&item.policy, &last, now, retry_pause(service)) {
             due.push((item, job));
         }
     }
@@ -215,7 +236,7 @@ pub async fn pass(
                 item.plugin.instance(),
                 item.database.database.as_deref(),
                 point.map(|p| (Utc::now() - p).num_seconds().max(0)),
-                item.policy.rpo.map(|r| r.0.as_secs()),
+                item.policy.rpo_target().map(|r| r.as_secs()),
             ),
             Err(err) => {
                 tracing::warn!(database = %item.name(), error = %err, "the restorable windows could not be read")

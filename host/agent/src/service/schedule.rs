@@ -1,18 +1,23 @@
 //! What is due: the scheduler's decision for one database, a pure function
 //! of the policy, the time and when each kind last ran.
 //!
-//! - A schedule slot is due when it lies after the kind's last run. The last
-//!   run of a kind is the later of the newest committed backup of that kind
-//!   (or of a kind that covers it: a full covers a differential's slot, a
-//!   full or differential an incremental's) and the slot of the last job the
-//!   schedule started for it, whatever its result (a failed slot is retried
-//!   inside its job, never re-run by the next pass).
+//! - A schedule slot is due when no backup has satisfied it: none of its
+//!   kind was taken for it or later (the kind's latest slot: the newest
+//!   backup's schedule slot, or its end for a backup taken by hand), and no
+//!   larger kind ran since it came (a full covers a differential's slot, a
+//!   full or differential an incremental's).
 //! - Only the latest slot counts: after a downtime that missed five nightly
 //!   differentials, one runs, not five.
+//! - A slot whose job failed (or whose process was killed) is taken again
+//!   by a later pass, once `retry_pause` has passed since the failure: a
+//!   failure never skips a week's full, and a database that keeps failing
+//!   is not hammered every minute.
 //! - A database with no full backup gets one at once (trigger `initial`),
 //!   whatever the schedule says.
 //! - When several kinds are due, the largest wins: a full due at the same
 //!   time as a differential makes the differential unnecessary.
+
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use strata_core::catalog::manifest::BackupKind;
@@ -53,36 +58,75 @@ pub struct Due {
     pub slot: Option<DateTime<Utc>>,
 }
 
+/// What the scheduler knows of one kind of backup of one database.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KindRuns {
+    /// The latest schedule slot a backup of this kind satisfied.
+    pub slot: Option<DateTime<Utc>>,
+    /// When the newest backup of this kind ran.
+    pub ran: Option<DateTime<Utc>>,
+    /// When the newest attempt failed, if it is newer than every success.
+    pub failed_at: Option<DateTime<Utc>>,
+}
+
 /// When each kind of backup of one database last ran (see the module docs).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LastRuns {
-    /// The newest full backup's start, and the last full slot a job ran for.
-    pub full: Option<DateTime<Utc>>,
-    /// The same for differentials.
-    pub diff: Option<DateTime<Utc>>,
-    /// The same for incrementals.
-    pub incr: Option<DateTime<Utc>>,
+    /// Fulls.
+    pub full: KindRuns,
+    /// Differentials.
+    pub diff: KindRuns,
+    /// Incrementals.
+    pub incr: KindRuns,
     /// Whether a committed full exists.
     pub has_full: bool,
 }
 
 impl LastRuns {
-    /// The last run that satisfies a slot of `kind`: its own, or a larger
-    /// kind's.
-    fn covering(&self, kind: BackupKind) -> Option<DateTime<Utc>> {
-        let of = match kind {
-            BackupKind::Full => vec![self.full],
-            BackupKind::Diff => vec![self.full, self.diff],
-            _ => vec![self.full, self.diff, self.incr],
+    fn of(&self, kind: BackupKind) -> &KindRuns {
+        match kind {
+            BackupKind::Full => &self.full,
+            BackupKind::Diff => &self.diff,
+            _ => &self.incr,
+        }
+    }
+
+    /// Whether `slot` of `kind` is satisfied: by a backup of its kind taken
+    /// for it or later, or by a larger kind run since.
+    fn satisfied(&self, kind: BackupKind, slot: DateTime<Utc>) -> bool {
+        let larger: &[BackupKind] = match kind {
+            BackupKind::Full => &[],
+            BackupKind::Diff => &[BackupKind::Full],
+            _ => &[BackupKind::Full, BackupKind::Diff],
         };
-        of.into_iter().flatten().max()
+        self.of(kind).slot.is_some_and(|s| s >= slot)
+            || larger
+                .iter()
+                .any(|k| self.of(*k).ran.is_some_and(|ran| ran >= slot))
+    }
+
+    /// Whether a failure of `kind` is too recent to try again at `now`.
+    fn pausing(&self, kind: BackupKind, now: DateTime<Utc>, pause: Duration) -> bool {
+        let pause = chrono::Duration::from_std(pause).unwrap_or(chrono::Duration::MAX);
+        self.of(kind)
+            .failed_at
+            .is_some_and(|failed| now < failed + pause)
     }
 }
 
-/// The backup due for one database at `now` under `policy`, if any.
-pub fn due(policy: &PolicyConfig, last: &LastRuns, now: DateTime<Utc>) -> Option<Due> {
+/// The backup due for one database at `now` under `policy`, if any; a kind
+/// whose last attempt failed less than `retry_pause` ago waits.
+pub fn due(
+    policy: &PolicyConfig,
+    last: &LastRuns,
+    now: DateTime<Utc>,
+    retry_pause: Duration,
+) -> Option<Due> {
     let zone = policy.time_zone.0;
     if !last.has_full && policy.full.is_some() {
+        if last.pausing(BackupKind::Full, now, retry_pause) {
+            return None;
+        }
         return Some(Due {
             kind: BackupKind::Full,
             trigger: Trigger::Initial,
@@ -93,13 +137,19 @@ pub fn due(policy: &PolicyConfig, last: &LastRuns, now: DateTime<Utc>) -> Option
         let Some(slot) = policy.schedule(kind).and_then(|s| s.previous(now, zone)) else {
             continue;
         };
-        if last.covering(kind).is_none_or(|ran| ran < slot) {
-            return Some(Due {
-                kind,
-                trigger: Trigger::Schedule,
-                slot: Some(slot),
-            });
+        if last.satisfied(kind, slot) {
+            continue;
         }
+        // The largest kind due waits out its pause; a smaller kind does
+        // not run instead (it would build on what the larger one replaces).
+        if last.pausing(kind, now, retry_pause) {
+            return None;
+        }
+        return Some(Due {
+            kind,
+            trigger: Trigger::Schedule,
+            slot: Some(slot),
+        });
     }
     None
 }
@@ -138,33 +188,46 @@ mod tests {
         s.parse().unwrap()
     }
 
+    const PAUSE: Duration = Duration::from_secs(8 * 60);
+
+    /// Records a successful run of `due` at `now`.
+    fn ran(last: &mut LastRuns, due: &Due, now: DateTime<Utc>) {
+        let runs = match due.kind {
+            BackupKind::Full => {
+                last.has_full = true;
+                &mut last.full
+            }
+            BackupKind::Diff => &mut last.diff,
+            _ => &mut last.incr,
+        };
+        runs.slot = Some(
+            due.slot
+                .filter(|_| due.trigger == Trigger::Schedule)
+                .unwrap_or(now),
+        );
+        runs.ran = Some(now);
+        runs.failed_at = None;
+    }
+
     #[test]
     fn a_week_runs_one_full_and_six_diffs_at_two_in_the_policy_zone() {
         let policy = policy("");
         let mut last = LastRuns::default();
-        let mut ran = Vec::new();
+        let mut runs = Vec::new();
         // Every 10 minutes through a week starting Saturday 2026-11-28 (UTC).
         let mut now = t("2026-11-28T00:00:00Z");
         while now < t("2026-12-05T00:00:00Z") {
-            if let Some(due) = due(&policy, &last, now) {
-                let at = due.slot.unwrap_or(now);
-                match due.kind {
-                    BackupKind::Full => {
-                        last.full = Some(now);
-                        last.has_full = true;
-                    }
-                    BackupKind::Diff => last.diff = Some(now),
-                    _ => last.incr = Some(now),
-                }
-                ran.push((due.kind, due.trigger, at));
+            if let Some(due) = due(&policy, &last, now, PAUSE) {
+                ran(&mut last, &due, now);
+                runs.push((due.kind, due.trigger.clone(), due.slot.unwrap_or(now)));
             }
             now += chrono::Duration::minutes(10);
         }
         // First: the initial full at once; then Sunday 02:00 Berlin (01:00
         // UTC) a full and 02:00 Berlin each other day a differential.
-        assert_eq!(ran[0].0, BackupKind::Full);
-        assert_eq!(ran[0].1, Trigger::Initial);
-        let scheduled: Vec<(BackupKind, String)> = ran[1..]
+        assert_eq!(runs[0].0, BackupKind::Full);
+        assert_eq!(runs[0].1, Trigger::Initial);
+        let scheduled: Vec<(BackupKind, String)> = runs[1..]
             .iter()
             .map(|(k, _, at)| (*k, at.to_rfc3339()))
             .collect();
@@ -180,46 +243,94 @@ mod tests {
         assert_eq!(scheduled, expected);
     }
 
+    fn runs(slot: &str) -> KindRuns {
+        KindRuns {
+            slot: Some(t(slot)),
+            ran: Some(t(slot) + chrono::Duration::seconds(5)),
+            failed_at: None,
+        }
+    }
+
     #[test]
     fn a_downtime_runs_the_missed_work_once() {
         let policy = policy("");
         // The last full on Sunday Nov 22, the last diff on Tuesday Nov 24;
         // the service was down until Friday Nov 27 noon.
-        let last = LastRuns {
-            full: Some(t("2026-11-22T01:00:05Z")),
-            diff: Some(t("2026-11-24T01:00:05Z")),
-            incr: None,
+        let mut last = LastRuns {
+            full: runs("2026-11-22T01:00:00Z"),
+            diff: runs("2026-11-24T01:00:00Z"),
+            incr: KindRuns::default(),
             has_full: true,
         };
-        let due = due(&policy, &last, t("2026-11-27T12:00:00Z")).unwrap();
+        let now = t("2026-11-27T12:00:00Z");
+        let due = due(&policy, &last, now, PAUSE).unwrap();
         assert_eq!(due.kind, BackupKind::Diff);
         assert_eq!(due.slot, Some(t("2026-11-27T01:00:00Z")));
         // Once it ran, nothing more is due until the next slot.
-        let after = LastRuns {
-            diff: Some(t("2026-11-27T12:00:01Z")),
-            ..last
-        };
-        assert_eq!(super::due(&policy, &after, t("2026-11-27T23:00:00Z")), None);
+        ran(&mut last, &due, now);
+        assert_eq!(
+            super::due(&policy, &last, t("2026-11-27T23:00:00Z"), PAUSE),
+            None
+        );
     }
 
     #[test]
-    fn a_full_covers_a_diff_slot_and_a_missed_sunday_makes_a_full() {
+    fn a_catch_up_full_covers_the_diff_slots_before_it_ran() {
         let policy = policy("");
-        let last = LastRuns {
-            full: Some(t("2026-11-22T01:00:05Z")),
-            diff: Some(t("2026-11-28T01:00:05Z")),
-            incr: None,
+        let mut last = LastRuns {
+            full: runs("2026-11-22T01:00:00Z"),
+            diff: runs("2026-11-28T01:00:00Z"),
+            incr: KindRuns::default(),
             has_full: true,
         };
         // Down over Sunday Nov 29 and Monday: both a full and a diff slot
-        // missed; the full runs, and covers Monday's diff.
-        let first = due(&policy, &last, t("2026-11-30T09:00:00Z")).unwrap();
+        // missed; the full runs (for Sunday's slot) and covers Monday's diff.
+        let now = t("2026-11-30T09:00:00Z");
+        let first = due(&policy, &last, now, PAUSE).unwrap();
         assert_eq!(first.kind, BackupKind::Full);
-        let last = LastRuns {
-            full: Some(t("2026-11-30T09:00:01Z")),
-            ..last
+        assert_eq!(first.slot, Some(t("2026-11-29T01:00:00Z")));
+        ran(&mut last, &first, now);
+        assert_eq!(due(&policy, &last, t("2026-11-30T10:00:00Z"), PAUSE), None);
+    }
+
+    #[test]
+    fn a_failed_slot_is_taken_again_after_the_pause_and_never_skipped() {
+        let policy = policy("");
+        let mut last = LastRuns {
+            full: runs("2026-11-22T01:00:00Z"),
+            diff: runs("2026-11-28T01:00:00Z"),
+            incr: KindRuns::default(),
+            has_full: true,
         };
-        assert_eq!(due(&policy, &last, t("2026-11-30T10:00:00Z")), None);
+        // Sunday's full failed (or its process was killed) at 01:02.
+        last.full.failed_at = Some(t("2026-11-29T01:02:00Z"));
+        assert_eq!(
+            due(&policy, &last, t("2026-11-29T01:05:00Z"), PAUSE),
+            None,
+            "paused"
+        );
+        let again = due(&policy, &last, t("2026-11-29T01:11:00Z"), PAUSE).unwrap();
+        assert_eq!(again.kind, BackupKind::Full);
+        assert_eq!(again.slot, Some(t("2026-11-29T01:00:00Z")));
+        // Still failing on Monday: the full is still owed, and no diff
+        // builds on last week's full instead.
+        last.full.failed_at = Some(t("2026-11-30T01:30:00Z"));
+        assert_eq!(due(&policy, &last, t("2026-11-30T01:35:00Z"), PAUSE), None);
+        let monday = due(&policy, &last, t("2026-11-30T02:00:00Z"), PAUSE).unwrap();
+        assert_eq!(monday.kind, BackupKind::Full);
+        // A first full that keeps failing is retried after each pause too.
+        let fresh = LastRuns {
+            full: KindRuns {
+                failed_at: Some(t("2026-11-30T01:30:00Z")),
+                ..KindRuns::default()
+            },
+            ..LastRuns::default()
+        };
+        assert_eq!(due(&policy, &fresh, t("2026-11-30T01:31:00Z"), PAUSE), None);
+        assert_eq!(
+            due(&policy, &fresh, t("2026-11-30T01:40:00Z"), PAUSE).map(|d| d.trigger),
+            Some(Trigger::Initial)
+        );
     }
 
     #[test]

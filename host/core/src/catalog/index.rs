@@ -445,38 +445,39 @@ impl CatalogIndex {
         Ok(rows)
     }
 
-    /// The newest job of `kind` for one database that a schedule started
-    /// (its `scheduled_for` set), whatever its result.
-    pub fn last_scheduled_job(
+    /// The newest job of `kind` for one database (the latest started), of
+    /// any result or, with `succeeded`, the newest that succeeded.
+    pub fn last_job(
         &self,
         engine: &str,
         instance: &str,
         database: Option<&str>,
         kind: &str,
+        succeeded: bool,
     ) -> Result<Option<JobRecord>> {
         let conn = self.conn();
         conn.query_row(
             &format!(
                 "SELECT {JOB_COLUMNS} FROM jobs
                  WHERE engine = ?1 AND instance = ?2 AND database IS ?3 AND kind = ?4
-                   AND scheduled_for IS NOT NULL
-                 ORDER BY scheduled_for DESC, id DESC LIMIT 1"
+                   AND (?5 = 0 OR result = 'succeeded')
+                 ORDER BY id DESC LIMIT 1"
             ),
-            params![engine, instance, database, kind],
+            params![engine, instance, database, kind, succeeded],
             job_of_row,
         )
         .optional()
         .map_err(|e| index_error(&self.origin, "reading", e))
     }
 
-    /// Marks jobs left `running` by a process that is gone as failed
-    /// (called by the service at start).
+    /// Marks jobs left `running` by a process that is gone as cancelled
+    /// (called by the service at start, holding the service lock).
     pub fn fail_abandoned_jobs(&self, now: chrono::DateTime<Utc>) -> Result<usize> {
         let conn = self.conn();
         conn.execute(
-            "UPDATE jobs SET result = 'failed', ended_at = ?1,
+            "UPDATE jobs SET result = 'cancelled', ended_at = ?1,
              error = 'the service stopped while the job ran; nothing was committed',
-             hint = 'the next scheduled run takes it again'
+             hint = 'the next pass takes it again'
              WHERE result = 'running'",
             params![now.to_rfc3339()],
         )

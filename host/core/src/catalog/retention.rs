@@ -220,7 +220,9 @@ pub fn plan(
         reasons.entry(id.clone()).or_default().push(reason);
     };
 
-    if let Some(newest) = points.last() {
+    // By when it ended, not by its schedule slot: a backup taken by hand
+    // after the scheduled ones is the newest.
+    if let Some(newest) = points.iter().max_by_key(|m| (m.ended_at, &m.id)) {
         keep(&newest.id, KeepReason::Newest);
     }
     // The newest point of each period (fulls only for the long-term

@@ -222,7 +222,8 @@ pub fn build_store(config: &VaultConfig) -> Result<(Arc<dyn ObjectStore>, Path)>
                     "the vault directory {} does not exist",
                     dir.display()
                 ))
-                .hint(format!("create the vault with `strata vault init {raw}`")));
+                .hint("if the vault's file system is not mounted (or was moved), mount it first: backups and WAL written to a new empty vault would be missing from the old one")
+                .hint(format!("only for a vault that never existed here: `strata vault init {raw}`")));
             }
             let fs = local::DurableLocalStore::new(&dir).map_err(Error::from)?;
             return Ok((Arc::new(fs), Path::default()));
