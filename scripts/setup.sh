@@ -4,8 +4,9 @@
 #
 #   .work/node   Azurite (Azure Blob emulator), from npm, pinned
 #   .work/venv   moto[server] (S3 emulator), from PyPI, pinned
+#   cargo-deb    (builds the Debian package), from crates.io, pinned, into ~/.cargo/bin
 #
-# and a few Debian packages (zstd, time, curl, b3sum) when they are missing.
+# and a few Debian packages (zstd, time, curl, adduser, b3sum) when they are missing.
 #
 # Idempotent and non-interactive: run it as often as you like; it does nothing
 # when everything is already in place. Quiet on success; on failure it prints
@@ -17,6 +18,7 @@ set -euo pipefail
 
 AZURITE_VERSION=3.37.0
 MOTO_VERSION=5.2.5
+CARGO_DEB_VERSION=3.8.0
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 WORK="$ROOT/.work"
@@ -48,7 +50,7 @@ need_cmd npm "install npm (comes with Node.js) first"
 # --- Debian packages -------------------------------------------------------
 
 # Packages the tests need, and ones that are only nice to have (benchmarks).
-REQUIRED_DEBS=(zstd time curl)
+REQUIRED_DEBS=(zstd time curl adduser)
 OPTIONAL_DEBS=(b3sum)
 if ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
     # Debian's own python3 needs python3-venv for `python3 -m venv`.
@@ -149,6 +151,13 @@ if [[ "$(moto_version)" != "$MOTO_VERSION" || ! -x "$VENV/bin/moto_server" ]]; t
         fail "pip install moto[server]==$MOTO_VERSION failed"
     [[ "$(moto_version)" == "$MOTO_VERSION" ]] ||
         fail "moto $MOTO_VERSION did not install into $VENV"
+fi
+
+# --- cargo-deb (crates.io) -------------------------------------------------
+
+if [[ "$(cargo deb --version 2>/dev/null || true)" != *"$CARGO_DEB_VERSION"* ]]; then
+    cargo install --quiet --locked cargo-deb --version "$CARGO_DEB_VERSION" >>"$LOG" 2>&1 ||
+        fail "cargo install cargo-deb $CARGO_DEB_VERSION failed"
 fi
 
 exit 0

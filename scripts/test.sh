@@ -8,7 +8,9 @@
 #   5. every test: cargo nextest (or cargo test when nextest is absent), then
 #      the doc tests, with the emulators' environment and
 #      STRATA_REQUIRE_EMULATORS=1, so no object-store backend is skipped
-#   6. the emulators are stopped, whatever happened, and a summary printed
+#   6. under CI (or with STRATA_TEST_PACKAGE=1): scripts/test-package.sh, which
+#      builds the Debian package and installs, upgrades and removes it here
+#   7. the emulators are stopped, whatever happened, and a summary printed
 #
 # Usage: scripts/test.sh [--skip-lint] [-- <extra arguments for the test runner>]
 #   --skip-lint   skip step 2 (for quick local runs; CI never skips it)
@@ -31,7 +33,7 @@ while (($#)); do
         break
         ;;
     -h | --help)
-        sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'
+        sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'
         exit 0
         ;;
     *)
@@ -194,6 +196,27 @@ if ((doc_status == 0)); then
 else
     record doctests "FAILED (exit status $doc_status)"
     ((test_status != 0)) || test_status=$doc_status
+fi
+# The Debian package is installed on this machine for real: under CI (a
+# fresh machine) always, elsewhere only when asked.
+if [[ -n "${CI:-}" || -n "${STRATA_TEST_PACKAGE:-}" ]]; then
+    step "Debian package"
+    package_status=0
+    run_logged "$RUN_DIR/package.log" ./scripts/test-package.sh || package_status=$?
+    line="$(grep -E '^package: ' "$RUN_DIR/package.log" | tail -n 1 || true)"
+    n="$(grep -oE '[0-9]+ checks passed' <<<"$line" | grep -oE '^[0-9]+' || echo 0)"
+    passed=$((passed + n))
+    n="$(grep -oE '[0-9]+ failed' <<<"$line" | grep -oE '^[0-9]+' || echo 0)"
+    failed=$((failed + n))
+    if ((package_status == 0)); then
+        record package "ok"
+    else
+        record package "FAILED (exit status $package_status)"
+        ((test_status != 0)) || test_status=$package_status
+    fi
+else
+    record package "skipped: installs a package on this machine; set STRATA_TEST_PACKAGE=1 (CI always runs it)"
+    skipped=$((skipped + 1))
 fi
 summary
 echo "tests: $passed passed, $failed failed, $skipped skipped"

@@ -146,8 +146,10 @@ fn init_logging(verbose: u8, json_by_config: bool) {
         Ok(format) => format == "json",
         Err(_) => json_by_config,
     };
+    // Colours only on a terminal: a log file or the journal gets plain text.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     if json {
         builder.json().init();
