@@ -466,6 +466,9 @@ fn wal_pushed_through_the_service_is_the_wal_pushed_without_it() {
             })
             .collect()
     };
+    // Keep the archived segments in pg_wal: they are pushed again below.
+    env.cluster.psql("ALTER SYSTEM SET wal_keep_size = '1GB'");
+    env.cluster.psql("SELECT pg_reload_conf()");
     env.cluster.switch_and_wait_archived(ARCHIVE_WAIT);
     let before = done();
     let service = Service::start(&env);
@@ -503,7 +506,46 @@ fn wal_pushed_through_the_service_is_the_wal_pushed_without_it() {
     env.cluster.switch_and_wait_archived(ARCHIVE_WAIT);
     let archived: Vec<String> = done().into_iter().filter(|s| !before.contains(s)).collect();
     assert!(archived.len() >= 3, "{archived:?}");
+
+    // `backup --now` runs as a job of the service; `jobs --follow` shows it
+    // start and end.
+    let mut follow = std::process::Command::new(strata_e2e::cli::strata_bin())
+        .arg("--config")
+        .arg(&env.config)
+        .args(["--json", "jobs", "--follow", "--limit", "0"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let now = env.strata(&["--json", "backup", "pg", "main", "--kind", "diff", "--now"]);
+    assert_eq!(now.code(), Some(0), "{}", now.stderr_text());
+    let jobs = now.json();
+    assert_eq!(jobs[0]["trigger"], "manual", "{jobs}");
+    assert_eq!(jobs[0]["kind"], "diff");
+    assert_eq!(jobs[0]["result"], "succeeded");
+    let id = jobs[0]["backup_id"].as_str().unwrap().to_owned();
+    let listed = env.strata(&["--json", "list"]).stdout_text();
+    assert!(listed.contains(&id), "{listed}");
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(follow.stdout.take().unwrap()));
+    let mut events = Vec::new();
+    while events.len() < 2 {
+        let line = lines.next().expect("jobs --follow ended").unwrap();
+        let job: serde_json::Value = serde_json::from_str(&line).unwrap();
+        if job["trigger"] == "manual" {
+            events.push(job["result"].as_str().unwrap().to_owned());
+        }
+    }
+    let _ = follow.kill();
+    let _ = follow.wait();
+    assert_eq!(events, ["running", "succeeded"]);
+    // Without a service, --now says so.
     assert_eq!(service.terminate(), Some(0));
+    let alone = env.strata(&["backup", "pg", "main", "--now"]);
+    assert_eq!(alone.code(), Some(8), "{}", alone.stderr_text());
+    assert!(
+        alone.stderr_text().contains("no service runs at"),
+        "{}",
+        alone.stderr_text()
+    );
     let log = std::fs::read_to_string(env.dir.path("serve.log")).unwrap();
     for segment in &archived {
         assert!(

@@ -86,6 +86,11 @@ pub struct PgBackupArgs {
     /// Wait for a scheduled checkpoint instead of requesting an immediate one.
     #[arg(long)]
     pub spread_checkpoint: bool,
+    /// Hand the backup to the running service: it runs as one of its jobs
+    /// (its concurrency limit, one backup per database at a time, its
+    /// retries and job history), and this command waits for it.
+    #[arg(long, conflicts_with = "spread_checkpoint")]
+    pub now: bool,
 }
 
 /// `strata restore pg NAME (--to-time T | --to-lsn L | --latest) --target-dir D ...`.
@@ -343,6 +348,14 @@ pub async fn backup(args: PgBackupArgs, ctx: &Context) -> Result<()> {
             "PostgreSQL takes no log backups: its WAL is archived continuously",
         )
         .hint("use --kind full, diff or incr; `strata pg wal-push` archives the WAL (see `strata pg check`)"));
+    }
+    if args.now {
+        return crate::service::commands::backup_now(
+            ctx,
+            strata_postgres::ENGINE,
+            &args.name,
+            kind,
+        );
     }
     let plugin = ctx.cluster(&args.name)?.build(&args.name)?;
     let host = ctx.host().await?;

@@ -47,6 +47,10 @@ pub struct JobsArgs {
     /// How many jobs, newest first.
     #[arg(long, default_value_t = 20)]
     pub limit: usize,
+    /// Keep watching: print each job as it starts and as it ends, until
+    /// Ctrl-C (with --json, one object per line).
+    #[arg(long, short)]
+    pub follow: bool,
 }
 
 /// `strata status`.
@@ -110,7 +114,8 @@ pub async fn serve(args: ServeArgs, ctx: &Context) -> Result<()> {
     });
     if args.once {
         let now = args.now.unwrap_or_else(Utc::now);
-        let report = run::pass(ctx, &host, index.as_ref(), now, &stop, cancel).await?;
+        let slots = run::JobSlots::new(&ctx.config.service);
+        let report = run::pass(ctx, &host, index.as_ref(), now, &slots, &stop, cancel).await?;
         print_pass(&report, ctx)?;
         return outcome(&report);
     }
@@ -121,7 +126,18 @@ pub async fn serve(args: ServeArgs, ctx: &Context) -> Result<()> {
         &ctx.config.service.socket,
         ctx.config.service.socket_group.as_deref(),
     )?;
-    let control = control::serve(listener, ctx, host.vault().clone(), stop.clone());
+    let slots = run::JobSlots::new(&ctx.config.service);
+    let control = control::serve(
+        listener,
+        control::Service {
+            ctx,
+            host: &host,
+            index: index.as_ref(),
+            slots: &slots,
+            cancel: cancel.clone(),
+        },
+        stop.clone(),
+    );
     let _ = sd_notify::notify(&[NotifyState::Ready]);
     if let Some(interval) = sd_notify::watchdog_enabled() {
         // systemd restarts a service that stops pinging: ping at half the
@@ -138,7 +154,7 @@ pub async fn serve(args: ServeArgs, ctx: &Context) -> Result<()> {
         protected = ctx.config.protect.len(),
         "the service is running"
     );
-    let passes = passes(ctx, &host, index.as_ref(), &stop, cancel);
+    let passes = passes(ctx, &host, index.as_ref(), &slots, &stop, cancel);
     tokio::join!(control, passes);
     let _ = std::fs::remove_file(&ctx.config.service.socket);
     tracing::info!("the service stopped");
@@ -150,13 +166,14 @@ async fn passes(
     ctx: &Context,
     host: &strata_core::lifecycle::Host,
     index: Option<&strata_core::catalog::index::CatalogIndex>,
+    slots: &run::JobSlots,
     stop: &CancellationToken,
     cancel: CancellationToken,
 ) {
     let mut failed_jobs = 0;
     while !stop.is_cancelled() {
         let now = Utc::now();
-        match run::pass(ctx, host, index, now, stop, cancel.clone()).await {
+        match run::pass(ctx, host, index, now, slots, stop, cancel.clone()).await {
             Ok(report) => {
                 failed_jobs += report.jobs.iter().filter(|j| j.result == "failed").count();
                 let status = format!(
@@ -164,6 +181,7 @@ async fn passes(
                     time(now),
                     report.jobs.len()
                 );
+                tracing::info!(jobs = report.jobs.len(), "pass done");
                 let _ = sd_notify::notify(&[NotifyState::Status(&status)]);
             }
             // A pass that cannot even start (the vault unreachable) is
@@ -370,14 +388,20 @@ fn print_expiry(report: &strata_core::lifecycle::ExpiryReport) {
 
 /// `strata jobs`.
 pub async fn jobs(args: JobsArgs, ctx: &Context) -> Result<()> {
-    let request = Request::Jobs {
-        limit: args.limit,
-        index: ctx.index_path(),
+    let fetch = |limit: usize| -> Result<Vec<JobRecord>> {
+        let request = Request::Jobs {
+            limit,
+            index: ctx.index_path(),
+        };
+        Ok(match from_service(ctx, &request)? {
+            Some(value) => serde_json::from_value(value)?,
+            None => ctx.index()?.jobs(None, None, limit)?,
+        })
     };
-    let jobs: Vec<JobRecord> = match from_service(ctx, &request)? {
-        Some(value) => serde_json::from_value(value)?,
-        None => ctx.index()?.jobs(None, None, args.limit)?,
-    };
+    let jobs = fetch(args.limit)?;
+    if args.follow {
+        return follow(jobs, fetch, ctx).await;
+    }
     if ctx.json {
         return print_json(&jobs);
     }
@@ -390,6 +414,99 @@ pub async fn jobs(args: JobsArgs, ctx: &Context) -> Result<()> {
     }
     print_jobs(&jobs);
     Ok(())
+}
+
+/// `jobs --follow`: the recent jobs, then each change as it happens.
+async fn follow(
+    recent: Vec<JobRecord>,
+    fetch: impl Fn(usize) -> Result<Vec<JobRecord>>,
+    ctx: &Context,
+) -> Result<()> {
+    let show = |job: &JobRecord| -> Result<()> {
+        if ctx.json {
+            println!("{}", serde_json::to_string(job)?);
+        } else {
+            let database = job
+                .database
+                .as_deref()
+                .map_or(String::new(), |d| format!("/{d}"));
+            let detail = match (&job.backup_id, &job.error) {
+                (_, Some(error)) => format!(": {error}"),
+                (Some(id), None) => format!(" {id}"),
+                _ => String::new(),
+            };
+            println!(
+                "{} job {} {}/{}{database} {} ({}) {}{detail}",
+                time(job.ended_at.unwrap_or(job.started_at)),
+                job.id,
+                job.engine,
+                job.instance,
+                job.kind,
+                job.trigger,
+                job.result,
+            );
+        }
+        Ok(())
+    };
+    let mut seen: std::collections::HashMap<i64, String> = std::collections::HashMap::new();
+    for job in recent.iter().rev() {
+        show(job)?;
+        seen.insert(job.id, job.result.clone());
+    }
+    let interrupted = tokio::signal::ctrl_c();
+    tokio::pin!(interrupted);
+    loop {
+        tokio::select! {
+            _ = &mut interrupted => return Ok(()),
+            _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+        }
+        for job in fetch(100)?.iter().rev() {
+            if seen.get(&job.id) != Some(&job.result) {
+                show(job)?;
+                seen.insert(job.id, job.result.clone());
+            }
+        }
+    }
+}
+
+/// `strata backup ENGINE NAME --kind KIND --now`: the backup as a job of
+/// the running service.
+pub fn backup_now(ctx: &Context, engine: &str, instance: &str, kind: BackupKind) -> Result<()> {
+    let request = Request::Backup {
+        engine: engine.to_owned(),
+        instance: instance.to_owned(),
+        kind: kind.as_str().to_owned(),
+        index: ctx.index_path(),
+    };
+    let Some(answer) = from_service(ctx, &request)? else {
+        return Err(Error::not_found(format!(
+            "--now hands the backup to the service, and no service runs at {}",
+            ctx.config.service.socket.display()
+        ))
+        .hint("start it (`systemctl start strata`), or back up in this process without --now"));
+    };
+    let jobs: Vec<JobRecord> = serde_json::from_value(answer)?;
+    if ctx.json {
+        print_json(&jobs)?;
+    } else if !ctx.quiet {
+        print_jobs(&jobs);
+    }
+    match jobs.iter().find(|j| j.result != "succeeded") {
+        Some(job) => Err(Error::engine(format!(
+            "job {} failed: {}",
+            job.id,
+            job.error.as_deref().unwrap_or("no reason given")
+        ))
+        .hint(
+            job.hint
+                .clone()
+                .unwrap_or_else(|| "`strata jobs` shows the history".into()),
+        )),
+        None if jobs.is_empty() => Err(Error::cancelled(
+            "the service stopped before the backup ran",
+        )),
+        None => Ok(()),
+    }
 }
 
 /// One protected database's state, as `status` shows it.

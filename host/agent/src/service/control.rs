@@ -66,6 +66,18 @@ pub enum Request {
         /// configuration) does not answer for it.
         index: PathBuf,
     },
+    /// Run a backup now, as a job of the service (`strata backup ... --now`);
+    /// the answer is the job, once it ended.
+    Backup {
+        /// The engine.
+        engine: String,
+        /// The configured instance.
+        instance: String,
+        /// `full`, `diff` or `incr`.
+        kind: String,
+        /// The caller's catalog index.
+        index: PathBuf,
+    },
     /// The job history.
     Jobs {
         /// How many, newest first.
@@ -223,14 +235,28 @@ pub fn bind(path: &Path, group: Option<&str>) -> Result<UnixListener> {
     Ok(listener)
 }
 
+/// What the socket's requests run on: the running service's state.
+pub struct Service<'a> {
+    /// The configuration.
+    pub ctx: &'a Context,
+    /// The vault and lifecycle.
+    pub host: &'a strata_core::lifecycle::Host,
+    /// The catalog index (job history).
+    pub index: Option<&'a strata_core::catalog::index::CatalogIndex>,
+    /// The job slots the passes use too.
+    pub slots: &'a super::run::JobSlots,
+    /// Cancels running jobs (after the shutdown grace).
+    pub cancel: CancellationToken,
+}
+
 /// Serves `listener` until `stop` is cancelled.
-pub async fn serve(listener: UnixListener, ctx: &Context, vault: Vault, stop: CancellationToken) {
-    let pushes = Arc::new(WalPushes::new(vault));
+pub async fn serve(listener: UnixListener, service: Service<'_>, stop: CancellationToken) {
+    let pushes = Arc::new(WalPushes::new(service.host.vault().clone()));
     let mut handlers = FuturesUnordered::new();
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => handlers.push(handle(stream, ctx, pushes.clone())),
+                Ok((stream, _)) => handlers.push(handle(stream, &service, pushes.clone())),
                 Err(err) => tracing::warn!(error = %err, "accepting on the control socket failed"),
             },
             Some(()) = handlers.next() => {}
@@ -241,7 +267,7 @@ pub async fn serve(listener: UnixListener, ctx: &Context, vault: Vault, stop: Ca
     while handlers.next().await.is_some() {}
 }
 
-async fn handle(stream: UnixStream, ctx: &Context, pushes: Arc<WalPushes>) {
+async fn handle(stream: UnixStream, service: &Service<'_>, pushes: Arc<WalPushes>) {
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
     if tokio::io::BufReader::new(read)
@@ -252,7 +278,7 @@ async fn handle(stream: UnixStream, ctx: &Context, pushes: Arc<WalPushes>) {
         return;
     }
     let result = match serde_json::from_str::<Request>(&line) {
-        Ok(request) => answer(request, ctx, &pushes).await,
+        Ok(request) => answer(request, service, &pushes).await,
         Err(e) => Err(Error::config(format!("not a control request: {e}"))),
     };
     let answer = match result {
@@ -275,9 +301,10 @@ async fn handle(stream: UnixStream, ctx: &Context, pushes: Arc<WalPushes>) {
 
 async fn answer(
     request: Request,
-    ctx: &Context,
+    service: &Service<'_>,
     pushes: &Arc<WalPushes>,
 ) -> Result<serde_json::Value> {
+    let ctx = service.ctx;
     match request {
         Request::WalPush {
             cluster,
@@ -299,6 +326,51 @@ async fn answer(
             same_index(ctx, &index)?;
             let rows = super::commands::status_rows(ctx, None).await?;
             Ok(serde_json::to_value(rows)?)
+        }
+        Request::Backup {
+            engine,
+            instance,
+            kind,
+            index,
+        } => {
+            same_index(ctx, &index)?;
+            let kind: strata_core::catalog::manifest::BackupKind = kind.parse()?;
+            let plugin: Arc<dyn strata_core::plugin::EnginePlugin> =
+                crate::engines::plugin(ctx, &engine, &instance)?.into();
+            let policy = ctx
+                .config
+                .protect
+                .iter()
+                .find(|p| p.instance.get_ref() == &instance)
+                .and_then(|p| ctx.config.policy.get(p.policy.get_ref()));
+            let item = super::run::Protected {
+                database: strata_core::plugin::DatabaseRef::instance(&instance),
+                plugin,
+                policy_name: String::new(),
+                policy: policy.cloned().ok_or_else(|| {
+                    Error::config(format!(
+                        "{engine} `{instance}` is not protected by this service"
+                    ))
+                    .hint("add a [[protect]] item for it, or back it up without --now")
+                })?,
+            };
+            let due = super::schedule::Due {
+                kind,
+                trigger: super::schedule::Trigger::Manual,
+                slot: None,
+            };
+            let jobs = super::run::run_job(
+                service.host,
+                service.index,
+                &ctx.config.service,
+                service.slots,
+                &item,
+                due,
+                chrono::Utc::now(),
+                service.cancel.clone(),
+            )
+            .await;
+            Ok(serde_json::to_value(jobs)?)
         }
         Request::Jobs { limit, index } => {
             same_index(ctx, &index)?;

@@ -163,6 +163,33 @@ pub fn retry_pause(service: &ServiceConfig) -> std::time::Duration {
     service.retry_delay.0 * 2u32.saturating_pow(service.retries.min(16))
 }
 
+/// Where jobs wait for their turn: at most `[service] concurrency` at once
+/// on the host, and one backup per database at a time, whether a pass or an
+/// operator (`backup ... --now`) started it.
+pub struct JobSlots {
+    host: tokio::sync::Semaphore,
+    databases: std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl JobSlots {
+    /// Slots for `service`'s concurrency.
+    pub fn new(service: &ServiceConfig) -> Self {
+        JobSlots {
+            host: tokio::sync::Semaphore::new(service.concurrency.max(1)),
+            databases: Default::default(),
+        }
+    }
+
+    fn database(&self, name: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.databases
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(name.to_owned())
+            .or_default()
+            .clone()
+    }
+}
+
 /// What one pass did.
 #[derive(Debug, Default, serde::Serialize)]
 pub struct PassReport {
@@ -180,6 +207,7 @@ pub async fn pass(
     host: &Host,
     index: Option<&CatalogIndex>,
     now: DateTime<Utc>,
+    slots: &JobSlots,
     stop: &CancellationToken,
     cancel: CancellationToken,
 ) -> Result<PassReport> {
@@ -197,7 +225,7 @@ pub async fn pass(
     telemetry::queued(due.len());
     let runs = futures::stream::iter(due)
         .take_while(|_| std::future::ready(!stop.is_cancelled()))
-        .map(|(item, job)| run_job(host, index, service, item, job, now, cancel.clone()))
+        .map(|(item, job)| run_job(host, index, service, slots, item, job, now, cancel.clone()))
         .buffer_unordered(service.concurrency.max(1));
     futures::pin_mut!(runs);
     while let Some(jobs) = runs.next().await {
@@ -319,17 +347,24 @@ fn fail(job: &mut JobRecord, err: &Error) {
 }
 
 /// Runs one due backup with its retries, and the full that replaces a
-/// differential or incremental whose chain is broken. Returns the jobs, as
-/// history records them.
-async fn run_job(
+/// differential or incremental whose chain is broken, once `slots` give it
+/// its turn. Returns the jobs, as history records them.
+#[allow(clippy::too_many_arguments)]
+pub async fn run_job(
     host: &Host,
     index: Option<&CatalogIndex>,
     service: &ServiceConfig,
+    slots: &JobSlots,
     item: &Protected,
     due: Due,
     now: DateTime<Utc>,
     cancel: CancellationToken,
 ) -> Vec<JobRecord> {
+    let database = slots.database(&item.name());
+    let _database = database.lock().await;
+    let Ok(_host) = slots.host.acquire().await else {
+        return Vec::new();
+    };
     telemetry::job_started();
     let jobs = run_due(host, index, service, item, due, now, cancel).await;
     telemetry::job_ended();

@@ -34,6 +34,8 @@ pub enum Trigger {
     /// A differential or incremental could not build on the chain (the
     /// engine's message).
     ChainBroken(String),
+    /// An operator asked for it (`strata backup ... --now`).
+    Manual,
 }
 
 impl Trigger {
@@ -43,6 +45,7 @@ impl Trigger {
             Trigger::Schedule => "schedule",
             Trigger::Initial => "initial",
             Trigger::ChainBroken(_) => "chain-broken",
+            Trigger::Manual => "manual",
         }
     }
 }
