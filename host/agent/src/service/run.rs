@@ -213,13 +213,40 @@ pub async fn pass(
 ) -> Result<PassReport> {
     let service = &ctx.config.service;
     let protected = discover(ctx).await?;
+    // What is due, for every database at once (reading the vault is most
+    // of the time a pass takes).
+    let checked: Vec<Result<Option<(&Protected, Due)>>> = futures::stream::iter(&protected)
+        .map(|item| async move {
+            let backups = host.backups(item.plugin.as_ref(), &item.database).await?;
+            let last = last_runs(item, &backups, index);
+            Ok(
+                schedule::due(&item.policy, &last, now, retry_pause(service))
+                    .map(|due| (item, due)),
+            )
+        })
+        .buffered(PASS_READS)
+        .collect()
+        .await;
     let mut due = Vec::new();
-    for item in &protected {
-        let backups = host.backups(item.plugin.as_ref(), &item.database).await?;
-        let last = last_runs(item, &backups, index);
-        if let Some(job) = schedule::due(&item.policy, &last, now, retry_pause(service)) {
-            due.push((item, job));
+    let mut first_error = None;
+    let mut readable = 0;
+    for (item, result) in protected.iter().zip(checked) {
+        match result {
+            Ok(job) => {
+                readable += 1;
+                due.extend(job);
+            }
+            Err(err) => {
+                tracing::error!(database = %item.name(), error = %err, "its backups could not be read; nothing runs for it in this pass");
+                first_error.get_or_insert(err);
+            }
         }
+    }
+    // Nothing readable at all (the vault is down): the pass failed.
+    if let Some(err) = first_error
+        && readable == 0
+    {
+        return Err(err);
     }
     let mut report = PassReport::default();
     telemetry::queued(due.len());
@@ -234,44 +261,73 @@ pub async fn pass(
     if stop.is_cancelled() || cancel.is_cancelled() {
         return Ok(report);
     }
-    for item in &protected {
-        let Some(expiry) = item.expire(host, now, false).await else {
-            continue;
-        };
+    // Retention and the RPO of every database, several at once. An expiry
+    // enters the job history when it deleted something or failed: an idle
+    // service does not fill the history with passes that did nothing.
+    let maintained: Vec<(Option<JobRecord>, Option<ExpiryReport>)> =
+        futures::stream::iter(&protected)
+            .map(|item| maintain(host, index, item, now))
+            .buffered(PASS_READS)
+            .collect()
+            .await;
+    for (job, expiry) in maintained {
+        report.jobs.extend(job);
+        report.expiries.extend(expiry);
+    }
+    Ok(report)
+}
+
+/// Databases whose backups a pass reads at once.
+const PASS_READS: usize = 16;
+
+/// Applies retention to one database and records its RPO.
+async fn maintain(
+    host: &Host,
+    index: Option<&CatalogIndex>,
+    item: &Protected,
+    now: DateTime<Utc>,
+) -> (Option<JobRecord>, Option<ExpiryReport>) {
+    let mut outcome = (None, None);
+    if let Some(expiry) = item.expire(host, now, false).await {
         let mut job = new_job(item, "expire", "schedule", None, now);
-        job = start(index, job);
         match expiry {
             Ok(expiry) => {
-                job.result = "succeeded".into();
-                job.stored_bytes = Some(expiry.freed_bytes);
                 telemetry::expired(
                     &job.engine,
                     &job.instance,
                     job.database.as_deref(),
                     expiry.deleted_backups,
                 );
-                report.expiries.push(expiry);
+                if expiry.deleted_backups + expiry.deleted_log > 0 {
+                    job = start(index, job);
+                    job.result = "succeeded".into();
+                    job.stored_bytes = Some(expiry.freed_bytes);
+                    finish(index, &mut job);
+                    outcome.0 = Some(job);
+                }
+                outcome.1 = Some(expiry);
             }
-            Err(err) => fail(&mut job, &err),
-        }
-        finish(index, &mut job);
-        report.jobs.push(job);
-    }
-    for item in &protected {
-        match item.latest_point(host).await {
-            Ok(point) => telemetry::rpo(
-                item.plugin.engine(),
-                item.plugin.instance(),
-                item.database.database.as_deref(),
-                point.map(|p| (Utc::now() - p).num_seconds().max(0)),
-                item.policy.rpo_target().map(|r| r.as_secs()),
-            ),
             Err(err) => {
-                tracing::warn!(database = %item.name(), error = %err, "the restorable windows could not be read")
+                job = start(index, job);
+                fail(&mut job, &err);
+                finish(index, &mut job);
+                outcome.0 = Some(job);
             }
         }
     }
-    Ok(report)
+    match item.latest_point(host).await {
+        Ok(point) => telemetry::rpo(
+            item.plugin.engine(),
+            item.plugin.instance(),
+            item.database.database.as_deref(),
+            point.map(|p| (Utc::now() - p).num_seconds().max(0)),
+            item.policy.rpo_target().map(|r| r.as_secs()),
+        ),
+        Err(err) => {
+            tracing::warn!(database = %item.name(), error = %err, "the restorable windows could not be read")
+        }
+    }
+    outcome
 }
 
 fn new_job(
