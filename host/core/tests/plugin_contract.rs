@@ -439,3 +439,30 @@ async fn an_interrupted_expiry_is_finished_by_the_next_pass_and_keeps_what_it_ke
     .unwrap();
     assert_eq!(*toy.restored.lock().unwrap(), ["a", "b", "c", "d"]);
 }
+
+/// Retention of a database with no backup yet (its first full may be
+/// running) deletes nothing and is not an error.
+#[tokio::test]
+async fn expiry_of_a_database_without_backups_is_a_no_op() {
+    use strata_core::catalog::retention::Retention;
+    let vault = vault("contract-expiry-empty").await;
+    let host = Host::new(vault);
+    let toy = Toy::default();
+    let policy = Retention {
+        daily: 1,
+        ..Retention::default()
+    };
+    let report = host
+        .expire(
+            &toy,
+            &whole(),
+            &policy,
+            Utc::now(),
+            chrono_tz::Tz::UTC,
+            false,
+        )
+        .await
+        .unwrap();
+    assert!(report.plan.keep.is_empty() && report.plan.expire.is_empty());
+    assert_eq!(report.deleted_backups + report.deleted_log, 0);
+}

@@ -315,3 +315,44 @@ fn the_newest_point_survives_any_age_and_a_broken_chain_expires() {
     assert_eq!(plan.expire[0].id, orphan.id);
     assert!(plan.expire[0].reason.contains("does not reach a full"));
 }
+
+#[test]
+fn the_newest_point_is_the_backup_that_ended_last_even_when_a_later_slot_is_older() {
+    // A scheduled full labelled with its slot, and a full taken by hand that
+    // ended after it: the one taken by hand is the newest recovery point.
+    let now: DateTime<Utc> = "2026-12-20T12:00:00Z".parse().unwrap();
+    let mut scheduled = manifest(
+        0,
+        BackupKind::Full,
+        "2026-12-01T11:00:00Z".parse().unwrap(),
+        None,
+    );
+    scheduled.labels.insert(
+        strata_core::catalog::retention::SCHEDULED_FOR_LABEL.into(),
+        "2026-12-20T03:00:00Z".into(),
+    );
+    let by_hand = manifest(
+        1,
+        BackupKind::Full,
+        "2026-12-01T11:30:00Z".parse().unwrap(),
+        None,
+    );
+    let manifests = vec![scheduled.clone(), by_hand.clone()];
+    let plan = plan(
+        &manifests,
+        &DefaultChainRules,
+        &Retention {
+            daily: 1,
+            ..Retention::default()
+        },
+        now,
+        Tz::UTC,
+    );
+    let newest: Vec<_> = plan
+        .keep
+        .iter()
+        .filter(|k| k.reasons.contains(&KeepReason::Newest))
+        .map(|k| k.id.clone())
+        .collect();
+    assert_eq!(newest, [by_hand.id]);
+}
