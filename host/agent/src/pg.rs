@@ -280,6 +280,7 @@ pub fn wal_push_through_service(
         cluster: name.to_owned(),
         path: path.clone(),
         data_directory,
+        index: config.catalog_path(),
     };
     match crate::service::control::ask(&config.service.socket, &request) {
         crate::service::control::Reply::NoService => None,

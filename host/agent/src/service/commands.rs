@@ -127,6 +127,10 @@ pub async fn serve(args: ServeArgs, ctx: &Context) -> Result<()> {
         ctx.config.service.socket_group.as_deref(),
     )?;
     let slots = run::JobSlots::new(&ctx.config.service);
+    // The socket stays open until the passes (and so every running job)
+    // ended: a backup waiting for its last WAL segment gets it through the
+    // socket during the grace period.
+    let passes_done = CancellationToken::new();
     let control = control::serve(
         listener,
         control::Service {
@@ -135,8 +139,9 @@ pub async fn serve(args: ServeArgs, ctx: &Context) -> Result<()> {
             index: index.as_ref(),
             slots: &slots,
             cancel: cancel.clone(),
+            stopping: stop.clone(),
         },
-        stop.clone(),
+        passes_done.clone(),
     );
     let _ = sd_notify::notify(&[NotifyState::Ready]);
     if let Some(interval) = sd_notify::watchdog_enabled() {
@@ -154,7 +159,10 @@ pub async fn serve(args: ServeArgs, ctx: &Context) -> Result<()> {
         protected = ctx.config.protect.len(),
         "the service is running"
     );
-    let passes = passes(ctx, &host, index.as_ref(), &slots, &stop, cancel);
+    let passes = async {
+        passes(ctx, &host, index.as_ref(), &slots, &stop, cancel).await;
+        passes_done.cancel();
+    };
     tokio::join!(control, passes);
     let _ = std::fs::remove_file(&ctx.config.service.socket);
     tracing::info!("the service stopped");

@@ -44,6 +44,9 @@ use crate::context::Context;
 /// a slow link included) before it gives up on the service.
 pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(600);
 
+/// The largest request the service reads, in bytes.
+const MAX_REQUEST: u64 = 64 << 10;
+
 /// Segments archived ahead at once.
 const READ_AHEAD: usize = 4;
 
@@ -59,6 +62,9 @@ pub enum Request {
         path: PathBuf,
         /// The cluster's data directory, as the archiver runs in it.
         data_directory: PathBuf,
+        /// The caller's catalog index: a service of another configuration
+        /// (another vault) leaves the file to the caller.
+        index: PathBuf,
     },
     /// The status of every protected database.
     Status {
@@ -170,6 +176,12 @@ pub fn ask(socket: &Path, request: &Request) -> Reply {
         stream.write_all(&line)?;
         let mut answer = String::new();
         BufReader::new(&stream).read_line(&mut answer)?;
+        if answer.is_empty() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "the service closed the connection without answering (it stopped or failed)",
+            ));
+        }
         serde_json::from_str(&answer).map_err(std::io::Error::other)
     };
     let answer = exchange();
@@ -247,6 +259,9 @@ pub struct Service<'a> {
     pub slots: &'a super::run::JobSlots,
     /// Cancels running jobs (after the shutdown grace).
     pub cancel: CancellationToken,
+    /// Cancelled when the service stops taking jobs (it still answers, and
+    /// archives WAL, until its running jobs ended).
+    pub stopping: CancellationToken,
 }
 
 /// Serves `listener` until `stop` is cancelled.
@@ -270,7 +285,10 @@ pub async fn serve(listener: UnixListener, service: Service<'_>, stop: Cancellat
 async fn handle(stream: UnixStream, service: &Service<'_>, pushes: Arc<WalPushes>) {
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
-    if tokio::io::BufReader::new(read)
+    // A request is a few hundred bytes: a member of the socket's group
+    // cannot make the service buffer more than this.
+    let limited = tokio::io::AsyncReadExt::take(read, MAX_REQUEST);
+    if tokio::io::BufReader::new(limited)
         .read_line(&mut line)
         .await
         .is_err()
@@ -310,7 +328,9 @@ async fn answer(
             cluster,
             path,
             data_directory,
+            index,
         } => {
+            same_index(ctx, &index)?;
             let configured = ctx.config.postgres.get(&cluster).ok_or_else(|| {
                 Error::config(format!("the service has no PostgreSQL cluster `{cluster}`")).hint(
                     "archive_command must name a [postgres.<name>] section of the service's config",
@@ -334,6 +354,12 @@ async fn answer(
             index,
         } => {
             same_index(ctx, &index)?;
+            if service.stopping.is_cancelled() {
+                return Err(
+                    Error::conflict("the service is stopping and starts no new job")
+                        .hint("run the backup without --now, or once the service is back"),
+                );
+            }
             let kind: strata_core::catalog::manifest::BackupKind = kind.parse()?;
             let plugin: Arc<dyn strata_core::plugin::EnginePlugin> =
                 crate::engines::plugin(ctx, &engine, &instance)?.into();
