@@ -41,28 +41,13 @@ pub enum VaultCommand {
     },
 }
 
-/// Parses an age such as `90s`, `30m`, `6h` or `2d`.
+/// Parses an age such as `90s`, `30m`, `6h` or `2d` (the durations the
+/// service's configuration reads).
 fn parse_age(text: &str) -> std::result::Result<Duration, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let number: u64 = number
-        .parse()
-        .map_err(|_| format!("`{text}` is not an age such as 30m, 6h or 2d"))?;
-    let seconds = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        _ => {
-            return Err(format!(
-                "`{text}` is not an age such as 30m, 6h or 2d (units: s, m, h, d)"
-            ));
-        }
-    };
-    Ok(Duration::from_secs(number.saturating_mul(seconds)))
+    text.trim()
+        .parse::<crate::service::policy::Interval>()
+        .map(|interval| interval.0)
+        .map_err(|_| format!("`{text}` is not an age such as 30m, 6h or 2d"))
 }
 
 /// Runs a vault command.

@@ -416,12 +416,15 @@ impl Host {
         if !dry_run {
             report.finished_earlier = self.vault.finish_deletions().await?;
         }
-        if self.backups(plugin, database).await?.is_empty() {
+        let manifests = self.backups(plugin, database).await?;
+        if manifests.is_empty() {
             // Nothing to expire, and nothing to keep WAL for yet: a first
             // backup may be running.
             return Ok(report);
         }
-        let (chain, manifests) = self.chain(plugin, database).await?;
+        let chain = plugin
+            .chain(database, &manifests, self.archive(plugin))
+            .await?;
         report.plan = retention::plan(&manifests, chain.rules.as_ref(), policy, now, zone);
         let kept: Vec<Manifest> = manifests
             .iter()
