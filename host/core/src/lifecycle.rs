@@ -301,7 +301,21 @@ impl Host {
         plugin: &dyn EnginePlugin,
         database: &DatabaseRef,
     ) -> Result<Timeline> {
-        let (chain, _) = self.chain(plugin, database).await?;
+        let manifests = self.backups(plugin, database).await?;
+        self.timeline_of(plugin, database, &manifests).await
+    }
+
+    /// The recoverable windows and gaps of `database` whose committed
+    /// backups (from [`backups`](Self::backups)) the caller read already.
+    pub async fn timeline_of(
+        &self,
+        plugin: &dyn EnginePlugin,
+        database: &DatabaseRef,
+        manifests: &[Manifest],
+    ) -> Result<Timeline> {
+        let chain = plugin
+            .chain(database, manifests, self.archive(plugin))
+            .await?;
         Ok(planner::timeline(&chain.records, chain.rules.as_ref()))
     }
 

@@ -589,7 +589,7 @@ pub async fn status_rows(ctx: &Context, now: Option<DateTime<Utc>>) -> Result<Ve
                 .last
                 .insert(m.kind.as_str().into(), (m.id.to_string(), point_time(m)));
         }
-        match item.latest_point(&host).await {
+        match item.latest_point_of(&host, &backups).await {
             Ok(point) => status.latest_point = point,
             Err(err) => {
                 status.health = "error".into();

@@ -60,7 +60,19 @@ impl Protected {
     /// The newest restorable point of the database (UTC), from the
     /// planner's recoverable windows.
     pub async fn latest_point(&self, host: &Host) -> Result<Option<DateTime<Utc>>> {
-        let timeline = host.timeline(self.plugin.as_ref(), &self.database).await?;
+        let backups = host.backups(self.plugin.as_ref(), &self.database).await?;
+        self.latest_point_of(host, &backups).await
+    }
+
+    /// [`latest_point`](Self::latest_point) from backups read already.
+    pub async fn latest_point_of(
+        &self,
+        host: &Host,
+        backups: &[Manifest],
+    ) -> Result<Option<DateTime<Utc>>> {
+        let timeline = host
+            .timeline_of(self.plugin.as_ref(), &self.database, backups)
+            .await?;
         Ok(timeline.windows.iter().map(|w| w.to_time).max())
     }
 
