@@ -233,12 +233,21 @@ impl VersionStore {
     /// Deletes a committed version: its manifest first (it stops existing
     /// at once), then its data, then its marker.
     pub async fn delete(&self, manifest: &Manifest) -> Result<()> {
-        self.vault
+        if let strata_core::vault::Deletion::Locked { until } = self
+            .vault
             .delete_backup(
                 manifest,
                 "SAP HANA asked to delete it (hdbbackint -f delete)",
             )
-            .await?;
+            .await?
+        {
+            return Err(strata_core::Error::conflict(format!(
+                "backup {} is locked by the vault's immutability{}",
+                manifest.id,
+                until.map(|t| format!(" until {}", t.to_rfc3339())).unwrap_or_default()
+            ))
+            .hint("an immutable vault deletes nothing before its lock ends; HANA can delete it after that"));
+        }
         if let Some(meta) = ObjectMeta::of(manifest) {
             self.delete_marker(&manifest.instance, &meta.name, manifest.id.as_str())
                 .await?;

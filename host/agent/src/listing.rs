@@ -24,8 +24,12 @@ pub struct ListArgs {
     /// Only this instance (a stream name, a cluster name, a SID).
     pub instance: Option<String>,
     /// Also show the restorable windows and the gaps between them.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "deleted")]
     pub timeline: bool,
+    /// Show the deleted backups whose data is still kept (`strata
+    /// undelete` brings them back) instead of the committed ones.
+    #[arg(long)]
+    pub deleted: bool,
 }
 
 /// Arguments of `strata verify`.
@@ -144,6 +148,9 @@ pub async fn list(args: ListArgs, ctx: &Context) -> Result<()> {
         instance: args.instance.clone(),
         ..Default::default()
     };
+    if args.deleted {
+        return list_deleted(&vault, &filter, ctx).await;
+    }
     let manifests = manifests(ctx, &vault, &filter).await?;
     let mut groups: BTreeMap<(String, String, Option<String>), Vec<Manifest>> = BTreeMap::new();
     if args.timeline {
@@ -221,6 +228,99 @@ pub async fn list(args: ListArgs, ctx: &Context) -> Result<()> {
         println!();
         print!("{}", render_timeline(t.engine, t.instance, &t.timeline));
     }
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct ListedDeleted<'a> {
+    id: &'a BackupId,
+    engine: &'a str,
+    instance: &'a str,
+    database: Option<&'a str>,
+    kind: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    base: Option<&'a BackupId>,
+    ended_at: String,
+    deleted_at: String,
+    /// When `vault gc` or retention may purge its data (UTC).
+    purge_after: String,
+    reason: &'a str,
+    stored_bytes: u64,
+}
+
+/// `strata list --deleted`: the soft-deleted backups (see
+/// `strata_core::vault::deletion`) whose manifests are gone and whose data
+/// is not purged yet.
+async fn list_deleted(vault: &Vault, filter: &ListFilter, ctx: &Context) -> Result<()> {
+    let mut deleted = Vec::new();
+    for tombstone in vault.deleted_backups().await? {
+        let m = &tombstone.manifest;
+        let wanted = filter.engine.as_ref().is_none_or(|e| &m.engine == e)
+            && filter.instance.as_ref().is_none_or(|i| &m.instance == i);
+        // A manifest that exists again was undeleted (or its deletion was
+        // cut short before the manifest went): it is not a deleted backup.
+        if wanted && !vault.manifest_exists(&m.engine, &m.instance, &m.id).await? {
+            deleted.push(tombstone);
+        }
+    }
+    deleted.sort_by_key(|t| t.deleted_at);
+    if ctx.json {
+        let listed: Vec<ListedDeleted> = deleted
+            .iter()
+            .map(|t| ListedDeleted {
+                id: &t.manifest.id,
+                engine: &t.manifest.engine,
+                instance: &t.manifest.instance,
+                database: t.manifest.database.as_deref(),
+                kind: t.manifest.kind.as_str(),
+                base: t.manifest.base.as_ref(),
+                ended_at: t.manifest.ended_at.to_rfc3339(),
+                deleted_at: t.deleted_at.to_rfc3339(),
+                purge_after: t.purge_after().to_rfc3339(),
+                reason: &t.reason,
+                stored_bytes: t.manifest.stored_size(),
+            })
+            .collect();
+        return print_json(&listed);
+    }
+    if deleted.is_empty() {
+        println!(
+            "no deleted backups are kept in {} (it keeps them {} days)",
+            vault.url(),
+            vault.soft_delete_days()
+        );
+        return Ok(());
+    }
+    let mut table = Table::new(&[
+        "ID",
+        "ENGINE",
+        "INSTANCE",
+        "KIND",
+        "ENDED (UTC)",
+        "DELETED (UTC)",
+        "PURGE AFTER (UTC)",
+        "STORED",
+        "REASON",
+    ]);
+    for t in &deleted {
+        let m = &t.manifest;
+        let instance = match &m.database {
+            Some(db) => format!("{}/{db}", m.instance),
+            None => m.instance.clone(),
+        };
+        table.row(vec![
+            m.id.to_string(),
+            m.engine.clone(),
+            instance,
+            kind_label(m),
+            m.ended_at.format("%Y-%m-%d %H:%M:%S").to_string(),
+            t.deleted_at.format("%Y-%m-%d %H:%M:%S").to_string(),
+            t.purge_after().format("%Y-%m-%d %H:%M:%S").to_string(),
+            human_bytes(m.stored_size()),
+            t.reason.clone(),
+        ]);
+    }
+    print!("{}", table.render());
     Ok(())
 }
 

@@ -8,6 +8,7 @@
 
 mod config;
 mod context;
+mod deleting;
 mod engines;
 mod hana;
 mod listing;
@@ -76,6 +77,12 @@ enum Command {
     List(listing::ListArgs),
     /// Read every part of backups and check checksums and digests.
     Verify(listing::VerifyArgs),
+    /// Delete backups: they leave list and restore at once; their data stays
+    /// for the vault's soft delete period (`strata undelete` brings them
+    /// back), then `vault gc` or retention purges it.
+    Delete(deleting::DeleteArgs),
+    /// Bring back deleted backups whose data is not purged yet.
+    Undelete(deleting::UndeleteArgs),
     /// Manage the local catalog index.
     #[command(subcommand)]
     Catalog(listing::CatalogCommand),
@@ -210,6 +217,8 @@ async fn run(cli: Cli, config_path: Option<PathBuf>, config: Result<Config>) -> 
         }
         Command::List(args) => listing::list(args, &ctx).await,
         Command::Verify(args) => listing::verify(args, &ctx).await,
+        Command::Delete(args) => deleting::delete(args, &ctx).await,
+        Command::Undelete(args) => deleting::undelete(args, &ctx).await,
         Command::Catalog(cmd) => listing::catalog(cmd, &ctx).await,
         Command::Pg(cmd) => pg::run(cmd, &ctx).await,
         Command::Hana(cmd) => hana::run(cmd, &ctx).await,

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use clap::Subcommand;
 use strata_core::crypto::VaultKey;
-use strata_core::vault::{Vault, VaultConfig};
+use strata_core::vault::{Deletion, PurgeReport, Vault, VaultConfig, VaultOptions};
 use strata_core::{Error, Result};
 
 use crate::context::Context;
@@ -22,13 +22,33 @@ pub enum VaultCommand {
         /// or generated into it when the file does not exist yet.
         #[arg(long)]
         encrypt: bool,
+        /// Make the vault immutable: the store refuses to delete or
+        /// overwrite anything Strata writes for DAYS days (S3 Object Lock,
+        /// an Azure container immutability policy, a GCS bucket retention
+        /// policy). On S3 the bucket needs Object Lock enabled; Strata sets
+        /// its default retention. The store is probed: init fails if it
+        /// does not refuse a delete.
+        #[arg(long, value_name = "DAYS")]
+        immutable: Option<u32>,
+        /// S3 Object Lock mode for --immutable: compliance (no one can
+        /// shorten the lock) or governance.
+        #[arg(long, default_value = "compliance", requires = "immutable")]
+        lock_mode: strata_core::vault::immutability::LockMode,
+        /// Days a deleted backup's data stays, restorable with `strata
+        /// undelete`, before `vault gc` or retention purges it; 0 purges at
+        /// once.
+        #[arg(long, value_name = "DAYS", default_value_t = strata_core::vault::DEFAULT_SOFT_DELETE_DAYS)]
+        soft_delete_days: u32,
     },
     /// Show the vault's metadata.
     Info,
-    /// Delete the data of backups that were never committed (a backup whose
-    /// process was killed leaves its segments behind, invisible to list and
-    /// restore), and in a local vault the staging files of uploads cut off
-    /// the same way. Committed backups, and WAL, are never touched.
+    /// Purge the data of deleted backups whose soft delete period is over,
+    /// and delete the data of backups that were never committed (a backup
+    /// whose process was killed leaves its segments behind, invisible to
+    /// list and restore), and in a local vault the staging files of uploads
+    /// cut off the same way. Committed backups, soft-deleted backups inside
+    /// their period, and WAL are never touched; on an immutable vault
+    /// nothing still locked is.
     Gc {
         /// Only data whose newest object, and staging files, last written
         /// longer ago than this (`30m`, `6h`, `2d`): a backup or upload still
@@ -53,7 +73,19 @@ fn parse_age(text: &str) -> std::result::Result<Duration, String> {
 /// Runs a vault command.
 pub async fn run(command: VaultCommand, ctx: &Context) -> Result<()> {
     match command {
-        VaultCommand::Init { url, encrypt } => init(url, encrypt, ctx).await,
+        VaultCommand::Init {
+            url,
+            encrypt,
+            immutable,
+            lock_mode,
+            soft_delete_days,
+        } => {
+            let options = VaultOptions {
+                soft_delete_days,
+                immutable: immutable.map(|days| (lock_mode, days)),
+            };
+            init(url, encrypt, options, ctx).await
+        }
         VaultCommand::Info => info(ctx).await,
         VaultCommand::Gc {
             older_than,
@@ -67,16 +99,23 @@ async fn gc(older_than: Duration, dry_run: bool, ctx: &Context) -> Result<()> {
         delete_orphan, delete_unfinished_upload, find_orphans, find_unfinished_uploads,
     };
     let vault = ctx.vault().await?;
+    let purge = if dry_run {
+        None
+    } else {
+        Some(vault.purge_deleted(chrono::Utc::now()).await?)
+    };
     let orphans = find_orphans(&vault, older_than).await?;
     let uploads = find_unfinished_uploads(&vault, older_than).await?;
     let mut deleted = Vec::new();
     let mut kept = Vec::new();
+    let mut locked = Vec::new();
     let mut uploads_deleted = Vec::new();
     let mut uploads_kept = Vec::new();
     if !dry_run {
         for orphan in &orphans {
             match delete_orphan(&vault, orphan).await {
-                Ok(()) => deleted.push(orphan),
+                Ok(Deletion::Deleted) => deleted.push(orphan),
+                Ok(Deletion::Locked { until }) => locked.push((orphan, until)),
                 // Committed meanwhile: it is a backup now, and stays.
                 Err(e) if e.kind() == strata_core::ErrorKind::Conflict => kept.push(orphan),
                 Err(e) => return Err(e.context(format!("deleting {}", orphan.prefix))),
@@ -96,6 +135,8 @@ async fn gc(older_than: Duration, dry_run: bool, ctx: &Context) -> Result<()> {
     if ctx.json {
         return print_json(&serde_json::json!({
             "dry_run": dry_run,
+            "purge": purge,
+            "locked": locked.iter().map(|(o, until)| serde_json::json!({"prefix": o.prefix, "locked_until": until})).collect::<Vec<_>>(),
             "orphans": orphans,
             "deleted": deleted.iter().map(|o| &o.prefix).collect::<Vec<_>>(),
             "committed_meanwhile": kept.iter().map(|o| &o.prefix).collect::<Vec<_>>(),
@@ -105,6 +146,9 @@ async fn gc(older_than: Duration, dry_run: bool, ctx: &Context) -> Result<()> {
             "unfinished_uploads_running": uploads_kept.iter().map(|u| &u.path).collect::<Vec<_>>(),
             "unfinished_upload_bytes": upload_bytes,
         }));
+    }
+    if let Some(purge) = &purge {
+        print_purge(purge, vault.soft_delete_days());
     }
     if orphans.is_empty() && uploads.is_empty() {
         println!(
@@ -165,11 +209,45 @@ async fn gc(older_than: Duration, dry_run: bool, ctx: &Context) -> Result<()> {
         for o in kept {
             println!("kept {}: it was committed while this ran", o.id);
         }
+        for (o, until) in locked {
+            println!(
+                "kept {}: the vault's lock keeps its objects{}; a later run deletes them",
+                o.id,
+                until
+                    .map(|t| format!(" until {}", t.format("%Y-%m-%d %H:%M:%S UTC")))
+                    .unwrap_or_default()
+            );
+        }
         for u in uploads_kept {
             println!("kept {}: it was written to while this ran", u.path);
         }
     }
     Ok(())
+}
+
+/// Prints what purging soft-deleted backups did.
+pub fn print_purge(purge: &PurgeReport, soft_delete_days: u32) {
+    if !purge.purged.is_empty() {
+        println!(
+            "purged {} deleted backup(s) whose {soft_delete_days}-day soft delete period is over, {}",
+            purge.purged.len(),
+            human_bytes(purge.purged_bytes)
+        );
+    }
+    if !purge.waiting.is_empty() {
+        println!(
+            "{} deleted backup(s) are still restorable with `strata undelete` (`strata list --deleted`)",
+            purge.waiting.len()
+        );
+    }
+    for (id, until) in &purge.locked {
+        println!(
+            "kept deleted backup {id}: the vault's lock keeps it{}",
+            until
+                .map(|t| format!(" until {}", t.format("%Y-%m-%d %H:%M:%S UTC")))
+                .unwrap_or_default()
+        );
+    }
 }
 
 fn humanize(age: Duration) -> String {
@@ -182,7 +260,12 @@ fn humanize(age: Duration) -> String {
     }
 }
 
-async fn init(url: Option<String>, encrypt: bool, ctx: &Context) -> Result<()> {
+async fn init(
+    url: Option<String>,
+    encrypt: bool,
+    options: VaultOptions,
+    ctx: &Context,
+) -> Result<()> {
     let mut config: VaultConfig = ctx.config.vault.clone();
     if let Some(url) = url {
         config.url = url;
@@ -208,7 +291,7 @@ async fn init(url: Option<String>, encrypt: bool, ctx: &Context) -> Result<()> {
             Some(key)
         }
     };
-    let vault = match Vault::init(&config, key).await {
+    let vault = match Vault::init_with(&config, key, options).await {
         Ok(vault) => vault,
         Err(err) => {
             // A key generated for a vault that was not created is useless: remove it.
@@ -226,6 +309,12 @@ async fn init(url: Option<String>, encrypt: bool, ctx: &Context) -> Result<()> {
             vault.url(),
             vault.meta().vault_id
         );
+        if let Some(lock) = vault.immutability() {
+            println!(
+                "immutable: the store ({}) refuses to delete anything Strata writes for {} days ({} mode); the probe was refused as it must be",
+                lock.enforced_by, lock.days, lock.mode
+            );
+        }
         if let Some(path) = &config.key_file.filter(|_| encrypt) {
             println!(
                 "encrypted with the key in {}: keep a copy of it somewhere safe, without it no backup in this vault can be restored",
@@ -257,5 +346,19 @@ async fn info(ctx: &Context) -> Result<()> {
             .map(|e| e.algorithm.as_str())
             .unwrap_or("none")
     );
+    println!(
+        "deletes    soft: a deleted backup's data stays {} days (`strata undelete`)",
+        meta.soft_delete_days
+    );
+    match &meta.immutability {
+        Some(lock) => println!(
+            "immutable  {} days, {} mode, enforced by {} (verified at open; since {})",
+            lock.days,
+            lock.mode,
+            lock.enforced_by,
+            lock.since.to_rfc3339()
+        ),
+        None => println!("immutable  no"),
+    }
     Ok(())
 }

@@ -51,7 +51,7 @@ use crate::plugin::{
 use crate::vault::archive::VaultArchive;
 use crate::vault::reader::{ReaderConfig, VaultRestoreSource, VerifyReport, verify_backup_with};
 use crate::vault::writer::{BackupTarget, BackupWriter, ProgressSink, WriterConfig};
-use crate::vault::{Vault, layout};
+use crate::vault::{Deletion, PurgeReport, Vault, layout};
 
 /// A vault and how to write to it, read from it and index it.
 #[derive(Debug, Clone)]
@@ -427,8 +427,9 @@ impl Host {
             ));
             return Ok(report);
         }
+        report.soft_delete_days = Some(self.vault.soft_delete_days());
         if !dry_run {
-            report.finished_earlier = self.vault.finish_deletions().await?;
+            report.purge = self.vault.purge_deleted(now).await?;
         }
         let manifests = self.backups(plugin, database).await?;
         if manifests.is_empty() {
@@ -440,11 +441,26 @@ impl Host {
             .chain(database, &manifests, self.archive(plugin))
             .await?;
         report.plan = retention::plan(&manifests, chain.rules.as_ref(), policy, now, zone);
-        let kept: Vec<Manifest> = manifests
+        let mut kept: Vec<Manifest> = manifests
             .iter()
             .filter(|m| report.plan.keeps(&m.id))
             .cloned()
             .collect();
+        // A soft-deleted backup keeps the log its own consistency needs, so
+        // that an undelete gives back a backup that restores.
+        let same_database = |m: &Manifest| {
+            m.engine == plugin.engine()
+                && m.instance == plugin.instance()
+                && m.database == database.database
+        };
+        kept.extend(
+            self.vault
+                .deleted_backups()
+                .await?
+                .into_iter()
+                .map(|t| t.manifest)
+                .filter(same_database),
+        );
         let anchor = report
             .plan
             .anchor
@@ -466,12 +482,17 @@ impl Host {
                 continue;
             };
             let reason = format!("retention: {}", expired.reason);
-            self.vault.delete_backup(manifest, &reason).await.map_err(|e| {
+            let deletion = self.vault.delete_backup(manifest, &reason).await.map_err(|e| {
                 e.context(format!(
                     "deleting expired backup {}; what was deleted so far is consistent, and the next pass goes on",
                     expired.id
                 ))
             })?;
+            if let Deletion::Locked { until } = deletion {
+                tracing::info!(backup = %expired.id, until = ?until, "expired, but the vault's lock keeps it; a later pass deletes it");
+                report.locked.push((expired.id.clone(), until));
+                continue;
+            }
             if let Some(index) = &index
                 && let Err(err) = index.forget(&self.vault.meta().vault_id, &expired.id)
             {
@@ -481,10 +502,19 @@ impl Host {
             report.freed_bytes += expired.stored_bytes;
             tracing::info!(backup = %expired.id, kind = %expired.kind, reason = %expired.reason, "expired");
         }
+        let archive = VaultArchive::new(self.vault.clone(), plugin.engine(), plugin.instance());
         for log in &report.log {
-            archive.delete(&log.key).await?;
-            report.deleted_log += 1;
-            report.freed_bytes += log.stored_bytes;
+            match self
+                .vault
+                .delete_object(&archive.vault_key(&log.key)?)
+                .await?
+            {
+                Deletion::Deleted => {
+                    report.deleted_log += 1;
+                    report.freed_bytes += log.stored_bytes;
+                }
+                Deletion::Locked { .. } => report.locked_log += 1,
+            }
         }
         Ok(report)
     }
@@ -551,8 +581,17 @@ pub struct ExpiryReport {
     pub deleted_log: usize,
     /// Bytes freed in the vault (stored sizes).
     pub freed_bytes: u64,
-    /// Deletions an interrupted earlier pass left, finished now.
-    pub finished_earlier: Vec<BackupId>,
+    /// Expired backups the vault's lock still keeps, with the lock's end
+    /// if known: deleted by a pass after it.
+    pub locked: Vec<(BackupId, Option<DateTime<Utc>>)>,
+    /// Expired log objects the vault's lock still keeps.
+    pub locked_log: usize,
+    /// What the purge of soft-deleted backups did first (see
+    /// [`Vault::purge_deleted`]).
+    pub purge: PurgeReport,
+    /// The vault's soft delete period in days (see
+    /// [`Vault::soft_delete_days`]); `None` when the engine expires its own.
+    pub soft_delete_days: Option<u32>,
 }
 
 fn describe_database(plugin: &dyn EnginePlugin, database: &DatabaseRef) -> String {

@@ -402,9 +402,12 @@ async fn an_interrupted_expiry_is_finished_by_the_next_pass_and_keeps_what_it_ke
         )
         .await
         .unwrap();
+    // The tombstone from before soft delete has no purge date: it is
+    // finished at once.
     assert_eq!(
         report
-            .finished_earlier
+            .purge
+            .purged
             .iter()
             .map(|i| i.as_str())
             .collect::<Vec<_>>(),
@@ -413,8 +416,34 @@ async fn an_interrupted_expiry_is_finished_by_the_next_pass_and_keeps_what_it_ke
     assert_eq!(report.deleted_backups, 1, "the old full");
     assert!(
         vault.get_bytes(&segment).await.is_err(),
-        "the segments are gone"
+        "the interrupted deletion's segments are gone"
     );
+    // The old full is soft-deleted: hidden, its data kept for the period.
+    let old_full_segment = format!("data/toy/one/{old}/");
+    assert!(
+        !vault.list_keys(&old_full_segment).await.unwrap().is_empty(),
+        "the expired full's data stays for the soft delete period"
+    );
+    assert_eq!(
+        vault.list_keys("deleted").await.unwrap(),
+        [format!("deleted/toy/one/{old}.json")]
+    );
+    // A pass after the period purges it.
+    let later = Utc::now() + chrono::Duration::days(i64::from(vault.soft_delete_days()) + 1);
+    let report = host
+        .expire(&toy, &whole(), &policy, later, chrono_tz::Tz::UTC, false)
+        .await
+        .unwrap();
+    assert_eq!(
+        report
+            .purge
+            .purged
+            .iter()
+            .map(|i| i.as_str())
+            .collect::<Vec<_>>(),
+        [old.as_str()]
+    );
+    assert!(vault.list_keys(&old_full_segment).await.unwrap().is_empty());
     assert!(
         vault.list_keys("deleted").await.unwrap().is_empty(),
         "no tombstone left"

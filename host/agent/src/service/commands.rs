@@ -355,6 +355,13 @@ pub async fn prune(args: PruneArgs, ctx: &Context) -> Result<()> {
     Ok(())
 }
 
+fn report_soft_delete_days(report: &strata_core::lifecycle::ExpiryReport) -> String {
+    report
+        .soft_delete_days
+        .map(|d| d.to_string())
+        .unwrap_or_else(|| "some".to_owned())
+}
+
 fn print_expiry(report: &strata_core::lifecycle::ExpiryReport) {
     if let Some(why) = &report.left_to_engine {
         println!("{}: left alone: {why}", report.database);
@@ -376,16 +383,47 @@ fn print_expiry(report: &strata_core::lifecycle::ExpiryReport) {
         report.log.len(),
         human_bytes(log_bytes),
     );
-    for id in &report.finished_earlier {
-        println!("  finished the interrupted deletion of {id}");
+    let purge = &report.purge;
+    if !purge.purged.is_empty() {
+        println!(
+            "  purged the data of {} backup(s) deleted earlier, {}",
+            purge.purged.len(),
+            human_bytes(purge.purged_bytes)
+        );
+    }
+    if !purge.waiting.is_empty() {
+        println!(
+            "  {} deleted backup(s) in the vault are kept {} days after deletion (`strata list --deleted`, `strata undelete ID`)",
+            purge.waiting.len(),
+            report_soft_delete_days(report)
+        );
     }
     for expired in &report.plan.expire {
+        let locked = report.locked.iter().find(|(id, _)| id == &expired.id);
+        match locked {
+            Some((_, until)) => println!(
+                "  expires {} {} ({}): {}; the vault's lock keeps it{}, a later pass deletes it",
+                expired.kind,
+                expired.id,
+                time(expired.ended_at),
+                expired.reason,
+                until
+                    .map(|t| format!(" until {}", time(t)))
+                    .unwrap_or_default()
+            ),
+            None => println!(
+                "  {verb} {} {} ({}): {}",
+                expired.kind,
+                expired.id,
+                time(expired.ended_at),
+                expired.reason
+            ),
+        }
+    }
+    if report.locked_log > 0 {
         println!(
-            "  {verb} {} {} ({}): {}",
-            expired.kind,
-            expired.id,
-            time(expired.ended_at),
-            expired.reason
+            "  {} expired archived log file(s) are still locked by the vault; a later pass deletes them",
+            report.locked_log
         );
     }
     for kept in &report.plan.keep {

@@ -51,7 +51,7 @@ use std::io::Read;
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::TryStreamExt;
-use object_store::{GetOptions, ObjectStore, ObjectStoreExt, PutMode, PutOptions};
+use object_store::{GetOptions, ObjectStore, PutMode, PutOptions};
 use serde::{Deserialize, Serialize};
 
 use super::{Vault, layout};
@@ -555,9 +555,15 @@ impl ArchiveStore for VaultArchive {
 
     async fn delete(&self, key: &str) -> Result<()> {
         let full = self.vault_key(key)?;
-        match self.vault.store().delete(&self.vault.path(&full)).await {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-            Err(e) => Err(Error::from(e).context(format!("deleting {full}"))),
+        match self.vault.delete_object(&full).await? {
+            super::Deletion::Deleted => Ok(()),
+            super::Deletion::Locked { until } => Err(Error::conflict(format!(
+                "{full} is locked by the vault's immutability{}",
+                until
+                    .map(|t| format!(" until {}", t.to_rfc3339()))
+                    .unwrap_or_default()
+            ))
+            .hint("an immutable vault deletes nothing before its lock ends; try again after it")),
         }
     }
 }
@@ -566,6 +572,7 @@ impl ArchiveStore for VaultArchive {
 mod tests {
     use super::*;
     use crate::vault::VaultConfig;
+    use object_store::ObjectStoreExt;
 
     async fn archive(name: &str, key: Option<VaultKey>) -> VaultArchive {
         let vault = Vault::init(&VaultConfig::from_url(format!("memory://{name}")), key)

@@ -19,7 +19,10 @@
 //! * Only `data/<engine>/<instance>/<id>/` prefixes are considered; WAL and
 //!   other engine objects under `engines/` never are.
 //! * A prefix is an orphan only when no object exists at its manifest key
-//!   (even a manifest that cannot be parsed protects its data).
+//!   (even a manifest that cannot be parsed protects its data), and no
+//!   tombstone names it: a soft-deleted backup's data is purged by
+//!   [`Vault::purge_deleted`] after its period, never here.
+//! * On an immutable vault, objects still locked are left for a later run.
 //! * Its newest object must be older than the grace period, so that a
 //!   backup still running (whose manifest does not exist yet) is left alone.
 //! * The manifest key is checked again just before deleting.
@@ -33,7 +36,7 @@ use futures::TryStreamExt;
 use object_store::ObjectStoreExt;
 use serde::Serialize;
 
-use super::{Vault, layout};
+use super::{Deletion, Vault, layout};
 use crate::error::{Error, IoResultExt, Result};
 
 /// The data of one backup that has no manifest.
@@ -70,7 +73,7 @@ fn cutoff(grace: Duration) -> DateTime<Utc> {
 /// The uncommitted backup data in `vault` whose newest object is older than
 /// `grace`, oldest first.
 pub async fn find_orphans(vault: &Vault, grace: Duration) -> Result<Vec<OrphanData>> {
-    let committed: HashSet<String> = vault
+    let mut committed: HashSet<String> = vault
         .list_keys(layout::MANIFESTS)
         .await?
         .into_iter()
@@ -80,6 +83,7 @@ pub async fn find_orphans(vault: &Vault, grace: Duration) -> Result<Vec<OrphanDa
                 .map(str::to_owned)
         })
         .collect();
+    committed.extend(vault.tombstoned_prefixes().await?);
     let objects: Vec<object_store::ObjectMeta> = vault
         .store()
         .list(Some(&vault.path(layout::DATA)))
@@ -120,8 +124,10 @@ pub async fn find_orphans(vault: &Vault, grace: Duration) -> Result<Vec<OrphanDa
 }
 
 /// Deletes the objects of `orphan`, unless its manifest has appeared since
-/// it was found (then nothing is deleted and an error says so).
-pub async fn delete_orphan(vault: &Vault, orphan: &OrphanData) -> Result<()> {
+/// it was found (then nothing is deleted and an error says so). On an
+/// immutable vault the objects still locked stay: the answer is
+/// [`Deletion::Locked`] with the latest lock end.
+pub async fn delete_orphan(vault: &Vault, orphan: &OrphanData) -> Result<Deletion> {
     let manifest = orphan.manifest_key();
     match vault.store().head(&vault.path(&manifest)).await {
         Ok(_) => {
@@ -134,13 +140,17 @@ pub async fn delete_orphan(vault: &Vault, orphan: &OrphanData) -> Result<()> {
         Err(object_store::Error::NotFound { .. }) => {}
         Err(e) => return Err(Error::from(e).context(format!("checking {manifest}"))),
     }
+    let mut outcome = Deletion::Deleted;
     for key in vault.list_keys(&orphan.prefix).await? {
-        match vault.store().delete(&vault.path(&key)).await {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-            Err(e) => return Err(Error::from(e).context(format!("deleting {key}"))),
+        if let Deletion::Locked { until } = vault.delete_object(&key).await? {
+            let latest = match outcome {
+                Deletion::Locked { until: earlier } => earlier.max(until),
+                Deletion::Deleted => until,
+            };
+            outcome = Deletion::Locked { until: latest };
         }
     }
-    Ok(())
+    Ok(outcome)
 }
 
 /// A staging file left in a local vault by an upload that never completed.

@@ -15,7 +15,9 @@
 //! refuses a newer format, and checks the encryption key.
 
 pub mod archive;
+pub mod deletion;
 pub mod gc;
+pub mod immutability;
 pub mod layout;
 pub mod local;
 pub mod reader;
@@ -41,7 +43,21 @@ use crate::crypto::VaultKey;
 use crate::error::{Error, ErrorKind, IoResultExt, Result};
 
 /// The vault format this build writes and the newest it opens.
-pub const VAULT_FORMAT: u32 = 1;
+///
+/// Format 2 added soft delete (`deleted/` keeps a deleted backup's data for
+/// [`VaultMeta::soft_delete_days`]) and immutable vaults: a build that knows
+/// only format 1 would purge soft-deleted data at once and try to delete
+/// locked objects, so it must refuse these vaults. Format 1 vaults open as
+/// they are, with soft delete's default.
+pub const VAULT_FORMAT: u32 = 2;
+
+/// Days a deleted backup's data is kept by default, as Azure Backup's soft
+/// delete keeps it.
+pub const DEFAULT_SOFT_DELETE_DAYS: u32 = 14;
+
+fn default_soft_delete_days() -> u32 {
+    DEFAULT_SOFT_DELETE_DAYS
+}
 
 /// How to reach a vault: its URL, store options and the key file.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -82,6 +98,34 @@ pub struct VaultMeta {
     /// Present when the vault is encrypted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub encryption: Option<VaultEncryption>,
+    /// Days a deleted backup's data stays, restorable with `strata
+    /// undelete`, before it is purged (0: purged at once). See
+    /// [`deletion`].
+    #[serde(default = "default_soft_delete_days")]
+    pub soft_delete_days: u32,
+    /// Present when the store locks every object the vault writes (see
+    /// [`immutability`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub immutability: Option<immutability::Immutability>,
+}
+
+/// How [`Vault::init_with`] creates a vault.
+#[derive(Debug, Clone)]
+pub struct VaultOptions {
+    /// [`VaultMeta::soft_delete_days`].
+    pub soft_delete_days: u32,
+    /// Make the vault immutable: the lock mode (S3) and the days every
+    /// object stays locked.
+    pub immutable: Option<(immutability::LockMode, u32)>,
+}
+
+impl Default for VaultOptions {
+    fn default() -> Self {
+        VaultOptions {
+            soft_delete_days: DEFAULT_SOFT_DELETE_DAYS,
+            immutable: None,
+        }
+    }
 }
 
 /// The encryption settings of a vault.
@@ -105,6 +149,8 @@ struct VaultInner {
     root: Path,
     meta: VaultMeta,
     key: Option<VaultKey>,
+    /// S3 requests beyond the object store API (immutable vaults).
+    s3: Option<immutability::S3Access>,
 }
 
 impl std::fmt::Debug for Vault {
@@ -184,6 +230,14 @@ fn parse_vault_url(raw: &str) -> std::result::Result<url::Url, url::ParseError> 
 
 /// Builds the object store and root prefix for a vault URL.
 pub fn build_store(config: &VaultConfig) -> Result<(Arc<dyn ObjectStore>, Path)> {
+    build_store_with_access(config).map(|(store, root, _)| (store, root))
+}
+
+/// [`build_store`], and for S3 the access to the requests the object store
+/// API lacks ([`immutability::S3Access`]).
+fn build_store_with_access(
+    config: &VaultConfig,
+) -> Result<(Arc<dyn ObjectStore>, Path, Option<immutability::S3Access>)> {
     let raw = config.url.trim();
     if raw.is_empty() {
         return Err(Error::config("the vault URL is empty")
@@ -201,7 +255,7 @@ pub fn build_store(config: &VaultConfig) -> Result<(Arc<dyn ObjectStore>, Path)>
             .entry(name)
             .or_insert_with(|| Arc::new(InMemory::new()))
             .clone();
-        return Ok((store, Path::default()));
+        return Ok((store, Path::default(), None));
     }
     let (scheme, root) = ObjectStoreScheme::parse(&url).map_err(|e| {
         Error::config(format!("unsupported vault URL `{raw}`: {e}"))
@@ -226,16 +280,26 @@ pub fn build_store(config: &VaultConfig) -> Result<(Arc<dyn ObjectStore>, Path)>
                 .hint(format!("only for a vault that never existed here: `strata vault init {raw}`")));
             }
             let fs = local::DurableLocalStore::new(&dir).map_err(Error::from)?;
-            return Ok((Arc::new(fs), Path::default()));
+            return Ok((Arc::new(fs), Path::default(), None));
         }
         ObjectStoreScheme::AmazonS3 => {
-            cloud_store!(
-                object_store::aws::AmazonS3Builder,
-                "AWS_",
-                &url,
-                config,
-                raw
-            )
+            let options = client_options("AWS_");
+            let mut builder = object_store::aws::AmazonS3Builder::from_env()
+                .with_url(url.as_str())
+                .with_client_options(options.clone())
+                .with_retry(retry_config());
+            for (key, value) in &config.options {
+                let key = key.parse().map_err(|_| unknown_option(raw, key))?;
+                builder = builder.with_config(key, value);
+            }
+            let s3 = Arc::new(
+                builder
+                    .clone()
+                    .build()
+                    .map_err(|e| config_store_error(raw, e))?,
+            );
+            let access = immutability::S3Access::new(&builder, s3.clone(), &options)?;
+            return Ok((s3, root, Some(access)));
         }
         ObjectStoreScheme::MicrosoftAzure => {
             cloud_store!(
@@ -262,7 +326,115 @@ pub fn build_store(config: &VaultConfig) -> Result<(Arc<dyn ObjectStore>, Path)>
             );
         }
     };
-    Ok((store, root))
+    Ok((store, root, None))
+}
+
+fn already_exists(url: &str) -> Error {
+    Error::conflict(format!("a Strata vault already exists at {url}"))
+        .hint("use it as it is, or choose another URL; init never overwrites a vault")
+}
+
+/// The store configuration of a vault: for an immutable S3 vault, with
+/// SHA-256 checksums on uploads (unless configured otherwise).
+fn store_config(config: &VaultConfig, immutable: bool) -> VaultConfig {
+    let mut config = config.clone();
+    if immutable && config.url.trim().starts_with("s3://") {
+        config
+            .options
+            .entry("aws_checksum_algorithm".to_owned())
+            .or_insert_with(|| "sha256".to_owned());
+    }
+    config
+}
+
+/// Sets up and verifies the lock of a new immutable vault.
+async fn lock_new_vault(
+    config: &VaultConfig,
+    store: &Arc<dyn ObjectStore>,
+    root: &Path,
+    s3: Option<&immutability::S3Access>,
+    mode: immutability::LockMode,
+    days: u32,
+) -> Result<immutability::Immutability> {
+    use immutability::BucketLock;
+    let url = &config.url;
+    if days == 0 {
+        return Err(Error::config("--immutable needs at least 1 day"));
+    }
+    let scheme = url.trim().split("://").next().unwrap_or_default();
+    let enforced_by = match scheme {
+        "s3" => "s3-object-lock",
+        "az" | "azure" | "abfs" | "abfss" => "azure-immutability-policy",
+        "gs" => "gcs-retention-policy",
+        _ => {
+            return Err(Error::config(format!(
+                "{url} cannot be immutable: only an object store locks objects"
+            ))
+            .hint("use an s3://, az:// or gs:// vault for --immutable"));
+        }
+    };
+    if let Some(s3) = s3 {
+        let bucket = s3.bucket().to_owned();
+        match s3.bucket_lock().await? {
+            BucketLock::Disabled => {
+                return Err(Error::config(format!(
+                    "the S3 bucket {bucket} does not have Object Lock enabled"
+                ))
+                .hint(format!("enable versioning and Object Lock on it first (`aws s3api put-bucket-versioning --bucket {bucket} --versioning-configuration Status=Enabled`, then `aws s3api put-object-lock-configuration --bucket {bucket} --object-lock-configuration '{{\"ObjectLockEnabled\":\"Enabled\"}}'`), or create the bucket with `--object-lock-enabled-for-bucket`")));
+            }
+            BucketLock::Enabled(Some(rule)) if rule != (mode, days) => {
+                return Err(Error::conflict(format!(
+                    "the S3 bucket {bucket} already has a default retention of {} days in {} mode, which applies to every object in it",
+                    rule.1, rule.0
+                ))
+                .hint(format!("run again with --immutable {} --lock-mode {} to use it, or use a bucket of its own", rule.1, rule.0)));
+            }
+            BucketLock::Enabled(Some(_)) => {}
+            BucketLock::Enabled(None) => s3.set_default_retention(mode, days).await?,
+        }
+    }
+    match immutability::probe(store, root, s3, None).await? {
+        immutability::Deletion::Locked { .. } => Ok(immutability::Immutability {
+            mode: if s3.is_some() {
+                mode
+            } else {
+                immutability::LockMode::Compliance
+            },
+            days,
+            enforced_by: enforced_by.to_owned(),
+            since: Utc::now(),
+        }),
+        immutability::Deletion::Deleted => Err(not_enforced(url, enforced_by, days)),
+    }
+}
+
+/// Repeats the lock probe of an immutable vault at open.
+async fn check_lock(
+    url: &str,
+    lock: &immutability::Immutability,
+    store: &Arc<dyn ObjectStore>,
+    root: &Path,
+    s3: Option<&immutability::S3Access>,
+) -> Result<()> {
+    match immutability::probe(store, root, s3, Some(lock.days)).await? {
+        immutability::Deletion::Locked { .. } => Ok(()),
+        immutability::Deletion::Deleted => Err(not_enforced(url, &lock.enforced_by, lock.days)
+            .with_message(format!(
+                "the vault at {url} is immutable ({} days, {}), but the store no longer enforces it: a new object could be deleted at once",
+                lock.days, lock.enforced_by
+            ))),
+    }
+}
+
+fn not_enforced(url: &str, enforced_by: &str, days: u32) -> Error {
+    let error = Error::config(format!(
+        "the store of {url} does not refuse deletes: a new object could be deleted at once, so the vault would not be immutable"
+    ));
+    match enforced_by {
+        "s3-object-lock" => error.hint("check the bucket's Object Lock default retention: `aws s3api get-object-lock-configuration --bucket <bucket>`"),
+        "azure-immutability-policy" => error.hint(format!("set a time-based retention policy on the container first: `az storage container immutability-policy create --account-name <account> --container-name <container> --period {days}`, then lock it with `az storage container immutability-policy lock`")),
+        _ => error.hint(format!("set a retention policy on the bucket first: `gcloud storage buckets update gs://<bucket> --retention-period={days}d`")),
+    }
 }
 
 fn config_store_error(url: &str, err: object_store::Error) -> Error {
@@ -296,6 +468,20 @@ impl Vault {
     /// Creates a new vault at `config.url`. Refuses if one already exists.
     /// When `key` is given the vault is encrypted with it.
     pub async fn init(config: &VaultConfig, key: Option<VaultKey>) -> Result<Vault> {
+        Self::init_with(config, key, VaultOptions::default()).await
+    }
+
+    /// [`Vault::init`] with soft delete's days and, for an immutable vault,
+    /// the lock: on S3 the bucket's default retention is set (Object Lock
+    /// must be enabled on the bucket), on Azure and GCS the container's or
+    /// bucket's policy must exist; either way a probe must show that the
+    /// store refuses to delete a new object before the vault is created.
+    pub async fn init_with(
+        config: &VaultConfig,
+        key: Option<VaultKey>,
+        options: VaultOptions,
+    ) -> Result<Vault> {
+        let config = &store_config(config, options.immutable.is_some());
         let trimmed = config.url.trim();
         if let Some(path) = trimmed
             .strip_prefix("file://")
@@ -303,7 +489,17 @@ impl Vault {
         {
             std::fs::create_dir_all(path).doing_at("cannot create the vault directory", path)?;
         }
-        let (store, root) = build_store(config)?;
+        let (store, root, s3) = build_store_with_access(config)?;
+        let meta_path = layout::join(&root, &[layout::VAULT_META]);
+        let immutability = match options.immutable {
+            None => None,
+            Some((mode, days)) => {
+                if store.head(&meta_path).await.is_ok() {
+                    return Err(already_exists(&config.url));
+                }
+                Some(lock_new_vault(config, &store, &root, s3.as_ref(), mode, days).await?)
+            }
+        };
         let meta = VaultMeta {
             format: VAULT_FORMAT,
             vault_id: hex::encode(rand::random::<[u8; 16]>()),
@@ -313,8 +509,9 @@ impl Vault {
                 algorithm: crate::crypto::PART_ALGORITHM.to_owned(),
                 key_check: k.check_value(),
             }),
+            soft_delete_days: options.soft_delete_days,
+            immutability,
         };
-        let meta_path = layout::join(&root, &[layout::VAULT_META]);
         let body = serde_json::to_vec_pretty(&meta)?;
         match store
             .put_opts(&meta_path, body.into(), PutOptions::from(PutMode::Create))
@@ -322,11 +519,7 @@ impl Vault {
         {
             Ok(_) => {}
             Err(object_store::Error::AlreadyExists { .. }) => {
-                return Err(Error::conflict(format!(
-                    "a Strata vault already exists at {}",
-                    config.url
-                ))
-                .hint("use it as it is, or choose another URL; init never overwrites a vault"));
+                return Err(already_exists(&config.url));
             }
             // A create can only find nothing when the bucket itself is missing.
             Err(e @ object_store::Error::NotFound { .. }) => {
@@ -346,6 +539,7 @@ impl Vault {
                 root,
                 meta,
                 key,
+                s3,
             }),
         })
     }
@@ -359,7 +553,7 @@ impl Vault {
     /// Opens the vault with an already loaded key.
     pub async fn open_with_key(config: &VaultConfig, key: Option<VaultKey>) -> Result<Vault> {
         let url = &config.url;
-        let (store, root) = build_store(config)?;
+        let (mut store, mut root, mut s3) = build_store_with_access(config)?;
         let meta_path = layout::join(&root, &[layout::VAULT_META]);
         let bytes = match store.get(&meta_path).await {
             Ok(r) => r.bytes().await.map_err(|e| unreachable(url, e.into()))?,
@@ -405,6 +599,14 @@ impl Vault {
             }
             (None, None) => None,
         };
+        // An immutable S3 vault's writes carry checksums, which S3 requires
+        // of uploads that Object Lock retains.
+        if meta.immutability.is_some() && s3.is_some() {
+            (store, root, s3) = build_store_with_access(&store_config(config, true))?;
+        }
+        if let Some(lock) = &meta.immutability {
+            check_lock(url, lock, &store, &root, s3.as_ref()).await?;
+        }
         Ok(Vault {
             inner: Arc::new(VaultInner {
                 url: url.clone(),
@@ -412,6 +614,7 @@ impl Vault {
                 root,
                 meta,
                 key,
+                s3,
             }),
         })
     }
@@ -624,74 +827,20 @@ impl Vault {
         self.read_manifests(layout::MANIFESTS).await
     }
 
-    /// Deletes a backup for `reason`, safe against interruption: a
-    /// tombstone first, then the manifest (the backup stops existing at
-    /// once), its segments, and the tombstone last (see
-    /// [`layout`](layout#deleting-a-backup)). Deleting a backup that is
-    /// already gone succeeds.
-    pub async fn delete_backup(&self, manifest: &Manifest, reason: &str) -> Result<()> {
-        let tombstone = Tombstone {
-            deleted_at: Utc::now(),
-            reason: reason.to_owned(),
-            manifest: manifest.clone(),
-        };
-        let key = layout::tombstone_key(&manifest.engine, &manifest.instance, &manifest.id);
-        let body = serde_json::to_vec_pretty(&tombstone)?;
-        match self.put_create(&key, body).await {
-            Ok(()) => {}
-            Err(err) if err.kind() == ErrorKind::Conflict => {}
-            Err(err) => return Err(err),
-        }
-        self.finish_deletion(&key, manifest).await
+    /// The vault's lock, when it is immutable.
+    pub fn immutability(&self) -> Option<&immutability::Immutability> {
+        self.inner.meta.immutability.as_ref()
     }
 
-    /// Finishes every deletion an interrupted process left (its tombstone
-    /// still there); returns the backups finished.
-    pub async fn finish_deletions(&self) -> Result<Vec<BackupId>> {
-        let mut finished = Vec::new();
-        for key in self.list_keys(layout::DELETED).await? {
-            let bytes = self.get_bytes(&key).await?;
-            let tombstone: Tombstone = serde_json::from_slice(&bytes).map_err(|e| {
-                Error::integrity(format!("the tombstone {key} cannot be read: {e}")).hint(
-                    "it names a backup whose deletion was interrupted; look at it, and delete it by hand once the backup's data under data/ is gone",
-                )
-            })?;
-            self.finish_deletion(&key, &tombstone.manifest).await?;
-            finished.push(tombstone.manifest.id);
-        }
-        Ok(finished)
+    pub(crate) fn s3_access(&self) -> Option<&immutability::S3Access> {
+        self.inner.s3.as_ref()
     }
-
-    async fn finish_deletion(&self, tombstone: &str, manifest: &Manifest) -> Result<()> {
-        let gone = |result: std::result::Result<(), object_store::Error>| match result {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-            Err(e) => Err(Error::from(e)),
-        };
-        let key = layout::manifest_key(&manifest.engine, &manifest.instance, &manifest.id);
-        gone(self.store().delete(&self.path(&key)).await)?;
-        for stream in &manifest.streams {
-            for segment in &stream.segments {
-                gone(self.store().delete(&self.path(&segment.key)).await)?;
-            }
-        }
-        gone(self.store().delete(&self.path(tombstone)).await)
-    }
-}
-
-/// What a tombstone holds: a backup being deleted (see
-/// [`layout`](layout#deleting-a-backup)).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Tombstone {
-    /// When the deletion started (UTC).
-    pub deleted_at: DateTime<Utc>,
-    /// Why the backup is deleted.
-    pub reason: String,
-    /// The backup's manifest.
-    pub manifest: Manifest,
 }
 
 pub use crate::plugin::Progress;
 pub use archive::VaultArchive;
+pub use deletion::{PurgeReport, Tombstone};
+pub use immutability::Deletion;
 
 #[cfg(test)]
 mod tests {

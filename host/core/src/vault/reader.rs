@@ -1033,6 +1033,7 @@ mod tests {
                 root: Path::default(),
                 meta: vault.meta().clone(),
                 key: None,
+                s3: None,
             }),
         };
         let err = restore(&keyless, &manifest, "db").await.unwrap_err();

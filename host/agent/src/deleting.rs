@@ -1,0 +1,189 @@
+//! `strata delete` and `strata undelete`: soft delete of backups by hand.
+
+use chrono::Utc;
+use clap::Args;
+use serde::Serialize;
+use strata_core::catalog::index::ListFilter;
+use strata_core::catalog::manifest::{BackupId, Manifest};
+use strata_core::vault::{Deletion, Vault};
+use strata_core::{Error, Result};
+
+use crate::context::Context;
+use crate::listing::manifests;
+use crate::output::print_json;
+
+/// Arguments of `strata delete`.
+#[derive(Debug, Args)]
+pub struct DeleteArgs {
+    /// The ids of the backups to delete (`strata list` shows them).
+    #[arg(required = true)]
+    pub backups: Vec<String>,
+    /// Why, recorded with the deletion (`strata list --deleted` shows it).
+    #[arg(long, default_value = "deleted by hand (strata delete)")]
+    pub reason: String,
+}
+
+/// Arguments of `strata undelete`.
+#[derive(Debug, Args)]
+pub struct UndeleteArgs {
+    /// The ids of the deleted backups to bring back (`strata list
+    /// --deleted` shows them).
+    #[arg(required = true)]
+    pub backups: Vec<String>,
+}
+
+#[derive(Serialize)]
+struct Deleted<'a> {
+    id: &'a BackupId,
+    engine: &'a str,
+    instance: &'a str,
+    kind: &'a str,
+    /// When its data is purged at the earliest (UTC).
+    purge_after: chrono::DateTime<Utc>,
+}
+
+/// The backups `wanted` names, or an error naming the first unknown id.
+fn chosen<'a>(all: &'a [Manifest], wanted: &[String]) -> Result<Vec<&'a Manifest>> {
+    wanted
+        .iter()
+        .map(|id| {
+            all.iter()
+                .find(|m| m.id.as_str() == id.trim())
+                .ok_or_else(|| {
+                    Error::not_found(format!("there is no backup {id} in the vault")).hint(
+                        "`strata list` shows the backups; `strata list --deleted` the deleted ones",
+                    )
+                })
+        })
+        .collect()
+}
+
+/// Runs `strata delete`.
+pub async fn delete(args: DeleteArgs, ctx: &Context) -> Result<()> {
+    let vault = ctx.vault().await?;
+    let all = manifests(ctx, &vault, &ListFilter::default()).await?;
+    let mut chosen = chosen(&all, &args.backups)?;
+    for m in &chosen {
+        if m.engine == "hana" {
+            return Err(Error::config(format!(
+                "backup {} is a SAP HANA backup: HANA keeps its own backup catalog",
+                m.id
+            ))
+            .hint("delete it from HANA (BACKUP CATALOG DELETE ... WITH BACKINT, or HANA's retention), which deletes it here through hdbbackint"));
+        }
+        let dependents: Vec<String> = all
+            .iter()
+            .filter(|d| d.base.as_ref() == Some(&m.id))
+            .filter(|d| !chosen.iter().any(|c| c.id == d.id))
+            .map(|d| format!("{} ({})", d.id, d.kind))
+            .collect();
+        if !dependents.is_empty() {
+            return Err(Error::conflict(format!(
+                "backup {} is the base of {}: they would not restore without it",
+                m.id,
+                dependents.join(", ")
+            ))
+            .hint("delete those too (name them in the same command), or keep this one"));
+        }
+    }
+    // Backups that build on others go first, so that no base is ever
+    // deleted while something in the vault still needs it.
+    chosen.sort_by_key(|m| std::cmp::Reverse(m.ended_at));
+    let index = ctx.index().ok();
+    let mut done = Vec::new();
+    for m in chosen {
+        match vault.delete_backup(m, &args.reason).await? {
+            Deletion::Deleted => {}
+            Deletion::Locked { until } => {
+                return Err(Error::conflict(format!(
+                    "backup {} is locked by the vault's immutability{}",
+                    m.id,
+                    until
+                        .map(|t| format!(" until {}", t.format("%Y-%m-%d %H:%M:%S UTC")))
+                        .unwrap_or_default()
+                ))
+                .hint("an immutable vault deletes nothing before its lock ends; retention deletes it after that"));
+            }
+        }
+        if let Some(index) = &index
+            && let Err(err) = index.forget(&vault.meta().vault_id, &m.id)
+        {
+            tracing::warn!(backup = %m.id, error = %err, "the backup is deleted but the local index still lists it; `strata catalog rebuild` fixes that");
+        }
+        done.push(Deleted {
+            id: &m.id,
+            engine: &m.engine,
+            instance: &m.instance,
+            kind: m.kind.as_str(),
+            purge_after: Utc::now() + chrono::Duration::days(i64::from(keep_days(&vault))),
+        });
+    }
+    if ctx.json {
+        return print_json(&done);
+    }
+    for d in &done {
+        if keep_days(&vault) == 0 {
+            println!(
+                "deleted {} ({} of {} {}) and its data: the vault keeps no deleted backups",
+                d.id, d.kind, d.engine, d.instance
+            );
+        } else {
+            println!(
+                "deleted {} ({} of {} {}): its data stays until {} at least; `strata undelete {}` brings it back",
+                d.id,
+                d.kind,
+                d.engine,
+                d.instance,
+                d.purge_after.format("%Y-%m-%d %H:%M UTC"),
+                d.id
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Days a deletion keeps the data: the soft delete period, and on an
+/// immutable vault at least the lock.
+fn keep_days(vault: &Vault) -> u32 {
+    let lock = vault.immutability().map_or(0, |l| l.days);
+    vault.soft_delete_days().max(lock)
+}
+
+/// Runs `strata undelete`.
+pub async fn undelete(args: UndeleteArgs, ctx: &Context) -> Result<()> {
+    let vault = ctx.vault().await?;
+    let mut wanted: Vec<BackupId> = args
+        .backups
+        .iter()
+        .map(|id| id.trim().parse::<BackupId>())
+        .collect::<Result<_>>()?;
+    // Bases first: the oldest deletion of a chain is its base.
+    let deleted = vault.deleted_backups().await?;
+    wanted.sort_by_key(|id| {
+        deleted
+            .iter()
+            .find(|t| &t.manifest.id == id)
+            .map(|t| t.manifest.ended_at)
+    });
+    let index = ctx.index().ok();
+    let mut back = Vec::new();
+    for id in &wanted {
+        let manifest = vault.undelete(id).await?;
+        if let Some(index) = &index
+            && let Err(err) = index.record(&vault.meta().vault_id, &manifest)
+        {
+            tracing::warn!(backup = %id, error = %err, "the backup is back in the vault; the local index catches up at the next `strata list`");
+        }
+        if !ctx.json {
+            println!(
+                "brought back {} ({} of {} {}): it is listed and restorable again",
+                manifest.id, manifest.kind, manifest.engine, manifest.instance
+            );
+        }
+        back.push(manifest.id);
+    }
+    if ctx.json {
+        return print_json(&back);
+    }
+    Ok(())
+}

@@ -1,0 +1,317 @@
+//! Deleting backups: soft delete, purge and undelete.
+//!
+//! A deletion (retention, `strata delete`, `hdbbackint delete`) never
+//! removes a backup's data at once. It writes a tombstone under `deleted/`
+//! ([`layout::tombstone_key`]) holding the manifest, the time, the reason
+//! and the purge date, then deletes the manifest: from then on the backup is
+//! not listed, planned or restored, but its segments stay. For
+//! [`VaultMeta::soft_delete_days`](super::VaultMeta::soft_delete_days)
+//! (14 by default, as Azure Backup's soft delete) `strata undelete`
+//! brings it back by writing the manifest again. After that,
+//! [`Vault::purge_deleted`] (run by `vault gc`, by every retention pass and
+//! by the service) deletes the segments and then the tombstone.
+//!
+//! Every step is safe to interrupt:
+//! * a tombstone whose manifest still exists is an interrupted deletion:
+//!   the next purge deletes the manifest;
+//! * unless the manifest was written *after* the tombstone (the store's
+//!   own times): that is an undelete, interrupted before it removed the
+//!   tombstone, and the tombstone is dropped;
+//! * segments without a manifest but with a tombstone are never orphans
+//!   to `vault gc`.
+//!
+//! On an immutable vault nothing is deleted before the store's lock ends
+//! ([`immutability`](super::immutability)); the purge date is then at least
+//! the tombstone's own lock end, so that the tombstone can go with the data.
+
+use chrono::{DateTime, Utc};
+use object_store::ObjectStoreExt;
+use serde::{Deserialize, Serialize};
+
+use super::immutability::{self, Deletion};
+use super::{Vault, layout};
+use crate::catalog::manifest::{BackupId, Manifest};
+use crate::error::{Error, ErrorKind, Result};
+
+/// What a tombstone holds: a soft-deleted backup (see the [module
+/// docs](self)).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Tombstone {
+    /// When the deletion started (UTC).
+    pub deleted_at: DateTime<Utc>,
+    /// Why the backup is deleted.
+    pub reason: String,
+    /// The backup's manifest.
+    pub manifest: Manifest,
+    /// When its data may be purged (UTC). Tombstones written before soft
+    /// delete have none: they are purged at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub purge_after: Option<DateTime<Utc>>,
+}
+
+impl Tombstone {
+    /// When the backup's data may be purged.
+    pub fn purge_after(&self) -> DateTime<Utc> {
+        self.purge_after.unwrap_or(self.deleted_at)
+    }
+}
+
+/// What [`Vault::purge_deleted`] did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PurgeReport {
+    /// Soft-deleted backups whose data was deleted now.
+    pub purged: Vec<BackupId>,
+    /// Their stored bytes.
+    pub purged_bytes: u64,
+    /// Soft-deleted backups still inside their period (restorable with
+    /// `strata undelete`).
+    pub waiting: Vec<BackupId>,
+    /// Backups the vault's lock still keeps, with the lock's end if known.
+    pub locked: Vec<(BackupId, Option<DateTime<Utc>>)>,
+    /// Tombstones dropped because the backup was undeleted.
+    pub undeleted: Vec<BackupId>,
+}
+
+impl Vault {
+    /// Days a deleted backup's data is kept (see the [module docs](self)).
+    pub fn soft_delete_days(&self) -> u32 {
+        self.meta().soft_delete_days
+    }
+
+    /// Deletes the object at `key` (relative to the root). On an immutable
+    /// vault an object still locked is left alone and reported with the
+    /// lock's end; on S3 the object's version is deleted, leaving no delete
+    /// marker.
+    pub async fn delete_object(&self, key: &str) -> Result<Deletion> {
+        let path = self.path(key);
+        let Some(lock) = self.immutability() else {
+            return immutability::delete_now(self.store(), None, &path).await;
+        };
+        let meta = match self.store().head(&path).await {
+            Ok(meta) => meta,
+            Err(object_store::Error::NotFound { .. }) => return Ok(Deletion::Deleted),
+            Err(e) => return Err(Error::from(e).context(format!("checking {key}"))),
+        };
+        let until = lock.locked_until(meta.last_modified);
+        if until > Utc::now() {
+            return Ok(Deletion::Locked { until: Some(until) });
+        }
+        immutability::delete_now(self.store(), self.s3_access(), &path).await
+    }
+
+    /// Deletes a backup for `reason`: a tombstone, then the manifest; the
+    /// data stays until the purge date (see the [module docs](self)), or
+    /// goes at once when soft delete is off. Deleting a backup that is
+    /// already gone succeeds. On an immutable vault a backup whose manifest
+    /// is still locked is left as it is: [`Deletion::Locked`].
+    pub async fn delete_backup(&self, manifest: &Manifest, reason: &str) -> Result<Deletion> {
+        let manifest_key = layout::manifest_key(&manifest.engine, &manifest.instance, &manifest.id);
+        if let Some(lock) = self.immutability() {
+            match self.store().head(&self.path(&manifest_key)).await {
+                Ok(meta) => {
+                    let until = lock.locked_until(meta.last_modified);
+                    if until > Utc::now() {
+                        return Ok(Deletion::Locked { until: Some(until) });
+                    }
+                }
+                Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(Error::from(e).context(format!("checking {manifest_key}"))),
+            }
+        }
+        let now = Utc::now();
+        let mut keep_days = self.soft_delete_days();
+        if let Some(lock) = self.immutability() {
+            keep_days = keep_days.max(lock.days);
+        }
+        let tombstone = Tombstone {
+            deleted_at: now,
+            reason: reason.to_owned(),
+            manifest: manifest.clone(),
+            purge_after: Some(now + chrono::Duration::days(i64::from(keep_days))),
+        };
+        let key = layout::tombstone_key(&manifest.engine, &manifest.instance, &manifest.id);
+        match self
+            .put_create(&key, serde_json::to_vec_pretty(&tombstone)?)
+            .await
+        {
+            Ok(()) => {}
+            // An earlier attempt wrote it: its dates stand.
+            Err(err) if err.kind() == ErrorKind::Conflict => {}
+            Err(err) => return Err(err),
+        }
+        if let locked @ Deletion::Locked { .. } = self.delete_object(&manifest_key).await? {
+            return Ok(locked);
+        }
+        if keep_days == 0 {
+            self.purge_one(&key, manifest).await?;
+        }
+        Ok(Deletion::Deleted)
+    }
+
+    /// Every soft-deleted backup whose tombstone can be read, in key order.
+    /// A tombstone that cannot be read is left out with a warning.
+    pub async fn deleted_backups(&self) -> Result<Vec<Tombstone>> {
+        Ok(self
+            .tombstones()
+            .await?
+            .into_iter()
+            .map(|(_, tombstone)| tombstone)
+            .collect())
+    }
+
+    async fn tombstones(&self) -> Result<Vec<(String, Tombstone)>> {
+        let mut found = Vec::new();
+        for key in self.list_keys(layout::DELETED).await? {
+            let bytes = self.get_bytes(&key).await?;
+            match serde_json::from_slice::<Tombstone>(&bytes) {
+                Ok(tombstone) => found.push((key, tombstone)),
+                Err(e) => tracing::warn!(
+                    tombstone = %key,
+                    error = %e,
+                    "a tombstone cannot be read and is left alone: it names a deleted backup; look at it, and delete it by hand once that backup's data under data/ is gone"
+                ),
+            }
+        }
+        Ok(found)
+    }
+
+    /// Finishes interrupted deletions and undeletes, and purges the data of
+    /// soft-deleted backups whose purge date is before `now`.
+    pub async fn purge_deleted(&self, now: DateTime<Utc>) -> Result<PurgeReport> {
+        let mut report = PurgeReport::default();
+        for (key, tombstone) in self.tombstones().await? {
+            let manifest = &tombstone.manifest;
+            let id = manifest.id.clone();
+            let manifest_key =
+                layout::manifest_key(&manifest.engine, &manifest.instance, &manifest.id);
+            if self.written_after(&manifest_key, &key).await? {
+                self.delete_object(&key).await?;
+                report.undeleted.push(id);
+                continue;
+            }
+            if let Deletion::Locked { until } = self.delete_object(&manifest_key).await? {
+                report.locked.push((id, until));
+                continue;
+            }
+            if tombstone.purge_after() > now {
+                report.waiting.push(id);
+                continue;
+            }
+            match self.purge_one(&key, manifest).await? {
+                Deletion::Deleted => {
+                    report.purged_bytes += manifest.stored_size();
+                    report.purged.push(id);
+                }
+                Deletion::Locked { until } => report.locked.push((id, until)),
+            }
+        }
+        Ok(report)
+    }
+
+    /// Whether the object at `key` exists and was written after the one at
+    /// `other` (by the store's clock).
+    async fn written_after(&self, key: &str, other: &str) -> Result<bool> {
+        let head = |key: String| async move {
+            match self.store().head(&self.path(&key)).await {
+                Ok(meta) => Ok(Some(meta.last_modified)),
+                Err(object_store::Error::NotFound { .. }) => Ok(None),
+                Err(e) => Err(Error::from(e).context(format!("checking {key}"))),
+            }
+        };
+        let Some(written) = head(key.to_owned()).await? else {
+            return Ok(false);
+        };
+        Ok(head(other.to_owned())
+            .await?
+            .is_some_and(|other| written > other))
+    }
+
+    /// Deletes a soft-deleted backup's segments, then its tombstone.
+    async fn purge_one(&self, tombstone: &str, manifest: &Manifest) -> Result<Deletion> {
+        for stream in &manifest.streams {
+            for segment in &stream.segments {
+                if let locked @ Deletion::Locked { .. } = self.delete_object(&segment.key).await? {
+                    return Ok(locked);
+                }
+            }
+        }
+        self.delete_object(tombstone).await
+    }
+
+    /// Brings back soft-deleted backup `id`: checks that every segment and
+    /// its base are still there, writes its manifest again, and drops the
+    /// tombstone.
+    ///
+    /// # Errors
+    /// [`ErrorKind::NotFound`] when no deleted backup has that id, or its
+    /// base is deleted too; [`ErrorKind::Integrity`] when its data was
+    /// purged.
+    pub async fn undelete(&self, id: &BackupId) -> Result<Manifest> {
+        let Some((key, tombstone)) = self
+            .tombstones()
+            .await?
+            .into_iter()
+            .find(|(_, t)| &t.manifest.id == id)
+        else {
+            return Err(Error::not_found(format!("there is no deleted backup {id}"))
+                .hint("`strata list --deleted` shows the deleted backups that can still be brought back"));
+        };
+        let manifest = tombstone.manifest;
+        for stream in &manifest.streams {
+            for segment in &stream.segments {
+                match self.store().head(&self.path(&segment.key)).await {
+                    Ok(_) => {}
+                    Err(object_store::Error::NotFound { .. }) => {
+                        return Err(Error::integrity(format!(
+                            "backup {id} cannot be brought back: its data was purged ({} is gone)",
+                            segment.key
+                        ))
+                        .hint(format!(
+                            "its purge date was {}; the tombstone {key} is removed by the next `strata vault gc`",
+                            tombstone.purge_after.unwrap_or(tombstone.deleted_at).to_rfc3339()
+                        )));
+                    }
+                    Err(e) => {
+                        return Err(Error::from(e).context(format!("checking {}", segment.key)));
+                    }
+                }
+            }
+        }
+        if let Some(base) = &manifest.base
+            && !self
+                .manifest_exists(&manifest.engine, &manifest.instance, base)
+                .await?
+        {
+            return Err(Error::not_found(format!(
+                "backup {id} builds on backup {base}, which is deleted too"
+            ))
+            .hint(format!("bring back {base} first: `strata undelete {base}`")));
+        }
+        let manifest_key = layout::manifest_key(&manifest.engine, &manifest.instance, &manifest.id);
+        match self.put_create(&manifest_key, manifest.to_json()?).await {
+            Ok(()) => {}
+            // An interrupted deletion never removed it: it is visible already.
+            Err(err) if err.kind() == ErrorKind::Conflict => {}
+            Err(err) => return Err(err),
+        }
+        // Locked on an immutable vault: the purge drops it later, seeing the
+        // manifest written after it.
+        self.delete_object(&key).await?;
+        Ok(manifest)
+    }
+
+    /// The data prefixes (`<engine>/<instance>/<id>`, as in keys) of
+    /// soft-deleted backups: not orphans, whatever their age.
+    pub(crate) async fn tombstoned_prefixes(&self) -> Result<Vec<String>> {
+        Ok(self
+            .list_keys(layout::DELETED)
+            .await?
+            .into_iter()
+            .filter_map(|key| {
+                key.strip_prefix(&format!("{}/", layout::DELETED))
+                    .and_then(|rest| rest.strip_suffix(".json"))
+                    .map(str::to_owned)
+            })
+            .collect())
+    }
+}

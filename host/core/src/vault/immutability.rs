@@ -1,0 +1,481 @@
+//! Immutable vaults: the object store itself refuses to delete or overwrite
+//! what Strata wrote for a number of days (write once, read many), so that
+//! whoever holds the vault's credentials (ransomware included) cannot empty
+//! it before then.
+//!
+//! | Store | What enforces it | Set up by |
+//! |---|---|---|
+//! | S3 | Object Lock: the bucket's default retention (compliance or governance mode, N days) on every new object version | `strata vault init --immutable N` sets the default retention; Object Lock itself must be enabled on the bucket first |
+//! | Azure Blob | a time-based retention policy on the container (or version-level immutability) | the operator (`az storage container immutability-policy create`) |
+//! | GCS | a bucket retention policy | the operator (`gcloud storage buckets update --retention-period`) |
+//!
+//! A vault's metadata records the lock ([`Immutability`]); it is written
+//! only after a probe showed that the store refuses to delete a new object,
+//! and every [`Vault::open`](super::Vault::open) repeats the probe, so a
+//! lock removed behind Strata's back is noticed before anything relies on it.
+//!
+//! # The probe
+//!
+//! A probe is a small object `immutability/probe-<unix seconds>`, written
+//! create-only. The newest probe that stays locked for at least another hour
+//! is reused; otherwise a new one is written. Then Strata deletes it, the
+//! way it would delete any object (on S3 the exact version, since a plain
+//! S3 delete only adds a delete marker), and the store must refuse. A probe
+//! that could be deleted means the lock is not enforced.
+//!
+//! # Deleting on an immutable vault
+//!
+//! An object written at `t` is locked until `t + days` (the store's own
+//! rule for default retention and time-based policies). Retention, `vault
+//! gc` and `strata delete` never send a delete for an object before then:
+//! they report it as locked, with the date, and a later pass deletes it.
+//! After the date, S3 objects are deleted by version, so that no delete
+//! marker hides a version that still costs storage.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use object_store::aws::{AmazonS3, AmazonS3Builder, AmazonS3ConfigKey, AwsAuthorizer};
+use object_store::client::{HttpClient, HttpConnector, HttpRequest, ReqwestConnector};
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// The object lock of an immutable vault, as its metadata records it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Immutability {
+    /// S3 Object Lock's retention mode ([`LockMode`]); for Azure and GCS,
+    /// whose policies have no modes, `compliance`.
+    pub mode: LockMode,
+    /// Days every object stays locked after it is written.
+    pub days: u32,
+    /// What enforces it: `s3-object-lock`, `azure-immutability-policy` or
+    /// `gcs-retention-policy`.
+    pub enforced_by: String,
+    /// When the lock was first verified (UTC).
+    pub since: DateTime<Utc>,
+}
+
+impl Immutability {
+    /// Until when an object written at `written` is locked.
+    pub fn locked_until(&self, written: DateTime<Utc>) -> DateTime<Utc> {
+        written + chrono::Duration::days(i64::from(self.days))
+    }
+}
+
+/// S3 Object Lock's retention modes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LockMode {
+    /// No one, not even the account's root user, can delete a locked object
+    /// version or shorten its retention.
+    #[default]
+    Compliance,
+    /// Users with the `s3:BypassGovernanceRetention` permission can delete a
+    /// locked version by asking to bypass the lock; Strata never asks.
+    Governance,
+}
+
+impl LockMode {
+    /// The mode as S3 spells it (`COMPLIANCE`, `GOVERNANCE`).
+    pub fn s3_name(self) -> &'static str {
+        match self {
+            LockMode::Compliance => "COMPLIANCE",
+            LockMode::Governance => "GOVERNANCE",
+        }
+    }
+}
+
+impl std::fmt::Display for LockMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            LockMode::Compliance => "compliance",
+            LockMode::Governance => "governance",
+        })
+    }
+}
+
+impl std::str::FromStr for LockMode {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "compliance" => Ok(LockMode::Compliance),
+            "governance" => Ok(LockMode::Governance),
+            other => Err(
+                Error::config(format!("`{other}` is not an Object Lock mode"))
+                    .hint("use compliance (no one can delete a locked backup early) or governance"),
+            ),
+        }
+    }
+}
+
+/// What asking to delete one object came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deletion {
+    /// The object is gone (or was already).
+    Deleted,
+    /// The vault's lock keeps it: nothing was sent when `until` is known
+    /// (the object's write time plus the vault's days); `None` when the
+    /// store refused the delete itself (a longer lock than the vault's).
+    Locked {
+        /// When the lock ends, if known.
+        until: Option<DateTime<Utc>>,
+    },
+}
+
+/// Prefix of the lock probes (see the [module docs](self#the-probe)).
+pub const PROBE_PREFIX: &str = "immutability";
+
+/// The key of a probe written at `at`.
+pub(crate) fn probe_key(at: DateTime<Utc>) -> String {
+    format!("{PROBE_PREFIX}/probe-{:012}", at.timestamp())
+}
+
+/// What S3 says of a bucket's Object Lock.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BucketLock {
+    /// Object Lock is not enabled on the bucket.
+    Disabled,
+    /// Enabled, with this default retention (mode and days) if any.
+    Enabled(Option<(LockMode, u32)>),
+}
+
+/// The S3 requests the object store API has no call for: the bucket's
+/// Object Lock configuration and deleting one object version. Requests are
+/// signed with the store's own credentials (SigV4, as the store signs).
+#[derive(Debug)]
+pub(crate) struct S3Access {
+    s3: Arc<AmazonS3>,
+    http: HttpClient,
+    bucket: String,
+    bucket_url: String,
+    region: String,
+}
+
+impl S3Access {
+    /// Access to the bucket of a store `builder` was configured for, with
+    /// the same options (endpoint, region, credentials, HTTP client).
+    pub(crate) fn new(
+        builder: &AmazonS3Builder,
+        s3: Arc<AmazonS3>,
+        options: &object_store::ClientOptions,
+    ) -> Result<S3Access> {
+        let value = |key| builder.get_config_value(&key);
+        let bucket = value(AmazonS3ConfigKey::Bucket).unwrap_or_default();
+        let region = value(AmazonS3ConfigKey::Region).unwrap_or_else(|| "us-east-1".to_owned());
+        let virtual_hosted = value(AmazonS3ConfigKey::VirtualHostedStyleRequest)
+            .is_some_and(|v| v.eq_ignore_ascii_case("true"));
+        let bucket_url = match value(AmazonS3ConfigKey::Endpoint) {
+            Some(endpoint) if virtual_hosted => endpoint.trim_end_matches('/').to_owned(),
+            Some(endpoint) => format!("{}/{bucket}", endpoint.trim_end_matches('/')),
+            None => format!("https://s3.{region}.amazonaws.com/{bucket}"),
+        };
+        let http = ReqwestConnector::default()
+            .connect(options)
+            .map_err(Error::from)?;
+        Ok(S3Access {
+            s3,
+            http,
+            bucket,
+            bucket_url,
+            region,
+        })
+    }
+
+    /// The bucket's name.
+    pub(crate) fn bucket(&self) -> &str {
+        &self.bucket
+    }
+
+    /// Sends one signed request; returns the status and body.
+    async fn send(
+        &self,
+        method: http::Method,
+        url: &str,
+        body: Vec<u8>,
+        headers: &[(&str, String)],
+    ) -> Result<(http::StatusCode, bytes::Bytes)> {
+        let credential = self.s3.credentials().get_credential().await?;
+        let mut builder = http::Request::builder().method(method.clone()).uri(url);
+        for (name, value) in headers {
+            builder = builder.header(*name, value);
+        }
+        let mut request: HttpRequest = builder.body(body.into()).map_err(|e| {
+            Error::storage(format!("cannot build the S3 request {method} {url}: {e}"))
+        })?;
+        AwsAuthorizer::new(&credential, "s3", &self.region)
+            .try_authorize(&mut request, None)
+            .map_err(Error::from)?;
+        let response = self.http.execute(request).await.map_err(|e| {
+            Error::storage(format!("S3 request {method} {url} failed: {e}")).retryable(true)
+        })?;
+        let status = response.status();
+        let body =
+            response.into_body().bytes().await.map_err(|e| {
+                Error::storage(format!("reading the answer to {method} {url}: {e}"))
+            })?;
+        Ok((status, body))
+    }
+
+    /// The bucket's Object Lock configuration.
+    pub(crate) async fn bucket_lock(&self) -> Result<BucketLock> {
+        let url = format!("{}?object-lock=", self.bucket_url);
+        let (status, body) = self.send(http::Method::GET, &url, Vec::new(), &[]).await?;
+        let text = String::from_utf8_lossy(&body);
+        if status.as_u16() == 404 && text.contains("ObjectLockConfigurationNotFound") {
+            return Ok(BucketLock::Disabled);
+        }
+        if !status.is_success() {
+            return Err(s3_error(
+                "reading the Object Lock configuration of",
+                &self.bucket,
+                status,
+                &text,
+            ));
+        }
+        if xml_value(&text, "ObjectLockEnabled").as_deref() != Some("Enabled") {
+            return Ok(BucketLock::Disabled);
+        }
+        let rule = match (xml_value(&text, "Mode"), xml_value(&text, "Days")) {
+            (Some(mode), Some(days)) => Some((
+                mode.parse()?,
+                days.parse::<u32>().map_err(|_| {
+                    Error::storage(format!("S3 answered an Object Lock rule of `{days}` days"))
+                })?,
+            )),
+            // A rule in years: report it in days, as S3 counts a year.
+            (Some(mode), None) => {
+                match xml_value(&text, "Years").and_then(|y| y.parse::<u32>().ok()) {
+                    Some(years) => Some((mode.parse()?, years * 365)),
+                    None => None,
+                }
+            }
+            _ => None,
+        };
+        Ok(BucketLock::Enabled(rule))
+    }
+
+    /// Sets the bucket's default retention to `mode` for `days`.
+    pub(crate) async fn set_default_retention(&self, mode: LockMode, days: u32) -> Result<()> {
+        use base64::Engine as _;
+        use md5::Digest as _;
+        let body = format!(
+            "<ObjectLockConfiguration xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\">\
+             <ObjectLockEnabled>Enabled</ObjectLockEnabled><Rule><DefaultRetention>\
+             <Mode>{}</Mode><Days>{days}</Days></DefaultRetention></Rule></ObjectLockConfiguration>",
+            mode.s3_name()
+        )
+        .into_bytes();
+        // S3 requires Content-MD5 on this request.
+        let md5 = base64::engine::general_purpose::STANDARD.encode(md5::Md5::digest(&body));
+        let url = format!("{}?object-lock=", self.bucket_url);
+        let (status, answer) = self
+            .send(
+                http::Method::PUT,
+                &url,
+                body,
+                &[
+                    ("content-md5", md5),
+                    ("content-type", "application/xml".to_owned()),
+                ],
+            )
+            .await?;
+        if status.is_success() {
+            Ok(())
+        } else {
+            Err(s3_error(
+                "setting the default retention of",
+                &self.bucket,
+                status,
+                &String::from_utf8_lossy(&answer),
+            ))
+        }
+    }
+
+    /// Deletes version `version` of `path`; a refusal by the lock is
+    /// [`Deletion::Locked`].
+    pub(crate) async fn delete_version(&self, path: &Path, version: &str) -> Result<Deletion> {
+        let url = format!(
+            "{}/{}?versionId={}",
+            self.bucket_url,
+            encode(path.as_ref(), true),
+            encode(version, false)
+        );
+        let (status, body) = self
+            .send(http::Method::DELETE, &url, Vec::new(), &[])
+            .await?;
+        let text = String::from_utf8_lossy(&body);
+        match status.as_u16() {
+            200..=299 => Ok(Deletion::Deleted),
+            404 => Ok(Deletion::Deleted),
+            403 if text.contains("AccessDenied") => Ok(Deletion::Locked { until: None }),
+            _ => Err(s3_error(
+                &format!("deleting {path} from"),
+                &self.bucket,
+                status,
+                &text,
+            )),
+        }
+    }
+}
+
+/// The text of the first `<tag>` element of an S3 XML answer.
+fn xml_value(xml: &str, tag: &str) -> Option<String> {
+    let open = format!("<{tag}>");
+    let start = xml.find(&open)? + open.len();
+    let end = start + xml[start..].find(&format!("</{tag}>"))?;
+    Some(xml[start..end].trim().to_owned())
+}
+
+/// Percent-encodes everything but unreserved characters (and `/` when
+/// `keep_slash`), as S3's canonical URIs need.
+fn encode(text: &str, keep_slash: bool) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                out.push(byte as char)
+            }
+            b'/' if keep_slash => out.push('/'),
+            _ => out.push_str(&format!("%{byte:02X}")),
+        }
+    }
+    out
+}
+
+fn s3_error(doing: &str, bucket: &str, status: http::StatusCode, body: &str) -> Error {
+    let code = xml_value(body, "Code").unwrap_or_default();
+    let message = xml_value(body, "Message").unwrap_or_default();
+    let error = Error::storage(format!(
+        "{doing} bucket {bucket} failed: HTTP {status} {code} {message}"
+    ));
+    match status.as_u16() {
+        403 => error.hint("the credentials need s3:GetBucketObjectLockConfiguration, s3:PutBucketObjectLockConfiguration, s3:GetObjectVersion and s3:DeleteObjectVersion on the bucket"),
+        500..=599 => error.retryable(true),
+        _ => error,
+    }
+}
+
+/// Whether an error from a plain delete is the store refusing because of a
+/// retention policy or legal hold (Azure answers 409, GCS 403).
+pub(crate) fn is_lock_refusal(err: &object_store::Error) -> bool {
+    match err {
+        object_store::Error::PermissionDenied { .. }
+        | object_store::Error::AlreadyExists { .. }
+        | object_store::Error::Precondition { .. } => true,
+        other => {
+            let text = other.to_string();
+            ["409", "403", "Immutab", "retention", "Retention", "held"]
+                .iter()
+                .any(|needle| text.contains(needle))
+        }
+    }
+}
+
+/// Deletes `path` as any Strata deletion would, without looking at the
+/// lock's date: the exact version on S3, a plain delete elsewhere.
+pub(crate) async fn delete_now(
+    store: &Arc<dyn ObjectStore>,
+    s3: Option<&S3Access>,
+    path: &Path,
+) -> Result<Deletion> {
+    if let Some(s3) = s3 {
+        let meta = match store.head(path).await {
+            Ok(meta) => meta,
+            Err(object_store::Error::NotFound { .. }) => return Ok(Deletion::Deleted),
+            Err(e) => return Err(Error::from(e).context(format!("checking {path}"))),
+        };
+        if let Some(version) = &meta.version {
+            return s3.delete_version(path, version).await;
+        }
+    }
+    match store.delete(path).await {
+        Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(Deletion::Deleted),
+        Err(e) if is_lock_refusal(&e) => Ok(Deletion::Locked { until: None }),
+        Err(e) => Err(Error::from(e).context(format!("deleting {path}"))),
+    }
+}
+
+/// Runs the [probe](self#the-probe): reuses the newest probe under `root`
+/// still locked for another hour (when `days` is known), or writes a new
+/// one, and tries to delete it. [`Deletion::Locked`] means the store
+/// enforces the lock.
+pub(crate) async fn probe(
+    store: &Arc<dyn ObjectStore>,
+    root: &Path,
+    s3: Option<&S3Access>,
+    days: Option<u32>,
+) -> Result<Deletion> {
+    use futures::TryStreamExt;
+    let now = Utc::now();
+    let join = |key: &str| super::layout::join(root, &key.split('/').collect::<Vec<_>>());
+    let mut reusable = None;
+    if let Some(days) = days {
+        let probes: Vec<object_store::ObjectMeta> = store
+            .list(Some(&join(PROBE_PREFIX)))
+            .try_collect()
+            .await
+            .map_err(|e| Error::from(e).context("listing the vault's lock probes"))?;
+        let lasts_until = |at: DateTime<Utc>| at + chrono::Duration::days(i64::from(days));
+        reusable = probes
+            .iter()
+            .filter(|meta| lasts_until(meta.last_modified) > now + chrono::Duration::hours(1))
+            .max_by_key(|meta| meta.last_modified)
+            .map(|meta| meta.location.clone());
+    }
+    let path = match reusable {
+        Some(path) => path,
+        None => {
+            let path = join(&probe_key(now));
+            let body = format!(
+                "{{\"written_at\": \"{}\", \"note\": \"a probe Strata tries to delete to check that the store enforces the vault's lock\"}}",
+                now.to_rfc3339()
+            );
+            match store
+                .put_opts(
+                    &path,
+                    body.into_bytes().into(),
+                    object_store::PutOptions::from(object_store::PutMode::Create),
+                )
+                .await
+            {
+                Ok(_) | Err(object_store::Error::AlreadyExists { .. }) => {}
+                Err(e) => {
+                    return Err(Error::from(e).context("writing the vault's lock probe"));
+                }
+            }
+            path
+        }
+    };
+    delete_now(store, s3, &path).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn probe_keys_name_their_time() {
+        let at = DateTime::from_timestamp(1_790_000_000, 0).unwrap();
+        let key = probe_key(at);
+        assert_eq!(key, "immutability/probe-001790000000");
+    }
+
+    #[test]
+    fn xml_values_and_encoding() {
+        let xml = "<ObjectLockConfiguration><ObjectLockEnabled>Enabled</ObjectLockEnabled><Rule><DefaultRetention><Mode>GOVERNANCE</Mode><Days>3</Days></DefaultRetention></Rule></ObjectLockConfiguration>";
+        assert_eq!(xml_value(xml, "Mode").as_deref(), Some("GOVERNANCE"));
+        assert_eq!(xml_value(xml, "Days").as_deref(), Some("3"));
+        assert_eq!(xml_value(xml, "Years"), None);
+        assert_eq!(encode("a b/c+d", true), "a%20b/c%2Bd");
+        assert_eq!(encode("a/b", false), "a%2Fb");
+        assert_eq!(
+            "Governance".parse::<LockMode>().unwrap(),
+            LockMode::Governance
+        );
+        assert!("hold".parse::<LockMode>().is_err());
+    }
+}
