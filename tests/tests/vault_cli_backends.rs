@@ -44,6 +44,7 @@ on_backends!(
     stream_backup_lists_verifies_and_restores,
     encrypted_vault_needs_its_key,
     second_init_is_refused_and_changes_nothing,
+    deleted_backup_is_hidden_restorable_when_undeleted_and_purged_after_its_period,
 );
 
 /// An operator's shell: a scratch directory, a local catalog index and a
@@ -204,4 +205,83 @@ fn second_init_is_refused_and_changes_nothing(op: &Operator) {
         out.stdout == data,
         "the backup changed after a refused init"
     );
+}
+
+fn listed_ids(out: RunOutput) -> Vec<String> {
+    out.success()
+        .json()
+        .as_array()
+        .expect("a JSON array")
+        .iter()
+        .map(|b| b["id"].as_str().expect("an id").to_owned())
+        .collect()
+}
+
+fn deleted_backup_is_hidden_restorable_when_undeleted_and_purged_after_its_period(op: &Operator) {
+    op.run(["vault", "init", "--soft-delete-days", "3"])
+        .success();
+    let info = op.run(["vault", "info", "--json"]).success().json();
+    assert_eq!(info["meta"]["soft_delete_days"], 3, "{info}");
+    let first = random_bytes(200_000, 5);
+    let second = random_bytes(200_000, 6);
+    let id_of = |out: RunOutput| out.success().json()["id"].as_str().unwrap().to_owned();
+    let input = op.input("first.bin", &first);
+    let old = id_of(op.run(["backup", "stream", "db", "--input", &input, "--json"]));
+    let input = op.input("second.bin", &second);
+    let new = id_of(op.run(["backup", "stream", "db", "--input", &input, "--json"]));
+
+    op.run(["delete", &new, "--reason", "wrong dump"]).success();
+    // Hidden from list and restore: the stream's newest is the old one.
+    assert_eq!(listed_ids(op.run(["list", "--json"])), [old.clone()]);
+    let out = op.run(["restore", "stream", "db"]).success();
+    assert!(out.stdout == first, "restore uses what is listed");
+    let deleted = op.run(["list", "--deleted", "--json"]).success().json();
+    assert_eq!(deleted[0]["id"], new.as_str(), "{deleted}");
+    assert_eq!(deleted[0]["reason"], "wrong dump", "{deleted}");
+    // Soft-deleted data is neither an orphan to gc nor purged early.
+    op.run(["vault", "gc", "--older-than", "1s"]).success();
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    op.run(["vault", "gc", "--older-than", "1s"]).success();
+    assert_eq!(
+        listed_ids(op.run(["list", "--deleted", "--json"])),
+        [new.clone()]
+    );
+
+    op.run(["undelete", &new]).success();
+    assert_eq!(
+        listed_ids(op.run(["list", "--json"])),
+        [old.clone(), new.clone()]
+    );
+    assert!(listed_ids(op.run(["list", "--deleted", "--json"])).is_empty());
+    let out = op.run(["restore", "stream", "db"]).success();
+    assert!(
+        out.stdout == second,
+        "the undeleted backup restores bit-exact"
+    );
+    op.run(["undelete", &new])
+        .failure(8)
+        .stderr_contains(&format!("there is no deleted backup {new}"));
+
+    // Deleted again: purged only after its 3 days.
+    op.run(["delete", &new]).success();
+    let two_days = (chrono::Utc::now() + chrono::Duration::days(2)).to_rfc3339();
+    op.run(["vault", "gc", "--now", &two_days]).success();
+    assert_eq!(
+        listed_ids(op.run(["list", "--deleted", "--json"])),
+        [new.clone()]
+    );
+    let four_days = (chrono::Utc::now() + chrono::Duration::days(4)).to_rfc3339();
+    let out = op.run(["vault", "gc", "--now", &four_days]).success();
+    assert!(
+        out.stdout_text().contains("purged 1 deleted backup(s)"),
+        "{}",
+        out.stdout_text()
+    );
+    assert!(listed_ids(op.run(["list", "--deleted", "--json"])).is_empty());
+    op.run(["undelete", &new])
+        .failure(8)
+        .stderr_contains("no deleted backup");
+    // The kept backup is whole.
+    op.run(["verify"]).success();
+    assert_eq!(listed_ids(op.run(["list", "--json"])), [old]);
 }

@@ -427,9 +427,11 @@ impl Host {
             ));
             return Ok(report);
         }
-        report.soft_delete_days = Some(self.vault.soft_delete_days());
+        // Locks and purge dates are judged at `now` too.
+        let vault = self.vault.at(now);
+        report.soft_delete_days = Some(vault.soft_delete_days());
         if !dry_run {
-            report.purge = self.vault.purge_deleted(now).await?;
+            report.purge = vault.purge_deleted(now).await?;
         }
         let manifests = self.backups(plugin, database).await?;
         if manifests.is_empty() {
@@ -482,7 +484,7 @@ impl Host {
                 continue;
             };
             let reason = format!("retention: {}", expired.reason);
-            let deletion = self.vault.delete_backup(manifest, &reason).await.map_err(|e| {
+            let deletion = vault.delete_backup(manifest, &reason).await.map_err(|e| {
                 e.context(format!(
                     "deleting expired backup {}; what was deleted so far is consistent, and the next pass goes on",
                     expired.id
@@ -502,7 +504,7 @@ impl Host {
             report.freed_bytes += expired.stored_bytes;
             tracing::info!(backup = %expired.id, kind = %expired.kind, reason = %expired.reason, "expired");
         }
-        let archive = VaultArchive::new(self.vault.clone(), plugin.engine(), plugin.instance());
+        let archive = VaultArchive::new(vault.clone(), plugin.engine(), plugin.instance());
         for log in &report.log {
             match self
                 .vault

@@ -93,7 +93,7 @@ impl Vault {
             Err(e) => return Err(Error::from(e).context(format!("checking {key}"))),
         };
         let until = lock.locked_until(meta.last_modified);
-        if until > Utc::now() {
+        if until > self.now() {
             return Ok(Deletion::Locked { until: Some(until) });
         }
         immutability::delete_now(self.store(), self.s3_access(), &path).await
@@ -110,7 +110,7 @@ impl Vault {
             match self.store().head(&self.path(&manifest_key)).await {
                 Ok(meta) => {
                     let until = lock.locked_until(meta.last_modified);
-                    if until > Utc::now() {
+                    if until > self.now() {
                         return Ok(Deletion::Locked { until: Some(until) });
                     }
                 }
@@ -118,7 +118,7 @@ impl Vault {
                 Err(e) => return Err(Error::from(e).context(format!("checking {manifest_key}"))),
             }
         }
-        let now = Utc::now();
+        let now = self.now();
         let mut keep_days = self.soft_delete_days();
         if let Some(lock) = self.immutability() {
             keep_days = keep_days.max(lock.days);

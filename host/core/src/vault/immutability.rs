@@ -160,11 +160,12 @@ impl S3Access {
     /// the same options (endpoint, region, credentials, HTTP client).
     pub(crate) fn new(
         builder: &AmazonS3Builder,
+        bucket: &str,
         s3: Arc<AmazonS3>,
         options: &object_store::ClientOptions,
     ) -> Result<S3Access> {
         let value = |key| builder.get_config_value(&key);
-        let bucket = value(AmazonS3ConfigKey::Bucket).unwrap_or_default();
+        let bucket = value(AmazonS3ConfigKey::Bucket).unwrap_or_else(|| bucket.to_owned());
         let region = value(AmazonS3ConfigKey::Region).unwrap_or_else(|| "us-east-1".to_owned());
         let virtual_hosted = value(AmazonS3ConfigKey::VirtualHostedStyleRequest)
             .is_some_and(|v| v.eq_ignore_ascii_case("true"));

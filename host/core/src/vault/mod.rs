@@ -150,7 +150,10 @@ struct VaultInner {
     meta: VaultMeta,
     key: Option<VaultKey>,
     /// S3 requests beyond the object store API (immutable vaults).
-    s3: Option<immutability::S3Access>,
+    s3: Option<Arc<immutability::S3Access>>,
+    /// The time deletions judge locks and purge dates by, when not the
+    /// clock's ([`Vault::at`]).
+    clock: Option<DateTime<Utc>>,
 }
 
 impl std::fmt::Debug for Vault {
@@ -283,7 +286,16 @@ fn build_store_with_access(
             return Ok((Arc::new(fs), Path::default(), None));
         }
         ObjectStoreScheme::AmazonS3 => {
-            let options = client_options("AWS_");
+            let mut options = client_options("AWS_");
+            // Uploads that carry a checksum say which (as AWS's SDKs do):
+            // S3 requires one of uploads that Object Lock retains.
+            if let Some(algorithm) = config.options.get("aws_checksum_algorithm") {
+                let mut headers = http::HeaderMap::new();
+                if let Ok(value) = http::HeaderValue::from_str(&algorithm.to_ascii_uppercase()) {
+                    headers.insert("x-amz-sdk-checksum-algorithm", value);
+                }
+                options = options.with_default_headers(headers);
+            }
             let mut builder = object_store::aws::AmazonS3Builder::from_env()
                 .with_url(url.as_str())
                 .with_client_options(options.clone())
@@ -298,7 +310,8 @@ fn build_store_with_access(
                     .build()
                     .map_err(|e| config_store_error(raw, e))?,
             );
-            let access = immutability::S3Access::new(&builder, s3.clone(), &options)?;
+            let bucket = url.host_str().unwrap_or_default();
+            let access = immutability::S3Access::new(&builder, bucket, s3.clone(), &options)?;
             return Ok((s3, root, Some(access)));
         }
         ObjectStoreScheme::MicrosoftAzure => {
@@ -416,6 +429,30 @@ async fn check_lock(
     root: &Path,
     s3: Option<&immutability::S3Access>,
 ) -> Result<()> {
+    // On S3 the bucket's default retention is what locks new objects: a
+    // rule removed or shortened is caught here, before a probe that an
+    // older object (still locked) would pass.
+    if let Some(s3) = s3 {
+        let rule = s3.bucket_lock().await?;
+        if rule != immutability::BucketLock::Enabled(Some((lock.mode, lock.days))) {
+            return Err(Error::config(format!(
+                "the vault at {url} is immutable ({} days, {} mode), but its bucket's Object Lock default retention is now {}: new backups would not be locked as recorded",
+                lock.days,
+                lock.mode,
+                match rule {
+                    immutability::BucketLock::Disabled => "off".to_owned(),
+                    immutability::BucketLock::Enabled(None) => "not set".to_owned(),
+                    immutability::BucketLock::Enabled(Some((mode, days))) => format!("{days} days in {mode} mode"),
+                }
+            ))
+            .hint(format!(
+                "set it back: `aws s3api put-object-lock-configuration --bucket {} --object-lock-configuration '{{\"ObjectLockEnabled\":\"Enabled\",\"Rule\":{{\"DefaultRetention\":{{\"Mode\":\"{}\",\"Days\":{}}}}}}}'`",
+                s3.bucket(),
+                lock.mode.s3_name(),
+                lock.days
+            )));
+        }
+    }
     match immutability::probe(store, root, s3, Some(lock.days)).await? {
         immutability::Deletion::Locked { .. } => Ok(()),
         immutability::Deletion::Deleted => Err(not_enforced(url, &lock.enforced_by, lock.days)
@@ -539,7 +576,8 @@ impl Vault {
                 root,
                 meta,
                 key,
-                s3,
+                s3: s3.map(Arc::new),
+                clock: None,
             }),
         })
     }
@@ -614,7 +652,8 @@ impl Vault {
                 root,
                 meta,
                 key,
-                s3,
+                s3: s3.map(Arc::new),
+                clock: None,
             }),
         })
     }
@@ -833,7 +872,29 @@ impl Vault {
     }
 
     pub(crate) fn s3_access(&self) -> Option<&immutability::S3Access> {
-        self.inner.s3.as_ref()
+        self.inner.s3.as_deref()
+    }
+
+    /// The same vault, judging locks and purge dates as if it were `now`:
+    /// for drills and tests with compressed time (`--now`).
+    pub fn at(&self, now: DateTime<Utc>) -> Vault {
+        let inner = &self.inner;
+        Vault {
+            inner: Arc::new(VaultInner {
+                url: inner.url.clone(),
+                store: inner.store.clone(),
+                root: inner.root.clone(),
+                meta: inner.meta.clone(),
+                key: inner.key.clone(),
+                s3: inner.s3.clone(),
+                clock: Some(now),
+            }),
+        }
+    }
+
+    /// The time deletions judge by: the clock's, or the one [`Vault::at`] set.
+    pub fn now(&self) -> DateTime<Utc> {
+        self.inner.clock.unwrap_or_else(Utc::now)
     }
 }
 

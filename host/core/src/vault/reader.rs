@@ -1034,6 +1034,7 @@ mod tests {
                 meta: vault.meta().clone(),
                 key: None,
                 s3: None,
+                clock: None,
             }),
         };
         let err = restore(&keyless, &manifest, "db").await.unwrap_err();
