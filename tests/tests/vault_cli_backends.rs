@@ -232,7 +232,10 @@ fn deleted_backup_is_hidden_restorable_when_undeleted_and_purged_after_its_perio
 
     op.run(["delete", &new, "--reason", "wrong dump"]).success();
     // Hidden from list and restore: the stream's newest is the old one.
-    assert_eq!(listed_ids(op.run(["list", "--json"])), [old.clone()]);
+    assert_eq!(
+        listed_ids(op.run(["list", "--json"])),
+        std::slice::from_ref(&old)
+    );
     let out = op.run(["restore", "stream", "db"]).success();
     assert!(out.stdout == first, "restore uses what is listed");
     let deleted = op.run(["list", "--deleted", "--json"]).success().json();
@@ -244,7 +247,7 @@ fn deleted_backup_is_hidden_restorable_when_undeleted_and_purged_after_its_perio
     op.run(["vault", "gc", "--older-than", "1s"]).success();
     assert_eq!(
         listed_ids(op.run(["list", "--deleted", "--json"])),
-        [new.clone()]
+        std::slice::from_ref(&new)
     );
 
     op.run(["undelete", &new]).success();
@@ -268,7 +271,7 @@ fn deleted_backup_is_hidden_restorable_when_undeleted_and_purged_after_its_perio
     op.run(["vault", "gc", "--now", &two_days]).success();
     assert_eq!(
         listed_ids(op.run(["list", "--deleted", "--json"])),
-        [new.clone()]
+        std::slice::from_ref(&new)
     );
     let four_days = (chrono::Utc::now() + chrono::Duration::days(4)).to_rfc3339();
     let out = op.run(["vault", "gc", "--now", &four_days]).success();

@@ -293,13 +293,13 @@ fn object_lock_vault_refuses_every_delete_until_the_lock_ends() {
     assert_eq!(versions(&locked, &manifest_prefix), (0, 0));
     assert_eq!(
         ids(strata(&url, &dir).args(["--json", "list"]).run()),
-        [new.clone()]
+        std::slice::from_ref(&new)
     );
     assert_eq!(
         ids(strata(&url, &dir)
             .args(["--json", "list", "--deleted"])
             .run()),
-        [old.clone()],
+        std::slice::from_ref(&old),
         "soft-deleted: its data stays"
     );
 

@@ -7,18 +7,19 @@
 //!                                                    segment objects of a backup's streams
 //!                                                    (both numbers zero-padded to five digits)
 //! engines/<engine>/<instance>/<key>                  archive objects of the instance
-//! deleted/<engine>/<instance>/<backup-id>.json       a backup being deleted (a tombstone)
+//! deleted/<engine>/<instance>/<backup-id>.json       a soft-deleted backup (a tombstone)
+//! immutability/probe-<unix seconds>                  lock probes of an immutable vault
 //! ```
 //!
 //! # Deleting a backup
 //!
-//! A deletion (retention, `hdbbackint delete`) first writes a tombstone
-//! under `deleted/`: `{"deleted_at": <RFC 3339 UTC>, "reason": <text>,
-//! "manifest": <the manifest>}`. Then the manifest goes (the backup stops
-//! existing at once), then its segments, and the tombstone last. A process
-//! killed anywhere in between leaves the tombstone, and the next deletion
-//! pass or `vault gc` finishes the job from it
-//! ([`Vault::finish_deletions`](super::Vault::finish_deletions)); a backup
+//! A deletion (retention, `strata delete`, `hdbbackint delete`) first
+//! writes a tombstone under `deleted/`: `{"deleted_at": <RFC 3339 UTC>,
+//! "reason": <text>, "manifest": <the manifest>, "purge_after": <RFC 3339
+//! UTC>}`. Then the manifest goes: the backup stops existing at once. Its
+//! segments stay until `purge_after` (soft delete), then go, and the
+//! tombstone last. The protocol, and how interrupted deletions and
+//! undeletes are finished, is in [`deletion`](super::deletion); a backup
 //! is never left half-visible, with a manifest but missing segments.
 //!
 //! Segment keys contain the backup id, which is unique per attempt, so no two
