@@ -15,7 +15,7 @@
 //! 2. A differential's base (the newest full of the database) or an
 //!    incremental's (the newest data backup) is chosen from the vault; its
 //!    streams are readable through the sink
-//!    ([`BackupSink::base_source`](crate::plugin::BackupSink::base_source)).
+//!    ([`BackupSink::base_source`]).
 //! 3. A writer is opened; the plugin writes its streams into it
 //!    ([`EnginePlugin::backup`]).
 //! 4. On success the manifest is committed with the plugin's

@@ -21,7 +21,7 @@
 //!   to `vault gc`.
 //!
 //! On an immutable vault nothing is deleted before the store's lock ends
-//! ([`immutability`](super::immutability)); the purge date is then at least
+//! ([`immutability`]); the purge date is then at least
 //! the tombstone's own lock end, so that the tombstone can go with the data.
 
 use chrono::{DateTime, Utc};
