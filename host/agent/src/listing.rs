@@ -205,19 +205,9 @@ pub async fn list(args: ListArgs, ctx: &Context) -> Result<()> {
         "STORED",
     ]);
     for m in &manifests {
-        let instance = match &m.database {
-            Some(db) => format!("{}/{db}", m.instance),
-            None => m.instance.clone(),
-        };
-        table.row(vec![
-            m.id.to_string(),
-            m.engine.clone(),
-            instance,
-            kind_label(m),
-            m.ended_at.format("%Y-%m-%d %H:%M:%S").to_string(),
-            human_bytes(m.raw_size()),
-            human_bytes(m.stored_size()),
-        ]);
+        let mut row = backup_cells(m);
+        row.extend([human_bytes(m.raw_size()), human_bytes(m.stored_size())]);
+        table.row(row);
     }
     if table.is_empty() {
         println!("no backups in {}", vault.url());
@@ -303,25 +293,32 @@ async fn list_deleted(vault: &Vault, filter: &ListFilter, ctx: &Context) -> Resu
         "REASON",
     ]);
     for t in &deleted {
-        let m = &t.manifest;
-        let instance = match &m.database {
-            Some(db) => format!("{}/{db}", m.instance),
-            None => m.instance.clone(),
-        };
-        table.row(vec![
-            m.id.to_string(),
-            m.engine.clone(),
-            instance,
-            kind_label(m),
-            m.ended_at.format("%Y-%m-%d %H:%M:%S").to_string(),
+        let mut row = backup_cells(&t.manifest);
+        row.extend([
             t.deleted_at.format("%Y-%m-%d %H:%M:%S").to_string(),
             t.purge_after().format("%Y-%m-%d %H:%M:%S").to_string(),
-            human_bytes(m.stored_size()),
+            human_bytes(t.manifest.stored_size()),
             t.reason.clone(),
         ]);
+        table.row(row);
     }
     print!("{}", table.render());
     Ok(())
+}
+
+/// The ID, ENGINE, INSTANCE, KIND and ENDED (UTC) cells of a backup's row.
+fn backup_cells(m: &Manifest) -> Vec<String> {
+    let instance = match &m.database {
+        Some(db) => format!("{}/{db}", m.instance),
+        None => m.instance.clone(),
+    };
+    vec![
+        m.id.to_string(),
+        m.engine.clone(),
+        instance,
+        kind_label(m),
+        m.ended_at.format("%Y-%m-%d %H:%M:%S").to_string(),
+    ]
 }
 
 /// A backup's kind as the table shows it: `full (empty)` for an empty

@@ -161,7 +161,7 @@ async fn gc(
         }));
     }
     if let Some(purge) = &purge {
-        print_purge(purge, vault.soft_delete_days());
+        print_purge(purge, vault.soft_delete_days(), "");
     }
     if orphans.is_empty() && uploads.is_empty() {
         println!(
@@ -239,23 +239,23 @@ async fn gc(
 }
 
 /// Prints what purging soft-deleted backups did.
-pub fn print_purge(purge: &PurgeReport, soft_delete_days: u32) {
+pub fn print_purge(purge: &PurgeReport, soft_delete_days: u32, indent: &str) {
     if !purge.purged.is_empty() {
         println!(
-            "purged {} deleted backup(s) whose {soft_delete_days}-day soft delete period is over, {}",
+            "{indent}purged {} deleted backup(s) whose {soft_delete_days}-day soft delete period is over, {}",
             purge.purged.len(),
             human_bytes(purge.purged_bytes)
         );
     }
     if !purge.waiting.is_empty() {
         println!(
-            "{} deleted backup(s) are still restorable with `strata undelete` (`strata list --deleted`)",
+            "{indent}{} deleted backup(s) are still restorable with `strata undelete` (`strata list --deleted`)",
             purge.waiting.len()
         );
     }
     for (id, until) in &purge.locked {
         println!(
-            "kept deleted backup {id}: the vault's lock keeps it{}",
+            "{indent}kept deleted backup {id}: the vault's lock keeps it{}",
             until
                 .map(|t| format!(" until {}", t.format("%Y-%m-%d %H:%M:%S UTC")))
                 .unwrap_or_default()

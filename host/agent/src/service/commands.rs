@@ -355,13 +355,6 @@ pub async fn prune(args: PruneArgs, ctx: &Context) -> Result<()> {
     Ok(())
 }
 
-fn report_soft_delete_days(report: &strata_core::lifecycle::ExpiryReport) -> String {
-    report
-        .soft_delete_days
-        .map(|d| d.to_string())
-        .unwrap_or_else(|| "some".to_owned())
-}
-
 fn print_expiry(report: &strata_core::lifecycle::ExpiryReport) {
     if let Some(why) = &report.left_to_engine {
         println!("{}: left alone: {why}", report.database);
@@ -383,20 +376,8 @@ fn print_expiry(report: &strata_core::lifecycle::ExpiryReport) {
         report.log.len(),
         human_bytes(log_bytes),
     );
-    let purge = &report.purge;
-    if !purge.purged.is_empty() {
-        println!(
-            "  purged the data of {} backup(s) deleted earlier, {}",
-            purge.purged.len(),
-            human_bytes(purge.purged_bytes)
-        );
-    }
-    if !purge.waiting.is_empty() {
-        println!(
-            "  {} deleted backup(s) in the vault are kept {} days after deletion (`strata list --deleted`, `strata undelete ID`)",
-            purge.waiting.len(),
-            report_soft_delete_days(report)
-        );
+    if let Some(days) = report.soft_delete_days {
+        crate::vault_cmd::print_purge(&report.purge, days, "  ");
     }
     for expired in &report.plan.expire {
         let locked = report.locked.iter().find(|(id, _)| id == &expired.id);
