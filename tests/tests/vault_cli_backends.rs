@@ -45,6 +45,8 @@ on_backends!(
     encrypted_vault_needs_its_key,
     second_init_is_refused_and_changes_nothing,
     deleted_backup_is_hidden_restorable_when_undeleted_and_purged_after_its_period,
+    interrupted_purge_is_finished_by_the_next_gc,
+    init_refuses_backups_left_without_their_metadata,
 );
 
 /// An operator's shell: a scratch directory, a local catalog index and a
@@ -230,7 +232,15 @@ fn deleted_backup_is_hidden_restorable_when_undeleted_and_purged_after_its_perio
     let input = op.input("second.bin", &second);
     let new = id_of(op.run(["backup", "stream", "db", "--input", &input, "--json"]));
 
-    op.run(["delete", &new, "--reason", "wrong dump"]).success();
+    op.run(["delete", &new, "--reason", "wrong\ndump"])
+        .success();
+    op.run(["delete", &new])
+        .failure(8)
+        .stderr_contains(&format!("backup {new} is already deleted"))
+        .stderr_contains(&format!("`strata undelete {new}`"));
+    op.run(["undelete", &old])
+        .failure(9)
+        .stderr_contains(&format!("backup {old} is not deleted"));
     // Hidden from list and restore: the stream's newest is the old one.
     assert_eq!(
         listed_ids(op.run(["list", "--json"])),
@@ -240,7 +250,10 @@ fn deleted_backup_is_hidden_restorable_when_undeleted_and_purged_after_its_perio
     assert!(out.stdout == first, "restore uses what is listed");
     let deleted = op.run(["list", "--deleted", "--json"]).success().json();
     assert_eq!(deleted[0]["id"], new.as_str(), "{deleted}");
-    assert_eq!(deleted[0]["reason"], "wrong dump", "{deleted}");
+    assert_eq!(
+        deleted[0]["reason"], "wrong dump",
+        "one line, control characters blanked: {deleted}"
+    );
     // Soft-deleted data is neither an orphan to gc nor purged early.
     op.run(["vault", "gc", "--older-than", "1s"]).success();
     std::thread::sleep(std::time::Duration::from_millis(1100));
@@ -262,8 +275,8 @@ fn deleted_backup_is_hidden_restorable_when_undeleted_and_purged_after_its_perio
         "the undeleted backup restores bit-exact"
     );
     op.run(["undelete", &new])
-        .failure(8)
-        .stderr_contains(&format!("there is no deleted backup {new}"));
+        .failure(9)
+        .stderr_contains(&format!("backup {new} is not deleted"));
 
     // Deleted again: purged only after its 3 days.
     op.run(["delete", &new]).success();
@@ -274,6 +287,20 @@ fn deleted_backup_is_hidden_restorable_when_undeleted_and_purged_after_its_perio
         std::slice::from_ref(&new)
     );
     let four_days = (chrono::Utc::now() + chrono::Duration::days(4)).to_rfc3339();
+    // A dry run says what it would purge, and purges nothing.
+    let out = op
+        .run(["vault", "gc", "--dry-run", "--now", &four_days])
+        .success();
+    assert!(
+        out.stdout_text()
+            .contains("would purge 1 deleted backup(s)"),
+        "{}",
+        out.stdout_text()
+    );
+    assert_eq!(
+        listed_ids(op.run(["list", "--deleted", "--json"])),
+        std::slice::from_ref(&new)
+    );
     let out = op.run(["vault", "gc", "--now", &four_days]).success();
     assert!(
         out.stdout_text().contains("purged 1 deleted backup(s)"),
@@ -287,4 +314,72 @@ fn deleted_backup_is_hidden_restorable_when_undeleted_and_purged_after_its_perio
     // The kept backup is whole.
     op.run(["verify"]).success();
     assert_eq!(listed_ids(op.run(["list", "--json"])), [old]);
+}
+
+/// A purge killed after it deleted some segments (here the first, deleted
+/// by hand as the killed gc did) cannot be undone: the next gc finishes it
+/// whatever the purge date, and undelete says the data is gone.
+fn interrupted_purge_is_finished_by_the_next_gc(op: &Operator) {
+    op.run(["vault", "init"]).success();
+    let input = op.input("data.bin", &random_bytes(300_000, 7));
+    let out = op
+        .run([
+            "backup",
+            "stream",
+            "db",
+            "--input",
+            &input,
+            "--part-size",
+            "64KiB",
+            "--json",
+        ])
+        .success();
+    let id = out.json()["id"].as_str().unwrap().to_owned();
+    op.run(["delete", &id]).success();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let vault = || async {
+        strata_core::vault::Vault::open(&op.location.config())
+            .await
+            .unwrap()
+    };
+    runtime.block_on(async {
+        let vault = vault().await;
+        let tombstone = &vault.deleted_backups().await.unwrap()[0];
+        let first = tombstone.manifest.streams[0].segments[0].key.clone();
+        vault.delete_object(&first).await.unwrap();
+    });
+    op.run(["undelete", &id])
+        .failure(8)
+        .stderr_contains("its data was purged, or partly purged");
+    op.run(["vault", "gc"]).success();
+    assert!(listed_ids(op.run(["list", "--deleted", "--json"])).is_empty());
+    op.run(["undelete", &id])
+        .failure(8)
+        .stderr_contains("there is no deleted backup");
+    let leftovers = runtime.block_on(async { vault().await.list_keys("data").await.unwrap() });
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+/// A vault whose metadata object was deleted (by hand, or on S3 hidden by
+/// a delete marker) still holds its backups: init refuses to make a new
+/// vault of them that their key and index would not match.
+fn init_refuses_backups_left_without_their_metadata(op: &Operator) {
+    op.run(["vault", "init"]).success();
+    let input = op.input("data.bin", &random_bytes(10_000, 8));
+    op.run(["backup", "stream", "db", "--input", &input])
+        .success();
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let vault = strata_core::vault::Vault::open(&op.location.config())
+            .await
+            .unwrap();
+        vault.delete_object("strata-vault.json").await.unwrap();
+    });
+    op.run(["vault", "init"])
+        .failure(9)
+        .stderr_contains("already holds backups")
+        .stderr_contains("strata-vault.json is missing");
+    // Out-of-range periods are refused before anything is written.
+    op.run(["vault", "init", "--soft-delete-days", "4294967295"])
+        .failure(2)
+        .stderr_contains("--soft-delete-days");
 }

@@ -217,6 +217,75 @@ fn object_lock_vault_refuses_every_delete_until_the_lock_ends() {
         );
     }
 
+    // A plain delete through the S3 API "succeeds" with a delete marker:
+    // the backup disappears from Strata, but its locked versions stay, and
+    // gc must not take its data for an orphan (it would delete it for good
+    // once the lock ends).
+    let (ok, text) = s3_api(
+        "s3.delete_object(Bucket=sys.argv[1], Key=sys.argv[2])",
+        &[
+            &locked,
+            &format!("vault/manifests/stream/nightly/{new}.json"),
+        ],
+    );
+    assert!(ok, "{text}");
+    assert_eq!(
+        ids(strata(&url, &dir).args(["--json", "list"]).run()),
+        std::slice::from_ref(&old)
+    );
+    let new_data_prefix = format!("vault/data/stream/nightly/{new}/");
+    let stored = versions(&locked, &new_data_prefix).0;
+    let in_two_days = (Utc::now() + Duration::days(2)).to_rfc3339();
+    let gc = strata(&url, &dir)
+        .args([
+            "--json",
+            "vault",
+            "gc",
+            "--older-than",
+            "1s",
+            "--now",
+            &in_two_days,
+        ])
+        .run()
+        .success()
+        .json();
+    assert_eq!(
+        gc["hidden_by_delete_marker"][0]["backup"],
+        new.as_str(),
+        "{gc}"
+    );
+    assert_eq!(gc["deleted"], serde_json::json!([]), "{gc}");
+    assert_eq!(versions(&locked, &new_data_prefix), (stored, 0));
+    // Removing the marker (as the README says) brings the backup back.
+    let (ok, text) = s3_api(
+        "key = sys.argv[2]\n\
+         for m in s3.list_object_versions(Bucket=sys.argv[1], Prefix=key).get('DeleteMarkers', []):\n\
+         \x20   s3.delete_object(Bucket=sys.argv[1], Key=key, VersionId=m['VersionId'])",
+        &[
+            &locked,
+            &format!("vault/manifests/stream/nightly/{new}.json"),
+        ],
+    );
+    assert!(ok, "{text}");
+    assert_eq!(
+        ids(strata(&url, &dir).args(["--json", "list"]).run()),
+        [old.clone(), new.clone()]
+    );
+
+    // A vault in a bucket that locks everything must be immutable too, and
+    // a lock has S3's limits.
+    strata(&format!("s3://{locked}/mutable"), &dir)
+        .args(["vault", "init"])
+        .run()
+        .failure(3)
+        .stderr_contains("locks every object for 1 days")
+        .stderr_contains("--immutable 1 --lock-mode governance");
+    strata(&format!("s3://{locked}/long"), &dir)
+        .args(["vault", "init", "--immutable", "100000"])
+        .run()
+        .failure(2)
+        .stderr_contains("--immutable");
+
     // Strata itself refuses, naming the lock's end, and sends no delete.
     strata(&url, &dir)
         .args(["delete", &old])

@@ -5,7 +5,7 @@ use clap::Args;
 use serde::Serialize;
 use strata_core::catalog::index::ListFilter;
 use strata_core::catalog::manifest::{BackupId, Manifest};
-use strata_core::vault::{Deletion, Vault};
+use strata_core::vault::{Deletion, Tombstone, Vault};
 use strata_core::{Error, Result};
 
 use crate::context::Context;
@@ -38,31 +38,61 @@ struct Deleted<'a> {
     engine: &'a str,
     instance: &'a str,
     kind: &'a str,
+    /// When it was deleted (UTC).
+    deleted_at: chrono::DateTime<Utc>,
+    /// Why.
+    reason: &'a str,
     /// When its data is purged at the earliest (UTC).
     purge_after: chrono::DateTime<Utc>,
 }
 
-/// The backups `wanted` names, or an error naming the first unknown id.
-fn chosen<'a>(all: &'a [Manifest], wanted: &[String]) -> Result<Vec<&'a Manifest>> {
-    wanted
-        .iter()
-        .map(|id| {
-            all.iter()
-                .find(|m| m.id.as_str() == id.trim())
-                .ok_or_else(|| {
-                    Error::not_found(format!("there is no backup {id} in the vault")).hint(
-                        "`strata list` shows the backups; `strata list --deleted` the deleted ones",
-                    )
-                })
-        })
-        .collect()
+/// The backups `wanted` names (each once), or an error naming the first
+/// unknown id, and saying when it is one already deleted.
+fn chosen<'a>(
+    all: &'a [Manifest],
+    deleted: &[Tombstone],
+    wanted: &[String],
+) -> Result<Vec<&'a Manifest>> {
+    let mut chosen: Vec<&Manifest> = Vec::new();
+    for id in wanted {
+        let id = id.trim();
+        let Some(found) = all.iter().find(|m| m.id.as_str() == id) else {
+            if let Some(t) = deleted.iter().find(|t| t.manifest.id.as_str() == id) {
+                return Err(Error::not_found(format!(
+                    "backup {id} is already deleted (at {}: {})",
+                    t.deleted_at.format("%Y-%m-%d %H:%M:%S UTC"),
+                    t.reason
+                ))
+                .hint(format!(
+                    "`strata undelete {id}` brings it back until {}",
+                    t.purge_after().format("%Y-%m-%d %H:%M UTC")
+                )));
+            }
+            return Err(
+                Error::not_found(format!("there is no backup {id} in the vault")).hint(
+                    "`strata list` shows the backups; `strata list --deleted` the deleted ones",
+                ),
+            );
+        };
+        if !chosen.iter().any(|m| m.id == found.id) {
+            chosen.push(found);
+        }
+    }
+    Ok(chosen)
 }
 
 /// Runs `strata delete`.
 pub async fn delete(args: DeleteArgs, ctx: &Context) -> Result<()> {
     let vault = ctx.vault().await?;
     let all = manifests(ctx, &vault, &ListFilter::default()).await?;
-    let mut chosen = chosen(&all, &args.backups)?;
+    let deleted = vault.deleted_backups().await?;
+    let mut chosen = chosen(&all, &deleted, &args.backups)?;
+    // The reason is shown in a table: one line, no control characters.
+    let reason: String = args
+        .reason
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
     for m in &chosen {
         if m.engine == "hana" {
             return Err(Error::config(format!(
@@ -92,7 +122,7 @@ pub async fn delete(args: DeleteArgs, ctx: &Context) -> Result<()> {
     let index = ctx.index().ok();
     let mut done = Vec::new();
     for m in chosen {
-        match vault.delete_backup(m, &args.reason).await? {
+        match vault.delete_backup(m, &reason).await? {
             Deletion::Deleted => {}
             Deletion::Locked { until } => {
                 return Err(Error::conflict(format!(
@@ -115,6 +145,8 @@ pub async fn delete(args: DeleteArgs, ctx: &Context) -> Result<()> {
             engine: &m.engine,
             instance: &m.instance,
             kind: m.kind.as_str(),
+            deleted_at: Utc::now(),
+            reason: &reason,
             purge_after: Utc::now() + chrono::Duration::days(i64::from(keep_days(&vault))),
         });
     }
@@ -166,6 +198,15 @@ pub async fn undelete(args: UndeleteArgs, ctx: &Context) -> Result<()> {
             .map(|t| t.manifest.ended_at)
     });
     let index = ctx.index().ok();
+    let listed = manifests(ctx, &vault, &ListFilter::default()).await?;
+    for id in &wanted {
+        if !deleted.iter().any(|t| &t.manifest.id == id) && listed.iter().any(|m| &m.id == id) {
+            return Err(Error::conflict(format!(
+                "backup {id} is not deleted: it is listed and restorable"
+            ))
+            .hint("`strata list` shows it"));
+        }
+    }
     let mut back = Vec::new();
     for id in &wanted {
         let manifest = vault.undelete(id).await?;

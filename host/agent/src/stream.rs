@@ -188,7 +188,7 @@ pub async fn restore(args: RestoreStreamArgs, ctx: &Context) -> Result<()> {
         .map_err(|err| match err.kind() {
             ErrorKind::NotFound if args.backup.is_none() => {
                 Error::not_found(format!("there is no stream backup called `{}`", args.name))
-                    .hint("`strata list stream` shows the stream backups in this vault")
+                    .hint("`strata list stream` shows the stream backups in this vault, `strata list --deleted` the deleted ones that `strata undelete` can bring back")
             }
             _ => err,
         });

@@ -28,7 +28,7 @@ pub enum VaultCommand {
         /// policy). On S3 the bucket needs Object Lock enabled; Strata sets
         /// its default retention. The store is probed: init fails if it
         /// does not refuse a delete.
-        #[arg(long, value_name = "DAYS")]
+        #[arg(long, value_name = "DAYS", value_parser = clap::value_parser!(u32).range(1..=i64::from(strata_core::vault::MAX_DAYS)))]
         immutable: Option<u32>,
         /// S3 Object Lock mode for --immutable: compliance (no one can
         /// shorten the lock) or governance.
@@ -37,7 +37,7 @@ pub enum VaultCommand {
         /// Days a deleted backup's data stays, restorable with `strata
         /// undelete`, before `vault gc` or retention purges it; 0 purges at
         /// once.
-        #[arg(long, value_name = "DAYS", default_value_t = strata_core::vault::DEFAULT_SOFT_DELETE_DAYS)]
+        #[arg(long, value_name = "DAYS", default_value_t = strata_core::vault::DEFAULT_SOFT_DELETE_DAYS, value_parser = clap::value_parser!(u32).range(0..=i64::from(strata_core::vault::MAX_DAYS)))]
         soft_delete_days: u32,
     },
     /// Show the vault's metadata.
@@ -112,11 +112,7 @@ async fn gc(
     if let Some(now) = now {
         vault = vault.at(now);
     }
-    let purge = if dry_run {
-        None
-    } else {
-        Some(vault.purge_deleted(vault.now()).await?)
-    };
+    let purge = vault.purge_deleted(vault.now(), dry_run).await?;
     let orphans = find_orphans(&vault, older_than).await?;
     let uploads = find_unfinished_uploads(&vault, older_than).await?;
     let mut deleted = Vec::new();
@@ -124,8 +120,23 @@ async fn gc(
     let mut locked = Vec::new();
     let mut uploads_deleted = Vec::new();
     let mut uploads_kept = Vec::new();
-    if !dry_run {
+    let mut hidden = Vec::new();
+    for orphan in orphans.iter().filter(|o| o.manifest_hidden) {
+        hidden.push(orphan);
+        tracing::warn!(error = %strata_core::vault::gc::hidden_backup(orphan), "a committed backup is hidden");
+    }
+    let orphans: Vec<_> = orphans.iter().filter(|o| !o.manifest_hidden).collect();
+    if dry_run && let Some(lock) = vault.immutability() {
+        // The vault's own rule, as a real run applies it object by object.
         for orphan in &orphans {
+            let until = lock.locked_until(orphan.newest);
+            if until > vault.now() {
+                locked.push((*orphan, Some(until)));
+            }
+        }
+    }
+    if !dry_run {
+        for orphan in orphans.iter().copied() {
             match delete_orphan(&vault, orphan).await {
                 Ok(Deletion::Deleted) => deleted.push(orphan),
                 Ok(Deletion::Locked { until }) => locked.push((orphan, until)),
@@ -144,11 +155,16 @@ async fn gc(
         }
     }
     let bytes: u64 = orphans.iter().map(|o| o.bytes).sum();
+    let hidden_json: Vec<_> = hidden
+        .iter()
+        .map(|o| serde_json::json!({"backup": o.id, "manifest": o.manifest_key()}))
+        .collect();
     let upload_bytes: u64 = uploads.iter().map(|u| u.bytes).sum();
     if ctx.json {
         return print_json(&serde_json::json!({
             "dry_run": dry_run,
             "purge": purge,
+            "hidden_by_delete_marker": hidden_json,
             "locked": locked.iter().map(|(o, until)| serde_json::json!({"prefix": o.prefix, "locked_until": until})).collect::<Vec<_>>(),
             "orphans": orphans,
             "deleted": deleted.iter().map(|o| &o.prefix).collect::<Vec<_>>(),
@@ -160,8 +176,13 @@ async fn gc(
             "unfinished_upload_bytes": upload_bytes,
         }));
     }
-    if let Some(purge) = &purge {
-        print_purge(purge, vault.soft_delete_days(), "");
+    print_purge(&purge, vault.soft_delete_days(), dry_run, "");
+    for o in &hidden {
+        println!(
+            "kept {}: a committed backup whose manifest {} is hidden by an S3 delete marker (deleted through the S3 API, not by Strata); remove the marker's version to bring it back",
+            o.id,
+            o.manifest_key()
+        );
     }
     if orphans.is_empty() && uploads.is_empty() {
         println!(
@@ -180,7 +201,7 @@ async fn gc(
             "SIZE",
             "LAST WRITTEN (UTC)",
         ]);
-        for o in &orphans {
+        for o in orphans.iter() {
             table.row(vec![
                 o.id.clone(),
                 o.engine.clone(),
@@ -211,6 +232,15 @@ async fn gc(
             uploads.len(),
             human_bytes(upload_bytes)
         );
+        for (o, until) in &locked {
+            println!(
+                "{} would be kept: the vault's lock keeps its objects{}",
+                o.id,
+                until
+                    .map(|t| format!(" until {}", t.format("%Y-%m-%d %H:%M:%S UTC")))
+                    .unwrap_or_default()
+            );
+        }
     } else {
         println!(
             "deleted {} uncommitted backup(s), {}; {} unfinished upload(s), {}",
@@ -239,10 +269,11 @@ async fn gc(
 }
 
 /// Prints what purging soft-deleted backups did.
-pub fn print_purge(purge: &PurgeReport, soft_delete_days: u32, indent: &str) {
+pub fn print_purge(purge: &PurgeReport, soft_delete_days: u32, dry_run: bool, indent: &str) {
+    let verb = if dry_run { "would purge" } else { "purged" };
     if !purge.purged.is_empty() {
         println!(
-            "{indent}purged {} deleted backup(s) whose {soft_delete_days}-day soft delete period is over, {}",
+            "{indent}{verb} {} deleted backup(s) whose {soft_delete_days}-day soft delete period is over, {}",
             purge.purged.len(),
             human_bytes(purge.purged_bytes)
         );
@@ -342,7 +373,12 @@ async fn info(ctx: &Context) -> Result<()> {
     let vault = ctx.vault().await?;
     let meta = vault.meta();
     if ctx.json {
-        return print_json(&serde_json::json!({ "url": vault.url(), "meta": meta }));
+        return print_json(&serde_json::json!({
+            "url": vault.url(),
+            "meta": meta,
+            "soft_delete_days": meta.soft_delete_days,
+            "immutability": meta.immutability,
+        }));
     }
     println!("vault      {}", vault.url());
     println!("id         {}", meta.vault_id);
@@ -359,10 +395,17 @@ async fn info(ctx: &Context) -> Result<()> {
             .map(|e| e.algorithm.as_str())
             .unwrap_or("none")
     );
-    println!(
-        "deletes    soft: a deleted backup's data stays {} days (`strata undelete`)",
-        meta.soft_delete_days
-    );
+    match (&meta.immutability, meta.soft_delete_days) {
+        (Some(lock), days) => println!(
+            "deletes    only after each object's lock ends ({} days after it was written); then soft: the data stays {} more days (`strata undelete`)",
+            lock.days,
+            days.max(lock.days)
+        ),
+        (None, 0) => println!("deletes    immediate: a deleted backup's data is purged at once"),
+        (None, days) => println!(
+            "deletes    soft: a deleted backup's data stays {days} days (`strata undelete`)"
+        ),
+    }
     match &meta.immutability {
         Some(lock) => println!(
             "immutable  {} days, {} mode, enforced by {} (verified at open; since {})",

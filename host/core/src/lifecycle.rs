@@ -430,9 +430,7 @@ impl Host {
         // Locks and purge dates are judged at `now` too.
         let vault = self.vault.at(now);
         report.soft_delete_days = Some(vault.soft_delete_days());
-        if !dry_run {
-            report.purge = vault.purge_deleted(now).await?;
-        }
+        report.purge = vault.purge_deleted(now, dry_run).await?;
         let manifests = self.backups(plugin, database).await?;
         if manifests.is_empty() {
             // Nothing to expire, and nothing to keep WAL for yet: a first

@@ -150,7 +150,7 @@ impl EnginePlugin for StreamEngine {
             parse_options(&request.destination, "stream restore options")?;
         let manifest = request.backups.first().ok_or_else(|| {
             Error::not_found(format!("there is no stream backup called `{}`", self.name))
-                .hint("`strata list stream` shows the stream backups in this vault")
+                .hint("`strata list stream` shows the stream backups in this vault, `strata list --deleted` the deleted ones that `strata undelete` can bring back")
         })?;
         if let Some(path) = destination
             .output

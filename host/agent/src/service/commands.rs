@@ -377,7 +377,7 @@ fn print_expiry(report: &strata_core::lifecycle::ExpiryReport) {
         human_bytes(log_bytes),
     );
     if let Some(days) = report.soft_delete_days {
-        crate::vault_cmd::print_purge(&report.purge, days, "  ");
+        crate::vault_cmd::print_purge(&report.purge, days, report.dry_run, "  ");
     }
     for expired in &report.plan.expire {
         let locked = report.locked.iter().find(|(id, _)| id == &expired.id);

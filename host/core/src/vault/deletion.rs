@@ -83,20 +83,32 @@ impl Vault {
     /// lock's end; on S3 the object's version is deleted, leaving no delete
     /// marker.
     pub async fn delete_object(&self, key: &str) -> Result<Deletion> {
-        let path = self.path(key);
+        if let locked @ Deletion::Locked { .. } = self.lock_of(key).await? {
+            return Ok(locked);
+        }
+        let s3 = self.immutability().and(self.s3_access());
+        immutability::delete_now(self.store(), s3, &self.path(key)).await
+    }
+
+    /// What [`Vault::delete_object`] would come to by the vault's own lock
+    /// rule, without deleting anything: [`Deletion::Locked`] with the
+    /// lock's end, or [`Deletion::Deleted`] (also for an object that is
+    /// not there).
+    pub async fn lock_of(&self, key: &str) -> Result<Deletion> {
         let Some(lock) = self.immutability() else {
-            return immutability::delete_now(self.store(), None, &path).await;
+            return Ok(Deletion::Deleted);
         };
-        let meta = match self.store().head(&path).await {
+        let meta = match self.store().head(&self.path(key)).await {
             Ok(meta) => meta,
             Err(object_store::Error::NotFound { .. }) => return Ok(Deletion::Deleted),
             Err(e) => return Err(Error::from(e).context(format!("checking {key}"))),
         };
         let until = lock.locked_until(meta.last_modified);
-        if until > self.now() {
-            return Ok(Deletion::Locked { until: Some(until) });
-        }
-        immutability::delete_now(self.store(), self.s3_access(), &path).await
+        Ok(if until > self.now() {
+            Deletion::Locked { until: Some(until) }
+        } else {
+            Deletion::Deleted
+        })
     }
 
     /// Deletes a backup for `reason`: a tombstone, then the manifest; the
@@ -175,9 +187,10 @@ impl Vault {
         Ok(found)
     }
 
-    /// Finishes interrupted deletions and undeletes, and purges the data of
-    /// soft-deleted backups whose purge date is before `now`.
-    pub async fn purge_deleted(&self, now: DateTime<Utc>) -> Result<PurgeReport> {
+    /// Finishes interrupted deletions, undeletes and purges, and purges the
+    /// data of soft-deleted backups whose purge date is before `now`. With
+    /// `dry_run` nothing is deleted and the report says what would be.
+    pub async fn purge_deleted(&self, now: DateTime<Utc>, dry_run: bool) -> Result<PurgeReport> {
         let mut report = PurgeReport::default();
         for (key, tombstone) in self.tombstones().await? {
             let manifest = &tombstone.manifest;
@@ -185,16 +198,36 @@ impl Vault {
             let manifest_key =
                 layout::manifest_key(&manifest.engine, &manifest.instance, &manifest.id);
             if self.written_after(&manifest_key, &key).await? {
-                self.delete_object(&key).await?;
+                if !dry_run {
+                    self.delete_object(&key).await?;
+                }
                 report.undeleted.push(id);
                 continue;
             }
-            if let Deletion::Locked { until } = self.delete_object(&manifest_key).await? {
+            let manifest_gone = if dry_run {
+                self.lock_of(&manifest_key).await?
+            } else {
+                self.delete_object(&manifest_key).await?
+            };
+            if let Deletion::Locked { until } = manifest_gone {
                 report.locked.push((id, until));
                 continue;
             }
-            if tombstone.purge_after() > now {
+            // A purge that deleted some segments and was cut short is
+            // finished whatever the date: the backup cannot come back.
+            let purge_started = !self.first_segment_exists(manifest).await?;
+            if tombstone.purge_after() > now && !purge_started {
                 report.waiting.push(id);
+                continue;
+            }
+            if dry_run {
+                match self.first_segment_lock(manifest).await? {
+                    Deletion::Deleted => {
+                        report.purged_bytes += manifest.stored_size();
+                        report.purged.push(id);
+                    }
+                    Deletion::Locked { until } => report.locked.push((id, until)),
+                }
                 continue;
             }
             match self.purge_one(&key, manifest).await? {
@@ -224,6 +257,26 @@ impl Vault {
         Ok(head(other.to_owned())
             .await?
             .is_some_and(|other| written > other))
+    }
+
+    /// Whether the first segment of `manifest` is still stored (true for a
+    /// backup with none).
+    pub(crate) async fn first_segment_exists(&self, manifest: &Manifest) -> Result<bool> {
+        let Some(segment) = manifest.streams.iter().flat_map(|s| &s.segments).next() else {
+            return Ok(true);
+        };
+        match self.store().head(&self.path(&segment.key)).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(Error::from(e).context(format!("checking {}", segment.key))),
+        }
+    }
+
+    async fn first_segment_lock(&self, manifest: &Manifest) -> Result<Deletion> {
+        match manifest.streams.iter().flat_map(|s| &s.segments).next() {
+            Some(segment) => self.lock_of(&segment.key).await,
+            None => Ok(Deletion::Deleted),
+        }
     }
 
     /// Deletes a soft-deleted backup's segments, then its tombstone.
@@ -262,13 +315,12 @@ impl Vault {
                 match self.store().head(&self.path(&segment.key)).await {
                     Ok(_) => {}
                     Err(object_store::Error::NotFound { .. }) => {
-                        return Err(Error::integrity(format!(
-                            "backup {id} cannot be brought back: its data was purged ({} is gone)",
+                        return Err(Error::not_found(format!(
+                            "backup {id} cannot be brought back: its data was purged, or partly purged ({} is gone)",
                             segment.key
                         ))
                         .hint(format!(
-                            "its purge date was {}; the tombstone {key} is removed by the next `strata vault gc`",
-                            tombstone.purge_after.unwrap_or(tombstone.deleted_at).to_rfc3339()
+                            "the next `strata vault gc` finishes the purge and removes the tombstone {key}"
                         )));
                     }
                     Err(e) => {

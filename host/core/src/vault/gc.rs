@@ -56,11 +56,16 @@ pub struct OrphanData {
     pub bytes: u64,
     /// When the newest of them was written.
     pub newest: DateTime<Utc>,
+    /// On an immutable S3 vault: its manifest has versions but no current
+    /// object, i.e. a plain delete through the S3 API hid a committed
+    /// backup behind a delete marker. Never deleted; the marker's removal
+    /// brings the backup back.
+    pub manifest_hidden: bool,
 }
 
 impl OrphanData {
     /// The manifest key that would commit this backup.
-    fn manifest_key(&self) -> String {
+    pub fn manifest_key(&self) -> String {
         layout::manifest_key_of_components(&self.engine, &self.instance, &self.id)
     }
 }
@@ -112,6 +117,7 @@ pub async fn find_orphans(vault: &Vault, grace: Duration) -> Result<Vec<OrphanDa
             objects: 0,
             bytes: 0,
             newest: meta.last_modified,
+            manifest_hidden: false,
         });
         entry.objects += 1;
         entry.bytes += meta.size;
@@ -120,6 +126,11 @@ pub async fn find_orphans(vault: &Vault, grace: Duration) -> Result<Vec<OrphanDa
     let cutoff = cutoff(grace);
     let mut orphans: Vec<OrphanData> = found.into_values().filter(|o| o.newest < cutoff).collect();
     orphans.sort_by_key(|o| o.newest);
+    if let (Some(_), Some(s3)) = (vault.immutability(), vault.s3_access()) {
+        for orphan in &mut orphans {
+            orphan.manifest_hidden = s3.has_versions(&vault.path(&orphan.manifest_key())).await?;
+        }
+    }
     Ok(orphans)
 }
 
@@ -129,6 +140,9 @@ pub async fn find_orphans(vault: &Vault, grace: Duration) -> Result<Vec<OrphanDa
 /// [`Deletion::Locked`] with the latest lock end.
 pub async fn delete_orphan(vault: &Vault, orphan: &OrphanData) -> Result<Deletion> {
     let manifest = orphan.manifest_key();
+    if orphan.manifest_hidden {
+        return Err(hidden_backup(orphan));
+    }
     match vault.store().head(&vault.path(&manifest)).await {
         Ok(_) => {
             return Err(Error::conflict(format!(
@@ -151,6 +165,19 @@ pub async fn delete_orphan(vault: &Vault, orphan: &OrphanData) -> Result<Deletio
         }
     }
     Ok(outcome)
+}
+
+/// The error for a committed backup hidden by a delete marker.
+pub fn hidden_backup(orphan: &OrphanData) -> Error {
+    Error::conflict(format!(
+        "backup {} is not an orphan: its manifest {} was deleted through the S3 API and is hidden by a delete marker",
+        orphan.id,
+        orphan.manifest_key()
+    ))
+    .hint(format!(
+        "bring it back: `aws s3api list-object-versions --bucket <bucket> --prefix <vault prefix>/{}`, then `aws s3api delete-object --bucket <bucket> --key <key> --version-id <the delete marker's id>`",
+        orphan.manifest_key()
+    ))
 }
 
 /// A staging file left in a local vault by an upload that never completed.

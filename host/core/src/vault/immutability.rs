@@ -296,6 +296,29 @@ impl S3Access {
         }
     }
 
+    /// Whether any version or delete marker of exactly `path` exists: a key
+    /// with versions but no current object was deleted by a plain delete
+    /// (a delete marker hides it), and its versions can be brought back.
+    pub(crate) async fn has_versions(&self, path: &Path) -> Result<bool> {
+        let key = path.as_ref();
+        let url = format!(
+            "{}?versions=&prefix={}",
+            self.bucket_url,
+            encode(key, false)
+        );
+        let (status, body) = self.send(http::Method::GET, &url, Vec::new(), &[]).await?;
+        let text = String::from_utf8_lossy(&body);
+        if !status.is_success() {
+            return Err(s3_error(
+                &format!("listing the versions of {key} in"),
+                &self.bucket,
+                status,
+                &text,
+            ));
+        }
+        Ok(text.contains(&format!("<Key>{}</Key>", xml_escape(key))))
+    }
+
     /// Deletes version `version` of `path`; a refusal by the lock is
     /// [`Deletion::Locked`].
     pub(crate) async fn delete_version(&self, path: &Path, version: &str) -> Result<Deletion> {
@@ -329,6 +352,15 @@ fn xml_value(xml: &str, tag: &str) -> Option<String> {
     let start = xml.find(&open)? + open.len();
     let end = start + xml[start..].find(&format!("</{tag}>"))?;
     Some(xml[start..end].trim().to_owned())
+}
+
+/// `text` with XML's special characters escaped, as S3 writes keys.
+fn xml_escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+        .replace('\'', "&apos;")
 }
 
 /// Percent-encodes everything but unreserved characters (and `/` when

@@ -55,6 +55,10 @@ pub const VAULT_FORMAT: u32 = 2;
 /// delete keeps it.
 pub const DEFAULT_SOFT_DELETE_DAYS: u32 = 14;
 
+/// The longest soft delete period or lock a vault takes: 100 years, S3
+/// Object Lock's own limit for a retention period.
+pub const MAX_DAYS: u32 = 36_500;
+
 fn default_soft_delete_days() -> u32 {
     DEFAULT_SOFT_DELETE_DAYS
 }
@@ -342,6 +346,40 @@ fn build_store_with_access(
     Ok((store, root, None))
 }
 
+/// Refuses to create a vault where backups already are, even without the
+/// metadata object: one deleted by hand, or hidden by an S3 delete marker,
+/// must not become a new vault that its backups do not belong to.
+async fn refuse_leftover_vault(url: &str, store: &Arc<dyn ObjectStore>, root: &Path) -> Result<()> {
+    if store
+        .head(&layout::join(root, &[layout::VAULT_META]))
+        .await
+        .is_ok()
+    {
+        return Err(already_exists(url));
+    }
+    for prefix in [
+        layout::MANIFESTS,
+        layout::DATA,
+        layout::ENGINES,
+        layout::DELETED,
+    ] {
+        let mut listing = store.list(Some(&layout::join(root, &[prefix])));
+        match listing.next().await {
+            None => {}
+            Some(Ok(found)) => {
+                return Err(Error::conflict(format!(
+                    "{url} already holds backups ({} exists) but its {} is missing",
+                    found.location,
+                    layout::VAULT_META
+                ))
+                .hint("the vault's metadata was deleted, or on a versioned S3 bucket hidden by a delete marker: bring it back (`aws s3api list-object-versions`, then delete the marker's version) instead of creating a vault its backups do not belong to"));
+            }
+            Some(Err(e)) => return Err(unreachable(url, e.into())),
+        }
+    }
+    Ok(())
+}
+
 fn already_exists(url: &str) -> Error {
     Error::conflict(format!("a Strata vault already exists at {url}"))
         .hint("use it as it is, or choose another URL; init never overwrites a vault")
@@ -371,8 +409,10 @@ async fn lock_new_vault(
 ) -> Result<immutability::Immutability> {
     use immutability::BucketLock;
     let url = &config.url;
-    if days == 0 {
-        return Err(Error::config("--immutable needs at least 1 day"));
+    if days == 0 || days > MAX_DAYS {
+        return Err(Error::config(format!(
+            "--immutable {days}: a lock is 1 to {MAX_DAYS} days"
+        )));
     }
     let scheme = url.trim().split("://").next().unwrap_or_default();
     let enforced_by = match scheme {
@@ -518,6 +558,12 @@ impl Vault {
         key: Option<VaultKey>,
         options: VaultOptions,
     ) -> Result<Vault> {
+        if options.soft_delete_days > MAX_DAYS {
+            return Err(Error::config(format!(
+                "--soft-delete-days {}: the period is 0 to {MAX_DAYS} days",
+                options.soft_delete_days
+            )));
+        }
         let config = &store_config(config, options.immutable.is_some());
         let trimmed = config.url.trim();
         if let Some(path) = trimmed
@@ -528,15 +574,23 @@ impl Vault {
         }
         let (store, root, s3) = build_store_with_access(config)?;
         let meta_path = layout::join(&root, &[layout::VAULT_META]);
+        refuse_leftover_vault(&config.url, &store, &root).await?;
         let immutability = match options.immutable {
             None => None,
             Some((mode, days)) => {
-                if store.head(&meta_path).await.is_ok() {
-                    return Err(already_exists(&config.url));
-                }
                 Some(lock_new_vault(config, &store, &root, s3.as_ref(), mode, days).await?)
             }
         };
+        if let (None, Some(s3)) = (&immutability, &s3)
+            && let Ok(immutability::BucketLock::Enabled(Some((mode, days)))) =
+                s3.bucket_lock().await
+        {
+            return Err(Error::config(format!(
+                "the S3 bucket {} locks every object for {days} days ({mode} mode): a vault in it is immutable whether Strata knows it or not",
+                s3.bucket()
+            ))
+            .hint(format!("run again with --immutable {days} --lock-mode {mode}, so that deletions wait for the lock instead of failing, or use a bucket without Object Lock")));
+        }
         let meta = VaultMeta {
             format: VAULT_FORMAT,
             vault_id: hex::encode(rand::random::<[u8; 16]>()),
