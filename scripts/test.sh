@@ -4,7 +4,7 @@
 #   1. scripts/setup.sh            (emulators and tools into .work/, idempotent)
 #   2. cargo fmt --check, cargo clippy -D warnings    (fail fast)
 #   3. cargo build of the workspace's binaries (end-to-end tests run them)
-#   4. scripts/emulators.sh start  (Azurite and moto on loopback, this run only)
+#   4. scripts/emulators.sh start  (Azurite, moto and fake-gcs-server on loopback, this run only)
 #   5. every test: cargo nextest (or cargo test when nextest is absent), then
 #      the doc tests, with the emulators' environment and
 #      STRATA_REQUIRE_EMULATORS=1, so no object-store backend is skipped
@@ -120,7 +120,7 @@ export STRATA_EMULATOR_DIR="$RUN_DIR/emulators"
 # shellcheck disable=SC1091
 source "$STRATA_EMULATOR_DIR/emulators.env"
 export STRATA_REQUIRE_EMULATORS=1
-record emulators "Azurite at $AZURITE_BLOB_STORAGE_URL, moto at $AWS_ENDPOINT"
+record emulators "Azurite at $AZURITE_BLOB_STORAGE_URL, moto at $AWS_ENDPOINT, fake-gcs-server behind the XML front"
 
 passed=0
 failed=0

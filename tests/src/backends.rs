@@ -6,8 +6,9 @@
 //! | [`Backend::Memory`] | `memory://strata-e2e/<test>-<random>` | nothing |
 //! | [`Backend::Azure`] | `$STRATA_TEST_AZURE_URL/<test>-<random>` | Azurite (or Azure) and its `AZURE_*` variables |
 //! | [`Backend::S3`] | `$STRATA_TEST_S3_URL/<test>-<random>` | moto (or S3) and its `AWS_*` variables |
+//! | [`Backend::Gcs`] | `$STRATA_TEST_GCS_URL/<test>-<random>` | fake-gcs-server behind `scripts/gcs-xml-front.py` (or GCS) and its `GOOGLE_*` variables |
 //!
-//! `scripts/emulators.sh start` starts Azurite and moto and writes the
+//! `scripts/emulators.sh start` starts Azurite, moto and fake-gcs-server and writes the
 //! variables; `scripts/test.sh` does that and sets `STRATA_REQUIRE_EMULATORS=1`.
 //! Without that variable a backend whose URL variable is unset is skipped
 //! with a notice on stderr; with it, a missing backend fails the test, so a
@@ -33,19 +34,29 @@ pub enum Backend {
     Azure,
     /// Amazon S3 (`s3://`), in tests moto.
     S3,
+    /// Google Cloud Storage (`gs://`), in tests fake-gcs-server behind the
+    /// XML API front (`scripts/gcs-xml-front.py`).
+    Gcs,
 }
 
 impl Backend {
     /// Every backend, in the order the conformance suite reports them.
-    pub const ALL: [Backend; 4] = [Backend::File, Backend::Memory, Backend::Azure, Backend::S3];
+    pub const ALL: [Backend; 5] = [
+        Backend::File,
+        Backend::Memory,
+        Backend::Azure,
+        Backend::S3,
+        Backend::Gcs,
+    ];
 
-    /// A short lowercase name (`file`, `memory`, `azure`, `s3`).
+    /// A short lowercase name (`file`, `memory`, `azure`, `s3`, `gcs`).
     pub fn name(self) -> &'static str {
         match self {
             Backend::File => "file",
             Backend::Memory => "memory",
             Backend::Azure => "azure",
             Backend::S3 => "s3",
+            Backend::Gcs => "gcs",
         }
     }
 
@@ -56,6 +67,7 @@ impl Backend {
             Backend::File | Backend::Memory => None,
             Backend::Azure => Some("STRATA_TEST_AZURE_URL"),
             Backend::S3 => Some("STRATA_TEST_S3_URL"),
+            Backend::Gcs => Some("STRATA_TEST_GCS_URL"),
         }
     }
 }
@@ -131,7 +143,7 @@ impl TestVault {
                 url: format!("memory://strata-e2e/{unique}"),
                 dir: None,
             }),
-            Backend::Azure | Backend::S3 => {
+            Backend::Azure | Backend::S3 | Backend::Gcs => {
                 let base = external_base_url(backend, test)?;
                 Some(TestVault {
                     backend,

@@ -72,3 +72,8 @@ fn postgres_on_azurite() {
 fn postgres_on_moto() {
     full_wal_and_point_in_time_restore(Backend::S3);
 }
+
+#[test]
+fn postgres_on_fake_gcs() {
+    full_wal_and_point_in_time_restore(Backend::Gcs);
+}

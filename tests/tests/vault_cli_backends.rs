@@ -20,6 +20,7 @@ macro_rules! on_backends {
         mod file { on_backends!(@on File; $($case),*); }
         mod azure { on_backends!(@on Azure; $($case),*); }
         mod s3 { on_backends!(@on S3; $($case),*); }
+        mod gcs { on_backends!(@on Gcs; $($case),*); }
     };
     (@on $backend:ident; $($case:ident),*) => {
         $(
