@@ -286,6 +286,33 @@ fn object_lock_vault_refuses_every_delete_until_the_lock_ends() {
         .failure(2)
         .stderr_contains("--immutable");
 
+    // The data a killed backup left (segments, no manifest) is locked like
+    // everything else: gc reports it kept until the lock's end, exit 0.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let config = VaultConfig::from_url(&url);
+    let orphan = "data/stream/nightly/20261201T000000.000Z-0badcafe/data.00000.00000.zst";
+    runtime.block_on(async {
+        let vault = Vault::open(&config).await.expect("open");
+        vault
+            .put_create(orphan, b"left by a killed backup".to_vec())
+            .await
+            .unwrap();
+    });
+    // Older than gc's grace period.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let gc = strata(&url, &dir)
+        .args(["--json", "vault", "gc", "--older-than", "1s"])
+        .run()
+        .success()
+        .json();
+    assert_eq!(gc["deleted"], serde_json::json!([]), "{gc}");
+    assert_eq!(
+        gc["locked"][0]["prefix"], "data/stream/nightly/20261201T000000.000Z-0badcafe",
+        "{gc}"
+    );
+    assert!(gc["locked"][0]["locked_until"].is_string(), "{gc}");
+    assert_eq!(versions(&locked, &format!("vault/{orphan}")), (1, 0));
+
     // Strata itself refuses, naming the lock's end, and sends no delete.
     strata(&url, &dir)
         .args(["delete", &old])
@@ -297,8 +324,6 @@ fn object_lock_vault_refuses_every_delete_until_the_lock_ends() {
 
     // Retention expires the old backup, but the lock keeps it: reported as
     // expected, not as a failure, and nothing is touched.
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let config = VaultConfig::from_url(&url);
     let engine = StreamEngine::new("nightly").unwrap();
     let database = DatabaseRef {
         instance: "nightly".to_owned(),
@@ -375,11 +400,26 @@ fn object_lock_vault_refuses_every_delete_until_the_lock_ends() {
     // Purged by gc after the soft delete period; the segments' versions go.
     end_backup_locks(&locked);
     let later = (Utc::now() + Duration::days(20)).to_rfc3339();
-    strata(&url, &dir)
-        .args(["vault", "gc", "--now", &later])
+    let gc = strata(&url, &dir)
+        .args([
+            "--json",
+            "vault",
+            "gc",
+            "--older-than",
+            "1s",
+            "--now",
+            &later,
+        ])
         .run()
-        .success();
+        .success()
+        .json();
     assert_eq!(versions(&locked, &data_prefix), (0, 0));
+    assert_eq!(
+        gc["deleted"],
+        serde_json::json!(["data/stream/nightly/20261201T000000.000Z-0badcafe"]),
+        "the orphan goes once its lock has ended: {gc}"
+    );
+    assert_eq!(versions(&locked, &format!("vault/{orphan}")), (0, 0));
     assert!(
         ids(strata(&url, &dir)
             .args(["--json", "list", "--deleted"])
