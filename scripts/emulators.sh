@@ -138,6 +138,29 @@ except urllib.error.HTTPError as e:
 PY
 }
 
+# Starts one emulator on a free port, under the watchdog: "$@" with every
+# `{port}` replaced by the port, until $3 (with `{port}` replaced) answers;
+# three tries, then everything is stopped. Sets PORT.
+start_one() {
+    local name="$1" id="$2" probe="$3" attempt arg
+    local -a command
+    shift 3
+    for attempt in 1 2 3; do
+        PORT="$(free_port)"
+        command=()
+        for arg in "$@"; do
+            command+=("${arg//\{port\}/$PORT}")
+        done
+        launch "$STATE/$id.pid" "$STATE/$id.log" "${command[@]}"
+        if wait_http "${probe//\{port\}/$PORT}" "$name" "$STATE/$id.pid" "$STATE/$id.log"; then
+            return 0
+        fi
+        stop_one "$STATE/$id.pid"
+    done
+    stop
+    die "$name did not start (see $STATE/$id.log)"
+}
+
 running() {
     pid_alive "$STATE/azurite.pid" && pid_alive "$STATE/moto.pid" &&
         pid_alive "$STATE/gcs.pid" && pid_alive "$STATE/gcs-front.pid" && [[ -f "$ENV_FILE" ]]
@@ -153,59 +176,20 @@ start() {
     stop
     mkdir -p "$STATE"
 
-    local azure_port s3_port attempt
-    for attempt in 1 2 3; do
-        azure_port="$(free_port)"
-        launch "$STATE/azurite.pid" "$STATE/azurite.log" "$AZURITE_BIN" \
-            --blobHost 127.0.0.1 --blobPort "$azure_port" --inMemoryPersistence \
-            --extentMemoryLimit 2048 --loose --skipApiVersionCheck --disableTelemetry
-        if wait_http "http://127.0.0.1:$azure_port/devstoreaccount1?comp=list" \
-            Azurite "$STATE/azurite.pid" "$STATE/azurite.log"; then
-            break
-        fi
-        stop_one "$STATE/azurite.pid"
-        ((attempt == 3)) && die "Azurite did not start (see $STATE/azurite.log)"
-    done
-    for attempt in 1 2 3; do
-        s3_port="$(free_port)"
-        launch "$STATE/moto.pid" "$STATE/moto.log" "$MOTO_BIN" -H 127.0.0.1 -p "$s3_port"
-        if wait_http "http://127.0.0.1:$s3_port/" moto "$STATE/moto.pid" "$STATE/moto.log"; then
-            break
-        fi
-        stop_one "$STATE/moto.pid"
-        if ((attempt == 3)); then
-            stop_one "$STATE/azurite.pid"
-            die "moto did not start (see $STATE/moto.log)"
-        fi
-    done
-
-    local gcs_port front_port
-    for attempt in 1 2 3; do
-        gcs_port="$(free_port)"
-        launch "$STATE/gcs.pid" "$STATE/gcs.log" "$(gcs_bin)" -backend memory -scheme http \
-            -host 127.0.0.1 -port "$gcs_port" -public-host "127.0.0.1:$gcs_port" -log-level warn
-        if wait_http "http://127.0.0.1:$gcs_port/storage/v1/b" fake-gcs-server "$STATE/gcs.pid" "$STATE/gcs.log"; then
-            break
-        fi
-        stop_one "$STATE/gcs.pid"
-        if ((attempt == 3)); then
-            stop
-            die "fake-gcs-server did not start (see $STATE/gcs.log)"
-        fi
-    done
-    for attempt in 1 2 3; do
-        front_port="$(free_port)"
-        launch "$STATE/gcs-front.pid" "$STATE/gcs-front.log" python3 "$GCS_FRONT" \
-            --port "$front_port" --backend "http://127.0.0.1:$gcs_port"
-        if wait_http "http://127.0.0.1:$front_port/strata-test?list-type=2" gcs-xml-front "$STATE/gcs-front.pid" "$STATE/gcs-front.log"; then
-            break
-        fi
-        stop_one "$STATE/gcs-front.pid"
-        if ((attempt == 3)); then
-            stop
-            die "the GCS XML front did not start (see $STATE/gcs-front.log)"
-        fi
-    done
+    local azure_port s3_port gcs_port front_port
+    start_one Azurite azurite "http://127.0.0.1:{port}/devstoreaccount1?comp=list" \
+        "$AZURITE_BIN" --blobHost 127.0.0.1 --blobPort {port} --inMemoryPersistence \
+        --extentMemoryLimit 2048 --loose --skipApiVersionCheck --disableTelemetry
+    azure_port="$PORT"
+    start_one moto moto "http://127.0.0.1:{port}/" "$MOTO_BIN" -H 127.0.0.1 -p {port}
+    s3_port="$PORT"
+    start_one fake-gcs-server gcs "http://127.0.0.1:{port}/storage/v1/b" \
+        "$(gcs_bin)" -backend memory -scheme http -host 127.0.0.1 -port {port} \
+        -public-host "127.0.0.1:{port}" -log-level warn
+    gcs_port="$PORT"
+    start_one "the GCS XML front" gcs-front "http://127.0.0.1:{port}/$BUCKET?list-type=2" \
+        python3 "$GCS_FRONT" --port {port} --backend "http://127.0.0.1:$gcs_port"
+    front_port="$PORT"
 
     local azure_url="http://127.0.0.1:$azure_port" s3_url="http://127.0.0.1:$s3_port" code
     if ! create_container "$azure_url" "$CONTAINER"; then

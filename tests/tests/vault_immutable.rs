@@ -116,6 +116,16 @@ fn strata(url: &str, dir: &TestDir) -> Strata {
         .arg(dir.path("catalog.db"))
 }
 
+/// `strata vault gc --json` for data older than a second, judging locks
+/// and purge dates at `now` (RFC 3339).
+fn gc_at(url: &str, dir: &TestDir, now: &str) -> serde_json::Value {
+    strata(url, dir)
+        .args(["--json", "vault", "gc", "--older-than", "1s", "--now", now])
+        .run()
+        .success()
+        .json()
+}
+
 fn backup(url: &str, dir: &TestDir, name: &str, data: &[u8]) -> String {
     strata(url, dir)
         .args(["--json", "backup", "stream", name])
@@ -236,19 +246,7 @@ fn object_lock_vault_refuses_every_delete_until_the_lock_ends() {
     let new_data_prefix = format!("vault/data/stream/nightly/{new}/");
     let stored = versions(&locked, &new_data_prefix).0;
     let in_two_days = (Utc::now() + Duration::days(2)).to_rfc3339();
-    let gc = strata(&url, &dir)
-        .args([
-            "--json",
-            "vault",
-            "gc",
-            "--older-than",
-            "1s",
-            "--now",
-            &in_two_days,
-        ])
-        .run()
-        .success()
-        .json();
+    let gc = gc_at(&url, &dir, &in_two_days);
     assert_eq!(
         gc["hidden_by_delete_marker"][0]["backup"],
         new.as_str(),
@@ -400,19 +398,7 @@ fn object_lock_vault_refuses_every_delete_until_the_lock_ends() {
     // Purged by gc after the soft delete period; the segments' versions go.
     end_backup_locks(&locked);
     let later = (Utc::now() + Duration::days(20)).to_rfc3339();
-    let gc = strata(&url, &dir)
-        .args([
-            "--json",
-            "vault",
-            "gc",
-            "--older-than",
-            "1s",
-            "--now",
-            &later,
-        ])
-        .run()
-        .success()
-        .json();
+    let gc = gc_at(&url, &dir, &later);
     assert_eq!(versions(&locked, &data_prefix), (0, 0));
     assert_eq!(
         gc["deleted"],

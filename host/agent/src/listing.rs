@@ -131,6 +131,26 @@ struct ListedBackup<'a> {
     labels: &'a BTreeMap<String, String>,
 }
 
+impl<'a> ListedBackup<'a> {
+    fn of(m: &'a Manifest) -> Self {
+        ListedBackup {
+            id: &m.id,
+            engine: &m.engine,
+            instance: &m.instance,
+            database: m.database.as_deref(),
+            kind: m.kind.as_str(),
+            base: m.base.as_ref(),
+            fork: &m.fork,
+            started_at: m.started_at.to_rfc3339(),
+            ended_at: m.ended_at.to_rfc3339(),
+            raw_bytes: m.raw_size(),
+            stored_bytes: m.stored_size(),
+            streams: m.streams.len(),
+            labels: &m.labels,
+        }
+    }
+}
+
 #[derive(Serialize)]
 struct ListedTimeline<'a> {
     engine: &'a str,
@@ -171,24 +191,7 @@ pub async fn list(args: ListArgs, ctx: &Context) -> Result<()> {
             timeline: engine_timeline(ctx, &host, engine, instance, database, backups).await?,
         });
     }
-    let listed: Vec<ListedBackup> = manifests
-        .iter()
-        .map(|m| ListedBackup {
-            id: &m.id,
-            engine: &m.engine,
-            instance: &m.instance,
-            database: m.database.as_deref(),
-            kind: m.kind.as_str(),
-            base: m.base.as_ref(),
-            fork: &m.fork,
-            started_at: m.started_at.to_rfc3339(),
-            ended_at: m.ended_at.to_rfc3339(),
-            raw_bytes: m.raw_size(),
-            stored_bytes: m.stored_size(),
-            streams: m.streams.len(),
-            labels: &m.labels,
-        })
-        .collect();
+    let listed: Vec<ListedBackup> = manifests.iter().map(ListedBackup::of).collect();
     if ctx.json {
         if args.timeline {
             return print_json(&serde_json::json!({ "backups": listed, "timelines": timelines }));
@@ -223,19 +226,13 @@ pub async fn list(args: ListArgs, ctx: &Context) -> Result<()> {
 
 #[derive(Serialize)]
 struct ListedDeleted<'a> {
-    id: &'a BackupId,
-    engine: &'a str,
-    instance: &'a str,
-    database: Option<&'a str>,
-    kind: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    base: Option<&'a BackupId>,
-    ended_at: String,
+    /// The backup, as `strata list --json` shows it.
+    #[serde(flatten)]
+    backup: ListedBackup<'a>,
     deleted_at: String,
     /// When `vault gc` or retention may purge its data (UTC).
     purge_after: String,
     reason: &'a str,
-    stored_bytes: u64,
 }
 
 /// `strata list --deleted`: the soft-deleted backups (see
@@ -258,17 +255,10 @@ async fn list_deleted(vault: &Vault, filter: &ListFilter, ctx: &Context) -> Resu
         let listed: Vec<ListedDeleted> = deleted
             .iter()
             .map(|t| ListedDeleted {
-                id: &t.manifest.id,
-                engine: &t.manifest.engine,
-                instance: &t.manifest.instance,
-                database: t.manifest.database.as_deref(),
-                kind: t.manifest.kind.as_str(),
-                base: t.manifest.base.as_ref(),
-                ended_at: t.manifest.ended_at.to_rfc3339(),
+                backup: ListedBackup::of(&t.manifest),
                 deleted_at: t.deleted_at.to_rfc3339(),
                 purge_after: t.purge_after().to_rfc3339(),
                 reason: &t.reason,
-                stored_bytes: t.manifest.stored_size(),
             })
             .collect();
         return print_json(&listed);
