@@ -293,6 +293,19 @@ impl RunOutput {
         self
     }
 
+    /// Asserts that standard output contains `text` and returns the output.
+    ///
+    /// # Panics
+    /// When it does not, with both outputs.
+    pub fn stdout_contains(self, text: &str) -> RunOutput {
+        assert!(
+            self.stdout_text().contains(text),
+            "{}",
+            self.describe(&format!("to say `{text}` on stdout"))
+        );
+        self
+    }
+
     fn describe(&self, expected: &str) -> String {
         let stdout = self.stdout_text();
         let shown = if stdout.len() > 4000 {

@@ -471,12 +471,18 @@ impl PgStrata {
     /// Like [`with_vault`](Self::with_vault), with more `initdb` arguments
     /// (`--wal-segsize=1` for 1 MiB WAL segments).
     pub fn with_initdb(label: &str, vault_url: Option<&str>, initdb_args: &[&str]) -> PgStrata {
-        Self::build(label, vault_url, initdb_args, true)
+        Self::build(label, vault_url, initdb_args, true, &[])
     }
 
     /// Like [`new`](Self::new), on a cluster without data checksums.
     pub fn without_checksums(label: &str) -> PgStrata {
-        Self::build(label, None, &[], false)
+        Self::build(label, None, &[], false, &[])
+    }
+
+    /// Like [`new`](Self::new), with extra `strata vault init` arguments
+    /// (`--soft-delete-days 0`).
+    pub fn with_vault_init(label: &str, init_args: &[&str]) -> PgStrata {
+        Self::build(label, None, &[], true, init_args)
     }
 
     fn build(
@@ -484,6 +490,7 @@ impl PgStrata {
         vault_url: Option<&str>,
         initdb_args: &[&str],
         checksums: bool,
+        vault_init_args: &[&str],
     ) -> PgStrata {
         let dir = TestDir::new(label);
         use std::os::unix::fs::PermissionsExt;
@@ -519,7 +526,9 @@ impl PgStrata {
             vault_dir,
             dir,
         };
-        env.strata(&["vault", "init", &env.vault_url]).success();
+        let mut init = vec!["vault", "init", env.vault_url.as_str()];
+        init.extend_from_slice(vault_init_args);
+        env.strata(&init).success();
         give_to_postgres(env.dir.root());
         env.cluster.start();
         env

@@ -72,7 +72,10 @@ fn wal_files(vault: &Path) -> Vec<String> {
 
 #[test]
 fn a_simulated_week_runs_the_schedule_and_retention_keeps_every_chain_restorable() {
-    let env = PgStrata::new("service-week");
+    // Retention's arithmetic, without soft delete: expired backups and
+    // their WAL go at once (what soft delete keeps is tested in
+    // plugin_contract.rs and vault_cli_backends.rs).
+    let env = PgStrata::with_vault_init("service-week", &["--soft-delete-days", "0"]);
     let mut config = std::fs::read_to_string(&env.config).unwrap();
     config.push_str(&format!(
         "\n[service]\nsocket = \"{}\"\n{POLICY}",

@@ -176,6 +176,23 @@ fn object_lock_vault_refuses_every_delete_until_the_lock_ends() {
         .run()
         .failure(8);
 
+    // moto locks objects uploaded at once but not those uploaded in parts
+    // (S3 locks both): the probe sees it, and init refuses, since large
+    // segments would not be locked.
+    strata(&format!("s3://{locked}/refused"), &dir)
+        .args([
+            "vault",
+            "init",
+            "--immutable",
+            "1",
+            "--lock-mode",
+            "governance",
+        ])
+        .run()
+        .failure(3)
+        .stderr_contains("locks objects uploaded at once but not objects uploaded in parts");
+    // So the rest runs with single-upload probes, and small backups (one
+    // part, uploaded at once), which moto does lock.
     let url = format!("s3://{locked}/vault");
     strata(&url, &dir)
         .args([
@@ -185,6 +202,8 @@ fn object_lock_vault_refuses_every_delete_until_the_lock_ends() {
             "1",
             "--lock-mode",
             "governance",
+            "--lock-probe",
+            "simple",
         ])
         .run()
         .success();
@@ -197,6 +216,12 @@ fn object_lock_vault_refuses_every_delete_until_the_lock_ends() {
     assert_eq!(lock["days"], 1, "{info}");
     assert_eq!(lock["mode"], "governance", "{info}");
     assert_eq!(lock["enforced_by"], "s3-object-lock", "{info}");
+    assert_eq!(lock["probe"], "simple", "{info}");
+    strata(&url, &dir)
+        .args(["vault", "info"])
+        .run()
+        .success()
+        .stdout_contains("segments uploaded in parts may not be");
     let (ok, text) = s3_api(
         "r = s3.get_object_lock_configuration(Bucket=sys.argv[1])['ObjectLockConfiguration']['Rule']['DefaultRetention']\n\
          print(json.dumps({'Mode': r['Mode'], 'Days': r['Days']}))",

@@ -34,6 +34,12 @@ pub enum VaultCommand {
         /// shorten the lock) or governance.
         #[arg(long, default_value = "compliance", requires = "immutable")]
         lock_mode: strata_core::vault::immutability::LockMode,
+        /// How init and every open check the lock: `multipart` (an upload in
+        /// parts, as large segments are written, and at init a single one)
+        /// or `simple` (a single upload only; for emulators that do not lock
+        /// multipart uploads, such as moto).
+        #[arg(long, default_value = "multipart", requires = "immutable", hide = true)]
+        lock_probe: strata_core::vault::immutability::ProbeKind,
         /// Days a deleted backup's data stays, restorable with `strata
         /// undelete`, before `vault gc` or retention purges it; 0 purges at
         /// once.
@@ -82,11 +88,13 @@ pub async fn run(command: VaultCommand, ctx: &Context) -> Result<()> {
             encrypt,
             immutable,
             lock_mode,
+            lock_probe,
             soft_delete_days,
         } => {
             let options = VaultOptions {
                 soft_delete_days,
                 immutable: immutable.map(|days| (lock_mode, days)),
+                probe: lock_probe,
             };
             init(url, encrypt, options, ctx).await
         }
@@ -415,6 +423,15 @@ async fn info(ctx: &Context) -> Result<()> {
             lock.since.to_rfc3339()
         ),
         None => println!("immutable  no"),
+    }
+    if meta
+        .immutability
+        .as_ref()
+        .is_some_and(|l| l.probe == strata_core::vault::immutability::ProbeKind::Simple)
+    {
+        println!(
+            "warning    only single uploads were checked to be locked (--lock-probe simple): segments uploaded in parts may not be"
+        );
     }
     Ok(())
 }

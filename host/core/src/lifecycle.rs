@@ -441,20 +441,22 @@ impl Host {
             .chain(database, &manifests, self.archive(plugin))
             .await?;
         report.plan = retention::plan(&manifests, chain.rules.as_ref(), policy, now, zone);
+        // A soft-deleted backup keeps the log its own consistency needs, so
+        // that an undelete gives back a backup that restores: those this
+        // pass deletes, and those deleted earlier and not purged yet.
+        let keeps_deleted_data = vault.soft_delete_days() > 0 || vault.immutability().is_some();
         let mut kept: Vec<Manifest> = manifests
             .iter()
-            .filter(|m| report.plan.keeps(&m.id))
+            .filter(|m| keeps_deleted_data || report.plan.keeps(&m.id))
             .cloned()
             .collect();
-        // A soft-deleted backup keeps the log its own consistency needs, so
-        // that an undelete gives back a backup that restores.
         let same_database = |m: &Manifest| {
             m.engine == plugin.engine()
                 && m.instance == plugin.instance()
                 && m.database == database.database
         };
         kept.extend(
-            self.vault
+            vault
                 .deleted_backups()
                 .await?
                 .into_iter()

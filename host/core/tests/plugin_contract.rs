@@ -7,12 +7,12 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Duration, Utc};
-use strata_core::catalog::manifest::{BackupKind, Position};
+use strata_core::catalog::manifest::{BackupKind, Manifest, Position};
 use strata_core::catalog::planner::RestoreTarget;
 use strata_core::lifecycle::{BackupResult, Host};
 use strata_core::plugin::{
     ArchiveStore, BackupOutcome, BackupRequest, BackupSink, Capabilities, DatabaseRef,
-    EnginePlugin, RestoreOutcome, RestoreRequest, RestoreSource,
+    EnginePlugin, ExpiredLog, RestoreOutcome, RestoreRequest, RestoreSource,
 };
 use strata_core::vault::{Vault, VaultConfig};
 use strata_core::{Error, ErrorKind, Result};
@@ -32,6 +32,8 @@ struct Toy {
     hang: bool,
     /// Also take differentials and incrementals.
     layered: bool,
+    /// The backups each expiry asked log to be kept for.
+    kept_for_log: Mutex<Vec<Vec<String>>>,
 }
 
 impl Toy {
@@ -51,6 +53,18 @@ fn encode(rows: &[(DateTime<Utc>, String)]) -> Vec<u8> {
 impl EnginePlugin for Toy {
     fn engine(&self) -> &'static str {
         "toy"
+    }
+
+    async fn expired_log(
+        &self,
+        _database: &DatabaseRef,
+        kept: &[Manifest],
+        _anchor: Option<&Manifest>,
+        _archive: Arc<dyn ArchiveStore>,
+    ) -> strata_core::Result<Vec<ExpiredLog>> {
+        let ids = kept.iter().map(|m| m.id.to_string()).collect();
+        self.kept_for_log.lock().unwrap().push(ids);
+        Ok(Vec::new())
     }
 
     fn instance(&self) -> &str {
@@ -428,6 +442,10 @@ async fn an_interrupted_expiry_is_finished_by_the_next_pass_and_keeps_what_it_ke
         vault.list_keys("deleted").await.unwrap(),
         [format!("deleted/toy/one/{old}.json")]
     );
+    // While soft-deleted, the old full still has its own log kept (an
+    // undelete must give back a backup that restores).
+    let asked = toy.kept_for_log.lock().unwrap().last().cloned().unwrap();
+    assert!(asked.contains(&old), "{asked:?}");
     // A pass after the period purges it.
     let later = Utc::now() + chrono::Duration::days(i64::from(vault.soft_delete_days()) + 1);
     let report = host
@@ -444,6 +462,8 @@ async fn an_interrupted_expiry_is_finished_by_the_next_pass_and_keeps_what_it_ke
         [old.as_str()]
     );
     assert!(vault.list_keys(&old_full_segment).await.unwrap().is_empty());
+    let asked = toy.kept_for_log.lock().unwrap().last().cloned().unwrap();
+    assert!(!asked.contains(&old), "purged: its log may go: {asked:?}");
     assert!(
         vault.list_keys("deleted").await.unwrap().is_empty(),
         "no tombstone left"

@@ -56,6 +56,9 @@ pub struct Immutability {
     pub enforced_by: String,
     /// When the lock was first verified (UTC).
     pub since: DateTime<Utc>,
+    /// How the probes are uploaded ([`ProbeKind`]).
+    #[serde(default)]
+    pub probe: ProbeKind,
 }
 
 impl Immutability {
@@ -432,15 +435,52 @@ pub(crate) async fn delete_now(
     }
 }
 
-/// Runs the [probe](self#the-probe): reuses the newest probe under `root`
-/// still locked for another hour (when `days` is known), or writes a new
-/// one, and tries to delete it. [`Deletion::Locked`] means the store
-/// enforces the lock.
+/// How a lock probe is uploaded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ProbeKind {
+    /// A multipart upload, as the writer uploads segments larger than a
+    /// part (and, at init, a single upload too): the default.
+    #[default]
+    Multipart,
+    /// A single upload only, for stores that lock those but not multipart
+    /// uploads (the moto emulator): segments uploaded in parts may then be
+    /// unlocked, and `vault info` says so.
+    Simple,
+}
+
+impl ProbeKind {
+    fn suffix(self) -> &'static str {
+        match self {
+            ProbeKind::Multipart => "-multipart",
+            ProbeKind::Simple => "",
+        }
+    }
+}
+
+impl std::str::FromStr for ProbeKind {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s.trim() {
+            "multipart" => Ok(ProbeKind::Multipart),
+            "simple" => Ok(ProbeKind::Simple),
+            other => Err(Error::config(format!("`{other}` is not a lock probe kind"))
+                .hint("use multipart (the default) or simple")),
+        }
+    }
+}
+
+/// Runs the [probe](self#the-probe) of `kind`: reuses the newest probe of
+/// that kind under `root` still locked for another hour (when `days` is
+/// known), or writes a new one, and tries to delete it.
+/// [`Deletion::Locked`] means the store enforces the lock.
 pub(crate) async fn probe(
     store: &Arc<dyn ObjectStore>,
     root: &Path,
     s3: Option<&S3Access>,
     days: Option<u32>,
+    kind: ProbeKind,
 ) -> Result<Deletion> {
     use futures::TryStreamExt;
     let now = Utc::now();
@@ -453,8 +493,12 @@ pub(crate) async fn probe(
             .await
             .map_err(|e| Error::from(e).context("listing the vault's lock probes"))?;
         let lasts_until = |at: DateTime<Utc>| at + chrono::Duration::days(i64::from(days));
+        let multipart = ProbeKind::Multipart.suffix();
         reusable = probes
             .iter()
+            .filter(|meta| {
+                meta.location.as_ref().ends_with(multipart) == (kind == ProbeKind::Multipart)
+            })
             .filter(|meta| lasts_until(meta.last_modified) > now + chrono::Duration::hours(1))
             .max_by_key(|meta| meta.last_modified)
             .map(|meta| meta.location.clone());
@@ -462,20 +506,32 @@ pub(crate) async fn probe(
     let path = match reusable {
         Some(path) => path,
         None => {
-            let path = join(&probe_key(now));
+            let path = join(&format!("{}{}", probe_key(now), kind.suffix()));
             let body = format!(
                 "{{\"written_at\": \"{}\", \"note\": \"a probe Strata tries to delete to check that the store enforces the vault's lock\"}}",
                 now.to_rfc3339()
-            );
-            match store
-                .put_opts(
-                    &path,
-                    body.into_bytes().into(),
-                    object_store::PutOptions::from(object_store::PutMode::Create),
-                )
-                .await
-            {
-                Ok(_) | Err(object_store::Error::AlreadyExists { .. }) => {}
+            )
+            .into_bytes();
+            let written = match kind {
+                ProbeKind::Simple => store
+                    .put_opts(
+                        &path,
+                        body.into(),
+                        object_store::PutOptions::from(object_store::PutMode::Create),
+                    )
+                    .await
+                    .map(|_| ()),
+                ProbeKind::Multipart => {
+                    async {
+                        let mut upload = store.put_multipart(&path).await?;
+                        upload.put_part(body.into()).await?;
+                        upload.complete().await.map(|_| ())
+                    }
+                    .await
+                }
+            };
+            match written {
+                Ok(()) | Err(object_store::Error::AlreadyExists { .. }) => {}
                 Err(e) => {
                     return Err(Error::from(e).context("writing the vault's lock probe"));
                 }

@@ -121,6 +121,8 @@ pub struct VaultOptions {
     /// Make the vault immutable: the lock mode (S3) and the days every
     /// object stays locked.
     pub immutable: Option<(immutability::LockMode, u32)>,
+    /// How the lock is probed (see [`immutability::ProbeKind`]).
+    pub probe: immutability::ProbeKind,
 }
 
 impl Default for VaultOptions {
@@ -128,6 +130,7 @@ impl Default for VaultOptions {
         VaultOptions {
             soft_delete_days: DEFAULT_SOFT_DELETE_DAYS,
             immutable: None,
+            probe: immutability::ProbeKind::default(),
         }
     }
 }
@@ -406,6 +409,7 @@ async fn lock_new_vault(
     s3: Option<&immutability::S3Access>,
     mode: immutability::LockMode,
     days: u32,
+    probe: immutability::ProbeKind,
 ) -> Result<immutability::Immutability> {
     use immutability::BucketLock;
     let url = &config.url;
@@ -446,8 +450,22 @@ async fn lock_new_vault(
             BucketLock::Enabled(None) => s3.set_default_retention(mode, days).await?,
         }
     }
-    match immutability::probe(store, root, s3, None).await? {
-        immutability::Deletion::Locked { .. } => Ok(immutability::Immutability {
+    use immutability::{Deletion, ProbeKind};
+    let simple = immutability::probe(store, root, s3, None, ProbeKind::Simple).await?;
+    if simple == Deletion::Deleted {
+        return Err(not_enforced(url, enforced_by, days));
+    }
+    if probe == ProbeKind::Multipart
+        && immutability::probe(store, root, s3, None, ProbeKind::Multipart).await?
+            == Deletion::Deleted
+    {
+        return Err(Error::config(format!(
+            "the store of {url} locks objects uploaded at once but not objects uploaded in parts: backup segments larger than a part would not be immutable"
+        ))
+        .hint("S3 locks both; an S3-compatible store or emulator that does not cannot hold an immutable vault (for the moto emulator in tests only: --lock-probe simple)"));
+    }
+    match simple {
+        Deletion::Locked { .. } => Ok(immutability::Immutability {
             mode: if s3.is_some() {
                 mode
             } else {
@@ -456,8 +474,9 @@ async fn lock_new_vault(
             days,
             enforced_by: enforced_by.to_owned(),
             since: Utc::now(),
+            probe,
         }),
-        immutability::Deletion::Deleted => Err(not_enforced(url, enforced_by, days)),
+        Deletion::Deleted => Err(not_enforced(url, enforced_by, days)),
     }
 }
 
@@ -493,7 +512,7 @@ async fn check_lock(
             )));
         }
     }
-    match immutability::probe(store, root, s3, Some(lock.days)).await? {
+    match immutability::probe(store, root, s3, Some(lock.days), lock.probe).await? {
         immutability::Deletion::Locked { .. } => Ok(()),
         immutability::Deletion::Deleted => Err(not_enforced(url, &lock.enforced_by, lock.days)
             .with_message(format!(
@@ -577,9 +596,18 @@ impl Vault {
         refuse_leftover_vault(&config.url, &store, &root).await?;
         let immutability = match options.immutable {
             None => None,
-            Some((mode, days)) => {
-                Some(lock_new_vault(config, &store, &root, s3.as_ref(), mode, days).await?)
-            }
+            Some((mode, days)) => Some(
+                lock_new_vault(
+                    config,
+                    &store,
+                    &root,
+                    s3.as_ref(),
+                    mode,
+                    days,
+                    options.probe,
+                )
+                .await?,
+            ),
         };
         if let (None, Some(s3)) = (&immutability, &s3)
             && let Ok(immutability::BucketLock::Enabled(Some((mode, days)))) =

@@ -110,7 +110,16 @@ impl StreamUpload {
         };
         let context = || format!("writing segment {}", segment.key);
         match segment.upload {
-            Some(upload) => {
+            Some(mut upload) => {
+                // A part that failed is the cause: surface it before
+                // `finish`, whose cleanup (aborting the upload) can fail
+                // too, against the same unreachable store, and hide it.
+                if let Err(e) = upload.wait_for_capacity(0).await {
+                    if let Err(abort) = upload.abort().await {
+                        tracing::warn!(error = %abort, "aborting a multipart upload failed");
+                    }
+                    return Err(Error::from(e).context(context()));
+                }
                 upload
                     .finish()
                     .await
