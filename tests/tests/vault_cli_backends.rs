@@ -375,6 +375,10 @@ fn init_refuses_backups_left_without_their_metadata(op: &Operator) {
             .unwrap();
         vault.delete_object("strata-vault.json").await.unwrap();
     });
+    op.run(["list"])
+        .failure(8)
+        .stderr_contains("is a vault whose metadata is gone: it holds backups")
+        .stderr_contains("delete marker");
     op.run(["vault", "init"])
         .failure(9)
         .stderr_contains("already holds backups")

@@ -5,7 +5,7 @@ use clap::Args;
 use serde::Serialize;
 use strata_core::catalog::index::ListFilter;
 use strata_core::catalog::manifest::{BackupId, Manifest};
-use strata_core::vault::{Deletion, Tombstone, Vault};
+use strata_core::vault::{Deletion, Tombstone};
 use strata_core::{Error, Result};
 
 use crate::context::Context;
@@ -147,14 +147,14 @@ pub async fn delete(args: DeleteArgs, ctx: &Context) -> Result<()> {
             kind: m.kind.as_str(),
             deleted_at: Utc::now(),
             reason: &reason,
-            purge_after: Utc::now() + chrono::Duration::days(i64::from(keep_days(&vault))),
+            purge_after: Utc::now() + chrono::Duration::days(i64::from(vault.deleted_data_days())),
         });
     }
     if ctx.json {
         return print_json(&done);
     }
     for d in &done {
-        if keep_days(&vault) == 0 {
+        if vault.deleted_data_days() == 0 {
             println!(
                 "deleted {} ({} of {} {}) and its data: the vault keeps no deleted backups",
                 d.id, d.kind, d.engine, d.instance
@@ -172,13 +172,6 @@ pub async fn delete(args: DeleteArgs, ctx: &Context) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// Days a deletion keeps the data: the soft delete period, and on an
-/// immutable vault at least the lock.
-fn keep_days(vault: &Vault) -> u32 {
-    let lock = vault.immutability().map_or(0, |l| l.days);
-    vault.soft_delete_days().max(lock)
 }
 
 /// Runs `strata undelete`.

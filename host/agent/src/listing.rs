@@ -267,7 +267,7 @@ async fn list_deleted(vault: &Vault, filter: &ListFilter, ctx: &Context) -> Resu
         println!(
             "no deleted backups are kept in {} (it keeps them {} days)",
             vault.url(),
-            vault.soft_delete_days()
+            vault.deleted_data_days()
         );
         return Ok(());
     }

@@ -184,7 +184,7 @@ async fn gc(
             "unfinished_upload_bytes": upload_bytes,
         }));
     }
-    print_purge(&purge, vault.soft_delete_days(), dry_run, "");
+    print_purge(&purge, vault.deleted_data_days(), dry_run, "");
     for o in &hidden {
         println!(
             "kept {}: a committed backup whose manifest {} is hidden by an S3 delete marker (deleted through the S3 API, not by Strata); remove the marker's version to bring it back",
@@ -404,10 +404,10 @@ async fn info(ctx: &Context) -> Result<()> {
             .unwrap_or("none")
     );
     match (&meta.immutability, meta.soft_delete_days) {
-        (Some(lock), days) => println!(
-            "deletes    only after each object's lock ends ({} days after it was written); then soft: the data stays {} more days (`strata undelete`)",
+        (Some(lock), _) => println!(
+            "deletes    only after each object's lock ends ({} days after it was written); a deleted backup's data then stays {} days (`strata undelete`)",
             lock.days,
-            days.max(lock.days)
+            vault.deleted_data_days()
         ),
         (None, 0) => println!("deletes    immediate: a deleted backup's data is purged at once"),
         (None, days) => println!(

@@ -50,9 +50,14 @@ impl VaultKey {
     /// Loads a key file: 64 hex digits, surrounding whitespace ignored.
     pub fn load(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| {
+            let hint = if e.kind() == std::io::ErrorKind::InvalidData {
+                "a key file holds 64 hex digits as text, as written by `strata vault init --encrypt`; this one holds binary bytes"
+            } else {
+                "check the path and that the user running Strata can read it (mode 0640, group strata)"
+            };
             Error::crypto(format!("cannot read key file {}", path.display()))
                 .in_message("path", path.display())
-                .hint("check the path and that the user running Strata can read it (mode 0640, group strata)")
+                .hint(hint)
                 .with_source(e)
         })?;
         Self::from_hex(text.trim()).map_err(|e| e.context(format!("key file {}", path.display())))
@@ -267,5 +272,12 @@ mod tests {
         std::fs::write(dir.path().join("short"), "abcd").unwrap();
         let err = VaultKey::load(&dir.path().join("short")).unwrap_err();
         assert!(err.to_string().contains("32 bytes"), "{err}");
+        // 32 raw bytes instead of their hex digits: says so, not "permissions".
+        std::fs::write(dir.path().join("binary"), [0xffu8; 32]).unwrap();
+        let err = VaultKey::load(&dir.path().join("binary")).unwrap_err();
+        assert!(
+            err.hint_text().unwrap().contains("64 hex digits as text"),
+            "{err:?}"
+        );
     }
 }

@@ -429,7 +429,7 @@ impl Host {
         }
         // Locks and purge dates are judged at `now` too.
         let vault = self.vault.at(now);
-        report.soft_delete_days = Some(vault.soft_delete_days());
+        report.soft_delete_days = Some(vault.deleted_data_days());
         report.purge = vault.purge_deleted(now, dry_run).await?;
         let manifests = self.backups(plugin, database).await?;
         if manifests.is_empty() {

@@ -73,9 +73,18 @@ pub struct PurgeReport {
 }
 
 impl Vault {
-    /// Days a deleted backup's data is kept (see the [module docs](self)).
+    /// Days a deleted backup's data is kept by the vault's soft delete
+    /// setting (see the [module docs](self)).
     pub fn soft_delete_days(&self) -> u32 {
         self.meta().soft_delete_days
+    }
+
+    /// Days a deletion actually keeps a backup's data: the soft delete
+    /// period, and on an immutable vault at least the lock (the tombstone
+    /// written at deletion is locked that long, and goes with the data).
+    pub fn deleted_data_days(&self) -> u32 {
+        let lock = self.immutability().map_or(0, |l| l.days);
+        self.soft_delete_days().max(lock)
     }
 
     /// Deletes the object at `key` (relative to the root). On an immutable
@@ -131,10 +140,7 @@ impl Vault {
             }
         }
         let now = self.now();
-        let mut keep_days = self.soft_delete_days();
-        if let Some(lock) = self.immutability() {
-            keep_days = keep_days.max(lock.days);
-        }
+        let keep_days = self.deleted_data_days();
         let tombstone = Tombstone {
             deleted_at: now,
             reason: reason.to_owned(),

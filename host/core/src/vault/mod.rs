@@ -526,10 +526,15 @@ fn not_enforced(url: &str, enforced_by: &str, days: u32) -> Error {
     let error = Error::config(format!(
         "the store of {url} does not refuse deletes: a new object could be deleted at once, so the vault would not be immutable"
     ));
+    // The bucket or container is the URL's host.
+    let bucket = parse_vault_url(url.trim())
+        .ok()
+        .and_then(|u| u.host_str().map(str::to_owned))
+        .unwrap_or_else(|| "<bucket>".to_owned());
     match enforced_by {
-        "s3-object-lock" => error.hint("check the bucket's Object Lock default retention: `aws s3api get-object-lock-configuration --bucket <bucket>`"),
-        "azure-immutability-policy" => error.hint(format!("set a time-based retention policy on the container first: `az storage container immutability-policy create --account-name <account> --container-name <container> --period {days}`, then lock it with `az storage container immutability-policy lock`")),
-        _ => error.hint(format!("set a retention policy on the bucket first: `gcloud storage buckets update gs://<bucket> --retention-period={days}d`")),
+        "s3-object-lock" => error.hint(format!("check the bucket's Object Lock default retention: `aws s3api get-object-lock-configuration --bucket {bucket}`")),
+        "azure-immutability-policy" => error.hint(format!("set a time-based retention policy on the container first: `az storage container immutability-policy create --account-name <account> --container-name {bucket} --period {days}`, then lock it with `az storage container immutability-policy lock`")),
+        _ => error.hint(format!("set a retention policy on the bucket first: `gcloud storage buckets update gs://{bucket} --retention-period={days}d`")),
     }
 }
 
@@ -678,6 +683,15 @@ impl Vault {
         let bytes = match store.get(&meta_path).await {
             Ok(r) => r.bytes().await.map_err(|e| unreachable(url, e.into()))?,
             Err(object_store::Error::NotFound { .. }) => {
+                if let Err(leftover) = refuse_leftover_vault(url, &store, &root).await
+                    && leftover.kind() == ErrorKind::Conflict
+                {
+                    return Err(Error::not_found(leftover.to_string().replace(
+                        "already holds backups",
+                        "is a vault whose metadata is gone: it holds backups",
+                    ))
+                    .hint(leftover.hint_text().unwrap_or_default().to_owned()));
+                }
                 return Err(
                     Error::not_found(format!("there is no Strata vault at {url}"))
                         .hint(format!("create one with `strata vault init {url}`")),
