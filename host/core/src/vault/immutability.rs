@@ -17,11 +17,15 @@
 //! # The probe
 //!
 //! A probe is a small object `immutability/probe-<unix seconds>`, written
-//! create-only. The newest probe that stays locked for at least another hour
-//! is reused; otherwise a new one is written. Then Strata deletes it, the
-//! way it would delete any object (on S3 the exact version, since a plain
-//! S3 delete only adds a delete marker), and the store must refuse. A probe
-//! that could be deleted means the lock is not enforced.
+//! create-only, or `...-multipart`, written as an upload in parts (the way
+//! the writer uploads segments larger than a part). Init tries both kinds;
+//! every open tries the vault's recorded kind ([`ProbeKind`], multipart
+//! unless init was told otherwise). The newest probe of that kind that stays
+//! locked for at least another hour is reused; otherwise a new one is
+//! written. Then Strata deletes it, the way it would delete any object (on
+//! S3 the exact version, since a plain S3 delete only adds a delete
+//! marker), and the store must refuse. A probe that could be deleted means
+//! the lock is not enforced.
 //!
 //! # Deleting on an immutable vault
 //!

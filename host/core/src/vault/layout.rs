@@ -8,7 +8,7 @@
 //!                                                    (both numbers zero-padded to five digits)
 //! engines/<engine>/<instance>/<key>                  archive objects of the instance
 //! deleted/<engine>/<instance>/<backup-id>.json       a soft-deleted backup (a tombstone)
-//! immutability/probe-<unix seconds>                  lock probes of an immutable vault
+//! immutability/probe-<unix seconds>[-multipart]      lock probes of an immutable vault
 //! ```
 //!
 //! # Deleting a backup
