@@ -68,3 +68,8 @@ async fn a_plain_http_endpoint_without_allow_http_names_the_setting() {
         "names the setting: {err:?}"
     );
 }
+
+#[tokio::test]
+async fn gcs_missing_bucket_is_named() {
+    missing_bucket_is_named(Backend::Gcs, "gs").await;
+}

@@ -430,7 +430,9 @@ impl Host {
         // Locks and purge dates are judged at `now` too.
         let vault = self.vault.at(now);
         report.soft_delete_days = Some(vault.deleted_data_days());
-        report.purge = vault.purge_deleted(now, dry_run).await?;
+        report.purge = vault
+            .purge_deleted_of(plugin.engine(), plugin.instance(), now, dry_run)
+            .await?;
         let manifests = self.backups(plugin, database).await?;
         if manifests.is_empty() {
             // Nothing to expire, and nothing to keep WAL for yet: a first
@@ -457,7 +459,7 @@ impl Host {
         };
         kept.extend(
             vault
-                .deleted_backups()
+                .deleted_backups_of(plugin.engine(), plugin.instance())
                 .await?
                 .into_iter()
                 .map(|t| t.manifest)

@@ -170,16 +170,27 @@ impl Vault {
     /// A tombstone that cannot be read is left out with a warning.
     pub async fn deleted_backups(&self) -> Result<Vec<Tombstone>> {
         Ok(self
-            .tombstones()
+            .tombstones(layout::DELETED)
             .await?
             .into_iter()
             .map(|(_, tombstone)| tombstone)
             .collect())
     }
 
-    async fn tombstones(&self) -> Result<Vec<(String, Tombstone)>> {
+    /// The soft-deleted backups of one engine instance (see
+    /// [`Vault::deleted_backups`]).
+    pub async fn deleted_backups_of(&self, engine: &str, instance: &str) -> Result<Vec<Tombstone>> {
+        Ok(self
+            .tombstones(&layout::tombstone_prefix(engine, instance))
+            .await?
+            .into_iter()
+            .map(|(_, tombstone)| tombstone)
+            .collect())
+    }
+
+    async fn tombstones(&self, prefix: &str) -> Result<Vec<(String, Tombstone)>> {
         let mut found = Vec::new();
-        for key in self.list_keys(layout::DELETED).await? {
+        for key in self.list_keys(prefix).await? {
             let bytes = self.get_bytes(&key).await?;
             match serde_json::from_slice::<Tombstone>(&bytes) {
                 Ok(tombstone) => found.push((key, tombstone)),
@@ -194,11 +205,34 @@ impl Vault {
     }
 
     /// Finishes interrupted deletions, undeletes and purges, and purges the
-    /// data of soft-deleted backups whose purge date is before `now`. With
-    /// `dry_run` nothing is deleted and the report says what would be.
+    /// data of soft-deleted backups whose purge date is before `now`, in
+    /// the whole vault. With `dry_run` nothing is deleted and the report
+    /// says what would be.
     pub async fn purge_deleted(&self, now: DateTime<Utc>, dry_run: bool) -> Result<PurgeReport> {
+        self.purge_under(layout::DELETED, now, dry_run).await
+    }
+
+    /// [`Vault::purge_deleted`] for one engine instance only (a retention
+    /// pass of one database reads only its own tombstones).
+    pub async fn purge_deleted_of(
+        &self,
+        engine: &str,
+        instance: &str,
+        now: DateTime<Utc>,
+        dry_run: bool,
+    ) -> Result<PurgeReport> {
+        self.purge_under(&layout::tombstone_prefix(engine, instance), now, dry_run)
+            .await
+    }
+
+    async fn purge_under(
+        &self,
+        prefix: &str,
+        now: DateTime<Utc>,
+        dry_run: bool,
+    ) -> Result<PurgeReport> {
         let mut report = PurgeReport::default();
-        for (key, tombstone) in self.tombstones().await? {
+        for (key, tombstone) in self.tombstones(prefix).await? {
             let manifest = &tombstone.manifest;
             let id = manifest.id.clone();
             let manifest_key =
@@ -307,7 +341,7 @@ impl Vault {
     /// purged.
     pub async fn undelete(&self, id: &BackupId) -> Result<Manifest> {
         let Some((key, tombstone)) = self
-            .tombstones()
+            .tombstones(layout::DELETED)
             .await?
             .into_iter()
             .find(|(_, t)| &t.manifest.id == id)

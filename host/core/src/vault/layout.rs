@@ -85,8 +85,13 @@ pub const DELETED: &str = "deleted";
 
 /// The tombstone key of a backup being deleted.
 pub fn tombstone_key(engine: &str, instance: &str, id: &BackupId) -> String {
+    format!("{}{id}.json", tombstone_prefix(engine, instance))
+}
+
+/// The prefix of the tombstones of one engine instance.
+pub fn tombstone_prefix(engine: &str, instance: &str) -> String {
     format!(
-        "{DELETED}/{}/{}/{id}.json",
+        "{DELETED}/{}/{}/",
         escape_component(engine),
         escape_component(instance)
     )

@@ -377,10 +377,18 @@ async fn refuse_leftover_vault(url: &str, store: &Arc<dyn ObjectStore>, root: &P
                 ))
                 .hint("the vault's metadata was deleted, or on a versioned S3 bucket hidden by a delete marker: bring it back (`aws s3api list-object-versions`, then delete the marker's version) instead of creating a vault its backups do not belong to"));
             }
-            Some(Err(e)) => return Err(unreachable(url, e.into())),
+            // A missing bucket or an unreachable store: the create that
+            // follows says which, precisely.
+            Some(Err(_)) => return Ok(()),
         }
     }
     Ok(())
+}
+
+fn missing_bucket(url: &str, source: object_store::Error) -> Error {
+    Error::not_found(format!("the bucket or container of {url} does not exist"))
+        .hint("create it with your cloud's tools first (Strata never creates buckets or containers), then run `strata vault init` again")
+        .with_source(source)
 }
 
 fn already_exists(url: &str) -> Error {
@@ -647,12 +655,7 @@ impl Vault {
             }
             // A create can only find nothing when the bucket itself is missing.
             Err(e @ object_store::Error::NotFound { .. }) => {
-                return Err(Error::not_found(format!(
-                    "the bucket or container of {} does not exist",
-                    config.url
-                ))
-                .hint("create it with your cloud's tools first (Strata never creates buckets or containers), then run `strata vault init` again")
-                .with_source(e));
+                return Err(missing_bucket(&config.url, e));
             }
             Err(e) => return Err(unreachable(&config.url, e.into())),
         }
