@@ -198,15 +198,7 @@ pub async fn list(args: ListArgs, ctx: &Context) -> Result<()> {
         }
         return print_json(&listed);
     }
-    let mut table = Table::new(&[
-        "ID",
-        "ENGINE",
-        "INSTANCE",
-        "KIND",
-        "ENDED (UTC)",
-        "RAW",
-        "STORED",
-    ]);
+    let mut table = Table::new(&[BACKUP_COLUMNS.as_slice(), &["RAW", "STORED"]].concat());
     for m in &manifests {
         let mut row = backup_cells(m);
         row.extend([human_bytes(m.raw_size()), human_bytes(m.stored_size())]);
@@ -271,17 +263,13 @@ async fn list_deleted(vault: &Vault, filter: &ListFilter, ctx: &Context) -> Resu
         );
         return Ok(());
     }
-    let mut table = Table::new(&[
-        "ID",
-        "ENGINE",
-        "INSTANCE",
-        "KIND",
-        "ENDED (UTC)",
-        "DELETED (UTC)",
-        "PURGE AFTER (UTC)",
-        "STORED",
-        "REASON",
-    ]);
+    let mut table = Table::new(
+        &[
+            BACKUP_COLUMNS.as_slice(),
+            &["DELETED (UTC)", "PURGE AFTER (UTC)", "STORED", "REASON"],
+        ]
+        .concat(),
+    );
     for t in &deleted {
         let mut row = backup_cells(&t.manifest);
         row.extend([
@@ -295,6 +283,9 @@ async fn list_deleted(vault: &Vault, filter: &ListFilter, ctx: &Context) -> Resu
     print!("{}", table.render());
     Ok(())
 }
+
+/// The columns of [`backup_cells`].
+const BACKUP_COLUMNS: [&str; 5] = ["ID", "ENGINE", "INSTANCE", "KIND", "ENDED (UTC)"];
 
 /// The ID, ENGINE, INSTANCE, KIND and ENDED (UTC) cells of a backup's row.
 fn backup_cells(m: &Manifest) -> Vec<String> {

@@ -335,6 +335,11 @@ async fn a_new_backup_builds_only_on_a_chain_that_reaches_a_full() {
     assert_eq!(next_base, diff_id, "never on a broken chain");
 }
 
+/// The backups whose data an expiry pass purged.
+fn purged(report: &strata_core::lifecycle::ExpiryReport) -> Vec<&str> {
+    report.purge.purged.iter().map(|i| i.as_str()).collect()
+}
+
 /// Retention through the lifecycle: an expiry killed after it removed a
 /// manifest but before the segments leaves a tombstone, and the next pass
 /// finishes it; every kept backup still restores.
@@ -418,15 +423,7 @@ async fn an_interrupted_expiry_is_finished_by_the_next_pass_and_keeps_what_it_ke
         .unwrap();
     // The tombstone from before soft delete has no purge date: it is
     // finished at once.
-    assert_eq!(
-        report
-            .purge
-            .purged
-            .iter()
-            .map(|i| i.as_str())
-            .collect::<Vec<_>>(),
-        [old_diff.as_str()]
-    );
+    assert_eq!(purged(&report), [old_diff.as_str()]);
     assert_eq!(report.deleted_backups, 1, "the old full");
     assert!(
         vault.get_bytes(&segment).await.is_err(),
@@ -452,15 +449,7 @@ async fn an_interrupted_expiry_is_finished_by_the_next_pass_and_keeps_what_it_ke
         .expire(&toy, &whole(), &policy, later, chrono_tz::Tz::UTC, false)
         .await
         .unwrap();
-    assert_eq!(
-        report
-            .purge
-            .purged
-            .iter()
-            .map(|i| i.as_str())
-            .collect::<Vec<_>>(),
-        [old.as_str()]
-    );
+    assert_eq!(purged(&report), [old.as_str()]);
     assert!(vault.list_keys(&old_full_segment).await.unwrap().is_empty());
     let asked = toy.kept_for_log.lock().unwrap().last().cloned().unwrap();
     assert!(!asked.contains(&old), "purged: its log may go: {asked:?}");
