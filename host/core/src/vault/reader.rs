@@ -124,6 +124,9 @@ struct StreamContext {
     pool: Arc<BufferPool>,
     /// Stored part buffers, reused across parts.
     stored_pool: Arc<BufferPool>,
+    /// The vault is an immutable S3 vault, whose bucket is versioned: a
+    /// missing object may be hidden by a delete marker.
+    versioned: bool,
 }
 
 /// Why one part could not be read back. Each becomes an [`Error`] naming
@@ -205,7 +208,12 @@ impl StreamContext {
         match fetched {
             Ok(bytes) => Ok(bytes),
             Err(object_store::Error::NotFound { .. }) => {
-                Err(self.part_error(loc, PartFailure::Missing))
+                let error = self.part_error(loc, PartFailure::Missing);
+                Err(if self.versioned {
+                    error.hint(format!("on this versioned bucket a delete through the S3 API may only hide the object behind a delete marker, its locked version kept: `aws s3api list-object-versions --prefix <vault prefix>/{}` shows it, and deleting the marker's version brings it back", loc.key))
+                } else {
+                    error
+                })
             }
             Err(err) => {
                 // A range past the end of a truncated object fails in a
@@ -447,6 +455,7 @@ fn stream_context(
             largest_stored as usize,
             config.readahead + workers + 1,
         )),
+        versioned: vault.immutability().is_some() && vault.s3_access().is_some(),
     })
 }
 
@@ -674,7 +683,19 @@ pub async fn verify_backup_with(
                 Err(e) if is_finding(&e) => {
                     report.parts += 1;
                     sound = false;
-                    report.problems.push(e.to_string());
+                    // A hint beyond "the backup is damaged" tells the
+                    // operator something about this very object.
+                    let specific: Vec<&str> = e
+                        .hints()
+                        .iter()
+                        .map(String::as_str)
+                        .filter(|h| *h != DAMAGED_HINT)
+                        .collect();
+                    report.problems.push(if specific.is_empty() {
+                        e.to_string()
+                    } else {
+                        format!("{e} ({})", specific.join("; "))
+                    });
                 }
                 Err(e) => return Err(e),
             }
@@ -1065,6 +1086,7 @@ mod tests {
             workers: 1,
             pool: Arc::new(BufferPool::new(raw.len(), 1)),
             stored_pool: Arc::new(BufferPool::new(stored.len(), 1)),
+            versioned: false,
         };
         let loc = PartLocation {
             key: Arc::from("data/seg"),
