@@ -650,6 +650,13 @@ async fn cancelled_multipart_upload_leaves_nothing(location: &TestVault) {
     }
     writer.abort().await.unwrap();
     assert_only_metadata(&vault).await;
+    // No object listing shows an unfinished upload: ask for them (on S3,
+    // the bucket's multipart uploads under the vault; in a local vault, the
+    // staging files), with no grace period.
+    let left = strata_core::vault::gc::find_unfinished_uploads(&vault, Duration::ZERO)
+        .await
+        .unwrap();
+    assert!(left.is_empty(), "the upload was aborted: {left:?}");
 }
 
 /// An input that fails after `data`: a pipe whose writer died.

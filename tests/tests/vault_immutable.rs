@@ -495,3 +495,77 @@ fn azure_container_without_a_retention_policy_cannot_hold_an_immutable_vault() {
         .failure(3)
         .stderr_contains("only an object store locks objects");
 }
+
+/// A backup killed in the middle of a segment leaves an S3 multipart upload
+/// that no object listing shows, but that S3 keeps (and bills) until it is
+/// aborted: `vault gc` finds it once older than the grace period and aborts
+/// it; a younger one is left alone.
+#[test]
+fn gc_aborts_multipart_uploads_that_killed_backups_left_on_s3() {
+    let Some(base) = external_base_url(Backend::S3, "gc_multipart") else {
+        return;
+    };
+    let prefix = format!("gc-uploads-{:08x}", rand::random::<u32>());
+    let url = format!("{base}/{prefix}");
+    let bucket = base.trim_start_matches("s3://").to_owned();
+    let dir = TestDir::new("gc-uploads");
+    strata(&url, &dir).args(["vault", "init"]).run().success();
+    // What a killed writer leaves: an upload begun, one part sent.
+    let key =
+        format!("{prefix}/data/stream/nightly/20261201T000000.000Z-0badcafe/data.00000.00000.zst");
+    let (ok, text) = s3_api(
+        "u = s3.create_multipart_upload(Bucket=sys.argv[1], Key=sys.argv[2])\n\
+         s3.upload_part(Bucket=sys.argv[1], Key=sys.argv[2], UploadId=u['UploadId'], PartNumber=1, Body=b'x' * 1024)",
+        &[&bucket, &key],
+    );
+    assert!(ok, "{text}");
+    let uploads = || {
+        let (ok, text) = s3_api(
+            "print(len(s3.list_multipart_uploads(Bucket=sys.argv[1], Prefix=sys.argv[2]).get('Uploads', [])))",
+            &[&bucket, &format!("{prefix}/")],
+        );
+        assert!(ok, "{text}");
+        text.trim().parse::<usize>().unwrap()
+    };
+    assert_eq!(uploads(), 1);
+
+    // Younger than the grace period: a backup may still be writing it.
+    let gc = strata(&url, &dir)
+        .args(["--json", "vault", "gc", "--older-than", "1h"])
+        .run()
+        .success()
+        .json();
+    assert_eq!(gc["unfinished_uploads"], serde_json::json!([]), "{gc}");
+    assert_eq!(uploads(), 1);
+
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let dry = strata(&url, &dir)
+        .args(["--json", "vault", "gc", "--older-than", "1s", "--dry-run"])
+        .run()
+        .success()
+        .json();
+    assert_eq!(
+        dry["unfinished_uploads"][0]["path"],
+        "data/stream/nightly/20261201T000000.000Z-0badcafe/data.00000.00000.zst",
+        "{dry}"
+    );
+    assert!(
+        dry["unfinished_uploads"][0]["upload_id"].is_string(),
+        "{dry}"
+    );
+    assert_eq!(uploads(), 1, "a dry run aborts nothing");
+
+    let gc = strata(&url, &dir)
+        .args(["--json", "vault", "gc", "--older-than", "1s"])
+        .run()
+        .success()
+        .json();
+    assert_eq!(
+        gc["unfinished_uploads_deleted"],
+        serde_json::json!([
+            "data/stream/nightly/20261201T000000.000Z-0badcafe/data.00000.00000.zst"
+        ]),
+        "{gc}"
+    );
+    assert_eq!(uploads(), 0, "the upload is aborted, its parts gone");
+}

@@ -9,11 +9,11 @@
 //!
 //! A killed process also leaves the upload it was in the middle of. In a
 //! local vault that is a staging file (`<object>#<digits>`) that no listing
-//! shows; [`find_unfinished_uploads`] finds those and
-//! [`delete_unfinished_upload`] removes one. Cloud stores keep unfinished
-//! multipart uploads out of sight too: Azure drops uncommitted blocks after
-//! a week, and S3 and GCS buckets need a lifecycle rule that aborts
-//! incomplete multipart uploads.
+//! shows; on S3 an incomplete multipart upload, which no object listing
+//! shows either but S3 keeps and bills until it is aborted.
+//! [`find_unfinished_uploads`] finds both and [`delete_unfinished_upload`]
+//! removes one. Azure drops uncommitted blocks after a week by itself; GCS
+//! buckets need a lifecycle rule that aborts incomplete multipart uploads.
 //!
 //! Safety rules, since a mistake here would delete a backup:
 //! * Only `data/<engine>/<instance>/<id>/` prefixes are considered; WAL and
@@ -183,25 +183,66 @@ pub fn hidden_backup(orphan: &OrphanData) -> Error {
 /// A staging file left in a local vault by an upload that never completed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct UnfinishedUpload {
-    /// Its path, relative to the vault directory.
+    /// Its path, relative to the vault directory (on S3 the key the upload
+    /// was for, relative to the vault's root).
     pub path: String,
-    /// The bytes it holds.
+    /// The bytes it holds (0 on S3, which does not say without listing
+    /// every part).
     pub bytes: u64,
-    /// When it was last written.
+    /// When it was last written (on S3, when the upload began).
     pub modified: DateTime<Utc>,
+    /// The S3 multipart upload's id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upload_id: Option<String>,
 }
 
-/// The staging files in a local `vault` last written longer than `grace`
-/// ago, oldest first. A running upload writes its staging file at every
-/// part, so the grace keeps it safe. Other stores have none to list.
+/// The uploads left unfinished longer than `grace` ago, oldest first: in a
+/// local `vault` the staging files (a running upload writes its staging
+/// file at every part, so the grace keeps it safe); on S3 the multipart
+/// uploads begun under the vault's root and never completed or aborted
+/// (S3 keeps them, and bills their parts, until they are aborted; no
+/// object listing shows them; a segment's upload takes minutes, so the
+/// grace keeps a running one safe). Other stores have none to list.
 pub async fn find_unfinished_uploads(
     vault: &Vault,
     grace: Duration,
 ) -> Result<Vec<UnfinishedUpload>> {
+    let cutoff = cutoff(grace);
+    if let Some(s3) = vault.s3_access() {
+        let root = vault.path("");
+        let prefix = if root.as_ref().is_empty() {
+            String::new()
+        } else {
+            format!("{root}/")
+        };
+        let mut found = Vec::new();
+        for (key, upload_id, initiated) in s3.multipart_uploads(&prefix).await? {
+            // Last written: its newest part, or when it began (a store may
+            // report the beginning wrongly; the parts' times are the ones
+            // a running upload keeps moving).
+            let modified = s3
+                .last_part_written(&key, &upload_id)
+                .await?
+                .map_or(initiated, |part| part.max(initiated));
+            if modified < cutoff {
+                found.push(UnfinishedUpload {
+                    path: key.strip_prefix(&prefix).unwrap_or(&key).to_owned(),
+                    bytes: 0,
+                    modified,
+                    upload_id: Some(upload_id),
+                });
+            }
+        }
+        found.sort_by(|a, b| {
+            a.modified
+                .cmp(&b.modified)
+                .then_with(|| a.path.cmp(&b.path))
+        });
+        return Ok(found);
+    }
     let Some(root) = vault.local_dir() else {
         return Ok(Vec::new());
     };
-    let cutoff = cutoff(grace);
     tokio::task::spawn_blocking(move || {
         let mut found = Vec::new();
         let mut dirs = vec![root.clone()];
@@ -227,6 +268,7 @@ pub async fn find_unfinished_uploads(
                         path: relative(&root, &entry.path()),
                         bytes: meta.len(),
                         modified,
+                        upload_id: None,
                     });
                 }
             }
@@ -253,6 +295,13 @@ fn relative(root: &Path, path: &Path) -> String {
 /// was found (then an upload is running after all, and it stays). A backup
 /// directory left empty goes too, as it would after deleting objects.
 pub async fn delete_unfinished_upload(vault: &Vault, upload: &UnfinishedUpload) -> Result<()> {
+    if let (Some(s3), Some(upload_id)) = (vault.s3_access(), &upload.upload_id) {
+        // Parts of an abandoned upload are no object yet: nothing a lock or
+        // a manifest protects.
+        return s3
+            .abort_upload(vault.path(&upload.path).as_ref(), upload_id)
+            .await;
+    }
     let Some(root) = vault.local_dir() else {
         return Ok(());
     };

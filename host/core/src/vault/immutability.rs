@@ -326,6 +326,142 @@ impl S3Access {
         Ok(text.contains(&format!("<Key>{}</Key>", xml_escape(key))))
     }
 
+    /// The multipart uploads begun and never completed or aborted under
+    /// `prefix`: `(key, upload id, initiated)`. S3 keeps them (and bills
+    /// their parts) until they are aborted; no object listing shows them.
+    pub(crate) async fn multipart_uploads(
+        &self,
+        prefix: &str,
+    ) -> Result<Vec<(String, String, DateTime<Utc>)>> {
+        let mut found = Vec::new();
+        let mut markers: Option<(String, String)> = None;
+        loop {
+            let mut url = format!(
+                "{}?uploads=&prefix={}",
+                self.bucket_url,
+                encode(prefix, false)
+            );
+            if let Some((key, id)) = &markers {
+                url.push_str(&format!(
+                    "&key-marker={}&upload-id-marker={}",
+                    encode(key, false),
+                    encode(id, false)
+                ));
+            }
+            let (status, body) = self.send(http::Method::GET, &url, Vec::new(), &[]).await?;
+            let text = String::from_utf8_lossy(&body);
+            if !status.is_success() {
+                return Err(s3_error(
+                    "listing the unfinished uploads of",
+                    &self.bucket,
+                    status,
+                    &text,
+                ));
+            }
+            for upload in text.split("<Upload>").skip(1) {
+                let (Some(key), Some(id), Some(initiated)) = (
+                    xml_value(upload, "Key"),
+                    xml_value(upload, "UploadId"),
+                    xml_value(upload, "Initiated"),
+                ) else {
+                    continue;
+                };
+                let Ok(initiated) = DateTime::parse_from_rfc3339(&initiated) else {
+                    continue;
+                };
+                found.push((
+                    xml_unescape(&key),
+                    xml_unescape(&id),
+                    initiated.with_timezone(&Utc),
+                ));
+            }
+            if xml_value(&text, "IsTruncated").as_deref() != Some("true") {
+                return Ok(found);
+            }
+            match (
+                xml_value(&text, "NextKeyMarker"),
+                xml_value(&text, "NextUploadIdMarker"),
+            ) {
+                (Some(key), Some(id)) => markers = Some((xml_unescape(&key), xml_unescape(&id))),
+                _ => return Ok(found),
+            }
+        }
+    }
+
+    /// When upload `upload_id` of `key` was last written: its newest part's
+    /// time, `None` for an upload with no part yet.
+    pub(crate) async fn last_part_written(
+        &self,
+        key: &str,
+        upload_id: &str,
+    ) -> Result<Option<DateTime<Utc>>> {
+        let mut newest: Option<DateTime<Utc>> = None;
+        let mut marker: Option<String> = None;
+        loop {
+            let mut url = format!(
+                "{}/{}?uploadId={}",
+                self.bucket_url,
+                encode(key, true),
+                encode(upload_id, false)
+            );
+            if let Some(marker) = &marker {
+                url.push_str(&format!("&part-number-marker={marker}"));
+            }
+            let (status, body) = self.send(http::Method::GET, &url, Vec::new(), &[]).await?;
+            let text = String::from_utf8_lossy(&body);
+            if status.as_u16() == 404 {
+                return Ok(newest);
+            }
+            if !status.is_success() {
+                return Err(s3_error(
+                    &format!("listing the parts of {key} in"),
+                    &self.bucket,
+                    status,
+                    &text,
+                ));
+            }
+            for part in text.split("<Part>").skip(1) {
+                if let Some(written) = xml_value(part, "LastModified")
+                    .and_then(|t| DateTime::parse_from_rfc3339(&t).ok())
+                {
+                    let written = written.with_timezone(&Utc);
+                    newest = Some(newest.map_or(written, |n| n.max(written)));
+                }
+            }
+            if xml_value(&text, "IsTruncated").as_deref() != Some("true") {
+                return Ok(newest);
+            }
+            match xml_value(&text, "NextPartNumberMarker") {
+                Some(next) => marker = Some(next),
+                None => return Ok(newest),
+            }
+        }
+    }
+
+    /// Aborts multipart upload `upload_id` of `key` (a full key in the
+    /// bucket), deleting its parts. An upload already gone is fine.
+    pub(crate) async fn abort_upload(&self, key: &str, upload_id: &str) -> Result<()> {
+        let url = format!(
+            "{}/{}?uploadId={}",
+            self.bucket_url,
+            encode(key, true),
+            encode(upload_id, false)
+        );
+        let (status, body) = self
+            .send(http::Method::DELETE, &url, Vec::new(), &[])
+            .await?;
+        if status.is_success() || status.as_u16() == 404 {
+            Ok(())
+        } else {
+            Err(s3_error(
+                &format!("aborting the upload of {key} in"),
+                &self.bucket,
+                status,
+                &String::from_utf8_lossy(&body),
+            ))
+        }
+    }
+
     /// Deletes version `version` of `path`; a refusal by the lock is
     /// [`Deletion::Locked`].
     pub(crate) async fn delete_version(&self, path: &Path, version: &str) -> Result<Deletion> {
@@ -368,6 +504,15 @@ fn xml_escape(text: &str) -> String {
         .replace('>', "&gt;")
         .replace('"', "&quot;")
         .replace('\'', "&apos;")
+}
+
+/// The inverse of [`xml_escape`].
+fn xml_unescape(text: &str) -> String {
+    text.replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&quot;", "\"")
+        .replace("&apos;", "'")
+        .replace("&amp;", "&")
 }
 
 /// Percent-encodes everything but unreserved characters (and `/` when
