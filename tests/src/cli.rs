@@ -285,12 +285,8 @@ impl RunOutput {
     /// # Panics
     /// When it does not, with both outputs.
     pub fn stderr_contains(self, text: &str) -> RunOutput {
-        assert!(
-            self.stderr_text().contains(text),
-            "{}",
-            self.describe(&format!("to say `{text}` on stderr"))
-        );
-        self
+        let said = self.stderr_text();
+        self.says(&said, "stderr", text)
     }
 
     /// Asserts that standard output contains `text` and returns the output.
@@ -298,10 +294,15 @@ impl RunOutput {
     /// # Panics
     /// When it does not, with both outputs.
     pub fn stdout_contains(self, text: &str) -> RunOutput {
+        let said = self.stdout_text();
+        self.says(&said, "stdout", text)
+    }
+
+    fn says(self, said: &str, stream: &str, text: &str) -> RunOutput {
         assert!(
-            self.stdout_text().contains(text),
+            said.contains(text),
             "{}",
-            self.describe(&format!("to say `{text}` on stdout"))
+            self.describe(&format!("to say `{text}` on {stream}"))
         );
         self
     }

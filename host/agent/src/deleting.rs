@@ -202,7 +202,12 @@ pub async fn undelete(args: UndeleteArgs, ctx: &Context) -> Result<()> {
     }
     let mut back = Vec::new();
     for id in &wanted {
-        let manifest = vault.undelete(id).await?;
+        // The tombstones were read once above; an id without one gets
+        // undelete's own error.
+        let manifest = match deleted.iter().find(|t| &t.manifest.id == id) {
+            Some(tombstone) => vault.undelete_from(tombstone.clone()).await?,
+            None => vault.undelete(id).await?,
+        };
         if let Some(index) = &index
             && let Err(err) = index.record(&vault.meta().vault_id, &manifest)
         {

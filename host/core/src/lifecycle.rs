@@ -446,7 +446,7 @@ impl Host {
         // A soft-deleted backup keeps the log its own consistency needs, so
         // that an undelete gives back a backup that restores: those this
         // pass deletes, and those deleted earlier and not purged yet.
-        let keeps_deleted_data = vault.soft_delete_days() > 0 || vault.immutability().is_some();
+        let keeps_deleted_data = vault.deleted_data_days() > 0;
         let mut kept: Vec<Manifest> = manifests
             .iter()
             .filter(|m| keeps_deleted_data || report.plan.keeps(&m.id))

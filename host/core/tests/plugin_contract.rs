@@ -335,6 +335,19 @@ async fn a_new_backup_builds_only_on_a_chain_that_reaches_a_full() {
     assert_eq!(next_base, diff_id, "never on a broken chain");
 }
 
+/// An expiry pass over the toy's whole instance, in UTC.
+async fn expire(
+    host: &Host,
+    toy: &Toy,
+    policy: &strata_core::catalog::retention::Retention,
+    now: DateTime<Utc>,
+    dry_run: bool,
+) -> strata_core::lifecycle::ExpiryReport {
+    host.expire(toy, &whole(), policy, now, chrono_tz::Tz::UTC, dry_run)
+        .await
+        .unwrap()
+}
+
 /// The backups whose data an expiry pass purged.
 fn purged(report: &strata_core::lifecycle::ExpiryReport) -> Vec<&str> {
     report.purge.purged.iter().map(|i| i.as_str()).collect()
@@ -365,17 +378,7 @@ async fn an_interrupted_expiry_is_finished_by_the_next_pass_and_keeps_what_it_ke
         daily: 1,
         ..Retention::default()
     };
-    let dry = host
-        .expire(
-            &toy,
-            &whole(),
-            &policy,
-            Utc::now(),
-            chrono_tz::Tz::UTC,
-            true,
-        )
-        .await
-        .unwrap();
+    let dry = expire(&host, &toy, &policy, Utc::now(), true).await;
     let expired: Vec<&str> = dry.plan.expire.iter().map(|e| e.id.as_str()).collect();
     assert_eq!(expired, [old_diff.as_str(), old.as_str()], "newest first");
     assert_eq!(
@@ -410,17 +413,7 @@ async fn an_interrupted_expiry_is_finished_by_the_next_pass_and_keeps_what_it_ke
     let segment = victim.streams[0].segments[0].key.clone();
     assert!(vault.get_bytes(&segment).await.is_ok());
 
-    let report = host
-        .expire(
-            &toy,
-            &whole(),
-            &policy,
-            Utc::now(),
-            chrono_tz::Tz::UTC,
-            false,
-        )
-        .await
-        .unwrap();
+    let report = expire(&host, &toy, &policy, Utc::now(), false).await;
     // The tombstone from before soft delete has no purge date: it is
     // finished at once.
     assert_eq!(purged(&report), [old_diff.as_str()]);
@@ -445,10 +438,7 @@ async fn an_interrupted_expiry_is_finished_by_the_next_pass_and_keeps_what_it_ke
     assert!(asked.contains(&old), "{asked:?}");
     // A pass after the period purges it.
     let later = Utc::now() + chrono::Duration::days(i64::from(vault.soft_delete_days()) + 1);
-    let report = host
-        .expire(&toy, &whole(), &policy, later, chrono_tz::Tz::UTC, false)
-        .await
-        .unwrap();
+    let report = expire(&host, &toy, &policy, later, false).await;
     assert_eq!(purged(&report), [old.as_str()]);
     assert!(vault.list_keys(&old_full_segment).await.unwrap().is_empty());
     let asked = toy.kept_for_log.lock().unwrap().last().cloned().unwrap();
@@ -490,17 +480,7 @@ async fn expiry_of_a_database_without_backups_is_a_no_op() {
         daily: 1,
         ..Retention::default()
     };
-    let report = host
-        .expire(
-            &toy,
-            &whole(),
-            &policy,
-            Utc::now(),
-            chrono_tz::Tz::UTC,
-            false,
-        )
-        .await
-        .unwrap();
+    let report = expire(&host, &toy, &policy, Utc::now(), false).await;
     assert!(report.plan.keep.is_empty() && report.plan.expire.is_empty());
     assert_eq!(report.deleted_backups + report.deleted_log, 0);
 }

@@ -92,11 +92,18 @@ impl Vault {
     /// lock's end; on S3 the object's version is deleted, leaving no delete
     /// marker.
     pub async fn delete_object(&self, key: &str) -> Result<Deletion> {
-        if let locked @ Deletion::Locked { .. } = self.lock_of(key).await? {
+        if self.immutability().is_none() {
+            return immutability::delete_now(self.store(), None, &self.path(key)).await;
+        }
+        // One HEAD: the write time decides the lock, the version what an
+        // S3 delete removes.
+        let Some(meta) = self.head(key).await? else {
+            return Ok(Deletion::Deleted);
+        };
+        if let locked @ Deletion::Locked { .. } = self.lock_at(&meta) {
             return Ok(locked);
         }
-        let s3 = self.immutability().and(self.s3_access());
-        immutability::delete_now(self.store(), s3, &self.path(key)).await
+        immutability::delete_known(self.store(), self.s3_access(), &meta).await
     }
 
     /// What [`Vault::delete_object`] would come to by the vault's own lock
@@ -104,20 +111,32 @@ impl Vault {
     /// lock's end, or [`Deletion::Deleted`] (also for an object that is
     /// not there).
     pub async fn lock_of(&self, key: &str) -> Result<Deletion> {
-        let Some(lock) = self.immutability() else {
+        if self.immutability().is_none() {
             return Ok(Deletion::Deleted);
-        };
-        let meta = match self.store().head(&self.path(key)).await {
-            Ok(meta) => meta,
-            Err(object_store::Error::NotFound { .. }) => return Ok(Deletion::Deleted),
-            Err(e) => return Err(Error::from(e).context(format!("checking {key}"))),
-        };
-        let until = lock.locked_until(meta.last_modified);
-        Ok(if until > self.now() {
-            Deletion::Locked { until: Some(until) }
-        } else {
-            Deletion::Deleted
+        }
+        Ok(match self.head(key).await? {
+            Some(meta) => self.lock_at(&meta),
+            None => Deletion::Deleted,
         })
+    }
+
+    /// The vault's lock rule for an object of metadata `meta`.
+    fn lock_at(&self, meta: &object_store::ObjectMeta) -> Deletion {
+        match self.immutability() {
+            Some(lock) if lock.locked_until(meta.last_modified) > self.now() => Deletion::Locked {
+                until: Some(lock.locked_until(meta.last_modified)),
+            },
+            _ => Deletion::Deleted,
+        }
+    }
+
+    /// The metadata of the object at `key`, `None` when there is none.
+    async fn head(&self, key: &str) -> Result<Option<object_store::ObjectMeta>> {
+        match self.store().head(&self.path(key)).await {
+            Ok(meta) => Ok(Some(meta)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(Error::from(e).context(format!("checking {key}"))),
+        }
     }
 
     /// Deletes a backup for `reason`: a tombstone, then the manifest; the
@@ -127,17 +146,8 @@ impl Vault {
     /// is still locked is left as it is: [`Deletion::Locked`].
     pub async fn delete_backup(&self, manifest: &Manifest, reason: &str) -> Result<Deletion> {
         let manifest_key = layout::manifest_key(&manifest.engine, &manifest.instance, &manifest.id);
-        if let Some(lock) = self.immutability() {
-            match self.store().head(&self.path(&manifest_key)).await {
-                Ok(meta) => {
-                    let until = lock.locked_until(meta.last_modified);
-                    if until > self.now() {
-                        return Ok(Deletion::Locked { until: Some(until) });
-                    }
-                }
-                Err(object_store::Error::NotFound { .. }) => {}
-                Err(e) => return Err(Error::from(e).context(format!("checking {manifest_key}"))),
-            }
+        if let locked @ Deletion::Locked { .. } = self.lock_of(&manifest_key).await? {
+            return Ok(locked);
         }
         let now = self.now();
         let keep_days = self.deleted_data_days();
@@ -284,19 +294,13 @@ impl Vault {
     /// Whether the object at `key` exists and was written after the one at
     /// `other` (by the store's clock).
     async fn written_after(&self, key: &str, other: &str) -> Result<bool> {
-        let head = |key: String| async move {
-            match self.store().head(&self.path(&key)).await {
-                Ok(meta) => Ok(Some(meta.last_modified)),
-                Err(object_store::Error::NotFound { .. }) => Ok(None),
-                Err(e) => Err(Error::from(e).context(format!("checking {key}"))),
-            }
-        };
-        let Some(written) = head(key.to_owned()).await? else {
+        let Some(written) = self.head(key).await? else {
             return Ok(false);
         };
-        Ok(head(other.to_owned())
+        Ok(self
+            .head(other)
             .await?
-            .is_some_and(|other| written > other))
+            .is_some_and(|other| written.last_modified > other.last_modified))
     }
 
     /// Whether the first segment of `manifest` is still stored (true for a
@@ -305,11 +309,7 @@ impl Vault {
         let Some(segment) = manifest.streams.iter().flat_map(|s| &s.segments).next() else {
             return Ok(true);
         };
-        match self.store().head(&self.path(&segment.key)).await {
-            Ok(_) => Ok(true),
-            Err(object_store::Error::NotFound { .. }) => Ok(false),
-            Err(e) => Err(Error::from(e).context(format!("checking {}", segment.key))),
-        }
+        Ok(self.head(&segment.key).await?.is_some())
     }
 
     async fn first_segment_lock(&self, manifest: &Manifest) -> Result<Deletion> {
@@ -336,36 +336,33 @@ impl Vault {
     /// tombstone.
     ///
     /// # Errors
-    /// [`ErrorKind::NotFound`] when no deleted backup has that id, or its
-    /// base is deleted too; [`ErrorKind::Integrity`] when its data was
-    /// purged.
+    /// [`ErrorKind::NotFound`] when no deleted backup has that id, its base
+    /// is deleted too, or its data was purged.
     pub async fn undelete(&self, id: &BackupId) -> Result<Manifest> {
-        let Some((key, tombstone)) = self
-            .tombstones(layout::DELETED)
-            .await?
-            .into_iter()
-            .find(|(_, t)| &t.manifest.id == id)
-        else {
+        let deleted = self.deleted_backups().await?;
+        let Some(tombstone) = deleted.into_iter().find(|t| &t.manifest.id == id) else {
             return Err(Error::not_found(format!("there is no deleted backup {id}"))
                 .hint("`strata list --deleted` shows the deleted backups that can still be brought back"));
         };
+        self.undelete_from(tombstone).await
+    }
+
+    /// [`Vault::undelete`] of a tombstone already read
+    /// ([`Vault::deleted_backups`]).
+    pub async fn undelete_from(&self, tombstone: Tombstone) -> Result<Manifest> {
         let manifest = tombstone.manifest;
+        let id = &manifest.id;
+        let key = layout::tombstone_key(&manifest.engine, &manifest.instance, id);
         for stream in &manifest.streams {
             for segment in &stream.segments {
-                match self.store().head(&self.path(&segment.key)).await {
-                    Ok(_) => {}
-                    Err(object_store::Error::NotFound { .. }) => {
-                        return Err(Error::not_found(format!(
-                            "backup {id} cannot be brought back: its data was purged, or partly purged ({} is gone)",
-                            segment.key
-                        ))
-                        .hint(format!(
-                            "the next `strata vault gc` finishes the purge and removes the tombstone {key}"
-                        )));
-                    }
-                    Err(e) => {
-                        return Err(Error::from(e).context(format!("checking {}", segment.key)));
-                    }
+                if self.head(&segment.key).await?.is_none() {
+                    return Err(Error::not_found(format!(
+                        "backup {id} cannot be brought back: its data was purged, or partly purged ({} is gone)",
+                        segment.key
+                    ))
+                    .hint(format!(
+                        "the next `strata vault gc` finishes the purge and removes the tombstone {key}"
+                    )));
                 }
             }
         }
@@ -399,11 +396,7 @@ impl Vault {
             .list_keys(layout::DELETED)
             .await?
             .into_iter()
-            .filter_map(|key| {
-                key.strip_prefix(&format!("{}/", layout::DELETED))
-                    .and_then(|rest| rest.strip_suffix(".json"))
-                    .map(str::to_owned)
-            })
+            .filter_map(|key| layout::backup_of_key(layout::DELETED, &key))
             .collect())
     }
 }

@@ -82,11 +82,7 @@ pub async fn find_orphans(vault: &Vault, grace: Duration) -> Result<Vec<OrphanDa
         .list_keys(layout::MANIFESTS)
         .await?
         .into_iter()
-        .filter_map(|key| {
-            key.strip_prefix(&format!("{}/", layout::MANIFESTS))
-                .and_then(|rest| rest.strip_suffix(".json"))
-                .map(str::to_owned)
-        })
+        .filter_map(|key| layout::backup_of_key(layout::MANIFESTS, &key))
         .collect();
     committed.extend(vault.tombstoned_prefixes().await?);
     let objects: Vec<object_store::ObjectMeta> = vault

@@ -156,7 +156,10 @@ pub enum BucketLock {
 #[derive(Debug)]
 pub(crate) struct S3Access {
     s3: Arc<AmazonS3>,
-    http: HttpClient,
+    /// The store's client options; the HTTP client is made from them at
+    /// the first request, since most opens of an S3 vault send none.
+    options: object_store::ClientOptions,
+    http: std::sync::OnceLock<HttpClient>,
     bucket: String,
     bucket_url: String,
     region: String,
@@ -170,7 +173,7 @@ impl S3Access {
         bucket: &str,
         s3: Arc<AmazonS3>,
         options: &object_store::ClientOptions,
-    ) -> Result<S3Access> {
+    ) -> S3Access {
         let value = |key| builder.get_config_value(&key);
         let bucket = value(AmazonS3ConfigKey::Bucket).unwrap_or_else(|| bucket.to_owned());
         let region = value(AmazonS3ConfigKey::Region).unwrap_or_else(|| "us-east-1".to_owned());
@@ -181,16 +184,14 @@ impl S3Access {
             Some(endpoint) => format!("{}/{bucket}", endpoint.trim_end_matches('/')),
             None => format!("https://s3.{region}.amazonaws.com/{bucket}"),
         };
-        let http = ReqwestConnector::default()
-            .connect(options)
-            .map_err(Error::from)?;
-        Ok(S3Access {
+        S3Access {
             s3,
-            http,
+            options: options.clone(),
+            http: std::sync::OnceLock::new(),
             bucket,
             bucket_url,
             region,
-        })
+        }
     }
 
     /// The bucket's name.
@@ -198,14 +199,15 @@ impl S3Access {
         &self.bucket
     }
 
-    /// Sends one signed request; returns the status and body.
+    /// Sends one signed request; returns the status and the body as text
+    /// (S3 answers in XML).
     async fn send(
         &self,
         method: http::Method,
         url: &str,
         body: Vec<u8>,
         headers: &[(&str, String)],
-    ) -> Result<(http::StatusCode, bytes::Bytes)> {
+    ) -> Result<(http::StatusCode, String)> {
         let credential = self.s3.credentials().get_credential().await?;
         let mut builder = http::Request::builder().method(method.clone()).uri(url);
         for (name, value) in headers {
@@ -217,7 +219,16 @@ impl S3Access {
         AwsAuthorizer::new(&credential, "s3", &self.region)
             .try_authorize(&mut request, None)
             .map_err(Error::from)?;
-        let response = self.http.execute(request).await.map_err(|e| {
+        let http = match self.http.get() {
+            Some(http) => http,
+            None => {
+                let made = ReqwestConnector::default()
+                    .connect(&self.options)
+                    .map_err(Error::from)?;
+                self.http.get_or_init(|| made)
+            }
+        };
+        let response = http.execute(request).await.map_err(|e| {
             Error::storage(format!("S3 request {method} {url} failed: {e}")).retryable(true)
         })?;
         let status = response.status();
@@ -225,14 +236,13 @@ impl S3Access {
             response.into_body().bytes().await.map_err(|e| {
                 Error::storage(format!("reading the answer to {method} {url}: {e}"))
             })?;
-        Ok((status, body))
+        Ok((status, String::from_utf8_lossy(&body).into_owned()))
     }
 
     /// The bucket's Object Lock configuration.
     pub(crate) async fn bucket_lock(&self) -> Result<BucketLock> {
         let url = format!("{}?object-lock=", self.bucket_url);
-        let (status, body) = self.send(http::Method::GET, &url, Vec::new(), &[]).await?;
-        let text = String::from_utf8_lossy(&body);
+        let (status, text) = self.send(http::Method::GET, &url, Vec::new(), &[]).await?;
         if status.as_u16() == 404 && text.contains("ObjectLockConfigurationNotFound") {
             return Ok(BucketLock::Disabled);
         }
@@ -298,7 +308,7 @@ impl S3Access {
                 "setting the default retention of",
                 &self.bucket,
                 status,
-                &String::from_utf8_lossy(&answer),
+                &answer,
             ))
         }
     }
@@ -313,8 +323,7 @@ impl S3Access {
             self.bucket_url,
             encode(key, false)
         );
-        let (status, body) = self.send(http::Method::GET, &url, Vec::new(), &[]).await?;
-        let text = String::from_utf8_lossy(&body);
+        let (status, text) = self.send(http::Method::GET, &url, Vec::new(), &[]).await?;
         if !status.is_success() {
             return Err(s3_error(
                 &format!("listing the versions of {key} in"),
@@ -348,8 +357,7 @@ impl S3Access {
                     encode(id, false)
                 ));
             }
-            let (status, body) = self.send(http::Method::GET, &url, Vec::new(), &[]).await?;
-            let text = String::from_utf8_lossy(&body);
+            let (status, text) = self.send(http::Method::GET, &url, Vec::new(), &[]).await?;
             if !status.is_success() {
                 return Err(s3_error(
                     "listing the unfinished uploads of",
@@ -407,8 +415,7 @@ impl S3Access {
             if let Some(marker) = &marker {
                 url.push_str(&format!("&part-number-marker={marker}"));
             }
-            let (status, body) = self.send(http::Method::GET, &url, Vec::new(), &[]).await?;
-            let text = String::from_utf8_lossy(&body);
+            let (status, text) = self.send(http::Method::GET, &url, Vec::new(), &[]).await?;
             if status.as_u16() == 404 {
                 return Ok(newest);
             }
@@ -447,7 +454,7 @@ impl S3Access {
             encode(key, true),
             encode(upload_id, false)
         );
-        let (status, body) = self
+        let (status, text) = self
             .send(http::Method::DELETE, &url, Vec::new(), &[])
             .await?;
         if status.is_success() || status.as_u16() == 404 {
@@ -457,7 +464,7 @@ impl S3Access {
                 &format!("aborting the upload of {key} in"),
                 &self.bucket,
                 status,
-                &String::from_utf8_lossy(&body),
+                &text,
             ))
         }
     }
@@ -471,10 +478,9 @@ impl S3Access {
             encode(path.as_ref(), true),
             encode(version, false)
         );
-        let (status, body) = self
+        let (status, text) = self
             .send(http::Method::DELETE, &url, Vec::new(), &[])
             .await?;
-        let text = String::from_utf8_lossy(&body);
         match status.as_u16() {
             200..=299 => Ok(Deletion::Deleted),
             404 => Ok(Deletion::Deleted),
@@ -573,10 +579,25 @@ pub(crate) async fn delete_now(
             Err(object_store::Error::NotFound { .. }) => return Ok(Deletion::Deleted),
             Err(e) => return Err(Error::from(e).context(format!("checking {path}"))),
         };
-        if let Some(version) = &meta.version {
-            return s3.delete_version(path, version).await;
-        }
+        return delete_known(store, Some(s3), &meta).await;
     }
+    delete_known_path(store, path).await
+}
+
+/// [`delete_now`] of an object whose metadata was just read: on S3 its
+/// version goes, with no second HEAD.
+pub(crate) async fn delete_known(
+    store: &Arc<dyn ObjectStore>,
+    s3: Option<&S3Access>,
+    meta: &object_store::ObjectMeta,
+) -> Result<Deletion> {
+    if let (Some(s3), Some(version)) = (s3, &meta.version) {
+        return s3.delete_version(&meta.location, version).await;
+    }
+    delete_known_path(store, &meta.location).await
+}
+
+async fn delete_known_path(store: &Arc<dyn ObjectStore>, path: &Path) -> Result<Deletion> {
     match store.delete(path).await {
         Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(Deletion::Deleted),
         Err(e) if is_lock_refusal(&e) => Ok(Deletion::Locked { until: None }),

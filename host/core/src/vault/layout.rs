@@ -97,6 +97,15 @@ pub fn tombstone_prefix(engine: &str, instance: &str) -> String {
     )
 }
 
+/// The `<engine>/<instance>/<backup-id>` of a manifest or tombstone key
+/// under `top` ([`MANIFESTS`] or [`DELETED`]), as it appears in data keys.
+pub fn backup_of_key(top: &str, key: &str) -> Option<String> {
+    key.strip_prefix(top)?
+        .strip_prefix('/')?
+        .strip_suffix(".json")
+        .map(str::to_owned)
+}
+
 /// Joins a root and relative components into an object path.
 pub fn join(root: &Path, parts: &[&str]) -> Path {
     let mut path = root.clone();

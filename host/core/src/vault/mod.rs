@@ -318,7 +318,7 @@ fn build_store_with_access(
                     .map_err(|e| config_store_error(raw, e))?,
             );
             let bucket = url.host_str().unwrap_or_default();
-            let access = immutability::S3Access::new(&builder, bucket, s3.clone(), &options)?;
+            let access = immutability::S3Access::new(&builder, bucket, s3.clone(), &options);
             return Ok((s3, root, Some(access)));
         }
         ObjectStoreScheme::MicrosoftAzure => {
