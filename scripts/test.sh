@@ -10,7 +10,9 @@
 #      STRATA_REQUIRE_EMULATORS=1, so no object-store backend is skipped
 #   6. under CI (or with STRATA_TEST_PACKAGE=1): scripts/test-package.sh, which
 #      builds the Debian package and installs, upgrades and removes it here
-#   7. the emulators are stopped, whatever happened, and a summary printed
+#   7. the emulators are stopped, whatever happened, and a summary printed;
+#      tests marked #[ignore] and tests that recorded a skip at run time
+#      (tests/src/skip.rs) are counted as skipped, never as passed
 #
 # Usage: scripts/test.sh [--skip-lint] [-- <extra arguments for the test runner>]
 #   --skip-lint   skip step 2 (for quick local runs; CI never skips it)
@@ -33,7 +35,7 @@ while (($#)); do
         break
         ;;
     -h | --help)
-        sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'
+        awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"
         exit 0
         ;;
     *)
@@ -126,6 +128,10 @@ passed=0
 failed=0
 skipped=0
 test_status=0
+# Tests that find something missing at run time (an emulator, root) list
+# themselves here; the runner counted them as passed, the summary does not.
+export STRATA_SKIP_LOG="$RUN_DIR/skipped.log"
+: >"$STRATA_SKIP_LOG"
 
 # Adds the counts of nextest's closing line ("N tests run: A passed, B failed, C skipped").
 count_nextest() {
@@ -217,6 +223,14 @@ if [[ -n "${CI:-}" || -n "${STRATA_TEST_PACKAGE:-}" ]]; then
 else
     record package "skipped: installs a package on this machine; set STRATA_TEST_PACKAGE=1 (CI always runs it)"
     skipped=$((skipped + 1))
+fi
+runtime_skips=$(wc -l <"$STRATA_SKIP_LOG")
+if ((runtime_skips > 0)); then
+    passed=$((passed - runtime_skips))
+    skipped=$((skipped + runtime_skips))
+    echo
+    echo "==> skipped at run time (counted as skipped, not passed)"
+    sed 's/^/  /; s/\t/: /' "$STRATA_SKIP_LOG"
 fi
 summary
 echo "tests: $passed passed, $failed failed, $skipped skipped"

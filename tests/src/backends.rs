@@ -98,10 +98,12 @@ pub fn external_base_url(backend: Backend, test: &str) -> Option<String> {
                     backend.name()
                 );
             }
-            eprintln!(
-                "skipping {test} on {}: {variable} is not set \
-                 (run `scripts/emulators.sh start` and `source .work/emulators.env`)",
-                backend.name()
+            crate::skip::skipped(
+                &format!("{test} on {}", backend.name()),
+                &format!(
+                    "{variable} is not set (run `scripts/emulators.sh start` \
+                     and `source .work/emulators.env`)"
+                ),
             );
             None
         }

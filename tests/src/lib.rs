@@ -20,6 +20,8 @@
 //! - [`data`]: deterministic test data (incompressible or compressible) and
 //!   its BLAKE3 digest.
 //! - [`net::free_port`]: a free TCP port on loopback for a server a test starts.
+//! - [`skip::skipped`]: a test that cannot run here records it, and
+//!   `scripts/test.sh` counts it as skipped, not passed.
 //!
 //! ```no_run
 //! use strata_e2e::backends::{Backend, TestVault};
@@ -41,3 +43,4 @@ pub mod fixture;
 pub mod hana;
 pub mod net;
 pub mod pg;
+pub mod skip;

@@ -584,7 +584,10 @@ impl Drop for SmallDisk {
 #[test]
 fn a_restore_onto_a_full_disk_names_the_disk_and_the_file() {
     if !strata_e2e::pg::running_as_root() {
-        eprintln!("skipped: mounting a small file system needs root");
+        strata_e2e::skip::skipped(
+            "a_restore_onto_a_full_disk_names_the_disk_and_the_file",
+            "mounting a small file system needs root",
+        );
         return;
     }
     let env = PgStrata::new("pg_enospc");
