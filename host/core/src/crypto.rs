@@ -250,8 +250,16 @@ mod tests {
         let opened = vault.open_data_key("b1", &wrapped).unwrap();
         assert_eq!(opened.open_part("b1", 0, 7, &sealed).unwrap(), b"hello");
         // Moved part, other backup, other key: all refused.
-        assert!(opened.open_part("b1", 0, 8, &sealed).is_err());
-        assert!(vault.open_data_key("b2", &wrapped).is_err());
+        let moved = opened.open_part("b1", 0, 8, &sealed).unwrap_err();
+        assert_eq!(moved.kind(), crate::ErrorKind::Integrity);
+        assert!(
+            moved.to_string().contains("part 8 of stream 0 failed authentication"),
+            "{moved}"
+        );
+        let other_backup = opened.open_part("b2", 0, 7, &sealed).unwrap_err();
+        assert_eq!(other_backup.kind(), crate::ErrorKind::Integrity);
+        let moved_key = vault.open_data_key("b2", &wrapped).err().unwrap();
+        assert_eq!(moved_key.kind(), crate::ErrorKind::Crypto);
         let other = VaultKey::generate();
         let err = other.open_data_key("b1", &wrapped).unwrap_err();
         assert_eq!(err.kind(), crate::ErrorKind::Crypto);

@@ -266,7 +266,10 @@ mod tests {
         a.await.unwrap();
         let listed: Vec<ObjectMeta> = store.list(None).try_collect().await.unwrap();
         assert!(listed.is_empty(), "{listed:?}");
-        assert!(store.get(&path).await.is_err());
+        assert!(matches!(
+            store.get(&path).await,
+            Err(object_store::Error::NotFound { .. })
+        ));
         upload.complete().await.unwrap();
         let back = store.get(&path).await.unwrap().bytes().await.unwrap();
         assert_eq!(back.len(), first.len() + second.len());

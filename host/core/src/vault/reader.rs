@@ -988,7 +988,8 @@ mod tests {
 
         let err = restore(&vault, &manifest, "nope").await.unwrap_err();
         assert_eq!(err.kind(), ErrorKind::NotFound);
-        assert!(err.hint_text().unwrap().contains("db"));
+        assert!(err.to_string().ends_with("has no stream `nope`"), "{err}");
+        assert_eq!(err.hint_text().unwrap(), "its streams are: db");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
