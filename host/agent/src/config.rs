@@ -105,7 +105,11 @@ mod tests {
         assert!(err.to_string().contains("strata.toml"), "{err}");
         assert_eq!(err.hint_text(), Some("fix line 4 of strata.toml"));
         let err = Config::parse("[vault]\nulr = \"x\"\n", "strata.toml").unwrap_err();
-        assert!(err.to_string().contains("ulr"), "{err}");
+        assert!(err.to_string().contains("unknown field `ulr`"), "{err}");
+        assert_eq!(
+            err.hint_text(),
+            Some("fix line 2 of strata.toml: correct the key's spelling or remove it")
+        );
     }
 
     #[test]
@@ -193,7 +197,7 @@ mod tests {
             (
                 "[policy.p]\nretention = { daily = -1 }\n",
                 7,
-                "invalid value",
+                "invalid value: integer `-1`",
             ),
             ("[policy.p]\nfull = \"0 2 31 2 *\"\n", 7, "never fires"),
             (
@@ -235,6 +239,7 @@ mod tests {
         }
         let err =
             Config::parse(&format!("{base}[service]\nconcurrency = 0\n"), "s.toml").unwrap_err();
+        assert_eq!(err.kind(), strata_core::ErrorKind::Config);
         assert!(err.to_string().contains("would never run a job"), "{err}");
     }
 

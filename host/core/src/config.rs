@@ -256,8 +256,13 @@ impl CatalogConfig {
 /// `~/.local/state/strata/catalog.db` for every other user, so that an
 /// engine's OS user (`postgres`, `<sid>adm`) keeps an index it can write.
 pub fn default_index_path() -> PathBuf {
-    match std::env::var_os("HOME").map(PathBuf::from) {
-        Some(home) if !is_root() => home.join(".local/state/strata/catalog.db"),
+    index_path_for(std::env::var_os("HOME").map(PathBuf::from), is_root())
+}
+
+/// The rule of [`default_index_path`] for a given `HOME` and user.
+fn index_path_for(home: Option<PathBuf>, root: bool) -> PathBuf {
+    match home {
+        Some(home) if !root => home.join(".local/state/strata/catalog.db"),
         _ => PathBuf::from("/var/lib/strata/catalog.db"),
     }
 }
@@ -594,9 +599,14 @@ mod tests {
             path: Some(PathBuf::from("/tmp/c.db")),
         };
         assert_eq!(configured.index_path(), PathBuf::from("/tmp/c.db"));
-        let default = CatalogConfig::default().index_path();
-        assert_eq!(default, default_index_path());
-        assert!(default.ends_with("catalog.db"), "{}", default.display());
+        let home = Some(PathBuf::from("/home/pg"));
+        assert_eq!(
+            index_path_for(home.clone(), false),
+            PathBuf::from("/home/pg/.local/state/strata/catalog.db")
+        );
+        let system = PathBuf::from("/var/lib/strata/catalog.db");
+        assert_eq!(index_path_for(home, true), system, "root");
+        assert_eq!(index_path_for(None, false), system, "no HOME");
     }
 
     #[test]

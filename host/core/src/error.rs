@@ -843,7 +843,8 @@ mod tests {
         assert_eq!(err.kind(), ErrorKind::Storage);
         // One side alone.
         assert_eq!(pipe_outcome(Ok(()), Ok(7)).unwrap().1, 7);
-        assert!(pipe_outcome(Ok(()), full()).is_err());
+        let err = pipe_outcome(Ok(()), full()).unwrap_err();
+        assert_eq!(err.io_kind(), Some(io::ErrorKind::StorageFull), "{err}");
         assert_eq!(
             pipe_outcome::<(), _>(Err(Error::storage("x")), Ok(1))
                 .unwrap_err()
@@ -866,19 +867,26 @@ mod tests {
                 Poll::Ready(Err(os_error(28)))
             }
             fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-                Poll::Ready(Ok(()))
+                Poll::Ready(Err(os_error(28)))
             }
             fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-                Poll::Ready(Ok(()))
+                Poll::Ready(Err(os_error(28)))
             }
         }
         let mut out = PathWriter::new(Full, "/srv/dump.sql.partial");
-        let err = Error::from(out.write_all(b"x").await.unwrap_err());
-        assert_eq!(
-            err.to_string(),
-            "writing /srv/dump.sql.partial: No space left on device (os error 28)"
-        );
-        assert!(!err.is_retryable());
+        let failures = [
+            out.write_all(b"x").await.unwrap_err(),
+            out.flush().await.unwrap_err(),
+            out.shutdown().await.unwrap_err(),
+        ];
+        for failure in failures {
+            let err = Error::from(failure);
+            assert_eq!(
+                err.to_string(),
+                "writing /srv/dump.sql.partial: No space left on device (os error 28)"
+            );
+            assert!(!err.is_retryable());
+        }
     }
 
     #[test]

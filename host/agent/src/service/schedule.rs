@@ -230,6 +230,10 @@ mod tests {
         // UTC) a full and 02:00 Berlin each other day a differential.
         assert_eq!(runs[0].0, BackupKind::Full);
         assert_eq!(runs[0].1, Trigger::Initial);
+        assert!(
+            runs[1..].iter().all(|(_, trigger, _)| *trigger == Trigger::Schedule),
+            "{runs:?}"
+        );
         let scheduled: Vec<(BackupKind, String)> = runs[1..]
             .iter()
             .map(|(k, _, at)| (*k, at.to_rfc3339()))
@@ -321,6 +325,7 @@ mod tests {
         assert_eq!(due(&policy, &last, t("2026-11-30T01:35:00Z"), PAUSE), None);
         let monday = due(&policy, &last, t("2026-11-30T02:00:00Z"), PAUSE).unwrap();
         assert_eq!(monday.kind, BackupKind::Full);
+        assert_eq!(monday.slot, Some(t("2026-11-29T01:00:00Z")), "Sunday's slot");
         // A first full that keeps failing is retried after each pause too.
         let fresh = LastRuns {
             full: KindRuns {
@@ -339,12 +344,22 @@ mod tests {
     #[test]
     fn next_runs_are_in_order_and_in_utc() {
         let policy = policy("");
+        // On a Saturday the full comes first, on a Thursday the differential:
+        // the order is by time, not by kind.
         let next = next_runs(&policy, t("2026-11-28T12:00:00Z"));
         assert_eq!(
             next,
             vec![
                 (BackupKind::Full, t("2026-11-29T01:00:00Z")),
                 (BackupKind::Diff, t("2026-11-30T01:00:00Z")),
+            ]
+        );
+        let next = next_runs(&policy, t("2026-12-03T12:00:00Z"));
+        assert_eq!(
+            next,
+            vec![
+                (BackupKind::Diff, t("2026-12-04T01:00:00Z")),
+                (BackupKind::Full, t("2026-12-06T01:00:00Z")),
             ]
         );
     }

@@ -494,8 +494,14 @@ mod tests {
             .iter()
             .find(|u| u.path.starts_with("engines"))
             .unwrap();
-        std::thread::sleep(Duration::from_millis(20));
         std::fs::write(root.join(&wal.path), [2u8; 20]).unwrap();
+        // Later than found, whatever the file system's time resolution.
+        std::fs::File::options()
+            .write(true)
+            .open(root.join(&wal.path))
+            .unwrap()
+            .set_modified(std::time::SystemTime::from(wal.modified) + Duration::from_secs(1))
+            .unwrap();
         let err = delete_unfinished_upload(&vault, wal).await.unwrap_err();
         assert!(
             err.to_string().contains("an upload is still running"),
