@@ -193,6 +193,19 @@ fn a_simulated_week_runs_the_schedule_and_retention_keeps_every_chain_restorable
     ];
     expected.sort();
     assert_eq!(kept, expected, "{list}");
+    // In the vault itself (no soft delete here): the kept backups' manifests
+    // and segment folders, and nothing of the others.
+    let names = |dir: &str| -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(env.vault_dir.join(dir))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .map(|n| n.trim_end_matches(".json").to_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    assert_eq!(names("manifests/postgres/main"), expected);
+    assert_eq!(names("data/postgres/main"), expected);
     let full = env.strata(&["--json", "list", "pg", "main"]).json();
     let sunday = full["backups"]
         .as_array()
@@ -244,19 +257,25 @@ fn a_simulated_week_runs_the_schedule_and_retention_keeps_every_chain_restorable
 
     // A pass with nothing due runs no backup; retention has nothing left,
     // and a retention pass that deleted nothing is not a job in history.
+    let expire_jobs = || {
+        let history = env.strata(&["--json", "jobs", "--limit", "1000"]).json();
+        let count = history
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|j| j["kind"] == "expire")
+            .count();
+        (count, history)
+    };
+    let (expiries_before, _) = expire_jobs();
     let quiet = pass(&env, t("2026-12-01T09:00:00Z"));
     assert_eq!(quiet["jobs"].as_array().map(Vec::len), Some(0), "{quiet}");
     assert_eq!(quiet["expiries"][0]["deleted_backups"], 0);
     assert_eq!(quiet["expiries"][0]["deleted_log"], 0);
-    // The expiries that did delete are in the history.
-    let history = env.strata(&["--json", "jobs", "--limit", "1000"]).json();
-    let expiries = history
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|j| j["kind"] == "expire")
-        .count();
+    // The expiries that did delete are in the history; the quiet one is not.
+    let (expiries, history) = expire_jobs();
     assert!(expiries > 0, "{history}");
+    assert_eq!(expiries, expiries_before, "{history}");
 
     // `status` at the real time: the newest point is minutes old, within
     // the 15-minute target.
@@ -367,7 +386,10 @@ fn sigterm_cancels_a_running_backup_cleanly_and_metrics_show_the_rpo() {
     wait_for("the initial full to start", Duration::from_secs(60), || {
         jobs(&env).iter().any(|j| j["result"] == "running")
     });
-    std::thread::sleep(Duration::from_millis(300));
+    let data = env.vault_dir.join("data");
+    wait_for("the full's first objects", Duration::from_secs(60), || {
+        !walk(&data).is_empty()
+    });
     assert_eq!(service.terminate(), Some(0), "a stop on SIGTERM is clean");
     let history = jobs(&env);
     assert_eq!(history.len(), 1, "{history:?}");
@@ -381,7 +403,6 @@ fn sigterm_cancels_a_running_backup_cleanly_and_metrics_show_the_rpo() {
         "{}",
         list.stdout_text()
     );
-    let data = env.vault_dir.join("data");
     let leftovers: Vec<_> = walk(&data);
     assert!(
         leftovers.is_empty(),
@@ -390,6 +411,7 @@ fn sigterm_cancels_a_running_backup_cleanly_and_metrics_show_the_rpo() {
 
     // Started again, it takes the initial full; metrics show its success
     // and an RPO within the 15-minute target.
+    let restarted = chrono::Utc::now().timestamp_millis() as f64 / 1000.0;
     let service = Service::start(&env);
     let mut text = String::new();
     wait_for("the full's metrics", Duration::from_secs(120), || {
@@ -404,8 +426,8 @@ fn sigterm_cancels_a_running_backup_cleanly_and_metrics_show_the_rpo() {
     )
     .expect("last success");
     assert!(
-        (chrono::Utc::now().timestamp() as f64 - last).abs() < 300.0,
-        "{text}"
+        restarted <= last && last <= chrono::Utc::now().timestamp_millis() as f64 / 1000.0,
+        "the last success ({last}) is the full after the restart ({restarted}):\n{text}"
     );
     let rpo = metric(&text, "strata_rpo_seconds", labels).expect("rpo");
     assert!(rpo < 900.0, "RPO {rpo} s:\n{text}");
@@ -500,10 +522,23 @@ fn wal_pushed_through_the_service_is_the_wal_pushed_without_it() {
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o660, "{mode:o}");
-    // `status` and `jobs` are answered by the service.
-    let status = env.strata(&["--json", "status"]);
+    // `status` and `jobs` are answered by the service (`-v` says so).
+    let status = env.strata(&["-v", "--json", "status"]);
     assert_eq!(status.code(), Some(0), "{}", status.stderr_text());
     assert_eq!(status.json()[0]["database"], "postgres/main");
+    assert!(
+        status.stderr_text().contains("answered by the service"),
+        "{}",
+        status.stderr_text()
+    );
+    let jobs_now = env.strata(&["-v", "--json", "jobs"]);
+    assert_eq!(jobs_now.code(), Some(0), "{}", jobs_now.stderr_text());
+    assert!(jobs_now.json().is_array(), "{}", jobs_now.stdout_text());
+    assert!(
+        jobs_now.stderr_text().contains("answered by the service"),
+        "{}",
+        jobs_now.stderr_text()
+    );
     // A user outside the socket's group is refused by the operating system,
     // and told which group to join.
     if strata_e2e::pg::running_as_root() {
@@ -528,8 +563,8 @@ fn wal_pushed_through_the_service_is_the_wal_pushed_without_it() {
     let archived: Vec<String> = done().into_iter().filter(|s| !before.contains(s)).collect();
     assert!(archived.len() >= 3, "{archived:?}");
 
-    // `backup --now` runs as a job of the service; `jobs --follow` shows it
-    // start and end.
+    // `backup --now` runs as a job of the service; `jobs --follow` shows its
+    // end (and its start, when the follower polled while it ran).
     let mut follow = std::process::Command::new(strata_e2e::cli::strata_bin())
         .arg("--config")
         .arg(&env.config)
@@ -544,8 +579,14 @@ fn wal_pushed_through_the_service_is_the_wal_pushed_without_it() {
     assert_eq!(jobs[0]["kind"], "diff");
     assert_eq!(jobs[0]["result"], "succeeded");
     let id = jobs[0]["backup_id"].as_str().unwrap().to_owned();
-    let listed = env.strata(&["--json", "list"]).stdout_text();
-    assert!(listed.contains(&id), "{listed}");
+    let listed = env.strata(&["--json", "list"]).success().json();
+    let entry = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["id"] == id.as_str())
+        .unwrap_or_else(|| panic!("{id} is not listed: {listed}"));
+    assert_eq!(entry["kind"], "diff", "{entry}");
     // (A watchdog ends the follower if it never prints the job's end.)
     let pid = follow.id().to_string();
     std::thread::spawn(move || {
@@ -637,6 +678,7 @@ fn wal_pushed_through_the_service_is_the_wal_pushed_without_it() {
         keys.sort();
         keys
     };
+    assert_eq!(keys(&env.vault_dir).len(), archived.len(), "{archived:?}");
     assert_eq!(keys(&env.vault_dir), keys(&other));
     // Without a service, --now says so.
     assert_eq!(service.terminate(), Some(0));
@@ -649,8 +691,11 @@ fn wal_pushed_through_the_service_is_the_wal_pushed_without_it() {
     );
     let log = std::fs::read_to_string(env.dir.path("serve.log")).unwrap();
     for segment in &archived {
+        let through_socket = format!("pg_wal/{segment}");
         assert!(
-            log.contains(&format!("pg_wal/{segment}")),
+            log.lines()
+                .any(|l| l.contains("archived through the control socket")
+                    && l.contains(&through_socket)),
             "{segment} was not archived through the service:\n{log}"
         );
     }

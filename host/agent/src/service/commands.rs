@@ -580,7 +580,10 @@ pub async fn status(args: StatusArgs, ctx: &Context) -> Result<()> {
 fn from_service(ctx: &Context, request: &Request) -> Result<Option<serde_json::Value>> {
     match control::ask(&ctx.config.service.socket, request) {
         Reply::NoService => Ok(None),
-        Reply::Answered(answer) => answer.map(Some),
+        Reply::Answered(answer) => {
+            tracing::info!(socket = %ctx.config.service.socket.display(), "answered by the service");
+            answer.map(Some)
+        }
     }
 }
 
