@@ -599,12 +599,18 @@ async fn cancelled_stream_leaves_nothing_and_refuses_commit(location: &TestVault
         drive_until_stalled(&vault, write, &fed, true).await;
         // The write future is dropped here, mid-stream.
     }
+    let id = writer.id().clone();
     let err = writer
         .commit(BackupOutcome::default())
         .await
         .expect_err("a backup with a cancelled stream must not commit");
     assert_eq!(err.kind(), ErrorKind::Cancelled, "{err:?}");
-    assert!(err.to_string().contains("data"), "names the stream: {err}");
+    assert!(
+        err.to_string().contains(&format!(
+            "backup {id} cannot be committed: stream `data` was cancelled before it finished"
+        )),
+        "names the backup and the stream: {err}"
+    );
     assert_only_metadata(&vault).await;
 }
 
@@ -701,15 +707,23 @@ async fn failed_input_leaves_nothing(location: &TestVault) {
         err.to_string().contains("the engine closed the pipe"),
         "says why: {err}"
     );
+    let id = writer.id().clone();
     assert!(
-        err.to_string().contains("broken"),
-        "names the stream: {err}"
+        err.to_string()
+            .contains(&format!("backup {id}, stream `broken`")),
+        "names the backup and the stream: {err}"
     );
     let err = writer
         .commit(BackupOutcome::default())
         .await
         .expect_err("a backup with a failed stream must not commit");
     assert_eq!(err.kind(), ErrorKind::Cancelled, "{err:?}");
+    assert!(
+        err.to_string().contains(&format!(
+            "backup {id} cannot be committed: stream `broken` failed: "
+        )),
+        "names the backup and the failed stream: {err}"
+    );
     assert_only_metadata(&vault).await;
 }
 
@@ -864,9 +878,16 @@ async fn wrong_key_is_refused(location: &TestVault) {
         .await
         .expect_err("another key must not open the vault");
     assert_eq!(err.kind(), ErrorKind::Crypto, "{err:?}");
-    assert!(err.to_string().contains("does not belong"), "{err}");
     assert!(
-        err.hint_text().is_some_and(|h| h.contains("key")),
+        err.to_string().contains(&format!(
+            "the key does not belong to the vault at {}",
+            location.url()
+        )),
+        "{err}"
+    );
+    assert!(
+        err.hint_text()
+            .is_some_and(|h| h.contains("the key file written by `strata vault init --encrypt`")),
         "{err:?}"
     );
 
@@ -874,7 +895,13 @@ async fn wrong_key_is_refused(location: &TestVault) {
         .await
         .expect_err("an encrypted vault must not open without its key");
     assert_eq!(err.kind(), ErrorKind::Crypto, "{err:?}");
-    assert!(err.to_string().contains("encrypted"), "{err}");
+    assert!(
+        err.to_string().contains(&format!(
+            "the vault at {} is encrypted and no key was given",
+            location.url()
+        )),
+        "{err}"
+    );
 
     // The same refusal through a key file, as the CLI and the service load it.
     let keys = strata_e2e::fixture::TestDir::new("keys");

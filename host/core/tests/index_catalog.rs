@@ -310,48 +310,102 @@ fn reopening_keeps_rows_and_uses_wal() {
     assert_eq!(mode, "wal");
 }
 
+/// Set in a child process of [`two_processes_write_the_same_index_without_lock_failures`]:
+/// the writer number; the index path and start file follow.
+const WRITER_ROLE: &str = "STRATA_TEST_INDEX_WRITER";
+const WRITER_INDEX: &str = "STRATA_TEST_INDEX_PATH";
+const WRITER_START: &str = "STRATA_TEST_INDEX_START";
+const PER_WRITER: i64 = 150;
+
+/// The body of one writer process (a no-op unless run as a child of
+/// [`two_processes_write_the_same_index_without_lock_failures`]): opens its
+/// own connection, as the service and `strata pg wal-push` do (either may
+/// create the file), waits for the start signal, then records, forgets and
+/// lists, and prints the ids it left recorded.
+#[test]
+fn index_writer_process() {
+    let Ok(writer) = std::env::var(WRITER_ROLE) else {
+        return;
+    };
+    let writer: i64 = writer.parse().unwrap();
+    let path = std::path::PathBuf::from(std::env::var(WRITER_INDEX).unwrap());
+    let start = std::path::PathBuf::from(std::env::var(WRITER_START).unwrap());
+    let index = CatalogIndex::open(&path).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !start.exists() {
+        assert!(std::time::Instant::now() < deadline, "never told to start");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let mut written = Vec::new();
+    for i in 0..PER_WRITER {
+        let m = manifest(
+            writer * 10_000 + i,
+            "postgres",
+            &format!("writer{writer}"),
+            None,
+            BackupKind::Log,
+        );
+        index.record("shared-vault", &m).unwrap();
+        if i % 10 == 9 {
+            // Interleave deletes and reads with the other writer.
+            index.forget("shared-vault", &m.id).unwrap();
+            index.list("shared-vault", &ListFilter::default()).unwrap();
+        } else {
+            written.push(m.id.to_string());
+        }
+    }
+    // On a line of its own: the harness has printed the test name.
+    println!("\nrecorded {}", written.join(","));
+}
+
+/// Two processes (SQLite's locks are POSIX record locks, held per process:
+/// two threads of one process would not contend for them) record, forget
+/// and list in one index file at the same time: neither sees a lock error,
+/// and the file holds exactly the rows both left.
 #[test]
 fn two_processes_write_the_same_index_without_lock_failures() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("shared").join("catalog.sqlite");
-    const PER_WRITER: i64 = 150;
+    let start = dir.path().join("start");
     let writers: Vec<_> = (0..2)
         .map(|writer| {
-            let path = path.clone();
-            std::thread::spawn(move || {
-                // Each writer opens its own connection, as the service and
-                // `strata pg wal-push` do; both may create the file.
-                let index = CatalogIndex::open(&path).unwrap();
-                let mut written = Vec::new();
-                for i in 0..PER_WRITER {
-                    let m = manifest(
-                        writer * 10_000 + i,
-                        "postgres",
-                        &format!("writer{writer}"),
-                        None,
-                        BackupKind::Log,
-                    );
-                    index.record("shared-vault", &m).unwrap();
-                    if i % 10 == 9 {
-                        // Interleave deletes and reads with the other writer.
-                        index.forget("shared-vault", &m.id).unwrap();
-                        assert!(index.list("shared-vault", &ListFilter::default()).is_ok());
-                    } else {
-                        written.push(m.id.to_string());
-                    }
-                }
-                written
-            })
+            std::process::Command::new(std::env::current_exe().unwrap())
+                .args(["--exact", "index_writer_process", "--nocapture"])
+                .args(["--test-threads", "1"])
+                .env(WRITER_ROLE, writer.to_string())
+                .env(WRITER_INDEX, &path)
+                .env(WRITER_START, &start)
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("a writer process")
         })
         .collect();
-    let mut expected: Vec<String> = writers
-        .into_iter()
-        .flat_map(|w| w.join().expect("a writer failed"))
-        .collect();
+    // Both have started (and may be opening the file) before either writes.
+    std::fs::write(&start, b"").unwrap();
+    let mut expected: Vec<String> = Vec::new();
+    let mut pids = Vec::new();
+    for writer in writers {
+        pids.push(writer.id());
+        let out = writer.wait_with_output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "a writer process failed: {}\n{stdout}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let recorded = stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("recorded "))
+            .unwrap_or_else(|| panic!("the writer ran no writes: {stdout}"));
+        expected.extend(recorded.split(',').map(str::to_owned));
+    }
+    assert_ne!(pids[0], pids[1], "two processes");
+    assert_eq!(expected.len(), 2 * PER_WRITER as usize * 9 / 10);
     expected.sort();
     let index = CatalogIndex::open(&path).unwrap();
     let listed = ids(&index.list("shared-vault", &ListFilter::default()).unwrap());
-    assert_eq!(listed.len(), 2 * PER_WRITER as usize * 9 / 10);
     assert_eq!(listed, expected);
 }
 

@@ -237,6 +237,18 @@ async fn encrypted_round_trip_stores_no_plaintext() {
     let manifest = backup(&vault, small_config(), &[("db", &input)]).await;
     let encryption = manifest.encryption.as_ref().expect("encrypted manifest");
     assert_eq!(encryption.algorithm, PART_ALGORITHM);
+    // The control: without encryption the same input leaves its words in
+    // zstd's literals, where the search below finds them.
+    let plain = memory_vault(None).await;
+    let plain_manifest = backup(&plain, small_config(), &[("db", &input)]).await;
+    for segment in &plain_manifest.streams[0].segments {
+        let stored = plain.get_bytes(&segment.key).await.unwrap();
+        assert!(
+            stored.windows(11).any(|w| w == b"checkpoint "),
+            "the control found no plaintext in an unencrypted segment"
+        );
+    }
+    assert!(!manifest.streams[0].segments.is_empty());
     for segment in &manifest.streams[0].segments {
         let stored = vault.get_bytes(&segment.key).await.unwrap();
         assert_ne!(
