@@ -799,3 +799,60 @@ impl Default for TestVault {
         Self::new()
     }
 }
+
+/// One object HANA writes into a pipe: its path and the pattern it streams
+/// (`len` bytes from `seed`, see [`Pattern`]).
+#[derive(Debug, Clone)]
+pub struct Piece {
+    /// The pipe's path, which is also the Backint object name.
+    pub path: PathBuf,
+    /// Bytes HANA writes.
+    pub len: u64,
+    /// The pattern's seed.
+    pub seed: u64,
+}
+
+impl Piece {
+    /// A piece named `name` in `dir`, its FIFO created.
+    pub fn fifo(dir: &Path, name: &str, len: u64, seed: u64) -> Piece {
+        let path = dir.join(name);
+        mkfifo(&path);
+        Piece { path, len, seed }
+    }
+
+    /// The BLAKE3 digest of the bytes HANA writes.
+    pub fn digest(&self) -> String {
+        Pattern::digest(self.len, self.seed)
+    }
+}
+
+/// Runs `call` (a `backup` call without its `#PIPE` lines) with one
+/// `#PIPE` per piece while HANA writes every piece at once, as the services
+/// of one data backup do; asserts exit 0, that every piece was read to its
+/// end and saved with its size, and returns the run.
+///
+/// # Panics
+/// When any of that does not hold.
+pub fn back_up(host: &HanaHost, mut call: BackintCall, pieces: &[&Piece]) -> AgentResult {
+    for piece in pieces {
+        call = call.pipe(&piece.path);
+    }
+    let agent = call.spawn(host);
+    let feeders: Vec<_> = pieces
+        .iter()
+        .map(|p| feed_pipe(&p.path, p.len, p.seed, Duration::from_secs(60)))
+        .collect();
+    let result = agent.finish(AGENT_TIMEOUT);
+    for (piece, feeder) in pieces.iter().zip(feeders) {
+        let sent = feeder
+            .join()
+            .expect("the feeder thread")
+            .unwrap_or_else(|e| panic!("{}: {e}\n{}", piece.path.display(), result.describe()));
+        assert_eq!(sent.bytes, piece.len);
+    }
+    result.assert_exit(0);
+    for piece in pieces {
+        assert_eq!(result.saved(&piece.path).1, piece.len);
+    }
+    result
+}

@@ -34,7 +34,9 @@ fn list_and_restore_plan_from_what_hdbbackint_stored() {
         .pipe(&data)
         .spawn(&host);
     let f = feed_pipe(&data, 70_000, 1, Duration::from_secs(60));
-    agent.finish(AGENT_TIMEOUT).assert_exit(0);
+    let result = agent.finish(AGENT_TIMEOUT);
+    result.assert_exit(0);
+    let (data_ebid, _) = result.saved(&data);
     f.join().unwrap().unwrap();
     let agent = BackintCall::new("backup", "QAS")
         .params(&par)
@@ -42,7 +44,9 @@ fn list_and_restore_plan_from_what_hdbbackint_stored() {
         .pipe(&log)
         .spawn(&host);
     let f = feed_pipe(&log, 5_000, 2, Duration::from_secs(60));
-    agent.finish(AGENT_TIMEOUT).assert_exit(0);
+    let result = agent.finish(AGENT_TIMEOUT);
+    result.assert_exit(0);
+    let (log_ebid, _) = result.saved(&log);
     f.join().unwrap().unwrap();
     assert!(
         catalog_db.is_file(),
@@ -57,11 +61,27 @@ fn list_and_restore_plan_from_what_hdbbackint_stored() {
         .args(["--json", "list", "hana", "QAS"])
         .run()
         .success()
-        .stdout_text();
-    assert!(listed.contains("\"SRC\""), "{listed}");
-    assert!(
-        listed.contains("\"full\"") && listed.contains("\"log\""),
-        "{listed}"
+        .json();
+    // One entry per object, under its EBID, with SID, tenant, kind and size.
+    assert_eq!(
+        listed_fields(&listed),
+        vec![
+            (
+                data_ebid,
+                "QAS".to_owned(),
+                "SRC".to_owned(),
+                "full".to_owned(),
+                70_000
+            ),
+            (
+                log_ebid,
+                "QAS".to_owned(),
+                "SRC".to_owned(),
+                "log".to_owned(),
+                5_000
+            ),
+        ],
+        "{listed:#}"
     );
 
     let plan = Strata::new()
@@ -231,7 +251,45 @@ fn hdbbackint_and_strata_share_one_configuration_file() {
         .args(["--json", "list", "hana", "HDB"])
         .run()
         .success()
-        .stdout_text();
-    assert!(listed.contains("\"full\""), "{listed}");
+        .json();
+    assert_eq!(
+        listed_fields(&listed),
+        vec![(
+            manifests[0].id.to_string(),
+            "HDB".to_owned(),
+            "HDB".to_owned(),
+            "full".to_owned(),
+            300_000
+        )],
+        "{listed:#}"
+    );
     assert!(catalog_db.is_file(), "hdbbackint records in [catalog] path");
+}
+
+/// `strata --json list` entries as (id, instance, database, kind, raw
+/// bytes), in the order listed.
+fn listed_fields(listed: &serde_json::Value) -> Vec<(String, String, String, String, u64)> {
+    listed
+        .as_array()
+        .unwrap_or_else(|| panic!("`list --json` prints an array: {listed:#}"))
+        .iter()
+        .map(|b| {
+            let text = |field: &str| {
+                b[field]
+                    .as_str()
+                    .unwrap_or_else(|| panic!("`{field}` is text in {b:#}"))
+                    .to_owned()
+            };
+            assert_eq!(b["engine"], "hana", "{b:#}");
+            (
+                text("id"),
+                text("instance"),
+                text("database"),
+                text("kind"),
+                b["raw_bytes"]
+                    .as_u64()
+                    .unwrap_or_else(|| panic!("`raw_bytes` is a number in {b:#}")),
+            )
+        })
+        .collect()
 }

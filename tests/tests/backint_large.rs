@@ -2,8 +2,9 @@
 //! volume would stream: memory stays bounded (the agent's peak RSS is
 //! checked against the writer's budget, not against the object size).
 //!
-//! The size is 3 GiB by default; `STRATA_BACKINT_LARGE_GIB` changes it
-//! (0 skips the test).
+//! The size is 3 GiB by default; `STRATA_BACKINT_LARGE_GIB` changes it (a
+//! whole number of GiB, at least 1). To leave the test out, filter it out:
+//! `cargo test -p strata-e2e -- --skip a_multi_gib_object_round_trips`.
 
 use std::time::Duration;
 
@@ -11,16 +12,11 @@ use strata_e2e::hana::{BackintCall, HanaHost, TestVault, drain_pipe, feed_pipe, 
 
 const OPEN: Duration = Duration::from_secs(120);
 
+/// A multi-GiB data volume backs up and restores with the same length and
+/// BLAKE3 digest, and the agent's peak RSS stays far below the object's size.
 #[test]
 fn a_multi_gib_object_round_trips_with_bounded_memory() {
-    let gib: u64 = std::env::var("STRATA_BACKINT_LARGE_GIB")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(3);
-    if gib == 0 {
-        eprintln!("skipped: STRATA_BACKINT_LARGE_GIB=0");
-        return;
-    }
+    let gib = object_gib();
     let len = gib << 30;
     let host = HanaHost::new();
     let vault = TestVault::new();
@@ -72,6 +68,25 @@ fn a_multi_gib_object_round_trips_with_bounded_memory() {
         peak_restore < 512 << 10,
         "restore peak RSS {peak_restore} KiB"
     );
+}
+
+/// The object's size in GiB: `STRATA_BACKINT_LARGE_GIB`, 3 when unset.
+///
+/// # Panics
+/// When the variable is not a whole number of at least 1: a size that
+/// would test nothing must not pass as a success.
+fn object_gib() -> u64 {
+    const VARIABLE: &str = "STRATA_BACKINT_LARGE_GIB";
+    let Ok(text) = std::env::var(VARIABLE) else {
+        return 3;
+    };
+    match text.trim().parse::<u64>() {
+        Ok(gib) if gib >= 1 => gib,
+        _ => panic!(
+            "{VARIABLE}={text:?}: give a whole number of GiB, at least 1; to leave this test \
+             out, filter it: `cargo test -p strata-e2e -- --skip a_multi_gib_object_round_trips`"
+        ),
+    }
 }
 
 /// Samples `VmHWM` (peak resident set) of a running process until it exits.

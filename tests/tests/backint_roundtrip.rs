@@ -192,6 +192,9 @@ fn concurrent_data_log_and_catalog_backups_restore_byte_for_byte() {
     }
 }
 
+/// A system copy: objects QAS backed up (tenant SRC) are restored into the
+/// pipes of system HDB (tenant TGT) by EBID, and by name alone (`#NULL`),
+/// which resolves to the newest of two versions of that name.
 #[test]
 fn system_copy_restores_source_objects_into_another_sid() {
     let host = HanaHost::new();
@@ -202,25 +205,39 @@ fn system_copy_restores_source_objects_into_another_sid() {
         piece(&src, "COMPLETE_DATA_BACKUP_databackup_2_1", 300_001, 21),
         piece(&src, "COMPLETE_DATA_BACKUP_databackup_3_1", 70_000, 22),
     ];
-    let mut call = BackintCall::new("backup", "QAS")
-        .user("SRC@QAS")
-        .params(&par)
-        .backup_id("1763771800000")
-        .count(2)
-        .level("COMPLETE");
-    for p in &pieces {
-        call = call.pipe(&p.path);
-    }
-    let agent = call.spawn(&host);
-    let feeders: Vec<_> = pieces
-        .iter()
-        .map(|p| feed_pipe(&p.path, p.len, p.seed, OPEN))
-        .collect();
-    let result = agent.finish(AGENT_TIMEOUT);
-    for f in feeders {
-        f.join().unwrap().unwrap();
-    }
-    result.assert_exit(0);
+    let backup = |pieces: &[&Piece], backup_id: &str| {
+        let mut call = BackintCall::new("backup", "QAS")
+            .user("SRC@QAS")
+            .params(&par)
+            .backup_id(backup_id)
+            .count(pieces.len())
+            .level("COMPLETE");
+        for p in pieces {
+            call = call.pipe(&p.path);
+        }
+        let agent = call.spawn(&host);
+        let feeders: Vec<_> = pieces
+            .iter()
+            .map(|p| feed_pipe(&p.path, p.len, p.seed, OPEN))
+            .collect();
+        let result = agent.finish(AGENT_TIMEOUT);
+        for f in feeders {
+            f.join().unwrap().unwrap();
+        }
+        result.assert_exit(0);
+        result
+    };
+    let result = backup(&[&pieces[0], &pieces[1]], "1763771800000");
+    // A later backup writes a second version of the first name, with other
+    // bytes: `#NULL` must give this one.
+    let newer = Piece {
+        path: pieces[0].path.clone(),
+        len: 120_003,
+        seed: 23,
+    };
+    let newer_ebid = backup(&[&newer], "1763771900000").saved(&newer.path).0;
+    let (first_ebid, _) = result.saved(&pieces[0].path);
+    assert_ne!(newer_ebid, first_ebid);
 
     // The target system HDB, tenant TGT, with its own parameter file that
     // points at the same vault; the source names arrive with target pipes.
@@ -246,28 +263,35 @@ fn system_copy_restores_source_objects_into_another_sid() {
         strata_e2e::hana::q(&null_dest.display().to_string())
     ));
     let agent = call.spawn(&host);
+    // By EBID: the first version of each name, as written.
     for (p, dest) in pieces.iter().zip(&dests) {
         let got = drain_pipe(dest, OPEN).unwrap();
+        assert_eq!(got.bytes, p.len, "{}", dest.display());
         assert_eq!(got.blake3, Pattern::digest(p.len, p.seed));
     }
+    // By #NULL: the newer version's bytes.
     let got = drain_pipe(&null_dest, OPEN).unwrap();
-    assert_eq!(got.blake3, Pattern::digest(pieces[0].len, pieces[0].seed));
+    assert_eq!(got.bytes, newer.len);
+    assert_eq!(
+        got.blake3,
+        Pattern::digest(newer.len, newer.seed),
+        "#NULL must restore the newest version's bytes"
+    );
     let restored = agent.finish(AGENT_TIMEOUT);
     restored.assert_exit(0);
+    let name = pieces[0].path.display().to_string();
+    let mut lines = restored.with("#RESTORED");
+    lines.sort();
+    let (second_ebid, _) = result.saved(&pieces[1].path);
+    let mut expected = vec![
+        vec![first_ebid, name.clone()],
+        vec![newer_ebid, name],
+        vec![second_ebid, pieces[1].path.display().to_string()],
+    ];
+    expected.sort();
     assert_eq!(
-        restored.with("#RESTORED").len(),
-        3,
-        "{}",
-        restored.describe()
-    );
-    let (first_ebid, _) = result.saved(&pieces[0].path);
-    assert!(
-        restored
-            .with("#RESTORED")
-            .iter()
-            .filter(|f| f[0] == first_ebid)
-            .count()
-            == 2,
+        lines,
+        expected,
         "#NULL must resolve to the newest EBID:\n{}",
         restored.describe()
     );
@@ -442,9 +466,10 @@ fn pipes_used_one_after_another_outlast_the_open_timeout() {
         .write(true)
         .open(&first)
         .unwrap();
-    let slow = vec![3u8; chunk];
-    for _ in 0..5 {
-        std::io::Write::write_all(&mut writer, &slow).unwrap();
+    let mut first_bytes = vec![0u8; 5 * chunk];
+    Pattern::new(first_bytes.len() as u64, 11).fill(&mut first_bytes);
+    for slow in first_bytes.chunks(chunk) {
+        std::io::Write::write_all(&mut writer, slow).unwrap();
         std::thread::sleep(Duration::from_millis(500));
     }
     drop(writer);
@@ -469,20 +494,24 @@ fn pipes_used_one_after_another_outlast_the_open_timeout() {
         .ebid(&second_ebid, &second)
         .spawn(&host);
     let mut reader = strata_e2e::hana::open_for_reading(&first, OPEN).unwrap();
-    let mut buf = vec![0u8; chunk];
-    let mut total = 0;
-    for _ in 0..5 {
-        std::io::Read::read_exact(&mut reader, &mut buf).unwrap();
-        total += buf.len();
+    let mut read_back = vec![0u8; 5 * chunk];
+    for slow in read_back.chunks_mut(chunk) {
+        std::io::Read::read_exact(&mut reader, slow).unwrap();
         std::thread::sleep(Duration::from_millis(500));
     }
+    let mut after = [0u8; 1];
     assert_eq!(
-        std::io::Read::read(&mut reader, &mut buf).unwrap(),
+        std::io::Read::read(&mut reader, &mut after).unwrap(),
         0,
         "EOF after the piece"
     );
     drop(reader);
-    assert_eq!(total, 5 * chunk);
+    assert!(
+        read_back == first_bytes,
+        "the first piece came back with other bytes (BLAKE3 {} instead of {})",
+        strata_e2e::data::blake3_hex(&read_back),
+        strata_e2e::data::blake3_hex(&first_bytes)
+    );
     let got = drain_pipe(&second, OPEN).unwrap();
     assert_eq!(got, sent);
     let result = agent.finish(AGENT_TIMEOUT);

@@ -211,21 +211,38 @@ mod tests {
         assert!(HanaUrl::parse("hana:30013").is_err());
     }
 
-    /// Runs only when `STRATA_TEST_HANA` names a SYSTEMDB
-    /// (`hdbsql://USER:PASSWORD@host:port`).
+    /// Reads the `[backup]` and `[persistence]` settings of a real SYSTEMDB
+    /// over SQL: every HANA defines `persistence.log_mode` and
+    /// `persistence.log_backup_timeout_s` in global.ini's DEFAULT layer, so
+    /// only a real read of `SYS.M_INIFILE_CONTENTS` gives both (an empty or
+    /// failed read gives neither).
     #[tokio::test]
+    #[ignore = "needs a real SAP HANA: set STRATA_TEST_HANA=hdbsql://USER:PASSWORD@host:port and run with --ignored"]
     async fn reads_backup_settings_from_a_real_hana() {
-        let Ok(url) = std::env::var("STRATA_TEST_HANA") else {
-            eprintln!("skipped: STRATA_TEST_HANA is not set");
-            return;
-        };
+        let url = std::env::var("STRATA_TEST_HANA").unwrap_or_else(|_| {
+            panic!(
+                "STRATA_TEST_HANA is not set: this test needs a real SAP HANA SYSTEMDB, \
+                 STRATA_TEST_HANA=hdbsql://USER:PASSWORD@host:port (the SQL port, 3<nr>13)"
+            )
+        });
         let url = HanaUrl::parse(&url).unwrap();
         let ini = read_global_ini(&url).await.unwrap();
-        let findings = crate::ini::check_backint(&ini, &Default::default());
+        let log_mode = ini.get("persistence", "log_mode");
         assert!(
-            findings
-                .iter()
-                .any(|f| f.setting == "persistence.log_backup_timeout_s")
+            matches!(log_mode, Some("normal" | "overwrite")),
+            "persistence.log_mode from the server: {log_mode:?} in {ini:?}"
         );
+        let timeout = ini.get("persistence", "log_backup_timeout_s");
+        assert!(
+            timeout.is_some_and(|t| t.trim().parse::<u64>().is_ok()),
+            "persistence.log_backup_timeout_s from the server: {timeout:?} in {ini:?}"
+        );
+        // The check reports the server's own value, not HANA's default.
+        let findings = crate::ini::check_backint(&ini, &Default::default());
+        let finding = findings
+            .iter()
+            .find(|f| f.setting == "persistence.log_backup_timeout_s")
+            .expect("the check covers log_backup_timeout_s");
+        assert_eq!(finding.current.as_deref(), timeout);
     }
 }
