@@ -445,3 +445,102 @@ fn a_second_host_rebuilds_its_catalog_and_restores_every_object() {
     expected.sort();
     assert_eq!(restored, expected, "{}", result.describe());
 }
+
+/// The vault key of the first segment of the backup whose EBID is `ebid`,
+/// read from its manifest in the `file://` vault at `root`.
+fn first_segment_key(root: &Path, ebid: &str) -> String {
+    let manifest = snapshot(&root.join("manifests"))
+        .into_keys()
+        .find(|p| p.file_name().is_some_and(|n| *n == *format!("{ebid}.json")))
+        .unwrap_or_else(|| panic!("no manifest of {ebid} under {}", root.display()));
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(manifest).unwrap()).unwrap();
+    manifest["streams"][0]["segments"][0]["key"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// `restore hana` checks that every object the recovery will read is in
+/// the vault before it prints (or runs) the recovery: HANA would otherwise
+/// fail half way, after the operator stopped the system. A log backup whose
+/// segment is gone is named (exit 8) and the recovery works again once it
+/// is back; a data backup with fewer pieces than HANA sent (`-c`) is named
+/// with its HANA backup ID, and `--backup-id` of the complete older one
+/// still recovers.
+#[test]
+fn restore_hana_refuses_when_an_object_the_recovery_reads_is_gone() {
+    let host = HanaHost::new();
+    let vault = TestVault::new();
+    let root = PathBuf::from(vault.url().strip_prefix("file://").unwrap());
+    let catalog = host.root().join("catalog.db");
+    let tenant = host.backint_dir("HDB", "DB_HDB");
+    let par = host.standard_params("HDB", "data.utl", vault.url(), "");
+    let data = |id: &str, count: usize, pieces: &[&Piece]| {
+        back_up(
+            &host,
+            BackintCall::new("backup", "HDB")
+                .user("HDB@HDB")
+                .params(&par)
+                .backup_id(id)
+                .count(count)
+                .level("COMPLETE"),
+            pieces,
+        );
+    };
+    let volume = |n: u32, seed: u64| {
+        // The same names each time, as HANA's backup prefix gives them.
+        let _ = std::fs::remove_file(tenant.join(format!("COMPLETE_DATA_BACKUP_databackup_{n}_1")));
+        Piece::fifo(
+            &tenant,
+            &format!("COMPLETE_DATA_BACKUP_databackup_{n}_1"),
+            40_001,
+            seed,
+        )
+    };
+    data("1763777000000", 2, &[&volume(2, 81), &volume(3, 82)]);
+    let log = Piece::fifo(&tenant, "log_backup_3_0_100_200", 30_007, 83);
+    let log_ebid = back_up(
+        &host,
+        BackintCall::new("backup", "HDB")
+            .user("HDB@HDB")
+            .params(&par)
+            .level("LOG"),
+        &[&log],
+    )
+    .saved(&log.path)
+    .0;
+    let restore = |extra: &[&str]| {
+        strata(&vault, &catalog)
+            .args(["restore", "hana", "--sid", "HDB", "--database", "HDB"])
+            .args(["--until", "2999-01-01T00:00:00Z"])
+            .args(extra)
+            .run()
+    };
+    restore(&[]).success();
+
+    let key = first_segment_key(&root, &log_ebid);
+    let aside = root.join("aside");
+    std::fs::rename(root.join(&key), &aside).unwrap();
+    let out = restore(&[]).failure(8);
+    assert!(
+        out.stderr_text().contains(&format!(
+            "backup {log_ebid}, stream `log_backup_3_0_100_200`: object {key} is missing from the vault"
+        )),
+        "{}",
+        out.stderr_text()
+    );
+    assert!(out.stdout_text().is_empty(), "{}", out.stdout_text());
+    std::fs::rename(&aside, root.join(&key)).unwrap();
+    restore(&[]).success();
+
+    // A newer data backup of three pieces of which the vault has two.
+    data("1763778000000", 3, &[&volume(2, 84), &volume(3, 85)]);
+    restore(&[])
+        .failure(8)
+        .stderr_contains("data backup 1763778000000 of HDB@HDB has 2 of its 3 pieces in the vault");
+    let plan = restore(&["--backup-id", "1763777000000"])
+        .success()
+        .stdout_text();
+    assert!(plan.contains("USING BACKUP_ID 1763777000000"), "{plan}");
+}

@@ -523,6 +523,17 @@ pub trait RestoreSource: Send + Sync {
         name: &str,
         out: &mut (dyn AsyncWrite + Send + Unpin),
     ) -> Result<u64>;
+
+    /// Checks that every object of `backup` is stored with its recorded
+    /// size, without reading it: for an engine whose own recovery reads the
+    /// backups later (SAP HANA through Backint), so that a missing object
+    /// stops the restore before the operator starts the recovery.
+    ///
+    /// # Errors
+    /// [`ErrorKind::NotFound`](crate::ErrorKind::NotFound) naming the object
+    /// when one is gone, [`ErrorKind::Integrity`](crate::ErrorKind::Integrity)
+    /// when one has another size.
+    async fn check_stored(&self, backup: &BackupId) -> Result<()>;
 }
 
 /// Checks the raw content of streams whose content carries digests of its

@@ -50,6 +50,7 @@
 pub mod backint;
 pub mod client;
 pub mod ini;
+pub mod recovery_objects;
 pub mod sql;
 
 use std::sync::Arc;
@@ -66,6 +67,7 @@ use strata_core::plugin::{
 use strata_core::{Error, Result};
 
 use crate::client::HanaUrl;
+use crate::recovery_objects::recovery_objects;
 use crate::sql::{DataBackup, Recovery, RecoveryPlan, identifier};
 
 /// The engine name in vault keys and manifests.
@@ -203,7 +205,7 @@ impl EnginePlugin for HanaEngine {
     async fn restore(
         &self,
         request: RestoreRequest,
-        _source: &dyn RestoreSource,
+        source: &dyn RestoreSource,
     ) -> Result<RestoreOutcome> {
         let destination: RecoveryDestination =
             parse_options(&request.destination, "HANA restore options")?;
@@ -236,18 +238,17 @@ impl EnginePlugin for HanaEngine {
         };
         let plan = recovery.plan()?;
         let limit = until.unwrap_or_else(Utc::now);
-        let data = request
-            .backups
-            .iter()
-            .filter(|m| m.kind.is_data() && m.database.as_deref() == Some(source_database.as_str()))
-            .filter(|m| m.ended_at <= limit)
-            .count();
-        if data == 0 {
-            return Err(Error::not_found(format!(
-                "the vault has no data backup of {}@{} before {limit}",
-                recovery.source_database, recovery.source_sid
-            ))
-            .hint("`strata list hana` shows what hdbbackint stored; take one with `strata backup hana`"));
+        // HANA reads these once the operator starts the recovery: each must
+        // be in the vault now.
+        let needed = recovery_objects(
+            &request.backups,
+            &recovery.source_sid,
+            &recovery.source_database,
+            limit,
+            recovery.backup_id,
+        )?;
+        for manifest in needed {
+            source.check_stored(&manifest.id).await?;
         }
         let summary = match &plan {
             RecoveryPlan::Sql { statements } => {

@@ -26,7 +26,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::StreamExt;
 use object_store::path::Path;
-use object_store::{GetOptions, GetResult, GetResultPayload, ObjectStore};
+use object_store::{GetOptions, GetResult, GetResultPayload, ObjectStore, ObjectStoreExt};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio_util::task::AbortOnDropHandle;
@@ -210,7 +210,7 @@ impl StreamContext {
             Err(object_store::Error::NotFound { .. }) => {
                 let error = self.part_error(loc, PartFailure::Missing);
                 Err(if self.versioned {
-                    error.hint(format!("on this versioned bucket a delete through the S3 API may only hide the object behind a delete marker, its locked version kept: `aws s3api list-object-versions --prefix <vault prefix>/{}` shows it, and deleting the marker's version brings it back", loc.key))
+                    error.hint(delete_marker_hint(&loc.key))
                 } else {
                     error
                 })
@@ -726,6 +726,54 @@ pub async fn verify_backup_with(
     Ok(report)
 }
 
+/// The hint for an object missing from an immutable (versioned) S3 vault.
+fn delete_marker_hint(key: &str) -> String {
+    format!(
+        "on this versioned bucket a delete through the S3 API may only hide the object behind a delete marker, its locked version kept: `aws s3api list-object-versions --prefix <vault prefix>/{key}` shows it, and deleting the marker's version brings it back"
+    )
+}
+
+/// Checks that every segment object of `manifest` is stored with the size
+/// the manifest records, without reading it (one HEAD request per segment).
+///
+/// # Errors
+/// [`ErrorKind::NotFound`] naming the backup, stream and object when a
+/// segment is gone; [`ErrorKind::Integrity`] when one has another size;
+/// [`ErrorKind::Storage`] when the vault cannot be reached.
+pub async fn check_stored(vault: &Vault, manifest: &Manifest) -> Result<()> {
+    let versioned = vault.immutability().is_some() && vault.s3_access().is_some();
+    for stream in &manifest.streams {
+        for segment in &stream.segments {
+            let label = format!(
+                "backup {}, stream `{}`: object {}",
+                manifest.id, stream.name, segment.key
+            );
+            let problem = match vault.store().head(&vault.path(&segment.key)).await {
+                Ok(meta) if meta.size == segment.stored_size => continue,
+                Ok(meta) => Error::integrity(format!(
+                    "{label} is {} bytes, the manifest records {}",
+                    meta.size, segment.stored_size
+                )),
+                Err(object_store::Error::NotFound { .. }) => {
+                    let error = Error::not_found(format!("{label} is missing from the vault"));
+                    if versioned {
+                        error.hint(delete_marker_hint(&segment.key))
+                    } else {
+                        error
+                    }
+                }
+                Err(e) => return Err(Error::from(e).context(format!("checking {label}"))),
+            };
+            return Err(problem
+                .in_message("backup", &manifest.id)
+                .in_message("stream", &stream.name)
+                .in_message("object", &segment.key)
+                .hint(DAMAGED_HINT));
+        }
+    }
+    Ok(())
+}
+
 /// A [`RestoreSource`](crate::plugin::RestoreSource) over committed
 /// manifests, for engine plugins: streams are looked up by backup id and
 /// name and read with [`read_stream`].
@@ -752,6 +800,16 @@ impl VaultRestoreSource {
         self.progress = Some(progress);
         self
     }
+
+    fn manifest(&self, backup: &BackupId) -> Result<&Manifest> {
+        self.manifests
+            .iter()
+            .find(|m| &m.id == backup)
+            .ok_or_else(|| {
+                Error::not_found(format!("backup {backup} is not part of this restore"))
+                    .hint("the restore plan lists the backups a restore may read")
+            })
+    }
 }
 
 #[async_trait]
@@ -762,14 +820,7 @@ impl crate::plugin::RestoreSource for VaultRestoreSource {
         name: &str,
         out: &mut (dyn AsyncWrite + Send + Unpin),
     ) -> Result<u64> {
-        let manifest = self
-            .manifests
-            .iter()
-            .find(|m| &m.id == backup)
-            .ok_or_else(|| {
-                Error::not_found(format!("backup {backup} is not part of this restore"))
-                    .hint("the restore plan lists the backups a restore may read")
-            })?;
+        let manifest = self.manifest(backup)?;
         let stats = read_stream(
             &self.vault,
             manifest,
@@ -781,11 +832,15 @@ impl crate::plugin::RestoreSource for VaultRestoreSource {
         .await?;
         Ok(stats.raw_bytes)
     }
+
+    async fn check_stored(&self, backup: &BackupId) -> Result<()> {
+        check_stored(&self.vault, self.manifest(backup)?).await
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    use object_store::{ObjectStoreExt, PutPayload};
+    use object_store::PutPayload;
 
     use super::*;
     use crate::crypto::VaultKey;
