@@ -451,6 +451,8 @@ pub struct PgStrata {
     pub vault_url: String,
     /// The vault directory.
     pub vault_dir: PathBuf,
+    /// The vault key file, when the vault is encrypted.
+    pub key_file: Option<PathBuf>,
     /// The test directory (owned by the postgres user).
     pub dir: TestDir,
 }
@@ -471,18 +473,26 @@ impl PgStrata {
     /// Like [`with_vault`](Self::with_vault), with more `initdb` arguments
     /// (`--wal-segsize=1` for 1 MiB WAL segments).
     pub fn with_initdb(label: &str, vault_url: Option<&str>, initdb_args: &[&str]) -> PgStrata {
-        Self::build(label, vault_url, initdb_args, true, &[])
+        Self::build(label, vault_url, initdb_args, true, &[], false)
     }
 
     /// Like [`new`](Self::new), on a cluster without data checksums.
     pub fn without_checksums(label: &str) -> PgStrata {
-        Self::build(label, None, &[], false, &[])
+        Self::build(label, None, &[], false, &[], false)
     }
 
     /// Like [`new`](Self::new), with extra `strata vault init` arguments
     /// (`--soft-delete-days 0`).
     pub fn with_vault_init(label: &str, init_args: &[&str]) -> PgStrata {
-        Self::build(label, None, &[], true, init_args)
+        Self::build(label, None, &[], true, init_args, false)
+    }
+
+    /// Like [`new`](Self::new), with an encrypted vault: `vault init
+    /// --encrypt` writes a new key to `<dir>/vault.key`, which the
+    /// configuration names (`[vault] key_file`), so `archive_command` and
+    /// the `restore_command` a restore writes use it too.
+    pub fn encrypted(label: &str) -> PgStrata {
+        Self::build(label, None, &[], true, &[], true)
     }
 
     fn build(
@@ -491,6 +501,7 @@ impl PgStrata {
         initdb_args: &[&str],
         checksums: bool,
         vault_init_args: &[&str],
+        encrypted: bool,
     ) -> PgStrata {
         let dir = TestDir::new(label);
         use std::os::unix::fs::PermissionsExt;
@@ -501,6 +512,7 @@ impl PgStrata {
             .map(str::to_owned)
             .unwrap_or_else(|| format!("file://{}", vault_dir.display()));
         let config = dir.path("strata.toml");
+        let key_file = encrypted.then(|| dir.path("vault.key"));
         let data = dir.path("pgdata");
         let socket_dir = dir.mkdir("sock");
         give_to_postgres(dir.root());
@@ -518,15 +530,19 @@ impl PgStrata {
             initdb_args,
             checksums,
         );
-        write_config(&config, &vault_url, &dir.path("catalog.db"), &cluster);
         let env = PgStrata {
             cluster,
             config,
             vault_url,
             vault_dir,
+            key_file,
             dir,
         };
+        env.write_config(&env.config, &env.dir.path("catalog.db"), &env.cluster);
         let mut init = vec!["vault", "init", env.vault_url.as_str()];
+        if env.key_file.is_some() {
+            init.push("--encrypt");
+        }
         init.extend_from_slice(vault_init_args);
         env.strata(&init).success();
         give_to_postgres(env.dir.root());
@@ -626,12 +642,7 @@ impl PgStrata {
     /// into the vault (a restore leaves it with `archive_mode = off`).
     pub fn promote_copy_as_main(&self, copy: &PgCluster) {
         self.cluster.stop();
-        write_config(
-            &self.config,
-            &self.vault_url,
-            &self.dir.path("catalog.db"),
-            copy,
-        );
+        self.write_config(&self.config, &self.dir.path("catalog.db"), copy);
         let archive_command = format!(
             "{} --config {} pg wal-push %p --cluster main",
             strata_bin().display(),
@@ -672,13 +683,7 @@ impl PgStrata {
             socket_dir: self.cluster.socket_dir.clone(),
             bin: self.cluster.bin.clone(),
         };
-        let config = self.dir.path(format!("{name}.toml"));
-        write_config(
-            &config,
-            &self.vault_url,
-            &self.dir.path(format!("{name}-catalog.db")),
-            &standby,
-        );
+        let config = self.host_config(name, &standby);
         let archive_command = format!(
             "{} --config {} pg wal-push %p --cluster main",
             strata_bin().display(),
@@ -694,19 +699,74 @@ impl PgStrata {
     }
 }
 
-/// Writes a Strata configuration naming `cluster` `main`, with a vault and
-/// a catalog index.
-fn write_config(path: &Path, vault_url: &str, catalog: &Path, cluster: &PgCluster) {
-    std::fs::write(
-        path,
-        format!(
-            "[vault]\nurl = \"{vault_url}\"\n\n[catalog]\npath = \"{}\"\n\n[writer]\npart_size = \"4MiB\"\ncompression_level = 1\n\n\
-             [postgres.main]\nconnection = \"{}\"\ndata_directory = \"{}\"\nbin_dir = \"{}\"\nparallel = 2\n",
-            catalog.display(),
-            cluster.connection(),
-            cluster.data.display(),
-            cluster.bin.display()
-        ),
-    )
-    .expect("write config");
+impl PgStrata {
+    /// Another cluster (its own `initdb`, so another system identifier) in
+    /// `<dir>/<name>`, started, archiving into this environment's vault
+    /// under the same cluster name `main` through its own configuration
+    /// (see [`host_config`](Self::host_config)), which is returned with it:
+    /// a cluster re-created under a name the vault already holds.
+    pub fn another_cluster(&self, name: &str) -> (PgCluster, PathBuf) {
+        let config = self.dir.path(format!("{name}.toml"));
+        let archive_command = format!(
+            "{} --config {} pg wal-push %p --cluster main",
+            strata_bin().display(),
+            config.display()
+        );
+        let cluster = PgCluster::init(
+            self.dir.path(name),
+            self.cluster.socket_dir.clone(),
+            &format!(
+                "wal_level = replica\narchive_mode = on\narchive_timeout = 60\narchive_command = '{archive_command}'"
+            ),
+        );
+        assert_eq!(self.host_config(name, &cluster), config);
+        give_to_postgres(self.dir.root());
+        cluster.start();
+        (cluster, config)
+    }
+
+    /// `strata --config <config> args...` with another configuration (of
+    /// another host, see [`host_config`](Self::host_config)), run as the
+    /// test user.
+    pub fn strata_with(&self, config: &Path, args: &[&str]) -> RunOutput {
+        Strata::new().arg("--config").arg(config).args(args).run()
+    }
+
+    /// Writes the configuration of another host at `<dir>/<name>.toml`:
+    /// this environment's vault (and key file), a catalog index of its own,
+    /// `<dir>/<name>-catalog.db` (absent until a command makes it), and
+    /// `[postgres.main]` naming `cluster`. Returns its path.
+    pub fn host_config(&self, name: &str, cluster: &PgCluster) -> PathBuf {
+        let config = self.dir.path(format!("{name}.toml"));
+        self.write_config(
+            &config,
+            &self.dir.path(format!("{name}-catalog.db")),
+            cluster,
+        );
+        give_to_postgres(&config);
+        config
+    }
+
+    /// Writes a Strata configuration naming `cluster` `main`, with this
+    /// environment's vault and key file and the catalog index `catalog`.
+    fn write_config(&self, path: &Path, catalog: &Path, cluster: &PgCluster) {
+        let key = self
+            .key_file
+            .as_ref()
+            .map(|k| format!("key_file = \"{}\"\n", k.display()))
+            .unwrap_or_default();
+        std::fs::write(
+            path,
+            format!(
+                "[vault]\nurl = \"{}\"\n{key}\n[catalog]\npath = \"{}\"\n\n[writer]\npart_size = \"4MiB\"\ncompression_level = 1\n\n\
+                 [postgres.main]\nconnection = \"{}\"\ndata_directory = \"{}\"\nbin_dir = \"{}\"\nparallel = 2\n",
+                self.vault_url,
+                catalog.display(),
+                cluster.connection(),
+                cluster.data.display(),
+                cluster.bin.display()
+            ),
+        )
+        .expect("write config");
+    }
 }

@@ -78,15 +78,24 @@ fn backups_verify_page_checksums_and_name_a_damaged_page() {
         .strata(&["--json", "list", "pg", "main"])
         .success()
         .json();
-    let text = listed.to_string();
-    assert!(text.contains(damaged["id"].as_str().unwrap()), "{listed}");
+    let ids: Vec<&serde_json::Value> = listed["backups"]
+        .as_array()
+        .unwrap_or_else(|| panic!("backups: {listed}"))
+        .iter()
+        .map(|b| &b["id"])
+        .collect();
+    assert_eq!(ids, [&clean["id"], &damaged["id"]], "{listed}");
     let verified_backups = env.strata(&["verify", "--json"]).success().json();
-    assert!(
-        verified_backups
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|b| b["ok"] == true),
+    let verdicts: Vec<(&serde_json::Value, &serde_json::Value)> = verified_backups
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| (&b["id"], &b["ok"]))
+        .collect();
+    let ok = serde_json::Value::Bool(true);
+    assert_eq!(
+        verdicts,
+        [(&clean["id"], &ok), (&damaged["id"], &ok)],
         "{verified_backups}"
     );
 }

@@ -260,3 +260,115 @@ fn random_times_inside_the_listed_windows_restore_the_rows_committed_by_then() {
         );
     }
 }
+
+/// `restore pg --json` with `args` after `main`, as `config` says.
+fn restore_with(env: &PgStrata, config: &std::path::Path, args: &[&str]) -> serde_json::Value {
+    let mut all = vec!["--json", "restore", "pg", "main"];
+    all.extend_from_slice(args);
+    env.strata_with(config, &all).success().json()
+}
+
+/// `--to-lsn` stops recovery at that LSN: the commit before it is in the
+/// copy, the one after it is not. A target directory holding a stopped
+/// copy is refused (exit 9, naming it) and left alone, unless `--force`,
+/// which replaces what it holds. With a second cluster (another system
+/// identifier) archiving under the same name, a restore takes the system
+/// of the newest backup, and `--system-id` the one it names, its WAL
+/// included.
+#[test]
+fn to_lsn_stops_there_force_replaces_a_copy_and_system_id_picks_the_cluster() {
+    let env = PgStrata::new("pg_lsn_force_system");
+    let pg = &env.cluster;
+    let system_id = pg.psql("SELECT system_identifier FROM pg_control_system()");
+    markers_table(pg);
+    env.strata(&["backup", "pg", "main"]).success();
+    pg.psql("INSERT INTO markers VALUES (1, now())");
+    let lsn = insert_lsn(pg);
+    pg.psql("INSERT INTO markers VALUES (2, now())");
+    pg.switch_and_wait_archived(ARCHIVE_WAIT);
+
+    let (dir, port) = env.restore_target("copy");
+    let (dir_text, port_text) = (dir.to_str().unwrap(), port.to_string());
+    let target = ["--target-dir", dir_text, "--port", &port_text, "--start"];
+    let mut args = vec!["--to-lsn", lsn.as_str()];
+    args.extend(target);
+    let report = restore_with(&env, &env.config, &args);
+    assert_eq!(report["target"], lsn.as_str(), "{report}");
+    assert_eq!(report["recovery_timeline"], 1, "{report}");
+    let copy = PgCluster::adopt(dir.clone(), port, pg.socket_dir.clone());
+    assert_eq!(rows(&copy), "1", "{report}");
+    copy.stop();
+
+    // The stopped copy is in the way: refused, and left as it was.
+    let stray = dir.join("stray-file");
+    std::fs::write(&stray, "left by the operator").unwrap();
+    let out = env.strata(&[
+        "restore",
+        "pg",
+        "main",
+        "--latest",
+        "--target-dir",
+        dir_text,
+    ]);
+    assert_eq!(out.code(), Some(9), "{}", out.stderr_text());
+    assert!(
+        out.stderr_text().contains(&format!(
+            "the target directory {} is not empty",
+            dir.display()
+        )),
+        "{}",
+        out.stderr_text()
+    );
+    assert!(stray.is_file() && dir.join("PG_VERSION").is_file());
+    // --force replaces it.
+    let mut args = vec!["--latest", "--force"];
+    args.extend(target);
+    let report = restore_with(&env, &env.config, &args);
+    assert_eq!(report["started"], true, "{report}");
+    assert_eq!(rows(&copy), "1,2", "{report}");
+    assert!(!stray.exists(), "--force emptied the directory first");
+    copy.stop();
+    drop(copy);
+
+    // The cluster re-created under the same name: another system, whose
+    // backup is now the newest.
+    let (other, other_config) = env.another_cluster("recreated");
+    let other_id = other.psql("SELECT system_identifier FROM pg_control_system()");
+    assert_ne!(other_id, system_id);
+    markers_table(&other);
+    other.psql("INSERT INTO markers VALUES (100, now())");
+    env.strata_with(&other_config, &["backup", "pg", "main"])
+        .success();
+    other.psql("INSERT INTO markers VALUES (101, now())");
+    other.switch_and_wait_archived(ARCHIVE_WAIT);
+
+    let restored = |name: &str, extra: &[&str]| {
+        let (dir, port) = env.restore_target(name);
+        let port_text = port.to_string();
+        let mut args = vec![
+            "--latest",
+            "--target-dir",
+            dir.to_str().unwrap(),
+            "--port",
+            &port_text,
+            "--start",
+        ];
+        args.extend_from_slice(extra);
+        let report = restore_with(&env, &env.config, &args);
+        let copy = PgCluster::adopt(dir, port, pg.socket_dir.clone());
+        let system = copy.psql("SELECT system_identifier FROM pg_control_system()");
+        (report, system, rows(&copy))
+    };
+    let (report, system, got) = restored("newest_system", &[]);
+    assert_eq!(
+        (system.as_str(), got.as_str()),
+        (other_id.as_str(), "100,101"),
+        "{report}"
+    );
+    let (report, system, got) = restored("named_system", &["--system-id", &system_id]);
+    assert_eq!(
+        (system.as_str(), got.as_str()),
+        (system_id.as_str(), "1,2"),
+        "{report}"
+    );
+}

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use strata_e2e::pg::{PgStrata, give_to_postgres};
+use strata_e2e::pg::{PgCluster, PgStrata, give_to_postgres};
 
 const ARCHIVE_WAIT: Duration = Duration::from_secs(60);
 
@@ -60,8 +60,10 @@ fn archived_segments_come_back_byte_for_byte_and_duplicates_are_judged_by_conten
         "wal-fetch returns the archived bytes"
     );
     let dest = scratch.join("RECOVERYXLOG");
+    std::fs::remove_file(&dest).unwrap();
 
-    // A missing file is exit 1 (how recovery finds the end of WAL).
+    // A missing file is exit 1 (how recovery finds the end of WAL), and
+    // nothing is written.
     let missing = env.strata_as_postgres(
         &scratch,
         &[
@@ -74,13 +76,17 @@ fn archived_segments_come_back_byte_for_byte_and_duplicates_are_judged_by_conten
         ],
     );
     assert_eq!(missing.code(), Some(1), "{}", missing.stderr_text());
+    assert!(!dest.exists(), "nothing was written for a missing file");
 
     // PostgreSQL re-archiving the same segment after a crash: success.
     let rel = format!("pg_wal/{segment}");
     env.strata_as_postgres(&pg.data, &["pg", "wal-push", &rel, "--cluster", "main"])
         .success();
 
-    // Different bytes under the same name: refused, naming both.
+    // Different bytes under the same name: refused, naming both, and the
+    // archived object keeps its bytes.
+    let object = segment_object(&env, &system_id, &segment);
+    let stored = std::fs::read(&object).unwrap();
     let forged_dir = env.dir.mkdir("forged");
     let mut forged = original.clone();
     let last = forged.len() - 1;
@@ -116,23 +122,17 @@ fn archived_segments_come_back_byte_for_byte_and_duplicates_are_judged_by_conten
         "names the archived object: {err}"
     );
     assert_eq!(
-        std::fs::read(&dest).unwrap(),
-        original,
-        "the archived copy is untouched"
+        std::fs::read(&object).unwrap(),
+        stored,
+        "the archived object is untouched"
     );
-    env.strata_as_postgres(
-        &scratch,
-        &[
-            "pg",
-            "wal-fetch",
-            &segment,
-            dest.to_str().unwrap(),
-            "--cluster",
-            "main",
-        ],
-    )
-    .success();
-    assert_eq!(std::fs::read(&dest).unwrap(), original);
+    let after = env.dir.mkdir("after-forged");
+    give_to_postgres(&after);
+    assert_eq!(
+        wal_fetch(&env, &after, &segment, "RECOVERYXLOG"),
+        original,
+        "wal-fetch still returns the bytes PostgreSQL archived"
+    );
 
     // History files are never overwritten.
     let history = forged_dir.join("00000007.history");
@@ -171,12 +171,21 @@ fn archived_segments_come_back_byte_for_byte_and_duplicates_are_judged_by_conten
             "main",
         ],
     );
-    assert_ne!(out.code(), Some(0));
+    let err = out.stderr_text();
+    assert_eq!(out.code(), Some(9), "a conflict exits 9: {err}");
     assert!(
-        out.stderr_text()
-            .contains("timeline history files are never overwritten"),
-        "{}",
-        out.stderr_text()
+        err.contains(&format!(
+            "{} ({} bytes) differs from the archived file of that name (timeline history files are never overwritten): ",
+            history.display(),
+            std::fs::metadata(&history).unwrap().len()
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "engines/postgres/main/wal/{system_id}/00000007/00000007.history"
+        )),
+        "names the archived object: {err}"
     );
     assert_eq!(
         String::from_utf8(wal_fetch(
@@ -440,5 +449,142 @@ fn archived_segments_record_their_transaction_ends_as_pg_walinspect_reads_them()
     println!(
         "{} segments, {crossings} with a commit crossing into the next",
         to - from + 1
+    );
+}
+
+/// `restore_command` must tell "not archived" from "cannot be read":
+/// PostgreSQL takes an exit of 1 for the end of the archive (it ends
+/// recovery there and promotes), but stops recovery when the command exits
+/// above 125. A damaged archived segment and an unreachable vault make
+/// `wal-fetch` exit 126 naming the object or the vault, and a restore whose
+/// WAL holds a damaged segment fails instead of promoting a copy that lacks
+/// the commits after it.
+#[test]
+fn wal_fetch_exits_126_on_damage_or_an_unreachable_vault_and_recovery_stops_there() {
+    let env = PgStrata::new("pg_wal_fetch_failures");
+    let pg = &env.cluster;
+    let system_id = pg.psql("SELECT system_identifier FROM pg_control_system()");
+    pg.psql("CREATE TABLE markers (id int PRIMARY KEY)");
+    env.strata(&["backup", "pg", "main"]).success();
+    // Marker 1, 2 and 3 each in a segment of its own, after the backup's.
+    pg.psql("INSERT INTO markers VALUES (1)");
+    pg.switch_and_wait_archived(ARCHIVE_WAIT);
+    pg.psql("INSERT INTO markers VALUES (2)");
+    let damaged = pg.psql("SELECT pg_walfile_name(pg_current_wal_lsn())");
+    pg.switch_and_wait_archived(ARCHIVE_WAIT);
+    pg.psql("INSERT INTO markers VALUES (3)");
+    pg.switch_and_wait_archived(ARCHIVE_WAIT);
+
+    // One byte of the archived segment flipped, as a bad disk would.
+    let object = segment_object(&env, &system_id, &damaged);
+    let sound = std::fs::read(&object).unwrap();
+    let mut bytes = sound.clone();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&object, &bytes).unwrap();
+
+    let scratch = env.dir.mkdir("scratch");
+    give_to_postgres(&scratch);
+    let dest = scratch.join("RECOVERYXLOG");
+    let fetch = |file: &str| {
+        env.strata_as_postgres(
+            &scratch,
+            &[
+                "pg",
+                "wal-fetch",
+                file,
+                dest.to_str().unwrap(),
+                "--cluster",
+                "main",
+            ],
+        )
+    };
+    let out = fetch(&damaged);
+    let err = out.stderr_text();
+    assert_eq!(out.code(), Some(126), "{err}");
+    assert!(
+        err.contains(&format!("error: wal-fetch {damaged}: ")),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "engines/postgres/main/wal/{system_id}/00000001/{damaged}"
+        )),
+        "names the damaged object: {err}"
+    );
+    assert!(!dest.exists(), "nothing was written for a damaged segment");
+
+    // Recovery through the damaged segment stops there: the restore fails
+    // (an engine failure, exit 5) naming the segment, and the copy was
+    // never promoted without markers 2 and 3.
+    let (dir, port) = env.restore_target("through_damage");
+    let out = env.strata(&[
+        "restore",
+        "pg",
+        "main",
+        "--latest",
+        "--target-dir",
+        dir.to_str().unwrap(),
+        "--port",
+        &port.to_string(),
+        "--start",
+        "--start-timeout",
+        "60",
+    ]);
+    let copy = PgCluster::adopt(dir.clone(), port, pg.socket_dir.clone());
+    let err = out.stderr_text();
+    let log = std::fs::read_to_string(dir.join("strata-restore.log")).unwrap_or_default();
+    assert_eq!(out.code(), Some(5), "{err}\nserver log:\n{log}");
+    assert!(
+        err.contains("error: the restored cluster did not start: ")
+            && err.contains(&format!(
+                "could not restore file \"{damaged}\" from archive"
+            )),
+        "{err}"
+    );
+    assert!(!copy.is_running(), "the copy stopped: {log}");
+    assert!(
+        !log.contains("selected new timeline ID") && !log.contains("archive recovery complete"),
+        "the copy was promoted:\n{log}"
+    );
+    drop(copy);
+
+    // The vault unreachable (moved away): 126 too, naming it.
+    std::fs::write(&object, &sound).unwrap();
+    let away = env.dir.path("vault.away");
+    std::fs::rename(&env.vault_dir, &away).unwrap();
+    let out = fetch(&damaged);
+    std::fs::rename(&away, &env.vault_dir).unwrap();
+    let err = out.stderr_text();
+    assert_eq!(out.code(), Some(126), "{err}");
+    assert!(
+        err.contains(&format!("error: wal-fetch {damaged}: "))
+            && err.contains(&env.vault_dir.display().to_string()),
+        "names the vault: {err}"
+    );
+    assert!(!dest.exists(), "nothing was written without a vault");
+
+    // With the segment sound again the same restore promotes with every marker.
+    let (dir, port) = env.restore_target("sound");
+    let report = env
+        .strata(&[
+            "--json",
+            "restore",
+            "pg",
+            "main",
+            "--latest",
+            "--target-dir",
+            dir.to_str().unwrap(),
+            "--port",
+            &port.to_string(),
+            "--start",
+        ])
+        .success()
+        .json();
+    assert_eq!(report["started"], true, "{report}");
+    let copy = PgCluster::adopt(dir, port, pg.socket_dir.clone());
+    assert_eq!(
+        copy.psql("SELECT string_agg(id::text, ',' ORDER BY id) FROM markers"),
+        "1,2,3"
     );
 }

@@ -803,7 +803,15 @@ mod tests {
         ));
         std::fs::write(&path, "1\t0/4000000\tother\n").unwrap();
         let err = archive.push(&path, &pgdata).await.unwrap_err();
-        assert!(err.to_string().contains("never overwritten"), "{err}");
+        assert_eq!(err.kind(), ErrorKind::Conflict, "{err}");
+        let text = err.to_string();
+        assert!(
+            text.contains(&format!(
+                "{} (18 bytes) differs from the archived file of that name (timeline history files are never overwritten)",
+                path.display()
+            )) && text.contains("engines/postgres/main/wal/42/00000002/00000002.history"),
+            "{text}"
+        );
         let dest = pgdata.join("pg_wal/RECOVERYHISTORY");
         archive
             .fetch(42, "00000002.history", &dest, 0)
@@ -813,6 +821,55 @@ mod tests {
             std::fs::read_to_string(dest).unwrap(),
             "1\t0/3000000\tbefore 2026-11-22\n"
         );
+    }
+
+    /// A damaged archived segment is an integrity error naming its object,
+    /// never "not archived": `wal-fetch` turns the one into exit 126 (recovery
+    /// stops) and the other into exit 1 (recovery ends there and promotes).
+    /// Prefetch leaves it unspooled, so the fetch that needs it reads it.
+    #[tokio::test]
+    async fn a_damaged_segment_is_an_integrity_error_not_a_missing_one() {
+        let (dir, store, pgdata) = setup().await;
+        let archive = WalArchive::new(&store);
+        for i in 3..5u8 {
+            let name = format!("0000000100000000000000{i:02X}");
+            let mut data = fake_segment(42, i);
+            data.resize(SEG as usize, i);
+            std::fs::write(pgdata.join("pg_wal").join(&name), data).unwrap();
+            archive
+                .push(&pgdata.join("pg_wal").join(&name), &pgdata)
+                .await
+                .unwrap();
+        }
+        let damaged = "000000010000000000000004";
+        let object = dir
+            .path()
+            .join("vault/engines/postgres/main/wal/42/00000001")
+            .join(damaged);
+        let mut bytes = std::fs::read(&object).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0xff;
+        std::fs::write(&object, bytes).unwrap();
+
+        let dest = pgdata.join("pg_wal/RECOVERYXLOG");
+        archive
+            .fetch(42, "000000010000000000000003", &dest, 4)
+            .await
+            .unwrap();
+        let spool = pgdata.join("pg_wal/.strata-prefetch");
+        assert!(
+            !spool.join(damaged).exists(),
+            "a damaged segment is never spooled"
+        );
+        std::fs::remove_file(&dest).unwrap();
+        let err = archive.fetch(42, damaged, &dest, 4).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Integrity, "{err}");
+        assert!(
+            err.to_string()
+                .contains(&format!("engines/postgres/main/wal/42/00000001/{damaged}")),
+            "{err}"
+        );
+        assert!(!dest.exists(), "nothing was written");
     }
 
     #[tokio::test]
