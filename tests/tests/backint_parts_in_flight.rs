@@ -2,9 +2,10 @@
 //! promises: "uploads in flight per pipe" (docs/hana.md). A pipe's segment
 //! goes to S3 (moto) as a multipart upload through a recording relay on
 //! loopback; the relay counts the upload requests that are in flight at
-//! once and holds each one's answer back a moment, so that an agent that
-//! may run N uploads at once does run N. The largest number seen must be
-//! exactly the configured one.
+//! once and holds each one's answer back until N are (or a generous wait
+//! passed) and a moment longer, so that an agent that may run N uploads at
+//! once does run N however slow the machine. The largest number seen must
+//! be exactly the configured one.
 //!
 //! The relay knows nothing of HTTP beyond its order: on one connection a
 //! request (client to store) is answered (store to client) before the next
@@ -21,8 +22,14 @@ use strata_e2e::backends::{Backend, TestVault};
 use strata_e2e::cli::Strata;
 use strata_e2e::hana::{BackintCall, HanaHost, Piece, back_up};
 
-/// How long the relay holds back the answer to an upload chunk.
+/// How long the relay holds back the answer to an upload chunk once the
+/// expected number of chunks is in flight (time for one more to start, if
+/// the agent would start one).
 const HOLD: Duration = Duration::from_millis(400);
+/// The longest the relay waits for the expected number of chunks to be in
+/// flight before it answers anyway: a slow machine still overlaps them, and
+/// an agent that runs fewer is seen to (the peak stays lower).
+const OVERLAP_WAIT: Duration = Duration::from_secs(10);
 /// A request whose body passes this is an upload chunk.
 const UPLOAD: u64 = 1 << 20;
 
@@ -56,7 +63,7 @@ fn uploads_at_most(parts_in_flight: usize, test: &str) {
         .args(["vault", "init"])
         .run()
         .success();
-    let relay = Relay::start(upstream);
+    let relay = Relay::start(upstream, parts_in_flight);
     let host = HanaHost::new();
     let par = host.param_file(
         "HDB",
@@ -120,7 +127,10 @@ struct Exchange {
 }
 
 impl Relay {
-    fn start(upstream: SocketAddr) -> Relay {
+    /// A relay to `upstream` that holds each upload chunk's answer until
+    /// `expected` chunks are in flight (or [`OVERLAP_WAIT`] passed), then
+    /// [`HOLD`] longer.
+    fn start(upstream: SocketAddr, expected: usize) -> Relay {
         let listener = TcpListener::bind("127.0.0.1:0").expect("a loopback port");
         let relay = Relay {
             address: listener.local_addr().unwrap(),
@@ -164,6 +174,12 @@ impl Relay {
                         if x.counted {
                             // The answer to an upload chunk: held back, so
                             // that the agent's other uploads overlap it.
+                            let deadline = std::time::Instant::now() + OVERLAP_WAIT;
+                            while in_flight_down.load(Ordering::SeqCst) < expected
+                                && std::time::Instant::now() < deadline
+                            {
+                                std::thread::sleep(Duration::from_millis(10));
+                            }
                             std::thread::sleep(HOLD);
                             x.counted = false;
                             in_flight_down.fetch_sub(1, Ordering::SeqCst);
