@@ -552,11 +552,67 @@ fn a_stream_engine_restores_each_full_as_an_instant() {
     assert!(err.to_string().contains("no backups"), "{err}");
 }
 
+/// The default chain rules, counting how often the planner asks them
+/// anything: a measure of the planner's work that does not depend on the
+/// machine's speed.
+#[derive(Default)]
+struct CountingRules {
+    calls: std::sync::atomic::AtomicUsize,
+}
+
+impl CountingRules {
+    fn ask(&self) {
+        self.calls
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The calls since the last `take`.
+    fn take(&self) -> usize {
+        self.calls.swap(0, std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl ChainRules for CountingRules {
+    fn fork_origin(&self, fork: &str) -> Option<ForkOrigin> {
+        self.ask();
+        DefaultChainRules.fork_origin(fork)
+    }
+
+    fn log_continues(&self, covered_to: Position, next: &BackupRecord) -> bool {
+        self.ask();
+        DefaultChainRules.log_continues(covered_to, next)
+    }
+
+    fn fork_began_at(&self, fork: &str) -> Option<DateTime<Utc>> {
+        self.ask();
+        DefaultChainRules.fork_began_at(fork)
+    }
+
+    fn applies_on(&self, base: &BackupRecord, diff: &BackupRecord) -> bool {
+        self.ask();
+        DefaultChainRules.applies_on(base, diff)
+    }
+
+    fn log_needed_from(&self, data: &BackupRecord) -> Option<Position> {
+        self.ask();
+        DefaultChainRules.log_needed_from(data)
+    }
+
+    fn position_text(&self, position: Position) -> String {
+        self.ask();
+        DefaultChainRules.position_text(position)
+    }
+}
+
+/// 30 days of a WAL segment a minute (43,200 logs), a base backup a day, and
+/// one segment lost on day 20: two windows, the gap named by the segments
+/// around it, plans by time and latest, and a time in the gap refused with
+/// the nearest restorable times. The planner's work grows with the number
+/// of backups, not with backups times logs: it asks the chain rules a small
+/// multiple of the number of records, although each of the 30 base backups
+/// could replay on the order of 20,000 logs.
 #[test]
 fn a_month_of_one_minute_wal_segments() {
-    // 30 days of a segment a minute (43,200 logs), a base backup a day,
-    // and one segment lost on day 20: the planner's work and memory grow
-    // with the number of backups, not with backups times logs.
     const MINUTES: u128 = 30 * 24 * 60;
     let lost = 20 * 24 * 60 + 7;
     let start: DateTime<Utc> = "2026-10-01T00:00:00Z".parse().unwrap();
@@ -590,7 +646,17 @@ fn a_month_of_one_minute_wal_segments() {
             });
         }
     }
-    let line = timeline(&records, &DefaultChainRules);
+    let rules = CountingRules::default();
+    // Each phase may ask the rules a few times per record, never once per
+    // base backup and log.
+    let budget = 4 * records.len();
+    let line = timeline(&records, &rules);
+    let asked = rules.take();
+    assert!(
+        asked <= budget,
+        "timeline: {asked} calls for {} records",
+        records.len()
+    );
     assert_eq!(line.windows.len(), 2, "{:?}", line.windows);
     assert_eq!(line.windows[0].to_time, minute(lost));
     assert_eq!(line.windows[1].from_time, minute(20 * 24 * 60 + 30));
@@ -603,35 +669,55 @@ fn a_month_of_one_minute_wal_segments() {
         "WAL archived before the first base backup: {}",
         line.gaps[0].reason
     );
-    assert_eq!(
-        line.gaps[1].reason,
-        format!(
-            "no log backup covers positions {}..{} (missing between wal-{:06} and wal-{:06})",
-            lost * SEG,
-            (lost + 1) * SEG,
-            lost - 1,
-            lost + 1
-        )
+    let lost_gap = format!(
+        "no log backup covers positions {}..{} (missing between wal-{:06} and wal-{:06})",
+        lost * SEG,
+        (lost + 1) * SEG,
+        lost - 1,
+        lost + 1
     );
+    assert_eq!(line.gaps[1].reason, lost_gap);
 
-    let latest = plan(&records, &DefaultChainRules, &RestoreTarget::Latest).unwrap();
+    let latest = plan(&records, &rules, &RestoreTarget::Latest).unwrap();
+    let asked = rules.take();
+    assert!(
+        asked <= budget,
+        "latest: {asked} calls for {} records",
+        records.len()
+    );
     assert_eq!(latest.base.id.as_str(), "base-041790");
     assert_eq!(latest.logs.len(), 24 * 60 - 30);
     let p = plan(
         &records,
-        &DefaultChainRules,
+        &rules,
         &RestoreTarget::Time(minute(10 * 24 * 60 + 45)),
     )
     .unwrap();
+    let asked = rules.take();
+    assert!(
+        asked <= budget,
+        "time: {asked} calls for {} records",
+        records.len()
+    );
     assert_eq!(p.base.id.as_str(), "base-014430");
     assert_eq!(p.logs.len(), 15);
-    assert!(
-        plan(
-            &records,
-            &DefaultChainRules,
-            &RestoreTarget::Time(minute(lost + 10))
+
+    // Ten minutes after the lost segment (day 20, 00:17): the window before
+    // ends where the segment is missing (00:07), the next one begins at
+    // day 20's base backup (00:30).
+    let err = plan(&records, &rules, &RestoreTarget::Time(minute(lost + 10))).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound);
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "time 2026-10-21T00:17:00Z is not restorable ({lost_gap}); the nearest \
+             restorable times are 2026-10-21T00:07:00Z (before) and \
+             2026-10-21T00:30:00Z (after)"
         )
-        .is_err()
+    );
+    assert!(
+        err.hint_text().unwrap().contains("strata list --timeline"),
+        "{err:?}"
     );
 }
 

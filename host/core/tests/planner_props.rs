@@ -392,7 +392,8 @@ fn latest_of(line: &Timeline, fork: &str) -> Option<i64> {
         .max()
 }
 
-/// The data chain is well formed and consistent no later than `limit`.
+/// The data chain is well formed: a full, then differentials or
+/// incrementals, each applied on the backup before it.
 fn check_data_chain(plan: &RestorePlan) -> Result<(), TestCaseError> {
     prop_assert_eq!(plan.base.kind, BackupKind::Full);
     let mut previous = &plan.base;
@@ -594,18 +595,32 @@ fn check_world(world: &World, extra_targets: &[i64]) -> Result<(), TestCaseError
         }
     }
 
-    // Latest: the furthest point of the newest fork.
+    // Latest: the furthest point of the newest fork, which the plan's
+    // backups really reach when replayed.
+    let newest = model.iter().flatten().map(|w| w.1).max();
     match plan(records, &rules, &RestoreTarget::Latest) {
         Ok(p) => {
-            let newest = line.windows.iter().map(|w| sec(w.to_time)).max();
-            prop_assert_eq!(latest_of(&line, &p.fork), newest);
-            prop_assert_eq!(p.reaches_time.map(sec), newest);
+            let k = world.fork_index(&p.fork);
+            prop_assert_eq!(
+                model[k].iter().map(|w| w.1).max(),
+                newest,
+                "fork {} is not the one reaching furthest",
+                p.fork
+            );
             check_data_chain(&p)?;
             let logs: Vec<&BackupRecord> = p.logs.iter().collect();
-            prop_assert!(world.replay(&p, &logs).is_some());
+            let replayed = world.replay(&p, &logs);
+            prop_assert!(replayed.is_some(), "the latest plan has a hole: {:?}", p);
+            let (covered, time) = replayed.unwrap();
+            prop_assert_eq!(Some(time), newest, "the latest plan stops short: {:?}", p);
+            prop_assert_eq!(covered, pos(time));
+            prop_assert_eq!(p.reaches_time, Some(at(time)));
+            prop_assert_eq!(p.reaches_position, Some(covered));
         }
         Err(err) => {
+            prop_assert_eq!(newest, None, "{}", err);
             prop_assert!(line.windows.is_empty(), "{}", err);
+            prop_assert_eq!(err.kind(), ErrorKind::NotFound);
         }
     }
     Ok(())

@@ -3,6 +3,7 @@
 //! lifecycle the CLI, `hdbbackint` and the service use, and a plugin that
 //! fails or is cancelled mid-backup leaves nothing visible in the vault.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -26,6 +27,10 @@ struct Toy {
     rows: Mutex<Vec<(DateTime<Utc>, String)>>,
     backed_up: Mutex<usize>,
     restored: Mutex<Vec<String>>,
+    /// How many times the host asked the toy to restore.
+    restore_calls: AtomicUsize,
+    /// Fired once a backup's stream is written (the upload is underway).
+    stream_written: tokio::sync::Notify,
     /// Fail after writing the first stream (a crash mid-backup).
     fail_midway: bool,
     /// Never finish writing (to be cancelled).
@@ -98,6 +103,7 @@ impl EnginePlugin for Toy {
         let body = encode(&rows[from..]);
         sink.write_stream("rows", Box::new(std::io::Cursor::new(body)))
             .await?;
+        self.stream_written.notify_one();
         if self.fail_midway {
             return Err(Error::engine("the toy engine crashed"));
         }
@@ -119,6 +125,7 @@ impl EnginePlugin for Toy {
         request: RestoreRequest,
         source: &dyn RestoreSource,
     ) -> Result<RestoreOutcome> {
+        self.restore_calls.fetch_add(1, Ordering::SeqCst);
         let until = match request.target {
             RestoreTarget::Time(t) => Some(t),
             _ => None,
@@ -163,6 +170,10 @@ async fn backup(host: &Host, toy: &Toy, kind: BackupKind) -> Result<BackupResult
     .await
 }
 
+/// A full and two log backups are listed, make one window, and restore to
+/// a time between them and to the latest point; a time before the full is
+/// refused by the host, naming the earliest restorable time, without the
+/// plugin being asked.
 #[tokio::test]
 async fn a_toy_engine_backs_up_lists_plans_and_restores_through_the_lifecycle() {
     let host = Host::new(vault("contract-roundtrip").await);
@@ -213,7 +224,8 @@ async fn a_toy_engine_backs_up_lists_plans_and_restores_through_the_lifecycle() 
     assert_eq!(*toy.restored.lock().unwrap(), ["a", "b", "c", "d"]);
 
     // Before the full: refused before the plugin is asked, naming the window.
-    toy.restored.lock().unwrap().clear();
+    let asked_before = toy.restore_calls.load(Ordering::SeqCst);
+    assert_eq!(asked_before, 2, "one call per restore so far");
     let err = host
         .restore(
             &toy,
@@ -229,9 +241,18 @@ async fn a_toy_engine_backs_up_lists_plans_and_restores_through_the_lifecycle() 
         err.to_string().contains("earliest restorable time"),
         "{err}"
     );
-    assert!(toy.restored.lock().unwrap().is_empty());
+    assert_eq!(
+        toy.restore_calls.load(Ordering::SeqCst),
+        asked_before,
+        "the toy was asked to restore a time before its first full"
+    );
+    assert_eq!(*toy.restored.lock().unwrap(), ["a", "b", "c", "d"]);
 }
 
+/// A plugin that crashes after writing its stream, and one cancelled while
+/// its stream is in the vault, both fail (engine error, cancelled) and leave
+/// no manifest and no part behind; a kind the engine does not take is
+/// refused before anything is written.
 #[tokio::test]
 async fn a_plugin_that_fails_or_is_cancelled_mid_backup_leaves_nothing() {
     let vault = vault("contract-failures").await;
@@ -258,30 +279,42 @@ async fn a_plugin_that_fails_or_is_cancelled_mid_backup_leaves_nothing() {
     };
     hanging.insert("y", Utc::now());
     let cancel = CancellationToken::new();
-    let stop = cancel.clone();
-    tokio::spawn(async move {
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-        stop.cancel();
-    });
-    let err = host
-        .backup(
+    // Cancelled once the toy's stream is written: its parts are in the
+    // vault, so the cancellation has something to clean up.
+    let cancel_once_uploaded = async {
+        hanging.stream_written.notified().await;
+        let written = vault.list_keys("data").await.unwrap();
+        assert!(
+            written.len() > data_before.len(),
+            "the hanging backup wrote no part before it was cancelled: {written:?}"
+        );
+        cancel.cancel();
+    };
+    let (result, ()) = tokio::join!(
+        host.backup(
             &hanging,
             BackupRequest::new(whole(), BackupKind::Full),
             None,
-            cancel,
-        )
-        .await
-        .unwrap_err();
+            cancel.clone(),
+        ),
+        cancel_once_uploaded,
+    );
+    let err = result.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Cancelled);
+    assert!(err.to_string().contains("nothing was committed"), "{err}");
 
     // Only the good backup is visible, and no stream of the others is left.
     assert_eq!(host.backups(&good, &whole()).await.unwrap().len(), 1);
     assert_eq!(vault.list_keys("data").await.unwrap(), data_before);
 
-    // A kind the engine does not take is refused before anything is written.
+    // A kind the engine does not take is refused before anything is
+    // written, though the engine has a new row to back up.
+    good.insert("b", Utc::now());
     let err = backup(&host, &good, BackupKind::Diff).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Config);
     assert!(err.hint_text().unwrap().contains("full, log"), "{err:?}");
+    assert_eq!(vault.list_keys("data").await.unwrap(), data_before);
+    assert_eq!(host.backups(&good, &whole()).await.unwrap().len(), 1);
 }
 
 fn base_of(result: BackupResult) -> Option<String> {

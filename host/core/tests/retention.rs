@@ -117,6 +117,11 @@ fn assert_chains_whole(manifests: &[Manifest], plan: &RetentionPlan) {
     }
 }
 
+/// Thirteen months of a weekly full and daily differentials under 7 daily,
+/// 4 weekly, 12 monthly and 2 yearly points: exactly the days, weeks,
+/// months and years the policy names are kept, each the newest full (or,
+/// daily, backup) of its period, and everything older goes, the first full
+/// included.
 #[test]
 fn a_simulated_year_keeps_exactly_the_points_the_policy_names() {
     let now: DateTime<Utc> = "2026-12-01T12:00:00Z".parse().unwrap();
@@ -147,40 +152,111 @@ fn a_simulated_year_keeps_exactly_the_points_the_policy_names() {
         .collect();
     assert_eq!(days, expected);
 
-    // Weekly: 4 ISO weeks (the current one included), monthly 12, yearly 2,
-    // each the newest full of its period.
-    let count = |f: &dyn Fn(&KeepReason) -> bool| {
-        plan.keep.iter().filter(|k| k.reasons.iter().any(f)).count()
+    // Weekly 4, monthly 12, yearly 2: the Sunday fulls of the newest
+    // periods that hold a full. The schedule runs from Monday 2025-10-27
+    // (its first full) to Monday 2026-11-30.
+    let kept_by = |f: &dyn Fn(&KeepReason) -> bool| -> Vec<String> {
+        plan.keep
+            .iter()
+            .filter(|k| k.reasons.iter().any(f))
+            .map(|k| k.ended_at.date_naive().to_string())
+            .collect()
     };
-    assert_eq!(count(&|r| matches!(r, KeepReason::Weekly { .. })), 4);
-    assert_eq!(count(&|r| matches!(r, KeepReason::Monthly { .. })), 12);
-    assert_eq!(count(&|r| matches!(r, KeepReason::Yearly { .. })), 2);
-    for k in &plan.keep {
-        for r in &k.reasons {
-            if let KeepReason::Monthly { year, month } = r {
-                // No later full in that month.
-                let later = manifests.iter().any(|m| {
-                    m.kind == BackupKind::Full
-                        && m.ended_at > k.ended_at
-                        && m.ended_at.year() == *year
-                        && m.ended_at.month() == *month
-                });
-                assert!(!later, "{} is not the newest full of {year}-{month}", k.id);
+    assert_eq!(
+        kept_by(&|r| matches!(r, KeepReason::Weekly { .. })),
+        ["2026-11-08", "2026-11-15", "2026-11-22", "2026-11-29"]
+    );
+    assert_eq!(
+        kept_by(&|r| matches!(r, KeepReason::Monthly { .. })),
+        [
+            "2025-12-28",
+            "2026-01-25",
+            "2026-02-22",
+            "2026-03-29",
+            "2026-04-26",
+            "2026-05-31",
+            "2026-06-28",
+            "2026-07-26",
+            "2026-08-30",
+            "2026-09-27",
+            "2026-10-25",
+            "2026-11-29",
+        ]
+    );
+    assert_eq!(
+        kept_by(&|r| matches!(r, KeepReason::Yearly { .. })),
+        ["2025-12-28", "2026-11-29"]
+    );
+    // Each period point is a full, the newest full of the period it names.
+    let in_period = |r: &KeepReason, m: &Manifest| -> Option<bool> {
+        let t = m.ended_at;
+        match r {
+            KeepReason::Weekly { year, week } => {
+                Some((t.iso_week().year(), t.iso_week().week()) == (*year, *week))
             }
+            KeepReason::Monthly { year, month } => Some((t.year(), t.month()) == (*year, *month)),
+            KeepReason::Yearly { year } => Some(t.year() == *year),
+            _ => None,
+        }
+    };
+    for k in &plan.keep {
+        let own = manifests.iter().find(|m| m.id == k.id).unwrap();
+        for r in &k.reasons {
+            let Some(own_in_period) = in_period(r, own) else {
+                continue;
+            };
+            assert_eq!(k.kind, BackupKind::Full, "{} kept as {r}", k.id);
+            assert!(own_in_period, "{} ({}) is kept as {r}", k.id, k.ended_at);
+            let later = manifests.iter().any(|m| {
+                m.kind == BackupKind::Full
+                    && m.ended_at > k.ended_at
+                    && in_period(r, m) == Some(true)
+            });
+            assert!(!later, "{} is not the newest full of its {r}", k.id);
         }
     }
-    // Nothing else: at most 7 + 4 + 12 + 2 data points, plus bases.
-    let data_kept = plan.keep.len();
-    assert!(data_kept <= 7 + 4 + 12 + 2 + 2, "{data_kept} kept");
-    assert_eq!(plan.keep.len() + plan.expire.len(), manifests.len());
-    // The oldest backup of all (a full of late October 2025) is gone; the
-    // yearly full of 2025 is its last Sunday.
-    let yearly_2025 = plan
+    // Nothing else: exactly the union of the rules' points (the daily
+    // differentials of Nov 24 to 28 build on the Nov 22 full, Nov 30's on the
+    // Nov 29 full, both kept already).
+    let all_kept: Vec<String> = plan
         .keep
         .iter()
-        .find(|k| k.reasons.contains(&KeepReason::Yearly { year: 2025 }))
-        .unwrap();
-    assert_eq!(yearly_2025.ended_at.date_naive().to_string(), "2025-12-28");
+        .map(|k| k.ended_at.date_naive().to_string())
+        .collect();
+    assert_eq!(
+        all_kept,
+        [
+            "2025-12-28",
+            "2026-01-25",
+            "2026-02-22",
+            "2026-03-29",
+            "2026-04-26",
+            "2026-05-31",
+            "2026-06-28",
+            "2026-07-26",
+            "2026-08-30",
+            "2026-09-27",
+            "2026-10-25",
+            "2026-11-08",
+            "2026-11-15",
+            "2026-11-22",
+            "2026-11-24",
+            "2026-11-25",
+            "2026-11-26",
+            "2026-11-27",
+            "2026-11-28",
+            "2026-11-29",
+            "2026-11-30",
+        ]
+    );
+    assert_eq!(plan.keep.len() + plan.expire.len(), manifests.len());
+    // The oldest backup of all, the first full (Monday 2025-10-27), is gone:
+    // the yearly full of 2025 is its last Sunday.
+    let oldest = &manifests[0];
+    assert_eq!(oldest.kind, BackupKind::Full);
+    assert_eq!(oldest.ended_at.date_naive().to_string(), "2025-10-27");
+    assert!(!plan.keeps(&oldest.id), "the oldest full is kept");
+    assert!(plan.expire.iter().any(|e| e.id == oldest.id));
 }
 
 #[test]
@@ -236,9 +312,11 @@ fn a_diff_kept_by_the_daily_rule_keeps_a_full_older_than_every_rule() {
     let full = &manifests[0];
     assert_eq!(full.kind, BackupKind::Full);
     let why = &plan.keep.iter().find(|k| k.id == full.id).unwrap().reasons;
+    assert!(!why.is_empty(), "kept without a reason");
     assert!(
-        why.iter().all(|r| matches!(r, KeepReason::BaseOf { .. })),
-        "{why:?}"
+        why.iter()
+            .all(|r| matches!(r, KeepReason::BaseOf { backup } if plan.keeps(backup))),
+        "kept only as the base of kept differentials: {why:?}"
     );
     assert_eq!(kept(&plan, BackupKind::Diff).len(), 2);
     // The expired diffs go newest first.
