@@ -717,6 +717,7 @@ fn write_atomically(dest: &Path, data: &[u8]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::ops::Range;
     use strata_core::vault::{Vault, VaultArchive, VaultConfig};
 
     const SEG: u64 = 16 * 1024 * 1024;
@@ -827,20 +828,26 @@ mod tests {
     /// never "not archived": `wal-fetch` turns the one into exit 126 (recovery
     /// stops) and the other into exit 1 (recovery ends there and promotes).
     /// Prefetch leaves it unspooled, so the fetch that needs it reads it.
-    #[tokio::test]
-    async fn a_damaged_segment_is_an_integrity_error_not_a_missing_one() {
-        let (dir, store, pgdata) = setup().await;
-        let archive = WalArchive::new(&store);
-        for i in 3..5u8 {
+    /// Archives full-size segments `0000000100000000000000<i>` of system 42
+    /// for each `i` of `range`, written into `pg_wal` first.
+    async fn push_full_segments(archive: &WalArchive<'_>, pgdata: &Path, range: Range<u8>) {
+        for i in range {
             let name = format!("0000000100000000000000{i:02X}");
             let mut data = fake_segment(42, i);
             data.resize(SEG as usize, i);
             std::fs::write(pgdata.join("pg_wal").join(&name), data).unwrap();
             archive
-                .push(&pgdata.join("pg_wal").join(&name), &pgdata)
+                .push(&pgdata.join("pg_wal").join(&name), pgdata)
                 .await
                 .unwrap();
         }
+    }
+
+    #[tokio::test]
+    async fn a_damaged_segment_is_an_integrity_error_not_a_missing_one() {
+        let (dir, store, pgdata) = setup().await;
+        let archive = WalArchive::new(&store);
+        push_full_segments(&archive, &pgdata, 3..5).await;
         let damaged = "000000010000000000000004";
         let object = dir
             .path()
@@ -877,16 +884,7 @@ mod tests {
         let (_dir, store, pgdata) = setup().await;
         let archive = WalArchive::new(&store);
         // Real segments are SEG bytes long; the header's size drives successor names.
-        for i in 3..6u8 {
-            let name = format!("0000000100000000000000{i:02X}");
-            let mut data = fake_segment(42, i);
-            data.resize(SEG as usize, i);
-            std::fs::write(pgdata.join("pg_wal").join(&name), data).unwrap();
-            archive
-                .push(&pgdata.join("pg_wal").join(&name), &pgdata)
-                .await
-                .unwrap();
-        }
+        push_full_segments(&archive, &pgdata, 3..6).await;
         let dest = pgdata.join("pg_wal/RECOVERYXLOG");
         archive
             .fetch(42, "000000010000000000000003", &dest, 4)
