@@ -253,7 +253,9 @@ mod tests {
         let moved = opened.open_part("b1", 0, 8, &sealed).unwrap_err();
         assert_eq!(moved.kind(), crate::ErrorKind::Integrity);
         assert!(
-            moved.to_string().contains("part 8 of stream 0 failed authentication"),
+            moved
+                .to_string()
+                .contains("part 8 of stream 0 failed authentication"),
             "{moved}"
         );
         let other_backup = opened.open_part("b2", 0, 7, &sealed).unwrap_err();

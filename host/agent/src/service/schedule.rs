@@ -231,7 +231,9 @@ mod tests {
         assert_eq!(runs[0].0, BackupKind::Full);
         assert_eq!(runs[0].1, Trigger::Initial);
         assert!(
-            runs[1..].iter().all(|(_, trigger, _)| *trigger == Trigger::Schedule),
+            runs[1..]
+                .iter()
+                .all(|(_, trigger, _)| *trigger == Trigger::Schedule),
             "{runs:?}"
         );
         let scheduled: Vec<(BackupKind, String)> = runs[1..]
@@ -325,7 +327,11 @@ mod tests {
         assert_eq!(due(&policy, &last, t("2026-11-30T01:35:00Z"), PAUSE), None);
         let monday = due(&policy, &last, t("2026-11-30T02:00:00Z"), PAUSE).unwrap();
         assert_eq!(monday.kind, BackupKind::Full);
-        assert_eq!(monday.slot, Some(t("2026-11-29T01:00:00Z")), "Sunday's slot");
+        assert_eq!(
+            monday.slot,
+            Some(t("2026-11-29T01:00:00Z")),
+            "Sunday's slot"
+        );
         // A first full that keeps failing is retried after each pause too.
         let fresh = LastRuns {
             full: KindRuns {
