@@ -588,3 +588,87 @@ fn wal_fetch_exits_126_on_damage_or_an_unreachable_vault_and_recovery_stops_ther
         "1,2,3"
     );
 }
+
+/// An object store that answers every request with `503 Service
+/// Unavailable` (what S3 says when it sheds load) on a loopback port, until
+/// the test ends. Returns its endpoint URL and how many requests it refused.
+fn store_answering_503() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    let refused = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = refused.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            // The request head; nothing the client sends matters here.
+            let mut line = String::new();
+            while reader.read_line(&mut line).is_ok_and(|n| n > 0) && line != "\r\n" {
+                line.clear();
+            }
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let mut stream = stream;
+            let _ = stream.write_all(
+                b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+            );
+        }
+    });
+    (endpoint, refused)
+}
+
+/// A store that is down (here: every request answered 503) is not "the
+/// archive has no such file": `wal-fetch` retries (the store's retries as
+/// `[vault.options]` set them, then its own), then exits 126, which stops
+/// PostgreSQL's recovery, naming the failure; nothing is written. Exit 1
+/// here would end recovery early, as if the archive were over.
+#[test]
+fn wal_fetch_exits_126_when_the_store_keeps_failing() {
+    let dir = strata_e2e::fixture::TestDir::new("wal-fetch-503");
+    let (endpoint, refused) = store_answering_503();
+    let config = dir.path("strata.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[vault]\nurl = \"s3://strata-down/vault\"\n\
+             [vault.options]\naws_endpoint = \"{endpoint}\"\naws_region = \"us-east-1\"\n\
+             allow_http = \"true\"\nmax_retries = \"1\"\nretry_timeout = \"1s\"\n"
+        ),
+    )
+    .unwrap();
+    let dest = dir.path("RECOVERYXLOG");
+    let out = strata_e2e::cli::Strata::new()
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .arg("--config")
+        .arg(&config)
+        .args([
+            "pg",
+            "wal-fetch",
+            "000000010000000000000002",
+            dest.to_str().unwrap(),
+            "--cluster",
+            "main",
+        ])
+        .run();
+    let err = out.stderr_text();
+    assert_eq!(out.code(), Some(126), "{err}");
+    assert!(
+        err.lines().any(|l| l
+            .starts_with("error: wal-fetch 000000010000000000000002: the vault s3://strata-down/vault could not be reached")
+            && l.contains("503 Service Unavailable")),
+        "{err}"
+    );
+    assert_eq!(
+        err.matches("wal-fetch failed; retrying").count(),
+        5,
+        "wal-fetch's own attempts: {err}"
+    );
+    assert!(!dest.exists(), "nothing was written");
+    // The store's retries (max_retries = 1) within each of wal-fetch's own
+    // attempts (one and five more): at least twelve requests.
+    assert!(
+        refused.load(std::sync::atomic::Ordering::SeqCst) >= 12,
+        "{} requests",
+        refused.load(std::sync::atomic::Ordering::SeqCst)
+    );
+}

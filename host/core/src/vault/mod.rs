@@ -10,6 +10,10 @@
 //! | `az://container/prefix` | Azure Blob | `AZURE_*` environment variables (e.g. `AZURE_STORAGE_ACCOUNT_NAME`, `AZURE_STORAGE_USE_EMULATOR`), options |
 //! | `gs://bucket/prefix` | Google Cloud Storage | `GOOGLE_*` environment variables, options |
 //!
+//! On the cloud stores, `[vault.options]` also takes Strata's `max_retries`
+//! (default 10) and `retry_timeout` (default `5m`): how often and how long a
+//! failed request is retried before its error is reported.
+//!
 //! [`Vault::init`] writes the vault metadata ([`layout::VAULT_META`]) create-only
 //! and refuses to initialise over an existing vault. [`Vault::open`] reads it,
 //! refuses a newer format, and checks the encryption key.
@@ -199,12 +203,44 @@ fn client_options(env_prefix: &str) -> ClientOptions {
     options
 }
 
-fn retry_config() -> RetryConfig {
-    RetryConfig {
+/// Strata's own keys of `[vault.options]`: how a cloud store retries a
+/// failed request (with exponential backoff) before the error is given up.
+/// `max_retries` (a whole number, default 10) and `retry_timeout` (a
+/// duration such as `30s` or `5m`, default 5 minutes): lower them where a
+/// caller must not wait long, such as PostgreSQL's `restore_command`.
+const RETRY_OPTIONS: [&str; 2] = ["max_retries", "retry_timeout"];
+
+/// The retry settings of a cloud vault ([`RETRY_OPTIONS`]).
+fn retry_config(raw: &str, options: &BTreeMap<String, String>) -> Result<RetryConfig> {
+    let invalid = |key: &str, value: &str, example: &str| {
+        Error::config(format!(
+            "vault option {key} = \"{value}\" for vault {raw} is not valid"
+        ))
+        .hint(format!("write it as in {key} = \"{example}\""))
+    };
+    let mut retry = RetryConfig {
         max_retries: 10,
         retry_timeout: Duration::from_secs(300),
         ..Default::default()
+    };
+    if let Some(value) = options.get("max_retries") {
+        retry.max_retries = value
+            .trim()
+            .parse()
+            .map_err(|_| invalid("max_retries", value, "10"))?;
     }
+    if let Some(value) = options.get("retry_timeout") {
+        retry.retry_timeout = humantime::parse_duration(value.trim())
+            .map_err(|_| invalid("retry_timeout", value, "5m"))?;
+    }
+    Ok(retry)
+}
+
+/// The `[vault.options]` passed on to the object store.
+fn store_options(options: &BTreeMap<String, String>) -> impl Iterator<Item = (&String, &String)> {
+    options
+        .iter()
+        .filter(|(key, _)| !RETRY_OPTIONS.contains(&key.as_str()))
 }
 
 fn unknown_option(url: &str, key: &str) -> Error {
@@ -220,8 +256,8 @@ macro_rules! cloud_store {
         let mut builder = <$builder>::from_env()
             .with_url($url.as_str())
             .with_client_options(client_options($env_prefix))
-            .with_retry(retry_config());
-        for (key, value) in &$config.options {
+            .with_retry(retry_config($raw, &$config.options)?);
+        for (key, value) in store_options(&$config.options) {
             let key = key.parse().map_err(|_| unknown_option($raw, key))?;
             builder = builder.with_config(key, value);
         }
@@ -306,8 +342,8 @@ fn build_store_with_access(
             let mut builder = object_store::aws::AmazonS3Builder::from_env()
                 .with_url(url.as_str())
                 .with_client_options(options.clone())
-                .with_retry(retry_config());
-            for (key, value) in &config.options {
+                .with_retry(retry_config(raw, &config.options)?);
+            for (key, value) in store_options(&config.options) {
                 let key = key.parse().map_err(|_| unknown_option(raw, key))?;
                 builder = builder.with_config(key, value);
             }
@@ -1005,6 +1041,44 @@ pub use immutability::Deletion;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retry_options_are_read_by_strata_and_checked() {
+        let options = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect()
+        };
+        let default = retry_config("s3://b", &options(&[])).unwrap();
+        assert_eq!(default.max_retries, 10);
+        assert_eq!(default.retry_timeout, Duration::from_secs(300));
+        let set = options(&[
+            ("max_retries", "2"),
+            ("retry_timeout", "30s"),
+            ("aws_region", "eu-west-1"),
+        ]);
+        let retry = retry_config("s3://b", &set).unwrap();
+        assert_eq!(retry.max_retries, 2);
+        assert_eq!(retry.retry_timeout, Duration::from_secs(30));
+        let passed: Vec<&String> = store_options(&set).map(|(k, _)| k).collect();
+        assert_eq!(passed, ["aws_region"]);
+        for (key, value, example) in [
+            ("max_retries", "many", "10"),
+            ("retry_timeout", "soon", "5m"),
+        ] {
+            let err = retry_config("s3://b", &options(&[(key, value)])).unwrap_err();
+            assert_eq!(err.kind(), crate::ErrorKind::Config);
+            assert_eq!(
+                err.to_string(),
+                format!("vault option {key} = \"{value}\" for vault s3://b is not valid")
+            );
+            assert_eq!(
+                err.hint_text(),
+                Some(format!("write it as in {key} = \"{example}\"").as_str())
+            );
+        }
+    }
 
     #[tokio::test]
     async fn init_refuses_existing_and_open_checks_key() {
