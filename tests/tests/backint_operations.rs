@@ -280,11 +280,12 @@ fn verified_fields(report: &serde_json::Value) -> Vec<(String, bool, u64, u64)> 
         .collect()
 }
 
-/// A second host starts with an empty catalog index: `catalog rebuild`
-/// fills it from the vault alone (every HANA object under its EBID), `list`
-/// and `restore hana` work from it, and hdbbackint on that host restores
-/// every object into its pipes byte for byte (`#NULL` gives the newest
-/// catalog).
+/// A second host starts with an empty catalog index: before any rebuild,
+/// `restore hana` plans the recovery from the vault alone and hdbbackint
+/// restores the newest catalog (`#NULL`) byte for byte; `catalog rebuild`
+/// then fills the index from the vault (every HANA object under its EBID),
+/// `list` and `restore hana` work from it, and hdbbackint on that host
+/// restores every object into its pipes byte for byte.
 #[test]
 fn a_second_host_rebuilds_its_catalog_and_restores_every_object() {
     let first = HanaHost::new();
@@ -335,6 +336,60 @@ fn a_second_host_rebuilds_its_catalog_and_restores_every_object() {
     let second = HanaHost::new();
     let index_path = second.root().join("catalog.db");
     std::fs::write(&index_path, "").unwrap();
+    let second_par = second.standard_params(
+        "HDB",
+        "data.utl",
+        vault.url(),
+        &format!("catalog = {}", index_path.display()),
+    );
+    let restore_dir = second.backint_dir("HDB", "DB_HDB");
+    let dest = |n: &str| {
+        let path = restore_dir.join(n);
+        mkfifo(&path);
+        path
+    };
+
+    // Before any rebuild, the recovery is planned from the vault alone ...
+    let expected_plan = "-- on the SYSTEMDB of HDB:\n\
+         ALTER SYSTEM STOP DATABASE HDB;\n\
+         RECOVER DATABASE FOR HDB UNTIL TIMESTAMP '2999-01-01 00:00:00' CLEAR LOG USING CATALOG \
+         BACKINT USING LOG PATH ('/usr/sap/HDB/SYS/global/hdb/backint/DB_HDB') USING DATA PATH \
+         ('/usr/sap/HDB/SYS/global/hdb/backint/DB_HDB/') CHECK ACCESS USING BACKINT;\n";
+    let plan = strata(&vault, &index_path)
+        .args(["restore", "hana", "--sid", "HDB", "--database", "HDB"])
+        .args(["--until", "2999-01-01 00:00:00+00"])
+        .run()
+        .success()
+        .stdout_text();
+    assert_eq!(plan, expected_plan);
+    // ... and hdbbackint finds the newest catalog version there and
+    // restores it byte for byte.
+    let early_to = dest("catalog_before_rebuild");
+    let agent = BackintCall::new("restore", "HDB")
+        .user("HDB@HDB")
+        .params(&second_par)
+        .line(format!(
+            "#NULL {} {}",
+            q(&catalog_old.path.display().to_string()),
+            q(&early_to.display().to_string())
+        ))
+        .spawn(&second);
+    let got = drain_pipe(&early_to, OPEN).unwrap();
+    let result = agent.finish(AGENT_TIMEOUT);
+    result.assert_exit(0);
+    assert_eq!(got.bytes, catalog_new.len, "{}", result.describe());
+    assert_eq!(got.blake3, catalog_new.digest(), "{}", result.describe());
+    assert_eq!(
+        result.with("#RESTORED"),
+        vec![vec![
+            catalog_ebids[1].clone(),
+            catalog_old.path.display().to_string()
+        ]],
+        "{}",
+        result.describe()
+    );
+
+    // `catalog rebuild` then fills the index: nothing above recorded a thing.
     let rebuilt = strata(&vault, &index_path)
         .args(["--json", "catalog", "rebuild"])
         .run()
@@ -391,24 +446,9 @@ fn a_second_host_rebuilds_its_catalog_and_restores_every_object() {
         .run()
         .success()
         .stdout_text();
-    assert!(
-        plan.contains("RECOVER DATABASE FOR HDB UNTIL TIMESTAMP '2999-01-01 00:00:00' CLEAR LOG USING CATALOG BACKINT"),
-        "{plan}"
-    );
+    assert_eq!(plan, expected_plan);
 
     // hdbbackint on the second host, with that index, restores every object.
-    let second_par = second.standard_params(
-        "HDB",
-        "data.utl",
-        vault.url(),
-        &format!("catalog = {}", index_path.display()),
-    );
-    let restore_dir = second.backint_dir("HDB", "DB_HDB");
-    let dest = |n: &str| {
-        let path = restore_dir.join(n);
-        mkfifo(&path);
-        path
-    };
     let (data_to, log_to, catalog_to) = (dest("data"), dest("log"), dest("catalog"));
     let agent = BackintCall::new("restore", "HDB")
         .user("HDB@HDB")
@@ -464,8 +504,9 @@ fn first_segment_key(root: &Path, ebid: &str) -> String {
 /// `restore hana` checks that every object the recovery will read is in
 /// the vault before it prints (or runs) the recovery: HANA would otherwise
 /// fail half way, after the operator stopped the system. A log backup whose
-/// segment is gone is named (exit 8) and the recovery works again once it
-/// is back; a data backup with fewer pieces than HANA sent (`-c`) is named
+/// segment is gone, and each piece of the data backup whose segment is
+/// gone, is named (exit 8) and the recovery works again once it is back;
+/// a data backup with fewer pieces than HANA sent (`-c`) is named
 /// with its HANA backup ID, and `--backup-id` of the complete older one
 /// still recovers.
 #[test]
@@ -476,8 +517,9 @@ fn restore_hana_refuses_when_an_object_the_recovery_reads_is_gone() {
     let catalog = host.root().join("catalog.db");
     let tenant = host.backint_dir("HDB", "DB_HDB");
     let par = host.standard_params("HDB", "data.utl", vault.url(), "");
-    let data = |id: &str, count: usize, pieces: &[&Piece]| {
-        back_up(
+    // Backs up one data backup; its pieces' EBIDs.
+    let data = |id: &str, count: usize, pieces: &[&Piece]| -> Vec<String> {
+        let saved = back_up(
             &host,
             BackintCall::new("backup", "HDB")
                 .user("HDB@HDB")
@@ -487,6 +529,7 @@ fn restore_hana_refuses_when_an_object_the_recovery_reads_is_gone() {
                 .level("COMPLETE"),
             pieces,
         );
+        pieces.iter().map(|p| saved.saved(&p.path).0).collect()
     };
     let volume = |n: u32, seed: u64| {
         // The same names each time, as HANA's backup prefix gives them.
@@ -498,7 +541,8 @@ fn restore_hana_refuses_when_an_object_the_recovery_reads_is_gone() {
             seed,
         )
     };
-    data("1763777000000", 2, &[&volume(2, 81), &volume(3, 82)]);
+    let volumes = [volume(2, 81), volume(3, 82)];
+    let volume_ebids = data("1763777000000", 2, &[&volumes[0], &volumes[1]]);
     let log = Piece::fifo(&tenant, "log_backup_3_0_100_200", 30_007, 83);
     let log_ebid = back_up(
         &host,
@@ -533,6 +577,24 @@ fn restore_hana_refuses_when_an_object_the_recovery_reads_is_gone() {
     assert!(out.stdout_text().is_empty(), "{}", out.stdout_text());
     std::fs::rename(&aside, root.join(&key)).unwrap();
     restore(&[]).success();
+
+    // Each piece of the data backup the recovery starts from, in turn.
+    for (volume, ebid) in volumes.iter().zip(&volume_ebids) {
+        let key = first_segment_key(&root, ebid);
+        std::fs::rename(root.join(&key), &aside).unwrap();
+        let out = restore(&[]).failure(8);
+        let stream = volume.path.file_name().unwrap().to_str().unwrap();
+        assert!(
+            out.stderr_text().contains(&format!(
+                "backup {ebid}, stream `{stream}`: object {key} is missing from the vault"
+            )),
+            "{}",
+            out.stderr_text()
+        );
+        assert!(out.stdout_text().is_empty(), "{}", out.stdout_text());
+        std::fs::rename(&aside, root.join(&key)).unwrap();
+        restore(&[]).success();
+    }
 
     // A newer data backup of three pieces of which the vault has two.
     data("1763778000000", 3, &[&volume(2, 84), &volume(3, 85)]);

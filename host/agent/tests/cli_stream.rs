@@ -722,12 +722,27 @@ fn catalog_rebuild_recreates_the_index_from_the_vault() {
         ]);
     }
     std::fs::remove_file(fx.path("catalog.db")).unwrap();
-    let out = fx.ok(&["catalog", "rebuild"]);
-    assert!(
-        String::from_utf8_lossy(&out.stdout).contains("3 backups"),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
+    let out = fx.ok(&["--json", "catalog", "rebuild"]);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (&report["manifests"], &report["added"], &report["removed"]),
+        (&3.into(), &3.into(), &0.into()),
+        "{report}"
     );
+    // The index file itself holds the three backups (`list` would fetch
+    // manifests the index lacks from the vault, so it cannot tell).
+    let meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(fx.path("vault/strata-vault.json")).unwrap())
+            .unwrap();
+    let indexed: Vec<String> =
+        strata_core::catalog::index::CatalogIndex::open(&fx.path("catalog.db"))
+            .unwrap()
+            .list(meta["vault_id"].as_str().unwrap(), &Default::default())
+            .unwrap()
+            .into_iter()
+            .map(|m| m.instance)
+            .collect();
+    assert_eq!(indexed, ["a", "b", "c"]);
     let out = fx.ok(&["list", "--json"]);
     let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let names: Vec<&str> = listed
