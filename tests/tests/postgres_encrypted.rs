@@ -9,6 +9,7 @@
 use std::path::Path;
 use std::time::Duration;
 
+use strata_core::catalog::index::{CatalogIndex, ListFilter};
 use strata_e2e::pg::{PgCluster, PgStrata, give_to_postgres};
 
 const ARCHIVE_WAIT: Duration = Duration::from_secs(90);
@@ -256,6 +257,22 @@ fn an_encrypted_vault_restores_a_time_with_its_key_and_nothing_without_it() {
     assert_eq!(rebuilt["added"], 1, "{rebuilt}");
     assert_eq!(rebuilt["removed"], 0, "{rebuilt}");
     assert!(host2_index.is_file(), "the index was written");
+    // The rows are in the index file itself, not only in the counts.
+    let info = env
+        .strata_with(&host2, &["--json", "vault", "info"])
+        .success()
+        .json();
+    let vault_id = info["meta"]["vault_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("a vault id: {info}"));
+    let indexed: Vec<String> = CatalogIndex::open(&host2_index)
+        .unwrap_or_else(|e| panic!("{}: {e}", host2_index.display()))
+        .list(vault_id, &ListFilter::default())
+        .unwrap()
+        .into_iter()
+        .map(|m| m.id.to_string())
+        .collect();
+    assert_eq!(indexed, [id.as_str()], "the rebuilt index holds the backup");
     let listed = env
         .strata_with(&host2, &["--json", "list"])
         .success()

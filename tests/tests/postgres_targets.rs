@@ -268,13 +268,26 @@ fn restore_with(env: &PgStrata, config: &std::path::Path, args: &[&str]) -> serd
     env.strata_with(config, &all).success().json()
 }
 
+/// Switches `pg` to a new WAL segment and waits until the one it left is
+/// archived; returns that segment's name and its bytes as PostgreSQL wrote
+/// and archived them (read from `pg_wal` before a checkpoint can recycle it).
+fn switch_and_keep_segment(pg: &PgCluster) -> (String, Vec<u8>) {
+    let segment = pg.psql("SELECT pg_walfile_name(pg_current_wal_lsn())");
+    pg.switch_and_wait_archived(ARCHIVE_WAIT);
+    let bytes = std::fs::read(pg.data.join("pg_wal").join(&segment))
+        .unwrap_or_else(|e| panic!("{segment} is still in pg_wal: {e}"));
+    (segment, bytes)
+}
+
 /// `--to-lsn` stops recovery at that LSN: the commit before it is in the
 /// copy, the one after it is not. A target directory holding a stopped
 /// copy is refused (exit 9, naming it) and left alone, unless `--force`,
 /// which replaces what it holds. With a second cluster (another system
 /// identifier) archiving under the same name, a restore takes the system
 /// of the newest backup, and `--system-id` the one it names, its WAL
-/// included.
+/// included. `wal-fetch` without `--system-id` refuses such an archive
+/// (exit 126, naming both systems, nothing written); with it, it gives
+/// back the segment that system archived.
 #[test]
 fn to_lsn_stops_there_force_replaces_a_copy_and_system_id_picks_the_cluster() {
     let env = PgStrata::new("pg_lsn_force_system");
@@ -285,7 +298,7 @@ fn to_lsn_stops_there_force_replaces_a_copy_and_system_id_picks_the_cluster() {
     pg.psql("INSERT INTO markers VALUES (1, now())");
     let lsn = insert_lsn(pg);
     pg.psql("INSERT INTO markers VALUES (2, now())");
-    pg.switch_and_wait_archived(ARCHIVE_WAIT);
+    let (segment, archived) = switch_and_keep_segment(pg);
 
     let (dir, port) = env.restore_target("copy");
     let (dir_text, port_text) = (dir.to_str().unwrap(), port.to_string());
@@ -340,7 +353,50 @@ fn to_lsn_stops_there_force_replaces_a_copy_and_system_id_picks_the_cluster() {
     env.strata_with(&other_config, &["backup", "pg", "main"])
         .success();
     other.psql("INSERT INTO markers VALUES (101, now())");
-    other.switch_and_wait_archived(ARCHIVE_WAIT);
+    let (other_segment, other_archived) = switch_and_keep_segment(&other);
+
+    // `restore_command` without --system-id cannot tell the systems apart:
+    // it refuses with 126, which stops recovery (1 would end it, as if the
+    // archive were over), names both systems, and writes nothing.
+    let scratch = env.dir.mkdir("scratch");
+    let dest = scratch.join("RECOVERYXLOG");
+    let fetch = |segment: &str, extra: &[&str]| {
+        let mut args = vec![
+            "pg",
+            "wal-fetch",
+            segment,
+            dest.to_str().unwrap(),
+            "--cluster",
+            "main",
+        ];
+        args.extend_from_slice(extra);
+        env.strata(&args)
+    };
+    let out = fetch(&segment, &[]);
+    let err = out.stderr_text();
+    assert_eq!(out.code(), Some(126), "recovery must stop: {err}");
+    assert!(
+        err.contains(&format!(
+            "error: wal-fetch {segment}: the archive of `main` holds several systems"
+        )) && err.contains(&system_id)
+            && err.contains(&other_id)
+            && err.contains("hint: add --system-id to restore_command"),
+        "{err}"
+    );
+    assert!(!dest.exists(), "wal-fetch wrote nothing");
+    // With --system-id, each system's segment comes back as PostgreSQL
+    // archived it.
+    for (segment, id, archived) in [
+        (&segment, &system_id, &archived),
+        (&other_segment, &other_id, &other_archived),
+    ] {
+        fetch(segment, &["--system-id", id]).success();
+        assert!(
+            std::fs::read(&dest).unwrap() == *archived,
+            "wal-fetch {segment} --system-id {id} gives back the archived segment"
+        );
+        std::fs::remove_file(&dest).unwrap();
+    }
 
     let restored = |name: &str, extra: &[&str]| {
         let (dir, port) = env.restore_target(name);

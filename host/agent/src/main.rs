@@ -338,7 +338,12 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(run(cli, path, config)) {
+    let outcome = runtime.block_on(run(cli, path, config));
+    // A read blocked in the runtime's blocking pool (the standard input of a
+    // cancelled backup, still open) must not keep the process alive: the
+    // command is over, whatever that thread waits for.
+    runtime.shutdown_background();
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             report(&err, json);

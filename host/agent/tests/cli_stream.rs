@@ -1126,3 +1126,90 @@ fn a_damaged_manifest_is_left_out_with_a_warning_and_hides_nothing_else() {
     ]);
     assert_eq!(std::fs::read(fx.path("kept.bin")).unwrap(), kept);
 }
+
+/// A damaged catalog index is exit 11 (the catalog kind), named with the fix;
+/// commands that only read fall back to the vault with a warning; once the
+/// file is moved away as the hint says, `catalog rebuild` recreates it.
+#[test]
+fn a_damaged_index_is_exit_11_and_reads_fall_back_to_the_vault() {
+    let fx = Fixture::new();
+    fx.ok(&["vault", "init"]);
+    fx.back_up_file("kept", 10_000, &[]);
+    let index = fx.path("catalog.db");
+    std::fs::write(
+        &index,
+        "not a database, only text where the index was ...\n",
+    )
+    .unwrap();
+    let out = fx.run(&["catalog", "rebuild"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(11), "{err}");
+    assert!(
+        err.contains(&format!(
+            "error: the catalog index at {} is not a SQLite database (it is corrupted)",
+            index.display()
+        )) && err.contains(
+            "hint: the index is only a cache of the vault: move the file away and run `strata catalog rebuild`"
+        ),
+        "{err}"
+    );
+    let out = fx.ok(&["list", "--json"]);
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(listed[0]["instance"], "kept", "{listed}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("the local index is unusable; reading the vault directly"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::rename(&index, fx.path("catalog.db.damaged")).unwrap();
+    let out = fx.ok(&["--json", "catalog", "rebuild"]);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["added"], 1, "{report}");
+}
+
+/// Ctrl-C (SIGINT) during a backup cancels it: exit 130, the documented
+/// code for a cancelled command, and nothing is committed or left in the
+/// vault.
+#[test]
+fn ctrl_c_cancels_a_backup_with_exit_130_and_leaves_nothing() {
+    use std::io::Write;
+    let fx = Fixture::new();
+    fx.ok(&["vault", "init"]);
+    let mut child = fx
+        .strata(&["backup", "stream", "interrupted"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    // Enough that the backup is under way (a part compressed and stored).
+    let chunk = noise(1024 * 1024, 0x9e37_79b9_7f4a_7c15);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let written = || files_under(&fx.path("vault/data"), |_| true);
+    while written().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the backup never stored anything"
+        );
+        stdin.write_all(&chunk).unwrap();
+    }
+    let sent = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let out = child.wait_with_output().unwrap();
+    drop(stdin);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{err}");
+    assert!(err.contains("nothing was committed"), "{err}");
+    assert_eq!(
+        written(),
+        Vec::<PathBuf>::new(),
+        "the cancelled backup left files"
+    );
+    let out = fx.ok(&["list", "--json"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "[]");
+}
