@@ -574,8 +574,14 @@ fn encrypted_stream_backups_verify_and_rebuild_with_their_key() {
     }
 
     let url = fx.vault_url();
-    let no_key = format!("the vault at {url} is encrypted and no key was given");
-    let wrong_key = format!("the key does not belong to the vault at {url}");
+    let no_key = format!(
+        "the vault at {url} is encrypted and no key was given\n\
+         hint: set [vault] key_file in the config or pass --key-file"
+    );
+    let wrong_key = format!(
+        "the key does not belong to the vault at {url}\n\
+         hint: use the key file written by `strata vault init --encrypt` for this vault"
+    );
     for (args, message) in [
         (vec!["verify"], &no_key),
         (vec!["verify", "--key-file", other], &wrong_key),
