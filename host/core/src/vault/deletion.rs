@@ -131,7 +131,7 @@ impl Vault {
     }
 
     /// The metadata of the object at `key`, `None` when there is none.
-    async fn head(&self, key: &str) -> Result<Option<object_store::ObjectMeta>> {
+    pub(crate) async fn head(&self, key: &str) -> Result<Option<object_store::ObjectMeta>> {
         match self.store().head(&self.path(key)).await {
             Ok(meta) => Ok(Some(meta)),
             Err(object_store::Error::NotFound { .. }) => Ok(None),

@@ -1010,6 +1010,12 @@ impl Vault {
         self.inner.s3.as_deref()
     }
 
+    /// Whether the vault is an immutable S3 vault, whose bucket is
+    /// versioned: a missing object may be hidden by a delete marker.
+    pub(crate) fn is_versioned(&self) -> bool {
+        self.immutability().is_some() && self.s3_access().is_some()
+    }
+
     /// The same vault, judging locks and purge dates as if it were `now`:
     /// for drills and tests with compressed time (`--now`).
     pub fn at(&self, now: DateTime<Utc>) -> Vault {

@@ -26,7 +26,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::StreamExt;
 use object_store::path::Path;
-use object_store::{GetOptions, GetResult, GetResultPayload, ObjectStore, ObjectStoreExt};
+use object_store::{GetOptions, GetResult, GetResultPayload, ObjectStore};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio_util::task::AbortOnDropHandle;
@@ -455,7 +455,7 @@ fn stream_context(
             largest_stored as usize,
             config.readahead + workers + 1,
         )),
-        versioned: vault.immutability().is_some() && vault.s3_access().is_some(),
+        versioned: vault.is_versioned(),
     })
 }
 
@@ -741,28 +741,26 @@ fn delete_marker_hint(key: &str) -> String {
 /// segment is gone; [`ErrorKind::Integrity`] when one has another size;
 /// [`ErrorKind::Storage`] when the vault cannot be reached.
 pub async fn check_stored(vault: &Vault, manifest: &Manifest) -> Result<()> {
-    let versioned = vault.immutability().is_some() && vault.s3_access().is_some();
     for stream in &manifest.streams {
         for segment in &stream.segments {
             let label = format!(
                 "backup {}, stream `{}`: object {}",
                 manifest.id, stream.name, segment.key
             );
-            let problem = match vault.store().head(&vault.path(&segment.key)).await {
-                Ok(meta) if meta.size == segment.stored_size => continue,
-                Ok(meta) => Error::integrity(format!(
+            let problem = match vault.head(&segment.key).await? {
+                Some(meta) if meta.size == segment.stored_size => continue,
+                Some(meta) => Error::integrity(format!(
                     "{label} is {} bytes, the manifest records {}",
                     meta.size, segment.stored_size
                 )),
-                Err(object_store::Error::NotFound { .. }) => {
+                None => {
                     let error = Error::not_found(format!("{label} is missing from the vault"));
-                    if versioned {
+                    if vault.is_versioned() {
                         error.hint(delete_marker_hint(&segment.key))
                     } else {
                         error
                     }
                 }
-                Err(e) => return Err(Error::from(e).context(format!("checking {label}"))),
             };
             return Err(problem
                 .in_message("backup", &manifest.id)
@@ -840,7 +838,7 @@ impl crate::plugin::RestoreSource for VaultRestoreSource {
 
 #[cfg(test)]
 mod tests {
-    use object_store::PutPayload;
+    use object_store::{ObjectStoreExt, PutPayload};
 
     use super::*;
     use crate::crypto::VaultKey;
