@@ -44,3 +44,4 @@ pub mod hana;
 pub mod net;
 pub mod pg;
 pub mod skip;
+pub mod sqlserver;
