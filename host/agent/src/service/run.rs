@@ -165,7 +165,13 @@ pub fn last_runs(
         full: runs(BackupKind::Full),
         diff: runs(BackupKind::Diff),
         incr: runs(BackupKind::Incr),
+        log: runs(BackupKind::Log),
         has_full: backups.iter().any(|m| m.kind == BackupKind::Full),
+        takes_logs: protected
+            .plugin
+            .capabilities()
+            .kinds
+            .contains(&BackupKind::Log),
     }
 }
 

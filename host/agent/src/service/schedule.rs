@@ -81,8 +81,14 @@ pub struct LastRuns {
     pub diff: KindRuns,
     /// Incrementals.
     pub incr: KindRuns,
+    /// Log backups Strata takes itself (SQL Server's `BACKUP LOG`).
+    pub log: KindRuns,
     /// Whether a committed full exists.
     pub has_full: bool,
+    /// Whether the engine takes log backups that Strata drives (not
+    /// PostgreSQL, which archives its WAL itself, nor HANA, which runs its
+    /// own log backups through Backint).
+    pub takes_logs: bool,
 }
 
 impl LastRuns {
@@ -90,8 +96,18 @@ impl LastRuns {
         match kind {
             BackupKind::Full => &self.full,
             BackupKind::Diff => &self.diff,
-            _ => &self.incr,
+            BackupKind::Incr => &self.incr,
+            BackupKind::Log => &self.log,
         }
+    }
+
+    /// When the newest backup of any kind Strata runs ran: where the
+    /// restorable window ends unless a log backup extends it.
+    fn newest_run(&self) -> Option<DateTime<Utc>> {
+        [&self.full, &self.diff, &self.incr, &self.log]
+            .iter()
+            .filter_map(|k| k.ran)
+            .max()
     }
 
     /// Whether `slot` of `kind` is satisfied: by a backup of its kind taken
@@ -154,7 +170,31 @@ pub fn due(
             slot: Some(slot),
         });
     }
-    None
+    log_due(policy, last, now, retry_pause)
+}
+
+/// A log backup, when the policy asks for them every `log_interval`, the
+/// engine takes them, a full exists, and the newest backup of any kind is
+/// at least that old: the log window then never lags more than the interval
+/// (plus the time a backup takes) behind the database, which is what a
+/// 15-minute RPO needs.
+fn log_due(
+    policy: &PolicyConfig,
+    last: &LastRuns,
+    now: DateTime<Utc>,
+    retry_pause: Duration,
+) -> Option<Due> {
+    let interval = policy.log_interval.as_ref()?.get_ref().0;
+    if !last.takes_logs || !last.has_full || last.pausing(BackupKind::Log, now, retry_pause) {
+        return None;
+    }
+    let interval = chrono::Duration::from_std(interval).ok()?;
+    let due_at = last.newest_run().map_or(now, |ran| ran + interval);
+    (due_at <= now).then_some(Due {
+        kind: BackupKind::Log,
+        trigger: Trigger::Schedule,
+        slot: Some(due_at),
+    })
 }
 
 /// The next slot of every schedule of `policy` after `now`, by kind.
@@ -201,7 +241,8 @@ mod tests {
                 &mut last.full
             }
             BackupKind::Diff => &mut last.diff,
-            _ => &mut last.incr,
+            BackupKind::Incr => &mut last.incr,
+            BackupKind::Log => &mut last.log,
         };
         runs.slot = Some(
             due.slot
@@ -268,8 +309,8 @@ mod tests {
         let mut last = LastRuns {
             full: runs("2026-11-22T01:00:00Z"),
             diff: runs("2026-11-24T01:00:00Z"),
-            incr: KindRuns::default(),
             has_full: true,
+            ..LastRuns::default()
         };
         let now = t("2026-11-27T12:00:00Z");
         let due = due(&policy, &last, now, PAUSE).unwrap();
@@ -289,8 +330,8 @@ mod tests {
         let mut last = LastRuns {
             full: runs("2026-11-22T01:00:00Z"),
             diff: runs("2026-11-28T01:00:00Z"),
-            incr: KindRuns::default(),
             has_full: true,
+            ..LastRuns::default()
         };
         // Down over Sunday Nov 29 and Monday: both a full and a diff slot
         // missed; the full runs (for Sunday's slot) and covers Monday's diff.
@@ -308,8 +349,8 @@ mod tests {
         let mut last = LastRuns {
             full: runs("2026-11-22T01:00:00Z"),
             diff: runs("2026-11-28T01:00:00Z"),
-            incr: KindRuns::default(),
             has_full: true,
+            ..LastRuns::default()
         };
         // Sunday's full failed (or its process was killed) at 01:02.
         last.full.failed_at = Some(t("2026-11-29T01:02:00Z"));
@@ -345,6 +386,53 @@ mod tests {
             due(&policy, &fresh, t("2026-11-30T01:40:00Z"), PAUSE).map(|d| d.trigger),
             Some(Trigger::Initial)
         );
+    }
+
+    /// A day of a policy with nightly fulls and `log_interval = "15m"`,
+    /// checked every minute: a log backup every 15 minutes after the
+    /// initial full, none while the full of the night is due (the full runs
+    /// instead), and no log backup at all for an engine that takes none.
+    #[test]
+    fn log_backups_run_every_interval_and_never_before_a_full() {
+        let policy = policy("log_interval = \"15m\"");
+        let mut last = LastRuns {
+            takes_logs: true,
+            ..LastRuns::default()
+        };
+        let mut runs = Vec::new();
+        let mut now = t("2026-11-28T00:00:00Z");
+        while now < t("2026-11-28T02:00:00Z") {
+            if let Some(due) = due(&policy, &last, now, PAUSE) {
+                ran(&mut last, &due, now);
+                runs.push((due.kind, now.format("%H:%M").to_string()));
+            }
+            now += chrono::Duration::minutes(1);
+        }
+        let expected: Vec<(BackupKind, String)> = [
+            (BackupKind::Full, "00:00"),
+            (BackupKind::Log, "00:15"),
+            (BackupKind::Log, "00:30"),
+            (BackupKind::Log, "00:45"),
+            // 02:00 Berlin is 01:00 UTC: Saturday's differential slot.
+            (BackupKind::Diff, "01:00"),
+            (BackupKind::Log, "01:15"),
+            (BackupKind::Log, "01:30"),
+            (BackupKind::Log, "01:45"),
+        ]
+        .into_iter()
+        .map(|(k, at)| (k, at.to_owned()))
+        .collect();
+        assert_eq!(runs, expected);
+        // A log backup that failed waits out the pause like any other kind.
+        last.log.failed_at = Some(t("2026-11-28T02:01:00Z"));
+        assert_eq!(due(&policy, &last, t("2026-11-28T02:05:00Z"), PAUSE), None);
+        assert_eq!(
+            due(&policy, &last, t("2026-11-28T02:10:00Z"), PAUSE).map(|d| d.kind),
+            Some(BackupKind::Log)
+        );
+        // An engine whose log Strata does not drive never gets one.
+        last.takes_logs = false;
+        assert_eq!(due(&policy, &last, t("2026-11-28T02:10:00Z"), PAUSE), None);
     }
 
     #[test]
