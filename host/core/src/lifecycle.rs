@@ -7,11 +7,15 @@
 //!
 //! ## A backup ([`Host::backup`])
 //!
-//! 1. The kind is checked against the plugin's [`Capabilities`](crate::plugin::Capabilities). An engine
-//!    that delivers its own backups through another entry point
-//!    ([`Capabilities::engine_delivers`](crate::plugin::Capabilities::engine_delivers), HANA through `hdbbackint`) is only
-//!    asked to start one: nothing is written or committed here, and the
-//!    result is [`BackupResult::Delegated`].
+//! 1. The kind is checked against the plugin's [`Capabilities`]. An engine
+//!    that settles kinds itself ([`Capabilities::settles_kind`], SQL
+//!    Server) is asked which kind the backup is taken as
+//!    ([`EnginePlugin::settle_kind`]); a changed kind is logged and recorded
+//!    in the manifest's labels `strata.requested_kind` and
+//!    `strata.kind_reason`. An engine that delivers its own backups through
+//!    another entry point ([`Capabilities::engine_delivers`], HANA through
+//!    `hdbbackint`) is only asked to start one: nothing is written or
+//!    committed here, and the result is [`BackupResult::Delegated`].
 //! 2. A differential's base (the newest full of the database) or an
 //!    incremental's (the newest data backup) is chosen from the vault; its
 //!    streams are readable through the sink
@@ -45,13 +49,22 @@ use crate::catalog::planner::{self, RestorePlan, RestoreTarget, Timeline};
 use crate::catalog::retention::{self, Retention, RetentionPlan};
 use crate::error::{Error, Result};
 use crate::plugin::{
-    ArchiveStore, BackupOutcome, BackupRequest, BackupSink, Chain, DatabaseRef, EnginePlugin,
-    ExpiredLog, PartFeed, PartStream, Progress, RestoreOutcome, RestoreRequest, StreamDigest,
+    ArchiveStore, BackupOutcome, BackupRequest, BackupSink, Capabilities, Chain, DatabaseRef,
+    EnginePlugin, ExpiredLog, PartFeed, PartStream, Progress, RestoreOutcome, RestoreRequest,
+    StreamDigest,
 };
 use crate::vault::archive::VaultArchive;
 use crate::vault::reader::{ReaderConfig, VaultRestoreSource, VerifyReport, verify_backup_with};
 use crate::vault::writer::{BackupTarget, BackupWriter, ProgressSink, WriterConfig};
 use crate::vault::{Deletion, PurgeReport, Vault, layout};
+
+/// The manifest label naming the kind a backup was requested as, when its
+/// engine took it as another ([`EnginePlugin::settle_kind`]).
+pub const REQUESTED_KIND_LABEL: &str = "strata.requested_kind";
+
+/// The manifest label giving the engine's reason for taking a backup as
+/// another kind than requested ([`EnginePlugin::settle_kind`]).
+pub const KIND_REASON_LABEL: &str = "strata.kind_reason";
 
 /// A vault and how to write to it, read from it and index it.
 #[derive(Debug, Clone)]
@@ -118,7 +131,7 @@ impl Host {
 
     /// Writes with `config`. `part_size_configured` says whether the
     /// operator chose its part size; if not, an engine's preferred part size
-    /// ([`Capabilities::part_size`](crate::plugin::Capabilities::part_size)) wins.
+    /// ([`Capabilities::part_size`]) wins.
     pub fn with_writer(mut self, config: WriterConfig, part_size_configured: bool) -> Self {
         self.writer = config;
         self.part_size_configured = part_size_configured;
@@ -194,22 +207,39 @@ impl Host {
     ) -> Result<BackupResult> {
         let capabilities = plugin.capabilities();
         if !capabilities.kinds.contains(&request.kind) {
-            let kinds: Vec<&str> = capabilities.kinds.iter().map(|k| k.as_str()).collect();
             return Err(Error::config(format!(
                 "{} backups of kind `{}` are not available",
                 plugin.engine(),
                 request.kind
             ))
-            .hint(format!("this engine takes: {}", kinds.join(", "))));
+            .hint(takes(&capabilities)));
         }
         let archive = self.archive(plugin);
+        // Read once, for the plugin's decision and the choice of a base.
+        let mut committed = None;
+        if capabilities.settles_kind {
+            let backups = self.backups(plugin, &request.database).await?;
+            self.settle_kind(
+                plugin,
+                &capabilities,
+                &mut request,
+                &backups,
+                archive.clone(),
+            )
+            .await?;
+            committed = Some(backups);
+        }
         if capabilities.engine_delivers && request.input.is_none() {
             let outcome = plugin.backup(request, &DeliveredElsewhere, archive).await?;
             return Ok(BackupResult::Delegated(outcome));
         }
         if request.base.is_none() && matches!(request.kind, BackupKind::Diff | BackupKind::Incr) {
+            let backups = match committed {
+                Some(backups) => backups,
+                None => self.backups(plugin, &request.database).await?,
+            };
             request.base = Some(
-                self.choose_base(plugin, &request.database, request.kind)
+                self.choose_base(plugin, &request.database, request.kind, backups)
                     .await?,
             );
         }
@@ -263,6 +293,64 @@ impl Host {
         let manifest = writer.commit(outcome).await?;
         self.record(&manifest);
         Ok(BackupResult::Committed(Box::new(manifest)))
+    }
+
+    /// Asks `plugin` which kind `request` is taken as
+    /// ([`EnginePlugin::settle_kind`]) and applies the answer: a changed kind
+    /// replaces the request's (and drops a base chosen for the old kind),
+    /// is logged, and is recorded in the request's labels (over the
+    /// operator's: they say what happened, not what was wished).
+    async fn settle_kind(
+        &self,
+        plugin: &dyn EnginePlugin,
+        capabilities: &Capabilities,
+        request: &mut BackupRequest,
+        backups: &[Manifest],
+        archive: Arc<dyn ArchiveStore>,
+    ) -> Result<()> {
+        let requested = request.kind;
+        let decision = plugin
+            .settle_kind(
+                &request.database,
+                requested,
+                &request.options,
+                backups,
+                archive,
+            )
+            .await?;
+        if decision.kind == requested {
+            return Ok(());
+        }
+        let what = describe(plugin, &request.database, requested);
+        if !capabilities.kinds.contains(&decision.kind) {
+            return Err(Error::config(format!(
+                "{} would take the {what} as a `{}` backup, a kind it does not take",
+                plugin.engine(),
+                decision.kind
+            ))
+            .hint(format!(
+                "{}; the plugin's settle_kind must answer one of them (a plugin fault: report it)",
+                takes(capabilities)
+            )));
+        }
+        let reason = decision.reason.as_deref().unwrap_or("no reason given");
+        tracing::warn!(
+            requested = %requested,
+            kind = %decision.kind,
+            reason,
+            "the {what} is taken as a {} backup: {reason}",
+            decision.kind
+        );
+        request.kind = decision.kind;
+        request.base = None;
+        request
+            .labels
+            .insert(REQUESTED_KIND_LABEL.into(), requested.to_string());
+        match decision.reason {
+            Some(reason) => request.labels.insert(KIND_REASON_LABEL.into(), reason),
+            None => request.labels.remove(KIND_REASON_LABEL),
+        };
+        Ok(())
     }
 
     /// The committed backups of `database` (of `plugin`'s instance), oldest first.
@@ -402,7 +490,7 @@ impl Host {
     /// `dry_run` nothing is deleted and the report says what would be.
     ///
     /// An engine that keeps its own backup catalog
-    /// ([`Capabilities::engine_plans_restore`](crate::plugin::Capabilities::engine_plans_restore),
+    /// ([`Capabilities::engine_plans_restore`],
     /// SAP HANA) is left alone: deleting behind its back would leave its
     /// catalog naming backups that are gone, so it expires its backups
     /// itself (through `hdbbackint delete`), and the report says so.
@@ -526,14 +614,15 @@ impl Host {
     /// The base of a new `kind` backup of `database`: among the newest full
     /// (differential) or the newest data backup whose chain of bases
     /// reaches a full (incremental), the one the plugin accepts
-    /// ([`EnginePlugin::choose_base`]).
+    /// ([`EnginePlugin::choose_base`]). `backups` are the committed backups
+    /// of `database`, oldest first ([`backups`](Self::backups)).
     async fn choose_base(
         &self,
         plugin: &dyn EnginePlugin,
         database: &DatabaseRef,
         kind: BackupKind,
+        backups: Vec<Manifest>,
     ) -> Result<Manifest> {
-        let backups = self.backups(plugin, database).await?;
         let records: Vec<planner::BackupRecord> =
             backups.iter().map(planner::BackupRecord::from).collect();
         let complete = planner::complete_chains(&records, &planner::DefaultChainRules);
@@ -607,6 +696,12 @@ fn describe_database(plugin: &dyn EnginePlugin, database: &DatabaseRef) -> Strin
         ),
         None => format!("{} `{}`", plugin.engine(), plugin.instance()),
     }
+}
+
+/// The hint listing the kinds an engine takes.
+fn takes(capabilities: &Capabilities) -> String {
+    let kinds: Vec<&str> = capabilities.kinds.iter().map(|k| k.as_str()).collect();
+    format!("this engine takes: {}", kinds.join(", "))
 }
 
 fn describe(plugin: &dyn EnginePlugin, database: &DatabaseRef, kind: BackupKind) -> String {

@@ -59,6 +59,11 @@
 //! - The writer's part channel, [`Progress`] and the content check moved
 //!   here from the vault module, so that the contract depends on nothing of
 //!   the writer's internals and plugins build without the vault at all.
+//! - SQL Server added two: [`RestoreSource::read_range`] (its `RESTORE ...
+//!   FROM URL` reads a blob by byte ranges, not in one pass), and
+//!   [`EnginePlugin::settle_kind`] with [`Capabilities::settles_kind`] (a
+//!   log or differential backup whose chain is broken becomes a full before
+//!   the host chooses a base, and the manifest says why).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -97,6 +102,29 @@ pub struct Capabilities {
     /// operator configured one: an engine that writes many streams at once
     /// keeps its memory bounded with smaller parts.
     pub part_size: Option<usize>,
+    /// The engine may change the kind of a requested backup before it runs
+    /// (SQL Server turns a log backup of a broken chain into a full): the
+    /// host asks [`EnginePlugin::settle_kind`] for every backup, and never
+    /// when this is `false`.
+    #[serde(default)]
+    pub settles_kind: bool,
+}
+
+/// The kind a backup is taken as, from [`EnginePlugin::settle_kind`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KindDecision {
+    /// The kind to take; one of [`Capabilities::kinds`].
+    pub kind: BackupKind,
+    /// Why it differs from the requested kind, in words for the operator
+    /// (recorded in the manifest's `strata.kind_reason` label).
+    pub reason: Option<String>,
+}
+
+impl KindDecision {
+    /// The requested kind, unchanged.
+    pub fn keep(kind: BackupKind) -> Self {
+        KindDecision { kind, reason: None }
+    }
 }
 
 /// A database (or cluster) a plugin can protect.
@@ -524,6 +552,33 @@ pub trait RestoreSource: Send + Sync {
         out: &mut (dyn AsyncWrite + Send + Unpin),
     ) -> Result<u64>;
 
+    /// Writes the raw bytes `[offset, offset + len)` of stream `name` of
+    /// `backup` into `out`, clamped to the stream's end, and returns the
+    /// bytes written (`0` for a range starting at the end or of length 0).
+    /// For an engine that reads its backups by byte ranges (SQL Server's
+    /// `RESTORE ... FROM URL` issues ranged Get Blob requests).
+    ///
+    /// Only the parts holding the range are read, each verified (CRC-32C,
+    /// AEAD, decompression, raw length) before any of its bytes are
+    /// written. The stream's digest is not checked: it covers the whole
+    /// stream, and this reads a piece; a restore that must know the stream
+    /// is whole reads it with [`read_stream`](Self::read_stream).
+    ///
+    /// Required rather than defaulted, so that no source silently lacks it.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Config`](crate::ErrorKind::Config) naming the stream and
+    /// its size when `offset` is past its end; otherwise as
+    /// [`read_stream`](Self::read_stream), for the parts the range touches.
+    async fn read_range(
+        &self,
+        backup: &BackupId,
+        name: &str,
+        offset: u64,
+        len: u64,
+        out: &mut (dyn AsyncWrite + Send + Unpin),
+    ) -> Result<u64>;
+
     /// Checks that every object of `backup` is stored with its recorded
     /// size, without reading it: for an engine whose own recovery reads the
     /// backups later (SAP HANA through Backint), so that a missing object
@@ -726,6 +781,44 @@ pub trait EnginePlugin: Send + Sync {
         sink: &dyn BackupSink,
         archive: Arc<dyn ArchiveStore>,
     ) -> Result<BackupOutcome>;
+
+    /// The kind a requested `kind` backup of `database` is taken as,
+    /// decided before the host chooses a base; asked only of engines that
+    /// say [`Capabilities::settles_kind`]. `options` are the request's
+    /// [`BackupRequest::options`]; `backups` are the committed backups of
+    /// `database`, oldest first (what
+    /// [`Host::backups`](crate::lifecycle::Host::backups) lists), and
+    /// `archive` the instance's archive. (The request's parts come one by
+    /// one because a [`BackupRequest`] with pushed input cannot be shared
+    /// across threads.)
+    ///
+    /// SQL Server uses it the way Azure Backup's auto-heal does: a log
+    /// backup whose log chain is broken (an out-of-band backup, a switch to
+    /// SIMPLE recovery, a new recovery fork), or a differential whose base
+    /// (the database's `differential_base_guid`) is not a full in the vault,
+    /// cannot be restored from what the vault holds, so it is taken as a
+    /// full instead.
+    ///
+    /// The returned kind must be one of [`Capabilities::kinds`] (another is
+    /// refused with [`ErrorKind::Config`](crate::ErrorKind::Config) and
+    /// nothing is written). When it differs from `kind`, the host logs a
+    /// warning naming both kinds and the reason, the plugin's
+    /// [`backup`](Self::backup) gets a request of the settled kind (with a
+    /// base chosen for it), and the committed manifest carries the labels
+    /// `strata.requested_kind` (the kind asked for) and `strata.kind_reason`
+    /// (the reason, when given). An error fails the backup before anything
+    /// is written. The default: the requested kind, no reason.
+    async fn settle_kind(
+        &self,
+        database: &DatabaseRef,
+        kind: BackupKind,
+        options: &serde_json::Value,
+        backups: &[Manifest],
+        archive: Arc<dyn ArchiveStore>,
+    ) -> Result<KindDecision> {
+        let _ = (database, options, backups, archive);
+        Ok(KindDecision::keep(kind))
+    }
 
     /// Which of `candidates` a new `kind` backup (diff or incr) builds on,
     /// by index; `None` when none can be. The host offers the committed

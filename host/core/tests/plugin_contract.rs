@@ -13,7 +13,7 @@ use strata_core::catalog::planner::RestoreTarget;
 use strata_core::lifecycle::{BackupResult, Host};
 use strata_core::plugin::{
     ArchiveStore, BackupOutcome, BackupRequest, BackupSink, Capabilities, DatabaseRef,
-    EnginePlugin, ExpiredLog, RestoreOutcome, RestoreRequest, RestoreSource,
+    EnginePlugin, ExpiredLog, KindDecision, RestoreOutcome, RestoreRequest, RestoreSource,
 };
 use strata_core::vault::{Vault, VaultConfig};
 use strata_core::{Error, ErrorKind, Result};
@@ -39,6 +39,15 @@ struct Toy {
     layered: bool,
     /// The backups each expiry asked log to be kept for.
     kept_for_log: Mutex<Vec<Vec<String>>>,
+    /// Says [`Capabilities::settles_kind`].
+    settles: bool,
+    /// How the toy settles a requested kind, given the committed backups
+    /// (its `settle_kind` answers this whether or not it says it settles).
+    settle_rule: Option<fn(BackupKind, &[Manifest]) -> KindDecision>,
+    /// The kinds and committed backup ids each `settle_kind` call was given.
+    settle_calls: Mutex<Vec<(BackupKind, Vec<String>)>>,
+    /// The kind each `backup` call was asked for.
+    backup_kinds: Mutex<Vec<BackupKind>>,
 }
 
 impl Toy {
@@ -85,8 +94,25 @@ impl EnginePlugin for Toy {
             },
             point_in_time: true,
             alternate_target: true,
+            settles_kind: self.settles,
             ..Capabilities::default()
         }
+    }
+
+    async fn settle_kind(
+        &self,
+        _database: &DatabaseRef,
+        kind: BackupKind,
+        _options: &serde_json::Value,
+        backups: &[Manifest],
+        _archive: Arc<dyn ArchiveStore>,
+    ) -> Result<KindDecision> {
+        let ids = backups.iter().map(|m| m.id.to_string()).collect();
+        self.settle_calls.lock().unwrap().push((kind, ids));
+        Ok(match self.settle_rule {
+            Some(rule) => rule(kind, backups),
+            None => KindDecision::keep(kind),
+        })
     }
 
     async fn backup(
@@ -95,6 +121,7 @@ impl EnginePlugin for Toy {
         sink: &dyn BackupSink,
         _archive: Arc<dyn ArchiveStore>,
     ) -> Result<BackupOutcome> {
+        self.backup_kinds.lock().unwrap().push(request.kind);
         let rows = self.rows.lock().unwrap().clone();
         let from = match request.kind {
             BackupKind::Full => 0,
@@ -516,4 +543,180 @@ async fn expiry_of_a_database_without_backups_is_a_no_op() {
     let report = expire(&host, &toy, &policy, Utc::now(), false).await;
     assert!(report.plan.keep.is_empty() && report.plan.expire.is_empty());
     assert_eq!(report.deleted_backups + report.deleted_log, 0);
+}
+
+fn committed(result: BackupResult) -> Manifest {
+    match result {
+        BackupResult::Committed(m) => *m,
+        BackupResult::Delegated(_) => panic!("the toy engine delivers nothing elsewhere"),
+    }
+}
+
+/// SQL Server's auto-heal, in small: a log backup with no full in the
+/// vault to start its chain is taken as a full.
+fn log_needs_a_full(kind: BackupKind, backups: &[Manifest]) -> KindDecision {
+    if kind == BackupKind::Log && !backups.iter().any(|m| m.kind == BackupKind::Full) {
+        KindDecision {
+            kind: BackupKind::Full,
+            reason: Some("the log chain has no full backup in the vault".into()),
+        }
+    } else {
+        KindDecision::keep(kind)
+    }
+}
+
+/// An engine that settles kinds turns a log backup with no full before it
+/// into a full: the plugin is asked to back up a full, the manifest is a
+/// full with labels naming the requested kind and the reason, and the
+/// operator's label of the same name does not hide what happened. The next
+/// log stays a log, and the engine was shown the committed backups each
+/// time.
+#[tokio::test]
+async fn a_plugin_that_settles_kinds_turns_a_log_without_a_chain_into_a_full() {
+    let host = Host::new(vault("contract-settle").await);
+    let toy = Toy {
+        settles: true,
+        settle_rule: Some(log_needs_a_full),
+        ..Toy::default()
+    };
+    toy.insert("a", Utc::now());
+    let mut request = BackupRequest::new(whole(), BackupKind::Log);
+    request.labels.insert("team".into(), "dba".into());
+    request
+        .labels
+        .insert("strata.requested_kind".into(), "whatever".into());
+    let full = committed(
+        host.backup(&toy, request, None, CancellationToken::new())
+            .await
+            .unwrap(),
+    );
+    assert_eq!(full.kind, BackupKind::Full);
+    assert_eq!(full.base, None);
+    assert_eq!(
+        full.labels.get("strata.requested_kind").map(String::as_str),
+        Some("log")
+    );
+    assert_eq!(
+        full.labels.get("strata.kind_reason").map(String::as_str),
+        Some("the log chain has no full backup in the vault")
+    );
+    assert_eq!(full.labels.get("team").map(String::as_str), Some("dba"));
+
+    toy.insert("b", Utc::now());
+    let log = committed(backup(&host, &toy, BackupKind::Log).await.unwrap());
+    assert_eq!(log.kind, BackupKind::Log);
+    assert!(
+        !log.labels.keys().any(|k| k.starts_with("strata.")),
+        "{:?}",
+        log.labels
+    );
+
+    assert_eq!(
+        *toy.backup_kinds.lock().unwrap(),
+        [BackupKind::Full, BackupKind::Log]
+    );
+    assert_eq!(
+        *toy.settle_calls.lock().unwrap(),
+        [
+            (BackupKind::Log, vec![]),
+            (BackupKind::Log, vec![full.id.to_string()])
+        ]
+    );
+    // Listed as what they are; both rows restore.
+    let kinds: Vec<BackupKind> = host
+        .backups(&toy, &whole())
+        .await
+        .unwrap()
+        .iter()
+        .map(|m| m.kind)
+        .collect();
+    assert_eq!(kinds, [BackupKind::Full, BackupKind::Log]);
+    host.restore(
+        &toy,
+        whole(),
+        RestoreTarget::Latest,
+        serde_json::Value::Null,
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(*toy.restored.lock().unwrap(), ["a", "b"]);
+}
+
+/// The kind is settled before a base is chosen: a differential that an
+/// engine takes as a full needs no full in the vault.
+#[tokio::test]
+async fn a_kind_is_settled_before_a_base_is_chosen() {
+    let host = Host::new(vault("contract-settle-base").await);
+    let toy = Toy {
+        layered: true,
+        settles: true,
+        settle_rule: Some(|kind, backups| {
+            if kind == BackupKind::Diff && backups.is_empty() {
+                KindDecision {
+                    kind: BackupKind::Full,
+                    reason: Some("the differential base is not in the vault".into()),
+                }
+            } else {
+                KindDecision::keep(kind)
+            }
+        }),
+        ..Toy::default()
+    };
+    toy.insert("a", Utc::now());
+    let full = committed(backup(&host, &toy, BackupKind::Diff).await.unwrap());
+    assert_eq!((full.kind, full.base.clone()), (BackupKind::Full, None));
+    let diff = committed(backup(&host, &toy, BackupKind::Diff).await.unwrap());
+    assert_eq!((diff.kind, diff.base), (BackupKind::Diff, Some(full.id)));
+    assert!(!diff.labels.contains_key("strata.requested_kind"));
+}
+
+/// An engine that does not say it settles kinds is never asked, whatever
+/// its `settle_kind` would answer.
+#[tokio::test]
+async fn a_plugin_without_the_capability_is_never_asked_to_settle() {
+    let host = Host::new(vault("contract-settle-not-asked").await);
+    let toy = Toy {
+        settles: false,
+        settle_rule: Some(|_, _| KindDecision {
+            kind: BackupKind::Full,
+            reason: Some("always a full".into()),
+        }),
+        ..Toy::default()
+    };
+    toy.insert("a", Utc::now());
+    backup(&host, &toy, BackupKind::Full).await.unwrap();
+    let log = committed(backup(&host, &toy, BackupKind::Log).await.unwrap());
+    assert_eq!(log.kind, BackupKind::Log);
+    assert!(toy.settle_calls.lock().unwrap().is_empty());
+    assert!(!log.labels.contains_key("strata.requested_kind"));
+}
+
+/// A settled kind the engine does not take is refused as a config error
+/// naming it, before the plugin backs up or anything is written.
+#[tokio::test]
+async fn a_settled_kind_outside_the_engines_kinds_is_refused() {
+    let vault = vault("contract-settle-refused").await;
+    let host = Host::new(vault.clone());
+    let toy = Toy {
+        settles: true,
+        settle_rule: Some(|_, _| KindDecision {
+            kind: BackupKind::Diff,
+            reason: None,
+        }),
+        ..Toy::default()
+    };
+    toy.insert("a", Utc::now());
+    let err = backup(&host, &toy, BackupKind::Full).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Config, "{err}");
+    assert!(
+        err.to_string()
+            .contains("would take the full backup of toy `one` as a `diff` backup"),
+        "{err}"
+    );
+    assert!(err.hint_text().unwrap().contains("full, log"), "{err:?}");
+    assert_eq!(toy.settle_calls.lock().unwrap().len(), 1);
+    assert!(toy.backup_kinds.lock().unwrap().is_empty());
+    assert!(vault.list_keys("data").await.unwrap().is_empty());
+    assert!(host.backups(&toy, &whole()).await.unwrap().is_empty());
 }

@@ -186,6 +186,7 @@ impl EnginePlugin for HanaEngine {
             engine_delivers: true,
             engine_plans_restore: true,
             part_size: None,
+            settles_kind: false,
         }
     }
 

@@ -15,6 +15,12 @@
 //! of its bytes are written. At the end of a stream the BLAKE3 digest of
 //! everything written is compared with the manifest's.
 //!
+//! [`read_range`] gives back a piece of a stream (SQL Server's `RESTORE ...
+//! FROM URL` asks for byte ranges of a blob): it fetches only the parts that
+//! hold the range, checks each of them the same way before writing the bytes
+//! of it that the range covers, and compares no stream digest (it reads a
+//! piece, not the whole).
+//!
 //! [`verify_backup`] runs the same checks over every part of a backup without
 //! writing anything, and reports every problem instead of stopping at the
 //! first. [`VaultRestoreSource`] hands streams to engine plugins.
@@ -109,6 +115,8 @@ struct PartLocation {
     record: PartRecord,
     /// The part's index within its stream.
     index: u64,
+    /// Where the part's raw bytes start in the raw stream.
+    raw_start: u64,
 }
 
 /// Everything a part check needs, shareable with blocking threads.
@@ -459,27 +467,55 @@ fn stream_context(
     })
 }
 
-/// Every part of a stream with its segment's stored size, in order.
-fn locate(vault: &Vault, stream: &StreamRecord) -> Vec<(PartLocation, u64)> {
-    let mut parts = Vec::with_capacity(stream.part_count());
+/// The parts of a stream with their segment's stored size, in order: every
+/// part when `raw` is `None`, else those holding raw bytes of the stream's
+/// range `raw` (found from the parts' raw lengths in the manifest; segments
+/// wholly outside it are skipped without a look at their parts).
+fn locate(
+    vault: &Vault,
+    stream: &StreamRecord,
+    raw: Option<&Range<u64>>,
+) -> Vec<(PartLocation, u64)> {
+    let holds = |start: u64, len: u64| {
+        raw.is_none_or(|raw| start < raw.end && start.saturating_add(len) > raw.start)
+    };
+    let mut parts = Vec::with_capacity(if raw.is_none() {
+        stream.part_count()
+    } else {
+        0
+    });
     let mut index = 0u64;
+    let mut raw_start = 0u64;
     for segment in &stream.segments {
+        let segment_raw = segment
+            .parts
+            .iter()
+            .fold(0u64, |sum, p| sum.saturating_add(p.raw));
+        if !holds(raw_start, segment_raw) {
+            index += segment.parts.len() as u64;
+            raw_start = raw_start.saturating_add(segment_raw);
+            continue;
+        }
         let key: Arc<str> = Arc::from(segment.key.as_str());
         let path = vault.path(&segment.key);
         let mut offset = 0u64;
         for record in &segment.parts {
-            parts.push((
-                PartLocation {
-                    key: key.clone(),
-                    path: path.clone(),
-                    range: offset..offset + record.stored,
-                    record: *record,
-                    index,
-                },
-                segment.stored_size,
-            ));
+            if holds(raw_start, record.raw) {
+                parts.push((
+                    PartLocation {
+                        key: key.clone(),
+                        path: path.clone(),
+                        range: offset..offset + record.stored,
+                        record: *record,
+                        index,
+                        raw_start,
+                    },
+                    segment.stored_size,
+                ));
+            }
             offset += record.stored;
             index += 1;
+            raw_start = raw_start.saturating_add(record.raw);
         }
     }
     parts
@@ -544,43 +580,124 @@ pub async fn read_stream<W: AsyncWrite + Unpin + Send + ?Sized>(
     config: &ReaderConfig,
     progress: Option<&dyn Progress>,
 ) -> Result<ReadStats> {
+    copy_out(vault, manifest, stream, None, out, config, progress).await
+}
+
+/// Writes the raw bytes `raw` (offsets into the raw stream) of stream
+/// `stream` into `out`, clamped to the stream's end (a range starting at
+/// the end, or empty, writes nothing). [`ReadStats::raw_bytes`] is the
+/// number of bytes written.
+///
+/// Only the parts holding the range are fetched, with the read-ahead of
+/// [`read_stream`]; each is checked as there (CRC-32C, AEAD, zstd frame, raw
+/// length) before any of its bytes are written. The stream's BLAKE3 digest
+/// is not compared: it covers the whole stream, and a range is a piece of
+/// it.
+///
+/// # Errors
+/// [`ErrorKind::Config`] naming the stream and its size when `raw` starts
+/// past the stream's end; [`ErrorKind::Integrity`] when the manifest's parts
+/// do not add up to the stream's size; otherwise those of [`read_stream`],
+/// for the parts the range touches only.
+pub async fn read_range<W: AsyncWrite + Unpin + Send + ?Sized>(
+    vault: &Vault,
+    manifest: &Manifest,
+    stream: &str,
+    raw: Range<u64>,
+    out: &mut W,
+    config: &ReaderConfig,
+    progress: Option<&dyn Progress>,
+) -> Result<ReadStats> {
+    let record = manifest.stream(stream)?;
+    let size = record.raw_size;
+    let offset = raw.start;
+    if offset > size {
+        return Err(Error::config(format!(
+            "backup {}, stream `{stream}` holds {size} bytes; a read from offset {offset} is past its end",
+            manifest.id
+        ))
+        .in_message("backup", &manifest.id)
+        .in_message("stream", stream)
+        .hint(format!("read from an offset of at most {size}")));
+    }
+    let parts_raw = record
+        .segments
+        .iter()
+        .flat_map(|s| &s.parts)
+        .fold(0u64, |sum, p| sum.saturating_add(p.raw));
+    if parts_raw != size {
+        return Err(Error::integrity(format!(
+            "backup {}, stream `{stream}`: the manifest records {size} bytes, its parts hold {parts_raw}",
+            manifest.id
+        ))
+        .hint(DAMAGED_HINT));
+    }
+    let window = offset..raw.end.clamp(offset, size);
+    copy_out(vault, manifest, stream, Some(window), out, config, progress).await
+}
+
+/// The one output loop of [`read_stream`] and [`read_range`]: writes the
+/// raw bytes of `stream` inside `window` (the whole stream, its digest
+/// compared at the end, when `None`) into `out`, part by part as each is
+/// checked, and flushes `out`.
+async fn copy_out<W: AsyncWrite + Unpin + Send + ?Sized>(
+    vault: &Vault,
+    manifest: &Manifest,
+    stream: &str,
+    window: Option<Range<u64>>,
+    out: &mut W,
+    config: &ReaderConfig,
+    progress: Option<&dyn Progress>,
+) -> Result<ReadStats> {
     let record = manifest.stream(stream)?;
     let index = manifest
         .streams
         .iter()
         .position(|s| s.name == stream)
         .expect("the stream was found");
-    let ctx = stream_context(vault, manifest, index, data_key(vault, manifest)?, config);
-    let digest = DigestCheck::start(record, ctx.pool.clone());
-    let pool = ctx.pool.clone();
-    let parts = checked_parts(ctx, locate(vault, record), config);
-    futures::pin_mut!(parts);
+    let writing = |e: std::io::Error| {
+        Error::from(e).context(format!(
+            "writing stream `{stream}` of backup {}",
+            manifest.id
+        ))
+    };
     let mut stats = ReadStats::default();
+    if window.as_ref().is_some_and(|w| w.is_empty()) {
+        out.flush().await.map_err(writing)?;
+        return Ok(stats);
+    }
+    let ctx = stream_context(vault, manifest, index, data_key(vault, manifest)?, config);
+    let digest = match window {
+        None => DigestCheck::start(record, ctx.pool.clone()),
+        Some(_) => None,
+    };
+    let pool = ctx.pool.clone();
+    let parts = checked_parts(ctx, locate(vault, record, window.as_ref()), config);
+    futures::pin_mut!(parts);
     while let Some(part) = parts.next().await {
         let (loc, raw) = part?;
         if let Some(digest) = &digest {
             digest.add(raw.clone()).await?;
         }
-        out.write_all(&raw).await.map_err(|e| {
-            Error::from(e).context(format!(
-                "writing stream `{stream}` of backup {}",
-                manifest.id
-            ))
-        })?;
+        // The piece of this part inside the window, as offsets into the part.
+        let piece = match &window {
+            None => 0..raw.len(),
+            Some(window) => {
+                let from = window.start.saturating_sub(loc.raw_start);
+                let to = (window.end - loc.raw_start).min(raw.len() as u64);
+                from as usize..to as usize
+            }
+        };
+        out.write_all(&raw[piece.clone()]).await.map_err(writing)?;
         pool.reclaim(raw);
-        stats.raw_bytes += loc.record.raw;
+        stats.raw_bytes += piece.len() as u64;
         stats.stored_bytes += loc.record.stored;
         stats.parts += 1;
         if let Some(progress) = progress {
-            progress.add(loc.record.raw);
+            progress.add(piece.len() as u64);
         }
     }
-    out.flush().await.map_err(|e| {
-        Error::from(e).context(format!(
-            "writing stream `{stream}` of backup {}",
-            manifest.id
-        ))
-    })?;
+    out.flush().await.map_err(writing)?;
     if let Some(digest) = digest {
         digest.finish(manifest, record).await?;
     }
@@ -661,7 +778,7 @@ pub async fn verify_backup_with(
         let digest = DigestCheck::start(record, ctx.pool.clone());
         let mut sink = content.and_then(|c| c.start(manifest, record));
         let mut sink_failed = false;
-        let parts = checked_parts(ctx, locate(vault, record), config);
+        let parts = checked_parts(ctx, locate(vault, record, None), config);
         futures::pin_mut!(parts);
         let mut sound = true;
         while let Some(part) = parts.next().await {
@@ -774,7 +891,7 @@ pub async fn check_stored(vault: &Vault, manifest: &Manifest) -> Result<()> {
 
 /// A [`RestoreSource`](crate::plugin::RestoreSource) over committed
 /// manifests, for engine plugins: streams are looked up by backup id and
-/// name and read with [`read_stream`].
+/// name and read with [`read_stream`] and [`read_range`].
 pub struct VaultRestoreSource {
     vault: Vault,
     manifests: Vec<Manifest>,
@@ -823,6 +940,28 @@ impl crate::plugin::RestoreSource for VaultRestoreSource {
             &self.vault,
             manifest,
             name,
+            out,
+            &self.config,
+            self.progress.as_deref(),
+        )
+        .await?;
+        Ok(stats.raw_bytes)
+    }
+
+    async fn read_range(
+        &self,
+        backup: &BackupId,
+        name: &str,
+        offset: u64,
+        len: u64,
+        out: &mut (dyn AsyncWrite + Send + Unpin),
+    ) -> Result<u64> {
+        let manifest = self.manifest(backup)?;
+        let stats = read_range(
+            &self.vault,
+            manifest,
+            name,
+            offset..offset.saturating_add(len),
             out,
             &self.config,
             self.progress.as_deref(),
@@ -1152,6 +1291,7 @@ mod tests {
                 crc32c: crc32c::crc32c(&stored),
             },
             index: 3,
+            raw_start: 3 * raw.len() as u64,
         };
         (ctx, loc, stored)
     }
@@ -1286,6 +1426,230 @@ mod tests {
         assert!(err.hint_text().unwrap().contains("can be retried"));
         assert_eq!(err.field("object"), Some("data/seg"));
         assert_eq!(err.field("part"), Some("3"));
+    }
+
+    /// A backup of one stream of 20 parts and a few bytes (64 KiB parts,
+    /// segments of at most 192 KiB stored), and the raw offsets where its
+    /// parts start, each with whether it also starts a segment.
+    async fn many_segments(vault: &Vault) -> (Vec<u8>, Manifest, Vec<(u64, bool)>) {
+        let input = data(20 * P + 321, 17);
+        let manifest = backup(vault, small_config(), &[("stripe-000", &input)]).await;
+        let mut starts = Vec::new();
+        let mut offset = 0;
+        for segment in &manifest.streams[0].segments {
+            for (i, part) in segment.parts.iter().enumerate() {
+                starts.push((offset, i == 0));
+                offset += part.raw;
+            }
+        }
+        assert_eq!(offset, input.len() as u64);
+        assert_eq!(starts.len(), 21);
+        (input, manifest, starts)
+    }
+
+    fn range_source(vault: &Vault, manifest: &Manifest) -> VaultRestoreSource {
+        VaultRestoreSource::new(
+            vault.clone(),
+            vec![manifest.clone()],
+            ReaderConfig {
+                readahead: 3,
+                workers: 2,
+            },
+        )
+    }
+
+    /// `len` bytes from `offset` through the [`RestoreSource`], checking
+    /// that the count returned is what was written.
+    async fn range_of(
+        source: &VaultRestoreSource,
+        manifest: &Manifest,
+        offset: u64,
+        len: u64,
+    ) -> Result<Vec<u8>> {
+        let mut out = Vec::new();
+        let n =
+            RestoreSource::read_range(source, &manifest.id, "stripe-000", offset, len, &mut out)
+                .await?;
+        assert_eq!(n, out.len() as u64);
+        Ok(out)
+    }
+
+    async fn ranges_read_the_bytes_asked_for(vault: Vault) {
+        let (input, manifest, starts) = many_segments(&vault).await;
+        let size = input.len() as u64;
+        let source = range_source(&vault, &manifest);
+        // A boundary between parts of one segment, and one between segments.
+        let (in_segment, _) = *starts.iter().skip(1).find(|(_, first)| !first).unwrap();
+        let (between, _) = *starts.iter().skip(1).find(|(_, first)| *first).unwrap();
+        let p = P as u64;
+        let cases = [
+            ("at 0", 0, 10),
+            ("inside a part", p + 5, 100),
+            ("a whole part", p, p),
+            ("across parts of a segment", in_segment - 7, 20),
+            ("across segments", between - 3, 10),
+            ("across many parts", 100, 7 * p),
+            ("the last byte", size - 1, 1),
+            ("everything", 0, size),
+        ];
+        for (what, offset, len) in cases {
+            let out = range_of(&source, &manifest, offset, len).await.unwrap();
+            let want = &input[offset as usize..(offset + len) as usize];
+            assert!(out == want, "{what}: {} bytes from {offset}", out.len());
+        }
+        // A length past the end is clamped; so is one that overflows.
+        let out = range_of(&source, &manifest, size - 10, 1000).await.unwrap();
+        assert!(out == input[input.len() - 10..]);
+        let out = range_of(&source, &manifest, 3, u64::MAX).await.unwrap();
+        assert!(out == input[3..]);
+        // Nothing from the end, nothing of length 0.
+        assert!(
+            range_of(&source, &manifest, size, 5)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert!(range_of(&source, &manifest, 7, 0).await.unwrap().is_empty());
+
+        // Past the end: a config error naming the stream and its size.
+        let err = range_of(&source, &manifest, size + 1, 1).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Config, "{err}");
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "backup {}, stream `stripe-000` holds {size} bytes; a read from offset {} is past its end",
+                manifest.id,
+                size + 1
+            )
+        );
+        assert_eq!(err.field("stream"), Some("stripe-000"));
+
+        // Only the parts holding the range are fetched.
+        let fetched = |offset: u64, len: u64| {
+            let (vault, manifest) = (vault.clone(), manifest.clone());
+            async move {
+                let mut out = Vec::new();
+                read_range(
+                    &vault,
+                    &manifest,
+                    "stripe-000",
+                    offset..offset + len,
+                    &mut out,
+                    &ReaderConfig::default(),
+                    None,
+                )
+                .await
+                .unwrap()
+            }
+        };
+        let inside = fetched(p + 5, 100).await;
+        assert_eq!((inside.parts, inside.raw_bytes), (1, 100));
+        let (_, part_1) = part_range(&manifest, 1);
+        assert_eq!(inside.stored_bytes, part_1.end - part_1.start);
+        assert_eq!(fetched(between - 3, 10).await.parts, 2);
+        assert_eq!(fetched(size - 1, 1).await.parts, 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn ranges_read_the_bytes_asked_for_in_memory() {
+        ranges_read_the_bytes_asked_for(memory_vault(None).await).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn ranges_read_the_bytes_asked_for_encrypted() {
+        ranges_read_the_bytes_asked_for(memory_vault(Some(VaultKey::generate())).await).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn ranges_read_the_bytes_asked_for_on_files() {
+        let (_dir, vault) = file_vault().await;
+        ranges_read_the_bytes_asked_for(vault).await;
+    }
+
+    /// A damaged part fails every range that touches it, naming the object
+    /// and the part, with none of its bytes written; ranges elsewhere read.
+    async fn a_damaged_part_fails_only_the_ranges_it_holds(vault: Vault) {
+        let (input, manifest, starts) = many_segments(&vault).await;
+        let source = range_source(&vault, &manifest);
+        let (key, stored) = part_range(&manifest, 9);
+        rewrite(&vault, &key, |b| {
+            b[(stored.start + stored.end) as usize / 2] ^= 0x40
+        })
+        .await;
+        let (from, to) = (starts[9].0, starts[10].0);
+
+        let err = range_of(&source, &manifest, from + 10, 10)
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Integrity, "{err}");
+        let text = err.to_string();
+        assert!(
+            text.contains(&key) && text.contains("part 9 ") && text.contains("CRC-32C"),
+            "{text}"
+        );
+        assert_eq!(err.field("object"), Some(key.as_str()));
+
+        // From the part before into the damaged one: the first piece is
+        // written, nothing of the damaged part.
+        let mut out = Vec::new();
+        let begin = starts[8].0 + 5;
+        let err = RestoreSource::read_range(
+            &source,
+            &manifest.id,
+            "stripe-000",
+            begin,
+            to - begin,
+            &mut out,
+        )
+        .await
+        .unwrap_err();
+        assert!(err.to_string().contains("part 9 "), "{err}");
+        assert!(
+            out == input[begin as usize..from as usize],
+            "{} bytes",
+            out.len()
+        );
+
+        // Ranges that end before it or start after it read.
+        let out = range_of(&source, &manifest, 0, from).await.unwrap();
+        assert!(out == input[..from as usize]);
+        let out = range_of(&source, &manifest, to, u64::MAX).await.unwrap();
+        assert!(out == input[to as usize..]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_damaged_part_fails_only_the_ranges_it_holds_encrypted() {
+        let vault = memory_vault(Some(VaultKey::generate())).await;
+        a_damaged_part_fails_only_the_ranges_it_holds(vault).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_damaged_part_fails_only_the_ranges_it_holds_on_files() {
+        let (_dir, vault) = file_vault().await;
+        a_damaged_part_fails_only_the_ranges_it_holds(vault).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_range_of_a_manifest_whose_parts_miss_bytes_is_refused() {
+        let vault = memory_vault(None).await;
+        let (_, manifest, _) = many_segments(&vault).await;
+        let mut forged = manifest.clone();
+        forged.streams[0].raw_size += 1;
+        let mut out = Vec::new();
+        let err = read_range(
+            &vault,
+            &forged,
+            "stripe-000",
+            0..1,
+            &mut out,
+            &ReaderConfig::default(),
+            None,
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Integrity);
+        assert!(err.to_string().contains("its parts hold"), "{err}");
+        assert!(out.is_empty());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
