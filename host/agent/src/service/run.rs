@@ -12,7 +12,7 @@ use futures::StreamExt;
 use strata_core::catalog::index::{CatalogIndex, JobRecord};
 use strata_core::catalog::manifest::{BackupKind, Manifest};
 use strata_core::catalog::retention::{SCHEDULED_FOR_LABEL, point_time};
-use strata_core::lifecycle::{BackupResult, ExpiryReport, Host};
+use strata_core::lifecycle::{BackupResult, ExpiryReport, Host, KIND_REASON_LABEL};
 use strata_core::plugin::{BackupRequest, DatabaseRef, EnginePlugin};
 use strata_core::{Error, ErrorKind, Result};
 use tokio_util::sync::CancellationToken;
@@ -502,6 +502,16 @@ async fn run_due(
         match outcome {
             Ok(BackupResult::Committed(manifest)) => {
                 job.result = "succeeded".into();
+                // The engine settled another kind (a broken log chain turns
+                // a log backup into a full): history shows what ran and why.
+                if let Some(reason) = manifest.labels.get(KIND_REASON_LABEL) {
+                    job.kind = manifest.kind.as_str().into();
+                    job.trigger = Trigger::ChainBroken(reason.clone()).as_str().into();
+                    job.hint = Some(format!(
+                        "a {} backup was due and a {} ran: {reason}",
+                        due.kind, manifest.kind
+                    ));
+                }
                 job.backup_id = Some(manifest.id.to_string());
                 job.raw_bytes = Some(manifest.raw_size());
                 job.stored_bytes = Some(manifest.stored_size());
