@@ -52,6 +52,9 @@ pub struct Config {
     /// PostgreSQL clusters by name (`[postgres.<name>]`, see `strata_postgres::config`).
     #[serde(default)]
     pub postgres: std::collections::BTreeMap<String, strata_postgres::ClusterConfig>,
+    /// SQL Server instances by name (`[sqlserver.<name>]`, see `strata_sqlserver::config`).
+    #[serde(default)]
+    pub sqlserver: std::collections::BTreeMap<String, strata_sqlserver::InstanceConfig>,
     /// The service (`strata serve`); see [`crate::service::policy`].
     #[serde(default)]
     pub service: ServiceConfig,

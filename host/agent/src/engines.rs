@@ -14,6 +14,7 @@ pub const ENGINES: &[(&str, &[&str])] = &[
     (strata_stream::ENGINE, &[]),
     (strata_postgres::ENGINE, &["pg"]),
     (strata_hana::ENGINE, &[]),
+    (strata_sqlserver::ENGINE, &["mssql"]),
 ];
 
 /// The engine name `text` stands for (`pg` is `postgres`).
@@ -39,6 +40,7 @@ pub fn plugin(ctx: &Context, engine: &str, instance: &str) -> Result<Box<dyn Eng
         strata_stream::ENGINE => Ok(Box::new(strata_stream::StreamEngine::new(instance)?)),
         strata_postgres::ENGINE => Ok(Box::new(crate::pg::engine(ctx, instance, None)?)),
         strata_hana::ENGINE => Ok(Box::new(strata_hana::HanaEngine::backint(instance))),
+        strata_sqlserver::ENGINE => Ok(Box::new(crate::sqlserver::engine(ctx, instance)?)),
         other => Err(Error::config(format!(
             "engine `{other}` is not built into this agent"
         ))),

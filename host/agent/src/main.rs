@@ -16,6 +16,7 @@ mod output;
 mod pg;
 mod progress;
 mod service;
+mod sqlserver;
 mod stream;
 mod vault_cmd;
 
@@ -92,6 +93,9 @@ enum Command {
     /// SAP HANA: check the Backint settings.
     #[command(subcommand)]
     Hana(hana::HanaCommand),
+    /// SQL Server: check an instance, set up its blob endpoint, plan from msdb history.
+    #[command(subcommand)]
+    Sqlserver(sqlserver::SqlServerCommand),
     /// Run the service: scheduled backups, retention (see [[protect]] and [policy.*] in the config).
     Serve(service::commands::ServeArgs),
     /// Apply retention now: delete the backups and archived log no retained point needs.
@@ -113,6 +117,8 @@ enum BackupCommand {
     Pg(pg::PgBackupArgs),
     /// Start a SAP HANA data backup (full, diff, incr) through Backint.
     Hana(hana::BackupHanaArgs),
+    /// Take a full, differential, log or copy-only backup of a SQL Server database.
+    Sqlserver(sqlserver::BackupSqlServerArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -123,6 +129,8 @@ enum RestoreCommand {
     Pg(pg::PgRestoreArgs),
     /// Print (or run) a SAP HANA recovery to a point in time or another SID.
     Hana(hana::RestoreHanaArgs),
+    /// Restore a SQL Server database to a point in time, under another name, or as files.
+    Sqlserver(sqlserver::RestoreSqlServerArgs),
 }
 
 fn exit_code(kind: ErrorKind) -> u8 {
@@ -222,6 +230,9 @@ async fn run(cli: Cli, config_path: Option<PathBuf>, config: Result<Config>) -> 
         Command::Catalog(cmd) => listing::catalog(cmd, &ctx).await,
         Command::Pg(cmd) => pg::run(cmd, &ctx).await,
         Command::Hana(cmd) => hana::run(cmd, &ctx).await,
+        Command::Sqlserver(cmd) => sqlserver::run(cmd, &ctx).await,
+        Command::Backup(BackupCommand::Sqlserver(args)) => sqlserver::backup(args, &ctx).await,
+        Command::Restore(RestoreCommand::Sqlserver(args)) => sqlserver::restore(args, &ctx).await,
         Command::Backup(BackupCommand::Hana(args)) => hana::backup(args, &ctx).await,
         Command::Restore(RestoreCommand::Hana(args)) => hana::restore(args, &ctx).await,
         Command::Backup(BackupCommand::Pg(args)) => pg::backup(args, &ctx).await,

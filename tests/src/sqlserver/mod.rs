@@ -15,6 +15,7 @@
 
 pub mod blob_client;
 pub mod engine;
+pub mod fixture;
 pub mod media;
 pub mod sql;
 pub mod tds;

@@ -28,7 +28,7 @@
 //! log_days = 7
 //!
 //! [[protect]]
-//! engine = "postgres"                   # postgres (alias pg) or hana
+//! engine = "postgres"                   # postgres (alias pg), sqlserver or hana
 //! instance = "main"                     # a [postgres.main] section
 //! policy = "standard"
 //! ```
@@ -190,7 +190,7 @@ impl PolicyConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProtectConfig {
-    /// The engine (`postgres` or `pg`, `hana`).
+    /// The engine (`postgres` or `pg`, `sqlserver`, `hana`).
     pub engine: Spanned<String>,
     /// The configured instance.
     pub instance: Spanned<String>,
@@ -428,11 +428,22 @@ pub fn validate(config: &crate::config::Config, text: &str, origin: &str) -> Res
                 }
             }
             strata_hana::ENGINE => {}
+            strata_sqlserver::ENGINE => {
+                if !config.sqlserver.contains_key(item.instance.get_ref()) {
+                    return Err(at(
+                        item.instance.span(),
+                        format!(
+                            "there is no [sqlserver.{}] section to protect",
+                            item.instance.get_ref()
+                        ),
+                    ));
+                }
+            }
             other => {
                 return Err(at(
                     item.engine.span(),
                     format!(
-                        "`{other}` backups are not scheduled by the service; protect postgres or hana instances"
+                        "`{other}` backups are not scheduled by the service; protect postgres, sqlserver or hana instances"
                     ),
                 ));
             }
