@@ -92,7 +92,10 @@ impl CompressionChoice {
 }
 
 /// One protected SQL Server instance (see the module docs for the TOML form).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// Its `Debug` form hides the password of the connection string, so that
+/// no log line or error report ever carries it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct InstanceConfig {
     /// ADO.NET-style connection string (`server=tcp:host,port;user=...;password=...`).
@@ -133,6 +136,74 @@ pub struct InstanceConfig {
     #[serde(default = "default_reorder_window")]
     pub reorder_window: usize,
 }
+
+impl std::fmt::Debug for InstanceConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InstanceConfig")
+            .field("connection", &redacted_connection(&self.connection))
+            .field("encryption", &self.encryption)
+            .field("trust_ca", &self.trust_ca)
+            .field("trust_server_certificate", &self.trust_server_certificate)
+            .field("blob_host", &self.blob_host)
+            .field("blob_listen", &self.blob_listen)
+            .field("blob_port", &self.blob_port)
+            .field("tls_cert", &self.tls_cert)
+            .field("tls_key", &self.tls_key)
+            .field("compression", &self.compression)
+            .field("stripes", &self.stripes)
+            .field("reorder_window", &self.reorder_window)
+            .finish()
+    }
+}
+
+/// `connection` with the value of every `password`/`pwd` key replaced by
+/// `<redacted>` (ADO.NET keys are case-insensitive; a quoted value may hold
+/// `;`, so everything after the key up to the next key is dropped).
+pub fn redacted_connection(connection: &str) -> String {
+    let mut out = Vec::new();
+    let mut hiding = false;
+    for part in connection.split(';') {
+        let key = part
+            .split_once('=')
+            .map(|(k, _)| k.trim().to_ascii_lowercase());
+        match key.as_deref() {
+            Some("password" | "pwd") => {
+                hiding = true;
+                let (k, _) = part.split_once('=').expect("has a key");
+                out.push(format!("{k}=<redacted>"));
+            }
+            Some(k) if hiding && !KNOWN_KEYS.contains(&k) => {}
+            None if hiding => {}
+            _ => {
+                hiding = false;
+                out.push(part.to_owned());
+            }
+        }
+    }
+    out.join(";")
+}
+
+/// ADO.NET connection-string keys tiberius reads, to find where a quoted
+/// password that holds `;` ends.
+const KNOWN_KEYS: &[&str] = &[
+    "server",
+    "data source",
+    "address",
+    "addr",
+    "network address",
+    "user",
+    "user id",
+    "uid",
+    "database",
+    "initial catalog",
+    "encrypt",
+    "trustservercertificate",
+    "trustservercertificateca",
+    "integratedsecurity",
+    "integrated security",
+    "application name",
+    "applicationintent",
+];
 
 fn default_blob_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 443))
@@ -388,6 +459,24 @@ mod tests {
         let (name, config) = file.sqlserver.into_iter().next().unwrap();
         config.validate(&name)?;
         Ok(config)
+    }
+
+    #[test]
+    fn debug_output_never_shows_the_password() {
+        let config = InstanceConfig::new(
+            "server=tcp:h,1;User ID=strata;Password='s3cr;et';Database=master",
+            "blob.local",
+        );
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("s3cr"), "{shown}");
+        assert!(!shown.contains("et'"), "{shown}");
+        assert!(shown.contains("Password=<redacted>"), "{shown}");
+        assert!(shown.contains("Database=master"), "{shown}");
+        assert!(shown.contains("User ID=strata"), "{shown}");
+        assert_eq!(
+            redacted_connection("server=tcp:h,1;pwd=x;user=u"),
+            "server=tcp:h,1;pwd=<redacted>;user=u"
+        );
     }
 
     const MINIMAL: &str = "[sqlserver.main]\nconnection = \"server=tcp:127.0.0.1,1433;user=strata;password=x\"\nblob_host = \"strata-blob.local\"\n";
