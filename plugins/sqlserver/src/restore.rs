@@ -340,13 +340,19 @@ pub async fn restore(
             Ok(()) => work.await,
             Err(e) => Err(e),
         },
-    }
-    .map_err(|e| {
-        let quoted = tsql::quote_ident(&target);
-        e.hint(format!(
-            "if SQL Server began restoring, {quoted} is left restoring: drop it (DROP DATABASE {quoted}) before trying again, or restore over it with --replace"
-        ))
-    })?;
+    };
+    let applied = match applied {
+        Ok(applied) => applied,
+        Err(err) if existing.is_none() => {
+            return Err(drop_failed_restore(&mut catalog, &target, err).await);
+        }
+        Err(err) => {
+            let quoted = tsql::quote_ident(&target);
+            return Err(err.hint(format!(
+                "{quoted} was being overwritten and is left restoring: restore it again with --replace, or drop it (DROP DATABASE {quoted})"
+            )));
+        }
+    };
 
     let last = steps.last().map(|s| &s.set);
     let position = plan.reaches_position.or(last.map(|s| s.last_lsn));
@@ -398,6 +404,38 @@ pub async fn restore(
 /// Runs statements 12 to 16 for `steps` on `conn`, reading through
 /// `device`; returns the `MOVE`s of the full.
 #[allow(clippy::too_many_arguments)]
+/// After a failed restore into a database that did not exist before: drops
+/// what SQL Server created (a database left restoring holds its name and
+/// files, and a second attempt would find it in the way). Returns `err`,
+/// with a hint saying whether the drop worked.
+async fn drop_failed_restore(catalog: &mut Connection, target: &str, err: Error) -> Error {
+    let quoted = tsql::quote_ident(target);
+    let created = match DatabaseInfo::list(catalog).await {
+        Ok(list) => list.iter().any(|d| d.name.eq_ignore_ascii_case(target)),
+        Err(_) => true,
+    };
+    if !created {
+        return err.hint("nothing was restored: SQL Server created no database");
+    }
+    match catalog
+        .execute(
+            &tsql::drop_database(target),
+            "dropping the partly restored database",
+        )
+        .await
+    {
+        Ok(()) => err.hint(format!(
+            "the partly restored {quoted} was dropped: nothing is left on the server"
+        )),
+        Err(drop) => {
+            tracing::warn!(database = %target, error = %drop, "the partly restored database could not be dropped");
+            err.hint(format!(
+                "{quoted} is left restoring: drop it (DROP DATABASE {quoted}) before trying again"
+            ))
+        }
+    }
+}
+
 async fn apply(
     conn: &mut Connection,
     device: &dyn crate::device::RestoreDevice,

@@ -231,6 +231,12 @@ pub fn recover(database: &str) -> String {
     format!("RESTORE DATABASE {} WITH RECOVERY", quote_ident(database))
 }
 
+/// Statement 18: drops a database a failed restore created (never one
+/// that existed before the restore).
+pub fn drop_database(database: &str) -> String {
+    format!("DROP DATABASE {}", quote_ident(database))
+}
+
 /// Statement 17: the server's clock in UTC.
 pub const NOW: &str = "SELECT SYSUTCDATETIME() AS now";
 
