@@ -403,7 +403,6 @@ pub async fn restore(
 
 /// Runs statements 12 to 16 for `steps` on `conn`, reading through
 /// `device`; returns the `MOVE`s of the full.
-#[allow(clippy::too_many_arguments)]
 /// After a failed restore into a database that did not exist before: drops
 /// what SQL Server created (a database left restoring holds its name and
 /// files, and a second attempt would find it in the way). Returns `err`,
@@ -436,6 +435,7 @@ async fn drop_failed_restore(catalog: &mut Connection, target: &str, err: Error)
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn apply(
     conn: &mut Connection,
     device: &dyn crate::device::RestoreDevice,
