@@ -40,7 +40,7 @@ pub fn plugin(ctx: &Context, engine: &str, instance: &str) -> Result<Box<dyn Eng
         strata_stream::ENGINE => Ok(Box::new(strata_stream::StreamEngine::new(instance)?)),
         strata_postgres::ENGINE => Ok(Box::new(crate::pg::engine(ctx, instance, None)?)),
         strata_hana::ENGINE => Ok(Box::new(strata_hana::HanaEngine::backint(instance))),
-        strata_sqlserver::ENGINE => Ok(Box::new(crate::sqlserver::engine(ctx, instance)?)),
+        strata_sqlserver::ENGINE => Ok(Box::new(crate::sqlserver::plugin(ctx, instance)?)),
         other => Err(Error::config(format!(
             "engine `{other}` is not built into this agent"
         ))),

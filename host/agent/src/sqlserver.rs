@@ -127,6 +127,17 @@ pub fn engine(ctx: &Context, name: &str) -> Result<SqlServerEngine> {
     SqlServerEngine::new(name, instance_config(ctx, name)?.clone())
 }
 
+/// The plugin of instance `name` for listing, planning and verifying: the
+/// configured one, or one that reads only the vault when this host has no
+/// section for it (a second host restoring, an auditor listing).
+pub fn plugin(ctx: &Context, name: &str) -> Result<SqlServerEngine> {
+    if ctx.config.sqlserver.contains_key(name) {
+        engine(ctx, name)
+    } else {
+        Ok(SqlServerEngine::unconfigured(name))
+    }
+}
+
 fn instance_config<'a>(ctx: &'a Context, name: &str) -> Result<&'a InstanceConfig> {
     ctx.config.sqlserver.get(name).ok_or_else(|| {
         let known: Vec<&str> = ctx.config.sqlserver.keys().map(String::as_str).collect();

@@ -94,15 +94,16 @@ pub const PART_SIZE: usize = 8 << 20;
 ///   [`RestoreDestination`].
 pub struct SqlServerEngine {
     instance: String,
-    config: InstanceConfig,
-    data_path: Arc<dyn DataPath>,
+    /// `None` for an instance this host has no section for
+    /// ([`SqlServerEngine::unconfigured`]).
+    setup: Option<(InstanceConfig, Arc<dyn DataPath>)>,
 }
 
 impl std::fmt::Debug for SqlServerEngine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SqlServerEngine")
             .field("instance", &self.instance)
-            .field("config", &self.config)
+            .field("config", &self.setup.as_ref().map(|(config, _)| config))
             .finish_non_exhaustive()
     }
 }
@@ -124,32 +125,57 @@ impl SqlServerEngine {
             tls_key: config.tls_key_path(instance),
             reorder_window: config.reorder_window,
         };
+        let data_path: Arc<dyn DataPath> = Arc::new(BlobEndpoint::new(endpoint));
         Ok(SqlServerEngine {
             instance: instance.to_owned(),
-            config,
-            data_path: Arc::new(BlobEndpoint::new(endpoint)),
+            setup: Some((config, data_path)),
         })
     }
 
+    /// The engine of an instance this host has no `[sqlserver.<name>]`
+    /// section for: it lists and plans what the vault holds (the chain
+    /// rules need no server), and every call that needs the server fails
+    /// with a configuration error naming the missing section.
+    pub fn unconfigured(instance: &str) -> Self {
+        SqlServerEngine {
+            instance: instance.to_owned(),
+            setup: None,
+        }
+    }
+
     /// The same engine with another data path (a test double, or a future
-    /// `s3://` or VDI path).
+    /// `s3://` or VDI path). No effect on an unconfigured engine.
     pub fn with_data_path(mut self, data_path: Arc<dyn DataPath>) -> Self {
-        self.data_path = data_path;
+        if let Some((_, path)) = &mut self.setup {
+            *path = data_path;
+        }
         self
     }
 
-    /// The instance's configuration.
-    pub fn config(&self) -> &InstanceConfig {
-        &self.config
-    }
-
-    /// The data path backups write through and restores read through.
-    pub fn data_path(&self) -> &Arc<dyn DataPath> {
-        &self.data_path
+    /// The instance's configuration and data path.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Config`](strata_core::ErrorKind::Config) for an
+    /// unconfigured engine.
+    pub fn configured(&self) -> Result<(&InstanceConfig, &dyn DataPath)> {
+        self.setup
+            .as_ref()
+            .map(|(config, path)| (config, path.as_ref()))
+            .ok_or_else(|| {
+                strata_core::Error::config(format!(
+                    "this host has no [sqlserver.{}] section",
+                    self.instance
+                ))
+                .hint(format!(
+                    "add a [sqlserver.{}] section with connection and blob_host to the config (see docs/sqlserver.md)",
+                    self.instance
+                ))
+            })
     }
 
     async fn database_state(&self, database: &str) -> Result<DatabaseState> {
-        let mut conn = client::connect(&self.instance, &self.config, Session::Catalog).await?;
+        let (config, _) = self.configured()?;
+        let mut conn = client::connect(&self.instance, config, Session::Catalog).await?;
         DatabaseState::read(&mut conn, database).await
     }
 }
@@ -178,7 +204,8 @@ impl EnginePlugin for SqlServerEngine {
 
     /// The `ONLINE` user databases (not `master`, `model`, `msdb`, `tempdb`).
     async fn discover(&self) -> Result<Vec<DatabaseRef>> {
-        let mut conn = client::connect(&self.instance, &self.config, Session::Catalog).await?;
+        let (config, _) = self.configured()?;
+        let mut conn = client::connect(&self.instance, config, Session::Catalog).await?;
         Ok(DatabaseInfo::list(&mut conn)
             .await?
             .into_iter()
@@ -213,14 +240,8 @@ impl EnginePlugin for SqlServerEngine {
         sink: &dyn BackupSink,
         _archive: Arc<dyn ArchiveStore>,
     ) -> Result<BackupOutcome> {
-        backup::backup(
-            &self.instance,
-            &self.config,
-            self.data_path.as_ref(),
-            request,
-            sink,
-        )
-        .await
+        let (config, data_path) = self.configured()?;
+        backup::backup(&self.instance, config, data_path, request, sink).await
     }
 
     /// The full whose backup set is the database's current differential
@@ -255,13 +276,51 @@ impl EnginePlugin for SqlServerEngine {
         request: RestoreRequest,
         source: &dyn RestoreSource,
     ) -> Result<RestoreOutcome> {
-        restore::restore(
-            &self.instance,
-            &self.config,
-            self.data_path.as_ref(),
-            request,
-            source,
-        )
-        .await
+        let (config, data_path) = self.configured()?;
+        restore::restore(&self.instance, config, data_path, request, source).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use strata_core::plugin::{ArchiveEntry, ArchiveObject, Attributes, PutOnce};
+
+    /// SQL Server archives nothing of its own.
+    struct NoArchive;
+
+    #[async_trait]
+    impl ArchiveStore for NoArchive {
+        async fn put_once(&self, _: &str, _: Bytes, _: Attributes) -> Result<PutOnce> {
+            unreachable!("SQL Server archives nothing")
+        }
+        async fn get(&self, _: &str) -> Result<Option<ArchiveObject>> {
+            Ok(None)
+        }
+        async fn attributes(&self, _: &str) -> Result<Option<Attributes>> {
+            Ok(None)
+        }
+        async fn list(&self, _: &str) -> Result<Vec<ArchiveEntry>> {
+            Ok(Vec::new())
+        }
+        async fn delete(&self, _: &str) -> Result<()> {
+            Ok(())
+        }
+    }
+
+    /// A host without the instance's section still plans from the vault,
+    /// and refuses what needs the server with the section it lacks.
+    #[tokio::test]
+    async fn an_unconfigured_instance_plans_but_does_not_reach_the_server() {
+        let engine = SqlServerEngine::unconfigured("prod");
+        let err = engine.discover().await.unwrap_err();
+        assert_eq!(err.kind(), strata_core::ErrorKind::Config);
+        assert!(err.to_string().contains("[sqlserver.prod]"), "{err}");
+        let chain = engine
+            .chain(&DatabaseRef::instance("prod"), &[], Arc::new(NoArchive))
+            .await
+            .unwrap();
+        assert!(chain.records.is_empty());
     }
 }
