@@ -18,6 +18,7 @@ pub mod engine;
 pub mod fixture;
 pub mod media;
 pub mod sql;
+pub mod steps;
 pub mod tds;
 
 use std::net::{Ipv4Addr, SocketAddr};
@@ -65,6 +66,12 @@ pub struct EmulatorConfig {
     pub blocks_in_flight: usize,
     /// Databases in an availability group and this replica's role for each.
     pub availability: Vec<(String, AgRole)>,
+    /// The seed of every backup's pages (`None`, the default: one per
+    /// backup set); fixed, two backups of a database carry the same pages.
+    pub payload_seed: Option<u64>,
+    /// Log each Put Block List with its wall-clock times on standard error
+    /// (see `BlobClient::with_block_list_log`).
+    pub log_block_lists: bool,
 }
 
 impl Default for EmulatorConfig {
@@ -85,6 +92,8 @@ impl Default for EmulatorConfig {
             sas: "sv=2022-11-02&ss=b&srt=co&sp=rwdlac&sig=emulator".into(),
             blocks_in_flight: 4,
             availability: Vec::new(),
+            payload_seed: None,
+            log_block_lists: false,
         }
     }
 }
@@ -110,7 +119,8 @@ impl Emulator {
             sas: config.sas.clone(),
             blocks_in_flight: config.blocks_in_flight,
         })
-        .unwrap_or_else(|e| panic!("the emulator's blob client: {}: {}", e.device, e.os_error));
+        .unwrap_or_else(|e| panic!("the emulator's blob client: {}: {}", e.device, e.os_error))
+        .with_block_list_log(config.log_block_lists);
         let server = Arc::new(Server::new(
             ServerSettings {
                 server_name: config.server_name.clone(),
@@ -123,6 +133,7 @@ impl Emulator {
             },
             blob,
         ));
+        server.set_payload_seed(config.payload_seed);
         for (database, role) in &config.availability {
             server.set_ag_role(database, Some(*role));
         }
