@@ -18,6 +18,10 @@
 #   --skip-lint   skip step 2 (for quick local runs; CI never skips it)
 #
 # Environment: STRATA_TEST_TIMEOUT (seconds, default 2400) bounds step 5.
+# The tests see this script's environment: STRATA_TEST_SQLSERVER (a connection
+# string) runs the SQL Server tests against that server instead of the
+# emulator, STRATA_TEST_HANA the tests marked #[ignore] against SAP HANA
+# (docker/README.md).
 # Exit status: 0 when everything passed, otherwise the first failing step's.
 set -euo pipefail
 
@@ -182,6 +186,11 @@ real_engines=()
 [[ -n "${STRATA_TEST_HANA:-}" ]] && real_engines+=("SAP HANA")
 if ((${#real_engines[@]})); then
     echo "real engines named: ${real_engines[*]}; running the tests marked #[ignore] too"
+fi
+# The SQL Server tests are not #[ignore]: they run on the emulator, or on the
+# server STRATA_TEST_SQLSERVER names (its password is not printed).
+if [[ -n "${STRATA_TEST_SQLSERVER:-}" ]]; then
+    echo "STRATA_TEST_SQLSERVER is set: the SQL Server tests run against that server, not the emulator"
 fi
 
 if cargo nextest --version >/dev/null 2>&1; then

@@ -402,12 +402,14 @@ impl CatalogIndex {
         Ok(job)
     }
 
-    /// Records how job `job.id` ended.
+    /// Records how job `job.id` ended, and what it ran as: its `kind` and
+    /// `trigger` as they are now (a due log backup the engine took as a
+    /// full is recorded as that full, trigger `chain-broken`).
     pub fn finish_job(&self, job: &JobRecord) -> Result<()> {
         let conn = self.conn();
         conn.execute(
             "UPDATE jobs SET ended_at = ?2, result = ?3, backup_id = ?4, raw_bytes = ?5,
-             stored_bytes = ?6, error = ?7, hint = ?8 WHERE id = ?1",
+             stored_bytes = ?6, error = ?7, hint = ?8, kind = ?9, trigger = ?10 WHERE id = ?1",
             params![
                 job.id,
                 job.ended_at.map(|t| t.to_rfc3339()),
@@ -417,6 +419,8 @@ impl CatalogIndex {
                 job.stored_bytes.map(|b| b as i64),
                 job.error,
                 job.hint,
+                job.kind,
+                job.trigger,
             ],
         )
         .map_err(|e| index_error(&self.origin, "recording a job in", e))?;
