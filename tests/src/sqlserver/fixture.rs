@@ -153,7 +153,34 @@ impl SqlServerFixture {
         fixture
             .strata(["sqlserver", "setup", "main", "--apply"])
             .success();
+        if real.is_some() {
+            fixture.drop_user_databases().await;
+        }
         fixture
+    }
+
+    /// On a real server: drops every user database, so that a test starts
+    /// from the empty server the emulator gives (the tests create and
+    /// restore databases of fixed names). `STRATA_TEST_SQLSERVER` must
+    /// therefore name a throwaway test server, and the tests run one at a
+    /// time against it (`--test-threads 1`); docker/README.md says so.
+    async fn drop_user_databases(&self) {
+        let mut sql = self.client().await;
+        let names: Vec<String> = sql
+            .rows("SELECT name, database_id FROM sys.databases ORDER BY name")
+            .await
+            .iter()
+            .filter(|r| r.get::<i32, _>("database_id").is_some_and(|id| id > 4))
+            .filter_map(|r| r.get::<&str, _>("name").map(str::to_owned))
+            .collect();
+        for name in names {
+            sql.exec(&format!(
+                "IF DATABASEPROPERTYEX(N'{1}', 'Status') = 'ONLINE' ALTER DATABASE [{0}] SET SINGLE_USER WITH ROLLBACK IMMEDIATE; DROP DATABASE [{0}]",
+                name.replace(']', "]]"),
+                name.replace('\'', "''")
+            ))
+            .await;
+        }
     }
 
     /// Whether this fixture runs against the emulator.
