@@ -189,6 +189,49 @@ impl Server {
         }
     }
 
+    /// Makes every later backup generate its pages from `seed` (`None`,
+    /// the default: a seed of its own per backup set), so that two backups
+    /// of one database carry the same page bytes. A benchmark compares two
+    /// paths on the same media this way.
+    pub fn set_payload_seed(&self, seed: Option<u64>) {
+        self.lock().payload_seed = seed;
+    }
+
+    /// The media that the `BACKUP` statement `sql` would write, generated
+    /// lazily (one block of [`MAX_TRANSFER_SIZE`] in memory at a time),
+    /// without writing it to the statement's devices or recording the
+    /// backup in `msdb`: the database takes its checkpoint and its LSNs
+    /// advance as for a backup, its chain does not change. A benchmark
+    /// feeds these bytes to the path it compares against.
+    ///
+    /// # Errors
+    /// SQL Server's errors for the statement, in order (102 syntax, 911
+    /// unknown database, 4214 no log backup base...).
+    pub fn backup_media(&self, sql: &str) -> Result<MediaBlocks, Vec<SqlError>> {
+        let mut statements =
+            parse_batch(sql).map_err(|e| vec![SqlError::new(102, 15, e.to_string())])?;
+        let statement = match (statements.pop(), statements.is_empty()) {
+            (Some(Statement::Backup(backup)), true) => backup,
+            _ => return Err(vec![errors::syntax(sql)]),
+        };
+        let verb = backup_verb(statement.target);
+        let prepare = || {
+            let options = BackupOptions::read(&statement.options)?;
+            if !self.settings.sysadmin {
+                return Err(
+                    errors::backup_permission(statement.target, &statement.database).into(),
+                );
+            }
+            self.lock().prepare_backup(self, &statement, &options)
+        };
+        let prepared = prepare().map_err(|f: Failure| f.terminating(verb).0)?;
+        Ok(media::encode(
+            &prepared.header,
+            &prepared.content,
+            prepared.payload,
+        ))
+    }
+
     /// The bytes a `BACKUP ... TO DISK = N'path'` left under `path`, if any.
     pub fn disk_device(&self, path: &str) -> Option<Bytes> {
         self.lock().disk.get(path).cloned()
@@ -1450,6 +1493,8 @@ struct State {
     history: Vec<HistoryRow>,
     disk: HashMap<String, Bytes>,
     ag_roles: HashMap<String, AgRole>,
+    /// The seed of every backup's pages, when fixed (benchmarks).
+    payload_seed: Option<u64>,
 }
 
 impl State {
@@ -1699,6 +1744,7 @@ impl State {
     ) -> Result<PreparedBackup, Failure> {
         let name = statement.database.as_str();
         let role = self.ag_role(name);
+        let fixed_seed = self.payload_seed;
         {
             let db = self
                 .database(name)
@@ -1814,11 +1860,12 @@ impl State {
             },
         };
         let set_guid = Uuid::new_v4();
+        let seed = fixed_seed.unwrap_or_else(|| set_guid.as_u64_pair().0);
         let payload = if options.compression {
             // SQL Server's compression: table pages shrink about 2.5x, data
             // that does not compress stays its size; the output looks random.
             Payload {
-                seed: set_guid.as_u64_pair().0,
+                seed,
                 len: if compressible {
                     payload_len * 2 / 5
                 } else {
@@ -1828,7 +1875,7 @@ impl State {
             }
         } else {
             Payload {
-                seed: set_guid.as_u64_pair().0,
+                seed,
                 len: payload_len,
                 compressible,
             }
