@@ -28,7 +28,8 @@
 //! # compression = "sqlserver"
 //! # URLs (stripes) per backup: 0 = one per 100 GiB of database, at least 1.
 //! # stripes = 0
-//! # Blocks per stripe the endpoint holds in memory to reorder retried puts.
+//! # Blocks (4 MiB each) the endpoint holds in memory per backup to reorder
+//! # retried or concurrent puts, shared by the stripes (at least 4 each).
 //! # reorder_window = 8
 //! ```
 //!
@@ -132,7 +133,8 @@ pub struct InstanceConfig {
     /// database, at least one.
     #[serde(default)]
     pub stripes: usize,
-    /// Blocks per stripe the endpoint holds in memory to reorder retried puts.
+    /// Blocks the endpoint holds in memory per backup to reorder retried or
+    /// concurrent puts, shared by the stripes (at least 4 each).
     #[serde(default = "default_reorder_window")]
     pub reorder_window: usize,
 }

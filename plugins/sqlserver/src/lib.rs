@@ -74,9 +74,11 @@ use crate::device::DataPath;
 use crate::server::{DatabaseInfo, DatabaseState};
 
 /// Part size of SQL Server backups unless the operator configured one: a
-/// backup writes one stream per stripe at once, and 8 MiB parts keep the
-/// writer's memory bounded with several stripes and every core compressing.
-pub const PART_SIZE: usize = 8 << 20;
+/// backup writes one stream per stripe at once, each with its own parts in
+/// flight, so parts are small: one of SQL Server's 4 MiB blocks
+/// (`MAXTRANSFERSIZE = 4194304`) each, which keeps four stripes within the
+/// memory one stream of 16 MiB parts takes.
+pub const PART_SIZE: usize = 4 << 20;
 
 /// The SQL Server engine for one configured instance: Strata's
 /// [`EnginePlugin`].

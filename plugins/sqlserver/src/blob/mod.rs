@@ -82,9 +82,23 @@ pub struct BlobEndpointConfig {
     pub tls_cert: PathBuf,
     /// Its private key (PEM), `blob.key`.
     pub tls_key: PathBuf,
-    /// Blocks held in memory per stripe (at least 1): how far out of order
-    /// SQL Server's blocks may arrive.
+    /// Blocks held in memory per backup, shared by its stripes (each holds
+    /// at least [`MIN_STRIPE_WINDOW`]): how far out of order SQL Server's
+    /// blocks may arrive, and what bounds the endpoint's memory whatever
+    /// the number of stripes.
     pub reorder_window: usize,
+}
+
+/// The fewest blocks a stripe's reorder window holds: SQL Server keeps
+/// several buffers of a device in flight (the emulator four), and a
+/// window smaller than that would fail stripes whose blocks merely
+/// overtook each other.
+pub const MIN_STRIPE_WINDOW: usize = 4;
+
+/// Each stripe's share of a backup's `window` blocks (at least
+/// [`MIN_STRIPE_WINDOW`]).
+pub fn stripe_window(window: usize, stripes: usize) -> usize {
+    (window / stripes.max(1)).max(MIN_STRIPE_WINDOW)
 }
 
 impl BlobEndpointConfig {
@@ -209,7 +223,7 @@ impl DataPath for BlobEndpoint {
             blobs,
             calls: Some(calls),
             urls,
-            window: self.config.reorder_window.max(1),
+            window: stripe_window(self.config.reorder_window, stripes),
         }))
     }
 

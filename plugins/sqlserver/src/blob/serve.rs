@@ -27,9 +27,10 @@ use tokio::sync::{mpsc, oneshot};
 use super::azure::{AzureError, BlobResponse, ResponseBody, reply};
 use super::route::{Blob, Call, Op, lock};
 
-/// How far a sequential read runs ahead of SQL Server, in bytes: one
-/// `MAXTRANSFERSIZE`.
-const READ_AHEAD: usize = 4 * 1024 * 1024;
+/// How far a sequential read runs ahead of SQL Server, in bytes: four of
+/// its `MAXTRANSFERSIZE` reads, so that the vault reader keeps decoding
+/// while SQL Server takes one range and asks for the next.
+const READ_AHEAD: usize = 16 * 1024 * 1024;
 
 /// The size of the chunks a response is sent in, in bytes.
 const CHUNK: u64 = 256 * 1024;

@@ -155,6 +155,8 @@ pub struct StripeState {
     written: Vec<(BlockId, u64)>,
     /// The ids in `written`.
     written_ids: HashSet<BlockId>,
+    /// The sequence number of the last block written, when ids are numbers.
+    last_number: Option<u128>,
     /// Where the stripe stands.
     pub phase: Phase,
 }
@@ -188,33 +190,52 @@ impl StripeState {
         }
     }
 
-    /// Takes a block into the window; returns the block that leaves it to
-    /// be written, if the window of `capacity` blocks overflowed.
-    fn put(&mut self, id: BlockId, bytes: Bytes, capacity: usize) -> Option<Bytes> {
+    /// Takes a block into the window; returns the blocks that leave it to
+    /// be written, in order, while the window of `capacity` blocks
+    /// overflows. With sequence-numbered ids a block leaves only when it is
+    /// the next number: while an earlier block is still on its way, the
+    /// window holds more than `capacity` ([`StripeState::waiting`]).
+    fn put(&mut self, id: BlockId, bytes: Bytes, capacity: usize) -> Vec<Bytes> {
         if let Some(slot) = self.window.iter_mut().find(|(held, _)| *held == id) {
             slot.1 = bytes;
-            return None;
+        } else {
+            self.window.push_back((id, bytes));
         }
-        self.window.push_back((id, bytes));
-        if self.window.len() <= capacity {
-            return None;
+        let mut leaving = Vec::new();
+        while self.window.len() > capacity {
+            let Some(next) = self.next_to_write() else {
+                break;
+            };
+            let Some((id, bytes)) = self.window.remove(next) else {
+                break;
+            };
+            if let BlockOrder::Sequence(reading) = self.order {
+                self.last_number = reading.number(&id);
+            }
+            self.written.push((id.clone(), bytes.len() as u64));
+            self.written_ids.insert(id);
+            leaving.push(bytes);
         }
-        let leaving = self.next_to_write();
-        let (id, bytes) = self.window.remove(leaving)?;
-        self.written.push((id.clone(), bytes.len() as u64));
-        self.written_ids.insert(id);
-        Some(bytes)
+        leaving
+    }
+
+    /// Whether the window holds more than `capacity` blocks because the
+    /// next one in sequence has not arrived: SQL Server's answers then
+    /// wait, so that it sends no more until that block comes.
+    fn waiting(&self, capacity: usize) -> bool {
+        self.window.len() > capacity
     }
 
     /// The index in the window of the block to write next: the lowest
-    /// sequence number, or the oldest arrival.
-    fn next_to_write(&mut self) -> usize {
+    /// sequence number (once one was written: only the number after it),
+    /// or the oldest arrival. `None` while the next number is missing.
+    fn next_to_write(&mut self) -> Option<usize> {
         if self.order == BlockOrder::Undecided {
             self.order = BlockOrder::guess(self.window.iter().map(|(id, _)| id));
             tracing::debug!(order = ?self.order, "block order of a stripe");
         }
         let BlockOrder::Sequence(reading) = self.order else {
-            return 0;
+            return Some(0);
         };
         let numbers = self
             .window
@@ -222,9 +243,15 @@ impl StripeState {
             .enumerate()
             .map(|(i, (id, _))| reading.number(id).map(|n| (n, i)));
         match numbers.collect::<Option<Vec<_>>>() {
-            Some(numbers) => numbers.into_iter().min().map_or(0, |(_, i)| i),
+            Some(numbers) => {
+                let (lowest, index) = numbers.into_iter().min()?;
+                match self.last_number {
+                    Some(last) if lowest != last + 1 => None,
+                    _ => Some(index),
+                }
+            }
             // An id that is no sequence number after all.
-            None => 0,
+            None => Some(0),
         }
     }
 
@@ -242,7 +269,7 @@ impl StripeState {
                 "the block list of {stripe} cannot be followed: {detail}; SQL Server sent its blocks further out of order than the reorder window of {capacity} blocks"
             ))
             .in_message("stream", stripe)
-            .hint("raise reorder_window (blocks held in memory per stripe) in the instance's [sqlserver.<name>] section, and run the backup again")
+            .hint("raise reorder_window (blocks held in memory per backup, shared by its stripes) in the instance's [sqlserver.<name>] section, and run the backup again")
         };
         if list.len() < self.written.len() {
             return Err(out_of_order(format!(
@@ -359,6 +386,7 @@ pub async fn receive(
         feed: Some(feed),
         done: Some(done),
         window: window.max(1),
+        held: Vec::new(),
     };
     let ((), result) = tokio::join!(write, job.run());
     result
@@ -373,7 +401,15 @@ struct StripeJob {
     /// The vault writer's outcome.
     done: Option<oneshot::Receiver<Result<StreamRecord>>>,
     window: usize,
+    /// Answers to Put Blocks that wait for an earlier block
+    /// ([`StripeState::waiting`]).
+    held: Vec<oneshot::Sender<BlobResponse>>,
 }
+
+/// The most Put Block answers a stripe holds back while an earlier block is
+/// missing (each holds up to 4 MiB): past it, the earlier block is taken as
+/// lost and the stripe fails.
+const MAX_HELD: usize = 32;
 
 /// What a call leads to: an answer, and the stripe's outcome when it ended.
 type Step = (BlobResponse, Option<Result<StreamRecord>>);
@@ -411,10 +447,49 @@ impl StripeJob {
                     None,
                 ),
             };
+            let waiting = end.is_none()
+                && response.status() == StatusCode::CREATED
+                && self.with_state(|state| state.waiting(self.window));
+            if waiting {
+                self.held.push(call.reply);
+                if self.held.len() > MAX_HELD {
+                    let (response, error) = self.fail(
+                        Error::engine(format!(
+                            "an earlier block of {} did not arrive while {MAX_HELD} later blocks waited for it",
+                            self.blob.stream
+                        ))
+                        .hint("SQL Server stopped sending a block; run the backup again (a retried backup starts over)"),
+                        AzureError::internal,
+                    );
+                    self.answer_held(&response);
+                    return Err(error);
+                }
+                continue;
+            }
+            self.answer_held(&response);
             let _ = call.reply.send(response);
             if let Some(end) = end {
                 return end;
             }
+        }
+    }
+
+    /// Answers the held Put Blocks: 201 when `response` is a success (their
+    /// blocks are in the window or written), else 500 with the stripe's
+    /// failure.
+    fn answer_held(&mut self, response: &BlobResponse) {
+        let failure = (!response.status().is_success()).then(|| {
+            self.with_state(|state| match &state.phase {
+                Phase::Failed(message) => message.clone(),
+                _ => "the stripe failed".to_owned(),
+            })
+        });
+        for held in self.held.drain(..) {
+            let answer = match &failure {
+                None => reply(StatusCode::CREATED, &[]),
+                Some(message) => AzureError::internal(message.clone()).response(),
+            };
+            let _ = held.send(answer);
         }
     }
 
@@ -517,14 +592,14 @@ impl StripeJob {
                     self.blob.stream, self.window
                 ))
                 .in_message("stream", &self.blob.stream)
-                .hint("raise reorder_window (blocks held in memory per stripe) in the instance's [sqlserver.<name>] section, and run the backup again"),
+                .hint("raise reorder_window (blocks held in memory per backup, shared by its stripes) in the instance's [sqlserver.<name>] section, and run the backup again"),
             );
         }
         let window = self.window;
-        if let Some(leaving) = self.with_state(|state| state.put(id, content, window))
-            && let Err(error) = self.send(Chunk::Data(leaving)).await
-        {
-            return self.failed(error);
+        for leaving in self.with_state(|state| state.put(id, content, window)) {
+            if let Err(error) = self.send(Chunk::Data(leaving)).await {
+                return self.failed(error);
+            }
         }
         (reply(StatusCode::CREATED, &[]), None)
     }
@@ -637,13 +712,13 @@ mod tests {
     #[test]
     fn the_window_emits_the_oldest_block_and_a_re_put_replaces_bytes() {
         let mut state = StripeState::default();
-        assert_eq!(state.put(id(0), Bytes::from_static(b"a"), 2), None);
-        assert_eq!(state.put(id(1), Bytes::from_static(b"b"), 2), None);
+        assert!(state.put(id(0), Bytes::from_static(b"a"), 2).is_empty());
+        assert!(state.put(id(1), Bytes::from_static(b"b"), 2).is_empty());
         // A retried block replaces what the window holds.
-        assert_eq!(state.put(id(0), Bytes::from_static(b"A"), 2), None);
+        assert!(state.put(id(0), Bytes::from_static(b"A"), 2).is_empty());
         assert_eq!(
             state.put(id(2), Bytes::from_static(b"c"), 2),
-            Some(Bytes::from_static(b"A"))
+            [Bytes::from_static(b"A")]
         );
         let rest = state
             .commit_order(&[id(0), id(2), id(1)], "stripe-000", 2)
@@ -658,7 +733,7 @@ mod tests {
         let mut state = StripeState::default();
         let mut stream = Vec::new();
         for &n in arrivals {
-            if let Some(bytes) = state.put(id_of(n), Bytes::from(vec![n as u8]), 4) {
+            for bytes in state.put(id_of(n), Bytes::from(vec![n as u8]), 4) {
                 stream.extend_from_slice(&bytes);
             }
         }
@@ -691,6 +766,37 @@ mod tests {
         for id_of in [decimal, little, big] {
             assert_eq!(stream_of(id_of, &SHUFFLED).unwrap(), expected);
         }
+    }
+
+    /// A block overtaken by more blocks than the window holds (SQL Server
+    /// with several buffers in flight, one of them slow): the window waits
+    /// for it instead of writing a later block first, then lets the queue
+    /// out in order.
+    #[test]
+    fn a_missing_sequence_number_holds_the_window_until_it_arrives() {
+        let decimal = |n: usize| {
+            BlockId(base64::engine::general_purpose::STANDARD.encode(format!("{n:016}")))
+        };
+        let mut state = StripeState::default();
+        let mut stream = Vec::new();
+        // Block 1 comes after blocks 2 to 9.
+        for n in [0, 2, 3, 4, 5, 6, 7, 8, 9] {
+            for bytes in state.put(decimal(n), Bytes::from(vec![n as u8]), 4) {
+                stream.extend_from_slice(&bytes);
+            }
+        }
+        assert_eq!(stream, [0], "nothing after block 0 leaves before block 1");
+        assert!(state.waiting(4));
+        for bytes in state.put(decimal(1), Bytes::from(vec![1]), 4) {
+            stream.extend_from_slice(&bytes);
+        }
+        assert!(!state.waiting(4));
+        assert_eq!(stream, [0, 1, 2, 3, 4, 5]);
+        let list: Vec<BlockId> = (0..10).map(decimal).collect();
+        for (_, bytes) in state.commit_order(&list, "stripe-000", 4).unwrap() {
+            stream.extend_from_slice(&bytes);
+        }
+        assert_eq!(stream, (0..10).collect::<Vec<u8>>());
     }
 
     #[test]

@@ -456,11 +456,11 @@ async fn blocks_out_of_order_within_the_window_are_committed_in_list_order() {
 
 #[tokio::test]
 async fn a_block_list_in_an_order_outside_the_window_fails_the_stripe_by_name() {
-    let fx = fixture(2);
+    let fx = fixture(8);
     let mut device = fx.endpoint.open_backup(2).unwrap();
     let urls = urls(&device.to_clause());
     let client = fx.client();
-    let content = data(4, 6 * BLOCK);
+    let content = data(4, 10 * BLOCK);
     let sink = MemorySink::default();
     let sql_server = async {
         let first = Device::new(&client, &urls[0], "");
@@ -474,22 +474,26 @@ async fn a_block_list_in_an_order_outside_the_window_fails_the_stripe_by_name() 
             let put = second.put_block(&block_id(i), block).await;
             assert_eq!(put.status(), StatusCode::CREATED);
         }
-        // Blocks 0 to 3 have left the window of 2 in the order they came.
-        let ids: Vec<String> = [0, 1, 3, 2, 4, 5].into_iter().map(block_id).collect();
+        // Two stripes share the 8 blocks: 4 each. Blocks 0 to 5 have left
+        // the window in the order they came.
+        let ids: Vec<String> = [0, 1, 2, 3, 5, 4, 6, 7, 8, 9]
+            .into_iter()
+            .map(block_id)
+            .collect();
         let listed = second.put_block_list(&ids).await;
         assert_eq!(listed.status(), StatusCode::BAD_REQUEST);
         assert_eq!(listed.headers()["x-ms-error-code"], "InvalidBlockList");
         let body = listed.text().await.unwrap();
         assert!(body.contains("<Code>InvalidBlockList</Code>"), "{body}");
         // The failed stripe takes nothing more.
-        let after = second.put_block(&block_id(7), b"x").await;
+        let after = second.put_block(&block_id(11), b"x").await;
         assert_eq!(after.status(), StatusCode::INTERNAL_SERVER_ERROR);
     };
     let (received, ()) = tokio::join!(device.receive(&sink), sql_server);
     let err = received.unwrap_err();
     let text = err.to_string();
     assert!(text.contains("stripe-001"), "{text}");
-    assert!(text.contains("reorder window of 2 blocks"), "{text}");
+    assert!(text.contains("reorder window of 4 blocks"), "{text}");
     assert!(err.hint_text().unwrap().contains("reorder_window"));
 }
 
@@ -838,4 +842,16 @@ async fn a_client_trusting_another_ca_fails_the_handshake() {
     // The endpoint's own CA is trusted.
     let head = fx.client().head(url).send().await.unwrap();
     assert_eq!(head.status(), StatusCode::NOT_FOUND);
+}
+
+/// The window is a budget per backup: more stripes hold fewer blocks each,
+/// never fewer than four.
+#[test]
+fn the_reorder_window_is_shared_by_the_stripes() {
+    use super::stripe_window;
+    assert_eq!(stripe_window(8, 1), 8);
+    assert_eq!(stripe_window(16, 2), 8);
+    assert_eq!(stripe_window(8, 4), 4);
+    assert_eq!(stripe_window(8, 64), 4);
+    assert_eq!(stripe_window(1, 1), 4);
 }
