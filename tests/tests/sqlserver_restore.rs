@@ -496,3 +496,43 @@ async fn a_damaged_part_stops_the_restore_and_verify_names_it() {
     assert_eq!(report["ok"], false, "{report}");
     assert!(report["problems"].to_string().contains(&object), "{report}");
 }
+
+/// A database with two fulls and no log backup between them: a time
+/// between the fulls is a gap (no log reaches it), refused with exit 8
+/// naming the nearest restorable times, not restored silently to the older
+/// full; the fulls' own points restore.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_time_between_two_fulls_without_logs_is_refused() {
+    let fx = SqlServerFixture::start("sqlserver-no-logs", FixtureOptions::default(), |_| {}).await;
+    let mut sql = fx.client().await;
+    create_with_rows(&mut sql, "two", &[1]).await;
+    let first = backup(&fx, "two", "full");
+    insert(&mut sql, "two", &[2]).await;
+    let between = a_moment_between_commits(&mut sql).await;
+    let second = backup(&fx, "two", "full");
+
+    let refused = restore_run(
+        &fx,
+        "two",
+        &["--to-time", &to_time(between), "--as", "two_gap"],
+    )
+    .failure(8);
+    let error = error_of(&refused);
+    assert_eq!(error["kind"], "not-found", "{error}");
+    let message = text(&error["message"]);
+    let nearest = |report: &serde_json::Value| {
+        let at = text(&report["consistent_at"]);
+        at[..19].to_owned()
+    };
+    assert!(message.contains(&nearest(&first)), "{message}");
+    assert!(message.contains(&nearest(&second)), "{message}");
+    assert_eq!(database_state(&mut sql, "two_gap").await, None);
+
+    restore_run(
+        &fx,
+        "two",
+        &["--backup", &text(&first["id"]), "--as", "two_first"],
+    )
+    .success();
+    assert_eq!(sql.ids("two_first").await, vec![1]);
+}

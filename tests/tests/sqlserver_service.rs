@@ -250,7 +250,7 @@ policy = "p"
         "{healed}"
     );
     assert!(
-        hint.contains("the log chain is broken") && hint.contains("another tool took a log backup"),
+        hint.contains("the log chain is broken") && hint.contains("by another tool"),
         "{healed}"
     );
     // The history says the same.

@@ -137,6 +137,24 @@ mod tests {
         assert_eq!(config.catalog_path(), PathBuf::from("/tmp/c.db"));
     }
 
+    /// A SQL Server section the plugin would refuse is refused when the file
+    /// is read (so by `strata config check` too), naming section and key.
+    #[test]
+    fn a_sqlserver_section_is_checked_when_the_file_is_read() {
+        let base = "[vault]\nurl = \"file:///v\"\n[sqlserver.main]\nconnection = \"server=tcp:127.0.0.1,1433;user=s;password=p\"\n";
+        for (extra, said) in [
+            ("blob_host = \"10.0.0.5\"\n", "[sqlserver.main] blob_host"),
+            ("blob_host = \"b.local\"\nstripes = 65\n", "[sqlserver.main] stripes"),
+            ("blob_host = \"b.local\"\nreorder_window = 0\n", "[sqlserver.main] reorder_window"),
+        ] {
+            let err = Config::parse(&format!("{base}{extra}"), "strata.toml").unwrap_err();
+            assert_eq!(err.kind(), strata_core::ErrorKind::Config, "{err}");
+            assert!(err.to_string().contains(said), "{extra}: {err}");
+        }
+        let good = format!("{base}blob_host = \"b.local\"\n");
+        assert!(Config::parse(&good, "strata.toml").is_ok());
+    }
+
     #[test]
     fn unknown_sections_and_keys_are_refused_with_their_line() {
         let text = "[vault]\nurl = \"file:///v\"\n\n[postgress.main]\nconnection = \"x\"\n";

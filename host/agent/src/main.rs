@@ -150,13 +150,14 @@ fn exit_code(kind: ErrorKind) -> u8 {
 }
 
 fn init_logging(verbose: u8, json_by_config: bool) {
-    // tiberius (SQL Server's TDS client) warns on every connection that an
-    // operator configured without TLS (`encryption = "not-supported"`,
-    // which the plugin allows only for a server on this host) and logs each
-    // login step at info: one level quieter than Strata's own lines.
+    // tiberius (SQL Server's TDS client) logs every server error at error
+    // level (Strata reports the error itself, with its hint), warns on
+    // every connection configured without TLS (`encryption =
+    // "not-supported"`, allowed only for a server on this host) and logs
+    // each login step at info: it speaks only from -vv on.
     let default = match verbose {
-        0 => "warn,tiberius=error",
-        1 => "info,tiberius=warn",
+        0 => "warn,tiberius=off",
+        1 => "info,tiberius=off",
         _ => "debug",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("STRATA_LOG")

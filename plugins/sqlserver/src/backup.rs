@@ -257,7 +257,7 @@ fn settle_log(state: &DatabaseState, backups: &[Manifest]) -> Result<Option<Stri
             fork.as_deref().unwrap_or("(unknown)")
         )),
         Some(end) if end < next => Some(format!(
-            "the log chain is broken: the next log backup would start at LSN {next} but the vault's chain ends at LSN {end} (another tool took a log backup, or the recovery model was SIMPLE)"
+            "the log chain is broken: the next log backup would start at LSN {next} but the vault's chain ends at LSN {end} (a log backup the vault does not hold was taken: by another tool, or by a Strata backup that failed to commit; or the recovery model was SIMPLE)"
         )),
         Some(_) => None,
     })
@@ -612,7 +612,7 @@ mod tests {
         assert_eq!(
             d.reason.as_deref(),
             Some(
-                "the log chain is broken: the next log backup would start at LSN 5000 but the vault's chain ends at LSN 4000 (another tool took a log backup, or the recovery model was SIMPLE)"
+                "the log chain is broken: the next log backup would start at LSN 5000 but the vault's chain ends at LSN 4000 (a log backup the vault does not hold was taken: by another tool, or by a Strata backup that failed to commit; or the recovery model was SIMPLE)"
             )
         );
         let d = settled(BackupKind::Log, &state("FULL", None, Some(0xF1)), &vault());

@@ -286,6 +286,13 @@ impl SqlServerChainRules {
 }
 
 impl ChainRules for SqlServerChainRules {
+    /// SQL Server reaches the times between data backups only through log
+    /// backups: a database without log backups restores to its fulls and
+    /// differentials alone, and a time between them is a gap.
+    fn takes_log_backups(&self) -> bool {
+        true
+    }
+
     /// The fork point of a recovery fork, from the log backup that runs
     /// from the old fork into it (`first_recovery_fork_guid` ≠
     /// `last_recovery_fork_guid`, branched at `fork_point_lsn`).

@@ -388,8 +388,32 @@ pub fn parse_history(text: &str, origin: &str) -> Result<Vec<BackupSet>> {
             let row: RawRow = serde_json::from_str(raw.get()).map_err(|e| {
                 Error::config(format!("{}: not a row object: {e}", at())).hint(hint)
             })?;
-            BackupSet::try_from(row)
-                .map_err(|e| Error::config(format!("{}: {e}", at())).hint(e.hint()))
+            let set = BackupSet::try_from(row)
+                .map_err(|e| Error::config(format!("{}: {e}", at())).hint(e.hint()))?;
+            // What msdb never records: a row saying it is not a backup set.
+            let impossible = if set.last_lsn < set.first_lsn {
+                Some(format!(
+                    "last_lsn {} is before first_lsn {}",
+                    set.last_lsn, set.first_lsn
+                ))
+            } else if set.backup_finish_date < set.backup_start_date {
+                Some(format!(
+                    "backup_finish_date {} is before backup_start_date {}",
+                    set.backup_finish_date, set.backup_start_date
+                ))
+            } else {
+                None
+            };
+            match impossible {
+                Some(why) => Err(Error::config(format!(
+                    "{}: {why}: SQL Server never records such a backup set",
+                    at()
+                ))
+                .hint(
+                    "export the rows again from msdb.dbo.backupset; an edited row is not a history",
+                )),
+                None => Ok(set),
+            }
         })
         .collect()
 }

@@ -99,8 +99,13 @@ impl BackupFile {
 /// `log_dir` as `<database>_log.ldf`, `<database>_log_2.ldf`, ...;
 /// FILESTREAM containers and full-text catalogs (directories) in
 /// `data_dir` as `<database>_<logical name>`. Names keep the database's
-/// spaces; the directory's separator (`/` or `\`) is the one it uses.
+/// spaces; a character no file name may hold (`/`, `\\`, `:`, `*`, `?`,
+/// `"`, `<`, `>`, `|`, and control characters) becomes `_`, and a name of
+/// dots alone gets a leading `_`, so that every file lands in its directory
+/// whatever the database is called. The directory's separator (`/` or `\\`)
+/// is the one it uses.
 pub fn moves(database: &str, files: &[BackupFile], data_dir: &str, log_dir: &str) -> Vec<Move> {
+    let database = &file_stem(database);
     let mut sorted: Vec<&BackupFile> = files.iter().collect();
     sorted.sort_by_key(|f| f.file_id);
     let (mut data, mut log) = (0, 0);
@@ -124,7 +129,7 @@ pub fn moves(database: &str, files: &[BackupFile], data_dir: &str, log_dir: &str
                     };
                     join_server_path(data_dir, &name)
                 }
-                _ => join_server_path(data_dir, &format!("{database}_{}", f.logical_name)),
+                _ => join_server_path(data_dir, &file_stem(&format!("{database}_{}", f.logical_name))),
             };
             Move {
                 logical_name: f.logical_name.clone(),
@@ -132,6 +137,25 @@ pub fn moves(database: &str, files: &[BackupFile], data_dir: &str, log_dir: &str
             }
         })
         .collect()
+}
+
+/// `name` as the stem of a file name on Linux and Windows (see [`moves`]).
+fn file_stem(name: &str) -> String {
+    let stem: String = name
+        .chars()
+        .map(|c| {
+            if c.is_control() || matches!(c, '/' | '\\' | ':' | '*' | '?' | '"' | '<' | '>' | '|') {
+                '_'
+            } else {
+                c
+            }
+        })
+        .collect();
+    if stem.chars().all(|c| c == '.') {
+        format!("_{stem}")
+    } else {
+        stem
+    }
 }
 
 /// `dir` and `name` joined with the separator `dir` uses: a Windows path
@@ -1023,6 +1047,25 @@ mod tests {
         protected.destination = serde_json::json!({"files_only": dir.path()});
         let err = engine.restore(protected, &source).await.unwrap_err();
         assert_eq!(err.kind(), strata_core::ErrorKind::Conflict);
+    }
+
+    #[test]
+    fn database_names_never_lead_files_out_of_their_directory() {
+        let files = [BackupFile {
+            logical_name: "x".into(),
+            physical_name: "/var/opt/mssql/data/x.mdf".into(),
+            file_type: 'D',
+            file_id: 1,
+        }];
+        let to = |db: &str| moves(db, &files, "/var/opt/mssql/data", "/l")[0].to.clone();
+        assert_eq!(
+            to("../../../../tmp/evil"),
+            "/var/opt/mssql/data/.._.._.._.._tmp_evil.mdf"
+        );
+        assert_eq!(to("slash/name"), "/var/opt/mssql/data/slash_name.mdf");
+        assert_eq!(to(".."), "/var/opt/mssql/data/_...mdf");
+        assert_eq!(to("a:b\\c"), "/var/opt/mssql/data/a_b_c.mdf");
+        assert_eq!(to("my db"), "/var/opt/mssql/data/my db.mdf");
     }
 
     #[test]

@@ -340,6 +340,14 @@ pub fn validate(config: &crate::config::Config, text: &str, origin: &str) -> Res
     let at = |span: std::ops::Range<usize>, message: String| {
         strata_core::config::invalid_at(text, origin, span.start, &message)
     };
+    // The engine sections a type cannot check (SQL Server's connection
+    // string, blob host and limits), so that `strata config check` and
+    // every command refuse them as the engine commands would.
+    for (name, instance) in &config.sqlserver {
+        instance
+            .validate(name)
+            .map_err(|e| e.context(format!("the configuration {origin} is invalid")))?;
+    }
     for (name, policy) in &config.policy {
         if let Some(interval) = &policy.log_interval
             && interval.get_ref().0 < MIN_LOG_INTERVAL

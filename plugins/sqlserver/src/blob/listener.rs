@@ -171,7 +171,7 @@ fn bind(listen: SocketAddr) -> Result<TcpListener> {
     let failed = |e: std::io::Error| {
         let hint = match e.kind() {
             std::io::ErrorKind::AddrInUse => format!(
-                "another program listens on {listen}: stop it, or set blob_listen (and blob_port) to a free address"
+                "another program listens on {listen}, or another `strata` command of this instance runs a backup or restore now (one process serves one endpoint: the service shares it among its jobs, and a command started beside it cannot): wait for it and run this again, run backups through the service, or set blob_listen (and blob_port) to a free address"
             ),
             std::io::ErrorKind::PermissionDenied => format!(
                 "ports below 1024 need CAP_NET_BIND_SERVICE: grant it to the strata service (AmbientCapabilities=CAP_NET_BIND_SERVICE), or listen on a higher port than {}",

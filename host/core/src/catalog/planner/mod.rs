@@ -230,6 +230,17 @@ pub trait ChainRules: Send + Sync {
     fn position_text(&self, position: Position) -> String {
         position.to_string()
     }
+
+    /// Whether this engine reaches the times between its data backups
+    /// through log backups (SQL Server's `BACKUP LOG`): then a database
+    /// whose backups hold no log yet restores only to its data backups'
+    /// own points, and a time between two of them is refused naming the
+    /// gap, as for any database with logs. The default (`false`): an
+    /// engine whose records hold no log has no log at all (a plain
+    /// stream), and a time restores the newest data backup before it.
+    fn takes_log_backups(&self) -> bool {
+        false
+    }
 }
 
 /// The default chain rules (no fork origins, contiguous logs, `base` ids).
@@ -443,7 +454,8 @@ struct Analysis<'a> {
 
 impl<'a> Analysis<'a> {
     fn new(records: &'a [BackupRecord], rules: &'a dyn ChainRules) -> Self {
-        let has_logs = records.iter().any(|r| r.kind == BackupKind::Log);
+        let has_logs =
+            rules.takes_log_backups() || records.iter().any(|r| r.kind == BackupKind::Log);
         let mut logs_by_fork: HashMap<&str, Vec<usize>> = HashMap::new();
         for (i, r) in records.iter().enumerate() {
             if r.kind == BackupKind::Log && r.start.is_some() && r.end.is_some() {
