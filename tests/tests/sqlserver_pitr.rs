@@ -114,4 +114,14 @@ async fn full_diff_logs_restore_to_a_time_between_two_logs_as_a_new_name() {
         restored.stdout_text()
     );
     assert_eq!(sql.ids("sales").await, vec![1, 2, 3, 4, 5]);
+
+    // The timeline a DBA reads names the database it belongs to.
+    let listed = fx
+        .strata(["list", "sqlserver", "main", "--timeline"])
+        .success()
+        .stdout_text();
+    assert!(
+        listed.contains("restorable windows of sqlserver main, database sales:"),
+        "{listed}"
+    );
 }

@@ -211,7 +211,10 @@ pub async fn list(args: ListArgs, ctx: &Context) -> Result<()> {
     }
     for t in &timelines {
         println!();
-        print!("{}", render_timeline(t.engine, t.instance, &t.timeline));
+        print!(
+            "{}",
+            render_timeline(t.engine, t.instance, t.database, &t.timeline)
+        );
     }
     Ok(())
 }
@@ -340,9 +343,20 @@ async fn engine_timeline(
     host.timeline(plugin.as_ref(), &database).await
 }
 
-/// Renders the restorable windows and gaps of one instance for people.
-pub fn render_timeline(engine: &str, instance: &str, timeline: &Timeline) -> String {
-    let mut out = format!("restorable windows of {engine} {instance}:\n");
+/// Renders the restorable windows and gaps of one database (or of an
+/// instance backed up as a whole) for people.
+pub fn render_timeline(
+    engine: &str,
+    instance: &str,
+    database: Option<&str>,
+    timeline: &Timeline,
+) -> String {
+    let mut out = match database {
+        Some(database) => {
+            format!("restorable windows of {engine} {instance}, database {database}:\n")
+        }
+        None => format!("restorable windows of {engine} {instance}:\n"),
+    };
     if timeline.windows.is_empty() {
         out.push_str("  none\n");
     }
