@@ -536,3 +536,40 @@ async fn a_time_between_two_fulls_without_logs_is_refused() {
     .success();
     assert_eq!(sql.ids("two_first").await, vec![1]);
 }
+
+/// A recovery host with no `[sqlserver.main]` section (only the vault)
+/// still writes the chain as files: `--files-only` needs no SQL Server.
+#[tokio::test(flavor = "multi_thread")]
+async fn files_only_needs_no_instance_section() {
+    let fx = SqlServerFixture::start(
+        "sqlserver-files-elsewhere",
+        FixtureOptions::default(),
+        |_| {},
+    )
+    .await;
+    let mut sql = fx.client().await;
+    create_with_rows(&mut sql, "sales", &[1]).await;
+    let full = backup(&fx, "sales", "full");
+    let dir = fx.dir.path("elsewhere");
+    strata_e2e::cli::Strata::new()
+        .args(["--vault", &fx.dir.file_url("vault")])
+        .arg("--catalog")
+        .arg(fx.dir.path("other-host.db"))
+        .args([
+            "restore",
+            "sqlserver",
+            "main",
+            "--database",
+            "sales",
+            "--latest",
+        ])
+        .arg("--files-only")
+        .arg(&dir)
+        .run()
+        .success();
+    let listing: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("restore.json")).unwrap()).unwrap();
+    let written = listing.to_string();
+    assert!(written.contains(&text(&full["id"])), "{written}");
+    assert!(dir.join("restore.sql").exists());
+}

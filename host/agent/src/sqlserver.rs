@@ -294,7 +294,13 @@ fn backup_summary(manifest: &Manifest, database: &str, seconds: f64) -> String {
 
 /// Runs `strata restore sqlserver`.
 pub async fn restore(args: RestoreSqlServerArgs, ctx: &Context) -> Result<()> {
-    let plugin = engine(ctx, &args.name)?;
+    // Files need no server: a recovery host without the instance's section
+    // writes them too.
+    let plugin = if args.files_only.is_some() {
+        plugin(ctx, &args.name)?
+    } else {
+        engine(ctx, &args.name)?
+    };
     let target = match (&args.to_time, args.latest, &args.backup) {
         (Some(t), false, None) => RestoreTarget::Time(parse_time(t)?),
         (None, true, None) => RestoreTarget::Latest,

@@ -278,8 +278,7 @@ impl EnginePlugin for SqlServerEngine {
         request: RestoreRequest,
         source: &dyn RestoreSource,
     ) -> Result<RestoreOutcome> {
-        let (config, data_path) = self.configured()?;
-        restore::restore(&self.instance, config, data_path, request, source).await
+        restore::restore(&self.instance, self.configured(), request, source).await
     }
 }
 

@@ -247,11 +247,14 @@ fn check_name(name: &str) -> Result<()> {
     Ok(())
 }
 
-/// Restores `request` on the SQL Server of `config` through `data_path`,
-/// or writes it as files when the destination says `files_only`. See the
-/// module docs.
+/// Restores `request` on the SQL Server of `server` (its configuration
+/// and data path), or writes it as files when the destination says
+/// `files_only`, which needs no server: `server` is then not used, and may
+/// be the error of a host without the instance's section. See the module
+/// docs.
 ///
 /// # Errors
+/// `server`'s error when a restore to a server has none;
 /// [`ErrorKind::Conflict`](strata_core::ErrorKind::Conflict) when the
 /// target database exists and `replace` is not set, or is in an
 /// availability group; SQL Server's first error when a statement fails
@@ -259,8 +262,7 @@ fn check_name(name: &str) -> Result<()> {
 /// stripe cannot be read from the vault.
 pub async fn restore(
     instance: &str,
-    config: &InstanceConfig,
-    data_path: &dyn DataPath,
+    server: std::result::Result<(&InstanceConfig, &dyn DataPath), Error>,
     request: RestoreRequest,
     source: &dyn RestoreSource,
 ) -> Result<RestoreOutcome> {
@@ -294,6 +296,7 @@ pub async fn restore(
         .await;
     }
 
+    let (config, data_path) = server?;
     let mut catalog = client::connect(instance, config, Session::Catalog).await?;
     let server = ServerInfo::read(&mut catalog).await?;
     let existing = DatabaseInfo::list(&mut catalog)
