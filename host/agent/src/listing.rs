@@ -463,6 +463,9 @@ pub async fn verify(args: VerifyArgs, ctx: &Context) -> Result<()> {
     }
     bar.finish();
     chain_findings(&mut results, &chosen);
+    if args.backups.is_empty() {
+        damaged_manifest_findings(&vault, &filter, &mut results).await?;
+    }
     let bad = results.iter().filter(|r| !r.ok).count();
     if ctx.json {
         print_json(&results)?;
@@ -489,6 +492,53 @@ pub async fn verify(args: VerifyArgs, ctx: &Context) -> Result<()> {
     if bad > 0 {
         return Err(Error::integrity(format!("{bad} backup(s) failed verification"))
             .hint("do not rely on the damaged backups; take a new full backup and restore from an older one if needed"));
+    }
+    Ok(())
+}
+
+/// Adds a finding for every manifest under the filter that cannot be read
+/// (its backup is missing from every listing and restore, so a clean
+/// verify would hide it).
+async fn damaged_manifest_findings(
+    vault: &Vault,
+    filter: &ListFilter,
+    results: &mut Vec<VerifiedBackup>,
+) -> Result<()> {
+    let prefix = match (&filter.engine, &filter.instance) {
+        (Some(engine), Some(instance)) => layout::manifest_prefix(engine, instance),
+        (Some(engine), None) => {
+            format!("{}/{}", layout::MANIFESTS, layout::escape_component(engine))
+        }
+        _ => layout::MANIFESTS.to_owned(),
+    };
+    for (key, err) in vault.damaged_manifests(&prefix).await? {
+        let mut parts = key.trim_end_matches(".json").rsplit('/');
+        let id = parts.next().unwrap_or_default();
+        let instance = parts.next().unwrap_or_default();
+        let engine = parts.next().unwrap_or_default();
+        if filter
+            .instance
+            .as_deref()
+            .is_some_and(|i| layout::escape_component(i) != instance)
+        {
+            continue;
+        }
+        let Ok(id) = id.parse::<BackupId>() else {
+            tracing::warn!(manifest = %key, "an object in the manifests folder is no manifest");
+            continue;
+        };
+        results.push(VerifiedBackup {
+            id,
+            engine: engine.to_owned(),
+            instance: instance.to_owned(),
+            ok: false,
+            parts: 0,
+            raw_bytes: 0,
+            stored_bytes: 0,
+            problems: vec![format!(
+                "manifest {key} cannot be read: {err}; the backup is left out of every listing and restore"
+            )],
+        });
     }
     Ok(())
 }

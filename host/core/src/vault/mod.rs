@@ -966,6 +966,31 @@ impl Vault {
         self.read_manifest_keys(keys).await
     }
 
+    /// The manifests under `prefix` that cannot be read as one (damaged,
+    /// truncated, from a newer Strata), each with its key and why: what
+    /// [`Vault::read_manifests`] leaves out with a warning, for `verify` to
+    /// report as findings.
+    pub async fn damaged_manifests(&self, prefix: &str) -> Result<Vec<(String, Error)>> {
+        let keys: Vec<String> = self
+            .list_keys(prefix)
+            .await?
+            .into_iter()
+            .filter(|k| k.ends_with(".json"))
+            .collect();
+        let read: Vec<Option<(String, Error)>> = futures::stream::iter(keys)
+            .map(|key| async move {
+                let bytes = self.get_bytes(&key).await?;
+                Ok::<_, Error>(match Manifest::from_json(&bytes, &key) {
+                    Err(err) if err.kind() == ErrorKind::Integrity => Some((key, err)),
+                    _ => None,
+                })
+            })
+            .buffered(16)
+            .try_collect()
+            .await?;
+        Ok(read.into_iter().flatten().collect())
+    }
+
     /// Reads and checks the manifests at `keys` (relative to the root), a few
     /// in parallel, in the order given.
     ///
