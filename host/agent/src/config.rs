@@ -144,8 +144,14 @@ mod tests {
         let base = "[vault]\nurl = \"file:///v\"\n[sqlserver.main]\nconnection = \"server=tcp:127.0.0.1,1433;user=s;password=p\"\n";
         for (extra, said) in [
             ("blob_host = \"10.0.0.5\"\n", "[sqlserver.main] blob_host"),
-            ("blob_host = \"b.local\"\nstripes = 65\n", "[sqlserver.main] stripes"),
-            ("blob_host = \"b.local\"\nreorder_window = 0\n", "[sqlserver.main] reorder_window"),
+            (
+                "blob_host = \"b.local\"\nstripes = 65\n",
+                "[sqlserver.main] stripes",
+            ),
+            (
+                "blob_host = \"b.local\"\nreorder_window = 0\n",
+                "[sqlserver.main] reorder_window",
+            ),
         ] {
             let err = Config::parse(&format!("{base}{extra}"), "strata.toml").unwrap_err();
             assert_eq!(err.kind(), strata_core::ErrorKind::Config, "{err}");

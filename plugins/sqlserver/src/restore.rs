@@ -129,7 +129,10 @@ pub fn moves(database: &str, files: &[BackupFile], data_dir: &str, log_dir: &str
                     };
                     join_server_path(data_dir, &name)
                 }
-                _ => join_server_path(data_dir, &file_stem(&format!("{database}_{}", f.logical_name))),
+                _ => join_server_path(
+                    data_dir,
+                    &file_stem(&format!("{database}_{}", f.logical_name)),
+                ),
             };
             Move {
                 logical_name: f.logical_name.clone(),
