@@ -6,7 +6,7 @@
 //! [sqlserver.main]
 //! # ADO.NET-style connection string as tiberius reads it: a SQL login that
 //! # is sysadmin (or holds the permissions `strata sqlserver check` lists).
-//! connection = "server=tcp:127.0.0.1,1433;user=strata;password=...;TrustServerCertificate=false"
+//! connection = "server=tcp:127.0.0.1,1433;user=strata;password=..."   # TLS trust: the keys below, not the string
 //! # TLS to SQL Server: "required" (default), "off" (the login only) or
 //! # "not-supported" (no TLS at all; a server on this host only).
 //! # encryption = "required"
