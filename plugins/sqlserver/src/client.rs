@@ -218,6 +218,11 @@ pub fn sql_error(e: tiberius::error::Error, what: &str) -> Error {
         }
         tiberius::error::Error::Tls(message) => Error::engine(format!("{what}: TLS failed: {message}"))
             .hint("set trust_ca in [sqlserver.<name>] to the CA of SQL Server's certificate (or encryption = \"not-supported\" for a server on this host that has no certificate)"),
+        tiberius::error::Error::Protocol(message) if message.contains("encryption") => {
+            Error::engine(format!("{what}: {message}")).hint(
+                "the server and `encryption` in [sqlserver.<name>] disagree: \"required\" for a server that offers TLS (trust_ca or trust_server_certificate to trust it), \"not-supported\" for one on this host without TLS",
+            )
+        }
         tiberius::error::Error::Routing { host, port } => Error::engine(format!(
             "{what}: the server redirects to {host}:{port}"
         ))
@@ -494,6 +499,24 @@ pub fn required<T>(value: Option<T>, column: &str) -> Result<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A TLS level the server refuses points at the `encryption` key, not
+    /// at `check` (which would meet the same refusal).
+    #[test]
+    fn an_encryption_mismatch_names_the_encryption_key() {
+        let err = sql_error(
+            tiberius::error::Error::Protocol(
+                "Server does not allow the requested encryption level".into(),
+            ),
+            "connecting to 127.0.0.1:1433",
+        );
+        let hint = err.hint_text().unwrap_or_default();
+        assert!(
+            hint.contains("`encryption` in [sqlserver.<name>]"),
+            "{hint}"
+        );
+        assert!(!hint.contains("strata sqlserver check"), "{hint}");
+    }
 
     #[test]
     fn a_server_error_keeps_its_number_message_and_hint() {
