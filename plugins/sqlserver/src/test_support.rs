@@ -93,10 +93,14 @@ pub fn manifest(
     }
 }
 
-/// Streams of committed backups, in memory.
+/// Streams of committed backups, in memory, logging every read; a stream
+/// named in `broken` fails its reads as a damaged part would.
 #[derive(Default)]
 pub struct MemorySource {
     streams: HashMap<(BackupId, String), Vec<u8>>,
+    reads: std::sync::Mutex<Vec<String>>,
+    /// A stream whose reads fail with an integrity error.
+    pub broken: Option<String>,
 }
 
 impl MemorySource {
@@ -109,15 +113,31 @@ impl MemorySource {
             blake3: Some(blake3::hash(&bytes).to_hex().to_string()),
             segments: Vec::new(),
         });
-        self.streams
-            .insert((manifest.id.clone(), name.to_owned()), bytes);
+        self.insert(&manifest.id, name, bytes);
     }
 
-    fn get(&self, backup: &BackupId, name: &str) -> Result<&[u8]> {
+    /// Adds stream `name` of `backup` holding `bytes`.
+    pub fn insert(&mut self, backup: &BackupId, name: &str, bytes: Vec<u8>) {
+        self.streams
+            .insert((backup.clone(), name.to_owned()), bytes);
+    }
+
+    /// The bytes of stream `name` of `backup`.
+    pub fn get(&self, backup: &BackupId, name: &str) -> Result<&[u8]> {
+        if self.broken.as_deref() == Some(name) {
+            return Err(Error::integrity(format!(
+                "part 0 of {name} fails its CRC-32C"
+            )));
+        }
         self.streams
             .get(&(backup.clone(), name.to_owned()))
             .map(Vec::as_slice)
             .ok_or_else(|| Error::not_found(format!("no stream {name} in backup {backup}")))
+    }
+
+    /// The reads so far: `stream NAME` or `range NAME OFFSET LEN`.
+    pub fn reads(&self) -> Vec<String> {
+        self.reads.lock().unwrap().clone()
     }
 }
 
@@ -129,10 +149,13 @@ impl RestoreSource for MemorySource {
         name: &str,
         out: &mut (dyn AsyncWrite + Send + Unpin),
     ) -> Result<u64> {
+        self.reads.lock().unwrap().push(format!("stream {name}"));
         let bytes = self.get(backup, name)?;
-        out.write_all(bytes)
-            .await
-            .map_err(|e| Error::io(e.to_string()))?;
+        for chunk in bytes.chunks(100_000) {
+            out.write_all(chunk)
+                .await
+                .map_err(|e| Error::io(e.to_string()))?;
+        }
         Ok(bytes.len() as u64)
     }
 
@@ -144,6 +167,10 @@ impl RestoreSource for MemorySource {
         len: u64,
         out: &mut (dyn AsyncWrite + Send + Unpin),
     ) -> Result<u64> {
+        self.reads
+            .lock()
+            .unwrap()
+            .push(format!("range {name} {offset} {len}"));
         let bytes = self.get(backup, name)?;
         let start = (offset as usize).min(bytes.len());
         let end = (offset.saturating_add(len) as usize).min(bytes.len());

@@ -8,13 +8,12 @@ use async_trait::async_trait;
 use base64::Engine as _;
 use reqwest::{Client, StatusCode};
 use strata_core::catalog::manifest::{BackupId, StreamRecord};
-use strata_core::plugin::{
-    BackupSink, PartBuffers, PartFeed, PartStream, RestoreSource, StreamDigest,
-};
+use strata_core::plugin::{BackupSink, PartBuffers, PartFeed, PartStream, StreamDigest};
 use strata_core::{Error, Result};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt};
 
 use super::*;
+use crate::test_support::MemorySource;
 use crate::tls::{self, CertBundle};
 
 const HOST: &str = "blob.test";
@@ -110,76 +109,6 @@ impl BackupSink for MemorySink {
 impl MemorySink {
     fn stream(&self, name: &str) -> Option<Vec<u8>> {
         self.streams.lock().unwrap().get(name).cloned()
-    }
-}
-
-/// A source of in-memory streams that logs every read.
-#[derive(Default)]
-struct MemorySource {
-    streams: BTreeMap<(BackupId, String), Vec<u8>>,
-    reads: Mutex<Vec<String>>,
-    broken: Option<String>,
-}
-
-impl MemorySource {
-    fn data(&self, backup: &BackupId, name: &str) -> Result<&[u8]> {
-        if self.broken.as_deref() == Some(name) {
-            return Err(Error::integrity(format!(
-                "part 0 of {name} fails its CRC-32C"
-            )));
-        }
-        self.streams
-            .get(&(backup.clone(), name.to_owned()))
-            .map(Vec::as_slice)
-            .ok_or_else(|| Error::not_found(format!("no stream {name}")))
-    }
-
-    fn reads(&self) -> Vec<String> {
-        self.reads.lock().unwrap().clone()
-    }
-}
-
-#[async_trait]
-impl RestoreSource for MemorySource {
-    async fn read_stream(
-        &self,
-        backup: &BackupId,
-        name: &str,
-        out: &mut (dyn AsyncWrite + Send + Unpin),
-    ) -> Result<u64> {
-        self.reads.lock().unwrap().push(format!("stream {name}"));
-        let data = self.data(backup, name)?;
-        for chunk in data.chunks(100_000) {
-            out.write_all(chunk)
-                .await
-                .map_err(|e| Error::io(e.to_string()))?;
-        }
-        Ok(data.len() as u64)
-    }
-
-    async fn read_range(
-        &self,
-        backup: &BackupId,
-        name: &str,
-        offset: u64,
-        len: u64,
-        out: &mut (dyn AsyncWrite + Send + Unpin),
-    ) -> Result<u64> {
-        self.reads
-            .lock()
-            .unwrap()
-            .push(format!("range {name} {offset} {len}"));
-        let data = self.data(backup, name)?;
-        let start = (offset as usize).min(data.len());
-        let end = (offset.saturating_add(len) as usize).min(data.len());
-        out.write_all(&data[start..end])
-            .await
-            .map_err(|e| Error::io(e.to_string()))?;
-        Ok((end - start) as u64)
-    }
-
-    async fn check_stored(&self, _backup: &BackupId) -> Result<()> {
-        Ok(())
     }
 }
 
@@ -699,9 +628,7 @@ fn restore_fixture() -> (Fixture, MemorySource, Vec<ServedBackup>) {
         served[index]
             .stripes
             .push((name.to_owned(), bytes.len() as u64));
-        source
-            .streams
-            .insert((backup.clone(), name.to_owned()), bytes);
+        source.insert(backup, name, bytes);
     }
     (fx, source, served)
 }
@@ -721,8 +648,8 @@ async fn a_restore_reads_sizes_and_ranges_served_from_the_vault() {
     assert_eq!(full_urls.len(), 2);
     assert_eq!(log_urls.len(), 1);
     let client = fx.client();
-    let stripe0 = source.streams[&(full.clone(), "stripe-000".to_owned())].clone();
-    let log0 = source.streams[&(log.clone(), "stripe-000".to_owned())].clone();
+    let stripe0 = source.get(&full, "stripe-000").unwrap().to_vec();
+    let log0 = source.get(&log, "stripe-000").unwrap().to_vec();
 
     let sql_server = async {
         let head = client.head(&full_urls[0]).send().await.unwrap();
