@@ -957,13 +957,38 @@ impl Vault {
     /// Reads every manifest under `prefix` (a [`layout::MANIFESTS`] sub-prefix),
     /// in key order, reading a few in parallel.
     pub async fn read_manifests(&self, prefix: &str) -> Result<Vec<Manifest>> {
-        let keys: Vec<String> = self
+        let keys = self.manifest_keys(prefix).await?;
+        self.read_manifest_keys(keys).await
+    }
+
+    /// The keys of the manifests under `prefix`.
+    async fn manifest_keys(&self, prefix: &str) -> Result<Vec<String>> {
+        Ok(self
             .list_keys(prefix)
             .await?
             .into_iter()
             .filter(|k| k.ends_with(".json"))
-            .collect();
-        self.read_manifest_keys(keys).await
+            .collect())
+    }
+
+    /// Reads the manifests at `keys`, a few in parallel, in the order given:
+    /// each key with its manifest, or the integrity error of one that
+    /// cannot be read as a manifest; a storage failure fails the call.
+    async fn parse_manifest_keys(
+        &self,
+        keys: Vec<String>,
+    ) -> Result<Vec<(String, std::result::Result<Manifest, Error>)>> {
+        futures::stream::iter(keys)
+            .map(|key| async move {
+                let bytes = self.get_bytes(&key).await?;
+                match Manifest::from_json(&bytes, &key) {
+                    Err(err) if err.kind() != ErrorKind::Integrity => Err(err),
+                    parsed => Ok((key, parsed)),
+                }
+            })
+            .buffered(16)
+            .try_collect()
+            .await
     }
 
     /// The manifests under `prefix` that cannot be read as one (damaged,
@@ -971,24 +996,13 @@ impl Vault {
     /// [`Vault::read_manifests`] leaves out with a warning, for `verify` to
     /// report as findings.
     pub async fn damaged_manifests(&self, prefix: &str) -> Result<Vec<(String, Error)>> {
-        let keys: Vec<String> = self
-            .list_keys(prefix)
+        let keys = self.manifest_keys(prefix).await?;
+        Ok(self
+            .parse_manifest_keys(keys)
             .await?
             .into_iter()
-            .filter(|k| k.ends_with(".json"))
-            .collect();
-        let read: Vec<Option<(String, Error)>> = futures::stream::iter(keys)
-            .map(|key| async move {
-                let bytes = self.get_bytes(&key).await?;
-                Ok::<_, Error>(match Manifest::from_json(&bytes, &key) {
-                    Err(err) if err.kind() == ErrorKind::Integrity => Some((key, err)),
-                    _ => None,
-                })
-            })
-            .buffered(16)
-            .try_collect()
-            .await?;
-        Ok(read.into_iter().flatten().collect())
+            .filter_map(|(key, parsed)| parsed.err().map(|err| (key, err)))
+            .collect())
     }
 
     /// Reads and checks the manifests at `keys` (relative to the root), a few
@@ -999,26 +1013,21 @@ impl Vault {
     /// bad object never hides every other backup (listing, restoring and
     /// rebuilding the index go on); a storage failure still fails the call.
     pub async fn read_manifest_keys(&self, keys: Vec<String>) -> Result<Vec<Manifest>> {
-        let read: Vec<Option<Manifest>> = futures::stream::iter(keys)
-            .map(|key| async move {
-                let bytes = self.get_bytes(&key).await?;
-                match Manifest::from_json(&bytes, &key) {
-                    Ok(manifest) => Ok(Some(manifest)),
-                    Err(err) if err.kind() == ErrorKind::Integrity => {
-                        tracing::warn!(
-                            manifest = %key,
-                            error = %err,
-                            "a damaged manifest was left out: its backup cannot be listed or restored; keep the object for inspection, or delete it once you know it is unusable"
-                        );
-                        Ok(None)
-                    }
-                    Err(err) => Err(err),
+        let read = self.parse_manifest_keys(keys).await?;
+        Ok(read
+            .into_iter()
+            .filter_map(|(key, parsed)| match parsed {
+                Ok(manifest) => Some(manifest),
+                Err(err) => {
+                    tracing::warn!(
+                        manifest = %key,
+                        error = %err,
+                        "a damaged manifest was left out: its backup cannot be listed or restored; keep the object for inspection, or delete it once you know it is unusable"
+                    );
+                    None
                 }
             })
-            .buffered(16)
-            .try_collect()
-            .await?;
-        Ok(read.into_iter().flatten().collect())
+            .collect())
     }
 
     /// Every committed manifest in the vault.
