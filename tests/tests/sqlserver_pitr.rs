@@ -6,9 +6,10 @@
 //! Runs against the emulator in `tests/src/sqlserver`, or against a real
 //! SQL Server when `STRATA_TEST_SQLSERVER` names one (see `docker/`).
 
-use std::time::Duration;
-
 use strata_e2e::sqlserver::fixture::{FixtureOptions, SqlServerFixture};
+use strata_e2e::sqlserver::steps::{
+    a_moment_between_commits, backup, create_with_rows, insert, restore_run, to_time,
+};
 
 /// Full, differential, then two log backups with rows between them; a
 /// restore to a time between the two logs, as `sales_copy`, holds the rows
@@ -20,93 +21,28 @@ async fn full_diff_logs_restore_to_a_time_between_two_logs_as_a_new_name() {
     })
     .await;
     let mut sql = fx.client().await;
-    sql.exec("CREATE DATABASE [sales]").await;
-    sql.exec("CREATE TABLE [sales].[dbo].[t] (id int NOT NULL, note nvarchar(200) NULL)")
-        .await;
-    sql.exec("INSERT INTO [sales].[dbo].[t] (id, note) VALUES (1, N'before the full')")
-        .await;
+    create_with_rows(&mut sql, "sales", &[1]).await;
 
-    let full = fx
-        .strata([
-            "--json",
-            "backup",
-            "sqlserver",
-            "main",
-            "--database",
-            "sales",
-            "--kind",
-            "full",
-        ])
-        .success()
-        .json();
+    let full = backup(&fx, "sales", "full");
     assert_eq!(full["kind"], "full", "{full}");
-    sql.exec("INSERT INTO [sales].[dbo].[t] (id, note) VALUES (2, N'in the diff')")
-        .await;
-    let diff = fx
-        .strata([
-            "--json",
-            "backup",
-            "sqlserver",
-            "main",
-            "--database",
-            "sales",
-            "--kind",
-            "diff",
-        ])
-        .success()
-        .json();
+    insert(&mut sql, "sales", &[2]).await;
+    let diff = backup(&fx, "sales", "diff");
     assert_eq!(diff["kind"], "diff", "{diff}");
     assert_eq!(diff["base"], full["id"], "{diff}");
-    sql.exec("INSERT INTO [sales].[dbo].[t] (id, note) VALUES (3, N'in log 1')")
-        .await;
-    fx.strata([
-        "--json",
-        "backup",
-        "sqlserver",
-        "main",
-        "--database",
-        "sales",
-        "--kind",
-        "log",
-    ])
-    .success();
-    sql.exec("INSERT INTO [sales].[dbo].[t] (id, note) VALUES (4, N'in log 2, before the target')")
-        .await;
-    tokio::time::sleep(Duration::from_millis(1100)).await;
-    let target = sql.now().await;
-    tokio::time::sleep(Duration::from_millis(1100)).await;
-    sql.exec("INSERT INTO [sales].[dbo].[t] (id, note) VALUES (5, N'in log 2, after the target')")
-        .await;
-    let log2 = fx
-        .strata([
-            "--json",
-            "backup",
-            "sqlserver",
-            "main",
-            "--database",
-            "sales",
-            "--kind",
-            "log",
-        ])
-        .success()
-        .json();
+    insert(&mut sql, "sales", &[3]).await;
+    backup(&fx, "sales", "log");
+    insert(&mut sql, "sales", &[4]).await;
+    let target = a_moment_between_commits(&mut sql).await;
+    insert(&mut sql, "sales", &[5]).await;
+    let log2 = backup(&fx, "sales", "log");
     assert_eq!(log2["kind"], "log", "{log2}");
 
-    let target = format!("{}Z", target.format("%Y-%m-%dT%H:%M:%S%.3f"));
-    let restored = fx
-        .strata([
-            "--json",
-            "restore",
-            "sqlserver",
-            "main",
-            "--database",
-            "sales",
-            "--to-time",
-            &target,
-            "--as",
-            "sales_copy",
-        ])
-        .success();
+    let restored = restore_run(
+        &fx,
+        "sales",
+        &["--to-time", &to_time(target), "--as", "sales_copy"],
+    )
+    .success();
     assert_eq!(
         sql.ids("sales_copy").await,
         vec![1, 2, 3, 4],
