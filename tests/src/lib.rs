@@ -37,6 +37,7 @@
 //! ```
 
 pub mod backends;
+pub mod chaos;
 pub mod cli;
 pub mod data;
 pub mod fixture;
