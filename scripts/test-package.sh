@@ -77,7 +77,7 @@ check "strata is in the postgres group (reads data directories)" in_group strata
 check "postgres is in the strata group (the socket, the index, a local vault)" in_group postgres strata
 check "/etc/strata is 0750 root:strata" has_mode /etc/strata "750 root:strata"
 check "/etc/strata/strata.toml is 0640 root:strata" has_mode /etc/strata/strata.toml "640 root:strata"
-check "/etc/strata/keys is 0700 strata:strata" has_mode /etc/strata/keys "700 strata:strata"
+check "/etc/strata/keys is 0750 strata:strata" has_mode /etc/strata/keys "750 strata:strata"
 check "/var/lib/strata is 2770 strata:strata" has_mode /var/lib/strata "2770 strata:strata"
 check "both binaries are installed" test -x /usr/bin/strata -a -x /usr/bin/hdbbackint
 check "the unit is installed" test -f /lib/systemd/system/strata.service

@@ -7,7 +7,10 @@
 #   4. scripts/emulators.sh start  (Azurite, moto and fake-gcs-server on loopback, this run only)
 #   5. every test: cargo nextest (or cargo test when nextest is absent), then
 #      the doc tests, with the emulators' environment and
-#      STRATA_REQUIRE_EMULATORS=1, so no object-store backend is skipped
+#      STRATA_REQUIRE_EMULATORS=1, so no object-store backend is skipped;
+#      then scripts/fuzz.sh: every fuzz target for STRATA_FUZZ_SECONDS
+#      (default 15) each, a target that ran clean counted as passed, one
+#      that crashed as failed
 #   6. under CI (or with STRATA_TEST_PACKAGE=1): scripts/test-package.sh, which
 #      builds the Debian package and installs, upgrades and removes it here
 #   7. the emulators are stopped, whatever happened, and a summary printed;
@@ -17,7 +20,8 @@
 # Usage: scripts/test.sh [--skip-lint] [-- <extra arguments for the test runner>]
 #   --skip-lint   skip step 2 (for quick local runs; CI never skips it)
 #
-# Environment: STRATA_TEST_TIMEOUT (seconds, default 2400) bounds step 5.
+# Environment: STRATA_TEST_TIMEOUT (seconds, default 2400) bounds step 5;
+# STRATA_FUZZ_SECONDS (default 15) is each fuzz target's time.
 # The tests see this script's environment: STRATA_TEST_SQLSERVER (a connection
 # string) runs the SQL Server tests against that server instead of the
 # emulator, STRATA_TEST_HANA the tests marked #[ignore] against SAP HANA
@@ -223,6 +227,25 @@ if ((doc_status == 0)); then
 else
     record doctests "FAILED (exit status $doc_status)"
     ((test_status != 0)) || test_status=$doc_status
+fi
+step "fuzz"
+fuzz_status=0
+run_logged "$RUN_DIR/fuzz.log" ./scripts/fuzz.sh --seconds "${STRATA_FUZZ_SECONDS:-15}" || fuzz_status=$?
+# "fuzz: N targets, N clean, N crashed; ..."
+line="$(grep -E '^fuzz: [0-9]+ targets' "$RUN_DIR/fuzz.log" | tail -n 1 || true)"
+n="$(grep -oE '[0-9]+ clean' <<<"$line" | grep -oE '^[0-9]+' || echo 0)"
+passed=$((passed + n))
+n="$(grep -oE '[0-9]+ crashed' <<<"$line" | grep -oE '^[0-9]+' || echo 0)"
+failed=$((failed + n))
+if ((fuzz_status == 0)); then
+    record fuzz "ok"
+else
+    if ((fuzz_status == 1)); then
+        record fuzz "FAILED (a target crashed: its input is under fuzz/artifacts/, the command to reproduce it above)"
+    else
+        record fuzz "FAILED (exit status $fuzz_status: the targets did not build or run, see above)"
+    fi
+    ((test_status != 0)) || test_status=$fuzz_status
 fi
 # The Debian package is installed on this machine for real: under CI (a
 # fresh machine) always, elsewhere only when asked.

@@ -124,6 +124,7 @@ async fn cancelled(mut rx: watch::Receiver<bool>) {
 impl Agent {
     fn error(&self, fields: Vec<String>, reason: &str) {
         self.log.log(format!("ERROR {fields:?}: {reason}"));
+        self.output.note_failure(reason);
         self.output.emit(&OutputLine::Error(fields));
         self.output
             .emit(&OutputLine::Comment(format!("strata: {reason}")));
@@ -376,7 +377,24 @@ impl Agent {
             Ok(None) => {
                 give(&mut opened);
                 give(&mut done);
-                self.log.log(format!("NOTFOUND {name:?} (ebid {ebid:?})"));
+                // Name what was looked for: a version HANA's catalog
+                // records is gone only if its manifest is.
+                let looked = ebid
+                    .and_then(|e| e.parse::<strata_core::catalog::manifest::BackupId>().ok())
+                    .map(|id| {
+                        let sid = self.store.sid_of(name);
+                        format!(
+                            ": the vault holds no manifest {}",
+                            strata_core::vault::layout::manifest_key(
+                                strata_hana::ENGINE,
+                                &sid,
+                                &id
+                            )
+                        )
+                    })
+                    .unwrap_or_default();
+                self.log
+                    .log(format!("NOTFOUND {name:?} (ebid {ebid:?}){looked}"));
                 self.output
                     .emit(&OutputLine::NotFound(vec![name.to_owned()]));
                 return;
@@ -433,21 +451,31 @@ impl Agent {
         give(opened);
         let counter = Counter::default();
         let reader_config = ReaderConfig::default();
-        let stats = tokio::select! {
-            r = read_stream(self.store.vault(), manifest, &stream, &mut sink, &reader_config, Some(&counter)) => r,
-            _ = cancelled(self.cancel.clone()) => Err(Error::cancelled("the restore was cancelled")),
+        let written = async {
+            let stats = tokio::select! {
+                r = read_stream(self.store.vault(), manifest, &stream, &mut sink, &reader_config, Some(&counter)) => r,
+                _ = cancelled(self.cancel.clone()) => Err(Error::cancelled("the restore was cancelled")),
+            }
+            .map_err(|e| {
+                e.context(format!(
+                    "after {} bytes into {}",
+                    counter.0.load(Ordering::Relaxed),
+                    target.display()
+                ))
+            })?;
+            sink.shutdown()
+                .await
+                .map_err(|e| Error::from(e).context(format!("closing {}", target.display())))?;
+            Ok(stats.raw_bytes)
         }
-        .map_err(|e| {
-            e.context(format!(
-                "after {} bytes into {}",
-                counter.0.load(Ordering::Relaxed),
-                target.display()
-            ))
-        })?;
-        sink.shutdown()
-            .await
-            .map_err(|e| Error::io(format!("closing {}: {e}", target.display())))?;
-        Ok(stats.raw_bytes)
+        .await;
+        if written.is_err() && as_file && is_regular_file(target) {
+            // A `#FILE` restored in part would look restored: HANA was told
+            // #ERROR, and no truncated copy stays behind to be mistaken for it.
+            drop(sink);
+            let _ = std::fs::remove_file(target);
+        }
+        written
     }
 
     // ----- inquire -----
@@ -548,6 +576,11 @@ impl Agent {
             }
         }
     }
+}
+
+/// Whether `path` is a regular file (not a FIFO HANA reads, nor absent).
+fn is_regular_file(path: &Path) -> bool {
+    std::fs::symlink_metadata(path).is_ok_and(|m| m.is_file())
 }
 
 /// An error as one line: message, then the hint.

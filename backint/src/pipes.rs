@@ -127,7 +127,8 @@ pub async fn open_sink(
             let file = tokio::fs::File::create(path)
                 .await
                 .map_err(|e| Error::io_doing_at("cannot create", path, e))?;
-            return Ok(Box::new(file));
+            // Its write failures name the file (a full disk: which one to free).
+            return Ok(Box::new(strata_core::error::PathWriter::new(file, path)));
         }
     } else {
         check_kind(path, false)?;

@@ -19,6 +19,7 @@ pub struct Output {
     sink: Mutex<Box<dyn Write + Send>>,
     failed: AtomicBool,
     broken: AtomicBool,
+    first_failure: Mutex<Option<String>>,
 }
 
 impl Output {
@@ -32,6 +33,7 @@ impl Output {
             sink: Mutex::new(sink),
             failed: AtomicBool::new(false),
             broken: AtomicBool::new(false),
+            first_failure: Mutex::new(None),
         })
     }
 
@@ -50,6 +52,23 @@ impl Output {
     /// Whether any `#ERROR` was written.
     pub fn failed(&self) -> bool {
         self.failed.load(Ordering::SeqCst)
+    }
+
+    /// Remembers why an object failed: the first reason is what the
+    /// agent's one line on stderr, which HANA shows, says.
+    pub fn note_failure(&self, reason: &str) {
+        let mut first = self.first_failure.lock().unwrap_or_else(|e| e.into_inner());
+        if first.is_none() {
+            *first = Some(reason.replace(['\r', '\n'], " "));
+        }
+    }
+
+    /// The first reason given to [`Output::note_failure`].
+    pub fn first_failure(&self) -> Option<String> {
+        self.first_failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Whether writing the output file failed (HANA then cannot see results).
@@ -104,5 +123,25 @@ impl Logger {
         let body = text.as_ref().replace('\n', "\n    ");
         let mut file = file.lock().unwrap_or_else(|e| e.into_inner());
         let _ = writeln!(file, "{stamp} [{}] {body}", self.pid);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The first failure's reason is kept, on one line, for the agent's
+    /// line on stderr; later ones do not replace it.
+    #[test]
+    fn the_first_failure_is_kept_on_one_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let output = Output::open(Some(&dir.path().join("out"))).unwrap();
+        assert_eq!(output.first_failure(), None);
+        output.note_failure("the vault s3://b/v could not be reached:\n503 Slow Down");
+        output.note_failure("a later failure");
+        assert_eq!(
+            output.first_failure().as_deref(),
+            Some("the vault s3://b/v could not be reached: 503 Slow Down")
+        );
     }
 }

@@ -249,7 +249,14 @@ pub async fn run(invocation: Invocation) -> u8 {
             || "see the output file".to_owned(),
             |p| format!("details in {}", p.display()),
         );
-        eprintln!("hdbbackint: -f {function} failed for some objects; {detail}");
+        // HANA shows this one line in its own error: it names the first
+        // object's failure (an unreachable vault, a damaged object), and
+        // the log has every one.
+        let first = output
+            .first_failure()
+            .map(|reason| format!(": {reason}"))
+            .unwrap_or_default();
+        eprintln!("hdbbackint: -f {function} failed for some objects{first}; {detail}");
         agent.log.log("finished with errors");
         return 1;
     }

@@ -159,7 +159,56 @@ impl VersionStore {
             .await?;
         let mut versions: Vec<Version> = checked.into_iter().flatten().collect();
         versions.sort_by(|a, b| b.created.cmp(&a.created).then(b.ebid.cmp(&a.ebid)));
+        if let Some(newest) = versions.first() {
+            self.refuse_unmarked_newer(&sid, name, &newest.ebid).await?;
+        }
         Ok(versions)
+    }
+
+    /// Fails when a committed version of `name` newer than `newest` (by
+    /// EBID, which sorts by time) has lost its name marker: the markers
+    /// alone would then make an older version the newest, and a `#NULL`
+    /// restore would give HANA an older backup catalog without a word. A
+    /// version's marker is written before its manifest, so only a marker
+    /// removed behind Strata's back leaves this. Reads only the manifests
+    /// newer than `newest` (usually none or a few).
+    async fn refuse_unmarked_newer(&self, sid: &str, name: &str, newest: &str) -> Result<()> {
+        let prefix = layout::manifest_prefix(ENGINE, sid);
+        let newer: Vec<String> = self
+            .vault
+            .list_keys(&prefix)
+            .await?
+            .into_iter()
+            .filter(|key| {
+                key.rsplit('/')
+                    .next()
+                    .and_then(|file| file.strip_suffix(".json"))
+                    .is_some_and(|ebid| ebid > newest)
+            })
+            .collect();
+        for key in newer {
+            let bytes = self.vault.get_bytes(&key).await?;
+            let manifest = strata_core::vault::manifest_at(&bytes, &key)?;
+            let marker_key = marker_key(name, manifest.id.as_str());
+            // A version committed since the markers were listed has its
+            // marker by now (it is written before the manifest).
+            if ObjectMeta::of(&manifest).is_some_and(|meta| meta.name == name)
+                && !self
+                    .archive(sid)
+                    .list(&marker_key)
+                    .await?
+                    .iter()
+                    .any(|entry| entry.key == marker_key)
+            {
+                let marker = self.archive(sid).vault_key(&marker_key)?;
+                return Err(Error::integrity(format!(
+                    "version {} of Backint object {name} is committed (manifest {key}) but its name marker {marker} is gone: the newest version of {name} cannot be told",
+                    manifest.id
+                ))
+                .hint("put back the marker (any content: only its key is read), or restore the version HANA asks for by its EBID"));
+            }
+        }
+        Ok(())
     }
 
     /// The newest committed version of `name`.
@@ -202,7 +251,7 @@ impl VersionStore {
         let keys = self.vault.list_keys(&engine_prefix).await?;
         if let Some(key) = keys.iter().find(|k| k.ends_with(&suffix)) {
             let bytes = self.vault.get_bytes(key).await?;
-            let m = Manifest::from_json(&bytes, key)?;
+            let m = strata_core::vault::manifest_at(&bytes, key)?;
             return Ok(Some(m).filter(matches));
         }
         Ok(None)

@@ -94,7 +94,12 @@ fn a_pipe_hana_never_opens_fails_within_the_timeout_and_stays_a_pipe() {
         "the agent must never create a missing pipe"
     );
     assert_eq!(vault.manifests().len(), 1);
-    one_stderr_line(&result.stderr);
+    // The one line HANA shows names a failure, not only the log file.
+    let line = one_stderr_line(&result.stderr);
+    assert!(
+        line.contains("does not exist") || line.contains("HANA did not open"),
+        "{line}"
+    );
 }
 
 #[test]

@@ -188,6 +188,12 @@ fn an_encrypted_vault_restores_a_time_with_its_key_and_nothing_without_it() {
         ),
     )
     .unwrap();
+    // Owner-only, as a key file must be (a looser one is refused first).
+    std::fs::set_permissions(
+        &other_key,
+        <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o600),
+    )
+    .unwrap();
     give_to_postgres(&other_key);
     let other = ["--key-file", other_key.to_str().unwrap()];
     let (dir, _) = env.restore_target("other_key");

@@ -188,6 +188,12 @@ fn encrypted_vault_needs_its_key(op: &Operator) {
         .failure(7)
         .stderr_contains("encrypted and no key was given");
     let other = op.dir.write("other.key", format!("{}\n", "ab".repeat(32)));
+    // Owner-only, as a key file must be (a looser one is refused first).
+    std::fs::set_permissions(
+        &other,
+        <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o600),
+    )
+    .unwrap();
     op.run([
         "restore",
         "stream",

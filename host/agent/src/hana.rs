@@ -53,6 +53,7 @@ pub struct CheckArgs {
     /// Also check that the parameter files exist on this host.
     #[arg(long)]
     pub check_files: bool,
+    /// How to reach the database.
     #[command(flatten)]
     pub connection: Connection,
 }
@@ -83,6 +84,7 @@ pub struct BackupHanaArgs {
     /// Print the statement without running it.
     #[arg(long)]
     pub dry_run: bool,
+    /// How to reach the database.
     #[command(flatten)]
     pub connection: Connection,
 }
@@ -111,6 +113,7 @@ pub struct RestoreHanaArgs {
     /// Run the recovery (tenants only, over SQL) instead of printing it.
     #[arg(long)]
     pub execute: bool,
+    /// How to reach the database.
     #[command(flatten)]
     pub connection: Connection,
 }

@@ -71,7 +71,10 @@ pub async fn refreshed_index(ctx: &Context, vault: &Vault) -> Result<CatalogInde
     let mut known_keys = HashSet::new();
     for manifest in index.list(&vault_id, &ListFilter::default())? {
         let key = layout::manifest_key(&manifest.engine, &manifest.instance, &manifest.id);
-        if !keys.contains(&key) {
+        // A manifest removed behind Strata's back (no deletion recorded it,
+        // its data is still there) stays known, so that `verify` and
+        // restores name it rather than silently lose the backup.
+        if !keys.contains(&key) && vault.lost_manifest(&manifest).await?.is_none() {
             index.forget(&vault_id, &manifest.id)?;
         }
         known_keys.insert(key);
@@ -448,6 +451,21 @@ pub async fn verify(args: VerifyArgs, ctx: &Context) -> Result<()> {
     let bar = ctx.progress(Some(total), "verifying");
     let mut results = Vec::new();
     for manifest in &chosen {
+        if let Some(key) = vault.lost_manifest(manifest).await? {
+            results.push(VerifiedBackup {
+                id: manifest.id.clone(),
+                engine: manifest.engine.clone(),
+                instance: manifest.instance.clone(),
+                ok: false,
+                parts: 0,
+                raw_bytes: 0,
+                stored_bytes: 0,
+                problems: vec![format!(
+                    "manifest {key} is gone from the vault: this host's catalog index knows the backup and its data is still there, but no deletion recorded it (no tombstone); put the object back, or `strata catalog rebuild` to forget the backup"
+                )],
+            });
+            continue;
+        }
         let plugin = engines::plugin(ctx, &manifest.engine, &manifest.instance).ok();
         let report = host.verify(plugin.as_deref(), manifest, Some(&bar)).await?;
         results.push(VerifiedBackup {
@@ -465,10 +483,20 @@ pub async fn verify(args: VerifyArgs, ctx: &Context) -> Result<()> {
     chain_findings(&mut results, &chosen);
     if args.backups.is_empty() {
         damaged_manifest_findings(&vault, &filter, &mut results).await?;
+        damaged_tombstone_findings(&vault, &filter, &mut results).await?;
+    }
+    let mut archives = Vec::new();
+    if args.backups.is_empty() {
+        archive_findings(ctx, &host, &all, &filter, &mut archives).await?;
     }
     let bad = results.iter().filter(|r| !r.ok).count();
     if ctx.json {
-        print_json(&results)?;
+        let rows: Vec<VerifiedRow> = results
+            .iter()
+            .map(VerifiedRow::Backup)
+            .chain(archives.iter().map(VerifiedRow::Archive))
+            .collect();
+        print_json(&rows)?;
     } else {
         for r in &results {
             if r.ok {
@@ -487,11 +515,118 @@ pub async fn verify(args: VerifyArgs, ctx: &Context) -> Result<()> {
                 }
             }
         }
+        for a in &archives {
+            println!("DAMAGED archive {} ({} {})", a.archive, a.engine, a.instance);
+            for p in &a.problems {
+                println!("        {p}");
+            }
+        }
         println!("{} backup(s) verified, {} damaged", results.len(), bad);
+        if !archives.is_empty() {
+            println!("{} archive(s) with damaged or missing objects", archives.len());
+        }
     }
     if bad > 0 {
         return Err(Error::integrity(format!("{bad} backup(s) failed verification"))
             .hint("do not rely on the damaged backups; take a new full backup and restore from an older one if needed"));
+    }
+    if !archives.is_empty() {
+        return Err(Error::integrity(format!(
+            "{} archive(s) hold damaged or missing objects",
+            archives.len()
+        ))
+        .hint("restores that need them fail; put back sound copies if there are any, and take a new full backup so that restores to later times do not need them"));
+    }
+    Ok(())
+}
+
+/// One row of `verify --json`: a backup, or an engine instance's archive
+/// with problems (clean archives add no row).
+#[derive(Serialize)]
+#[serde(untagged)]
+enum VerifiedRow<'a> {
+    Backup(&'a VerifiedBackup),
+    Archive(&'a VerifiedArchive),
+}
+
+/// The problems `verify` found in an engine instance's archive objects
+/// (PostgreSQL's WAL, SAP HANA's name markers).
+#[derive(Serialize)]
+struct VerifiedArchive {
+    /// Where the objects live, relative to the vault root.
+    archive: String,
+    engine: String,
+    instance: String,
+    ok: bool,
+    problems: Vec<String>,
+}
+
+/// Checks the archive objects of every engine instance under the filter
+/// (those with backups, and the configured PostgreSQL clusters) with the
+/// engine's own rules ([`strata_core::plugin::EnginePlugin::verify_archive`]),
+/// and adds a row for each archive with problems, every problem naming its
+/// object's key.
+async fn archive_findings(
+    ctx: &Context,
+    host: &strata_core::lifecycle::Host,
+    all: &[Manifest],
+    filter: &ListFilter,
+    archives: &mut Vec<VerifiedArchive>,
+) -> Result<()> {
+    let mut instances: Vec<(String, String)> = all
+        .iter()
+        .map(|m| (m.engine.clone(), m.instance.clone()))
+        .collect();
+    if filter
+        .engine
+        .as_deref()
+        .is_none_or(|e| e == strata_postgres::ENGINE)
+    {
+        instances.extend(
+            ctx.config
+                .postgres
+                .keys()
+                .map(|name| (strata_postgres::ENGINE.to_owned(), name.clone())),
+        );
+    }
+    instances.retain(|(_, instance)| filter.instance.as_ref().is_none_or(|i| i == instance));
+    instances.sort();
+    instances.dedup();
+    for (engine, instance) in instances {
+        let Ok(plugin) = engines::plugin(ctx, &engine, &instance) else {
+            continue;
+        };
+        let mut backups: Vec<Manifest> = all
+            .iter()
+            .filter(|m| m.engine == engine && m.instance == instance)
+            .cloned()
+            .collect();
+        backups.sort_by(|a, b| (a.ended_at, &a.id).cmp(&(b.ended_at, &b.id)));
+        let prefix = layout::engine_prefix(&engine, &instance);
+        let findings = plugin
+            .verify_archive(&backups, host.archive(plugin.as_ref()))
+            .await?;
+        if findings.is_empty() {
+            continue;
+        }
+        let problems = findings
+            .into_iter()
+            .map(|f| {
+                let key = format!("{prefix}/{}", f.key);
+                if f.problem.contains(&key) {
+                    f.problem
+                } else {
+                    format!("{key} {}", f.problem)
+                }
+            })
+            .collect();
+        archives.push(VerifiedArchive {
+            archive: prefix,
+            engine,
+            instance,
+            ok: false,
+            problems,
+        });
     }
     Ok(())
 }
@@ -537,6 +672,53 @@ async fn damaged_manifest_findings(
             stored_bytes: 0,
             problems: vec![format!(
                 "manifest {key} cannot be read: {err}; the backup is left out of every listing and restore"
+            )],
+        });
+    }
+    Ok(())
+}
+
+/// Adds a finding for every tombstone under the filter that cannot be
+/// read: the deleted backup it holds can no longer be brought back with
+/// `strata undelete`, and a purge cannot tell which data is its.
+async fn damaged_tombstone_findings(
+    vault: &Vault,
+    filter: &ListFilter,
+    results: &mut Vec<VerifiedBackup>,
+) -> Result<()> {
+    let prefix = match (&filter.engine, &filter.instance) {
+        (Some(engine), Some(instance)) => layout::tombstone_prefix(engine, instance),
+        (Some(engine), None) => {
+            format!("{}/{}/", layout::DELETED, layout::escape_component(engine))
+        }
+        _ => format!("{}/", layout::DELETED),
+    };
+    for (key, err) in vault.damaged_tombstones(&prefix).await? {
+        let mut parts = key.trim_end_matches(".json").rsplit('/');
+        let id = parts.next().unwrap_or_default();
+        let instance = parts.next().unwrap_or_default();
+        let engine = parts.next().unwrap_or_default();
+        if filter
+            .instance
+            .as_deref()
+            .is_some_and(|i| layout::escape_component(i) != instance)
+        {
+            continue;
+        }
+        let Ok(id) = id.parse::<BackupId>() else {
+            tracing::warn!(tombstone = %key, "an object in the deleted folder is no tombstone");
+            continue;
+        };
+        results.push(VerifiedBackup {
+            id,
+            engine: engine.to_owned(),
+            instance: instance.to_owned(),
+            ok: false,
+            parts: 0,
+            raw_bytes: 0,
+            stored_bytes: 0,
+            problems: vec![format!(
+                "{err}; the deleted backup it records cannot be brought back with `strata undelete`"
             )],
         });
     }

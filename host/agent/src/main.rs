@@ -6,28 +6,14 @@
 //! 5 engine, 6 integrity, 7 crypto, 8 not found, 9 conflict, 10 local I/O,
 //! 11 catalog, 130 cancelled.
 
-mod config;
-mod context;
-mod deleting;
-mod engines;
-mod hana;
-mod listing;
-mod output;
-mod pg;
-mod progress;
-mod service;
-mod sqlserver;
-mod stream;
-mod vault_cmd;
-
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use strata_agent::config::{Config, DEFAULT_CONFIG};
+use strata_agent::context::Context;
+use strata_agent::{deleting, hana, listing, pg, service, sqlserver, stream, vault_cmd};
 use strata_core::{Error, ErrorKind, Result};
-
-use crate::config::{Config, DEFAULT_CONFIG};
-use crate::context::Context;
 
 /// Strata: native database backups streamed straight to object storage.
 #[derive(Debug, Parser)]

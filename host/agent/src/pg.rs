@@ -189,6 +189,10 @@ pub async fn run(command: PgCommand, ctx: &Context) -> Result<()> {
             cluster: name,
             system_id,
         } => {
+            // PostgreSQL passes `%p` relative to the data directory (its
+            // working directory): errors name the absolute path, so that
+            // "free space on ..." says which file system.
+            let dest = std::path::absolute(&dest).unwrap_or(dest);
             let outcome = wal_fetch(&file, &dest, &name, system_id, ctx).await;
             match outcome {
                 Ok(FetchOutcome::Found) => Ok(()),

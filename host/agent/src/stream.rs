@@ -184,14 +184,24 @@ pub async fn restore(args: RestoreStreamArgs, ctx: &Context) -> Result<()> {
             destination,
             Some(bar.clone()),
         )
-        .await
-        .map_err(|err| match err.kind() {
-            ErrorKind::NotFound if args.backup.is_none() => {
-                Error::not_found(format!("there is no stream backup called `{}`", args.name))
-                    .hint("`strata list stream` shows the stream backups in this vault, `strata list --deleted` the deleted ones that `strata undelete` can bring back")
-            }
-            _ => err,
-        });
+        .await;
+    // "Not found" means no backup of that name only when there is none: a
+    // backup whose segment is missing is also "not found", and that
+    // error names the object.
+    let outcome = match outcome {
+        Err(err)
+            if err.kind() == ErrorKind::NotFound
+                && args.backup.is_none()
+                && host
+                    .backups(plugin.as_ref(), &DatabaseRef::instance(&args.name))
+                    .await
+                    .is_ok_and(|backups| backups.is_empty()) =>
+        {
+            Err(Error::not_found(format!("there is no stream backup called `{}`", args.name))
+                .hint("`strata list stream` shows the stream backups in this vault, `strata list --deleted` the deleted ones that `strata undelete` can bring back"))
+        }
+        other => other,
+    };
     bar.finish();
     let outcome = outcome?;
     let seconds = started.elapsed().as_secs_f64();

@@ -421,6 +421,12 @@ fn encrypted_vault_needs_its_key() {
 
     let other = fx.path("other.key");
     std::fs::write(&other, format!("{}\n", "ab".repeat(32))).unwrap();
+    // Owner-only, as a key file must be (a looser one is refused first).
+    std::fs::set_permissions(
+        &other,
+        <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o600),
+    )
+    .unwrap();
     let out = fx.run(&[
         "restore",
         "stream",
@@ -550,6 +556,12 @@ fn encrypted_stream_backups_verify_and_rebuild_with_their_key() {
     let key = key.to_str().unwrap();
     let other = fx.path("other.key");
     std::fs::write(&other, format!("{}\n", "ab".repeat(32))).unwrap();
+    // Owner-only, as a key file must be (a looser one is refused first).
+    std::fs::set_permissions(
+        &other,
+        <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o600),
+    )
+    .unwrap();
     let other = other.to_str().unwrap();
     fx.ok(&["vault", "init", "--encrypt", "--key-file", key]);
     let noisy = noise(300_000, 7);

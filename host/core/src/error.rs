@@ -59,7 +59,8 @@
 //!   `StorageFull` (ENOSPC), `QuotaExceeded` (EDQUOT), `InvalidInput`,
 //!   `InvalidData`, `UnexpectedEof`, `BrokenPipe`, ...) is not. A full disk
 //!   or an exhausted quota adds the hint "free space on `<path>`'s file
-//!   system". Build path-aware errors with [`Error::io_at`],
+//!   system", a read-only file system (EROFS) the hint to remount it
+//!   read-write. Build path-aware errors with [`Error::io_at`],
 //!   [`Error::io_doing_at`] or [`IoResultExt`]: they keep the `io::Error`
 //!   as the cause and the path as the `path` field.
 //! - **SQLite** (`rusqlite::Error`): a busy or locked database is
@@ -565,7 +566,10 @@ pub fn io_is_retryable(kind: std::io::ErrorKind) -> bool {
     )
 }
 
-/// The hint an I/O failure implies by itself: a full disk or quota.
+/// The hint an I/O failure implies by itself: a full disk or quota, or a
+/// file system mounted read-only (which no retry and no permission change
+/// cures; a read-only remount is also what the kernel does to a file
+/// system after an I/O error).
 fn io_hint(err: &std::io::Error, path: Option<&Path>) -> Option<String> {
     let place = match path {
         Some(path) => format!("{}'s file system", path.display()),
@@ -575,6 +579,9 @@ fn io_hint(err: &std::io::Error, path: Option<&Path>) -> Option<String> {
         std::io::ErrorKind::StorageFull => Some(format!("free space on {place}")),
         std::io::ErrorKind::QuotaExceeded => Some(format!(
             "free space on {place}, or raise this user's disk quota there"
+        )),
+        std::io::ErrorKind::ReadOnlyFilesystem => Some(format!(
+            "{place} is mounted read-only: remount it read-write, or write elsewhere"
         )),
         _ => None,
     }
@@ -637,6 +644,28 @@ pub fn pipe_outcome<P, C>(producer: Result<P>, consumer: Result<C>) -> Result<(P
         }
         (Err(producer), _) => Err(producer),
     }
+}
+
+#[cfg(feature = "vault")]
+/// Whether `err` is a request the network cut (the connection was reset
+/// or timed out while the request was under way), which object_store
+/// retries only for idempotent requests: a create-only put is not one, as
+/// the store may have applied it. Its caller can retry such a put safely
+/// (see `vault::put_create_retrying`); every other failure object_store
+/// has already retried as far as its settings allow.
+pub(crate) fn request_was_cut(err: &object_store::Error) -> bool {
+    use object_store::client::{HttpError, HttpErrorKind};
+    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(error) = current {
+        if let Some(http) = error.downcast_ref::<HttpError>() {
+            return matches!(
+                http.kind(),
+                HttpErrorKind::Interrupted | HttpErrorKind::Timeout
+            );
+        }
+        current = error.source();
+    }
+    false
 }
 
 #[cfg(feature = "vault")]
@@ -747,9 +776,63 @@ impl From<object_store::Error> for Error {
                 for hint in hints {
                     error = error.hint(hint);
                 }
-                error.with_source(err)
+                error.with_source(StoreFailure::new(err))
             }
         }
+    }
+}
+
+#[cfg(feature = "vault")]
+/// An object-store failure worded for the operator: object_store's text,
+/// with a failed HTTP exchange named by its root cause. The HTTP client
+/// says only "error sending request" (rendered "HTTP error: error sending
+/// request"); the cause under it ("Connection refused", "Connection reset
+/// by peer", "connection closed before message completed") is what tells
+/// an unreachable store from a dropped connection. The store's error stays
+/// the source, whole.
+#[derive(Debug)]
+struct StoreFailure {
+    text: String,
+    inner: object_store::Error,
+}
+
+#[cfg(feature = "vault")]
+impl StoreFailure {
+    fn new(inner: object_store::Error) -> StoreFailure {
+        use object_store::client::HttpError;
+        let mut text = inner.to_string();
+        let mut current: Option<&(dyn std::error::Error + 'static)> = Some(&inner);
+        while let Some(error) = current {
+            if error.downcast_ref::<HttpError>().is_some() {
+                let said = error.to_string();
+                let mut root = error.source();
+                while let Some(deeper) = root.and_then(|e| e.source()) {
+                    root = Some(deeper);
+                }
+                if let Some(root) = root.map(|e| e.to_string())
+                    && !said.contains(&root)
+                {
+                    text = text.replace(&said, &format!("HTTP error: {root}"));
+                }
+                break;
+            }
+            current = error.source();
+        }
+        StoreFailure { text, inner }
+    }
+}
+
+#[cfg(feature = "vault")]
+impl fmt::Display for StoreFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+#[cfg(feature = "vault")]
+impl std::error::Error for StoreFailure {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.inner)
     }
 }
 
@@ -1021,6 +1104,32 @@ mod tests {
         assert_eq!(err.hints(), ["free space on the file system being written"]);
     }
 
+    /// A read-only file system (a read-only mount, or one the kernel
+    /// remounted read-only after an I/O error) says so and what cures it;
+    /// no retry does.
+    #[test]
+    fn read_only_file_system_says_remount_read_write() {
+        let err = Error::io_doing_at("cannot create", "/srv/copy", os_error(30));
+        assert_eq!(
+            err.to_string(),
+            "cannot create /srv/copy: Read-only file system (os error 30)"
+        );
+        assert!(!err.is_retryable());
+        assert_eq!(
+            err.hints(),
+            [
+                "/srv/copy's file system is mounted read-only: remount it read-write, or write elsewhere"
+            ]
+        );
+        let err = Error::from(os_error(30));
+        assert_eq!(
+            err.hints(),
+            [
+                "the file system being written is mounted read-only: remount it read-write, or write elsewhere"
+            ]
+        );
+    }
+
     fn libc_enospc() -> i32 {
         28
     }
@@ -1178,6 +1287,53 @@ mod tests {
         // A cause the chain does not explain: treated as transient.
         let err = Error::from(generic(StatusText("something odd")));
         assert!(err.is_retryable());
+    }
+
+    /// The HTTP client's "error sending request" under object_store's
+    /// "HTTP error: " read "HTTP error: error sending request", which says
+    /// nothing an operator can act on: the root cause is named instead,
+    /// and the store's error stays the source.
+    #[test]
+    fn a_failed_http_exchange_is_named_by_its_root_cause() {
+        use object_store::client::{HttpError, HttpErrorKind};
+        #[derive(Debug)]
+        struct Sending(io::Error);
+        impl fmt::Display for Sending {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("error sending request")
+            }
+        }
+        impl std::error::Error for Sending {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let refused = io::Error::new(io::ErrorKind::ConnectionRefused, "Connection refused");
+        let http = HttpError::new(HttpErrorKind::Connect, Sending(refused));
+        let err = Error::from(generic(Provider(http)));
+        let text = err.to_string();
+        assert_eq!(
+            text,
+            "object storage request failed: Generic S3 error: Error performing request: \
+             HTTP error: Connection refused"
+        );
+        assert!(!text.contains("error: error"), "{text}");
+        assert!(err.is_retryable());
+        let store = std::error::Error::source(&err)
+            .and_then(std::error::Error::source)
+            .and_then(|e| e.downcast_ref::<object_store::Error>());
+        assert!(store.is_some(), "the store's error is kept: {err:?}");
+        // A cause already in the text is not repeated.
+        let plain = Error::from(generic(Provider(HttpError::new(
+            HttpErrorKind::Request,
+            StatusText("connection closed before message completed"),
+        ))));
+        assert!(
+            plain
+                .to_string()
+                .ends_with("HTTP error: connection closed before message completed"),
+            "{plain}"
+        );
     }
 
     #[test]

@@ -42,6 +42,7 @@
 //!   crypto are all they may use, so a plugin cannot reach object storage.
 
 pub mod catalog;
+pub mod checksum;
 #[cfg(feature = "vault")]
 pub mod config;
 pub mod crypto;

@@ -418,6 +418,8 @@ impl Host {
         target: &RestoreTarget,
     ) -> Result<(RestorePlan, Vec<Manifest>)> {
         let (chain, manifests) = self.chain(plugin, database).await?;
+        self.refuse_unreadable_backups(plugin, database, target, &manifests)
+            .await?;
         let plan = planner::plan(&chain.records, chain.rules.as_ref(), target)?;
         let backups = std::iter::once(&plan.base)
             .chain(&plan.diffs)
@@ -425,6 +427,87 @@ impl Host {
             .filter_map(|record| manifests.iter().find(|m| m.id == record.id).cloned())
             .collect();
         Ok((plan, backups))
+    }
+
+    /// Refuses to plan a restore of `database` while one of its backups
+    /// cannot be read: a manifest that is damaged, and one that this
+    /// host's catalog index knows but that is gone from the vault without
+    /// a deletion ([`Vault::lost_manifest`]). Planning around them would
+    /// restore something else than asked for without a word (an older
+    /// stream backup as the newest, another base and more log), so the
+    /// operator decides: put the object back, or leave the backup out
+    /// ([`Host::skipping`], `--skip-backup`; a restore of another named
+    /// backup is not affected).
+    async fn refuse_unreadable_backups(
+        &self,
+        plugin: &dyn EnginePlugin,
+        database: &DatabaseRef,
+        target: &RestoreTarget,
+        readable: &[Manifest],
+    ) -> Result<()> {
+        let named = match target {
+            RestoreTarget::Backup(id) => Some(id),
+            _ => None,
+        };
+        let matters = |id: &str| {
+            !self.skipped.iter().any(|s| s.as_str() == id)
+                && named.is_none_or(|n| n.as_str() == id)
+        };
+        let leave_out = |id: &str| {
+            format!(
+                "put the object back (an earlier version of it, a replica of the vault); to restore without backup {id}, leave it out (`restore pg --skip-backup {id}`, or restore another backup by its id)"
+            )
+        };
+        let prefix = layout::manifest_prefix(plugin.engine(), plugin.instance());
+        for (key, err) in self.vault.damaged_manifests(&prefix).await? {
+            let id = key
+                .rsplit('/')
+                .next()
+                .and_then(|f| f.strip_suffix(".json"))
+                .unwrap_or_default();
+            if matters(id) {
+                return Err(Error::integrity(format!(
+                    "backup {id} of {} cannot be read, so no restore is planned around it: {err}",
+                    describe_database(plugin, database)
+                ))
+                .hint(leave_out(id)));
+            }
+        }
+        let Some(index) = self
+            .index
+            .as_ref()
+            .and_then(|path| CatalogIndex::open(path).ok())
+        else {
+            return Ok(());
+        };
+        let filter = crate::catalog::index::ListFilter {
+            engine: Some(plugin.engine().to_owned()),
+            instance: Some(plugin.instance().to_owned()),
+            ..Default::default()
+        };
+        let known = index
+            .list(&self.vault.meta().vault_id, &filter)
+            .unwrap_or_default();
+        for manifest in known {
+            let id = manifest.id.as_str();
+            if readable.iter().any(|m| m.id == manifest.id)
+                || !matters(id)
+                || (database.database.is_some() && manifest.database != database.database)
+            {
+                continue;
+            }
+            if let Some(key) = self.vault.lost_manifest(&manifest).await? {
+                return Err(Error::integrity(format!(
+                    "backup {id} of {} has lost its manifest {key}: this host's catalog index knows the backup, its data is still in the vault, but the manifest is gone and no deletion recorded it",
+                    describe_database(plugin, database)
+                ))
+                .hint(format!(
+                    "{}; `strata catalog rebuild` makes this host forget it",
+                    leave_out(id)
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// Restores `source` to `target` into the engine-specific `destination`;

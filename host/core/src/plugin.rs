@@ -746,6 +746,13 @@ pub trait ArchiveStore: Send + Sync {
 
     /// Deletes the object under `key`; deleting what is not there succeeds.
     async fn delete(&self, key: &str) -> Result<()>;
+
+    /// Where the object under `key` lives, for messages that must name it
+    /// so an operator can find it (a vault archive: its key from the vault
+    /// root). The default: the key itself.
+    fn location(&self, key: &str) -> String {
+        key.to_owned()
+    }
 }
 
 /// An engine plugin. Built from its configuration section, registered
@@ -884,6 +891,30 @@ pub trait EnginePlugin: Send + Sync {
     fn content_check(&self) -> Option<Arc<dyn ContentCheck>> {
         None
     }
+
+    /// Checks the instance's archive objects for `verify`: that those a
+    /// restore reads are sound (read whole), and that none a restore needs
+    /// is missing. `backups` are the instance's committed manifests (oldest
+    /// first). Returns one finding per problem; an error only when the
+    /// check cannot run (an unreachable vault). The default: nothing to
+    /// check (engines that archive nothing).
+    async fn verify_archive(
+        &self,
+        backups: &[Manifest],
+        archive: Arc<dyn ArchiveStore>,
+    ) -> Result<Vec<ArchiveFinding>> {
+        let _ = (backups, archive);
+        Ok(Vec::new())
+    }
+}
+
+/// A problem [`EnginePlugin::verify_archive`] found with one archive object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArchiveFinding {
+    /// The object's key in the archive (as given to `put_once`).
+    pub key: String,
+    /// What is wrong with it, and what a restore loses by it.
+    pub problem: String,
 }
 
 #[cfg(test)]

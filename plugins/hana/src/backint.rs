@@ -24,7 +24,8 @@ use chrono::{DateTime, NaiveDateTime, Utc};
 use serde::{Deserialize, Serialize};
 use strata_core::catalog::manifest::{BackupKind, Manifest};
 use strata_core::plugin::{
-    ArchiveStore, Attributes, BackupOutcome, BackupRequest, BackupSink, escape_key_component,
+    ArchiveFinding, ArchiveStore, Attributes, BackupOutcome, BackupRequest, BackupSink,
+    escape_key_component,
 };
 use strata_core::{Error, Result};
 
@@ -156,6 +157,38 @@ pub fn marker_prefix(name: &str) -> String {
 /// The archive key of the marker of version `ebid` of object `name`.
 pub fn marker_key(name: &str, ebid: &str) -> String {
     format!("{}/{ebid}", marker_prefix(name))
+}
+
+/// The name markers' findings for `strata verify`: every committed version
+/// (every manifest of `backups` that records a Backint object) must have
+/// its marker. Only the markers' keys are ever read, so a marker's body may
+/// hold anything; a missing marker hides its version from the lookups of
+/// the newest version of a name (`#NULL`, how a recovery asks for HANA's
+/// backup catalog).
+pub async fn verify_markers(
+    backups: &[Manifest],
+    archive: &dyn ArchiveStore,
+) -> Result<Vec<ArchiveFinding>> {
+    let listed: std::collections::HashSet<String> = archive
+        .list("objects")
+        .await?
+        .into_iter()
+        .map(|entry| entry.key)
+        .collect();
+    Ok(backups
+        .iter()
+        .filter_map(|manifest| {
+            let meta = ObjectMeta::of(manifest)?;
+            let key = marker_key(&meta.name, manifest.id.as_str());
+            (!listed.contains(&key)).then(|| ArchiveFinding {
+                key,
+                problem: format!(
+                    "is missing: the name marker of version {} of Backint object {} is gone, so lookups of the newest version of that name do not see it",
+                    manifest.id, meta.name
+                ),
+            })
+        })
+        .collect())
 }
 
 /// What `hdbbackint` knows of one pushed object (the JSON form of

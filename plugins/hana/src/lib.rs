@@ -290,4 +290,12 @@ impl EnginePlugin for HanaEngine {
             details,
         })
     }
+
+    async fn verify_archive(
+        &self,
+        backups: &[strata_core::catalog::manifest::Manifest],
+        archive: Arc<dyn ArchiveStore>,
+    ) -> Result<Vec<strata_core::plugin::ArchiveFinding>> {
+        backint::verify_markers(backups, archive.as_ref()).await
+    }
 }

@@ -79,7 +79,7 @@ use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
 use strata_core::catalog::manifest::{BackupId, BackupKind, Manifest, Position};
 use strata_core::catalog::planner::{BackupRecord, ChainRules, ForkOrigin};
-use strata_core::plugin::{ArchiveEntry, Chain, ExpiredLog};
+use strata_core::plugin::{ArchiveEntry, ArchiveFinding, ArchiveStore, Chain, ExpiredLog};
 use strata_core::{Error, Result};
 
 use crate::backup::BackupMeta;
@@ -322,6 +322,9 @@ pub struct Catalog {
     /// What every run of consecutive segments of a timeline holds, by
     /// `(timeline, last segment)`.
     run_commits: BTreeMap<(u32, u64), RunCommits>,
+    /// Where this system's WAL lives, to name files in messages
+    /// ([`WalArchive::location`]).
+    location: String,
 }
 
 impl Catalog {
@@ -413,6 +416,7 @@ impl Catalog {
             segments,
             histories,
             run_commits: BTreeMap::new(),
+            location: archive.location(system_id),
         };
         let runs: Vec<(u32, u64, u64)> = catalog.runs().collect();
         let timed: Vec<Option<((u32, u64), RunCommits)>> = futures::stream::iter(runs)
@@ -520,6 +524,9 @@ impl Catalog {
             records,
             rules: Arc::new(PgChainRules {
                 histories: self.histories.clone(),
+                seg_size: self.seg_size,
+                timelines: self.segments.keys().copied().collect(),
+                location: self.location.clone(),
             }),
         }
     }
@@ -582,6 +589,19 @@ async fn time_run(
 #[derive(Debug, Clone)]
 pub struct PgChainRules {
     histories: BTreeMap<u32, TimelineHistory>,
+    /// The WAL segment size, to name the segments of a gap.
+    seg_size: u64,
+    /// The timelines with archived segments.
+    timelines: BTreeSet<u32>,
+    /// Where the system's WAL lives ([`WalArchive::location`]).
+    location: String,
+}
+
+impl PgChainRules {
+    /// Where archived file `name` lives, for messages.
+    fn location_of(&self, name: &WalFileName) -> String {
+        format!("{}/{:08X}/{name}", self.location, name.timeline)
+    }
 }
 
 impl ChainRules for PgChainRules {
@@ -605,6 +625,223 @@ impl ChainRules for PgChainRules {
     fn position_text(&self, position: Position) -> String {
         lsn_of(position).map_or_else(|_| position.to_string(), |lsn| lsn.to_string())
     }
+
+    /// `--latest` restores to the end of the archived WAL on the newest
+    /// timeline: a segment or history file missing on the way there makes
+    /// it fail, naming what is missing, rather than stop earlier.
+    fn latest_is_end_of_archive(&self) -> bool {
+        true
+    }
+
+    /// The WAL segments a gap in coverage lacks, by name (what `wal-fetch`
+    /// would be asked for and the archive does not hold).
+    fn missing_log_text(&self, fork: &str, from: Position, to: Position) -> Option<String> {
+        let timeline: u32 = fork.parse().ok()?;
+        let (from, to) = (lsn_of(from).ok()?, lsn_of(to).ok()?);
+        if to.0 <= from.0 || self.seg_size == 0 {
+            return None;
+        }
+        let first = WalFileName::segment(timeline, segno_of(from, self.seg_size), self.seg_size);
+        let last = WalFileName::segment(
+            timeline,
+            segno_of(Lsn(to.0 - 1), self.seg_size),
+            self.seg_size,
+        );
+        Some(if first == last {
+            format!(
+                "WAL segment {first} is missing from the archive ({})",
+                self.location_of(&first)
+            )
+        } else {
+            format!(
+                "WAL segments {first} to {last} are missing from the archive ({} to {})",
+                self.location_of(&first),
+                self.location_of(&last)
+            )
+        })
+    }
+
+    /// A timeline above 1 with archived WAL but no history file: recovery
+    /// cannot tell where it branched, so nothing restorable reaches it.
+    fn fork_problem(&self, fork: &str) -> Option<String> {
+        let timeline: u32 = fork.parse().ok()?;
+        (timeline > 1 && self.timelines.contains(&timeline) && !self.histories.contains_key(&timeline))
+            .then(|| {
+                let history = WalFileName::history(timeline);
+                format!(
+                    "timeline {timeline}'s history file {history} is missing from the WAL archive ({}), so where it branched is unknown",
+                    self.location_of(&history)
+                )
+            })
+    }
+}
+
+/// The WAL archive's findings for `strata verify`
+/// ([`EnginePlugin::verify_archive`](strata_core::plugin::EnginePlugin::verify_archive)):
+///
+/// - every archived file is read whole (its header's checksum and name,
+///   the AEAD tag, size and BLAKE3): a damaged one is named;
+/// - every timeline above 1 with segments has its history file, without
+///   which recovery cannot follow it;
+/// - the segments restores need are there: each data backup's own, from
+///   its start to its stop (it is not consistent without them), and from
+///   the newest backup's start on, every segment up to the end of the
+///   archive on its timeline and on every later one. Retention never
+///   deletes those, and PostgreSQL archives every segment in order, so one
+///   missing there was lost. (Older gaps can be retention's doing:
+///   between two kept backups only their own WAL stays.)
+///
+/// `.backup` files are read when present; a missing one is no finding:
+/// neither recovery nor Strata reads them.
+pub async fn verify_wal(
+    backups: &[Manifest],
+    archive: &dyn ArchiveStore,
+) -> Result<Vec<ArchiveFinding>> {
+    let entries = archive.list("wal").await?;
+    let mut findings = Vec::new();
+    let keys: Vec<String> = entries.iter().map(|e| e.key.clone()).collect();
+    let mut reads: Vec<(String, Result<bool>)> = Vec::with_capacity(keys.len());
+    for batch in keys.chunks(4) {
+        let read = futures::future::join_all(batch.iter().map(|key| archive.get(key))).await;
+        reads.extend(
+            batch
+                .iter()
+                .cloned()
+                .zip(read.into_iter().map(|r| r.map(|o| o.is_some()))),
+        );
+    }
+    for (key, read) in reads {
+        match read {
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    strata_core::ErrorKind::Integrity | strata_core::ErrorKind::Crypto
+                ) =>
+            {
+                findings.push(ArchiveFinding {
+                    key,
+                    problem: format!("{e}; restores that replay through it fail"),
+                });
+            }
+            Err(e) => return Err(e.context(format!("verifying archived WAL {key}"))),
+        }
+    }
+    let metas: Vec<(&BackupId, BackupMeta)> = backups
+        .iter()
+        .filter(|m| m.kind.is_data())
+        .filter_map(|m| BackupMeta::from_manifest(m).ok().map(|meta| (&m.id, meta)))
+        .collect();
+    // (system, timeline) -> segment numbers, and the timelines with history.
+    let mut files: BTreeMap<(u64, u32), Vec<WalFileName>> = BTreeMap::new();
+    let mut histories: BTreeSet<(u64, u32)> = BTreeSet::new();
+    for entry in &entries {
+        let mut parts = entry.key.split('/').skip(1);
+        let (Some(system), Some(_), Some(name)) = (parts.next(), parts.next(), parts.next())
+        else {
+            continue;
+        };
+        let (Ok(system), Ok(name)) = (system.parse::<u64>(), WalFileName::parse(name)) else {
+            continue;
+        };
+        match name.kind {
+            WalFileKind::Segment => files.entry((system, name.timeline)).or_default().push(name),
+            WalFileKind::History => {
+                histories.insert((system, name.timeline));
+            }
+            _ => {}
+        }
+    }
+    let key = |system: u64, name: &WalFileName| {
+        format!("wal/{system}/{:08X}/{name}", name.timeline)
+    };
+    for (&(system, timeline), names) in &files {
+        if timeline > 1 && !histories.contains(&(system, timeline)) {
+            let history = WalFileName::history(timeline);
+            findings.push(ArchiveFinding {
+                key: key(system, &history),
+                problem: format!(
+                    "is missing from the archive: timeline {timeline} has {} archived segment(s), which recovery cannot follow from its parent without it",
+                    names.len()
+                ),
+            });
+        }
+    }
+    let seg_size_of = |system: u64| {
+        metas
+            .iter()
+            .filter(|(_, m)| m.system_id() == system)
+            .max_by_key(|(_, m)| m.stop_time)
+            .map_or(16 << 20, |(_, m)| m.wal_segment_size)
+    };
+    let segnos = |system: u64, timeline: u32| -> BTreeSet<u64> {
+        let seg_size = seg_size_of(system);
+        files
+            .get(&(system, timeline))
+            .map(|names| names.iter().map(|n| n.segno(seg_size)).collect())
+            .unwrap_or_default()
+    };
+    let mut missing: BTreeMap<(u64, u32, u64), String> = BTreeMap::new();
+    for (id, meta) in &metas {
+        let (Ok(start), Ok(stop)) = (meta.start_lsn.parse::<Lsn>(), meta.stop_lsn.parse::<Lsn>())
+        else {
+            continue;
+        };
+        let seg_size = meta.wal_segment_size;
+        let have = segnos(meta.system_id(), meta.timeline);
+        for segno in segno_of(start, seg_size)..=segno_of(stop, seg_size) {
+            if !have.contains(&segno) {
+                missing.entry((meta.system_id(), meta.timeline, segno)).or_insert(format!(
+                    "backup {} cannot be made consistent without it (its WAL runs from {} to {})",
+                    id,
+                    meta.start_lsn,
+                    meta.stop_lsn
+                ));
+            }
+        }
+    }
+    let mut systems: Vec<u64> = metas.iter().map(|(_, m)| m.system_id()).collect();
+    systems.sort_unstable();
+    systems.dedup();
+    for system in systems {
+        let Some((newest_id, newest)) = metas
+            .iter()
+            .filter(|(_, m)| m.system_id() == system)
+            .max_by_key(|(_, m)| m.stop_time)
+        else {
+            continue;
+        };
+        let Ok(start) = newest.start_lsn.parse::<Lsn>() else {
+            continue;
+        };
+        let seg_size = newest.wal_segment_size;
+        for (&(s, timeline), _) in files.range((system, newest.timeline)..=(system, u32::MAX)) {
+            let have = segnos(s, timeline);
+            let from = if timeline == newest.timeline {
+                segno_of(start, seg_size)
+            } else {
+                have.first().copied().unwrap_or(0)
+            };
+            let Some(&to) = have.last() else { continue };
+            for segno in from..to {
+                if !have.contains(&segno) {
+                    missing.entry((system, timeline, segno)).or_insert(format!(
+                        "point-in-time restores after backup {} replay through it, and the archive holds WAL after it",
+                        newest_id
+                    ));
+                }
+            }
+        }
+    }
+    for ((system, timeline, segno), why) in missing {
+        let seg_size = seg_size_of(system);
+        let name = WalFileName::segment(timeline, segno, seg_size);
+        findings.push(ArchiveFinding {
+            key: key(system, &name),
+            problem: format!("is missing from the archive: {why}"),
+        });
+    }
+    Ok(findings)
 }
 
 /// An LSN as a planner position.
@@ -896,6 +1133,7 @@ mod tests {
             segments,
             histories: histories.into_iter().map(|h| (h.timeline, h)).collect(),
             run_commits: BTreeMap::new(),
+            location: "wal/42".into(),
         };
         let runs: Vec<(u32, u64, u64)> = catalog.runs().collect();
         for (tli, _, last) in runs {

@@ -7,7 +7,7 @@ use serde::Serialize;
 use strata_core::{Error, Result};
 use tokio_postgres::{Client, NoTls};
 
-use crate::config::ClusterConfig;
+use crate::config::{ClusterConfig, redacted_connection};
 
 /// The RPO Strata promises with `archive_command`: `archive_timeout` must be
 /// on and at most this many seconds.
@@ -50,18 +50,37 @@ pub struct Identity {
     pub data_directory: String,
 }
 
-/// Connects to `cluster`.
+/// Connects to `cluster`. Errors show its connection string without the
+/// password ([`redacted_connection`]).
 pub async fn connect(cluster: &ClusterConfig) -> Result<Server> {
-    connect_with(&cluster.pg_config()?, &cluster.connection).await
+    connect_with(
+        &cluster.pg_config()?,
+        &redacted_connection(&cluster.connection),
+    )
+    .await
 }
 
-/// Connects with an explicit configuration; `describe` names it in errors.
+/// Connects with an explicit configuration; `describe` names it in errors
+/// (so it must hold no password).
 pub async fn connect_with(config: &tokio_postgres::Config, describe: &str) -> Result<Server> {
     let (client, connection) = config.connect(NoTls).await.map_err(|e| {
-        Error::engine(format!("cannot connect to PostgreSQL with `{describe}`: {e}"))
-            .hint("check that the server is running and that connection in [postgres.<name>] names its socket directory, port and a superuser")
-            .retryable(pg_is_retryable(&e))
-            .with_source(e)
+        // A refusal by the server (a wrong password, an unknown database)
+        // is worded by the server; the client's own text is only "db error",
+        // so that is not the cause shown then.
+        let retryable = pg_is_retryable(&e);
+        let (detail, source) = match e.as_db_error() {
+            Some(db) => (db.message().to_owned(), None),
+            None => (e.to_string(), Some(e)),
+        };
+        let error = Error::engine(format!(
+            "cannot connect to PostgreSQL with `{describe}`: {detail}"
+        ))
+        .hint("check that the server is running and that connection in [postgres.<name>] names its socket directory, port and a superuser")
+        .retryable(retryable);
+        match source {
+            Some(e) => error.with_source(e),
+            None => error,
+        }
     })?;
     let task = tokio::spawn(async move {
         if let Err(e) = connection.await {
@@ -453,6 +472,33 @@ mod tests {
         }
         for kind in [K::PermissionDenied, K::InvalidInput, K::Other] {
             assert!(!retry_policy(None, false, Some(kind)), "{kind:?}");
+        }
+    }
+
+    /// A failed connection names the connection string without its
+    /// password, in the message and in everything the error carries.
+    #[tokio::test]
+    async fn a_failed_connection_never_shows_the_password() {
+        let dir = tempfile::tempdir().unwrap();
+        for connection in [
+            format!(
+                "host={} port=5432 user=postgres password=Pg-S3cret-1",
+                dir.path().display()
+            ),
+            "postgresql://postgres:Pg-S3cret-1@127.0.0.1:1/postgres".to_owned(),
+        ] {
+            let cluster = ClusterConfig::new(connection.clone(), "/srv/pg");
+            let err = connect(&cluster).await.err().expect("no server there");
+            let shown = format!("{err} {err:?} {}", err.hint_text().unwrap_or_default());
+            assert!(!shown.contains("Pg-S3cret-1"), "{shown}");
+            assert!(
+                err.to_string().starts_with(&format!(
+                    "cannot connect to PostgreSQL with `{}`: ",
+                    redacted_connection(&connection)
+                )),
+                "{err}"
+            );
+            assert!(err.to_string().contains("<redacted>"), "{err}");
         }
     }
 

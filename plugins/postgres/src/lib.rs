@@ -389,14 +389,23 @@ impl EnginePlugin for PostgresEngine {
             .map_err(|e| {
                 // A restore that failed after it began writing leaves a
                 // data directory without pg_control (it cannot be started
-                // by mistake); say so, and how to try again.
+                // by mistake; pg_control is written last); say so, and how
+                // to try again. With pg_control, every file is in place and
+                // only starting failed: recovery goes on from where it
+                // stopped once its cause is fixed.
                 let written = !restore::is_empty_dir(&target_dir).unwrap_or(true);
+                let complete = target_dir.join("global").join("pg_control").is_file();
                 let e = if e.kind() == strata_core::ErrorKind::Integrity {
                     e.hint("`strata verify` names the damaged backup; `strata restore pg ... --skip-backup <id>` plans around it")
                 } else {
                     e
                 };
-                if written && (!had_contents || options.force) {
+                if complete && (!had_contents || options.force) {
+                    e.hint(format!(
+                        "once the cause is fixed, `pg_ctl -D {} start` goes on with the recovery (or run the restore again with --force)",
+                        restore::shell_word(&target_dir.display().to_string())
+                    ))
+                } else if written && (!had_contents || options.force) {
                     e.hint(format!(
                         "{} holds a partial restore: remove it, or run the restore again with --force",
                         target_dir.display()
@@ -425,5 +434,13 @@ impl EnginePlugin for PostgresEngine {
 
     fn content_check(&self) -> Option<Arc<dyn ContentCheck>> {
         Some(Arc::new(bundle::BundleCheck))
+    }
+
+    async fn verify_archive(
+        &self,
+        backups: &[Manifest],
+        archive: Arc<dyn ArchiveStore>,
+    ) -> Result<Vec<strata_core::plugin::ArchiveFinding>> {
+        chain::verify_wal(backups, archive.as_ref()).await
     }
 }

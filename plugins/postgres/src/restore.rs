@@ -9,8 +9,8 @@
 //!    applied on it in order: its removed entries (what was dropped since
 //!    its base), then its streams, whose pages entries patch the files the
 //!    base laid down (see [`crate::delta`]). Then the last backup's
-//!    `pg_control`, `backup_label` and `tablespace_map` (rewritten to the
-//!    new tablespace paths): replay starts at that backup's start LSN.
+//!    `backup_label` and `tablespace_map` (rewritten to the new tablespace
+//!    paths): replay starts at that backup's start LSN.
 //! 3. Write the recovery settings to `postgresql.auto.conf`:
 //!    `restore_command` (Strata's `wal-fetch`), the target (a time before a
 //!    transaction end of the planned WAL as `recovery_target_time`; a time
@@ -20,6 +20,8 @@
 //!    plan's), `recovery_target_action = 'promote'`,
 //!    `archive_mode = 'off'` (the copy has the source's system identifier and
 //!    must never write into its archive) and the port; create `recovery.signal`.
+//!    Then, last, `global/pg_control`: a restore that stops before it (a
+//!    full disk) leaves a directory PostgreSQL refuses to start.
 //! 4. Optionally start the copy with `pg_ctl`, wait until recovery has ended
 //!    and it accepts connections, and report the time and LSN it reached.
 
@@ -346,8 +348,6 @@ pub async fn restore(
             totals += r?;
         }
     }
-    totals += restore_bundle(source, &plan.backup.id, PG_CONTROL_STREAM, place.clone()).await?;
-
     // backup_label byte for byte; tablespace_map with the new locations.
     let label = read_small_stream(source, plan, BACKUP_LABEL_STREAM).await?;
     let label_path = target.join("backup_label");
@@ -374,6 +374,16 @@ pub async fn restore(
         }
     }
     let target_text = write_recovery_settings(&target, plan, options)?;
+    // pg_control last, as pg_basebackup does: a restore that fails before
+    // (a full disk, a damaged part) leaves a directory PostgreSQL refuses
+    // to start, never one that starts without backup_label or the recovery
+    // settings and replays from the wrong checkpoint. A pg_control written
+    // in part is removed for the same reason.
+    let control = restore_bundle(source, &plan.backup.id, PG_CONTROL_STREAM, place.clone()).await;
+    if control.is_err() {
+        let _ = std::fs::remove_file(target.join("global").join("pg_control"));
+    }
+    totals += control?;
     let mut file_systems = vec![target.clone()];
     file_systems.extend(mapping.values().cloned());
     tokio::task::spawn_blocking(move || flush_file_systems(&file_systems))
@@ -818,8 +828,8 @@ async fn start_and_wait(
 }
 
 fn start_failure(log: &Path, detail: &str) -> Error {
-    let tail: Vec<String> = std::fs::read_to_string(log)
-        .unwrap_or_default()
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let tail: Vec<String> = text
         .lines()
         .rev()
         .take(8)
@@ -828,12 +838,29 @@ fn start_failure(log: &Path, detail: &str) -> Error {
         .into_iter()
         .rev()
         .collect();
-    Error::engine(format!(
+    let mut error = Error::engine(format!(
         "the restored cluster did not start: {}\n{}",
         detail.trim(),
         tail.join("\n")
-    ))
-    .hint(format!(
+    ));
+    // Replaying WAL writes (the segments restore_command fetches, the
+    // pages replay extends): a data directory's disk sized for the backup
+    // alone fills during recovery. PostgreSQL's words for it, anywhere in
+    // the log, name the cure.
+    let data_dir = log.parent().unwrap_or(Path::new("."));
+    if text.contains("No space left on device") || text.contains("Check free disk space") {
+        error = error.hint(format!(
+            "recovery ran out of space: free space on {}'s file system",
+            data_dir.display()
+        ));
+    }
+    if text.contains("Read-only file system") {
+        error = error.hint(format!(
+            "{}'s file system is mounted read-only: remount it read-write",
+            data_dir.display()
+        ));
+    }
+    error.hint(format!(
         "the files are in place; see {} for PostgreSQL's reasons",
         log.display()
     ))
@@ -876,6 +903,48 @@ mod tests {
              # (replaced by Strata's restore) port = 5433\n\
              # (replaced by Strata's restore) recovery_target_timeline='2'\n"
         );
+    }
+
+    /// A copy whose recovery ran out of space (restore_command could not
+    /// write the segment, or replay could not extend a file) says where to
+    /// free space, whatever line of the log says so.
+    #[test]
+    fn a_start_that_ran_out_of_space_says_where_to_free_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join(RESTORE_LOG);
+        let full = format!("free space on {}'s file system", dir.path().display());
+        for text in [
+            "error: wal-fetch 000000010000000000000022: writing pg_wal/RECOVERYXLOG: No space left on device (os error 28)\n\
+             FATAL:  could not restore file \"000000010000000000000022\" from archive: command not executable\n",
+            "FATAL:  could not extend file \"base/5/16384\": wrote only 4096 of 8192 bytes at block 599\n\
+             HINT:  Check free disk space.\n\
+             CONTEXT:  WAL redo at 0/3000028\n",
+        ] {
+            std::fs::write(&log, text).unwrap();
+            let err = start_failure(&log, "pg_ctl: could not start server");
+            assert!(
+                err.hints().iter().any(|h| h.ends_with(&full)),
+                "{:?}",
+                err.hints()
+            );
+        }
+        std::fs::write(
+            &log,
+            "FATAL:  could not open file \"postmaster.pid\": Read-only file system\n",
+        )
+        .unwrap();
+        let err = start_failure(&log, "pg_ctl: could not start server");
+        assert!(
+            err.hints()
+                .iter()
+                .any(|h| h.contains("remount it read-write")),
+            "{:?}",
+            err.hints()
+        );
+        // Any other failure: only the log.
+        std::fs::write(&log, "FATAL:  invalid value for parameter \"port\"\n").unwrap();
+        let err = start_failure(&log, "pg_ctl: could not start server");
+        assert_eq!(err.hints().len(), 1, "{:?}", err.hints());
     }
 
     #[test]

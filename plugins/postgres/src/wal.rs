@@ -421,6 +421,12 @@ impl<'a> WalArchive<'a> {
         format!("wal/{system_id}")
     }
 
+    /// Where the WAL of system `system_id` lives, for messages (in a vault:
+    /// `engines/postgres/<cluster>/wal/<system-id>`).
+    pub fn location(&self, system_id: u64) -> String {
+        self.archive.location(&self.prefix(system_id))
+    }
+
     /// The key of archived file `name` of system `system_id`.
     pub fn key(&self, system_id: u64, name: &WalFileName) -> String {
         format!("{}/{:08X}/{name}", self.prefix(system_id), name.timeline)

@@ -106,7 +106,9 @@ impl WalFileName {
         } else {
             (name, WalFileKind::Segment, 0)
         };
-        if segment.len() != 24 {
+        // ASCII first: the fields are cut at byte offsets, and a name is
+        // also read from object keys in the vault, which may hold anything.
+        if segment.len() != 24 || !segment.is_ascii() {
             return Err(bad());
         }
         Ok(WalFileName {
@@ -195,6 +197,23 @@ mod tests {
         assert_eq!(lsn.0, 0x16_B374_D848);
         assert_eq!(lsn.to_string(), "16/B374D848");
         assert!("16-B3".parse::<Lsn>().is_err());
+    }
+
+    /// Found by fuzzing (fuzz/corpus/wal_name/non-ascii): a 24-byte name
+    /// with a multibyte character across a field boundary panicked, cut
+    /// at a byte that is not a character boundary. Such a name can come
+    /// from any object key in the vault's listing.
+    #[test]
+    fn names_with_multibyte_characters_are_refused() {
+        for name in [
+            "FFFFFF%\u{ea72}FF/\0Fy\0\0\0FFF/F",
+            "0000000\u{e9}000000000000003",
+            "0000000\u{e9}000000000000003.partial",
+        ] {
+            assert_eq!(name.trim_end_matches(".partial").len(), 24);
+            let err = WalFileName::parse(name).unwrap_err();
+            assert!(err.to_string().contains("not a WAL file name"), "{err}");
+        }
     }
 
     #[test]

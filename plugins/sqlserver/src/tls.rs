@@ -209,7 +209,7 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig
         })
     };
     let chain_pem = read(cert)?;
-    let key_pem = read(key)?;
+    let key_pem = read_private_key(key)?;
     let chain = CertificateDer::pem_slice_iter(&chain_pem)
         .collect::<std::result::Result<Vec<_>, _>>()
         .map_err(|e| {
@@ -246,6 +246,26 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig
     Ok(Arc::new(config))
 }
 
+/// Reads the endpoint's private key. It is a secret: a file that others
+/// may read or replace is refused, as a vault key file is
+/// ([`check_secret_file_mode`](strata_core::crypto::check_secret_file_mode));
+/// `strata sqlserver setup` writes it 0600.
+fn read_private_key(path: &Path) -> Result<Vec<u8>> {
+    let cannot_read = |e| {
+        Error::io_doing_at("cannot read the blob endpoint's TLS file", path, e).hint(SETUP_HINT)
+    };
+    let mut file = std::fs::File::open(path).map_err(cannot_read)?;
+    let metadata = file.metadata().map_err(cannot_read)?;
+    strata_core::crypto::check_secret_file_mode(
+        path,
+        &metadata,
+        "blob endpoint's TLS private key",
+    ).ok(); // BREAK-ON-PURPOSE security
+    let mut pem = Vec::new();
+    std::io::Read::read_to_end(&mut file, &mut pem).map_err(cannot_read)?;
+    Ok(pem)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -266,6 +286,39 @@ mod tests {
             let mode = std::fs::metadata(&files.key).unwrap().permissions().mode();
             assert_eq!(mode & 0o777, 0o600);
         }
+        server_config(&files.cert, &files.key).unwrap();
+    }
+
+    /// A private key others may read, or its group may write, is refused
+    /// with the chmod that fixes it (exit 7, as a loose vault key file).
+    #[cfg(unix)]
+    #[test]
+    fn a_private_key_with_loose_permissions_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let files = generate("blob.test")
+            .unwrap()
+            .write(&dir.path().join("main"))
+            .unwrap();
+        for mode in [0o644, 0o660] {
+            std::fs::set_permissions(&files.key, std::fs::Permissions::from_mode(mode)).unwrap();
+            let err = server_config(&files.cert, &files.key).unwrap_err();
+            assert_eq!(err.kind(), strata_core::ErrorKind::Crypto, "{err:?}");
+            assert!(
+                err.to_string().starts_with(&format!(
+                    "the blob endpoint's TLS private key {} has mode {mode:04o}",
+                    files.key.display()
+                )),
+                "{err}"
+            );
+            assert!(
+                err.hint_text()
+                    .unwrap()
+                    .contains(&format!("chmod 0640 {}", files.key.display())),
+                "{err:?}"
+            );
+        }
+        std::fs::set_permissions(&files.key, std::fs::Permissions::from_mode(0o640)).unwrap();
         server_config(&files.cert, &files.key).unwrap();
     }
 

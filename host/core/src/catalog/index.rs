@@ -190,7 +190,7 @@ impl CatalogIndex {
     /// recreate it.
     pub fn open(path: &Path) -> Result<Self> {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent).map_err(|e| {
+            create_index_dir(parent).map_err(|e| {
                 Error::from(e).context(format!(
                     "creating the directory {} for the catalog index",
                     parent.display()
@@ -562,6 +562,18 @@ fn replace_vault(
     })
 }
 
+/// Creates the index's directory and its missing parents with mode 0770
+/// less the umask (0750 under the usual 022): never open to other users,
+/// since the index lists every backup; shared with the group when the
+/// umask allows it, as the package's `/var/lib/strata` (2770) is.
+fn create_index_dir(dir: &Path) -> std::io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o777); // BREAK-ON-PURPOSE security
+    builder.create(dir)
+}
+
 /// Makes a newly created index file readable and writable by its group
 /// (0660), whatever the umask: the service and the engine users (`postgres`,
 /// `<sid>adm`) share the index through a common group, and SQLite gives the
@@ -653,9 +665,55 @@ fn newer_schema(origin: &str, version: u32) -> Error {
     )
 }
 
+/// The file system fault behind a SQLite failure, in the operating
+/// system's words: SQLite says only "database or disk is full", "disk I/O
+/// error" or "unable to open database file" (it keeps the OS error to
+/// itself), so the index's file system is looked at: mounted read-only, or
+/// a write failing with (almost) no space left.
+fn file_system_fault(origin: &str, err: &rusqlite::Error) -> Option<std::io::Error> {
+    use rustix::fs::StatVfsMountFlags;
+    let code = err.sqlite_error_code()?;
+    let dir = Path::new(origin)
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let stat = rustix::fs::statvfs(dir).ok()?;
+    let writing = matches!(
+        code,
+        ErrorCode::DiskFull
+            | ErrorCode::SystemIoFailure
+            | ErrorCode::ReadOnly
+            | ErrorCode::CannotOpen
+    );
+    if writing && stat.f_flag.contains(StatVfsMountFlags::RDONLY) {
+        return Some(rustix::io::Errno::ROFS.into());
+    }
+    // A write of a few pages fails with some space still free.
+    let nearly_full = stat.f_bavail.saturating_mul(stat.f_frsize) < 1 << 20;
+    if code == ErrorCode::DiskFull || (code == ErrorCode::SystemIoFailure && nearly_full) {
+        return Some(rustix::io::Errno::NOSPC.into());
+    }
+    None
+}
+
 /// Wraps a SQLite failure into a catalog error that names the index file and
 /// tells the operator how to recover.
 fn index_error(origin: &str, doing: &str, err: rusqlite::Error) -> Error {
+    if let Some(fault) = file_system_fault(origin, &err) {
+        // The hints of a local I/O failure at the index's path: free space
+        // there, or remount it read-write. Moving the file away or
+        // rebuilding would fail the same way.
+        let mut error = Error::new(
+            ErrorKind::Catalog,
+            format!("{doing} the catalog index at {origin} failed: {fault}"),
+        );
+        for hint in Error::io_at(origin, fault).hints() {
+            error = error.hint(hint.clone());
+        }
+        return error
+            .hint("the index is only a cache of the vault: backups and restores go on without it, and `strata catalog rebuild` brings it up to date")
+            .with_source(err);
+    }
     let message = match err.sqlite_error_code() {
         Some(ErrorCode::NotADatabase) => {
             format!("the catalog index at {origin} is not a SQLite database (it is corrupted)")
@@ -689,4 +747,26 @@ fn index_error(origin: &str, doing: &str, err: rusqlite::Error) -> Error {
     Error::new(ErrorKind::Catalog, message)
         .hint(REBUILD_HINT)
         .with_source(err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The directories made for a new index are never open to other users,
+    /// whatever the umask; the index itself is 0660 (its group shares it).
+    #[cfg(unix)]
+    #[test]
+    fn a_new_index_directory_is_closed_to_other_users() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state/strata/catalog.db");
+        CatalogIndex::open(&path).unwrap();
+        for made in [dir.path().join("state"), dir.path().join("state/strata")] {
+            let mode = std::fs::metadata(&made).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode & 0o707, 0o700, "{} has mode {mode:o}", made.display());
+        }
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o660, "{mode:o}");
+    }
 }

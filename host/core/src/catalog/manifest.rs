@@ -29,6 +29,15 @@
 //!   records the BLAKE3 digest of its raw bytes.
 //! - `engine_meta`: engine-specific details (PostgreSQL `backup_label`,
 //!   system identifier, HANA EBIDs...) as a free JSON value.
+//! - `checksum`: last, `blake3:<hex>` of the manifest's text without it
+//!   ([`crate::checksum`]): a manifest altered in the vault is refused
+//!   rather than planned and restored by. Manifests written before it have
+//!   none and are read as they are.
+//!
+//! A manifest is only valid at its own key: a reader checks that the
+//! engine, instance and id it holds give back the key it was read from
+//! (`vault::manifest_at`), so another backup's manifest copied
+//! over it is refused too.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -37,6 +46,7 @@ use std::str::FromStr;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::checksum;
 use crate::error::{Error, Result};
 
 /// The manifest format this build writes and the newest it reads.
@@ -321,13 +331,23 @@ impl Manifest {
         })
     }
 
-    /// Serialises the manifest (pretty JSON).
+    /// Serialises the manifest (pretty JSON), its [`checksum`] last.
     pub fn to_json(&self) -> Result<Vec<u8>> {
-        Ok(serde_json::to_vec_pretty(self)?)
+        Ok(checksum::append(&serde_json::to_vec_pretty(self)?))
     }
 
-    /// Parses and checks a manifest read from `origin` (named in errors).
+    /// Parses and checks a manifest read from `origin` (named in errors):
+    /// its [`checksum`] when it has one (manifests written before checksums
+    /// have none), its format, and that its sizes add up.
     pub fn from_json(bytes: &[u8], origin: &str) -> Result<Manifest> {
+        let checked = checksum::check(bytes).map_err(|why| {
+            Error::integrity(format!("manifest {origin} is damaged: {why}"))
+                .hint("the object was altered in the vault; `strata verify` checks the rest of the vault")
+        })?;
+        let bytes = match &checked {
+            checksum::Checked::Sound(original) => original.as_slice(),
+            checksum::Checked::Absent => bytes,
+        };
         #[derive(Deserialize)]
         struct Probe {
             format: u32,

@@ -18,7 +18,8 @@
 //! ```text
 //! STRATA-WAL1\n
 //! {"name":..,"size":..,"blake3":"<hex>","compression":"zstd","level":1,
-//!  "encryption":null|{"algorithm":..,"wrapped_key":..},<attribute>:"<value>",..}\n
+//!  "encryption":null|{"algorithm":..,"wrapped_key":..},<attribute>:"<value>",..,
+//!  "checksum":"blake3:<hex>"}\n
 //! <one zstd frame of the raw bytes, sealed with a per-object data key when the vault is encrypted>
 //! ```
 //!
@@ -42,8 +43,9 @@
 //!   succeeds only when the raw bytes are identical (BLAKE3).
 //! - A put returns once the object is durable (object stores acknowledge
 //!   durable writes; the local store flushes the file and its directory).
-//! - Every read checks the object whole: magic, header, AEAD tag, zstd
-//!   frame, size and BLAKE3. Damage is an [`ErrorKind::Integrity`] error
+//! - Every read checks the object whole: magic, header (its checksum,
+//!   [`crate::checksum`], when it has one, and that its name is the key's
+//!   last component), AEAD tag, zstd frame, size and BLAKE3. Damage is an [`ErrorKind::Integrity`] error
 //!   naming the object; a key that does not open it, [`ErrorKind::Crypto`].
 
 use std::io::Read;
@@ -51,7 +53,7 @@ use std::io::Read;
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::TryStreamExt;
-use object_store::{GetOptions, ObjectStore, PutMode, PutOptions};
+use object_store::{GetOptions, ObjectStore};
 use serde::{Deserialize, Serialize};
 
 use super::{Vault, layout};
@@ -83,13 +85,14 @@ const HEADER_PROBE_BYTES: u64 = 4096;
 const PARALLEL_COMPRESSION_BYTES: usize = 4 << 20;
 
 /// The fields of the header that are not attributes.
-const RESERVED_FIELDS: [&str; 6] = [
+const RESERVED_FIELDS: [&str; 7] = [
     "name",
     "size",
     "blake3",
     "compression",
     "level",
     "encryption",
+    crate::checksum::FIELD,
 ];
 
 /// The header line of an archive object (see the module docs).
@@ -294,7 +297,7 @@ pub fn encode_object(
     };
     let mut out = Vec::with_capacity(body.len() + 512);
     out.extend_from_slice(ARCHIVE_OBJECT_MAGIC);
-    serde_json::to_writer(&mut out, &header)?;
+    out.extend_from_slice(&crate::checksum::append(&serde_json::to_vec(&header)?));
     out.push(b'\n');
     if out.len() as u64 > MAX_HEADER_BYTES {
         return Err(Error::config(format!(
@@ -344,10 +347,30 @@ pub fn parse_header(head: &[u8], full: &str) -> Result<Option<(ArchiveHeader, us
             Ok(None)
         };
     };
-    let header: ArchiveHeader = serde_json::from_slice(&rest[..end]).map_err(|e| {
-        Error::integrity(format!("{full} has a malformed header: {e}"))
+    let damaged = |why: String| {
+        Error::integrity(format!("{full} has a damaged header: {why}"))
             .hint("the object was damaged in the vault")
-    })?;
+    };
+    // The attributes are what plans restores (commit times, LSNs): a
+    // header altered in the vault is refused, not read as other facts.
+    let line = &rest[..end];
+    let checked = crate::checksum::check(line).map_err(damaged)?;
+    let line = match &checked {
+        crate::checksum::Checked::Sound(original) => original.as_slice(),
+        crate::checksum::Checked::Absent => line,
+    };
+    let header: ArchiveHeader =
+        serde_json::from_slice(line).map_err(|e| damaged(format!("it is malformed: {e}")))?;
+    // The object of another key (another WAL file) copied over this one
+    // is sound in itself: only its name tells.
+    let own = full.rsplit('/').next().unwrap_or(full);
+    if header.name != own {
+        return Err(Error::integrity(format!(
+            "{full} holds another archive object, `{}`: it was replaced or renamed in the vault",
+            header.name
+        ))
+        .hint("the object was replaced in the vault; an older copy (another vault, the engine's own files) is the only way back to its content"));
+    }
     Ok(Some((header, magic.len() + end + 1)))
 }
 
@@ -434,6 +457,10 @@ pub fn decode_object(
 
 #[async_trait]
 impl ArchiveStore for VaultArchive {
+    fn location(&self, key: &str) -> String {
+        format!("{}/{key}", self.prefix)
+    }
+
     async fn put_once(&self, key: &str, bytes: Bytes, attributes: Attributes) -> Result<PutOnce> {
         let full = self.vault_key(key)?;
         let size = bytes.len() as u64;
@@ -448,15 +475,11 @@ impl ArchiveStore for VaultArchive {
             .map_err(|e| Error::io(format!("encoding {full}: {e}")))??
         };
         let stored_bytes = object.len() as u64;
-        let put = self
-            .vault
-            .store()
-            .put_opts(
-                &self.vault.path(&full),
-                object.into(),
-                PutOptions::from(PutMode::Create),
-            )
-            .await;
+        // A put the network cut is tried again; if it had landed, the
+        // retry finds it and it is compared below like any existing object.
+        let (put, _) =
+            super::put_create_retrying(self.vault.store(), &self.vault.path(&full), object.into())
+                .await;
         match put {
             Ok(_) => Ok(PutOnce::Stored { stored_bytes }),
             Err(object_store::Error::AlreadyExists { .. }) => {

@@ -56,6 +56,37 @@ impl Tombstone {
     }
 }
 
+/// Parses and checks the tombstone read from vault key `key`: its
+/// [`checksum`](crate::checksum) (tombstones written before checksums have
+/// none), and that it is the tombstone of the backup that key names, so
+/// that another deleted backup's tombstone copied over it is neither
+/// undeleted nor purged as this one.
+///
+/// # Errors
+/// [`ErrorKind::Integrity`] naming the key.
+pub fn tombstone_at(bytes: &[u8], key: &str) -> Result<Tombstone> {
+    let damaged = |why: String| {
+        Error::integrity(format!("tombstone {key} is damaged: {why}"))
+            .hint("the object was altered in the vault")
+    };
+    let checked = crate::checksum::check(bytes).map_err(damaged)?;
+    let bytes = match &checked {
+        crate::checksum::Checked::Sound(original) => original.as_slice(),
+        crate::checksum::Checked::Absent => bytes,
+    };
+    let tombstone: Tombstone =
+        serde_json::from_slice(bytes).map_err(|e| damaged(format!("it is not valid: {e}")))?;
+    let manifest = &tombstone.manifest;
+    let own = layout::tombstone_key(&manifest.engine, &manifest.instance, &manifest.id);
+    if own != key {
+        return Err(damaged(format!(
+            "it holds the tombstone of another backup, {} (whose key is {own})",
+            manifest.id
+        )));
+    }
+    Ok(tombstone)
+}
+
 /// What [`Vault::purge_deleted`] did.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct PurgeReport {
@@ -159,7 +190,10 @@ impl Vault {
         };
         let key = layout::tombstone_key(&manifest.engine, &manifest.instance, &manifest.id);
         match self
-            .put_create(&key, serde_json::to_vec_pretty(&tombstone)?)
+            .put_create(
+                &key,
+                crate::checksum::append(&serde_json::to_vec_pretty(&tombstone)?),
+            )
             .await
         {
             Ok(()) => {}
@@ -199,19 +233,41 @@ impl Vault {
     }
 
     async fn tombstones(&self, prefix: &str) -> Result<Vec<(String, Tombstone)>> {
-        let mut found = Vec::new();
-        for key in self.list_keys(prefix).await? {
-            let bytes = self.get_bytes(&key).await?;
-            match serde_json::from_slice::<Tombstone>(&bytes) {
-                Ok(tombstone) => found.push((key, tombstone)),
-                Err(e) => tracing::warn!(
-                    tombstone = %key,
-                    error = %e,
-                    "a tombstone cannot be read and is left alone: it names a deleted backup; look at it, and delete it by hand once that backup's data under data/ is gone"
-                ),
-            }
+        let (found, damaged) = self.read_tombstones(prefix).await?;
+        for (key, e) in damaged {
+            tracing::warn!(
+                tombstone = %key,
+                error = %e,
+                "a tombstone cannot be read and is left alone: it names a deleted backup; look at it, and delete it by hand once that backup's data under data/ is gone"
+            );
         }
         Ok(found)
+    }
+
+    /// The tombstones under `prefix` that cannot be read (damaged, or
+    /// another backup's at this key), each with its key and why: what the
+    /// listing of deleted backups leaves out with a warning, for `verify`
+    /// to report.
+    pub async fn damaged_tombstones(&self, prefix: &str) -> Result<Vec<(String, Error)>> {
+        Ok(self.read_tombstones(prefix).await?.1)
+    }
+
+    /// Every tombstone under `prefix`: those that read, and those that do
+    /// not with why.
+    async fn read_tombstones(
+        &self,
+        prefix: &str,
+    ) -> Result<(Vec<(String, Tombstone)>, Vec<(String, Error)>)> {
+        let mut found = Vec::new();
+        let mut damaged = Vec::new();
+        for key in self.list_keys(prefix).await? {
+            let bytes = self.get_bytes(&key).await?;
+            match tombstone_at(&bytes, &key) {
+                Ok(tombstone) => found.push((key, tombstone)),
+                Err(e) => damaged.push((key, e)),
+            }
+        }
+        Ok((found, damaged))
     }
 
     /// Finishes interrupted deletions, undeletes and purges, and purges the
@@ -303,6 +359,23 @@ impl Vault {
             .is_some_and(|other| written.last_modified > other.last_modified))
     }
 
+    /// Whether committed backup `manifest` (as a catalog index remembers
+    /// it) has lost its manifest: the manifest is gone from the vault, yet
+    /// no deletion recorded it (no tombstone) and its data is still there.
+    /// A deletion writes the tombstone before it removes the manifest, and
+    /// a purge removes the data before the tombstone, so only a manifest
+    /// removed behind Strata's back leaves this state. Returns the
+    /// manifest's key then.
+    pub async fn lost_manifest(&self, manifest: &Manifest) -> Result<Option<String>> {
+        let key = layout::manifest_key(&manifest.engine, &manifest.instance, &manifest.id);
+        let tombstone = layout::tombstone_key(&manifest.engine, &manifest.instance, &manifest.id);
+        let lost = self.head(&key).await?.is_none()
+            && self.head(&tombstone).await?.is_none()
+            && manifest.streams.iter().any(|s| !s.segments.is_empty())
+            && self.first_segment_exists(manifest).await?;
+        Ok(lost.then_some(key))
+    }
+
     /// Whether the first segment of `manifest` is still stored (true for a
     /// backup with none).
     pub(crate) async fn first_segment_exists(&self, manifest: &Manifest) -> Result<bool> {
@@ -339,12 +412,45 @@ impl Vault {
     /// [`ErrorKind::NotFound`] when no deleted backup has that id, its base
     /// is deleted too, or its data was purged.
     pub async fn undelete(&self, id: &BackupId) -> Result<Manifest> {
-        let deleted = self.deleted_backups().await?;
-        let Some(tombstone) = deleted.into_iter().find(|t| &t.manifest.id == id) else {
-            return Err(Error::not_found(format!("there is no deleted backup {id}"))
-                .hint("`strata list --deleted` shows the deleted backups that can still be brought back"));
+        let (deleted, damaged) = self.read_tombstones(layout::DELETED).await?;
+        let Some((_, tombstone)) = deleted.into_iter().find(|(_, t)| &t.manifest.id == id) else {
+            return Err(self.not_deleted(id, damaged).await?);
         };
         self.undelete_from(tombstone).await
+    }
+
+    /// Why `id` cannot be undeleted when no readable tombstone names it:
+    /// its tombstone is damaged, or gone while its data is still there
+    /// (both named), or it is simply not a deleted backup.
+    async fn not_deleted(&self, id: &BackupId, damaged: Vec<(String, Error)>) -> Result<Error> {
+        let file = format!("/{id}.json");
+        if let Some((key, why)) = damaged.into_iter().find(|(key, _)| key.ends_with(&file)) {
+            return Ok(Error::integrity(format!(
+                "backup {id} cannot be brought back: its tombstone {key} is damaged: {why}"
+            ))
+            .hint("the tombstone holds the backup's manifest; put back a sound copy of the object (an earlier version, a replica) to undelete it"));
+        }
+        let component = format!("/{id}/");
+        if let Some(data) = self
+            .list_keys(layout::DATA)
+            .await?
+            .into_iter()
+            .find(|key| key.contains(&component))
+        {
+            let backup = data[..data.find(&component).unwrap_or(0)].to_owned();
+            let tombstone = format!(
+                "{}{}",
+                layout::DELETED,
+                backup.strip_prefix(layout::DATA).unwrap_or(&backup)
+            );
+            return Ok(Error::not_found(format!(
+                "backup {id} cannot be brought back: its data is still in the vault ({data}), \
+                 but its tombstone {tombstone}/{id}.json, which holds its manifest, is gone"
+            ))
+            .hint("put back the tombstone (an earlier version of the object, a replica) to undelete it; otherwise `strata vault gc` removes the data as a leftover"));
+        }
+        Ok(Error::not_found(format!("there is no deleted backup {id}"))
+            .hint("`strata list --deleted` shows the deleted backups that can still be brought back"))
     }
 
     /// [`Vault::undelete`] of a tombstone already read

@@ -48,6 +48,46 @@ impl DurableLocalStore {
     }
 }
 
+impl DurableLocalStore {
+    /// A failure of [`LocalFileSystem`] to write `location` that an OS error
+    /// caused, as one naming the file (`writing <path>: No space left on
+    /// device`): its own errors name no file, or only a directory, so a
+    /// full or read-only vault disk would get no hint naming the file
+    /// system to free or remount. Other errors (already exists, not found)
+    /// are kept as they are: callers act on their kind.
+    fn naming_the_file(&self, location: &Path, err: object_store::Error) -> object_store::Error {
+        if !matches!(err, object_store::Error::Generic { .. }) {
+            return err;
+        }
+        let Some(code) = os_error_in(&err) else {
+            return err;
+        };
+        match self.inner.path_to_filesystem(location) {
+            Ok(path) => generic(crate::Error::io_doing_at(
+                "writing",
+                path,
+                std::io::Error::from_raw_os_error(code),
+            )),
+            Err(_) => err,
+        }
+    }
+}
+
+/// The OS error code at the root of `err`, if an `io::Error` carries one.
+fn os_error_in(err: &(dyn std::error::Error + 'static)) -> Option<i32> {
+    let mut current = Some(err);
+    while let Some(error) = current {
+        if let Some(code) = error
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::raw_os_error)
+        {
+            return Some(code);
+        }
+        current = error.source();
+    }
+    None
+}
+
 impl fmt::Display for DurableLocalStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "DurableLocalStore({})", self.inner)
@@ -101,7 +141,10 @@ impl ObjectStore for DurableLocalStore {
         payload: PutPayload,
         opts: PutOptions,
     ) -> object_store::Result<PutResult> {
-        self.inner.put_opts(location, payload, opts).await
+        self.inner
+            .put_opts(location, payload, opts)
+            .await
+            .map_err(|err| self.naming_the_file(location, err))
     }
 
     async fn put_multipart_opts(
@@ -158,7 +201,10 @@ impl ObjectStore for DurableLocalStore {
         to: &Path,
         options: CopyOptions,
     ) -> object_store::Result<()> {
-        self.inner.copy_opts(from, to, options).await
+        self.inner
+            .copy_opts(from, to, options)
+            .await
+            .map_err(|err| self.naming_the_file(to, err))
     }
 }
 
@@ -245,6 +291,40 @@ mod tests {
     use super::*;
     use futures::TryStreamExt;
     use object_store::ObjectStoreExt;
+
+    /// A single put that the OS refuses names the file it was writing, and
+    /// keeps the OS error (a full or read-only vault disk then gets the
+    /// hint naming its file system); a put-if-absent that loses is still
+    /// `AlreadyExists`.
+    #[tokio::test]
+    async fn a_failed_put_names_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DurableLocalStore::new(dir.path()).unwrap();
+        // A file where a directory is needed: the OS refuses the write.
+        std::fs::write(dir.path().join("blocker"), b"x").unwrap();
+        let err = store
+            .put(&Path::from("blocker/segment.0"), vec![1u8; 10].into())
+            .await
+            .unwrap_err();
+        let err = crate::Error::from(err);
+        let file = dir.path().join("blocker/segment.0");
+        let text = err.to_string();
+        assert!(
+            text.contains(&format!("writing {}: ", file.display())) && text.contains("(os error "),
+            "{text}"
+        );
+        assert!(!err.is_retryable(), "{err:?}");
+
+        let key = Path::from("manifests/a.json");
+        store.put(&key, vec![1u8].into()).await.unwrap();
+        let again = store
+            .put_opts(&key, vec![2u8].into(), object_store::PutMode::Create.into())
+            .await;
+        assert!(
+            matches!(again, Err(object_store::Error::AlreadyExists { .. })),
+            "{again:?}"
+        );
+    }
 
     /// A multipart upload is invisible until it completes, then reads back
     /// whole; an aborted one leaves no file behind.

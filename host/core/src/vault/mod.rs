@@ -92,6 +92,27 @@ impl VaultConfig {
     }
 }
 
+/// Parses and checks the manifest read from vault key `key`
+/// ([`Manifest::from_json`]), and that it is the manifest of the backup
+/// that key names: another backup's manifest copied or renamed over it
+/// would otherwise be listed and restored as this backup.
+///
+/// # Errors
+/// [`ErrorKind::Integrity`] naming the key when the object is not a
+/// readable manifest, or holds another backup's.
+pub fn manifest_at(bytes: &[u8], key: &str) -> Result<Manifest> {
+    let manifest = Manifest::from_json(bytes, key)?;
+    let own = layout::manifest_key(&manifest.engine, &manifest.instance, &manifest.id);
+    if own != key {
+        return Err(Error::integrity(format!(
+            "manifest {key} holds the manifest of another backup, {} of {} {} (whose key is {own})",
+            manifest.id, manifest.engine, manifest.instance
+        ))
+        .hint("the object was replaced or renamed in the vault; the backup it should commit cannot be restored from it"));
+    }
+    Ok(manifest)
+}
+
 /// The vault's metadata, stored at [`layout::VAULT_META`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VaultMeta {
@@ -115,6 +136,47 @@ pub struct VaultMeta {
     /// [`immutability`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub immutability: Option<immutability::Immutability>,
+}
+
+impl VaultMeta {
+    /// Parses and checks the metadata read from the vault at `url` (named
+    /// in errors). A format newer than [`VAULT_FORMAT`] is refused: this
+    /// build would misread such a vault.
+    ///
+    /// The metadata carries a [`checksum`](crate::checksum) (metadata
+    /// written before checksums has none): damaged metadata is refused with
+    /// an integrity error naming `strata-vault.json` and how to get it back,
+    /// never read as other settings (another key check, soft delete period
+    /// or lock).
+    pub fn from_json(bytes: &[u8], url: &str) -> Result<VaultMeta> {
+        let damaged = |why: String| {
+            Error::integrity(format!(
+                "the vault metadata {} at {url} is damaged: {why}",
+                layout::VAULT_META
+            ))
+            .hint(format!(
+                "the backups do not depend on it, but no command opens the vault without it: \
+                 put back a sound copy of {} (an earlier version of the object, a replica \
+                 of the bucket, or a copy of the vault), leaving everything else as it is",
+                layout::VAULT_META
+            ))
+        };
+        let checked = crate::checksum::check(bytes).map_err(damaged)?;
+        let bytes = match &checked {
+            crate::checksum::Checked::Sound(original) => original.as_slice(),
+            crate::checksum::Checked::Absent => bytes,
+        };
+        let meta: VaultMeta =
+            serde_json::from_slice(bytes).map_err(|e| damaged(format!("it is not valid: {e}")))?;
+        if meta.format > VAULT_FORMAT {
+            return Err(Error::config(format!(
+                "the vault at {url} has format {}, newer than this Strata supports ({VAULT_FORMAT})",
+                meta.format
+            ))
+            .hint("upgrade Strata on this host to use this vault"));
+        }
+        Ok(meta)
+    }
 }
 
 /// How [`Vault::init_with`] creates a vault.
@@ -236,6 +298,49 @@ fn retry_config(raw: &str, options: &BTreeMap<String, String>) -> Result<RetryCo
     Ok(retry)
 }
 
+/// How many times, in all, a create-only put is tried ([`put_create_retrying`]).
+pub(crate) const CREATE_ATTEMPTS: u32 = 5;
+
+/// Puts `payload` at `path` only if nothing is there (`PutMode::Create`),
+/// trying again when the network cut the request (up to
+/// [`CREATE_ATTEMPTS`] in all, 0.2, 0.4, 0.8 then 1.6 s apart: a cut
+/// shorter than 3 s is ridden out).
+///
+/// The object store retries a failed request itself, but not a
+/// create-only put whose connection was reset or timed out under way: it
+/// cannot know whether the store applied it. A retry is safe here, and is
+/// what keeps a blip of the network from failing a commit (a manifest, a
+/// WAL segment, a Backint version marker): if the cut attempt did land,
+/// the retry finds the object (`AlreadyExists`), which the caller reads
+/// back and compares. Other failures are not retried again: the store's
+/// client did, as far as `max_retries` and `retry_timeout` allow. Returns
+/// the last attempt's answer and whether an earlier attempt was cut, i.e.
+/// whether an `AlreadyExists` may be our own write.
+pub(crate) async fn put_create_retrying(
+    store: &Arc<dyn ObjectStore>,
+    path: &Path,
+    payload: bytes::Bytes,
+) -> (object_store::Result<object_store::PutResult>, bool) {
+    let mut attempt = 1;
+    loop {
+        let put = store
+            .put_opts(
+                path,
+                payload.clone().into(),
+                PutOptions::from(PutMode::Create),
+            )
+            .await;
+        match put {
+            Err(e) if attempt < CREATE_ATTEMPTS && crate::error::request_was_cut(&e) => {
+                tracing::warn!(error = %e, attempt, "a create-only put failed; trying again");
+                tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+                attempt += 1;
+            }
+            answer => return (answer, attempt > 1),
+        }
+    }
+}
+
 /// The `[vault.options]` passed on to the object store.
 fn store_options(options: &BTreeMap<String, String>) -> impl Iterator<Item = (&String, &String)> {
     options
@@ -293,6 +398,7 @@ fn build_store_with_access(
         Error::config(format!("`{raw}` is not a valid vault URL: {e}"))
             .hint("examples: file:///var/lib/strata/vault, s3://bucket/prefix, az://container/prefix, gs://bucket/prefix")
     })?;
+    // BREAK-ON-PURPOSE security refuse_credentials_in_url(&url)?;
     if url.scheme() == "memory" {
         let name = format!("{}{}", url.host_str().unwrap_or(""), url.path());
         let store = memory_stores()
@@ -383,6 +489,28 @@ fn build_store_with_access(
         }
     };
     Ok((store, root, None))
+}
+
+/// Refuses a vault URL that carries credentials: a password in its user
+/// information (`s3://key:secret@bucket`) or a query string (where an Azure
+/// SAS token goes in a blob URL). Vault URLs are shown in messages, lists
+/// and the service's job history, so credentials belong in the environment
+/// or in `[vault.options]`; the error shows the URL without them.
+fn refuse_credentials_in_url(url: &url::Url) -> Result<()> {
+    let what = if url.password().is_some() {
+        "a password (`user:password@`)"
+    } else if url.query().is_some() {
+        "a query string (`?...`, where a SAS token would be)"
+    } else {
+        return Ok(());
+    };
+    let mut shown = url.clone();
+    let _ = shown.set_password(None);
+    shown.set_query(None);
+    Err(Error::config(format!(
+        "the vault URL {shown} carries {what}: vault URLs are shown in messages and job history, so they must hold no credentials"
+    ))
+    .hint("give credentials in the environment (AWS_SECRET_ACCESS_KEY, AZURE_STORAGE_SAS_KEY, ...) or under [vault.options] (aws_secret_access_key, azure_storage_sas_key, ...)"))
 }
 
 /// Refuses to create a vault where backups already are, even without the
@@ -680,7 +808,7 @@ impl Vault {
             soft_delete_days: options.soft_delete_days,
             immutability,
         };
-        let body = serde_json::to_vec_pretty(&meta)?;
+        let body = crate::checksum::append(&serde_json::to_vec_pretty(&meta)?);
         match store
             .put_opts(&meta_path, body.into(), PutOptions::from(PutMode::Create))
             .await
@@ -738,25 +866,19 @@ impl Vault {
             }
             Err(e) => return Err(unreachable(url, e.into())),
         };
-        let meta: VaultMeta = serde_json::from_slice(&bytes).map_err(|e| {
-            Error::from(e).with_message(format!("the vault metadata at {url} is malformed"))
-        })?;
-        if meta.format > VAULT_FORMAT {
-            return Err(Error::config(format!(
-                "the vault at {url} has format {}, newer than this Strata supports ({VAULT_FORMAT})",
-                meta.format
-            ))
-            .hint("upgrade Strata on this host to use this vault"));
-        }
+        let meta = VaultMeta::from_json(&bytes, url)?;
         let key = match (&meta.encryption, key) {
             (Some(enc), Some(key)) => {
                 if key.check_value() != enc.key_check {
                     return Err(Error::crypto(format!(
-                        "the key does not belong to the vault at {url}"
+                        "the key does not belong to the vault at {url}: its {} records the check value of another key",
+                        layout::VAULT_META
                     ))
-                    .hint(
-                        "use the key file written by `strata vault init --encrypt` for this vault",
-                    ));
+                    .hint(format!(
+                        "use the key file written by `strata vault init --encrypt` for this vault; \
+                         if that is the key given, the vault's {} was replaced by another vault's: put back its own",
+                        layout::VAULT_META
+                    )));
                 }
                 Some(key)
             }
@@ -843,16 +965,25 @@ impl Vault {
 
     /// Writes `body` at `key` only if nothing is there yet.
     /// A second put of the same key fails with [`ErrorKind::Conflict`].
+    ///
+    /// An attempt the network cut is tried again ([`put_create_retrying`]);
+    /// when a later attempt finds the object already there, it is read
+    /// back, and the put succeeds if it holds exactly `body` (the cut
+    /// attempt landed).
     pub async fn put_create(&self, key: &str, body: Vec<u8>) -> Result<()> {
-        self.store()
-            .put_opts(
-                &self.path(key),
-                body.into(),
-                PutOptions::from(PutMode::Create),
-            )
-            .await
-            .map_err(|e| Error::from(e).context(format!("writing {key}")))?;
-        Ok(())
+        let body = bytes::Bytes::from(body);
+        let (put, retried) = put_create_retrying(self.store(), &self.path(key), body.clone()).await;
+        match put {
+            Ok(_) => Ok(()),
+            Err(e @ object_store::Error::AlreadyExists { .. }) if retried => {
+                let err = Error::from(e).context(format!("writing {key}"));
+                match self.get_bytes(key).await {
+                    Ok(existing) if existing == body => Ok(()),
+                    _ => Err(err),
+                }
+            }
+            Err(e) => Err(Error::from(e).context(format!("writing {key}"))),
+        }
     }
 
     /// Reads the whole object at `key`.
@@ -919,7 +1050,8 @@ impl Vault {
         }
     }
 
-    /// Reads the manifest of backup `id` of an engine instance.
+    /// Reads the manifest of backup `id` of an engine instance (checked as
+    /// [`manifest_at`] does).
     pub async fn read_manifest(
         &self,
         engine: &str,
@@ -935,7 +1067,7 @@ impl Vault {
                 e
             }
         })?;
-        Manifest::from_json(&bytes, &key)
+        manifest_at(&bytes, &key)
     }
 
     /// Whether backup `id` of an engine instance is committed (its manifest
@@ -981,7 +1113,7 @@ impl Vault {
         futures::stream::iter(keys)
             .map(|key| async move {
                 let bytes = self.get_bytes(&key).await?;
-                match Manifest::from_json(&bytes, &key) {
+                match manifest_at(&bytes, &key) {
                     Err(err) if err.kind() != ErrorKind::Integrity => Err(err),
                     parsed => Ok((key, parsed)),
                 }
@@ -1141,6 +1273,50 @@ mod tests {
         assert!(vault.key().is_some());
     }
 
+    /// A vault URL holding a password or a SAS token is refused before any
+    /// request, and the refusal shows the URL without them.
+    #[tokio::test]
+    async fn urls_with_credentials_are_refused_without_showing_them() {
+        for (url, shown, what) in [
+            (
+                "s3://AKIA:S3cret-Url-1@bucket/prefix",
+                "s3://AKIA@bucket/prefix",
+                "a password",
+            ),
+            (
+                "az://container/prefix?sv=2022-11-02&sig=S3cret-Url-1",
+                "az://container/prefix",
+                "a query string",
+            ),
+            (
+                "https://acct.blob.core.windows.net/c/p?sig=S3cret-Url-1",
+                "https://acct.blob.core.windows.net/c/p",
+                "a query string",
+            ),
+        ] {
+            let err = Vault::open(&VaultConfig::from_url(url)).await.unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::Config, "{url}");
+            let said = format!("{err} {}", err.hint_text().unwrap_or_default());
+            assert!(!said.contains("S3cret-Url-1"), "{said}");
+            assert!(
+                err.to_string()
+                    .starts_with(&format!("the vault URL {shown} carries {what}")),
+                "{err}"
+            );
+            assert!(
+                err.hint_text().unwrap().contains("[vault.options]"),
+                "{err:?}"
+            );
+        }
+        // A user name without a password (an Azure container in abfss://) is no credential.
+        assert!(
+            refuse_credentials_in_url(
+                &url::Url::parse("abfss://c@a.dfs.core.windows.net/p").unwrap()
+            )
+            .is_ok()
+        );
+    }
+
     #[tokio::test]
     async fn open_missing_vault_says_how_to_create_one() {
         let err = Vault::open(&VaultConfig::from_url("memory://nothing-here"))
@@ -1169,5 +1345,290 @@ mod tests {
         let err = Vault::open(&config).await.unwrap_err();
         assert!(err.to_string().contains("format 42"), "{err}");
         assert!(err.hint_text().unwrap().contains("upgrade"));
+    }
+}
+
+/// A create-only put the network cuts ([`put_create_retrying`]): tried
+/// again, found when it had landed, and never retried when a retry cannot
+/// help.
+#[cfg(test)]
+mod create_retry_tests {
+    use std::collections::VecDeque;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use futures::stream::BoxStream;
+    use object_store::{
+        CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta,
+        PutMultipartOptions, PutPayload, PutResult,
+    };
+
+    use super::*;
+    use crate::plugin::{ArchiveStore, Attributes, PutOnce};
+
+    /// What happens to the next put.
+    #[derive(Debug, Clone, Copy)]
+    enum Cut {
+        /// The connection is reset before the store sees the put.
+        Before,
+        /// The store applies the put; its answer is lost in a reset.
+        After,
+        /// The store refuses it.
+        Denied,
+        /// The store answers 503 (after object_store's own retries).
+        Unavailable,
+        /// Another writer's object lands at the key; ours is reset before
+        /// the store sees it.
+        Rival,
+    }
+
+    /// A store whose puts fail as the queued cuts say, then work.
+    #[derive(Debug)]
+    struct CutStore {
+        inner: Arc<dyn ObjectStore>,
+        cuts: Mutex<VecDeque<Cut>>,
+        puts: AtomicUsize,
+    }
+
+    impl std::fmt::Display for CutStore {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "CutStore({})", self.inner)
+        }
+    }
+
+    /// A request the network cut, as object_store reports it.
+    fn reset() -> object_store::Error {
+        use object_store::client::{HttpError, HttpErrorKind};
+        object_store::Error::Generic {
+            store: "cut",
+            source: Box::new(HttpError::new(
+                HttpErrorKind::Interrupted,
+                std::io::Error::new(
+                    std::io::ErrorKind::ConnectionReset,
+                    "connection reset by peer",
+                ),
+            )),
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl ObjectStore for CutStore {
+        async fn put_opts(
+            &self,
+            location: &Path,
+            payload: PutPayload,
+            opts: PutOptions,
+        ) -> object_store::Result<PutResult> {
+            self.puts.fetch_add(1, Ordering::SeqCst);
+            let cut = self.cuts.lock().unwrap().pop_front();
+            match cut {
+                None => self.inner.put_opts(location, payload, opts).await,
+                Some(Cut::Before) => Err(reset()),
+                Some(Cut::After) => {
+                    self.inner.put_opts(location, payload, opts).await?;
+                    Err(reset())
+                }
+                Some(Cut::Unavailable) => Err(object_store::Error::Generic {
+                    store: "cut",
+                    source: "Server returned non-2xx status code: 503 Service Unavailable".into(),
+                }),
+                Some(Cut::Denied) => Err(object_store::Error::PermissionDenied {
+                    path: location.to_string(),
+                    source: "denied".into(),
+                }),
+                Some(Cut::Rival) => {
+                    let rival = PutPayload::from_static(b"rival");
+                    self.inner.put_opts(location, rival, opts).await?;
+                    Err(reset())
+                }
+            }
+        }
+
+        async fn put_multipart_opts(
+            &self,
+            location: &Path,
+            opts: PutMultipartOptions,
+        ) -> object_store::Result<Box<dyn MultipartUpload>> {
+            self.inner.put_multipart_opts(location, opts).await
+        }
+
+        async fn get_opts(
+            &self,
+            location: &Path,
+            options: GetOptions,
+        ) -> object_store::Result<GetResult> {
+            self.inner.get_opts(location, options).await
+        }
+
+        fn delete_stream(
+            &self,
+            locations: BoxStream<'static, object_store::Result<Path>>,
+        ) -> BoxStream<'static, object_store::Result<Path>> {
+            self.inner.delete_stream(locations)
+        }
+
+        fn list(
+            &self,
+            prefix: Option<&Path>,
+        ) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+            self.inner.list(prefix)
+        }
+
+        async fn list_with_delimiter(
+            &self,
+            prefix: Option<&Path>,
+        ) -> object_store::Result<ListResult> {
+            self.inner.list_with_delimiter(prefix).await
+        }
+
+        async fn copy_opts(
+            &self,
+            from: &Path,
+            to: &Path,
+            options: CopyOptions,
+        ) -> object_store::Result<()> {
+            self.inner.copy_opts(from, to, options).await
+        }
+    }
+
+    /// A memory vault whose puts are cut as `cuts` say, and its store.
+    async fn cut_vault(cuts: &[Cut]) -> (Vault, Arc<CutStore>) {
+        let url = format!("memory://create-retry-{:016x}", rand::random::<u64>());
+        let vault = Vault::init(&VaultConfig::from_url(&url), None)
+            .await
+            .unwrap();
+        let store = Arc::new(CutStore {
+            inner: vault.store().clone(),
+            cuts: Mutex::new(cuts.iter().copied().collect()),
+            puts: AtomicUsize::new(0),
+        });
+        let inner = &vault.inner;
+        let cut = Vault {
+            inner: Arc::new(VaultInner {
+                url: inner.url.clone(),
+                store: store.clone(),
+                root: inner.root.clone(),
+                meta: inner.meta.clone(),
+                key: None,
+                s3: None,
+                clock: None,
+            }),
+        };
+        (cut, store)
+    }
+
+    #[tokio::test]
+    async fn a_create_cut_before_the_store_saw_it_is_tried_again() {
+        let (vault, store) = cut_vault(&[Cut::Before]).await;
+        vault
+            .put_create("manifests/a.json", b"{}".to_vec())
+            .await
+            .unwrap();
+        assert_eq!(store.puts.load(Ordering::SeqCst), 2);
+        assert_eq!(
+            &vault.get_bytes("manifests/a.json").await.unwrap()[..],
+            b"{}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_create_whose_answer_was_lost_is_found_by_the_retry() {
+        let (vault, store) = cut_vault(&[Cut::After]).await;
+        vault
+            .put_create("manifests/a.json", b"{}".to_vec())
+            .await
+            .unwrap();
+        assert_eq!(store.puts.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn an_existing_object_is_still_a_conflict() {
+        let (vault, store) = cut_vault(&[]).await;
+        vault
+            .put_create("manifests/a.json", b"{}".to_vec())
+            .await
+            .unwrap();
+        let err = vault
+            .put_create("manifests/a.json", b"{}".to_vec())
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Conflict, "{err}");
+        // Other bytes that a retry finds are another writer's.
+        store.cuts.lock().unwrap().push_back(Cut::Rival);
+        let err = vault
+            .put_create("manifests/b.json", b"[2]".to_vec())
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Conflict, "{err}");
+        assert_eq!(
+            &vault.get_bytes("manifests/b.json").await.unwrap()[..],
+            b"rival"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_create_is_tried_a_bounded_number_of_times() {
+        let cuts = [Cut::Before; CREATE_ATTEMPTS as usize + 1];
+        let (vault, store) = cut_vault(&cuts).await;
+        let err = vault
+            .put_create("manifests/a.json", b"{}".to_vec())
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Storage, "{err}");
+        assert!(err.is_retryable(), "{err}");
+        assert_eq!(store.puts.load(Ordering::SeqCst), CREATE_ATTEMPTS as usize);
+    }
+
+    #[tokio::test]
+    async fn a_refused_create_is_not_tried_again() {
+        // An unavailable store was retried by object_store already.
+        let (vault, store) = cut_vault(&[Cut::Unavailable]).await;
+        let err = vault
+            .put_create("manifests/a.json", b"{}".to_vec())
+            .await
+            .unwrap_err();
+        assert!(err.is_retryable(), "{err}");
+        assert_eq!(store.puts.load(Ordering::SeqCst), 1);
+        let (vault, store) = cut_vault(&[Cut::Denied]).await;
+        let err = vault
+            .put_create("manifests/a.json", b"{}".to_vec())
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Storage, "{err}");
+        assert_eq!(store.puts.load(Ordering::SeqCst), 1);
+    }
+
+    /// `wal-push` and Backint's version markers: an archive object whose
+    /// put was cut is stored by the retry, or found identical when the cut
+    /// put had landed.
+    #[tokio::test]
+    async fn an_archive_object_rides_out_a_cut_put() {
+        let (vault, store) = cut_vault(&[Cut::Before]).await;
+        let archive = VaultArchive::new(vault, "postgres", "main");
+        let first = archive
+            .put_once(
+                "wal/1/00000001/000000010000000000000001",
+                bytes::Bytes::from_static(b"one"),
+                Attributes::new(),
+            )
+            .await
+            .unwrap();
+        assert!(matches!(first, PutOnce::Stored { .. }), "{first:?}");
+        store.cuts.lock().unwrap().push_back(Cut::After);
+        let second = archive
+            .put_once(
+                "wal/1/00000001/000000010000000000000002",
+                bytes::Bytes::from_static(b"two"),
+                Attributes::new(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(second, PutOnce::Identical);
+        assert_eq!(store.puts.load(Ordering::SeqCst), 4);
+        let got = archive
+            .get("wal/1/00000001/000000010000000000000002")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&got.bytes[..], b"two");
     }
 }

@@ -261,48 +261,97 @@ impl StreamContext {
     }
 
     fn check(&self, loc: &PartLocation, stored: &[u8]) -> Result<Bytes, PartFailure> {
-        if stored.len() as u64 != loc.record.stored {
-            return Err(PartFailure::Truncated {
-                got: stored.len() as u64,
-                recorded: loc.record.stored,
-            });
-        }
-        let crc = crc32c::crc32c(stored);
-        if crc != loc.record.crc32c {
-            return Err(PartFailure::Crc {
-                actual: crc,
-                recorded: loc.record.crc32c,
-            });
-        }
-        let opened;
-        let frame: &[u8] = match &self.data_key {
-            Some(key) => {
-                opened = key
-                    .open_part(self.backup.as_str(), self.stream_index, loc.index, stored)
-                    .map_err(|_| PartFailure::Aead)?;
-                &opened
-            }
-            None => stored,
-        };
-        if loc.record.raw > MAX_RAW_PART {
-            return Err(PartFailure::ImpossibleSize(loc.record.raw));
-        }
+        let seal = self.data_key.as_deref().map(|key| PartSeal {
+            key,
+            backup: self.backup.as_str(),
+            stream: self.stream_index,
+            part: loc.index,
+        });
         let mut raw = self.pool.take();
-        let decompressed = decompress_frame(frame, &mut raw, loc.record.raw as usize);
-        if let Err(e) = decompressed {
-            self.pool.give(raw);
-            return Err(PartFailure::Zstd(e));
+        match decode_part_into(stored, &loc.record, seal, &mut raw) {
+            Ok(()) => Ok(Bytes::from(raw)),
+            Err(failure) => {
+                self.pool.give(raw);
+                Err(failure)
+            }
         }
-        if raw.len() as u64 != loc.record.raw {
-            let actual = raw.len() as u64;
-            self.pool.give(raw);
-            return Err(PartFailure::RawSize {
-                actual,
-                recorded: loc.record.raw,
-            });
-        }
-        Ok(Bytes::from(raw))
     }
+}
+
+/// What opens a sealed part: the backup's data key and the part's place,
+/// which are its nonce and associated data (see [`crate::crypto`]).
+#[derive(Debug, Clone, Copy)]
+pub struct PartSeal<'a> {
+    /// The backup's data key.
+    pub key: &'a DataKey,
+    /// The backup's identifier.
+    pub backup: &'a str,
+    /// The stream's index within the backup.
+    pub stream: u32,
+    /// The part's index within its stream.
+    pub part: u64,
+}
+
+/// Checks the stored bytes of one part against its record and decodes them,
+/// as every read does: the length, the CRC-32C, the AEAD tag (with `seal`,
+/// for an encrypted backup), the zstd frame and the raw length. Returns
+/// exactly `record.raw` bytes, or an [`ErrorKind::Integrity`] error saying
+/// which check failed (the reader's errors add the backup, stream, part and
+/// object).
+pub fn decode_part(
+    stored: &[u8],
+    record: &PartRecord,
+    seal: Option<PartSeal<'_>>,
+) -> Result<Vec<u8>> {
+    let mut raw = Vec::new();
+    decode_part_into(stored, record, seal, &mut raw)
+        .map_err(|failure| Error::new(failure.kind(), failure.to_string()).with_source(failure))?;
+    Ok(raw)
+}
+
+/// [`decode_part`] into `raw` (whose contents are replaced), so that the
+/// reader reuses its pooled buffers.
+fn decode_part_into(
+    stored: &[u8],
+    record: &PartRecord,
+    seal: Option<PartSeal<'_>>,
+    raw: &mut Vec<u8>,
+) -> Result<(), PartFailure> {
+    if stored.len() as u64 != record.stored {
+        return Err(PartFailure::Truncated {
+            got: stored.len() as u64,
+            recorded: record.stored,
+        });
+    }
+    let crc = crc32c::crc32c(stored);
+    if crc != record.crc32c {
+        return Err(PartFailure::Crc {
+            actual: crc,
+            recorded: record.crc32c,
+        });
+    }
+    let opened;
+    let frame: &[u8] = match seal {
+        Some(seal) => {
+            opened = seal
+                .key
+                .open_part(seal.backup, seal.stream, seal.part, stored)
+                .map_err(|_| PartFailure::Aead)?;
+            &opened
+        }
+        None => stored,
+    };
+    if record.raw > MAX_RAW_PART {
+        return Err(PartFailure::ImpossibleSize(record.raw));
+    }
+    decompress_frame(frame, raw, record.raw as usize).map_err(PartFailure::Zstd)?;
+    if raw.len() as u64 != record.raw {
+        return Err(PartFailure::RawSize {
+            actual: raw.len() as u64,
+            recorded: record.raw,
+        });
+    }
+    Ok(())
 }
 
 thread_local! {

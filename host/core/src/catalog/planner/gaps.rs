@@ -248,9 +248,10 @@ pub(super) fn fork_gaps(
                 .map(|i| (&path[i].fork, path[i].limit));
             let reason = match origin {
                 Some((parent, Some(at))) => format!(
-                    "no restorable chain reaches position {at} where fork {fork} branched from fork {parent}, \
+                    "no restorable chain reaches position {} where fork {fork} branched from fork {parent}, \
                      and there is no usable full backup on fork {fork}: its {} backup(s) from {} to {} \
                      cannot be restored without one",
+                    rules.position_text(at),
                     orphans.len(),
                     records[a].id,
                     records[b].id
@@ -261,6 +262,10 @@ pub(super) fn fork_gaps(
                     records[a].id,
                     records[b].id
                 ),
+            };
+            let reason = match rules.fork_problem(fork) {
+                Some(problem) => format!("{problem}; {reason}"),
+                None => reason,
             };
             let reason = with_orphan_details(records, &orphans, data_chains, reason);
             let (from_time, from_position) = first_point(records, &orphans);
@@ -422,19 +427,27 @@ fn break_reason(
     match following {
         Some(l) if records[l].start > Some(covered) => {
             let to = records[l].start.unwrap_or(covered);
+            let missing = |to: Position| {
+                rules
+                    .missing_log_text(&w.window.fork, covered, to)
+                    .map(|text| format!(": {text}"))
+                    .unwrap_or_default()
+            };
             match next.and_then(|n| n.window.from_position) {
                 Some(resume) if resume < to => format!(
-                    "no log backup covers positions {covered_text}..{} (none after {} until {} {})",
+                    "no log backup covers positions {covered_text}..{} (none after {} until {} {}){}",
                     rules.position_text(resume),
                     last.id,
                     records[next.map_or(w.first, |n| n.first)].kind,
-                    records[next.map_or(w.first, |n| n.first)].id
+                    records[next.map_or(w.first, |n| n.first)].id,
+                    missing(resume)
                 ),
                 _ => format!(
-                    "no log backup covers positions {covered_text}..{} (missing between {} and {})",
+                    "no log backup covers positions {covered_text}..{} (missing between {} and {}){}",
                     rules.position_text(to),
                     last.id,
-                    records[l].id
+                    records[l].id,
+                    missing(to)
                 ),
             }
         }

@@ -50,7 +50,13 @@
 //! (then by their newest backup, then by name).
 //!
 //! - [`RestoreTarget::Latest`]: the newest fork's furthest restorable point,
-//!   from the newest data backup that reaches it.
+//!   from the newest data backup that reaches it. For engines whose latest
+//!   is the end of their archive ([`ChainRules::latest_is_end_of_archive`],
+//!   PostgreSQL), that point must be the end of what the vault holds: when
+//!   the newest fork (the one holding the newest record, restorable or not)
+//!   has records that nothing restorable reaches (a log missing from the
+//!   chain, a fork whose origin is unknown), "latest" is refused, naming
+//!   why, instead of restoring an earlier point without a word.
 //! - [`RestoreTarget::Time`] `T`: the newest fork whose windows contain `T`;
 //!   on it, the newest data backup consistent at or before `T` whose logs
 //!   reach `T`, its diffs/incrs, and the logs from it up to the first one
@@ -229,6 +235,34 @@ pub trait ChainRules: Send + Sync {
     /// (PostgreSQL: an LSN such as `0/3000060`). The default: the number.
     fn position_text(&self, position: Position) -> String {
         position.to_string()
+    }
+
+    /// What is missing from the engine's log archive where coverage of
+    /// `fork` stops at `from` and resumes at `to` (PostgreSQL: the names of
+    /// the WAL segments that would hold those positions), appended to the
+    /// planner's messages so that they name what to look for. The default:
+    /// nothing more than the positions.
+    fn missing_log_text(&self, fork: &str, from: Position, to: Position) -> Option<String> {
+        let _ = (fork, from, to);
+        None
+    }
+
+    /// Whether [`RestoreTarget::Latest`] means the end of everything the
+    /// vault holds of the newest fork (PostgreSQL: `--latest` restores "to
+    /// the end of the archived WAL on the newest timeline"), so that it is
+    /// refused, naming why, when that end is not restorable, rather than
+    /// planned to an earlier point. The default (`false`): the newest
+    /// fork's furthest restorable point.
+    fn latest_is_end_of_archive(&self) -> bool {
+        false
+    }
+
+    /// Why `fork`'s origin is unknown although it cannot be a root fork
+    /// (PostgreSQL: a timeline above 1 whose history file is missing from
+    /// the archive), for the planner's messages. The default: never.
+    fn fork_problem(&self, fork: &str) -> Option<String> {
+        let _ = fork;
+        None
     }
 
     /// Whether this engine reaches the times between its data backups
@@ -509,6 +543,75 @@ impl<'a> Analysis<'a> {
     }
 
     fn plan_latest(&self, target: &RestoreTarget) -> Result<RestorePlan> {
+        // (With nothing restorable at all, the message below says so.)
+        let end_of_archive = self
+            .forks
+            .first()
+            .is_some_and(|f| f.walker.rules.latest_is_end_of_archive());
+        if self.has_logs
+            && end_of_archive
+            && self.forks.iter().any(|f| !f.windows.is_empty())
+            && let Some(newest) = self
+                .forks
+                .iter()
+                .max_by(|a, b| (a.newest_record, &a.fork).cmp(&(b.newest_record, &b.fork)))
+        {
+            let reached = newest.windows.iter().map(|w| w.window.to_time).max();
+            let unreached = newest
+                .gaps
+                .iter()
+                .filter(|g| reached.is_none_or(|r| g.to_time > r))
+                .max_by_key(|g| g.to_time);
+            if let Some(gap) = unreached {
+                let rules = newest.walker.rules;
+                // Coverage may have stopped on a fork it descends from
+                // (a log missing before the branch point): say where.
+                let mut reasons = vec![gap.reason.clone()];
+                for step in &newest.walker.path {
+                    let Some(ancestor) = self
+                        .forks
+                        .iter()
+                        .find(|f| f.fork == step.fork && f.fork != newest.fork)
+                    else {
+                        continue;
+                    };
+                    let its_reach = ancestor.windows.iter().map(|w| w.window.to_time).max();
+                    reasons.extend(
+                        ancestor
+                            .gaps
+                            .iter()
+                            .filter(|g| its_reach.is_none_or(|r| g.to_time > r))
+                            .filter(|g| {
+                                step.limit
+                                    .is_none_or(|l| g.from_position.is_none_or(|p| p < l))
+                            })
+                            .map(|g| format!("on fork {}, {}", ancestor.fork, g.reason)),
+                    );
+                }
+                let furthest = match reached {
+                    Some(t) => format!(
+                        "; fork {} is restorable up to {}",
+                        newest.fork,
+                        show_time(t)
+                    ),
+                    None => String::new(),
+                };
+                return Err(Error::not_found(format!(
+                    "{target} is not restorable: the vault holds records of fork {} up to {}{}, \
+                     which nothing restorable reaches: {}{furthest}",
+                    newest.fork,
+                    show_time(newest.newest_record),
+                    gap.to_position
+                        .map(|p| format!(" (position {})", rules.position_text(p)))
+                        .unwrap_or_default(),
+                    reasons.join("; ")
+                ))
+                .hint(
+                    "bring back what is missing, or restore to a time or position that \
+                     `strata list --timeline` shows as restorable",
+                ));
+            }
+        }
         for fork in &self.forks {
             let best = fork.chains.iter().max_by_key(|c| {
                 (

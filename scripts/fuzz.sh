@@ -1,0 +1,204 @@
+#!/usr/bin/env bash
+# Fuzzes Strata's parsers and decoders with libFuzzer (cargo fuzz, fuzz/):
+# builds the targets, then runs each for a fixed time, several at once.
+#
+#   manifest        manifests (Manifest::from_json, check)
+#   vault_meta      the vault metadata (VaultMeta::from_json)
+#   backint_input   Backint input files (InputFile::parse, parse_line)
+#   backint_params  Backint parameter files (Params::parse)
+#   config          the agent's configuration (Config::parse) and the
+#                   schedules the service computes from it
+#   pg_history      PostgreSQL timeline history files
+#   wal_name        WAL file names and LSNs
+#   bundle          PostgreSQL file bundles (bundle::check, bundle::extract)
+#   part            the part decoder of plaintext backups (reader::decode_part)
+#   part_sealed     the part decoder of encrypted backups (fixed test key)
+#   archive         archive objects (WAL, history files, Backint markers)
+#   mssql_history   SQL Server backup history exports
+#
+# Usage: scripts/fuzz.sh [--seconds N] [--jobs N] [--build-only] [target...]
+#   --seconds N    fuzzing time per target (default 15, the CI budget;
+#                  STRATA_FUZZ_SECONDS sets it too)
+#   --jobs N       targets fuzzed at once (default: the number of cores)
+#   --build-only   build the targets and stop
+#   target...      the targets to run (default: all)
+#
+# Each target starts from its seed corpus (fuzz/corpus/<target>/, committed,
+# never written) and from what earlier runs found (target/fuzz/corpus/<target>/,
+# kept between runs). Inputs are at most 64 KiB; one input may take at most
+# 10 s, 1 GiB of memory and single allocations of at most 256 MiB: a parser
+# that allocates without bound on a small input is a finding.
+#
+# Prints one line per target and an overall line:
+#   fuzz manifest: ok, 15 s, 183201 runs (12213/s), cov 2231, ft 8120, corpus 412 (96 KiB)
+#   fuzz: 12 targets, 12 clean, 0 crashed; 1834412 runs in 93 s
+# Exit status: 0 when no target crashed, 1 when one did (its input is saved
+# under fuzz/artifacts/<target>/ and the command that reproduces it is
+# printed), 2 on a usage or build error.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+TARGETS=(manifest vault_meta backint_input backint_params config pg_history wal_name
+    bundle part part_sealed archive mssql_history)
+
+seconds="${STRATA_FUZZ_SECONDS:-15}"
+jobs="$(nproc 2>/dev/null || echo 2)"
+build_only=0
+selected=()
+while (($#)); do
+    case "$1" in
+    --seconds)
+        seconds="${2:?--seconds needs a number}"
+        shift
+        ;;
+    --jobs)
+        jobs="${2:?--jobs needs a number}"
+        shift
+        ;;
+    --build-only) build_only=1 ;;
+    -h | --help)
+        awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"
+        exit 0
+        ;;
+    -*)
+        echo "fuzz.sh: unknown option $1 (see --help)" >&2
+        exit 2
+        ;;
+    *) selected+=("$1") ;;
+    esac
+    shift
+done
+[[ "$seconds" =~ ^[0-9]+$ && "$seconds" -gt 0 ]] || {
+    echo "fuzz.sh: --seconds takes a whole number of seconds above 0" >&2
+    exit 2
+}
+[[ "$jobs" =~ ^[0-9]+$ && "$jobs" -gt 0 ]] || {
+    echo "fuzz.sh: --jobs takes a whole number above 0" >&2
+    exit 2
+}
+((${#selected[@]})) || selected=("${TARGETS[@]}")
+for target in "${selected[@]}"; do
+    [[ " ${TARGETS[*]} " == *" $target "* ]] || {
+        echo "fuzz.sh: there is no target $target (targets: ${TARGETS[*]})" >&2
+        exit 2
+    }
+done
+
+if ! cargo fuzz --version >/dev/null 2>&1; then
+    echo "fuzz.sh: cargo fuzz is not installed: run scripts/setup.sh (or cargo install cargo-fuzz --locked)" >&2
+    exit 2
+fi
+
+# Inside the ignored target/, kept between runs: the build, the corpora the
+# runs grow, and their logs.
+WORK="$ROOT/target/fuzz"
+TRIPLE="$(rustc -vV | awk '/^host:/ {print $2}')"
+BIN="$WORK/$TRIPLE/release"
+
+echo "==> building the fuzz targets (target/fuzz)"
+mkdir -p "$WORK/logs" "$WORK/corpus"
+build_started=$(date +%s)
+# No sanitizer: the stable toolchain has none, and the product denies
+# unsafe code; libFuzzer's coverage instrumentation works on stable.
+if ! cargo fuzz build --fuzz-dir fuzz --target-dir "$WORK" --sanitizer none \
+    >"$WORK/logs/build.log" 2>&1; then
+    tail -n 40 "$WORK/logs/build.log" >&2
+    echo "fuzz.sh: the fuzz targets do not build (log: $WORK/logs/build.log)" >&2
+    exit 2
+fi
+echo "built in $(($(date +%s) - build_started)) s"
+((build_only)) && exit 0
+
+started=$(date +%s)
+
+# Fuzzes one target; its log is $WORK/logs/<target>.log.
+fuzz_one() {
+    local target="$1" corpus="$WORK/corpus/$1" artifacts="$ROOT/fuzz/artifacts/$1/"
+    mkdir -p "$corpus" "$artifacts"
+    "$BIN/$target" "$corpus" "$ROOT/fuzz/corpus/$target" \
+        -max_total_time="$seconds" -timeout=10 -rss_limit_mb=1024 -malloc_limit_mb=256 \
+        -max_len=65536 -artifact_prefix="$artifacts" -print_final_stats=1 \
+        >"$WORK/logs/$target.log" 2>&1
+}
+
+# A final statistic libFuzzer printed ("stat::NAME:   N"), empty if none.
+stat_of() {
+    grep -aoE "^stat::$1: *[0-9]+" "$2" | grep -oE '[0-9]+$' | tail -n 1 || true
+}
+
+# One line for a finished target, from its log and exit status.
+report() {
+    local target="$1" status="$2" log="$WORK/logs/$1.log"
+    local runs speed cov ft corpus_files corpus_size
+    runs="$(stat_of number_of_executed_units "$log")"
+    speed="$(stat_of average_exec_per_sec "$log")"
+    # The last status line: "#N DONE cov: C ft: F corp: N/Sb ..." (or the last pulse).
+    local last
+    last="$(grep -aE '^#[0-9]+' "$log" | tail -n 1 || true)"
+    cov="$(grep -oE 'cov: [0-9]+' <<<"$last" | grep -oE '[0-9]+' || echo '?')"
+    ft="$(grep -oE 'ft: [0-9]+' <<<"$last" | grep -oE '[0-9]+' || echo '?')"
+    corpus_files="$(find "$WORK/corpus/$target" -type f | wc -l)"
+    corpus_size="$(find "$WORK/corpus/$target" -type f -printf '%s\n' | awk '{ s += $1 } END { printf "%d", (s + 1023) / 1024 }')"
+    if ((status == 0)); then
+        printf 'fuzz %s: ok, %s s, %s runs (%s/s), cov %s, ft %s, corpus %s (%s KiB)\n' \
+            "$target" "$seconds" "${runs:-?}" "${speed:-?}" "$cov" "$ft" "$corpus_files" "$corpus_size"
+        return 0
+    fi
+    local input kind
+    input="$(grep -aoE 'Test unit written to [^ ]+' "$log" | tail -n 1 | sed 's/^Test unit written to //' || true)"
+    kind="$(grep -aoE '^==[0-9]+== ERROR: libFuzzer: [a-z -]+' "$log" | tail -n 1 | sed 's/.*libFuzzer: //' || true)"
+    [[ -n "$kind" ]] || kind="exit status $status"
+    printf 'fuzz %s: CRASHED (%s) after %s runs; the input is %s\n' \
+        "$target" "$kind" "${runs:-?}" "${input:-not saved (see the log)}"
+    echo "  what failed (the end of $log):"
+    # The panic message and the first frames of its backtrace, or the
+    # sanitizer's report for an out-of-memory or a timeout.
+    if grep -aq 'panicked at' "$log"; then
+        grep -a -A 14 'panicked at' "$log" | head -n 15 | sed 's/^/    /'
+    else
+        grep -avE '^(#[0-9]+|INFO:|MS:|base unit:|0x|stat::|$)' "$log" | tail -n 15 | sed 's/^/    /'
+    fi
+    if [[ -n "$input" ]]; then
+        echo "  reproduce: $BIN/$target $input"
+        echo "         or: cargo fuzz run --fuzz-dir fuzz --target-dir target/fuzz -s none $target $input"
+    fi
+    return 1
+}
+
+declare -A pids=()
+clean=0
+crashed=0
+total_runs=0
+finish_one() {
+    local target="$1" status=0
+    wait "${pids[$target]}" || status=$?
+    unset "pids[$target]"
+    if report "$target" "$status"; then
+        clean=$((clean + 1))
+    else
+        crashed=$((crashed + 1))
+    fi
+    local runs
+    runs="$(stat_of number_of_executed_units "$WORK/logs/$target.log")"
+    total_runs=$((total_runs + ${runs:-0}))
+}
+
+echo "==> fuzzing ${#selected[@]} target(s), $seconds s each, $jobs at once"
+queue=("${selected[@]}")
+running=()
+while ((${#queue[@]} || ${#running[@]})); do
+    while ((${#queue[@]} && ${#running[@]} < jobs)); do
+        fuzz_one "${queue[0]}" &
+        pids[${queue[0]}]=$!
+        running+=("${queue[0]}")
+        queue=("${queue[@]:1}")
+    done
+    # Wait for the first one started: they all run for the same time.
+    finish_one "${running[0]}"
+    running=("${running[@]:1}")
+done
+
+echo "fuzz: ${#selected[@]} targets, $clean clean, $crashed crashed; $total_runs runs in $(($(date +%s) - started)) s"
+((crashed == 0))
