@@ -99,23 +99,56 @@ pub fn error_lines(said: &str) -> String {
 }
 
 /// `text` with the run-specific parts replaced: the small file system's
-/// path by `<disk>`, backup ids by `<id>`, temporary directories by `<tmp>`,
-/// WAL file names by `<wal>`, long numbers by `<n>`.
+/// path by `<disk>`, other temporary directories by `<tmp>/…`, backup ids
+/// by `<id>`, WAL file names by `<wal>`, numbers of four digits or more
+/// (OIDs, system identifiers, byte counts, process ids) by `<n>`, so that
+/// the same error in two runs reads the same.
 pub fn normalise(text: &str, place: &Path) -> String {
     let text = replace_backup_ids(&text.replace(&place.display().to_string(), "<disk>"));
-    let tmp = std::env::temp_dir().display().to_string();
     let mut out = String::with_capacity(text.len());
     for word in split_keep(&text) {
-        if word.len() == 24 && word.bytes().all(|b| b.is_ascii_hexdigit()) {
-            out.push_str("<wal>");
-        } else if word.len() >= 4 && word.bytes().all(|b| b.is_ascii_digit()) {
-            out.push_str("<n>");
-        } else if word.starts_with(&format!("{tmp}/strata-")) {
+        if word.starts_with(&format!("{}/strata-", std::env::temp_dir().display())) {
             out.push_str("<tmp>/…");
         } else {
-            out.push_str(word);
+            out.push_str(&replace_numbers(word));
         }
     }
+    out
+}
+
+/// `word` with each run of 24 hexadecimal digits (a WAL file name) replaced
+/// by `<wal>` and each run of four or more decimal digits by `<n>`.
+fn replace_numbers(word: &str) -> String {
+    let mut out = String::with_capacity(word.len());
+    let mut run = String::new();
+    let flush = |run: &mut String, out: &mut String| {
+        if run.len() == 24 {
+            out.push_str("<wal>");
+        } else {
+            // Not a WAL name: only its decimal runs are numbers.
+            let mut digits = String::new();
+            for c in run.chars() {
+                if c.is_ascii_digit() {
+                    digits.push(c);
+                } else {
+                    out.push_str(if digits.len() >= 4 { "<n>" } else { &digits });
+                    digits.clear();
+                    out.push(c);
+                }
+            }
+            out.push_str(if digits.len() >= 4 { "<n>" } else { &digits });
+        }
+        run.clear();
+    };
+    for c in word.chars() {
+        if c.is_ascii_hexdigit() {
+            run.push(c);
+        } else {
+            flush(&mut run, &mut out);
+            out.push(c);
+        }
+    }
+    flush(&mut run, &mut out);
     out
 }
 
@@ -251,7 +284,7 @@ mod tests {
                 "writing data/hana/HDB/20261201T230118.466Z-30458f22/00000.00000.zst",
                 place
             ),
-            "writing data/hana/HDB/<id>/00000.00000.zst"
+            "writing data/hana/HDB/<id>/<n>.<n>.zst"
         );
         assert_eq!(
             normalise(
@@ -259,6 +292,13 @@ mod tests {
                 place
             ),
             "fetching <wal> after <n> bytes"
+        );
+        assert_eq!(
+            normalise(
+                "writing /w/disk-1/target/copy/base/5/2603_fsm and wal/7714482210807087307/00000001/00000001000000000000004A (os error 28)",
+                place
+            ),
+            "writing <disk>/copy/base/5/<n>_fsm and wal/<n>/<n>/<wal> (os error 28)"
         );
     }
 
