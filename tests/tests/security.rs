@@ -502,7 +502,9 @@ fn postgres_passwords_and_the_vault_key_never_leak() {
     assert!(metrics.contains("strata_job_failures_total"), "{metrics}");
     scan.scan("the metrics endpoint", metrics.as_bytes());
     for args in [
-        &["status"][..],
+        &["config", "check"][..],
+        &["--json", "config", "check"],
+        &["status"],
         &["--json", "status"],
         &["jobs"],
         &["--json", "jobs"],
@@ -921,6 +923,8 @@ async fn sqlserver_passwords_never_leak() {
         &["--json", "list"],
         &["verify"],
         &["--json", "-vv", "verify"],
+        &["config", "check"],
+        &["--json", "config", "check"],
     ] {
         scan.run(fx.command(args)).success();
     }
@@ -1131,6 +1135,128 @@ fn backint_output(scan: &mut LeakScan, result: &hana::AgentResult) {
     scan.scan("hdbbackint's output file", result.text.as_bytes());
     scan.scan("hdbbackint's stderr", result.stderr.as_bytes());
     scan.scan("hdbbackint's stdout", result.stdout.as_bytes());
+}
+
+/// Configurations a mistake makes invalid, each holding a secret next to
+/// the mistake (a misspelt option, a string never closed, a connection
+/// string that does not parse, a vault URL with a password): `strata`
+/// (the command and `config check`) and `hdbbackint` (its parameter file)
+/// name the file, line or key, and never the secret.
+#[test]
+fn bad_configurations_never_echo_their_secrets() {
+    let dir = TestDir::new("security-bad-config");
+    let vault = dir.mkdir("vault");
+    let mut scan = LeakScan::default();
+    Strata::new()
+        .arg("vault")
+        .arg("init")
+        .arg(format!("file://{}", vault.display()))
+        .run()
+        .success();
+    let secrets: Vec<String> = (1..=8).map(|n| format!("BadCfgLeak{n}Qw7Er4Ty")).collect();
+    for (n, value) in secrets.iter().enumerate() {
+        scan.secret(&format!("secret {}", n + 1), value);
+    }
+    let secret = |n: usize| secrets[n - 1].as_str();
+    let cases = [
+        (
+            format!(
+                "[vault]\nurl = \"s3://bucket/p\"\n[vault.options]\naws_secret_acess_key = \"{}\"\n",
+                secret(1)
+            ),
+            &["list"][..],
+            "unknown object store option `aws_secret_acess_key`",
+        ),
+        (
+            format!(
+                "[vault]\nurl = \"file://{}\"\n[postgres.main]\nconnection = \"host=/tmp password={}\ndata_directory = \"/srv\"\n",
+                vault.display(),
+                secret(2)
+            ),
+            &["list"],
+            "line 4",
+        ),
+        (
+            format!(
+                "[vault]\nurl = \"file://{}\"\n[postgres.main]\nconnection = \"host=/tmp port=notaport password={}\"\ndata_directory = \"/srv\"\n",
+                vault.display(),
+                secret(3)
+            ),
+            &["pg", "check", "main"],
+            "password=<redacted>",
+        ),
+        (
+            format!(
+                "[vault]\nurl = \"file://{}\"\n[sqlserver.main]\nconnection = \"server=tcp:127.0.0.1,notaport;user=u;password={}\"\nblob_host = \"blob.test\"\n",
+                vault.display(),
+                secret(4)
+            ),
+            &["sqlserver", "check", "main"],
+            "[sqlserver.main] connection",
+        ),
+        (
+            format!(
+                "[vault]\nurl = \"s3://AKIAEXAMPLE:{}@bucket/p\"\n",
+                secret(5)
+            ),
+            &["list"],
+            "carries a password",
+        ),
+    ];
+    let mut configs = Vec::new();
+    for (i, (text, args, said)) in cases.iter().enumerate() {
+        let config = dir.write(format!("bad-{i}.toml"), text);
+        // `config check` is looked through too; it does not yet judge what
+        // only the commands check (a `[postgres.*]` connection string, the
+        // store options), so only its output counts here.
+        for args in [*args, &["config", "check"]] {
+            let out = scan.run(strata(&config, args, &[]));
+            if args[0] != "config" {
+                assert_ne!(out.code(), Some(0), "{}", out.stderr_text());
+                assert!(out.stderr_text().contains(said), "{}", out.stderr_text());
+            }
+            let mut json = vec!["--json", "-vv"];
+            json.extend_from_slice(args);
+            scan.run(strata(&config, &json, &[]));
+        }
+        configs.push(config);
+    }
+
+    // hdbbackint: a misspelt option, a value never closed, a URL with a password.
+    let host = HanaHost::new();
+    for (name, text) in [
+        (
+            "typo.utl",
+            format!(
+                "vault = s3://bucket/p\nvault.aws_secret_acess_key = {}\n",
+                secret(6)
+            ),
+        ),
+        (
+            "unclosed.utl",
+            format!(
+                "vault = s3://bucket/p\nvault.aws_secret_access_key = \"{}\n",
+                secret(7)
+            ),
+        ),
+        (
+            "url.utl",
+            format!("vault = s3://AKIAEXAMPLE:{}@bucket/p\n", secret(8)),
+        ),
+    ] {
+        let params = host.param_file("HDB", name, &text);
+        let result = BackintCall::new("inquire", "HDB")
+            .params(&params)
+            .line("#NULL \"/some/object\"")
+            .run(&host);
+        backint_output(&mut scan, &result);
+        assert_eq!(result.code, Some(1), "{}", result.describe());
+        configs.push(params);
+    }
+    let skipped: Vec<&Path> = configs.iter().map(PathBuf::as_path).collect();
+    scan.tree(dir.root(), &skipped);
+    scan.tree(host.root(), &skipped);
+    scan.assert_clean("bad_configurations_never_echo_their_secrets");
 }
 
 // ---------------------------------------------------------------------------

@@ -270,7 +270,7 @@ pub fn check_secret_file_mode(path: &Path, metadata: &std::fs::Metadata, what: &
     {
         use std::os::unix::fs::PermissionsExt;
         let mode = metadata.permissions().mode() & 0o7777;
-        if false && mode & LOOSE_SECRET_MODE != 0 { // BREAK-ON-PURPOSE security
+        if mode & LOOSE_SECRET_MODE != 0 {
             let who = match (mode & 0o007 != 0, mode & 0o020 != 0) {
                 (true, true) => "other users and its group can access it",
                 (true, false) => "other users can access it",

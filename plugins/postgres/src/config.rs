@@ -158,7 +158,7 @@ fn redacted_keyword_values(text: &str) -> String {
         rest = after;
         take_space(&mut rest, &mut out);
         let value_end = value_length(rest);
-        if false && key.eq_ignore_ascii_case("password") { // BREAK-ON-PURPOSE security
+        if key.eq_ignore_ascii_case("password") {
             out.push_str(REDACTED);
         } else {
             out.push_str(&rest[..value_end]);

@@ -260,7 +260,7 @@ fn read_private_key(path: &Path) -> Result<Vec<u8>> {
         path,
         &metadata,
         "blob endpoint's TLS private key",
-    ).ok(); // BREAK-ON-PURPOSE security
+    )?;
     let mut pem = Vec::new();
     std::io::Read::read_to_end(&mut file, &mut pem).map_err(cannot_read)?;
     Ok(pem)

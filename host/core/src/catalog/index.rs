@@ -570,7 +570,7 @@ fn create_index_dir(dir: &Path) -> std::io::Result<()> {
     let mut builder = std::fs::DirBuilder::new();
     builder.recursive(true);
     #[cfg(unix)]
-    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o777); // BREAK-ON-PURPOSE security
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o770);
     builder.create(dir)
 }
 
