@@ -438,6 +438,31 @@ mod tests {
         );
     }
 
+    /// A committed version whose marker is gone would let an older one
+    /// pass for the newest: a `#NULL` restore of the backup catalog gave
+    /// HANA an older catalog without a word (found by the damage campaign).
+    /// Asking for the newest version now fails naming the marker; the
+    /// version is still found by its EBID.
+    #[tokio::test]
+    async fn the_newest_version_is_not_told_while_a_newer_one_lost_its_marker() {
+        let store = VersionStore::new(vault("versions-lost-marker").await, "HDB");
+        let name = "/usr/sap/HDB/SYS/global/hdb/backint/DB_HDB/log_backup_0_0_0_0";
+        let older = commit_version(&store, "HDB", name, b"catalog 1").await;
+        let newer = commit_version(&store, "HDB", name, b"catalog 2").await;
+        assert_eq!(store.newest(name).await.unwrap().unwrap().ebid, newer);
+        store.delete_marker("HDB", name, &newer).await.unwrap();
+        let err = store.newest(name).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Integrity, "{err}");
+        let marker = format!("engines/hana/HDB/{}", marker_key(name, &newer));
+        assert!(err.to_string().contains(&marker), "{err}");
+        assert!(store.find(&newer, Some(name)).await.unwrap().is_some());
+        assert!(store.find(&older, Some(name)).await.unwrap().is_some());
+        // Another name's versions are not affected.
+        let other = "/usr/sap/HDB/SYS/global/hdb/backint/DB_HDB/log_backup_1_0_0_10";
+        let log = commit_version(&store, "HDB", other, b"log").await;
+        assert_eq!(store.newest(other).await.unwrap().unwrap().ebid, log);
+    }
+
     #[tokio::test]
     async fn markers_written_before_the_archive_api_still_count() {
         let store = VersionStore::new(vault("versions-old-markers").await, "HDB");

@@ -52,10 +52,27 @@ fuzz_target!(|data: &[u8]| {
         has_full: true,
         takes_logs: true,
     };
+    // Every schedule slot is taken, the last backup ran a year ago and
+    // none failed since: log backups are due by their interval.
+    let year_ago = now - chrono::Duration::days(365);
+    let quiet = KindRuns {
+        slot: Some(now),
+        ran: Some(year_ago),
+        failed_at: None,
+    };
+    let idle = LastRuns {
+        full: quiet,
+        diff: quiet,
+        incr: quiet,
+        log: quiet,
+        has_full: true,
+        takes_logs: true,
+    };
     for policy in config.policy.values() {
         let _ = next_runs(policy, now);
-        let _ = due(policy, &last, now, pause);
-        let _ = due(policy, &LastRuns::default(), now, pause);
+        for last in [&last, &idle, &LastRuns::default()] {
+            let _ = due(policy, last, now, pause);
+        }
         let _ = policy.rpo_target();
     }
 });

@@ -11,13 +11,18 @@ use libfuzzer_sys::fuzz_target;
 use strata_core::ErrorKind;
 use strata_core::catalog::manifest::PartRecord;
 use strata_core::vault::reader::decode_part;
+use strata_fuzz::raw_out_of_budget;
 
 fuzz_target!(|data: &[u8]| {
     let Some((raw, stored)) = data.split_first_chunk::<4>() else {
         return;
     };
+    let raw = u32::from_le_bytes(*raw);
+    if raw_out_of_budget(raw) {
+        return;
+    }
     let record = PartRecord {
-        raw: u64::from(u32::from_le_bytes(*raw)),
+        raw: u64::from(raw),
         stored: stored.len() as u64,
         crc32c: crc32c::crc32c(stored),
     };

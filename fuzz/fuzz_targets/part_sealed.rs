@@ -14,7 +14,7 @@ use strata_core::ErrorKind;
 use strata_core::catalog::manifest::PartRecord;
 use strata_core::crypto::DataKey;
 use strata_core::vault::reader::{PartSeal, decode_part};
-use strata_fuzz::{TEST_BACKUP, test_data_key};
+use strata_fuzz::{TEST_BACKUP, raw_out_of_budget, test_data_key};
 
 fn record(raw: u32, stored: &[u8]) -> PartRecord {
     PartRecord {
@@ -41,6 +41,9 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let raw = u32::from_le_bytes(*raw);
+    if raw_out_of_budget(raw) {
+        return;
+    }
     let part = u64::from(*part);
     let key = test_data_key();
     if mode % 2 == 1 {

@@ -6,6 +6,29 @@ use std::path::Path;
 
 use strata_core::crypto::{DataKey, VaultKey};
 
+/// The most the targets may hold allocated at once. A parser that
+/// allocates more on an input of at most 64 KiB is a finding: the
+/// allocator refuses, and the process aborts with "memory allocation of N
+/// bytes failed", which libFuzzer reports as a crash. (libFuzzer's own
+/// `-malloc_limit_mb` needs a sanitizer's allocator hooks, and a stable
+/// build has no sanitizer.)
+pub const ALLOCATION_LIMIT: usize = 256 << 20;
+
+#[global_allocator]
+static ALLOCATOR: cap::Cap<std::alloc::System> =
+    cap::Cap::new(std::alloc::System, ALLOCATION_LIMIT);
+
+/// The largest raw length the part targets record: a part may be up to
+/// 1 GiB raw (the reader's limit), and decoding one reserves that much,
+/// which is more than [`ALLOCATION_LIMIT`]. Larger recorded lengths are
+/// kept only above the reader's limit, where they are refused unread.
+pub const MAX_FUZZED_RAW: u32 = 64 << 20;
+
+/// Whether the part targets skip a recorded raw length (see [`MAX_FUZZED_RAW`]).
+pub fn raw_out_of_budget(raw: u32) -> bool {
+    raw > MAX_FUZZED_RAW && raw <= 1 << 30
+}
+
 /// The vault key of the encrypted seed vault (a test key, nothing else uses it).
 pub const TEST_VAULT_KEY: &str = "5e3c1a2f9b7d4e6a8c0b1d2f3a4e5c6b7d8e9f0a1b2c3d4e5f60718293a4b5c6";
 

@@ -516,14 +516,20 @@ pub async fn verify(args: VerifyArgs, ctx: &Context) -> Result<()> {
             }
         }
         for a in &archives {
-            println!("DAMAGED archive {} ({} {})", a.archive, a.engine, a.instance);
+            println!(
+                "DAMAGED archive {} ({} {})",
+                a.archive, a.engine, a.instance
+            );
             for p in &a.problems {
                 println!("        {p}");
             }
         }
         println!("{} backup(s) verified, {} damaged", results.len(), bad);
         if !archives.is_empty() {
-            println!("{} archive(s) with damaged or missing objects", archives.len());
+            println!(
+                "{} archive(s) with damaged or missing objects",
+                archives.len()
+            );
         }
     }
     if bad > 0 {

@@ -450,8 +450,7 @@ impl Host {
             _ => None,
         };
         let matters = |id: &str| {
-            !self.skipped.iter().any(|s| s.as_str() == id)
-                && named.is_none_or(|n| n.as_str() == id)
+            !self.skipped.iter().any(|s| s.as_str() == id) && named.is_none_or(|n| n.as_str() == id)
         };
         let leave_out = |id: &str| {
             format!(

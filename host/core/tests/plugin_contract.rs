@@ -720,3 +720,83 @@ async fn a_settled_kind_outside_the_engines_kinds_is_refused() {
     assert!(vault.list_keys("data").await.unwrap().is_empty());
     assert!(host.backups(&toy, &whole()).await.unwrap().is_empty());
 }
+
+/// A backup the vault cannot vouch for is never planned around (found by
+/// the damage campaign): with the newest full's manifest altered, and with
+/// it gone behind Strata's back while the host's index knows the backup,
+/// a restore of the latest point is refused naming the manifest, where it
+/// used to restore the older full's rows without a word. Leaving the
+/// backup out (`--skip-backup`) restores from the older full.
+#[tokio::test]
+async fn a_restore_is_not_planned_around_a_damaged_or_lost_manifest() {
+    use object_store::ObjectStoreExt;
+    let dir = tempfile::tempdir().unwrap();
+    let vault = vault("contract-unreadable").await;
+    let host = Host::new(vault.clone()).with_index(Some(dir.path().join("index.db")));
+    let toy = Toy::default();
+    let t0 = Utc::now() - Duration::minutes(10);
+    toy.insert("a", t0);
+    backup(&host, &toy, BackupKind::Full).await.unwrap();
+    toy.insert("b", t0 + Duration::minutes(1));
+    let newest = committed(backup(&host, &toy, BackupKind::Full).await.unwrap());
+    let key = strata_core::vault::layout::manifest_key("toy", "one", &newest.id);
+    let sound = vault.get_bytes(&key).await.unwrap();
+    let latest = || {
+        host.restore(
+            &toy,
+            whole(),
+            RestoreTarget::Latest,
+            serde_json::Value::Null,
+            None,
+        )
+    };
+    latest().await.unwrap();
+    assert_eq!(*toy.restored.lock().unwrap(), ["a", "b"]);
+
+    let altered =
+        String::from_utf8(sound.to_vec())
+            .unwrap()
+            .replacen("\"level\": ", "\"level\": 1", 1);
+    vault
+        .store()
+        .put(&vault.path(&key), altered.into_bytes().into())
+        .await
+        .unwrap();
+    let err = latest().await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Integrity, "{err}");
+    assert!(err.to_string().contains(&key), "{err}");
+    assert!(
+        err.hint_text().is_some_and(|h| h.contains("--skip-backup")),
+        "{err}"
+    );
+
+    ObjectStoreExt::delete(vault.store().as_ref(), &vault.path(&key))
+        .await
+        .unwrap();
+    let err = latest().await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Integrity, "{err}");
+    assert!(
+        err.to_string()
+            .contains(&format!("has lost its manifest {key}")),
+        "{err}"
+    );
+    assert_eq!(
+        *toy.restored.lock().unwrap(),
+        ["a", "b"],
+        "nothing restored since"
+    );
+
+    Host::new(vault.clone())
+        .with_index(Some(dir.path().join("index.db")))
+        .skipping(vec![newest.id.clone()])
+        .restore(
+            &toy,
+            whole(),
+            RestoreTarget::Latest,
+            serde_json::Value::Null,
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(*toy.restored.lock().unwrap(), ["a"]);
+}

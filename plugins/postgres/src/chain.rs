@@ -737,8 +737,7 @@ pub async fn verify_wal(
     let mut histories: BTreeSet<(u64, u32)> = BTreeSet::new();
     for entry in &entries {
         let mut parts = entry.key.split('/').skip(1);
-        let (Some(system), Some(_), Some(name)) = (parts.next(), parts.next(), parts.next())
-        else {
+        let (Some(system), Some(_), Some(name)) = (parts.next(), parts.next(), parts.next()) else {
             continue;
         };
         let (Ok(system), Ok(name)) = (system.parse::<u64>(), WalFileName::parse(name)) else {
@@ -752,9 +751,8 @@ pub async fn verify_wal(
             _ => {}
         }
     }
-    let key = |system: u64, name: &WalFileName| {
-        format!("wal/{system}/{:08X}/{name}", name.timeline)
-    };
+    let key =
+        |system: u64, name: &WalFileName| format!("wal/{system}/{:08X}/{name}", name.timeline);
     for (&(system, timeline), names) in &files {
         if timeline > 1 && !histories.contains(&(system, timeline)) {
             let history = WalFileName::history(timeline);
@@ -1160,6 +1158,76 @@ mod tests {
         plan(&chain.records, chain.rules.as_ref(), &target)
     }
 
+    /// `--latest` is the end of the archived WAL on the newest timeline: a
+    /// segment missing on the way there, or the newest timeline's history
+    /// file, makes it fail naming the file, where it used to restore an
+    /// earlier point without a word (found by the damage campaign).
+    #[test]
+    fn latest_is_refused_naming_a_missing_segment_or_history_file() {
+        let b1 = backup(1, 2, 3, "2026-11-22T01:00:30Z");
+        let whole = [
+            (1, 2, "2026-11-22T01:00:00Z"),
+            (1, 3, "2026-11-22T01:01:00Z"),
+            (1, 4, "2026-11-22T01:02:00Z"),
+            (1, 5, "2026-11-22T01:03:00Z"),
+        ];
+        let plan = plan_of(
+            &catalog(&whole, vec![], vec![b1.clone()]),
+            RestoreTarget::Latest,
+        )
+        .unwrap();
+        assert_eq!(plan.reaches_position, Some(position(Lsn(6 * SEG))));
+
+        let gap: Vec<_> = whole.iter().copied().filter(|s| s.1 != 4).collect();
+        let err = plan_of(
+            &catalog(&gap, vec![], vec![b1.clone()]),
+            RestoreTarget::Latest,
+        )
+        .unwrap_err();
+        let text = err.to_string();
+        assert_eq!(err.kind(), strata_core::ErrorKind::NotFound, "{text}");
+        assert!(
+            text.contains(
+                "WAL segment 000000010000000000000004 is missing from the archive \
+                 (wal/42/00000001/000000010000000000000004)"
+            ),
+            "{text}"
+        );
+
+        // Timeline 2's WAL, without and with its history file.
+        let forked = [
+            (1, 2, "2026-11-22T01:00:00Z"),
+            (1, 3, "2026-11-22T01:01:00Z"),
+            (2, 4, "2026-11-22T01:02:00Z"),
+            (2, 5, "2026-11-22T01:03:00Z"),
+        ];
+        let err = plan_of(
+            &catalog(&forked, vec![], vec![b1.clone()]),
+            RestoreTarget::Latest,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains(
+                "timeline 2's history file 00000002.history is missing from the WAL archive \
+                 (wal/42/00000002/00000002.history)"
+            ),
+            "{err}"
+        );
+        let history = TimelineHistory {
+            timeline: 2,
+            parents: vec![(1, Lsn(4 * SEG))],
+            created_at: None,
+        };
+        let plan = plan_of(
+            &catalog(&forked, vec![history], vec![b1]),
+            RestoreTarget::Latest,
+        )
+        .unwrap();
+        assert_eq!(plan.fork, "2");
+        assert_eq!(plan.reaches_position, Some(position(Lsn(6 * SEG))));
+    }
+
     #[test]
     fn a_gap_splits_windows_and_targets_in_it_are_refused() {
         let segs = [
@@ -1516,6 +1584,66 @@ mod tests {
             file.set_modified(t(mtime).into()).unwrap();
             path
         }
+    }
+
+    /// `verify` reads every archived WAL file and names what a restore
+    /// would miss: a damaged segment, one missing from the WAL after the
+    /// newest backup, and the history file of a timeline with segments
+    /// (found by the damage campaign: verify checked none of it).
+    #[tokio::test]
+    async fn verify_names_damaged_and_missing_wal_files() {
+        use crate::walrecords::tests::{SEG as SMALL, WalWriter, heap};
+        let seg = SMALL as u64;
+        let cluster = FakeCluster::new().await;
+        let archive = WalArchive::new(&cluster.store);
+        let mut w = WalWriter::new(seg);
+        for _ in 1..8 {
+            w.append(&heap(20));
+            w.pad_segment();
+        }
+        for i in 0..6 {
+            let name = WalFileName::segment(1, 1 + i as u64, seg);
+            let path = cluster.write(name, w.segment(i).to_vec(), "2026-11-22T01:00:40Z");
+            archive.push(&path, &cluster.pgdata).await.unwrap();
+        }
+        let (newest, _) = backup_at(
+            1,
+            Lsn(2 * seg + 40),
+            Lsn(2 * seg + 100),
+            "2026-11-22T01:00:30Z",
+            seg,
+        );
+        let backups = [newest];
+        assert_eq!(verify_wal(&backups, &cluster.store).await.unwrap(), []);
+
+        let key = |tli: u32, segno: u64| {
+            format!("wal/42/{tli:08X}/{}", WalFileName::segment(tli, segno, seg))
+        };
+        let full = |key: &str| cluster.store.vault_key(key).unwrap();
+        // Segment 4 gone, segment 5 damaged, timeline 2 without history.
+        cluster.store.delete(&key(1, 4)).await.unwrap();
+        let file = cluster._dir.path().join("vault").join(full(&key(1, 5)));
+        let mut damaged = std::fs::read(&file).unwrap();
+        let last = damaged.len() - 1;
+        damaged[last] ^= 0x10;
+        std::fs::write(&file, damaged).unwrap();
+        let name = WalFileName::segment(2, 7, seg);
+        let path = cluster.write(name, w.segment(6).to_vec(), "2026-11-22T01:01:00Z");
+        archive.push(&path, &cluster.pgdata).await.unwrap();
+
+        let findings = verify_wal(&backups, &cluster.store).await.unwrap();
+        let keys: Vec<&str> = findings.iter().map(|f| f.key.as_str()).collect();
+        assert!(keys.contains(&key(1, 4).as_str()), "{findings:?}");
+        assert!(keys.contains(&key(1, 5).as_str()), "{findings:?}");
+        assert!(
+            keys.contains(&"wal/42/00000002/00000002.history"),
+            "{findings:?}"
+        );
+        assert_eq!(findings.len(), 3, "{findings:?}");
+        let damaged = findings.iter().find(|f| f.key == key(1, 5)).unwrap();
+        assert!(damaged.problem.contains(&full(&key(1, 5))), "{damaged:?}");
+        let missing = findings.iter().find(|f| f.key == key(1, 4)).unwrap();
+        assert!(missing.problem.contains("is missing"), "{missing:?}");
     }
 
     #[tokio::test]

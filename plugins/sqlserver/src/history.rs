@@ -47,7 +47,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::Path;
 
-use chrono::{DateTime, FixedOffset, NaiveDateTime, Utc};
+use chrono::{DateTime, Datelike, FixedOffset, NaiveDateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use strata_core::catalog::manifest::{BackupKind, Position};
@@ -635,16 +635,23 @@ fn local_time(raw: &str) -> std::result::Result<NaiveDateTime, String> {
              machine's time zone; the server's local time cannot be recovered from it"
         ));
     }
-    for format in ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f"] {
-        if let Ok(t) = NaiveDateTime::parse_from_str(text, format) {
-            return Ok(t);
-        }
-    }
-    DateTime::parse_from_rfc3339(text)
-        .map(|t| t.naive_local())
-        .map_err(|_| {
+    let parsed = ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f"]
+        .into_iter()
+        .find_map(|format| NaiveDateTime::parse_from_str(text, format).ok())
+        .or_else(|| DateTime::parse_from_rfc3339(text).ok().map(|t| t.naive_local()))
+        .ok_or_else(|| {
             format!("`{text}` is not a date and time such as 2026-11-30T22:15:00 or 2026-11-30 22:15:00.123")
-        })
+        })?;
+    // msdb's `datetime` runs from 1753 to 9999. A year outside was not
+    // written by SQL Server, and near chrono's limits placing it in UTC
+    // overflowed and panicked. Found by fuzzing
+    // (fuzz/corpus/mssql_history/year-out-of-range).
+    if !(1753..=9999).contains(&parsed.year()) {
+        return Err(format!(
+            "`{text}` is outside the range of SQL Server's datetime (years 1753 to 9999)"
+        ));
+    }
+    Ok(parsed)
 }
 
 /// An integer, as a JSON number or string.
@@ -690,6 +697,37 @@ pub(crate) mod tests {
             format!("{{{base}}}")
         } else {
             format!("{{{base},{extra}}}")
+        }
+    }
+
+    /// Found by fuzzing (fuzz/corpus/mssql_history/year-out-of-range): a
+    /// date near chrono's limits was read, and placing it in UTC panicked.
+    #[test]
+    fn dates_outside_sql_servers_datetime_are_refused() {
+        let row = row_json("");
+        for (date, year) in [
+            ("-262143-01-01T00:00:00", "-262143"),
+            ("0001-01-01T00:00:00", "0001"),
+            ("1752-12-31T23:59:59", "1752"),
+        ] {
+            let text = row.replace("2026-11-30T10:00:00", date);
+            assert_ne!(text, row);
+            let err = parse_history(&text, "h.json").expect_err(date);
+            assert_eq!(err.kind(), strata_core::ErrorKind::Config, "{err}");
+            assert!(
+                err.to_string().contains("column backup_start_date"),
+                "{err}"
+            );
+            assert!(err.to_string().contains(year), "{err}");
+            assert!(err.to_string().contains("years 1753 to 9999"), "{err}");
+        }
+        for date in ["1753-01-01T00:00:00", "9999-12-31T23:59:59.997"] {
+            let text = row
+                .replace("2026-11-30T10:00:00", date)
+                .replace("2026-11-30 10:05:00.123", date);
+            let sets = parse_history(&format!("[{text}]"), "h.json").unwrap();
+            let assumed = FixedOffset::west_opt(12 * 3600);
+            assert!(sets[0].start_utc(assumed).is_ok(), "{date}");
         }
     }
 

@@ -53,7 +53,7 @@ use rand::rngs::StdRng;
 
 pub use harm::Damage;
 
-use super::{Options, Scale, Summary};
+use super::{Options, Scale, Summary, SummaryBuilder};
 use crate::cli::{RunOutput, Strata};
 
 /// Where an object sits in a backup's data stream.
@@ -235,15 +235,27 @@ mod code {
 ///   belong (exit 7);
 /// - a deleted tombstone leaves nothing to check (a deleted backup is not
 ///   verified); `undelete` must say the tombstone is gone.
+///
+/// And how two kinds of damage are seen at all:
+/// - a deleted manifest is a backup that vanished: it is told apart from
+///   one never taken by the catalog index of a host that knew it (the
+///   fixtures verify their vaults once, so their indexes know every
+///   backup), whose verify and restores then name the manifest. For
+///   Backint, HANA's own catalog knows the EBID: the restore answers
+///   `#NOTFOUND` (exit 0, how HANA learns an object is gone) and the
+///   agent's log names the manifest it looked for;
+/// - a flipped bit in an archived WAL file's compressed body may leave a
+///   zstd frame that decodes to the very same bytes; [`one_run`] decodes
+///   the object before and after, and such a run expects nothing to
+///   notice (the content every read checks with BLAKE3 is intact).
 pub fn expectation(object: Object, damage: Damage) -> (Expect, Expect) {
     use Damage::*;
     use Expect::*;
     use code::*;
     match (object, damage) {
-        (
-            Object::StreamSegment(_) | Object::EncryptedSegment(_) | Object::PgSegment(_),
-            Delete,
-        ) => (Detects(&[INTEGRITY]), Detects(&[NOT_FOUND])),
+        (Object::StreamSegment(_) | Object::EncryptedSegment(_) | Object::PgSegment(_), Delete) => {
+            (Detects(&[INTEGRITY]), Detects(&[NOT_FOUND]))
+        }
         (Object::StreamSegment(_) | Object::EncryptedSegment(_) | Object::PgSegment(_), _) => {
             (Detects(&[INTEGRITY]), Detects(&[INTEGRITY]))
         }
@@ -290,8 +302,7 @@ pub struct Target {
     /// Another backup's object of the same kind, relative to the vault
     /// root, or an absolute path (another vault's metadata).
     pub other: String,
-    /// What names the object in a message: its key, or for the vault
-    /// metadata the name every store shows.
+    /// What names the object in a message: its key.
     pub names: Vec<String>,
 }
 
@@ -438,10 +449,9 @@ fn judge(step: &str, expect: Expect, outcome: &Outcome, target: &Target) -> Verd
             if outcome.refused { ", refused" } else { "" },
             said()
         )),
-        Expect::Detects(codes) if !codes.contains(&code) => Verdict::Failed(format!(
-            "{step} exited {code}, not {codes:?}; {}",
-            said()
-        )),
+        Expect::Detects(codes) if !codes.contains(&code) => {
+            Verdict::Failed(format!("{step} exited {code}, not {codes:?}; {}", said()))
+        }
         Expect::Detects(_) if !target.names.iter().any(|n| outcome.text.contains(n)) => {
             Verdict::Failed(format!(
                 "{step} failed (exit {code}) without naming the object {}; {}",
@@ -489,16 +499,18 @@ pub fn run(options: &Options) -> Summary {
     );
     let started = Instant::now();
     let needs = |kind: FixtureKind| cells.iter().any(|(o, _)| o.fixture() == kind);
-    let streams = needs(FixtureKind::Streams).then(|| {
-        timed("stream vaults", || {
-            streams::StreamVaults::build(&work.root.join("streams"))
+    let streams = needs(FixtureKind::Streams)
+        .then(|| {
+            timed(&mut summary, "stream vaults", || {
+                streams::StreamVaults::build(&work.root.join("streams"))
+            })
         })
-    });
+        .flatten();
     let postgres = if needs(FixtureKind::Postgres) {
         if postgres_installed() {
-            Some(timed("PostgreSQL cluster", || {
+            timed(&mut summary, "PostgreSQL cluster", || {
                 postgres::PgFixture::build(&work.root.join("postgres"))
-            }))
+            })
         } else {
             crate::skip::skipped(
                 "chaos damage: PostgreSQL objects",
@@ -509,11 +521,13 @@ pub fn run(options: &Options) -> Summary {
     } else {
         None
     };
-    let backint = needs(FixtureKind::Backint).then(|| {
-        timed("Backint vault", || {
-            backint::BackintFixture::build(&work.root.join("backint"))
+    let backint = needs(FixtureKind::Backint)
+        .then(|| {
+            timed(&mut summary, "Backint vault", || {
+                backint::BackintFixture::build(&work.root.join("backint"))
+            })
         })
-    });
+        .flatten();
     eprintln!(
         "damage: fixtures ready in {:.0} s",
         started.elapsed().as_secs_f64()
@@ -549,7 +563,8 @@ pub fn run(options: &Options) -> Summary {
                         object.name().replace('/', "-"),
                         damage.name()
                     ));
-                    let mut rng = options.rng(0x6461_6d61_6765 ^ ((cell as u64) << 16) ^ round as u64);
+                    let mut rng =
+                        options.rng(0x6461_6d61_6765 ^ ((cell as u64) << 16) ^ round as u64);
                     let started = Instant::now();
                     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                         one_run(fixture, object, damage, &dir, &mut rng)
@@ -640,6 +655,8 @@ pub fn run(options: &Options) -> Summary {
         let mut again = Summary::start("damage", options.seed);
         again.failed("no run was made: the campaign tested nothing");
         let mut failed = again.finish();
+        failed.failures += summary.failures;
+        failed.findings.extend(summary.findings);
         failed.cases = summary.cases;
         failed.elapsed = summary.elapsed;
         work.finish(false);
@@ -668,7 +685,11 @@ fn one_run(
         copy.vault.join(&target.other)
     };
     let before = std::fs::read(&path).unwrap_or_default();
-    let mut detail = format!("{}: {}", target.key, harm::apply(damage, &path, &other, rng));
+    let mut detail = format!(
+        "{}: {}",
+        target.key,
+        harm::apply(damage, &path, &other, rng)
+    );
     let (mut verify_expect, mut restore_expect) = expectation(object, damage);
     if damage == Damage::BitFlip && content_unchanged(object, &target.key, &before, &path) {
         // zstd's encoding has a few bits that do not matter: the object
@@ -733,7 +754,11 @@ fn tally<'a>(verdicts: impl Iterator<Item = &'a Verdict>) -> String {
             codes
                 .iter()
                 // Backint's `#NOTFOUND` exits 0 (see `code::BACKINT_NOT_FOUND`).
-                .map(|c| if *c == 0 { "0 #NOTFOUND".to_owned() } else { c.to_string() })
+                .map(|c| if *c == 0 {
+                    "0 #NOTFOUND".to_owned()
+                } else {
+                    c.to_string()
+                })
                 .collect::<Vec<_>>()
                 .join("/")
         ));
@@ -767,18 +792,33 @@ fn postgres_installed() -> bool {
         return Path::new(&dir).join("initdb").is_file();
     }
     std::fs::read_dir("/usr/lib/postgresql")
-        .map(|dirs| dirs.flatten().any(|e| e.path().join("bin/initdb").is_file()))
+        .map(|dirs| {
+            dirs.flatten()
+                .any(|e| e.path().join("bin/initdb").is_file())
+        })
         .unwrap_or(false)
 }
 
-fn timed<T>(what: &str, build: impl FnOnce() -> T) -> T {
+/// Builds a fixture, saying how long it took; a fixture that cannot be
+/// built is a failure of the campaign (its cells are not run).
+fn timed<T>(summary: &mut SummaryBuilder, what: &str, build: impl FnOnce() -> T) -> Option<T> {
     let started = Instant::now();
-    let built = build();
-    eprintln!(
-        "damage: {what} built in {:.1} s",
-        started.elapsed().as_secs_f64()
-    );
-    built
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(build)) {
+        Ok(built) => {
+            eprintln!(
+                "damage: {what} built in {:.1} s",
+                started.elapsed().as_secs_f64()
+            );
+            Some(built)
+        }
+        Err(panic) => {
+            summary.failed(format!(
+                "the {what} could not be built, its cells did not run: {}",
+                panic_message(&panic)
+            ));
+            None
+        }
+    }
 }
 
 fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
@@ -872,15 +912,30 @@ mod tests {
             Verdict::Lost(_)
         ));
         assert!(matches!(
-            judge("restore", Expect::Harmless, &outcome(0, "", Some(false)), &target()),
+            judge(
+                "restore",
+                Expect::Harmless,
+                &outcome(0, "", Some(false)),
+                &target()
+            ),
             Verdict::Lost(_)
         ));
         assert_eq!(
-            judge("restore", Expect::Harmless, &outcome(0, "", Some(true)), &target()),
+            judge(
+                "restore",
+                Expect::Harmless,
+                &outcome(0, "", Some(true)),
+                &target()
+            ),
             Verdict::Harmless
         );
         assert!(matches!(
-            judge("restore", Expect::Harmless, &outcome(6, named, None), &target()),
+            judge(
+                "restore",
+                Expect::Harmless,
+                &outcome(6, named, None),
+                &target()
+            ),
             Verdict::Failed(_)
         ));
     }

@@ -207,7 +207,11 @@ pub fn run(options: &Options) -> Summary {
             ));
         }
         if options.verbose {
-            eprintln!("outage: {} took {:.0} s", case.name, started.elapsed().as_secs_f64());
+            eprintln!(
+                "outage: {} took {:.0} s",
+                case.name,
+                started.elapsed().as_secs_f64()
+            );
         }
     }
     campaign.report_messages();
@@ -411,9 +415,7 @@ impl Outage {
         let least = retries.least.as_secs_f64();
         let most = retries.most.as_secs_f64();
         let length = match rng.random_range(0..100) {
-            0..40 => Length::Short(Duration::from_secs_f64(
-                rng.random_range(0.05..0.8) * least,
-            )),
+            0..40 => Length::Short(Duration::from_secs_f64(rng.random_range(0.05..0.8) * least)),
             40..70 => Length::Medium(Duration::from_secs_f64(
                 rng.random_range(least..(most * 1.5).max(least + 0.5)),
             )),
@@ -495,7 +497,11 @@ impl Outage {
         format!(
             "{kind} {scope} from request {}{}, {length}",
             self.from_request,
-            if counted.is_empty() { String::new() } else { format!(" {counted}") }
+            if counted.is_empty() {
+                String::new()
+            } else {
+                format!(" {counted}")
+            }
         )
     }
 }
@@ -594,11 +600,9 @@ impl Campaign<'_> {
 
     /// A seeded random number generator for `case`.
     pub fn rng(&self, case: &str) -> StdRng {
-        let stream = case
-            .bytes()
-            .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-                (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
-            });
+        let stream = case.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+        });
         self.options.rng(stream)
     }
 
@@ -656,7 +660,8 @@ impl Campaign<'_> {
         window: Option<Window>,
         out: &CommandOutcome,
     ) -> bool {
-        let hit = window.is_some_and(|w| w.began.is_some() && (w.injected > 0 || outage.only_slows()));
+        let hit =
+            window.is_some_and(|w| w.began.is_some() && (w.injected > 0 || outage.only_slows()));
         let injected = window.map_or(0, |w| w.injected);
         tally.runs += 1;
         tally.faulted_requests += injected;
@@ -819,7 +824,9 @@ pub(crate) fn clear_error_with(out: &CommandOutcome, codes: &[i32]) -> Result<St
     }
     let (message, hint) = error_and_hint(&out.stderr)?;
     // Strata's own prefix twice, or a message that is only a prefix.
-    if message.starts_with("error") || message.contains("error: error:") || message.trim().is_empty()
+    if message.starts_with("error")
+        || message.contains("error: error:")
+        || message.trim().is_empty()
     {
         return Err(format!("its error stutters: {message}"));
     }
@@ -857,7 +864,10 @@ fn error_and_hint(stderr: &str) -> Result<(String, String), String> {
         .map(|at| error + at)
         .ok_or("it printed no `hint:` line saying what to do")?;
     let message = lines[error..end].join(" ");
-    let message = message.strip_prefix("error: ").unwrap_or(&message).to_owned();
+    let message = message
+        .strip_prefix("error: ")
+        .unwrap_or(&message)
+        .to_owned();
     let hints = lines[end..]
         .iter()
         .filter_map(|line| line.strip_prefix("hint: "))
@@ -870,9 +880,16 @@ fn error_and_hint(stderr: &str) -> Result<(String, String), String> {
 /// what failed.
 pub(crate) fn names_the_store(message: &str) -> bool {
     let lower = message.to_lowercase();
-    ["object storage", "object store", "vault", "s3 error", "azure error", "store"]
-        .iter()
-        .any(|word| lower.contains(word))
+    [
+        "object storage",
+        "object store",
+        "vault",
+        "s3 error",
+        "azure error",
+        "store",
+    ]
+    .iter()
+    .any(|word| lower.contains(word))
 }
 
 /// A message with what differs between runs masked: numbers, hex ids,
@@ -900,7 +917,9 @@ pub(crate) fn mask(message: &str) -> String {
         };
         if masked.starts_with("<Message>")
             || masked.starts_with("<RequestId>")
-            || out.last().is_some_and(|last: &String| last.starts_with("<Error "))
+            || out
+                .last()
+                .is_some_and(|last: &String| last.starts_with("<Error "))
         {
             continue;
         }
@@ -1002,7 +1021,13 @@ mod tests {
             "WARN something\nerror: object storage request failed: 503\nhint: check that the vault is reachable\n",
         );
         assert!(clear_error(&good).is_ok());
-        assert!(clear_error(&outcome(1, "error: object storage request failed\nhint: x\n")).is_err());
+        assert!(
+            clear_error(&outcome(
+                1,
+                "error: object storage request failed\nhint: x\n"
+            ))
+            .is_err()
+        );
         assert!(clear_error(&outcome(4, "error: it failed\nhint: x\n")).is_err());
         assert!(clear_error(&outcome(4, "error: vault gone\n")).is_err());
         assert!(

@@ -426,7 +426,12 @@ impl Shared {
         if !armed.open_at(now) {
             return None;
         }
-        if !selects || armed.fault.limit.is_some_and(|limit| armed.injected >= limit) {
+        if !selects
+            || armed
+                .fault
+                .limit
+                .is_some_and(|limit| armed.injected >= limit)
+        {
             return None;
         }
         if kind != FaultKind::Refuse
@@ -734,9 +739,8 @@ async fn serve(shared: Arc<Shared>, stream: TcpStream) {
         stream,
         reset: reset.clone(),
     });
-    let service = hyper::service::service_fn(move |request| {
-        handle(shared.clone(), reset.clone(), request)
-    });
+    let service =
+        hyper::service::service_fn(move |request| handle(shared.clone(), reset.clone(), request));
     let _ = hyper::server::conn::http1::Builder::new()
         .keep_alive(true)
         .serve_connection(io, service)
@@ -1096,7 +1100,10 @@ mod tests {
         assert_eq!(s.decide(&Method::GET, "/", ""), None);
         assert_eq!(s.decide(&Method::PUT, "/", ""), None, "the first PUT");
         assert_eq!(s.decide(&Method::GET, "/", ""), None);
-        assert_eq!(s.decide(&Method::PUT, "/", ""), Some(FaultKind::Status(500)));
+        assert_eq!(
+            s.decide(&Method::PUT, "/", ""),
+            Some(FaultKind::Status(500))
+        );
     }
 
     #[test]
@@ -1116,9 +1123,7 @@ mod tests {
         let s = shared();
         arm(
             &s,
-            Fault::new(FaultKind::Status(500))
-                .probability(0.25)
-                .seed(7),
+            Fault::new(FaultKind::Status(500)).probability(0.25).seed(7),
         );
         let hits = (0..2000)
             .filter(|_| s.decide(&Method::PUT, "/", "").is_some())

@@ -178,7 +178,12 @@ pub fn last_runs(
 /// How long a kind whose job failed waits before a later pass takes its
 /// slot again: as long as the job's own retries took, at the least.
 pub fn retry_pause(service: &ServiceConfig) -> std::time::Duration {
-    service.retry_delay.0 * 2u32.saturating_pow(service.retries.min(16))
+    // Saturating: a retry_delay of many years would overflow and panic the
+    // service (found by fuzzing the configuration).
+    service
+        .retry_delay
+        .0
+        .saturating_mul(2u32.saturating_pow(service.retries.min(16)))
 }
 
 /// Where jobs wait for their turn: at most `[service] concurrency` at once
@@ -488,7 +493,10 @@ async fn run_due(
                 .await;
             match result {
                 Err(err) if err.is_retryable() && attempt < service.retries => {
-                    let wait = service.retry_delay.0 * 2u32.saturating_pow(attempt);
+                    let wait = service
+                        .retry_delay
+                        .0
+                        .saturating_mul(2u32.saturating_pow(attempt));
                     attempt += 1;
                     tracing::warn!(database = %item.name(), kind = %due.kind, error = %err, attempt, "retryable failure; retrying in {}", humantime::format_duration(wait));
                     tokio::select! {

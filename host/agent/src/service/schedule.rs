@@ -127,9 +127,13 @@ impl LastRuns {
     /// Whether a failure of `kind` is too recent to try again at `now`.
     fn pausing(&self, kind: BackupKind, now: DateTime<Utc>, pause: Duration) -> bool {
         let pause = chrono::Duration::from_std(pause).unwrap_or(chrono::Duration::MAX);
-        self.of(kind)
-            .failed_at
-            .is_some_and(|failed| now < failed + pause)
+        // A pause that ends past the last date there is lasts forever
+        // (unchecked, the sum panicked: found by fuzzing the configuration).
+        self.of(kind).failed_at.is_some_and(|failed| {
+            failed
+                .checked_add_signed(pause)
+                .is_none_or(|until| now < until)
+        })
     }
 }
 
@@ -189,7 +193,12 @@ fn log_due(
         return None;
     }
     let interval = chrono::Duration::from_std(interval).ok()?;
-    let due_at = last.newest_run().map_or(now, |ran| ran + interval);
+    // An interval that ends past the last date there is never comes round
+    // (unchecked, the sum panicked: found by fuzzing the configuration).
+    let due_at = match last.newest_run() {
+        Some(ran) => ran.checked_add_signed(interval)?,
+        None => now,
+    };
     (due_at <= now).then_some(Due {
         kind: BackupKind::Log,
         trigger: Trigger::Schedule,
@@ -299,6 +308,49 @@ mod tests {
             ran: Some(t(slot) + chrono::Duration::seconds(5)),
             failed_at: None,
         }
+    }
+
+    /// Found by fuzzing the configuration (fuzz/corpus/config/huge-*):
+    /// intervals the configuration accepts but no date can be that far
+    /// panicked the service: `retry_delay` multiplying into the retry
+    /// pause, the pause added to a failure's time, and `log_interval`
+    /// added to the last run. They now wait forever instead.
+    #[test]
+    fn intervals_past_the_last_date_wait_forever() {
+        let config = Config::parse(
+            "[service]\nretry_delay = \"100000000000years\"\n\
+             [policy.p]\nfull = \"0 2 * * SUN\"\nlog_interval = \"1000000years\"\n",
+            "t",
+        )
+        .unwrap();
+        let pause = crate::service::run::retry_pause(&config.service);
+        assert_eq!(pause, Duration::MAX);
+        let policy = &config.policy["p"];
+        let now = t("2026-12-01T02:30:00Z");
+        // The full failed a minute ago: it waits out the pause, forever.
+        let failed = LastRuns {
+            full: KindRuns {
+                failed_at: Some(now - chrono::Duration::minutes(1)),
+                ..KindRuns::default()
+            },
+            ..LastRuns::default()
+        };
+        assert_eq!(due(policy, &failed, now, pause), None);
+        // Every slot is taken and log backups are due every million
+        // years: none is due now.
+        let ran = KindRuns {
+            slot: Some(now),
+            ran: Some(now - chrono::Duration::days(365)),
+            failed_at: None,
+        };
+        let idle = LastRuns {
+            full: ran,
+            log: ran,
+            has_full: true,
+            takes_logs: true,
+            ..LastRuns::default()
+        };
+        assert_eq!(due(policy, &idle, now, pause), None);
     }
 
     #[test]

@@ -341,8 +341,9 @@ impl Manifest {
     /// have none), its format, and that its sizes add up.
     pub fn from_json(bytes: &[u8], origin: &str) -> Result<Manifest> {
         let checked = checksum::check(bytes).map_err(|why| {
-            Error::integrity(format!("manifest {origin} is damaged: {why}"))
-                .hint("the object was altered in the vault; `strata verify` checks the rest of the vault")
+            Error::integrity(format!("manifest {origin} is damaged: {why}")).hint(
+                "the object was altered in the vault; `strata verify` checks the rest of the vault",
+            )
         })?;
         let bytes = match &checked {
             checksum::Checked::Sound(original) => original.as_slice(),
@@ -375,19 +376,28 @@ impl Manifest {
 
     /// Checks internal consistency (sizes add up, digests are well formed).
     pub fn check(&self, origin: &str) -> Result<()> {
+        // Sums that overflow do not add up either: unchecked, they panicked
+        // (debug builds) or wrapped around to a total that matched (release).
+        // Found by fuzzing (fuzz/corpus/manifest/overflowing-*).
+        fn total(sizes: impl IntoIterator<Item = u64>) -> Option<u64> {
+            sizes.into_iter().try_fold(0u64, u64::checked_add)
+        }
+        let (mut all_raw, mut all_stored) = (Some(0u64), Some(0u64));
         for stream in &self.streams {
-            let stored: u64 = stream.segments.iter().map(|s| s.stored_size).sum();
-            let raw: u64 = stream
-                .segments
-                .iter()
-                .flat_map(|s| &s.parts)
-                .map(|p| p.raw)
-                .sum();
+            let stored = total(stream.segments.iter().map(|s| s.stored_size));
+            let raw = total(stream.segments.iter().flat_map(|s| &s.parts).map(|p| p.raw));
             let seg_ok = stream
                 .segments
                 .iter()
-                .all(|s| s.parts.iter().map(|p| p.stored).sum::<u64>() == s.stored_size);
-            if stored != stream.stored_size || raw != stream.raw_size || !seg_ok {
+                .all(|s| total(s.parts.iter().map(|p| p.stored)) == Some(s.stored_size));
+            all_raw = all_raw.and_then(|t| t.checked_add(stream.raw_size));
+            all_stored = all_stored.and_then(|t| t.checked_add(stream.stored_size));
+            if stored != Some(stream.stored_size)
+                || raw != Some(stream.raw_size)
+                || !seg_ok
+                || all_raw.is_none()
+                || all_stored.is_none()
+            {
                 return Err(Error::integrity(format!(
                     "manifest {origin}: the sizes of stream `{}` do not add up",
                     stream.name
@@ -409,6 +419,74 @@ impl Manifest {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by fuzzing (fuzz/corpus/manifest/overflowing-*): part sizes
+    /// whose sum overflows u64 panicked the check in debug builds, and in
+    /// release builds wrapped around to a total that passed it; stream
+    /// totals that overflow panicked `raw_size`.
+    #[test]
+    fn sizes_that_overflow_do_not_add_up() {
+        let part = |raw: u64| PartRecord {
+            raw,
+            stored: 1,
+            crc32c: 0,
+        };
+        let stream = |name: &str, parts: Vec<PartRecord>, raw_size: u64| StreamRecord {
+            name: name.into(),
+            raw_size,
+            stored_size: parts.len() as u64,
+            blake3: None,
+            segments: vec![SegmentRecord {
+                key: format!("data/{name}"),
+                stored_size: parts.len() as u64,
+                parts,
+            }],
+        };
+        let manifest = |streams: Vec<StreamRecord>| Manifest {
+            format: MANIFEST_FORMAT,
+            id: "20261201T000000.000Z-00000000".parse().unwrap(),
+            engine: "stream".into(),
+            instance: "s".into(),
+            database: None,
+            kind: BackupKind::Full,
+            started_at: "2026-12-01T00:00:00Z".parse().unwrap(),
+            ended_at: "2026-12-01T00:00:01Z".parse().unwrap(),
+            consistent_at: None,
+            fork: String::new(),
+            start: None,
+            end: None,
+            base: None,
+            compression: Compression {
+                algorithm: "zstd".into(),
+                level: 3,
+            },
+            encryption: None,
+            streams,
+            labels: BTreeMap::new(),
+            engine_meta: serde_json::Value::Null,
+        };
+        let sound = manifest(vec![stream("a", vec![part(7), part(9)], 16)]);
+        sound.check("m.json").unwrap();
+        for (what, damaged) in [
+            (
+                "parts wrapping around to the stream's size",
+                manifest(vec![stream("a", vec![part(u64::MAX), part(1)], 0)]),
+            ),
+            (
+                "streams whose total overflows",
+                manifest(vec![
+                    stream("a", vec![part(u64::MAX)], u64::MAX),
+                    stream("b", vec![part(1)], 1),
+                ]),
+            ),
+        ] {
+            let err = damaged.check("m.json").expect_err(what);
+            assert_eq!(err.kind(), crate::ErrorKind::Integrity, "{what}: {err}");
+            assert!(err.to_string().contains("do not add up"), "{what}: {err}");
+            let json = serde_json::to_vec(&damaged).unwrap();
+            assert!(Manifest::from_json(&json, "m.json").is_err(), "{what}");
+        }
+    }
 
     #[test]
     fn backup_ids_sort_by_time() {

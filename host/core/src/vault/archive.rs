@@ -821,4 +821,64 @@ mod tests {
             assert!(err.hint_text().is_some(), "{what}");
         }
     }
+
+    /// Damage that leaves an object sound in itself: another WAL file's
+    /// object copied over this key (`wal-fetch` would hand PostgreSQL the
+    /// wrong segment), and a header attribute altered into another valid
+    /// value (the planner times restores by them). Both are refused,
+    /// naming the key, by `get` and by `attributes` (found by the damage
+    /// campaign).
+    #[tokio::test]
+    async fn an_object_moved_to_another_key_or_with_altered_attributes_is_refused() {
+        let archive = archive("archive-moved", None).await;
+        let a = "wal/42/00000001/000000010000000000000003";
+        let b = "wal/42/00000001/000000010000000000000004";
+        for (key, byte) in [(a, 3u8), (b, 4u8)] {
+            let attributes = attrs(&[("last_commit_time", "2026-11-22T00:15:00Z")]);
+            archive
+                .put_once(key, Bytes::from(vec![byte; 5000]), attributes)
+                .await
+                .unwrap();
+        }
+        let store = archive.vault().store().clone();
+        let full = |key: &str| archive.vault_key(key).unwrap();
+        let stored_a = archive.vault().get_bytes(&full(a)).await.unwrap();
+
+        store
+            .put(&archive.vault().path(&full(b)), stored_a.to_vec().into())
+            .await
+            .unwrap();
+        for err in [
+            archive.get(b).await.unwrap_err(),
+            archive.attributes(b).await.unwrap_err(),
+        ] {
+            assert_eq!(err.kind(), ErrorKind::Integrity, "{err}");
+            assert!(err.to_string().contains(&full(b)), "{err}");
+            assert!(
+                err.to_string().contains("holds another archive object"),
+                "{err}"
+            );
+        }
+
+        let text = String::from_utf8_lossy(&stored_a).into_owned();
+        let altered = text.replacen("00:15:00Z", "00:16:00Z", 1);
+        assert_ne!(altered, text);
+        let mut bytes = altered.into_bytes();
+        // The body is not text: keep it byte for byte.
+        let header_end = stored_a.iter().skip(12).position(|&c| c == b'\n').unwrap() + 13;
+        bytes.truncate(header_end);
+        bytes.extend_from_slice(&stored_a[header_end..]);
+        store
+            .put(&archive.vault().path(&full(a)), bytes.into())
+            .await
+            .unwrap();
+        for err in [
+            archive.get(a).await.unwrap_err(),
+            archive.attributes(a).await.unwrap_err(),
+        ] {
+            assert_eq!(err.kind(), ErrorKind::Integrity, "{err}");
+            assert!(err.to_string().contains(&full(a)), "{err}");
+            assert!(err.to_string().contains("checksum does not match"), "{err}");
+        }
+    }
 }

@@ -449,8 +449,11 @@ impl Vault {
             ))
             .hint("put back the tombstone (an earlier version of the object, a replica) to undelete it; otherwise `strata vault gc` removes the data as a leftover"));
         }
-        Ok(Error::not_found(format!("there is no deleted backup {id}"))
-            .hint("`strata list --deleted` shows the deleted backups that can still be brought back"))
+        Ok(
+            Error::not_found(format!("there is no deleted backup {id}")).hint(
+                "`strata list --deleted` shows the deleted backups that can still be brought back",
+            ),
+        )
     }
 
     /// [`Vault::undelete`] of a tombstone already read

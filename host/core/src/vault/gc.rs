@@ -15,9 +15,16 @@
 //! removes one. Azure drops uncommitted blocks after a week by itself; GCS
 //! buckets need a lifecycle rule that aborts incomplete multipart uploads.
 //!
+//! A backup killed after its data was written can also leave an engine
+//! object named after it: a Backint version's name marker
+//! (`engines/hana/<SID>/objects/.../<id>`) is written just before the
+//! manifest. [`find_orphans`] counts such objects with the orphan's data,
+//! and [`delete_orphan`] deletes them with it.
+//!
 //! Safety rules, since a mistake here would delete a backup:
-//! * Only `data/<engine>/<instance>/<id>/` prefixes are considered; WAL and
-//!   other engine objects under `engines/` never are.
+//! * Only `data/<engine>/<instance>/<id>/` prefixes are considered, and
+//!   under `engines/<engine>/<instance>/` only the objects whose name is
+//!   such an orphan's `<id>`; WAL and every other engine object never are.
 //! * A prefix is an orphan only when no object exists at its manifest key
 //!   (even a manifest that cannot be parsed protects its data), and no
 //!   tombstone names it: a soft-deleted backup's data is purged by
@@ -50,12 +57,17 @@ pub struct OrphanData {
     pub instance: String,
     /// The backup id.
     pub id: String,
-    /// The number of objects.
+    /// The number of objects (segments and engine objects).
     pub objects: usize,
     /// Their total size in bytes.
     pub bytes: u64,
     /// When the newest of them was written.
     pub newest: DateTime<Utc>,
+    /// Engine objects named after the backup (keys from the vault root),
+    /// such as the name marker of a Backint version whose manifest never
+    /// came: they go with its data.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub engine_objects: Vec<String>,
     /// On an immutable S3 vault: its manifest has versions but no current
     /// object, i.e. a plain delete through the S3 API hid a committed
     /// backup behind a delete marker. Never deleted; the marker's removal
@@ -113,6 +125,7 @@ pub async fn find_orphans(vault: &Vault, grace: Duration) -> Result<Vec<OrphanDa
             objects: 0,
             bytes: 0,
             newest: meta.last_modified,
+            engine_objects: Vec::new(),
             manifest_hidden: false,
         });
         entry.objects += 1;
@@ -121,6 +134,7 @@ pub async fn find_orphans(vault: &Vault, grace: Duration) -> Result<Vec<OrphanDa
     }
     let cutoff = cutoff(grace);
     let mut orphans: Vec<OrphanData> = found.into_values().filter(|o| o.newest < cutoff).collect();
+    add_engine_objects(vault, &mut orphans).await?;
     orphans.sort_by_key(|o| o.newest);
     if let (Some(_), Some(s3)) = (vault.immutability(), vault.s3_access()) {
         for orphan in &mut orphans {
@@ -128,6 +142,40 @@ pub async fn find_orphans(vault: &Vault, grace: Duration) -> Result<Vec<OrphanDa
         }
     }
     Ok(orphans)
+}
+
+/// Adds to each orphan the engine objects named after it: the objects
+/// under `engines/<engine>/<instance>/` whose last key component is its
+/// backup id. Each instance with orphans is listed once.
+async fn add_engine_objects(vault: &Vault, orphans: &mut [OrphanData]) -> Result<()> {
+    let instances: std::collections::BTreeSet<(String, String)> = orphans
+        .iter()
+        .map(|o| (o.engine.clone(), o.instance.clone()))
+        .collect();
+    for (engine, instance) in instances {
+        let prefix = format!("{}/{engine}/{instance}", layout::ENGINES);
+        let objects: Vec<object_store::ObjectMeta> = vault
+            .store()
+            .list(Some(&vault.path(&prefix)))
+            .try_collect()
+            .await
+            .map_err(|e| Error::from(e).context(format!("listing {prefix} in {}", vault.url())))?;
+        for meta in objects {
+            let key = vault.relative_key(&meta.location);
+            let Some(name) = key.rsplit('/').next() else {
+                continue;
+            };
+            if let Some(orphan) = orphans
+                .iter_mut()
+                .find(|o| o.engine == engine && o.instance == instance && o.id == name)
+            {
+                orphan.objects += 1;
+                orphan.bytes += meta.size;
+                orphan.engine_objects.push(key);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Deletes the objects of `orphan`, unless its manifest has appeared since
@@ -151,7 +199,9 @@ pub async fn delete_orphan(vault: &Vault, orphan: &OrphanData) -> Result<Deletio
         Err(e) => return Err(Error::from(e).context(format!("checking {manifest}"))),
     }
     let mut outcome = Deletion::Deleted;
-    for key in vault.list_keys(&orphan.prefix).await? {
+    let mut keys = vault.list_keys(&orphan.prefix).await?;
+    keys.extend(orphan.engine_objects.iter().cloned());
+    for key in keys {
         if let Deletion::Locked { until } = vault.delete_object(&key).await? {
             let latest = match outcome {
                 Deletion::Locked { until: earlier } => earlier.max(until),
@@ -534,6 +584,68 @@ mod tests {
             .unwrap();
         assert!(
             find_unfinished_uploads(&memory, Duration::ZERO)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    /// A Backint backup killed after its version's name marker (an engine
+    /// object named after the backup id) and before its manifest: gc finds
+    /// the marker with the orphan's segments and deletes it with them;
+    /// the marker of a committed version and engine objects of other names
+    /// stay.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_engine_object_named_after_an_orphan_goes_with_it() {
+        let vault = Vault::init(&VaultConfig::from_url("memory://gc-markers"), None)
+            .await
+            .unwrap();
+        let hana = || BackupTarget {
+            engine: "hana".into(),
+            instance: "HDB".into(),
+            database: Some("HDB".into()),
+            kind: BackupKind::Full,
+        };
+        let marker = |id: &str| format!("engines/hana/HDB/objects/_/x/COMPLETE_5fDATA/{id}");
+        let put = |key: String| {
+            let vault = vault.clone();
+            async move {
+                vault
+                    .store()
+                    .put(&vault.path(&key), b"{}".to_vec().into())
+                    .await
+                    .unwrap();
+            }
+        };
+        let kept = BackupWriter::start(&vault, hana(), WriterConfig::default()).unwrap();
+        kept.write_stream("s", &b"committed"[..], None)
+            .await
+            .unwrap();
+        put(marker(kept.id().as_str())).await;
+        let kept = kept.commit(BackupOutcome::default()).await.unwrap();
+        let killed = BackupWriter::start(&vault, hana(), WriterConfig::default()).unwrap();
+        killed
+            .write_stream("s", &b"never committed"[..], None)
+            .await
+            .unwrap();
+        let killed_marker = marker(killed.id().as_str());
+        put(killed_marker.clone()).await;
+        // Killed before its manifest: no cleanup runs.
+        std::mem::forget(killed);
+        let other = "engines/hana/HDB/objects/_/x/COMPLETE_5fDATA/not-a-backup".to_owned();
+        put(other.clone()).await;
+
+        let orphans = find_orphans(&vault, Duration::ZERO).await.unwrap();
+        assert_eq!(orphans.len(), 1, "{orphans:?}");
+        assert_eq!(orphans[0].engine_objects, std::slice::from_ref(&killed_marker));
+        assert_eq!(orphans[0].objects, 2, "its segment and its marker");
+        delete_orphan(&vault, &orphans[0]).await.unwrap();
+        let left = vault.list_keys("engines/hana/HDB").await.unwrap();
+        assert!(!left.contains(&killed_marker), "{left:?}");
+        assert!(left.contains(&marker(kept.id.as_str())), "{left:?}");
+        assert!(left.contains(&other), "{left:?}");
+        assert!(
+            find_orphans(&vault, Duration::ZERO)
                 .await
                 .unwrap()
                 .is_empty()

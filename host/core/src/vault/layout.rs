@@ -16,7 +16,8 @@
 //! A deletion (retention, `strata delete`, `hdbbackint delete`) first
 //! writes a tombstone under `deleted/`: `{"deleted_at": <RFC 3339 UTC>,
 //! "reason": <text>, "manifest": <the manifest>, "purge_after": <RFC 3339
-//! UTC>}`. Then the manifest goes: the backup stops existing at once. Its
+//! UTC>, "checksum": "blake3:<hex>"}` (see [`crate::checksum`]; manifests
+//! and `strata-vault.json` end with one too). Then the manifest goes: the backup stops existing at once. Its
 //! segments stay until `purge_after` (soft delete), then go, and the
 //! tombstone last. The protocol, and how interrupted deletions and
 //! undeletes are finished, is in [`deletion`](super::deletion); a backup

@@ -175,6 +175,20 @@ impl VaultMeta {
             ))
             .hint("upgrade Strata on this host to use this vault"));
         }
+        // Periods beyond what `vault init` sets were altered: read as they
+        // are, a deletion's purge date (`now + days`) would overflow and
+        // panic. Found by fuzzing (fuzz/corpus/vault_meta/beyond-max-days).
+        let lock_days = meta.immutability.as_ref().map_or(0, |lock| lock.days);
+        for (what, days) in [
+            ("soft_delete_days", meta.soft_delete_days),
+            ("immutability days", lock_days),
+        ] {
+            if days > MAX_DAYS {
+                return Err(damaged(format!(
+                    "its {what} is {days}, beyond the longest period Strata sets ({MAX_DAYS} days)"
+                )));
+            }
+        }
         Ok(meta)
     }
 }
@@ -398,7 +412,7 @@ fn build_store_with_access(
         Error::config(format!("`{raw}` is not a valid vault URL: {e}"))
             .hint("examples: file:///var/lib/strata/vault, s3://bucket/prefix, az://container/prefix, gs://bucket/prefix")
     })?;
-    // BREAK-ON-PURPOSE security refuse_credentials_in_url(&url)?;
+    refuse_credentials_in_url(&url)?;
     if url.scheme() == "memory" {
         let name = format!("{}{}", url.host_str().unwrap_or(""), url.path());
         let store = memory_stores()
@@ -871,12 +885,13 @@ impl Vault {
             (Some(enc), Some(key)) => {
                 if key.check_value() != enc.key_check {
                     return Err(Error::crypto(format!(
-                        "the key does not belong to the vault at {url}: its {} records the check value of another key",
-                        layout::VAULT_META
+                        "the key does not belong to the vault at {url}"
                     ))
+                    .hint(
+                        "use the key file written by `strata vault init --encrypt` for this vault",
+                    )
                     .hint(format!(
-                        "use the key file written by `strata vault init --encrypt` for this vault; \
-                         if that is the key given, the vault's {} was replaced by another vault's: put back its own",
+                        "if that is the key given, the vault's {} (which records the key's check value) was replaced by another vault's: put back its own",
                         layout::VAULT_META
                     )));
                 }
@@ -1630,5 +1645,216 @@ mod create_retry_tests {
             .unwrap()
             .unwrap();
         assert_eq!(&got.bytes[..], b"two");
+    }
+}
+
+/// Objects altered in the vault behind Strata's back (found by the damage
+/// campaign): each is refused naming its key, never read as something else.
+#[cfg(test)]
+mod damage_tests {
+    use object_store::ObjectStoreExt;
+
+    use super::*;
+
+    fn manifest(id: &str) -> Manifest {
+        serde_json::from_value(serde_json::json!({
+            "format": 1, "id": id, "engine": "stream", "instance": "a", "kind": "full",
+            "started_at": "2026-11-22T00:15:00Z", "ended_at": "2026-11-22T00:15:01Z",
+            "compression": {"algorithm": "zstd", "level": 3}, "streams": [],
+        }))
+        .unwrap()
+    }
+
+    async fn put(vault: &Vault, key: &str, bytes: Vec<u8>) {
+        vault
+            .store()
+            .put(&vault.path(key), bytes.into())
+            .await
+            .unwrap();
+    }
+
+    /// Another backup's manifest copied over a manifest's key would be
+    /// listed and restored as that backup; a manifest altered into other
+    /// valid JSON would be planned by. Both are refused naming the key.
+    #[tokio::test]
+    async fn a_replaced_or_altered_manifest_is_refused_naming_its_key() {
+        let vault = Vault::init(&VaultConfig::from_url("memory://damage-manifests"), None)
+            .await
+            .unwrap();
+        let (one, two) = (
+            manifest("20261122T001500.123Z-00000001"),
+            manifest("20261122T001600.123Z-00000002"),
+        );
+        for m in [&one, &two] {
+            let key = layout::manifest_key("stream", "a", &m.id);
+            vault.put_create(&key, m.to_json().unwrap()).await.unwrap();
+            assert_eq!(&vault.read_manifest("stream", "a", &m.id).await.unwrap(), m);
+        }
+        let key_one = layout::manifest_key("stream", "a", &one.id);
+        let key_two = layout::manifest_key("stream", "a", &two.id);
+        let sound = vault.get_bytes(&key_one).await.unwrap();
+
+        put(
+            &vault,
+            &key_one,
+            vault.get_bytes(&key_two).await.unwrap().to_vec(),
+        )
+        .await;
+        let err = vault
+            .read_manifest("stream", "a", &one.id)
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Integrity, "{err}");
+        assert!(
+            err.to_string().contains(&format!(
+                "manifest {key_one} holds the manifest of another backup"
+            )),
+            "{err}"
+        );
+        let damaged = vault.damaged_manifests(layout::MANIFESTS).await.unwrap();
+        assert_eq!(damaged.len(), 1);
+        assert_eq!(damaged[0].0, key_one);
+
+        let text = String::from_utf8(sound.to_vec()).unwrap();
+        let altered = text.replacen("00:15:01Z", "00:15:09Z", 1);
+        assert_ne!(altered, text);
+        put(&vault, &key_one, altered.into_bytes()).await;
+        let err = vault
+            .read_manifest("stream", "a", &one.id)
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Integrity, "{err}");
+        assert!(
+            err.to_string().contains(&format!(
+                "manifest {key_one} is damaged: its checksum does not match"
+            )),
+            "{err}"
+        );
+    }
+
+    /// Found by fuzzing (fuzz/corpus/vault_meta/beyond-max-days): metadata
+    /// whose soft delete period or lock is beyond `MAX_DAYS` was accepted,
+    /// and a deletion then panicked computing its purge date.
+    #[test]
+    fn vault_metadata_with_periods_beyond_the_limit_is_refused() {
+        let meta = |soft: u64, lock: u64| {
+            format!(
+                r#"{{"format":2,"vault_id":"v","created_at":"2026-12-01T00:00:00Z","created_by":"strata",
+                "soft_delete_days":{soft},"immutability":{{"mode":"compliance","days":{lock},
+                "enforced_by":"s3-object-lock","since":"2026-12-01T00:00:00Z"}}}}"#
+            )
+        };
+        let sound = VaultMeta::from_json(meta(14, 36_500).as_bytes(), "memory://v").unwrap();
+        assert_eq!(
+            (sound.soft_delete_days, sound.immutability.unwrap().days),
+            (14, 36_500)
+        );
+        for (soft, lock, what) in [
+            (63_500, 30, "soft_delete_days is 63500"),
+            (4_294_967_295, 30, "soft_delete_days is 4294967295"),
+            (14, 4_294_967_295, "immutability days is 4294967295"),
+        ] {
+            let err = VaultMeta::from_json(meta(soft, lock).as_bytes(), "memory://v").unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::Integrity, "{err}");
+            assert!(err.to_string().contains("strata-vault.json"), "{err}");
+            assert!(err.to_string().contains(what), "{err}");
+        }
+    }
+
+    /// Damaged vault metadata is an integrity error naming
+    /// `strata-vault.json` and saying how to get it back; a value altered
+    /// into another valid one (the soft delete period) is caught too.
+    #[tokio::test]
+    async fn damaged_vault_metadata_names_strata_vault_json_and_what_to_do() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = VaultConfig::from_url(format!("file://{}/v", dir.path().display()));
+        Vault::init(&config, None).await.unwrap();
+        let path = dir.path().join("v").join(layout::VAULT_META);
+        let sound = std::fs::read_to_string(&path).unwrap();
+        for damaged in [
+            sound.replacen("\"soft_delete_days\": 14", "\"soft_delete_days\": 15", 1),
+            sound[..sound.len() / 2].to_owned(),
+        ] {
+            assert_ne!(damaged, sound);
+            std::fs::write(&path, &damaged).unwrap();
+            let err = Vault::open(&config).await.unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::Integrity, "{err}");
+            assert!(
+                err.to_string()
+                    .contains("the vault metadata strata-vault.json at file://"),
+                "{err}"
+            );
+            assert!(
+                err.hint_text()
+                    .is_some_and(|h| h.contains("put back a sound copy")),
+                "{err}"
+            );
+        }
+        std::fs::write(&path, &sound).unwrap();
+        Vault::open(&config).await.unwrap();
+    }
+
+    /// A tombstone replaced by another deleted backup's is neither undeleted
+    /// nor listed as this backup, a damaged one is named by `undelete`, and
+    /// one gone while the backup's data is still there is named too.
+    #[tokio::test]
+    async fn a_damaged_replaced_or_lost_tombstone_is_named_by_undelete() {
+        let vault = Vault::init(&VaultConfig::from_url("memory://damage-tombstones"), None)
+            .await
+            .unwrap();
+        let (one, two) = (
+            manifest("20261122T001500.123Z-00000001"),
+            manifest("20261122T001600.123Z-00000002"),
+        );
+        for m in [&one, &two] {
+            let key = layout::manifest_key("stream", "a", &m.id);
+            vault.put_create(&key, m.to_json().unwrap()).await.unwrap();
+            vault.delete_backup(m, "test").await.unwrap();
+        }
+        let key_one = layout::tombstone_key("stream", "a", &one.id);
+        let key_two = layout::tombstone_key("stream", "a", &two.id);
+        let sound = vault.get_bytes(&key_one).await.unwrap().to_vec();
+
+        put(
+            &vault,
+            &key_one,
+            vault.get_bytes(&key_two).await.unwrap().to_vec(),
+        )
+        .await;
+        let damaged = vault.damaged_tombstones(layout::DELETED).await.unwrap();
+        assert_eq!(damaged.len(), 1);
+        assert!(
+            damaged[0]
+                .1
+                .to_string()
+                .contains("holds the tombstone of another backup"),
+            "{}",
+            damaged[0].1
+        );
+        let err = vault.undelete(&one.id).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Integrity, "{err}");
+        assert!(err.to_string().contains(&key_one), "{err}");
+        let listed: Vec<BackupId> = vault
+            .deleted_backups()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|t| t.manifest.id)
+            .collect();
+        assert_eq!(listed, std::slice::from_ref(&two.id));
+
+        // Gone, with data of the backup still in the vault.
+        put(&vault, &key_one, sound).await;
+        ObjectStoreExt::delete(vault.store().as_ref(), &vault.path(&key_one))
+            .await
+            .unwrap();
+        let data = format!(
+            "{}/00000.00000.zst",
+            layout::backup_data_prefix("stream", "a", &one.id)
+        );
+        put(&vault, &data, b"a segment".to_vec()).await;
+        let err = vault.undelete(&one.id).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
+        assert!(err.to_string().contains(&key_one), "{err}");
     }
 }

@@ -46,7 +46,7 @@
 //! Paths are relative to the data directory, `/`-separated, and are the
 //! bytes the file system gave, UTF-8 or not (PostgreSQL's names are bytes;
 //! `pg_basebackup` copies them all); a reader refuses an empty component,
-//! `..` and NUL. Files of a tablespace are stored under
+//! `.`, `..` and NUL. Files of a tablespace are stored under
 //! `pg_tblspc/<oid>/...`. The manifest records only how many files a
 //! backup holds (`file_count`); the bundle is the list of its files. `size` is the size at
 //! the time the file was listed: a file that grew since is read up to that

@@ -95,10 +95,12 @@ fn walk(input: &mut impl Read, lay: Option<Lay<'_>>, origin: &str) -> Result<Bun
         input
             .read_exact(&mut path)
             .map_err(|_| corrupt("truncated path"))?;
-        // A name is the bytes the file system gave, UTF-8 or not.
+        // A name is the bytes the file system gave, UTF-8 or not. No file
+        // system gives `.` as a name either: a removed entry `.` would empty
+        // the whole restore (found by fuzzing, fuzz/corpus/bundle/dot-removed).
         if path
             .split(|&b| b == b'/')
-            .any(|c| c == b".." || c.is_empty())
+            .any(|c| c == b".." || c == b"." || c.is_empty())
             || path.contains(&0)
         {
             return Err(corrupt(&format!(

@@ -396,6 +396,35 @@ fn unsafe_paths_are_refused() {
     assert!(err.to_string().contains("unsafe path"), "{err}");
 }
 
+/// Found by fuzzing (fuzz/corpus/bundle/dot-removed): a path `.` was
+/// laid down as the restore directory itself, so a removed entry `.`
+/// deleted everything restored before it.
+#[test]
+fn dot_components_are_refused_and_nothing_is_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("data");
+    std::fs::create_dir(&root).unwrap();
+    std::fs::write(root.join("PG_VERSION"), "15\n").unwrap();
+    for path in [&b"."[..], b"./base", b"base/./1", b"base/."] {
+        let mut out = Vec::new();
+        out.extend_from_slice(b"SPGF\x04");
+        out.extend_from_slice(&(path.len() as u16).to_le_bytes());
+        out.extend_from_slice(path);
+        out.extend_from_slice(&0o700u32.to_le_bytes());
+        out.extend_from_slice(b"SPGE");
+        let shown = String::from_utf8_lossy(path);
+        let err = check(&mut &out[..], "data.0").unwrap_err();
+        assert!(err.to_string().contains("unsafe path"), "{shown}: {err}");
+        let err = extract(&mut &out[..], &|p| root.join(p), false, "data.0").unwrap_err();
+        assert!(err.to_string().contains("unsafe path"), "{shown}: {err}");
+        assert_eq!(
+            std::fs::read_to_string(root.join("PG_VERSION")).unwrap(),
+            "15\n",
+            "{shown}"
+        );
+    }
+}
+
 fn page_of(byte: u8) -> [u8; PAGE] {
     [byte; PAGE]
 }

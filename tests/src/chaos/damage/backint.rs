@@ -53,7 +53,12 @@ impl BackintFixture {
         super::strata(&dir.join("strata.toml"), &["vault", "init"]).success();
         let params = params(&host, dir, "fixture");
         let tenant = host.backint_dir("HDB", "DB_HDB");
-        let piece = Piece::fifo(&tenant, "COMPLETE_DATA_BACKUP_databackup_0_1", PIECE_BYTES, 11);
+        let piece = Piece::fifo(
+            &tenant,
+            "COMPLETE_DATA_BACKUP_databackup_0_1",
+            PIECE_BYTES,
+            11,
+        );
         let catalog = Piece::fifo(&tenant, "log_backup_0_0_0_0", CATALOG_BYTES, 13);
         let store = |piece: &Piece, seed: u64, backup_id: &str, level: &str| {
             let piece = Piece {
@@ -103,11 +108,7 @@ impl BackintFixture {
     fn marker(&self, version: &Version) -> String {
         let vault = self.dir.join("vault");
         find_file(&vault.join("engines/hana/HDB/objects"), &version.ebid)
-            .and_then(|p| {
-                p.strip_prefix(&vault)
-                    .ok()
-                    .map(|p| p.display().to_string())
-            })
+            .and_then(|p| p.strip_prefix(&vault).ok().map(|p| p.display().to_string()))
             .unwrap_or_else(|| panic!("the marker of {} in {}", version.ebid, vault.display()))
     }
 }
@@ -156,7 +157,10 @@ fn segment_key(manifest: &serde_json::Value, part: Part) -> String {
     let segments = manifest["streams"][0]["segments"]
         .as_array()
         .unwrap_or_else(|| panic!("segments: {manifest}"));
-    assert!(segments.len() >= 3, "first, middle and last differ: {manifest}");
+    assert!(
+        segments.len() >= 3,
+        "first, middle and last differ: {manifest}"
+    );
     segments[part.index(segments.len())]["key"]
         .as_str()
         .expect("a key")
@@ -259,7 +263,8 @@ impl Fixture for BackintFixture {
             correct: (result.code == Some(0) && !not_found).then(|| {
                 restored
                     && transfer.as_ref().is_ok_and(|t| {
-                        t.bytes == version.len && t.blake3 == Pattern::digest(version.len, version.seed)
+                        t.bytes == version.len
+                            && t.blake3 == Pattern::digest(version.len, version.seed)
                     })
             }),
         }

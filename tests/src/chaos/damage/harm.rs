@@ -97,7 +97,11 @@ pub fn apply(damage: Damage, path: &Path, other: &Path, rng: &mut StdRng) -> Str
                 other.display()
             );
             write(&replacement);
-            format!("replaced by {} ({} bytes)", other.display(), replacement.len())
+            format!(
+                "replaced by {} ({} bytes)",
+                other.display(),
+                replacement.len()
+            )
         }
     }
 }

@@ -63,7 +63,10 @@ impl PgFixture {
                 .success()
                 .json();
             let id = report["id"].as_str().expect("a backup id").to_owned();
-            read_json(&env.vault_dir.join(format!("manifests/postgres/main/{id}.json")))
+            read_json(
+                &env.vault_dir
+                    .join(format!("manifests/postgres/main/{id}.json")),
+            )
         };
         let first = full(&env);
         pg.psql("INSERT INTO markers VALUES (1)");
@@ -97,8 +100,23 @@ impl PgFixture {
                 "--start",
             ])
             .success();
-            let copy = PgCluster::adopt(dir, port, env.cluster.socket_dir.clone());
+            let copy = PgCluster::adopt(dir.clone(), port, env.cluster.socket_dir.clone());
             env.promote_copy_as_main(&copy);
+            // The history file was written at promotion, while the restore
+            // had archiving off: archive it as archive_command would (the
+            // archiver may not pick it up by itself).
+            let timeline = marker / 10;
+            env.strata_as_postgres(
+                &dir,
+                &[
+                    "pg",
+                    "wal-push",
+                    &format!("pg_wal/{timeline:08X}.history"),
+                    "--cluster",
+                    "main",
+                ],
+            )
+            .success();
             copy.psql(&format!("INSERT INTO markers VALUES ({marker})"));
             copy.switch_and_wait_archived(ARCHIVE_WAIT);
             previous = Some(copy);
@@ -106,16 +124,21 @@ impl PgFixture {
         drop(previous);
         let wal = format!("engines/postgres/main/wal/{system_id}");
         let histories: Vec<String> = {
-            let mut names: Vec<String> = std::fs::read_dir(env.vault_dir.join(&wal).join("00000001"))
-                .expect("timeline 1 is archived")
-                .flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.ends_with(".backup"))
-                .collect();
+            let mut names: Vec<String> =
+                std::fs::read_dir(env.vault_dir.join(&wal).join("00000001"))
+                    .expect("timeline 1 is archived")
+                    .flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n.ends_with(".backup"))
+                    .collect();
             names.sort();
             names
         };
-        assert_eq!(histories.len(), 2, "a .backup file per backup: {histories:?}");
+        assert_eq!(
+            histories.len(),
+            2,
+            "a .backup file per backup: {histories:?}"
+        );
         for timeline in ["00000002/00000002.history", "00000003/00000003.history"] {
             assert!(
                 env.vault_dir.join(&wal).join(timeline).is_file(),

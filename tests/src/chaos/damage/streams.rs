@@ -47,7 +47,9 @@ impl StreamVault {
     }
 
     fn manifest(&self, name: &str, id: &str) -> serde_json::Value {
-        let path = self.vault().join(format!("manifests/stream/{name}/{id}.json"));
+        let path = self
+            .vault()
+            .join(format!("manifests/stream/{name}/{id}.json"));
         let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
     }
@@ -136,9 +138,9 @@ impl StreamVaults {
 
     fn vault_of(&self, object: Object) -> &StreamVault {
         match object {
-            Object::EncryptedSegment(_) | Object::EncryptedManifest | Object::EncryptedVaultMeta => {
-                &self.encrypted
-            }
+            Object::EncryptedSegment(_)
+            | Object::EncryptedManifest
+            | Object::EncryptedVaultMeta => &self.encrypted,
             _ => &self.plain,
         }
     }
@@ -163,7 +165,10 @@ fn segment_key(manifest: &serde_json::Value, part: super::Part) -> String {
     let segments = manifest["streams"][0]["segments"]
         .as_array()
         .unwrap_or_else(|| panic!("a manifest with segments: {manifest}"));
-    assert!(segments.len() >= 3, "first, middle and last differ: {manifest}");
+    assert!(
+        segments.len() >= 3,
+        "first, middle and last differ: {manifest}"
+    );
     segments[part.index(segments.len())]["key"]
         .as_str()
         .expect("a segment key")
@@ -193,7 +198,11 @@ impl Fixture for StreamVaults {
                 };
                 Target::new(
                     "strata-vault.json",
-                    spare.vault().join("strata-vault.json").display().to_string(),
+                    spare
+                        .vault()
+                        .join("strata-vault.json")
+                        .display()
+                        .to_string(),
                 )
             }
             Object::Tombstone => Target::new(

@@ -50,7 +50,10 @@ pub(crate) fn run(case: &mut Case, _shared: &mut Shared) {
             0 => false,
             1 => true,
             _ => {
-                objects.versions.iter().any(|(_, name)| name.ends_with("_1"))
+                objects
+                    .versions
+                    .iter()
+                    .any(|(_, name)| name.ends_with("_1"))
                     && case.rng.random_bool(0.4)
             }
         };
@@ -68,7 +71,10 @@ pub(crate) fn run(case: &mut Case, _shared: &mut Shared) {
                 measured[1] = took;
             }
             case.run_made(usize::from(killed));
-            case.say(run, format!("restore of {ebid}, delay {delay:?}: killed {killed} after {took:?}"));
+            case.say(
+                run,
+                format!("restore of {ebid}, delay {delay:?}: killed {killed} after {took:?}"),
+            );
             if killed {
                 case.count("restores killed", 1);
                 // HANA runs the recovery again.
@@ -112,10 +118,18 @@ pub(crate) fn run(case: &mut Case, _shared: &mut Shared) {
                 measured[0] = took;
             }
             case.run_made(usize::from(killed));
-            case.say(run, format!("backup, delay {delay:?}: exit {:?} after {took:?}", result.code));
+            case.say(
+                run,
+                format!(
+                    "backup, delay {delay:?}: exit {:?} after {took:?}",
+                    result.code
+                ),
+            );
             objects.check_backup(case, &host, &par, &cli, run, &pieces, &result);
         }
     }
+    let markers = orphan_markers(&cli.vault_dir).len();
+    case.count("name markers of uncommitted versions", markers);
     let removed = vault::gc_checked(case, &cli);
     case.count("leftovers gc removed", removed);
     // A version's name marker is written before its manifest: one whose
@@ -162,12 +176,20 @@ impl Objects {
         let listed = self.check_listed(case, host, par, cli, Some(run));
         let committed = pieces
             .iter()
-            .filter(|p| listed.iter().any(|(_, name)| *name == p.path.display().to_string()))
+            .filter(|p| {
+                listed
+                    .iter()
+                    .any(|(_, name)| *name == p.path.display().to_string())
+            })
             .count();
         match result.code {
             Some(0) => {
                 case.count("backups completed", 1);
-                for (ebid, name) in result.with("#SAVED").iter().filter_map(|f| Some((f.first()?, f.get(1)?))) {
+                for (ebid, name) in result
+                    .with("#SAVED")
+                    .iter()
+                    .filter_map(|f| Some((f.first()?, f.get(1)?)))
+                {
                     if !listed.contains(&(ebid.clone(), name.clone())) {
                         case.lost(
                             Some(run),
@@ -178,7 +200,10 @@ impl Objects {
             }
             Some(code) => case.failed(
                 Some(run),
-                format!("hdbbackint failed by itself (exit {code}):\n{}", result.describe()),
+                format!(
+                    "hdbbackint failed by itself (exit {code}):\n{}",
+                    result.describe()
+                ),
             ),
             None if committed == 0 => case.count("backups killed before any commit", 1),
             None if committed < pieces.len() => case.count("backups killed between pieces", 1),
@@ -228,7 +253,10 @@ impl Objects {
         for (ebid, name) in &listed {
             if self.checked.insert(ebid.clone()) {
                 let Some(expected) = self.digests.get(name) else {
-                    case.failed(run, format!("inquire lists {ebid} {name}, which no run fed"));
+                    case.failed(
+                        run,
+                        format!("inquire lists {ebid} {name}, which no run fed"),
+                    );
                     continue;
                 };
                 match restore_once(host, par, ebid, name, None) {
@@ -304,7 +332,10 @@ fn restore_killed(
         Restore::Killed => (true, took),
         Restore::Done(Ok(got)) if Some(&got) == objects.digests.get(name) => (false, took),
         Restore::Done(Ok(got)) => {
-            case.lost(None, format!("restore of {ebid} {name} delivered other bytes ({got})"));
+            case.lost(
+                None,
+                format!("restore of {ebid} {name} delivered other bytes ({got})"),
+            );
             (false, took)
         }
         Restore::Done(Err(e)) => {
@@ -333,7 +364,13 @@ enum Restore {
     Done(Result<String, String>),
 }
 
-fn run_restore(host: &HanaHost, par: &Path, ebid: &str, name: &str, delay: Option<Duration>) -> Restore {
+fn run_restore(
+    host: &HanaHost,
+    par: &Path,
+    ebid: &str,
+    name: &str,
+    delay: Option<Duration>,
+) -> Restore {
     let pipe = PathBuf::from(name);
     let mut agent = BackintCall::new("restore", SID)
         .params(par)
@@ -414,7 +451,12 @@ fn orphan_markers(vault: &Path) -> Vec<String> {
             let ebid = entry.file_name().to_string_lossy().into_owned();
             let manifest = vault.join(format!("manifests/hana/{SID}/{ebid}.json"));
             if !manifest.exists() && !ebid.contains('#') {
-                found.push(path.strip_prefix(vault).unwrap_or(&path).display().to_string());
+                found.push(
+                    path.strip_prefix(vault)
+                        .unwrap_or(&path)
+                        .display()
+                        .to_string(),
+                );
             }
         }
     }

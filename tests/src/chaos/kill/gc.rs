@@ -31,11 +31,7 @@ const WRITER: &str = "[writer]\npart_size = \"256KiB\"\nsegment_size = \"512KiB\
 pub(crate) fn run(case: &mut Case, _shared: &mut Shared) {
     let config = case.path("strata.toml");
     std::fs::write(&config, WRITER).expect("writer settings");
-    let cli = Cli::vault(
-        &case.path("vault"),
-        &case.path("catalog.db"),
-        Some(&config),
-    );
+    let cli = Cli::vault(&case.path("vault"), &case.path("catalog.db"), Some(&config));
     cli.run(&["vault", "init", &cli.url()]).success();
     // Backup id to (stream name, digest) of every backup committed here.
     let mut committed: BTreeMap<String, (String, String)> = BTreeMap::new();
@@ -53,10 +49,16 @@ pub(crate) fn run(case: &mut Case, _shared: &mut Shared) {
         let (other_id, _) = commit(&cli, &format!("deleted-{run}-b"), data_seed ^ 2);
         cli.run(&["delete", &doomed_id, &other_id]).success();
         for k in 0..3 {
-            kill_mid_upload(case, &cli, &format!("killed-{run}-{k}"), data_seed ^ (3 + k));
+            kill_mid_upload(
+                case,
+                &cli,
+                &format!("killed-{run}-{k}"),
+                data_seed ^ (3 + k),
+            );
         }
         std::thread::sleep(GC_GRACE + Duration::from_millis(200));
         let before = Leftovers::of(&cli.vault_dir);
+        let files_before = files_of(&cli.vault_dir);
         case.count("leftovers made", before.len());
         let mut args: Vec<String> = ["vault", "gc", "--older-than", "1s"]
             .map(str::to_owned)
@@ -89,14 +91,22 @@ pub(crate) fn run(case: &mut Case, _shared: &mut Shared) {
         );
         match ending {
             Ending::Killed => {
-                let left = Leftovers::of(&cli.vault_dir).len();
+                // Work left: leftovers, and with --now the soft-deleted
+                // backups (their tombstones go last).
+                let left = Leftovers::of(&cli.vault_dir).len()
+                    + if purge {
+                        count_files(&cli.vault_dir.join("deleted"))
+                    } else {
+                        0
+                    };
+                let deleted = files_before.difference(&files_of(&cli.vault_dir)).count();
                 case.count(
-                    if left == before.len() {
-                        "gc runs killed before deleting a leftover"
+                    if deleted == 0 {
+                        "gc runs killed before deleting anything"
                     } else if left > 0 {
                         "gc runs killed mid-deletion"
                     } else {
-                        "gc runs killed after the leftovers"
+                        "gc runs killed after their work"
                     },
                     1,
                 );
@@ -104,7 +114,10 @@ pub(crate) fn run(case: &mut Case, _shared: &mut Shared) {
             Ending::Exited(status) if status.success() => case.count("gc runs completed", 1),
             Ending::Exited(status) => case.failed(
                 Some(run),
-                format!("`vault gc` failed by itself ({status}): {}", process::output(&case.log("gc", run)).1),
+                format!(
+                    "`vault gc` failed by itself ({status}): {}",
+                    process::output(&case.log("gc", run)).1
+                ),
             ),
         }
         let again = cli.run(&args);
@@ -118,7 +131,8 @@ pub(crate) fn run(case: &mut Case, _shared: &mut Shared) {
                 ),
             );
         }
-        let left = Leftovers::of(&cli.vault_dir).older_than(std::time::SystemTime::now() - GC_GRACE);
+        let left =
+            Leftovers::of(&cli.vault_dir).older_than(std::time::SystemTime::now() - GC_GRACE);
         if !left.is_empty() {
             case.failed(
                 Some(run),
@@ -127,12 +141,16 @@ pub(crate) fn run(case: &mut Case, _shared: &mut Shared) {
         }
         // Everything listed is whole.
         check_listed(case, &cli, &committed, run);
-        let doomed_dir = cli.vault_dir.join(format!("data/stream/{doomed}/{doomed_id}"));
+        let doomed_dir = cli
+            .vault_dir
+            .join(format!("data/stream/{doomed}/{doomed_id}"));
         if purge {
             if doomed_dir.exists() {
                 case.failed(
                     Some(run),
-                    format!("the soft-deleted backup {doomed_id} is past its date and still holds data"),
+                    format!(
+                        "the soft-deleted backup {doomed_id} is past its date and still holds data"
+                    ),
                 );
             }
         } else {
@@ -149,7 +167,9 @@ pub(crate) fn run(case: &mut Case, _shared: &mut Shared) {
                 );
             } else {
                 match restore(&cli, &doomed, &doomed_id) {
-                    Ok(got) if got == doomed_digest => case.count("soft-deleted backups undeleted whole", 1),
+                    Ok(got) if got == doomed_digest => {
+                        case.count("soft-deleted backups undeleted whole", 1)
+                    }
                     Ok(got) => case.lost(
                         Some(run),
                         format!("undeleted backup {doomed_id} restores other bytes ({got})"),
@@ -167,7 +187,7 @@ pub(crate) fn run(case: &mut Case, _shared: &mut Shared) {
 
 /// Backs up `seed`'s data as `name`, committed: its id and digest.
 fn commit(cli: &Cli, name: &str, seed: u64) -> (String, String) {
-    let data = random_bytes(2 << 20, seed);
+    let data = random_bytes(4 << 20, seed);
     let out = cli
         .strata(&["backup", "stream", name])
         .stdin(data.clone())
@@ -177,7 +197,7 @@ fn commit(cli: &Cli, name: &str, seed: u64) -> (String, String) {
 }
 
 /// Segments a killed backup leaves at least.
-const KILLED_SEGMENTS: usize = 6;
+const KILLED_SEGMENTS: usize = 16;
 
 /// Starts a backup of `name`, feeds it until [`KILLED_SEGMENTS`] of its
 /// segments are in the vault, and kills it.
@@ -189,7 +209,7 @@ fn kill_mid_upload(case: &Case, cli: &Cli, name: &str, seed: u64) {
     let folder = cli.vault_dir.join("data/stream").join(name);
     let chunk = random_bytes(256 << 10, seed);
     let deadline = Instant::now() + Duration::from_secs(60);
-    while files(&folder) < KILLED_SEGMENTS && Instant::now() < deadline {
+    while count_files(&folder) < KILLED_SEGMENTS && Instant::now() < deadline {
         if stdin.write_all(&chunk).is_err() {
             break;
         }
@@ -199,19 +219,24 @@ fn kill_mid_upload(case: &Case, cli: &Cli, name: &str, seed: u64) {
     let _ = child.wait();
 }
 
-fn files(dir: &std::path::Path) -> usize {
-    let mut count = 0;
+/// Every file in `dir`, relative paths.
+fn files_of(dir: &std::path::Path) -> std::collections::BTreeSet<std::path::PathBuf> {
+    let mut found = std::collections::BTreeSet::new();
     let mut stack = vec![dir.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+    while let Some(at) = stack.pop() {
+        for entry in std::fs::read_dir(&at).into_iter().flatten().flatten() {
             if entry.path().is_dir() {
                 stack.push(entry.path());
-            } else {
-                count += 1;
+            } else if let Ok(rel) = entry.path().strip_prefix(dir) {
+                found.insert(rel.to_path_buf());
             }
         }
     }
-    count
+    found
+}
+
+fn count_files(dir: &std::path::Path) -> usize {
+    files_of(dir).len()
 }
 
 /// Every listed stream backup restores to the bytes it was given.
@@ -232,7 +257,10 @@ fn check_listed(
         let Some((name, digest)) = committed.get(&backup.id) else {
             case.failed(
                 Some(run),
-                format!("{} is listed, and was not committed by this case", backup.id),
+                format!(
+                    "{} is listed, and was not committed by this case",
+                    backup.id
+                ),
             );
             continue;
         };
@@ -240,7 +268,10 @@ fn check_listed(
             Ok(got) if &got == digest => {}
             Ok(got) => case.lost(
                 Some(run),
-                format!("listed backup {} restores other bytes after gc ({got})", backup.id),
+                format!(
+                    "listed backup {} restores other bytes after gc ({got})",
+                    backup.id
+                ),
             ),
             Err(e) => case.lost(Some(run), format!("listed backup {}: {e}", backup.id)),
         }
@@ -250,7 +281,10 @@ fn check_listed(
             continue;
         }
         if !listed.iter().any(|b| &b.id == id) {
-            case.lost(Some(run), format!("committed backup {id} ({name}) is gone after gc"));
+            case.lost(
+                Some(run),
+                format!("committed backup {id} ({name}) is gone after gc"),
+            );
         }
     }
 }

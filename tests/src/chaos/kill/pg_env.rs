@@ -247,7 +247,9 @@ impl PgEnv {
                 Ok(true) => {}
                 Ok(false) => case.lost(
                     run,
-                    format!("segment {name}, acknowledged by wal-push, comes back with other bytes"),
+                    format!(
+                        "segment {name}, acknowledged by wal-push, comes back with other bytes"
+                    ),
                 ),
                 Err(e) if expirable && e.starts_with("exit status: 1") => {
                     case.count("acknowledged segments expired by retention", 1)
@@ -310,7 +312,10 @@ impl PgEnv {
                     "restore to {target:?} ({name}) failed ({}): {}\nserver log:\n{}",
                     out.status,
                     out.stderr_text(),
-                    tail(&std::fs::read_to_string(dir.join("strata-restore.log")).unwrap_or_default())
+                    tail(
+                        &std::fs::read_to_string(dir.join("strata-restore.log"))
+                            .unwrap_or_default()
+                    )
                 ),
             );
             false
@@ -347,7 +352,12 @@ pub(crate) fn first_needed_segment(env: &PgEnv, segment_mib: u64) -> Option<Stri
 
 /// `restore pg main <target> --target-dir <dir> --port <port> --start`.
 pub(crate) fn restore_args(target: Target, dir: &Path, port: u16) -> Vec<String> {
-    let mut args: Vec<String> = vec!["--json".into(), "restore".into(), "pg".into(), "main".into()];
+    let mut args: Vec<String> = vec![
+        "--json".into(),
+        "restore".into(),
+        "pg".into(),
+        "main".into(),
+    ];
     match target {
         Target::Latest => args.push("--latest".into()),
         Target::Time(t) => {
@@ -384,12 +394,18 @@ pub(crate) fn check_copy(
             return false;
         }
         Err(_) => {
-            case.lost(run, format!("the copy restored as {name} cannot be queried"));
+            case.lost(
+                run,
+                format!("the copy restored as {name} cannot be queried"),
+            );
             return false;
         }
     }
     if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| copy.amcheck())).is_err() {
-        case.lost(run, format!("pg_amcheck finds damage in the copy restored as {name}"));
+        case.lost(
+            run,
+            format!("pg_amcheck finds damage in the copy restored as {name}"),
+        );
         return false;
     }
     true

@@ -90,7 +90,7 @@ pub(crate) fn run(case: &mut Case, _shared: &mut Shared) {
         .single()
         .expect("a valid time");
     let mut measured = Duration::ZERO;
-    // The pass that measures (not a run).
+    // Pass 0 is not killed, and not counted as a run: it measures a pass.
     for run in 0..case.runs {
         day += chrono::Duration::days(1);
         env.change();
@@ -119,7 +119,11 @@ pub(crate) fn run(case: &mut Case, _shared: &mut Shared) {
             run,
             format!(
                 "pass at {day}{}, delay {delay:?}: {} after {took:?}",
-                if at_expiry && run > 0 { " (killed when retention deletes)" } else { "" },
+                if at_expiry && run > 0 {
+                    " (killed when retention deletes)"
+                } else {
+                    ""
+                },
                 ending.describe()
             ),
         );
@@ -135,13 +139,9 @@ pub(crate) fn run(case: &mut Case, _shared: &mut Shared) {
                     1,
                 );
                 // The service starts again and takes the day again.
-                let again = env.cli.run(&[
-                    "--json",
-                    "serve",
-                    "--once",
-                    "--now",
-                    &day.to_rfc3339(),
-                ]);
+                let again = env
+                    .cli
+                    .run(&["--json", "serve", "--once", "--now", &day.to_rfc3339()]);
                 if !again.status.success() {
                     case.failed(
                         Some(run),
@@ -175,6 +175,9 @@ pub(crate) fn run(case: &mut Case, _shared: &mut Shared) {
     case.count("leftovers gc removed", removed);
 }
 
+/// When a run ran: from, to.
+type Window = (DateTime<Utc>, DateTime<Utc>);
+
 /// One pass or daemon run: when it ran and the rows it backed up.
 struct Day {
     from: DateTime<Utc>,
@@ -196,27 +199,37 @@ impl Service {
         case: &mut Case,
         env: &PgEnv,
         run: usize,
-        pass: Option<(DateTime<Utc>, Option<(DateTime<Utc>, DateTime<Utc>)>)>,
+        pass: Option<(DateTime<Utc>, Option<Window>)>,
     ) {
         let out = env.cli.run(&["--json", "jobs", "--limit", "1000"]);
         let jobs: Vec<serde_json::Value> = match out.status.success() {
             true => match serde_json::from_slice::<Vec<serde_json::Value>>(&out.stdout) {
                 Ok(jobs) => jobs,
                 Err(e) => {
-                    case.failed(Some(run), format!("`strata jobs --json` printed no list: {e}"));
+                    case.failed(
+                        Some(run),
+                        format!("`strata jobs --json` printed no list: {e}"),
+                    );
                     return;
                 }
             },
             false => {
                 case.failed(
                     Some(run),
-                    format!("the job history cannot be read ({}): {}", out.status, out.stderr_text()),
+                    format!(
+                        "the job history cannot be read ({}): {}",
+                        out.status,
+                        out.stderr_text()
+                    ),
                 );
                 return;
             }
         };
         if let Some(job) = jobs.iter().find(|j| j["result"] == "running") {
-            case.failed(Some(run), format!("a job is left running in the history: {job}"));
+            case.failed(
+                Some(run),
+                format!("a job is left running in the history: {job}"),
+            );
         }
         let listed = match env.cli.list() {
             Ok(list) => list,
@@ -226,7 +239,11 @@ impl Service {
             }
         };
         if let Some((day, killed)) = pass {
-            let slot = day.date_naive().and_hms_opt(2, 0, 0).expect("02:00").and_utc();
+            let slot = day
+                .date_naive()
+                .and_hms_opt(2, 0, 0)
+                .expect("02:00")
+                .and_utc();
             let done = jobs.iter().any(|j| {
                 j["kind"] != "expire"
                     && j["result"] == "succeeded"
@@ -238,7 +255,10 @@ impl Service {
             if !done {
                 case.failed(
                     Some(run),
-                    format!("no backup job for the slot {slot} succeeded: {}", serde_json::Value::from(jobs.clone())),
+                    format!(
+                        "no backup job for the slot {slot} succeeded: {}",
+                        serde_json::Value::from(jobs.clone())
+                    ),
                 );
             }
             if let Some((from, to)) = killed {
@@ -250,7 +270,10 @@ impl Service {
                 .iter()
                 .any(|j| j["kind"] == "full" && j["result"] == "succeeded")
             {
-                case.failed(Some(run), "the restarted service did not take the initial full");
+                case.failed(
+                    Some(run),
+                    "the restarted service did not take the initial full",
+                );
             }
         }
         // A deletion the kill interrupted was finished (no soft delete here).
@@ -267,7 +290,10 @@ impl Service {
         let kept_from = pg_env::first_needed_segment(env, 1);
         let acknowledged = env.check_acknowledged_from(case, Some(run), kept_from.as_deref());
         case.count("acknowledged segments checked", acknowledged);
-        let new: Vec<&Listed> = listed.iter().filter(|b| !self.seen.contains(&b.id)).collect();
+        let new: Vec<&Listed> = listed
+            .iter()
+            .filter(|b| !self.seen.contains(&b.id))
+            .collect();
         if new.is_empty() {
             return;
         }
@@ -346,7 +372,13 @@ impl Service {
 /// `serve --once --now <day>`, killed after `delay` or, when
 /// `at_expiry`, that long after a manifest disappears (retention
 /// deletes); waited for when `delay` is `None`.
-fn pass(env: &PgEnv, day: DateTime<Utc>, log: &Path, delay: Option<Duration>, at_expiry: bool) -> Ending {
+fn pass(
+    env: &PgEnv,
+    day: DateTime<Utc>,
+    log: &Path,
+    delay: Option<Duration>,
+    at_expiry: bool,
+) -> Ending {
     let command = env
         .cli
         .command(&["--json", "serve", "--once", "--now", &day.to_rfc3339()]);
@@ -396,7 +428,13 @@ fn daemon_killed(case: &mut Case, env: &PgEnv) -> Option<DateTime<Utc>> {
     let ending = process::kill_after(&mut daemon, delay);
     let killed_at = Utc::now();
     case.run_made(usize::from(ending == Ending::Killed));
-    case.say(0, format!("daemon, {delay:?} into its initial full: {}", ending.describe()));
+    case.say(
+        0,
+        format!(
+            "daemon, {delay:?} into its initial full: {}",
+            ending.describe()
+        ),
+    );
     let mut daemon = serve(&logs.1);
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
@@ -406,7 +444,9 @@ fn daemon_killed(case: &mut Case, env: &PgEnv) -> Option<DateTime<Utc>> {
             .any(|j| j["kind"] == "full" && j["result"] == "succeeded")
         {
             // The first job is the one the kill hit, or finished before it.
-            let first = jobs.iter().min_by_key(|j| j["id"].as_i64().unwrap_or(i64::MAX));
+            let first = jobs
+                .iter()
+                .min_by_key(|j| j["id"].as_i64().unwrap_or(i64::MAX));
             if ending == Ending::Killed {
                 case.count(
                     match first.map(|j| j["result"].clone()) {
@@ -430,7 +470,13 @@ fn daemon_killed(case: &mut Case, env: &PgEnv) -> Option<DateTime<Utc>> {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    // A clean stop: SIGTERM, exit 0.
+    // Once it listens (a service still starting dies of SIGTERM, which
+    // systemd counts as a clean stop too): SIGTERM, exit 0.
+    let socket = env.dir.join("strata.sock");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::os::unix::net::UnixStream::connect(&socket).is_err() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let _ = std::process::Command::new("kill")
         .args(["-TERM", &daemon.id().to_string()])
         .status();

@@ -32,11 +32,7 @@ const WRITER: &str = "[writer]\npart_size = \"1MiB\"\nsegment_size = \"4MiB\"\n"
 pub(crate) fn run(case: &mut Case, _shared: &mut Shared) {
     let config = case.path("strata.toml");
     std::fs::write(&config, WRITER).expect("writer settings");
-    let cli = Cli::vault(
-        &case.path("vault"),
-        &case.path("catalog.db"),
-        Some(&config),
-    );
+    let cli = Cli::vault(&case.path("vault"), &case.path("catalog.db"), Some(&config));
     cli.run(&["vault", "init", &cli.url()]).success();
     let mut backups = StreamBackups::default();
     let mut measured = Duration::ZERO;
@@ -197,7 +193,10 @@ impl StreamBackups {
         else {
             case.failed(
                 run,
-                format!("backup {} has no known run label: {:?}", backup.id, backup.labels),
+                format!(
+                    "backup {} has no known run label: {:?}",
+                    backup.id, backup.labels
+                ),
             );
             return;
         };
@@ -224,7 +223,9 @@ impl StreamBackups {
             );
             return;
         }
-        let got = std::fs::read(&output).map(|b| blake3_hex(&b)).unwrap_or_default();
+        let got = std::fs::read(&output)
+            .map(|b| blake3_hex(&b))
+            .unwrap_or_default();
         let _ = std::fs::remove_file(&output);
         if &got != expected {
             case.lost(

@@ -54,11 +54,6 @@ impl Cli {
         format!("file://{}", self.vault_dir.display())
     }
 
-    /// The global arguments (`--config ...` or `--vault ... --catalog ...`).
-    pub fn base(&self) -> &[OsString] {
-        &self.base
-    }
-
     /// `strata <base> args...`, not run yet.
     pub fn strata<S: AsRef<std::ffi::OsStr>>(&self, args: &[S]) -> Strata {
         Strata::new()
@@ -89,8 +84,12 @@ impl Cli {
                 out.stderr_text()
             ));
         }
-        serde_json::from_slice::<Vec<Listed>>(&out.stdout)
-            .map_err(|e| format!("`strata list --json` printed no list ({e}): {}", out.stdout_text()))
+        serde_json::from_slice::<Vec<Listed>>(&out.stdout).map_err(|e| {
+            format!(
+                "`strata list --json` printed no list ({e}): {}",
+                out.stdout_text()
+            )
+        })
     }
 }
 
@@ -101,10 +100,6 @@ pub(crate) struct Listed {
     pub id: String,
     /// The engine (`stream`, `postgres`, `hana`).
     pub engine: String,
-    /// The instance (stream name, cluster name, SID).
-    pub instance: String,
-    /// `full`, `diff`, ...
-    pub kind: String,
     /// When it started.
     pub started_at: DateTime<Utc>,
     /// When it ended (its manifest was written right after).
@@ -305,7 +300,9 @@ pub(crate) fn gc_checked(case: &mut Case, cli: &Cli) -> usize {
     if !missed.is_empty() {
         case.failed(
             None,
-            format!("`vault gc --dry-run` does not name these leftovers of killed runs: {missed:?}"),
+            format!(
+                "`vault gc --dry-run` does not name these leftovers of killed runs: {missed:?}"
+            ),
         );
     }
     let started = SystemTime::now();
@@ -347,7 +344,11 @@ pub(crate) fn gc_checked(case: &mut Case, cli: &Cli) -> usize {
 }
 
 /// What a gc report names: `(relative path, "orphan" | "upload")`.
-fn gc_named(report: &serde_json::Value, orphans: &str, uploads: &str) -> BTreeMap<String, &'static str> {
+fn gc_named(
+    report: &serde_json::Value,
+    orphans: &str,
+    uploads: &str,
+) -> BTreeMap<String, &'static str> {
     let mut named = BTreeMap::new();
     for o in report[orphans].as_array().into_iter().flatten() {
         if let Some(prefix) = o["prefix"].as_str() {

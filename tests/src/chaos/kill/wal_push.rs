@@ -15,8 +15,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use rand::{Rng, SeedableRng};
 use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 
 use super::pg_env::ARCHIVE_WAIT;
 use super::process;
@@ -31,7 +31,10 @@ const SWITCHES: [usize; 2] = [20, 40];
 pub(crate) fn run(case: &mut Case, shared: &mut Shared) {
     let env = shared.pg();
     if let Err(e) = env.drain_archive(ARCHIVE_WAIT) {
-        case.failed(None, format!("the archiver is stuck before the first run: {e}"));
+        case.failed(
+            None,
+            format!("the archiver is stuck before the first run: {e}"),
+        );
         return;
     }
     // Segments other cases had acknowledged: checked here too.
@@ -99,7 +102,9 @@ pub(crate) fn run(case: &mut Case, shared: &mut Shared) {
             Err(e) => case.failed(Some(run), format!("a segment is stuck: {e}")),
             Ok(_) if last_after <= last_before => case.failed(
                 Some(run),
-                format!("the archiver made no progress: last archived {last_before}, then {last_after}"),
+                format!(
+                    "the archiver made no progress: last archived {last_before}, then {last_after}"
+                ),
             ),
             Ok(_) => {}
         }

@@ -190,7 +190,11 @@ fn clear_backint(out: &CommandOutcome) -> Result<String, String> {
             out.code
         ));
     }
-    let lines: Vec<&str> = out.stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    let lines: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .collect();
     if lines.len() != 1 {
         return Err(format!(
             "it printed {} lines on stderr, HANA shows one",
@@ -252,7 +256,8 @@ pub(super) fn run(c: &mut Campaign, spec: &CaseSpec) {
             .collect();
         for piece in &call.pieces {
             let name = piece.path.display().to_string();
-            let answered = usize::from(call.saved.contains_key(&name)) + usize::from(errors.contains(&name));
+            let answered =
+                usize::from(call.saved.contains_key(&name)) + usize::from(errors.contains(&name));
             if answered != 1 {
                 c.failed(
                     case,

@@ -271,7 +271,9 @@ impl PgVault {
             } else if std::fs::read(&fetched).ok().as_deref() != Some(&expected[..]) {
                 c.lost(
                     case,
-                    format!("segment {name}, acknowledged by wal-push, comes back with other bytes"),
+                    format!(
+                        "segment {name}, acknowledged by wal-push, comes back with other bytes"
+                    ),
                 );
             }
             let _ = std::fs::remove_file(&acknowledged);
@@ -308,7 +310,13 @@ impl PgVault {
 
     /// Restores each listed backup not restored yet to the time it ended
     /// and compares the copy with the state recorded while it ran.
-    fn check_listed(&mut self, c: &mut Campaign, case: &str, acknowledged: &BTreeMap<String, String>, tally: &mut Tally) {
+    fn check_listed(
+        &mut self,
+        c: &mut Campaign,
+        case: &str,
+        acknowledged: &BTreeMap<String, String>,
+        tally: &mut Tally,
+    ) {
         let out = self.direct(&["list", "postgres", "--json"]);
         let listed = out
             .status
@@ -316,7 +324,10 @@ impl PgVault {
             .then(|| serde_json::from_slice::<serde_json::Value>(&out.stdout).ok())
             .flatten();
         let Some(serde_json::Value::Array(listed)) = listed else {
-            c.failed(case, format!("`list` fails once the store is back: {}", out.stderr_text()));
+            c.failed(
+                case,
+                format!("`list` fails once the store is back: {}", out.stderr_text()),
+            );
             return;
         };
         for (id, _) in acknowledged {
@@ -327,8 +338,12 @@ impl PgVault {
         for backup in &listed {
             let (Some(id), Some(started), Some(ended)) = (
                 backup["id"].as_str(),
-                backup["started_at"].as_str().and_then(|t| t.parse::<DateTime<Utc>>().ok()),
-                backup["ended_at"].as_str().and_then(|t| t.parse::<DateTime<Utc>>().ok()),
+                backup["started_at"]
+                    .as_str()
+                    .and_then(|t| t.parse::<DateTime<Utc>>().ok()),
+                backup["ended_at"]
+                    .as_str()
+                    .and_then(|t| t.parse::<DateTime<Utc>>().ok()),
             ) else {
                 continue;
             };
@@ -350,14 +365,19 @@ impl PgVault {
                 "--to-time".to_owned(),
                 ended.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
             ];
-            let (out, copy) = self.restore(&format!("check-{}", self.checked.len()), &target, false);
+            let (out, copy) =
+                self.restore(&format!("check-{}", self.checked.len()), &target, false);
             if !out.status.success() {
                 c.lost(
                     case,
                     format!(
                         "listed backup {id} does not restore: {}\n{}",
                         out.stderr_text(),
-                        tail(&std::fs::read_to_string(copy.data.join("strata-restore.log")).unwrap_or_default(), 15)
+                        tail(
+                            &std::fs::read_to_string(copy.data.join("strata-restore.log"))
+                                .unwrap_or_default(),
+                            15
+                        )
                     ),
                 );
             } else {
@@ -365,9 +385,14 @@ impl PgVault {
                     Ok(got) if got == expected => {}
                     Ok(got) => c.lost(
                         case,
-                        format!("listed backup {id} restores with {got}; it was taken with {expected}"),
+                        format!(
+                            "listed backup {id} restores with {got}; it was taken with {expected}"
+                        ),
                     ),
-                    Err(e) => c.lost(case, format!("the copy of listed backup {id} does not answer: {e}")),
+                    Err(e) => c.lost(
+                        case,
+                        format!("the copy of listed backup {id} does not answer: {e}"),
+                    ),
                 }
             }
             let data = copy.data.clone();
@@ -401,7 +426,8 @@ fn with_switches<T>(cluster: &PgCluster, every: Duration, command: impl FnOnce()
     std::thread::scope(|scope| {
         scope.spawn(|| {
             while !stop.load(Ordering::Relaxed) {
-                let _ = cluster.try_psql("INSERT INTO noise VALUES (now()); SELECT pg_switch_wal()");
+                let _ =
+                    cluster.try_psql("INSERT INTO noise VALUES (now()); SELECT pg_switch_wal()");
                 let until = Instant::now() + every;
                 while Instant::now() < until && !stop.load(Ordering::Relaxed) {
                     std::thread::sleep(Duration::from_millis(20));
@@ -414,10 +440,15 @@ fn with_switches<T>(cluster: &PgCluster, every: Duration, command: impl FnOnce()
     })
 }
 
-/// Judges the failed archive attempts of a run: the first one stands for
-/// the run in [`Campaign::judge`], every other one's message is checked too.
-fn archive_outcome(c: &mut Campaign, case: &str, run: usize, failures: &[(Option<i32>, String, String)]) -> CommandOutcome {
-    for (code, file, output) in failures.iter().skip(1) {
+/// Checks the message of every archive attempt in `failures` (the
+/// outage of another command can fail them too).
+fn check_archive_failures(
+    c: &mut Campaign,
+    case: &str,
+    run: usize,
+    failures: &[(Option<i32>, String, String)],
+) {
+    for (code, file, output) in failures {
         let outcome = CommandOutcome {
             command: format!("strata pg wal-push {file}"),
             success: false,
@@ -427,10 +458,24 @@ fn archive_outcome(c: &mut Campaign, case: &str, run: usize, failures: &[(Option
             clear: clear_error,
         };
         match clear_error(&outcome) {
-            Ok(message) => c.record_message(&message, &format!("{case} run {run}")),
-            Err(why) => c.failed(case, format!("run {run}: {why}\n{}", outcome.describe())),
+            Ok(message) => c.record_message(&message, &format!("{case} run {run}, wal-push")),
+            Err(why) => c.failed(
+                case,
+                format!("run {run}, wal-push: {why}\n{}", outcome.describe()),
+            ),
         }
     }
+}
+
+/// Judges the failed archive attempts of a run: the first one stands for
+/// the run in [`Campaign::judge`], every other one's message is checked too.
+fn archive_outcome(
+    c: &mut Campaign,
+    case: &str,
+    run: usize,
+    failures: &[(Option<i32>, String, String)],
+) -> CommandOutcome {
+    check_archive_failures(c, case, run, failures.get(1..).unwrap_or_default());
     match failures.first() {
         Some((code, file, output)) => CommandOutcome {
             command: format!("strata pg wal-push {file}"),
@@ -489,7 +534,16 @@ pub(super) fn wal_push(c: &mut Campaign, spec: &CaseSpec) {
         proxy.inject(outage.fault());
         let mut bench = pg.cluster.program("pgbench");
         bench
-            .args(["-U", "postgres", "-n", "-c", "2", "-T", &load.as_secs().to_string(), "postgres"])
+            .args([
+                "-U",
+                "postgres",
+                "-n",
+                "-c",
+                "2",
+                "-T",
+                &load.as_secs().to_string(),
+                "postgres",
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         let bench = bench.spawn().expect("pgbench starts");
@@ -498,7 +552,8 @@ pub(super) fn wal_push(c: &mut Campaign, spec: &CaseSpec) {
         });
         // The outage's own length, if it is not over yet.
         if let Some(window) = proxy.window()
-            && let (Some(began), Length::Short(d) | Length::Medium(d)) = (window.began, outage.length)
+            && let (Some(began), Length::Short(d) | Length::Medium(d)) =
+                (window.began, outage.length)
         {
             let end = began + d;
             let now = Instant::now();
@@ -594,17 +649,24 @@ pub(super) fn backup(c: &mut Campaign, spec: &CaseSpec) {
                 Some(id) => {
                     acknowledged.insert(id, state);
                 }
-                None => c.failed(case, format!("run {run}: `backup pg` exited 0 without its id")),
+                None => c.failed(
+                    case,
+                    format!("run {run}: `backup pg` exited 0 without its id"),
+                ),
             }
         }
         // Commits after the backup, archived, so that a restore to the
         // time it ended finds its target.
         pg.change();
         if let Err(e) = pg.drain(DRAIN_LIMIT) {
-            c.failed(case, format!("run {run}: the archiver does not drain once the store is back: {e}"));
+            c.failed(
+                case,
+                format!("run {run}: the archiver does not drain once the store is back: {e}"),
+            );
         }
         pg.check_listed(c, case, &acknowledged, &mut tally);
-        pg.new_failures();
+        let failures = pg.new_failures();
+        check_archive_failures(c, case, run, &failures);
         pg.check_acknowledged(c, case);
     }
     c.case_line(case, &tally);
@@ -685,11 +747,18 @@ pub(super) fn restore(c: &mut Campaign, spec: &CaseSpec) {
         let data = copy.data.clone();
         drop(copy);
         let _ = std::fs::remove_dir_all(&data);
+        let failures = pg.new_failures();
+        check_archive_failures(c, case, run, &failures);
         if !ok {
             // The same restore, with the store back, works.
             let (again, copy) = pg.restore(&format!("run-{run}-again"), &latest, false);
             let good = again.status.success()
-                && copy.try_psql("SELECT 1").map(|_| state_of(&copy)).ok().as_deref() == Some(state.as_str());
+                && copy
+                    .try_psql("SELECT 1")
+                    .map(|_| state_of(&copy))
+                    .ok()
+                    .as_deref()
+                    == Some(state.as_str());
             if !good {
                 c.failed(
                     case,
@@ -708,7 +777,10 @@ pub(super) fn restore(c: &mut Campaign, spec: &CaseSpec) {
     }
     let out = pg.direct(&["verify"]);
     if !out.status.success() {
-        c.lost(case, format!("`verify` fails: {}{}", out.stdout_text(), out.stderr_text()));
+        c.lost(
+            case,
+            format!("`verify` fails: {}{}", out.stdout_text(), out.stderr_text()),
+        );
     }
     c.case_line(case, &tally);
     c.pg = Some(pg);

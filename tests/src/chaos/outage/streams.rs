@@ -57,6 +57,8 @@ impl DataSpec {
 pub(super) struct StreamVault {
     pub url: String,
     config: PathBuf,
+    /// The same with 2 MiB segments: a backup of several objects.
+    small_segments: PathBuf,
     check_config: PathBuf,
     pub dir: PathBuf,
     proxy_env: (&'static str, String),
@@ -74,7 +76,7 @@ impl StreamVault {
     ) -> StreamVault {
         let url = c.vault_url(store, label);
         let dir = c.dir(&format!("{label}-{}", store.name()));
-        let write = |name: &str| {
+        let write = |name: &str, writer: &str| {
             let path = dir.join(format!("{name}.toml"));
             std::fs::write(
                 &path,
@@ -88,8 +90,9 @@ impl StreamVault {
             path
         };
         let vault = StreamVault {
-            config: write("strata"),
-            check_config: write("check"),
+            config: write("strata", writer),
+            small_segments: write("strata-small", "segment_size = \"2MiB\""),
+            check_config: write("check", writer),
             proxy_env: c.emulator(store).proxy.env(),
             url,
             dir: dir.clone(),
@@ -104,6 +107,21 @@ impl StreamVault {
             .env(self.proxy_env.0, &self.proxy_env.1)
             .arg("--config")
             .arg(&self.config)
+            .args(args)
+            .timeout(Duration::from_secs(600))
+            .run()
+    }
+
+    /// [`StreamVault::proxied`], with 2 MiB segments when `small`.
+    pub fn proxied_with(&self, small: bool, args: &[&str]) -> RunOutput {
+        Strata::new()
+            .env(self.proxy_env.0, &self.proxy_env.1)
+            .arg("--config")
+            .arg(if small {
+                &self.small_segments
+            } else {
+                &self.config
+            })
             .args(args)
             .timeout(Duration::from_secs(600))
             .run()
@@ -223,7 +241,9 @@ impl StreamBook {
             } else if restored.as_deref() != Some(&spec.bytes()[..]) {
                 c.lost(
                     case,
-                    format!("listed backup {id} of {name} restores other bytes than were backed up"),
+                    format!(
+                        "listed backup {id} of {name} restores other bytes than were backed up"
+                    ),
                 );
             }
         }
@@ -232,7 +252,11 @@ impl StreamBook {
 }
 
 /// The stream backups `list --json` shows: id, name.
-fn list_streams(c: &mut Campaign, case: &str, vault: &StreamVault) -> Option<BTreeMap<String, String>> {
+fn list_streams(
+    c: &mut Campaign,
+    case: &str,
+    vault: &StreamVault,
+) -> Option<BTreeMap<String, String>> {
     let out = vault.direct(&["list", "stream", "--json"]);
     let listed = out
         .status
@@ -249,7 +273,12 @@ fn list_streams(c: &mut Campaign, case: &str, vault: &StreamVault) -> Option<BTr
     Some(
         listed
             .iter()
-            .filter_map(|b| Some((b["id"].as_str()?.to_owned(), b["instance"].as_str()?.to_owned())))
+            .filter_map(|b| {
+                Some((
+                    b["id"].as_str()?.to_owned(),
+                    b["instance"].as_str()?.to_owned(),
+                ))
+            })
             .collect(),
     )
 }
@@ -281,7 +310,9 @@ pub(super) fn write_scopes(store: StoreKind) -> Vec<(&'static str, Matcher)> {
         ),
         StoreKind::Azure => (
             "block list commits",
-            Matcher::any().method("PUT").query_contains("comp=blocklist"),
+            Matcher::any()
+                .method("PUT")
+                .query_contains("comp=blocklist"),
         ),
     };
     vec![
@@ -420,9 +451,12 @@ fn backup_with(c: &mut Campaign, spec: &CaseSpec, retries: Retries, label: &'sta
         }
         let name = format!("s{run}");
         let input = book.input(vault, &name, data);
+        // Half the runs cut the stream into 2 MiB segments: several
+        // objects, each a single put, committed by one manifest.
+        let small = rng.random_bool(0.5);
         let proxy = &c.emulator(store).proxy;
         let (out, window) = under_outage(proxy, &outage, || {
-            vault.proxied(&strs(&backup_args(&name, &input)))
+            vault.proxied_with(small, &strs(&backup_args(&name, &input)))
         });
         let outcome = CommandOutcome::strata(&out);
         if c.judge(case, run, &mut tally, &outage, window, &outcome) {
@@ -432,8 +466,10 @@ fn backup_with(c: &mut Campaign, spec: &CaseSpec, retries: Retries, label: &'sta
     }
     for (vault, book, _) in vaults.open.values() {
         verify(c, case, vault);
-        *tally.extra.entry("listed though the command failed").or_default() +=
-            book.listed_though_failed;
+        *tally
+            .extra
+            .entry("listed though the command failed")
+            .or_default() += book.listed_though_failed;
     }
     c.case_line(&format!("{case} ({} retries)", retries.name), &tally);
 }
@@ -634,7 +670,10 @@ pub(super) fn gc(c: &mut Campaign, spec: &CaseSpec) {
         for gone in listed_before.difference(&listed_after) {
             c.lost(
                 case,
-                format!("run {run}: `vault gc` removed the listed backup {gone} ({})", outage.describe()),
+                format!(
+                    "run {run}: `vault gc` removed the listed backup {gone} ({})",
+                    outage.describe()
+                ),
             );
         }
         verify(c, case, vault);
