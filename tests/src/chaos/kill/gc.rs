@@ -95,7 +95,10 @@ pub(crate) fn run(case: &mut Case, _shared: &mut Shared) {
                 // backups (their tombstones go last).
                 let left = Leftovers::of(&cli.vault_dir).len()
                     + if purge {
-                        count_files(&cli.vault_dir.join("deleted"))
+                        files_of(&cli.vault_dir.join("deleted"))
+                            .iter()
+                            .filter(|f| f.extension().is_some_and(|e| e == "json"))
+                            .count()
                     } else {
                         0
                     };
