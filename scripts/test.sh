@@ -9,7 +9,7 @@
 #      the doc tests, with the emulators' environment and
 #      STRATA_REQUIRE_EMULATORS=1, so no object-store backend is skipped;
 #      then scripts/fuzz.sh: every fuzz target for STRATA_FUZZ_SECONDS
-#      (default 15) each, a target that ran clean counted as passed, one
+#      (default 10) each, a target that ran clean counted as passed, one
 #      that crashed as failed
 #   6. under CI (or with STRATA_TEST_PACKAGE=1): scripts/test-package.sh, which
 #      builds the Debian package and installs, upgrades and removes it here
@@ -21,7 +21,7 @@
 #   --skip-lint   skip step 2 (for quick local runs; CI never skips it)
 #
 # Environment: STRATA_TEST_TIMEOUT (seconds, default 2400) bounds step 5;
-# STRATA_FUZZ_SECONDS (default 15) is each fuzz target's time.
+# STRATA_FUZZ_SECONDS (default 10) is each fuzz target's time.
 # The tests see this script's environment: STRATA_TEST_SQLSERVER (a connection
 # string) runs the SQL Server tests against that server instead of the
 # emulator, STRATA_TEST_HANA the tests marked #[ignore] against SAP HANA
@@ -230,7 +230,7 @@ else
 fi
 step "fuzz"
 fuzz_status=0
-run_logged "$RUN_DIR/fuzz.log" ./scripts/fuzz.sh --seconds "${STRATA_FUZZ_SECONDS:-15}" || fuzz_status=$?
+run_logged "$RUN_DIR/fuzz.log" ./scripts/fuzz.sh --seconds "${STRATA_FUZZ_SECONDS:-10}" || fuzz_status=$?
 # "fuzz: N targets, N clean, N crashed; ..."
 line="$(grep -E '^fuzz: [0-9]+ targets' "$RUN_DIR/fuzz.log" | tail -n 1 || true)"
 n="$(grep -oE '[0-9]+ clean' <<<"$line" | grep -oE '^[0-9]+' || echo 0)"

@@ -330,7 +330,7 @@ impl PgVault {
             );
             return;
         };
-        for (id, _) in acknowledged {
+        for id in acknowledged.keys() {
             if !listed.iter().any(|b| b["id"].as_str() == Some(id)) {
                 c.lost(case, format!("backup {id}, acknowledged, is not listed"));
             }
@@ -524,10 +524,12 @@ pub(super) fn wal_push(c: &mut Campaign, spec: &CaseSpec) {
         // every 300 ms, a few requests each); the outage starts within
         // the first two thirds.
         let mut outage = Outage::draw(&mut rng, (load.as_secs() * 4).max(2), &retries, &scopes);
+        // The archiver never ends: a long outage outlasts what any request
+        // rides out, then the store comes back.
         if outage.length == Length::Long {
             let most = retries.most.as_secs_f64();
             outage.length = Length::Medium(Duration::from_secs_f64(
-                rng.random_range(2.0 * most + 0.5..2.0 * most + 4.0),
+                rng.random_range(most + 0.5..most + 4.0),
             ));
         }
         let proxy = &c.emulator(StoreKind::S3).proxy;
@@ -698,7 +700,10 @@ pub(super) fn restore(c: &mut Campaign, spec: &CaseSpec) {
             Matcher::any().method("GET").path_contains("/manifests/"),
         ),
     ];
-    if pg.runs.is_empty() {
+    // A full backup to restore from (the outages of `backup pg` may have
+    // failed every one).
+    let listed = pg.direct(&["list", "postgres", "--json"]).success().json();
+    if listed.as_array().is_none_or(|backups| backups.is_empty()) {
         pg.change();
         pg.direct(&["backup", "pg", "main"]).success();
     }

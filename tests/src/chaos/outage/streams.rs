@@ -439,7 +439,7 @@ fn backup_with(c: &mut Campaign, spec: &CaseSpec, retries: Retries, label: &'sta
         let (vault, book, requests) = vaults.get(c, case, store, &mut rng);
         let requests = *requests;
         let mut outage = Outage::draw(&mut rng, requests, &retries, &write_scopes(store));
-        // With the defaults a request rides out 1 to 55 s of outage: the
+        // With the defaults a request rides out 1 to 100 s of outage: the
         // case stays within 1 to 10 s, where a real store's hiccups are.
         let too_long = match outage.length {
             Length::Long => true,
