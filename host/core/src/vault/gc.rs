@@ -637,7 +637,10 @@ mod tests {
 
         let orphans = find_orphans(&vault, Duration::ZERO).await.unwrap();
         assert_eq!(orphans.len(), 1, "{orphans:?}");
-        assert_eq!(orphans[0].engine_objects, std::slice::from_ref(&killed_marker));
+        assert_eq!(
+            orphans[0].engine_objects,
+            std::slice::from_ref(&killed_marker)
+        );
         assert_eq!(orphans[0].objects, 2, "its segment and its marker");
         delete_orphan(&vault, &orphans[0]).await.unwrap();
         let left = vault.list_keys("engines/hana/HDB").await.unwrap();
