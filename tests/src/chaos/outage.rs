@@ -223,6 +223,8 @@ pub fn run(options: &Options) -> Summary {
         }
     }
     campaign.report_messages();
+    // The cluster stops while its directory is still there.
+    drop(campaign.pg.take());
     campaign.clean_up_stores();
     if campaign.runs == 0 {
         campaign

@@ -163,16 +163,20 @@ pub(crate) struct S3Access {
     bucket: String,
     bucket_url: String,
     region: String,
+    /// The store's retry settings, which these requests follow too.
+    retry: object_store::RetryConfig,
 }
 
 impl S3Access {
     /// Access to the bucket of a store `builder` was configured for, with
-    /// the same options (endpoint, region, credentials, HTTP client).
+    /// the same options (endpoint, region, credentials, HTTP client) and
+    /// retry settings.
     pub(crate) fn new(
         builder: &AmazonS3Builder,
         bucket: &str,
         s3: Arc<AmazonS3>,
         options: &object_store::ClientOptions,
+        retry: object_store::RetryConfig,
     ) -> S3Access {
         let value = |key| builder.get_config_value(&key);
         let bucket = value(AmazonS3ConfigKey::Bucket).unwrap_or_else(|| bucket.to_owned());
@@ -191,6 +195,7 @@ impl S3Access {
             bucket,
             bucket_url,
             region,
+            retry,
         }
     }
 
@@ -201,7 +206,53 @@ impl S3Access {
 
     /// Sends one signed request; returns the status and the body as text
     /// (S3 answers in XML).
+    ///
+    /// Every request here is idempotent (reading or setting the bucket's
+    /// lock, listing, deleting a version, aborting an upload), so a
+    /// connection that fails or an answer of 500-599, 429 or 408 is tried
+    /// again as the store's own requests are: up to `max_retries` times
+    /// within `retry_timeout`, after backoffs from `init_backoff` growing
+    /// `base` times each (at most `max_backoff`). Without that, one 503
+    /// during `vault gc`'s listing of unfinished uploads failed the gc.
     async fn send(
+        &self,
+        method: http::Method,
+        url: &str,
+        body: Vec<u8>,
+        headers: &[(&str, String)],
+    ) -> Result<(http::StatusCode, String)> {
+        let started = std::time::Instant::now();
+        let mut retries = 0;
+        loop {
+            let answer = self
+                .send_once(method.clone(), url, body.clone(), headers)
+                .await;
+            let transient = match &answer {
+                Ok((status, _)) => {
+                    status.is_server_error()
+                        || *status == http::StatusCode::TOO_MANY_REQUESTS
+                        || *status == http::StatusCode::REQUEST_TIMEOUT
+                }
+                Err(e) => e.is_retryable(),
+            };
+            if !transient
+                || retries >= self.retry.max_retries
+                || started.elapsed() >= self.retry.retry_timeout
+            {
+                return answer;
+            }
+            let backoff = &self.retry.backoff;
+            let pause = (backoff.init_backoff.as_secs_f64()
+                * backoff.base.powi(retries.min(64) as i32))
+            .min(backoff.max_backoff.as_secs_f64());
+            tracing::info!(%method, url, retries, "an S3 request failed; trying again");
+            tokio::time::sleep(std::time::Duration::from_secs_f64(pause)).await;
+            retries += 1;
+        }
+    }
+
+    /// One attempt of [`S3Access::send`].
+    async fn send_once(
         &self,
         method: http::Method,
         url: &str,
@@ -229,13 +280,17 @@ impl S3Access {
             }
         };
         let response = http.execute(request).await.map_err(|e| {
-            Error::storage(format!("S3 request {method} {url} failed: {e}")).retryable(true)
+            Error::storage(format!("S3 request {method} {url} failed: {e}"))
+                .retryable(true)
+                .hint("check that the vault is reachable; the operation can be retried")
         })?;
         let status = response.status();
-        let body =
-            response.into_body().bytes().await.map_err(|e| {
-                Error::storage(format!("reading the answer to {method} {url}: {e}"))
-            })?;
+        let body = response.into_body().bytes().await.map_err(|e| {
+            // An answer cut midway: the request can be sent again.
+            Error::storage(format!("reading the answer to {method} {url}: {e}"))
+                .retryable(true)
+                .hint("check that the vault is reachable; the operation can be retried")
+        })?;
         Ok((status, String::from_utf8_lossy(&body).into_owned()))
     }
 
@@ -545,7 +600,9 @@ fn s3_error(doing: &str, bucket: &str, status: http::StatusCode, body: &str) -> 
     ));
     match status.as_u16() {
         403 => error.hint("the credentials need s3:GetBucketObjectLockConfiguration, s3:PutBucketObjectLockConfiguration, s3:GetObjectVersion and s3:DeleteObjectVersion on the bucket"),
-        500..=599 => error.retryable(true),
+        500..=599 | 429 | 408 => error
+            .retryable(true)
+            .hint("the store is unavailable or overloaded: the operation can be retried once it answers"),
         _ => error,
     }
 }
@@ -728,6 +785,100 @@ pub(crate) async fn probe(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An S3 endpoint on loopback that answers each request with the next
+    /// of `answers` (status line and body), the last one for ever; counts
+    /// the requests.
+    async fn endpoint(
+        answers: Vec<(&'static str, &'static str)>,
+    ) -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let seen = count.clone();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let n = seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let (status, body) = answers[n.min(answers.len() - 1)];
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") && socket.read(&mut byte).await.unwrap_or(0) == 1
+                {
+                    head.push(byte[0]);
+                }
+                let answer = format!(
+                    "HTTP/1.1 {status}\r\ncontent-type: application/xml\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = socket.write_all(answer.as_bytes()).await;
+                let _ = socket.shutdown().await;
+            }
+        });
+        (url, count)
+    }
+
+    fn access(endpoint: &str, max_retries: usize) -> S3Access {
+        let builder = AmazonS3Builder::new()
+            .with_bucket_name("b")
+            .with_region("us-east-1")
+            .with_endpoint(endpoint)
+            .with_allow_http(true)
+            .with_access_key_id("key")
+            .with_secret_access_key("secret");
+        let s3 = Arc::new(builder.clone().build().unwrap());
+        let options = object_store::ClientOptions::new().with_allow_http(true);
+        let retry = object_store::RetryConfig {
+            max_retries,
+            retry_timeout: std::time::Duration::from_secs(30),
+            backoff: object_store::BackoffConfig {
+                init_backoff: std::time::Duration::from_millis(1),
+                max_backoff: std::time::Duration::from_millis(10),
+                base: 2.0,
+            },
+        };
+        S3Access::new(&builder, "b", s3, &options, retry)
+    }
+
+    const SLOW_DOWN: (&str, &str) = (
+        "503 Service Unavailable",
+        "<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>",
+    );
+
+    /// A 503 from S3 is tried again, as the store's own requests are: one
+    /// answered `vault gc`'s listing of unfinished uploads and failed it.
+    #[tokio::test]
+    async fn an_unavailable_bucket_is_asked_again() {
+        let (url, count) = endpoint(vec![
+            SLOW_DOWN,
+            SLOW_DOWN,
+            (
+                "404 Not Found",
+                "<Error><Code>ObjectLockConfigurationNotFound</Code></Error>",
+            ),
+        ])
+        .await;
+        let lock = access(&url, 3).bucket_lock().await.unwrap();
+        assert_eq!(lock, BucketLock::Disabled);
+        assert_eq!(count.load(std::sync::atomic::Ordering::SeqCst), 3);
+    }
+
+    /// Past `max_retries` the error says the store is unavailable, that it
+    /// can be retried, and what to do.
+    #[tokio::test]
+    async fn an_outage_longer_than_the_retries_is_a_clear_error() {
+        let (url, count) = endpoint(vec![SLOW_DOWN]).await;
+        let err = access(&url, 2).bucket_lock().await.unwrap_err();
+        assert_eq!(count.load(std::sync::atomic::Ordering::SeqCst), 3);
+        assert_eq!(err.kind(), crate::ErrorKind::Storage, "{err}");
+        assert!(err.is_retryable(), "{err}");
+        assert!(err.to_string().contains("503"), "{err}");
+        assert!(err.to_string().contains("SlowDown"), "{err}");
+        assert!(
+            err.hint_text().is_some_and(|h| h.contains("retried")),
+            "{err:?}"
+        );
+    }
 
     #[test]
     fn probe_keys_name_their_time() {

@@ -314,7 +314,6 @@ fn retry_config(raw: &str, options: &BTreeMap<String, String>) -> Result<RetryCo
         max_retries: 10,
         retry_timeout: Duration::from_secs(300),
         backoff: retry_backoff(),
-        ..Default::default()
     };
     if let Some(value) = options.get("max_retries") {
         retry.max_retries = value
@@ -483,10 +482,11 @@ fn build_store_with_access(
                 }
                 options = options.with_default_headers(headers);
             }
+            let retry = retry_config(raw, &config.options)?;
             let mut builder = object_store::aws::AmazonS3Builder::from_env()
                 .with_url(url.as_str())
                 .with_client_options(options.clone())
-                .with_retry(retry_config(raw, &config.options)?);
+                .with_retry(retry.clone());
             for (key, value) in store_options(&config.options) {
                 let key = key.parse().map_err(|_| unknown_option(raw, key))?;
                 builder = builder.with_config(key, value);
@@ -498,7 +498,7 @@ fn build_store_with_access(
                     .map_err(|e| config_store_error(raw, e))?,
             );
             let bucket = url.host_str().unwrap_or_default();
-            let access = immutability::S3Access::new(&builder, bucket, s3.clone(), &options);
+            let access = immutability::S3Access::new(&builder, bucket, s3.clone(), &options, retry);
             return Ok((s3, root, Some(access)));
         }
         ObjectStoreScheme::MicrosoftAzure => {
@@ -758,9 +758,12 @@ fn config_store_error(url: &str, err: object_store::Error) -> Error {
 fn unreachable(url: &str, err: Error) -> Error {
     if err.kind() == ErrorKind::Storage {
         // The HTTP client refuses a plain-http endpoint before connecting,
-        // saying only "builder error": name the setting that allows it.
-        let plain_http =
-            err.to_string().contains("http://") && err.to_string().contains("builder error");
+        // saying "builder error" (the conversion of the store's error names
+        // its root cause, "URL scheme is not allowed"): name the setting
+        // that allows it.
+        let text = err.to_string();
+        let plain_http = text.contains("http://")
+            && (text.contains("builder error") || text.contains("URL scheme is not allowed"));
         // The conversion of the store's error decided whether a retry helps.
         let error = Error::storage(format!("the vault {url} could not be reached: {err}"))
             .retryable(err.is_retryable() && !plain_http)
@@ -1005,7 +1008,8 @@ impl Vault {
     /// Writes `body` at `key` only if nothing is there yet.
     /// A second put of the same key fails with [`ErrorKind::Conflict`].
     ///
-    /// An attempt the network cut is tried again ([`put_create_retrying`]);
+    /// An attempt the network cut is tried again (object_store does not
+    /// retry a create-only put whose connection was reset under way);
     /// when a later attempt finds the object already there, it is read
     /// back, and the put succeeds if it holds exactly `body` (the cut
     /// attempt landed).
