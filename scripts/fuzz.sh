@@ -125,9 +125,9 @@ build_started=$(date +%s)
 # codegen units (cargo fuzz would use 1) unless optimised: the build is
 # most of CI's budget.
 if ! (cd "$build_from" && cargo fuzz build --fuzz-dir "$ROOT/fuzz" --target-dir "$BUILD" \
-    --sanitizer none "${build_args[@]}") >"$WORK/logs/build.log" 2>&1; then
-    tail -n 40 "$WORK/logs/build.log" >&2
-    echo "fuzz.sh: the fuzz targets do not build (log: $WORK/logs/build.log)" >&2
+    --sanitizer none "${build_args[@]}") >"$WORK/logs/build-${BUILD##*/}.log" 2>&1; then
+    tail -n 40 "$WORK/logs/build-${BUILD##*/}.log" >&2
+    echo "fuzz.sh: the fuzz targets do not build (log: $WORK/logs/build-${BUILD##*/}.log)" >&2
     exit 2
 fi
 echo "built in $(($(date +%s) - build_started)) s"
