@@ -600,10 +600,22 @@ impl<'a> WalArchive<'a> {
         let spooled = spool.join(name);
         // The fetched file's size is the cluster's segment size, which names
         // the segments that follow.
-        let size = if spooled.is_file() {
-            std::fs::rename(&spooled, dest).map_err(|e| {
-                Error::io_doing_at(format!("moving {} to", spooled.display()), dest, e)
-            })?;
+        // The spool is only a cache: a file that is not there (never
+        // fetched, or removed meanwhile by another call's clean-up; a
+        // check before the rename would race with it) is read from the
+        // archive instead.
+        let moved = match std::fs::rename(&spooled, dest) {
+            Ok(()) => true,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+            Err(e) => {
+                return Err(Error::io_doing_at(
+                    format!("moving {} to", spooled.display()),
+                    dest,
+                    e,
+                ));
+            }
+        };
+        let size = if moved {
             std::fs::metadata(dest).map(|m| m.len()).unwrap_or(0)
         } else {
             match self.read(system_id, &parsed).await? {
