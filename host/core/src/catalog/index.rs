@@ -480,8 +480,8 @@ impl CatalogIndex {
         let conn = self.conn();
         conn.execute(
             "UPDATE jobs SET result = 'cancelled', ended_at = ?1,
-             error = 'the service stopped while the job ran; nothing was committed',
-             hint = 'the next pass takes it again'
+             error = 'the service stopped while the job ran',
+             hint = 'a backup it committed before it stopped is in `strata list`; if there is none, the next pass takes the job again'
              WHERE result = 'running'",
             params![now.to_rfc3339()],
         )

@@ -266,10 +266,7 @@ impl Service {
             }
         } else {
             // The daemon's initial full.
-            if !jobs
-                .iter()
-                .any(|j| j["kind"] == "full" && j["result"] == "succeeded")
-            {
+            if !has_full(&jobs) {
                 case.failed(
                     Some(run),
                     "the restarted service did not take the initial full",
@@ -439,10 +436,7 @@ fn daemon_killed(case: &mut Case, env: &PgEnv) -> Option<DateTime<Utc>> {
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
         let jobs = history(env);
-        if jobs
-            .iter()
-            .any(|j| j["kind"] == "full" && j["result"] == "succeeded")
-        {
+        if has_full(&jobs) {
             // The first job is the one the kill hit, or finished before it.
             let first = jobs
                 .iter()
@@ -527,4 +521,12 @@ fn count_files(dir: &Path) -> usize {
         }
     }
     count
+}
+
+/// Whether the service has a full backup: a full job that succeeded, or a
+/// differential that succeeded, which the service takes only on a full
+/// in the vault (the killed job's, when the kill came after its commit).
+fn has_full(jobs: &[serde_json::Value]) -> bool {
+    jobs.iter()
+        .any(|j| j["result"] == "succeeded" && (j["kind"] == "full" || j["kind"] == "diff"))
 }
