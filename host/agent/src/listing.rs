@@ -652,35 +652,18 @@ async fn damaged_manifest_findings(
         }
         _ => layout::MANIFESTS.to_owned(),
     };
-    for (key, err) in vault.damaged_manifests(&prefix).await? {
-        let mut parts = key.trim_end_matches(".json").rsplit('/');
-        let id = parts.next().unwrap_or_default();
-        let instance = parts.next().unwrap_or_default();
-        let engine = parts.next().unwrap_or_default();
-        if filter
-            .instance
-            .as_deref()
-            .is_some_and(|i| layout::escape_component(i) != instance)
-        {
-            continue;
-        }
-        let Ok(id) = id.parse::<BackupId>() else {
-            tracing::warn!(manifest = %key, "an object in the manifests folder is no manifest");
-            continue;
-        };
-        results.push(VerifiedBackup {
-            id,
-            engine: engine.to_owned(),
-            instance: instance.to_owned(),
-            ok: false,
-            parts: 0,
-            raw_bytes: 0,
-            stored_bytes: 0,
-            problems: vec![format!(
+    let damaged = vault.damaged_manifests(&prefix).await?;
+    push_object_findings(
+        damaged,
+        ("manifests", "manifest"),
+        filter,
+        results,
+        |key, err| {
+            format!(
                 "manifest {key} cannot be read: {err}; the backup is left out of every listing and restore"
-            )],
-        });
-    }
+            )
+        },
+    );
     Ok(())
 }
 
@@ -699,7 +682,32 @@ async fn damaged_tombstone_findings(
         }
         _ => format!("{}/", layout::DELETED),
     };
-    for (key, err) in vault.damaged_tombstones(&prefix).await? {
+    let damaged = vault.damaged_tombstones(&prefix).await?;
+    push_object_findings(
+        damaged,
+        ("deleted", "tombstone"),
+        filter,
+        results,
+        |_, err| {
+            format!(
+                "{err}; the deleted backup it records cannot be brought back with `strata undelete`"
+            )
+        },
+    );
+    Ok(())
+}
+
+/// Turns damaged objects named `<top>/<engine>/<instance>/<id>.json`
+/// (manifests, tombstones) into findings of their backups: the instance
+/// filter applied to the escaped key component, `problem` the text.
+fn push_object_findings(
+    damaged: Vec<(String, Error)>,
+    (folder, what): (&str, &str),
+    filter: &ListFilter,
+    results: &mut Vec<VerifiedBackup>,
+    problem: impl Fn(&str, &Error) -> String,
+) {
+    for (key, err) in damaged {
         let mut parts = key.trim_end_matches(".json").rsplit('/');
         let id = parts.next().unwrap_or_default();
         let instance = parts.next().unwrap_or_default();
@@ -712,7 +720,7 @@ async fn damaged_tombstone_findings(
             continue;
         }
         let Ok(id) = id.parse::<BackupId>() else {
-            tracing::warn!(tombstone = %key, "an object in the deleted folder is no tombstone");
+            tracing::warn!(object = %key, "an object in the {folder} folder is no {what}");
             continue;
         };
         results.push(VerifiedBackup {
@@ -723,12 +731,9 @@ async fn damaged_tombstone_findings(
             parts: 0,
             raw_bytes: 0,
             stored_bytes: 0,
-            problems: vec![format!(
-                "{err}; the deleted backup it records cannot be brought back with `strata undelete`"
-            )],
+            problems: vec![problem(&key, &err)],
         });
     }
-    Ok(())
 }
 
 /// Marks each verified differential or incremental whose chain of bases
