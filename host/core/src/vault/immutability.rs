@@ -658,20 +658,11 @@ async fn delete_known_path(store: &Arc<dyn ObjectStore>, path: &Path) -> Result<
     // A delete whose connection was reset under way is tried again:
     // object_store does not (S3 deletes through a bulk POST it does not
     // count as idempotent), and deleting twice is harmless.
-    let mut attempt = 1;
-    loop {
-        match store.delete(path).await {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => return Ok(Deletion::Deleted),
-            Err(e) if is_lock_refusal(&e) => return Ok(Deletion::Locked { until: None }),
-            Err(e)
-                if attempt < super::CUT_REQUEST_ATTEMPTS && crate::error::request_was_cut(&e) =>
-            {
-                tracing::warn!(error = %e, attempt, "a delete was cut; trying again");
-                tokio::time::sleep(super::cut_request_pause(attempt)).await;
-                attempt += 1;
-            }
-            Err(e) => return Err(Error::from(e).context(format!("deleting {path}"))),
-        }
+    let (answer, _) = super::retry_when_cut("a delete", || store.delete(path)).await;
+    match answer {
+        Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(Deletion::Deleted),
+        Err(e) if is_lock_refusal(&e) => Ok(Deletion::Locked { until: None }),
+        Err(e) => Err(Error::from(e).context(format!("deleting {path}"))),
     }
 }
 

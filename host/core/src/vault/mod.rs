@@ -358,18 +358,33 @@ pub(crate) async fn put_create_retrying(
     path: &Path,
     payload: bytes::Bytes,
 ) -> (object_store::Result<object_store::PutResult>, bool) {
+    retry_when_cut("a create-only put", || {
+        store.put_opts(
+            path,
+            payload.clone().into(),
+            PutOptions::from(PutMode::Create),
+        )
+    })
+    .await
+}
+
+/// Runs `request` until it is not cut by the network (up to
+/// [`CUT_REQUEST_ATTEMPTS`] in all, [`cut_request_pause`] apart), for the
+/// requests object_store does not retry itself once under way. Returns
+/// the last answer and whether an earlier attempt was cut.
+pub(crate) async fn retry_when_cut<T, F, Fut>(
+    what: &str,
+    mut request: F,
+) -> (object_store::Result<T>, bool)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = object_store::Result<T>>,
+{
     let mut attempt = 1;
     loop {
-        let put = store
-            .put_opts(
-                path,
-                payload.clone().into(),
-                PutOptions::from(PutMode::Create),
-            )
-            .await;
-        match put {
+        match request().await {
             Err(e) if attempt < CUT_REQUEST_ATTEMPTS && crate::error::request_was_cut(&e) => {
-                tracing::warn!(error = %e, attempt, "a create-only put was cut; trying again");
+                tracing::warn!(error = %e, attempt, "{what} was cut; trying again");
                 tokio::time::sleep(cut_request_pause(attempt)).await;
                 attempt += 1;
             }
