@@ -53,7 +53,7 @@ use rand::rngs::StdRng;
 
 pub use harm::Damage;
 
-use super::{Options, Scale, Summary, SummaryBuilder};
+use super::{Options, Scale, Summary, SummaryBuilder, WorkDir, panic_message};
 use crate::cli::{RunOutput, Strata};
 
 /// Where an object sits in a backup's data stream.
@@ -490,7 +490,7 @@ pub fn run(options: &Options) -> Summary {
             Scale::Large => 5,
         },
     };
-    let work = WorkDir::new(options);
+    let work = WorkDir::new(options, "damage");
     eprintln!(
         "damage: seed {}, {} cells x {rounds} seed(s), work directory {}",
         options.seed,
@@ -817,58 +817,6 @@ fn timed<T>(summary: &mut SummaryBuilder, what: &str, build: impl FnOnce() -> T)
                 panic_message(&panic)
             ));
             None
-        }
-    }
-}
-
-fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
-    panic
-        .downcast_ref::<String>()
-        .cloned()
-        .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
-        .unwrap_or_else(|| "a panic without a message".to_owned())
-}
-
-/// Where the campaign keeps its fixtures and runs.
-struct WorkDir {
-    root: PathBuf,
-    temporary: Option<tempfile::TempDir>,
-}
-
-impl WorkDir {
-    fn new(options: &Options) -> WorkDir {
-        let (root, temporary) = match &options.work_dir {
-            Some(dir) => {
-                std::fs::create_dir_all(dir)
-                    .unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
-                (dir.clone(), None)
-            }
-            None => {
-                let dir = tempfile::Builder::new()
-                    .prefix("strata-chaos-damage-")
-                    .tempdir()
-                    .unwrap_or_else(|e| panic!("cannot create a temporary directory: {e}"));
-                (dir.path().to_path_buf(), Some(dir))
-            }
-        };
-        // PostgreSQL runs as its own user when the campaign runs as root:
-        // it must reach the restore targets and vault copies below this.
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755))
-            .unwrap_or_else(|e| panic!("cannot chmod {}: {e}", root.display()));
-        WorkDir { root, temporary }
-    }
-
-    /// Deletes a temporary work directory after a clean campaign; keeps it
-    /// (and says where) after a failed one.
-    fn finish(mut self, clean: bool) {
-        if let Some(dir) = self.temporary.take() {
-            if clean && std::env::var_os("STRATA_KEEP_TEST_DIRS").is_none() {
-                drop(dir);
-            } else {
-                let kept = dir.keep();
-                eprintln!("damage: work directory kept at {}", kept.display());
-            }
         }
     }
 }

@@ -55,14 +55,13 @@ mod stream;
 mod vault;
 mod wal_push;
 
-use std::any::Any;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rand::Rng;
 use rand::rngs::StdRng;
 
-use super::{Options, Summary, SummaryBuilder};
+use super::{Options, Summary, SummaryBuilder, WorkDir, panic_message};
 
 /// One case of the campaign: its name (what `--only` matches), its runs
 /// at CI and at large scale, and the function that makes them.
@@ -135,7 +134,7 @@ pub fn run(options: &Options) -> Summary {
         return summary.finish();
     }
     let postgres = postgres_installed();
-    let work = WorkDir::new(options);
+    let work = WorkDir::new(options, "kill");
     eprintln!(
         "kill: seed {}, work directory {}",
         options.seed,
@@ -236,58 +235,6 @@ fn postgres_installed() -> Option<()> {
         .flatten()
         .any(|e| e.path().join("bin/initdb").is_file())
         .then_some(())
-}
-
-fn panic_message(panic: &Box<dyn Any + Send>) -> String {
-    panic
-        .downcast_ref::<String>()
-        .cloned()
-        .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
-        .unwrap_or_else(|| "a panic without a message".to_owned())
-}
-
-/// Where the campaign keeps its vaults, clusters and logs.
-struct WorkDir {
-    root: PathBuf,
-    temporary: Option<tempfile::TempDir>,
-}
-
-impl WorkDir {
-    fn new(options: &Options) -> WorkDir {
-        let (root, temporary) = match &options.work_dir {
-            Some(dir) => {
-                std::fs::create_dir_all(dir)
-                    .unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
-                (dir.clone(), None)
-            }
-            None => {
-                let dir = tempfile::Builder::new()
-                    .prefix("strata-chaos-kill-")
-                    .tempdir()
-                    .unwrap_or_else(|e| panic!("cannot create a temporary directory: {e}"));
-                (dir.path().to_path_buf(), Some(dir))
-            }
-        };
-        // PostgreSQL runs as its own user when the campaign runs as root:
-        // it must reach its directories below this one.
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755))
-            .unwrap_or_else(|e| panic!("cannot chmod {}: {e}", root.display()));
-        WorkDir { root, temporary }
-    }
-
-    /// Deletes a temporary work directory after a clean campaign; keeps it
-    /// (and says where) after a failed one.
-    fn finish(mut self, clean: bool) {
-        if let Some(dir) = self.temporary.take() {
-            if clean && std::env::var_os("STRATA_KEEP_TEST_DIRS").is_none() {
-                drop(dir);
-            } else {
-                let kept = dir.keep();
-                eprintln!("kill: work directory kept at {}", kept.display());
-            }
-        }
-    }
 }
 
 /// What the cases share: the work directory and the PostgreSQL cluster

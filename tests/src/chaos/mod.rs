@@ -238,3 +238,70 @@ impl SummaryBuilder {
         self.summary
     }
 }
+
+/// The text of a caught panic, for a finding.
+pub fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+        .unwrap_or_else(|| "a panic without a message".to_owned())
+}
+
+/// Where a campaign keeps its vaults, clusters and logs: `--work-dir`,
+/// or a temporary directory deleted after a clean campaign and kept (its
+/// path printed) after a failed one.
+#[derive(Debug)]
+pub struct WorkDir {
+    /// The directory.
+    pub root: PathBuf,
+    campaign: &'static str,
+    temporary: Option<tempfile::TempDir>,
+}
+
+impl WorkDir {
+    /// The work directory of `campaign`, open to all users: PostgreSQL
+    /// runs as its own user when the campaign runs as root, and must reach
+    /// its directories below this one.
+    pub fn new(options: &Options, campaign: &'static str) -> WorkDir {
+        let (root, temporary) = match &options.work_dir {
+            Some(dir) => {
+                std::fs::create_dir_all(dir)
+                    .unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
+                (dir.clone(), None)
+            }
+            None => {
+                let dir = tempfile::Builder::new()
+                    .prefix(&format!("strata-chaos-{campaign}-"))
+                    .tempdir()
+                    .unwrap_or_else(|e| panic!("cannot create a temporary directory: {e}"));
+                (dir.path().to_path_buf(), Some(dir))
+            }
+        };
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755))
+            .unwrap_or_else(|e| panic!("cannot chmod {}: {e}", root.display()));
+        WorkDir {
+            root,
+            campaign,
+            temporary,
+        }
+    }
+
+    /// Deletes a temporary work directory after a clean campaign; keeps it
+    /// (and says where) after a failed one, or with `STRATA_KEEP_TEST_DIRS`.
+    pub fn finish(mut self, clean: bool) {
+        if let Some(dir) = self.temporary.take() {
+            if clean && std::env::var_os("STRATA_KEEP_TEST_DIRS").is_none() {
+                drop(dir);
+            } else {
+                let kept = dir.keep();
+                eprintln!(
+                    "{}: work directory kept at {}",
+                    self.campaign,
+                    kept.display()
+                );
+            }
+        }
+    }
+}
