@@ -210,6 +210,22 @@ impl StreamContext {
     async fn fetch_stored(&self, loc: &PartLocation, segment_size: u64) -> Result<Vec<u8>> {
         let options = GetOptions::new().with_range(Some(loc.range.clone()));
         let fetched = match self.store.get_opts(&loc.path, options).await {
+            // A ranged GET reports the whole object's size (S3, Azure and
+            // GCS from `Content-Range`, files and memory from their
+            // metadata). A longer object under the key whose first bytes
+            // happen to match (a segment of an older backup of the same
+            // files) would pass every part check: its size gives it away.
+            // A shorter one fails at the part the cut runs through, which
+            // the error below then names.
+            Ok(result) if result.meta.size > segment_size => {
+                return Err(self.part_error(
+                    loc,
+                    PartFailure::ObjectSize {
+                        actual: result.meta.size,
+                        recorded: segment_size,
+                    },
+                ));
+            }
             Ok(result) => read_payload(result, self.stored_pool.take()).await,
             Err(e) => Err(e),
         };
@@ -1198,6 +1214,42 @@ mod tests {
             "{:?}",
             report.problems
         );
+    }
+
+    /// Found by the damage campaign (`pg/segment-first x replacement`): a
+    /// segment replaced by a longer object that starts with the same bytes
+    /// passed every part check and restored with exit 0.
+    async fn a_longer_object_with_the_same_first_bytes_is_refused(vault: Vault) {
+        let input = data(7 * P, 5);
+        let manifest = backup(&vault, small_config(), &[("db", &input)]).await;
+        let first = manifest.streams[0].segments[0].key.clone();
+        rewrite(&vault, &first, |b| b.extend_from_slice(b"more bytes")).await;
+        let err = restore(&vault, &manifest, "db").await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Integrity, "{err}");
+        let text = err.to_string();
+        assert!(
+            text.contains(&first) && text.contains("the manifest records"),
+            "{text}"
+        );
+        let report = verify_backup(&vault, &manifest, &ReaderConfig::default(), None)
+            .await
+            .unwrap();
+        assert!(
+            report.problems.iter().any(|p| p.contains(&first)),
+            "{:?}",
+            report.problems
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_longer_object_with_the_same_first_bytes_is_refused_in_memory() {
+        a_longer_object_with_the_same_first_bytes_is_refused(memory_vault(None).await).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_longer_object_with_the_same_first_bytes_is_refused_on_files() {
+        let (_dir, vault) = file_vault().await;
+        a_longer_object_with_the_same_first_bytes_is_refused(vault).await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
