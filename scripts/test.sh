@@ -67,8 +67,12 @@ mkdir -p "$RUN_DIR"
 
 declare -A results=()
 order=()
+step_started=$started
+# Records a step's result with its time, from the last `step` call.
 record() {
-    results[$1]="$2"
+    local took=""
+    [[ "$2" == skipped* ]] || took=" ($(($(date +%s) - step_started)) s)"
+    results[$1]="$2$took"
     order+=("$1")
 }
 
@@ -93,6 +97,7 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 step() {
+    step_started=$(date +%s)
     echo "==> $*"
 }
 

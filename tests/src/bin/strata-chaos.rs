@@ -15,10 +15,12 @@
 //! - `--seed`: replays a campaign (the summary prints the seed it used);
 //!   default `STRATA_CHAOS_SEED`, else random.
 //! - `--only`: only the cases whose name contains TEXT (`--only wal-push`).
-//! - `--work-dir`: keep clusters, vaults and logs there.
+//! - `--work-dir`: keep clusters, vaults and logs in a new directory
+//!   `DIR/<campaign>-<seed>-<random>` per campaign.
 //!
 //! Exit status: 0 when every campaign lost nothing and kept every promise,
-//! 1 when one did not (its findings are printed), 2 on wrong arguments.
+//! 1 when one did not (its findings are printed), 2 on wrong arguments
+//! (and when `--only` selects no case, so that a typo tests nothing).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -26,6 +28,33 @@ use std::process::ExitCode;
 use strata_e2e::chaos::{self, Options, Scale, Summary};
 
 const USAGE: &str = "usage: strata-chaos <kill|outage|damage|disk|all> [--scale ci|large] [--runs N] [--seed N] [--only TEXT] [--work-dir DIR] [--verbose]";
+
+const HELP: &str = "\
+Runs Strata's reliability campaigns and prints one summary line each:
+  kill     kill -9 at random moments of backups, WAL archiving, restores, gc, the service
+  outage   the object store refuses, resets, answers 500/503, is slow or cuts requests
+  damage   stored objects get bit flips, truncation, deletion, replacement
+  disk     full and read-only disks under a local vault and restore targets (root)
+  all      the four, one after another
+
+  --scale ci|large   a few runs (what the test suite runs) or the figures of
+                     a real campaign (default: large)
+  --runs N           runs per campaign instead of the scale's (at least 1)
+  --seed N           replays a campaign: its summary prints the seed it used
+                     (default: STRATA_CHAOS_SEED, else random)
+  --only TEXT        only the cases whose name contains TEXT (--only wal-push)
+  --work-dir DIR     keep clusters, vaults and logs in DIR/<campaign>-<seed>-*
+  --verbose          one line per run
+
+Exit status: 0 when nothing was lost and every promise kept, 1 otherwise
+(the findings are printed), 2 on wrong arguments. docs/reliability.md
+describes each campaign and its cases.";
+
+/// What the command line asks for.
+enum Request {
+    Run(Vec<&'static str>, Options),
+    Help,
+}
 
 type Campaign = (&'static str, fn(&Options) -> Summary);
 
@@ -38,7 +67,11 @@ const CAMPAIGNS: [Campaign; 4] = [
 
 fn main() -> ExitCode {
     match parse(std::env::args().skip(1).collect()) {
-        Ok((names, options)) => run(&names, &options),
+        Ok(Request::Run(names, options)) => run(&names, &options),
+        Ok(Request::Help) => {
+            println!("{USAGE}\n\n{HELP}");
+            ExitCode::SUCCESS
+        }
         Err(message) => {
             eprintln!("strata-chaos: {message}\n{USAGE}");
             ExitCode::from(2)
@@ -55,6 +88,15 @@ fn run(names: &[&'static str], options: &Options) -> ExitCode {
             summaries.push(summary);
         }
     }
+    if let Some(only) = &options.only
+        && summaries.iter().all(|s| s.runs == 0 && s.is_clean())
+    {
+        eprintln!(
+            "strata-chaos: --only `{only}` selects no case of {}: the case names are in docs/reliability.md (or in the summary of a run without --only)",
+            names.join(", ")
+        );
+        return ExitCode::from(2);
+    }
     if summaries.len() > 1 {
         println!("all campaigns:");
         for summary in &summaries {
@@ -68,12 +110,12 @@ fn run(names: &[&'static str], options: &Options) -> ExitCode {
     }
 }
 
-fn parse(args: Vec<String>) -> Result<(Vec<&'static str>, Options), String> {
+fn parse(args: Vec<String>) -> Result<Request, String> {
     let mut args = args.into_iter();
     let which = args.next().ok_or("name a campaign")?;
     let names: Vec<&'static str> = match which.as_str() {
         "all" => CAMPAIGNS.iter().map(|(name, _)| *name).collect(),
-        "-h" | "--help" => return Err("campaigns and options:".into()),
+        "-h" | "--help" => return Ok(Request::Help),
         other => vec![
             CAMPAIGNS
                 .iter()
@@ -100,10 +142,10 @@ fn parse(args: Vec<String>) -> Result<(Vec<&'static str>, Options), String> {
             }
             "--runs" => {
                 let text = value()?;
-                options.runs = Some(
-                    text.parse()
-                        .map_err(|_| format!("--runs {text}: a number"))?,
-                );
+                options.runs = match text.parse() {
+                    Ok(0) | Err(_) => return Err(format!("--runs {text}: a number of at least 1")),
+                    Ok(runs) => Some(runs),
+                };
             }
             "--seed" => {
                 let text = value()?;
@@ -114,8 +156,13 @@ fn parse(args: Vec<String>) -> Result<(Vec<&'static str>, Options), String> {
             "--only" => options.only = Some(value()?),
             "--work-dir" => options.work_dir = Some(PathBuf::from(value()?)),
             "--verbose" | "-v" => options.verbose = true,
+            "-h" | "--help" => return Ok(Request::Help),
             other => return Err(format!("unknown option `{other}`")),
         }
     }
-    Ok((names, options))
+    if let Some(dir) = &options.work_dir {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("--work-dir {}: cannot create it: {e}", dir.display()))?;
+    }
+    Ok(Request::Run(names, options))
 }

@@ -490,7 +490,13 @@ pub fn run(options: &Options) -> Summary {
             Scale::Large => 5,
         },
     };
-    let work = WorkDir::new(options, "damage");
+    let work = match WorkDir::new(options, "damage") {
+        Ok(work) => work,
+        Err(why) => {
+            summary.failed(why);
+            return summary.finish();
+        }
+    };
     eprintln!(
         "damage: seed {}, {} cells x {rounds} seed(s), work directory {}",
         options.seed,
@@ -582,7 +588,7 @@ pub fn run(options: &Options) -> Summary {
                             detail: String::new(),
                             verify: Verdict::Failed(format!(
                                 "the run stopped early: {}",
-                                panic_message(&panic)
+                                panic_message(&*panic)
                             )),
                             restore: Verdict::Failed("not run".into()),
                             dir,
@@ -814,7 +820,7 @@ fn timed<T>(summary: &mut SummaryBuilder, what: &str, build: impl FnOnce() -> T)
         Err(panic) => {
             summary.failed(format!(
                 "the {what} could not be built, its cells did not run: {}",
-                panic_message(&panic)
+                panic_message(&*panic)
             ));
             None
         }

@@ -43,7 +43,7 @@ use std::path::{Path, PathBuf};
 
 use rand::rngs::StdRng;
 
-use super::{Options, Summary, SummaryBuilder};
+use super::{Options, Summary, SummaryBuilder, WorkDir, panic_message};
 
 mod checks;
 mod hana;
@@ -62,14 +62,14 @@ pub fn run(options: &Options) -> Summary {
         summary.case("all cases", "skipped: not root");
         return summary.finish();
     }
-    let work = match WorkDir::new(options) {
+    let work = match WorkDir::new(options, "disk") {
         Ok(work) => work,
         Err(why) => {
-            summary.failed(format!("cannot create the work directory: {why}"));
+            summary.failed(why);
             return summary.finish();
         }
     };
-    if let Err(why) = tmpfs::SmallDisk::probe(&work.path.join("probe")) {
+    if let Err(why) = tmpfs::SmallDisk::probe(&work.root.join("probe")) {
         crate::skip::skipped("chaos_disk", &format!("cannot mount a tmpfs here: {why}"));
         summary.case(
             "all cases",
@@ -80,7 +80,7 @@ pub fn run(options: &Options) -> Summary {
     let mut campaign = Campaign {
         options,
         summary,
-        work: work.path.clone(),
+        work: work.root.clone(),
         runs: 0,
         selected: 0,
     };
@@ -148,7 +148,7 @@ impl Campaign<'_> {
             let faults_before = tally.faults;
             let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| body(&mut tally, &mut rng)));
             if let Err(panic) = outcome {
-                tally.failed(format!("the run panicked: {}", panic_text(&panic)));
+                tally.failed(format!("the run panicked: {}", panic_message(&*panic)));
             }
             tally.runs += 1;
             self.runs += 1;
@@ -310,63 +310,6 @@ fn stream_of(case: &str) -> u64 {
     case.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
     })
-}
-
-fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
-    panic
-        .downcast_ref::<String>()
-        .cloned()
-        .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
-        .unwrap_or_else(|| "(no message)".to_owned())
-}
-
-/// The campaign's work directory: `--work-dir`, or a temporary directory
-/// deleted when the campaign is clean and kept (its path printed) when not.
-struct WorkDir {
-    path: PathBuf,
-    temporary: Option<tempfile::TempDir>,
-}
-
-impl WorkDir {
-    fn new(options: &Options) -> Result<WorkDir, String> {
-        use std::os::unix::fs::PermissionsExt;
-        let (path, temporary) = match &options.work_dir {
-            Some(dir) => {
-                // A new directory per campaign, kept: vaults from an earlier
-                // run with the same seed would refuse `vault init`.
-                std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-                let kept = tempfile::Builder::new()
-                    .prefix(&format!("disk-{}-", options.seed))
-                    .tempdir_in(dir)
-                    .map_err(|e| format!("{}: {e}", dir.display()))?
-                    .keep();
-                (kept, None)
-            }
-            None => {
-                let dir = tempfile::Builder::new()
-                    .prefix("strata-chaos-disk-")
-                    .tempdir()
-                    .map_err(|e| e.to_string())?;
-                (dir.path().to_path_buf(), Some(dir))
-            }
-        };
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
-            .map_err(|e| format!("{}: {e}", path.display()))?;
-        Ok(WorkDir { path, temporary })
-    }
-
-    fn finish(mut self, clean: bool) {
-        if let Some(dir) = self.temporary.take() {
-            if clean {
-                drop(dir);
-            } else {
-                let kept = dir.keep();
-                println!("disk: the work directory is kept at {}", kept.display());
-            }
-        } else {
-            println!("disk: the work directory is {}", self.path.display());
-        }
-    }
 }
 
 /// The names of the files under `dir`, recursively, relative to it.

@@ -134,7 +134,13 @@ pub fn run(options: &Options) -> Summary {
         return summary.finish();
     }
     let postgres = postgres_installed();
-    let work = WorkDir::new(options, "kill");
+    let work = match WorkDir::new(options, "kill") {
+        Ok(work) => work,
+        Err(why) => {
+            summary.failed(why);
+            return summary.finish();
+        }
+    };
     eprintln!(
         "kill: seed {}, work directory {}",
         options.seed,
@@ -175,7 +181,7 @@ pub fn run(options: &Options) -> Summary {
         if let Err(panic) = outcome {
             case.failed(
                 None,
-                format!("the case stopped early: {}", panic_message(&panic)),
+                format!("the case stopped early: {}", panic_message(&*panic)),
             );
         }
         let line = format!("{} ({:.0} s)", case.line(), started.elapsed().as_secs_f64());

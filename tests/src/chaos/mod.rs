@@ -240,7 +240,7 @@ impl SummaryBuilder {
 }
 
 /// The text of a caught panic, for a finding.
-pub fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
     panic
         .downcast_ref::<String>()
         .cloned()
@@ -248,9 +248,14 @@ pub fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
         .unwrap_or_else(|| "a panic without a message".to_owned())
 }
 
-/// Where a campaign keeps its vaults, clusters and logs: `--work-dir`,
-/// or a temporary directory deleted after a clean campaign and kept (its
-/// path printed) after a failed one.
+/// Where a campaign keeps its vaults, clusters and logs. With
+/// `--work-dir DIR`, a new directory `DIR/<campaign>-<seed>-<random>`,
+/// kept (vaults of an earlier run with the same seed would refuse `vault
+/// init`, and `all` runs every campaign under one `DIR`); otherwise a
+/// temporary directory, deleted after a clean campaign and kept (its path
+/// printed) after a failed one. Open to all users: PostgreSQL runs as its
+/// own user when the campaign runs as root, and must reach its
+/// directories below this one.
 #[derive(Debug)]
 pub struct WorkDir {
     /// The directory.
@@ -260,41 +265,45 @@ pub struct WorkDir {
 }
 
 impl WorkDir {
-    /// The work directory of `campaign`, open to all users: PostgreSQL
-    /// runs as its own user when the campaign runs as root, and must reach
-    /// its directories below this one.
-    pub fn new(options: &Options, campaign: &'static str) -> WorkDir {
+    /// Creates the work directory of `campaign`; the error names the
+    /// directory and why it could not be created.
+    pub fn new(options: &Options, campaign: &'static str) -> Result<WorkDir, String> {
         let (root, temporary) = match &options.work_dir {
             Some(dir) => {
                 std::fs::create_dir_all(dir)
-                    .unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
-                (dir.clone(), None)
+                    .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+                let kept = tempfile::Builder::new()
+                    .prefix(&format!("{campaign}-{}-", options.seed))
+                    .tempdir_in(dir)
+                    .map_err(|e| format!("cannot create a directory in {}: {e}", dir.display()))?
+                    .keep();
+                (kept, None)
             }
             None => {
                 let dir = tempfile::Builder::new()
                     .prefix(&format!("strata-chaos-{campaign}-"))
                     .tempdir()
-                    .unwrap_or_else(|e| panic!("cannot create a temporary directory: {e}"));
+                    .map_err(|e| format!("cannot create a temporary directory: {e}"))?;
                 (dir.path().to_path_buf(), Some(dir))
             }
         };
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755))
-            .unwrap_or_else(|e| panic!("cannot chmod {}: {e}", root.display()));
-        WorkDir {
+            .map_err(|e| format!("cannot chmod {}: {e}", root.display()))?;
+        Ok(WorkDir {
             root,
             campaign,
             temporary,
-        }
+        })
     }
 
     /// Deletes a temporary work directory after a clean campaign; keeps it
     /// (and says where) after a failed one, or with `STRATA_KEEP_TEST_DIRS`.
+    /// A `--work-dir` one is always kept.
     pub fn finish(mut self, clean: bool) {
-        if let Some(dir) = self.temporary.take() {
-            if clean && std::env::var_os("STRATA_KEEP_TEST_DIRS").is_none() {
-                drop(dir);
-            } else {
+        match self.temporary.take() {
+            Some(dir) if clean && std::env::var_os("STRATA_KEEP_TEST_DIRS").is_none() => drop(dir),
+            Some(dir) => {
                 let kept = dir.keep();
                 eprintln!(
                     "{}: work directory kept at {}",
@@ -302,6 +311,7 @@ impl WorkDir {
                     kept.display()
                 );
             }
+            None => eprintln!("{}: work directory {}", self.campaign, self.root.display()),
         }
     }
 }

@@ -81,7 +81,7 @@ use rand::Rng;
 use rand::rngs::StdRng;
 
 use super::proxy::{Fault, FaultKind, Matcher, StoreKind, StoreProxy, Window};
-use super::{Options, Summary, SummaryBuilder};
+use super::{Options, Summary, SummaryBuilder, WorkDir, panic_message};
 use crate::backends::emulators_required;
 use crate::cli::RunOutput;
 
@@ -185,11 +185,17 @@ pub fn run(options: &Options) -> Summary {
         }
         eprintln!("outage: {why}; every case uses the other store");
     }
-    let work = WorkDir::new(options);
+    let work = match WorkDir::new(options, "outage") {
+        Ok(work) => work,
+        Err(why) => {
+            summary.failed(why);
+            return summary.finish();
+        }
+    };
     let mut campaign = Campaign {
         options,
         summary,
-        work: work.path.clone(),
+        work: work.root.clone(),
         s3,
         azure,
         messages: BTreeMap::new(),
@@ -211,7 +217,7 @@ pub fn run(options: &Options) -> Summary {
             campaign.summary.failed(format!(
                 "{}: the case stopped: {}",
                 case.name,
-                panic_text(&*panic)
+                panic_message(&*panic)
             ));
         }
         if options.verbose {
@@ -231,8 +237,8 @@ pub fn run(options: &Options) -> Summary {
             .summary
             .failed("the campaign made 0 runs: it tested nothing");
     }
-    let mut summary = campaign.summary.finish();
-    work.finish(&mut summary);
+    let summary = campaign.summary.finish();
+    work.finish(summary.is_clean());
     summary
 }
 
@@ -255,51 +261,6 @@ pub(crate) struct Emulator {
     pub base: String,
     /// The proxy Strata's commands go through.
     pub proxy: StoreProxy,
-}
-
-/// The work directory: the one `--work-dir` names (kept), or a temporary
-/// one, deleted when the campaign is clean and kept (its path printed)
-/// when it is not.
-struct WorkDir {
-    path: PathBuf,
-    temporary: Option<tempfile::TempDir>,
-}
-
-impl WorkDir {
-    fn new(options: &Options) -> WorkDir {
-        let (path, temporary) = match &options.work_dir {
-            Some(dir) => {
-                let path = dir.join(format!("outage-{}", options.seed));
-                std::fs::create_dir_all(&path)
-                    .unwrap_or_else(|e| panic!("cannot create {}: {e}", path.display()));
-                (path, None)
-            }
-            None => {
-                let dir = tempfile::Builder::new()
-                    .prefix("strata-chaos-outage-")
-                    .tempdir()
-                    .unwrap_or_else(|e| panic!("cannot create a temporary directory: {e}"));
-                (dir.path().to_path_buf(), Some(dir))
-            }
-        };
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
-            .unwrap_or_else(|e| panic!("chmod {}: {e}", path.display()));
-        WorkDir { path, temporary }
-    }
-
-    fn finish(self, summary: &mut Summary) {
-        if let Some(dir) = self.temporary {
-            if summary.is_clean() {
-                drop(dir);
-            } else {
-                let kept = dir.keep();
-                summary
-                    .findings
-                    .push(format!("the work directory is kept: {}", kept.display()));
-            }
-        }
-    }
 }
 
 /// How the configuration makes Strata retry, and what that means for an
@@ -952,14 +913,6 @@ pub(crate) fn mask(message: &str) -> String {
 pub(crate) fn tail(text: &str, lines: usize) -> String {
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
-}
-
-fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
-    panic
-        .downcast_ref::<String>()
-        .cloned()
-        .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
-        .unwrap_or_else(|| "a panic".to_owned())
 }
 
 /// Runs `command` with the proxy armed with `outage`, and disarms it when

@@ -65,7 +65,7 @@ pub(super) fn run(campaign: &mut Campaign) {
     let mut env = match setup {
         Ok(Ok(env)) => env,
         Ok(Err(why)) => return campaign.setup_failed(&CASES, &why),
-        Err(panic) => return campaign.setup_failed(&CASES, &super::panic_text(&panic)),
+        Err(panic) => return campaign.setup_failed(&CASES, &crate::chaos::panic_message(&*panic)),
     };
     // Faults on the vault first: the restores after them replay the WAL
     // archived once the vault had room again.
@@ -242,7 +242,7 @@ impl PgEnv {
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             cluster.wait_archived(&segment, ARCHIVE_WAIT)
         }))
-        .map_err(|panic| super::panic_text(&panic))?;
+        .map_err(|panic| crate::chaos::panic_message(&*panic))?;
         Ok(segment)
     }
 
@@ -568,7 +568,7 @@ impl PgEnv {
                 Err(panic) => {
                     t.failed(format!(
                         "the copy did not start again with room: {}",
-                        super::panic_text(&panic)
+                        crate::chaos::panic_message(&*panic)
                     ));
                     false
                 }
