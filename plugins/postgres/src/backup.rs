@@ -1189,7 +1189,9 @@ async fn wait_for_wal(
                 names.join(", ")
             ))
             .hint("archive_command must call `strata pg wal-push %p --cluster <name>` with this vault; \
-                   `strata pg check <name>` shows the line. The backup was not committed."));
+                   `strata pg check <name>` shows the line. When it does, PostgreSQL's log has the \
+                   error of each failed attempt (`SELECT * FROM pg_stat_archiver` shows the last): \
+                   a full, read-only or unreachable vault fails it too. The backup was not committed."));
         }
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(Duration::from_millis(500));
