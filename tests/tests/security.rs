@@ -1153,7 +1153,7 @@ fn bad_configurations_never_echo_their_secrets() {
         .arg(format!("file://{}", vault.display()))
         .run()
         .success();
-    let secrets: Vec<String> = (1..=8).map(|n| format!("BadCfgLeak{n}Qw7Er4Ty")).collect();
+    let secrets: Vec<String> = (1..=11).map(|n| format!("BadCfgLeak{n}Qw7Er4Ty")).collect();
     for (n, value) in secrets.iter().enumerate() {
         scan.secret(&format!("secret {}", n + 1), value);
     }
@@ -1202,6 +1202,16 @@ fn bad_configurations_never_echo_their_secrets() {
             &["list"],
             "carries a password",
         ),
+        // A secret key with a `/` in it makes the URL unparsable (a new
+        // user's trial found it echoed whole in the parse error).
+        (
+            format!(
+                "[vault]\nurl = \"s3://AKIAEXAMPLE:{}/Pw9@bucket/p\"\n",
+                secret(9)
+            ),
+            &["list"],
+            "is not a valid vault URL",
+        ),
     ];
     let mut configs = Vec::new();
     for (i, (text, args, said)) in cases.iter().enumerate() {
@@ -1220,6 +1230,26 @@ fn bad_configurations_never_echo_their_secrets() {
             scan.run(strata(&config, &json, &[]));
         }
         configs.push(config);
+    }
+
+    // The same unparsable URL given on the command line and in the
+    // environment.
+    let unparsable = format!("s3://AKIAEXAMPLE:{}/Pw9@my_bucket:99999/p", secret(10));
+    for out in [
+        scan.run(Strata::new().args(["--vault", &unparsable, "list"])),
+        scan.run(
+            Strata::new()
+                .env("STRATA_VAULT", &unparsable)
+                .args(["--json", "list"]),
+        ),
+    ] {
+        assert_eq!(out.code(), Some(3), "{}", out.stderr_text());
+        assert!(
+            out.stderr_text()
+                .contains("s3://<redacted>@my_bucket:99999/p"),
+            "{}",
+            out.stderr_text()
+        );
     }
 
     // hdbbackint: a misspelt option, a value never closed, a URL with a password.
@@ -1242,6 +1272,10 @@ fn bad_configurations_never_echo_their_secrets() {
         (
             "url.utl",
             format!("vault = s3://AKIAEXAMPLE:{}@bucket/p\n", secret(8)),
+        ),
+        (
+            "unparsable-url.utl",
+            format!("vault = s3://AKIAEXAMPLE:{}/Pw9@bucket/p\n", secret(11)),
         ),
     ] {
         let params = host.param_file("HDB", name, &text);

@@ -52,3 +52,65 @@ fn a_damaged_manifest_is_a_verify_finding() {
     let kept: Vec<_> = rows.iter().filter(|r| r["ok"] == true).collect();
     assert_eq!(kept.len(), 1, "{report}");
 }
+
+/// Two stream backups' manifests swapped by hand (a new user's trial): the
+/// index still lists both, and their parts verify by the cached manifests,
+/// but the objects in the vault are each other's. `verify` reports each
+/// backup once, as damaged, naming its manifest, and counts two backups;
+/// `restore stream` refuses with exit 6 and a hint that fits a stream
+/// restore (no `restore pg` option).
+#[test]
+fn swapped_manifests_are_reported_once_per_backup() {
+    let dir = TestDir::new("verify-swapped-manifests");
+    let vault = dir.file_url("vault");
+    let strata = || {
+        Strata::new()
+            .args(["--vault", &vault])
+            .arg("--catalog")
+            .arg(dir.path("catalog.db"))
+    };
+    strata().args(["vault", "init"]).run().success();
+    let mut manifests = Vec::new();
+    for name in ["alpha", "beta"] {
+        strata()
+            .args(["backup", "stream", name])
+            .stdin(format!("the bytes of {name}").into_bytes())
+            .run()
+            .success();
+        let folder = dir.path(format!("vault/manifests/stream/{name}"));
+        let manifest = std::fs::read_dir(&folder)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.extension().is_some_and(|e| e == "json"))
+            .expect("the stream's manifest");
+        manifests.push(manifest);
+    }
+    let (alpha, beta) = (&manifests[0], &manifests[1]);
+    let (alpha_text, beta_text) = (std::fs::read(alpha).unwrap(), std::fs::read(beta).unwrap());
+    std::fs::write(alpha, &beta_text).unwrap();
+    std::fs::write(beta, &alpha_text).unwrap();
+
+    let out = strata().arg("verify").run().failure(6);
+    let text = out.stdout_text();
+    assert!(
+        !text.contains("\nok "),
+        "no backup is both ok and damaged: {text}"
+    );
+    assert!(!text.starts_with("ok "), "{text}");
+    assert!(text.contains("2 backup(s) verified, 2 damaged"), "{text}");
+    for manifest in [alpha, beta] {
+        let id = manifest.file_stem().unwrap().to_string_lossy().into_owned();
+        assert_eq!(text.matches(&format!("DAMAGED {id}")).count(), 1, "{text}");
+    }
+
+    let out = strata()
+        .args(["restore", "stream", "alpha", "--output"])
+        .arg(dir.path("alpha.out"))
+        .run()
+        .failure(6);
+    let said = out.stderr_text();
+    assert!(said.contains("manifests/stream/alpha/"), "{said}");
+    assert!(!said.contains("restore pg"), "{said}");
+    assert!(said.contains("restore another backup by its id"), "{said}");
+    assert!(!dir.path("alpha.out").exists(), "nothing is written");
+}

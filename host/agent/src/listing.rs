@@ -480,11 +480,13 @@ pub async fn verify(args: VerifyArgs, ctx: &Context) -> Result<()> {
         });
     }
     bar.finish();
-    chain_findings(&mut results, &chosen);
     if args.backups.is_empty() {
         damaged_manifest_findings(&vault, &filter, &mut results).await?;
         damaged_tombstone_findings(&vault, &filter, &mut results).await?;
     }
+    // After the manifest findings: a differential whose base's manifest
+    // is damaged cannot be restored either.
+    chain_findings(&mut results, &chosen);
     let mut archives = Vec::new();
     if args.backups.is_empty() {
         archive_findings(ctx, &host, &all, &filter, &mut archives).await?;
@@ -723,6 +725,18 @@ fn push_object_findings(
             tracing::warn!(object = %key, "an object in the {folder} folder is no {what}");
             continue;
         };
+        // A backup this host's index still lists (its parts verified by
+        // the cached manifest) gets the finding on its own row, so that it
+        // is reported once, as damaged, and counted once.
+        if let Some(verified) = results.iter_mut().find(|r| {
+            r.id == id
+                && layout::escape_component(&r.engine) == engine
+                && layout::escape_component(&r.instance) == instance
+        }) {
+            verified.ok = false;
+            verified.problems.push(problem(&key, &err));
+            continue;
+        }
         results.push(VerifiedBackup {
             id,
             engine: engine.to_owned(),

@@ -452,9 +452,19 @@ impl Host {
         let matters = |id: &str| {
             !self.skipped.iter().any(|s| s.as_str() == id) && named.is_none_or(|n| n.as_str() == id)
         };
+        // Only `restore pg` has `--skip-backup`; every restore can name
+        // another backup.
+        let skip_option = plugin.engine() == "postgres";
         let leave_out = |id: &str| {
+            let how = if skip_option {
+                format!(
+                    "leave it out (`restore pg --skip-backup {id}`, or restore another backup by its id)"
+                )
+            } else {
+                "restore another backup by its id (`strata list` shows them)".to_owned()
+            };
             format!(
-                "put the object back (an earlier version of it, a replica of the vault); to restore without backup {id}, leave it out (`restore pg --skip-backup {id}`, or restore another backup by its id)"
+                "put the object back (an earlier version of it, a replica of the vault); to restore without backup {id}, {how}"
             )
         };
         let prefix = layout::manifest_prefix(plugin.engine(), plugin.instance());

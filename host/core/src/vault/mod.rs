@@ -447,7 +447,10 @@ fn build_store_with_access(
             .hint("set [vault] url in the config, or pass --vault file:///var/lib/strata/vault"));
     }
     let url = parse_vault_url(raw).map_err(|e| {
-        Error::config(format!("`{raw}` is not a valid vault URL: {e}"))
+        Error::config(format!(
+            "`{}` is not a valid vault URL: {e}",
+            redacted_unparsed_url(raw)
+        ))
             .hint("examples: file:///var/lib/strata/vault, s3://bucket/prefix, az://container/prefix, gs://bucket/prefix")
     })?;
     refuse_credentials_in_url(&url)?;
@@ -549,6 +552,26 @@ fn build_store_with_access(
 /// SAS token goes in a blob URL). Vault URLs are shown in messages, lists
 /// and the service's job history, so credentials belong in the environment
 /// or in `[vault.options]`; the error shows the URL without them.
+/// A vault URL that does not parse, as messages show it: whatever stands
+/// between `://` and the last `@` (user-info, which a secret key with a `/`
+/// in it makes unparsable) and any query string are replaced by
+/// `<redacted>`. Errs on the side of hiding: an `@` in a path hides more
+/// than it needs to.
+fn redacted_unparsed_url(raw: &str) -> String {
+    let (scheme, rest) = match raw.find("://") {
+        Some(at) => raw.split_at(at + 3),
+        None => ("", raw),
+    };
+    let rest = match rest.rfind('@') {
+        Some(at) => format!("<redacted>{}", &rest[at..]),
+        None => rest.to_owned(),
+    };
+    match rest.find('?') {
+        Some(at) => format!("{scheme}{}?<redacted>", &rest[..at]),
+        None => format!("{scheme}{rest}"),
+    }
+}
+
 fn refuse_credentials_in_url(url: &url::Url) -> Result<()> {
     let what = if url.password().is_some() {
         "a password (`user:password@`)"
@@ -1271,6 +1294,27 @@ pub use immutability::Deletion;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_unparsable_vault_url_is_shown_without_user_info_or_query() {
+        for (raw, shown) in [
+            ("s3://AKIA:Se/cret@bucket/p", "s3://<redacted>@bucket/p"),
+            (
+                "s3://AKIA:Secret@my_bucket:99999/p",
+                "s3://<redacted>@my_bucket:99999/p",
+            ),
+            ("file://user:pw@/tmp/v", "file://<redacted>@/tmp/v"),
+            ("az://c/p?sv=1&sig=Se/cret", "az://c/p?<redacted>"),
+            ("s3://bucket:99999/p", "s3://bucket:99999/p"),
+            ("bucket@x?y", "<redacted>@x?<redacted>"),
+        ] {
+            assert_eq!(redacted_unparsed_url(raw), shown, "{raw}");
+        }
+        let err = build_store(&VaultConfig::from_url("s3://AKIA:Se/cret@bucket:99999/p"))
+            .expect_err("an unparsable URL");
+        assert!(!err.to_string().contains("Se/cret"), "{err}");
+        assert!(err.to_string().contains("not a valid vault URL"), "{err}");
+    }
 
     #[test]
     fn retry_options_are_read_by_strata_and_checked() {
