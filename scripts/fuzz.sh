@@ -55,12 +55,12 @@ optimized=0
 selected=()
 while (($#)); do
     case "$1" in
-    --seconds)
-        seconds="${2:?--seconds needs a number}"
-        shift
-        ;;
-    --jobs)
-        jobs="${2:?--jobs needs a number}"
+    --seconds | --jobs)
+        (($# > 1)) || {
+            echo "fuzz.sh: $1 needs a number (see --help)" >&2
+            exit 2
+        }
+        if [[ "$1" == --seconds ]]; then seconds="$2"; else jobs="$2"; fi
         shift
         ;;
     --build-only) build_only=1 ;;

@@ -27,6 +27,21 @@ use crate::net::free_port;
 /// The OS user PostgreSQL runs as when the tests run as root.
 pub const PG_USER: &str = "postgres";
 
+/// Whether PostgreSQL's programs are there, where [`pg_bin_dir`] looks for
+/// them (`$STRATA_PG_BIN`, or a major version under `/usr/lib/postgresql`):
+/// what tests that can run without PostgreSQL ask before they skip.
+pub fn postgres_installed() -> bool {
+    if let Some(dir) = std::env::var_os("STRATA_PG_BIN") {
+        return Path::new(&dir).join("initdb").is_file();
+    }
+    std::fs::read_dir("/usr/lib/postgresql")
+        .map(|dirs| {
+            dirs.flatten()
+                .any(|e| e.path().join("bin/initdb").is_file())
+        })
+        .unwrap_or(false)
+}
+
 /// The directory of the PostgreSQL programs: `$STRATA_PG_BIN`, else the newest
 /// `/usr/lib/postgresql/<major>/bin`.
 ///

@@ -11,7 +11,9 @@
 //!
 //! - `--scale`: `ci` (a few runs, what the test suite runs) or `large`
 //!   (the default: the figures of a real campaign).
-//! - `--runs`: runs per campaign instead of the scale's default.
+//! - `--runs`: instead of the scale's counts: `kill` makes N runs in all,
+//!   shared out over its cases; `damage` N in all, rounded up to whole
+//!   rounds of its cells; `outage` and `disk` N runs of each case.
 //! - `--seed`: replays a campaign (the summary prints the seed it used);
 //!   default `STRATA_CHAOS_SEED`, else random.
 //! - `--only`: only the cases whose name contains TEXT (`--only wal-push`).
@@ -39,7 +41,10 @@ Runs Strata's reliability campaigns and prints one summary line each:
 
   --scale ci|large   a few runs (what the test suite runs) or the figures of
                      a real campaign (default: large)
-  --runs N           runs per campaign instead of the scale's (at least 1)
+  --runs N           instead of the scale's counts (at least 1): kill makes
+                     N runs in all, shared out over its cases (one each at
+                     least); damage N in all, rounded up to whole rounds of
+                     its cells; outage and disk N runs of each case
   --seed N           replays a campaign: its summary prints the seed it used
                      (default: STRATA_CHAOS_SEED, else random)
   --only TEXT        only the cases whose name contains TEXT (--only wal-push)
@@ -67,7 +72,10 @@ const CAMPAIGNS: [Campaign; 4] = [
 
 fn main() -> ExitCode {
     match parse(std::env::args().skip(1).collect()) {
-        Ok(Request::Run(names, options)) => run(&names, &options),
+        Ok(Request::Run(names, options)) => {
+            chaos::interrupt::stop_on_signal();
+            run(&names, &options)
+        }
         Ok(Request::Help) => {
             println!("{USAGE}\n\n{HELP}");
             ExitCode::SUCCESS
@@ -84,6 +92,7 @@ fn run(names: &[&'static str], options: &Options) -> ExitCode {
     for (name, campaign) in CAMPAIGNS {
         if names.contains(&name) {
             let summary = campaign(options);
+            chaos::interrupt::hold_if_interrupted();
             println!("{summary}");
             summaries.push(summary);
         }

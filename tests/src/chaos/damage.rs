@@ -513,7 +513,7 @@ pub fn run(options: &Options) -> Summary {
         })
         .flatten();
     let postgres = if needs(FixtureKind::Postgres) {
-        if postgres_installed() {
+        if crate::pg::postgres_installed() {
             timed(&mut summary, "PostgreSQL cluster", || {
                 postgres::PgFixture::build(&work.root.join("postgres"))
             })
@@ -788,21 +788,6 @@ fn tally<'a>(verdicts: impl Iterator<Item = &'a Verdict>) -> String {
 /// PostgreSQL a cluster that starts), and the machine has two cores.
 fn workers() -> usize {
     2
-}
-
-/// Whether PostgreSQL's programs are there (`$STRATA_PG_BIN`, or a major
-/// version under `/usr/lib/postgresql`), as [`crate::pg::pg_bin_dir`]
-/// looks for them.
-fn postgres_installed() -> bool {
-    if let Some(dir) = std::env::var_os("STRATA_PG_BIN") {
-        return Path::new(&dir).join("initdb").is_file();
-    }
-    std::fs::read_dir("/usr/lib/postgresql")
-        .map(|dirs| {
-            dirs.flatten()
-                .any(|e| e.path().join("bin/initdb").is_file())
-        })
-        .unwrap_or(false)
 }
 
 /// Builds a fixture, saying how long it took; a fixture that cannot be

@@ -133,7 +133,7 @@ pub fn run(options: &Options) -> Summary {
     if selected.is_empty() {
         return summary.finish();
     }
-    let postgres = postgres_installed();
+    let postgres = crate::pg::postgres_installed();
     let work = match WorkDir::new(options, "kill") {
         Ok(work) => work,
         Err(why) => {
@@ -152,7 +152,7 @@ pub fn run(options: &Options) -> Summary {
         pg: None,
     };
     for (index, (spec, runs)) in selected.iter().zip(plan).enumerate() {
-        if spec.needs_postgres && postgres.is_none() {
+        if spec.needs_postgres && !postgres {
             crate::skip::skipped(
                 &format!("chaos kill: {}", spec.name),
                 "PostgreSQL is not installed (scripts/setup.sh installs it, or set STRATA_PG_BIN)",
@@ -227,20 +227,6 @@ fn runs_per_case(options: &Options, selected: &[&CaseSpec]) -> Vec<usize> {
         i += 1;
     }
     plan
-}
-
-/// Whether PostgreSQL's programs are there (`$STRATA_PG_BIN`, or a major
-/// version under `/usr/lib/postgresql`), as [`crate::pg::pg_bin_dir`]
-/// looks for them.
-fn postgres_installed() -> Option<()> {
-    if let Some(dir) = std::env::var_os("STRATA_PG_BIN") {
-        return Path::new(&dir).join("initdb").is_file().then_some(());
-    }
-    std::fs::read_dir("/usr/lib/postgresql")
-        .ok()?
-        .flatten()
-        .any(|e| e.path().join("bin/initdb").is_file())
-        .then_some(())
 }
 
 /// What the cases share: the work directory and the PostgreSQL cluster

@@ -25,6 +25,7 @@ use rand::rngs::StdRng;
 
 pub mod damage;
 pub mod disk;
+pub mod interrupt;
 pub mod kill;
 pub mod outage;
 pub mod proxy;
@@ -290,6 +291,7 @@ impl WorkDir {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755))
             .map_err(|e| format!("cannot chmod {}: {e}", root.display()))?;
+        interrupt::register(&root, temporary.is_some());
         Ok(WorkDir {
             root,
             campaign,
@@ -301,6 +303,12 @@ impl WorkDir {
     /// (and says where) after a failed one, or with `STRATA_KEEP_TEST_DIRS`.
     /// A `--work-dir` one is always kept.
     pub fn finish(mut self, clean: bool) {
+        if interrupt::interrupted() {
+            // The signal thread deletes or keeps the directory, and says so.
+            std::mem::forget(self.temporary.take());
+            return;
+        }
+        interrupt::unregister(&self.root);
         match self.temporary.take() {
             Some(dir) if clean && std::env::var_os("STRATA_KEEP_TEST_DIRS").is_none() => drop(dir),
             Some(dir) => {
