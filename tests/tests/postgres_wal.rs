@@ -253,6 +253,48 @@ fn an_unreachable_vault_fails_the_push_and_postgres_retries_until_it_is_back() {
     );
 }
 
+/// `backup pg` while PostgreSQL's `archive_command` fails (the outage
+/// campaign's finding: a vault that refuses WAL puts): after
+/// `archive_wait` the backup fails uncommitted (exit 5), naming the WAL it
+/// waited for and what `pg_stat_archiver` says about the archiver's
+/// failures; once archiving works again, the next backup succeeds.
+#[test]
+fn backup_pg_names_a_failing_archiver_after_archive_wait_and_commits_nothing() {
+    let env = PgStrata::new("pg_backup_archiver_failing");
+    let pg = &env.cluster;
+    let mut config = std::fs::read_to_string(&env.config).unwrap();
+    config.push_str("archive_wait = \"3s\"\n");
+    std::fs::write(&env.config, config).unwrap();
+    let archive_command = pg.psql("SHOW archive_command");
+    pg.psql("ALTER SYSTEM SET archive_command = 'exit 1'");
+    pg.psql("SELECT pg_reload_conf()");
+
+    let started = std::time::Instant::now();
+    let out = env.strata(&["backup", "pg", "main"]);
+    let said = out.stderr_text();
+    assert_eq!(out.code(), Some(5), "{said}");
+    assert!(
+        started.elapsed() < Duration::from_secs(90),
+        "archive_wait = 3s was not honoured (the default is 2 minutes): {said}"
+    );
+    assert!(said.contains("is not in the vault: missing 0000"), "{said}");
+    assert!(
+        said.contains("archive_command is failing: it failed for 0000"),
+        "{said}"
+    );
+    assert!(said.contains("nothing was committed"), "{said}");
+    let listed = env.strata(&["--json", "list"]).success().stdout_text();
+    let listed: serde_json::Value = serde_json::from_str(&listed).unwrap();
+    assert_eq!(listed.as_array().map(Vec::len), Some(0), "{listed}");
+
+    pg.psql(&format!(
+        "ALTER SYSTEM SET archive_command = '{}'",
+        archive_command.replace('\'', "''")
+    ));
+    pg.psql("SELECT pg_reload_conf()");
+    env.strata(&["backup", "pg", "main"]).success();
+}
+
 #[test]
 fn check_reports_settings_and_the_lines_to_fix() {
     let env = PgStrata::new("pg_check");

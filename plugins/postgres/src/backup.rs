@@ -1087,7 +1087,7 @@ pub async fn backup(
         .hint("run the backup again"));
     }
     let stop: Lsn = stop_lsn.parse()?;
-    wait_for_wal(
+    if let Err(missing) = wait_for_wal(
         archive,
         info.system_id,
         timeline,
@@ -1096,7 +1096,16 @@ pub async fn backup(
         info.wal_segment_size,
         options.wal_wait,
     )
-    .await?;
+    .await
+    {
+        return Err(match archiver_failing(&server.client).await {
+            Some(failing) => {
+                let message = format!("{}; {failing}", missing.message());
+                missing.with_message(message)
+            }
+            None => missing,
+        });
+    }
     let meta = BackupMeta {
         system_id: info.system_id.to_string(),
         server_version_num: info.server_version_num,
@@ -1196,6 +1205,32 @@ async fn wait_for_wal(
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(Duration::from_millis(500));
     }
+}
+
+/// What `pg_stat_archiver` says when PostgreSQL's archiver is failing (its
+/// last failure is newer than its last success): `archive_command failed
+/// for <file>, last at <time> (<n> failures)`; `None` when it is not, or
+/// the view cannot be read.
+async fn archiver_failing(client: &tokio_postgres::Client) -> Option<String> {
+    let row = client
+        .query_one(
+            "SELECT failed_count, last_failed_wal, \
+                    to_char(last_failed_time AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS') \
+             FROM pg_stat_archiver \
+             WHERE last_failed_time IS NOT NULL \
+               AND (last_archived_time IS NULL OR last_failed_time > last_archived_time)",
+            &[],
+        )
+        .await
+        .ok()?;
+    let count: i64 = row.get(0);
+    let wal: Option<String> = row.get(1);
+    let at: Option<String> = row.get(2);
+    Some(format!(
+        "PostgreSQL's archive_command is failing: it failed for {}, last at {} UTC ({count} failures since the statistics were reset)",
+        wal.as_deref().unwrap_or("a WAL file"),
+        at.as_deref().unwrap_or("an unknown time")
+    ))
 }
 
 /// The segment numbers archived on `timeline`.

@@ -18,6 +18,9 @@
 //! # parallel = 2
 //! # WAL segments `wal-fetch` fetches ahead of the one recovery asked for.
 //! # wal_prefetch = 4
+//! # How long `backup pg` waits, after pg_backup_stop, for archive_command to
+//! # have put the backup's last WAL segment into the vault (units: s, m, h).
+//! # archive_wait = "2m"
 //! ```
 //!
 //! PostgreSQL's `archive_command` then calls
@@ -52,6 +55,11 @@ pub struct ClusterConfig {
     /// Number of WAL segments `wal-fetch` fetches ahead.
     #[serde(default = "default_prefetch")]
     pub wal_prefetch: usize,
+    /// How long `backup pg` waits, after `pg_backup_stop`, for the WAL up
+    /// to the backup's stop LSN to be archived into the vault; the backup
+    /// fails uncommitted when it is not (written `"2m"`, `"90s"`).
+    #[serde(default = "default_archive_wait", with = "duration_text")]
+    pub archive_wait: std::time::Duration,
 }
 
 impl std::fmt::Debug for ClusterConfig {
@@ -63,6 +71,7 @@ impl std::fmt::Debug for ClusterConfig {
             .field("os_user", &self.os_user)
             .field("parallel", &self.parallel)
             .field("wal_prefetch", &self.wal_prefetch)
+            .field("archive_wait", &self.archive_wait)
             .finish()
     }
 }
@@ -198,6 +207,37 @@ fn default_prefetch() -> usize {
     4
 }
 
+fn default_archive_wait() -> std::time::Duration {
+    std::time::Duration::from_secs(120)
+}
+
+/// A duration as TOML holds it: text with units (`"2m"`, `"90s"`), parsed
+/// and written with `humantime`.
+mod duration_text {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(value: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*value).to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        match humantime::parse_duration(text.trim()) {
+            Ok(value) if value > Duration::ZERO && value <= Duration::from_secs(24 * 3600) => {
+                Ok(value)
+            }
+            Ok(_) => Err(serde::de::Error::custom(format!(
+                "`{text}` is out of range: write a duration above 0 and at most 24h"
+            ))),
+            Err(e) => Err(serde::de::Error::custom(format!(
+                "`{text}` is not a duration ({e}); write e.g. \"2m\" or \"90s\""
+            ))),
+        }
+    }
+}
+
 impl ClusterConfig {
     /// A configuration with defaults for everything but the connection and data directory.
     pub fn new(connection: impl Into<String>, data_directory: impl Into<PathBuf>) -> Self {
@@ -208,6 +248,7 @@ impl ClusterConfig {
             os_user: default_os_user(),
             parallel: default_parallel(),
             wal_prefetch: default_prefetch(),
+            archive_wait: default_archive_wait(),
         }
     }
 

@@ -266,6 +266,7 @@ impl EnginePlugin for PostgresEngine {
             label: format!("strata {}", request.id),
             fast_checkpoint: !options.spread_checkpoint,
             parallel: cluster.parallel,
+            wal_wait: cluster.archive_wait,
             ..backup::FullBackupOptions::default()
         };
         let base = match &request.base {
