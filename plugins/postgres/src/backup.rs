@@ -192,19 +192,9 @@ pub struct FullBackupOptions {
     pub fast_checkpoint: bool,
     /// Number of data streams read in parallel.
     pub parallel: usize,
-    /// How long to wait for the WAL up to the stop LSN to appear in the vault.
+    /// How long to wait for the WAL up to the stop LSN to appear in the
+    /// vault (`archive_wait` of the cluster's configuration).
     pub wal_wait: Duration,
-}
-
-impl Default for FullBackupOptions {
-    fn default() -> Self {
-        FullBackupOptions {
-            label: format!("strata {}", Utc::now().format("%Y-%m-%dT%H:%M:%SZ")),
-            fast_checkpoint: true,
-            parallel: 2,
-            wal_wait: Duration::from_secs(120),
-        }
-    }
 }
 
 /// A file to copy.

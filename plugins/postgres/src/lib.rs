@@ -267,7 +267,6 @@ impl EnginePlugin for PostgresEngine {
             fast_checkpoint: !options.spread_checkpoint,
             parallel: cluster.parallel,
             wal_wait: cluster.archive_wait,
-            ..backup::FullBackupOptions::default()
         };
         let base = match &request.base {
             Some(manifest) if request.kind != BackupKind::Full => {
