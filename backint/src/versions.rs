@@ -3,7 +3,7 @@
 //! Every version of a Backint object (one `#PIPE` of one backup call) is one
 //! Strata backup: engine `hana`, instance = the SID, database = the tenant
 //! (`SYSTEMDB` or the name after `DB_`), one stream. Its **EBID is the backup
-//! id** ([`BackupId`]: time-sortable, unique, `[A-Za-z0-9._-]`, 30 characters),
+//! id** ([`BackupId`]: time-sortable, unique, `[A-Za-z0-9._-]`, 29 characters),
 //! and its manifest's `engine_meta.backint` ([`ObjectMeta`]) keeps the HANA
 //! object name, HANA's backup id (`-s`), the level and the creation time.
 //!

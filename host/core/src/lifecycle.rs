@@ -76,6 +76,9 @@ pub struct Host {
     index: Option<PathBuf>,
     protected: Vec<PathBuf>,
     skipped: Vec<BackupId>,
+    /// Whether the caller can leave backups out ([`Host::skipping`] was
+    /// called, as `restore pg --skip-backup` does): refusals then suggest it.
+    can_skip: bool,
 }
 
 /// What [`Host::backup`] did.
@@ -100,6 +103,7 @@ impl Host {
             index: None,
             protected: Vec::new(),
             skipped: Vec::new(),
+            can_skip: false,
         }
     }
 
@@ -109,6 +113,7 @@ impl Host {
     /// restore to a later time uses the backups before it and more log.
     pub fn skipping(mut self, ids: Vec<BackupId>) -> Self {
         self.skipped = ids;
+        self.can_skip = true;
         self
     }
 
@@ -452,14 +457,11 @@ impl Host {
         let matters = |id: &str| {
             !self.skipped.iter().any(|s| s.as_str() == id) && named.is_none_or(|n| n.as_str() == id)
         };
-        // Only `restore pg` has `--skip-backup`; every restore can name
-        // another backup.
-        let skip_option = plugin.engine() == "postgres";
+        // Only a caller that can leave backups out (`restore pg
+        // --skip-backup`) is told to; every restore can name another backup.
         let leave_out = |id: &str| {
-            let how = if skip_option {
-                format!(
-                    "leave it out (`restore pg --skip-backup {id}`, or restore another backup by its id)"
-                )
+            let how = if self.can_skip {
+                format!("leave it out (`--skip-backup {id}`), or restore another backup by its id")
             } else {
                 "restore another backup by its id (`strata list` shows them)".to_owned()
             };

@@ -732,7 +732,10 @@ async fn a_restore_is_not_planned_around_a_damaged_or_lost_manifest() {
     use object_store::ObjectStoreExt;
     let dir = tempfile::tempdir().unwrap();
     let vault = vault("contract-unreadable").await;
-    let host = Host::new(vault.clone()).with_index(Some(dir.path().join("index.db")));
+    // A caller that can leave backups out, as `restore pg --skip-backup`.
+    let host = Host::new(vault.clone())
+        .with_index(Some(dir.path().join("index.db")))
+        .skipping(Vec::new());
     let toy = Toy::default();
     let t0 = Utc::now() - Duration::minutes(10);
     toy.insert("a", t0);

@@ -53,8 +53,12 @@ use crate::error::{Error, Result};
 pub const MANIFEST_FORMAT: u32 = 1;
 
 /// A backup's identifier: time-sortable and unique, such as
-/// `20261122T001500.123Z-3fa9c1d2` (UTC start time to the millisecond, then
-/// 32 random bits). Identifiers sort in start order as plain strings.
+/// `20261122T001500.123Z-003fa9c1` (UTC start time to the millisecond, then
+/// 8 hex digits: a sequence number of 8 bits and 24 random bits).
+/// Identifiers sort in start order as plain strings; up to 256 that a
+/// process makes for the same millisecond sort in the order it made them
+/// (the sequence number), where random bits alone would order them by
+/// chance and let an older backup pass for the newest.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct BackupId(String);
@@ -62,8 +66,24 @@ pub struct BackupId(String);
 impl BackupId {
     /// A new identifier for a backup starting at `at`.
     pub fn generate(at: DateTime<Utc>) -> Self {
-        let random: u32 = rand::random();
-        BackupId(format!("{}-{random:08x}", at.format("%Y%m%dT%H%M%S%.3fZ")))
+        // The millisecond of the last identifier made, and how many were
+        // made for it before this one.
+        static LAST: std::sync::Mutex<(i64, u8)> = std::sync::Mutex::new((i64::MIN, 0));
+        let millis = at.timestamp_millis();
+        let sequence = {
+            let mut last = LAST.lock().unwrap_or_else(|p| p.into_inner());
+            if last.0 == millis {
+                last.1 = last.1.saturating_add(1);
+            } else {
+                *last = (millis, 0);
+            }
+            last.1
+        };
+        let random = rand::random::<u32>() & 0x00ff_ffff;
+        BackupId(format!(
+            "{}-{sequence:02x}{random:06x}",
+            at.format("%Y%m%dT%H%M%S%.3fZ")
+        ))
     }
 
     /// The identifier as text.
@@ -419,6 +439,28 @@ impl Manifest {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by a CI run on a fast machine: two backups made in the same
+    /// millisecond sorted by their random bits, so the older one was taken
+    /// for the newest now and then.
+    #[test]
+    fn identifiers_of_one_millisecond_sort_in_the_order_they_were_made() {
+        let at = Utc::now();
+        let ids: Vec<BackupId> = (0..256).map(|_| BackupId::generate(at)).collect();
+        let mut sorted = ids.clone();
+        sorted.sort();
+        assert_eq!(sorted, ids);
+        let distinct: std::collections::BTreeSet<&BackupId> = ids.iter().collect();
+        assert_eq!(distinct.len(), ids.len());
+        for id in &ids {
+            assert_eq!(id.as_str().len(), 29, "{id}");
+            assert_eq!(id.as_str().parse::<BackupId>().unwrap(), *id);
+        }
+        // Another millisecond starts the sequence again.
+        let later = BackupId::generate(at + chrono::Duration::milliseconds(1));
+        assert!(later > *ids.last().unwrap());
+        assert_eq!(&later.as_str()[21..23], "00", "{later}");
+    }
 
     /// Found by fuzzing (fuzz/corpus/manifest/overflowing-*): part sizes
     /// whose sum overflows u64 panicked the check in debug builds, and in
