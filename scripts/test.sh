@@ -8,7 +8,8 @@
 #   5. every test: cargo nextest (or cargo test when nextest is absent), then
 #      the doc tests, with the emulators' environment and
 #      STRATA_REQUIRE_EMULATORS=1, so no object-store backend is skipped;
-#      then scripts/fuzz.sh: every fuzz target for STRATA_FUZZ_SECONDS
+#      then scripts/fuzz.sh: every fuzz target (built at the lowest
+#      priority while the tests run) for STRATA_FUZZ_SECONDS
 #      (default 10) each, a target that ran clean counted as passed, one
 #      that crashed as failed
 #   6. under CI (or with STRATA_TEST_PACKAGE=1): scripts/test-package.sh, which
@@ -88,6 +89,8 @@ summary() {
 
 cleanup() {
     local status=$?
+    # A fuzz build still running beside the tests (its own session).
+    [[ -z "${fuzz_build_pid:-}" ]] || kill -- -"$fuzz_build_pid" 2>/dev/null || true
     STRATA_EMULATOR_DIR="$RUN_DIR/emulators" "$ROOT/scripts/emulators.sh" stop >/dev/null 2>&1 || true
     rm -rf "$RUN_DIR"
     exit "$status"
@@ -202,6 +205,14 @@ if [[ -n "${STRATA_TEST_SQLSERVER:-}" ]]; then
     echo "STRATA_TEST_SQLSERVER is set: the SQL Server tests run against that server, not the emulator"
 fi
 
+# The fuzz targets build (a few CPU-minutes, no sharing with the workspace's
+# build: other flags) at the lowest priority while the tests run, in the
+# time they spend waiting on clusters, emulators and retries; the fuzz step
+# then finds them built.
+fuzz_build_log="$RUN_DIR/fuzz-build.log"
+setsid nice -n 19 ./scripts/fuzz.sh --build-only >"$fuzz_build_log" 2>&1 &
+fuzz_build_pid=$!
+
 if cargo nextest --version >/dev/null 2>&1; then
     step "cargo nextest run"
     ignored_args=()
@@ -235,6 +246,9 @@ else
 fi
 step "fuzz"
 fuzz_status=0
+# The build started before the tests; its failure shows again below.
+wait "$fuzz_build_pid" || true
+sed 's/^/(built beside the tests) /' "$fuzz_build_log"
 run_logged "$RUN_DIR/fuzz.log" ./scripts/fuzz.sh --seconds "${STRATA_FUZZ_SECONDS:-10}" || fuzz_status=$?
 # "fuzz: N targets, N clean, N crashed; ..."
 line="$(grep -E '^fuzz: [0-9]+ targets' "$RUN_DIR/fuzz.log" | tail -n 1 || true)"
