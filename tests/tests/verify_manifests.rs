@@ -2,8 +2,39 @@
 //! commits drops out of every listing, so a verify that only checks what
 //! it lists would report a clean vault. It must name the manifest.
 
+use std::path::PathBuf;
+
 use strata_e2e::cli::Strata;
 use strata_e2e::fixture::TestDir;
+
+/// `strata --vault <dir>/vault --catalog <dir>/catalog.db`.
+fn strata(dir: &TestDir) -> Strata {
+    Strata::new()
+        .args(["--vault", &dir.file_url("vault")])
+        .arg("--catalog")
+        .arg(dir.path("catalog.db"))
+}
+
+/// A new file vault in `dir` with one stream backup of each of `names`.
+fn vault_with_streams(dir: &TestDir, names: &[&str]) {
+    strata(dir).args(["vault", "init"]).run().success();
+    for name in names {
+        strata(dir)
+            .args(["backup", "stream", name])
+            .stdin(format!("the bytes of {name}").into_bytes())
+            .run()
+            .success();
+    }
+}
+
+/// The manifest object of the stream backup of `name` (the only one).
+fn manifest_of(dir: &TestDir, name: &str) -> PathBuf {
+    std::fs::read_dir(dir.path(format!("vault/manifests/stream/{name}")))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "json"))
+        .unwrap_or_else(|| panic!("the manifest of stream {name}"))
+}
 
 /// Two stream backups; one manifest is truncated. `verify` exits 6 (an
 /// integrity finding), names the manifest's key and its backup, and still
@@ -11,32 +42,13 @@ use strata_e2e::fixture::TestDir;
 #[test]
 fn a_damaged_manifest_is_a_verify_finding() {
     let dir = TestDir::new("verify-damaged-manifest");
-    let vault = dir.file_url("vault");
-    let strata = || {
-        Strata::new()
-            .args(["--vault", &vault])
-            .arg("--catalog")
-            .arg(dir.path("catalog.db"))
-    };
-    strata().args(["vault", "init"]).run().success();
-    for name in ["kept", "broken"] {
-        strata()
-            .args(["backup", "stream", name])
-            .stdin(format!("the bytes of {name}").into_bytes())
-            .run()
-            .success();
-    }
-    let manifests = dir.path("vault/manifests/stream/broken");
-    let manifest = std::fs::read_dir(&manifests)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.extension().is_some_and(|e| e == "json"))
-        .expect("the broken stream's manifest");
+    vault_with_streams(&dir, &["kept", "broken"]);
+    let manifest = manifest_of(&dir, "broken");
     let text = std::fs::read(&manifest).unwrap();
     std::fs::write(&manifest, &text[..text.len() / 2]).unwrap();
     let id = manifest.file_stem().unwrap().to_string_lossy().into_owned();
 
-    let out = strata().args(["--json", "verify"]).run().failure(6);
+    let out = strata(&dir).args(["--json", "verify"]).run().failure(6);
     let report: serde_json::Value = serde_json::from_str(&out.stdout_text()).unwrap();
     let rows = report.as_array().unwrap();
     let broken = rows
@@ -62,35 +74,13 @@ fn a_damaged_manifest_is_a_verify_finding() {
 #[test]
 fn swapped_manifests_are_reported_once_per_backup() {
     let dir = TestDir::new("verify-swapped-manifests");
-    let vault = dir.file_url("vault");
-    let strata = || {
-        Strata::new()
-            .args(["--vault", &vault])
-            .arg("--catalog")
-            .arg(dir.path("catalog.db"))
-    };
-    strata().args(["vault", "init"]).run().success();
-    let mut manifests = Vec::new();
-    for name in ["alpha", "beta"] {
-        strata()
-            .args(["backup", "stream", name])
-            .stdin(format!("the bytes of {name}").into_bytes())
-            .run()
-            .success();
-        let folder = dir.path(format!("vault/manifests/stream/{name}"));
-        let manifest = std::fs::read_dir(&folder)
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .find(|p| p.extension().is_some_and(|e| e == "json"))
-            .expect("the stream's manifest");
-        manifests.push(manifest);
-    }
-    let (alpha, beta) = (&manifests[0], &manifests[1]);
+    vault_with_streams(&dir, &["alpha", "beta"]);
+    let (alpha, beta) = (&manifest_of(&dir, "alpha"), &manifest_of(&dir, "beta"));
     let (alpha_text, beta_text) = (std::fs::read(alpha).unwrap(), std::fs::read(beta).unwrap());
     std::fs::write(alpha, &beta_text).unwrap();
     std::fs::write(beta, &alpha_text).unwrap();
 
-    let out = strata().arg("verify").run().failure(6);
+    let out = strata(&dir).arg("verify").run().failure(6);
     let text = out.stdout_text();
     assert!(
         !text.contains("\nok "),
@@ -103,7 +93,7 @@ fn swapped_manifests_are_reported_once_per_backup() {
         assert_eq!(text.matches(&format!("DAMAGED {id}")).count(), 1, "{text}");
     }
 
-    let out = strata()
+    let out = strata(&dir)
         .args(["restore", "stream", "alpha", "--output"])
         .arg(dir.path("alpha.out"))
         .run()
