@@ -1,6 +1,33 @@
-//! A temporary directory per test.
+//! A temporary directory per test, and the files below a directory.
 
 use std::path::{Path, PathBuf};
+
+/// Every file below `dir`, recursively: anything but a directory
+/// (symbolic links are not followed), sorted; none when `dir` does not
+/// exist.
+pub fn files_below(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(at) = stack.pop() {
+        for entry in std::fs::read_dir(&at).into_iter().flatten().flatten() {
+            match entry.file_type() {
+                Ok(kind) if kind.is_dir() => stack.push(entry.path()),
+                Ok(_) => found.push(entry.path()),
+                Err(_) => {}
+            }
+        }
+    }
+    found.sort();
+    found
+}
+
+/// [`files_below`], relative to `dir`.
+pub fn relative_files_below(dir: &Path) -> std::collections::BTreeSet<PathBuf> {
+    files_below(dir)
+        .into_iter()
+        .filter_map(|path| path.strip_prefix(dir).ok().map(Path::to_path_buf))
+        .collect()
+}
 
 /// A temporary directory, deleted (with everything in it) when dropped.
 ///

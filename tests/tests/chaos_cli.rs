@@ -142,11 +142,13 @@ fn an_interrupted_campaign_leaves_nothing_running_or_on_disk() {
     // standalone backend writes one too, without it).
     let started = Instant::now();
     let postmaster = loop {
-        let found = walk(&work).into_iter().find(|p| {
-            p.file_name().is_some_and(|n| n == "postmaster.pid")
-                && std::fs::read_to_string(p)
-                    .is_ok_and(|t| t.lines().nth(7).is_some_and(|l| l.trim() == "ready"))
-        });
+        let found = strata_e2e::fixture::files_below(&work)
+            .into_iter()
+            .find(|p| {
+                p.file_name().is_some_and(|n| n == "postmaster.pid")
+                    && std::fs::read_to_string(p)
+                        .is_ok_and(|t| t.lines().nth(7).is_some_and(|l| l.trim() == "ready"))
+            });
         if let Some(found) = found {
             break found;
         }
@@ -177,19 +179,4 @@ fn an_interrupted_campaign_leaves_nothing_running_or_on_disk() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-}
-
-fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut found = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(at) = stack.pop() {
-        for entry in std::fs::read_dir(&at).into_iter().flatten().flatten() {
-            if entry.file_type().is_ok_and(|t| t.is_dir()) {
-                stack.push(entry.path());
-            } else {
-                found.push(entry.path());
-            }
-        }
-    }
-    found
 }

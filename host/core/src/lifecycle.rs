@@ -75,10 +75,10 @@ pub struct Host {
     reader: ReaderConfig,
     index: Option<PathBuf>,
     protected: Vec<PathBuf>,
-    skipped: Vec<BackupId>,
-    /// Whether the caller can leave backups out ([`Host::skipping`] was
-    /// called, as `restore pg --skip-backup` does): refusals then suggest it.
-    can_skip: bool,
+    /// The backups left out ([`Host::skipping`]); `None` when the caller
+    /// cannot leave backups out (only `restore pg --skip-backup` can), so
+    /// refusals do not suggest it.
+    skipped: Option<Vec<BackupId>>,
 }
 
 /// What [`Host::backup`] did.
@@ -102,8 +102,7 @@ impl Host {
             reader: ReaderConfig::default(),
             index: None,
             protected: Vec::new(),
-            skipped: Vec::new(),
-            can_skip: false,
+            skipped: None,
         }
     }
 
@@ -112,9 +111,16 @@ impl Host {
     /// them): the way around a backup `verify` found damaged, so that a
     /// restore to a later time uses the backups before it and more log.
     pub fn skipping(mut self, ids: Vec<BackupId>) -> Self {
-        self.skipped = ids;
-        self.can_skip = true;
+        self.skipped = Some(ids);
         self
+    }
+
+    /// Whether the backup `id` is left out ([`Host::skipping`]).
+    fn is_skipped(&self, id: &str) -> bool {
+        self.skipped
+            .iter()
+            .flatten()
+            .any(|skipped| skipped.as_str() == id)
     }
 
     /// Adds a local path no restore may write into, replace or delete (the
@@ -370,7 +376,7 @@ impl Host {
             .await?;
         manifests.retain(|m| {
             (database.database.is_none() || m.database == database.database)
-                && !self.skipped.contains(&m.id)
+                && !self.is_skipped(m.id.as_str())
         });
         manifests.sort_by(|a, b| (a.ended_at, &a.id).cmp(&(b.ended_at, &b.id)));
         Ok(manifests)
@@ -454,13 +460,11 @@ impl Host {
             RestoreTarget::Backup(id) => Some(id),
             _ => None,
         };
-        let matters = |id: &str| {
-            !self.skipped.iter().any(|s| s.as_str() == id) && named.is_none_or(|n| n.as_str() == id)
-        };
+        let matters = |id: &str| !self.is_skipped(id) && named.is_none_or(|n| n.as_str() == id);
         // Only a caller that can leave backups out (`restore pg
         // --skip-backup`) is told to; every restore can name another backup.
         let leave_out = |id: &str| {
-            let how = if self.can_skip {
+            let how = if self.skipped.is_some() {
                 format!("leave it out (`--skip-backup {id}`), or restore another backup by its id")
             } else {
                 "restore another backup by its id (`strata list` shows them)".to_owned()

@@ -1,4 +1,5 @@
-//! Points in time typed by an operator (restore targets).
+//! Points in time typed by an operator (restore targets), and durations
+//! written in configuration files ([`Interval`]).
 //!
 //! One parser for every command that takes a time, so that `strata restore
 //! pg --to-time` and `strata restore hana --until` accept the same text and
@@ -267,5 +268,40 @@ mod tests {
             assert!(err.to_string().contains("is not a time"), "{text}: {err}");
             assert!(err.hint_text().unwrap().contains("+00"), "{err:?}");
         }
+    }
+}
+
+/// A duration written with units (`15m`, `1h 30m`, `90s`), parsed and
+/// shown with `humantime`: the service's schedules and log intervals, a
+/// PostgreSQL cluster's `archive_wait`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Interval(pub std::time::Duration);
+
+impl std::str::FromStr for Interval {
+    type Err = String;
+    fn from_str(text: &str) -> std::result::Result<Self, String> {
+        humantime::parse_duration(text)
+            .map(Interval)
+            .map_err(|e| format!("`{text}` is not a duration ({e}); write e.g. \"15m\" or \"1h\""))
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Interval {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+impl serde::Serialize for Interval {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl std::fmt::Display for Interval {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", humantime::format_duration(self.0))
     }
 }

@@ -29,7 +29,10 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
+use strata_core::time::Interval;
 use strata_core::{Error, IoResultExt, Result};
 
 /// One protected PostgreSQL cluster (see the module docs for the TOML form).
@@ -58,8 +61,11 @@ pub struct ClusterConfig {
     /// How long `backup pg` waits, after `pg_backup_stop`, for the WAL up
     /// to the backup's stop LSN to be archived into the vault; the backup
     /// fails uncommitted when it is not (written `"2m"`, `"90s"`).
-    #[serde(default = "default_archive_wait", with = "duration_text")]
-    pub archive_wait: std::time::Duration,
+    #[serde(
+        default = "default_archive_wait",
+        deserialize_with = "archive_wait_in_range"
+    )]
+    pub archive_wait: Interval,
 }
 
 impl std::fmt::Debug for ClusterConfig {
@@ -207,35 +213,19 @@ fn default_prefetch() -> usize {
     4
 }
 
-fn default_archive_wait() -> std::time::Duration {
-    std::time::Duration::from_secs(120)
+fn default_archive_wait() -> Interval {
+    Interval(Duration::from_secs(120))
 }
 
-/// A duration as TOML holds it: text with units (`"2m"`, `"90s"`), parsed
-/// and written with `humantime`.
-mod duration_text {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(value: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&humantime::format_duration(*value).to_string())
+/// An `archive_wait` above 0 and at most a day.
+fn archive_wait_in_range<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Interval, D::Error> {
+    let wait = Interval::deserialize(d)?;
+    if wait.0 == Duration::ZERO || wait.0 > Duration::from_secs(24 * 3600) {
+        return Err(serde::de::Error::custom(format!(
+            "`{wait}` is out of range: write a duration above 0 and at most 24h"
+        )));
     }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let text = String::deserialize(d)?;
-        match humantime::parse_duration(text.trim()) {
-            Ok(value) if value > Duration::ZERO && value <= Duration::from_secs(24 * 3600) => {
-                Ok(value)
-            }
-            Ok(_) => Err(serde::de::Error::custom(format!(
-                "`{text}` is out of range: write a duration above 0 and at most 24h"
-            ))),
-            Err(e) => Err(serde::de::Error::custom(format!(
-                "`{text}` is not a duration ({e}); write e.g. \"2m\" or \"90s\""
-            ))),
-        }
-    }
+    Ok(wait)
 }
 
 impl ClusterConfig {

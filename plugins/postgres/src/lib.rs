@@ -266,7 +266,7 @@ impl EnginePlugin for PostgresEngine {
             label: format!("strata {}", request.id),
             fast_checkpoint: !options.spread_checkpoint,
             parallel: cluster.parallel,
-            wal_wait: cluster.archive_wait,
+            wal_wait: cluster.archive_wait.0,
         };
         let base = match &request.base {
             Some(manifest) if request.kind != BackupKind::Full => {

@@ -37,7 +37,7 @@
 //! Without root (or where mounting is not allowed) the campaign records a
 //! skip and makes no run.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 
@@ -310,28 +310,4 @@ fn stream_of(case: &str) -> u64 {
     case.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
     })
-}
-
-/// The names of the files under `dir`, recursively, relative to it.
-fn files_under(dir: &Path) -> BTreeSet<PathBuf> {
-    let mut found = BTreeSet::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(at) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&at) else {
-            continue;
-        };
-        for entry in entries.flatten() {
-            let path = entry.path();
-            match entry.file_type() {
-                Ok(kind) if kind.is_dir() => stack.push(path),
-                Ok(_) => {
-                    if let Ok(rel) = path.strip_prefix(dir) {
-                        found.insert(rel.to_path_buf());
-                    }
-                }
-                Err(_) => {}
-            }
-        }
-    }
-    found
 }

@@ -147,26 +147,16 @@ fn clean_up() -> Vec<String> {
 /// The postmasters whose data directories lie below `root`: the pid on
 /// the first line of each `postmaster.pid`, with its data directory.
 fn postmasters_below(root: &Path) -> Vec<(u32, PathBuf)> {
-    let mut found = Vec::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            continue;
-        };
-        for entry in entries.flatten() {
-            let path = entry.path();
-            if entry.file_type().is_ok_and(|t| t.is_dir()) {
-                stack.push(path);
-            } else if entry.file_name() == "postmaster.pid"
-                && let Ok(text) = std::fs::read_to_string(&path)
-                && let Some(Ok(pid)) = text.lines().next().map(|l| l.trim().parse::<u32>())
-                && alive(pid)
-            {
-                found.push((pid, dir.clone()));
-            }
-        }
-    }
-    found
+    crate::fixture::files_below(root)
+        .into_iter()
+        .filter(|path| path.file_name().is_some_and(|n| n == "postmaster.pid"))
+        .filter_map(|path| {
+            let text = std::fs::read_to_string(&path).ok()?;
+            let pid = text.lines().next()?.trim().parse::<u32>().ok()?;
+            let data = path.parent()?.to_path_buf();
+            alive(pid).then_some((pid, data))
+        })
+        .collect()
 }
 
 /// The processes other than this one whose command line names `root`

@@ -304,33 +304,9 @@ impl<'de> Deserialize<'de> for Zone {
     }
 }
 
-/// A duration written with units (`15m`, `1h 30m`, `90s`), parsed with
-/// `humantime`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Interval(pub Duration);
-
-impl FromStr for Interval {
-    type Err = String;
-    fn from_str(text: &str) -> std::result::Result<Self, String> {
-        humantime::parse_duration(text)
-            .map(Interval)
-            .map_err(|e| format!("`{text}` is not a duration ({e}); write e.g. \"15m\" or \"1h\""))
-    }
-}
-
-impl<'de> Deserialize<'de> for Interval {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        String::deserialize(d)?
-            .parse()
-            .map_err(serde::de::Error::custom)
-    }
-}
-
-impl std::fmt::Display for Interval {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", humantime::format_duration(self.0))
-    }
-}
+/// A duration written with units (`15m`, `1h 30m`, `90s`): core's, shared
+/// with the engines' sections.
+pub use strata_core::time::Interval;
 
 /// The checks that need more than one value: every `[[protect]]` names a
 /// known engine, a configured instance and an existing policy; log

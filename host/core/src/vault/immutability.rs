@@ -228,11 +228,7 @@ impl S3Access {
                 .send_once(method.clone(), url, body.clone(), headers)
                 .await;
             let transient = match &answer {
-                Ok((status, _)) => {
-                    status.is_server_error()
-                        || *status == http::StatusCode::TOO_MANY_REQUESTS
-                        || *status == http::StatusCode::REQUEST_TIMEOUT
-                }
+                Ok((status, _)) => transient_status(*status),
                 Err(e) => e.is_retryable(),
             };
             if !transient
@@ -592,17 +588,28 @@ fn encode(text: &str, keep_slash: bool) -> String {
     out
 }
 
+/// An answer that a later attempt may not get: 500-599, 429 (too many
+/// requests) and 408 (request timeout). [`S3Access::send`] tries those
+/// again, and an error made of one is retryable.
+fn transient_status(status: http::StatusCode) -> bool {
+    status.is_server_error()
+        || status == http::StatusCode::TOO_MANY_REQUESTS
+        || status == http::StatusCode::REQUEST_TIMEOUT
+}
+
 fn s3_error(doing: &str, bucket: &str, status: http::StatusCode, body: &str) -> Error {
     let code = xml_value(body, "Code").unwrap_or_default();
     let message = xml_value(body, "Message").unwrap_or_default();
     let error = Error::storage(format!(
         "{doing} bucket {bucket} failed: HTTP {status} {code} {message}"
     ));
+    if transient_status(status) {
+        return error.retryable(true).hint(
+            "the store is unavailable or overloaded: the operation can be retried once it answers",
+        );
+    }
     match status.as_u16() {
         403 => error.hint("the credentials need s3:GetBucketObjectLockConfiguration, s3:PutBucketObjectLockConfiguration, s3:GetObjectVersion and s3:DeleteObjectVersion on the bucket"),
-        500..=599 | 429 | 408 => error
-            .retryable(true)
-            .hint("the store is unavailable or overloaded: the operation can be retried once it answers"),
         _ => error,
     }
 }

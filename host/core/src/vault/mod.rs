@@ -547,11 +547,6 @@ fn build_store_with_access(
     Ok((store, root, None))
 }
 
-/// Refuses a vault URL that carries credentials: a password in its user
-/// information (`s3://key:secret@bucket`) or a query string (where an Azure
-/// SAS token goes in a blob URL). Vault URLs are shown in messages, lists
-/// and the service's job history, so credentials belong in the environment
-/// or in `[vault.options]`; the error shows the URL without them.
 /// A vault URL that does not parse, as messages show it: whatever stands
 /// between `://` and the last `@` (user-info, which a secret key with a `/`
 /// in it makes unparsable) and any query string are replaced by
@@ -572,6 +567,11 @@ fn redacted_unparsed_url(raw: &str) -> String {
     }
 }
 
+/// Refuses a vault URL that carries credentials: a password in its user
+/// information (`s3://key:secret@bucket`) or a query string (where an Azure
+/// SAS token goes in a blob URL). Vault URLs are shown in messages, lists
+/// and the service's job history, so credentials belong in the environment
+/// or in `[vault.options]`; the error shows the URL without them.
 fn refuse_credentials_in_url(url: &url::Url) -> Result<()> {
     let what = if url.password().is_some() {
         "a password (`user:password@`)"

@@ -219,14 +219,14 @@ fn indent(text: &str) -> String {
 pub fn leftovers(vault: &Path) -> Vec<PathBuf> {
     let mut known = BTreeSet::new();
     for top in ["manifests", "deleted"] {
-        for file in super::files_under(&vault.join(top)) {
+        for file in crate::fixture::relative_files_below(&vault.join(top)) {
             if let Some(id) = file.file_stem() {
                 known.insert(id.to_string_lossy().into_owned());
             }
         }
     }
     let mut left = Vec::new();
-    for file in super::files_under(vault) {
+    for file in crate::fixture::relative_files_below(vault) {
         let text = file.to_string_lossy();
         let staging = text.rsplit_once('#').is_some_and(|(_, digits)| {
             !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())

@@ -628,7 +628,9 @@ impl PgEnv {
         }
         t.fault();
         t.clear_error(&out.stderr_text(), out.code(), 126, fault, disk.path());
-        let left: Vec<_> = super::files_under(&pg_wal).into_iter().collect();
+        let left: Vec<_> = crate::fixture::relative_files_below(&pg_wal)
+            .into_iter()
+            .collect();
         if !left.is_empty() {
             t.failed(format!("the failed wal-fetch left in pg_wal: {left:?}"));
         }

@@ -23,6 +23,7 @@ use super::process::{self, Ending};
 use super::vault::{self, Cli, GC_GRACE, Leftovers};
 use super::{Case, Shared};
 use crate::data::{blake3_hex, random_bytes};
+use crate::fixture::{files_below, relative_files_below};
 
 /// Small parts and segments: killed backups leave many objects.
 const WRITER: &str = "[writer]\npart_size = \"256KiB\"\nsegment_size = \"512KiB\"\n";
@@ -58,7 +59,7 @@ pub(crate) fn run(case: &mut Case, _shared: &mut Shared) {
         }
         std::thread::sleep(GC_GRACE + Duration::from_millis(200));
         let before = Leftovers::of(&cli.vault_dir);
-        let files_before = files_of(&cli.vault_dir);
+        let files_before = relative_files_below(&cli.vault_dir);
         case.count("leftovers made", before.len());
         let mut args: Vec<String> = ["vault", "gc", "--older-than", "1s"]
             .map(str::to_owned)
@@ -95,14 +96,16 @@ pub(crate) fn run(case: &mut Case, _shared: &mut Shared) {
                 // backups (their tombstones go last).
                 let left = Leftovers::of(&cli.vault_dir).len()
                     + if purge {
-                        files_of(&cli.vault_dir.join("deleted"))
+                        relative_files_below(&cli.vault_dir.join("deleted"))
                             .iter()
                             .filter(|f| f.extension().is_some_and(|e| e == "json"))
                             .count()
                     } else {
                         0
                     };
-                let deleted = files_before.difference(&files_of(&cli.vault_dir)).count();
+                let deleted = files_before
+                    .difference(&relative_files_below(&cli.vault_dir))
+                    .count();
                 case.count(
                     if deleted == 0 {
                         "gc runs killed before deleting anything"
@@ -212,7 +215,7 @@ fn kill_mid_upload(case: &Case, cli: &Cli, name: &str, seed: u64) {
     let folder = cli.vault_dir.join("data/stream").join(name);
     let chunk = random_bytes(256 << 10, seed);
     let deadline = Instant::now() + Duration::from_secs(60);
-    while count_files(&folder) < KILLED_SEGMENTS && Instant::now() < deadline {
+    while files_below(&folder).len() < KILLED_SEGMENTS && Instant::now() < deadline {
         if stdin.write_all(&chunk).is_err() {
             break;
         }
@@ -220,26 +223,6 @@ fn kill_mid_upload(case: &Case, cli: &Cli, name: &str, seed: u64) {
     }
     let _ = child.kill();
     let _ = child.wait();
-}
-
-/// Every file in `dir`, relative paths.
-fn files_of(dir: &std::path::Path) -> std::collections::BTreeSet<std::path::PathBuf> {
-    let mut found = std::collections::BTreeSet::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(at) = stack.pop() {
-        for entry in std::fs::read_dir(&at).into_iter().flatten().flatten() {
-            if entry.path().is_dir() {
-                stack.push(entry.path());
-            } else if let Ok(rel) = entry.path().strip_prefix(dir) {
-                found.insert(rel.to_path_buf());
-            }
-        }
-    }
-    found
-}
-
-fn count_files(dir: &std::path::Path) -> usize {
-    files_of(dir).len()
 }
 
 /// Every listed stream backup restores to the bytes it was given.

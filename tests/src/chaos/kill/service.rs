@@ -34,6 +34,7 @@ use super::pg_env::{self, PgEnv, Target};
 use super::process::{self, Ending};
 use super::vault::{self, Listed};
 use super::{Case, Shared};
+use crate::fixture::files_below;
 use crate::pg::running_as_root;
 
 /// Runs the case.
@@ -390,12 +391,12 @@ fn pass(
         return process::kill_after(&mut child, delay);
     }
     let manifests = env.cli.vault_dir.join("manifests/postgres/main");
-    let mut most = count_files(&manifests);
+    let mut most = files_below(&manifests).len();
     loop {
         if let Some(status) = child.try_wait().expect("waiting for the pass") {
             return Ending::Exited(status);
         }
-        let now = count_files(&manifests);
+        let now = files_below(&manifests).len();
         if now < most {
             return process::kill_after(&mut child, delay);
         }
@@ -494,33 +495,10 @@ fn history(env: &PgEnv) -> Vec<serde_json::Value> {
 /// The tombstones in `vault` (not the staging file of a tombstone whose
 /// write was killed: a leftover for gc).
 fn tombstones(vault: &Path) -> usize {
-    let mut count = 0;
-    let mut stack = vec![vault.join("deleted")];
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-            if entry.path().is_dir() {
-                stack.push(entry.path());
-            } else if entry.file_name().to_string_lossy().ends_with(".json") {
-                count += 1;
-            }
-        }
-    }
-    count
-}
-
-fn count_files(dir: &Path) -> usize {
-    let mut count = 0;
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-            if entry.path().is_dir() {
-                stack.push(entry.path());
-            } else {
-                count += 1;
-            }
-        }
-    }
-    count
+    files_below(&vault.join("deleted"))
+        .iter()
+        .filter(|f| f.extension().is_some_and(|e| e == "json"))
+        .count()
 }
 
 /// Whether the service has a full backup: a full job that succeeded, or a
